@@ -1,0 +1,157 @@
+//! Helpers for the integration tests: run the real `tracer` binary with
+//! `-o json`, wait until it is attached, make the kernel drop packets in
+//! throwaway namespaces, then stop it and look at what it printed.
+
+use serde_json::Value;
+use std::io::{BufRead, BufReader};
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Condvar, Mutex};
+use std::time::{Duration, Instant};
+
+pub use tracer::lab::netlab::Netlab;
+
+/// The binary under test: `TRACER_BIN`, else the workspace's debug build
+/// (`cargo xtask test` builds it first).
+pub fn tracer_bin() -> PathBuf {
+    if let Some(p) = std::env::var_os("TRACER_BIN") {
+        return PathBuf::from(p);
+    }
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target/debug/tracer")
+}
+
+/// A unique namespace prefix per test and process, so parallel tests and
+/// other people's namespaces never collide (and `tracer lab clean`, which
+/// removes `trlab-*`, never touches a running test).
+pub fn prefix(test: &str) -> String {
+    format!("trtest-{}-{}-", std::process::id(), test)
+}
+
+type Lines = Arc<(Mutex<Vec<Value>>, Condvar)>;
+
+pub struct TracerRun {
+    child: Child,
+    lines: Lines,
+    stderr: Arc<Mutex<String>>,
+}
+
+/// Starts `tracer ARGS -o json` and waits for its `ready` line.
+pub fn start(args: &[&str]) -> TracerRun {
+    let mut child = Command::new(tracer_bin())
+        .args(args)
+        .args(["-o", "json"])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("start tracer");
+    let lines: Lines = Arc::new((Mutex::new(Vec::new()), Condvar::new()));
+    let stdout = child.stdout.take().unwrap();
+    let l = lines.clone();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            let v: Value = serde_json::from_str(&line)
+                .unwrap_or_else(|e| panic!("tracer printed non-JSON line {line:?}: {e}"));
+            l.0.lock().unwrap().push(v);
+            l.1.notify_all();
+        }
+    });
+    let stderr = Arc::new(Mutex::new(String::new()));
+    let s = stderr.clone();
+    let err = child.stderr.take().unwrap();
+    std::thread::spawn(move || {
+        for line in BufReader::new(err).lines().map_while(Result::ok) {
+            s.lock().unwrap().push_str(&line);
+            s.lock().unwrap().push('\n');
+        }
+    });
+    let mut run = TracerRun {
+        child,
+        lines,
+        stderr,
+    };
+    if run
+        .wait_for(Duration::from_secs(30), |v| v["type"] == "ready")
+        .is_none()
+    {
+        let _ = run.child.kill();
+        panic!(
+            "tracer never became ready; stderr: {}",
+            run.stderr.lock().unwrap()
+        );
+    }
+    run
+}
+
+impl TracerRun {
+    /// Waits until a printed line satisfies `pred`.
+    pub fn wait_for(&self, timeout: Duration, pred: impl Fn(&Value) -> bool) -> Option<Value> {
+        let deadline = Instant::now() + timeout;
+        let (m, cv) = &*self.lines;
+        let mut g = m.lock().unwrap();
+        loop {
+            if let Some(v) = g.iter().find(|v| pred(v)) {
+                return Some(v.clone());
+            }
+            let now = Instant::now();
+            if now >= deadline {
+                return None;
+            }
+            g = cv.wait_timeout(g, deadline - now).unwrap().0;
+        }
+    }
+
+    /// SIGINT, wait for exit, return every line printed (ready ... summary).
+    pub fn stop(mut self) -> Vec<Value> {
+        unsafe { libc_kill(self.child.id() as i32, 2) };
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                assert!(
+                    status.success(),
+                    "tracer exited with {status}; stderr: {}",
+                    self.stderr.lock().unwrap()
+                );
+                break;
+            }
+            if Instant::now() > deadline {
+                let _ = self.child.kill();
+                panic!("tracer did not exit within 10 s of SIGINT");
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        // Let the reader thread drain the pipe.
+        std::thread::sleep(Duration::from_millis(100));
+        let g = self.lines.0.lock().unwrap();
+        g.clone()
+    }
+}
+
+impl Drop for TracerRun {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+extern "C" {
+    #[link_name = "kill"]
+    fn libc_kill(pid: i32, sig: i32) -> i32;
+}
+
+pub fn drops(lines: &[Value]) -> Vec<&Value> {
+    lines.iter().filter(|v| v["type"] == "drop").collect()
+}
+
+/// Runs the tracer with bad input and returns (exit code, stderr).
+pub fn run_bad(args: &[&str]) -> (i32, String) {
+    let out = Command::new(tracer_bin())
+        .args(args)
+        .stdin(Stdio::null())
+        .output()
+        .expect("run tracer");
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}

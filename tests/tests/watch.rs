@@ -1,0 +1,290 @@
+//! `tracer watch` against real drops in throwaway namespaces. Each test
+//! builds its own namespaces (unique prefix), makes the kernel drop, and
+//! asserts on the JSON the binary printed. `Netlab` deletes the
+//! namespaces on drop, so they go away even when an assertion fails.
+
+use serde_json::Value;
+use std::time::Duration;
+use tracer_tests::{drops, prefix, run_bad, start, Netlab};
+
+const WAIT: Duration = Duration::from_secs(15);
+
+/// client (eth0 10.99.0.1, also 172.17.5.5) -- host (eth0 10.99.0.2),
+/// where the host also has a bridge `docker0` 172.17.0.1/16 with one
+/// container behind it: the client's source overlaps the bridge subnet.
+/// The client ARPs from 10.99.0.1 (arp_announce=2), as a router would, so
+/// only its IP packets carry the overlapping source.
+fn overlap_lab(test: &str, rp_filter: u32) -> Netlab {
+    let mut lab = Netlab::new(&prefix(test)).unwrap();
+    lab.ns("client").unwrap();
+    lab.ns("host").unwrap();
+    lab.ns("ctr").unwrap();
+    lab.veth("client", "eth0", "host", "eth0").unwrap();
+    lab.veth("ctr", "eth0", "host", "veth0").unwrap();
+    lab.exec(
+        "host",
+        &format!(
+            "ip addr add 10.99.0.2/24 dev eth0 && \
+             ip link add docker0 type bridge && ip link set docker0 up && \
+             ip addr add 172.17.0.1/16 dev docker0 && ip link set veth0 master docker0 && \
+             sysctl -qw net.ipv4.conf.all.rp_filter={rp_filter} net.ipv4.conf.eth0.rp_filter={rp_filter}"
+        ),
+    )
+    .unwrap();
+    lab.exec(
+        "ctr",
+        "ip addr add 172.17.0.2/16 dev eth0 && ip route add default via 172.17.0.1",
+    )
+    .unwrap();
+    lab.exec(
+        "client",
+        "ip addr add 10.99.0.1/24 dev eth0 && ip addr add 172.17.5.5/32 dev lo && \
+         ip route replace 10.99.0.2 dev eth0 src 172.17.5.5 && \
+         sysctl -qw net.ipv4.conf.eth0.arp_announce=2",
+    )
+    .unwrap();
+    lab
+}
+
+/// client 10.1.0.1 -- router (10.1.0.254 | 10.2.0.254) -- server 10.2.0.1
+fn routed_lab(test: &str) -> Netlab {
+    let mut lab = Netlab::new(&prefix(test)).unwrap();
+    for n in ["client", "router", "server"] {
+        lab.ns(n).unwrap();
+    }
+    lab.veth("client", "eth0", "router", "eth0").unwrap();
+    lab.veth("router", "eth1", "server", "eth0").unwrap();
+    lab.exec(
+        "client",
+        "ip addr add 10.1.0.1/24 dev eth0 && ip route add default via 10.1.0.254",
+    )
+    .unwrap();
+    lab.exec(
+        "router",
+        "ip addr add 10.1.0.254/24 dev eth0 && ip addr add 10.2.0.254/24 dev eth1 && \
+         sysctl -qw net.ipv4.ip_forward=1",
+    )
+    .unwrap();
+    lab.exec(
+        "server",
+        "ip addr add 10.2.0.1/24 dev eth0 && ip route add default via 10.2.0.254",
+    )
+    .unwrap();
+    lab
+}
+
+fn udp(lab: &Netlab, ns: &str, dst: &str, port: u16) {
+    // bash's /dev/udp sends one datagram without any extra tool.
+    lab.exec(
+        ns,
+        &format!("for i in 1 2 3; do bash -c 'echo x > /dev/udp/{dst}/{port}' || true; done"),
+    )
+    .unwrap();
+}
+
+fn has_reason<'a>(ds: &[&'a Value], reason: &str) -> Vec<&'a Value> {
+    ds.iter()
+        .copied()
+        .filter(|d| d["reason"] == reason)
+        .collect()
+}
+
+#[test]
+fn strict_rp_filter_drop_names_netns_ingress_and_flow() {
+    let lab = overlap_lab("rpf", 1);
+    let host_ns = lab.name("host");
+    let run = start(&["watch", "--netns", &host_ns]);
+    // A TCP connect from the overlapping source; it times out.
+    let _ = lab.try_exec(
+        "client",
+        "timeout 2 bash -c 'echo > /dev/tcp/10.99.0.2/8080' 2>/dev/null",
+    );
+    run.wait_for(WAIT, |v| v["reason"] == "IP_RPFILTER");
+    let lines = run.stop();
+    let ds = drops(&lines);
+    let rp = has_reason(&ds, "IP_RPFILTER");
+    assert!(!rp.is_empty(), "no IP_RPFILTER drop in {lines:#?}");
+    let d = rp[0];
+    assert_eq!(d["netns"], lab.inode("host").unwrap());
+    assert_eq!(d["netns_name"], host_ns.as_str());
+    assert_eq!(d["ingress_ifname"], "eth0");
+    assert_eq!(d["ifname"], "eth0");
+    assert_eq!(d["family"], "ipv4");
+    assert_eq!(d["proto"], "tcp");
+    assert_eq!(d["src"], "172.17.5.5");
+    assert_eq!(d["dst"], "10.99.0.2");
+    assert_eq!(d["dport"], 8080);
+    assert_eq!(d["tcp_flags"], "S");
+    assert!(
+        d["mss"].as_u64().unwrap() > 1000,
+        "SYN carries its MSS: {d}"
+    );
+    assert!(
+        d["location"]
+            .as_str()
+            .unwrap()
+            .starts_with("ip_rcv_finish_core"),
+        "{d}"
+    );
+    let summary = lines.last().unwrap();
+    assert_eq!(summary["type"], "summary");
+    assert_eq!(summary["lost"], 0);
+    assert!(summary["by_reason"]["IP_RPFILTER"].as_u64().unwrap() >= 1);
+}
+
+#[test]
+fn closed_udp_port_is_no_socket() {
+    let lab = routed_lab("udp");
+    let run = start(&["watch", "--netns", &lab.name("server")]);
+    udp(&lab, "client", "10.2.0.1", 9999);
+    run.wait_for(WAIT, |v| v["reason"] == "NO_SOCKET");
+    let lines = run.stop();
+    let ds = drops(&lines);
+    let ns = has_reason(&ds, "NO_SOCKET");
+    assert!(!ns.is_empty(), "{lines:#?}");
+    assert_eq!(ns[0]["proto"], "udp");
+    assert_eq!(ns[0]["dport"], 9999);
+    assert_eq!(ns[0]["src"], "10.1.0.1");
+    assert_eq!(ns[0]["ingress_ifname"], "eth0");
+}
+
+#[test]
+fn forward_drop_rule_is_netfilter_drop() {
+    let lab = routed_lab("nf");
+    lab.exec("router", "iptables -A FORWARD -p udp --dport 7777 -j DROP")
+        .unwrap();
+    let run = start(&["watch", "--netns", &lab.name("router")]);
+    udp(&lab, "client", "10.2.0.1", 7777);
+    run.wait_for(WAIT, |v| v["reason"] == "NETFILTER_DROP");
+    let lines = run.stop();
+    let ds = drops(&lines);
+    let nf = has_reason(&ds, "NETFILTER_DROP");
+    assert!(!nf.is_empty(), "{lines:#?}");
+    assert_eq!(nf[0]["dport"], 7777);
+    assert_eq!(nf[0]["dst"], "10.2.0.1");
+    assert_eq!(nf[0]["netns"], lab.inode("router").unwrap());
+}
+
+#[test]
+fn forward_without_route_is_ip_innoroutes() {
+    let lab = routed_lab("noroute");
+    let run = start(&["watch", "--netns", &lab.name("router")]);
+    udp(&lab, "client", "203.0.113.9", 5000);
+    run.wait_for(WAIT, |v| v["reason"] == "IP_INNOROUTES");
+    let lines = run.stop();
+    let ds = drops(&lines);
+    let nr = has_reason(&ds, "IP_INNOROUTES");
+    assert!(!nr.is_empty(), "{lines:#?}");
+    assert_eq!(nr[0]["dst"], "203.0.113.9");
+    assert!(nr[0]["location"].as_str().unwrap().starts_with("ip_error"));
+}
+
+#[test]
+fn ipv6_closed_port_is_no_socket() {
+    let lab = routed_lab("v6");
+    lab.exec("client", "ip -6 addr add fd00:1::1/64 dev eth0 nodad")
+        .unwrap();
+    lab.exec("router", "ip -6 addr add fd00:1::fe/64 dev eth0 nodad")
+        .unwrap();
+    let run = start(&["watch", "--netns", &lab.name("router"), "ip6"]);
+    udp(&lab, "client", "fd00:1::fe", 4444);
+    run.wait_for(WAIT, |v| v["reason"] == "NO_SOCKET");
+    let lines = run.stop();
+    let ds = drops(&lines);
+    let d = has_reason(&ds, "NO_SOCKET");
+    assert!(!d.is_empty(), "{lines:#?}");
+    assert_eq!(d[0]["family"], "ipv6");
+    assert_eq!(d[0]["src"], "fd00:1::1");
+    assert_eq!(d[0]["dst"], "fd00:1::fe");
+    assert_eq!(d[0]["dport"], 4444);
+    // The `ip6` filter ran in the kernel: nothing else came through.
+    assert!(ds.iter().all(|d| d["family"] == "ipv6"), "{ds:#?}");
+}
+
+#[test]
+fn filters_exclude_in_the_kernel() {
+    let lab = routed_lab("excl");
+    let server = lab.name("server");
+    // Expression: only port 9998. Reason: never NO_SOCKET on the second run.
+    let run = start(&[
+        "watch", "--netns", &server, "udp", "and", "dst", "port", "9998",
+    ]);
+    udp(&lab, "client", "10.2.0.1", 9999);
+    udp(&lab, "client", "10.2.0.1", 9998);
+    run.wait_for(WAIT, |v| v["dport"] == 9998);
+    let lines = run.stop();
+    let ds = drops(&lines);
+    assert!(ds.iter().any(|d| d["dport"] == 9998), "{lines:#?}");
+    assert!(ds.iter().all(|d| d["dport"] == 9998), "{ds:#?}");
+
+    let run = start(&["watch", "--netns", &server, "--exclude-reason", "NO_SOCKET"]);
+    udp(&lab, "client", "10.2.0.1", 9999);
+    std::thread::sleep(Duration::from_millis(500));
+    let lines = run.stop();
+    let ds = drops(&lines);
+    assert!(ds.iter().all(|d| d["reason"] != "NO_SOCKET"), "{ds:#?}");
+    // The kernel saw the drops and did not send them.
+    let summary = lines.last().unwrap();
+    assert!(
+        summary["kernel"]["drops_seen"].as_u64().unwrap() >= 3,
+        "{summary}"
+    );
+}
+
+#[test]
+fn other_namespaces_are_filtered_out() {
+    let a = routed_lab("nsa");
+    let b = routed_lab("nsb");
+    let run = start(&["watch", "--netns", &a.name("server")]);
+    udp(&b, "client", "10.2.0.1", 6001);
+    udp(&a, "client", "10.2.0.1", 6002);
+    udp(&b, "client", "10.2.0.1", 6001);
+    run.wait_for(WAIT, |v| v["dport"] == 6002);
+    let lines = run.stop();
+    let ds = drops(&lines);
+    let a_ns = a.inode("server").unwrap();
+    assert!(ds.iter().any(|d| d["dport"] == 6002), "{lines:#?}");
+    assert!(ds.iter().all(|d| d["netns"] == a_ns), "{ds:#?}");
+}
+
+#[test]
+fn count_ends_the_run_with_a_summary() {
+    let lab = routed_lab("count");
+    let run = start(&["watch", "--netns", &lab.name("server"), "--count", "2"]);
+    udp(&lab, "client", "10.2.0.1", 9999);
+    let summary = run.wait_for(WAIT, |v| v["type"] == "summary");
+    let summary = summary.expect("--count 2 ends the run by itself");
+    assert_eq!(summary["drops"], 2);
+}
+
+#[test]
+fn bad_input_gets_one_line_and_a_nonzero_exit() {
+    let cases: &[(&[&str], &str)] = &[
+        (&["watch", "port", "http"], "bad filter at column 6"),
+        (&["watch", "host", "(", "1.2.3.4"], "bad filter"),
+        (
+            &["watch", "--netns", "no-such-netns-xyz"],
+            "unknown netns 'no-such-netns-xyz'",
+        ),
+        (
+            &["watch", "-i", "nosuchif0"],
+            "unknown interface 'nosuchif0'",
+        ),
+        (
+            &["watch", "--reason", "NOT_A_REASON"],
+            "unknown drop reason 'NOT_A_REASON'",
+        ),
+        (&["watch", "--duration", "soon"], "bad duration 'soon'"),
+    ];
+    for (args, want) in cases {
+        let (code, err) = run_bad(args);
+        assert_ne!(code, 0, "{args:?} must fail");
+        assert!(err.contains(want), "{args:?}: expected '{want}' in {err:?}");
+        assert_eq!(
+            err.trim().lines().count(),
+            1,
+            "{args:?}: one line, got {err:?}"
+        );
+        assert!(!err.contains("panicked"), "{err}");
+    }
+}

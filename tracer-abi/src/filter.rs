@@ -1,0 +1,150 @@
+//! The packet filter as the kernel runs it: a short postfix program over
+//! a packet's `Flow`. Userspace compiles a tcpdump-like expression into it
+//! (`tracer::filter`); the eBPF program and userspace tests both run
+//! `eval` below, so what is tested is what the kernel executes.
+//!
+//! The evaluation stack is a bit stack in one `u64` (bit 0 is the top), so
+//! the verifier never sees a variable stack index.
+
+use crate::Flow;
+
+/// Longest filter program the kernel accepts.
+pub const MAX_OPS: usize = 32;
+
+pub const OP_END: u8 = 0;
+pub const OP_AND: u8 = 1;
+pub const OP_OR: u8 = 2;
+pub const OP_NOT: u8 = 3;
+/// Push `flow.family == value`.
+pub const OP_FAMILY: u8 = 4;
+/// Push `flow.proto == value`.
+pub const OP_PROTO: u8 = 5;
+/// Push whether the address (selected by `dir`) is in `addr/mask` of `family`.
+pub const OP_NET: u8 = 6;
+/// Push whether the port (selected by `dir`) is in `value..=value2`.
+pub const OP_PORT: u8 = 7;
+
+pub const DIR_ANY: u8 = 0;
+pub const DIR_SRC: u8 = 1;
+pub const DIR_DST: u8 = 2;
+
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct FilterOp {
+    pub code: u8,
+    pub dir: u8,
+    pub family: u8,
+    pub _pad: u8,
+    pub value: u16,
+    pub value2: u16,
+    /// Address and mask as native-endian words of the network-order bytes.
+    pub addr: [u32; 4],
+    pub mask: [u32; 4],
+}
+
+impl FilterOp {
+    pub const END: FilterOp = FilterOp {
+        code: OP_END,
+        dir: 0,
+        family: 0,
+        _pad: 0,
+        value: 0,
+        value2: 0,
+        addr: [0; 4],
+        mask: [0; 4],
+    };
+}
+
+#[inline(always)]
+fn words(b: &[u8; 16]) -> [u32; 4] {
+    [
+        u32::from_ne_bytes([b[0], b[1], b[2], b[3]]),
+        u32::from_ne_bytes([b[4], b[5], b[6], b[7]]),
+        u32::from_ne_bytes([b[8], b[9], b[10], b[11]]),
+        u32::from_ne_bytes([b[12], b[13], b[14], b[15]]),
+    ]
+}
+
+#[inline(always)]
+fn in_net(a: &[u32; 4], op: &FilterOp) -> bool {
+    (a[0] & op.mask[0]) == op.addr[0]
+        && (a[1] & op.mask[1]) == op.addr[1]
+        && (a[2] & op.mask[2]) == op.addr[2]
+        && (a[3] & op.mask[3]) == op.addr[3]
+}
+
+#[inline(always)]
+fn pick(dir: u8, s: bool, d: bool) -> bool {
+    match dir {
+        DIR_SRC => s,
+        DIR_DST => d,
+        _ => s || d,
+    }
+}
+
+#[inline(always)]
+fn test(op: &FilterOp, flow: &Flow, src: &[u32; 4], dst: &[u32; 4]) -> bool {
+    match op.code {
+        OP_FAMILY => flow.family as u16 == op.value,
+        OP_PROTO => flow.proto as u16 == op.value,
+        OP_NET => flow.family == op.family && pick(op.dir, in_net(src, op), in_net(dst, op)),
+        OP_PORT => {
+            // Ports only exist for TCP and UDP, and not in non-first
+            // fragments (as in tcpdump).
+            let has = (flow.proto == crate::IPPROTO_TCP || flow.proto == crate::IPPROTO_UDP)
+                && flow.flags & crate::FLOW_FRAGMENT == 0;
+            let s = flow.sport >= op.value && flow.sport <= op.value2;
+            let d = flow.dport >= op.value && flow.dport <= op.value2;
+            has && pick(op.dir, s, d)
+        }
+        _ => false,
+    }
+}
+
+/// Runs the filter program `ops[..len]` on `flow`. An empty program
+/// accepts everything; a malformed one (stack underflow) rejects.
+#[inline(always)]
+pub fn eval(ops: &[FilterOp; MAX_OPS], len: u32, flow: &Flow) -> bool {
+    if len == 0 {
+        return true;
+    }
+    let src = words(&flow.src);
+    let dst = words(&flow.dst);
+    let mut stack: u64 = 0;
+    let mut depth: u32 = 0;
+    let mut i = 0;
+    while i < MAX_OPS {
+        if i as u32 >= len {
+            break;
+        }
+        let op = &ops[i];
+        match op.code {
+            OP_AND | OP_OR => {
+                if depth < 2 {
+                    return false;
+                }
+                let a = stack & 1;
+                let b = (stack >> 1) & 1;
+                let r = if op.code == OP_AND { a & b } else { a | b };
+                stack = ((stack >> 2) << 1) | r;
+                depth -= 1;
+            }
+            OP_NOT => {
+                if depth < 1 {
+                    return false;
+                }
+                stack ^= 1;
+            }
+            OP_END => break,
+            _ => {
+                if depth >= 63 {
+                    return false;
+                }
+                stack = (stack << 1) | test(op, flow, &src, &dst) as u64;
+                depth += 1;
+            }
+        }
+        i += 1;
+    }
+    depth == 1 && stack & 1 == 1
+}

@@ -1,0 +1,425 @@
+//! tracer's kernel side: capture facts cheaply, filter early, explain
+//! nothing. Userspace (the `tracer` crate) names, joins and diagnoses.
+//!
+//! - `drop_*`: every `skb:kfree_skb`, with its reason (tp_btf; raw_tp and the
+//!   classic tracepoint are fallbacks for kernels where tp_btf won't load).
+//! - `route4` / `route6`: route lookups, kept in the `ROUTES` map and joined
+//!   to the drops of the same flow; never sent on their own.
+//! - `syn_xmit`: SYNs that leave a device with an MSS its MTU cannot carry.
+#![no_std]
+#![no_main]
+
+mod kernel;
+mod packet;
+
+use aya_ebpf::{
+    helpers::{
+        bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_get_smp_processor_id,
+        bpf_ktime_get_ns,
+    },
+    macros::{btf_tracepoint, map, raw_tracepoint, tracepoint},
+    maps::{HashMap, LruHashMap, PerCpuArray, RingBuf},
+    programs::{BtfTracePointContext, RawTracePointContext, TracePointContext},
+};
+use kernel::{dev_ifindex, dev_mtu, dev_netns, read, sk_netns};
+use tracer_abi::*;
+
+#[no_mangle]
+pub static CONFIG: Config = Config::new();
+
+#[map]
+static EVENTS: RingBuf = RingBuf::with_byte_size(4 * 1024 * 1024, 0);
+
+#[map]
+static STATS: PerCpuArray<u64> = PerCpuArray::with_max_entries(STAT_COUNT, 0);
+
+/// Reasons the user included or excluded (`REASON_*`).
+#[map]
+static REASONS: HashMap<u32, u8> = HashMap::with_max_entries(1024, 0);
+
+/// Per-CPU scratch space: the BPF stack is 512 bytes, too small for a
+/// flow, route keys and header copies at once.
+#[repr(C)]
+pub struct Scratch {
+    flow: Flow,
+    key: RouteKey,
+}
+
+#[map]
+static SCRATCH: PerCpuArray<Scratch> = PerCpuArray::with_max_entries(1, 0);
+
+/// The latest route lookup per (netns, dst, src).
+#[map]
+static ROUTES: LruHashMap<RouteKey, RouteHit> = LruHashMap::with_max_entries(16384, 0);
+
+/// `CONFIG` seen through an opaque pointer: rustc knows the placeholder
+/// initializer of an immutable static and would fold reads of it (the
+/// filter program would compile to "always END"); userspace rewrites it
+/// before load.
+#[inline(always)]
+fn config() -> &'static Config {
+    let p: *const Config = &CONFIG;
+    unsafe { &*core::ptr::read_volatile(&p) }
+}
+
+macro_rules! cfg {
+    ($($field:tt)+) => {
+        unsafe { core::ptr::read_volatile(&CONFIG.$($field)+) }
+    };
+}
+
+#[inline(always)]
+fn netns_allowed(netns: u32) -> bool {
+    let n = cfg!(netns_count);
+    if n == 0 {
+        return true;
+    }
+    for i in 0..MAX_NETNS {
+        if (i as u32) < n && cfg!(netns[i]) == netns {
+            return true;
+        }
+    }
+    false
+}
+
+#[inline(always)]
+fn count(stat: u32) {
+    if let Some(p) = STATS.get_ptr_mut(stat) {
+        unsafe { *p += 1 };
+    }
+}
+
+#[btf_tracepoint(function = "kfree_skb")]
+pub fn drop_btf(ctx: BtfTracePointContext) -> i32 {
+    let skb: *const u8 = ctx.arg(0);
+    let location: u64 = ctx.arg(1);
+    let reason: u32 = ctx.arg(2);
+    unsafe { on_drop(skb, location, reason) };
+    0
+}
+
+#[raw_tracepoint(tracepoint = "kfree_skb")]
+pub fn drop_raw(ctx: RawTracePointContext) -> i32 {
+    let skb: *const u8 = ctx.arg(0);
+    let location: u64 = ctx.arg(1);
+    let reason: u32 = ctx.arg(2);
+    unsafe { on_drop(skb, location, reason) };
+    0
+}
+
+#[tracepoint(category = "skb", name = "kfree_skb")]
+pub fn drop_classic(ctx: TracePointContext) -> i32 {
+    unsafe {
+        // The record layout differs across kernels; its offsets come from
+        // the tracefs format file.
+        let skb = ctx
+            .read_at::<u64>(off!(tp_skbaddr) as usize)
+            .unwrap_or(0);
+        let location = ctx
+            .read_at::<u64>(off!(tp_location) as usize)
+            .unwrap_or(0);
+        let reason = ctx.read_at::<u32>(off!(tp_reason) as usize).unwrap_or(0);
+        on_drop(skb as *const u8, location, reason);
+    }
+    0
+}
+
+#[inline(always)]
+fn is_multicast(f: &Flow) -> bool {
+    match f.family {
+        FAMILY_V4 => f.dst[0] & 0xf0 == 0xe0,
+        FAMILY_V6 => f.dst[0] == 0xff,
+        _ => false,
+    }
+}
+
+/// Known benign frees (see the README): socket queues purged on close,
+/// multicast nobody listens to, and echo replies handed to ping's raw socket.
+#[inline(always)]
+fn is_noise(reason: u32, f: &Flow) -> bool {
+    if reason == cfg!(noise.queue_purge) {
+        return true;
+    }
+    if reason == cfg!(noise.not_specified) && is_multicast(f) {
+        return true;
+    }
+    if reason == cfg!(noise.no_socket)
+        && ((f.proto == IPPROTO_ICMP && f.icmp_type == 0)
+            || (f.proto == IPPROTO_ICMPV6 && f.icmp_type == 129))
+    {
+        return true;
+    }
+    false
+}
+
+#[inline(always)]
+unsafe fn on_drop(skb: *const u8, location: u64, reason: u32) {
+    if skb.is_null() {
+        return;
+    }
+    count(STAT_DROPS_SEEN);
+
+    // Cheapest filters first: reason, netns and device need no packet read.
+    if cfg!(reason_include) != 0 || cfg!(reason_exclude) != 0 {
+        let mark = REASONS.get(&reason).copied().unwrap_or(0);
+        if mark == REASON_EXCLUDE || (cfg!(reason_include) != 0 && mark != REASON_INCLUDE) {
+            return;
+        }
+    }
+    let m = packet::meta(skb);
+    let netns = if !m.dev.is_null() {
+        dev_netns(m.dev)
+    } else if !m.sk.is_null() {
+        sk_netns(m.sk)
+    } else {
+        0
+    };
+    if !netns_allowed(netns) {
+        return;
+    }
+    let ifindex = if m.dev.is_null() { 0 } else { dev_ifindex(m.dev) };
+    let iif = read::<i32>(skb, off!(skb_iif)).unwrap_or(0);
+    let want_if = cfg!(ifindex) as i32;
+    if want_if != 0 && ifindex != want_if && iif != want_if {
+        return;
+    }
+
+    let Some(scratch) = SCRATCH.get_ptr_mut(0) else {
+        return;
+    };
+    let flow = &mut (*scratch).flow;
+    *flow = Flow::default();
+    packet::parse(skb, &m, flow);
+    if cfg!(hide_noise) != 0 && is_noise(reason, flow) {
+        return;
+    }
+    if !filter::eval(&config().filter, cfg!(filter_len), flow) {
+        return;
+    }
+    count(STAT_DROPS_MATCHED);
+
+    let Some(mut entry) = EVENTS.reserve::<DropEvent>(0) else {
+        // Never lose an event silently: userspace reports this count.
+        count(STAT_LOST);
+        return;
+    };
+    let e = entry.as_mut_ptr();
+    (*e).kind = KIND_DROP;
+    (*e).cpu = bpf_get_smp_processor_id();
+    (*e).ts_ns = bpf_ktime_get_ns();
+    (*e).location = location;
+    (*e).reason = reason;
+    (*e).netns = netns;
+    (*e).ifindex = ifindex;
+    (*e).ingress_ifindex = iif;
+    (*e).len = m.len;
+    (*e).pid = (bpf_get_current_pid_tgid() >> 32) as u32;
+    (*e).l3_proto = m.l3_proto;
+    let (gso_size, gso_segs) = if m.head.is_null() {
+        (0, 0)
+    } else {
+        packet::gso(skb, m.head)
+    };
+    (*e).gso_size = gso_size;
+    (*e).gso_segs = gso_segs;
+    (*e)._pad = 0;
+    (*e).dev_mtu = if m.dev.is_null() { 0 } else { dev_mtu(m.dev) };
+    (*e).comm = bpf_get_current_comm().unwrap_or([0; 16]);
+    (*e).flow = *flow;
+    (*e).route_fwd = RouteHit::default();
+    (*e).route_rev = RouteHit::default();
+    if cfg!(routes) != 0 && flow.family != FAMILY_NONE {
+        let key = &mut (*scratch).key;
+        key.netns = netns;
+        key.family = flow.family as u32;
+        key.dst = flow.dst;
+        key.src = flow.src;
+        route_for(key, &mut (*e).route_fwd);
+        key.netns = netns;
+        key.dst = flow.src;
+        key.src = flow.dst;
+        route_for(key, &mut (*e).route_rev);
+    }
+    entry.submit(0);
+}
+
+/// The newest lookup for `key` in its netns, or in "netns unknown"
+/// (failed IPv4 lookups carry no device, hence no netns).
+#[inline(always)]
+unsafe fn route_for(key: &mut RouteKey, out: &mut RouteHit) {
+    if let Some(h) = ROUTES.get(&*key) {
+        *out = *h;
+    }
+    key.netns = 0;
+    if let Some(h) = ROUTES.get(&*key) {
+        if h.ts_ns > out.ts_ns {
+            *out = *h;
+        }
+    }
+}
+
+#[inline(always)]
+unsafe fn remember_route(key: &RouteKey, hit: &RouteHit) {
+    if key.netns != 0 && !netns_allowed(key.netns) {
+        return;
+    }
+    count(STAT_ROUTES_SEEN);
+    // Update in place when the entry exists: cheaper than an LRU insert on
+    // a forwarding host that looks up the same flow for every packet.
+    if let Some(p) = ROUTES.get_ptr_mut(key) {
+        *p = *hit;
+    } else {
+        let _ = ROUTES.insert(key, hit, 0);
+    }
+}
+
+/// `fib_table_lookup(u32 tb_id, const struct flowi4 *, const struct fib_nh_common *, int err)`
+#[btf_tracepoint(function = "fib_table_lookup")]
+pub fn route4(ctx: BtfTracePointContext) -> i32 {
+    let table: u32 = ctx.arg(0);
+    let fl: *const u8 = ctx.arg(1);
+    let nhc: *const u8 = ctx.arg(2);
+    let err: i32 = ctx.arg(3);
+    unsafe {
+        let mut key = RouteKey {
+            netns: 0,
+            family: FAMILY_V4 as u32,
+            dst: [0; 16],
+            src: [0; 16],
+        };
+        if let Some(a) = read::<[u8; 4]>(fl, off!(fl4_daddr)) {
+            key.dst[..4].copy_from_slice(&a);
+        }
+        if let Some(a) = read::<[u8; 4]>(fl, off!(fl4_saddr)) {
+            key.src[..4].copy_from_slice(&a);
+        }
+        let mut hit = RouteHit {
+            ts_ns: bpf_ktime_get_ns(),
+            valid: 1,
+            table,
+            err,
+            iif: read::<i32>(fl, off!(fl4_iif)).unwrap_or(0),
+            oif: read::<i32>(fl, off!(fl4_oif)).unwrap_or(0),
+            dev_ifindex: 0,
+            dev_mtu: 0,
+            netns: 0,
+        };
+        if err == 0 {
+            let dev = read::<*const u8>(nhc, off!(nhc_dev)).unwrap_or(core::ptr::null());
+            if !dev.is_null() {
+                hit.dev_ifindex = dev_ifindex(dev);
+                hit.dev_mtu = dev_mtu(dev);
+                hit.netns = dev_netns(dev);
+            }
+        }
+        key.netns = hit.netns;
+        remember_route(&key, &hit);
+    }
+    0
+}
+
+/// `fib6_table_lookup(const struct net *, const struct fib6_result *, struct fib6_table *, const struct flowi6 *)`
+#[btf_tracepoint(function = "fib6_table_lookup")]
+pub fn route6(ctx: BtfTracePointContext) -> i32 {
+    let net: *const u8 = ctx.arg(0);
+    let res: *const u8 = ctx.arg(1);
+    let table: *const u8 = ctx.arg(2);
+    let fl: *const u8 = ctx.arg(3);
+    unsafe {
+        let netns = kernel::net_inum(net);
+        let mut key = RouteKey {
+            netns,
+            family: FAMILY_V6 as u32,
+            dst: read::<[u8; 16]>(fl, off!(fl6_daddr)).unwrap_or([0; 16]),
+            src: read::<[u8; 16]>(fl, off!(fl6_saddr)).unwrap_or([0; 16]),
+        };
+        // IPv6 reports failure as a route type, not an errno.
+        let err = match read::<u8>(res, off!(f6res_type)).unwrap_or(0) {
+            6 => -22,  // RTN_BLACKHOLE: -EINVAL, as IPv4 reports it
+            7 => -113, // RTN_UNREACHABLE: -EHOSTUNREACH
+            8 => -13,  // RTN_PROHIBIT: -EACCES
+            _ => 0,
+        };
+        let mut hit = RouteHit {
+            ts_ns: bpf_ktime_get_ns(),
+            valid: 1,
+            table: read::<u32>(table, off!(f6table_id)).unwrap_or(0),
+            err,
+            iif: read::<i32>(fl, off!(fl6_iif)).unwrap_or(0),
+            oif: read::<i32>(fl, off!(fl6_oif)).unwrap_or(0),
+            dev_ifindex: 0,
+            dev_mtu: 0,
+            netns,
+        };
+        if err == 0 {
+            let nh = read::<*const u8>(res, off!(f6res_nh)).unwrap_or(core::ptr::null());
+            let dev = read::<*const u8>(nh, off!(f6nh_dev)).unwrap_or(core::ptr::null());
+            if !dev.is_null() {
+                hit.dev_ifindex = dev_ifindex(dev);
+                hit.dev_mtu = dev_mtu(dev);
+            }
+        }
+        key.netns = netns;
+        remember_route(&key, &hit);
+    }
+    0
+}
+
+/// `net_dev_start_xmit(const struct sk_buff *, const struct net_device *)`:
+/// flags SYNs whose MSS the egress MTU cannot carry. Runs for every
+/// transmitted packet, so it bails out on length before reading headers.
+#[btf_tracepoint(function = "net_dev_start_xmit")]
+pub fn syn_xmit(ctx: BtfTracePointContext) -> i32 {
+    let skb: *const u8 = ctx.arg(0);
+    let dev: *const u8 = ctx.arg(1);
+    unsafe { on_xmit(skb, dev) };
+    0
+}
+
+#[inline(always)]
+unsafe fn on_xmit(skb: *const u8, dev: *const u8) {
+    // A SYN is at most 14 + 60 (IPv6 with a few options) + 60 bytes.
+    let len = read::<u32>(skb, off!(skb_len)).unwrap_or(u32::MAX);
+    if len > 160 {
+        return;
+    }
+    let m = packet::meta(skb);
+    let mut flow = Flow::default();
+    if !packet::parse(skb, &m, &mut flow) || flow.proto != IPPROTO_TCP || flow.mss == 0 {
+        return;
+    }
+    let mtu = dev_mtu(dev);
+    let overhead: u32 = if flow.family == FAMILY_V6 { 60 } else { 40 };
+    if flow.mss as u32 + overhead <= mtu {
+        return;
+    }
+    let netns = dev_netns(dev);
+    if !netns_allowed(netns) {
+        return;
+    }
+    if !filter::eval(&config().filter, cfg!(filter_len), &flow) {
+        return;
+    }
+    count(STAT_SYNS_FLAGGED);
+    let Some(mut entry) = EVENTS.reserve::<SynEvent>(0) else {
+        count(STAT_LOST);
+        return;
+    };
+    let e = entry.as_mut_ptr();
+    (*e).kind = KIND_SYN;
+    (*e).cpu = bpf_get_smp_processor_id();
+    (*e).ts_ns = bpf_ktime_get_ns();
+    (*e).netns = netns;
+    (*e).ifindex = dev_ifindex(dev);
+    (*e).ingress_ifindex = read::<i32>(skb, off!(skb_iif)).unwrap_or(0);
+    (*e).mtu = mtu;
+    (*e).flow = flow;
+    (*e)._pad = 0;
+    entry.submit(0);
+}
+
+#[cfg(not(test))]
+#[panic_handler]
+fn panic(_info: &core::panic::PanicInfo) -> ! {
+    loop {}
+}

@@ -1,0 +1,234 @@
+//! Reads a `Flow` out of a `struct sk_buff`: its IPv4/IPv6 header and the
+//! L4 header behind it, or, when the packet was freed before its network
+//! header was built, the addresses of its socket.
+
+use crate::kernel::read;
+use crate::off;
+use aya_ebpf::helpers::bpf_probe_read_kernel;
+use tracer_abi::*;
+
+const AF_INET: u16 = 2;
+const AF_INET6: u16 = 10;
+/// `skb->network_header` when unset (`(typeof(skb->network_header))~0U`).
+const HEADER_UNSET: u16 = 0xffff;
+
+/// What the drop and xmit programs need from an skb besides its flow.
+pub struct SkbMeta {
+    pub dev: *const u8,
+    pub sk: *const u8,
+    pub head: *const u8,
+    pub len: u32,
+    pub l3_proto: u16,
+}
+
+#[inline(always)]
+pub unsafe fn meta(skb: *const u8) -> SkbMeta {
+    SkbMeta {
+        dev: read::<*const u8>(skb, off!(skb_dev)).unwrap_or(core::ptr::null()),
+        sk: read::<*const u8>(skb, off!(skb_sk)).unwrap_or(core::ptr::null()),
+        head: read::<*const u8>(skb, off!(skb_head)).unwrap_or(core::ptr::null()),
+        len: read::<u32>(skb, off!(skb_len)).unwrap_or(0),
+        l3_proto: u16::from_be(read::<u16>(skb, off!(skb_protocol)).unwrap_or(0)),
+    }
+}
+
+/// `skb_shinfo(skb)->gso_size` and `gso_segs`.
+#[inline(always)]
+pub unsafe fn gso(skb: *const u8, head: *const u8) -> (u16, u16) {
+    // skb->end is an offset from head on 64-bit kernels (sk_buff_data_t).
+    let Some(end) = read::<u32>(skb, off!(skb_end)) else {
+        return (0, 0);
+    };
+    let shinfo = head.wrapping_add(end as usize);
+    (
+        read::<u16>(shinfo, off!(shinfo_gso_size)).unwrap_or(0),
+        read::<u16>(shinfo, off!(shinfo_gso_segs)).unwrap_or(0),
+    )
+}
+
+/// Fills `flow` from the packet headers, or from the socket. Returns false
+/// if neither gives an address.
+#[inline(always)]
+pub unsafe fn parse(skb: *const u8, m: &SkbMeta, flow: &mut Flow) -> bool {
+    let nh = read::<u16>(skb, off!(skb_network_header)).unwrap_or(HEADER_UNSET);
+    if !m.head.is_null() && nh != HEADER_UNSET {
+        let l3 = m.head.wrapping_add(nh as usize);
+        if m.l3_proto == ETH_P_IP {
+            return parse_ipv4(l3, flow);
+        }
+        if m.l3_proto == ETH_P_IPV6 {
+            return parse_ipv6(l3, flow);
+        }
+    }
+    if m.l3_proto == 0 && !m.sk.is_null() {
+        return from_socket(m.sk, flow);
+    }
+    false
+}
+
+#[inline(always)]
+unsafe fn parse_ipv4(l3: *const u8, flow: &mut Flow) -> bool {
+    let Ok(h) = bpf_probe_read_kernel(l3 as *const [u8; 20]) else {
+        return false;
+    };
+    if h[0] >> 4 != 4 {
+        return false;
+    }
+    flow.family = FAMILY_V4;
+    flow.proto = h[9];
+    flow.src[..4].copy_from_slice(&h[12..16]);
+    flow.dst[..4].copy_from_slice(&h[16..20]);
+    let frag_off = (((h[6] & 0x1f) as u16) << 8) | h[7] as u16;
+    if frag_off != 0 {
+        flow.flags |= FLOW_FRAGMENT;
+        return true;
+    }
+    let ihl = ((h[0] & 0xf) as usize) * 4;
+    parse_l4(l3.wrapping_add(ihl), flow);
+    true
+}
+
+#[inline(always)]
+unsafe fn parse_ipv6(l3: *const u8, flow: &mut Flow) -> bool {
+    let Ok(h) = bpf_probe_read_kernel(l3 as *const [u8; 40]) else {
+        return false;
+    };
+    if h[0] >> 4 != 6 {
+        return false;
+    }
+    flow.family = FAMILY_V6;
+    flow.src.copy_from_slice(&h[8..24]);
+    flow.dst.copy_from_slice(&h[24..40]);
+    let mut next = h[6];
+    let mut at = l3.wrapping_add(40);
+    // Skip the extension headers that commonly precede L4; give up after a
+    // few so the verifier sees a bounded loop.
+    for _ in 0..4 {
+        match next {
+            0 | 43 | 60 => {
+                let Ok(e) = bpf_probe_read_kernel(at as *const [u8; 2]) else {
+                    return true;
+                };
+                next = e[0];
+                at = at.wrapping_add((e[1] as usize + 1) * 8);
+            }
+            44 => {
+                let Ok(e) = bpf_probe_read_kernel(at as *const [u8; 4]) else {
+                    return true;
+                };
+                next = e[0];
+                let frag_off = (((e[2] as u16) << 8) | e[3] as u16) >> 3;
+                if frag_off != 0 {
+                    flow.proto = next;
+                    flow.flags |= FLOW_FRAGMENT;
+                    return true;
+                }
+                at = at.wrapping_add(8);
+            }
+            _ => break,
+        }
+    }
+    flow.proto = next;
+    parse_l4(at, flow);
+    true
+}
+
+#[inline(always)]
+unsafe fn parse_l4(l4: *const u8, flow: &mut Flow) {
+    match flow.proto {
+        IPPROTO_TCP => {
+            let Ok(t) = bpf_probe_read_kernel(l4 as *const [u8; 20]) else {
+                return;
+            };
+            flow.sport = u16::from_be_bytes([t[0], t[1]]);
+            flow.dport = u16::from_be_bytes([t[2], t[3]]);
+            flow.tcp_flags = t[13];
+            let doff = ((t[12] >> 4) as usize) * 4;
+            if flow.tcp_flags & 0x02 != 0 && doff > 20 {
+                flow.mss = syn_mss(l4.wrapping_add(20), doff - 20);
+            }
+        }
+        IPPROTO_UDP => {
+            let Ok(u) = bpf_probe_read_kernel(l4 as *const [u8; 4]) else {
+                return;
+            };
+            flow.sport = u16::from_be_bytes([u[0], u[1]]);
+            flow.dport = u16::from_be_bytes([u[2], u[3]]);
+        }
+        IPPROTO_ICMP | IPPROTO_ICMPV6 => {
+            let Ok(c) = bpf_probe_read_kernel(l4 as *const [u8; 2]) else {
+                return;
+            };
+            flow.icmp_type = c[0];
+            flow.icmp_code = c[1];
+        }
+        _ => {}
+    }
+}
+
+/// The MSS option of a SYN. Linux puts it first, other stacks may not, so
+/// walk the options (at most 40 bytes, bounded loop).
+#[inline(always)]
+unsafe fn syn_mss(opts: *const u8, len: usize) -> u16 {
+    let Ok(o) = bpf_probe_read_kernel(opts as *const [u8; 40]) else {
+        return 0;
+    };
+    let len = if len > 40 { 40 } else { len };
+    let mut i = 0usize;
+    // `get` instead of indexing: a bounds-check panic path would make the
+    // program unloadable.
+    for _ in 0..20 {
+        if i >= len {
+            break;
+        }
+        let Some(&kind) = o.get(i) else { break };
+        match kind {
+            0 => break,
+            1 => i += 1,
+            2 => {
+                return match (o.get(i + 2), o.get(i + 3)) {
+                    (Some(&hi), Some(&lo)) => u16::from_be_bytes([hi, lo]),
+                    _ => 0,
+                };
+            }
+            _ => {
+                let l = o.get(i + 1).copied().unwrap_or(0) as usize;
+                if l < 2 {
+                    break;
+                }
+                i += l;
+            }
+        }
+    }
+    0
+}
+
+/// Addresses and ports of the packet's socket: local is the source.
+#[inline(always)]
+unsafe fn from_socket(sk: *const u8, flow: &mut Flow) -> bool {
+    let family = read::<u16>(sk, off!(sk_family)).unwrap_or(0);
+    if family == AF_INET {
+        flow.family = FAMILY_V4;
+        if let Some(a) = read::<[u8; 4]>(sk, off!(sk_rcv_saddr)) {
+            flow.src[..4].copy_from_slice(&a);
+        }
+        if let Some(a) = read::<[u8; 4]>(sk, off!(sk_daddr)) {
+            flow.dst[..4].copy_from_slice(&a);
+        }
+    } else if family == AF_INET6 {
+        flow.family = FAMILY_V6;
+        if let Some(a) = read::<[u8; 16]>(sk, off!(sk_v6_rcv_saddr)) {
+            flow.src = a;
+        }
+        if let Some(a) = read::<[u8; 16]>(sk, off!(sk_v6_daddr)) {
+            flow.dst = a;
+        }
+    } else {
+        return false;
+    }
+    flow.proto = read::<u16>(sk, off!(sk_protocol)).unwrap_or(0) as u8;
+    flow.sport = read::<u16>(sk, off!(sk_num)).unwrap_or(0);
+    flow.dport = u16::from_be(read::<u16>(sk, off!(sk_dport)).unwrap_or(0));
+    flow.flags |= FLOW_FROM_SOCKET;
+    true
+}

@@ -1,0 +1,335 @@
+//! What the running kernel's BTF tells us: the drop-reason names (the enum
+//! differs between kernels, so no table is compiled in) and the member
+//! offsets the eBPF programs need (so no struct layout is compiled in).
+
+use anyhow::{anyhow, bail, Context, Result};
+use btf_rs::{Btf, Type};
+use fallible_iterator::FallibleIterator;
+use std::collections::BTreeMap;
+use std::path::Path;
+use tracer_abi::{Offsets, NO_OFFSET};
+
+pub const VMLINUX: &str = "/sys/kernel/btf/vmlinux";
+
+/// The kernel's BTF, parsed once.
+pub struct KernelBtf {
+    btf: Btf,
+}
+
+impl KernelBtf {
+    pub fn load() -> Result<Self> {
+        Self::from_file(Path::new(VMLINUX))
+    }
+
+    pub fn from_file(path: &Path) -> Result<Self> {
+        if !path.exists() {
+            bail!(
+                "no kernel BTF at {}: this kernel was built without CONFIG_DEBUG_INFO_BTF, \
+                 which tracer needs",
+                path.display()
+            );
+        }
+        let btf = Btf::from_file(path)
+            .map_err(|e| anyhow!("cannot parse kernel BTF {}: {e}", path.display()))?;
+        Ok(KernelBtf { btf })
+    }
+
+    /// Every drop reason of this kernel: `enum skb_drop_reason` (prefix
+    /// stripped) plus subsystem reasons (`enum *_drop_reason` whose values
+    /// carry a subsystem id in their upper 16 bits).
+    pub fn drop_reasons(&self) -> Result<Reasons> {
+        let mut by_code = BTreeMap::new();
+        for (name, value) in self.enum_members("skb_drop_reason")? {
+            if name == "SKB_DROP_REASON_MAX" {
+                continue;
+            }
+            let short = name.strip_prefix("SKB_DROP_REASON_").unwrap_or(&name);
+            by_code.insert(value, short.to_string());
+        }
+        if by_code.is_empty() {
+            bail!("this kernel's BTF has no enum skb_drop_reason: drop reasons need Linux 5.17 or later");
+        }
+        // Subsystem enums exist only when their subsystem is built in.
+        let subsys = self
+            .enum_members("skb_drop_reason_subsys")
+            .unwrap_or_default();
+        let ids: Vec<u32> = subsys
+            .iter()
+            .filter(|(n, v)| *v != 0 && !n.ends_with("_NUM"))
+            .map(|(_, v)| *v)
+            .collect();
+        let mut types = self.btf.type_iter();
+        while let Ok(Some(t)) = types.next() {
+            let Type::Enum(e) = t else { continue };
+            let Ok(name) = self.btf.resolve_name(&e) else {
+                continue;
+            };
+            if name == "skb_drop_reason" || !name.ends_with("_drop_reason") {
+                continue;
+            }
+            for m in &e.members {
+                if ids.contains(&(m.val() >> 16)) {
+                    if let Ok(n) = self.btf.resolve_name(m) {
+                        by_code.entry(m.val()).or_insert(n);
+                    }
+                }
+            }
+        }
+        Ok(Reasons { by_code })
+    }
+
+    fn enum_members(&self, name: &str) -> Result<Vec<(String, u32)>> {
+        let types = self
+            .btf
+            .resolve_types_by_name(name)
+            .map_err(|_| anyhow!("no enum {name} in the kernel BTF"))?;
+        for t in types {
+            if let Type::Enum(e) = t {
+                let mut out = Vec::with_capacity(e.members.len());
+                for m in &e.members {
+                    out.push((self.btf.resolve_name(m).unwrap_or_default(), m.val()));
+                }
+                return Ok(out);
+            }
+        }
+        bail!("no enum {name} in the kernel BTF")
+    }
+
+    fn strukt(&self, name: &str) -> Result<btf_rs::Struct> {
+        let types = self
+            .btf
+            .resolve_types_by_name(name)
+            .map_err(|_| anyhow!("no struct {name} in the kernel BTF"))?;
+        for t in types {
+            match t {
+                Type::Struct(s) | Type::Union(s) if !s.members.is_empty() => return Ok(s),
+                _ => {}
+            }
+        }
+        bail!("no struct {name} in the kernel BTF")
+    }
+
+    /// Skips typedefs and qualifiers down to a struct or union, if any.
+    fn as_struct(&self, mut t: Type) -> Option<btf_rs::Struct> {
+        for _ in 0..16 {
+            match t {
+                Type::Struct(s) | Type::Union(s) => return Some(s),
+                Type::Typedef(_)
+                | Type::Const(_)
+                | Type::Volatile(_)
+                | Type::Restrict(_)
+                | Type::TypeTag(_) => {
+                    t = self.btf.resolve_chained_type(t.as_btf_type()?).ok()?;
+                }
+                _ => return None,
+            }
+        }
+        None
+    }
+
+    /// Byte offset of `member` inside `s`, looking through anonymous
+    /// structs and unions (the kernel nests many fields in them).
+    fn member_in(&self, s: &btf_rs::Struct, member: &str) -> Option<(u32, Type)> {
+        for m in &s.members {
+            let name = self.btf.resolve_name(m).unwrap_or_default();
+            let ty = self.btf.resolve_chained_type(m).ok();
+            if name == member {
+                return Some((m.bit_offset() / 8, ty?));
+            }
+            if name.is_empty() {
+                if let Some(inner) = ty.and_then(|t| self.as_struct(t)) {
+                    if let Some((off, t)) = self.member_in(&inner, member) {
+                        return Some((m.bit_offset() / 8 + off, t));
+                    }
+                }
+            }
+        }
+        None
+    }
+
+    /// Offset of a dotted member path, e.g. `sock.__sk_common.skc_family`.
+    pub fn offset_of(&self, path: &str) -> Result<u32> {
+        let mut parts = path.split('.');
+        let root = parts.next().unwrap_or_default();
+        let mut s = self.strukt(root)?;
+        let mut total = 0;
+        let mut rest = parts.peekable();
+        while let Some(member) = rest.next() {
+            let (off, ty) = self
+                .member_in(&s, member)
+                .ok_or_else(|| anyhow!("kernel struct has no member {path}"))?;
+            total += off;
+            if rest.peek().is_some() {
+                s = self
+                    .as_struct(ty)
+                    .ok_or_else(|| anyhow!("{member} in {path} is not a struct"))?;
+            }
+        }
+        Ok(total)
+    }
+
+    /// Every offset the eBPF programs read. Members that the drop path
+    /// cannot work without are errors; optional ones become `NO_OFFSET`.
+    pub fn offsets(&self) -> Result<Offsets> {
+        let need = |p: &str| self.offset_of(p).with_context(|| format!("resolving {p}"));
+        let opt = |p: &str| self.offset_of(p).unwrap_or(NO_OFFSET);
+        Ok(Offsets {
+            skb_dev: need("sk_buff.dev")?,
+            skb_sk: need("sk_buff.sk")?,
+            skb_len: need("sk_buff.len")?,
+            skb_iif: need("sk_buff.skb_iif")?,
+            skb_head: need("sk_buff.head")?,
+            skb_end: need("sk_buff.end")?,
+            skb_protocol: need("sk_buff.protocol")?,
+            skb_network_header: need("sk_buff.network_header")?,
+            skb_transport_header: opt("sk_buff.transport_header"),
+            shinfo_gso_size: opt("skb_shared_info.gso_size"),
+            shinfo_gso_segs: opt("skb_shared_info.gso_segs"),
+            dev_ifindex: need("net_device.ifindex")?,
+            dev_mtu: opt("net_device.mtu"),
+            dev_nd_net: need("net_device.nd_net")?,
+            net_inum: need("net.ns.inum")?,
+            sk_family: opt("sock.__sk_common.skc_family"),
+            sk_protocol: opt("sock.sk_protocol"),
+            sk_daddr: opt("sock.__sk_common.skc_daddr"),
+            sk_rcv_saddr: opt("sock.__sk_common.skc_rcv_saddr"),
+            sk_dport: opt("sock.__sk_common.skc_dport"),
+            sk_num: opt("sock.__sk_common.skc_num"),
+            sk_v6_daddr: opt("sock.__sk_common.skc_v6_daddr"),
+            sk_v6_rcv_saddr: opt("sock.__sk_common.skc_v6_rcv_saddr"),
+            sk_net: opt("sock.__sk_common.skc_net"),
+            fl4_oif: opt("flowi4.__fl_common.flowic_oif"),
+            fl4_iif: opt("flowi4.__fl_common.flowic_iif"),
+            fl4_proto: opt("flowi4.__fl_common.flowic_proto"),
+            fl4_saddr: opt("flowi4.saddr"),
+            fl4_daddr: opt("flowi4.daddr"),
+            fl6_oif: opt("flowi6.__fl_common.flowic_oif"),
+            fl6_iif: opt("flowi6.__fl_common.flowic_iif"),
+            fl6_proto: opt("flowi6.__fl_common.flowic_proto"),
+            fl6_saddr: opt("flowi6.saddr"),
+            fl6_daddr: opt("flowi6.daddr"),
+            nhc_dev: opt("fib_nh_common.nhc_dev"),
+            f6res_nh: opt("fib6_result.nh"),
+            f6nh_dev: opt("fib6_nh.nh_common.nhc_dev"),
+            f6res_type: opt("fib6_result.fib6_type"),
+            f6table_id: opt("fib6_table.tb6_id"),
+            tp_skbaddr: NO_OFFSET,
+            tp_location: NO_OFFSET,
+            tp_reason: NO_OFFSET,
+        })
+    }
+}
+
+/// Drop reason codes and names of the running kernel.
+#[derive(Clone, Debug, Default)]
+pub struct Reasons {
+    by_code: BTreeMap<u32, String>,
+}
+
+impl Reasons {
+    pub fn from_pairs<I: IntoIterator<Item = (u32, String)>>(pairs: I) -> Self {
+        Reasons {
+            by_code: pairs.into_iter().collect(),
+        }
+    }
+
+    /// The name of a code; unknown codes read `REASON_<n>` rather than fail.
+    pub fn name(&self, code: u32) -> String {
+        match self.by_code.get(&code) {
+            Some(n) => n.clone(),
+            None => format!("REASON_{code}"),
+        }
+    }
+
+    /// Code for a user-typed name: case-insensitive, with or without the
+    /// `SKB_DROP_REASON_` prefix, or a number.
+    pub fn code(&self, name: &str) -> Option<u32> {
+        let n = name.trim();
+        if let Ok(v) = n.parse::<u32>() {
+            return Some(v);
+        }
+        let up = n.to_ascii_uppercase();
+        let short = up.strip_prefix("SKB_DROP_REASON_").unwrap_or(&up);
+        self.by_code
+            .iter()
+            .find(|(_, v)| v.as_str() == short)
+            .map(|(k, _)| *k)
+    }
+
+    pub fn iter(&self) -> impl Iterator<Item = (u32, &str)> {
+        self.by_code.iter().map(|(k, v)| (*k, v.as_str()))
+    }
+
+    pub fn len(&self) -> usize {
+        self.by_code.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.by_code.is_empty()
+    }
+
+    /// Parses a comma-separated list; an unknown name is an error naming it.
+    pub fn parse_list(&self, list: &[String]) -> Result<Vec<u32>> {
+        let mut out = Vec::new();
+        for item in list.iter().flat_map(|s| s.split(',')) {
+            let item = item.trim();
+            if item.is_empty() {
+                continue;
+            }
+            match self.code(item) {
+                Some(c) => out.push(c),
+                None => bail!(
+                    "unknown drop reason '{item}': `tracer reasons` lists this kernel's reasons"
+                ),
+            }
+        }
+        Ok(out)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    // The kernel BTF is always present on the machines tracer targets (and
+    // CI); these tests read the real thing rather than a fixture.
+    #[test]
+    fn reasons_come_from_the_running_kernel() {
+        let btf = KernelBtf::load().unwrap();
+        let r = btf.drop_reasons().unwrap();
+        assert_eq!(r.name(2), "NOT_SPECIFIED");
+        let rp = r
+            .code("IP_RPFILTER")
+            .expect("IP_RPFILTER exists since 5.17");
+        assert_eq!(r.name(rp), "IP_RPFILTER");
+        assert_eq!(r.code("skb_drop_reason_ip_rpfilter"), Some(rp));
+        assert!(r.code("NO_SUCH_REASON").is_none());
+        assert!(r.len() > 50);
+        assert_eq!(r.name(0xfff_ffff), "REASON_268435455");
+    }
+
+    #[test]
+    fn offsets_resolve_through_anonymous_members() {
+        let btf = KernelBtf::load().unwrap();
+        let o = btf.offsets().unwrap();
+        // sk_buff.dev sits in an anonymous union after next/prev (16 bytes).
+        assert_eq!(o.skb_dev, 16);
+        assert!(o.skb_protocol > o.skb_dev);
+        assert_ne!(o.sk_family, NO_OFFSET);
+        assert_ne!(o.fl4_daddr, NO_OFFSET);
+        assert_eq!(o.fl4_daddr, o.fl4_saddr + 4);
+        assert!(btf.offset_of("sk_buff.no_such_member").is_err());
+        assert!(btf.offset_of("no_such_struct.x").is_err());
+    }
+
+    #[test]
+    fn reason_lists_name_the_bad_item() {
+        let r = Reasons::from_pairs([(2, "NOT_SPECIFIED".into()), (3, "NO_SOCKET".into())]);
+        assert_eq!(
+            r.parse_list(&["no_socket,NOT_SPECIFIED".into()]).unwrap(),
+            vec![3, 2]
+        );
+        let e = r.parse_list(&["NO_SOCKET,BOGUS".into()]).unwrap_err();
+        assert!(e.to_string().contains("'BOGUS'"), "{e}");
+    }
+}

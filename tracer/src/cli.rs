@@ -1,0 +1,123 @@
+//! The command line: clap definitions and dispatch. `main.rs` only calls
+//! `run` and turns an error into one line and an exit code.
+
+use crate::output::Format;
+use crate::probes::DropHook;
+use crate::watch::{parse_duration, Printer, TraceOptions, Tracer};
+use anyhow::Result;
+use clap::{Args, Parser, Subcommand};
+use std::time::{Duration, Instant};
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "tracer",
+    version,
+    about = "Why did the kernel drop my packet? Traces every drop with its reason, and proves the cause.",
+    propagate_version = true
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// Stream every packet the kernel drops, with reason, place, netns, device and flow.
+    Watch(TraceArgs),
+    /// List this kernel's drop reasons (from its BTF).
+    Reasons {
+        #[arg(short = 'o', long = "output", value_enum, default_value = "text")]
+        output: Format,
+    },
+}
+
+/// Flags shared by `watch` and `diagnose`.
+#[derive(Args, Debug, Clone)]
+pub struct TraceArgs {
+    /// Packet filter, tcpdump-like: host, net A/N, port, portrange, src/dst,
+    /// tcp/udp/icmp/icmp6/ip/ip6, and/or/not, parentheses.
+    #[arg(value_name = "EXPR")]
+    pub expr: Vec<String>,
+    /// Only drops in this network namespace: a name in /run/netns, a path, or an inode (repeatable).
+    #[arg(long, value_name = "NAME|PATH|INODE")]
+    pub netns: Vec<String>,
+    /// Only drops on (or arriving through) this interface of --netns (default: tracer's own netns).
+    #[arg(short = 'i', long = "interface", value_name = "IFNAME")]
+    pub interface: Option<String>,
+    /// Only these drop reasons (comma-separated, e.g. IP_RPFILTER,NO_SOCKET).
+    #[arg(long = "reason", value_name = "R,...")]
+    pub reason: Vec<String>,
+    /// Never these drop reasons.
+    #[arg(long = "exclude-reason", value_name = "R,...")]
+    pub exclude_reason: Vec<String>,
+    /// Also show known benign noise (socket queue purges, unheard multicast, ping replies).
+    #[arg(short = 'a', long)]
+    pub all: bool,
+    #[arg(short = 'o', long = "output", value_enum, default_value = "text")]
+    pub output: Format,
+    /// Stop after this long (10s, 2m, 500ms).
+    #[arg(short = 'd', long, value_name = "D", value_parser = parse_duration_arg)]
+    pub duration: Option<Duration>,
+    /// Stop after this many drops.
+    #[arg(short = 'c', long, value_name = "N")]
+    pub count: Option<u64>,
+    /// Attach the drop probe this way instead of trying tp_btf, raw_tp, then the tracepoint.
+    #[arg(long, value_enum, value_name = "HOOK")]
+    pub hook: Option<DropHook>,
+}
+
+fn parse_duration_arg(s: &str) -> Result<Duration, String> {
+    parse_duration(s).map_err(|e| e.to_string())
+}
+
+impl TraceArgs {
+    pub fn options(&self) -> TraceOptions {
+        TraceOptions {
+            expr: self.expr.clone(),
+            netns: self.netns.clone(),
+            iface: self.interface.clone(),
+            reasons: self.reason.clone(),
+            exclude_reasons: self.exclude_reason.clone(),
+            all: self.all,
+            duration: self.duration,
+            count: self.count,
+            hook: self.hook,
+            format: Some(self.output),
+        }
+    }
+}
+
+/// Runs a parsed command line.
+pub fn run(cli: Cli, started: Instant) -> Result<()> {
+    match cli.command {
+        Command::Watch(args) => {
+            let rt = runtime()?;
+            rt.block_on(async {
+                let tracer = Tracer::start(&args.options(), false, false, started)?;
+                tracer.run(&mut Printer).await?;
+                Ok(())
+            })
+        }
+        Command::Reasons { output } => reasons(output),
+    }
+}
+
+fn runtime() -> Result<tokio::runtime::Runtime> {
+    Ok(tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?)
+}
+
+fn reasons(format: Format) -> Result<()> {
+    let btf = crate::btf::KernelBtf::load()?;
+    let reasons = btf.drop_reasons()?;
+    let mut out = crate::output::Output::stdout(format, 0);
+    for (code, name) in reasons.iter() {
+        if format == Format::Json {
+            out.json(&serde_json::json!({"type": "reason", "code": code, "name": name}))?;
+        } else {
+            out.line(&format!("{code:>8}  {name}"))?;
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,416 @@
+//! Events as they leave the ring buffer (decoded without trusting a byte)
+//! and as the user sees them (named: reasons, symbols, netns, interfaces).
+
+use crate::btf::Reasons;
+use crate::symbols::Symbols;
+use crate::topology::{IfName, Topology};
+use serde::Serialize;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+use tracer_abi::*;
+
+/// A decoded ring-buffer record.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Event {
+    Drop(DropEvent),
+    Syn(SynEvent),
+}
+
+#[derive(Debug, PartialEq, Eq)]
+pub enum DecodeError {
+    Short { kind: u32, len: usize, want: usize },
+    UnknownKind(u32),
+}
+
+impl std::fmt::Display for DecodeError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            DecodeError::Short { kind, len, want } => {
+                write!(f, "event of kind {kind} has {len} bytes, expected {want}")
+            }
+            DecodeError::UnknownKind(k) => write!(f, "unknown event kind {k}"),
+        }
+    }
+}
+
+/// Reads a POD struct from the front of `buf`. Every type in tracer-abi is
+/// made of integers only, so any bytes are a valid value.
+fn pod<T: Copy>(buf: &[u8], kind: u32) -> Result<T, DecodeError> {
+    let want = std::mem::size_of::<T>();
+    if buf.len() < want {
+        return Err(DecodeError::Short {
+            kind,
+            len: buf.len(),
+            want,
+        });
+    }
+    // SAFETY: length checked above; T is a repr(C) struct of integers and
+    // byte arrays (see tracer-abi), valid for every bit pattern.
+    Ok(unsafe { std::ptr::read_unaligned(buf.as_ptr() as *const T) })
+}
+
+pub fn decode(buf: &[u8]) -> Result<Event, DecodeError> {
+    if buf.len() < 4 {
+        return Err(DecodeError::Short {
+            kind: 0,
+            len: buf.len(),
+            want: 4,
+        });
+    }
+    let kind = u32::from_ne_bytes([buf[0], buf[1], buf[2], buf[3]]);
+    match kind {
+        KIND_DROP => pod::<DropEvent>(buf, kind).map(Event::Drop),
+        KIND_SYN => pod::<SynEvent>(buf, kind).map(Event::Syn),
+        k => Err(DecodeError::UnknownKind(k)),
+    }
+}
+
+pub fn flow_src(f: &Flow) -> Option<IpAddr> {
+    addr(f.family, &f.src)
+}
+
+pub fn flow_dst(f: &Flow) -> Option<IpAddr> {
+    addr(f.family, &f.dst)
+}
+
+fn addr(family: u8, b: &[u8; 16]) -> Option<IpAddr> {
+    match family {
+        FAMILY_V4 => Some(IpAddr::V4(Ipv4Addr::new(b[0], b[1], b[2], b[3]))),
+        FAMILY_V6 => Some(IpAddr::V6(Ipv6Addr::from(*b))),
+        _ => None,
+    }
+}
+
+pub fn proto_name(p: u8) -> String {
+    match p {
+        IPPROTO_TCP => "tcp".into(),
+        IPPROTO_UDP => "udp".into(),
+        IPPROTO_ICMP => "icmp".into(),
+        IPPROTO_ICMPV6 => "icmp6".into(),
+        2 => "igmp".into(),
+        n => n.to_string(),
+    }
+}
+
+/// TCP flags as tcpdump prints them: `S`, `S.`, `F.`, `R`, `P.`.
+pub fn tcp_flags(f: u8) -> String {
+    let mut s = String::new();
+    for (bit, c) in [
+        (0x01, 'F'),
+        (0x02, 'S'),
+        (0x04, 'R'),
+        (0x08, 'P'),
+        (0x20, 'U'),
+    ] {
+        if f & bit != 0 {
+            s.push(c);
+        }
+    }
+    if f & 0x10 != 0 {
+        s.push('.');
+    }
+    if s.is_empty() {
+        s.push_str("none");
+    }
+    s
+}
+
+/// A route lookup joined to a drop, named.
+#[derive(Clone, Debug, Serialize, PartialEq, Eq)]
+pub struct RouteRecord {
+    /// Nanoseconds between the lookup and the drop (negative: lookup after).
+    pub age_ns: i64,
+    pub table: u32,
+    pub err: i32,
+    pub iif: i32,
+    pub oif: i32,
+    pub ifindex: i32,
+    pub ifname: Option<String>,
+    pub mtu: u32,
+}
+
+/// A drop as the user sees it; also the JSON schema (see README).
+#[derive(Clone, Debug, Serialize)]
+pub struct DropRecord {
+    #[serde(rename = "type")]
+    pub kind: &'static str,
+    /// Wall-clock time, nanoseconds since the Unix epoch.
+    pub ts_ns: u64,
+    pub reason: String,
+    pub reason_code: u32,
+    pub location: String,
+    pub netns: u32,
+    pub netns_name: Option<String>,
+    pub ifindex: i32,
+    pub ifname: Option<String>,
+    /// True when the device no longer exists (so `ifname` is null).
+    pub ifname_gone: bool,
+    pub ingress_ifindex: i32,
+    pub ingress_ifname: Option<String>,
+    pub len: u32,
+    pub gso_size: u16,
+    pub gso_segs: u16,
+    pub mtu: u32,
+    pub family: Option<&'static str>,
+    pub proto: Option<String>,
+    pub src: Option<IpAddr>,
+    pub dst: Option<IpAddr>,
+    pub sport: Option<u16>,
+    pub dport: Option<u16>,
+    pub tcp_flags: Option<String>,
+    pub mss: Option<u16>,
+    pub icmp_type: Option<u8>,
+    pub icmp_code: Option<u8>,
+    /// Addresses came from the socket: the packet had no IP header yet.
+    pub from_socket: bool,
+    pub cpu: u32,
+    pub pid: u32,
+    pub comm: String,
+    /// Latest route lookup for this packet's direction, if traced.
+    pub route: Option<RouteRecord>,
+    /// Latest route lookup towards the packet's source (reverse path).
+    pub reverse_route: Option<RouteRecord>,
+}
+
+/// A SYN whose MSS the egress MTU cannot carry, named.
+#[derive(Clone, Debug, Serialize)]
+pub struct SynRecord {
+    #[serde(rename = "type")]
+    pub kind: &'static str,
+    pub ts_ns: u64,
+    pub netns: u32,
+    pub netns_name: Option<String>,
+    pub ifindex: i32,
+    pub ifname: Option<String>,
+    pub ingress_ifindex: i32,
+    pub ingress_ifname: Option<String>,
+    pub mtu: u32,
+    pub mss: u16,
+    pub family: Option<&'static str>,
+    pub src: Option<IpAddr>,
+    pub dst: Option<IpAddr>,
+    pub sport: u16,
+    pub dport: u16,
+    pub tcp_flags: String,
+}
+
+/// Turns raw events into records: holds everything needed to name things.
+pub struct Namer {
+    pub reasons: Reasons,
+    pub symbols: Symbols,
+    pub topology: Topology,
+    /// realtime - monotonic, to turn bpf_ktime_get_ns into wall time.
+    clock_offset: i128,
+}
+
+fn clock_ns(id: libc::clockid_t) -> i128 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: clock_gettime writes into the timespec we own.
+    unsafe { libc::clock_gettime(id, &mut ts) };
+    ts.tv_sec as i128 * 1_000_000_000 + ts.tv_nsec as i128
+}
+
+/// Kernel monotonic time now, the clock of event timestamps.
+pub fn monotonic_ns() -> u64 {
+    clock_ns(libc::CLOCK_MONOTONIC) as u64
+}
+
+impl Namer {
+    pub fn new(reasons: Reasons, symbols: Symbols, topology: Topology) -> Self {
+        let clock_offset = clock_ns(libc::CLOCK_REALTIME) - clock_ns(libc::CLOCK_MONOTONIC);
+        Namer {
+            reasons,
+            symbols,
+            topology,
+            clock_offset,
+        }
+    }
+
+    pub fn wall_ns(&self, mono: u64) -> u64 {
+        (mono as i128 + self.clock_offset).max(0) as u64
+    }
+
+    fn ifname(&mut self, netns: u32, ifindex: i32) -> (Option<String>, bool) {
+        if ifindex == 0 || netns == 0 {
+            return (None, false);
+        }
+        match self.topology.ifname(netns, ifindex) {
+            IfName::Name(n) => (Some(n), false),
+            IfName::Gone | IfName::NetnsGone => (None, true),
+            IfName::None => (None, false),
+        }
+    }
+
+    fn route(&mut self, h: &RouteHit, drop_ts: u64, netns: u32) -> Option<RouteRecord> {
+        if h.valid == 0 {
+            return None;
+        }
+        let ns = if h.netns != 0 { h.netns } else { netns };
+        let (ifname, _) = self.ifname(ns, h.dev_ifindex);
+        Some(RouteRecord {
+            age_ns: drop_ts as i64 - h.ts_ns as i64,
+            table: h.table,
+            err: h.err,
+            iif: h.iif,
+            oif: h.oif,
+            ifindex: h.dev_ifindex,
+            ifname,
+            mtu: h.dev_mtu,
+        })
+    }
+
+    pub fn drop_record(&mut self, e: &DropEvent) -> DropRecord {
+        let f = &e.flow;
+        let (ifname, ifname_gone) = self.ifname(e.netns, e.ifindex);
+        let (ingress_ifname, _) = self.ifname(e.netns, e.ingress_ifindex);
+        let has_l3 = f.family != FAMILY_NONE;
+        let has_ports = has_l3
+            && (f.proto == IPPROTO_TCP || f.proto == IPPROTO_UDP)
+            && f.flags & FLOW_FRAGMENT == 0;
+        let is_icmp = has_l3 && (f.proto == IPPROTO_ICMP || f.proto == IPPROTO_ICMPV6);
+        DropRecord {
+            kind: "drop",
+            ts_ns: self.wall_ns(e.ts_ns),
+            reason: self.reasons.name(e.reason),
+            reason_code: e.reason,
+            location: self.symbols.format(e.location),
+            netns: e.netns,
+            netns_name: self.topology.netns_name(e.netns),
+            ifindex: e.ifindex,
+            ifname,
+            ifname_gone,
+            ingress_ifindex: e.ingress_ifindex,
+            ingress_ifname,
+            len: e.len,
+            gso_size: e.gso_size,
+            gso_segs: e.gso_segs,
+            mtu: e.dev_mtu,
+            family: match f.family {
+                FAMILY_V4 => Some("ipv4"),
+                FAMILY_V6 => Some("ipv6"),
+                _ => None,
+            },
+            proto: has_l3.then(|| proto_name(f.proto)),
+            src: flow_src(f),
+            dst: flow_dst(f),
+            sport: has_ports.then_some(f.sport),
+            dport: has_ports.then_some(f.dport),
+            tcp_flags: (has_ports && f.proto == IPPROTO_TCP).then(|| tcp_flags(f.tcp_flags)),
+            mss: (f.mss != 0).then_some(f.mss),
+            icmp_type: is_icmp.then_some(f.icmp_type),
+            icmp_code: is_icmp.then_some(f.icmp_code),
+            from_socket: f.flags & FLOW_FROM_SOCKET != 0,
+            cpu: e.cpu,
+            pid: e.pid,
+            comm: comm(&e.comm),
+            route: self.route(&e.route_fwd, e.ts_ns, e.netns),
+            reverse_route: self.route(&e.route_rev, e.ts_ns, e.netns),
+        }
+    }
+
+    pub fn syn_record(&mut self, e: &SynEvent) -> SynRecord {
+        let f = &e.flow;
+        SynRecord {
+            kind: "syn",
+            ts_ns: self.wall_ns(e.ts_ns),
+            netns: e.netns,
+            netns_name: self.topology.netns_name(e.netns),
+            ifindex: e.ifindex,
+            ifname: self.ifname(e.netns, e.ifindex).0,
+            ingress_ifindex: e.ingress_ifindex,
+            ingress_ifname: self.ifname(e.netns, e.ingress_ifindex).0,
+            mtu: e.mtu,
+            mss: f.mss,
+            family: match f.family {
+                FAMILY_V4 => Some("ipv4"),
+                FAMILY_V6 => Some("ipv6"),
+                _ => None,
+            },
+            src: flow_src(f),
+            dst: flow_dst(f),
+            sport: f.sport,
+            dport: f.dport,
+            tcp_flags: tcp_flags(f.tcp_flags),
+        }
+    }
+}
+
+fn comm(b: &[u8; 16]) -> String {
+    let end = b.iter().position(|&c| c == 0).unwrap_or(b.len());
+    String::from_utf8_lossy(&b[..end]).into_owned()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn bytes_of<T>(v: &T) -> Vec<u8> {
+        // SAFETY: test-only view of a POD value as bytes.
+        unsafe { std::slice::from_raw_parts(v as *const T as *const u8, std::mem::size_of::<T>()) }
+            .to_vec()
+    }
+
+    #[test]
+    fn decodes_a_drop_round_trip() {
+        let mut e = DropEvent {
+            kind: KIND_DROP,
+            reason: 104,
+            len: 60,
+            ..Default::default()
+        };
+        e.flow.family = FAMILY_V4;
+        e.flow.src[..4].copy_from_slice(&[172, 17, 5, 5]);
+        let got = decode(&bytes_of(&e)).unwrap();
+        assert_eq!(got, Event::Drop(e));
+        assert_eq!(
+            flow_src(&e.flow),
+            Some(IpAddr::V4(Ipv4Addr::new(172, 17, 5, 5)))
+        );
+    }
+
+    #[test]
+    fn short_and_unknown_records_are_errors_not_panics() {
+        let e = DropEvent {
+            kind: KIND_DROP,
+            ..Default::default()
+        };
+        let b = bytes_of(&e);
+        assert!(matches!(
+            decode(&b[..b.len() - 1]),
+            Err(DecodeError::Short { .. })
+        ));
+        assert_eq!(decode(&[9, 0, 0, 0, 1]), Err(DecodeError::UnknownKind(9)));
+        assert!(decode(&[]).is_err());
+    }
+
+    #[test]
+    fn decoding_arbitrary_bytes_never_panics() {
+        // A cheap deterministic fuzz: xorshift bytes of every length, with
+        // valid kinds forced in half of them.
+        let mut x: u64 = 0x9e3779b97f4a7c15;
+        for len in 0..600usize {
+            let mut buf = vec![0u8; len];
+            for b in buf.iter_mut() {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                *b = x as u8;
+            }
+            if len >= 4 && len % 2 == 0 {
+                buf[..4].copy_from_slice(&((len as u32 % 2) + 1).to_ne_bytes());
+            }
+            let _ = decode(&buf);
+        }
+    }
+
+    #[test]
+    fn tcp_flags_read_like_tcpdump() {
+        assert_eq!(tcp_flags(0x02), "S");
+        assert_eq!(tcp_flags(0x12), "S.");
+        assert_eq!(tcp_flags(0x18), "P.");
+        assert_eq!(tcp_flags(0x04), "R");
+        assert_eq!(tcp_flags(0), "none");
+    }
+}

@@ -1,0 +1,2 @@
+//! `tracer lab`: the incidents, rebuilt in throwaway namespaces.
+pub mod netlab;

@@ -1,0 +1,25 @@
+//! tracer: why did the kernel drop my packet?
+//!
+//! The kernel side (`tracer-ebpf`) captures facts cheaply: every
+//! `skb:kfree_skb` with its reason, the route lookups around it, SYNs whose
+//! MSS cannot fit. This crate enriches, correlates and explains:
+//!
+//! - `probes`: load and attach the eBPF object, read its ring buffer and counters
+//! - `btf`, `symbols`: names from the running kernel (drop reasons, offsets, kallsyms)
+//! - `netns`, `topology`: namespaces, interfaces, routes and sysctls over netlink
+//! - `filter`: the tcpdump-like expression, compiled for the kernel
+//! - `event`: decode ring-buffer records and name them
+//! - `output`: text and JSON
+//! - `watch`: the tracing session that every command builds on
+//! - `cli`: the command line; `main.rs` is a thin shell around `cli::run`
+pub mod btf;
+pub mod cli;
+pub mod event;
+pub mod filter;
+pub mod lab;
+pub mod netns;
+pub mod output;
+pub mod probes;
+pub mod symbols;
+pub mod topology;
+pub mod watch;

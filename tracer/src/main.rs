@@ -1,0 +1,37 @@
+use clap::Parser;
+use std::process::ExitCode;
+use std::time::Instant;
+
+fn main() -> ExitCode {
+    let started = Instant::now();
+    let cli = match tracer::cli::Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) if !e.use_stderr() => {
+            // --help and --version.
+            let _ = e.print();
+            return ExitCode::SUCCESS;
+        }
+        Err(e) => {
+            // One line naming the problem; clap's usage hint stays out.
+            let msg = e.to_string();
+            let first = msg.lines().next().unwrap_or("bad command line");
+            eprintln!("tracer: {}", first.trim_start_matches("error: "));
+            return ExitCode::from(2);
+        }
+    };
+    match tracer::cli::run(cli, started) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            // One line: the context chain, no backtrace. Verifier logs
+            // and the like span lines; fold them.
+            let msg = format!("{e:#}");
+            let one: Vec<&str> = msg
+                .lines()
+                .map(str::trim)
+                .filter(|l| !l.is_empty())
+                .collect();
+            eprintln!("tracer: error: {}", one.join(" | "));
+            ExitCode::FAILURE
+        }
+    }
+}

@@ -1,0 +1,802 @@
+//! Naming, finding and entering network namespaces.
+//!
+//! Kernel drop events identify a network namespace only by the inode number of
+//! its nsfs file. To read anything about that namespace userspace needs a path
+//! that opens it: a bind mount (`ip netns add` puts them in `/run/netns`) or a
+//! process that lives in it (`/proc/PID/ns/net`).
+//!
+//! Caching: [`find`] is backed by a process-wide [`NetnsCache`]. A hit costs one
+//! `stat` (to make sure the cached path still opens the same namespace: pids
+//! get reused and bind mounts get removed); a miss triggers a full scan at most
+//! once per [`RESCAN_INTERVAL`], so an event storm from an unknown namespace
+//! does not turn into a `/proc` walk per event. Callers that want their own
+//! timing (or no lock) can own a [`NetnsCache`].
+//!
+//! Caveat: nsfs inode numbers are recycled once a namespace is freed, so an
+//! inode names "the namespace that has this inode now", which for an event
+//! about a namespace that died is possibly a different one.
+
+use std::collections::HashMap;
+use std::fs::{self, File};
+use std::io;
+use std::os::fd::AsRawFd;
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+use std::sync::{Mutex, OnceLock, PoisonError};
+use std::time::{Duration, Instant};
+
+use anyhow::anyhow;
+
+/// Where `ip netns` bind-mounts named namespaces.
+pub const NETNS_RUN_DIR: &str = "/run/netns";
+
+/// Minimum time between two full scans triggered by cache misses.
+pub const RESCAN_INTERVAL: Duration = Duration::from_millis(500);
+
+/// `_IO(0xb7, 0x3)` from linux/nsfs.h; not exported by the libc crate.
+const NS_GET_NSTYPE: libc::c_ulong = 0xb703;
+
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
+pub struct NetnsInfo {
+    pub inode: u32,
+    /// Name under /run/netns, if the namespace has one.
+    pub name: Option<String>,
+    /// A path that opens the namespace. `/proc/PID/ns/net` paths stop working
+    /// when that process exits even if the namespace lives on.
+    pub path: PathBuf,
+}
+
+impl NetnsInfo {
+    /// Human label: the /run/netns name, else `net:[INODE]` like `readlink`.
+    pub fn label(&self) -> String {
+        match &self.name {
+            Some(n) => n.clone(),
+            None => format!("net:[{}]", self.inode),
+        }
+    }
+}
+
+/// Inode of the tracer's own netns (/proc/self/ns/net).
+///
+/// This is the netns of the thread-group leader, so inside [`run_in`] it still
+/// answers the tracer's netns; use [`thread_inode`] for the calling thread's.
+pub fn own_inode() -> io::Result<u32> {
+    inode_of(Path::new("/proc/self/ns/net"))
+}
+
+/// Inode of the netns the calling thread is in (differs from [`own_inode`]
+/// inside [`run_in`]).
+pub fn thread_inode() -> io::Result<u32> {
+    inode_of(Path::new("/proc/thread-self/ns/net"))
+}
+
+fn inode_of(path: &Path) -> io::Result<u32> {
+    ino_u32(fs::metadata(path)?.ino())
+}
+
+fn ino_u32(ino: u64) -> io::Result<u32> {
+    u32::try_from(ino)
+        .map_err(|_| io::Error::other(format!("nsfs inode {ino} does not fit in u32")))
+}
+
+/// Device number of the nsfs superblock. Every namespace file (bind mount or
+/// /proc link target) lives on it, which tells a mounted /run/netns entry from
+/// a stale plain file left behind by a crashed `ip netns add`.
+fn nsfs_dev() -> Option<u64> {
+    static DEV: OnceLock<Option<u64>> = OnceLock::new();
+    *DEV.get_or_init(|| fs::metadata("/proc/self/ns/net").ok().map(|m| m.dev()))
+}
+
+/// Checks that `file` is a network namespace and returns its inode.
+fn net_ns_inode(file: &File) -> io::Result<u32> {
+    // SAFETY: the fd is owned by `file` and valid for the duration of the call;
+    // NS_GET_NSTYPE takes no argument.
+    let ty = unsafe { libc::ioctl(file.as_raw_fd(), NS_GET_NSTYPE as _) };
+    if ty < 0 {
+        let err = io::Error::last_os_error();
+        if err.raw_os_error() == Some(libc::ENOTTY) {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                "not a namespace file",
+            ));
+        }
+        return Err(err);
+    }
+    if ty != libc::CLONE_NEWNET {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            "a namespace, but not a network namespace",
+        ));
+    }
+    ino_u32(file.metadata()?.ino())
+}
+
+/// Parses the target of a /proc/PID/ns/net link: `net:[4026531840]`.
+fn parse_ns_link(target: &str) -> Option<u32> {
+    target
+        .strip_prefix("net:[")?
+        .strip_suffix(']')?
+        .parse()
+        .ok()
+}
+
+/// Does `path` still open the namespace with this inode? One stat, no open.
+fn still_is(path: &Path, inode: u32) -> bool {
+    match fs::metadata(path) {
+        Ok(md) => Some(md.dev()) == nsfs_dev() && md.ino() == u64::from(inode),
+        Err(_) => false,
+    }
+}
+
+/// What the user typed for --netns: a name in /run/netns, a path
+/// (/proc/123/ns/net, /run/netns/x), or an inode number. Errors are one line.
+pub fn resolve(arg: &str) -> anyhow::Result<NetnsInfo> {
+    let unknown = || {
+        anyhow!(
+            "unknown netns '{arg}': no {NETNS_RUN_DIR}/{arg}, not a path, not an inode of a live netns"
+        )
+    };
+    if arg.is_empty() {
+        return Err(unknown());
+    }
+    if arg.contains('/') {
+        let path = Path::new(arg);
+        let file = File::open(path).map_err(|e| anyhow!("netns path '{arg}': {e}"))?;
+        let inode = net_ns_inode(&file).map_err(|e| anyhow!("netns path '{arg}': {e}"))?;
+        let name = name_in_run_dir(path)
+            .or_else(|| with_global(|c| c.find_now(inode)).and_then(|i| i.name));
+        return Ok(NetnsInfo {
+            inode,
+            name,
+            path: path.to_path_buf(),
+        });
+    }
+    let named = Path::new(NETNS_RUN_DIR).join(arg);
+    if arg != "." && arg != ".." {
+        if let Ok(file) = File::open(&named) {
+            return match net_ns_inode(&file) {
+                Ok(inode) => Ok(NetnsInfo {
+                    inode,
+                    name: Some(arg.to_string()),
+                    path: named,
+                }),
+                Err(e) => Err(anyhow!(
+                    "netns '{arg}': {} exists but is not a mounted network namespace ({e})",
+                    named.display()
+                )),
+            };
+        }
+    }
+    if let Ok(inode) = arg.parse::<u32>() {
+        // User input is rare: scan now rather than honour the miss rate limit.
+        if let Some(info) = with_global(|c| c.find_now(inode)) {
+            return Ok(info);
+        }
+    }
+    Err(unknown())
+}
+
+fn name_in_run_dir(path: &Path) -> Option<String> {
+    if path.parent()? != Path::new(NETNS_RUN_DIR) {
+        return None;
+    }
+    Some(path.file_name()?.to_str()?.to_string())
+}
+
+/// A live netns by inode: scans /run/netns/*, other nsfs bind mounts, then
+/// /proc/*/ns/net (and, if still not found, every thread's). None if gone.
+///
+/// Uses the process-wide cache (see the module docs): cheap on hits, at most
+/// one full scan per [`RESCAN_INTERVAL`] on misses. A netns created less than
+/// that interval after a failed lookup may therefore be reported as None.
+pub fn find(inode: u32) -> Option<NetnsInfo> {
+    with_global(|c| c.find(inode))
+}
+
+/// All live network namespaces this process can see, one entry per inode,
+/// sorted by inode. Always a fresh scan (threads excluded).
+pub fn list() -> Vec<NetnsInfo> {
+    let mut v: Vec<NetnsInfo> = scan().into_values().collect();
+    v.sort_by_key(|i| i.inode);
+    v
+}
+
+fn with_global<R>(f: impl FnOnce(&mut NetnsCache) -> R) -> R {
+    static GLOBAL: Mutex<Option<NetnsCache>> = Mutex::new(None);
+    // A panic while holding the lock leaves at worst a stale map, which the
+    // per-hit verification copes with.
+    let mut guard = GLOBAL.lock().unwrap_or_else(PoisonError::into_inner);
+    f(guard.get_or_insert_with(NetnsCache::new))
+}
+
+/// inode -> path cache with verified hits and rate-limited rescans on misses.
+#[derive(Debug)]
+pub struct NetnsCache {
+    known: HashMap<u32, NetnsInfo>,
+    last_scan: Option<Instant>,
+    min_rescan: Duration,
+}
+
+impl Default for NetnsCache {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl NetnsCache {
+    pub fn new() -> Self {
+        Self::with_min_rescan(RESCAN_INTERVAL)
+    }
+
+    /// `min_rescan`: minimum time between two scans triggered by misses.
+    pub fn with_min_rescan(min_rescan: Duration) -> Self {
+        NetnsCache {
+            known: HashMap::new(),
+            last_scan: None,
+            min_rescan,
+        }
+    }
+
+    /// Cached lookup; rescans on a miss unless the last scan is too recent.
+    pub fn find(&mut self, inode: u32) -> Option<NetnsInfo> {
+        if let Some(hit) = self.verified_hit(inode) {
+            return Some(hit);
+        }
+        if self
+            .last_scan
+            .is_some_and(|t| t.elapsed() < self.min_rescan)
+        {
+            return None;
+        }
+        self.find_now(inode)
+    }
+
+    /// Like [`NetnsCache::find`] but scans on a miss regardless of rate limit.
+    pub fn find_now(&mut self, inode: u32) -> Option<NetnsInfo> {
+        if let Some(hit) = self.verified_hit(inode) {
+            return Some(hit);
+        }
+        self.rescan();
+        if let Some(info) = self.known.get(&inode) {
+            return Some(info.clone());
+        }
+        // Threads can sit in a netns their process leader is not in (a
+        // container runtime mid-setup, or our own run_in threads); walking
+        // every task is costly, so only for inodes nothing else explains.
+        let info = scan_tasks_for(inode)?;
+        self.known.insert(inode, info.clone());
+        Some(info)
+    }
+
+    /// Replace the cache with a fresh scan.
+    pub fn rescan(&mut self) {
+        let mut fresh = scan();
+        // Entries found by the (costly, on-demand) thread walk are not in a
+        // plain scan; keep those that still open the same netns.
+        for (inode, info) in self.known.drain() {
+            if !fresh.contains_key(&inode) && still_is(&info.path, inode) {
+                fresh.insert(inode, info);
+            }
+        }
+        self.known = fresh;
+        self.last_scan = Some(Instant::now());
+    }
+
+    fn verified_hit(&mut self, inode: u32) -> Option<NetnsInfo> {
+        let info = self.known.get(&inode)?;
+        if still_is(&info.path, inode) {
+            return Some(info.clone());
+        }
+        self.known.remove(&inode);
+        None
+    }
+}
+
+/// One pass over every place a netns can be opened from, cheapest and
+/// best-named first: /run/netns names win over anonymous paths.
+fn scan() -> HashMap<u32, NetnsInfo> {
+    let mut out: HashMap<u32, NetnsInfo> = HashMap::new();
+    let nsfs = nsfs_dev();
+
+    if let Ok(rd) = fs::read_dir(NETNS_RUN_DIR) {
+        let mut entries: Vec<PathBuf> = rd.flatten().map(|e| e.path()).collect();
+        // Several names for one netns: pick deterministically.
+        entries.sort();
+        for path in entries {
+            let Ok(md) = fs::metadata(&path) else {
+                continue;
+            };
+            if nsfs.is_none() || Some(md.dev()) != nsfs {
+                continue;
+            }
+            let (Ok(inode), Some(name)) = (ino_u32(md.ino()), name_in_run_dir(&path)) else {
+                continue;
+            };
+            out.entry(inode).or_insert(NetnsInfo {
+                inode,
+                name: Some(name),
+                path,
+            });
+        }
+    }
+
+    // Bind mounts outside /run/netns (e.g. /run/docker/netns/*) keep
+    // namespaces alive with no process in them.
+    if let Ok(mi) = fs::read_to_string("/proc/self/mountinfo") {
+        for (inode, path) in nsfs_mounts(&mi) {
+            out.entry(inode).or_insert(NetnsInfo {
+                inode,
+                name: name_in_run_dir(&path),
+                path,
+            });
+        }
+    }
+
+    for pid in proc_pids(Path::new("/proc")) {
+        let path = PathBuf::from(format!("/proc/{pid}/ns/net"));
+        let Some(inode) = read_ns_link(&path) else {
+            continue;
+        };
+        out.entry(inode).or_insert(NetnsInfo {
+            inode,
+            name: None,
+            path,
+        });
+    }
+    out
+}
+
+fn scan_tasks_for(inode: u32) -> Option<NetnsInfo> {
+    for pid in proc_pids(Path::new("/proc")) {
+        for tid in proc_pids(&Path::new("/proc").join(pid.to_string()).join("task")) {
+            let path = PathBuf::from(format!("/proc/{pid}/task/{tid}/ns/net"));
+            if read_ns_link(&path) == Some(inode) {
+                return Some(NetnsInfo {
+                    inode,
+                    name: None,
+                    path,
+                });
+            }
+        }
+    }
+    None
+}
+
+fn read_ns_link(path: &Path) -> Option<u32> {
+    parse_ns_link(fs::read_link(path).ok()?.to_str()?)
+}
+
+fn proc_pids(dir: &Path) -> Vec<u32> {
+    let Ok(rd) = fs::read_dir(dir) else {
+        return Vec::new();
+    };
+    let mut pids: Vec<u32> = rd
+        .flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse().ok())
+        .collect();
+    // Low pids are long-lived daemons: their paths stay valid longer.
+    pids.sort_unstable();
+    pids
+}
+
+/// nsfs mounts of network namespaces from a mountinfo text.
+fn nsfs_mounts(mountinfo: &str) -> Vec<(u32, PathBuf)> {
+    let mut out = Vec::new();
+    for line in mountinfo.lines() {
+        let Some((pre, post)) = line.split_once(" - ") else {
+            continue;
+        };
+        if post.split(' ').next() != Some("nsfs") {
+            continue;
+        }
+        let fields: Vec<&str> = pre.split(' ').collect();
+        let (Some(root), Some(mnt)) = (fields.get(3), fields.get(4)) else {
+            continue;
+        };
+        if let Some(inode) = parse_ns_link(root) {
+            out.push((inode, PathBuf::from(unescape_mountinfo(mnt))));
+        }
+    }
+    out
+}
+
+/// mountinfo escapes space, tab, newline and backslash as `\ooo`.
+fn unescape_mountinfo(s: &str) -> String {
+    let b = s.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        if b[i] == b'\\'
+            && i + 3 < b.len()
+            && b[i + 1..i + 4].iter().all(|c| (b'0'..=b'7').contains(c))
+        {
+            let v = (b[i + 1] - b'0') as u32 * 64
+                + (b[i + 2] - b'0') as u32 * 8
+                + (b[i + 3] - b'0') as u32;
+            if let Ok(byte) = u8::try_from(v) {
+                out.push(byte);
+                i += 4;
+                continue;
+            }
+        }
+        out.push(b[i]);
+        i += 1;
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// Runs `f` on a fresh thread that has joined the netns at `path` (setns
+/// CLONE_NEWNET) and returns its result.
+///
+/// Why a throwaway thread: setns changes only the calling thread, and a thread
+/// that never returns to its original netns cannot leak the wrong netns into
+/// later work. Inside `f`, sockets are created in the target netns (and keep
+/// it after the thread exits), and /proc/sys/net shows the target's sysctls
+/// because sysctl files are resolved against the reading thread's netns.
+/// /proc/net and /proc/self/* still follow the thread-group leader; use
+/// /proc/thread-self/net there. A panic in `f` becomes an error.
+pub fn run_in<T: Send + 'static>(
+    path: &Path,
+    f: impl FnOnce() -> T + Send + 'static,
+) -> io::Result<T> {
+    // Open in the caller so a bad path fails before a thread exists.
+    let file = File::open(path)?;
+    let handle = std::thread::Builder::new()
+        .name("netns-run-in".into())
+        .spawn(move || -> io::Result<T> {
+            // SAFETY: the fd is owned by `file`, which outlives the call.
+            if unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
+                return Err(io::Error::last_os_error());
+            }
+            drop(file);
+            Ok(f())
+        })?;
+    match handle.join() {
+        Ok(r) => r,
+        Err(payload) => {
+            let msg = payload
+                .downcast_ref::<&str>()
+                .map(|s| s.to_string())
+                .or_else(|| payload.downcast_ref::<String>().cloned())
+                .unwrap_or_else(|| "non-string panic".to_string());
+            Err(io::Error::other(format!(
+                "closure panicked in netns {}: {msg}",
+                path.display()
+            )))
+        }
+    }
+}
+
+/// Namespace fixtures for tests in this crate (needs root and `ip`).
+#[cfg(test)]
+pub(crate) mod test_support {
+    use super::*;
+    use std::process::Command;
+
+    pub(crate) const PREFIX: &str = "trtopo-";
+
+    pub(crate) fn run(cmd: &str, args: &[&str]) -> String {
+        let out = Command::new(cmd)
+            .args(args)
+            .output()
+            .unwrap_or_else(|e| panic!("spawn {cmd}: {e}"));
+        assert!(
+            out.status.success(),
+            "{cmd} {args:?} failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    /// Deletes namespaces with our prefix whose creating test process died
+    /// without running Drop (SIGKILL, abort); never touches live runs.
+    fn sweep_stale() {
+        let Ok(rd) = fs::read_dir(NETNS_RUN_DIR) else {
+            return;
+        };
+        for e in rd.flatten() {
+            let name = e.file_name().to_string_lossy().into_owned();
+            let Some(rest) = name.strip_prefix(PREFIX) else {
+                continue;
+            };
+            let Some(pid) = rest.split('-').next().and_then(|p| p.parse::<u32>().ok()) else {
+                continue;
+            };
+            if !Path::new(&format!("/proc/{pid}")).exists() {
+                let _ = Command::new("ip").args(["netns", "del", &name]).status();
+            }
+        }
+    }
+
+    /// A netns named `trtopo-PID-TAG`, deleted on drop (also when a test
+    /// panics, since Drop runs during unwinding).
+    pub(crate) struct TestNs {
+        pub name: String,
+        pub inode: u32,
+    }
+
+    impl TestNs {
+        pub fn new(tag: &str) -> TestNs {
+            sweep_stale();
+            let mut ns = TestNs {
+                name: format!("{PREFIX}{}-{tag}", std::process::id()),
+                inode: 0,
+            };
+            run("ip", &["netns", "add", &ns.name]);
+            ns.inode = inode_of(&ns.path()).expect("inode of new netns");
+            ns
+        }
+
+        pub fn path(&self) -> PathBuf {
+            Path::new(NETNS_RUN_DIR).join(&self.name)
+        }
+
+        pub fn info(&self) -> NetnsInfo {
+            NetnsInfo {
+                inode: self.inode,
+                name: Some(self.name.clone()),
+                path: self.path(),
+            }
+        }
+
+        /// `ip -n NAME <args>` (args split on whitespace).
+        pub fn ip(&self, args: &str) -> String {
+            let mut v = vec!["-n", self.name.as_str()];
+            v.extend(args.split_whitespace());
+            run("ip", &v)
+        }
+
+        pub fn sysctl(&self, kv: &str) {
+            run("ip", &["netns", "exec", &self.name, "sysctl", "-qw", kv]);
+        }
+
+        pub fn ifindex(&self, ifname: &str) -> i32 {
+            let out = run(
+                "ip",
+                &[
+                    "netns",
+                    "exec",
+                    &self.name,
+                    "cat",
+                    &format!("/sys/class/net/{ifname}/ifindex"),
+                ],
+            );
+            out.trim().parse().expect("ifindex")
+        }
+
+        /// Deletes now (Drop then finds nothing left to delete).
+        pub fn delete(&self) {
+            run("ip", &["netns", "del", &self.name]);
+        }
+    }
+
+    impl Drop for TestNs {
+        fn drop(&mut self) {
+            if Path::new(NETNS_RUN_DIR).join(&self.name).exists() {
+                let _ = Command::new("ip")
+                    .args(["netns", "del", &self.name])
+                    .status();
+            }
+        }
+    }
+
+    /// A child process we started; killed by its own pid on drop.
+    pub(crate) struct ChildGuard(pub std::process::Child);
+
+    impl Drop for ChildGuard {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::test_support::*;
+    use super::*;
+    use std::os::fd::{FromRawFd, OwnedFd};
+    use std::process::{Command, Stdio};
+
+    fn read_trim(path: &str) -> String {
+        fs::read_to_string(path)
+            .unwrap_or_else(|e| panic!("{path}: {e}"))
+            .trim()
+            .to_string()
+    }
+
+    #[test]
+    fn parsers() {
+        assert_eq!(parse_ns_link("net:[4026531840]"), Some(4026531840));
+        assert_eq!(parse_ns_link("mnt:[4026531840]"), None);
+        assert_eq!(parse_ns_link("net:[x]"), None);
+        assert_eq!(unescape_mountinfo(r"/run/a\040b\134c"), r"/run/a b\c");
+        assert_eq!(unescape_mountinfo(r"/x\04"), r"/x\04");
+        let mi = "43 42 0:4 net:[4026532177] /run/netns/x rw shared:2 - nsfs nsfs rw\n\
+                  44 42 0:4 mnt:[4026532178] /run/m rw - nsfs nsfs rw\n\
+                  45 42 0:4 / /proc rw - proc proc rw\n";
+        assert_eq!(
+            nsfs_mounts(mi),
+            vec![(4026532177, PathBuf::from("/run/netns/x"))]
+        );
+    }
+
+    #[test]
+    fn own_inode_matches_proc() {
+        let link = fs::read_link("/proc/self/ns/net").unwrap();
+        let expect = parse_ns_link(link.to_str().unwrap()).unwrap();
+        assert_eq!(own_inode().unwrap(), expect);
+        assert_eq!(thread_inode().unwrap(), expect);
+    }
+
+    #[test]
+    fn resolve_by_name_path_and_inode() {
+        let ns = TestNs::new("res");
+        let by_name = resolve(&ns.name).unwrap();
+        assert_eq!(by_name, ns.info());
+
+        let p = ns.path();
+        let by_path = resolve(p.to_str().unwrap()).unwrap();
+        assert_eq!(by_path, ns.info());
+
+        let by_inode = resolve(&ns.inode.to_string()).unwrap();
+        assert_eq!(by_inode.inode, ns.inode);
+        assert_eq!(by_inode.name.as_deref(), Some(ns.name.as_str()));
+        assert!(still_is(&by_inode.path, ns.inode));
+
+        let own = own_inode().unwrap();
+        let by_proc = resolve("/proc/self/ns/net").unwrap();
+        assert_eq!(by_proc.inode, own);
+        assert_eq!(by_proc.path, PathBuf::from("/proc/self/ns/net"));
+        let own_by_inode = resolve(&own.to_string()).unwrap();
+        assert_eq!(own_by_inode.inode, own);
+        assert!(still_is(&own_by_inode.path, own));
+    }
+
+    #[test]
+    fn resolve_errors() {
+        let bogus = format!("{PREFIX}{}-nope", std::process::id());
+        let e = resolve(&bogus).unwrap_err().to_string();
+        assert_eq!(
+            e,
+            format!("unknown netns '{bogus}': no /run/netns/{bogus}, not a path, not an inode of a live netns")
+        );
+        assert!(!e.contains('\n'));
+
+        let e = resolve("4294967295").unwrap_err().to_string();
+        assert!(e.starts_with("unknown netns '4294967295'"), "{e}");
+
+        let e = resolve("").unwrap_err().to_string();
+        assert!(e.starts_with("unknown netns ''"), "{e}");
+
+        let e = resolve("/proc/self/ns/mnt").unwrap_err().to_string();
+        assert!(e.contains("not a network namespace"), "{e}");
+        let e = resolve("/etc/hostname").unwrap_err().to_string();
+        assert!(e.contains("not a namespace file"), "{e}");
+        let e = resolve("/nonexistent/trtopo").unwrap_err().to_string();
+        assert!(e.starts_with("netns path '/nonexistent/trtopo'"), "{e}");
+        assert!(!e.contains('\n'));
+    }
+
+    #[test]
+    fn find_named_then_deleted() {
+        let ns = TestNs::new("find");
+        let mut cache = NetnsCache::new();
+        let got = cache.find(ns.inode).expect("live netns");
+        assert_eq!(got, ns.info());
+        let got = find(ns.inode).expect("live netns (global)");
+        assert_eq!(got.name.as_deref(), Some(ns.name.as_str()));
+        assert!(list().iter().any(|i| i.inode == ns.inode));
+
+        ns.delete();
+        // The hit is re-verified, so no rescan delay applies to deletion.
+        assert_eq!(cache.find(ns.inode), None);
+        assert_eq!(find(ns.inode), None);
+        assert_eq!(NetnsCache::new().find(ns.inode), None);
+        assert!(!list().iter().any(|i| i.inode == ns.inode));
+    }
+
+    #[test]
+    fn find_unnamed_netns_held_by_a_process() {
+        let ns = TestNs::new("proc");
+        let child = Command::new("ip")
+            .args(["netns", "exec", &ns.name, "sleep", "60"])
+            .stdin(Stdio::null())
+            .spawn()
+            .unwrap();
+        let mut child = ChildGuard(child);
+        let pid = child.0.id();
+        // Wait until the child has entered the netns (exec'd into sleep).
+        let want = format!("net:[{}]", ns.inode);
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while fs::read_link(format!("/proc/{pid}/ns/net"))
+            .map(|l| l.to_string_lossy() != want)
+            .unwrap_or(true)
+        {
+            assert!(Instant::now() < deadline, "child never entered netns");
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        ns.delete();
+
+        let mut cache = NetnsCache::with_min_rescan(Duration::ZERO);
+        let got = cache.find(ns.inode).expect("netns kept alive by child");
+        assert_eq!(got.name, None);
+        assert!(got.path.starts_with("/proc/"), "{got:?}");
+        assert!(still_is(&got.path, ns.inode));
+        assert_eq!(resolve(&ns.inode.to_string()).unwrap().inode, ns.inode);
+
+        child.0.kill().unwrap();
+        child.0.wait().unwrap();
+        assert_eq!(cache.find(ns.inode), None);
+    }
+
+    #[test]
+    fn miss_rescans_are_rate_limited() {
+        let mut cache = NetnsCache::with_min_rescan(Duration::from_secs(3600));
+        assert_eq!(cache.find(1), None); // first miss scans
+        let ns = TestNs::new("rate");
+        // Second miss within the interval must not scan, so not see the new ns.
+        assert_eq!(cache.find(ns.inode), None);
+        assert!(cache.find_now(ns.inode).is_some());
+    }
+
+    /// The point of run_in: /proc/sys/net and new sockets belong to the
+    /// joined netns, not to the tracer's.
+    #[test]
+    fn run_in_sees_target_sysctls_and_creates_sockets_there() {
+        let ns = TestNs::new("runin");
+        let host_rp = read_trim("/proc/sys/net/ipv4/conf/all/rp_filter");
+        let host_fwd = read_trim("/proc/sys/net/ipv4/ip_forward");
+        let host_rp_n: u32 = host_rp.parse().unwrap();
+        let ns_rp = (host_rp_n + 1) % 3;
+        let ns_fwd = if host_fwd == "1" { 0 } else { 1 };
+        ns.sysctl(&format!("net.ipv4.conf.all.rp_filter={ns_rp}"));
+        ns.sysctl(&format!("net.ipv4.ip_forward={ns_fwd}"));
+
+        let (rp, fwd, tinode, pinode, sock) = run_in(&ns.path(), || {
+            // SAFETY: plain socket(2); ownership moves into OwnedFd at once.
+            let fd =
+                unsafe { libc::socket(libc::AF_INET, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0) };
+            assert!(fd >= 0);
+            (
+                read_trim("/proc/sys/net/ipv4/conf/all/rp_filter"),
+                read_trim("/proc/sys/net/ipv4/ip_forward"),
+                thread_inode().unwrap(),
+                own_inode().unwrap(),
+                // SAFETY: fd is a fresh, valid descriptor we own.
+                unsafe { OwnedFd::from_raw_fd(fd) },
+            )
+        })
+        .unwrap();
+        assert_eq!(rp, ns_rp.to_string());
+        assert_eq!(fwd, ns_fwd.to_string());
+        assert_eq!(tinode, ns.inode);
+        assert_eq!(
+            pinode,
+            own_inode().unwrap(),
+            "/proc/self follows the leader"
+        );
+
+        // Host values untouched and still read as the host's from this thread.
+        assert_eq!(read_trim("/proc/sys/net/ipv4/conf/all/rp_filter"), host_rp);
+        assert_eq!(read_trim("/proc/sys/net/ipv4/ip_forward"), host_fwd);
+
+        // SIOCGSKNS: the socket's netns, after its creating thread is gone.
+        // SAFETY: ioctl on a valid socket fd; returns a new fd or -1.
+        let nsfd = unsafe { libc::ioctl(sock.as_raw_fd(), 0x894C as _) };
+        assert!(nsfd >= 0, "SIOCGSKNS: {}", io::Error::last_os_error());
+        // SAFETY: nsfd is a fresh descriptor we own.
+        let nsfile = unsafe { File::from_raw_fd(nsfd) };
+        assert_eq!(net_ns_inode(&nsfile).unwrap(), ns.inode);
+    }
+
+    #[test]
+    fn run_in_errors() {
+        assert!(run_in(Path::new("/nonexistent/trtopo"), || 1).is_err());
+        let e = run_in(Path::new("/etc/hostname"), || 1).unwrap_err();
+        assert_eq!(e.raw_os_error(), Some(libc::EINVAL));
+        let e = run_in(Path::new("/proc/self/ns/net"), || -> u32 { panic!("boom") }).unwrap_err();
+        assert!(e.to_string().contains("boom"), "{e}");
+        assert_eq!(run_in(Path::new("/proc/self/ns/net"), || 7).unwrap(), 7);
+    }
+}

@@ -1,0 +1,283 @@
+//! How records reach the user: one aligned, coloured line per drop for a
+//! person, or one JSON object per line for a program; and the summary.
+
+use crate::event::{DropRecord, SynRecord};
+use crate::probes::KernelStats;
+use serde::Serialize;
+use std::collections::BTreeMap;
+use std::io::{IsTerminal, Write};
+use std::net::IpAddr;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum Format {
+    Text,
+    Json,
+}
+
+pub struct Output {
+    pub format: Format,
+    color: bool,
+    out: Box<dyn Write + Send>,
+    header_done: bool,
+    /// Name of the tracer's own netns, shown as "host".
+    own_netns: u32,
+}
+
+const RED: &str = "\x1b[31m";
+const YELLOW: &str = "\x1b[33m";
+const BOLD: &str = "\x1b[1m";
+const DIM: &str = "\x1b[2m";
+const CYAN: &str = "\x1b[36m";
+const RESET: &str = "\x1b[0m";
+
+impl Output {
+    pub fn stdout(format: Format, own_netns: u32) -> Self {
+        let color = format == Format::Text
+            && std::io::stdout().is_terminal()
+            && std::env::var_os("NO_COLOR").is_none();
+        Output {
+            format,
+            color,
+            out: Box::new(std::io::stdout()),
+            header_done: false,
+            own_netns,
+        }
+    }
+
+    pub fn to_writer(format: Format, w: Box<dyn Write + Send>) -> Self {
+        Output {
+            format,
+            color: false,
+            out: w,
+            header_done: false,
+            own_netns: 0,
+        }
+    }
+
+    fn paint(&self, code: &str, s: &str) -> String {
+        if self.color {
+            format!("{code}{s}{RESET}")
+        } else {
+            s.to_string()
+        }
+    }
+
+    /// One JSON line; write errors (a closed pipe) end the run upstream.
+    pub fn json<T: Serialize>(&mut self, v: &T) -> std::io::Result<()> {
+        let line = serde_json::to_string(v).map_err(std::io::Error::other)?;
+        writeln!(self.out, "{line}")?;
+        self.out.flush()
+    }
+
+    pub fn line(&mut self, s: &str) -> std::io::Result<()> {
+        writeln!(self.out, "{s}")?;
+        self.out.flush()
+    }
+
+    pub fn netns_label(&self, inode: u32, name: &Option<String>) -> String {
+        match name {
+            Some(n) => n.clone(),
+            None if inode != 0 && inode == self.own_netns => "host".to_string(),
+            None if inode == 0 => "?".to_string(),
+            None => inode.to_string(),
+        }
+    }
+
+    pub fn drop(&mut self, d: &DropRecord) -> std::io::Result<()> {
+        if self.format == Format::Json {
+            return self.json(d);
+        }
+        if !self.header_done {
+            self.header_done = true;
+            let h = format!(
+                "{:<15} {:<14} {:<16} {:<20} {:<30} {:<46} {:>5}",
+                "TIME", "NETNS", "DEV", "REASON", "LOCATION", "FLOW", "LEN"
+            );
+            let h = self.paint(DIM, &h);
+            self.line(&h)?;
+        }
+        let time = clock(d.ts_ns);
+        let ns = self.netns_label(d.netns, &d.netns_name);
+        let dev = dev_label(d);
+        let reason = self.paint(&format!("{BOLD}{RED}"), &format!("{:<20}", d.reason));
+        let flow = flow_text(d);
+        let line = format!(
+            "{time:<15} {ns:<14} {dev:<16} {reason} {:<30} {:<46} {:>5}",
+            d.location, flow, d.len
+        );
+        self.line(&line)
+    }
+
+    pub fn syn(&mut self, s: &SynRecord) -> std::io::Result<()> {
+        if self.format == Format::Json {
+            return self.json(s);
+        }
+        let ns = self.netns_label(s.netns, &s.netns_name);
+        let line = format!(
+            "{:<15} {:<14} {:<16} {} {}:{} > {}:{} [{}] mss {} > mtu {} - {}",
+            clock(s.ts_ns),
+            ns,
+            s.ifname
+                .clone()
+                .unwrap_or_else(|| format!("if{}", s.ifindex)),
+            self.paint(YELLOW, "SYN_MSS_TOO_BIG     "),
+            fmt_addr(s.src),
+            s.sport,
+            fmt_addr(s.dst),
+            s.dport,
+            s.tcp_flags,
+            s.mss,
+            s.mtu,
+            if s.family == Some("ipv6") { 60 } else { 40 }
+        );
+        self.line(&line)
+    }
+
+    pub fn note(&mut self, s: &str) -> std::io::Result<()> {
+        if self.format == Format::Json {
+            return Ok(());
+        }
+        let s = self.paint(CYAN, s);
+        self.line(&s)
+    }
+
+    pub fn summary(&mut self, s: &Summary) -> std::io::Result<()> {
+        if self.format == Format::Json {
+            return self.json(s);
+        }
+        let mut lines = vec![String::new()];
+        lines.push(self.paint(
+            BOLD,
+            &format!(
+                "--- {} drops shown in {:.1}s ({} seen by the kernel, {} lost)",
+                s.drops, s.duration_s, s.kernel.drops_seen, s.lost
+            ),
+        ));
+        if s.lost > 0 {
+            lines.push(self.paint(
+                RED,
+                &format!(
+                    "    {} events could not be queued (ring buffer full): narrow the filter",
+                    s.lost
+                ),
+            ));
+        }
+        let mut reasons: Vec<_> = s.by_reason.iter().collect();
+        reasons.sort_by(|a, b| b.1.cmp(a.1).then(a.0.cmp(b.0)));
+        for (r, n) in reasons {
+            lines.push(format!("    {n:>7}  {r}"));
+        }
+        if !s.by_ifname.is_empty() {
+            let mut ifs: Vec<_> = s.by_ifname.iter().collect();
+            ifs.sort_by(|a, b| b.1.cmp(a.1).then(a.0.cmp(b.0)));
+            let parts: Vec<String> = ifs.iter().map(|(i, n)| format!("{i} {n}")).collect();
+            lines.push(format!("    by interface: {}", parts.join(", ")));
+        }
+        for l in lines {
+            self.line(&l)?;
+        }
+        Ok(())
+    }
+}
+
+/// Counts for the end-of-run summary.
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct Summary {
+    #[serde(rename = "type")]
+    pub kind: &'static str,
+    pub drops: u64,
+    pub by_reason: BTreeMap<String, u64>,
+    pub by_ifname: BTreeMap<String, u64>,
+    /// Events the kernel matched but could not queue.
+    pub lost: u64,
+    /// Ring-buffer records that did not decode (never expected).
+    pub undecodable: u64,
+    pub syns_flagged: u64,
+    pub verdicts: u64,
+    pub duration_s: f64,
+    pub kernel: KernelStats,
+}
+
+impl Summary {
+    pub fn new() -> Self {
+        Summary {
+            kind: "summary",
+            ..Default::default()
+        }
+    }
+
+    pub fn count(&mut self, d: &DropRecord) {
+        self.drops += 1;
+        *self.by_reason.entry(d.reason.clone()).or_default() += 1;
+        *self.by_ifname.entry(dev_label(d)).or_default() += 1;
+    }
+}
+
+fn clock(ts_ns: u64) -> String {
+    let secs = (ts_ns / 1_000_000_000) as libc::time_t;
+    let micros = (ts_ns % 1_000_000_000) / 1000;
+    let mut tm: libc::tm = unsafe { std::mem::zeroed() };
+    // SAFETY: localtime_r fills the tm we own from a valid time_t.
+    unsafe { libc::localtime_r(&secs, &mut tm) };
+    format!(
+        "{:02}:{:02}:{:02}.{:06}",
+        tm.tm_hour, tm.tm_min, tm.tm_sec, micros
+    )
+}
+
+/// `eth0`, `if7(gone)`, or `veth1<-eth0` when it arrived elsewhere.
+pub fn dev_label(d: &DropRecord) -> String {
+    let dev = match (&d.ifname, d.ifindex) {
+        (Some(n), _) => n.clone(),
+        (None, 0) => "-".to_string(),
+        (None, i) if d.ifname_gone => format!("if{i}(gone)"),
+        (None, i) => format!("if{i}"),
+    };
+    if d.ingress_ifindex != 0 && d.ingress_ifindex != d.ifindex {
+        let inn = d
+            .ingress_ifname
+            .clone()
+            .unwrap_or_else(|| format!("if{}", d.ingress_ifindex));
+        format!("{dev}<-{inn}")
+    } else {
+        dev
+    }
+}
+
+fn fmt_addr(a: Option<IpAddr>) -> String {
+    match a {
+        Some(IpAddr::V6(v6)) => format!("[{v6}]"),
+        Some(a) => a.to_string(),
+        None => "?".to_string(),
+    }
+}
+
+/// `TCP 172.17.5.5:40000 > 10.99.0.2:8080 [S] mss 1460`, tcpdump-like.
+pub fn flow_text(d: &DropRecord) -> String {
+    let Some(proto) = &d.proto else {
+        return "(no IP header)".to_string();
+    };
+    let p = proto.to_uppercase();
+    let mut s = match (d.sport, d.dport) {
+        (Some(sp), Some(dp)) => {
+            format!("{p} {}:{sp} > {}:{dp}", fmt_addr(d.src), fmt_addr(d.dst))
+        }
+        _ => format!("{p} {} > {}", fmt_addr(d.src), fmt_addr(d.dst)),
+    };
+    if let Some(f) = &d.tcp_flags {
+        s.push_str(&format!(" [{f}]"));
+    }
+    if let Some(m) = d.mss {
+        s.push_str(&format!(" mss {m}"));
+    }
+    if let (Some(t), Some(c)) = (d.icmp_type, d.icmp_code) {
+        s.push_str(&format!(" type {t} code {c}"));
+    }
+    if d.gso_size != 0 {
+        s.push_str(&format!(" gso {}x{}", d.gso_segs, d.gso_size));
+    }
+    if d.from_socket {
+        s.push_str(" (from socket)");
+    }
+    s
+}

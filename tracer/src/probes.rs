@@ -1,0 +1,258 @@
+//! Loads tracer's eBPF object, fills its globals from the running kernel's
+//! BTF and the user's filters, attaches the programs, and hands out the
+//! ring buffer and counters. Everything kernel-facing lives here.
+
+use crate::btf::KernelBtf;
+use anyhow::{anyhow, bail, Context, Result};
+use aya::maps::{HashMap as BpfHashMap, MapData, PerCpuArray, RingBuf};
+use aya::programs::{BtfTracePoint, RawTracePoint, TracePoint};
+use aya::{Btf, Ebpf, EbpfLoader};
+use std::fmt;
+use tracer_abi::{names, Config, Offsets, REASON_EXCLUDE, REASON_INCLUDE};
+
+/// The object built by `cargo xtask build-ebpf` (see build.rs).
+static OBJECT: &[u8] = aya::include_bytes_aligned!(env!("TRACER_BPF_OBJECT"));
+
+/// How the drop program is attached, best first.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum DropHook {
+    /// BTF-enabled tracepoint: typed arguments, lowest overhead.
+    TpBtf,
+    /// Raw tracepoint: same arguments, for kernels where tp_btf won't load.
+    RawTp,
+    /// Classic tracepoint through tracefs, record offsets from its format file.
+    Tracepoint,
+}
+
+impl fmt::Display for DropHook {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            DropHook::TpBtf => "tp_btf",
+            DropHook::RawTp => "raw_tp",
+            DropHook::Tracepoint => "tracepoint",
+        })
+    }
+}
+
+/// What to load.
+#[derive(Clone, Debug, Default)]
+pub struct ProbeConfig {
+    pub config: Config,
+    pub include_reasons: Vec<u32>,
+    pub exclude_reasons: Vec<u32>,
+    /// Attach only this drop hook instead of trying them in order.
+    pub hook: Option<DropHook>,
+}
+
+/// Kernel-side counters (summed over CPUs).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize)]
+pub struct KernelStats {
+    pub drops_seen: u64,
+    pub drops_matched: u64,
+    pub lost: u64,
+    pub route_lookups: u64,
+    pub syns_flagged: u64,
+}
+
+pub struct Probes {
+    // Dropping the Ebpf detaches every program and frees the maps.
+    _ebpf: Ebpf,
+    pub hook: DropHook,
+    pub routes_attached: bool,
+    pub syn_attached: bool,
+    events: Option<RingBuf<MapData>>,
+    stats: PerCpuArray<MapData, u64>,
+    pub warnings: Vec<String>,
+}
+
+/// Fails with one clear line unless we may load tracing programs.
+pub fn check_privileges() -> Result<()> {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    let cap_eff = status
+        .lines()
+        .find_map(|l| l.strip_prefix("CapEff:"))
+        .and_then(|v| u64::from_str_radix(v.trim(), 16).ok())
+        .unwrap_or(0);
+    let has = |bit: u32| cap_eff & (1u64 << bit) != 0;
+    const CAP_SYS_ADMIN: u32 = 21;
+    const CAP_PERFMON: u32 = 38;
+    const CAP_BPF: u32 = 39;
+    if has(CAP_SYS_ADMIN) || (has(CAP_BPF) && has(CAP_PERFMON)) {
+        Ok(())
+    } else {
+        bail!("tracer needs root (CAP_BPF and CAP_PERFMON, or CAP_SYS_ADMIN) to load its eBPF programs")
+    }
+}
+
+/// Record offsets of the classic `skb:kfree_skb` tracepoint, from tracefs.
+fn classic_offsets(o: &mut Offsets) -> Result<()> {
+    let candidates = [
+        "/sys/kernel/tracing/events/skb/kfree_skb/format",
+        "/sys/kernel/debug/tracing/events/skb/kfree_skb/format",
+    ];
+    let text = candidates
+        .iter()
+        .find_map(|p| std::fs::read_to_string(p).ok())
+        .ok_or_else(|| anyhow!("tracefs is not mounted, so skb:kfree_skb has no format file"))?;
+    let field = |name: &str| -> Option<u32> {
+        text.lines()
+            .find(|l| l.contains(&format!(" {name};")))
+            .and_then(|l| l.split("offset:").nth(1))
+            .and_then(|r| r.split(';').next())
+            .and_then(|v| v.trim().parse().ok())
+    };
+    o.tp_skbaddr = field("skbaddr").ok_or_else(|| anyhow!("kfree_skb format lacks skbaddr"))?;
+    o.tp_location = field("location").ok_or_else(|| anyhow!("kfree_skb format lacks location"))?;
+    o.tp_reason = field("reason").ok_or_else(|| anyhow!("kfree_skb format lacks reason"))?;
+    Ok(())
+}
+
+impl Probes {
+    pub fn load(kbtf: &KernelBtf, pc: &ProbeConfig) -> Result<Self> {
+        check_privileges()?;
+        let mut offsets = kbtf.offsets()?;
+        let classic = classic_offsets(&mut offsets);
+        let btf = Btf::from_sys_fs().context("cannot read kernel BTF")?;
+        let mut ebpf = EbpfLoader::new()
+            .btf(Some(&btf))
+            .override_global(names::GLOBAL_CONFIG, &pc.config, true)
+            .override_global(names::GLOBAL_OFFSETS, &offsets, true)
+            .load(OBJECT)
+            .map_err(|e| anyhow!("cannot load tracer's eBPF object: {e}"))?;
+
+        {
+            let mut reasons: BpfHashMap<_, u32, u8> = BpfHashMap::try_from(
+                ebpf.map_mut(names::MAP_REASONS)
+                    .ok_or_else(|| anyhow!("eBPF object lacks map {}", names::MAP_REASONS))?,
+            )?;
+            for r in &pc.include_reasons {
+                reasons.insert(r, REASON_INCLUDE, 0)?;
+            }
+            for r in &pc.exclude_reasons {
+                reasons.insert(r, REASON_EXCLUDE, 0)?;
+            }
+        }
+
+        let order: Vec<DropHook> = match pc.hook {
+            Some(h) => vec![h],
+            None => vec![DropHook::TpBtf, DropHook::RawTp, DropHook::Tracepoint],
+        };
+        let mut errors = Vec::new();
+        let mut hook = None;
+        for h in order {
+            let r = match h {
+                DropHook::TpBtf => attach_btf(&mut ebpf, names::PROG_DROP_BTF, "kfree_skb", &btf),
+                DropHook::RawTp => attach_raw(&mut ebpf, names::PROG_DROP_RAW, "kfree_skb"),
+                DropHook::Tracepoint => match &classic {
+                    Ok(()) => attach_classic(&mut ebpf, names::PROG_DROP_CLASSIC),
+                    Err(e) => Err(anyhow!("{e}")),
+                },
+            };
+            match r {
+                Ok(()) => {
+                    hook = Some(h);
+                    break;
+                }
+                Err(e) => errors.push(format!("{h}: {e:#}")),
+            }
+        }
+        let Some(hook) = hook else {
+            bail!(
+                "cannot attach to the skb:kfree_skb tracepoint ({})",
+                errors.join("; ")
+            );
+        };
+
+        let mut warnings = Vec::new();
+        let mut routes_attached = false;
+        if pc.config.routes != 0 {
+            let r4 = attach_btf(&mut ebpf, names::PROG_FIB4, "fib_table_lookup", &btf);
+            let r6 = attach_btf(&mut ebpf, names::PROG_FIB6, "fib6_table_lookup", &btf);
+            routes_attached = r4.is_ok() || r6.is_ok();
+            for (what, r) in [("fib_table_lookup", r4), ("fib6_table_lookup", r6)] {
+                if let Err(e) = r {
+                    warnings.push(format!("route lookups ({what}) not traced: {e:#}"));
+                }
+            }
+        }
+        let mut syn_attached = false;
+        if pc.config.syn_check != 0 {
+            match attach_btf(&mut ebpf, names::PROG_SYN_XMIT, "net_dev_start_xmit", &btf) {
+                Ok(()) => syn_attached = true,
+                Err(e) => warnings.push(format!("SYN/MSS check not available: {e:#}")),
+            }
+        }
+
+        let events = RingBuf::try_from(
+            ebpf.take_map(names::MAP_EVENTS)
+                .ok_or_else(|| anyhow!("eBPF object lacks map {}", names::MAP_EVENTS))?,
+        )?;
+        let stats = PerCpuArray::try_from(
+            ebpf.take_map(names::MAP_STATS)
+                .ok_or_else(|| anyhow!("eBPF object lacks map {}", names::MAP_STATS))?,
+        )?;
+        Ok(Probes {
+            _ebpf: ebpf,
+            hook,
+            routes_attached,
+            syn_attached,
+            events: Some(events),
+            stats,
+            warnings,
+        })
+    }
+
+    /// The ring buffer, handed to the reader once.
+    pub fn take_events(&mut self) -> Result<RingBuf<MapData>> {
+        self.events
+            .take()
+            .ok_or_else(|| anyhow!("the ring buffer was already taken"))
+    }
+
+    pub fn stats(&self) -> KernelStats {
+        let sum = |i: u32| -> u64 { self.stats.get(&i, 0).map(|v| v.iter().sum()).unwrap_or(0) };
+        KernelStats {
+            drops_seen: sum(tracer_abi::STAT_DROPS_SEEN),
+            drops_matched: sum(tracer_abi::STAT_DROPS_MATCHED),
+            lost: sum(tracer_abi::STAT_LOST),
+            route_lookups: sum(tracer_abi::STAT_ROUTES_SEEN),
+            syns_flagged: sum(tracer_abi::STAT_SYNS_FLAGGED),
+        }
+    }
+}
+
+fn attach_btf(ebpf: &mut Ebpf, prog: &str, func: &str, btf: &Btf) -> Result<()> {
+    let p: &mut BtfTracePoint = ebpf
+        .program_mut(prog)
+        .ok_or_else(|| anyhow!("eBPF object lacks program {prog}"))?
+        .try_into()?;
+    p.load(func, btf)
+        .map_err(|e| anyhow!("tracepoint {func} (tp_btf) did not load: {e}"))?;
+    p.attach()
+        .map_err(|e| anyhow!("tracepoint {func} (tp_btf) did not attach: {e}"))?;
+    Ok(())
+}
+
+fn attach_raw(ebpf: &mut Ebpf, prog: &str, tp: &str) -> Result<()> {
+    let p: &mut RawTracePoint = ebpf
+        .program_mut(prog)
+        .ok_or_else(|| anyhow!("eBPF object lacks program {prog}"))?
+        .try_into()?;
+    p.load()
+        .map_err(|e| anyhow!("raw tracepoint {tp} did not load: {e}"))?;
+    p.attach(tp)
+        .map_err(|e| anyhow!("raw tracepoint {tp} did not attach: {e}"))?;
+    Ok(())
+}
+
+fn attach_classic(ebpf: &mut Ebpf, prog: &str) -> Result<()> {
+    let p: &mut TracePoint = ebpf
+        .program_mut(prog)
+        .ok_or_else(|| anyhow!("eBPF object lacks program {prog}"))?
+        .try_into()?;
+    p.load()
+        .map_err(|e| anyhow!("tracepoint skb:kfree_skb did not load: {e}"))?;
+    p.attach("skb", "kfree_skb")
+        .map_err(|e| anyhow!("tracepoint skb:kfree_skb did not attach: {e}"))?;
+    Ok(())
+}

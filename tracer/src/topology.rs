@@ -1,0 +1,1651 @@
+//! Network topology of the namespaces drop events come from: links, addresses,
+//! routes and the sysctls that decide reverse-path filtering and forwarding.
+//!
+//! Everything is read over rtnetlink from a thread that joined the namespace
+//! (see [`crate::netns::run_in`]), synchronously: this runs off the event path
+//! behind the [`Topology`] cache, so an async runtime would buy nothing.
+//!
+//! Decoding: messages are decoded with netlink-packet-route, but a message the
+//! crate rejects (a kernel newer than the crate can emit attribute layouts it
+//! does not expect) is decoded again by a small raw parser that knows only the
+//! fields we keep, so one odd interface never hides the whole namespace.
+
+use std::collections::{HashMap, HashSet};
+use std::fs::{self, File};
+use std::io;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+use std::os::fd::AsRawFd;
+use std::os::unix::fs::MetadataExt;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context};
+use netlink_packet_core::{
+    NetlinkBuffer, NetlinkHeader, NetlinkMessage, NetlinkPayload, NLM_F_DUMP, NLM_F_DUMP_INTR,
+    NLM_F_REQUEST,
+};
+use netlink_packet_route::address::{AddressAttribute, AddressMessage};
+use netlink_packet_route::link::{LinkAttribute, LinkFlags, LinkInfo, LinkMessage};
+use netlink_packet_route::nsid::{NsidAttribute, NsidMessage};
+use netlink_packet_route::route::{RouteAddress, RouteAttribute, RouteMessage, RouteVia};
+use netlink_packet_route::{AddressFamily, RouteNetlinkMessage};
+use netlink_sys::{protocols::NETLINK_ROUTE, Socket, SocketAddr};
+use serde::Serialize;
+
+use crate::netns::{self, NetnsCache, NetnsInfo};
+
+pub const RT_TABLE_DEFAULT: u32 = 253;
+pub const RT_TABLE_MAIN: u32 = 254;
+pub const RT_TABLE_LOCAL: u32 = 255;
+
+/// Topologies older than this are re-read on the next [`Topology::get`].
+pub const DEFAULT_MAX_AGE: Duration = Duration::from_secs(5);
+/// See [`Topology::with_timing`].
+pub const DEFAULT_RECHECK: Duration = Duration::from_millis(250);
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct Link {
+    pub ifindex: i32,
+    pub name: String,
+    /// "veth", "bridge", "vxlan", ... from IFLA_INFO_KIND; None for devices
+    /// without rtnl_link_ops (physical NICs, lo).
+    pub kind: Option<String>,
+    pub mtu: u32,
+    /// IFF_UP (administratively up).
+    pub up: bool,
+    /// IFLA_MASTER: the bridge/bond/VRF this link is enslaved to.
+    pub master: Option<i32>,
+    /// IFLA_LINK: for veth the peer's ifindex (in `peer_netns`); for vlan,
+    /// macvlan, ... the lower device.
+    pub link: Option<i32>,
+    /// IFLA_LINK_NETNSID: nsid, relative to this netns, of the netns `link`
+    /// lives in; absent when that is this netns.
+    pub link_netnsid: Option<i32>,
+    /// Inode of the netns `link` lives in: this netns if no nsid was given,
+    /// else the nsid resolved; None if it could not be resolved.
+    pub peer_netns: Option<u32>,
+    pub addrs: Vec<(IpAddr, u8)>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+pub enum RouteKind {
+    Unicast,
+    Local,
+    Broadcast,
+    Blackhole,
+    Unreachable,
+    Prohibit,
+    /// Raw RTN_* value (e.g. 5 multicast, 9 throw).
+    Other(u8),
+}
+
+const RTN_THROW: u8 = 9;
+
+impl From<u8> for RouteKind {
+    fn from(v: u8) -> Self {
+        match v {
+            1 => RouteKind::Unicast,
+            2 => RouteKind::Local,
+            3 => RouteKind::Broadcast,
+            6 => RouteKind::Blackhole,
+            7 => RouteKind::Unreachable,
+            8 => RouteKind::Prohibit,
+            n => RouteKind::Other(n),
+        }
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct Route {
+    pub dst: IpAddr,
+    pub prefix_len: u8,
+    pub table: u32,
+    pub kind: RouteKind,
+    /// For multipath routes, the first nexthop's.
+    pub oif: Option<i32>,
+    /// For multipath routes, the first nexthop's.
+    pub gateway: Option<IpAddr>,
+    pub metric: u32,
+    /// Preferred source (RTA_PREFSRC).
+    pub src: Option<IpAddr>,
+}
+
+impl Route {
+    pub fn contains(&self, addr: IpAddr) -> bool {
+        prefix_contains(self.dst, self.prefix_len, addr)
+    }
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct Sysctls {
+    pub rp_filter_all: u32,
+    /// Per ifname, from net.ipv4.conf.<ifname>.rp_filter (includes "default").
+    pub rp_filter: HashMap<String, u32>,
+    /// net.ipv4.conf.all.forwarding
+    pub ipv4_forwarding: bool,
+    /// net.ipv6.conf.all.forwarding (false when IPv6 is disabled).
+    pub ipv6_forwarding: bool,
+}
+
+#[derive(Clone, Debug)]
+pub struct NsTopology {
+    pub inode: u32,
+    pub name: Option<String>,
+    /// Sorted by ifindex.
+    pub links: Vec<Link>,
+    /// All tables, IPv4 then IPv6, in kernel dump order.
+    pub routes: Vec<Route>,
+    pub sysctls: Sysctls,
+    pub read_at: Instant,
+}
+
+impl NsTopology {
+    /// Reads links, addresses, routes and sysctls of `ns` from a thread that
+    /// joined it.
+    pub fn read(ns: &NetnsInfo) -> anyhow::Result<NsTopology> {
+        let inode = ns.inode;
+        let (links, routes, sysctls) = netns::run_in(&ns.path, move || read_here(inode))
+            .with_context(|| format!("cannot enter netns {}", ns.path.display()))?
+            .with_context(|| format!("reading topology of netns {}", ns.label()))?;
+        Ok(NsTopology {
+            inode,
+            name: ns.name.clone(),
+            links,
+            routes,
+            sysctls,
+            read_at: Instant::now(),
+        })
+    }
+
+    pub fn link(&self, ifindex: i32) -> Option<&Link> {
+        self.links.iter().find(|l| l.ifindex == ifindex)
+    }
+
+    pub fn link_by_name(&self, name: &str) -> Option<&Link> {
+        self.links.iter().find(|l| l.name == name)
+    }
+
+    /// The route the kernel would pick for `dst` under the default policy
+    /// rules (local, main, default tables in that order), without any other
+    /// policy rules: longest prefix, then lowest metric; a `throw` route
+    /// sends the lookup on to the next table, as in the kernel.
+    pub fn route_to(&self, dst: IpAddr) -> Option<&Route> {
+        for table in [RT_TABLE_LOCAL, RT_TABLE_MAIN, RT_TABLE_DEFAULT] {
+            let best = self
+                .routes
+                .iter()
+                .filter(|r| r.table == table && r.contains(dst))
+                .max_by_key(|r| (r.prefix_len, std::cmp::Reverse(r.metric)));
+            match best {
+                Some(r) if r.kind == RouteKind::Other(RTN_THROW) => continue,
+                Some(r) => return Some(r),
+                None => continue,
+            }
+        }
+        None
+    }
+
+    /// The most specific unicast route whose prefix contains `addr` and that
+    /// points out of `ifindex` (e.g. the connected route of a bridge). The
+    /// local table is skipped: its /32 `local` entries would always win and
+    /// say nothing about which subnet lives behind the interface. Ties go to
+    /// the main table, then the lowest metric.
+    pub fn prefix_on(&self, ifindex: i32, addr: IpAddr) -> Option<&Route> {
+        self.routes
+            .iter()
+            .filter(|r| {
+                r.oif == Some(ifindex)
+                    && r.table != RT_TABLE_LOCAL
+                    && r.kind == RouteKind::Unicast
+                    && r.contains(addr)
+            })
+            .max_by_key(|r| {
+                (
+                    r.prefix_len,
+                    r.table == RT_TABLE_MAIN,
+                    std::cmp::Reverse(r.metric),
+                )
+            })
+    }
+
+    /// Effective IPv4 rp_filter of an interface: max(conf.all, conf.<ifname>),
+    /// as the kernel's IN_DEV_RPFILTER computes it. For an unknown ifname only
+    /// conf.all is known, so that is returned.
+    pub fn rp_filter(&self, ifname: &str) -> u32 {
+        let dev = self.sysctls.rp_filter.get(ifname).copied().unwrap_or(0);
+        self.sysctls.rp_filter_all.max(dev)
+    }
+
+    /// Is this ifindex a Linux bridge?
+    pub fn is_bridge(&self, ifindex: i32) -> bool {
+        self.link(ifindex)
+            .is_some_and(|l| l.kind.as_deref() == Some("bridge"))
+    }
+
+    /// Does any address on this interface fall in the same subnet as `addr`?
+    pub fn on_subnet(&self, ifindex: i32, addr: IpAddr) -> bool {
+        self.link(ifindex).is_some_and(|l| {
+            l.addrs
+                .iter()
+                .any(|&(a, len)| prefix_contains(a, len, addr))
+        })
+    }
+
+    /// The link that has `addr` configured, if any.
+    pub fn link_with_addr(&self, addr: IpAddr) -> Option<&Link> {
+        self.links
+            .iter()
+            .find(|l| l.addrs.iter().any(|&(a, _)| a == addr))
+    }
+}
+
+/// Is `addr` inside `net/len`? Different families never match.
+pub fn prefix_contains(net: IpAddr, len: u8, addr: IpAddr) -> bool {
+    match (net, addr) {
+        (IpAddr::V4(n), IpAddr::V4(a)) => {
+            if len > 32 {
+                return false;
+            }
+            let mask = u32::MAX.checked_shl(32 - u32::from(len)).unwrap_or(0);
+            u32::from(n) & mask == u32::from(a) & mask
+        }
+        (IpAddr::V6(n), IpAddr::V6(a)) => {
+            if len > 128 {
+                return false;
+            }
+            let mask = u128::MAX.checked_shl(128 - u32::from(len)).unwrap_or(0);
+            u128::from(n) & mask == u128::from(a) & mask
+        }
+        _ => false,
+    }
+}
+
+/// Runs on the thread inside the netns.
+fn read_here(expected: u32) -> anyhow::Result<(Vec<Link>, Vec<Route>, Sysctls)> {
+    // The path may have been recycled (pid reuse) between lookup and setns.
+    let actual = netns::thread_inode().context("netns of reader thread")?;
+    if actual != expected {
+        bail!("path now opens netns {actual}, not {expected}");
+    }
+    let mut nl = Rtnl::open().context("rtnetlink socket")?;
+    let mut links = dump_links(&mut nl).context("dumping links")?;
+    let addrs = dump_addrs(&mut nl).context("dumping addresses")?;
+    let mut routes = dump_routes(&mut nl, AddressFamily::Inet).context("dumping IPv4 routes")?;
+    match dump_routes(&mut nl, AddressFamily::Inet6) {
+        Ok(r) => routes.extend(r),
+        // IPv6 disabled (ipv6.disable=1): no v6 routes is the truth then.
+        Err(_) if !Path::new("/proc/sys/net/ipv6").exists() => {}
+        Err(e) => return Err(e.context("dumping IPv6 routes")),
+    }
+    let sysctls = read_sysctls().context("reading sysctls")?;
+
+    let by_index: HashMap<i32, usize> = links
+        .iter()
+        .enumerate()
+        .map(|(i, l)| (l.ifindex, i))
+        .collect();
+    for (ifindex, addr, len) in addrs {
+        if let Some(&i) = by_index.get(&ifindex) {
+            links[i].addrs.push((addr, len));
+        }
+    }
+
+    let wanted: HashSet<i32> = links.iter().filter_map(|l| l.link_netnsid).collect();
+    let nsids = resolve_nsids(&mut nl, &wanted, expected);
+    for l in &mut links {
+        l.peer_netns = match l.link_netnsid {
+            Some(id) => nsids.get(&id).copied(),
+            None if l.link.is_some() => Some(expected),
+            None => None,
+        };
+    }
+    links.sort_by_key(|l| l.ifindex);
+    Ok((links, routes, sysctls))
+}
+
+/// Maps nsids (as seen from the current netns) to netns inodes.
+///
+/// The kernel only reports nsids, which are per-netns numbers. The reverse
+/// mapping is to ask, for each live netns, "what nsid does it have here?":
+/// RTM_GETNSID with NETNSA_FD. That query does not allocate ids (unlike
+/// dumping a link does), so it changes nothing on the machine.
+fn resolve_nsids(nl: &mut Rtnl, wanted: &HashSet<i32>, own: u32) -> HashMap<i32, u32> {
+    let mut out = HashMap::new();
+    if wanted.is_empty() {
+        return out;
+    }
+    for cand in netns::list() {
+        if cand.inode == own {
+            continue;
+        }
+        let Ok(file) = File::open(&cand.path) else {
+            continue;
+        };
+        // Trust the fd, not the listing: the path may have changed meaning.
+        let Ok(inode) = file.metadata().map(|m| m.ino()) else {
+            continue;
+        };
+        let Ok(inode) = u32::try_from(inode) else {
+            continue;
+        };
+        if let Ok(Some(id)) = nl.nsid_of_fd(file.as_raw_fd()) {
+            if wanted.contains(&id) {
+                out.insert(id, inode);
+                if out.len() == wanted.len() {
+                    break;
+                }
+            }
+        }
+    }
+    out
+}
+
+fn read_u32(path: &Path) -> io::Result<u32> {
+    let s = fs::read_to_string(path)?;
+    s.trim().parse().map_err(|e| {
+        io::Error::new(
+            io::ErrorKind::InvalidData,
+            format!("{}: {e}", path.display()),
+        )
+    })
+}
+
+/// Must run on the thread inside the netns: /proc/sys/net resolves against
+/// the reading thread's netns.
+fn read_sysctls() -> anyhow::Result<Sysctls> {
+    let conf = Path::new("/proc/sys/net/ipv4/conf");
+    let all = conf.join("all");
+    let rp_filter_all =
+        read_u32(&all.join("rp_filter")).with_context(|| format!("{}/rp_filter", all.display()))?;
+    let mut rp_filter = HashMap::new();
+    for e in fs::read_dir(conf)
+        .with_context(|| conf.display().to_string())?
+        .flatten()
+    {
+        let name = e.file_name().to_string_lossy().into_owned();
+        if name == "all" {
+            continue;
+        }
+        // An interface can vanish mid-scan; skipping it is the truth.
+        if let Ok(v) = read_u32(&e.path().join("rp_filter")) {
+            rp_filter.insert(name, v);
+        }
+    }
+    let ipv4_forwarding = read_u32(&all.join("forwarding"))
+        .with_context(|| format!("{}/forwarding", all.display()))?
+        != 0;
+    let ipv6_forwarding = read_u32(Path::new("/proc/sys/net/ipv6/conf/all/forwarding"))
+        .map(|v| v != 0)
+        .unwrap_or(false);
+    Ok(Sysctls {
+        rp_filter_all,
+        rp_filter,
+        ipv4_forwarding,
+        ipv6_forwarding,
+    })
+}
+
+// ---------------------------------------------------------------------------
+// rtnetlink plumbing
+
+/// One message of a reply: the crate's decoding, plus the raw payload for the
+/// fallback decoder.
+struct Reply {
+    parsed: Option<RouteNetlinkMessage>,
+    payload: Vec<u8>,
+}
+
+struct Rtnl {
+    sock: Socket,
+    seq: u32,
+}
+
+const NLMSG_NOOP: u16 = 1;
+const NLMSG_ERROR: u16 = 2;
+const NLMSG_DONE: u16 = 3;
+const NLMSG_OVERRUN: u16 = 4;
+const NLMSG_HDRLEN: usize = 16;
+
+impl Rtnl {
+    fn open() -> io::Result<Rtnl> {
+        let mut sock = Socket::new(NETLINK_ROUTE)?;
+        sock.bind_auto()?;
+        sock.connect(&SocketAddr::new(0, 0))?;
+        // The kernel always answers, but a reader stuck forever would freeze
+        // the cache's owner; a timeout turns that into an error.
+        let tv = libc::timeval {
+            tv_sec: 5,
+            tv_usec: 0,
+        };
+        // SAFETY: valid socket fd, pointer/length describe `tv`.
+        let rc = unsafe {
+            libc::setsockopt(
+                sock.as_raw_fd(),
+                libc::SOL_SOCKET,
+                libc::SO_RCVTIMEO,
+                (&tv as *const libc::timeval).cast(),
+                std::mem::size_of::<libc::timeval>() as libc::socklen_t,
+            )
+        };
+        if rc != 0 {
+            return Err(io::Error::last_os_error());
+        }
+        Ok(Rtnl { sock, seq: 0 })
+    }
+
+    /// Dumps are retried when the kernel flags them inconsistent (the table
+    /// changed mid-dump); after a few tries the last answer is used anyway.
+    fn request(&mut self, msg: RouteNetlinkMessage, dump: bool) -> anyhow::Result<Vec<Reply>> {
+        let mut last = Vec::new();
+        for _ in 0..3 {
+            let (replies, interrupted) = self.request_once(msg.clone(), dump)?;
+            if !interrupted {
+                return Ok(replies);
+            }
+            last = replies;
+        }
+        Ok(last)
+    }
+
+    fn request_once(
+        &mut self,
+        msg: RouteNetlinkMessage,
+        dump: bool,
+    ) -> anyhow::Result<(Vec<Reply>, bool)> {
+        self.seq = self.seq.wrapping_add(1);
+        let seq = self.seq;
+        let mut pkt = NetlinkMessage::new(NetlinkHeader::default(), NetlinkPayload::from(msg));
+        pkt.header.flags = NLM_F_REQUEST | if dump { NLM_F_DUMP } else { 0 };
+        pkt.header.sequence_number = seq;
+        pkt.finalize();
+        let mut buf = vec![0u8; pkt.buffer_len()];
+        pkt.serialize(&mut buf);
+        self.sock.send(&buf, 0)?;
+
+        let mut out = Vec::new();
+        let mut interrupted = false;
+        loop {
+            let (data, _) = self.sock.recv_from_full()?;
+            if data.is_empty() {
+                bail!("netlink socket returned no data");
+            }
+            let mut off = 0;
+            while data.len().saturating_sub(off) >= NLMSG_HDRLEN {
+                let nb = NetlinkBuffer::new_checked(&data[off..])
+                    .map_err(|e| anyhow::anyhow!("malformed netlink message: {e}"))?;
+                let len = nb.length() as usize;
+                let msg_bytes = &data[off..off + len];
+                off += (len + 3) & !3;
+                if nb.sequence_number() != seq {
+                    // Leftover of an earlier request that failed half-way.
+                    continue;
+                }
+                if nb.flags() & NLM_F_DUMP_INTR != 0 {
+                    interrupted = true;
+                }
+                match nb.message_type() {
+                    NLMSG_NOOP => continue,
+                    NLMSG_DONE => return Ok((out, interrupted)),
+                    NLMSG_OVERRUN => bail!("netlink overrun"),
+                    NLMSG_ERROR => {
+                        let p = nb.payload();
+                        let code = p
+                            .get(..4)
+                            .and_then(|b| b.try_into().ok())
+                            .map(i32::from_ne_bytes)
+                            .unwrap_or(-libc::EPROTO);
+                        if code == 0 {
+                            // An ACK: only ends non-dump requests.
+                            if !dump {
+                                return Ok((out, interrupted));
+                            }
+                            continue;
+                        }
+                        return Err(io::Error::from_raw_os_error(code.saturating_abs()).into());
+                    }
+                    _ => {
+                        let parsed =
+                            match NetlinkMessage::<RouteNetlinkMessage>::deserialize(msg_bytes) {
+                                Ok(m) => match m.payload {
+                                    NetlinkPayload::InnerMessage(i) => Some(i),
+                                    _ => None,
+                                },
+                                Err(_) => None,
+                            };
+                        out.push(Reply {
+                            parsed,
+                            payload: nb.payload().to_vec(),
+                        });
+                        if !dump {
+                            return Ok((out, interrupted));
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    /// nsid that the netns behind `fd` has in the socket's netns; None if
+    /// unassigned.
+    fn nsid_of_fd(&mut self, fd: std::os::fd::RawFd) -> anyhow::Result<Option<i32>> {
+        let fd = u32::try_from(fd).context("negative fd")?;
+        let mut msg = NsidMessage::default();
+        msg.attributes.push(NsidAttribute::Fd(fd));
+        for r in self.request(RouteNetlinkMessage::GetNsId(msg), false)? {
+            let attrs = match r.parsed {
+                Some(RouteNetlinkMessage::NewNsId(m)) => m.attributes,
+                _ => continue,
+            };
+            for a in attrs {
+                if let NsidAttribute::Id(id) = a {
+                    return Ok((id >= 0).then_some(id));
+                }
+            }
+        }
+        Ok(None)
+    }
+}
+
+fn dump_links(nl: &mut Rtnl) -> anyhow::Result<Vec<Link>> {
+    let replies = nl.request(RouteNetlinkMessage::GetLink(LinkMessage::default()), true)?;
+    Ok(replies
+        .iter()
+        .filter_map(|r| match &r.parsed {
+            Some(RouteNetlinkMessage::NewLink(m)) => Some(link_from_msg(m)),
+            _ => raw::link(&r.payload),
+        })
+        .collect())
+}
+
+fn dump_addrs(nl: &mut Rtnl) -> anyhow::Result<Vec<(i32, IpAddr, u8)>> {
+    let replies = nl.request(
+        RouteNetlinkMessage::GetAddress(AddressMessage::default()),
+        true,
+    )?;
+    Ok(replies
+        .iter()
+        .filter_map(|r| match &r.parsed {
+            Some(RouteNetlinkMessage::NewAddress(m)) => addr_from_msg(m),
+            _ => raw::addr(&r.payload),
+        })
+        .collect())
+}
+
+fn dump_routes(nl: &mut Rtnl, family: AddressFamily) -> anyhow::Result<Vec<Route>> {
+    let mut req = RouteMessage::default();
+    req.header.address_family = family;
+    let replies = nl.request(RouteNetlinkMessage::GetRoute(req), true)?;
+    Ok(replies
+        .iter()
+        .filter_map(|r| match &r.parsed {
+            Some(RouteNetlinkMessage::NewRoute(m)) => route_from_msg(m),
+            _ => raw::route(&r.payload),
+        })
+        .collect())
+}
+
+fn nonzero(v: u32) -> Option<i32> {
+    i32::try_from(v).ok().filter(|&v| v != 0)
+}
+
+fn link_from_msg(m: &LinkMessage) -> Link {
+    let mut l = Link {
+        ifindex: i32::try_from(m.header.index).unwrap_or(0),
+        name: String::new(),
+        kind: None,
+        mtu: 0,
+        up: m.header.flags.contains(LinkFlags::Up),
+        master: None,
+        link: None,
+        link_netnsid: None,
+        peer_netns: None,
+        addrs: Vec::new(),
+    };
+    for a in &m.attributes {
+        match a {
+            LinkAttribute::IfName(n) => l.name = n.clone(),
+            LinkAttribute::Mtu(v) => l.mtu = *v,
+            LinkAttribute::Controller(v) => l.master = nonzero(*v),
+            LinkAttribute::Link(v) => l.link = nonzero(*v),
+            LinkAttribute::LinkNetNsId(v) => l.link_netnsid = Some(*v),
+            LinkAttribute::LinkInfo(infos) => {
+                for i in infos {
+                    if let LinkInfo::Kind(k) = i {
+                        l.kind = Some(k.to_string());
+                    }
+                }
+            }
+            _ => {}
+        }
+    }
+    l
+}
+
+fn addr_from_msg(m: &AddressMessage) -> Option<(i32, IpAddr, u8)> {
+    let mut local = None;
+    let mut address = None;
+    for a in &m.attributes {
+        match a {
+            AddressAttribute::Local(ip) => local = Some(*ip),
+            AddressAttribute::Address(ip) => address = Some(*ip),
+            _ => {}
+        }
+    }
+    // IPv4 point-to-point: IFA_ADDRESS is the peer, IFA_LOCAL ours.
+    let ip = local.or(address)?;
+    Some((i32::try_from(m.header.index).ok()?, ip, m.header.prefix_len))
+}
+
+fn route_addr(a: &RouteAddress) -> Option<IpAddr> {
+    match a {
+        RouteAddress::Inet(v) => Some(IpAddr::V4(*v)),
+        RouteAddress::Inet6(v) => Some(IpAddr::V6(*v)),
+        _ => None,
+    }
+}
+
+fn route_from_msg(m: &RouteMessage) -> Option<Route> {
+    let dst = match m.header.address_family {
+        AddressFamily::Inet => IpAddr::V4(Ipv4Addr::UNSPECIFIED),
+        AddressFamily::Inet6 => IpAddr::V6(Ipv6Addr::UNSPECIFIED),
+        _ => return None,
+    };
+    let mut r = Route {
+        dst,
+        prefix_len: m.header.destination_prefix_length,
+        table: u32::from(m.header.table),
+        kind: RouteKind::from(u8::from(m.header.kind)),
+        oif: None,
+        gateway: None,
+        metric: 0,
+        src: None,
+    };
+    for a in &m.attributes {
+        match a {
+            RouteAttribute::Destination(d) => r.dst = route_addr(d)?,
+            RouteAttribute::Oif(i) => r.oif = nonzero(*i),
+            RouteAttribute::Gateway(g) => r.gateway = route_addr(g),
+            RouteAttribute::Via(RouteVia::Inet(g)) => r.gateway = Some(IpAddr::V4(*g)),
+            RouteAttribute::Via(RouteVia::Inet6(g)) => r.gateway = Some(IpAddr::V6(*g)),
+            RouteAttribute::Priority(p) => r.metric = *p,
+            RouteAttribute::PrefSource(s) => r.src = route_addr(s),
+            RouteAttribute::Table(t) => r.table = *t,
+            RouteAttribute::MultiPath(hops) => {
+                if let Some(h) = hops.first() {
+                    r.oif = r.oif.or(nonzero(h.interface_index));
+                    for ha in &h.attributes {
+                        match ha {
+                            RouteAttribute::Gateway(g) => r.gateway = r.gateway.or(route_addr(g)),
+                            RouteAttribute::Via(RouteVia::Inet(g)) => {
+                                r.gateway = r.gateway.or(Some(IpAddr::V4(*g)))
+                            }
+                            RouteAttribute::Via(RouteVia::Inet6(g)) => {
+                                r.gateway = r.gateway.or(Some(IpAddr::V6(*g)))
+                            }
+                            _ => {}
+                        }
+                    }
+                }
+            }
+            _ => {}
+        }
+    }
+    Some(r)
+}
+
+/// Fallback decoder for messages netlink-packet-route rejects. Knows only the
+/// fields this module keeps; layouts from linux/rtnetlink.h, if_link.h,
+/// if_addr.h.
+mod raw {
+    use super::*;
+
+    const NLA_TYPE_MASK: u16 = 0x3fff;
+
+    /// (type, value) pairs; stops at the first malformed attribute.
+    pub(super) fn attrs(mut buf: &[u8]) -> Vec<(u16, &[u8])> {
+        let mut out = Vec::new();
+        while buf.len() >= 4 {
+            let len = usize::from(u16::from_ne_bytes([buf[0], buf[1]]));
+            let kind = u16::from_ne_bytes([buf[2], buf[3]]) & NLA_TYPE_MASK;
+            if len < 4 || len > buf.len() {
+                break;
+            }
+            out.push((kind, &buf[4..len]));
+            let adv = ((len + 3) & !3).min(buf.len());
+            buf = &buf[adv..];
+        }
+        out
+    }
+
+    fn u32_of(v: &[u8]) -> Option<u32> {
+        Some(u32::from_ne_bytes(v.get(..4)?.try_into().ok()?))
+    }
+
+    fn i32_of(v: &[u8]) -> Option<i32> {
+        Some(i32::from_ne_bytes(v.get(..4)?.try_into().ok()?))
+    }
+
+    fn string_of(v: &[u8]) -> String {
+        let end = v.iter().position(|&b| b == 0).unwrap_or(v.len());
+        String::from_utf8_lossy(&v[..end]).into_owned()
+    }
+
+    fn ip_of(family: u8, v: &[u8]) -> Option<IpAddr> {
+        match i32::from(family) {
+            libc::AF_INET => {
+                let b: [u8; 4] = v.get(..4)?.try_into().ok()?;
+                Some(IpAddr::V4(Ipv4Addr::from(b)))
+            }
+            libc::AF_INET6 => {
+                let b: [u8; 16] = v.get(..16)?.try_into().ok()?;
+                Some(IpAddr::V6(Ipv6Addr::from(b)))
+            }
+            _ => None,
+        }
+    }
+
+    /// ifinfomsg (16 bytes) + IFLA_* attributes.
+    pub(super) fn link(p: &[u8]) -> Option<Link> {
+        const IFLA_IFNAME: u16 = 3;
+        const IFLA_MTU: u16 = 4;
+        const IFLA_LINK: u16 = 5;
+        const IFLA_MASTER: u16 = 10;
+        const IFLA_LINKINFO: u16 = 18;
+        const IFLA_INFO_KIND: u16 = 1;
+        const IFLA_LINK_NETNSID: u16 = 37;
+        let ifindex = i32_of(p.get(4..8)?)?;
+        let flags = u32_of(p.get(8..12)?)?;
+        let mut l = Link {
+            ifindex,
+            name: String::new(),
+            kind: None,
+            mtu: 0,
+            up: flags & (libc::IFF_UP as u32) != 0,
+            master: None,
+            link: None,
+            link_netnsid: None,
+            peer_netns: None,
+            addrs: Vec::new(),
+        };
+        for (kind, v) in attrs(p.get(16..)?) {
+            match kind {
+                IFLA_IFNAME => l.name = string_of(v),
+                IFLA_MTU => l.mtu = u32_of(v).unwrap_or(0),
+                IFLA_LINK => l.link = u32_of(v).and_then(nonzero),
+                IFLA_MASTER => l.master = u32_of(v).and_then(nonzero),
+                IFLA_LINK_NETNSID => l.link_netnsid = i32_of(v),
+                IFLA_LINKINFO => {
+                    for (k, iv) in attrs(v) {
+                        if k == IFLA_INFO_KIND {
+                            l.kind = Some(string_of(iv));
+                        }
+                    }
+                }
+                _ => {}
+            }
+        }
+        Some(l)
+    }
+
+    /// ifaddrmsg (8 bytes) + IFA_* attributes.
+    pub(super) fn addr(p: &[u8]) -> Option<(i32, IpAddr, u8)> {
+        const IFA_ADDRESS: u16 = 1;
+        const IFA_LOCAL: u16 = 2;
+        let family = *p.first()?;
+        let prefix_len = *p.get(1)?;
+        let index = i32::try_from(u32_of(p.get(4..8)?)?).ok()?;
+        let mut local = None;
+        let mut address = None;
+        for (kind, v) in attrs(p.get(8..)?) {
+            match kind {
+                IFA_ADDRESS => address = ip_of(family, v),
+                IFA_LOCAL => local = ip_of(family, v),
+                _ => {}
+            }
+        }
+        Some((index, local.or(address)?, prefix_len))
+    }
+
+    /// rtmsg (12 bytes) + RTA_* attributes.
+    pub(super) fn route(p: &[u8]) -> Option<Route> {
+        const RTA_DST: u16 = 1;
+        const RTA_OIF: u16 = 4;
+        const RTA_GATEWAY: u16 = 5;
+        const RTA_PRIORITY: u16 = 6;
+        const RTA_PREFSRC: u16 = 7;
+        const RTA_MULTIPATH: u16 = 9;
+        const RTA_TABLE: u16 = 15;
+        const RTA_VIA: u16 = 18;
+        let family = *p.first()?;
+        let dst = match i32::from(family) {
+            libc::AF_INET => IpAddr::V4(Ipv4Addr::UNSPECIFIED),
+            libc::AF_INET6 => IpAddr::V6(Ipv6Addr::UNSPECIFIED),
+            _ => return None,
+        };
+        let mut r = Route {
+            dst,
+            prefix_len: *p.get(1)?,
+            table: u32::from(*p.get(4)?),
+            kind: RouteKind::from(*p.get(7)?),
+            oif: None,
+            gateway: None,
+            metric: 0,
+            src: None,
+        };
+        // struct rtvia: u16 family, then the address.
+        let via = |v: &[u8]| -> Option<IpAddr> {
+            let fam = u16::from_ne_bytes(v.get(..2)?.try_into().ok()?);
+            ip_of(u8::try_from(fam).ok()?, v.get(2..)?)
+        };
+        for (kind, v) in attrs(p.get(12..)?) {
+            match kind {
+                RTA_DST => r.dst = ip_of(family, v)?,
+                RTA_OIF => r.oif = u32_of(v).and_then(nonzero),
+                RTA_GATEWAY => r.gateway = ip_of(family, v),
+                RTA_VIA => r.gateway = via(v),
+                RTA_PRIORITY => r.metric = u32_of(v).unwrap_or(0),
+                RTA_PREFSRC => r.src = ip_of(family, v),
+                RTA_TABLE => r.table = u32_of(v).unwrap_or(r.table),
+                RTA_MULTIPATH => {
+                    // First struct rtnexthop: u16 len, u8 flags, u8 hops,
+                    // i32 ifindex, then its own attributes.
+                    let len = usize::from(u16::from_ne_bytes(v.get(..2)?.try_into().ok()?));
+                    let hop = v.get(..len.min(v.len()))?;
+                    r.oif = r.oif.or(u32_of(hop.get(4..8)?).and_then(nonzero));
+                    for (hk, hv) in attrs(hop.get(8..).unwrap_or(&[])) {
+                        match hk {
+                            RTA_GATEWAY => r.gateway = r.gateway.or(ip_of(family, hv)),
+                            RTA_VIA => r.gateway = r.gateway.or(via(hv)),
+                            _ => {}
+                        }
+                    }
+                }
+                _ => {}
+            }
+        }
+        Some(r)
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Cache
+
+/// What an (netns, ifindex) pair is called.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum IfName {
+    Name(String),
+    /// The netns exists but the ifindex is not there (any more).
+    Gone,
+    NetnsGone,
+    /// ifindex 0: no interface.
+    None,
+}
+
+impl IfName {
+    pub fn as_option(&self) -> Option<String> {
+        match self {
+            IfName::Name(n) => Some(n.clone()),
+            _ => None,
+        }
+    }
+
+    /// "eth0", "(gone)", "(netns gone)", "-". Use [`IfName::display_for`]
+    /// when the ifindex is at hand: a bare "(gone)" loses it.
+    pub fn display(&self) -> String {
+        match self {
+            IfName::Name(n) => n.clone(),
+            IfName::Gone => "(gone)".to_string(),
+            IfName::NetnsGone => "(netns gone)".to_string(),
+            IfName::None => "-".to_string(),
+        }
+    }
+
+    /// "eth0", "if7(gone)", "if7(netns gone)", "-".
+    pub fn display_for(&self, ifindex: i32) -> String {
+        match self {
+            IfName::Name(n) => n.clone(),
+            IfName::Gone => format!("if{ifindex}(gone)"),
+            IfName::NetnsGone => format!("if{ifindex}(netns gone)"),
+            IfName::None => "-".to_string(),
+        }
+    }
+}
+
+struct Entry {
+    topo: Arc<NsTopology>,
+    stale: bool,
+    /// Last time the netns was confirmed alive.
+    checked_at: Instant,
+}
+
+/// A cache over all namespaces, used on the event path: cheap hits, reads on
+/// miss, re-reads when stale.
+///
+/// Timing (see [`Topology::with_timing`]): a copy is served until it is
+/// `max_age` old or invalidated. Every `recheck` a hit also confirms, with
+/// one stat, that the netns still exists, so a deleted netns turns into None
+/// within `recheck`. `recheck` also bounds how often one netns is re-read
+/// because an event named an ifindex the copy lacks, and how often a failed
+/// read is retried, so an event storm costs a few reads per second at most.
+/// An interface deleted after a read keeps its cached name until the copy is
+/// `max_age` old (or invalidated): events queued just before the deletion
+/// still get the right name; after that it is [`IfName::Gone`].
+pub struct Topology {
+    entries: HashMap<u32, Entry>,
+    /// Netns whose last read failed, and when: no retry within `recheck`.
+    failed: HashMap<u32, Instant>,
+    netns: NetnsCache,
+    max_age: Duration,
+    recheck: Duration,
+    last_error: Option<String>,
+}
+
+impl Default for Topology {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Topology {
+    pub fn new() -> Self {
+        Self::with_timing(DEFAULT_MAX_AGE, DEFAULT_RECHECK)
+    }
+
+    pub fn with_timing(max_age: Duration, recheck: Duration) -> Self {
+        Topology {
+            entries: HashMap::new(),
+            failed: HashMap::new(),
+            netns: NetnsCache::with_min_rescan(recheck),
+            max_age,
+            recheck,
+            last_error: None,
+        }
+    }
+
+    /// Cached topology of one netns (read on first use; re-read if older
+    /// than `max_age` or when `invalidate` was called). None if the netns is
+    /// gone (or could never be read: see [`Topology::last_error`]). When a
+    /// re-read fails the previous copy keeps being served.
+    pub fn get(&mut self, inode: u32) -> Option<Arc<NsTopology>> {
+        let now = Instant::now();
+        if let Some(e) = self.entries.get_mut(&inode) {
+            if !e.stale && e.topo.read_at.elapsed() < self.max_age {
+                if now.duration_since(e.checked_at) < self.recheck {
+                    return Some(e.topo.clone());
+                }
+                // Not rate-limited: a false "gone" would drop a good copy,
+                // and a true one removes the entry, so this scans once.
+                if self.netns.find_now(inode).is_some() {
+                    e.checked_at = now;
+                    return Some(e.topo.clone());
+                }
+                self.entries.remove(&inode);
+                return None;
+            }
+        }
+        if let Some(t) = self.failed.get(&inode) {
+            if now.duration_since(*t) < self.recheck {
+                return self.entries.get(&inode).map(|e| e.topo.clone());
+            }
+        }
+        self.load(inode)
+    }
+
+    fn load(&mut self, inode: u32) -> Option<Arc<NsTopology>> {
+        let Some(info) = self.netns.find(inode) else {
+            self.entries.remove(&inode);
+            self.failed.remove(&inode);
+            return None;
+        };
+        match NsTopology::read(&info) {
+            Ok(t) => {
+                let topo = Arc::new(t);
+                self.failed.remove(&inode);
+                self.entries.insert(
+                    inode,
+                    Entry {
+                        topo: topo.clone(),
+                        stale: false,
+                        checked_at: Instant::now(),
+                    },
+                );
+                Some(topo)
+            }
+            Err(e) => {
+                self.last_error = Some(format!("{e:#}"));
+                // Most failures are the netns dying between find and setns.
+                if self.netns.find_now(inode).is_none() {
+                    self.entries.remove(&inode);
+                    self.failed.remove(&inode);
+                    return None;
+                }
+                self.failed.insert(inode, Instant::now());
+                self.entries.get(&inode).map(|e| e.topo.clone())
+            }
+        }
+    }
+
+    /// Forces a re-read on the next `get`.
+    pub fn invalidate(&mut self, inode: u32) {
+        if let Some(e) = self.entries.get_mut(&inode) {
+            e.stale = true;
+        }
+    }
+
+    /// Drops every cached copy.
+    pub fn clear(&mut self) {
+        self.entries.clear();
+        self.failed.clear();
+    }
+
+    /// Why the last failed read failed (for diagnostics).
+    pub fn last_error(&self) -> Option<&str> {
+        self.last_error.as_deref()
+    }
+
+    /// A link by (netns, ifindex), re-reading the netns once (rate-limited by
+    /// `recheck`) when the cached copy lacks the ifindex.
+    pub fn link(&mut self, inode: u32, ifindex: i32) -> Result<Link, IfName> {
+        if ifindex <= 0 {
+            return Err(IfName::None);
+        }
+        let topo = self.get(inode).ok_or(IfName::NetnsGone)?;
+        if let Some(l) = topo.link(ifindex) {
+            return Ok(l.clone());
+        }
+        // A fresh copy that lacks it is the answer; an older one may predate
+        // the interface.
+        if topo.read_at.elapsed() < self.recheck {
+            return Err(IfName::Gone);
+        }
+        self.invalidate(inode);
+        let topo = self.get(inode).ok_or(IfName::NetnsGone)?;
+        topo.link(ifindex).cloned().ok_or(IfName::Gone)
+    }
+
+    /// Name of an ifindex in a netns. If the ifindex is not in the cached
+    /// copy, re-read once (rate-limited, so an event storm on a vanished
+    /// interface does not re-read thousands of times a second) before giving
+    /// up.
+    /// The name of a netns in /run/netns, if it has one.
+    pub fn netns_name(&self, inode: u32) -> Option<String> {
+        if inode == 0 {
+            return None;
+        }
+        crate::netns::find(inode).and_then(|n| n.name)
+    }
+
+    pub fn ifname(&mut self, inode: u32, ifindex: i32) -> IfName {
+        match self.link(inode, ifindex) {
+            Ok(l) => IfName::Name(l.name),
+            Err(n) => n,
+        }
+    }
+
+    /// The other end of a veth (or netkit) pair: (its netns inode, its link).
+    /// None if `ifindex` is not such a device or the peer cannot be found.
+    pub fn veth_peer(&mut self, inode: u32, ifindex: i32) -> Option<(u32, Link)> {
+        let l = self.link(inode, ifindex).ok()?;
+        if !matches!(l.kind.as_deref(), Some("veth") | Some("netkit")) {
+            return None;
+        }
+        let peer_ns = l.peer_netns?;
+        let peer = self.link(peer_ns, l.link?).ok()?;
+        Some((peer_ns, peer))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::netns::test_support::*;
+
+    fn ip(s: &str) -> IpAddr {
+        s.parse().unwrap()
+    }
+
+    fn route(dst: &str, len: u8, table: u32, kind: RouteKind, oif: i32, metric: u32) -> Route {
+        Route {
+            dst: ip(dst),
+            prefix_len: len,
+            table,
+            kind,
+            oif: Some(oif),
+            gateway: None,
+            metric,
+            src: None,
+        }
+    }
+
+    fn synthetic(routes: Vec<Route>) -> NsTopology {
+        NsTopology {
+            inode: 1,
+            name: None,
+            links: Vec::new(),
+            routes,
+            sysctls: Sysctls::default(),
+            read_at: Instant::now(),
+        }
+    }
+
+    #[test]
+    fn prefix_math() {
+        assert!(prefix_contains(ip("10.1.2.0"), 24, ip("10.1.2.255")));
+        assert!(!prefix_contains(ip("10.1.2.0"), 24, ip("10.1.3.0")));
+        assert!(prefix_contains(ip("0.0.0.0"), 0, ip("192.0.2.1")));
+        assert!(prefix_contains(ip("10.1.2.3"), 32, ip("10.1.2.3")));
+        assert!(!prefix_contains(ip("10.1.2.3"), 33, ip("10.1.2.3")));
+        assert!(prefix_contains(
+            ip("2001:db8::"),
+            32,
+            ip("2001:db8:ffff::1")
+        ));
+        assert!(prefix_contains(ip("::"), 0, ip("2001:db8::1")));
+        assert!(!prefix_contains(ip("::"), 0, ip("10.0.0.1")));
+        assert!(!prefix_contains(ip("0.0.0.0"), 0, ip("::1")));
+    }
+
+    #[test]
+    fn route_selection_rules() {
+        use RouteKind::*;
+        let t = synthetic(vec![
+            route("0.0.0.0", 0, RT_TABLE_MAIN, Unicast, 1, 0),
+            route("10.0.0.0", 8, RT_TABLE_MAIN, Unicast, 2, 100),
+            route("10.0.0.0", 8, RT_TABLE_MAIN, Unicast, 3, 10),
+            route("10.9.0.0", 16, RT_TABLE_MAIN, Other(RTN_THROW), 0, 0),
+            route("10.9.0.0", 16, RT_TABLE_DEFAULT, Unicast, 5, 0),
+            route("10.1.1.1", 32, RT_TABLE_LOCAL, Local, 4, 0),
+            route("10.1.1.0", 24, 100, Unicast, 6, 0),
+            route("2001:db8::", 64, RT_TABLE_MAIN, Unicast, 7, 256),
+        ]);
+        let oif = |d: &str| t.route_to(ip(d)).and_then(|r| r.oif);
+        assert_eq!(
+            oif("10.2.3.4"),
+            Some(3),
+            "lowest metric among equal prefixes"
+        );
+        assert_eq!(oif("192.0.2.1"), Some(1), "default route");
+        assert_eq!(
+            t.route_to(ip("10.1.1.1")).unwrap().kind,
+            Local,
+            "local table first"
+        );
+        assert_eq!(oif("10.1.1.2"), Some(3), "table 100 is not consulted");
+        assert_eq!(
+            oif("10.9.1.1"),
+            Some(5),
+            "throw continues to the next table"
+        );
+        assert_eq!(oif("2001:db8::5"), Some(7));
+        assert_eq!(t.route_to(ip("2001:db9::5")), None, "no v4 route for v6");
+
+        assert_eq!(t.prefix_on(6, ip("10.1.1.9")).unwrap().table, 100);
+        assert_eq!(t.prefix_on(4, ip("10.1.1.1")), None, "local table skipped");
+        assert_eq!(t.prefix_on(3, ip("10.1.1.9")).unwrap().prefix_len, 8);
+        assert_eq!(t.prefix_on(2, ip("11.0.0.1")), None);
+    }
+
+    #[test]
+    fn rp_filter_is_max_of_all_and_dev() {
+        let mut t = synthetic(Vec::new());
+        t.sysctls.rp_filter_all = 1;
+        t.sysctls.rp_filter.insert("a".into(), 0);
+        t.sysctls.rp_filter.insert("b".into(), 2);
+        assert_eq!(t.rp_filter("a"), 1);
+        assert_eq!(t.rp_filter("b"), 2);
+        assert_eq!(t.rp_filter("nope"), 1);
+    }
+
+    #[test]
+    fn ifname_display() {
+        assert_eq!(IfName::Name("eth0".into()).display(), "eth0");
+        assert_eq!(IfName::Gone.display_for(7), "if7(gone)");
+        assert_eq!(IfName::NetnsGone.display_for(7), "if7(netns gone)");
+        assert_eq!(IfName::None.display(), "-");
+        assert_eq!(IfName::Gone.as_option(), None);
+        assert_eq!(IfName::Name("x".into()).as_option().as_deref(), Some("x"));
+    }
+
+    #[test]
+    fn raw_attr_parser_rejects_garbage() {
+        assert!(raw::attrs(&[]).is_empty());
+        // len 2 < header: stop.
+        assert!(raw::attrs(&[2, 0, 1, 0]).is_empty());
+        // len beyond buffer: stop.
+        assert!(raw::attrs(&[200, 0, 1, 0, 0, 0]).is_empty());
+        assert_eq!(raw::link(&[0; 8]), None);
+        assert_eq!(raw::route(&[99; 12]), None);
+        assert_eq!(raw::addr(&[2, 24, 0, 0]), None);
+    }
+
+    fn nla(kind: u16, value: &[u8]) -> Vec<u8> {
+        let mut v = Vec::new();
+        v.extend_from_slice(&((4 + value.len()) as u16).to_ne_bytes());
+        v.extend_from_slice(&kind.to_ne_bytes());
+        v.extend_from_slice(value);
+        while v.len() % 4 != 0 {
+            v.push(0);
+        }
+        v
+    }
+
+    /// A message whose IFLA_MTU is 2 bytes long: the crate rejects the whole
+    /// message, the fallback keeps every other field.
+    #[test]
+    fn raw_fallback_decodes_what_the_crate_rejects() {
+        let mut payload = Vec::new();
+        payload.extend_from_slice(&[0, 0]);
+        payload.extend_from_slice(&1u16.to_ne_bytes());
+        payload.extend_from_slice(&7i32.to_ne_bytes());
+        payload.extend_from_slice(&(libc::IFF_UP as u32).to_ne_bytes());
+        payload.extend_from_slice(&0u32.to_ne_bytes());
+        payload.extend(nla(3, b"x0\0"));
+        payload.extend(nla(4, &[0xdc, 0x05]));
+        payload.extend(nla(5, &9u32.to_ne_bytes()));
+        payload.extend(nla(37, &3i32.to_ne_bytes()));
+        payload.extend(nla(0x8000 | 18, &nla(1, b"veth\0")));
+        let mut msg = Vec::new();
+        msg.extend_from_slice(&((16 + payload.len()) as u32).to_ne_bytes());
+        msg.extend_from_slice(&16u16.to_ne_bytes()); // RTM_NEWLINK
+        msg.extend_from_slice(&[0; 10]);
+        msg.extend_from_slice(&payload);
+        assert!(NetlinkMessage::<RouteNetlinkMessage>::deserialize(&msg).is_err());
+        let l = raw::link(&payload).unwrap();
+        assert_eq!(l.ifindex, 7);
+        assert_eq!(l.name, "x0");
+        assert_eq!(l.kind.as_deref(), Some("veth"));
+        assert!(l.up);
+        assert_eq!(l.mtu, 0);
+        assert_eq!((l.link, l.link_netnsid), (Some(9), Some(3)));
+    }
+
+    /// The raw fallback decoder must agree with netlink-packet-route on
+    /// everything the kernel actually sends (run on a real namespace).
+    fn assert_raw_decoder_agrees(ns: &TestNs) {
+        let (n_links, n_routes) = netns::run_in(&ns.path(), || {
+            let mut nl = Rtnl::open().unwrap();
+            let links = nl
+                .request(RouteNetlinkMessage::GetLink(LinkMessage::default()), true)
+                .unwrap();
+            for r in &links {
+                let Some(RouteNetlinkMessage::NewLink(m)) = &r.parsed else {
+                    panic!("crate failed to decode a link");
+                };
+                assert_eq!(raw::link(&r.payload), Some(link_from_msg(m)));
+            }
+            let addrs = nl
+                .request(
+                    RouteNetlinkMessage::GetAddress(AddressMessage::default()),
+                    true,
+                )
+                .unwrap();
+            for r in &addrs {
+                let Some(RouteNetlinkMessage::NewAddress(m)) = &r.parsed else {
+                    panic!("crate failed to decode an address");
+                };
+                assert_eq!(raw::addr(&r.payload), addr_from_msg(m));
+            }
+            let mut n_routes = 0;
+            for fam in [AddressFamily::Inet, AddressFamily::Inet6] {
+                let mut req = RouteMessage::default();
+                req.header.address_family = fam;
+                for r in nl
+                    .request(RouteNetlinkMessage::GetRoute(req), true)
+                    .unwrap()
+                {
+                    let Some(RouteNetlinkMessage::NewRoute(m)) = &r.parsed else {
+                        panic!("crate failed to decode a route");
+                    };
+                    assert_eq!(raw::route(&r.payload), route_from_msg(m));
+                    n_routes += 1;
+                }
+            }
+            (links.len(), n_routes)
+        })
+        .unwrap();
+        assert!(
+            n_links >= 3 && n_routes >= 5,
+            "{n_links} links, {n_routes} routes"
+        );
+    }
+
+    /// Two namespaces: A has a bridge with a same-netns veth port, and a veth
+    /// into B.
+    ///
+    ///   A: br0 (10.N.1.1/24) <- vp0 (master br0) <-> vq0
+    ///      va0 (10.N.2.1/24, 2001:db8:N::1/64, rp_filter=1) <-> B: vb0 (mtu 1400)
+    ///   A routes: 10.N.0.0/16 via 10.N.2.2, 10.N.3.0/24 dev br0,
+    ///             blackhole 10.N.5.0/24, 10.N.6.0/24 via 10.N.2.2 table 100
+    struct Lab {
+        a: TestNs,
+        b: TestNs,
+        n: u8,
+    }
+
+    fn lab(tag: &str) -> Lab {
+        let a = TestNs::new(&format!("{tag}a"));
+        let b = TestNs::new(&format!("{tag}b"));
+        // Vary the subnet per run; harmless either way (private namespaces).
+        let n = (std::process::id() % 200) as u8 + 20;
+        let lab = Lab { a, b, n };
+        let (a, b) = (&lab.a, &lab.b);
+        a.ip(&format!(
+            "link add va0 type veth peer name vb0 netns {}",
+            b.name
+        ));
+        a.ip("link add vp0 type veth peer name vq0");
+        a.ip("link add br0 type bridge");
+        a.ip("link set vp0 master br0");
+        b.ip("link set vb0 mtu 1400");
+        for dev in ["lo", "va0", "vp0", "vq0", "br0"] {
+            a.ip(&format!("link set {dev} up"));
+        }
+        b.ip("link set lo up");
+        b.ip("link set vb0 up");
+        a.ip(&format!("addr add 10.{n}.1.1/24 dev br0"));
+        a.ip(&format!("addr add 10.{n}.2.1/24 dev va0"));
+        a.ip(&format!("addr add 2001:db8:{n}::1/64 dev va0 nodad"));
+        b.ip(&format!("addr add 10.{n}.2.2/24 dev vb0"));
+        a.ip(&format!(
+            "route add 10.{n}.0.0/16 via 10.{n}.2.2 dev va0 metric 50"
+        ));
+        a.ip(&format!("route add 10.{n}.3.0/24 dev br0"));
+        a.ip(&format!("route add blackhole 10.{n}.5.0/24"));
+        a.ip(&format!(
+            "route add 10.{n}.6.0/24 via 10.{n}.2.2 dev va0 table 100"
+        ));
+        a.sysctl("net.ipv4.conf.all.rp_filter=0");
+        a.sysctl("net.ipv4.conf.va0.rp_filter=1");
+        a.sysctl("net.ipv4.conf.br0.rp_filter=0");
+        a.sysctl("net.ipv4.conf.all.forwarding=1");
+        a.sysctl("net.ipv6.conf.all.forwarding=1");
+        b.sysctl("net.ipv4.conf.all.rp_filter=2");
+        b.sysctl("net.ipv4.conf.vb0.rp_filter=0");
+        b.sysctl("net.ipv4.conf.all.forwarding=0");
+        b.sysctl("net.ipv6.conf.all.forwarding=0");
+        lab
+    }
+
+    #[test]
+    fn reads_links_routes_and_sysctls() {
+        let lab = lab("rd");
+        let (a, b, n) = (&lab.a, &lab.b, lab.n);
+        let ta = NsTopology::read(&a.info()).unwrap();
+        let tb = NsTopology::read(&b.info()).unwrap();
+        assert_eq!(ta.inode, a.inode);
+        assert_eq!(ta.name.as_deref(), Some(a.name.as_str()));
+
+        let va0 = ta.link_by_name("va0").unwrap();
+        let vb0 = tb.link_by_name("vb0").unwrap();
+        let vp0 = ta.link_by_name("vp0").unwrap();
+        let vq0 = ta.link_by_name("vq0").unwrap();
+        let br0 = ta.link_by_name("br0").unwrap();
+        let lo = ta.link_by_name("lo").unwrap();
+
+        assert_eq!(va0.ifindex, a.ifindex("va0"));
+        assert_eq!(vb0.ifindex, b.ifindex("vb0"));
+        assert_eq!(ta.link(va0.ifindex), Some(va0));
+
+        // kind / mtu / up
+        assert_eq!(va0.kind.as_deref(), Some("veth"));
+        assert_eq!(br0.kind.as_deref(), Some("bridge"));
+        assert_eq!(lo.kind, None);
+        assert_eq!(vb0.mtu, 1400);
+        assert_eq!(va0.mtu, 1500);
+        assert!(va0.up && br0.up && vb0.up);
+
+        // master
+        assert_eq!(vp0.master, Some(br0.ifindex));
+        assert_eq!(va0.master, None);
+        assert!(ta.is_bridge(br0.ifindex));
+        assert!(!ta.is_bridge(vp0.ifindex));
+
+        // veth peers across netns
+        assert_eq!(va0.link, Some(vb0.ifindex));
+        assert!(va0.link_netnsid.is_some());
+        assert_eq!(va0.peer_netns, Some(b.inode));
+        assert_eq!(vb0.link, Some(va0.ifindex));
+        assert!(vb0.link_netnsid.is_some());
+        assert_eq!(vb0.peer_netns, Some(a.inode));
+        // ... and within one netns
+        assert_eq!(vp0.link, Some(vq0.ifindex));
+        assert_eq!(vp0.link_netnsid, None);
+        assert_eq!(vp0.peer_netns, Some(a.inode));
+        assert_eq!(lo.link, None);
+        assert_eq!(lo.peer_netns, None);
+
+        // addresses
+        let br0_v4: Vec<_> = br0.addrs.iter().filter(|(a, _)| a.is_ipv4()).collect();
+        assert_eq!(br0_v4, vec![&(ip(&format!("10.{n}.1.1")), 24)]);
+        assert!(br0
+            .addrs
+            .iter()
+            .any(|(a, l)| a.to_string().starts_with("fe80:") && *l == 64));
+        assert!(va0.addrs.contains(&(ip(&format!("10.{n}.2.1")), 24)));
+        assert!(va0.addrs.contains(&(ip(&format!("2001:db8:{n}::1")), 64)));
+        assert!(lo.addrs.contains(&(ip("127.0.0.1"), 8)));
+        assert!(ta.on_subnet(br0.ifindex, ip(&format!("10.{n}.1.200"))));
+        assert!(!ta.on_subnet(br0.ifindex, ip(&format!("10.{n}.2.200"))));
+        assert_eq!(
+            ta.link_with_addr(ip(&format!("10.{n}.2.1")))
+                .map(|l| l.ifindex),
+            Some(va0.ifindex)
+        );
+
+        // routes
+        let find = |dst: &str, len: u8, table: u32| {
+            ta.routes
+                .iter()
+                .find(|r| r.dst == ip(dst) && r.prefix_len == len && r.table == table)
+                .unwrap_or_else(|| panic!("no route {dst}/{len} table {table}: {:#?}", ta.routes))
+        };
+        let r16 = find(&format!("10.{n}.0.0"), 16, RT_TABLE_MAIN);
+        assert_eq!(r16.kind, RouteKind::Unicast);
+        assert_eq!(r16.oif, Some(va0.ifindex));
+        assert_eq!(r16.gateway, Some(ip(&format!("10.{n}.2.2"))));
+        assert_eq!(r16.metric, 50);
+        let conn = find(&format!("10.{n}.1.0"), 24, RT_TABLE_MAIN);
+        assert_eq!(conn.oif, Some(br0.ifindex));
+        assert_eq!(conn.gateway, None);
+        assert_eq!(conn.src, Some(ip(&format!("10.{n}.1.1"))));
+        let local = find(&format!("10.{n}.1.1"), 32, RT_TABLE_LOCAL);
+        assert_eq!(local.kind, RouteKind::Local);
+        let bcast = find(&format!("10.{n}.1.255"), 32, RT_TABLE_LOCAL);
+        assert_eq!(bcast.kind, RouteKind::Broadcast);
+        assert_eq!(
+            find(&format!("10.{n}.5.0"), 24, RT_TABLE_MAIN).kind,
+            RouteKind::Blackhole
+        );
+        assert_eq!(find(&format!("10.{n}.6.0"), 24, 100).oif, Some(va0.ifindex));
+        let v6 = find(&format!("2001:db8:{n}::"), 64, RT_TABLE_MAIN);
+        assert_eq!(v6.oif, Some(va0.ifindex));
+
+        // route_to: longest prefix, local table first, no default route
+        let to = |d: &str| ta.route_to(ip(d)).map(|r| (r.dst, r.prefix_len, r.table));
+        assert_eq!(
+            to(&format!("10.{n}.3.9")),
+            Some((ip(&format!("10.{n}.3.0")), 24, 254))
+        );
+        assert_eq!(
+            to(&format!("10.{n}.4.9")),
+            Some((ip(&format!("10.{n}.0.0")), 16, 254))
+        );
+        assert_eq!(
+            to(&format!("10.{n}.2.7")),
+            Some((ip(&format!("10.{n}.2.0")), 24, 254))
+        );
+        assert_eq!(
+            to(&format!("10.{n}.1.1")),
+            Some((ip(&format!("10.{n}.1.1")), 32, 255))
+        );
+        assert_eq!(
+            ta.route_to(ip(&format!("10.{n}.5.1"))).unwrap().kind,
+            RouteKind::Blackhole
+        );
+        assert_eq!(
+            to(&format!("10.{n}.6.1")),
+            Some((ip(&format!("10.{n}.0.0")), 16, 254))
+        );
+        assert_eq!(to("192.0.2.1"), None);
+        assert_eq!(
+            ta.route_to(ip(&format!("2001:db8:{n}::99")))
+                .and_then(|r| r.oif),
+            Some(va0.ifindex)
+        );
+
+        // prefix_on
+        let p = ta
+            .prefix_on(br0.ifindex, ip(&format!("10.{n}.1.77")))
+            .unwrap();
+        assert_eq!((p.dst, p.prefix_len), (ip(&format!("10.{n}.1.0")), 24));
+        assert_eq!(ta.prefix_on(vp0.ifindex, ip(&format!("10.{n}.1.77"))), None);
+        assert_eq!(ta.prefix_on(br0.ifindex, ip(&format!("10.{n}.2.77"))), None);
+        assert_eq!(ta.prefix_on(va0.ifindex, ip("192.0.2.1")), None);
+        // Via va0 the /16 also covers br0's subnet: the most specific on va0.
+        let p = ta
+            .prefix_on(va0.ifindex, ip(&format!("10.{n}.1.77")))
+            .unwrap();
+        assert_eq!(p.prefix_len, 16);
+        let p = ta
+            .prefix_on(va0.ifindex, ip(&format!("10.{n}.9.9")))
+            .unwrap();
+        assert_eq!(p.prefix_len, 16);
+        let p = ta
+            .prefix_on(va0.ifindex, ip(&format!("10.{n}.6.9")))
+            .unwrap();
+        assert_eq!((p.prefix_len, p.table), (24, 100));
+
+        // sysctls, read inside each netns (the host's values are not these)
+        assert_eq!(ta.sysctls.rp_filter_all, 0);
+        assert_eq!(ta.sysctls.rp_filter.get("va0"), Some(&1));
+        assert_eq!(ta.rp_filter("va0"), 1);
+        assert_eq!(ta.rp_filter("br0"), 0);
+        assert!(ta.sysctls.ipv4_forwarding);
+        assert!(ta.sysctls.ipv6_forwarding);
+        assert_eq!(tb.sysctls.rp_filter_all, 2);
+        assert_eq!(tb.sysctls.rp_filter.get("vb0"), Some(&0));
+        assert_eq!(tb.rp_filter("vb0"), 2, "max(all=2, vb0=0)");
+        assert!(!tb.sysctls.ipv4_forwarding);
+        assert!(!tb.sysctls.ipv6_forwarding);
+        assert!(!ta.sysctls.rp_filter.contains_key("all"));
+        assert!(ta.sysctls.rp_filter.contains_key("default"));
+
+        // serializable for reports
+        let js = serde_json::to_string(va0).unwrap();
+        assert!(js.contains("\"kind\":\"veth\""), "{js}");
+        assert!(serde_json::to_string(r16).unwrap().contains("\"Unicast\""));
+        assert!(serde_json::to_string(&ta.sysctls).is_ok());
+
+        assert_raw_decoder_agrees(a);
+    }
+
+    /// Sysctls must be the netns' own even when the host's differ and while
+    /// another netns is read concurrently.
+    #[test]
+    fn sysctls_are_per_netns_not_host() {
+        let host = |p: &str| {
+            fs::read_to_string(p)
+                .unwrap()
+                .trim()
+                .parse::<u32>()
+                .unwrap()
+        };
+        let host_rp = host("/proc/sys/net/ipv4/conf/all/rp_filter");
+        let host_fwd = host("/proc/sys/net/ipv4/conf/all/forwarding");
+        let a = TestNs::new("sya");
+        let b = TestNs::new("syb");
+        let (ra, rb) = ((host_rp + 1) % 3, (host_rp + 2) % 3);
+        a.sysctl(&format!("net.ipv4.conf.all.rp_filter={ra}"));
+        b.sysctl(&format!("net.ipv4.conf.all.rp_filter={rb}"));
+        a.sysctl(&format!(
+            "net.ipv4.conf.all.forwarding={}",
+            1 - host_fwd.min(1)
+        ));
+        let (ia, ib) = (a.info(), b.info());
+        let ha = std::thread::spawn(move || NsTopology::read(&ia).unwrap());
+        let hb = std::thread::spawn(move || NsTopology::read(&ib).unwrap());
+        let (ta, tb) = (ha.join().unwrap(), hb.join().unwrap());
+        assert_eq!(ta.sysctls.rp_filter_all, ra);
+        assert_eq!(tb.sysctls.rp_filter_all, rb);
+        assert_eq!(ta.sysctls.ipv4_forwarding, host_fwd == 0);
+        let own = crate::netns::resolve("/proc/self/ns/net").unwrap();
+        let th = NsTopology::read(&own).unwrap();
+        assert_eq!(th.sysctls.rp_filter_all, host_rp);
+        assert_eq!(host("/proc/sys/net/ipv4/conf/all/rp_filter"), host_rp);
+        assert_eq!(host("/proc/sys/net/ipv4/conf/all/forwarding"), host_fwd);
+    }
+
+    #[test]
+    fn cache_ifname_peer_and_gone() {
+        let lab = lab("ca");
+        let (a, b) = (&lab.a, &lab.b);
+        let recheck = Duration::from_millis(100);
+        let max_age = Duration::from_millis(800);
+        let mut topo = Topology::with_timing(max_age, recheck);
+
+        let t1 = topo.get(a.inode).unwrap();
+        let t2 = topo.get(a.inode).unwrap();
+        assert!(Arc::ptr_eq(&t1, &t2), "hit must not re-read");
+        topo.invalidate(a.inode);
+        let t3 = topo.get(a.inode).unwrap();
+        assert!(!Arc::ptr_eq(&t1, &t3), "invalidate forces a re-read");
+
+        let va0 = a.ifindex("va0");
+        let vb0 = b.ifindex("vb0");
+        assert_eq!(topo.ifname(a.inode, va0), IfName::Name("va0".into()));
+        assert_eq!(topo.ifname(b.inode, vb0), IfName::Name("vb0".into()));
+        assert_eq!(topo.ifname(a.inode, 0), IfName::None);
+
+        let (pns, peer) = topo.veth_peer(a.inode, va0).unwrap();
+        assert_eq!(pns, b.inode);
+        assert_eq!(peer.name, "vb0");
+        assert_eq!(peer.mtu, 1400);
+        let (pns, peer) = topo.veth_peer(b.inode, vb0).unwrap();
+        assert_eq!((pns, peer.ifindex), (a.inode, va0));
+        let (pns, peer) = topo.veth_peer(a.inode, a.ifindex("vp0")).unwrap();
+        assert_eq!((pns, peer.name.as_str()), (a.inode, "vq0"));
+        assert_eq!(topo.veth_peer(a.inode, a.ifindex("br0")), None);
+
+        // An interface created after the read is found by the miss re-read.
+        std::thread::sleep(recheck);
+        a.ip("link add nw0 type veth peer name nw1");
+        let nw0 = a.ifindex("nw0");
+        assert_eq!(topo.ifname(a.inode, nw0), IfName::Name("nw0".into()));
+
+        // Deleting one veth end removes both. Cached names outlive the
+        // interface by up to `max_age` (events queued before the deletion
+        // still get named), then turn Gone.
+        a.ip("link del va0");
+        assert_eq!(topo.ifname(a.inode, va0), IfName::Name("va0".into()));
+        std::thread::sleep(max_age);
+        assert_eq!(topo.ifname(a.inode, va0), IfName::Gone);
+        assert_eq!(topo.ifname(b.inode, vb0), IfName::Gone);
+        assert_eq!(topo.veth_peer(a.inode, va0), None);
+
+        // A storm on the vanished ifindex does not re-read each time.
+        let before = topo.get(b.inode).unwrap();
+        for _ in 0..1000 {
+            assert_eq!(topo.ifname(b.inode, vb0), IfName::Gone);
+        }
+        assert!(Arc::ptr_eq(&before, &topo.get(b.inode).unwrap()));
+
+        // Netns deleted: NetnsGone within `recheck`.
+        b.delete();
+        std::thread::sleep(recheck);
+        assert_eq!(topo.ifname(b.inode, vb0), IfName::NetnsGone);
+        assert!(topo.get(b.inode).is_none());
+        assert_eq!(topo.veth_peer(b.inode, vb0), None);
+        // Unknown netns altogether.
+        assert_eq!(topo.ifname(u32::MAX, 1), IfName::NetnsGone);
+    }
+
+    #[test]
+    fn own_netns_reads() {
+        let own = crate::netns::own_inode().unwrap();
+        let mut topo = Topology::new();
+        let t = topo.get(own).expect("own netns");
+        assert!(t.link_by_name("lo").is_some());
+        assert_eq!(topo.ifname(own, 1), IfName::Name("lo".into()));
+    }
+}

@@ -1,0 +1,352 @@
+//! The tracing session shared by `watch` and `diagnose`: turn the user's
+//! options into kernel filters, attach, pump the ring buffer into a
+//! `Consumer`, stop on Ctrl-C / SIGTERM / --duration / --count, and
+//! summarise.
+
+use crate::btf::KernelBtf;
+use crate::event::{decode, Event, Namer};
+use crate::filter;
+use crate::netns;
+use crate::output::{Format, Output, Summary};
+use crate::probes::{DropHook, ProbeConfig, Probes};
+use crate::symbols::Symbols;
+use crate::topology::Topology;
+use anyhow::{anyhow, bail, Result};
+use serde::Serialize;
+use std::time::{Duration, Instant};
+use tokio::io::unix::AsyncFd;
+use tracer_abi::{Config, DropEvent, SynEvent, MAX_NETNS};
+
+/// What the user asked to trace (the flags `watch` and `diagnose` share).
+#[derive(Clone, Debug, Default)]
+pub struct TraceOptions {
+    /// Filter expression words, joined with spaces.
+    pub expr: Vec<String>,
+    pub netns: Vec<String>,
+    pub iface: Option<String>,
+    pub reasons: Vec<String>,
+    pub exclude_reasons: Vec<String>,
+    /// Show the benign noise that is hidden by default.
+    pub all: bool,
+    pub duration: Option<Duration>,
+    pub count: Option<u64>,
+    pub hook: Option<DropHook>,
+    pub format: Option<Format>,
+}
+
+/// Receives every event of a session.
+pub trait Consumer {
+    /// Return false to stop counting this drop towards --count.
+    fn drop(&mut self, raw: &DropEvent, s: &mut Session) -> std::io::Result<bool>;
+    fn syn(&mut self, _raw: &SynEvent, _s: &mut Session) -> std::io::Result<()> {
+        Ok(())
+    }
+    /// Called about every 250 ms, for conclusions that need time to pass.
+    fn tick(&mut self, _s: &mut Session) -> std::io::Result<()> {
+        Ok(())
+    }
+    /// Called once before the summary.
+    fn finish(&mut self, _s: &mut Session) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+/// What a consumer can use: the names and the output.
+pub struct Session {
+    pub namer: Namer,
+    pub out: Output,
+    pub summary: Summary,
+    /// The namespaces the user restricted tracing to; empty for all.
+    pub netns: Vec<u32>,
+    pub own_netns: u32,
+    pub filter: filter::Filter,
+}
+
+#[derive(Serialize)]
+struct Ready<'a> {
+    #[serde(rename = "type")]
+    kind: &'static str,
+    hook: String,
+    routes: bool,
+    syn_check: bool,
+    netns: &'a [u32],
+    filter: &'a str,
+    startup_ms: f64,
+}
+
+/// A loaded, attached tracer with its session state.
+pub struct Tracer {
+    probes: Probes,
+    pub session: Session,
+    duration: Option<Duration>,
+    count: Option<u64>,
+    started: Instant,
+}
+
+impl Tracer {
+    /// Validates every option (one clear error per bad input), then loads
+    /// and attaches. `routes`/`syn_check` enable the diagnosis probes.
+    pub fn start(
+        opts: &TraceOptions,
+        routes: bool,
+        syn_check: bool,
+        started: Instant,
+    ) -> Result<Tracer> {
+        let format = opts.format.unwrap_or(Format::Text);
+        // Parse user input before touching the kernel, so typos fail fast
+        // and without root.
+        let filter = filter::compile(&opts.expr.join(" ")).map_err(|e| anyhow!("{e}"))?;
+        let own_netns = netns::own_inode().map_err(|e| anyhow!("cannot read own netns: {e}"))?;
+        let mut namespaces = Vec::new();
+        for arg in &opts.netns {
+            namespaces.push(netns::resolve(arg)?);
+        }
+        if namespaces.len() > MAX_NETNS {
+            bail!("too many --netns: the kernel filter takes at most {MAX_NETNS}");
+        }
+        let kbtf = KernelBtf::load()?;
+        let reasons = kbtf.drop_reasons()?;
+        let include = reasons.parse_list(&opts.reasons)?;
+        let exclude = reasons.parse_list(&opts.exclude_reasons)?;
+        let mut topology = Topology::new();
+
+        let mut config = Config::new();
+        let mut inodes: Vec<u32> = namespaces.iter().map(|n| n.inode).collect();
+        if let Some(ifname) = &opts.iface {
+            // An ifindex means nothing without its netns: -i names an
+            // interface of --netns, or of tracer's own netns.
+            if inodes.len() > 1 {
+                bail!("-i needs a single --netns to name the interface in");
+            }
+            let inode = inodes.first().copied().unwrap_or(own_netns);
+            let label = namespaces
+                .first()
+                .and_then(|n| n.name.clone())
+                .unwrap_or_else(|| {
+                    if inode == own_netns {
+                        "host".to_string()
+                    } else {
+                        inode.to_string()
+                    }
+                });
+            let topo = topology
+                .get(inode)
+                .ok_or_else(|| anyhow!("cannot read the interfaces of netns {label}"))?;
+            let link = topo
+                .link_by_name(ifname)
+                .ok_or_else(|| anyhow!("unknown interface '{ifname}' in netns {label}"))?;
+            config.ifindex = link.ifindex as u32;
+            inodes = vec![inode];
+        }
+        for (i, n) in inodes.iter().enumerate() {
+            config.netns[i] = *n;
+        }
+        config.netns_count = inodes.len() as u32;
+        config.reason_include = u32::from(!include.is_empty());
+        config.reason_exclude = u32::from(!exclude.is_empty());
+        config.hide_noise = u32::from(!opts.all);
+        config.noise.not_specified = reasons.code("NOT_SPECIFIED").unwrap_or(u32::MAX);
+        config.noise.no_socket = reasons.code("NO_SOCKET").unwrap_or(u32::MAX);
+        config.noise.queue_purge = reasons.code("QUEUE_PURGE").unwrap_or(u32::MAX);
+        config.routes = u32::from(routes);
+        config.syn_check = u32::from(syn_check);
+        let (ops, len) = filter.to_kernel();
+        config.filter = ops;
+        config.filter_len = len;
+
+        let probes = Probes::load(
+            &kbtf,
+            &ProbeConfig {
+                config,
+                include_reasons: include,
+                exclude_reasons: exclude,
+                hook: opts.hook,
+            },
+        )?;
+        let out = Output::stdout(format, own_netns);
+        let namer = Namer::new(reasons, Symbols::load(), topology);
+        let mut t = Tracer {
+            probes,
+            session: Session {
+                namer,
+                out,
+                summary: Summary::new(),
+                netns: inodes,
+                own_netns,
+                filter,
+            },
+            duration: opts.duration,
+            count: opts.count,
+            started,
+        };
+        t.announce()?;
+        Ok(t)
+    }
+
+    fn announce(&mut self) -> Result<()> {
+        let startup_ms = self.started.elapsed().as_secs_f64() * 1000.0;
+        let s = &mut self.session;
+        for w in &self.probes.warnings {
+            eprintln!("tracer: warning: {w}");
+        }
+        if s.out.format == Format::Json {
+            s.out.json(&Ready {
+                kind: "ready",
+                hook: self.probes.hook.to_string(),
+                routes: self.probes.routes_attached,
+                syn_check: self.probes.syn_attached,
+                netns: &s.netns,
+                filter: &s.filter.text,
+                startup_ms,
+            })?;
+        } else {
+            let scope = if s.netns.is_empty() {
+                "all namespaces".to_string()
+            } else {
+                let names: Vec<String> = s
+                    .netns
+                    .iter()
+                    .map(|n| s.out.netns_label(*n, &s.namer.topology.netns_name(*n)))
+                    .collect();
+                format!("netns {}", names.join(", "))
+            };
+            eprintln!(
+                "tracer: attached to skb:kfree_skb ({}) in {startup_ms:.0} ms, watching {scope}{}; Ctrl-C to stop",
+                self.probes.hook,
+                if s.filter.is_empty() {
+                    String::new()
+                } else {
+                    format!(" for '{}'", s.filter.text)
+                }
+            );
+        }
+        Ok(())
+    }
+
+    /// Pumps events until a stop condition; returns the final summary.
+    pub async fn run(self, consumer: &mut dyn Consumer) -> Result<Summary> {
+        use tokio::signal::unix::{signal, SignalKind};
+        let t0 = Instant::now();
+        let mut term = signal(SignalKind::terminate())?;
+        let mut int = signal(SignalKind::interrupt())?;
+        let deadline = self.duration.map(|d| tokio::time::Instant::now() + d);
+        let sleep_until = async move {
+            match deadline {
+                Some(d) => tokio::time::sleep_until(d).await,
+                None => std::future::pending().await,
+            }
+        };
+        tokio::pin!(sleep_until);
+        let mut ticker = tokio::time::interval(Duration::from_millis(250));
+        let Tracer {
+            probes,
+            mut session,
+            count,
+            ..
+        } = self;
+        let mut stats_probes = probes;
+        // SAFETY: the AsyncFd owns the ring buffer, so its fd stays open
+        // for as long as it is registered.
+        let mut events = unsafe { AsyncFd::register(stats_probes.take_events()?)? };
+        let mut shown: u64 = 0;
+        let mut broken_pipe = false;
+        'outer: loop {
+            tokio::select! {
+                _ = &mut sleep_until => break,
+                _ = term.recv() => break,
+                _ = int.recv() => break,
+                _ = ticker.tick() => {
+                    if let Err(e) = consumer.tick(&mut session) {
+                        broken_pipe = is_pipe(&e);
+                        if broken_pipe { break; }
+                        return Err(e.into());
+                    }
+                }
+                guard = events.readable_mut() => {
+                    let mut guard = guard?;
+                    let rb = guard.get_inner_mut();
+                    while let Some(item) = rb.next() {
+                        let r = match decode(&item) {
+                            Ok(Event::Drop(d)) => consumer.drop(&d, &mut session).map(|counted| {
+                                if counted { shown += 1; }
+                            }),
+                            Ok(Event::Syn(s)) => consumer.syn(&s, &mut session),
+                            Err(_) => {
+                                session.summary.undecodable += 1;
+                                Ok(())
+                            }
+                        };
+                        if let Err(e) = r {
+                            broken_pipe = is_pipe(&e);
+                            if broken_pipe { break 'outer; }
+                            return Err(e.into());
+                        }
+                        if count.is_some_and(|c| shown >= c) {
+                            break 'outer;
+                        }
+                    }
+                    guard.clear_ready();
+                }
+            }
+        }
+        let stats = stats_probes.stats();
+        session.summary.kernel = stats;
+        session.summary.lost = stats.lost;
+        session.summary.syns_flagged = stats.syns_flagged;
+        session.summary.duration_s = t0.elapsed().as_secs_f64();
+        if !broken_pipe {
+            consumer.finish(&mut session)?;
+            let summary = session.summary.clone();
+            let _ = session.out.summary(&summary);
+        }
+        // Detach before returning, so "exited" means "nothing attached".
+        drop(events);
+        drop(stats_probes);
+        Ok(session.summary)
+    }
+}
+
+fn is_pipe(e: &std::io::Error) -> bool {
+    e.kind() == std::io::ErrorKind::BrokenPipe
+}
+
+/// `tracer watch`: print every drop.
+pub struct Printer;
+
+impl Consumer for Printer {
+    fn drop(&mut self, raw: &DropEvent, s: &mut Session) -> std::io::Result<bool> {
+        let rec = s.namer.drop_record(raw);
+        s.summary.count(&rec);
+        s.out.drop(&rec)?;
+        Ok(true)
+    }
+}
+
+/// Parses `10s`, `2m`, `500ms`, `1h`, or a bare number of seconds.
+pub fn parse_duration(s: &str) -> Result<Duration> {
+    let t = s.trim();
+    if let Ok(secs) = t.parse::<f64>() {
+        if secs.is_finite() && secs >= 0.0 {
+            return Ok(Duration::from_secs_f64(secs));
+        }
+    }
+    match humantime::parse_duration(t) {
+        Ok(d) => Ok(d),
+        Err(_) => bail!("bad duration '{s}': use a value like 10s, 2m or 500ms"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations() {
+        assert_eq!(parse_duration("10s").unwrap(), Duration::from_secs(10));
+        assert_eq!(parse_duration("2m").unwrap(), Duration::from_secs(120));
+        assert_eq!(parse_duration("500ms").unwrap(), Duration::from_millis(500));
+        assert_eq!(parse_duration("3").unwrap(), Duration::from_secs(3));
+        let e = parse_duration("soon").unwrap_err().to_string();
+        assert!(e.contains("'soon'"), "{e}");
+    }
+}

@@ -1,0 +1,195 @@
+//! `cargo xtask`: the project's build steps that plain cargo cannot do.
+//!
+//! - `setup`       install what is missing (Debian packages, bpf-linker); fast when all is there
+//! - `build-ebpf`  build the eBPF object with Debian's rustc-web into target/bpf/tracer.bpf.o
+//! - `build`       setup + build-ebpf + release build of the tracer
+//! - `run -- ARGS` build, then run `tracer ARGS`
+//! - `test`        setup + build-ebpf + fmt/clippy + every unit and integration test
+//! - `bench`       the benchmark harness (see bench.rs)
+use anyhow::{bail, Context, Result};
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+mod bench;
+
+/// Debian packages: the eBPF toolchain (rustc-web with the prebuilt bpf
+/// core; LLVM 22 for bpf-linker) and the network tools the tests drive.
+const BUILD_PACKAGES: &[&str] = &[
+    "rustc-web",
+    "libstd-rust-web-dev",
+    "libstd-rust-web-dev-bpf",
+    "llvm-22-dev",
+    "libpolly-22-dev",
+    "libzstd-dev",
+    "zlib1g-dev",
+];
+const RUN_PACKAGES: &[&str] = &["iproute2", "iputils-ping", "iptables", "procps"];
+const BENCH_PACKAGES: &[&str] = &["iperf3", "bpftrace"];
+const BPF_LINKER_VERSION: &str = "0.13.0";
+
+fn root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("xtask lives in the workspace")
+        .to_path_buf()
+}
+
+fn run(cmd: &mut Command) -> Result<()> {
+    let status = cmd
+        .status()
+        .with_context(|| format!("cannot start {:?}", cmd.get_program()))?;
+    if !status.success() {
+        bail!("{cmd:?} failed: {status}");
+    }
+    Ok(())
+}
+
+fn missing_packages(pkgs: &[&str]) -> Vec<String> {
+    pkgs.iter()
+        .filter(|p| {
+            let out = Command::new("dpkg-query")
+                .args(["-W", "-f=${Status}", p])
+                .output();
+            !matches!(out, Ok(o) if String::from_utf8_lossy(&o.stdout).contains("install ok installed"))
+        })
+        .map(|p| p.to_string())
+        .collect()
+}
+
+fn install_packages(pkgs: &[&str]) -> Result<()> {
+    let missing = missing_packages(pkgs);
+    if missing.is_empty() {
+        return Ok(());
+    }
+    eprintln!("xtask: installing Debian packages: {}", missing.join(" "));
+    run(Command::new("apt-get").args(["update", "-q"]))?;
+    run(Command::new("apt-get")
+        .args(["install", "-y", "-q", "--no-install-recommends"])
+        .args(&missing)
+        .env("DEBIAN_FRONTEND", "noninteractive"))
+}
+
+fn bpf_linker_ok() -> bool {
+    matches!(
+        Command::new("bpf-linker").arg("--version").output(),
+        Ok(o) if String::from_utf8_lossy(&o.stdout).contains(BPF_LINKER_VERSION)
+    )
+}
+
+fn setup(extra: &[&str]) -> Result<()> {
+    let mut pkgs: Vec<&str> = BUILD_PACKAGES.to_vec();
+    pkgs.extend_from_slice(RUN_PACKAGES);
+    pkgs.extend_from_slice(extra);
+    install_packages(&pkgs)?;
+    if !bpf_linker_ok() {
+        eprintln!("xtask: installing bpf-linker {BPF_LINKER_VERSION} against Debian's LLVM 22");
+        // Its default feature wants LLVM 23, which Debian lacks.
+        run(Command::new("cargo")
+            .args(["install", "bpf-linker", "--version", BPF_LINKER_VERSION])
+            .args(["--locked", "--no-default-features", "--features", "llvm-22"])
+            .env("LLVM_PREFIX", "/usr/lib/llvm-22")
+            .env("LLVM_SYS_221_PREFIX", "/usr/lib/llvm-22"))?;
+    }
+    Ok(())
+}
+
+pub fn ebpf_object() -> PathBuf {
+    root().join("target/bpf/tracer.bpf.o")
+}
+
+fn build_ebpf() -> Result<()> {
+    let dir = root().join("tracer-ebpf");
+    let mut cmd = Command::new("cargo");
+    cmd.current_dir(&dir)
+        .args(["build", "--release", "--locked"]);
+    // The eBPF crate's own .cargo/config.toml picks the compiler, target and
+    // flags; anything inherited from an outer cargo would override it.
+    for var in [
+        "RUSTC",
+        "RUSTC_WRAPPER",
+        "RUSTC_WORKSPACE_WRAPPER",
+        "RUSTFLAGS",
+        "CARGO_ENCODED_RUSTFLAGS",
+        "CARGO_BUILD_TARGET",
+        "CARGO_TARGET_DIR",
+        "RUSTDOC",
+    ] {
+        cmd.env_remove(var);
+    }
+    run(&mut cmd)?;
+    let built = dir.join("target/bpfel-unknown-none/release/tracer");
+    let out = ebpf_object();
+    std::fs::create_dir_all(out.parent().unwrap())?;
+    // Copy only when changed, so the userspace crate is not rebuilt for nothing.
+    let new = std::fs::read(&built).with_context(|| format!("reading {}", built.display()))?;
+    if std::fs::read(&out).ok().as_deref() != Some(&new[..]) {
+        std::fs::write(&out, &new)?;
+    }
+    Ok(())
+}
+
+fn cargo(args: &[&str]) -> Result<()> {
+    run(Command::new("cargo").current_dir(root()).args(args))
+}
+
+fn main() -> Result<()> {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let cmd = args.first().map(String::as_str).unwrap_or("help");
+    let rest: Vec<&str> = args
+        .iter()
+        .skip(1)
+        .map(String::as_str)
+        .skip_while(|a| *a == "--")
+        .collect();
+    match cmd {
+        "setup" => setup(BENCH_PACKAGES),
+        "build-ebpf" => {
+            setup(&[])?;
+            build_ebpf()
+        }
+        "build" => {
+            setup(&[])?;
+            build_ebpf()?;
+            cargo(&["build", "--release", "-p", "tracer"])
+        }
+        "run" => {
+            setup(&[])?;
+            build_ebpf()?;
+            cargo(&["build", "--release", "-q", "-p", "tracer"])?;
+            let status = Command::new(root().join("target/release/tracer"))
+                .args(&rest)
+                .status()?;
+            std::process::exit(status.code().unwrap_or(1));
+        }
+        "test" => {
+            setup(&[])?;
+            build_ebpf()?;
+            cargo(&["fmt", "--all", "--check"])?;
+            cargo(&[
+                "clippy",
+                "--workspace",
+                "--all-targets",
+                "--",
+                "-D",
+                "warnings",
+            ])?;
+            // Integration tests drive the real binary.
+            cargo(&["build", "-p", "tracer"])?;
+            let mut test = vec!["test", "--workspace"];
+            test.extend_from_slice(&rest);
+            cargo(&test)
+        }
+        "bench" => {
+            setup(BENCH_PACKAGES)?;
+            build_ebpf()?;
+            cargo(&["build", "--release", "-q", "-p", "tracer"])?;
+            bench::run(&root(), &rest)
+        }
+        _ => {
+            eprintln!(
+                "usage: cargo xtask <setup|build-ebpf|build|run -- ARGS|test [-- FILTER]|bench>"
+            );
+            std::process::exit(2);
+        }
+    }
+}
