@@ -37,8 +37,24 @@ pub struct TracerRun {
 
 /// Starts `tracer ARGS -o json` and waits for its `ready` line.
 pub fn start(args: &[&str]) -> TracerRun {
-    let mut child = Command::new(tracer_bin())
-        .args(args)
+    start_in(&[], args)
+}
+
+/// Like `start`, with the tracer run through `wrapper` (e.g. `unshare -m sh -c ...`):
+/// the wrapper's last word receives the tracer command line appended.
+pub fn start_in(wrapper: &[&str], args: &[&str]) -> TracerRun {
+    let mut cmd = if wrapper.is_empty() {
+        let mut c = Command::new(tracer_bin());
+        c.args(args);
+        c
+    } else {
+        let mut c = Command::new(wrapper[0]);
+        c.args(&wrapper[1..]);
+        c.arg(tracer_bin());
+        c.args(args);
+        c
+    };
+    let mut child = cmd
         .args(["-o", "json"])
         .stdin(Stdio::null())
         .stdout(Stdio::piped())

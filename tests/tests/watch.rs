@@ -5,7 +5,7 @@
 
 use serde_json::Value;
 use std::time::Duration;
-use tracer_tests::{drops, prefix, run_bad, start, Netlab};
+use tracer_tests::{drops, prefix, run_bad, start, start_in, Netlab};
 
 const WAIT: Duration = Duration::from_secs(15);
 
@@ -257,6 +257,86 @@ fn count_ends_the_run_with_a_summary() {
     assert_eq!(summary["drops"], 2);
 }
 
+/// The fallbacks see the same drops with the same fields as tp_btf.
+#[test]
+fn raw_tracepoint_and_classic_tracepoint_fallbacks_work() {
+    let lab = routed_lab("hooks");
+    let server = lab.name("server");
+    // The classic tracepoint needs tracefs, which this machine does not
+    // mount: mount it in a private mount namespace, invisible to the host.
+    let tracefs: &[&str] = &[
+        "unshare",
+        "-m",
+        "--propagation",
+        "private",
+        "sh",
+        "-c",
+        "mount -t tracefs tracefs /sys/kernel/tracing && exec \"$0\" \"$@\"",
+    ];
+    for (wrapper, hook) in [(&[][..], "raw-tp"), (tracefs, "tracepoint")] {
+        let run = start_in(wrapper, &["watch", "--netns", &server, "--hook", hook]);
+        let ready = run.wait_for(WAIT, |v| v["type"] == "ready").unwrap();
+        assert_eq!(ready["hook"], hook.replace('-', "_"));
+        udp(&lab, "client", "10.2.0.1", 9999);
+        run.wait_for(WAIT, |v| v["reason"] == "NO_SOCKET");
+        let lines = run.stop();
+        let ds = drops(&lines);
+        let d = has_reason(&ds, "NO_SOCKET");
+        assert!(!d.is_empty(), "{hook}: {lines:#?}");
+        assert_eq!(d[0]["dport"], 9999, "{hook}");
+        assert_eq!(d[0]["src"], "10.1.0.1", "{hook}");
+        assert!(d[0]["location"]
+            .as_str()
+            .unwrap()
+            .starts_with("__udp4_lib_rcv"));
+    }
+}
+
+#[test]
+fn a_missing_tracepoint_is_named() {
+    // Without tracefs the classic tracepoint does not exist for us; make
+    // sure of that in a private mount namespace, whatever the host mounts.
+    let out = std::process::Command::new("unshare")
+        .args(["-m", "--propagation", "private", "sh", "-c"])
+        .arg("umount /sys/kernel/tracing 2>/dev/null; umount /sys/kernel/debug 2>/dev/null; exec \"$0\" \"$@\"")
+        .arg(tracer_tests::tracer_bin())
+        .args(["watch", "--hook", "tracepoint", "--duration", "1"])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(
+        err.contains(
+            "cannot attach to the skb:kfree_skb tracepoint (tracepoint: tracefs is not mounted"
+        ),
+        "{err}"
+    );
+    assert_eq!(err.trim().lines().count(), 1, "{err}");
+}
+
+#[test]
+fn without_privileges_it_says_so() {
+    let bin = tracer_tests::tracer_bin();
+    let out = std::process::Command::new("setpriv")
+        .args([
+            "--reuid=65534",
+            "--regid=65534",
+            "--clear-groups",
+            "--inh-caps=-all",
+        ])
+        .arg(&bin)
+        .arg("watch")
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(
+        err.contains("tracer needs root (CAP_BPF and CAP_PERFMON"),
+        "{err}"
+    );
+    assert_eq!(err.trim().lines().count(), 1, "{err}");
+}
+
 #[test]
 fn bad_input_gets_one_line_and_a_nonzero_exit() {
     let cases: &[(&[&str], &str)] = &[
@@ -275,6 +355,14 @@ fn bad_input_gets_one_line_and_a_nonzero_exit() {
             "unknown drop reason 'NOT_A_REASON'",
         ),
         (&["watch", "--duration", "soon"], "bad duration 'soon'"),
+        (
+            &["watch", "--btf", "/nonexistent/vmlinux"],
+            "no kernel BTF at /nonexistent/vmlinux",
+        ),
+        (
+            &["watch", "--bogus-flag"],
+            "unexpected argument '--bogus-flag'",
+        ),
     ];
     for (args, want) in cases {
         let (code, err) = run_bad(args);

@@ -29,7 +29,8 @@ impl KernelBtf {
                 path.display()
             );
         }
-        let btf = Btf::from_file(path)
+        // Mmap parses lazily: start-up pays only for the types we resolve.
+        let btf = Btf::from_file_with_backend(path, btf_rs::Backend::Mmap)
             .map_err(|e| anyhow!("cannot parse kernel BTF {}: {e}", path.display()))?;
         Ok(KernelBtf { btf })
     }

@@ -6,6 +6,7 @@ use crate::probes::DropHook;
 use crate::watch::{parse_duration, Printer, TraceOptions, Tracer};
 use anyhow::Result;
 use clap::{Args, Parser, Subcommand};
+use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 #[derive(Parser, Debug)]
@@ -28,6 +29,9 @@ pub enum Command {
     Reasons {
         #[arg(short = 'o', long = "output", value_enum, default_value = "text")]
         output: Format,
+        /// Kernel BTF file (default /sys/kernel/btf/vmlinux).
+        #[arg(long, value_name = "PATH")]
+        btf: Option<PathBuf>,
     },
 }
 
@@ -64,6 +68,9 @@ pub struct TraceArgs {
     /// Attach the drop probe this way instead of trying tp_btf, raw_tp, then the tracepoint.
     #[arg(long, value_enum, value_name = "HOOK")]
     pub hook: Option<DropHook>,
+    /// Kernel BTF file, for kernels that keep it elsewhere (default /sys/kernel/btf/vmlinux).
+    #[arg(long, value_name = "PATH")]
+    pub btf: Option<PathBuf>,
 }
 
 fn parse_duration_arg(s: &str) -> Result<Duration, String> {
@@ -83,6 +90,7 @@ impl TraceArgs {
             count: self.count,
             hook: self.hook,
             format: Some(self.output),
+            btf: self.btf.clone(),
         }
     }
 }
@@ -98,7 +106,7 @@ pub fn run(cli: Cli, started: Instant) -> Result<()> {
                 Ok(())
             })
         }
-        Command::Reasons { output } => reasons(output),
+        Command::Reasons { output, btf } => reasons(output, btf),
     }
 }
 
@@ -108,8 +116,8 @@ fn runtime() -> Result<tokio::runtime::Runtime> {
         .build()?)
 }
 
-fn reasons(format: Format) -> Result<()> {
-    let btf = crate::btf::KernelBtf::load()?;
+fn reasons(format: Format, btf: Option<PathBuf>) -> Result<()> {
+    let btf = crate::btf::KernelBtf::from_file(&btf.unwrap_or_else(|| crate::btf::VMLINUX.into()))?;
     let reasons = btf.drop_reasons()?;
     let mut out = crate::output::Output::stdout(format, 0);
     for (code, name) in reasons.iter() {

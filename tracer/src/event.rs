@@ -196,10 +196,36 @@ pub struct SynRecord {
 /// Turns raw events into records: holds everything needed to name things.
 pub struct Namer {
     pub reasons: Reasons,
-    pub symbols: Symbols,
+    symbols: SymbolsSlot,
     pub topology: Topology,
     /// realtime - monotonic, to turn bpf_ktime_get_ns into wall time.
     clock_offset: i128,
+}
+
+/// kallsyms takes ~50 ms to read; it loads on a thread during start-up
+/// and is joined at the first event that needs it.
+enum SymbolsSlot {
+    Loading(std::thread::JoinHandle<Symbols>),
+    Ready(Symbols),
+    Empty,
+}
+
+impl SymbolsSlot {
+    fn get(&mut self) -> &Symbols {
+        if let SymbolsSlot::Loading(_) = self {
+            let SymbolsSlot::Loading(h) = std::mem::replace(self, SymbolsSlot::Empty) else {
+                unreachable!()
+            };
+            *self = SymbolsSlot::Ready(h.join().unwrap_or_else(|_| Symbols::empty()));
+        }
+        match self {
+            SymbolsSlot::Ready(s) => s,
+            _ => {
+                *self = SymbolsSlot::Ready(Symbols::empty());
+                self.get()
+            }
+        }
+    }
 }
 
 fn clock_ns(id: libc::clockid_t) -> i128 {
@@ -219,6 +245,16 @@ pub fn monotonic_ns() -> u64 {
 
 impl Namer {
     pub fn new(reasons: Reasons, symbols: Symbols, topology: Topology) -> Self {
+        Self::with_symbols(reasons, SymbolsSlot::Ready(symbols), topology)
+    }
+
+    /// Like `new`, with kallsyms read on a background thread.
+    pub fn loading_symbols(reasons: Reasons, topology: Topology) -> Self {
+        let h = std::thread::spawn(Symbols::load);
+        Self::with_symbols(reasons, SymbolsSlot::Loading(h), topology)
+    }
+
+    fn with_symbols(reasons: Reasons, symbols: SymbolsSlot, topology: Topology) -> Self {
         let clock_offset = clock_ns(libc::CLOCK_REALTIME) - clock_ns(libc::CLOCK_MONOTONIC);
         Namer {
             reasons,
@@ -275,7 +311,7 @@ impl Namer {
             ts_ns: self.wall_ns(e.ts_ns),
             reason: self.reasons.name(e.reason),
             reason_code: e.reason,
-            location: self.symbols.format(e.location),
+            location: self.symbols.get().format(e.location),
             netns: e.netns,
             netns_name: self.topology.netns_name(e.netns),
             ifindex: e.ifindex,

@@ -3,7 +3,7 @@
 //! ring buffer and counters. Everything kernel-facing lives here.
 
 use crate::btf::KernelBtf;
-use anyhow::{anyhow, bail, Context, Result};
+use anyhow::{anyhow, bail, Result};
 use aya::maps::{HashMap as BpfHashMap, MapData, PerCpuArray, RingBuf};
 use aya::programs::{BtfTracePoint, RawTracePoint, TracePoint};
 use aya::{Btf, Ebpf, EbpfLoader};
@@ -108,13 +108,12 @@ fn classic_offsets(o: &mut Offsets) -> Result<()> {
 }
 
 impl Probes {
-    pub fn load(kbtf: &KernelBtf, pc: &ProbeConfig) -> Result<Self> {
+    pub fn load(kbtf: &KernelBtf, btf: &Btf, pc: &ProbeConfig) -> Result<Self> {
         check_privileges()?;
         let mut offsets = kbtf.offsets()?;
         let classic = classic_offsets(&mut offsets);
-        let btf = Btf::from_sys_fs().context("cannot read kernel BTF")?;
         let mut ebpf = EbpfLoader::new()
-            .btf(Some(&btf))
+            .btf(Some(btf))
             .override_global(names::GLOBAL_CONFIG, &pc.config, true)
             .override_global(names::GLOBAL_OFFSETS, &offsets, true)
             .load(OBJECT)
@@ -141,7 +140,7 @@ impl Probes {
         let mut hook = None;
         for h in order {
             let r = match h {
-                DropHook::TpBtf => attach_btf(&mut ebpf, names::PROG_DROP_BTF, "kfree_skb", &btf),
+                DropHook::TpBtf => attach_btf(&mut ebpf, names::PROG_DROP_BTF, "kfree_skb", btf),
                 DropHook::RawTp => attach_raw(&mut ebpf, names::PROG_DROP_RAW, "kfree_skb"),
                 DropHook::Tracepoint => match &classic {
                     Ok(()) => attach_classic(&mut ebpf, names::PROG_DROP_CLASSIC),
@@ -166,8 +165,8 @@ impl Probes {
         let mut warnings = Vec::new();
         let mut routes_attached = false;
         if pc.config.routes != 0 {
-            let r4 = attach_btf(&mut ebpf, names::PROG_FIB4, "fib_table_lookup", &btf);
-            let r6 = attach_btf(&mut ebpf, names::PROG_FIB6, "fib6_table_lookup", &btf);
+            let r4 = attach_btf(&mut ebpf, names::PROG_FIB4, "fib_table_lookup", btf);
+            let r6 = attach_btf(&mut ebpf, names::PROG_FIB6, "fib6_table_lookup", btf);
             routes_attached = r4.is_ok() || r6.is_ok();
             for (what, r) in [("fib_table_lookup", r4), ("fib6_table_lookup", r6)] {
                 if let Err(e) = r {
@@ -177,7 +176,7 @@ impl Probes {
         }
         let mut syn_attached = false;
         if pc.config.syn_check != 0 {
-            match attach_btf(&mut ebpf, names::PROG_SYN_XMIT, "net_dev_start_xmit", &btf) {
+            match attach_btf(&mut ebpf, names::PROG_SYN_XMIT, "net_dev_start_xmit", btf) {
                 Ok(()) => syn_attached = true,
                 Err(e) => warnings.push(format!("SYN/MSS check not available: {e:#}")),
             }

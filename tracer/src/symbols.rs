@@ -39,6 +39,10 @@ impl Symbols {
         Symbols { syms }
     }
 
+    pub fn empty() -> Self {
+        Symbols { syms: Vec::new() }
+    }
+
     pub fn is_empty(&self) -> bool {
         self.syms.is_empty()
     }

@@ -9,7 +9,6 @@ use crate::filter;
 use crate::netns;
 use crate::output::{Format, Output, Summary};
 use crate::probes::{DropHook, ProbeConfig, Probes};
-use crate::symbols::Symbols;
 use crate::topology::Topology;
 use anyhow::{anyhow, bail, Result};
 use serde::Serialize;
@@ -32,6 +31,8 @@ pub struct TraceOptions {
     pub count: Option<u64>,
     pub hook: Option<DropHook>,
     pub format: Option<Format>,
+    /// Kernel BTF to use instead of /sys/kernel/btf/vmlinux.
+    pub btf: Option<std::path::PathBuf>,
 }
 
 /// Receives every event of a session.
@@ -104,7 +105,16 @@ impl Tracer {
         if namespaces.len() > MAX_NETNS {
             bail!("too many --netns: the kernel filter takes at most {MAX_NETNS}");
         }
-        let kbtf = KernelBtf::load()?;
+        // aya needs its own parse of the kernel BTF; do it on a second
+        // core while we resolve names and offsets with btf-rs.
+        let btf_path = opts
+            .btf
+            .clone()
+            .unwrap_or_else(|| crate::btf::VMLINUX.into());
+        let kbtf = KernelBtf::from_file(&btf_path)?;
+        let aya_btf = std::thread::spawn(move || {
+            aya::Btf::parse_file(&btf_path, object::Endianness::default())
+        });
         let reasons = kbtf.drop_reasons()?;
         let include = reasons.parse_list(&opts.reasons)?;
         let exclude = reasons.parse_list(&opts.exclude_reasons)?;
@@ -154,8 +164,13 @@ impl Tracer {
         config.filter = ops;
         config.filter_len = len;
 
+        let aya_btf = aya_btf
+            .join()
+            .map_err(|_| anyhow!("reading kernel BTF failed"))?
+            .map_err(|e| anyhow!("cannot read kernel BTF: {e}"))?;
         let probes = Probes::load(
             &kbtf,
+            &aya_btf,
             &ProbeConfig {
                 config,
                 include_reasons: include,
@@ -164,7 +179,7 @@ impl Tracer {
             },
         )?;
         let out = Output::stdout(format, own_netns);
-        let namer = Namer::new(reasons, Symbols::load(), topology);
+        let namer = Namer::loading_symbols(reasons, topology);
         let mut t = Tracer {
             probes,
             session: Session {
