@@ -1,6 +1,7 @@
 //! The command line: clap definitions and dispatch. `main.rs` only calls
 //! `run` and turns an error into one line and an exit code.
 
+use crate::diagnose::Diagnoser;
 use crate::output::Format;
 use crate::probes::DropHook;
 use crate::watch::{parse_duration, Printer, TraceOptions, Tracer};
@@ -25,6 +26,13 @@ pub struct Cli {
 pub enum Command {
     /// Stream every packet the kernel drops, with reason, place, netns, device and flow.
     Watch(TraceArgs),
+    /// Watch drops, route lookups and SYNs, and print each root cause as soon as it is proven.
+    Diagnose(TraceArgs),
+    /// Rebuild an incident in throwaway namespaces and diagnose it live.
+    Lab {
+        #[command(subcommand)]
+        command: LabCommand,
+    },
     /// List this kernel's drop reasons (from its BTF).
     Reasons {
         #[arg(short = 'o', long = "output", value_enum, default_value = "text")]
@@ -33,6 +41,27 @@ pub enum Command {
         #[arg(long, value_name = "PATH")]
         btf: Option<PathBuf>,
     },
+}
+
+#[derive(Subcommand, Debug)]
+pub enum LabCommand {
+    /// List the labs.
+    List {
+        #[arg(short = 'o', long = "output", value_enum, default_value = "text")]
+        output: Format,
+    },
+    /// Build a lab, run its traffic under `diagnose`, print the verdict, tear it down.
+    Run {
+        /// A name from `tracer lab list`.
+        name: String,
+        /// Leave the namespaces in place afterwards (remove them with `tracer lab clean`).
+        #[arg(long)]
+        keep: bool,
+        #[arg(short = 'o', long = "output", value_enum, default_value = "text")]
+        output: Format,
+    },
+    /// Remove every lab namespace (trlab-*) that a killed run left behind.
+    Clean,
 }
 
 /// Flags shared by `watch` and `diagnose`.
@@ -106,6 +135,21 @@ pub fn run(cli: Cli, started: Instant) -> Result<()> {
                 Ok(())
             })
         }
+        Command::Diagnose(args) => {
+            let rt = runtime()?;
+            rt.block_on(async {
+                let tracer = Tracer::start(&args.options(), true, true, started)?;
+                tracer.run(&mut Diagnoser::new(true)).await?;
+                Ok(())
+            })
+        }
+        Command::Lab { command } => match command {
+            LabCommand::List { output } => crate::lab::list(output),
+            LabCommand::Run { name, keep, output } => {
+                crate::lab::run(&name, keep, output, Default::default(), started)
+            }
+            LabCommand::Clean => crate::lab::clean(),
+        },
         Command::Reasons { output, btf } => reasons(output, btf),
     }
 }

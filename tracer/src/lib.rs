@@ -11,9 +11,12 @@
 //! - `event`: decode ring-buffer records and name them
 //! - `output`: text and JSON
 //! - `watch`: the tracing session that every command builds on
+//! - `diagnose`: the rules that turn drops, route lookups and topology into verdicts
+//! - `lab`: the incidents rebuilt in throwaway namespaces
 //! - `cli`: the command line; `main.rs` is a thin shell around `cli::run`
 pub mod btf;
 pub mod cli;
+pub mod diagnose;
 pub mod event;
 pub mod filter;
 pub mod lab;

@@ -62,6 +62,14 @@ impl Output {
         }
     }
 
+    pub fn bold(&self, s: &str) -> String {
+        self.paint(BOLD, s)
+    }
+
+    pub fn bold_red(&self, s: &str) -> String {
+        self.paint(&format!("{BOLD}{RED}"), s)
+    }
+
     /// One JSON line; write errors (a closed pipe) end the run upstream.
     pub fn json<T: Serialize>(&mut self, v: &T) -> std::io::Result<()> {
         let line = serde_json::to_string(v).map_err(std::io::Error::other)?;
@@ -164,6 +172,12 @@ impl Output {
         }
         let mut reasons: Vec<_> = s.by_reason.iter().collect();
         reasons.sort_by(|a, b| b.1.cmp(a.1).then(a.0.cmp(b.0)));
+        for (k, n) in &s.verdict_kinds {
+            lines.push(self.paint(
+                &format!("{BOLD}{RED}"),
+                &format!("    verdict {k} ({n} drops)"),
+            ));
+        }
         for (r, n) in reasons {
             lines.push(format!("    {n:>7}  {r}"));
         }
@@ -194,6 +208,9 @@ pub struct Summary {
     pub undecodable: u64,
     pub syns_flagged: u64,
     pub verdicts: u64,
+    /// (kind, drops) of every verdict, for `diagnose`.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub verdict_kinds: Vec<(String, u64)>,
     pub duration_s: f64,
     pub kernel: KernelStats,
 }

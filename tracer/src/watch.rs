@@ -82,6 +82,7 @@ pub struct Tracer {
     duration: Option<Duration>,
     count: Option<u64>,
     started: Instant,
+    stop: Option<std::sync::Arc<tokio::sync::Notify>>,
 }
 
 impl Tracer {
@@ -193,6 +194,7 @@ impl Tracer {
             duration: opts.duration,
             count: opts.count,
             started,
+            stop: None,
         };
         t.announce()?;
         Ok(t)
@@ -238,6 +240,11 @@ impl Tracer {
         Ok(())
     }
 
+    /// Also stop when `n` is notified (the lab stops when its traffic ends).
+    pub fn stop_on(&mut self, n: std::sync::Arc<tokio::sync::Notify>) {
+        self.stop = Some(n);
+    }
+
     /// Pumps events until a stop condition; returns the final summary.
     pub async fn run(self, consumer: &mut dyn Consumer) -> Result<Summary> {
         use tokio::signal::unix::{signal, SignalKind};
@@ -257,8 +264,16 @@ impl Tracer {
             probes,
             mut session,
             count,
+            stop,
             ..
         } = self;
+        let stopped = async move {
+            match stop {
+                Some(n) => n.notified().await,
+                None => std::future::pending().await,
+            }
+        };
+        tokio::pin!(stopped);
         let mut stats_probes = probes;
         // SAFETY: the AsyncFd owns the ring buffer, so its fd stays open
         // for as long as it is registered.
@@ -268,6 +283,7 @@ impl Tracer {
         'outer: loop {
             tokio::select! {
                 _ = &mut sleep_until => break,
+                _ = &mut stopped => break,
                 _ = term.recv() => break,
                 _ = int.recv() => break,
                 _ = ticker.tick() => {

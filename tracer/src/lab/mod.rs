@@ -1,2 +1,161 @@
-//! `tracer lab`: the incidents, rebuilt in throwaway namespaces.
+//! `tracer lab`: the incidents, rebuilt in throwaway namespaces and
+//! diagnosed live against the real kernel (no simulated events).
 pub mod netlab;
+pub mod scenarios;
+
+use crate::diagnose::Diagnoser;
+use crate::output::Format;
+use crate::watch::{TraceOptions, Tracer};
+use anyhow::{anyhow, bail, Result};
+use netlab::{Netlab, LAB_PREFIX};
+use scenarios::{Params, SCENARIOS};
+use serde::Serialize;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+/// After the traffic ends, keep tracing this long for late drops (a
+/// neighbour that fails, a retransmission).
+const GRACE: Duration = Duration::from_millis(1500);
+/// A lab never runs longer than this, whatever happens.
+const HARD_LIMIT: Duration = Duration::from_secs(30);
+
+pub fn list(format: Format) -> Result<()> {
+    let mut out = crate::output::Output::stdout(format, 0);
+    for s in SCENARIOS {
+        if format == Format::Json {
+            out.json(&serde_json::json!({
+                "type": "lab", "name": s.name, "summary": s.summary, "expect": s.expect,
+            }))?;
+        } else {
+            let expect = if s.expect.is_empty() {
+                "control: no fault".to_string()
+            } else {
+                s.expect.join(", ")
+            };
+            out.line(&format!("{:<24} {}  [{expect}]", s.name, s.summary))?;
+        }
+    }
+    Ok(())
+}
+
+/// Removes what a killed run left: every namespace named `trlab-*`.
+pub fn clean() -> Result<()> {
+    let gone = netlab::clean(LAB_PREFIX);
+    if gone.is_empty() {
+        eprintln!("tracer: no lab namespaces to remove");
+    } else {
+        eprintln!("tracer: removed {}", gone.join(" "));
+    }
+    Ok(())
+}
+
+#[derive(Serialize)]
+struct LabResult<'a> {
+    #[serde(rename = "type")]
+    kind: &'static str,
+    name: &'a str,
+    expected: &'a [&'a str],
+    verdicts: Vec<&'static str>,
+    pass: bool,
+    namespaces: Vec<String>,
+}
+
+/// Builds lab `name`, runs its traffic under `diagnose`, prints the
+/// verdicts, and tears everything down (also on Ctrl-C or an error).
+pub fn run(name: &str, keep: bool, format: Format, params: Params, started: Instant) -> Result<()> {
+    let sc = scenarios::find(name)
+        .ok_or_else(|| anyhow!("unknown lab '{name}': `tracer lab list` shows the labs"))?;
+    crate::probes::check_privileges()?;
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    rt.block_on(async {
+        use tokio::signal::unix::{signal, SignalKind};
+        // Take SIGINT/SIGTERM from the start, so an interrupted build still
+        // reaches the teardown below instead of killing the process.
+        let mut int = signal(SignalKind::interrupt())?;
+        let mut term = signal(SignalKind::terminate())?;
+        let mut lab = Netlab::new(&format!("{LAB_PREFIX}{}-", std::process::id()))?;
+        lab.keep = keep;
+        let built = (sc.build)(&mut lab, &params)?;
+        let interrupted = tokio::select! {
+            biased;
+            _ = int.recv() => true,
+            _ = term.recv() => true,
+            _ = std::future::ready(()) => false,
+        };
+        if interrupted {
+            bail!("interrupted while building lab {name}");
+        }
+        if format == Format::Text {
+            eprintln!(
+                "tracer: lab {name}: {}\ntracer: namespaces {}",
+                sc.summary,
+                lab.namespaces().join(" ")
+            );
+        }
+        let opts = TraceOptions {
+            netns: built.trace.clone(),
+            duration: Some(HARD_LIMIT),
+            format: Some(format),
+            ..Default::default()
+        };
+        let mut tracer = Tracer::start(&opts, true, true, started)?;
+        let stop = Arc::new(tokio::sync::Notify::new());
+        tracer.stop_on(stop.clone());
+        let traffic = built.traffic;
+        let done = stop.clone();
+        std::thread::spawn(move || {
+            if let Err(e) = traffic() {
+                eprintln!("tracer: lab traffic: {e:#}");
+            }
+            std::thread::sleep(GRACE);
+            done.notify_one();
+        });
+        let mut diag = Diagnoser::new(true);
+        if !sc.expect.is_empty() {
+            diag.stop_when = Some((sc.expect.iter().map(|s| s.to_string()).collect(), stop));
+        }
+        tracer.run(&mut diag).await?;
+        let kinds: Vec<&'static str> = diag
+            .verdicts
+            .iter()
+            .filter(|v| v.fault)
+            .map(|v| v.kind)
+            .collect();
+        let pass = sc.expect.iter().all(|k| kinds.contains(k))
+            && (!sc.expect.is_empty() || kinds.is_empty());
+        let result = LabResult {
+            kind: "lab",
+            name: sc.name,
+            expected: sc.expect,
+            verdicts: kinds.clone(),
+            pass,
+            namespaces: lab.namespaces().to_vec(),
+        };
+        let mut out = crate::output::Output::stdout(format, 0);
+        if format == Format::Json {
+            out.json(&result)?;
+        } else if pass {
+            out.line(&format!(
+                "lab {name}: {}",
+                if sc.expect.is_empty() {
+                    "no fault verdict, as expected for this control".to_string()
+                } else {
+                    format!("proven: {}", sc.expect.join(", "))
+                }
+            ))?;
+        }
+        if keep {
+            eprintln!(
+                "tracer: kept namespaces {} (remove with `tracer lab clean`)",
+                lab.namespaces().join(" ")
+            );
+        }
+        drop(lab);
+        if !pass {
+            bail!("lab {name}: expected {:?}, proven {:?}", sc.expect, kinds);
+        }
+        Ok(())
+    })
+}

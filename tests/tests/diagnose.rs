@@ -1,0 +1,355 @@
+//! `tracer diagnose` and `tracer lab` against the real kernel: each
+//! verdict kind, its evidence fields, and the controls that must stay
+//! silent. Labs come from `tracer::lab::scenarios`, built with unique
+//! namespace prefixes and torn down on drop.
+
+use serde_json::Value;
+use std::time::Duration;
+use tracer::lab::scenarios::{self, Params};
+use tracer_tests::{prefix, start, Netlab};
+
+/// Builds scenario `name` with `params`, runs `tracer diagnose` on its
+/// namespaces while the traffic runs, and returns every JSON line.
+fn diagnose(name: &str, test: &str, params: Params, extra: impl FnOnce(&Netlab)) -> Vec<Value> {
+    let sc = scenarios::find(name).expect("scenario exists");
+    let mut lab = Netlab::new(&prefix(test)).unwrap();
+    let built = (sc.build)(&mut lab, &params).unwrap();
+    extra(&lab);
+    let mut args: Vec<String> = vec!["diagnose".into()];
+    for ns in &built.trace {
+        args.push("--netns".into());
+        args.push(ns.clone());
+    }
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let run = start(&args);
+    (built.traffic)().unwrap();
+    // Late evidence: neighbour failure, retransmissions, the SYN window.
+    std::thread::sleep(Duration::from_millis(3000));
+    run.stop()
+}
+
+fn verdicts(lines: &[Value]) -> Vec<&Value> {
+    lines.iter().filter(|v| v["type"] == "verdict").collect()
+}
+
+fn verdict<'a>(lines: &'a [Value], kind: &str) -> &'a Value {
+    verdicts(lines)
+        .into_iter()
+        .find(|v| v["kind"] == kind)
+        .unwrap_or_else(|| panic!("no {kind} verdict in {:#?}", verdicts(lines)))
+}
+
+fn faults(lines: &[Value]) -> Vec<&Value> {
+    verdicts(lines)
+        .into_iter()
+        .filter(|v| v["fault"] == true)
+        .collect()
+}
+
+fn has_fix(v: &Value, needle: &str) -> bool {
+    v["fix"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .any(|f| f.as_str().unwrap().contains(needle))
+}
+
+#[test]
+fn bridge_subnet_strict_proves_rpfilter_route_conflict() {
+    let lines = diagnose("bridge-subnet-strict", "dstrict", Params::default(), |_| {});
+    let v = verdict(&lines, "rpfilter_route_conflict");
+    let e = &v["evidence"];
+    assert_eq!(e["ingress_ifname"], "eth0");
+    assert_eq!(e["src"], "172.17.5.5");
+    assert_eq!(e["reverse_route_ifname"], "docker0");
+    assert_eq!(e["reverse_route_prefix"], "172.17.0.0/16");
+    assert_eq!(e["rp_filter"], 1);
+    assert_eq!(e["bridge"], true);
+    assert!(v["drops"].as_u64().unwrap() >= 1);
+    assert!(has_fix(v, "bip"), "{v}");
+    assert!(v["summary"].as_str().unwrap().contains("172.17.5.5"));
+    // One cause, one verdict: the strict case is not also "asymmetric".
+    assert_eq!(faults(&lines).len(), 1, "{:#?}", faults(&lines));
+}
+
+#[test]
+fn other_names_subnets_and_mtus_are_handled() {
+    let p = Params {
+        bridge: "br-x".into(),
+        bridge_cidr: "192.168.96.1/20".into(),
+        container_addr: "192.168.96.2".into(),
+        client_addr: "192.168.100.7".into(),
+        uplink: "ens5".into(),
+        uplink_mtu: 1380,
+        ..Params::default()
+    };
+    let lines = diagnose("bridge-subnet-strict", "dvar", p.clone(), |_| {});
+    let e = &verdict(&lines, "rpfilter_route_conflict")["evidence"];
+    assert_eq!(e["ingress_ifname"], "ens5");
+    assert_eq!(e["src"], "192.168.100.7");
+    assert_eq!(e["reverse_route_ifname"], "br-x");
+    assert_eq!(e["reverse_route_prefix"], "192.168.96.0/20");
+
+    let lines = diagnose("overlay-mtu-blackhole", "dvarmtu", p, |_| {});
+    let m = &verdict(&lines, "mss_exceeds_mtu")["evidence"];
+    assert_eq!(m["egress_ifname"], "ens5");
+    assert_eq!(m["ingress_ifname"], "br-x");
+    assert_eq!(m["egress_mtu"], 1380);
+    assert_eq!(m["mss"], 1460);
+    let b = &verdict(&lines, "pmtu_blackhole")["evidence"];
+    assert_eq!(b["egress_mtu"], 1380);
+}
+
+#[test]
+fn bridge_subnet_loose_proves_asymmetric_route() {
+    let lines = diagnose("bridge-subnet-loose", "dloose", Params::default(), |_| {});
+    let v = verdict(&lines, "asymmetric_route");
+    let e = &v["evidence"];
+    assert_eq!(e["ingress_ifname"], "eth0");
+    assert_eq!(e["egress_ifname"], "docker0");
+    assert_eq!(e["peer"], "172.17.5.5");
+    assert_eq!(e["egress_prefix"], "172.17.0.0/16");
+    assert!(lines
+        .iter()
+        .any(|l| l["type"] == "drop" && l["reason"] == "NEIGH_FAILED"));
+    assert!(faults(&lines)
+        .iter()
+        .all(|v| v["kind"] != "rpfilter_route_conflict"));
+}
+
+#[test]
+fn overlay_blackhole_proves_pmtu_blackhole_and_mss() {
+    let lines = diagnose("overlay-mtu-blackhole", "dblack", Params::default(), |_| {});
+    let b = verdict(&lines, "pmtu_blackhole");
+    let e = &b["evidence"];
+    assert_eq!(e["egress_mtu"], 1450);
+    assert_eq!(e["icmp_blocked"], true);
+    let size = e["packet_size"].as_u64().unwrap();
+    assert!(
+        size > 1450 && size <= 1500,
+        "segment size, not skb->len: {e}"
+    );
+    assert!(has_fix(b, "TCPMSS"));
+    let m = verdict(&lines, "mss_exceeds_mtu");
+    let e = &m["evidence"];
+    assert_eq!(e["ingress_ifname"], "docker0");
+    assert_eq!(e["egress_ifname"], "eth0");
+    assert_eq!(e["egress_mtu"], 1450);
+    assert_eq!(e["mss"], 1460);
+    assert!(has_fix(m, "--clamp-mss-to-pmtu"));
+}
+
+#[test]
+fn ipv6_overlay_blackhole_is_proven_too() {
+    let p = Params {
+        bridge_cidr: "fd00:17::1/64".into(),
+        container_addr: "fd00:17::2".into(),
+        ipv6: true,
+        ..Params::default()
+    };
+    let lines = diagnose("overlay-mtu-blackhole", "dv6", p, |_| {});
+    let b = verdict(&lines, "pmtu_blackhole");
+    assert_eq!(b["evidence"]["egress_mtu"], 1450);
+    let m = verdict(&lines, "mss_exceeds_mtu");
+    assert_eq!(m["evidence"]["mss"], 1440);
+    assert!(has_fix(m, "ip6tables"));
+}
+
+#[test]
+fn clamped_mss_is_not_a_fault() {
+    let lines = diagnose("overlay-mtu-clamped", "dclamp", Params::default(), |_| {});
+    assert!(faults(&lines).is_empty(), "{:#?}", faults(&lines));
+}
+
+#[test]
+fn pmtu_discovery_that_recovers_is_not_a_fault() {
+    // The black-hole lab with the router's ICMP allowed again: the first
+    // flight is too big, the server learns the MTU, the transfer completes.
+    let lines = diagnose(
+        "overlay-mtu-blackhole",
+        "drecover",
+        Params::default(),
+        |lab| {
+            lab.exec(
+                "router",
+                "iptables -D OUTPUT -p icmp --icmp-type fragmentation-needed -j DROP",
+            )
+            .unwrap();
+        },
+    );
+    assert!(
+        lines
+            .iter()
+            .any(|l| l["type"] == "drop" && l["reason"] == "PKT_TOO_BIG"),
+        "the first flight is still too big"
+    );
+    assert!(faults(&lines).is_empty(), "{:#?}", faults(&lines));
+}
+
+#[test]
+fn veth_mtu_mismatch_is_l2_mtu_mismatch() {
+    let lines = diagnose("veth-mtu-mismatch", "dveth", Params::default(), |_| {});
+    let v = verdict(&lines, "l2_mtu_mismatch");
+    let e = &v["evidence"];
+    assert_eq!(e["peer_mtu"], 1400);
+    assert_eq!(e["ifname"], "eth0");
+    assert_eq!(e["peer_ifname"], "eth0");
+    assert!(e["frame_len"].as_u64().unwrap() > 1414);
+}
+
+/// client 10.1.0.1 -- router -- server 10.2.0.1, for the breadth verdicts.
+fn routed(test: &str) -> Netlab {
+    let mut lab = Netlab::new(&prefix(test)).unwrap();
+    for n in ["client", "router", "server"] {
+        lab.ns(n).unwrap();
+    }
+    lab.veth("client", "eth0", "router", "eth0").unwrap();
+    lab.veth("router", "eth1", "server", "eth0").unwrap();
+    lab.exec(
+        "client",
+        "ip addr add 10.1.0.1/24 dev eth0 && ip route add default via 10.1.0.254",
+    )
+    .unwrap();
+    lab.exec(
+        "router",
+        "ip addr add 10.1.0.254/24 dev eth0 && ip addr add 10.2.0.254/24 dev eth1 && sysctl -qw net.ipv4.ip_forward=1",
+    )
+    .unwrap();
+    lab.exec(
+        "server",
+        "ip addr add 10.2.0.1/24 dev eth0 && ip route add default via 10.2.0.254",
+    )
+    .unwrap();
+    lab
+}
+
+fn udp(lab: &Netlab, ns: &str, dst: &str, port: u16) {
+    lab.exec(
+        ns,
+        &format!(
+            "for i in 1 2 3; do bash -c 'echo x > /dev/udp/{dst}/{port}' || true; sleep 0.1; done"
+        ),
+    )
+    .unwrap();
+}
+
+fn diagnose_routed(test: &str, setup: &str, ns: &str, traffic: impl FnOnce(&Netlab)) -> Vec<Value> {
+    let lab = routed(test);
+    if !setup.is_empty() {
+        lab.exec("router", setup).unwrap();
+    }
+    let run = start(&["diagnose", "--netns", &lab.name(ns)]);
+    traffic(&lab);
+    std::thread::sleep(Duration::from_millis(800));
+    run.stop()
+}
+
+#[test]
+fn breadth_verdicts() {
+    let l = diagnose_routed(
+        "bnf",
+        "iptables -A FORWARD -p udp --dport 7777 -j DROP",
+        "router",
+        |lab| udp(lab, "client", "10.2.0.1", 7777),
+    );
+    let v = verdict(&l, "netfilter_drop");
+    assert_eq!(v["evidence"]["dport"], 7777);
+
+    let l = diagnose_routed("broute", "", "router", |lab| {
+        udp(lab, "client", "203.0.113.9", 5000)
+    });
+    assert_eq!(verdict(&l, "no_route")["evidence"]["dst"], "203.0.113.9");
+
+    let l = diagnose_routed(
+        "bfwd",
+        "sysctl -qw net.ipv4.ip_forward=0",
+        "router",
+        |lab| udp(lab, "client", "10.2.0.1", 5000),
+    );
+    assert_eq!(
+        verdict(&l, "forwarding_disabled")["evidence"]["sysctl"],
+        "net.ipv4.ip_forward"
+    );
+
+    let l = diagnose_routed("bport", "", "server", |lab| {
+        udp(lab, "client", "10.2.0.1", 9999)
+    });
+    let v = verdict(&l, "port_closed");
+    assert_eq!(v["evidence"]["dport"], 9999);
+    assert_eq!(v["fault"], false);
+
+    // 10.2.0.77 is on the server's link but nobody has it.
+    let l = diagnose_routed("bneigh", "", "router", |lab| {
+        udp(lab, "client", "10.2.0.77", 5000);
+        std::thread::sleep(Duration::from_millis(3500));
+    });
+    let v = verdict(&l, "neighbor_unreachable");
+    assert_eq!(v["evidence"]["ifname"], "eth1");
+    assert_eq!(v["evidence"]["neighbor"], "10.2.0.77");
+}
+
+#[test]
+fn healthy_traffic_and_other_namespaces_give_no_verdict() {
+    let quiet = routed("quiet");
+    let noisy = routed("noisy");
+    noisy
+        .exec("router", "iptables -A FORWARD -p udp -j DROP")
+        .unwrap();
+    let run = start(&[
+        "diagnose",
+        "--netns",
+        &quiet.name("router"),
+        "--netns",
+        &quiet.name("server"),
+    ]);
+    quiet
+        .exec("client", "ping -c 3 -i 0.2 -W 1 10.2.0.1 >/dev/null")
+        .unwrap();
+    udp(&noisy, "client", "10.2.0.1", 7777);
+    std::thread::sleep(Duration::from_millis(500));
+    let lines = run.stop();
+    assert!(verdicts(&lines).is_empty(), "{:#?}", verdicts(&lines));
+}
+
+#[test]
+fn lab_run_proves_its_incident_and_cleans_up() {
+    let out = std::process::Command::new(tracer_tests::tracer_bin())
+        .args(["lab", "run", "bridge-subnet-strict", "-o", "json"])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let lines: Vec<Value> = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let v = verdict(&lines, "rpfilter_route_conflict");
+    assert!(v["latency_ms"].as_f64().unwrap() < 3000.0, "{v}");
+    let lab = lines.iter().find(|l| l["type"] == "lab").unwrap();
+    assert_eq!(lab["pass"], true);
+    for ns in lab["namespaces"].as_array().unwrap() {
+        let p = format!("/run/netns/{}", ns.as_str().unwrap());
+        assert!(!std::path::Path::new(&p).exists(), "{p} left behind");
+    }
+}
+
+#[test]
+fn lab_list_names_every_lab() {
+    let out = std::process::Command::new(tracer_tests::tracer_bin())
+        .args(["lab", "list"])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    for name in [
+        "bridge-subnet-strict",
+        "bridge-subnet-loose",
+        "overlay-mtu-blackhole",
+        "overlay-mtu-clamped",
+        "veth-mtu-mismatch",
+    ] {
+        assert!(text.contains(name), "{name} missing from {text}");
+    }
+}
