@@ -52,7 +52,7 @@ pub enum LabCommand {
     },
     /// Build a lab, run its traffic under `diagnose`, print the verdict, tear it down.
     Run {
-        /// A name from `tracer lab list`.
+        /// A name from `tracer lab list`, or `all` to run every lab in turn.
         name: String,
         /// Leave the namespaces in place afterwards (remove them with `tracer lab clean`).
         #[arg(long)]

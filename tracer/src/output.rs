@@ -98,7 +98,7 @@ impl Output {
         if !self.header_done {
             self.header_done = true;
             let h = format!(
-                "{:<15} {:<14} {:<16} {:<20} {:<30} {:<46} {:>5}",
+                "{:<15} {:<18} {:<16} {:<20} {:<30} {:<46} {:>5}",
                 "TIME", "NETNS", "DEV", "REASON", "LOCATION", "FLOW", "LEN"
             );
             let h = self.paint(DIM, &h);
@@ -110,7 +110,7 @@ impl Output {
         let reason = self.paint(&format!("{BOLD}{RED}"), &format!("{:<20}", d.reason));
         let flow = flow_text(d);
         let line = format!(
-            "{time:<15} {ns:<14} {dev:<16} {reason} {:<30} {:<46} {:>5}",
+            "{time:<15} {ns:<18} {dev:<16} {reason} {:<30} {:<46} {:>5}",
             d.location, flow, d.len
         );
         self.line(&line)
@@ -122,7 +122,7 @@ impl Output {
         }
         let ns = self.netns_label(s.netns, &s.netns_name);
         let line = format!(
-            "{:<15} {:<14} {:<16} {} {}:{} > {}:{} [{}] mss {} > mtu {} - {}",
+            "{:<15} {:<18} {:<16} {} {}:{} > {}:{} [{}] mss {} > mtu {} - {}",
             clock(s.ts_ns),
             ns,
             s.ifname

@@ -60,11 +60,43 @@ struct LabResult<'a> {
     namespaces: Vec<String>,
 }
 
+/// Runs lab `name`, or every lab in turn for `all`.
+pub fn run(name: &str, keep: bool, format: Format, params: Params, started: Instant) -> Result<()> {
+    if name != "all" {
+        return run_one(name, keep, format, params, started);
+    }
+    let mut failed = Vec::new();
+    for sc in SCENARIOS {
+        if format == Format::Text {
+            eprintln!(
+                "\n==================== lab {} ====================",
+                sc.name
+            );
+        }
+        if let Err(e) = run_one(sc.name, keep, format, params.clone(), Instant::now()) {
+            let msg = format!("{e:#}");
+            if msg.starts_with("interrupted") {
+                bail!("{msg}");
+            }
+            eprintln!("tracer: {msg}");
+            failed.push(sc.name);
+        }
+    }
+    if !failed.is_empty() {
+        bail!(
+            "labs that did not prove their incident: {}",
+            failed.join(", ")
+        );
+    }
+    Ok(())
+}
+
 /// Builds lab `name`, runs its traffic under `diagnose`, prints the
 /// verdicts, and tears everything down (also on Ctrl-C or an error).
-pub fn run(name: &str, keep: bool, format: Format, params: Params, started: Instant) -> Result<()> {
-    let sc = scenarios::find(name)
-        .ok_or_else(|| anyhow!("unknown lab '{name}': `tracer lab list` shows the labs"))?;
+fn run_one(name: &str, keep: bool, format: Format, params: Params, started: Instant) -> Result<()> {
+    let sc = scenarios::find(name).ok_or_else(|| {
+        anyhow!("unknown lab '{name}': `tracer lab list` shows the labs (or use `all`)")
+    })?;
     crate::probes::check_privileges()?;
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
