@@ -112,6 +112,15 @@ fn bridge_subnet_loose_proves_asymmetric_route() {
     assert!(lines
         .iter()
         .any(|l| l["type"] == "drop" && l["reason"] == "NEIGH_FAILED"));
+    // The neighbour probes saw the peer resolve on the bridge, then fail.
+    assert!(e["neighbor_states"]
+        .as_array()
+        .unwrap()
+        .contains(&Value::from("INCOMPLETE")));
+    assert!(lines.iter().any(|l| l["type"] == "neigh"
+        && l["state"] == "FAILED"
+        && l["neighbor"] == "172.17.5.5"
+        && l["ifname"] == "docker0"));
     assert!(faults(&lines)
         .iter()
         .all(|v| v["kind"] != "rpfilter_route_conflict"));

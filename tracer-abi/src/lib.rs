@@ -14,6 +14,12 @@ pub mod filter;
 pub const KIND_DROP: u32 = 1;
 /// A TCP SYN leaving a device with an MSS that the device's MTU cannot carry.
 pub const KIND_SYN: u32 = 2;
+/// A neighbour entry (ARP/ND) that is resolving or has failed.
+pub const KIND_NEIGH: u32 = 3;
+
+/// `nud_state` values the neighbour probe reports.
+pub const NUD_INCOMPLETE: u8 = 0x01;
+pub const NUD_FAILED: u8 = 0x20;
 
 pub const FAMILY_NONE: u8 = 0;
 pub const FAMILY_V4: u8 = 4;
@@ -146,6 +152,26 @@ pub struct SynEvent {
     pub _pad: u32,
 }
 
+/// A neighbour entry seen resolving (`NUD_INCOMPLETE`) or failing
+/// (`NUD_FAILED`), from the `neigh:*` tracepoints.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct NeighEvent {
+    /// `KIND_NEIGH`.
+    pub kind: u32,
+    pub cpu: u32,
+    pub ts_ns: u64,
+    pub netns: u32,
+    pub ifindex: i32,
+    /// `FAMILY_V4` (ARP) or `FAMILY_V6` (ND).
+    pub family: u8,
+    /// `nud_state` after the event.
+    pub state: u8,
+    pub _pad: u16,
+    pub addr: [u8; 16],
+    pub _pad2: u32,
+}
+
 /// Per-CPU counters, indices into the `STATS` map.
 pub const STAT_DROPS_SEEN: u32 = 0;
 pub const STAT_DROPS_MATCHED: u32 = 1;
@@ -153,7 +179,8 @@ pub const STAT_DROPS_MATCHED: u32 = 1;
 pub const STAT_LOST: u32 = 2;
 pub const STAT_ROUTES_SEEN: u32 = 3;
 pub const STAT_SYNS_FLAGGED: u32 = 4;
-pub const STAT_COUNT: u32 = 5;
+pub const STAT_NEIGH: u32 = 5;
+pub const STAT_COUNT: u32 = 6;
 
 /// `REASONS` map values: a reason the user asked to see or to hide.
 pub const REASON_INCLUDE: u8 = 1;
@@ -203,6 +230,8 @@ pub struct Config {
     pub routes: u32,
     /// 1 to flag SYNs whose MSS exceeds the egress MTU.
     pub syn_check: u32,
+    /// 1 to report neighbours that resolve or fail.
+    pub neigh: u32,
     pub filter_len: u32,
     pub filter: [filter::FilterOp; filter::MAX_OPS],
 }
@@ -235,6 +264,7 @@ impl Config {
             },
             routes: 0,
             syn_check: 0,
+            neigh: 0,
             filter_len: 0,
             filter: [filter::FilterOp::END; filter::MAX_OPS],
         }
@@ -295,6 +325,11 @@ pub struct Offsets {
     pub f6nh_dev: u32,
     pub f6res_type: u32,
     pub f6table_id: u32,
+    pub neigh_dev: u32,
+    pub neigh_state: u32,
+    pub neigh_key: u32,
+    pub neigh_tbl: u32,
+    pub tbl_family: u32,
     /// Offsets inside the classic `skb:kfree_skb` tracepoint record (from
     /// its tracefs format file), for the fallback program.
     pub tp_skbaddr: u32,
@@ -344,6 +379,11 @@ impl Offsets {
             f6nh_dev: NO_OFFSET,
             f6res_type: NO_OFFSET,
             f6table_id: NO_OFFSET,
+            neigh_dev: NO_OFFSET,
+            neigh_state: NO_OFFSET,
+            neigh_key: NO_OFFSET,
+            neigh_tbl: NO_OFFSET,
+            tbl_family: NO_OFFSET,
             tp_skbaddr: NO_OFFSET,
             tp_location: NO_OFFSET,
             tp_reason: NO_OFFSET,
@@ -366,6 +406,8 @@ pub mod names {
     pub const PROG_FIB4: &str = "route4";
     pub const PROG_FIB6: &str = "route6";
     pub const PROG_SYN_XMIT: &str = "syn_xmit";
+    pub const PROG_NEIGH_TIMER: &str = "neigh_timer";
+    pub const PROG_NEIGH_SEND: &str = "neigh_send";
     pub const MAP_EVENTS: &str = "EVENTS";
     pub const MAP_STATS: &str = "STATS";
     pub const MAP_REASONS: &str = "REASONS";

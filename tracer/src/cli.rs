@@ -130,7 +130,7 @@ pub fn run(cli: Cli, started: Instant) -> Result<()> {
         Command::Watch(args) => {
             let rt = runtime()?;
             rt.block_on(async {
-                let tracer = Tracer::start(&args.options(), false, false, started)?;
+                let tracer = Tracer::start(&args.options(), false, started)?;
                 tracer.run(&mut Printer).await?;
                 Ok(())
             })
@@ -138,7 +138,7 @@ pub fn run(cli: Cli, started: Instant) -> Result<()> {
         Command::Diagnose(args) => {
             let rt = runtime()?;
             rt.block_on(async {
-                let tracer = Tracer::start(&args.options(), true, true, started)?;
+                let tracer = Tracer::start(&args.options(), true, started)?;
                 tracer.run(&mut Diagnoser::new(true)).await?;
                 Ok(())
             })

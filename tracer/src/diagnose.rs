@@ -14,7 +14,7 @@ use serde_json::{json, Map, Value};
 use std::collections::HashMap;
 use std::net::IpAddr;
 use std::sync::Arc;
-use tracer_abi::{DropEvent, SynEvent};
+use tracer_abi::{DropEvent, NeighEvent, SynEvent};
 
 /// One proven cause, printed once when proven and counted afterwards.
 #[derive(Clone, Debug, Serialize)]
@@ -67,6 +67,8 @@ pub struct Diagnoser {
     /// Flows (src, dst, sport, dport) that hit PKT_TOO_BIG anywhere, and
     /// whether a PMTU black hole was proven for them.
     ptb_flows: HashMap<(IpAddr, IpAddr, u16, u16), bool>,
+    /// Neighbour states seen: (netns, ifindex, addr) -> states in order.
+    neigh: HashMap<(u32, i32, IpAddr), Vec<&'static str>>,
     /// Notify once every kind listed has been proven (the lab's early stop).
     pub stop_when: Option<(Vec<String>, Arc<tokio::sync::Notify>)>,
 }
@@ -435,6 +437,7 @@ impl Diagnoser {
                 "bridge": bridge,
                 "local": d.src,
                 "reason": d.reason,
+                "neighbor_states": self.neigh.get(&(d.netns, egress, peer)),
                 "route_from_kernel": d.route.is_some(),
             });
             return self.conclude(
@@ -460,7 +463,12 @@ impl Diagnoser {
             format!("Check that {neighbour} is up and on {}'s link: {hint}ip neigh show dev {}", out_link.name, out_link.name),
             format!("If {peer} should not be reached through {}, fix the route: {hint}ip route get {peer}", out_link.name),
         ];
-        let evidence = json!({"ifname": out_link.name, "neighbor": neighbour, "dst": peer});
+        let evidence = json!({
+            "ifname": out_link.name,
+            "neighbor": neighbour,
+            "dst": peer,
+            "neighbor_states": self.neigh.get(&(d.netns, egress, neighbour)),
+        });
         self.conclude(
             s,
             key,
@@ -989,6 +997,21 @@ impl Consumer for Diagnoser {
         }
         self.on_drop(&rec, s)?;
         Ok(true)
+    }
+
+    fn neigh(&mut self, raw: &NeighEvent, s: &mut Session) -> std::io::Result<()> {
+        let rec = s.namer.neigh_record(raw);
+        if let Some(a) = rec.neighbor {
+            let v = self.neigh.entry((rec.netns, rec.ifindex, a)).or_default();
+            // Keep transitions, not every retry of the same state.
+            if v.last() != Some(&rec.state) {
+                v.push(rec.state);
+                if self.show_drops {
+                    s.out.neigh(&rec)?;
+                }
+            }
+        }
+        Ok(())
     }
 
     fn syn(&mut self, raw: &SynEvent, s: &mut Session) -> std::io::Result<()> {

@@ -13,6 +13,7 @@ use tracer_abi::*;
 pub enum Event {
     Drop(DropEvent),
     Syn(SynEvent),
+    Neigh(NeighEvent),
 }
 
 #[derive(Debug, PartialEq, Eq)]
@@ -60,6 +61,7 @@ pub fn decode(buf: &[u8]) -> Result<Event, DecodeError> {
     match kind {
         KIND_DROP => pod::<DropEvent>(buf, kind).map(Event::Drop),
         KIND_SYN => pod::<SynEvent>(buf, kind).map(Event::Syn),
+        KIND_NEIGH => pod::<NeighEvent>(buf, kind).map(Event::Neigh),
         k => Err(DecodeError::UnknownKind(k)),
     }
 }
@@ -191,6 +193,29 @@ pub struct SynRecord {
     pub sport: u16,
     pub dport: u16,
     pub tcp_flags: String,
+}
+
+/// A neighbour entry resolving or failed, named.
+#[derive(Clone, Debug, Serialize)]
+pub struct NeighRecord {
+    #[serde(rename = "type")]
+    pub kind: &'static str,
+    pub ts_ns: u64,
+    pub netns: u32,
+    pub netns_name: Option<String>,
+    pub ifindex: i32,
+    pub ifname: Option<String>,
+    pub neighbor: Option<IpAddr>,
+    /// `INCOMPLETE` or `FAILED`.
+    pub state: &'static str,
+}
+
+pub fn nud_name(state: u8) -> &'static str {
+    match state {
+        NUD_INCOMPLETE => "INCOMPLETE",
+        NUD_FAILED => "FAILED",
+        _ => "OTHER",
+    }
 }
 
 /// Turns raw events into records: holds everything needed to name things.
@@ -373,6 +398,21 @@ impl Namer {
     }
 }
 
+impl Namer {
+    pub fn neigh_record(&mut self, e: &NeighEvent) -> NeighRecord {
+        NeighRecord {
+            kind: "neigh",
+            ts_ns: self.wall_ns(e.ts_ns),
+            netns: e.netns,
+            netns_name: self.topology.netns_name(e.netns),
+            ifindex: e.ifindex,
+            ifname: self.ifname(e.netns, e.ifindex).0,
+            neighbor: addr(e.family, &e.addr),
+            state: nud_name(e.state),
+        }
+    }
+}
+
 fn comm(b: &[u8; 16]) -> String {
     let end = b.iter().position(|&c| c == 0).unwrap_or(b.len());
     String::from_utf8_lossy(&b[..end]).into_owned()
@@ -435,7 +475,7 @@ mod tests {
                 *b = x as u8;
             }
             if len >= 4 && len % 2 == 0 {
-                buf[..4].copy_from_slice(&((len as u32 % 2) + 1).to_ne_bytes());
+                buf[..4].copy_from_slice(&((len as u32 % 3) + 1).to_ne_bytes());
             }
             let _ = decode(&buf);
         }

@@ -91,19 +91,25 @@ impl Output {
         }
     }
 
+    /// Column titles, once, before the first event line.
+    fn header(&mut self) -> std::io::Result<()> {
+        if self.header_done {
+            return Ok(());
+        }
+        self.header_done = true;
+        let h = format!(
+            "{:<15} {:<18} {:<16} {:<20} {:<30} {:<46} {:>5}",
+            "TIME", "NETNS", "DEV", "REASON", "LOCATION", "FLOW", "LEN"
+        );
+        let h = self.paint(DIM, &h);
+        self.line(&h)
+    }
+
     pub fn drop(&mut self, d: &DropRecord) -> std::io::Result<()> {
         if self.format == Format::Json {
             return self.json(d);
         }
-        if !self.header_done {
-            self.header_done = true;
-            let h = format!(
-                "{:<15} {:<18} {:<16} {:<20} {:<30} {:<46} {:>5}",
-                "TIME", "NETNS", "DEV", "REASON", "LOCATION", "FLOW", "LEN"
-            );
-            let h = self.paint(DIM, &h);
-            self.line(&h)?;
-        }
+        self.header()?;
         let time = clock(d.ts_ns);
         let ns = self.netns_label(d.netns, &d.netns_name);
         let dev = dev_label(d);
@@ -120,6 +126,7 @@ impl Output {
         if self.format == Format::Json {
             return self.json(s);
         }
+        self.header()?;
         let ns = self.netns_label(s.netns, &s.netns_name);
         let line = format!(
             "{:<15} {:<18} {:<16} {} {}:{} > {}:{} [{}] mss {} > mtu {} - {}",
@@ -137,6 +144,30 @@ impl Output {
             s.mss,
             s.mtu,
             if s.family == Some("ipv6") { 60 } else { 40 }
+        );
+        self.line(&line)
+    }
+
+    pub fn neigh(&mut self, n: &crate::event::NeighRecord) -> std::io::Result<()> {
+        if self.format == Format::Json {
+            return self.json(n);
+        }
+        self.header()?;
+        let ns = self.netns_label(n.netns, &n.netns_name);
+        let line = format!(
+            "{:<15} {:<18} {:<16} {} {} {}",
+            clock(n.ts_ns),
+            ns,
+            n.ifname
+                .clone()
+                .unwrap_or_else(|| format!("if{}", n.ifindex)),
+            self.paint(YELLOW, &format!("{:<20}", format!("NEIGH_{}", n.state))),
+            n.neighbor.map(|a| a.to_string()).unwrap_or_default(),
+            if n.state == "FAILED" {
+                "(no ARP/ND answer)"
+            } else {
+                "(resolving)"
+            }
         );
         self.line(&line)
     }

@@ -52,6 +52,7 @@ pub struct KernelStats {
     pub lost: u64,
     pub route_lookups: u64,
     pub syns_flagged: u64,
+    pub neigh_events: u64,
 }
 
 pub struct Probes {
@@ -60,6 +61,7 @@ pub struct Probes {
     pub hook: DropHook,
     pub routes_attached: bool,
     pub syn_attached: bool,
+    pub neigh_attached: bool,
     events: Option<RingBuf<MapData>>,
     stats: PerCpuArray<MapData, u64>,
     pub warnings: Vec<String>,
@@ -182,6 +184,28 @@ impl Probes {
             }
         }
 
+        let mut neigh_attached = false;
+        if pc.config.neigh != 0 {
+            let a = attach_btf(
+                &mut ebpf,
+                names::PROG_NEIGH_TIMER,
+                "neigh_timer_handler",
+                btf,
+            );
+            let b = attach_btf(
+                &mut ebpf,
+                names::PROG_NEIGH_SEND,
+                "neigh_event_send_done",
+                btf,
+            );
+            neigh_attached = a.is_ok() || b.is_ok();
+            for r in [a, b] {
+                if let Err(e) = r {
+                    warnings.push(format!("neighbour states not traced: {e:#}"));
+                }
+            }
+        }
+
         let events = RingBuf::try_from(
             ebpf.take_map(names::MAP_EVENTS)
                 .ok_or_else(|| anyhow!("eBPF object lacks map {}", names::MAP_EVENTS))?,
@@ -195,6 +219,7 @@ impl Probes {
             hook,
             routes_attached,
             syn_attached,
+            neigh_attached,
             events: Some(events),
             stats,
             warnings,
@@ -216,6 +241,7 @@ impl Probes {
             lost: sum(tracer_abi::STAT_LOST),
             route_lookups: sum(tracer_abi::STAT_ROUTES_SEEN),
             syns_flagged: sum(tracer_abi::STAT_SYNS_FLAGGED),
+            neigh_events: sum(tracer_abi::STAT_NEIGH),
         }
     }
 }

@@ -14,7 +14,7 @@ use anyhow::{anyhow, bail, Result};
 use serde::Serialize;
 use std::time::{Duration, Instant};
 use tokio::io::unix::AsyncFd;
-use tracer_abi::{Config, DropEvent, SynEvent, MAX_NETNS};
+use tracer_abi::{Config, DropEvent, NeighEvent, SynEvent, MAX_NETNS};
 
 /// What the user asked to trace (the flags `watch` and `diagnose` share).
 #[derive(Clone, Debug, Default)]
@@ -40,6 +40,9 @@ pub trait Consumer {
     /// Return false to stop counting this drop towards --count.
     fn drop(&mut self, raw: &DropEvent, s: &mut Session) -> std::io::Result<bool>;
     fn syn(&mut self, _raw: &SynEvent, _s: &mut Session) -> std::io::Result<()> {
+        Ok(())
+    }
+    fn neigh(&mut self, _raw: &NeighEvent, _s: &mut Session) -> std::io::Result<()> {
         Ok(())
     }
     /// Called about every 250 ms, for conclusions that need time to pass.
@@ -87,13 +90,8 @@ pub struct Tracer {
 
 impl Tracer {
     /// Validates every option (one clear error per bad input), then loads
-    /// and attaches. `routes`/`syn_check` enable the diagnosis probes.
-    pub fn start(
-        opts: &TraceOptions,
-        routes: bool,
-        syn_check: bool,
-        started: Instant,
-    ) -> Result<Tracer> {
+    /// and attaches. `diagnose` adds the route, SYN and neighbour probes.
+    pub fn start(opts: &TraceOptions, diagnose: bool, started: Instant) -> Result<Tracer> {
         let format = opts.format.unwrap_or(Format::Text);
         // Parse user input before touching the kernel, so typos fail fast
         // and without root.
@@ -159,8 +157,9 @@ impl Tracer {
         config.noise.not_specified = reasons.code("NOT_SPECIFIED").unwrap_or(u32::MAX);
         config.noise.no_socket = reasons.code("NO_SOCKET").unwrap_or(u32::MAX);
         config.noise.queue_purge = reasons.code("QUEUE_PURGE").unwrap_or(u32::MAX);
-        config.routes = u32::from(routes);
-        config.syn_check = u32::from(syn_check);
+        config.routes = u32::from(diagnose);
+        config.syn_check = u32::from(diagnose);
+        config.neigh = u32::from(diagnose);
         let (ops, len) = filter.to_kernel();
         config.filter = ops;
         config.filter_len = len;
@@ -302,6 +301,7 @@ impl Tracer {
                                 if counted { shown += 1; }
                             }),
                             Ok(Event::Syn(s)) => consumer.syn(&s, &mut session),
+                            Ok(Event::Neigh(n)) => consumer.neigh(&n, &mut session),
                             Err(_) => {
                                 session.summary.undecodable += 1;
                                 Ok(())

@@ -132,7 +132,7 @@ fn run_one(name: &str, keep: bool, format: Format, params: Params, started: Inst
             format: Some(format),
             ..Default::default()
         };
-        let mut tracer = Tracer::start(&opts, true, true, started)?;
+        let mut tracer = Tracer::start(&opts, true, started)?;
         let stop = Arc::new(tokio::sync::Notify::new());
         tracer.stop_on(stop.clone());
         let traffic = built.traffic;
