@@ -253,7 +253,7 @@ impl Diagnoser {
         s.namer.topology.get(netns)
     }
 
-    fn ns_hint(s: &Session, netns: u32) -> String {
+    fn ns_hint(s: &mut Session, netns: u32) -> String {
         match s.namer.topology.netns_name(netns) {
             Some(n) if netns != s.own_netns => format!("ip netns exec {n} "),
             _ => String::new(),
@@ -261,7 +261,7 @@ impl Diagnoser {
     }
 
     /// `ip -n NAME ` for a named namespace other than ours, else `ip `.
-    fn ip_cmd(s: &Session, netns: u32) -> String {
+    fn ip_cmd(s: &mut Session, netns: u32) -> String {
         match s.namer.topology.netns_name(netns) {
             Some(n) if netns != s.own_netns => format!("ip -n {n} "),
             _ => "ip ".to_string(),

@@ -939,7 +939,12 @@ pub struct Topology {
     max_age: Duration,
     recheck: Duration,
     last_error: Option<String>,
+    /// netns names by inode, so that naming an event costs no syscall.
+    names: HashMap<u32, (Option<String>, Instant)>,
 }
+
+/// How long a netns name is trusted before it is looked up again.
+const NAME_TTL: Duration = Duration::from_secs(1);
 
 impl Default for Topology {
     fn default() -> Self {
@@ -960,6 +965,7 @@ impl Topology {
             max_age,
             recheck,
             last_error: None,
+            names: HashMap::new(),
         }
     }
 
@@ -1069,11 +1075,22 @@ impl Topology {
     /// interface does not re-read thousands of times a second) before giving
     /// up.
     /// The name of a netns in /run/netns, if it has one.
-    pub fn netns_name(&self, inode: u32) -> Option<String> {
+    pub fn netns_name(&mut self, inode: u32) -> Option<String> {
         if inode == 0 {
             return None;
         }
-        crate::netns::find(inode).and_then(|n| n.name)
+        if let Some((name, at)) = self.names.get(&inode) {
+            if at.elapsed() < NAME_TTL {
+                return name.clone();
+            }
+        }
+        if self.names.len() > 4096 {
+            // Namespace churn: forget everything rather than grow.
+            self.names.clear();
+        }
+        let name = crate::netns::find(inode).and_then(|n| n.name);
+        self.names.insert(inode, (name.clone(), Instant::now()));
+        name
     }
 
     pub fn ifname(&mut self, inode: u32, ifindex: i32) -> IfName {
