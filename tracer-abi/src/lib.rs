@@ -82,6 +82,10 @@ pub struct RouteHit {
     /// MTU of the nexthop device when the lookup ran.
     pub dev_mtu: u32,
     pub netns: u32,
+    /// CPU the lookup ran on: a lookup without a netns (failed IPv4) is
+    /// joined only to a drop on the same CPU right after it.
+    pub cpu: u32,
+    pub _pad: u32,
 }
 
 /// Key of the route-lookup map: the last lookup per (netns, dst, src).
@@ -188,25 +192,6 @@ pub const REASON_EXCLUDE: u8 = 2;
 
 /// How many namespaces one run can be restricted to.
 pub const MAX_NETNS: usize = 8;
-
-impl Config {
-    /// Whether events of `netns` pass the namespace filter; the kernel
-    /// runs the same loop.
-    #[inline(always)]
-    pub fn netns_allowed(&self, netns: u32) -> bool {
-        if self.netns_count == 0 {
-            return true;
-        }
-        let mut i = 0;
-        while i < MAX_NETNS {
-            if (i as u32) < self.netns_count && self.netns[i] == netns {
-                return true;
-            }
-            i += 1;
-        }
-        false
-    }
-}
 
 /// What the drop program keeps. Written by userspace into the `CONFIG`
 /// global before load (it lives in .rodata, so the verifier sees constants

@@ -244,8 +244,9 @@ unsafe fn on_drop(skb: *const u8, location: u64, reason: u32) {
     entry.submit(0);
 }
 
-/// The newest lookup for `key` in its netns, or in "netns unknown"
-/// (failed IPv4 lookups carry no device, hence no netns).
+/// The newest lookup for `key` in its netns, or a lookup with no netns
+/// (failed IPv4 lookups carry no device) that ran on this CPU just before:
+/// the same packet's failed lookup, not another namespace's.
 #[inline(always)]
 unsafe fn route_for(key: &mut RouteKey, out: &mut RouteHit) {
     if let Some(h) = ROUTES.get(&*key) {
@@ -253,11 +254,18 @@ unsafe fn route_for(key: &mut RouteKey, out: &mut RouteHit) {
     }
     key.netns = 0;
     if let Some(h) = ROUTES.get(&*key) {
-        if h.ts_ns > out.ts_ns {
+        let now = bpf_ktime_get_ns();
+        if h.cpu == bpf_get_smp_processor_id()
+            && now.wrapping_sub(h.ts_ns) < UNSCOPED_ROUTE_JOIN_NS
+            && h.ts_ns > out.ts_ns
+        {
             *out = *h;
         }
     }
 }
+
+/// How recent a netns-less lookup must be to join a drop on its CPU.
+const UNSCOPED_ROUTE_JOIN_NS: u64 = 1_000_000;
 
 #[inline(always)]
 unsafe fn remember_route(key: &RouteKey, hit: &RouteHit) {
@@ -304,6 +312,8 @@ pub fn route4(ctx: BtfTracePointContext) -> i32 {
             dev_ifindex: 0,
             dev_mtu: 0,
             netns: 0,
+            cpu: bpf_get_smp_processor_id(),
+            _pad: 0,
         };
         if err == 0 {
             let dev = read::<*const u8>(nhc, off!(nhc_dev)).unwrap_or(core::ptr::null());
@@ -351,6 +361,8 @@ pub fn route6(ctx: BtfTracePointContext) -> i32 {
             dev_ifindex: 0,
             dev_mtu: 0,
             netns,
+            cpu: bpf_get_smp_processor_id(),
+            _pad: 0,
         };
         if err == 0 {
             let nh = read::<*const u8>(res, off!(f6res_nh)).unwrap_or(core::ptr::null());

@@ -38,6 +38,12 @@ pub struct Verdict {
 /// How long a too-large MSS waits for signs that PMTU discovery works.
 const SYN_WINDOW: std::time::Duration = std::time::Duration::from_millis(2500);
 
+/// A route lookup joins a drop as evidence only if it ran this close to it.
+const ROUTE_JOIN_MAX_AGE_NS: u64 = 10_000_000_000;
+
+/// Too-big drops further apart than this belong to separate episodes.
+const TOO_BIG_EPISODE_NS: u64 = 5_000_000_000;
+
 /// A flow seen with PKT_TOO_BIG, waiting for proof that PMTU discovery fails.
 struct TooBig {
     first_ts: u64,
@@ -165,18 +171,28 @@ fn bridge_fixes(
         .map(|a| std::net::Ipv4Addr::from(u32::from(a) + 1).to_string())
         .unwrap_or_default();
     let len = free.split('/').nth(1).unwrap_or("24");
-    vec![
-        format!(
-            "Move bridge {bridge} ({prefix}) off the peer's network. For docker0: set \"bip\": \"{gw}/{len}\" (and \"default-address-pools\" for new networks) in /etc/docker/daemon.json, then systemctl restart docker"
-        ),
-        format!(
-            "For a user-defined docker network: docker network rm <net> && docker network create --subnet {free} <net>"
-        ),
+    // Name the knob of whoever manages the bridge; the verdict itself never
+    // depends on the name, only this advice does.
+    let mut fixes = if bridge == "docker0" {
+        vec![format!(
+            "Move {bridge} ({prefix}) off the peer's network: set \"bip\": \"{gw}/{len}\" (and \"default-address-pools\" for new networks) in /etc/docker/daemon.json, then systemctl restart docker"
+        )]
+    } else if bridge.starts_with("br-") {
+        vec![format!(
+            "Move {bridge} ({prefix}) off the peer's network: if it is a docker network, docker network rm <net> && docker network create --subnet {free} <net> (and set \"default-address-pools\" in /etc/docker/daemon.json so new networks avoid it)"
+        )]
+    } else {
+        vec![format!(
+            "Move {bridge} ({prefix}) off the peer's network, e.g. to {free}: {ns_hint}ip addr replace {gw}/{len} dev {bridge} (then update whatever manages it: libvirt net-edit, lxc network set, docker \"bip\")"
+        )]
+    };
+    fixes.push(
         format!(
             "Stopgap without moving the bridge: route the peer back the way its packets arrive, more specifically than the bridge: {ns_hint}ip route add {peer}/32 {}",
             route_via(topo, ingress)
         ),
-    ]
+    );
+    fixes
 }
 
 impl Diagnoser {
@@ -184,6 +200,28 @@ impl Diagnoser {
         Diagnoser {
             show_drops,
             ..Default::default()
+        }
+    }
+
+    /// Bounds the per-flow and per-peer memory of a long run (a scanned
+    /// host sees endless new sources and ports).
+    fn prune(&mut self) {
+        const MAX: usize = 50_000;
+        if self.ingress_of_peer.len() > MAX {
+            self.ingress_of_peer.clear();
+        }
+        if self.ptb_flows.len() > MAX {
+            self.ptb_flows.retain(|_, proven| *proven);
+        }
+        if self.pending_count.len() > MAX {
+            let seen = &self.seen;
+            self.pending_count.retain(|k, _| seen.contains_key(k));
+        }
+        if self.neigh.len() > MAX {
+            self.neigh.clear();
+        }
+        if self.pending_syn.len() > MAX {
+            self.pending_syn.clear();
         }
     }
 
@@ -253,18 +291,28 @@ impl Diagnoser {
         s.namer.topology.get(netns)
     }
 
+    /// The prefix that runs a command in `netns`: nothing for our own,
+    /// `ip netns exec NAME ` for a named one, else `nsenter --net=PATH `
+    /// (container namespaces have no name) so a fix never lands on the host.
     fn ns_hint(s: &mut Session, netns: u32) -> String {
+        if netns == s.own_netns {
+            return String::new();
+        }
         match s.namer.topology.netns_name(netns) {
-            Some(n) if netns != s.own_netns => format!("ip netns exec {n} "),
-            _ => String::new(),
+            Some(n) => format!("ip netns exec {n} "),
+            None => match crate::netns::find(netns) {
+                Some(info) => format!("nsenter --net={} ", info.path.display()),
+                None => format!("nsenter --net=<path of netns {netns}> "),
+            },
         }
     }
 
-    /// `ip -n NAME ` for a named namespace other than ours, else `ip `.
+    /// `ip -n NAME ` for a named namespace other than ours, else the
+    /// `ns_hint` prefix followed by `ip `.
     fn ip_cmd(s: &mut Session, netns: u32) -> String {
         match s.namer.topology.netns_name(netns) {
             Some(n) if netns != s.own_netns => format!("ip -n {n} "),
-            _ => "ip ".to_string(),
+            _ => format!("{}ip ", Self::ns_hint(s, netns)),
         }
     }
 
@@ -279,14 +327,14 @@ impl Diagnoser {
                 self.icmp_ptb_dropped.insert((d.netns, dst), d.ts_ns);
             }
             // The PKT_TOO_BIG rule explains these; no separate verdict.
-            return self.check_too_big(s, d.ts_ns);
+            return self.check_too_big(s);
         }
         match d.reason.as_str() {
             "IP_RPFILTER" => self.rp_filter(d, s),
             "NEIGH_FAILED" => self.neigh_failed(d, s),
             "PKT_TOO_BIG" => {
                 self.record_too_big(d);
-                self.check_too_big(s, d.ts_ns)
+                self.check_too_big(s)
             }
             "NETFILTER_DROP" => self.netfilter(d, s),
             "IP_INNOROUTES" | "IP_OUTNOROUTES" => self.no_route(d, s),
@@ -309,16 +357,24 @@ impl Diagnoser {
         let Some(in_link) = topo.link(ingress) else {
             return Ok(());
         };
-        // Where the kernel's own reverse-path lookup sent the source;
+        // The kernel's own reverse-path check (fib_validate_source looks up
+        // src from dst with iif = loopback) when it ran around this drop;
         // the topology's longest match is the fallback.
-        let rev = d
+        let kernel_rev = d
             .reverse_route
             .as_ref()
-            .filter(|r| r.err == 0 && r.ifindex > 0)
+            .filter(|r| r.age_ns.unsigned_abs() < ROUTE_JOIN_MAX_AGE_NS);
+        if let Some(r) = kernel_rev.filter(|r| r.err != 0) {
+            // No route back at all: a different cause than a conflict.
+            return self.no_route_back(d, s, src, r.err);
+        }
+        let from_kernel = kernel_rev.is_some_and(|r| r.ifindex > 0);
+        let rev = kernel_rev
+            .filter(|r| r.ifindex > 0)
             .map(|r| r.ifindex)
             .or_else(|| topo.route_to(src).and_then(|r| r.oif));
         let Some(rev_if) = rev else {
-            return Ok(());
+            return self.no_route_back(d, s, src, 0);
         };
         if rev_if == ingress {
             return Ok(());
@@ -355,17 +411,24 @@ impl Diagnoser {
                 route_via(&topo, ingress)
             )]
         };
-        fix.push(format!(
-            "Loosening rp_filter ({hint}sysctl -w net.ipv4.conf.{}.rp_filter=2 and conf.all) only moves the failure: replies to {src} would still be routed into {}",
-            in_link.name, rev_link.name
-        ));
+        if bridge {
+            fix.push(format!(
+                "Loosening rp_filter ({hint}sysctl -w net.ipv4.conf.{}.rp_filter=2 and conf.all) only moves the failure: replies to {src} would still be routed into {}",
+                in_link.name, rev_link.name
+            ));
+        } else {
+            fix.push(format!(
+                "If the asymmetry is intended (multi-homing), use loose mode: {hint}sysctl -w net.ipv4.conf.{}.rp_filter=2 net.ipv4.conf.all.rp_filter=2",
+                in_link.name
+            ));
+        }
         let evidence = json!({
             "ingress_ifname": in_link.name,
             "src": src,
             "dst": d.dst,
             "reverse_route_ifname": rev_link.name,
             "reverse_route_prefix": prefix,
-            "reverse_route_from_kernel": d.reverse_route.is_some(),
+            "reverse_route_from_kernel": from_kernel,
             "rp_filter": rp,
             "bridge": bridge,
             "location": d.location,
@@ -382,6 +445,32 @@ impl Diagnoser {
         )
     }
 
+    /// rp_filter dropped a packet because there is no route back to its
+    /// source at all.
+    fn no_route_back(
+        &mut self,
+        d: &DropRecord,
+        s: &mut Session,
+        src: IpAddr,
+        err: i32,
+    ) -> std::io::Result<()> {
+        let key = format!("noroute/{}/{}", d.netns, src);
+        self.tally(&key, d.ts_ns);
+        let hint = Self::ns_hint(s, d.netns);
+        let ingress = d.ingress_ifname.clone().unwrap_or_else(|| "?".into());
+        let summary = format!(
+            "Packets from {src} arrive on {ingress} but there is no route back to {src}, so rp_filter drops them."
+        );
+        let fix = vec![format!(
+            "Add a route back to {src}: {hint}ip route add {src}/32 via <gateway on {ingress}> dev {ingress} (or a default route); check {hint}ip route get {src}"
+        )];
+        let evidence = json!({
+            "dst": src, "src": d.dst, "ingress_ifname": d.ingress_ifname,
+            "route_err": if err != 0 { Some(err) } else { None }, "reason": d.reason,
+        });
+        self.conclude(s, key, "no_route", d.netns, summary, evidence, fix, true)
+    }
+
     fn neigh_failed(&mut self, d: &DropRecord, s: &mut Session) -> std::io::Result<()> {
         let (Some(peer), Some(topo)) = (d.dst, self.topo(s, d.netns)) else {
             return Ok(());
@@ -396,10 +485,17 @@ impl Diagnoser {
         let in_if = d
             .reverse_route
             .as_ref()
-            .map(|r: &RouteRecord| r.iif)
+            .filter(|r: &&RouteRecord| r.err == 0)
+            .map(|r| r.iif)
             .filter(|i| *i > 1)
             .or_else(|| self.ingress_of_peer.get(&(d.netns, peer)).copied())
             .filter(|i| *i != egress);
+        // Asymmetry only explains the loss if the peer itself was asked for
+        // on the egress link; behind a gateway the gateway failed.
+        let on_link = topo
+            .route_to(peer)
+            .is_some_and(|r| r.gateway.is_none() && r.oif == Some(egress));
+        let in_if = in_if.filter(|_| on_link);
         let hint = Self::ns_hint(s, d.netns);
         if let Some(in_link) = in_if.and_then(|i| topo.link(i)) {
             let key = format!("asym/{}/{}/{}", d.netns, in_link.ifindex, egress);
@@ -481,10 +577,17 @@ impl Diagnoser {
         )
     }
 
+    /// The verdict key of a too-big drop: its netns and egress device.
+    fn pmtu_key(d: &DropRecord) -> String {
+        let egress = d.route.as_ref().map(|r| r.ifindex).unwrap_or(0);
+        format!("pmtu/{}/{}", d.netns, egress)
+    }
+
     fn record_too_big(&mut self, d: &DropRecord) {
         if let (Some(a), Some(b), Some(sp), Some(dp)) = (d.src, d.dst, d.sport, d.dport) {
             self.ptb_flows.entry((a, b, sp, dp)).or_insert(false);
         }
+        self.tally(&Self::pmtu_key(d), d.ts_ns);
         let key = format!(
             "{}/{:?}/{:?}/{:?}/{:?}",
             d.netns, d.src, d.dst, d.sport, d.dport
@@ -495,7 +598,14 @@ impl Diagnoser {
             count: 0,
             rec: d.clone(),
         });
-        e.last_ts = d.ts_ns;
+        // A burst long ago (a PMTU cache that expired) is a new episode.
+        if d.ts_ns.saturating_sub(e.last_ts) > TOO_BIG_EPISODE_NS {
+            e.first_ts = d.ts_ns;
+            e.count = 0;
+        }
+        // Records from different CPUs arrive slightly out of order.
+        e.first_ts = e.first_ts.min(d.ts_ns);
+        e.last_ts = e.last_ts.max(d.ts_ns);
         e.count += 1;
     }
 
@@ -503,7 +613,13 @@ impl Diagnoser {
     /// itself dropped, or when the same flow keeps sending too-big packets
     /// for over a second (nobody answers, or the sender ignores it). One
     /// early burst that stops is discovery working: no verdict.
-    fn check_too_big(&mut self, s: &mut Session, _now: u64) -> std::io::Result<()> {
+    fn check_too_big(&mut self, s: &mut Session) -> std::io::Result<()> {
+        let now = wall_now_ns();
+        // Forget flows that went quiet, and ICMP drops long past.
+        self.too_big
+            .retain(|_, t| now.saturating_sub(t.last_ts) < 2 * TOO_BIG_EPISODE_NS);
+        self.icmp_ptb_dropped
+            .retain(|_, ts| now.saturating_sub(*ts) < 2 * TOO_BIG_EPISODE_NS);
         let mut proven = Vec::new();
         for (k, t) in &self.too_big {
             let Some(src) = t.rec.src else { continue };
@@ -511,7 +627,11 @@ impl Diagnoser {
                 .icmp_ptb_dropped
                 .get(&(t.rec.netns, src))
                 .is_some_and(|ts| ts.abs_diff(t.last_ts) < 2_000_000_000);
-            let persists = t.count >= 3 && t.last_ts - t.first_ts >= 1_000_000_000;
+            // Only TCP retransmits the same too-big segment; UDP senders
+            // probing the path MTU (QUIC, tracepath) do this on purpose.
+            let persists = t.rec.proto.as_deref() == Some("tcp")
+                && t.count >= 3
+                && t.last_ts.saturating_sub(t.first_ts) >= 1_000_000_000;
             if blocked || persists {
                 proven.push((k.clone(), blocked));
             }
@@ -658,7 +778,11 @@ impl Diagnoser {
                 (Some(a), Some(b)) => self.ptb_flows.get(&(a, b, r.dport, r.sport)).copied(),
                 _ => None,
             };
-            let decide = force || reverse == Some(true) || at.elapsed() >= SYN_WINDOW;
+            // At the end of a run, a SYN seen less than a second ago has had
+            // no chance to show anything either way: leave it unjudged.
+            let decide = (force && at.elapsed() >= std::time::Duration::from_secs(1))
+                || reverse == Some(true)
+                || at.elapsed() >= SYN_WINDOW;
             if !decide {
                 continue;
             }
@@ -884,7 +1008,10 @@ impl Diagnoser {
         let on = if v6 {
             topo.sysctls.ipv6_forwarding
         } else {
-            topo.sysctls.ipv4_forwarding
+            match &d.ingress_ifname {
+                Some(i) => topo.ipv4_forwarding_on(i),
+                None => topo.sysctls.ipv4_forwarding,
+            }
         };
         if on {
             return Ok(());
@@ -892,10 +1019,14 @@ impl Diagnoser {
         let key = format!("fwd/{}/{v6}", d.netns);
         self.tally(&key, d.ts_ns);
         let hint = Self::ns_hint(s, d.netns);
+        // Globally on but off on the ingress device: name that knob.
         let sysctl = if v6 {
-            "net.ipv6.conf.all.forwarding"
+            "net.ipv6.conf.all.forwarding".to_string()
         } else {
-            "net.ipv4.ip_forward"
+            match &d.ingress_ifname {
+                Some(i) if topo.sysctls.ipv4_forwarding => format!("net.ipv4.conf.{i}.forwarding"),
+                _ => "net.ipv4.ip_forward".to_string(),
+            }
         };
         let summary = format!(
             "This namespace receives packets to forward (to {}) but {sysctl}=0: they are dropped silently.",
@@ -922,7 +1053,9 @@ impl Diagnoser {
         let (Some(proto), Some(dst), Some(port)) = (&d.proto, d.dst, d.dport) else {
             return Ok(());
         };
-        if proto != "tcp" && proto != "udp" {
+        // A TCP connection attempt is a SYN; late segments of a closed
+        // connection also hit NO_SOCKET and mean nothing.
+        if !(proto == "udp" || (proto == "tcp" && d.tcp_flags.as_deref() == Some("S"))) {
             return Ok(());
         }
         let key = format!("port/{}/{proto}/{dst}/{port}", d.netns);
@@ -960,8 +1093,14 @@ fn print_verdict(s: &mut Session, v: &Verdict) -> std::io::Result<()> {
     }
     let ns = s.out.netns_label(v.netns, &v.netns_name);
     let mut lines = vec![String::new()];
+    // mss_exceeds_mtu counts SYNs, every other kind counts drops.
+    let what = if v.kind == "mss_exceeds_mtu" {
+        "SYN"
+    } else {
+        "drop"
+    };
     lines.push(s.out.bold_red(&format!(
-        "VERDICT {} (netns {ns}, {} drop{}, {:.0} ms after the first)",
+        "VERDICT {} (netns {ns}, {} {what}{}, {:.0} ms after the first)",
         v.kind,
         v.drops,
         if v.drops == 1 { "" } else { "s" },
@@ -1003,8 +1142,12 @@ impl Consumer for Diagnoser {
         let rec = s.namer.neigh_record(raw);
         if let Some(a) = rec.neighbor {
             let v = self.neigh.entry((rec.netns, rec.ifindex, a)).or_default();
-            // Keep transitions, not every retry of the same state.
+            // Keep transitions, not every retry of the same state, and
+            // only the recent ones.
             if v.last() != Some(&rec.state) {
+                if v.len() >= 8 {
+                    v.remove(0);
+                }
                 v.push(rec.state);
                 if self.show_drops {
                     s.out.neigh(&rec)?;
@@ -1023,7 +1166,8 @@ impl Consumer for Diagnoser {
     }
 
     fn tick(&mut self, s: &mut Session) -> std::io::Result<()> {
-        self.check_too_big(s, 0)?;
+        self.prune();
+        self.check_too_big(s)?;
         self.check_syns(s, false)
     }
 

@@ -8,14 +8,13 @@
 //!
 //! # Grammar
 //!
-//! Keywords are case-insensitive. Precedence is `not` > `and` > `or`, all
-//! binary operators left-associative. (tcpdump gives `and` and `or` equal
-//! precedence; we use the conventional order instead, so `a or b and c`
-//! means `a or (b and c)`. Parenthesise when in doubt.)
+//! Keywords are case-insensitive. As in tcpdump (libpcap), `not` binds
+//! tightest and `and` / `or` have EQUAL precedence, left-associative:
+//! `a or b and c` means `(a or b) and c`. A filter pasted from tcpdump or
+//! pwru therefore matches exactly what it matched there.
 //!
 //! ```text
-//! expr    := conj ( ('or' | '||') conj )*
-//! conj    := unary ( ('and' | '&&') unary )*
+//! expr    := unary ( ('and' | '&&' | 'or' | '||') unary )*
 //! unary   := ('not' | '!') unary | primary
 //! primary := '(' expr ')'
 //!          | pqual                          -- tcp, udp, icmp, icmp6, ip, ip6 alone
@@ -544,22 +543,18 @@ impl Parser {
         error(t.col, msg)
     }
 
+    /// `and` and `or` at one level, left to right, as libpcap does.
     fn parse_or(&mut self) -> PResult<()> {
-        self.parse_and()?;
-        while self.peek().tok == Tok::Or {
-            self.pos += 1;
-            self.parse_and()?;
-            self.ops.push(op(OP_OR));
-        }
-        Ok(())
-    }
-
-    fn parse_and(&mut self) -> PResult<()> {
         self.parse_unary()?;
-        while self.peek().tok == Tok::And {
+        loop {
+            let code = match self.peek().tok {
+                Tok::And => OP_AND,
+                Tok::Or => OP_OR,
+                _ => break,
+            };
             self.pos += 1;
             self.parse_unary()?;
-            self.ops.push(op(OP_AND));
+            self.ops.push(op(code));
         }
         Ok(())
     }
@@ -1255,9 +1250,10 @@ mod tests {
     fn postfix_order() {
         assert_eq!(codes("tcp or udp"), [OP_PROTO, OP_PROTO, OP_OR]);
         assert_eq!(codes("not tcp"), [OP_PROTO, OP_NOT]);
+        // Left to right, as libpcap: (tcp or udp) and port 53.
         assert_eq!(
             codes("tcp or udp and port 53"),
-            [OP_PROTO, OP_PROTO, OP_PORT, OP_AND, OP_OR]
+            [OP_PROTO, OP_PROTO, OP_OR, OP_PORT, OP_AND]
         );
     }
 
@@ -1509,16 +1505,16 @@ mod tests {
     }
 
     #[test]
-    fn and_binds_tighter_than_or() {
-        // tcp or (udp and port 53)
-        same("tcp or udp and port 53", "tcp or (udp and port 53)");
-        assert!(m(
+    fn and_and_or_have_equal_precedence_like_tcpdump() {
+        // libpcap: (tcp or udp) and port 53
+        same("tcp or udp and port 53", "(tcp or udp) and port 53");
+        assert!(!m(
             "tcp or udp and port 53",
             &tcp4("1.1.1.1", 1, "2.2.2.2", 80)
         ));
-        assert!(!m(
+        assert!(m(
             "tcp or udp and port 53",
-            &udp4("1.1.1.1", 1, "2.2.2.2", 80)
+            &udp4("1.1.1.1", 1, "2.2.2.2", 53)
         ));
         // (port 53 and udp) or tcp
         assert!(m(
@@ -1550,9 +1546,9 @@ mod tests {
     #[test]
     fn parentheses_override_precedence() {
         let t80 = tcp4("1.1.1.1", 1, "2.2.2.2", 80);
-        // Without parentheses: tcp or (udp and port 53) is true for tcp/80.
-        assert!(m("tcp or udp and port 53", &t80));
-        assert!(!m("(tcp or udp) and port 53", &t80));
+        // Without parentheses it is (tcp or udp) and port 53: false here.
+        assert!(!m("tcp or udp and port 53", &t80));
+        assert!(m("tcp or (udp and port 53)", &t80));
         assert!(m("(tcp or udp) and (port 53 or port 80)", &t80));
         assert!(m("((((tcp))))", &t80));
         assert!(!m("not (tcp or udp)", &t80));

@@ -15,7 +15,14 @@ fn main() -> ExitCode {
             // One line naming the problem; clap's usage hint stays out.
             let msg = e.to_string();
             let first = msg.lines().next().unwrap_or("bad command line");
-            eprintln!("tracer: {}", first.trim_start_matches("error: "));
+            // Keep clap's list of accepted values on the same line.
+            let values = msg
+                .lines()
+                .map(str::trim)
+                .find(|l| l.starts_with("[possible values"))
+                .map(|l| format!(" {l}"))
+                .unwrap_or_default();
+            eprintln!("tracer: {}{values}", first.trim_start_matches("error: "));
             return ExitCode::from(2);
         }
     };

@@ -38,7 +38,12 @@ impl Output {
         Output {
             format,
             color,
-            out: Box::new(std::io::stdout()),
+            // Buffered: the event loop flushes after each batch, so a storm
+            // costs one write per batch instead of one per line.
+            out: Box::new(std::io::BufWriter::with_capacity(
+                1 << 16,
+                std::io::stdout(),
+            )),
             header_done: false,
             own_netns,
         }
@@ -72,13 +77,15 @@ impl Output {
 
     /// One JSON line; write errors (a closed pipe) end the run upstream.
     pub fn json<T: Serialize>(&mut self, v: &T) -> std::io::Result<()> {
-        let line = serde_json::to_string(v).map_err(std::io::Error::other)?;
-        writeln!(self.out, "{line}")?;
-        self.out.flush()
+        serde_json::to_writer(&mut self.out, v).map_err(std::io::Error::other)?;
+        self.out.write_all(b"\n")
     }
 
     pub fn line(&mut self, s: &str) -> std::io::Result<()> {
-        writeln!(self.out, "{s}")?;
+        writeln!(self.out, "{s}")
+    }
+
+    pub fn flush(&mut self) -> std::io::Result<()> {
         self.out.flush()
     }
 
@@ -192,6 +199,15 @@ impl Output {
                 s.drops, s.duration_s, s.kernel.drops_seen, s.lost
             ),
         ));
+        if s.kernel.recursion_misses > 0 {
+            lines.push(self.paint(
+                RED,
+                &format!(
+                    "    {} probe runs were skipped by the kernel (nested on a busy CPU): those drops were not seen",
+                    s.kernel.recursion_misses
+                ),
+            ));
+        }
         if s.lost > 0 {
             lines.push(self.paint(
                 RED,
@@ -239,6 +255,9 @@ pub struct Summary {
     pub undecodable: u64,
     pub syns_flagged: u64,
     pub verdicts: u64,
+    /// The run ended on SIGINT/SIGTERM.
+    #[serde(skip)]
+    pub interrupted: bool,
     /// (kind, drops) of every verdict, for `diagnose`.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub verdict_kinds: Vec<(String, u64)>,

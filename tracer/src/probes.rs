@@ -8,6 +8,7 @@ use aya::maps::{HashMap as BpfHashMap, MapData, PerCpuArray, RingBuf};
 use aya::programs::{BtfTracePoint, RawTracePoint, TracePoint};
 use aya::{Btf, Ebpf, EbpfLoader};
 use std::fmt;
+use std::os::fd::AsFd;
 use tracer_abi::{names, Config, Offsets, REASON_EXCLUDE, REASON_INCLUDE};
 
 /// The object built by `cargo xtask build-ebpf` (see build.rs).
@@ -17,8 +18,10 @@ static OBJECT: &[u8] = aya::include_bytes_aligned!(env!("TRACER_BPF_OBJECT"));
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
 pub enum DropHook {
     /// BTF-enabled tracepoint: typed arguments, lowest overhead.
+    #[value(name = "tp_btf", alias = "tp-btf")]
     TpBtf,
     /// Raw tracepoint: same arguments, for kernels where tp_btf won't load.
+    #[value(name = "raw_tp", alias = "raw-tp")]
     RawTp,
     /// Classic tracepoint through tracefs, record offsets from its format file.
     Tracepoint,
@@ -53,6 +56,10 @@ pub struct KernelStats {
     pub route_lookups: u64,
     pub syns_flagged: u64,
     pub neigh_events: u64,
+    /// Runs the kernel skipped because one of our programs was already
+    /// running on that CPU (an interrupt nested in it): events that were
+    /// never seen, reported rather than lost silently.
+    pub recursion_misses: u64,
 }
 
 pub struct Probes {
@@ -242,8 +249,50 @@ impl Probes {
             route_lookups: sum(tracer_abi::STAT_ROUTES_SEEN),
             syns_flagged: sum(tracer_abi::STAT_SYNS_FLAGGED),
             neigh_events: sum(tracer_abi::STAT_NEIGH),
+            recursion_misses: self
+                ._ebpf
+                .programs()
+                .filter_map(|(_, p)| p.fd().ok())
+                .filter_map(|fd| recursion_misses(fd.as_fd()))
+                .sum(),
         }
     }
+}
+
+/// `bpf_prog_info.recursion_misses`, which aya 0.14 does not expose. The
+/// struct is UAPI and only ever grows, so the offset is stable; the kernel
+/// fills at most the length we pass.
+fn recursion_misses(fd: std::os::fd::BorrowedFd<'_>) -> Option<u64> {
+    use std::os::fd::AsRawFd;
+    const BPF_OBJ_GET_INFO_BY_FD: libc::c_long = 15;
+    const RECURSION_MISSES_OFFSET: usize = 208;
+    #[repr(C)]
+    struct InfoAttr {
+        bpf_fd: u32,
+        info_len: u32,
+        info: u64,
+    }
+    let mut info = [0u8; 232];
+    let mut attr = InfoAttr {
+        bpf_fd: fd.as_raw_fd() as u32,
+        info_len: info.len() as u32,
+        info: info.as_mut_ptr() as u64,
+    };
+    // SAFETY: attr points at our buffer and says how long it is; the kernel
+    // writes at most info_len bytes into it.
+    let r = unsafe {
+        libc::syscall(
+            libc::SYS_bpf,
+            BPF_OBJ_GET_INFO_BY_FD,
+            &mut attr as *mut InfoAttr,
+            std::mem::size_of::<InfoAttr>(),
+        )
+    };
+    if r != 0 || (attr.info_len as usize) < RECURSION_MISSES_OFFSET + 8 {
+        return None;
+    }
+    let b = &info[RECURSION_MISSES_OFFSET..RECURSION_MISSES_OFFSET + 8];
+    Some(u64::from_ne_bytes(b.try_into().ok()?))
 }
 
 fn attach_btf(ebpf: &mut Ebpf, prog: &str, func: &str, btf: &Btf) -> Result<()> {

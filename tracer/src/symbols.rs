@@ -2,6 +2,9 @@
 
 use std::io::{BufRead, BufReader, Read};
 
+/// Offsets beyond this are not inside the symbol before them.
+const MAX_FUNCTION_SIZE: u64 = 0x10000;
+
 pub struct Symbols {
     /// (address, name), sorted by address; text symbols only.
     syms: Vec<(u64, String)>,
@@ -63,8 +66,10 @@ impl Symbols {
             return "?".to_string();
         }
         match self.lookup(addr) {
-            Some((name, off)) => format!("{name}+{off:#x}"),
-            None => format!("{addr:#x}"),
+            // No function is this long: the address belongs to something
+            // loaded after we read kallsyms (a module); don't misname it.
+            Some((name, off)) if off < MAX_FUNCTION_SIZE => format!("{name}+{off:#x}"),
+            _ => format!("{addr:#x}"),
         }
     }
 }
@@ -86,8 +91,10 @@ ffffffff81c00000 t nf_hook_slow\t[nf_tables]
         let s = Symbols::parse(SAMPLE.as_bytes());
         assert_eq!(s.format(0xffffffff81a0025b), "ip_rcv_finish_core+0x25b");
         assert_eq!(s.format(0xffffffff81a00400), "ip_rcv_finish+0x0");
-        // Data symbols are not functions: the previous function wins.
-        assert_eq!(s.format(0xffffffff81b00010), "ip_rcv_finish+0xffc10");
+        // Data symbols are not functions; and far past a function's start
+        // the address is not in it (a module loaded later): print it raw.
+        assert_eq!(s.format(0xffffffff81a00500), "ip_rcv_finish+0x100");
+        assert_eq!(s.format(0xffffffff81b00010), "0xffffffff81b00010");
         assert_eq!(s.format(0xffffffff81c00001), "nf_hook_slow+0x1");
         assert_eq!(s.format(0x1000), "0x1000");
         assert_eq!(s.format(0), "?");

@@ -124,6 +124,10 @@ pub struct Sysctls {
     pub rp_filter: HashMap<String, u32>,
     /// net.ipv4.conf.all.forwarding
     pub ipv4_forwarding: bool,
+    /// Per ifname, net.ipv4.conf.<ifname>.forwarding: the kernel checks
+    /// the ingress device's value, not only `all`.
+    #[serde(default)]
+    pub ipv4_forwarding_dev: HashMap<String, bool>,
     /// net.ipv6.conf.all.forwarding (false when IPv6 is disabled).
     pub ipv6_forwarding: bool,
 }
@@ -212,6 +216,16 @@ impl NsTopology {
     /// Effective IPv4 rp_filter of an interface: max(conf.all, conf.<ifname>),
     /// as the kernel's IN_DEV_RPFILTER computes it. For an unknown ifname only
     /// conf.all is known, so that is returned.
+    /// Whether IPv4 packets arriving on `ifname` may be forwarded: the
+    /// device's own conf.<ifname>.forwarding (which `all` propagates to).
+    pub fn ipv4_forwarding_on(&self, ifname: &str) -> bool {
+        self.sysctls
+            .ipv4_forwarding_dev
+            .get(ifname)
+            .copied()
+            .unwrap_or(self.sysctls.ipv4_forwarding)
+    }
+
     pub fn rp_filter(&self, ifname: &str) -> u32 {
         let dev = self.sysctls.rp_filter.get(ifname).copied().unwrap_or(0);
         self.sysctls.rp_filter_all.max(dev)
@@ -359,6 +373,7 @@ fn read_sysctls() -> anyhow::Result<Sysctls> {
     let rp_filter_all =
         read_u32(&all.join("rp_filter")).with_context(|| format!("{}/rp_filter", all.display()))?;
     let mut rp_filter = HashMap::new();
+    let mut ipv4_forwarding_dev = HashMap::new();
     for e in fs::read_dir(conf)
         .with_context(|| conf.display().to_string())?
         .flatten()
@@ -368,6 +383,9 @@ fn read_sysctls() -> anyhow::Result<Sysctls> {
             continue;
         }
         // An interface can vanish mid-scan; skipping it is the truth.
+        if let Ok(v) = read_u32(&e.path().join("forwarding")) {
+            ipv4_forwarding_dev.insert(name.clone(), v != 0);
+        }
         if let Ok(v) = read_u32(&e.path().join("rp_filter")) {
             rp_filter.insert(name, v);
         }
@@ -382,6 +400,7 @@ fn read_sysctls() -> anyhow::Result<Sysctls> {
         rp_filter_all,
         rp_filter,
         ipv4_forwarding,
+        ipv4_forwarding_dev,
         ipv6_forwarding,
     })
 }
@@ -1074,13 +1093,30 @@ impl Topology {
     /// copy, re-read once (rate-limited, so an event storm on a vanished
     /// interface does not re-read thousands of times a second) before giving
     /// up.
+    /// Drops copies not refreshed for a minute (namespaces that died or
+    /// went quiet), so pod churn cannot pile up route tables. Cheap enough
+    /// to call on every tick.
+    pub fn sweep(&mut self) {
+        let idle = Duration::from_secs(60);
+        self.entries.retain(|_, e| e.topo.read_at.elapsed() < idle);
+        self.failed.retain(|_, at| at.elapsed() < idle);
+        self.names.retain(|_, (_, at)| at.elapsed() < idle);
+    }
+
     /// The name of a netns in /run/netns, if it has one.
     pub fn netns_name(&mut self, inode: u32) -> Option<String> {
         if inode == 0 {
             return None;
         }
         if let Some((name, at)) = self.names.get(&inode) {
-            if at.elapsed() < NAME_TTL {
+            // An unnamed netns stays unnamed for long: finding that out
+            // costs a scan of every process, so ask again rarely.
+            let ttl = if name.is_some() {
+                NAME_TTL
+            } else {
+                10 * NAME_TTL
+            };
+            if at.elapsed() < ttl {
                 return name.clone();
             }
         }

@@ -16,6 +16,11 @@ use std::time::{Duration, Instant};
 use tokio::io::unix::AsyncFd;
 use tracer_abi::{Config, DropEvent, NeighEvent, SynEvent, MAX_NETNS};
 
+/// Records handled per wake-up before the loop looks at signals again,
+/// and the time a batch may take at most.
+const BATCH: usize = 4096;
+const BATCH_TIME: Duration = Duration::from_millis(20);
+
 /// What the user asked to trace (the flags `watch` and `diagnose` share).
 #[derive(Clone, Debug, Default)]
 pub struct TraceOptions {
@@ -73,6 +78,7 @@ struct Ready<'a> {
     hook: String,
     routes: bool,
     syn_check: bool,
+    neigh: bool,
     netns: &'a [u32],
     filter: &'a str,
     startup_ms: f64,
@@ -211,10 +217,12 @@ impl Tracer {
                 hook: self.probes.hook.to_string(),
                 routes: self.probes.routes_attached,
                 syn_check: self.probes.syn_attached,
+                neigh: self.probes.neigh_attached,
                 netns: &s.netns,
                 filter: &s.filter.text,
                 startup_ms,
             })?;
+            s.out.flush()?;
         } else {
             let scope = if s.netns.is_empty() {
                 "all namespaces".to_string()
@@ -283,10 +291,11 @@ impl Tracer {
             tokio::select! {
                 _ = &mut sleep_until => break,
                 _ = &mut stopped => break,
-                _ = term.recv() => break,
-                _ = int.recv() => break,
+                _ = term.recv() => { session.summary.interrupted = true; break }
+                _ = int.recv() => { session.summary.interrupted = true; break }
                 _ = ticker.tick() => {
-                    if let Err(e) = consumer.tick(&mut session) {
+                    session.namer.topology.sweep();
+                    if let Err(e) = consumer.tick(&mut session).and_then(|_| session.out.flush()) {
                         broken_pipe = is_pipe(&e);
                         if broken_pipe { break; }
                         return Err(e.into());
@@ -295,7 +304,19 @@ impl Tracer {
                 guard = events.readable_mut() => {
                     let mut guard = guard?;
                     let rb = guard.get_inner_mut();
-                    while let Some(item) = rb.next() {
+                    // A bounded batch, then back to select!: under a drop
+                    // storm the ring never empties, and signals, --duration
+                    // and ticks must still be served.
+                    let mut drained = false;
+                    let batch_start = Instant::now();
+                    for i in 0..BATCH {
+                        if i % 256 == 255 && batch_start.elapsed() > BATCH_TIME {
+                            break;
+                        }
+                        let Some(item) = rb.next() else {
+                            drained = true;
+                            break;
+                        };
                         let r = match decode(&item) {
                             Ok(Event::Drop(d)) => consumer.drop(&d, &mut session).map(|counted| {
                                 if counted { shown += 1; }
@@ -307,6 +328,7 @@ impl Tracer {
                                 Ok(())
                             }
                         };
+                        drop(item);
                         if let Err(e) = r {
                             broken_pipe = is_pipe(&e);
                             if broken_pipe { break 'outer; }
@@ -316,10 +338,26 @@ impl Tracer {
                             break 'outer;
                         }
                     }
-                    guard.clear_ready();
+                    // Keep the readiness while records remain: the ring
+                    // buffer only wakes a reader that has caught up.
+                    if drained {
+                        guard.clear_ready();
+                    }
+                    if let Err(e) = session.out.flush() {
+                        broken_pipe = is_pipe(&e);
+                        if broken_pipe { break 'outer; }
+                        return Err(e.into());
+                    }
+                    if !drained {
+                        // On a current-thread runtime the signal driver
+                        // only runs when this task yields.
+                        drop(guard);
+                        tokio::task::yield_now().await;
+                    }
                 }
             }
         }
+        let _ = session.out.flush();
         let stats = stats_probes.stats();
         session.summary.kernel = stats;
         session.summary.lost = stats.lost;
@@ -329,6 +367,7 @@ impl Tracer {
             consumer.finish(&mut session)?;
             let summary = session.summary.clone();
             let _ = session.out.summary(&summary);
+            let _ = session.out.flush();
         }
         // Detach before returning, so "exited" means "nothing attached".
         drop(events);

@@ -148,7 +148,10 @@ fn run_one(name: &str, keep: bool, format: Format, params: Params, started: Inst
         if !sc.expect.is_empty() {
             diag.stop_when = Some((sc.expect.iter().map(|s| s.to_string()).collect(), stop));
         }
-        tracer.run(&mut diag).await?;
+        let summary = tracer.run(&mut diag).await?;
+        if summary.interrupted {
+            bail!("interrupted: lab {name} stopped before its traffic ended");
+        }
         let kinds: Vec<&'static str> = diag
             .verdicts
             .iter()
