@@ -376,3 +376,22 @@ fn bad_input_gets_one_line_and_a_nonzero_exit() {
         assert!(!err.contains("panicked"), "{err}");
     }
 }
+
+#[test]
+fn interface_filter_keeps_only_that_device() {
+    let lab = routed_lab("iface");
+    let router = lab.name("router");
+    let run = start(&["watch", "--netns", &router, "-i", "eth1"]);
+    // Both are forwarded with no route; only the second enters on eth1.
+    udp(&lab, "client", "203.0.113.9", 5000);
+    udp(&lab, "server", "198.51.100.9", 5001);
+    run.wait_for(WAIT, |v| v["dport"] == 5001);
+    let lines = run.stop();
+    let ds = drops(&lines);
+    assert!(ds.iter().any(|d| d["dport"] == 5001), "{lines:#?}");
+    assert!(
+        ds.iter()
+            .all(|d| d["ifname"] == "eth1" || d["ingress_ifname"] == "eth1"),
+        "{ds:#?}"
+    );
+}
