@@ -215,7 +215,13 @@ pub struct NetnsCache {
     known: HashMap<u32, NetnsInfo>,
     last_scan: Option<Instant>,
     min_rescan: Duration,
+    /// Inodes looked for and not found, and when: misses are rate-limited
+    /// per inode, so one unknown netns cannot hide a newly created one.
+    misses: HashMap<u32, Instant>,
 }
+
+/// Two scans never run closer together than this, whatever the misses.
+const MIN_SCAN_GAP: Duration = Duration::from_millis(20);
 
 impl Default for NetnsCache {
     fn default() -> Self {
@@ -234,6 +240,7 @@ impl NetnsCache {
             known: HashMap::new(),
             last_scan: None,
             min_rescan,
+            misses: HashMap::new(),
         }
     }
 
@@ -243,12 +250,23 @@ impl NetnsCache {
             return Some(hit);
         }
         if self
-            .last_scan
+            .misses
+            .get(&inode)
             .is_some_and(|t| t.elapsed() < self.min_rescan)
+            || self.last_scan.is_some_and(|t| t.elapsed() < MIN_SCAN_GAP)
         {
             return None;
         }
-        self.find_now(inode)
+        if self.misses.len() > 4096 {
+            self.misses.clear();
+        }
+        let found = self.find_now(inode);
+        if found.is_none() {
+            self.misses.insert(inode, Instant::now());
+        } else {
+            self.misses.remove(&inode);
+        }
+        found
     }
 
     /// Like [`NetnsCache::find`] but scans on a miss regardless of rate limit.

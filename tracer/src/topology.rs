@@ -142,6 +142,9 @@ pub struct NsTopology {
     pub routes: Vec<Route>,
     pub sysctls: Sysctls,
     pub read_at: Instant,
+    /// Where the netns was opened from: a different path for the same
+    /// inode means the kernel reused the inode for a new namespace.
+    pub path: std::path::PathBuf,
 }
 
 impl NsTopology {
@@ -159,6 +162,7 @@ impl NsTopology {
             routes,
             sysctls,
             read_at: Instant::now(),
+            path: ns.path.clone(),
         })
     }
 
@@ -960,10 +964,13 @@ pub struct Topology {
     last_error: Option<String>,
     /// netns names by inode, so that naming an event costs no syscall.
     names: HashMap<u32, (Option<String>, Instant)>,
+    /// (netns, ifindex) not found in a fresh re-read, and when.
+    link_misses: HashMap<(u32, i32), Instant>,
 }
 
-/// How long a netns name is trusted before it is looked up again.
-const NAME_TTL: Duration = Duration::from_secs(1);
+/// How long a netns name is trusted before it is looked up again: short,
+/// because the kernel reuses the inodes of deleted namespaces.
+const NAME_TTL: Duration = Duration::from_millis(250);
 
 impl Default for Topology {
     fn default() -> Self {
@@ -985,6 +992,7 @@ impl Topology {
             recheck,
             last_error: None,
             names: HashMap::new(),
+            link_misses: HashMap::new(),
         }
     }
 
@@ -1001,12 +1009,22 @@ impl Topology {
                 }
                 // Not rate-limited: a false "gone" would drop a good copy,
                 // and a true one removes the entry, so this scans once.
-                if self.netns.find_now(inode).is_some() {
-                    e.checked_at = now;
-                    return Some(e.topo.clone());
+                match self.netns.find_now(inode) {
+                    Some(info) if info.path == e.topo.path => {
+                        e.checked_at = now;
+                        return Some(e.topo.clone());
+                    }
+                    // The inode now names another namespace: read it anew.
+                    Some(_) => {
+                        self.entries.remove(&inode);
+                        self.names.remove(&inode);
+                        return self.load(inode);
+                    }
+                    None => {
+                        self.entries.remove(&inode);
+                        return None;
+                    }
                 }
-                self.entries.remove(&inode);
-                return None;
             }
         }
         if let Some(t) = self.failed.get(&inode) {
@@ -1079,11 +1097,21 @@ impl Topology {
         if let Some(l) = topo.link(ifindex) {
             return Ok(l.clone());
         }
-        // A fresh copy that lacks it is the answer; an older one may predate
-        // the interface.
-        if topo.read_at.elapsed() < self.recheck {
+        // Re-read once per missing ifindex per `recheck`: an interface created
+        // after the copy was read gets its name (even in a burst of new
+        // ones), and a storm on a vanished one costs one read per recheck.
+        let key = (inode, ifindex);
+        if self
+            .link_misses
+            .get(&key)
+            .is_some_and(|t| t.elapsed() < self.recheck)
+        {
             return Err(IfName::Gone);
         }
+        if self.link_misses.len() > 4096 {
+            self.link_misses.clear();
+        }
+        self.link_misses.insert(key, Instant::now());
         self.invalidate(inode);
         let topo = self.get(inode).ok_or(IfName::NetnsGone)?;
         topo.link(ifindex).cloned().ok_or(IfName::Gone)
@@ -1101,6 +1129,7 @@ impl Topology {
         self.entries.retain(|_, e| e.topo.read_at.elapsed() < idle);
         self.failed.retain(|_, at| at.elapsed() < idle);
         self.names.retain(|_, (_, at)| at.elapsed() < idle);
+        self.link_misses.retain(|_, at| at.elapsed() < idle);
     }
 
     /// The name of a netns in /run/netns, if it has one.
@@ -1179,6 +1208,7 @@ mod tests {
             routes,
             sysctls: Sysctls::default(),
             read_at: Instant::now(),
+            path: std::path::PathBuf::new(),
         }
     }
 

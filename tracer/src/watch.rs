@@ -14,6 +14,7 @@ use anyhow::{anyhow, bail, Result};
 use serde::Serialize;
 use std::time::{Duration, Instant};
 use tokio::io::unix::AsyncFd;
+use tokio::signal::unix::{signal, SignalKind};
 use tracer_abi::{Config, DropEvent, NeighEvent, SynEvent, MAX_NETNS};
 
 /// Records handled per wake-up before the loop looks at signals again,
@@ -92,6 +93,10 @@ pub struct Tracer {
     count: Option<u64>,
     started: Instant,
     stop: Option<std::sync::Arc<tokio::sync::Notify>>,
+    /// Taken before `ready` is printed, so a signal sent the moment a
+    /// caller sees it still ends the run with a summary.
+    term: tokio::signal::unix::Signal,
+    int: tokio::signal::unix::Signal,
 }
 
 impl Tracer {
@@ -200,6 +205,8 @@ impl Tracer {
             count: opts.count,
             started,
             stop: None,
+            term: signal(SignalKind::terminate())?,
+            int: signal(SignalKind::interrupt())?,
         };
         t.announce()?;
         Ok(t)
@@ -254,10 +261,7 @@ impl Tracer {
 
     /// Pumps events until a stop condition; returns the final summary.
     pub async fn run(self, consumer: &mut dyn Consumer) -> Result<Summary> {
-        use tokio::signal::unix::{signal, SignalKind};
         let t0 = Instant::now();
-        let mut term = signal(SignalKind::terminate())?;
-        let mut int = signal(SignalKind::interrupt())?;
         let deadline = self.duration.map(|d| tokio::time::Instant::now() + d);
         let sleep_until = async move {
             match deadline {
@@ -272,6 +276,8 @@ impl Tracer {
             mut session,
             count,
             stop,
+            mut term,
+            mut int,
             ..
         } = self;
         let stopped = async move {

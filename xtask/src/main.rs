@@ -11,6 +11,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 mod bench;
+mod soak;
 
 /// Debian packages: the eBPF toolchain (rustc-web with the prebuilt bpf
 /// core; LLVM 22 for bpf-linker) and the network tools the tests drive.
@@ -184,6 +185,12 @@ fn main() -> Result<()> {
             build_ebpf()?;
             cargo(&["build", "--release", "-q", "-p", "tracer"])?;
             bench::run(&root(), &rest)
+        }
+        "soak" => {
+            setup(BENCH_PACKAGES)?;
+            build_ebpf()?;
+            cargo(&["build", "--release", "-q", "-p", "tracer"])?;
+            soak::run(&root(), &rest)
         }
         _ => {
             eprintln!(
