@@ -60,6 +60,11 @@ pub struct KernelStats {
     /// running on that CPU (an interrupt nested in it): events that were
     /// never seen, reported rather than lost silently.
     pub recursion_misses: u64,
+    /// Runs of the drop probe and the time spent in them, from
+    /// `bpf_prog_info` (zero unless BPF run-time stats are enabled, e.g.
+    /// by `cargo xtask bench`): the kernel-side cost per drop.
+    pub drop_probe_runs: u64,
+    pub drop_probe_ns: u64,
 }
 
 pub struct Probes {
@@ -241,6 +246,16 @@ impl Probes {
     }
 
     pub fn stats(&self) -> KernelStats {
+        let drop_prog = match self.hook {
+            DropHook::TpBtf => names::PROG_DROP_BTF,
+            DropHook::RawTp => names::PROG_DROP_RAW,
+            DropHook::Tracepoint => names::PROG_DROP_CLASSIC,
+        };
+        let drop_info = self
+            ._ebpf
+            .program(drop_prog)
+            .and_then(|p| p.fd().ok())
+            .and_then(|fd| prog_info(fd.as_fd()));
         let sum = |i: u32| -> u64 { self.stats.get(&i, 0).map(|v| v.iter().sum()).unwrap_or(0) };
         KernelStats {
             drops_seen: sum(tracer_abi::STAT_DROPS_SEEN),
@@ -253,19 +268,31 @@ impl Probes {
                 ._ebpf
                 .programs()
                 .filter_map(|(_, p)| p.fd().ok())
-                .filter_map(|fd| recursion_misses(fd.as_fd()))
+                .filter_map(|fd| prog_info(fd.as_fd()).map(|i| i.recursion_misses))
                 .sum(),
+            drop_probe_runs: drop_info.map(|i| i.run_cnt).unwrap_or(0),
+            drop_probe_ns: drop_info.map(|i| i.run_time_ns).unwrap_or(0),
         }
     }
 }
 
-/// `bpf_prog_info.recursion_misses`, which aya 0.14 does not expose. The
-/// struct is UAPI and only ever grows, so the offset is stable; the kernel
-/// fills at most the length we pass.
-fn recursion_misses(fd: std::os::fd::BorrowedFd<'_>) -> Option<u64> {
+/// The `bpf_prog_info` counters aya 0.14 does not expose.
+#[derive(Clone, Copy)]
+struct ProgCounters {
+    run_time_ns: u64,
+    run_cnt: u64,
+    recursion_misses: u64,
+}
+
+/// Reads `bpf_prog_info` with BPF_OBJ_GET_INFO_BY_FD. The struct is UAPI
+/// and only ever grows, so these offsets are stable; the kernel fills at
+/// most the length we pass and says how much it wrote.
+fn prog_info(fd: std::os::fd::BorrowedFd<'_>) -> Option<ProgCounters> {
     use std::os::fd::AsRawFd;
     const BPF_OBJ_GET_INFO_BY_FD: libc::c_long = 15;
-    const RECURSION_MISSES_OFFSET: usize = 208;
+    const RUN_TIME_NS: usize = 192;
+    const RUN_CNT: usize = 200;
+    const RECURSION_MISSES: usize = 208;
     #[repr(C)]
     struct InfoAttr {
         bpf_fd: u32,
@@ -288,11 +315,19 @@ fn recursion_misses(fd: std::os::fd::BorrowedFd<'_>) -> Option<u64> {
             std::mem::size_of::<InfoAttr>(),
         )
     };
-    if r != 0 || (attr.info_len as usize) < RECURSION_MISSES_OFFSET + 8 {
+    if r != 0 || (attr.info_len as usize) < RECURSION_MISSES + 8 {
         return None;
     }
-    let b = &info[RECURSION_MISSES_OFFSET..RECURSION_MISSES_OFFSET + 8];
-    Some(u64::from_ne_bytes(b.try_into().ok()?))
+    let at = |o: usize| -> u64 {
+        let mut b = [0u8; 8];
+        b.copy_from_slice(&info[o..o + 8]);
+        u64::from_ne_bytes(b)
+    };
+    Some(ProgCounters {
+        run_time_ns: at(RUN_TIME_NS),
+        run_cnt: at(RUN_CNT),
+        recursion_misses: at(RECURSION_MISSES),
+    })
 }
 
 fn attach_btf(ebpf: &mut Ebpf, prog: &str, func: &str, btf: &Btf) -> Result<()> {

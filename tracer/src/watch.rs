@@ -300,6 +300,7 @@ impl Tracer {
                 _ = term.recv() => { session.summary.interrupted = true; break }
                 _ = int.recv() => { session.summary.interrupted = true; break }
                 _ = ticker.tick() => {
+                    session.namer.topology.set_clock(Instant::now());
                     session.namer.topology.sweep();
                     if let Err(e) = consumer.tick(&mut session).and_then(|_| session.out.flush()) {
                         broken_pipe = is_pipe(&e);
@@ -315,6 +316,7 @@ impl Tracer {
                     // and ticks must still be served.
                     let mut drained = false;
                     let batch_start = Instant::now();
+                    session.namer.topology.set_clock(batch_start);
                     for i in 0..BATCH {
                         if i % 256 == 255 && batch_start.elapsed() > BATCH_TIME {
                             break;
