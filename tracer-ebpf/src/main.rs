@@ -296,19 +296,36 @@ pub fn route4(ctx: BtfTracePointContext) -> i32 {
             dst: [0; 16],
             src: [0; 16],
         };
-        if let Some(a) = read::<[u8; 4]>(fl, off!(fl4_daddr)) {
-            key.dst[..4].copy_from_slice(&a);
-        }
-        if let Some(a) = read::<[u8; 4]>(fl, off!(fl4_saddr)) {
-            key.src[..4].copy_from_slice(&a);
-        }
+        // This runs for every forwarded packet: fetch neighbouring members
+        // with one read where the layout allows (saddr, daddr and oif, iif
+        // are adjacent on current kernels).
+        let (sa, da) = if off!(fl4_daddr) == off!(fl4_saddr).wrapping_add(4) {
+            let a = read::<[u8; 8]>(fl, off!(fl4_saddr)).unwrap_or([0; 8]);
+            ([a[0], a[1], a[2], a[3]], [a[4], a[5], a[6], a[7]])
+        } else {
+            (
+                read::<[u8; 4]>(fl, off!(fl4_saddr)).unwrap_or([0; 4]),
+                read::<[u8; 4]>(fl, off!(fl4_daddr)).unwrap_or([0; 4]),
+            )
+        };
+        key.src[..4].copy_from_slice(&sa);
+        key.dst[..4].copy_from_slice(&da);
+        let (oif, iif) = if off!(fl4_iif) == off!(fl4_oif).wrapping_add(4) {
+            let v = read::<[i32; 2]>(fl, off!(fl4_oif)).unwrap_or([0; 2]);
+            (v[0], v[1])
+        } else {
+            (
+                read::<i32>(fl, off!(fl4_oif)).unwrap_or(0),
+                read::<i32>(fl, off!(fl4_iif)).unwrap_or(0),
+            )
+        };
         let mut hit = RouteHit {
             ts_ns: bpf_ktime_get_ns(),
             valid: 1,
             table,
             err,
-            iif: read::<i32>(fl, off!(fl4_iif)).unwrap_or(0),
-            oif: read::<i32>(fl, off!(fl4_oif)).unwrap_or(0),
+            iif,
+            oif,
             dev_ifindex: 0,
             dev_mtu: 0,
             netns: 0,
@@ -318,15 +335,71 @@ pub fn route4(ctx: BtfTracePointContext) -> i32 {
         if err == 0 {
             let dev = read::<*const u8>(nhc, off!(nhc_dev)).unwrap_or(core::ptr::null());
             if !dev.is_null() {
-                hit.dev_ifindex = dev_ifindex(dev);
-                hit.dev_mtu = dev_mtu(dev);
-                hit.netns = dev_netns(dev);
+                let d = dev_info(dev, hit.ts_ns);
+                hit.dev_ifindex = d.ifindex;
+                hit.dev_mtu = d.mtu;
+                hit.netns = d.netns;
             }
         }
         key.netns = hit.netns;
         remember_route(&key, &hit);
     }
     0
+}
+
+/// The last device a route lookup resolved to, per CPU.
+#[repr(C)]
+pub struct DevInfo {
+    dev: u64,
+    ts_ns: u64,
+    ifindex: i32,
+    mtu: u32,
+    netns: u32,
+    _pad: u32,
+}
+
+#[map]
+static DEVCACHE: PerCpuArray<DevInfo> = PerCpuArray::with_max_entries(1, 0);
+
+/// ifindex, MTU and netns of `dev`, remembered per CPU for 100 ms: a
+/// forwarding flow resolves to the same device packet after packet, and
+/// this saves four reads each time. The age bound covers a device freed
+/// and another allocated at the same address, or an MTU change.
+#[inline(always)]
+unsafe fn dev_info(dev: *const u8, now: u64) -> DevInfo {
+    if let Some(c) = DEVCACHE.get_ptr_mut(0) {
+        if (*c).dev == dev as u64 && now.wrapping_sub((*c).ts_ns) < 100_000_000 {
+            return DevInfo {
+                dev: (*c).dev,
+                ts_ns: (*c).ts_ns,
+                ifindex: (*c).ifindex,
+                mtu: (*c).mtu,
+                netns: (*c).netns,
+                _pad: 0,
+            };
+        }
+        (*c).dev = dev as u64;
+        (*c).ts_ns = now;
+        (*c).ifindex = dev_ifindex(dev);
+        (*c).mtu = dev_mtu(dev);
+        (*c).netns = dev_netns(dev);
+        return DevInfo {
+            dev: (*c).dev,
+            ts_ns: now,
+            ifindex: (*c).ifindex,
+            mtu: (*c).mtu,
+            netns: (*c).netns,
+            _pad: 0,
+        };
+    }
+    DevInfo {
+        dev: dev as u64,
+        ts_ns: now,
+        ifindex: dev_ifindex(dev),
+        mtu: dev_mtu(dev),
+        netns: dev_netns(dev),
+        _pad: 0,
+    }
 }
 
 /// `fib6_table_lookup(const struct net *, const struct fib6_result *, struct fib6_table *, const struct flowi6 *)`
