@@ -22,7 +22,7 @@ use aya_ebpf::{
     maps::{HashMap, LruHashMap, PerCpuArray, RingBuf},
     programs::{BtfTracePointContext, RawTracePointContext, TracePointContext},
 };
-use kernel::{dev_ifindex, dev_mtu, dev_netns, read, sk_netns};
+use kernel::{dev_ifindex, dev_mtu, dev_netns, read, sk_netns, Direct, Mem, Probe};
 use tracer_abi::*;
 
 #[no_mangle]
@@ -95,7 +95,7 @@ pub fn drop_btf(ctx: BtfTracePointContext) -> i32 {
     let skb: *const u8 = ctx.arg(0);
     let location: u64 = ctx.arg(1);
     let reason: u32 = ctx.arg(2);
-    unsafe { on_drop(skb, location, reason) };
+    unsafe { on_drop::<Direct>(skb, location, reason) };
     0
 }
 
@@ -104,7 +104,7 @@ pub fn drop_raw(ctx: RawTracePointContext) -> i32 {
     let skb: *const u8 = ctx.arg(0);
     let location: u64 = ctx.arg(1);
     let reason: u32 = ctx.arg(2);
-    unsafe { on_drop(skb, location, reason) };
+    unsafe { on_drop::<Probe>(skb, location, reason) };
     0
 }
 
@@ -120,7 +120,7 @@ pub fn drop_classic(ctx: TracePointContext) -> i32 {
             .read_at::<u64>(off!(tp_location) as usize)
             .unwrap_or(0);
         let reason = ctx.read_at::<u32>(off!(tp_reason) as usize).unwrap_or(0);
-        on_drop(skb as *const u8, location, reason);
+        on_drop::<Probe>(skb as *const u8, location, reason);
     }
     0
 }
@@ -154,7 +154,7 @@ fn is_noise(reason: u32, f: &Flow) -> bool {
 }
 
 #[inline(always)]
-unsafe fn on_drop(skb: *const u8, location: u64, reason: u32) {
+unsafe fn on_drop<M: Mem>(skb: *const u8, location: u64, reason: u32) {
     if skb.is_null() {
         return;
     }
@@ -167,9 +167,9 @@ unsafe fn on_drop(skb: *const u8, location: u64, reason: u32) {
             return;
         }
     }
-    let m = packet::meta(skb);
+    let m = packet::meta::<M>(skb);
     let netns = if !m.dev.is_null() {
-        dev_netns(m.dev)
+        dev_netns::<M>(m.dev)
     } else if !m.sk.is_null() {
         sk_netns(m.sk)
     } else {
@@ -178,8 +178,12 @@ unsafe fn on_drop(skb: *const u8, location: u64, reason: u32) {
     if !netns_allowed(netns) {
         return;
     }
-    let ifindex = if m.dev.is_null() { 0 } else { dev_ifindex(m.dev) };
-    let iif = read::<i32>(skb, off!(skb_iif)).unwrap_or(0);
+    let ifindex = if m.dev.is_null() {
+        0
+    } else {
+        dev_ifindex::<M>(m.dev)
+    };
+    let iif = M::get::<i32>(skb, off!(skb_iif)).unwrap_or(0);
     let want_if = cfg!(ifindex) as i32;
     if want_if != 0 && ifindex != want_if && iif != want_if {
         return;
@@ -190,7 +194,7 @@ unsafe fn on_drop(skb: *const u8, location: u64, reason: u32) {
     };
     let flow = &mut (*scratch).flow;
     *flow = Flow::default();
-    packet::parse(skb, &m, flow);
+    packet::parse::<M>(skb, &m, flow);
     if cfg!(hide_noise) != 0 && is_noise(reason, flow) {
         return;
     }
@@ -219,12 +223,16 @@ unsafe fn on_drop(skb: *const u8, location: u64, reason: u32) {
     let (gso_size, gso_segs) = if m.head.is_null() {
         (0, 0)
     } else {
-        packet::gso(skb, m.head)
+        packet::gso::<M>(skb, m.head)
     };
     (*e).gso_size = gso_size;
     (*e).gso_segs = gso_segs;
     (*e)._pad = 0;
-    (*e).dev_mtu = if m.dev.is_null() { 0 } else { dev_mtu(m.dev) };
+    (*e).dev_mtu = if m.dev.is_null() {
+        0
+    } else {
+        dev_mtu::<M>(m.dev)
+    };
     (*e).comm = bpf_get_current_comm().unwrap_or([0; 16]);
     (*e).flow = *flow;
     (*e).route_fwd = RouteHit::default();
@@ -333,7 +341,7 @@ pub fn route4(ctx: BtfTracePointContext) -> i32 {
             _pad: 0,
         };
         if err == 0 {
-            let dev = read::<*const u8>(nhc, off!(nhc_dev)).unwrap_or(core::ptr::null());
+            let dev = Direct::get::<*const u8>(nhc, off!(nhc_dev)).unwrap_or(core::ptr::null());
             if !dev.is_null() {
                 let d = dev_info(dev, hit.ts_ns);
                 hit.dev_ifindex = d.ifindex;
@@ -380,9 +388,9 @@ unsafe fn dev_info(dev: *const u8, now: u64) -> DevInfo {
         }
         (*c).dev = dev as u64;
         (*c).ts_ns = now;
-        (*c).ifindex = dev_ifindex(dev);
-        (*c).mtu = dev_mtu(dev);
-        (*c).netns = dev_netns(dev);
+        (*c).ifindex = dev_ifindex::<Direct>(dev);
+        (*c).mtu = dev_mtu::<Direct>(dev);
+        (*c).netns = dev_netns::<Direct>(dev);
         return DevInfo {
             dev: (*c).dev,
             ts_ns: now,
@@ -395,9 +403,9 @@ unsafe fn dev_info(dev: *const u8, now: u64) -> DevInfo {
     DevInfo {
         dev: dev as u64,
         ts_ns: now,
-        ifindex: dev_ifindex(dev),
-        mtu: dev_mtu(dev),
-        netns: dev_netns(dev),
+        ifindex: dev_ifindex::<Direct>(dev),
+        mtu: dev_mtu::<Direct>(dev),
+        netns: dev_netns::<Direct>(dev),
         _pad: 0,
     }
 }
@@ -410,7 +418,7 @@ pub fn route6(ctx: BtfTracePointContext) -> i32 {
     let table: *const u8 = ctx.arg(2);
     let fl: *const u8 = ctx.arg(3);
     unsafe {
-        let netns = kernel::net_inum(net);
+        let netns = kernel::net_inum::<Direct>(net);
         let mut key = RouteKey {
             netns,
             family: FAMILY_V6 as u32,
@@ -438,11 +446,11 @@ pub fn route6(ctx: BtfTracePointContext) -> i32 {
             _pad: 0,
         };
         if err == 0 {
-            let nh = read::<*const u8>(res, off!(f6res_nh)).unwrap_or(core::ptr::null());
-            let dev = read::<*const u8>(nh, off!(f6nh_dev)).unwrap_or(core::ptr::null());
+            let nh = Direct::get::<*const u8>(res, off!(f6res_nh)).unwrap_or(core::ptr::null());
+            let dev = Direct::get::<*const u8>(nh, off!(f6nh_dev)).unwrap_or(core::ptr::null());
             if !dev.is_null() {
-                hit.dev_ifindex = dev_ifindex(dev);
-                hit.dev_mtu = dev_mtu(dev);
+                hit.dev_ifindex = dev_ifindex::<Direct>(dev);
+                hit.dev_mtu = dev_mtu::<Direct>(dev);
             }
         }
         key.netns = netns;
@@ -465,21 +473,22 @@ pub fn syn_xmit(ctx: BtfTracePointContext) -> i32 {
 #[inline(always)]
 unsafe fn on_xmit(skb: *const u8, dev: *const u8) {
     // A SYN is at most 14 + 60 (IPv6 with a few options) + 60 bytes.
-    let len = read::<u32>(skb, off!(skb_len)).unwrap_or(u32::MAX);
+    // Runs for every transmitted packet: one direct load decides.
+    let len = Direct::get::<u32>(skb, off!(skb_len)).unwrap_or(u32::MAX);
     if len > 160 {
         return;
     }
-    let m = packet::meta(skb);
+    let m = packet::meta::<Direct>(skb);
     let mut flow = Flow::default();
-    if !packet::parse(skb, &m, &mut flow) || flow.proto != IPPROTO_TCP || flow.mss == 0 {
+    if !packet::parse::<Direct>(skb, &m, &mut flow) || flow.proto != IPPROTO_TCP || flow.mss == 0 {
         return;
     }
-    let mtu = dev_mtu(dev);
+    let mtu = dev_mtu::<Direct>(dev);
     let overhead: u32 = if flow.family == FAMILY_V6 { 60 } else { 40 };
     if flow.mss as u32 + overhead <= mtu {
         return;
     }
-    let netns = dev_netns(dev);
+    let netns = dev_netns::<Direct>(dev);
     if !netns_allowed(netns) {
         return;
     }
@@ -496,8 +505,8 @@ unsafe fn on_xmit(skb: *const u8, dev: *const u8) {
     (*e).cpu = bpf_get_smp_processor_id();
     (*e).ts_ns = bpf_ktime_get_ns();
     (*e).netns = netns;
-    (*e).ifindex = dev_ifindex(dev);
-    (*e).ingress_ifindex = read::<i32>(skb, off!(skb_iif)).unwrap_or(0);
+    (*e).ifindex = dev_ifindex::<Direct>(dev);
+    (*e).ingress_ifindex = Direct::get::<i32>(skb, off!(skb_iif)).unwrap_or(0);
     (*e).mtu = mtu;
     (*e).flow = flow;
     (*e)._pad = 0;
@@ -532,7 +541,7 @@ unsafe fn on_neigh(n: *const u8) {
     if dev.is_null() {
         return;
     }
-    let netns = dev_netns(dev);
+    let netns = dev_netns::<Probe>(dev);
     if !netns_allowed(netns) {
         return;
     }
@@ -552,7 +561,7 @@ unsafe fn on_neigh(n: *const u8) {
     (*e).cpu = bpf_get_smp_processor_id();
     (*e).ts_ns = bpf_ktime_get_ns();
     (*e).netns = netns;
-    (*e).ifindex = dev_ifindex(dev);
+    (*e).ifindex = dev_ifindex::<Probe>(dev);
     (*e).family = family;
     (*e).state = state;
     (*e)._pad = 0;

@@ -2,7 +2,7 @@
 //! L4 header behind it, or, when the packet was freed before its network
 //! header was built, the addresses of its socket.
 
-use crate::kernel::read;
+use crate::kernel::{read, Mem};
 use crate::off;
 use aya_ebpf::helpers::bpf_probe_read_kernel;
 use tracer_abi::*;
@@ -22,21 +22,21 @@ pub struct SkbMeta {
 }
 
 #[inline(always)]
-pub unsafe fn meta(skb: *const u8) -> SkbMeta {
+pub unsafe fn meta<M: Mem>(skb: *const u8) -> SkbMeta {
     SkbMeta {
-        dev: read::<*const u8>(skb, off!(skb_dev)).unwrap_or(core::ptr::null()),
-        sk: read::<*const u8>(skb, off!(skb_sk)).unwrap_or(core::ptr::null()),
-        head: read::<*const u8>(skb, off!(skb_head)).unwrap_or(core::ptr::null()),
-        len: read::<u32>(skb, off!(skb_len)).unwrap_or(0),
-        l3_proto: u16::from_be(read::<u16>(skb, off!(skb_protocol)).unwrap_or(0)),
+        dev: M::get::<*const u8>(skb, off!(skb_dev)).unwrap_or(core::ptr::null()),
+        sk: M::get::<*const u8>(skb, off!(skb_sk)).unwrap_or(core::ptr::null()),
+        head: M::get::<*const u8>(skb, off!(skb_head)).unwrap_or(core::ptr::null()),
+        len: M::get::<u32>(skb, off!(skb_len)).unwrap_or(0),
+        l3_proto: u16::from_be(M::get::<u16>(skb, off!(skb_protocol)).unwrap_or(0)),
     }
 }
 
 /// `skb_shinfo(skb)->gso_size` and `gso_segs`.
 #[inline(always)]
-pub unsafe fn gso(skb: *const u8, head: *const u8) -> (u16, u16) {
+pub unsafe fn gso<M: Mem>(skb: *const u8, head: *const u8) -> (u16, u16) {
     // skb->end is an offset from head on 64-bit kernels (sk_buff_data_t).
-    let Some(end) = read::<u32>(skb, off!(skb_end)) else {
+    let Some(end) = M::get::<u32>(skb, off!(skb_end)) else {
         return (0, 0);
     };
     let shinfo = head.wrapping_add(end as usize);
@@ -49,8 +49,8 @@ pub unsafe fn gso(skb: *const u8, head: *const u8) -> (u16, u16) {
 /// Fills `flow` from the packet headers, or from the socket. Returns false
 /// if neither gives an address.
 #[inline(always)]
-pub unsafe fn parse(skb: *const u8, m: &SkbMeta, flow: &mut Flow) -> bool {
-    let nh = read::<u16>(skb, off!(skb_network_header)).unwrap_or(HEADER_UNSET);
+pub unsafe fn parse<M: Mem>(skb: *const u8, m: &SkbMeta, flow: &mut Flow) -> bool {
+    let nh = M::get::<u16>(skb, off!(skb_network_header)).unwrap_or(HEADER_UNSET);
     if !m.head.is_null() && nh != HEADER_UNSET {
         let l3 = m.head.wrapping_add(nh as usize);
         if m.l3_proto == ETH_P_IP {
