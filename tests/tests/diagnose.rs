@@ -362,3 +362,46 @@ fn lab_list_names_every_lab() {
         assert!(text.contains(name), "{name} missing from {text}");
     }
 }
+
+#[test]
+fn narrow_bridge_port_is_l2_mtu_mismatch() {
+    // a (1500) -- port pa (1500) [br0, MTU 1500] port pb (1400) -- b
+    let mut lab = Netlab::new(&prefix("brport")).unwrap();
+    for n in ["a", "sw", "b"] {
+        lab.ns(n).unwrap();
+    }
+    lab.veth("a", "eth0", "sw", "pa").unwrap();
+    lab.veth("b", "eth0", "sw", "pb").unwrap();
+    lab.exec(
+        "sw",
+        "ip link add br0 type bridge && ip link set pa master br0 && ip link set pb master br0 && \
+         ip link set pb mtu 1400 && ip link set br0 mtu 1500 && ip link set br0 up",
+    )
+    .unwrap();
+    lab.exec("a", "ip addr add 10.78.0.1/24 dev eth0").unwrap();
+    lab.exec(
+        "b",
+        "ip link set eth0 mtu 1400 && ip addr add 10.78.0.2/24 dev eth0",
+    )
+    .unwrap();
+    // Resolve the neighbour first, with a small packet.
+    let _ = lab.try_exec("a", "ping -c 1 -W 1 10.78.0.2");
+    let run = start(&["diagnose", "--netns", &lab.name("sw")]);
+    let payload = "x".repeat(1450);
+    lab.exec(
+        "a",
+        &format!(
+            "for i in 1 2 3; do bash -c 'echo {payload} > /dev/udp/10.78.0.2/5001' || true; done"
+        ),
+    )
+    .unwrap();
+    std::thread::sleep(Duration::from_millis(800));
+    let lines = run.stop();
+    let v = verdict(&lines, "l2_mtu_mismatch");
+    let e = &v["evidence"];
+    assert_eq!(e["ifname"], "br0");
+    assert_eq!(e["mtu"], 1500);
+    assert_eq!(e["peer_ifname"], "pb");
+    assert_eq!(e["peer_mtu"], 1400);
+    assert!(has_fix(v, "link set dev pb mtu 1500"), "{v}");
+}

@@ -864,49 +864,52 @@ impl Diagnoser {
         let Some(link) = topo.link(d.ifindex).cloned() else {
             return Ok(());
         };
-        // The frame still carries its Ethernet header (14 bytes) here.
-        let (peer_name, peer_mtu, peer_ns) = if link.kind.as_deref() == Some("veth") {
+        // A bridge port narrower than the frame the bridge hands it (the
+        // port may itself be a veth: the port is what drops it); else a
+        // veth whose peer, in its own netns, is narrower.
+        let bridge = link
+            .master
+            .and_then(|m| topo.link(m))
+            .filter(|b| b.kind.as_deref() == Some("bridge"))
+            .filter(|_| d.len > link.mtu + 18);
+        let veth = bridge.is_none() && link.kind.as_deref() == Some("veth");
+        let (sender, sender_mtu, peer_name, peer_mtu, peer_ns) = if let Some(b) = bridge {
+            (b.name.clone(), b.mtu, link.name.clone(), link.mtu, d.netns)
+        } else if veth {
             match s.namer.topology.veth_peer(d.netns, d.ifindex) {
-                Some((ns, p)) => (p.name, p.mtu, ns),
+                Some((ns, p)) => (link.name.clone(), link.mtu, p.name, p.mtu, ns),
                 None => return Ok(()),
             }
-        } else if link.master.is_some() && !topo.is_bridge(d.ifindex) {
-            // A bridge port that is narrower than the frame.
-            (link.name.clone(), link.mtu, d.netns)
         } else {
             return Ok(());
         };
-        if d.len <= peer_mtu + 14 {
+        // The frame still carries its Ethernet header here, and the kernel
+        // allows a VLAN tag on top (is_skb_forwardable: mtu + 14 + 4).
+        if d.len <= peer_mtu + 18 || sender_mtu <= peer_mtu {
             return Ok(());
         }
         let key = format!("l2/{}/{}", d.netns, d.ifindex);
         self.tally(&key, d.ts_ns);
-        let sender = if link.kind.as_deref() == Some("veth") {
-            link.name.clone()
-        } else {
-            link.master
-                .and_then(|m| topo.link(m))
-                .map(|l| l.name.clone())
-                .unwrap_or_else(|| link.name.clone())
-        };
         let peer_hint = Self::ip_cmd(s, peer_ns);
         let summary = format!(
-            "Frames of {} bytes leave {sender} (MTU {}) but {peer_name} on the other side has MTU {peer_mtu}: the kernel drops them silently, no ICMP, no error to the sender.",
-            d.len, link.mtu
+            "Frames of {} bytes leave {sender} (MTU {sender_mtu}) but {peer_name} {} has MTU {peer_mtu}: the kernel drops them silently, no ICMP, no error to the sender.",
+            d.len,
+            if veth { "on the other side" } else { "(a port of that bridge)" }
         );
         let fix = vec![
-            format!(
-                "Give both ends the same MTU: {peer_hint}link set dev {peer_name} mtu {}",
-                link.mtu
-            ),
-            format!(
-                "or lower the sender: {}link set dev {sender} mtu {peer_mtu}",
-                Self::ip_cmd(s, d.netns)
-            ),
+            format!("Give both the same MTU: {peer_hint}link set dev {peer_name} mtu {sender_mtu}"),
+            if veth {
+                format!(
+                    "or lower the sender: {}link set dev {sender} mtu {peer_mtu}",
+                    Self::ip_cmd(s, d.netns)
+                )
+            } else {
+                format!("or lower the MTU of every device that feeds {sender} to {peer_mtu}")
+            },
         ];
         let evidence = json!({
             "ifname": sender,
-            "mtu": link.mtu,
+            "mtu": sender_mtu,
             "peer_ifname": peer_name,
             "peer_mtu": peer_mtu,
             "peer_netns": peer_ns,
