@@ -109,9 +109,16 @@ fn bridge_subnet_loose_proves_asymmetric_route() {
     assert_eq!(e["egress_ifname"], "docker0");
     assert_eq!(e["peer"], "172.17.5.5");
     assert_eq!(e["egress_prefix"], "172.17.0.0/16");
-    assert!(lines
+    let lost = lines
         .iter()
-        .any(|l| l["type"] == "drop" && l["reason"] == "NEIGH_FAILED"));
+        .find(|l| l["type"] == "drop" && l["reason"] == "NEIGH_FAILED")
+        .expect("the SYN-ACK dies when the neighbour fails");
+    // The kernel's own lookups, joined to the drop: the SYN-ACK's output
+    // route goes into the bridge; the SYN's input route came from the uplink.
+    assert_eq!(lost["route"]["ifname"], "docker0", "{lost}");
+    assert_eq!(lost["route"]["sport"], 8080, "{lost}");
+    assert_eq!(lost["route"]["dst"], "172.17.5.5", "{lost}");
+    assert_eq!(lost["reverse_route"]["ifname"], "eth0", "{lost}");
     // The neighbour probes saw the peer resolve on the bridge, then fail.
     assert!(e["neighbor_states"]
         .as_array()

@@ -85,7 +85,10 @@ pub struct RouteHit {
     /// CPU the lookup ran on: a lookup without a netns (failed IPv4) is
     /// joined only to a drop on the same CPU right after it.
     pub cpu: u32,
-    pub _pad: u32,
+    /// Ports of the lookup's flow, host order (0 when it had none, as in
+    /// rp_filter's reverse-path check).
+    pub sport: u16,
+    pub dport: u16,
 }
 
 /// Key of the route-lookup map: the last lookup per (netns, dst, src).
@@ -300,6 +303,8 @@ pub struct Offsets {
     pub fl4_proto: u32,
     pub fl4_saddr: u32,
     pub fl4_daddr: u32,
+    /// `flowi4.uli.ports.dport`; sport follows it.
+    pub fl4_dport: u32,
     pub fl6_oif: u32,
     pub fl6_iif: u32,
     pub fl6_proto: u32,
@@ -354,6 +359,7 @@ impl Offsets {
             fl4_proto: NO_OFFSET,
             fl4_saddr: NO_OFFSET,
             fl4_daddr: NO_OFFSET,
+            fl4_dport: NO_OFFSET,
             fl6_oif: NO_OFFSET,
             fl6_iif: NO_OFFSET,
             fl6_proto: NO_OFFSET,

@@ -327,6 +327,8 @@ pub fn route4(ctx: BtfTracePointContext) -> i32 {
                 read::<i32>(fl, off!(fl4_iif)).unwrap_or(0),
             )
         };
+        // uli.ports is { dport, sport }, both big-endian.
+        let ports = read::<[u8; 4]>(fl, off!(fl4_dport)).unwrap_or([0; 4]);
         let mut hit = RouteHit {
             ts_ns: bpf_ktime_get_ns(),
             valid: 1,
@@ -338,7 +340,8 @@ pub fn route4(ctx: BtfTracePointContext) -> i32 {
             dev_mtu: 0,
             netns: 0,
             cpu: bpf_get_smp_processor_id(),
-            _pad: 0,
+            sport: u16::from_be_bytes([ports[2], ports[3]]),
+            dport: u16::from_be_bytes([ports[0], ports[1]]),
         };
         if err == 0 {
             let dev = Direct::get::<*const u8>(nhc, off!(nhc_dev)).unwrap_or(core::ptr::null());
@@ -443,7 +446,8 @@ pub fn route6(ctx: BtfTracePointContext) -> i32 {
             dev_mtu: 0,
             netns,
             cpu: bpf_get_smp_processor_id(),
-            _pad: 0,
+            sport: 0,
+            dport: 0,
         };
         if err == 0 {
             let nh = Direct::get::<*const u8>(res, off!(f6res_nh)).unwrap_or(core::ptr::null());

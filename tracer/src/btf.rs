@@ -204,6 +204,7 @@ impl KernelBtf {
             fl4_proto: opt("flowi4.__fl_common.flowic_proto"),
             fl4_saddr: opt("flowi4.saddr"),
             fl4_daddr: opt("flowi4.daddr"),
+            fl4_dport: opt("flowi4.uli.ports.dport"),
             fl6_oif: opt("flowi6.__fl_common.flowic_oif"),
             fl6_iif: opt("flowi6.__fl_common.flowic_iif"),
             fl6_proto: opt("flowi6.__fl_common.flowic_proto"),

@@ -128,6 +128,12 @@ pub struct RouteRecord {
     pub ifindex: i32,
     pub ifname: Option<String>,
     pub mtu: u32,
+    /// The lookup's flow: destination and source (as joined to the drop),
+    /// and its ports when it had some.
+    pub dst: Option<IpAddr>,
+    pub src: Option<IpAddr>,
+    pub sport: u16,
+    pub dport: u16,
 }
 
 /// A drop as the user sees it; also the JSON schema (see README).
@@ -304,7 +310,14 @@ impl Namer {
         }
     }
 
-    fn route(&mut self, h: &RouteHit, drop_ts: u64, netns: u32) -> Option<RouteRecord> {
+    fn route(
+        &mut self,
+        h: &RouteHit,
+        drop_ts: u64,
+        netns: u32,
+        dst: Option<IpAddr>,
+        src: Option<IpAddr>,
+    ) -> Option<RouteRecord> {
         if h.valid == 0 {
             return None;
         }
@@ -319,6 +332,10 @@ impl Namer {
             ifindex: h.dev_ifindex,
             ifname,
             mtu: h.dev_mtu,
+            dst,
+            src,
+            sport: h.sport,
+            dport: h.dport,
         })
     }
 
@@ -366,8 +383,8 @@ impl Namer {
             cpu: e.cpu,
             pid: e.pid,
             comm: comm(&e.comm),
-            route: self.route(&e.route_fwd, e.ts_ns, e.netns),
-            reverse_route: self.route(&e.route_rev, e.ts_ns, e.netns),
+            route: self.route(&e.route_fwd, e.ts_ns, e.netns, flow_dst(f), flow_src(f)),
+            reverse_route: self.route(&e.route_rev, e.ts_ns, e.netns, flow_src(f), flow_dst(f)),
         }
     }
 

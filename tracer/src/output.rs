@@ -104,9 +104,10 @@ impl Output {
             return Ok(());
         }
         self.header_done = true;
+        // FLOW last: it is the only column whose width varies much.
         let h = format!(
-            "{:<15} {:<18} {:<16} {:<20} {:<30} {:<46} {:>5}",
-            "TIME", "NETNS", "DEV", "REASON", "LOCATION", "FLOW", "LEN"
+            "{:<15} {:<18} {:<16} {:<20} {:<30} {:>5}  {}",
+            "TIME", "NETNS", "DEV", "REASON", "LOCATION", "LEN", "FLOW"
         );
         let h = self.paint(DIM, &h);
         self.line(&h)
@@ -123,8 +124,8 @@ impl Output {
         let reason = self.paint(&format!("{BOLD}{RED}"), &format!("{:<20}", d.reason));
         let flow = flow_text(d);
         let line = format!(
-            "{time:<15} {ns:<18} {dev:<16} {reason} {:<30} {:<46} {:>5}",
-            d.location, flow, d.len
+            "{time:<15} {ns:<18} {dev:<16} {reason} {:<30} {:>5}  {flow}",
+            d.location, d.len
         );
         self.line(&line)
     }
@@ -195,8 +196,12 @@ impl Output {
         lines.push(self.paint(
             BOLD,
             &format!(
-                "--- {} drops shown in {:.1}s ({} seen by the kernel, {} lost)",
-                s.drops, s.duration_s, s.kernel.drops_seen, s.lost
+                "--- {} drop{} shown in {:.1}s ({} seen by the kernel, {} lost)",
+                s.drops,
+                if s.drops == 1 { "" } else { "s" },
+                s.duration_s,
+                s.kernel.drops_seen,
+                s.lost
             ),
         ));
         if s.kernel.recursion_misses > 0 {
