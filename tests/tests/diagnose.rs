@@ -412,3 +412,23 @@ fn narrow_bridge_port_is_l2_mtu_mismatch() {
     assert_eq!(e["peer_mtu"], 1400);
     assert!(has_fix(v, "link set dev pb mtu 1500"), "{v}");
 }
+
+#[test]
+fn a_port_scan_does_not_flood_verdicts() {
+    let lab = routed("scan");
+    let run = start(&["diagnose", "--netns", &lab.name("server")]);
+    lab.exec(
+        "client",
+        "for p in $(seq 7000 7024); do bash -c \"echo x > /dev/udp/10.2.0.1/$p\" || true; done",
+    )
+    .unwrap();
+    std::thread::sleep(Duration::from_millis(800));
+    let lines = run.stop();
+    let closed: Vec<_> = verdicts(&lines)
+        .into_iter()
+        .filter(|v| v["kind"] == "port_closed")
+        .collect();
+    assert_eq!(closed.len(), 20, "{closed:#?}");
+    let summary = lines.last().unwrap();
+    assert_eq!(summary["verdicts_suppressed"], 5, "{summary}");
+}

@@ -35,6 +35,9 @@ pub struct Verdict {
     pub fault: bool,
 }
 
+/// Verdicts printed per kind before further ones are only counted.
+const MAX_VERDICTS_PER_KIND: usize = 20;
+
 /// How long a too-large MSS waits for signs that PMTU discovery works.
 const SYN_WINDOW: std::time::Duration = std::time::Duration::from_millis(2500);
 
@@ -75,6 +78,8 @@ pub struct Diagnoser {
     ptb_flows: HashMap<(IpAddr, IpAddr, u16, u16), bool>,
     /// Neighbour states seen: (netns, ifindex, addr) -> states in order.
     neigh: HashMap<(u32, i32, IpAddr), Vec<&'static str>>,
+    /// Verdicts not printed because their kind hit MAX_VERDICTS_PER_KIND.
+    pub suppressed: u64,
     /// Notify once every kind listed has been proven (the lab's early stop).
     pub stop_when: Option<(Vec<String>, Arc<tokio::sync::Notify>)>,
 }
@@ -248,6 +253,12 @@ impl Diagnoser {
         fault: bool,
     ) -> std::io::Result<()> {
         if self.seen.contains_key(&key) {
+            return Ok(());
+        }
+        // A port scan or a default-deny firewall would otherwise print one
+        // verdict per port: past a few of a kind, only the count grows.
+        if self.verdicts.iter().filter(|v| v.kind == kind).count() >= MAX_VERDICTS_PER_KIND {
+            self.suppressed += 1;
             return Ok(());
         }
         let (first_ts, drops) = self.pending_count.get(&key).copied().unwrap_or((0, 1));
@@ -1183,6 +1194,13 @@ impl Consumer for Diagnoser {
             .iter()
             .map(|v| (v.kind.to_string(), v.drops))
             .collect();
+        s.summary.verdicts_suppressed = self.suppressed;
+        if self.suppressed > 0 {
+            s.out.note(&format!(
+                "{} more verdicts of kinds already shown {MAX_VERDICTS_PER_KIND} times were not printed",
+                self.suppressed
+            ))?;
+        }
         if s.out.format == crate::output::Format::Text && self.verdicts.is_empty() {
             s.out
                 .note("No fault proven: the drops seen (if any) do not match a known cause.")?;

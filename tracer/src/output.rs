@@ -263,6 +263,9 @@ pub struct Summary {
     /// The run ended on SIGINT/SIGTERM.
     #[serde(skip)]
     pub interrupted: bool,
+    /// Verdicts proven but not printed (more than 20 of one kind).
+    #[serde(skip_serializing_if = "is_zero")]
+    pub verdicts_suppressed: u64,
     /// (kind, drops) of every verdict, for `diagnose`.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub verdict_kinds: Vec<(String, u64)>,
@@ -283,6 +286,10 @@ impl Summary {
         *self.by_reason.entry(d.reason.clone()).or_default() += 1;
         *self.by_ifname.entry(dev_label(d)).or_default() += 1;
     }
+}
+
+fn is_zero(v: &u64) -> bool {
+    *v == 0
 }
 
 fn clock(ts_ns: u64) -> String {
