@@ -261,13 +261,16 @@ unsafe fn route_for(key: &mut RouteKey, out: &mut RouteHit) {
         *out = *h;
     }
     key.netns = 0;
-    if let Some(h) = ROUTES.get(&*key) {
+    if let Some(p) = ROUTES.get(&*key) {
+        // Entries are updated in place by other CPUs: judge and keep one
+        // consistent copy.
+        let h = *p;
         let now = bpf_ktime_get_ns();
         if h.cpu == bpf_get_smp_processor_id()
             && now.wrapping_sub(h.ts_ns) < UNSCOPED_ROUTE_JOIN_NS
             && h.ts_ns > out.ts_ns
         {
-            *out = *h;
+            *out = h;
         }
     }
 }

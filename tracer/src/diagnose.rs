@@ -80,6 +80,7 @@ pub struct Diagnoser {
     neigh: HashMap<(u32, i32, IpAddr), Vec<&'static str>>,
     /// Verdicts not printed because their kind hit MAX_VERDICTS_PER_KIND.
     pub suppressed: u64,
+    suppressed_keys: std::collections::HashSet<String>,
     /// Notify once every kind listed has been proven (the lab's early stop).
     pub stop_when: Option<(Vec<String>, Arc<tokio::sync::Notify>)>,
 }
@@ -258,7 +259,9 @@ impl Diagnoser {
         // A port scan or a default-deny firewall would otherwise print one
         // verdict per port: past a few of a kind, only the count grows.
         if self.verdicts.iter().filter(|v| v.kind == kind).count() >= MAX_VERDICTS_PER_KIND {
-            self.suppressed += 1;
+            if self.suppressed_keys.len() < 100_000 && self.suppressed_keys.insert(key) {
+                self.suppressed += 1;
+            }
             return Ok(());
         }
         let (first_ts, drops) = self.pending_count.get(&key).copied().unwrap_or((0, 1));
@@ -385,7 +388,12 @@ impl Diagnoser {
             .map(|r| r.ifindex)
             .or_else(|| topo.route_to(src).and_then(|r| r.oif));
         let Some(rev_if) = rev else {
-            return self.no_route_back(d, s, src, 0);
+            // Only a table with no route at all proves "no route back"; a
+            // multipath or nexthop-object route has no single oif.
+            if topo.route_to(src).is_none() {
+                return self.no_route_back(d, s, src, 0);
+            }
+            return Ok(());
         };
         if rev_if == ingress {
             return Ok(());
@@ -465,7 +473,7 @@ impl Diagnoser {
         src: IpAddr,
         err: i32,
     ) -> std::io::Result<()> {
-        let key = format!("noroute/{}/{}", d.netns, src);
+        let key = format!("noroute-back/{}/{}", d.netns, src);
         self.tally(&key, d.ts_ns);
         let hint = Self::ns_hint(s, d.netns);
         let ingress = d.ingress_ifname.clone().unwrap_or_else(|| "?".into());
@@ -496,7 +504,9 @@ impl Diagnoser {
         let in_if = d
             .reverse_route
             .as_ref()
-            .filter(|r: &&RouteRecord| r.err == 0)
+            .filter(|r: &&RouteRecord| {
+                r.err == 0 && r.age_ns.unsigned_abs() < ROUTE_JOIN_MAX_AGE_NS
+            })
             .map(|r| r.iif)
             .filter(|i| *i > 1)
             .or_else(|| self.ingress_of_peer.get(&(d.netns, peer)).copied())
@@ -696,9 +706,8 @@ impl Diagnoser {
         } else {
             d.len
         };
-        let key = format!("pmtu/{}/{}", d.netns, egress_name);
-        self.pending_count
-            .insert(key.clone(), (t.first_ts, t.count));
+        // The key record_too_big has been counting under.
+        let key = Self::pmtu_key(d);
         let hint = Self::ns_hint(s, d.netns);
         let (src, dst) = (
             d.src.map(|a| a.to_string()).unwrap_or_default(),
@@ -885,7 +894,16 @@ impl Diagnoser {
             .filter(|_| d.len > link.mtu + 18);
         let veth = bridge.is_none() && link.kind.as_deref() == Some("veth");
         let (sender, sender_mtu, peer_name, peer_mtu, peer_ns) = if let Some(b) = bridge {
-            (b.name.clone(), b.mtu, link.name.clone(), link.mtu, d.netns)
+            // A bridge's own MTU follows its narrowest port unless set by
+            // hand; the frame's size comes from the port it entered by.
+            let in_mtu = topo.link(d.ingress_ifindex).map(|l| l.mtu).unwrap_or(0);
+            (
+                b.name.clone(),
+                b.mtu.max(in_mtu),
+                link.name.clone(),
+                link.mtu,
+                d.netns,
+            )
         } else if veth {
             match s.namer.topology.veth_peer(d.netns, d.ifindex) {
                 Some((ns, p)) => (link.name.clone(), link.mtu, p.name, p.mtu, ns),
@@ -896,7 +914,7 @@ impl Diagnoser {
         };
         // The frame still carries its Ethernet header here, and the kernel
         // allows a VLAN tag on top (is_skb_forwardable: mtu + 14 + 4).
-        if d.len <= peer_mtu + 18 || sender_mtu <= peer_mtu {
+        if d.len <= peer_mtu + 18 || (veth && sender_mtu <= peer_mtu) {
             return Ok(());
         }
         let key = format!("l2/{}/{}", d.netns, d.ifindex);

@@ -1040,6 +1040,10 @@ impl Topology {
     }
 
     fn load(&mut self, inode: u32) -> Option<Arc<NsTopology>> {
+        // A read takes milliseconds: move the coarse clock past it.
+        if self.clock.is_some() {
+            self.clock = Some(Instant::now());
+        }
         let Some(info) = self.netns.find(inode) else {
             self.entries.remove(&inode);
             self.failed.remove(&inode);
