@@ -201,6 +201,18 @@ pub fn list() -> Vec<NetnsInfo> {
     v
 }
 
+/// Forget every "not found" answer of the shared cache: namespaces were
+/// added or removed, and a deleted namespace's inode may now name a new one.
+pub fn forget_misses() {
+    with_global(|c| c.forget_misses());
+}
+
+/// Modification time of /run/netns: it changes whenever `ip netns add` or
+/// `del` runs, which is when cached answers about named namespaces go stale.
+pub fn run_dir_mtime() -> Option<std::time::SystemTime> {
+    fs::metadata(NETNS_RUN_DIR).and_then(|m| m.modified()).ok()
+}
+
 fn with_global<R>(f: impl FnOnce(&mut NetnsCache) -> R) -> R {
     static GLOBAL: Mutex<Option<NetnsCache>> = Mutex::new(None);
     // A panic while holding the lock leaves at worst a stale map, which the
@@ -263,6 +275,11 @@ impl NetnsCache {
             self.misses.remove(&inode);
         }
         found
+    }
+
+    /// Drops the per-inode miss memory, so the next lookups scan.
+    pub fn forget_misses(&mut self) {
+        self.misses.clear();
     }
 
     /// Like [`NetnsCache::find`] but scans on a miss regardless of rate limit.

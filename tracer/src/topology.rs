@@ -969,6 +969,8 @@ pub struct Topology {
     /// A coarse "now" set once per batch of events (`set_clock`): reading
     /// the clock several times per event showed up in storm profiles.
     clock: Option<Instant>,
+    /// Last seen modification time of /run/netns.
+    run_dir_mtime: Option<std::time::SystemTime>,
 }
 
 /// How long a netns name is trusted before it is looked up again: short,
@@ -997,6 +999,7 @@ impl Topology {
             names: HashMap::new(),
             link_misses: HashMap::new(),
             clock: None,
+            run_dir_mtime: None,
         }
     }
 
@@ -1130,8 +1133,21 @@ impl Topology {
     /// interface does not re-read thousands of times a second) before giving
     /// up.
     /// Sets the coarse clock the cache uses until the next call.
+    /// Also notices namespaces being added or removed (one stat of
+    /// /run/netns) and then forgets every negative answer: the kernel
+    /// reuses a deleted namespace's inode for the next one, and a cached
+    /// "gone" would misname the newcomer.
     pub fn set_clock(&mut self, now: Instant) {
         self.clock = Some(now);
+        let mtime = crate::netns::run_dir_mtime();
+        if mtime != self.run_dir_mtime {
+            self.run_dir_mtime = mtime;
+            self.names.retain(|_, (name, _)| name.is_some());
+            self.failed.clear();
+            self.link_misses.clear();
+            self.netns.forget_misses();
+            crate::netns::forget_misses();
+        }
     }
 
     fn now(&self) -> Instant {
