@@ -311,27 +311,27 @@ pub fn route4(ctx: BtfTracePointContext) -> i32 {
         // with one read where the layout allows (saddr, daddr and oif, iif
         // are adjacent on current kernels).
         let (sa, da) = if off!(fl4_daddr) == off!(fl4_saddr).wrapping_add(4) {
-            let a = read::<[u8; 8]>(fl, off!(fl4_saddr)).unwrap_or([0; 8]);
+            let a = Direct::get::<[u8; 8]>(fl, off!(fl4_saddr)).unwrap_or([0; 8]);
             ([a[0], a[1], a[2], a[3]], [a[4], a[5], a[6], a[7]])
         } else {
             (
-                read::<[u8; 4]>(fl, off!(fl4_saddr)).unwrap_or([0; 4]),
-                read::<[u8; 4]>(fl, off!(fl4_daddr)).unwrap_or([0; 4]),
+                Direct::get::<[u8; 4]>(fl, off!(fl4_saddr)).unwrap_or([0; 4]),
+                Direct::get::<[u8; 4]>(fl, off!(fl4_daddr)).unwrap_or([0; 4]),
             )
         };
         key.src[..4].copy_from_slice(&sa);
         key.dst[..4].copy_from_slice(&da);
         let (oif, iif) = if off!(fl4_iif) == off!(fl4_oif).wrapping_add(4) {
-            let v = read::<[i32; 2]>(fl, off!(fl4_oif)).unwrap_or([0; 2]);
+            let v = Direct::get::<[i32; 2]>(fl, off!(fl4_oif)).unwrap_or([0; 2]);
             (v[0], v[1])
         } else {
             (
-                read::<i32>(fl, off!(fl4_oif)).unwrap_or(0),
-                read::<i32>(fl, off!(fl4_iif)).unwrap_or(0),
+                Direct::get::<i32>(fl, off!(fl4_oif)).unwrap_or(0),
+                Direct::get::<i32>(fl, off!(fl4_iif)).unwrap_or(0),
             )
         };
         // uli.ports is { dport, sport }, both big-endian.
-        let ports = read::<[u8; 4]>(fl, off!(fl4_dport)).unwrap_or([0; 4]);
+        let ports = Direct::get::<[u8; 4]>(fl, off!(fl4_dport)).unwrap_or([0; 4]);
         let mut hit = RouteHit {
             ts_ns: bpf_ktime_get_ns(),
             valid: 1,
