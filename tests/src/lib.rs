@@ -27,6 +27,45 @@ pub fn prefix(test: &str) -> String {
     format!("trtest-{}-{}-", std::process::id(), test)
 }
 
+/// client 10.1.0.1 -- router (10.1.0.254 | 10.2.0.254) -- server 10.2.0.1,
+/// the routed topology several tests share.
+pub fn routed_lab(test: &str) -> Netlab {
+    let mut lab = Netlab::new(&prefix(test)).unwrap();
+    for n in ["client", "router", "server"] {
+        lab.ns(n).unwrap();
+    }
+    lab.veth("client", "eth0", "router", "eth0").unwrap();
+    lab.veth("router", "eth1", "server", "eth0").unwrap();
+    lab.exec(
+        "client",
+        "ip addr add 10.1.0.1/24 dev eth0 && ip route add default via 10.1.0.254",
+    )
+    .unwrap();
+    lab.exec(
+        "router",
+        "ip addr add 10.1.0.254/24 dev eth0 && ip addr add 10.2.0.254/24 dev eth1 && \
+         sysctl -qw net.ipv4.ip_forward=1",
+    )
+    .unwrap();
+    lab.exec(
+        "server",
+        "ip addr add 10.2.0.1/24 dev eth0 && ip route add default via 10.2.0.254",
+    )
+    .unwrap();
+    lab
+}
+
+/// Three UDP datagrams from namespace `ns`; bash's /dev/udp needs no tool.
+pub fn udp(lab: &Netlab, ns: &str, dst: &str, port: u16) {
+    lab.exec(
+        ns,
+        &format!(
+            "for i in 1 2 3; do bash -c 'echo x > /dev/udp/{dst}/{port}' || true; sleep 0.1; done"
+        ),
+    )
+    .unwrap();
+}
+
 type Lines = Arc<(Mutex<Vec<Value>>, Condvar)>;
 
 pub struct TracerRun {

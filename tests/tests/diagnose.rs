@@ -6,7 +6,7 @@
 use serde_json::Value;
 use std::time::Duration;
 use tracer::lab::scenarios::{self, Params};
-use tracer_tests::{prefix, start, Netlab};
+use tracer_tests::{prefix, routed_lab, start, udp, Netlab};
 
 /// Builds scenario `name` with `params`, runs `tracer diagnose` on its
 /// namespaces while the traffic runs, and returns every JSON line.
@@ -213,44 +213,8 @@ fn veth_mtu_mismatch_is_l2_mtu_mismatch() {
     assert!(e["frame_len"].as_u64().unwrap() > 1414);
 }
 
-/// client 10.1.0.1 -- router -- server 10.2.0.1, for the breadth verdicts.
-fn routed(test: &str) -> Netlab {
-    let mut lab = Netlab::new(&prefix(test)).unwrap();
-    for n in ["client", "router", "server"] {
-        lab.ns(n).unwrap();
-    }
-    lab.veth("client", "eth0", "router", "eth0").unwrap();
-    lab.veth("router", "eth1", "server", "eth0").unwrap();
-    lab.exec(
-        "client",
-        "ip addr add 10.1.0.1/24 dev eth0 && ip route add default via 10.1.0.254",
-    )
-    .unwrap();
-    lab.exec(
-        "router",
-        "ip addr add 10.1.0.254/24 dev eth0 && ip addr add 10.2.0.254/24 dev eth1 && sysctl -qw net.ipv4.ip_forward=1",
-    )
-    .unwrap();
-    lab.exec(
-        "server",
-        "ip addr add 10.2.0.1/24 dev eth0 && ip route add default via 10.2.0.254",
-    )
-    .unwrap();
-    lab
-}
-
-fn udp(lab: &Netlab, ns: &str, dst: &str, port: u16) {
-    lab.exec(
-        ns,
-        &format!(
-            "for i in 1 2 3; do bash -c 'echo x > /dev/udp/{dst}/{port}' || true; sleep 0.1; done"
-        ),
-    )
-    .unwrap();
-}
-
 fn diagnose_routed(test: &str, setup: &str, ns: &str, traffic: impl FnOnce(&Netlab)) -> Vec<Value> {
-    let lab = routed(test);
+    let lab = routed_lab(test);
     if !setup.is_empty() {
         lab.exec("router", setup).unwrap();
     }
@@ -306,8 +270,8 @@ fn breadth_verdicts() {
 
 #[test]
 fn healthy_traffic_and_other_namespaces_give_no_verdict() {
-    let quiet = routed("quiet");
-    let noisy = routed("noisy");
+    let quiet = routed_lab("quiet");
+    let noisy = routed_lab("noisy");
     noisy
         .exec("router", "iptables -A FORWARD -p udp -j DROP")
         .unwrap();
@@ -416,7 +380,7 @@ fn narrow_bridge_port_is_l2_mtu_mismatch() {
 
 #[test]
 fn a_port_scan_does_not_flood_verdicts() {
-    let lab = routed("scan");
+    let lab = routed_lab("scan");
     let run = start(&["diagnose", "--netns", &lab.name("server")]);
     lab.exec(
         "client",

@@ -5,7 +5,7 @@
 
 use serde_json::Value;
 use std::time::Duration;
-use tracer_tests::{drops, prefix, run_bad, start, start_in, Netlab};
+use tracer_tests::{drops, prefix, routed_lab, run_bad, start, start_in, udp, Netlab};
 
 const WAIT: Duration = Duration::from_secs(15);
 
@@ -44,42 +44,6 @@ fn overlap_lab(test: &str, rp_filter: u32) -> Netlab {
     )
     .unwrap();
     lab
-}
-
-/// client 10.1.0.1 -- router (10.1.0.254 | 10.2.0.254) -- server 10.2.0.1
-fn routed_lab(test: &str) -> Netlab {
-    let mut lab = Netlab::new(&prefix(test)).unwrap();
-    for n in ["client", "router", "server"] {
-        lab.ns(n).unwrap();
-    }
-    lab.veth("client", "eth0", "router", "eth0").unwrap();
-    lab.veth("router", "eth1", "server", "eth0").unwrap();
-    lab.exec(
-        "client",
-        "ip addr add 10.1.0.1/24 dev eth0 && ip route add default via 10.1.0.254",
-    )
-    .unwrap();
-    lab.exec(
-        "router",
-        "ip addr add 10.1.0.254/24 dev eth0 && ip addr add 10.2.0.254/24 dev eth1 && \
-         sysctl -qw net.ipv4.ip_forward=1",
-    )
-    .unwrap();
-    lab.exec(
-        "server",
-        "ip addr add 10.2.0.1/24 dev eth0 && ip route add default via 10.2.0.254",
-    )
-    .unwrap();
-    lab
-}
-
-fn udp(lab: &Netlab, ns: &str, dst: &str, port: u16) {
-    // bash's /dev/udp sends one datagram without any extra tool.
-    lab.exec(
-        ns,
-        &format!("for i in 1 2 3; do bash -c 'echo x > /dev/udp/{dst}/{port}' || true; done"),
-    )
-    .unwrap();
 }
 
 fn has_reason<'a>(ds: &[&'a Value], reason: &str) -> Vec<&'a Value> {

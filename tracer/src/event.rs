@@ -82,6 +82,14 @@ fn addr(family: u8, b: &[u8; 16]) -> Option<IpAddr> {
     }
 }
 
+pub fn family_name(family: u8) -> Option<&'static str> {
+    match family {
+        FAMILY_V4 => Some("ipv4"),
+        FAMILY_V6 => Some("ipv6"),
+        _ => None,
+    }
+}
+
 pub fn proto_name(p: u8) -> String {
     match p {
         IPPROTO_TCP => "tcp".into(),
@@ -275,21 +283,12 @@ pub fn monotonic_ns() -> u64 {
 }
 
 impl Namer {
-    pub fn new(reasons: Reasons, symbols: Symbols, topology: Topology) -> Self {
-        Self::with_symbols(reasons, SymbolsSlot::Ready(symbols), topology)
-    }
-
-    /// Like `new`, with kallsyms read on a background thread.
+    /// kallsyms is read on a background thread (see `SymbolsSlot`).
     pub fn loading_symbols(reasons: Reasons, topology: Topology) -> Self {
-        let h = std::thread::spawn(Symbols::load);
-        Self::with_symbols(reasons, SymbolsSlot::Loading(h), topology)
-    }
-
-    fn with_symbols(reasons: Reasons, symbols: SymbolsSlot, topology: Topology) -> Self {
         let clock_offset = clock_ns(libc::CLOCK_REALTIME) - clock_ns(libc::CLOCK_MONOTONIC);
         Namer {
             reasons,
-            symbols,
+            symbols: SymbolsSlot::Loading(std::thread::spawn(Symbols::load)),
             topology,
             clock_offset,
         }
@@ -365,11 +364,7 @@ impl Namer {
             gso_size: e.gso_size,
             gso_segs: e.gso_segs,
             mtu: e.dev_mtu,
-            family: match f.family {
-                FAMILY_V4 => Some("ipv4"),
-                FAMILY_V6 => Some("ipv6"),
-                _ => None,
-            },
+            family: family_name(f.family),
             proto: has_l3.then(|| proto_name(f.proto)),
             src: flow_src(f),
             dst: flow_dst(f),
@@ -401,11 +396,7 @@ impl Namer {
             ingress_ifname: self.ifname(e.netns, e.ingress_ifindex).0,
             mtu: e.mtu,
             mss: f.mss,
-            family: match f.family {
-                FAMILY_V4 => Some("ipv4"),
-                FAMILY_V6 => Some("ipv6"),
-                _ => None,
-            },
+            family: family_name(f.family),
             src: flow_src(f),
             dst: flow_dst(f),
             sport: f.sport,

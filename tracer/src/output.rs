@@ -49,16 +49,6 @@ impl Output {
         }
     }
 
-    pub fn to_writer(format: Format, w: Box<dyn Write + Send>) -> Self {
-        Output {
-            format,
-            color: false,
-            out: w,
-            header_done: false,
-            own_netns: 0,
-        }
-    }
-
     fn paint(&self, code: &str, s: &str) -> String {
         if self.color {
             format!("{code}{s}{RESET}")

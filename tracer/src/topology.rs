@@ -240,22 +240,6 @@ impl NsTopology {
         self.link(ifindex)
             .is_some_and(|l| l.kind.as_deref() == Some("bridge"))
     }
-
-    /// Does any address on this interface fall in the same subnet as `addr`?
-    pub fn on_subnet(&self, ifindex: i32, addr: IpAddr) -> bool {
-        self.link(ifindex).is_some_and(|l| {
-            l.addrs
-                .iter()
-                .any(|&(a, len)| prefix_contains(a, len, addr))
-        })
-    }
-
-    /// The link that has `addr` configured, if any.
-    pub fn link_with_addr(&self, addr: IpAddr) -> Option<&Link> {
-        self.links
-            .iter()
-            .find(|l| l.addrs.iter().any(|&(a, _)| a == addr))
-    }
 }
 
 /// Is `addr` inside `net/len`? Different families never match.
@@ -905,36 +889,6 @@ pub enum IfName {
     None,
 }
 
-impl IfName {
-    pub fn as_option(&self) -> Option<String> {
-        match self {
-            IfName::Name(n) => Some(n.clone()),
-            _ => None,
-        }
-    }
-
-    /// "eth0", "(gone)", "(netns gone)", "-". Use [`IfName::display_for`]
-    /// when the ifindex is at hand: a bare "(gone)" loses it.
-    pub fn display(&self) -> String {
-        match self {
-            IfName::Name(n) => n.clone(),
-            IfName::Gone => "(gone)".to_string(),
-            IfName::NetnsGone => "(netns gone)".to_string(),
-            IfName::None => "-".to_string(),
-        }
-    }
-
-    /// "eth0", "if7(gone)", "if7(netns gone)", "-".
-    pub fn display_for(&self, ifindex: i32) -> String {
-        match self {
-            IfName::Name(n) => n.clone(),
-            IfName::Gone => format!("if{ifindex}(gone)"),
-            IfName::NetnsGone => format!("if{ifindex}(netns gone)"),
-            IfName::None => "-".to_string(),
-        }
-    }
-}
-
 struct Entry {
     topo: Arc<NsTopology>,
     stale: bool,
@@ -1314,16 +1268,6 @@ mod tests {
     }
 
     #[test]
-    fn ifname_display() {
-        assert_eq!(IfName::Name("eth0".into()).display(), "eth0");
-        assert_eq!(IfName::Gone.display_for(7), "if7(gone)");
-        assert_eq!(IfName::NetnsGone.display_for(7), "if7(netns gone)");
-        assert_eq!(IfName::None.display(), "-");
-        assert_eq!(IfName::Gone.as_option(), None);
-        assert_eq!(IfName::Name("x".into()).as_option().as_deref(), Some("x"));
-    }
-
-    #[test]
     fn raw_attr_parser_rejects_garbage() {
         assert!(raw::attrs(&[]).is_empty());
         // len 2 < header: stop.
@@ -1541,13 +1485,6 @@ mod tests {
         assert!(va0.addrs.contains(&(ip(&format!("10.{n}.2.1")), 24)));
         assert!(va0.addrs.contains(&(ip(&format!("2001:db8:{n}::1")), 64)));
         assert!(lo.addrs.contains(&(ip("127.0.0.1"), 8)));
-        assert!(ta.on_subnet(br0.ifindex, ip(&format!("10.{n}.1.200"))));
-        assert!(!ta.on_subnet(br0.ifindex, ip(&format!("10.{n}.2.200"))));
-        assert_eq!(
-            ta.link_with_addr(ip(&format!("10.{n}.2.1")))
-                .map(|l| l.ifindex),
-            Some(va0.ifindex)
-        );
 
         // routes
         let find = |dst: &str, len: u8, table: u32| {
