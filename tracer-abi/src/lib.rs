@@ -388,6 +388,10 @@ pub mod names {
     pub const PROG_DROP_BTF: &str = "drop_btf";
     pub const PROG_DROP_RAW: &str = "drop_raw";
     pub const PROG_DROP_CLASSIC: &str = "drop_classic";
+    /// Before 5.17 `kfree_skb` has no reason argument, and tp_btf/raw_tp
+    /// programs may not read past the arguments a tracepoint has.
+    pub const PROG_DROP_BTF_NOREASON: &str = "drop_btf_noreason";
+    pub const PROG_DROP_RAW_NOREASON: &str = "drop_raw_noreason";
     pub const PROG_FIB4: &str = "route4";
     pub const PROG_FIB6: &str = "route6";
     pub const PROG_SYN_XMIT: &str = "syn_xmit";

@@ -108,6 +108,25 @@ pub fn drop_raw(ctx: RawTracePointContext) -> i32 {
     0
 }
 
+/// `kfree_skb(skb, location)` before 5.17: no reason argument exists, and
+/// reading one would fail verification, so these programs pass 0 (the
+/// kernel never uses it for a drop) and userspace says the reason is unknown.
+#[btf_tracepoint(function = "kfree_skb")]
+pub fn drop_btf_noreason(ctx: BtfTracePointContext) -> i32 {
+    let skb: *const u8 = ctx.arg(0);
+    let location: u64 = ctx.arg(1);
+    unsafe { on_drop::<Direct>(skb, location, 0) };
+    0
+}
+
+#[raw_tracepoint(tracepoint = "kfree_skb")]
+pub fn drop_raw_noreason(ctx: RawTracePointContext) -> i32 {
+    let skb: *const u8 = ctx.arg(0);
+    let location: u64 = ctx.arg(1);
+    unsafe { on_drop::<Probe>(skb, location, 0) };
+    0
+}
+
 #[tracepoint(category = "skb", name = "kfree_skb")]
 pub fn drop_classic(ctx: TracePointContext) -> i32 {
     unsafe {
@@ -119,7 +138,11 @@ pub fn drop_classic(ctx: TracePointContext) -> i32 {
         let location = ctx
             .read_at::<u64>(off!(tp_location) as usize)
             .unwrap_or(0);
-        let reason = ctx.read_at::<u32>(off!(tp_reason) as usize).unwrap_or(0);
+        // Before 5.17 the record has no reason field (offset missing).
+        let reason = match off!(tp_reason) {
+            NO_OFFSET => 0,
+            o => ctx.read_at::<u32>(o as usize).unwrap_or(0),
+        };
         on_drop::<Probe>(skb as *const u8, location, reason);
     }
     0

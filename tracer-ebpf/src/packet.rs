@@ -168,31 +168,29 @@ unsafe fn parse_l4(l4: *const u8, flow: &mut Flow) {
 
 /// The MSS option of a SYN. Linux puts it first, other stacks may not, so
 /// walk the options (at most 40 bytes, bounded loop).
+///
+/// Each step reads the option's bytes from the kernel at `opts + i`
+/// rather than indexing a stack copy: before 5.12 the verifier refuses any
+/// variable-offset stack read, and 6.1 loses the `i < 40` bound when LLVM
+/// folds it into `i < len`. A pointer sum passed to a helper needs neither.
 #[inline(always)]
 unsafe fn syn_mss(opts: *const u8, len: usize) -> u16 {
-    let Ok(o) = bpf_probe_read_kernel(opts as *const [u8; 40]) else {
-        return 0;
-    };
     let len = if len > 40 { 40 } else { len };
     let mut i = 0usize;
-    // `get` instead of indexing: a bounds-check panic path would make the
-    // program unloadable.
     for _ in 0..20 {
         if i >= len {
             break;
         }
-        let Some(&kind) = o.get(i) else { break };
-        match kind {
+        // kind, length, and for MSS the two value bytes.
+        let Ok(o) = bpf_probe_read_kernel(opts.wrapping_add(i) as *const [u8; 4]) else {
+            break;
+        };
+        match o[0] {
             0 => break,
             1 => i += 1,
-            2 => {
-                return match (o.get(i + 2), o.get(i + 3)) {
-                    (Some(&hi), Some(&lo)) => u16::from_be_bytes([hi, lo]),
-                    _ => 0,
-                };
-            }
+            2 => return u16::from_be_bytes([o[2], o[3]]),
             _ => {
-                let l = o.get(i + 1).copied().unwrap_or(0) as usize;
+                let l = o[1] as usize;
                 if l < 2 {
                     break;
                 }

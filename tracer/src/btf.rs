@@ -30,8 +30,14 @@ impl KernelBtf {
             );
         }
         // Mmap parses lazily: start-up pays only for the types we resolve.
-        let btf = Btf::from_file_with_backend(path, btf_rs::Backend::Mmap)
-            .map_err(|e| anyhow!("cannot parse kernel BTF {}: {e}", path.display()))?;
+        // Sysfs BTF can be mmapped only since about 6.16 (older kernels
+        // answer ENODEV), so fall back to reading the whole file, which
+        // every kernel and any BTFHub copy allows.
+        let btf = match Btf::from_file_with_backend(path, btf_rs::Backend::Mmap) {
+            Ok(b) => b,
+            Err(_) => Btf::from_file_with_backend(path, btf_rs::Backend::Cache)
+                .map_err(|e| anyhow!("cannot parse kernel BTF {}: {e}", path.display()))?,
+        };
         Ok(KernelBtf { btf })
     }
 
@@ -39,6 +45,9 @@ impl KernelBtf {
     /// stripped) plus subsystem reasons (`enum *_drop_reason` whose values
     /// carry a subsystem id in their upper 16 bits).
     pub fn drop_reasons(&self) -> Result<Reasons> {
+        if !self.has_drop_reasons() {
+            bail!("this kernel has no drop reasons (enum skb_drop_reason arrived in Linux 5.17): drops still show their location, netns, devices and flow");
+        }
         let mut by_code = BTreeMap::new();
         for (name, value) in self.enum_members("skb_drop_reason")? {
             if name == "SKB_DROP_REASON_MAX" {
@@ -77,6 +86,24 @@ impl KernelBtf {
             }
         }
         Ok(Reasons { by_code })
+    }
+
+    /// Whether `kfree_skb` reports why (Linux 5.17+): the enum and the
+    /// tracepoint's `reason` argument arrived together.
+    pub fn has_drop_reasons(&self) -> bool {
+        self.btf
+            .resolve_types_by_name("skb_drop_reason")
+            .map(|ts| ts.iter().any(|t| matches!(t, Type::Enum(_))))
+            .unwrap_or(false)
+    }
+
+    /// The running kernel's drop reasons, or an empty table before 5.17.
+    pub fn drop_reasons_or_none(&self) -> Result<Reasons> {
+        if self.has_drop_reasons() {
+            self.drop_reasons()
+        } else {
+            Ok(Reasons::default())
+        }
     }
 
     fn enum_members(&self, name: &str) -> Result<Vec<(String, u32)>> {
@@ -275,6 +302,9 @@ impl Reasons {
     /// Parses a comma-separated list; an unknown name is an error naming it.
     pub fn parse_list(&self, list: &[String]) -> Result<Vec<u32>> {
         let mut out = Vec::new();
+        if self.is_empty() && list.iter().any(|s| !s.trim().is_empty()) {
+            bail!("this kernel has no drop reasons (they need Linux 5.17), so --reason and --exclude-reason cannot filter; use a filter expression, --netns or -i");
+        }
         for item in list.iter().flat_map(|s| s.split(',')) {
             let item = item.trim();
             if item.is_empty() {

@@ -33,6 +33,14 @@ pub enum Command {
         #[command(subcommand)]
         command: LabCommand,
     },
+    /// Preflight: what this kernel offers (BTF, each hook, drop reasons, tracefs, capabilities).
+    Check {
+        #[arg(short = 'o', long = "output", value_enum, default_value = "text")]
+        output: Format,
+        /// Kernel BTF file (default /sys/kernel/btf/vmlinux).
+        #[arg(long, value_name = "PATH")]
+        btf: Option<PathBuf>,
+    },
     /// List this kernel's drop reasons (from its BTF).
     Reasons {
         #[arg(short = 'o', long = "output", value_enum, default_value = "text")]
@@ -150,6 +158,7 @@ pub fn run(cli: Cli, started: Instant) -> Result<()> {
             }
             LabCommand::Clean => crate::lab::clean(),
         },
+        Command::Check { output, btf } => crate::check::run(output, btf),
         Command::Reasons { output, btf } => reasons(output, btf),
     }
 }

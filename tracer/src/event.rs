@@ -151,7 +151,13 @@ pub struct DropRecord {
     pub kind: &'static str,
     /// Wall-clock time, nanoseconds since the Unix epoch.
     pub ts_ns: u64,
+    /// The reason's name; empty (JSON null) when the kernel reports none
+    /// and none could be inferred.
+    #[serde(serialize_with = "empty_as_null")]
     pub reason: String,
+    /// `"kernel"`, or `"location"` when inferred on a kernel without drop
+    /// reasons (see reason_inference); null when unknown.
+    pub reason_source: Option<&'static str>,
     pub reason_code: u32,
     pub location: String,
     pub netns: u32,
@@ -185,6 +191,36 @@ pub struct DropRecord {
     pub route: Option<RouteRecord>,
     /// Latest route lookup towards the packet's source (reverse path).
     pub reverse_route: Option<RouteRecord>,
+}
+
+fn empty_as_null<S: serde::Serializer>(v: &str, s: S) -> Result<S::Ok, S::Error> {
+    if v.is_empty() {
+        s.serialize_none()
+    } else {
+        s.serialize_str(v)
+    }
+}
+
+impl DropRecord {
+    /// What must fit the egress MTU: the IP packet, or for a GSO packet
+    /// one segment. skb->len holds the headers once plus every segment's
+    /// payload, so when the segments are full the headers are
+    /// len - segs * gso_size; otherwise assume bare TCP headers.
+    pub fn wire_size(&self) -> u32 {
+        if self.gso_size == 0 {
+            return self.len;
+        }
+        let payload = self.gso_segs as u32 * self.gso_size as u32;
+        let hdr = self.len.saturating_sub(payload);
+        let hdr = if self.gso_segs > 0 && self.len > payload && hdr <= 120 {
+            hdr
+        } else if self.family == Some("ipv6") {
+            60
+        } else {
+            40
+        };
+        self.gso_size as u32 + hdr
+    }
 }
 
 /// A SYN whose MSS the egress MTU cannot carry, named.
@@ -347,10 +383,16 @@ impl Namer {
             && (f.proto == IPPROTO_TCP || f.proto == IPPROTO_UDP)
             && f.flags & FLOW_FRAGMENT == 0;
         let is_icmp = has_l3 && (f.proto == IPPROTO_ICMP || f.proto == IPPROTO_ICMPV6);
-        DropRecord {
+        let kernel_reasons = !self.reasons.is_empty();
+        let mut rec = DropRecord {
             kind: "drop",
             ts_ns: self.wall_ns(e.ts_ns),
-            reason: self.reasons.name(e.reason),
+            reason: if kernel_reasons {
+                self.reasons.name(e.reason)
+            } else {
+                String::new()
+            },
+            reason_source: kernel_reasons.then_some("kernel"),
             reason_code: e.reason,
             location: self.symbols.get().format(e.location),
             netns: e.netns,
@@ -380,7 +422,14 @@ impl Namer {
             comm: comm(&e.comm),
             route: self.route(&e.route_fwd, e.ts_ns, e.netns, flow_dst(f), flow_src(f)),
             reverse_route: self.route(&e.route_rev, e.ts_ns, e.netns, flow_src(f), flow_dst(f)),
+        };
+        if !kernel_reasons {
+            if let Some(r) = crate::reason_inference::infer(&rec) {
+                rec.reason = r.to_string();
+                rec.reason_source = Some("location");
+            }
         }
+        rec
     }
 
     pub fn syn_record(&mut self, e: &SynEvent) -> SynRecord {

@@ -9,12 +9,15 @@
 //! - `netns`, `topology`: namespaces, interfaces, routes and sysctls over netlink
 //! - `filter`: the tcpdump-like expression, compiled for the kernel
 //! - `event`: decode ring-buffer records and name them
+//! - `reason_inference`: drop reasons for kernels that report none (before 5.17)
 //! - `output`: text and JSON
 //! - `watch`: the tracing session that every command builds on
 //! - `diagnose`: the rules that turn drops, route lookups and topology into verdicts
 //! - `lab`: the incidents rebuilt in throwaway namespaces
+//! - `check`: the preflight that says what this kernel offers
 //! - `cli`: the command line; `main.rs` is a thin shell around `cli::run`
 pub mod btf;
+pub mod check;
 pub mod cli;
 pub mod diagnose;
 pub mod event;
@@ -23,6 +26,7 @@ pub mod lab;
 pub mod netns;
 pub mod output;
 pub mod probes;
+pub mod reason_inference;
 pub mod symbols;
 pub mod topology;
 pub mod watch;

@@ -111,7 +111,7 @@ impl Output {
         let time = clock(d.ts_ns);
         let ns = self.netns_label(d.netns, &d.netns_name);
         let dev = dev_label(d);
-        let reason = self.paint(&format!("{BOLD}{RED}"), &format!("{:<20}", d.reason));
+        let reason = self.paint(&format!("{BOLD}{RED}"), &format!("{:<20}", reason_label(d)));
         let flow = flow_text(d);
         let line = format!(
             "{time:<15} {ns:<18} {dev:<16} {reason} {:<30} {:>5}  {flow}",
@@ -273,7 +273,12 @@ impl Summary {
 
     pub fn count(&mut self, d: &DropRecord) {
         self.drops += 1;
-        *self.by_reason.entry(d.reason.clone()).or_default() += 1;
+        let reason = if d.reason.is_empty() {
+            "unknown"
+        } else {
+            &d.reason
+        };
+        *self.by_reason.entry(reason.to_string()).or_default() += 1;
         *self.by_ifname.entry(dev_label(d)).or_default() += 1;
     }
 }
@@ -349,4 +354,14 @@ pub fn flow_text(d: &DropRecord) -> String {
         s.push_str(" (from socket)");
     }
     s
+}
+
+/// A drop's reason as text: `~NAME` when inferred from the dropping
+/// function on a kernel without drop reasons, `?` when unknown.
+pub fn reason_label(d: &DropRecord) -> String {
+    match (d.reason.is_empty(), d.reason_source) {
+        (true, _) => "?".to_string(),
+        (false, Some("location")) => format!("~{}", d.reason),
+        (false, _) => d.reason.clone(),
+    }
 }

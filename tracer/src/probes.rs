@@ -9,7 +9,7 @@ use aya::programs::{BtfTracePoint, RawTracePoint, TracePoint};
 use aya::{Btf, Ebpf, EbpfLoader};
 use std::fmt;
 use std::os::fd::AsFd;
-use tracer_abi::{names, Config, Offsets, REASON_EXCLUDE, REASON_INCLUDE};
+use tracer_abi::{names, Config, Offsets, NO_OFFSET, REASON_EXCLUDE, REASON_INCLUDE};
 
 /// The object built by `cargo xtask build-ebpf` (see build.rs).
 static OBJECT: &[u8] = aya::include_bytes_aligned!(env!("TRACER_BPF_OBJECT"));
@@ -45,6 +45,8 @@ pub struct ProbeConfig {
     pub exclude_reasons: Vec<u32>,
     /// Attach only this drop hook instead of trying them in order.
     pub hook: Option<DropHook>,
+    /// The kernel's `kfree_skb` has a reason argument (5.17+).
+    pub drop_reasons: bool,
 }
 
 /// Kernel-side counters (summed over CPUs).
@@ -74,6 +76,7 @@ pub struct Probes {
     pub routes_attached: bool,
     pub syn_attached: bool,
     pub neigh_attached: bool,
+    drop_reasons: bool,
     events: Option<RingBuf<MapData>>,
     stats: PerCpuArray<MapData, u64>,
     pub warnings: Vec<String>,
@@ -99,7 +102,7 @@ pub fn check_privileges() -> Result<()> {
 }
 
 /// Record offsets of the classic `skb:kfree_skb` tracepoint, from tracefs.
-fn classic_offsets(o: &mut Offsets) -> Result<()> {
+fn classic_offsets(o: &mut Offsets, want_reason: bool) -> Result<()> {
     let candidates = [
         "/sys/kernel/tracing/events/skb/kfree_skb/format",
         "/sys/kernel/debug/tracing/events/skb/kfree_skb/format",
@@ -117,21 +120,99 @@ fn classic_offsets(o: &mut Offsets) -> Result<()> {
     };
     o.tp_skbaddr = field("skbaddr").ok_or_else(|| anyhow!("kfree_skb format lacks skbaddr"))?;
     o.tp_location = field("location").ok_or_else(|| anyhow!("kfree_skb format lacks location"))?;
-    o.tp_reason = field("reason").ok_or_else(|| anyhow!("kfree_skb format lacks reason"))?;
+    o.tp_reason = match field("reason") {
+        Some(off) => off,
+        None if !want_reason => NO_OFFSET,
+        None => bail!("kfree_skb format lacks reason"),
+    };
     Ok(())
+}
+
+/// The object with its globals filled in, nothing attached yet; and
+/// whether the classic tracepoint's record layout could be read.
+fn load_object(
+    kbtf: &KernelBtf,
+    btf: &Btf,
+    config: &Config,
+    drop_reasons: bool,
+) -> Result<(Ebpf, Result<()>)> {
+    let mut offsets = kbtf.offsets()?;
+    let classic = classic_offsets(&mut offsets, drop_reasons);
+    let ebpf = EbpfLoader::new()
+        .btf(Some(btf))
+        .override_global(names::GLOBAL_CONFIG, config, true)
+        .override_global(names::GLOBAL_OFFSETS, &offsets, true)
+        .load(OBJECT)
+        .map_err(|e| anyhow!("cannot load tracer's eBPF object: {e}"))?;
+    Ok((ebpf, classic))
+}
+
+/// One program of the object tried on this kernel by `tracer check`.
+#[derive(Debug)]
+pub struct HookCheck {
+    /// What it gives the user: "drop", "routes", "xmit", "neighbours".
+    pub role: &'static str,
+    /// `tp_btf kfree_skb`, `tracepoint skb:kfree_skb`, ...
+    pub hook: String,
+    pub result: Result<()>,
+}
+
+/// Loads and attaches every program on its own (and detaches them all on
+/// return), so `tracer check` reports what really works on this kernel,
+/// verifier included. The filter matches no namespace, so nothing is sent.
+pub fn check_hooks(kbtf: &KernelBtf, btf: &Btf, drop_reasons: bool) -> Result<Vec<HookCheck>> {
+    check_privileges()?;
+    let mut config = Config::new();
+    config.netns_count = 1;
+    config.netns[0] = 1; // no namespace has inode 1
+    let (mut ebpf, classic) = load_object(kbtf, btf, &config, drop_reasons)?;
+    let mut out = Vec::new();
+    for h in [DropHook::TpBtf, DropHook::RawTp, DropHook::Tracepoint] {
+        let prog = drop_prog(h, drop_reasons);
+        let (hook, result) = match h {
+            DropHook::TpBtf => (
+                "tp_btf kfree_skb",
+                attach_btf(&mut ebpf, prog, "kfree_skb", btf),
+            ),
+            DropHook::RawTp => ("raw_tp kfree_skb", attach_raw(&mut ebpf, prog, "kfree_skb")),
+            DropHook::Tracepoint => (
+                "tracepoint skb:kfree_skb",
+                match &classic {
+                    Ok(()) => attach_classic(&mut ebpf, prog),
+                    Err(e) => Err(anyhow!("{e}")),
+                },
+            ),
+        };
+        out.push(HookCheck {
+            role: "drop",
+            hook: hook.to_string(),
+            result,
+        });
+    }
+    for (role, prog, func) in [
+        ("routes", names::PROG_FIB4, "fib_table_lookup"),
+        ("routes", names::PROG_FIB6, "fib6_table_lookup"),
+        ("xmit", names::PROG_SYN_XMIT, "net_dev_start_xmit"),
+        ("neighbours", names::PROG_NEIGH_TIMER, "neigh_timer_handler"),
+        (
+            "neighbours",
+            names::PROG_NEIGH_SEND,
+            "neigh_event_send_done",
+        ),
+    ] {
+        out.push(HookCheck {
+            role,
+            hook: format!("tp_btf {func}"),
+            result: attach_btf(&mut ebpf, prog, func, btf),
+        });
+    }
+    Ok(out)
 }
 
 impl Probes {
     pub fn load(kbtf: &KernelBtf, btf: &Btf, pc: &ProbeConfig) -> Result<Self> {
         check_privileges()?;
-        let mut offsets = kbtf.offsets()?;
-        let classic = classic_offsets(&mut offsets);
-        let mut ebpf = EbpfLoader::new()
-            .btf(Some(btf))
-            .override_global(names::GLOBAL_CONFIG, &pc.config, true)
-            .override_global(names::GLOBAL_OFFSETS, &offsets, true)
-            .load(OBJECT)
-            .map_err(|e| anyhow!("cannot load tracer's eBPF object: {e}"))?;
+        let (mut ebpf, classic) = load_object(kbtf, btf, &pc.config, pc.drop_reasons)?;
 
         {
             let mut reasons: BpfHashMap<_, u32, u8> = BpfHashMap::try_from(
@@ -154,8 +235,12 @@ impl Probes {
         let mut hook = None;
         for h in order {
             let r = match h {
-                DropHook::TpBtf => attach_btf(&mut ebpf, names::PROG_DROP_BTF, "kfree_skb", btf),
-                DropHook::RawTp => attach_raw(&mut ebpf, names::PROG_DROP_RAW, "kfree_skb"),
+                DropHook::TpBtf => {
+                    attach_btf(&mut ebpf, drop_prog(h, pc.drop_reasons), "kfree_skb", btf)
+                }
+                DropHook::RawTp => {
+                    attach_raw(&mut ebpf, drop_prog(h, pc.drop_reasons), "kfree_skb")
+                }
                 DropHook::Tracepoint => match &classic {
                     Ok(()) => attach_classic(&mut ebpf, names::PROG_DROP_CLASSIC),
                     Err(e) => Err(anyhow!("{e}")),
@@ -232,6 +317,7 @@ impl Probes {
             routes_attached,
             syn_attached,
             neigh_attached,
+            drop_reasons: pc.drop_reasons,
             events: Some(events),
             stats,
             warnings,
@@ -246,11 +332,7 @@ impl Probes {
     }
 
     pub fn stats(&self) -> KernelStats {
-        let drop_prog = match self.hook {
-            DropHook::TpBtf => names::PROG_DROP_BTF,
-            DropHook::RawTp => names::PROG_DROP_RAW,
-            DropHook::Tracepoint => names::PROG_DROP_CLASSIC,
-        };
+        let drop_prog = drop_prog(self.hook, self.drop_reasons);
         let drop_info = self
             ._ebpf
             .program(drop_prog)
@@ -273,6 +355,18 @@ impl Probes {
             drop_probe_runs: drop_info.map(|i| i.run_cnt).unwrap_or(0),
             drop_probe_ns: drop_info.map(|i| i.run_time_ns).unwrap_or(0),
         }
+    }
+}
+
+/// The drop program for a hook: before 5.17 tp_btf and raw_tp need the
+/// variants that do not read a reason argument.
+fn drop_prog(hook: DropHook, reasons: bool) -> &'static str {
+    match (hook, reasons) {
+        (DropHook::TpBtf, true) => names::PROG_DROP_BTF,
+        (DropHook::TpBtf, false) => names::PROG_DROP_BTF_NOREASON,
+        (DropHook::RawTp, true) => names::PROG_DROP_RAW,
+        (DropHook::RawTp, false) => names::PROG_DROP_RAW_NOREASON,
+        (DropHook::Tracepoint, _) => names::PROG_DROP_CLASSIC,
     }
 }
 
@@ -336,7 +430,7 @@ fn attach_btf(ebpf: &mut Ebpf, prog: &str, func: &str, btf: &Btf) -> Result<()> 
         .ok_or_else(|| anyhow!("eBPF object lacks program {prog}"))?
         .try_into()?;
     p.load(func, btf)
-        .map_err(|e| anyhow!("tracepoint {func} (tp_btf) did not load: {e}"))?;
+        .map_err(|e| anyhow!("tracepoint {func} (tp_btf) did not load: {}", load_error(e)))?;
     p.attach()
         .map_err(|e| anyhow!("tracepoint {func} (tp_btf) did not attach: {e}"))?;
     Ok(())
@@ -348,7 +442,7 @@ fn attach_raw(ebpf: &mut Ebpf, prog: &str, tp: &str) -> Result<()> {
         .ok_or_else(|| anyhow!("eBPF object lacks program {prog}"))?
         .try_into()?;
     p.load()
-        .map_err(|e| anyhow!("raw tracepoint {tp} did not load: {e}"))?;
+        .map_err(|e| anyhow!("raw tracepoint {tp} did not load: {}", load_error(e)))?;
     p.attach(tp)
         .map_err(|e| anyhow!("raw tracepoint {tp} did not attach: {e}"))?;
     Ok(())
@@ -360,8 +454,29 @@ fn attach_classic(ebpf: &mut Ebpf, prog: &str) -> Result<()> {
         .ok_or_else(|| anyhow!("eBPF object lacks program {prog}"))?
         .try_into()?;
     p.load()
-        .map_err(|e| anyhow!("tracepoint skb:kfree_skb did not load: {e}"))?;
+        .map_err(|e| anyhow!("tracepoint skb:kfree_skb did not load: {}", load_error(e)))?;
     p.attach("skb", "kfree_skb")
         .map_err(|e| anyhow!("tracepoint skb:kfree_skb did not attach: {e}"))?;
     Ok(())
+}
+
+/// A load error in one line: the errno and, when the verifier refused the
+/// program, the last lines of its log (where it says why), not all of it.
+fn load_error(e: aya::programs::ProgramError) -> String {
+    match e {
+        aya::programs::ProgramError::LoadError {
+            io_error,
+            verifier_log,
+        } => {
+            let log = verifier_log.to_string();
+            let lines: Vec<&str> = log.lines().filter(|l| !l.trim().is_empty()).collect();
+            let tail = lines[lines.len().saturating_sub(6)..].join(" | ");
+            if tail.is_empty() {
+                format!("{io_error}")
+            } else {
+                format!("{io_error}; verifier: {tail}")
+            }
+        }
+        e => e.to_string(),
+    }
 }

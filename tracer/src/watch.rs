@@ -125,7 +125,7 @@ impl Tracer {
         let aya_btf = std::thread::spawn(move || {
             aya::Btf::parse_file(&btf_path, object::Endianness::default())
         });
-        let reasons = kbtf.drop_reasons()?;
+        let reasons = kbtf.drop_reasons_or_none()?;
         let include = reasons.parse_list(&opts.reasons)?;
         let exclude = reasons.parse_list(&opts.exclude_reasons)?;
         let mut topology = Topology::new();
@@ -165,7 +165,13 @@ impl Tracer {
         config.reason_include = u32::from(!include.is_empty());
         config.reason_exclude = u32::from(!exclude.is_empty());
         config.hide_noise = u32::from(!opts.all);
-        config.noise.not_specified = reasons.code("NOT_SPECIFIED").unwrap_or(u32::MAX);
+        // Before 5.17 every drop carries reason 0: multicast nobody
+        // listens to is still noise whatever its reason, the others need one.
+        config.noise.not_specified = if reasons.is_empty() {
+            0
+        } else {
+            reasons.code("NOT_SPECIFIED").unwrap_or(u32::MAX)
+        };
         config.noise.no_socket = reasons.code("NO_SOCKET").unwrap_or(u32::MAX);
         config.noise.queue_purge = reasons.code("QUEUE_PURGE").unwrap_or(u32::MAX);
         config.routes = u32::from(diagnose);
@@ -187,6 +193,7 @@ impl Tracer {
                 include_reasons: include,
                 exclude_reasons: exclude,
                 hook: opts.hook,
+                drop_reasons: !reasons.is_empty(),
             },
         )?;
         let out = Output::stdout(format, own_netns);
