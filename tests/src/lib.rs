@@ -210,3 +210,46 @@ pub fn run_bad(args: &[&str]) -> (i32, String) {
         String::from_utf8_lossy(&out.stderr).into_owned(),
     )
 }
+
+/// Whether the running kernel reports drop reasons (Linux 5.17+). Before
+/// that, a drop is known by the function that freed it.
+pub fn kernel_reasons() -> bool {
+    static HAS: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *HAS.get_or_init(|| {
+        tracer::btf::KernelBtf::load()
+            .map(|b| b.has_drop_reasons())
+            .unwrap_or(false)
+    })
+}
+
+/// The functions that free the drops these tests cause, by reason: what a
+/// kernel without drop reasons shows instead.
+fn dropping_functions(reason: &str) -> &'static [&'static str] {
+    match reason {
+        "IP_RPFILTER" => &["ip_rcv_finish_core"],
+        "NO_SOCKET" => &["__udp4_lib_rcv", "__udp6_lib_rcv"],
+        "NETFILTER_DROP" => &["nf_hook_slow"],
+        "IP_INNOROUTES" => &["ip_error"],
+        "PKT_TOO_BIG" => &["ip_forward", "ip6_forward"],
+        "NEIGH_FAILED" => &["neigh_invalidate"],
+        _ => &[],
+    }
+}
+
+/// Is `v` a drop for `reason`? On kernels with drop reasons, by its
+/// reason; before 5.17, by the function that freed it, with the reason
+/// either unknown or inferred (and then marked as inferred).
+pub fn is_drop(v: &Value, reason: &str) -> bool {
+    if v["type"] != "drop" {
+        return false;
+    }
+    if kernel_reasons() {
+        return v["reason"] == reason && v["reason_source"] == "kernel";
+    }
+    let func = v["location"]
+        .as_str()
+        .and_then(|l| l.split('+').next())
+        .unwrap_or_default();
+    dropping_functions(reason).contains(&func)
+        && (v["reason"].is_null() || (v["reason"] == reason && v["reason_source"] == "location"))
+}

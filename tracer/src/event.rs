@@ -202,6 +202,47 @@ fn empty_as_null<S: serde::Serializer>(v: &str, s: S) -> Result<S::Ok, S::Error>
 }
 
 impl DropRecord {
+    /// An IPv4 TCP drop with every optional fact absent, for unit tests to
+    /// fill in.
+    #[cfg(test)]
+    pub fn sample(location: &str) -> Self {
+        DropRecord {
+            kind: "drop",
+            ts_ns: 0,
+            reason: String::new(),
+            reason_source: None,
+            reason_code: 0,
+            location: location.to_string(),
+            netns: 1,
+            netns_name: None,
+            ifindex: 2,
+            ifname: None,
+            ifname_gone: false,
+            ingress_ifindex: 2,
+            ingress_ifname: None,
+            len: 60,
+            gso_size: 0,
+            gso_segs: 0,
+            mtu: 1500,
+            family: Some("ipv4"),
+            proto: Some("tcp".into()),
+            src: Some([172, 17, 5, 5].into()),
+            dst: Some([10, 99, 0, 2].into()),
+            sport: Some(40000),
+            dport: Some(8080),
+            tcp_flags: Some("S".into()),
+            mss: Some(1460),
+            icmp_type: None,
+            icmp_code: None,
+            from_socket: false,
+            cpu: 0,
+            pid: 0,
+            comm: String::new(),
+            route: None,
+            reverse_route: None,
+        }
+    }
+
     /// What must fit the egress MTU: the IP packet, or for a GSO packet
     /// one segment. skb->len holds the headers once plus every segment's
     /// payload, so when the segments are full the headers are

@@ -48,3 +48,78 @@ fn reverse_path_elsewhere(d: &DropRecord) -> bool {
     };
     d.ingress_ifindex != 0 && r.err == 0 && r.ifindex != 0 && r.ifindex != d.ingress_ifindex
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::event::RouteRecord;
+
+    fn route(ifindex: i32, mtu: u32, err: i32) -> Option<RouteRecord> {
+        Some(RouteRecord {
+            age_ns: 0,
+            table: 254,
+            err,
+            iif: 1,
+            oif: 0,
+            ifindex,
+            ifname: None,
+            mtu,
+            dst: None,
+            src: None,
+            sport: 0,
+            dport: 0,
+        })
+    }
+
+    #[test]
+    fn single_path_functions_name_their_reason() {
+        let d = DropRecord::sample("neigh_invalidate+0x8c");
+        assert_eq!(infer(&d), Some("NEIGH_FAILED"));
+        let d = DropRecord::sample("nf_hook_slow+0x91");
+        assert_eq!(infer(&d), Some("NETFILTER_DROP"));
+        // Ambiguous functions stay unknown without evidence.
+        assert_eq!(infer(&DropRecord::sample("tcp_v4_rcv+0x91")), None);
+        assert_eq!(infer(&DropRecord::sample("ip_forward+0x2c0")), None);
+        assert_eq!(infer(&DropRecord::sample("ip_rcv_finish_core+0x25b")), None);
+        assert_eq!(infer(&DropRecord::sample("ip_error+0x40")), None);
+    }
+
+    #[test]
+    fn rp_filter_needs_the_reverse_lookup_elsewhere() {
+        let mut d = DropRecord::sample("ip_rcv_finish_core+0x25b");
+        d.reverse_route = route(5, 1500, 0); // docker0, not eth0 (2)
+        assert_eq!(infer(&d), Some("IP_RPFILTER"));
+        d.reverse_route = route(2, 1500, 0); // back out the way it came
+        assert_eq!(infer(&d), None);
+        d.reverse_route = route(5, 1500, -101);
+        assert_eq!(infer(&d), None);
+    }
+
+    #[test]
+    fn too_big_compares_one_segment_with_the_egress_mtu() {
+        let mut d = DropRecord::sample("ip_forward+0x2c0");
+        // GSO: 5 segments of 1448 plus 52 bytes of headers = 1500 each.
+        d.len = 7292;
+        d.gso_size = 1448;
+        d.gso_segs = 5;
+        d.route = route(3, 1450, 0);
+        assert_eq!(infer(&d), Some("PKT_TOO_BIG"));
+        d.route = route(3, 1500, 0);
+        assert_eq!(infer(&d), None, "a 1500-byte segment fits 1500");
+        let mut d = DropRecord::sample("ip6_forward+0x6e0");
+        d.len = 1280;
+        d.route = route(3, 1400, 0);
+        assert_eq!(infer(&d), None);
+        d.len = 1500;
+        assert_eq!(infer(&d), Some("PKT_TOO_BIG"));
+    }
+
+    #[test]
+    fn no_route_comes_from_the_lookup_error() {
+        let mut d = DropRecord::sample("ip_error+0x40");
+        d.route = route(0, 0, ENETUNREACH);
+        assert_eq!(infer(&d), Some("IP_INNOROUTES"));
+        d.route = route(0, 0, -113);
+        assert_eq!(infer(&d), None);
+    }
+}
