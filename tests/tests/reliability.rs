@@ -33,6 +33,7 @@ extern "C" {
 }
 
 const CLONE_NEWNET: i32 = 0x4000_0000;
+const SIGHUP: i32 = 1;
 const SIGINT: i32 = 2;
 const SIGKILL: i32 = 9;
 const SIGTERM: i32 = 15;
@@ -315,10 +316,14 @@ fn signal_mid_storm(test: &str, sig: i32) {
     assert!(drops > 0, "no drop delivered during the storm: {summary}");
     let matched = summary["kernel"]["drops_matched"].as_u64().unwrap();
     let lost = summary["lost"].as_u64().unwrap();
-    assert!(
-        drops + lost <= matched,
-        "delivered {drops} + lost {lost} exceed drops_matched {matched}"
+    let not_shown = summary["not_shown"].as_u64().unwrap();
+    // Detach, drain, then count: the sum is exact, nothing left in the ring.
+    assert_eq!(
+        drops + lost + not_shown,
+        matched,
+        "delivered {drops} + lost {lost} + not shown {not_shown} vs drops_matched {matched}"
     );
+    assert_eq!(not_shown, 0, "a signal hides nothing: {summary}");
     // Everything the tracer attached is released with it.
     let deadline = Instant::now() + Duration::from_secs(1);
     loop {
@@ -351,6 +356,86 @@ fn sigterm_mid_storm_exits_cleanly_and_detaches() {
 #[test]
 fn sigint_mid_storm_exits_cleanly_and_detaches() {
     signal_mid_storm("sigint", SIGINT);
+}
+
+/// A dropped SSH session (SIGHUP) keeps the accounting too.
+#[test]
+fn sighup_mid_storm_ends_like_sigterm() {
+    signal_mid_storm("sighup", SIGHUP);
+}
+
+/// `--count` ends the run; what the kernel matched after it is `not_shown`,
+/// never `lost`, and the sum still adds up.
+#[test]
+fn count_in_a_storm_loses_nothing() {
+    let lab = pair_lab("cnt");
+    let f = flood(&lab.name("a"), "10.203.0.2:9");
+    std::thread::sleep(Duration::from_millis(300));
+    let out = Command::new(tracer_bin())
+        .args([
+            "watch",
+            "--netns",
+            &lab.name("b"),
+            "--count",
+            "3",
+            "-o",
+            "json",
+        ])
+        .output()
+        .unwrap();
+    let sent = f.stop();
+    assert!(sent > 1000, "the storm never got going ({sent} datagrams)");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let text = String::from_utf8_lossy(&out.stdout);
+    let summary: Value = serde_json::from_str(text.lines().last().unwrap()).unwrap();
+    let drop_lines = text
+        .lines()
+        .filter(|l| l.starts_with("{\"type\":\"drop\""))
+        .count();
+    assert_eq!(drop_lines, 3, "{summary}");
+    assert_eq!(summary["drops"], 3);
+    assert_eq!(
+        summary["lost"], 0,
+        "events after the count are not lost: {summary}"
+    );
+    let matched = summary["kernel"]["drops_matched"].as_u64().unwrap();
+    let not_shown = summary["not_shown"].as_u64().unwrap();
+    assert_eq!(3 + not_shown, matched, "{summary}");
+}
+
+/// A reader that goes away (`| head`) ends the run quietly with status 0,
+/// in JSON as in text; a write that fails otherwise is an error.
+#[test]
+fn closed_pipe_is_quiet_and_a_full_disk_is_an_error() {
+    let lab = pair_lab("pipe");
+    let f = flood(&lab.name("a"), "10.203.0.2:9");
+    let bin = tracer_bin();
+    for format in ["json", "text"] {
+        let out = Command::new("bash")
+            .arg("-c")
+            .arg(format!(
+                "set -o pipefail; {bin:?} watch --netns {ns:?} -o {format} --duration 10 | head -3 >/dev/null",
+                ns = lab.name("b"),
+            ))
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(out.status.success(), "{format}: {} {err}", out.status);
+        assert!(!err.contains("error"), "{format}: {err}");
+    }
+    f.stop();
+    let out = Command::new(&bin)
+        .args(["watch", "--duration", "1"])
+        .stdout(std::fs::File::create("/dev/full").unwrap())
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(err.contains("No space left on device"), "{err}");
 }
 
 /// `ready` means attached: a signal sent the moment that line is read must

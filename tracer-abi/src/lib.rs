@@ -384,6 +384,16 @@ impl Default for Offsets {
 
 /// Names of the programs, maps and globals in the object, so the two sides
 /// cannot drift apart.
+/// Size of the events ring buffer.
+pub const RING_BYTES: u32 = 4 * 1024 * 1024;
+
+/// How many drop records the ring holds at least: each carries an 8-byte
+/// header and is padded to 8 bytes.
+pub const fn ring_drop_capacity() -> u64 {
+    let rec = (core::mem::size_of::<DropEvent>() as u64).div_ceil(8) * 8 + 8;
+    RING_BYTES as u64 / rec
+}
+
 pub mod names {
     pub const PROG_DROP_BTF: &str = "drop_btf";
     pub const PROG_DROP_RAW: &str = "drop_raw";

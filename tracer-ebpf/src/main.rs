@@ -29,7 +29,7 @@ use tracer_abi::*;
 pub static CONFIG: Config = Config::new();
 
 #[map]
-static EVENTS: RingBuf = RingBuf::with_byte_size(4 * 1024 * 1024, 0);
+static EVENTS: RingBuf = RingBuf::with_byte_size(RING_BYTES, 0);
 
 #[map]
 static STATS: PerCpuArray<u64> = PerCpuArray::with_max_entries(STAT_COUNT, 0);

@@ -67,7 +67,11 @@ impl Output {
 
     /// One JSON line; write errors (a closed pipe) end the run upstream.
     pub fn json<T: Serialize>(&mut self, v: &T) -> std::io::Result<()> {
-        serde_json::to_writer(&mut self.out, v).map_err(std::io::Error::other)?;
+        // Keep the io error's kind: a closed pipe must read as one.
+        serde_json::to_writer(&mut self.out, v).map_err(|e| match e.io_error_kind() {
+            Some(kind) => std::io::Error::new(kind, e),
+            None => std::io::Error::other(e),
+        })?;
         self.out.write_all(b"\n")
     }
 
@@ -246,6 +250,10 @@ pub struct Summary {
     pub by_ifname: BTreeMap<String, u64>,
     /// Events the kernel matched but could not queue.
     pub lost: u64,
+    /// Drops matched in the kernel and not shown: after --count, after the
+    /// reader closed the pipe, or hidden by diagnose. With `drops` and
+    /// `lost` it adds up to `kernel.drops_matched`.
+    pub not_shown: u64,
     /// Ring-buffer records that did not decode (never expected).
     pub undecodable: u64,
     pub syns_flagged: u64,

@@ -70,8 +70,11 @@ pub struct KernelStats {
 }
 
 pub struct Probes {
-    // Dropping the Ebpf detaches every program and frees the maps.
-    _ebpf: Ebpf,
+    // Dropping the Ebpf detaches every program; the ring buffer and the
+    // counters were taken out of it, so they outlive a detach.
+    ebpf: Option<Ebpf>,
+    /// Program counters read at detach time, when the programs go.
+    prog_counters: Option<(Option<ProgCounters>, u64)>,
     pub hook: DropHook,
     pub routes_attached: bool,
     pub syn_attached: bool,
@@ -312,7 +315,8 @@ impl Probes {
                 .ok_or_else(|| anyhow!("eBPF object lacks map {}", names::MAP_STATS))?,
         )?;
         Ok(Probes {
-            _ebpf: ebpf,
+            ebpf: Some(ebpf),
+            prog_counters: None,
             hook,
             routes_attached,
             syn_attached,
@@ -331,13 +335,38 @@ impl Probes {
             .ok_or_else(|| anyhow!("the ring buffer was already taken"))
     }
 
-    pub fn stats(&self) -> KernelStats {
+    /// Detaches every program: nothing new reaches the ring buffer or the
+    /// counters after this, so what they hold is final.
+    pub fn detach(&mut self) {
+        if self.ebpf.is_some() {
+            self.prog_counters = Some(self.prog_counters());
+            self.ebpf = None;
+        }
+    }
+
+    /// The drop program's counters and every program's recursion misses.
+    fn prog_counters(&self) -> (Option<ProgCounters>, u64) {
+        if let Some(c) = self.prog_counters {
+            return c;
+        }
+        let Some(ebpf) = &self.ebpf else {
+            return (None, 0);
+        };
         let drop_prog = drop_prog(self.hook, self.drop_reasons);
-        let drop_info = self
-            ._ebpf
+        let drop_info = ebpf
             .program(drop_prog)
             .and_then(|p| p.fd().ok())
             .and_then(|fd| prog_info(fd.as_fd()));
+        let misses = ebpf
+            .programs()
+            .filter_map(|(_, p)| p.fd().ok())
+            .filter_map(|fd| prog_info(fd.as_fd()).map(|i| i.recursion_misses))
+            .sum();
+        (drop_info, misses)
+    }
+
+    pub fn stats(&self) -> KernelStats {
+        let (drop_info, recursion_misses) = self.prog_counters();
         let sum = |i: u32| -> u64 { self.stats.get(&i, 0).map(|v| v.iter().sum()).unwrap_or(0) };
         KernelStats {
             drops_seen: sum(tracer_abi::STAT_DROPS_SEEN),
@@ -346,12 +375,7 @@ impl Probes {
             route_lookups: sum(tracer_abi::STAT_ROUTES_SEEN),
             syns_flagged: sum(tracer_abi::STAT_SYNS_FLAGGED),
             neigh_events: sum(tracer_abi::STAT_NEIGH),
-            recursion_misses: self
-                ._ebpf
-                .programs()
-                .filter_map(|(_, p)| p.fd().ok())
-                .filter_map(|fd| prog_info(fd.as_fd()).map(|i| i.recursion_misses))
-                .sum(),
+            recursion_misses,
             drop_probe_runs: drop_info.map(|i| i.run_cnt).unwrap_or(0),
             drop_probe_ns: drop_info.map(|i| i.run_time_ns).unwrap_or(0),
         }

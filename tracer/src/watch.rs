@@ -15,7 +15,7 @@ use serde::Serialize;
 use std::time::{Duration, Instant};
 use tokio::io::unix::AsyncFd;
 use tokio::signal::unix::{signal, SignalKind};
-use tracer_abi::{Config, DropEvent, NeighEvent, SynEvent, MAX_NETNS};
+use tracer_abi::{ring_drop_capacity, Config, DropEvent, NeighEvent, SynEvent, MAX_NETNS};
 
 /// Records handled per wake-up before the loop looks at signals again,
 /// and the time a batch may take at most.
@@ -97,6 +97,7 @@ pub struct Tracer {
     /// caller sees it still ends the run with a summary.
     term: tokio::signal::unix::Signal,
     int: tokio::signal::unix::Signal,
+    hup: tokio::signal::unix::Signal,
 }
 
 impl Tracer {
@@ -214,6 +215,7 @@ impl Tracer {
             stop: None,
             term: signal(SignalKind::terminate())?,
             int: signal(SignalKind::interrupt())?,
+            hup: signal(SignalKind::hangup())?,
         };
         t.announce()?;
         Ok(t)
@@ -267,6 +269,11 @@ impl Tracer {
     }
 
     /// Pumps events until a stop condition; returns the final summary.
+    ///
+    /// Stopping is ordered so the summary adds up exactly: detach (nothing
+    /// new arrives), drain what the ring still holds, then read the
+    /// kernel's counters. Then `drops + lost + not_shown` equals
+    /// `kernel.drops_matched` whatever ended the run.
     pub async fn run(self, consumer: &mut dyn Consumer) -> Result<Summary> {
         let t0 = Instant::now();
         let deadline = self.duration.map(|d| tokio::time::Instant::now() + d);
@@ -279,12 +286,13 @@ impl Tracer {
         tokio::pin!(sleep_until);
         let mut ticker = tokio::time::interval(Duration::from_millis(250));
         let Tracer {
-            probes,
+            mut probes,
             mut session,
             count,
             stop,
             mut term,
             mut int,
+            mut hup,
             ..
         } = self;
         let stopped = async move {
@@ -294,22 +302,31 @@ impl Tracer {
             }
         };
         tokio::pin!(stopped);
-        let mut stats_probes = probes;
         // SAFETY: the AsyncFd owns the ring buffer, so its fd stays open
         // for as long as it is registered.
-        let mut events = unsafe { AsyncFd::register(stats_probes.take_events()?)? };
-        let mut shown: u64 = 0;
+        let mut events = unsafe { AsyncFd::register(probes.take_events()?)? };
+        let mut pump = Pump {
+            consumer,
+            count,
+            shown: 0,
+            not_shown: 0,
+        };
+        // Lost events counted before --count was reached; the kernel's
+        // count after that is of events nobody asked for.
+        let mut lost_at_count = None;
         let mut broken_pipe = false;
-        'outer: loop {
+        loop {
             tokio::select! {
                 _ = &mut sleep_until => break,
                 _ = &mut stopped => break,
                 _ = term.recv() => { session.summary.interrupted = true; break }
                 _ = int.recv() => { session.summary.interrupted = true; break }
+                // A dropped SSH session: end with the summary, as on SIGTERM.
+                _ = hup.recv() => { session.summary.interrupted = true; break }
                 _ = ticker.tick() => {
                     session.namer.topology.set_clock(Instant::now());
                     session.namer.topology.sweep();
-                    if let Err(e) = consumer.tick(&mut session).and_then(|_| session.out.flush()) {
+                    if let Err(e) = pump.consumer.tick(&mut session).and_then(|_| session.out.flush()) {
                         broken_pipe = is_pipe(&e);
                         if broken_pipe { break; }
                         return Err(e.into());
@@ -321,73 +338,157 @@ impl Tracer {
                     // A bounded batch, then back to select!: under a drop
                     // storm the ring never empties, and signals, --duration
                     // and ticks must still be served.
-                    let mut drained = false;
                     let batch_start = Instant::now();
                     session.namer.topology.set_clock(batch_start);
-                    for i in 0..BATCH {
-                        if i % 256 == 255 && batch_start.elapsed() > BATCH_TIME {
-                            break;
-                        }
-                        let Some(item) = rb.next() else {
-                            drained = true;
-                            break;
-                        };
-                        let r = match decode(&item) {
-                            Ok(Event::Drop(d)) => consumer.drop(&d, &mut session).map(|counted| {
-                                if counted { shown += 1; }
-                            }),
-                            Ok(Event::Syn(s)) => consumer.syn(&s, &mut session),
-                            Ok(Event::Neigh(n)) => consumer.neigh(&n, &mut session),
-                            Err(_) => {
-                                session.summary.undecodable += 1;
-                                Ok(())
-                            }
-                        };
-                        drop(item);
-                        if let Err(e) = r {
-                            broken_pipe = is_pipe(&e);
-                            if broken_pipe { break 'outer; }
-                            return Err(e.into());
-                        }
-                        if count.is_some_and(|c| shown >= c) {
-                            break 'outer;
-                        }
-                    }
+                    let r = pump.batch(rb, &mut session, Some(batch_start));
+                    let drained = matches!(r, Ok(Batch::Drained));
                     // Keep the readiness while records remain: the ring
                     // buffer only wakes a reader that has caught up.
                     if drained {
                         guard.clear_ready();
                     }
-                    if let Err(e) = session.out.flush() {
-                        broken_pipe = is_pipe(&e);
-                        if broken_pipe { break 'outer; }
-                        return Err(e.into());
-                    }
-                    if !drained {
-                        // On a current-thread runtime the signal driver
-                        // only runs when this task yields.
-                        drop(guard);
-                        tokio::task::yield_now().await;
+                    match r.and_then(|b| session.out.flush().map(|_| b)) {
+                        Ok(Batch::CountReached) => {
+                            // The reader took fewer than --count records, so
+                            // while the ring was full the count-th drop was
+                            // in it: every loss came after it, and nothing
+                            // the user asked for was lost. A larger count
+                            // than the ring holds keeps its real losses.
+                            let lost = probes.stats().lost;
+                            lost_at_count = Some(if count.unwrap_or(0) <= ring_drop_capacity() {
+                                0
+                            } else {
+                                lost
+                            });
+                            break;
+                        }
+                        Ok(Batch::Drained) => {}
+                        Ok(Batch::More) => {
+                            // On a current-thread runtime the signal driver
+                            // only runs when this task yields.
+                            drop(guard);
+                            tokio::task::yield_now().await;
+                        }
+                        Err(e) => {
+                            broken_pipe = is_pipe(&e);
+                            if broken_pipe { break; }
+                            return Err(e.into());
+                        }
                     }
                 }
             }
         }
-        let _ = session.out.flush();
-        let stats = stats_probes.stats();
+        // Detach, then drain: what the ring holds was matched before the
+        // stop and belongs in the output (or, past --count or a closed
+        // pipe, in `not_shown`).
+        probes.detach();
+        session.namer.topology.set_clock(Instant::now());
+        let rb = events.get_mut();
+        if broken_pipe {
+            pump.count = Some(0);
+        }
+        loop {
+            match pump.batch(rb, &mut session, None) {
+                Ok(Batch::Drained) => break,
+                Ok(_) => {}
+                Err(e) if is_pipe(&e) => {
+                    broken_pipe = true;
+                    pump.count = Some(0);
+                }
+                Err(e) => return Err(e.into()),
+            }
+        }
+        let stats = probes.stats();
         session.summary.kernel = stats;
-        session.summary.lost = stats.lost;
+        session.summary.lost = lost_at_count.unwrap_or(stats.lost);
+        session.summary.not_shown = pump.not_shown + (stats.lost - session.summary.lost);
         session.summary.syns_flagged = stats.syns_flagged;
         session.summary.duration_s = t0.elapsed().as_secs_f64();
         if !broken_pipe {
-            consumer.finish(&mut session)?;
-            let summary = session.summary.clone();
-            let _ = session.out.summary(&summary);
-            let _ = session.out.flush();
+            let mut conclude = || -> std::io::Result<()> {
+                pump.consumer.finish(&mut session)?;
+                let summary = session.summary.clone();
+                session.out.summary(&summary)?;
+                session.out.flush()
+            };
+            match conclude() {
+                Ok(()) => {}
+                // The reader went away: a quiet end, as for any filter.
+                Err(e) if is_pipe(&e) => {}
+                // A full disk must not pass for success.
+                Err(e) => return Err(anyhow!("cannot write the output: {e}")),
+            }
         }
-        // Detach before returning, so "exited" means "nothing attached".
         drop(events);
-        drop(stats_probes);
+        drop(probes);
         Ok(session.summary)
+    }
+}
+
+/// How a batch of ring-buffer records ended.
+enum Batch {
+    /// The ring is empty.
+    Drained,
+    /// Time or size was up; more records wait.
+    More,
+    /// --count drops were shown.
+    CountReached,
+}
+
+/// Hands ring-buffer records to the consumer and counts what it shows.
+struct Pump<'a> {
+    consumer: &'a mut dyn Consumer,
+    count: Option<u64>,
+    shown: u64,
+    /// Drops matched in the kernel but not shown: past --count, or after
+    /// the reader closed the pipe.
+    not_shown: u64,
+}
+
+impl Pump<'_> {
+    /// Up to BATCH records, or BATCH_TIME when `started` is given.
+    fn batch(
+        &mut self,
+        rb: &mut aya::maps::RingBuf<aya::maps::MapData>,
+        session: &mut Session,
+        started: Option<Instant>,
+    ) -> std::io::Result<Batch> {
+        for i in 0..BATCH {
+            if i % 256 == 255 && started.is_some_and(|t| t.elapsed() > BATCH_TIME) {
+                return Ok(Batch::More);
+            }
+            let Some(item) = rb.next() else {
+                return Ok(Batch::Drained);
+            };
+            let done = self.count.is_some_and(|c| self.shown >= c);
+            let r = match decode(&item) {
+                Ok(Event::Drop(_)) if done => {
+                    self.not_shown += 1;
+                    Ok(())
+                }
+                Ok(_) if done => Ok(()),
+                Ok(Event::Drop(d)) => self.consumer.drop(&d, session).map(|counted| {
+                    if counted {
+                        self.shown += 1;
+                    } else {
+                        // Hidden by the consumer, still accounted for.
+                        self.not_shown += 1;
+                    }
+                }),
+                Ok(Event::Syn(s)) => self.consumer.syn(&s, session),
+                Ok(Event::Neigh(n)) => self.consumer.neigh(&n, session),
+                Err(_) => {
+                    session.summary.undecodable += 1;
+                    Ok(())
+                }
+            };
+            drop(item);
+            r?;
+            if !done && self.count.is_some_and(|c| self.shown >= c) {
+                return Ok(Batch::CountReached);
+            }
+        }
+        Ok(Batch::More)
     }
 }
 
