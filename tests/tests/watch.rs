@@ -377,3 +377,23 @@ fn interface_filter_keeps_only_that_device() {
         "{ds:#?}"
     );
 }
+
+/// tcpdump takes a list of any length; so does the kernel filter, on
+/// every hook (each list is walked by the verifier without splitting).
+#[test]
+fn a_long_port_list_filters_in_the_kernel() {
+    let lab = routed_lab("ports");
+    let server = lab.name("server");
+    let ports: Vec<String> = (0..200).map(|i| (7000 + 3 * i).to_string()).collect();
+    let expr = format!("host 10.1.0.1 and (port {})", ports.join(" or "));
+    for hook in ["tp_btf", "raw_tp"] {
+        let run = start(&["watch", "--netns", &server, "--hook", hook, &expr]);
+        udp(&lab, "client", "10.2.0.1", 7001); // not in the list
+        udp(&lab, "client", "10.2.0.1", 7597); // the last one
+        run.wait_for(WAIT, |v| v["dport"] == 7597);
+        let lines = run.stop();
+        let ds = drops(&lines);
+        assert!(ds.iter().any(|d| d["dport"] == 7597), "{hook}: {lines:#?}");
+        assert!(ds.iter().all(|d| d["dport"] == 7597), "{hook}: {ds:#?}");
+    }
+}

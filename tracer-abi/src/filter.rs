@@ -8,8 +8,10 @@
 
 use crate::Flow;
 
-/// Longest filter program the kernel accepts.
-pub const MAX_OPS: usize = 32;
+/// Longest filter program. The verifier walks only the ops a filter has
+/// (their count and codes sit in frozen .rodata, known to it as
+/// constants), so a long array costs nothing to filters that are short.
+pub const MAX_OPS: usize = 256;
 
 pub const OP_END: u8 = 0;
 pub const OP_AND: u8 = 1;
@@ -23,6 +25,11 @@ pub const OP_PROTO: u8 = 5;
 pub const OP_NET: u8 = 6;
 /// Push whether the port (selected by `dir`) is in `value..=value2`.
 pub const OP_PORT: u8 = 7;
+/// Push whether the port (selected by `dir`) is in one of `value` ranges
+/// (at most `PORT_SET`), each packed as `lo | hi << 16` in `addr` then
+/// `mask`: a list of ports is one op, not two per port.
+pub const OP_PORTS: u8 = 8;
+pub const PORT_SET: usize = 8;
 
 pub const DIR_ANY: u8 = 0;
 pub const DIR_SRC: u8 = 1;
@@ -55,6 +62,27 @@ impl FilterOp {
     };
 }
 
+/// Makes a value opaque to the verifier. Each test's result is a known
+/// 0 or 1 on each path the verifier walks, and branching on it later marks
+/// it precise, so paths never merge: a filter of n tests costs 2^n paths
+/// and long filters fail with "program too large". Passed through memory
+/// the verifier does not track (a map value), a result is just "some
+/// scalar" and the paths merge again at the next op. Userspace needs no
+/// such thing: `Plain` returns the value.
+pub trait Opaque {
+    fn hide(&self, v: u64) -> u64;
+}
+
+/// For userspace: values stay as they are.
+pub struct Plain;
+
+impl Opaque for Plain {
+    #[inline(always)]
+    fn hide(&self, v: u64) -> u64 {
+        v
+    }
+}
+
 #[inline(always)]
 fn words(b: &[u8; 16]) -> [u32; 4] {
     [
@@ -82,20 +110,48 @@ fn pick(dir: u8, s: bool, d: bool) -> bool {
     }
 }
 
+/// Ports only exist for TCP and UDP, and not in non-first fragments (as
+/// in tcpdump).
 #[inline(always)]
-fn test(op: &FilterOp, flow: &Flow, src: &[u32; 4], dst: &[u32; 4]) -> bool {
+fn has_ports(flow: &Flow) -> bool {
+    (flow.proto == crate::IPPROTO_TCP || flow.proto == crate::IPPROTO_UDP)
+        && flow.flags & crate::FLOW_FRAGMENT == 0
+}
+
+#[inline(always)]
+fn test<O: Opaque>(op: &FilterOp, flow: &Flow, src: &[u32; 4], dst: &[u32; 4], o: &O) -> bool {
     match op.code {
         OP_FAMILY => flow.family as u16 == op.value,
         OP_PROTO => flow.proto as u16 == op.value,
         OP_NET => flow.family == op.family && pick(op.dir, in_net(src, op), in_net(dst, op)),
         OP_PORT => {
-            // Ports only exist for TCP and UDP, and not in non-first
-            // fragments (as in tcpdump).
-            let has = (flow.proto == crate::IPPROTO_TCP || flow.proto == crate::IPPROTO_UDP)
-                && flow.flags & crate::FLOW_FRAGMENT == 0;
-            let s = flow.sport >= op.value && flow.sport <= op.value2;
-            let d = flow.dport >= op.value && flow.dport <= op.value2;
-            has && pick(op.dir, s, d)
+            // Ports pass through `hide` before each test as well: a branch
+            // on a port narrows what the verifier knows of it (to one value
+            // once `port >= 80 && port <= 80` held), and every later test
+            // of that narrowed port would split the paths again.
+            let (sport, dport) = (o.hide(flow.sport as u64), o.hide(flow.dport as u64));
+            let (lo, hi) = (op.value as u64, op.value2 as u64);
+            let s = sport >= lo && sport <= hi;
+            let d = dport >= lo && dport <= hi;
+            has_ports(flow) && pick(op.dir, s, d)
+        }
+        OP_PORTS => {
+            // Two bits (source, destination), kept opaque between ranges.
+            let mut sd: u64 = 0;
+            let mut k = 0;
+            while k < PORT_SET {
+                if k as u16 >= op.value {
+                    break;
+                }
+                let r = if k < 4 { op.addr[k] } else { op.mask[k - 4] };
+                let (lo, hi) = ((r & 0xffff) as u64, (r >> 16) as u64);
+                let (sport, dport) = (o.hide(flow.sport as u64), o.hide(flow.dport as u64));
+                let s = (sport >= lo && sport <= hi) as u64;
+                let d = (dport >= lo && dport <= hi) as u64;
+                sd = o.hide(sd | s | (d << 1));
+                k += 1;
+            }
+            has_ports(flow) && pick(op.dir, sd & 1 != 0, sd & 2 != 0)
         }
         _ => false,
     }
@@ -104,7 +160,7 @@ fn test(op: &FilterOp, flow: &Flow, src: &[u32; 4], dst: &[u32; 4]) -> bool {
 /// Runs the filter program `ops[..len]` on `flow`. An empty program
 /// accepts everything; a malformed one (stack underflow) rejects.
 #[inline(always)]
-pub fn eval(ops: &[FilterOp; MAX_OPS], len: u32, flow: &Flow) -> bool {
+pub fn eval<O: Opaque>(ops: &[FilterOp; MAX_OPS], len: u32, flow: &Flow, o: &O) -> bool {
     if len == 0 {
         return true;
     }
@@ -140,7 +196,7 @@ pub fn eval(ops: &[FilterOp; MAX_OPS], len: u32, flow: &Flow) -> bool {
                 if depth >= 63 {
                     return false;
                 }
-                stack = (stack << 1) | test(op, flow, &src, &dst) as u64;
+                stack = o.hide((stack << 1) | test(op, flow, &src, &dst, o) as u64);
                 depth += 1;
             }
         }

@@ -44,7 +44,24 @@ static REASONS: HashMap<u32, u8> = HashMap::with_max_entries(1024, 0);
 pub struct Scratch {
     flow: Flow,
     key: RouteKey,
+    /// Where filter results pass to become opaque (see `filter::Opaque`).
+    opaque: u64,
 }
+
+/// Hides a value from the verifier by a store and a load through map
+/// memory, whose contents it does not track.
+struct MapOpaque(*mut u64);
+
+impl filter::Opaque for MapOpaque {
+    #[inline(always)]
+    fn hide(&self, v: u64) -> u64 {
+        unsafe {
+            core::ptr::write_volatile(self.0, v);
+            core::ptr::read_volatile(self.0)
+        }
+    }
+}
+
 
 #[map]
 static SCRATCH: PerCpuArray<Scratch> = PerCpuArray::with_max_entries(1, 0);
@@ -67,6 +84,20 @@ macro_rules! cfg {
     ($($field:tt)+) => {
         unsafe { core::ptr::read_volatile(&CONFIG.$($field)+) }
     };
+}
+
+/// The filter, run with its results kept opaque to the verifier.
+#[inline(always)]
+unsafe fn filter_matches(flow: &Flow) -> bool {
+    let Some(s) = SCRATCH.get_ptr_mut(0) else {
+        return false;
+    };
+    filter::eval(
+        &config().filter,
+        cfg!(filter_len),
+        flow,
+        &MapOpaque(&mut (*s).opaque),
+    )
 }
 
 #[inline(always)]
@@ -221,7 +252,7 @@ unsafe fn on_drop<M: Mem>(skb: *const u8, location: u64, reason: u32) {
     if cfg!(hide_noise) != 0 && is_noise(reason, flow) {
         return;
     }
-    if !filter::eval(&config().filter, cfg!(filter_len), flow) {
+    if !filter_matches(flow) {
         return;
     }
     count(STAT_DROPS_MATCHED);
@@ -522,7 +553,7 @@ unsafe fn on_xmit(skb: *const u8, dev: *const u8) {
     if !netns_allowed(netns) {
         return;
     }
-    if !filter::eval(&config().filter, cfg!(filter_len), &flow) {
+    if !filter_matches(&flow) {
         return;
     }
     count(STAT_SYNS_FLAGGED);

@@ -40,7 +40,7 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 use tracer_abi::filter::{
     FilterOp, DIR_ANY, DIR_DST, DIR_SRC, MAX_OPS, OP_AND, OP_FAMILY, OP_NET, OP_NOT, OP_OR,
-    OP_PORT, OP_PROTO,
+    OP_PORT, OP_PORTS, OP_PROTO, PORT_SET,
 };
 use tracer_abi::{
     Flow, FAMILY_V4, FAMILY_V6, IPPROTO_ICMP, IPPROTO_ICMPV6, IPPROTO_TCP, IPPROTO_UDP,
@@ -94,7 +94,8 @@ pub fn compile(expr: &str) -> Result<Filter, FilterError> {
         return Err(error(
             1,
             format!(
-                "filter too long: {} operations, the kernel takes at most {MAX_OPS}",
+                "filter too long: {} operations, the kernel takes at most {MAX_OPS}; \
+                 a portrange A-B or a net A/N can replace a list",
                 p.ops.len()
             ),
         ));
@@ -131,7 +132,7 @@ impl Filter {
     /// `to_kernel()`.
     pub fn matches(&self, flow: &Flow) -> bool {
         let (ops, len) = self.to_kernel();
-        tracer_abi::filter::eval(&ops, len, flow)
+        tracer_abi::filter::eval(&ops, len, flow, &tracer_abi::filter::Plain)
     }
 }
 
@@ -545,6 +546,9 @@ impl Parser {
 
     /// `and` and `or` at one level, left to right, as libpcap does.
     fn parse_or(&mut self) -> PResult<()> {
+        let lhs = self.ops.len();
+        // Where the right side of the last OR is, when it was one op.
+        let mut prev_rhs: Option<usize> = None;
         self.parse_unary()?;
         loop {
             let code = match self.peek().tok {
@@ -553,8 +557,29 @@ impl Parser {
                 _ => break,
             };
             self.pos += 1;
+            let rhs = self.ops.len();
             self.parse_unary()?;
+            let single = self.ops.len() == rhs + 1;
+            // `port 1 or 2 or ...`: two port ops of the same direction
+            // become one port-set op, which the verifier walks once instead
+            // of once per port. Either the left side is that one op, or
+            // (OR being associative) the right side of the OR just before.
+            if code == OP_OR && single {
+                let target = if rhs == lhs + 1 {
+                    Some(lhs)
+                } else {
+                    prev_rhs.filter(|&i| i + 2 == rhs)
+                };
+                if let Some(i) = target {
+                    if let Some(set) = merge_ports(&self.ops[i], &self.ops[rhs]) {
+                        self.ops[i] = set;
+                        self.ops.truncate(rhs);
+                        continue;
+                    }
+                }
+            }
             self.ops.push(op(code));
+            prev_rhs = (code == OP_OR && single).then_some(rhs);
         }
         Ok(())
     }
@@ -976,6 +1001,48 @@ impl Parser {
     }
 }
 
+/// The port ranges of a port op.
+fn port_ranges(o: &FilterOp) -> Option<Vec<u32>> {
+    match o.code {
+        OP_PORT => Some(vec![o.value as u32 | (o.value2 as u32) << 16]),
+        OP_PORTS => Some(
+            o.addr
+                .iter()
+                .chain(o.mask.iter())
+                .take(o.value as usize)
+                .copied()
+                .collect(),
+        ),
+        _ => None,
+    }
+}
+
+/// `a or b` as one port-set op, if both test ports in the same direction
+/// and their ranges fit in one set.
+fn merge_ports(a: &FilterOp, b: &FilterOp) -> Option<FilterOp> {
+    if a.dir != b.dir {
+        return None;
+    }
+    let mut ranges = port_ranges(a)?;
+    ranges.extend(port_ranges(b)?);
+    if ranges.len() > PORT_SET {
+        return None;
+    }
+    let mut set = FilterOp {
+        dir: a.dir,
+        value: ranges.len() as u16,
+        ..op(OP_PORTS)
+    };
+    for (k, r) in ranges.into_iter().enumerate() {
+        if k < 4 {
+            set.addr[k] = r;
+        } else {
+            set.mask[k - 4] = r;
+        }
+    }
+    Some(set)
+}
+
 fn port_leaf(lo: u16, hi: u16) -> FilterOp {
     FilterOp {
         value: lo,
@@ -1137,7 +1204,7 @@ mod tests {
         ] {
             assert_eq!(
                 f.matches(&fl),
-                tracer_abi::filter::eval(&ops, len, &fl),
+                tracer_abi::filter::eval(&ops, len, &fl, &tracer_abi::filter::Plain),
                 "{fl:?}"
             );
         }
@@ -1146,7 +1213,7 @@ mod tests {
     }
 
     #[test]
-    #[should_panic(expected = "at most 32")]
+    #[should_panic(expected = "at most 256")]
     fn to_kernel_refuses_overlong_hand_made_filter() {
         let f = Filter {
             ops: vec![op(OP_PROTO); MAX_OPS + 1],
@@ -1659,21 +1726,51 @@ mod tests {
 
     #[test]
     fn too_long() {
-        let list: Vec<String> = (1..=17).map(|p| p.to_string()).collect();
-        let expr = format!("port {}", list.join(" or "));
+        // Hosts do not merge: 129 of them are 257 ops.
+        let list: Vec<String> = (1..=129)
+            .map(|i| format!("10.0.{}.{}", i / 200, i % 200))
+            .collect();
+        let expr = format!("host {}", list.join(" or "));
         assert_eq!(
             err(&expr),
             (
                 1,
-                "filter too long: 33 operations, the kernel takes at most 32".into()
+                "filter too long: 257 operations, the kernel takes at most 256; \
+                 a portrange A-B or a net A/N can replace a list"
+                    .into()
             )
         );
-        // 16 ports and a not: exactly 32 fits.
-        let fits = format!("not (port {})", list[..16].join(" or "));
+        // 128 hosts and a not: exactly 256 fits.
+        let fits = format!("not (host {})", list[..128].join(" or "));
         let f = ok(&fits);
         assert_eq!(f.ops.len(), MAX_OPS);
-        assert!(!f.matches(&tcp4("1.1.1.1", 16, "2.2.2.2", 9999)));
-        assert!(f.matches(&tcp4("1.1.1.1", 17, "2.2.2.2", 9999)));
+    }
+
+    #[test]
+    fn port_lists_become_port_sets() {
+        let list: Vec<String> = (1..=17).map(|p| (p * 10).to_string()).collect();
+        let f = ok(&format!("host 10.1.2.3 and (port {})", list.join(" or ")));
+        // host, three sets (8 + 8 + 1 ports), two ORs between them, AND.
+        assert_eq!(f.ops.len(), 7, "{:?}", f.ops);
+        assert_eq!(f.ops.iter().filter(|o| o.code == OP_PORTS).count(), 2);
+        for p in 1..=17u16 {
+            assert!(f.matches(&tcp4("10.1.2.3", 5000, "2.2.2.2", p * 10)), "{p}");
+            assert!(f.matches(&udp4("2.2.2.2", p * 10, "10.1.2.3", 5000)), "{p}");
+            assert!(!f.matches(&tcp4("10.1.2.3", 5000, "2.2.2.2", p * 10 + 1)));
+        }
+        assert!(!f.matches(&tcp4("10.1.2.4", 5000, "2.2.2.2", 10)));
+        // Directions do not mix; ranges merge with single ports.
+        let f = ok("src port 1 or dst port 2");
+        assert_eq!(f.ops.len(), 3);
+        let f = ok("port 1 or portrange 100-200 or port 7");
+        assert_eq!(f.ops.len(), 1);
+        assert!(f.matches(&tcp4("1.1.1.1", 150, "2.2.2.2", 9)));
+        assert!(f.matches(&tcp4("1.1.1.1", 9, "2.2.2.2", 7)));
+        assert!(!f.matches(&tcp4("1.1.1.1", 9, "2.2.2.2", 201)));
+        // `and` binds as before: (port 1 or port 2) and tcp.
+        let f = ok("port 1 or 2 and tcp");
+        assert!(!f.matches(&udp4("1.1.1.1", 9, "2.2.2.2", 1)));
+        assert!(f.matches(&tcp4("1.1.1.1", 9, "2.2.2.2", 2)));
     }
 
     // ------------------------------------------------ errors
