@@ -338,6 +338,12 @@ fn bad_input_gets_one_line_and_a_nonzero_exit() {
         ),
         (&["watch", "--duration", "soon"], "bad duration 'soon'"),
         (
+            &["watch", "--duration", "-1s"],
+            "bad duration '-1s': it cannot be negative",
+        ),
+        (&["watch", "--count", "0"], "1 or more"),
+        (&["watch", "--count", "-3"], "1 or more"),
+        (
             &["watch", "--btf", "/nonexistent/vmlinux"],
             "no kernel BTF at /nonexistent/vmlinux",
         ),
@@ -346,7 +352,28 @@ fn bad_input_gets_one_line_and_a_nonzero_exit() {
             "unexpected argument '--bogus-flag'",
         ),
     ];
-    for (args, want) in cases {
+    let mut cases = cases.to_vec();
+    if kernel_reasons() {
+        cases.extend_from_slice(&[
+            (&["watch", "--reason", ""][..], "empty reason in --reason"),
+            (
+                &["watch", "--exclude-reason", "NO_SOCKET,,NOT_SPECIFIED"],
+                "empty reason in --exclude-reason",
+            ),
+            (
+                &[
+                    "watch",
+                    "--reason",
+                    "NO_SOCKET",
+                    "--exclude-reason",
+                    "no_socket",
+                ],
+                "NO_SOCKET is both included (--reason) and excluded (--exclude-reason)",
+            ),
+            (&["watch", "--reason", "SKB_CONSUMED"], "is never a drop"),
+        ]);
+    }
+    for (args, want) in &cases {
         let (code, err) = run_bad(args);
         assert_ne!(code, 0, "{args:?} must fail");
         assert!(err.contains(want), "{args:?}: expected '{want}' in {err:?}");
@@ -396,4 +423,26 @@ fn a_long_port_list_filters_in_the_kernel() {
         assert!(ds.iter().any(|d| d["dport"] == 7597), "{hook}: {lines:#?}");
         assert!(ds.iter().all(|d| d["dport"] == 7597), "{hook}: {ds:#?}");
     }
+}
+
+/// `-i` takes an ifindex, and an interface name of another namespace gets
+/// a hint naming that namespace, quoted for pasting.
+#[test]
+fn interface_by_index_and_a_hint_for_other_namespaces() {
+    let mut lab = Netlab::new(&prefix("ifq$(id)")).unwrap();
+    lab.ns("a").unwrap();
+    lab.ns("b").unwrap();
+    lab.veth("a", "odd0", "b", "odd1").unwrap();
+    let (code, err) = run_bad(&["watch", "-i", "odd0", "--duration", "1"]);
+    assert_ne!(code, 0);
+    let quoted = format!("add --netns '{}'", lab.name("a"));
+    assert!(err.contains(&quoted), "{err}");
+    let index = lab
+        .exec("a", "cat /sys/class/net/odd0/ifindex")
+        .unwrap()
+        .trim()
+        .to_string();
+    let run = start(&["watch", "--netns", &lab.name("a"), "-i", &index]);
+    let lines = run.stop();
+    assert_eq!(lines.last().unwrap()["type"], "summary");
 }

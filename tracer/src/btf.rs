@@ -251,6 +251,14 @@ impl KernelBtf {
     }
 }
 
+/// Reason names that never come with a drop.
+const NOT_DROPS: [&str; 4] = [
+    "SKB_NOT_DROPPED_YET",
+    "SKB_CONSUMED",
+    "NOT_DROPPED_YET",
+    "CONSUMED",
+];
+
 /// Drop reason codes and names of the running kernel.
 #[derive(Clone, Debug, Default)]
 pub struct Reasons {
@@ -299,21 +307,28 @@ impl Reasons {
         self.by_code.is_empty()
     }
 
-    /// Parses a comma-separated list; an unknown name is an error naming it.
-    pub fn parse_list(&self, list: &[String]) -> Result<Vec<u32>> {
+    /// Parses the comma-separated lists given to `flag`; an unknown, empty
+    /// or never-a-drop name is an error naming it.
+    pub fn parse_list(&self, flag: &str, list: &[String]) -> Result<Vec<u32>> {
         let mut out = Vec::new();
-        if self.is_empty() && list.iter().any(|s| !s.trim().is_empty()) {
-            bail!("this kernel has no drop reasons (they need Linux 5.17), so --reason and --exclude-reason cannot filter; use a filter expression, --netns or -i");
+        if self.is_empty() && !list.is_empty() {
+            bail!("this kernel has no drop reasons (they need Linux 5.17), so {flag} cannot filter; use a filter expression, --netns or -i");
         }
         for item in list.iter().flat_map(|s| s.split(',')) {
             let item = item.trim();
             if item.is_empty() {
-                continue;
+                bail!("empty reason in {flag}: give names separated by single commas, e.g. {flag} IP_RPFILTER,NO_SOCKET");
             }
             match self.code(item) {
+                // These mark frees that are not drops; filtering on them
+                // would silently match nothing.
+                Some(c) if NOT_DROPS.contains(&self.name(c).as_str()) => bail!(
+                    "{} in {flag} is never a drop (the kernel frees such packets with consume_skb, not kfree_skb)",
+                    self.name(c)
+                ),
                 Some(c) => out.push(c),
                 None => bail!(
-                    "unknown drop reason '{item}': `tracer reasons` lists this kernel's reasons"
+                    "unknown drop reason '{item}' in {flag}: `tracer reasons` lists this kernel's reasons"
                 ),
             }
         }
@@ -358,12 +373,27 @@ mod tests {
 
     #[test]
     fn reason_lists_name_the_bad_item() {
-        let r = Reasons::from_pairs([(2, "NOT_SPECIFIED".into()), (3, "NO_SOCKET".into())]);
+        let r = Reasons::from_pairs([
+            (1, "SKB_CONSUMED".into()),
+            (2, "NOT_SPECIFIED".into()),
+            (3, "NO_SOCKET".into()),
+        ]);
+        let e = r
+            .parse_list("--exclude-reason", &["skb_consumed".into()])
+            .unwrap_err();
+        assert!(e.to_string().contains("never a drop"), "{e}");
         assert_eq!(
-            r.parse_list(&["no_socket,NOT_SPECIFIED".into()]).unwrap(),
+            r.parse_list("--reason", &["no_socket,NOT_SPECIFIED".into()])
+                .unwrap(),
             vec![3, 2]
         );
-        let e = r.parse_list(&["NO_SOCKET,BOGUS".into()]).unwrap_err();
+        let e = r
+            .parse_list("--reason", &["NO_SOCKET,BOGUS".into()])
+            .unwrap_err();
         assert!(e.to_string().contains("'BOGUS'"), "{e}");
+        for bad in ["", "NO_SOCKET,,NOT_SPECIFIED", "NO_SOCKET,"] {
+            let e = r.parse_list("--reason", &[bad.into()]).unwrap_err();
+            assert!(e.to_string().contains("empty reason in --reason"), "{e}");
+        }
     }
 }

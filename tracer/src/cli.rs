@@ -82,8 +82,8 @@ pub struct TraceArgs {
     /// Only drops in this network namespace: a name in /run/netns, a path, or an inode (repeatable).
     #[arg(long, value_name = "NAME|PATH|INODE")]
     pub netns: Vec<String>,
-    /// Only drops on (or arriving through) this interface of --netns (default: tracer's own netns).
-    #[arg(short = 'i', long = "interface", value_name = "IFNAME")]
+    /// Only drops on (or arriving through) this interface (name or ifindex) of --netns (default: tracer's own netns).
+    #[arg(short = 'i', long = "interface", value_name = "IFNAME|IFINDEX")]
     pub interface: Option<String>,
     /// Only these drop reasons (comma-separated, e.g. IP_RPFILTER,NO_SOCKET).
     #[arg(long = "reason", value_name = "R,...")]
@@ -96,11 +96,11 @@ pub struct TraceArgs {
     pub all: bool,
     #[arg(short = 'o', long = "output", value_enum, default_value = "text")]
     pub output: Format,
-    /// Stop after this long (10s, 2m, 500ms).
-    #[arg(short = 'd', long, value_name = "D", value_parser = parse_duration_arg)]
+    /// Stop after this long (10s, 2m, 500ms; a bare number is seconds).
+    #[arg(short = 'd', long, value_name = "D", value_parser = parse_duration_arg, allow_hyphen_values = true)]
     pub duration: Option<Duration>,
-    /// Stop after this many drops.
-    #[arg(short = 'c', long, value_name = "N")]
+    /// Stop after this many drops (1 or more).
+    #[arg(short = 'c', long, value_name = "N", value_parser = parse_count_arg, allow_hyphen_values = true)]
     pub count: Option<u64>,
     /// Attach the drop probe this way instead of trying tp_btf, raw_tp, then the tracepoint.
     #[arg(long, value_enum, value_name = "HOOK")]
@@ -108,6 +108,13 @@ pub struct TraceArgs {
     /// Kernel BTF file, for kernels that keep it elsewhere (default /sys/kernel/btf/vmlinux).
     #[arg(long, value_name = "PATH")]
     pub btf: Option<PathBuf>,
+}
+
+fn parse_count_arg(s: &str) -> Result<u64, String> {
+    match s.trim().parse::<u64>() {
+        Ok(n) if n >= 1 => Ok(n),
+        _ => Err("give a whole number of drops, 1 or more".into()),
+    }
 }
 
 fn parse_duration_arg(s: &str) -> Result<Duration, String> {

@@ -127,8 +127,14 @@ impl Tracer {
             aya::Btf::parse_file(&btf_path, object::Endianness::default())
         });
         let reasons = kbtf.drop_reasons_or_none()?;
-        let include = reasons.parse_list(&opts.reasons)?;
-        let exclude = reasons.parse_list(&opts.exclude_reasons)?;
+        let include = reasons.parse_list("--reason", &opts.reasons)?;
+        let exclude = reasons.parse_list("--exclude-reason", &opts.exclude_reasons)?;
+        if let Some(both) = include.iter().find(|c| exclude.contains(c)) {
+            bail!(
+                "{} is both included (--reason) and excluded (--exclude-reason)",
+                reasons.name(*both)
+            );
+        }
         let mut topology = Topology::new();
 
         let mut config = Config::new();
@@ -153,9 +159,17 @@ impl Tracer {
             let topo = topology
                 .get(inode)
                 .ok_or_else(|| anyhow!("cannot read the interfaces of netns {label}"))?;
-            let link = topo
-                .link_by_name(ifname)
-                .ok_or_else(|| anyhow!("unknown interface '{ifname}' in netns {label}"))?;
+            // An ifindex works too, as with `ip link show 8`.
+            let link = match ifname.parse::<i32>() {
+                Ok(index) if index > 0 => topo.link(index),
+                _ => topo.link_by_name(ifname),
+            };
+            let Some(link) = link else {
+                bail!(
+                    "unknown interface '{ifname}' in netns {label}{}",
+                    elsewhere(&mut topology, ifname, inode)
+                );
+            };
             config.ifindex = link.ifindex as u32;
             inodes = vec![inode];
         }
@@ -508,6 +522,30 @@ impl Consumer for Printer {
     }
 }
 
+/// Where else an interface of that name lives, as a hint for `-i`: the
+/// user probably meant a namespace's interface without `--netns`.
+fn elsewhere(topology: &mut Topology, ifname: &str, searched: u32) -> String {
+    let found: Vec<String> = netns::list()
+        .into_iter()
+        .filter(|n| n.inode != searched)
+        .filter(|n| {
+            topology
+                .get(n.inode)
+                .is_some_and(|t| t.link_by_name(ifname).is_some())
+        })
+        .map(|n| n.label())
+        .take(3)
+        .collect();
+    match found.first() {
+        None => String::new(),
+        Some(first) => format!(
+            " (an interface of that name is in netns {}: add --netns {})",
+            found.join(", "),
+            shlex::try_quote(first).unwrap_or_default()
+        ),
+    }
+}
+
 /// Parses `10s`, `2m`, `500ms`, `1h`, or a bare number of seconds.
 pub fn parse_duration(s: &str) -> Result<Duration> {
     let t = s.trim();
@@ -515,6 +553,9 @@ pub fn parse_duration(s: &str) -> Result<Duration> {
         if secs.is_finite() && secs >= 0.0 {
             return Ok(Duration::from_secs_f64(secs));
         }
+    }
+    if t.starts_with('-') {
+        bail!("bad duration '{s}': it cannot be negative");
     }
     match humantime::parse_duration(t) {
         Ok(d) => Ok(d),
