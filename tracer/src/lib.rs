@@ -11,7 +11,10 @@
 //! - `event`: decode ring-buffer records and name them
 //! - `output`: text and JSON
 //! - `watch`: the tracing session that every command builds on
-//! - `diagnose`: the rules that turn drops, route lookups and topology into verdicts
+//! - `rules`: the rules that turn drops, route lookups and topology into verdicts
+//! - `record`: recordings of a diagnosis, for `diagnose --replay`
+//! - `diagnose`: runs the rules live or on a recording
+//! - `protocols`: names for errno values and ICMP types
 //! - `lab`: the incidents rebuilt in throwaway namespaces
 //! - `cli`: the command line; `main.rs` is a thin shell around `cli::run`
 pub mod btf;
@@ -23,6 +26,9 @@ pub mod lab;
 pub mod netns;
 pub mod output;
 pub mod probes;
+pub mod protocols;
+pub mod record;
+pub mod rules;
 pub mod symbols;
 pub mod topology;
 pub mod watch;
