@@ -1200,6 +1200,7 @@ mod tests {
                 "bridge-subnet-loose",
                 "overlay-mtu-blackhole",
                 "overlay-mtu-clamped",
+                "pmtud-healthy",
                 "veth-mtu-mismatch"
             ]
         );
