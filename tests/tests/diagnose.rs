@@ -111,7 +111,7 @@ fn bridge_subnet_loose_proves_asymmetric_route() {
     assert_eq!(e["egress_prefix"], "172.17.0.0/16");
     let lost = lines
         .iter()
-        .find(|l| l["type"] == "drop" && l["reason"] == "NEIGH_FAILED")
+        .find(|l| tracer_tests::is_drop(l, "NEIGH_FAILED"))
         .expect("the SYN-ACK dies when the neighbour fails");
     // The kernel's own lookups, joined to the drop: the SYN-ACK's output
     // route goes into the bridge; the SYN's input route came from the uplink.
@@ -196,7 +196,7 @@ fn pmtu_discovery_that_recovers_is_not_a_fault() {
     assert!(
         lines
             .iter()
-            .any(|l| l["type"] == "drop" && l["reason"] == "PKT_TOO_BIG"),
+            .any(|l| tracer_tests::is_drop(l, "PKT_TOO_BIG")),
         "the first flight is still too big"
     );
     assert!(faults(&lines).is_empty(), "{:#?}", faults(&lines));
@@ -396,4 +396,39 @@ fn a_port_scan_does_not_flood_verdicts() {
     assert_eq!(closed.len(), 20, "{closed:#?}");
     let summary = lines.last().unwrap();
     assert_eq!(summary["verdicts_suppressed"], 5, "{summary}");
+}
+
+#[test]
+fn healthy_pmtu_discovery_is_not_a_fault_v4_and_v6() {
+    // client -> r1 -> r2 -> server, the middle link MTU 1400, ICMP allowed:
+    // the 2 MB upload shrinks to the path MTU and completes.
+    for (test, p) in [("dpmtud4", Params::default()), ("dpmtud6", Params::ipv6())] {
+        let lines = diagnose("pmtud-healthy", test, p, |_| {});
+        assert!(
+            lines
+                .iter()
+                .any(|l| tracer_tests::is_drop(l, "PKT_TOO_BIG")),
+            "{test}: the first flight is too big"
+        );
+        assert!(faults(&lines).is_empty(), "{test}: {:#?}", faults(&lines));
+        assert!(
+            verdicts(&lines)
+                .iter()
+                .all(|v| v["kind"] != "mss_exceeds_mtu"),
+            "{test}: {:#?}",
+            verdicts(&lines)
+        );
+    }
+}
+
+#[test]
+fn every_verdict_states_its_tier() {
+    let lines = diagnose("overlay-mtu-blackhole", "dtier", Params::default(), |_| {});
+    for v in verdicts(&lines) {
+        let tier = v["tier"].as_str().unwrap();
+        assert!(["proven", "suspected", "info"].contains(&tier), "{v}");
+        assert_eq!(v["fault"] == true, tier == "proven", "{v}");
+    }
+    let summary = lines.last().unwrap();
+    assert!(summary["verdict_kinds"].is_object(), "{summary}");
 }

@@ -1,7 +1,6 @@
 //! The command line: clap definitions and dispatch. `main.rs` only calls
 //! `run` and turns an error into one line and an exit code.
 
-use crate::diagnose::Diagnoser;
 use crate::output::Format;
 use crate::probes::DropHook;
 use crate::watch::{parse_duration, Printer, TraceOptions, Tracer};
@@ -27,7 +26,7 @@ pub enum Command {
     /// Stream every packet the kernel drops, with reason, place, netns, device and flow.
     Watch(TraceArgs),
     /// Watch drops, route lookups and SYNs, and print each root cause as soon as it is proven.
-    Diagnose(TraceArgs),
+    Diagnose(DiagnoseArgs),
     /// Rebuild an incident in throwaway namespaces and diagnose it live.
     Lab {
         #[command(subcommand)]
@@ -67,6 +66,12 @@ pub enum LabCommand {
         keep: bool,
         #[arg(short = 'o', long = "output", value_enum, default_value = "text")]
         output: Format,
+        /// Record the diagnosis to FILE (see `diagnose --replay`); one lab only.
+        #[arg(short = 'w', long = "write", value_name = "FILE")]
+        write: Option<PathBuf>,
+        /// Build the IPv6 variant (overlay and PMTU labs).
+        #[arg(long)]
+        ipv6: bool,
     },
     /// Remove every lab namespace (trlab-*) that a killed run left behind.
     Clean,
@@ -117,6 +122,25 @@ fn parse_count_arg(s: &str) -> Result<u64, String> {
     }
 }
 
+/// `diagnose`: the trace flags, plus recording and replay.
+#[derive(Args, Debug, Clone)]
+pub struct DiagnoseArgs {
+    #[command(flatten)]
+    pub trace: TraceArgs,
+    /// Also record everything the diagnosis used to FILE (JSON lines).
+    #[arg(
+        short = 'w',
+        long = "write",
+        value_name = "FILE",
+        conflicts_with = "replay"
+    )]
+    pub write: Option<PathBuf>,
+    /// Diagnose a recording instead of the kernel (no root needed); the
+    /// capture flags were applied when it was recorded.
+    #[arg(long, value_name = "FILE")]
+    pub replay: Option<PathBuf>,
+}
+
 fn parse_duration_arg(s: &str) -> Result<Duration, String> {
     parse_duration(s).map_err(|e| e.to_string())
 }
@@ -151,17 +175,31 @@ pub fn run(cli: Cli, started: Instant) -> Result<()> {
             })
         }
         Command::Diagnose(args) => {
+            if let Some(path) = &args.replay {
+                return crate::diagnose::replay_cmd(path, args.trace.output);
+            }
             let rt = runtime()?;
-            rt.block_on(async {
-                let tracer = Tracer::start(&args.options(), true, started)?;
-                tracer.run(&mut Diagnoser::new(true)).await?;
-                Ok(())
-            })
+            rt.block_on(crate::diagnose::live(
+                &args.trace.options(),
+                args.write.as_deref(),
+                started,
+            ))
         }
         Command::Lab { command } => match command {
             LabCommand::List { output } => crate::lab::list(output),
-            LabCommand::Run { name, keep, output } => {
-                crate::lab::run(&name, keep, output, Default::default(), started)
+            LabCommand::Run {
+                name,
+                keep,
+                output,
+                write,
+                ipv6,
+            } => {
+                let params = if ipv6 {
+                    crate::lab::scenarios::Params::ipv6()
+                } else {
+                    Default::default()
+                };
+                crate::lab::run(&name, keep, output, params, write.as_deref(), started)
             }
             LabCommand::Clean => crate::lab::clean(),
         },

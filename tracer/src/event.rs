@@ -4,7 +4,7 @@
 use crate::btf::Reasons;
 use crate::symbols::Symbols;
 use crate::topology::{IfName, Topology};
-use serde::Serialize;
+use serde::{Deserialize, Deserializer, Serialize};
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use tracer_abi::*;
 
@@ -125,7 +125,7 @@ pub fn tcp_flags(f: u8) -> String {
 }
 
 /// A route lookup joined to a drop, named.
-#[derive(Clone, Debug, Serialize, PartialEq, Eq)]
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
 pub struct RouteRecord {
     /// Nanoseconds between the lookup and the drop (negative: lookup after).
     pub age_ns: i64,
@@ -145,19 +145,20 @@ pub struct RouteRecord {
 }
 
 /// A drop as the user sees it; also the JSON schema (see README).
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct DropRecord {
-    #[serde(rename = "type")]
+    #[serde(rename = "type", skip_deserializing, default = "drop_kind")]
     pub kind: &'static str,
     /// Wall-clock time, nanoseconds since the Unix epoch.
     pub ts_ns: u64,
     /// The reason's name; empty (JSON null) when the kernel reports none
     /// and none could be inferred.
-    #[serde(serialize_with = "empty_as_null")]
+    #[serde(serialize_with = "empty_as_null", deserialize_with = "null_as_empty")]
     pub reason: String,
     /// `"kernel"`, or `"location"` when inferred on a kernel without drop
     /// reasons (see reason_inference); null when unknown.
-    pub reason_source: Option<&'static str>,
+    #[serde(default, deserialize_with = "opt_static_str")]
+    pub reason_source: Option<StaticName>,
     pub reason_code: u32,
     pub location: String,
     pub netns: u32,
@@ -172,7 +173,8 @@ pub struct DropRecord {
     pub gso_size: u16,
     pub gso_segs: u16,
     pub mtu: u32,
-    pub family: Option<&'static str>,
+    #[serde(default, deserialize_with = "opt_static_str")]
+    pub family: Option<StaticName>,
     pub proto: Option<String>,
     pub src: Option<IpAddr>,
     pub dst: Option<IpAddr>,
@@ -191,6 +193,10 @@ pub struct DropRecord {
     pub route: Option<RouteRecord>,
     /// Latest route lookup towards the packet's source (reverse path).
     pub reverse_route: Option<RouteRecord>,
+}
+
+fn null_as_empty<'de, D: Deserializer<'de>>(d: D) -> Result<String, D::Error> {
+    Option::<String>::deserialize(d).map(Option::unwrap_or_default)
 }
 
 fn empty_as_null<S: serde::Serializer>(v: &str, s: S) -> Result<S::Ok, S::Error> {
@@ -265,9 +271,9 @@ impl DropRecord {
 }
 
 /// A SYN whose MSS the egress MTU cannot carry, named.
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct SynRecord {
-    #[serde(rename = "type")]
+    #[serde(rename = "type", skip_deserializing, default = "syn_kind")]
     pub kind: &'static str,
     pub ts_ns: u64,
     pub netns: u32,
@@ -278,7 +284,8 @@ pub struct SynRecord {
     pub ingress_ifname: Option<String>,
     pub mtu: u32,
     pub mss: u16,
-    pub family: Option<&'static str>,
+    #[serde(default, deserialize_with = "opt_static_str")]
+    pub family: Option<StaticName>,
     pub src: Option<IpAddr>,
     pub dst: Option<IpAddr>,
     pub sport: u16,
@@ -287,9 +294,9 @@ pub struct SynRecord {
 }
 
 /// A neighbour entry resolving or failed, named.
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct NeighRecord {
-    #[serde(rename = "type")]
+    #[serde(rename = "type", skip_deserializing, default = "neigh_kind")]
     pub kind: &'static str,
     pub ts_ns: u64,
     pub netns: u32,
@@ -298,7 +305,50 @@ pub struct NeighRecord {
     pub ifname: Option<String>,
     pub neighbor: Option<IpAddr>,
     /// `INCOMPLETE` or `FAILED`.
-    pub state: &'static str,
+    #[serde(deserialize_with = "static_str")]
+    pub state: StaticName,
+}
+
+/// A name held as `&'static str`. Fields spell it through this alias
+/// because serde's derive borrows every field written `&str` or
+/// `Option<&str>` from the input, which a `'static` one cannot be; with
+/// the alias they are read owned and interned (`deserialize_with`).
+pub type StaticName = &'static str;
+
+/// Reads a name that a live run holds as `&'static str` (record kinds,
+/// families, neighbour states) back from a recording: each distinct value
+/// is allocated once for the life of the process.
+pub fn intern(s: &str) -> &'static str {
+    use std::collections::HashSet;
+    use std::sync::Mutex;
+    static NAMES: Mutex<Option<HashSet<&'static str>>> = Mutex::new(None);
+    let mut g = NAMES.lock().unwrap_or_else(|e| e.into_inner());
+    let set = g.get_or_insert_with(HashSet::new);
+    if let Some(&n) = set.get(s) {
+        return n;
+    }
+    let n: &'static str = Box::leak(s.to_owned().into_boxed_str());
+    set.insert(n);
+    n
+}
+
+fn static_str<'de, D: Deserializer<'de>>(d: D) -> Result<&'static str, D::Error> {
+    String::deserialize(d).map(|s| intern(&s))
+}
+
+// A record's kind is fixed by its type (the `type` field it prints).
+fn drop_kind() -> &'static str {
+    "drop"
+}
+fn syn_kind() -> &'static str {
+    "syn"
+}
+fn neigh_kind() -> &'static str {
+    "neigh"
+}
+
+fn opt_static_str<'de, D: Deserializer<'de>>(d: D) -> Result<Option<&'static str>, D::Error> {
+    Option::<String>::deserialize(d).map(|o| o.map(|s| intern(&s)))
 }
 
 pub fn nud_name(state: u8) -> &'static str {

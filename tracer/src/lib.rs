@@ -12,7 +12,10 @@
 //! - `reason_inference`: drop reasons for kernels that report none (before 5.17)
 //! - `output`: text and JSON
 //! - `watch`: the tracing session that every command builds on
-//! - `diagnose`: the rules that turn drops, route lookups and topology into verdicts
+//! - `rules`: the rules that turn drops, route lookups and topology into verdicts
+//! - `record`: recordings of a diagnosis, for `diagnose --replay`
+//! - `diagnose`: runs the rules live or on a recording
+//! - `protocols`: names for errno values and ICMP types
 //! - `lab`: the incidents rebuilt in throwaway namespaces
 //! - `check`: the preflight that says what this kernel offers
 //! - `cli`: the command line; `main.rs` is a thin shell around `cli::run`
@@ -26,7 +29,10 @@ pub mod lab;
 pub mod netns;
 pub mod output;
 pub mod probes;
+pub mod protocols;
 pub mod reason_inference;
+pub mod record;
+pub mod rules;
 pub mod symbols;
 pub mod topology;
 pub mod watch;

@@ -1,6 +1,8 @@
 //! How records reach the user: one aligned, coloured line per drop for a
 //! person, or one JSON object per line for a program; and the summary.
 
+pub mod verdict;
+
 use crate::event::{DropRecord, SynRecord};
 use crate::probes::KernelStats;
 use serde::Serialize;
@@ -49,7 +51,7 @@ impl Output {
         }
     }
 
-    fn paint(&self, code: &str, s: &str) -> String {
+    pub(crate) fn paint(&self, code: &str, s: &str) -> String {
         if self.color {
             format!("{code}{s}{RESET}")
         } else {
@@ -218,10 +220,31 @@ impl Output {
         }
         let mut reasons: Vec<_> = s.by_reason.iter().collect();
         reasons.sort_by(|a, b| b.1.cmp(a.1).then(a.0.cmp(b.0)));
-        for (k, n) in &s.verdict_kinds {
+        if !s.verdict_kinds.is_empty() {
+            // One line for all kinds: a port scan must not repeat itself.
+            let parts: Vec<String> = s
+                .verdict_kinds
+                .iter()
+                .map(|(k, n)| {
+                    if *n == 1 {
+                        k.clone()
+                    } else {
+                        format!("{k} x{n}")
+                    }
+                })
+                .collect();
+            let faults = if s.faults == 0 {
+                "no fault proven".to_string()
+            } else {
+                format!(
+                    "{} proven fault{}",
+                    s.faults,
+                    if s.faults == 1 { "" } else { "s" }
+                )
+            };
             lines.push(self.paint(
-                &format!("{BOLD}{RED}"),
-                &format!("    verdict {k} ({n} drops)"),
+                BOLD,
+                &format!("    verdicts ({faults}): {}", parts.join(", ")),
             ));
         }
         for (r, n) in reasons {
@@ -264,9 +287,12 @@ pub struct Summary {
     /// Verdicts proven but not printed (more than 20 of one kind).
     #[serde(skip_serializing_if = "is_zero")]
     pub verdicts_suppressed: u64,
-    /// (kind, drops) of every verdict, for `diagnose`.
-    #[serde(skip_serializing_if = "Vec::is_empty")]
-    pub verdict_kinds: Vec<(String, u64)>,
+    /// Verdicts per kind, for `diagnose`.
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    pub verdict_kinds: BTreeMap<String, u64>,
+    /// Proven faults among the verdicts.
+    #[serde(skip_serializing_if = "is_zero")]
+    pub faults: u64,
     pub duration_s: f64,
     pub kernel: KernelStats,
 }
@@ -353,7 +379,10 @@ pub fn flow_text(d: &DropRecord) -> String {
         s.push_str(&format!(" mss {m}"));
     }
     if let (Some(t), Some(c)) = (d.icmp_type, d.icmp_code) {
-        s.push_str(&format!(" type {t} code {c}"));
+        match crate::protocols::icmp_name(proto, t, c) {
+            Some(name) => s.push_str(&format!(" {name} (type {t} code {c})")),
+            None => s.push_str(&format!(" type {t} code {c}")),
+        }
     }
     if d.gso_size != 0 {
         s.push_str(&format!(" gso {}x{}", d.gso_segs, d.gso_size));

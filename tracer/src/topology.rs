@@ -31,7 +31,7 @@ use netlink_packet_route::nsid::{NsidAttribute, NsidMessage};
 use netlink_packet_route::route::{RouteAddress, RouteAttribute, RouteMessage, RouteVia};
 use netlink_packet_route::{AddressFamily, RouteNetlinkMessage};
 use netlink_sys::{protocols::NETLINK_ROUTE, Socket, SocketAddr};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use crate::netns::{self, NetnsCache, NetnsInfo};
 
@@ -44,7 +44,7 @@ pub const DEFAULT_MAX_AGE: Duration = Duration::from_secs(5);
 /// See [`Topology::with_timing`].
 pub const DEFAULT_RECHECK: Duration = Duration::from_millis(250);
 
-#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Link {
     pub ifindex: i32,
     pub name: String,
@@ -68,7 +68,7 @@ pub struct Link {
     pub addrs: Vec<(IpAddr, u8)>,
 }
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum RouteKind {
     Unicast,
     Local,
@@ -96,7 +96,7 @@ impl From<u8> for RouteKind {
     }
 }
 
-#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Route {
     pub dst: IpAddr,
     pub prefix_len: u8,
@@ -117,7 +117,7 @@ impl Route {
     }
 }
 
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Sysctls {
     pub rp_filter_all: u32,
     /// Per ifname, from net.ipv4.conf.<ifname>.rp_filter (includes "default").
@@ -132,7 +132,9 @@ pub struct Sysctls {
     pub ipv6_forwarding: bool,
 }
 
-#[derive(Clone, Debug)]
+/// One namespace's topology; also a recording's snapshot (serde), where
+/// `read_at` is not kept: a replay has no clock of its own.
+#[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct NsTopology {
     pub inode: u32,
     pub name: Option<String>,
@@ -141,6 +143,7 @@ pub struct NsTopology {
     /// All tables, IPv4 then IPv6, in kernel dump order.
     pub routes: Vec<Route>,
     pub sysctls: Sysctls,
+    #[serde(skip, default = "Instant::now")]
     pub read_at: Instant,
     /// Where the netns was opened from: a different path for the same
     /// inode means the kernel reused the inode for a new namespace.
@@ -164,6 +167,16 @@ impl NsTopology {
             read_at: Instant::now(),
             path: ns.path.clone(),
         })
+    }
+
+    /// Same namespace contents (when it was read aside).
+    pub fn same_as(&self, other: &NsTopology) -> bool {
+        self.inode == other.inode
+            && self.name == other.name
+            && self.links == other.links
+            && self.routes == other.routes
+            && self.sysctls == other.sysctls
+            && self.path == other.path
     }
 
     pub fn link(&self, ifindex: i32) -> Option<&Link> {

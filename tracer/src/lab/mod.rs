@@ -10,6 +10,7 @@ use anyhow::{anyhow, bail, Result};
 use netlab::{Netlab, LAB_PREFIX};
 use scenarios::{Params, SCENARIOS};
 use serde::Serialize;
+use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -61,9 +62,19 @@ struct LabResult<'a> {
 }
 
 /// Runs lab `name`, or every lab in turn for `all`.
-pub fn run(name: &str, keep: bool, format: Format, params: Params, started: Instant) -> Result<()> {
+pub fn run(
+    name: &str,
+    keep: bool,
+    format: Format,
+    params: Params,
+    write: Option<&Path>,
+    started: Instant,
+) -> Result<()> {
     if name != "all" {
-        return run_one(name, keep, format, params, started);
+        return run_one(name, keep, format, params, write, started);
+    }
+    if write.is_some() {
+        bail!("-w records one lab: name it instead of `all`");
     }
     let mut failed = Vec::new();
     for sc in SCENARIOS {
@@ -73,7 +84,7 @@ pub fn run(name: &str, keep: bool, format: Format, params: Params, started: Inst
                 sc.name
             );
         }
-        if let Err(e) = run_one(sc.name, keep, format, params.clone(), Instant::now()) {
+        if let Err(e) = run_one(sc.name, keep, format, params.clone(), None, Instant::now()) {
             let msg = format!("{e:#}");
             if msg.starts_with("interrupted") {
                 bail!("{msg}");
@@ -93,7 +104,14 @@ pub fn run(name: &str, keep: bool, format: Format, params: Params, started: Inst
 
 /// Builds lab `name`, runs its traffic under `diagnose`, prints the
 /// verdicts, and tears everything down (also on Ctrl-C or an error).
-fn run_one(name: &str, keep: bool, format: Format, params: Params, started: Instant) -> Result<()> {
+fn run_one(
+    name: &str,
+    keep: bool,
+    format: Format,
+    params: Params,
+    write: Option<&Path>,
+    started: Instant,
+) -> Result<()> {
     let sc = scenarios::find(name).ok_or_else(|| {
         anyhow!("unknown lab '{name}': `tracer lab list` shows the labs (or use `all`)")
     })?;
@@ -145,6 +163,9 @@ fn run_one(name: &str, keep: bool, format: Format, params: Params, started: Inst
             done.notify_one();
         });
         let mut diag = Diagnoser::new(true);
+        if let Some(p) = write {
+            diag.record_to(p, &tracer.session)?;
+        }
         if !sc.expect.is_empty() {
             diag.stop_when = Some((sc.expect.iter().map(|s| s.to_string()).collect(), stop));
         }
@@ -153,7 +174,7 @@ fn run_one(name: &str, keep: bool, format: Format, params: Params, started: Inst
             bail!("interrupted: lab {name} stopped before its traffic ended");
         }
         let kinds: Vec<&'static str> = diag
-            .verdicts
+            .verdicts()
             .iter()
             .filter(|v| v.fault)
             .map(|v| v.kind)

@@ -66,6 +66,18 @@ impl Default for Params {
     }
 }
 
+impl Params {
+    /// The defaults with an IPv6 bridge subnet, for the IPv6 variants.
+    pub fn ipv6() -> Params {
+        Params {
+            bridge_cidr: "fd00:17::1/64".into(),
+            container_addr: "fd00:17::2".into(),
+            ipv6: true,
+            ..Params::default()
+        }
+    }
+}
+
 /// A built lab, ready for its traffic.
 pub struct Built {
     /// Names of the namespaces the diagnosis should trace (all lab namespaces that matter).
@@ -115,6 +127,12 @@ pub const SCENARIOS: &[Scenario] = &[
         summary: "control: the same overlay with the MSS clamped on the host; the download completes",
         expect: &[],
         build: overlay_mtu_clamped,
+    },
+    Scenario {
+        name: "pmtud-healthy",
+        summary: "control: a narrower middle link with ICMP allowed; PMTU discovery shrinks a 2 MB upload, which completes",
+        expect: &[],
+        build: pmtud_healthy,
     },
     Scenario {
         name: "veth-mtu-mismatch",
@@ -224,6 +242,139 @@ fn overlay_mtu_blackhole(lab: &mut Netlab, p: &Params) -> Result<Built> {
 /// the 20 KB arrive. A tool must not report a fault here.
 fn overlay_mtu_clamped(lab: &mut Netlab, p: &Params) -> Result<Built> {
     overlay(lab, p, true)
+}
+
+/// Healthy PMTU discovery (a control).
+///
+/// Topology: `client` (MTU 1500) — `r1` — `r2` — `server` (MTU 1500), the
+/// r1–r2 link with MTU 1400, ICMP allowed everywhere; 10.31/10.32/10.33
+/// (fd00:31/32/33 with `ipv6`). The client uploads 2 MB to
+/// server:443, which reads until EOF. [`Params`] apply only through `ipv6`.
+///
+/// What happens: the client's SYN leaves r1 towards the narrow link
+/// advertising MSS 1460 (1440), so its first full-size segments do not
+/// fit: r1 drops them with `PKT_TOO_BIG` and answers ICMP frag-needed
+/// (packet too big). The client learns `mtu 1400` for the server (in its
+/// route cache) and the upload completes. Nothing is wrong: a tool must
+/// not call this a fault.
+fn pmtud_healthy(lab: &mut Netlab, p: &Params) -> Result<Built> {
+    const UPLOAD: usize = 2 << 20;
+    let v6 = p.ipv6;
+    let (len, o, fwd) = if v6 {
+        (64, " nodad", "net.ipv6.conf.all.forwarding=1")
+    } else {
+        (24, "", "net.ipv4.ip_forward=1")
+    };
+    // fd00:31::1 reads like 10.31.0.1: the net number is written, not converted.
+    let a = |net: u8, host: u8| -> IpAddr {
+        if v6 {
+            IpAddr::V6(format!("fd00:{net}::{host:x}").parse().expect("literal"))
+        } else {
+            IpAddr::V4(Ipv4Addr::new(10, net, 0, host))
+        }
+    };
+    let (client, r1_in, r1_out, r2_in, r2_out, server) = (
+        a(31, 1),
+        a(31, 254),
+        a(32, 1),
+        a(32, 2),
+        a(33, 254),
+        a(33, 1),
+    );
+    let net = |n: u8| {
+        if v6 {
+            format!("fd00:{n}::/64")
+        } else {
+            format!("10.{n}.0.0/24")
+        }
+    };
+    for n in ["client", "r1", "r2", "server"] {
+        lab.ns(n)?;
+    }
+    lab.veth("client", "eth0", "r1", "eth0")?;
+    lab.veth("r1", "eth1", "r2", "eth0")?;
+    lab.veth("r2", "eth1", "server", "eth0")?;
+    if v6 {
+        // As in the overlay labs: tentative link-locals would delay
+        // forwarding by the DAD time.
+        for (ns, dev, ll) in [
+            ("client", "eth0", "fe80::2"),
+            ("r1", "eth0", "fe80::1"),
+            ("r1", "eth1", "fe80::1"),
+            ("r2", "eth0", "fe80::2"),
+            ("r2", "eth1", "fe80::1"),
+            ("server", "eth0", "fe80::2"),
+        ] {
+            lab.exec(ns, &format!("ip -6 addr add {ll}/64 dev {dev} nodad"))?;
+        }
+    }
+    lab.exec(
+        "client",
+        &format!("ip addr add {client}/{len} dev eth0{o} && ip route add default via {r1_in}"),
+    )?;
+    lab.exec(
+        "r1",
+        &format!(
+            "sysctl -qw {fwd} && ip addr add {r1_in}/{len} dev eth0{o} && \
+             ip link set eth1 mtu 1400 && ip addr add {r1_out}/{len} dev eth1{o} && \
+             ip route add {} via {r2_in}",
+            net(33)
+        ),
+    )?;
+    lab.exec(
+        "r2",
+        &format!(
+            "sysctl -qw {fwd} && ip link set eth0 mtu 1400 && ip addr add {r2_in}/{len} dev eth0{o} && \
+             ip addr add {r2_out}/{len} dev eth1{o} && ip route add {} via {r1_out}",
+            net(31)
+        ),
+    )?;
+    lab.exec(
+        "server",
+        &format!("ip addr add {server}/{len} dev eth0{o} && ip route add default via {r2_out}"),
+    )?;
+
+    let target = SocketAddr::new(server, SERVER_PORT);
+    let listener = listen_in(lab, "server", target)?;
+    let received = Arc::new(AtomicU64::new(0));
+    let counter = received.clone();
+    let client_ns = ns_path(lab, "client");
+    let traffic = Box::new(move || -> Result<()> {
+        let _server = Helper::spawn("lab-sink", move |stop| {
+            accept_loop(&listener, stop, |mut conn| {
+                let _ = conn.set_read_timeout(Some(FETCH_WINDOW));
+                let mut buf = [0u8; 65536];
+                while let Ok(n) = conn.read(&mut buf) {
+                    if n == 0 {
+                        break;
+                    }
+                    counter.fetch_add(n as u64, Ordering::SeqCst);
+                }
+            })
+        })?;
+        in_netns(&client_ns, move || -> io::Result<()> {
+            let mut conn = TcpStream::connect_timeout(&target, FETCH_WINDOW)?;
+            conn.set_write_timeout(Some(FETCH_WINDOW))?;
+            conn.write_all(&vec![b'x'; UPLOAD])?;
+            conn.shutdown(std::net::Shutdown::Write)?;
+            // Wait for the server's close: everything was read.
+            let _ = conn.set_read_timeout(Some(FETCH_WINDOW));
+            let _ = conn.read(&mut [0u8; 16]);
+            Ok(())
+        })?
+        .context("the lab's upload failed")?;
+        Ok(())
+    });
+
+    Ok(Built {
+        trace: ["client", "r1", "r2", "server"]
+            .iter()
+            .map(|n| lab.name(n))
+            .collect(),
+        host: lab.name("r1"),
+        traffic,
+        received: Some(received),
+    })
 }
 
 /// MTU mismatch across one veth pair.
@@ -1005,6 +1156,27 @@ mod tests {
     }
 
     #[test]
+    fn pmtud_healthy_upload_completes_and_the_client_learns_the_mtu() {
+        for (short, p) in [("pm4", Params::default()), ("pm6", Params::ipv6())] {
+            let mut lab = new_lab(short);
+            let b = build(&mut lab, "pmtud-healthy", &p);
+            let got = run(b).unwrap().load(Ordering::SeqCst);
+            assert_eq!(got, 2 << 20, "{short}");
+            let server = if p.ipv6 { "fd00:33::1" } else { "10.33.0.1" };
+            let route = lab
+                .exec("client", &format!("ip route get {server}"))
+                .unwrap();
+            assert!(route.contains("mtu 1400"), "{short}: {route}");
+            let too_big = if p.ipv6 {
+                nstat(&lab, "r1", "Ip6InTooBigErrors")
+            } else {
+                nstat(&lab, "r1", "IpFragFails")
+            };
+            assert!(too_big >= 1, "{short}: the first flight was too big");
+        }
+    }
+
+    #[test]
     fn veth_mismatch_drops_large_datagrams() {
         let mut lab = new_lab("veth");
         let b = build(&mut lab, "veth-mtu-mismatch", &Params::default());
@@ -1028,6 +1200,7 @@ mod tests {
                 "bridge-subnet-loose",
                 "overlay-mtu-blackhole",
                 "overlay-mtu-clamped",
+                "pmtud-healthy",
                 "veth-mtu-mismatch"
             ]
         );

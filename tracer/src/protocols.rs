@@ -1,0 +1,71 @@
+//! Names for numbers the kernel reports: route-lookup errors and ICMP
+//! types, so that output says `ENETUNREACH` and `frag needed`, not -11
+//! and 3/4.
+
+/// The errno a route lookup failed with, by name. `err` is as traced
+/// (negative).
+pub fn errno_name(err: i32) -> String {
+    match -err {
+        // fib_table_lookup reports -EAGAIN when a table has no matching
+        // route; the kernel then fails the lookup with -ENETUNREACH, which
+        // is what the sender sees.
+        11 | 101 => "ENETUNREACH".into(),
+        // `unreachable` routes.
+        113 => "EHOSTUNREACH".into(),
+        // `blackhole` routes, and the rp_filter check's own failure.
+        22 => "EINVAL".into(),
+        // `prohibit` routes.
+        13 => "EACCES".into(),
+        1 => "EPERM".into(),
+        19 => "ENODEV".into(),
+        12 => "ENOMEM".into(),
+        n => format!("errno {n}"),
+    }
+}
+
+/// The name of an ICMP (`proto` "icmp") or ICMPv6 ("icmp6") type and code.
+pub fn icmp_name(proto: &str, icmp_type: u8, code: u8) -> Option<&'static str> {
+    Some(match (proto, icmp_type, code) {
+        ("icmp", 0, _) => "echo reply",
+        ("icmp", 3, 0) => "net unreachable",
+        ("icmp", 3, 1) => "host unreachable",
+        ("icmp", 3, 2) => "protocol unreachable",
+        ("icmp", 3, 3) => "port unreachable",
+        ("icmp", 3, 4) => "frag needed",
+        ("icmp", 3, 13) => "admin prohibited",
+        ("icmp", 3, _) => "unreachable",
+        ("icmp", 5, _) => "redirect",
+        ("icmp", 8, _) => "echo request",
+        ("icmp", 11, _) => "time exceeded",
+        ("icmp", 12, _) => "parameter problem",
+        ("icmp6", 1, 4) => "port unreachable",
+        ("icmp6", 1, _) => "unreachable",
+        ("icmp6", 2, _) => "packet too big",
+        ("icmp6", 3, _) => "time exceeded",
+        ("icmp6", 4, _) => "parameter problem",
+        ("icmp6", 128, _) => "echo request",
+        ("icmp6", 129, _) => "echo reply",
+        ("icmp6", 133, _) => "router solicitation",
+        ("icmp6", 134, _) => "router advertisement",
+        ("icmp6", 135, _) => "neighbor solicitation",
+        ("icmp6", 136, _) => "neighbor advertisement",
+        ("icmp6", 143, _) => "mld report",
+        _ => return None,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names() {
+        assert_eq!(errno_name(-11), "ENETUNREACH");
+        assert_eq!(errno_name(-113), "EHOSTUNREACH");
+        assert_eq!(errno_name(-999), "errno 999");
+        assert_eq!(icmp_name("icmp", 8, 0), Some("echo request"));
+        assert_eq!(icmp_name("icmp", 3, 4), Some("frag needed"));
+        assert_eq!(icmp_name("icmp6", 2, 0), Some("packet too big"));
+        assert_eq!(icmp_name("icmp", 42, 0), None);
+    }
+}

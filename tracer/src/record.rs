@@ -1,0 +1,265 @@
+//! Recordings: everything a diagnosis needs, so that `diagnose --replay`
+//! reaches the same verdicts offline, without a kernel or root.
+//!
+//! Format (JSON lines, versioned; see the README):
+//! - line 1, the header: `{"type":"tracer-recording","version":1,
+//!   "kernel","hostname","start_ns","own_netns","dockerd","netns","filter",
+//!   "tracer"}`;
+//! - `{"type":"topology","ts_ns","netns","topology":{..}}`: a namespace's
+//!   topology, written when a rule first needs it and again whenever it
+//!   has changed, always before the fact that needed it;
+//! - `drop`, `syn`, `neigh`: the facts, exactly as `-o json` prints them;
+//! - `{"type":"end","ts_ns"}`: when the run ended (a replay runs the
+//!   rules' clocks up to it).
+//!
+//! A reader rejects another major `version`; unknown line types are
+//! skipped, so a minor addition does not break older readers.
+
+use crate::rules::Fact;
+use crate::topology::NsTopology;
+use anyhow::{anyhow, bail, Context, Result};
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+use std::collections::HashMap;
+use std::fs::File;
+use std::io::{BufRead, BufReader, BufWriter, Write};
+use std::path::Path;
+use std::sync::Arc;
+
+pub const MAGIC: &str = "tracer-recording";
+/// The major format version this tracer writes and reads.
+pub const VERSION: u32 = 1;
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct Header {
+    #[serde(rename = "type")]
+    pub kind: String,
+    pub version: u32,
+    /// `uname -r` of the recording host.
+    pub kernel: String,
+    pub hostname: String,
+    /// Wall clock at the start, ns since the Unix epoch.
+    pub start_ns: u64,
+    /// tracer's own namespace there (its fixes need no prefix).
+    pub own_netns: u32,
+    /// dockerd was running (only advice depends on it).
+    #[serde(default)]
+    pub dockerd: bool,
+    /// The namespaces traced; empty for all.
+    #[serde(default)]
+    pub netns: Vec<u32>,
+    #[serde(default)]
+    pub filter: String,
+    /// The tracer version that wrote it.
+    #[serde(default)]
+    pub tracer: String,
+}
+
+impl Header {
+    /// A header describing this host now.
+    pub fn here(own_netns: u32, netns: Vec<u32>, filter: &str, dockerd: bool) -> Header {
+        let read = |p: &str| {
+            std::fs::read_to_string(p)
+                .map(|s| s.trim().to_string())
+                .unwrap_or_default()
+        };
+        Header {
+            kind: MAGIC.into(),
+            version: VERSION,
+            kernel: read("/proc/sys/kernel/osrelease"),
+            hostname: read("/proc/sys/kernel/hostname"),
+            start_ns: wall_now_ns(),
+            own_netns,
+            dockerd,
+            netns,
+            filter: filter.into(),
+            tracer: env!("CARGO_PKG_VERSION").into(),
+        }
+    }
+}
+
+pub fn wall_now_ns() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos() as u64)
+        .unwrap_or(0)
+}
+
+#[derive(Serialize)]
+struct TopologyLine<'a> {
+    #[serde(rename = "type")]
+    kind: &'static str,
+    ts_ns: u64,
+    netns: u32,
+    topology: &'a NsTopology,
+}
+
+/// Writes a recording as the run goes.
+pub struct Recorder {
+    out: BufWriter<File>,
+    /// The last snapshot written per namespace.
+    last: HashMap<u32, Arc<NsTopology>>,
+}
+
+impl Recorder {
+    pub fn create(path: &Path, header: &Header) -> Result<Recorder> {
+        let f = File::create(path)
+            .with_context(|| format!("cannot create recording {}", path.display()))?;
+        let mut r = Recorder {
+            out: BufWriter::new(f),
+            last: HashMap::new(),
+        };
+        r.line(header)?;
+        Ok(r)
+    }
+
+    fn line<T: Serialize>(&mut self, v: &T) -> std::io::Result<()> {
+        serde_json::to_writer(&mut self.out, v).map_err(std::io::Error::other)?;
+        self.out.write_all(b"\n")
+    }
+
+    /// Writes `t` unless the last snapshot of its namespace says the same.
+    pub fn topology(&mut self, ts_ns: u64, t: &Arc<NsTopology>) -> std::io::Result<()> {
+        if let Some(prev) = self.last.get(&t.inode) {
+            if Arc::ptr_eq(prev, t) || prev.same_as(t) {
+                self.last.insert(t.inode, t.clone());
+                return Ok(());
+            }
+        }
+        self.last.insert(t.inode, t.clone());
+        self.line(&TopologyLine {
+            kind: "topology",
+            ts_ns,
+            netns: t.inode,
+            topology: t,
+        })
+    }
+
+    pub fn fact(&mut self, f: &Fact) -> std::io::Result<()> {
+        match f {
+            Fact::Drop(d) => self.line(d),
+            Fact::Syn(s) => self.line(s),
+            Fact::Neigh(n) => self.line(n),
+        }
+    }
+
+    /// Ends the recording (and flushes it).
+    pub fn end(&mut self, ts_ns: u64) -> std::io::Result<()> {
+        self.line(&serde_json::json!({"type": "end", "ts_ns": ts_ns}))?;
+        self.out.flush()
+    }
+}
+
+/// One line of a recording after the header (read one at a time, so its
+/// size does not matter).
+#[allow(clippy::large_enum_variant)]
+pub enum Line {
+    Topology(NsTopology),
+    Fact(Fact),
+    End { ts_ns: u64 },
+}
+
+/// Reads a recording line by line.
+pub struct Reader {
+    pub header: Header,
+    lines: std::io::Lines<BufReader<File>>,
+    lineno: usize,
+    name: String,
+}
+
+impl Reader {
+    pub fn open(path: &Path) -> Result<Reader> {
+        let name = path.display().to_string();
+        let f = File::open(path).with_context(|| format!("cannot open recording {name}"))?;
+        let mut lines = BufReader::new(f).lines();
+        let first = lines
+            .next()
+            .transpose()
+            .with_context(|| format!("cannot read recording {name}"))?
+            .ok_or_else(|| anyhow!("{name} is empty, not a tracer recording"))?;
+        let header = parse_header(&first).map_err(|e| anyhow!("{name}: {e}"))?;
+        Ok(Reader {
+            header,
+            lines,
+            lineno: 1,
+            name,
+        })
+    }
+}
+
+/// Checks the magic and the major version before anything else, so that a
+/// newer format fails with one clear line, not a field error.
+pub fn parse_header(line: &str) -> Result<Header> {
+    let v: Value =
+        serde_json::from_str(line).map_err(|_| anyhow!("not a tracer recording (line 1)"))?;
+    if v["type"] != MAGIC {
+        bail!("not a tracer recording (line 1 is not a {MAGIC} header)");
+    }
+    match v["version"].as_u64() {
+        Some(n) if n == u64::from(VERSION) => {}
+        Some(n) => bail!(
+            "recording format version {n} is not supported: this tracer reads version {VERSION}"
+        ),
+        None => bail!("recording header has no version"),
+    }
+    serde_json::from_value(v).map_err(|e| anyhow!("bad recording header: {e}"))
+}
+
+impl Iterator for Reader {
+    type Item = Result<Line>;
+
+    fn next(&mut self) -> Option<Result<Line>> {
+        loop {
+            let line = match self.lines.next()? {
+                Ok(l) => l,
+                Err(e) => return Some(Err(anyhow!("cannot read {}: {e}", self.name))),
+            };
+            self.lineno += 1;
+            if line.trim().is_empty() {
+                continue;
+            }
+            let at = format!("{} line {}", self.name, self.lineno);
+            let parsed = (|| -> Result<Option<Line>> {
+                let mut v: Value = serde_json::from_str(&line)?;
+                let kind = v["type"].as_str().unwrap_or_default().to_string();
+                Ok(match kind.as_str() {
+                    "topology" => Some(Line::Topology(serde_json::from_value(
+                        v["topology"].take(),
+                    )?)),
+                    "drop" => Some(Line::Fact(Fact::Drop(serde_json::from_value(v)?))),
+                    "syn" => Some(Line::Fact(Fact::Syn(serde_json::from_value(v)?))),
+                    "neigh" => Some(Line::Fact(Fact::Neigh(serde_json::from_value(v)?))),
+                    "end" => Some(Line::End {
+                        ts_ns: v["ts_ns"].as_u64().unwrap_or(0),
+                    }),
+                    // A later minor version's addition: not ours to read.
+                    _ => None,
+                })
+            })();
+            match parsed {
+                Ok(Some(l)) => return Some(Ok(l)),
+                Ok(None) => continue,
+                Err(e) => return Some(Err(anyhow!("{at}: {e}"))),
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn headers_of_other_versions_are_refused_in_one_line() {
+        let ok = serde_json::to_string(&Header::here(1, vec![], "", false)).unwrap();
+        assert_eq!(parse_header(&ok).unwrap().version, VERSION);
+        let v2 = r#"{"type":"tracer-recording","version":2,"whatever":true}"#;
+        let e = parse_header(v2).unwrap_err().to_string();
+        assert_eq!(
+            e,
+            "recording format version 2 is not supported: this tracer reads version 1"
+        );
+        assert!(parse_header(r#"{"type":"drop"}"#).is_err());
+        assert!(parse_header("garbage").is_err());
+    }
+}

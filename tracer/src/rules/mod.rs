@@ -1,0 +1,140 @@
+//! From facts to causes. Each rule turns facts (drops with the route
+//! lookups joined to them, flagged SYNs, neighbour events) plus the
+//! topology of the namespace into one kind of verdict: what happened, the
+//! facts that prove it, and what to change.
+//!
+//! Layers, top to bottom (each only looks down):
+//! - [`engine`]: feeds every fact to every rule, live or from a recording;
+//! - the rules, one file per verdict kind;
+//! - [`ctx`] (what a rule may use: topology, shared observations,
+//!   tallies, `conclude`) and [`fix`] (shell-quoted fix commands and the
+//!   advice several rules share).
+//!
+//! A rule needs no printer and no kernel: its tests feed it facts and a
+//! topology built by hand. Rules never depend on names (docker0, eth0),
+//! subnets or MTU values; only the advice may name a manager's knob.
+//!
+//! To add a verdict kind: one file with a type implementing [`Rule`], and
+//! one line in [`all`].
+
+pub mod ctx;
+pub mod engine;
+pub mod fix;
+
+mod asymmetric_route;
+mod forwarding_disabled;
+mod l2_mtu_mismatch;
+mod mss_exceeds_mtu;
+mod neighbor_unreachable;
+mod netfilter_drop;
+mod no_route;
+mod pmtu_blackhole;
+mod port_closed;
+mod rpfilter_route_conflict;
+
+#[cfg(test)]
+pub(crate) mod testkit;
+
+pub use ctx::{Ctx, TopologySource};
+pub use engine::Engine;
+
+use crate::event::{DropRecord, NeighRecord, SynRecord};
+use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value};
+
+/// One typed fact, as a rule sees it. Route lookups arrive joined to the
+/// drop they explain (`DropRecord::route` / `reverse_route`); topology is
+/// asked for through [`TopologySource`], so a recording can supply it.
+// Drops are most facts; boxing them would add an allocation per drop
+// to save stack space that is only ever briefly used.
+#[allow(clippy::large_enum_variant)]
+#[derive(Clone, Debug)]
+pub enum Fact {
+    Drop(DropRecord),
+    /// A forwarded or sent SYN whose MSS the egress MTU cannot carry.
+    Syn(SynRecord),
+    Neigh(NeighRecord),
+}
+
+impl Fact {
+    pub fn ts_ns(&self) -> u64 {
+        match self {
+            Fact::Drop(d) => d.ts_ns,
+            Fact::Syn(s) => s.ts_ns,
+            Fact::Neigh(n) => n.ts_ns,
+        }
+    }
+}
+
+/// What a rule does with facts. Rules only talk to the world through
+/// [`Ctx`]: they cannot print, and they see time only as `cx.now_ns`.
+pub trait Rule {
+    fn on_fact(&mut self, fact: &Fact, cx: &mut Ctx);
+    /// About every 250 ms (of fact time on a replay), for conclusions that
+    /// need time to pass, and to bound per-flow memory.
+    fn tick(&mut self, _cx: &mut Ctx) {}
+    /// Once, at the end of the run.
+    fn finish(&mut self, _cx: &mut Ctx) {}
+}
+
+/// Every rule, in dispatch order. Order matters only where one rule's
+/// observation feeds another in the same fact: pmtu_blackhole marks the
+/// flows it proves before mss_exceeds_mtu looks at them.
+pub fn all() -> Vec<Box<dyn Rule>> {
+    vec![
+        Box::new(rpfilter_route_conflict::RpFilterRouteConflict),
+        Box::new(asymmetric_route::AsymmetricRoute),
+        Box::new(neighbor_unreachable::NeighborUnreachable),
+        Box::new(pmtu_blackhole::PmtuBlackhole::default()),
+        Box::new(mss_exceeds_mtu::MssExceedsMtu::default()),
+        Box::new(l2_mtu_mismatch::L2MtuMismatch),
+        Box::new(netfilter_drop::NetfilterDrop),
+        Box::new(no_route::NoRoute),
+        Box::new(forwarding_disabled::ForwardingDisabled),
+        Box::new(port_closed::PortClosed),
+    ]
+}
+
+/// How sure a verdict is. Only `proven` may call something a fault.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Tier {
+    /// Worth knowing, not a fault (a closed port refuses, it does not lose).
+    Info,
+    /// A configuration that breaks traffic under conditions not seen here.
+    Suspected,
+    /// The facts seen here prove that packets die for this cause.
+    Proven,
+}
+
+impl Tier {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Tier::Info => "info",
+            Tier::Suspected => "suspected",
+            Tier::Proven => "proven",
+        }
+    }
+}
+
+/// One cause, printed when concluded (and again if later proven) and
+/// counted afterwards.
+#[derive(Clone, Debug, Serialize)]
+pub struct Verdict {
+    #[serde(rename = "type")]
+    pub kind_type: &'static str,
+    pub kind: &'static str,
+    pub tier: Tier,
+    pub netns: u32,
+    pub netns_name: Option<String>,
+    pub summary: String,
+    pub evidence: Map<String, Value>,
+    pub fix: Vec<String>,
+    /// Drops (SYNs for mss_exceeds_mtu) attributed to this cause when it
+    /// was printed.
+    pub drops: u64,
+    /// Milliseconds from the first drop (or SYN) of this cause to the verdict.
+    pub latency_ms: f64,
+    /// True only for proven faults.
+    pub fault: bool,
+}

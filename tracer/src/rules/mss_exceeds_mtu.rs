@@ -1,0 +1,372 @@
+//! `mss_exceeds_mtu`: a forwarded SYN whose MSS + 40 (IPv4) or + 60
+//! (IPv6) exceeds the egress MTU.
+//!
+//! An MSS too big for the next hop alone is not a fault: PMTU discovery
+//! exists to handle it (the router drops the first big segment, sends
+//! ICMP frag-needed / packet-too-big, and the sender shrinks). So:
+//! - proven: big segments of one of these connections die for good, i.e.
+//!   pmtu_blackhole was proven for the connection (in either direction);
+//! - no verdict: segments of the connection were too big here, the ICMP
+//!   went out, and no black hole followed (PMTU discovery works);
+//! - suspected: nothing about the connection's big segments was seen here
+//!   within the window (they may die beyond this host, as in an overlay,
+//!   or PMTU discovery may rescue them there).
+
+use super::ctx::{Ctx, Finding, FlowKey};
+use super::fix::{iptables_for, q, tcp_overhead};
+use super::{Fact, Rule, Tier};
+use crate::event::SynRecord;
+use serde_json::json;
+use std::collections::HashMap;
+
+/// How long a too-large MSS waits for signs of PMTU discovery, either way.
+const SYN_WINDOW_NS: u64 = 2_500_000_000;
+/// Connections remembered per verdict key, to find their segments.
+const MAX_FLOWS: usize = 64;
+
+struct Pending {
+    /// The first SYN of this key, for the verdict's wording.
+    syn: SynRecord,
+    first_ts: u64,
+    /// The connections seen under this key.
+    flows: Vec<FlowKey>,
+    /// Concluded as a suspicion; still watched for proof.
+    suspected: bool,
+}
+
+#[derive(Default)]
+pub struct MssExceedsMtu {
+    /// Verdict key (netns, egress device) -> SYNs waiting for evidence.
+    pending: HashMap<String, Pending>,
+}
+
+/// What became of a connection's big segments.
+#[derive(PartialEq, Eq, PartialOrd, Ord)]
+enum Fate {
+    Unseen,
+    /// Too big somewhere traced, ICMP not blocked, no black hole.
+    Rescued,
+    Died,
+}
+
+impl Rule for MssExceedsMtu {
+    fn on_fact(&mut self, fact: &Fact, cx: &mut Ctx) {
+        match fact {
+            Fact::Syn(r) => self.on_syn(r, cx),
+            // pmtu_blackhole (dispatched first) may just have proven a flow.
+            Fact::Drop(d) if d.reason == "PKT_TOO_BIG" || super::ctx::is_ptb_icmp(d) => {
+                self.decide(cx, false)
+            }
+            _ => {}
+        }
+    }
+
+    fn tick(&mut self, cx: &mut Ctx) {
+        if self.pending.len() > 50_000 {
+            self.pending.clear();
+        }
+        self.decide(cx, false);
+    }
+
+    fn finish(&mut self, cx: &mut Ctx) {
+        self.decide(cx, true);
+    }
+}
+
+impl MssExceedsMtu {
+    fn on_syn(&mut self, r: &SynRecord, cx: &mut Ctx) {
+        // Only forwarded SYNs from the connection's initiator: a local
+        // SYN's MSS already follows its route, and the SYN-ACK is clamped
+        // by the same rule that fixes the SYN.
+        if r.ingress_ifindex <= 0 || r.ingress_ifindex == r.ifindex || r.tcp_flags != "S" {
+            return;
+        }
+        let key = format!("mss/{}/{}", r.netns, r.ifindex);
+        cx.tally(&key, r.ts_ns);
+        if cx.concluded(&key) == Some(Tier::Proven) {
+            return;
+        }
+        let p = self.pending.entry(key).or_insert_with(|| Pending {
+            syn: r.clone(),
+            first_ts: r.ts_ns,
+            flows: Vec::new(),
+            suspected: false,
+        });
+        if let (Some(s), Some(d)) = (r.src, r.dst) {
+            if p.flows.len() < MAX_FLOWS {
+                p.flows.push((s, d, r.sport, r.dport));
+            }
+        }
+    }
+
+    fn fate(cx: &Ctx, flows: &[FlowKey]) -> Fate {
+        let mut fate = Fate::Unseen;
+        for &(s, d, sp, dp) in flows {
+            // Either direction: an upload's segments follow the SYN, a
+            // download's come back the other way.
+            for k in [(s, d, sp, dp), (d, s, dp, sp)] {
+                if let Some(f) = cx.obs.too_big_flows.get(&k) {
+                    fate = fate.max(if f.blackhole {
+                        Fate::Died
+                    } else {
+                        Fate::Rescued
+                    });
+                }
+            }
+        }
+        fate
+    }
+
+    fn decide(&mut self, cx: &mut Ctx, end: bool) {
+        let keys: Vec<String> = self.pending.keys().cloned().collect();
+        for key in keys {
+            let p = &self.pending[&key];
+            let fate = Self::fate(cx, &p.flows);
+            let age = cx.now_ns.saturating_sub(p.first_ts);
+            if fate == Fate::Died {
+                let p = self.pending.remove(&key).expect("listed");
+                verdict(cx, key, &p.syn, Tier::Proven);
+                continue;
+            }
+            if p.suspected {
+                // Watched for proof a while longer, then forgotten.
+                if age > 10 * SYN_WINDOW_NS {
+                    self.pending.remove(&key);
+                }
+                continue;
+            }
+            // At the end of a run, a SYN seen less than a second ago has had
+            // no chance to show anything either way: leave it unjudged.
+            let due = age >= SYN_WINDOW_NS || (end && age >= 1_000_000_000);
+            if !due {
+                continue;
+            }
+            if fate == Fate::Rescued {
+                // PMTU discovery worked for these connections: benign.
+                self.pending.remove(&key);
+                continue;
+            }
+            let syn = p.syn.clone();
+            verdict(cx, key.clone(), &syn, Tier::Suspected);
+            if let Some(p) = self.pending.get_mut(&key) {
+                p.suspected = true;
+            }
+        }
+    }
+}
+
+fn verdict(cx: &mut Ctx, key: String, r: &SynRecord, tier: Tier) {
+    let in_link = cx.link(r.netns, r.ingress_ifindex);
+    let in_name = in_link
+        .as_ref()
+        .map(|l| l.name.clone())
+        .or_else(|| r.ingress_ifname.clone())
+        .unwrap_or_else(|| format!("if{}", r.ingress_ifindex));
+    let out_name = r
+        .ifname
+        .clone()
+        .unwrap_or_else(|| format!("if{}", r.ifindex));
+    let fits = r.mtu.saturating_sub(tcp_overhead(r.src));
+    let hint = cx.ns_hint(r.netns);
+    let ipt = iptables_for(r.family);
+    let proven = tier == Tier::Proven;
+    let summary = if proven {
+        format!(
+            "SYNs forwarded from {in_name} out {out_name} advertise MSS {} but {out_name}'s MTU {} carries at most MSS {fits}, and the full-size segments of these connections die (PMTU black hole): HTTPS hangs while small requests work.",
+            r.mss, r.mtu
+        )
+    } else {
+        format!(
+            "Possible MTU problem, not proven: SYNs forwarded from {in_name} out {out_name} advertise MSS {} but {out_name}'s MTU {} carries at most MSS {fits}. This is harmless if ICMP frag-needed/packet-too-big reaches the senders (PMTU discovery); if the path drops it, connections that send full-size segments will hang. No full-size segment of these connections was seen here.",
+            r.mss, r.mtu
+        )
+    };
+    let out_q = q(&out_name);
+    let mut fix = vec![
+        format!("{hint}{ipt} -t mangle -A FORWARD -o {out_q} -p tcp --tcp-flags SYN,RST SYN -j TCPMSS --clamp-mss-to-pmtu"),
+        format!("or a fixed value: {hint}{ipt} -t mangle -A FORWARD -o {out_q} -p tcp --tcp-flags SYN,RST SYN -j TCPMSS --set-mss {fits}"),
+    ];
+    if cx.docker_here(r.netns) {
+        fix.push(format!(
+            "or lower the container MTU to {}: dockerd --mtu={} (\"mtu\" in /etc/docker/daemon.json) or docker network create -o com.docker.network.driver.mtu={}",
+            r.mtu, r.mtu, r.mtu
+        ));
+    } else {
+        fix.push(format!(
+            "or lower the MTU of the senders behind {in_name} to {} (on this side: {}link set dev {} mtu {})",
+            r.mtu,
+            cx.ip_cmd(r.netns),
+            q(&in_name),
+            r.mtu
+        ));
+    }
+    if !proven {
+        fix.insert(
+            0,
+            format!(
+                "To confirm: trace the namespaces along the path (PKT_TOO_BIG drops whose ICMP is dropped prove a black hole), or watch the sender retransmit full-size segments: {hint}ss -ti dst {}",
+                r.dst.map(|a| a.to_string()).unwrap_or_default()
+            ),
+        );
+    }
+    let evidence = json!({
+        "ingress_ifname": in_name,
+        "ingress_mtu": in_link.as_ref().map(|l| l.mtu),
+        "egress_ifname": out_name,
+        "egress_mtu": r.mtu,
+        "mss": r.mss,
+        "max_mss": fits,
+        "src": r.src,
+        "dst": r.dst,
+        "dport": r.dport,
+        "segments_died": proven,
+    });
+    cx.conclude(Finding {
+        key,
+        kind: "mss_exceeds_mtu",
+        tier,
+        netns: r.netns,
+        summary,
+        evidence,
+        fix,
+    });
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::testkit::*;
+    use super::super::{Engine, Fact, Tier};
+
+    const MS: u64 = 1_000_000;
+    const ROUTER: u32 = NS + 1;
+
+    fn host(docker: bool) -> Fake {
+        let bridge = if docker { "docker0" } else { "lan0" };
+        Fake::with(vec![topo(
+            NS,
+            Some("host"),
+            vec![
+                link(2, "eth0", None, 1450),
+                link(3, bridge, Some("bridge"), 1500),
+            ],
+            vec![],
+        )])
+    }
+
+    fn syn_at(ts: u64, v6: bool) -> Fact {
+        let (c, s, mss) = if v6 {
+            ("fd00:99::2", "fd00:200::2", 1440)
+        } else {
+            ("10.99.0.2", "10.200.0.2", 1460)
+        };
+        Fact::Syn(syn(ts, (3, "br"), (2, "eth0", 1450), mss, c, 50000, s, 443))
+    }
+
+    /// A too-big drop in the router, of the client's segments (upload)
+    /// or of the server's (download).
+    fn too_big(ts: u64, upload: bool, v6: bool) -> Fact {
+        let (c, s) = if v6 {
+            ("fd00:99::2", "fd00:200::2")
+        } else {
+            ("10.99.0.2", "10.200.0.2")
+        };
+        let mut d = if upload {
+            tcp(drop("PKT_TOO_BIG", ts), c, 50000, s, 443)
+        } else {
+            tcp(drop("PKT_TOO_BIG", ts), s, 443, c, 50000)
+        };
+        d.netns = ROUTER;
+        d.len = 1500;
+        d.route = Some(lookup(2, "eth1", 1400, 0));
+        Fact::Drop(d)
+    }
+
+    fn icmp_dropped(ts: u64) -> Fact {
+        let mut d = drop("NETFILTER_DROP", ts);
+        d.netns = ROUTER;
+        d.proto = Some("icmp".into());
+        d.dst = Some(ip("10.200.0.2"));
+        d.icmp_type = Some(3);
+        d.icmp_code = Some(4);
+        Fact::Drop(d)
+    }
+
+    #[test]
+    fn an_mss_over_the_mtu_alone_is_only_a_suspicion() {
+        let v = run(&mut host(false), vec![syn_at(0, false)], 3_000 * MS);
+        assert_eq!(kinds(&v), [("mss_exceeds_mtu", Tier::Suspected)]);
+        assert!(!v[0].fault);
+        assert!(v[0].summary.starts_with("Possible MTU problem, not proven"));
+        // No Docker on this host: no Docker advice.
+        assert!(
+            v[0].fix.iter().all(|f| !f.contains("docker")),
+            "{:?}",
+            v[0].fix
+        );
+        let v = run(&mut host(true), vec![syn_at(0, false)], 3_000 * MS);
+        assert!(v[0].fix.iter().any(|f| f.contains("dockerd --mtu=1450")));
+    }
+
+    #[test]
+    fn healthy_pmtu_discovery_of_an_upload_is_no_verdict() {
+        for v6 in [false, true] {
+            let facts = vec![
+                syn_at(0, v6),
+                too_big(5 * MS, true, v6),
+                too_big(6 * MS, true, v6),
+            ];
+            let v = run(&mut host(false), facts, 3_000 * MS);
+            assert!(v.is_empty(), "v6={v6}: {v:?}");
+        }
+    }
+
+    #[test]
+    fn healthy_pmtu_discovery_of_a_download_is_no_verdict() {
+        let facts = vec![syn_at(0, false), too_big(5 * MS, false, false)];
+        assert!(run(&mut host(false), facts, 3_000 * MS).is_empty());
+    }
+
+    #[test]
+    fn segments_dying_in_a_black_hole_prove_it() {
+        let facts = vec![
+            syn_at(0, false),
+            icmp_dropped(5 * MS),
+            too_big(5 * MS, false, false),
+        ];
+        let v = run(&mut host(true), facts, 100 * MS);
+        assert_eq!(
+            kinds(&v),
+            [
+                ("pmtu_blackhole", Tier::Proven),
+                ("mss_exceeds_mtu", Tier::Proven)
+            ]
+        );
+        assert!(v[1].fault);
+    }
+
+    #[test]
+    fn a_suspicion_is_upgraded_when_proof_arrives() {
+        let mut src = host(false);
+        let mut e = Engine::new();
+        e.on_fact(&syn_at(0, false), 0, &mut src);
+        e.tick(2_600 * MS, &mut src);
+        let first = e.take_new();
+        assert_eq!(first.len(), 1);
+        assert_eq!(first[0].tier, Tier::Suspected);
+        for f in [icmp_dropped(2_700 * MS), too_big(2_700 * MS, false, false)] {
+            e.on_fact(&f, 2_700 * MS, &mut src);
+        }
+        let kinds: Vec<_> = e.take_new().iter().map(|v| (v.kind, v.tier)).collect();
+        assert!(
+            kinds.contains(&("mss_exceeds_mtu", Tier::Proven)),
+            "{kinds:?}"
+        );
+        assert_eq!(
+            e.verdicts()
+                .iter()
+                .filter(|v| v.kind == "mss_exceeds_mtu")
+                .count(),
+            1
+        );
+    }
+}

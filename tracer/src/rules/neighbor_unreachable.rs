@@ -1,0 +1,88 @@
+//! `neighbor_unreachable`: `NEIGH_FAILED` with no sign of asymmetric
+//! routing (that case is `asymmetric_route`): the next hop does not
+//! answer ARP/ND.
+
+use super::asymmetric_route::peer_arrives_elsewhere;
+use super::ctx::{Ctx, Finding};
+use super::fix::q;
+use super::{Fact, Rule, Tier};
+use serde_json::json;
+
+pub struct NeighborUnreachable;
+
+impl Rule for NeighborUnreachable {
+    fn on_fact(&mut self, fact: &Fact, cx: &mut Ctx) {
+        let Fact::Drop(d) = fact else { return };
+        if d.reason != "NEIGH_FAILED" {
+            return;
+        }
+        let (Some(peer), Some(topo)) = (d.dst, cx.topo(d.netns)) else {
+            return;
+        };
+        let egress = d.ifindex;
+        let Some(out_link) = topo.link(egress).cloned() else {
+            return;
+        };
+        if peer_arrives_elsewhere(d, cx, &topo).is_some() {
+            return;
+        }
+        let key = format!("neigh/{}/{}/{}", d.netns, egress, peer);
+        cx.tally(&key, d.ts_ns);
+        let hint = cx.ns_hint(d.netns);
+        let gw = topo.route_to(peer).and_then(|r| r.gateway);
+        let neighbour = gw.unwrap_or(peer);
+        let summary = format!(
+            "Packets to {peer} are dropped on {}: neighbour {neighbour} does not answer ARP/ND.",
+            out_link.name
+        );
+        let fix = vec![
+            format!(
+                "Check that {neighbour} is up and on {}'s link: {hint}ip neigh show dev {}",
+                out_link.name,
+                q(&out_link.name)
+            ),
+            format!(
+                "If {peer} should not be reached through {}, fix the route: {hint}ip route get {peer}",
+                out_link.name
+            ),
+        ];
+        let evidence = json!({
+            "ifname": out_link.name,
+            "neighbor": neighbour,
+            "dst": peer,
+            "neighbor_states": cx.obs.neigh.get(&(d.netns, egress, neighbour)),
+        });
+        cx.conclude(Finding {
+            key,
+            kind: "neighbor_unreachable",
+            tier: Tier::Proven,
+            netns: d.netns,
+            summary,
+            evidence,
+            fix,
+        });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::testkit::*;
+    use super::super::{Fact, Tier};
+
+    #[test]
+    fn a_silent_neighbour_without_asymmetry() {
+        let mut src = Fake::with(vec![topo(
+            NS,
+            Some("router"),
+            vec![link(2, "eth0", None, 1500), link(3, "eth1", None, 1500)],
+            vec![route("10.2.0.0", 24, 3, None)],
+        )]);
+        let mut d = drop("NEIGH_FAILED", 1_000);
+        d.ifindex = 3;
+        d.dst = Some(ip("10.2.0.77"));
+        let v = run(&mut src, vec![Fact::Drop(d)], 0);
+        assert_eq!(kinds(&v), [("neighbor_unreachable", Tier::Proven)]);
+        assert_eq!(v[0].evidence["neighbor"], "10.2.0.77");
+        assert!(v[0].fix[0].contains("ip netns exec router ip neigh show dev eth1"));
+    }
+}

@@ -1,0 +1,260 @@
+//! `pmtu_blackhole`: `PKT_TOO_BIG` on forwarded packets, and either the
+//! ICMP frag-needed / packet-too-big that should shrink the sender is
+//! itself dropped, or the same TCP flow keeps sending too-big packets for
+//! over a second. One early burst that stops is PMTU discovery working:
+//! no verdict.
+
+use super::ctx::{is_ptb_icmp, Ctx, Finding};
+use super::fix::iptables_for;
+use super::{Fact, Rule, Tier};
+use crate::event::DropRecord;
+use serde_json::json;
+use std::collections::HashMap;
+
+/// Too-big drops further apart than this belong to separate episodes.
+const TOO_BIG_EPISODE_NS: u64 = 5_000_000_000;
+
+/// A flow seen with PKT_TOO_BIG in one netns, waiting for proof that PMTU
+/// discovery fails.
+struct TooBig {
+    first_ts: u64,
+    last_ts: u64,
+    count: u64,
+    rec: DropRecord,
+}
+
+#[derive(Default)]
+pub struct PmtuBlackhole {
+    /// netns/flow -> episode.
+    too_big: HashMap<String, TooBig>,
+}
+
+/// The verdict key of a too-big drop: its netns and egress device.
+fn pmtu_key(d: &DropRecord) -> String {
+    let egress = d.route.as_ref().map(|r| r.ifindex).unwrap_or(0);
+    format!("pmtu/{}/{}", d.netns, egress)
+}
+
+impl Rule for PmtuBlackhole {
+    fn on_fact(&mut self, fact: &Fact, cx: &mut Ctx) {
+        let Fact::Drop(d) = fact else { return };
+        if d.reason == "PKT_TOO_BIG" && !is_ptb_icmp(d) {
+            self.record(d, cx);
+            self.check(cx);
+        } else if is_ptb_icmp(d) {
+            // The engine noted the blocked ICMP; it may prove a flow now.
+            self.check(cx);
+        }
+    }
+
+    fn tick(&mut self, cx: &mut Ctx) {
+        self.check(cx);
+    }
+}
+
+impl PmtuBlackhole {
+    fn record(&mut self, d: &DropRecord, cx: &mut Ctx) {
+        cx.tally(&pmtu_key(d), d.ts_ns);
+        let key = format!(
+            "{}/{:?}/{:?}/{:?}/{:?}",
+            d.netns, d.src, d.dst, d.sport, d.dport
+        );
+        let e = self.too_big.entry(key).or_insert(TooBig {
+            first_ts: d.ts_ns,
+            last_ts: d.ts_ns,
+            count: 0,
+            rec: d.clone(),
+        });
+        // A burst long ago (a PMTU cache that expired) is a new episode.
+        if d.ts_ns.saturating_sub(e.last_ts) > TOO_BIG_EPISODE_NS {
+            e.first_ts = d.ts_ns;
+            e.count = 0;
+        }
+        // Records from different CPUs arrive slightly out of order.
+        e.first_ts = e.first_ts.min(d.ts_ns);
+        e.last_ts = e.last_ts.max(d.ts_ns);
+        e.count += 1;
+    }
+
+    fn check(&mut self, cx: &mut Ctx) {
+        let now = cx.now_ns;
+        // Forget flows that went quiet.
+        self.too_big
+            .retain(|_, t| now.saturating_sub(t.last_ts) < 2 * TOO_BIG_EPISODE_NS);
+        let mut proven = Vec::new();
+        for (k, t) in &self.too_big {
+            let Some(src) = t.rec.src else { continue };
+            let blocked = cx
+                .obs
+                .icmp_ptb_dropped
+                .get(&(t.rec.netns, src))
+                .is_some_and(|ts| ts.abs_diff(t.last_ts) < 2_000_000_000);
+            // Only TCP retransmits the same too-big segment; UDP senders
+            // probing the path MTU (QUIC, tracepath) do this on purpose.
+            let persists = t.rec.proto.as_deref() == Some("tcp")
+                && t.count >= 3
+                && t.last_ts.saturating_sub(t.first_ts) >= 1_000_000_000;
+            if blocked || persists {
+                proven.push((k.clone(), blocked));
+            }
+        }
+        for (k, blocked) in proven {
+            if let Some(t) = self.too_big.remove(&k) {
+                verdict(cx, t, blocked);
+            }
+        }
+    }
+}
+
+fn verdict(cx: &mut Ctx, t: TooBig, blocked: bool) {
+    let d = &t.rec;
+    if let (Some(a), Some(b), Some(sp), Some(dp)) = (d.src, d.dst, d.sport, d.dport) {
+        if let Some(f) = cx.obs.too_big_flows.get_mut(&(a, b, sp, dp)) {
+            f.blackhole = true;
+        }
+    }
+    let topo = cx.topo(d.netns);
+    let (egress, egress_mtu) = match (&d.route, &topo) {
+        (Some(r), _) if r.ifindex > 0 => (r.ifname.clone(), r.mtu),
+        (_, Some(tp)) => {
+            let l = d
+                .dst
+                .and_then(|a| tp.route_to(a))
+                .and_then(|r| r.oif)
+                .and_then(|i| tp.link(i));
+            (l.map(|l| l.name.clone()), l.map(|l| l.mtu).unwrap_or(0))
+        }
+        _ => (None, 0),
+    };
+    let egress_name = egress.unwrap_or_else(|| "?".to_string());
+    // One segment of a GSO packet is what must fit the MTU.
+    let packet_size = d.wire_size();
+    let key = pmtu_key(d);
+    let hint = cx.ns_hint(d.netns);
+    let (src, dst) = (
+        d.src.map(|a| a.to_string()).unwrap_or_default(),
+        d.dst.map(|a| a.to_string()).unwrap_or_default(),
+    );
+    let summary = format!(
+        "Packets of {src} -> {dst} ({packet_size} bytes) do not fit out {egress_name} (MTU {egress_mtu}), and {}: a PMTU black hole, the connection stalls.",
+        if blocked {
+            "the ICMP \"fragmentation needed\" that would make the sender shrink them is itself dropped"
+        } else {
+            "the sender keeps sending them: PMTU discovery is not working"
+        }
+    );
+    let ipt = iptables_for(d.family);
+    let mut fix = vec![format!(
+        "Clamp TCP MSS to the path MTU where traffic is forwarded: {hint}{ipt} -t mangle -A FORWARD -p tcp --tcp-flags SYN,RST SYN -j TCPMSS --clamp-mss-to-pmtu"
+    )];
+    if cx.docker_here(d.netns) {
+        fix.push(format!(
+            "Or give containers an MTU that fits: dockerd --mtu={egress_mtu} (\"mtu\": {egress_mtu} in /etc/docker/daemon.json), or docker network create -o com.docker.network.driver.mtu={egress_mtu}"
+        ));
+    } else if let Some(src_addr) = d.src {
+        fix.push(format!(
+            "Or lower the MTU on the sender's side of the path (the host of {src_addr}) to {egress_mtu}"
+        ));
+    }
+    if blocked {
+        fix.push(if d.family == Some("ipv6") {
+            format!("Let ICMPv6 packet-too-big out: {hint}ip6tables -I OUTPUT -p icmpv6 --icmpv6-type packet-too-big -j ACCEPT (and in FORWARD)")
+        } else {
+            format!("Let ICMP fragmentation-needed out: {hint}iptables -I OUTPUT -p icmp --icmp-type fragmentation-needed -j ACCEPT (and in FORWARD)")
+        });
+    }
+    let evidence = json!({
+        "egress_ifname": egress_name,
+        "egress_mtu": egress_mtu,
+        "packet_size": packet_size,
+        "gso_size": d.gso_size,
+        "len": d.len,
+        "icmp_blocked": blocked,
+        "src": d.src,
+        "dst": d.dst,
+        "sport": d.sport,
+        "dport": d.dport,
+        "too_big_drops": t.count,
+        "location": d.location,
+    });
+    cx.conclude(Finding {
+        key,
+        kind: "pmtu_blackhole",
+        tier: Tier::Proven,
+        netns: d.netns,
+        summary,
+        evidence,
+        fix,
+    });
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::testkit::*;
+    use super::super::{Fact, Tier};
+    use crate::event::DropRecord;
+
+    fn too_big(ts: u64) -> Fact {
+        let mut d = tcp(
+            drop("PKT_TOO_BIG", ts),
+            "10.200.0.2",
+            443,
+            "10.99.0.2",
+            50000,
+        );
+        d.len = 7292;
+        d.gso_size = 1448;
+        d.gso_segs = 5;
+        d.route = Some(lookup(2, "eth0", 1450, 0));
+        Fact::Drop(d)
+    }
+
+    fn icmp_dropped(ts: u64) -> DropRecord {
+        let mut d = drop("NETFILTER_DROP", ts);
+        d.proto = Some("icmp".into());
+        d.src = Some(ip("10.200.0.1"));
+        d.dst = Some(ip("10.200.0.2"));
+        d.icmp_type = Some(3);
+        d.icmp_code = Some(4);
+        d
+    }
+
+    #[test]
+    fn blocked_frag_needed_proves_a_black_hole() {
+        let v = run(
+            &mut Fake::default(),
+            vec![Fact::Drop(icmp_dropped(1_000)), too_big(2_000)],
+            0,
+        );
+        // The ICMP drop is explained here, not as a netfilter verdict.
+        assert_eq!(kinds(&v), [("pmtu_blackhole", Tier::Proven)]);
+        let e = &v[0].evidence;
+        assert_eq!(e["icmp_blocked"], true);
+        assert_eq!(e["packet_size"], 1500, "one segment, not skb->len");
+        // No Docker here: no Docker advice.
+        assert!(
+            v[0].fix.iter().all(|f| !f.contains("dockerd")),
+            "{:?}",
+            v[0].fix
+        );
+    }
+
+    #[test]
+    fn one_burst_that_stops_is_discovery_working() {
+        let v = run(
+            &mut Fake::default(),
+            vec![too_big(1_000), too_big(2_000)],
+            4_000_000_000,
+        );
+        assert!(v.is_empty(), "{v:?}");
+    }
+
+    #[test]
+    fn too_big_for_over_a_second_is_a_black_hole() {
+        let ms = 1_000_000;
+        let facts = [10, 300, 700, 1500].map(|t| too_big(t * ms)).to_vec();
+        let v = run(&mut Fake::default(), facts, 0);
+        assert_eq!(kinds(&v), [("pmtu_blackhole", Tier::Proven)]);
+        assert_eq!(v[0].evidence["icmp_blocked"], false);
+    }
+}

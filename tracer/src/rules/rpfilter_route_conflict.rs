@@ -1,0 +1,208 @@
+//! `rpfilter_route_conflict`: an `IP_RPFILTER` drop whose reverse path
+//! (the kernel's own reverse-path lookup joined to the drop, else the
+//! route table) leaves by another device than the one the packet came in
+//! on. With a bridge on the reverse path, the peer's network overlaps the
+//! bridge subnet.
+
+use super::ctx::{Ctx, Finding};
+use super::fix::{bridge_fixes, conf_arg, net, q, route_via};
+use super::{Fact, Rule, Tier};
+use serde_json::json;
+
+/// A route lookup joins a drop as evidence only if it ran this close to it.
+pub(super) const ROUTE_JOIN_MAX_AGE_NS: u64 = 10_000_000_000;
+
+pub struct RpFilterRouteConflict;
+
+impl Rule for RpFilterRouteConflict {
+    fn on_fact(&mut self, fact: &Fact, cx: &mut Ctx) {
+        let Fact::Drop(d) = fact else { return };
+        if d.reason != "IP_RPFILTER" {
+            return;
+        }
+        let (Some(src), Some(topo)) = (d.src, cx.topo(d.netns)) else {
+            return;
+        };
+        let ingress = if d.ingress_ifindex > 0 {
+            d.ingress_ifindex
+        } else {
+            d.ifindex
+        };
+        let Some(in_link) = topo.link(ingress) else {
+            return;
+        };
+        // The kernel's own reverse-path check (fib_validate_source looks up
+        // src from dst with iif = loopback) when it ran around this drop;
+        // the topology's longest match is the fallback.
+        let kernel_rev = d
+            .reverse_route
+            .as_ref()
+            .filter(|r| r.age_ns.unsigned_abs() < ROUTE_JOIN_MAX_AGE_NS);
+        if let Some(r) = kernel_rev.filter(|r| r.err != 0) {
+            // No route back at all: a different cause than a conflict.
+            return super::no_route::no_route_back(d, cx, src, r.err);
+        }
+        let from_kernel = kernel_rev.is_some_and(|r| r.ifindex > 0);
+        let rev = kernel_rev
+            .filter(|r| r.ifindex > 0)
+            .map(|r| r.ifindex)
+            .or_else(|| topo.route_to(src).and_then(|r| r.oif));
+        let Some(rev_if) = rev else {
+            // Only a table with no route at all proves "no route back"; a
+            // multipath or nexthop-object route has no single oif.
+            if topo.route_to(src).is_none() {
+                super::no_route::no_route_back(d, cx, src, 0);
+            }
+            return;
+        };
+        if rev_if == ingress {
+            return;
+        }
+        let Some(rev_link) = topo.link(rev_if) else {
+            return;
+        };
+        let key = format!("rpf/{}/{}/{}", d.netns, ingress, rev_if);
+        cx.tally(&key, d.ts_ns);
+        let prefix = topo
+            .prefix_on(rev_if, src)
+            .map(net)
+            .unwrap_or_else(|| src.to_string());
+        let bridge = topo.is_bridge(rev_if);
+        let rp = topo.rp_filter(&in_link.name);
+        let hint = cx.ns_hint(d.netns);
+        let summary = format!(
+            "Packets from {src} arrive on {} but the route back to {src} points into {}{} ({prefix}), so rp_filter={rp} drops them{}.",
+            in_link.name,
+            if bridge { "bridge " } else { "" },
+            rev_link.name,
+            if bridge {
+                ": the peer's network overlaps the bridge subnet"
+            } else {
+                ""
+            }
+        );
+        let mut fix = if bridge {
+            bridge_fixes(&topo, &rev_link.name, &prefix, src, &hint, ingress)
+        } else {
+            vec![format!(
+                "Route {src} back out {}, where it arrives: {hint}ip route add {src}/32 {}",
+                in_link.name,
+                route_via(&topo, ingress)
+            )]
+        };
+        if bridge {
+            fix.push(format!(
+                "Loosening rp_filter ({hint}sysctl -w {} net.ipv4.conf.all.rp_filter=2) only moves the failure: replies to {src} would still be routed into {}",
+                conf_arg(&in_link.name, "rp_filter", 2),
+                q(&rev_link.name)
+            ));
+        } else {
+            fix.push(format!(
+                "If the asymmetry is intended (multi-homing), use loose mode: {hint}sysctl -w {} net.ipv4.conf.all.rp_filter=2",
+                conf_arg(&in_link.name, "rp_filter", 2)
+            ));
+        }
+        let evidence = json!({
+            "ingress_ifname": in_link.name,
+            "src": src,
+            "dst": d.dst,
+            "reverse_route_ifname": rev_link.name,
+            "reverse_route_prefix": prefix,
+            "reverse_route_from_kernel": from_kernel,
+            "rp_filter": rp,
+            "bridge": bridge,
+            "location": d.location,
+        });
+        cx.conclude(Finding {
+            key,
+            kind: "rpfilter_route_conflict",
+            tier: Tier::Proven,
+            netns: d.netns,
+            summary,
+            evidence,
+            fix,
+        });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::testkit::*;
+    use super::super::{Fact, Tier};
+
+    /// eth0 (2) uplink with the default route; docker0 (3) a bridge whose
+    /// subnet covers the peer.
+    fn host(name: Option<&str>) -> Fake {
+        let mut t = topo(
+            NS,
+            name,
+            vec![
+                link(1, "lo", None, 65536),
+                link(2, "eth0", None, 1500),
+                link(3, "docker0", Some("bridge"), 1500),
+            ],
+            vec![
+                route("0.0.0.0", 0, 2, Some("10.99.0.1")),
+                route("172.17.0.0", 16, 3, None),
+            ],
+        );
+        t.sysctls.rp_filter_all = 1;
+        Fake::with(vec![t])
+    }
+
+    fn syn_dropped() -> Fact {
+        let mut d = tcp(
+            drop("IP_RPFILTER", 1_000),
+            "172.17.5.5",
+            40000,
+            "10.99.0.2",
+            8080,
+        );
+        d.ifindex = 2;
+        d.ingress_ifindex = 2;
+        d.reverse_route = Some(lookup(3, "docker0", 1500, 0));
+        Fact::Drop(d)
+    }
+
+    #[test]
+    fn reverse_path_into_a_bridge_is_proven() {
+        let v = run(&mut host(None), vec![syn_dropped()], 0);
+        assert_eq!(kinds(&v), [("rpfilter_route_conflict", Tier::Proven)]);
+        let e = &v[0].evidence;
+        assert_eq!(e["reverse_route_ifname"], "docker0");
+        assert_eq!(e["reverse_route_prefix"], "172.17.0.0/16");
+        assert_eq!(e["rp_filter"], 1);
+        assert!(v[0].fault);
+    }
+
+    #[test]
+    fn hostile_namespace_names_are_quoted_in_every_fix() {
+        let name = "q$(id)";
+        let v = run(&mut host(Some(name)), vec![syn_dropped()], 0);
+        assert_eq!(v.len(), 1);
+        let cmds: Vec<&String> = v[0]
+            .fix
+            .iter()
+            .filter(|f| f.contains("ip netns exec"))
+            .collect();
+        assert!(!cmds.is_empty(), "{:?}", v[0].fix);
+        for f in cmds {
+            assert!(f.contains("ip netns exec 'q$(id)' "), "{f}");
+            // Pasted into a shell, the name stays one literal word.
+            let cmd = &f[f.find("ip netns exec").unwrap()..];
+            let words = shlex::split(cmd).unwrap();
+            assert_eq!(words[3], name, "{f}");
+        }
+    }
+
+    #[test]
+    fn a_failed_reverse_lookup_is_no_route() {
+        let Fact::Drop(mut d) = syn_dropped() else {
+            unreachable!()
+        };
+        d.reverse_route = Some(lookup(0, "", 0, -101));
+        let v = run(&mut host(None), vec![Fact::Drop(d)], 0);
+        assert_eq!(kinds(&v), [("no_route", Tier::Proven)]);
+        assert_eq!(v[0].evidence["route_err"], "ENETUNREACH");
+    }
+}
