@@ -143,6 +143,8 @@ fn udp_noports(lab: &Netlab, short: &str) -> u64 {
 #[derive(Default)]
 struct Printed {
     drop_lines: u64,
+    /// The sum of the aggregate lines' counts.
+    aggregated: u64,
     last: String,
 }
 
@@ -180,6 +182,9 @@ impl Tracer {
                     let line = &pending[start..start + off];
                     if line.starts_with(b"{\"type\":\"drop\"") {
                         p.drop_lines += 1;
+                    } else if line.starts_with(b"{\"type\":\"aggregate\"") {
+                        let v: Value = serde_json::from_slice(line).unwrap();
+                        p.aggregated += v["count"].as_u64().unwrap();
                     } else if line.starts_with(b"{\"type\":\"ready\"") {
                         if let Some(tx) = tx.take() {
                             let _ = tx.send(());
@@ -317,12 +322,18 @@ fn signal_mid_storm(test: &str, sig: i32) {
     let matched = summary["kernel"]["drops_matched"].as_u64().unwrap();
     let lost = summary["lost"].as_u64().unwrap();
     let not_shown = summary["not_shown"].as_u64().unwrap();
+    let aggregated = summary["aggregated"].as_u64().unwrap();
     // Detach, drain, then count: the sum is exact, nothing left in the ring.
     assert_eq!(
-        drops + lost + not_shown,
+        drops + aggregated + lost + not_shown,
         matched,
-        "delivered {drops} + lost {lost} + not shown {not_shown} vs drops_matched {matched}"
+        "delivered {drops} + aggregated {aggregated} + lost {lost} + not shown {not_shown} vs drops_matched {matched}"
     );
+    assert_eq!(
+        aggregated, printed.aggregated,
+        "summary aggregated vs the aggregate lines' counts"
+    );
+    assert_eq!(lost, 0, "a storm is aggregated, not lost: {summary}");
     assert_eq!(not_shown, 0, "a signal hides nothing: {summary}");
     // Everything the tracer attached is released with it.
     let deadline = Instant::now() + Duration::from_secs(1);
@@ -491,14 +502,45 @@ fn storm_accounting_adds_up() {
     eprintln!(
         "storm: sent {sent}, kernel NoPorts {kernel}, delivered {drops}, lost {lost}, matched {matched}"
     );
+    let aggregated = summary["aggregated"].as_u64().unwrap();
     assert!(kernel > 10_000, "too small a storm: {kernel} drops");
     assert_eq!(drops, printed.drop_lines, "summary drops vs drop lines");
+    assert_eq!(aggregated, printed.aggregated, "summary vs aggregate lines");
+    assert_eq!(lost, 0, "a storm is aggregated, not lost: {summary}");
+    assert!(
+        aggregated > drops,
+        "a storm is mostly counted by key: {summary}"
+    );
     assert_eq!(
         kernel,
-        drops + lost,
-        "kernel dropped {kernel}, tracer delivered {drops} and lost {lost}"
+        drops + aggregated,
+        "kernel dropped {kernel}, tracer printed {drops} and counted {aggregated} by key"
     );
-    assert_eq!(matched, drops + lost, "drops_matched vs delivered + lost");
+    assert_eq!(
+        matched,
+        drops + aggregated,
+        "drops_matched vs printed + counted"
+    );
+}
+
+/// `--no-aggregate` sends every drop; in a storm the ring may overflow,
+/// and what it could not hold is counted as lost, never silently.
+#[test]
+fn no_aggregate_sends_every_drop() {
+    let lab = pair_lab("noagg");
+    let t = Tracer::start(&["watch", "--netns", &lab.name("b"), "--no-aggregate"]);
+    let f = flood(&lab.name("a"), "10.203.0.2:9");
+    std::thread::sleep(Duration::from_secs(2));
+    f.stop();
+    std::thread::sleep(Duration::from_millis(500));
+    let (status, _, printed, stderr) = t.signal(SIGINT);
+    assert!(status.success(), "{stderr}");
+    let summary: Value = serde_json::from_str(&printed.last).unwrap();
+    assert_eq!(summary["aggregated"], 0, "{summary}");
+    assert_eq!(printed.aggregated, 0);
+    let matched = summary["kernel"]["drops_matched"].as_u64().unwrap();
+    let lost = summary["lost"].as_u64().unwrap();
+    assert_eq!(printed.drop_lines + lost, matched, "{summary}");
 }
 
 // ------------------------------------------------------------------ labs

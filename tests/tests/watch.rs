@@ -249,7 +249,7 @@ fn raw_tracepoint_and_classic_tracepoint_fallbacks_work() {
         "private",
         "sh",
         "-c",
-        "mount -t tracefs tracefs /sys/kernel/tracing && exec \"$0\" \"$@\"",
+        "{ mountpoint -q /sys/kernel/tracing || mount -t tracefs tracefs /sys/kernel/tracing; } && exec \"$0\" \"$@\"",
     ];
     for (wrapper, hook) in [(&[][..], "raw_tp"), (tracefs, "tracepoint")] {
         let run = start_in(wrapper, &["watch", "--netns", &server, "--hook", hook]);

@@ -187,7 +187,9 @@ pub const STAT_LOST: u32 = 2;
 pub const STAT_ROUTES_SEEN: u32 = 3;
 pub const STAT_SYNS_FLAGGED: u32 = 4;
 pub const STAT_NEIGH: u32 = 5;
-pub const STAT_COUNT: u32 = 6;
+/// Drops counted in `AGG` instead of sent as events (a storm).
+pub const STAT_AGGREGATED: u32 = 6;
+pub const STAT_COUNT: u32 = 7;
 
 /// `REASONS` map values: a reason the user asked to see or to hide.
 pub const REASON_INCLUDE: u8 = 1;
@@ -220,8 +222,52 @@ pub struct Config {
     pub syn_check: u32,
     /// 1 to report neighbours that resolve or fail.
     pub neigh: u32,
+    /// 1 to count drops by key in `AGG` once a CPU sends more than
+    /// `agg_burst` events in `AGG_WINDOW_NS`; 0 sends every event.
+    pub aggregate: u32,
+    /// Events per key per CPU per `AGG_EPOCH_SHIFT` interval that are still
+    /// sent in full while aggregating.
+    pub agg_per_key: u32,
+    pub agg_burst: u32,
+    pub _pad: u32,
     pub filter_len: u32,
     pub filter: [filter::FilterOp; filter::MAX_OPS],
+}
+
+/// The window in which a CPU's event rate is measured for aggregation.
+pub const AGG_WINDOW_NS: u64 = 100_000_000;
+/// Once on, aggregation stays on this long after the last burst.
+pub const AGG_HOLD_NS: u64 = 2_000_000_000;
+/// Per-key sampling intervals are ktime >> this (about 1.07 s).
+pub const AGG_EPOCH_SHIFT: u32 = 30;
+/// Distinct keys the kernel counts; past that, drops go out as events.
+pub const AGG_KEYS: u32 = 8192;
+
+/// What drops are counted by while a storm is aggregated: where, why and
+/// which flow, without ports (a port scan is one key).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct AggKey {
+    pub location: u64,
+    pub reason: u32,
+    pub netns: u32,
+    pub ifindex: i32,
+    pub ingress_ifindex: i32,
+    pub family: u8,
+    pub proto: u8,
+    pub _pad: [u8; 6],
+    pub src: [u8; 16],
+    pub dst: [u8; 16],
+}
+
+/// Per CPU: how many drops of a key were counted instead of sent, and how
+/// many were sent in the current interval.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct AggVal {
+    pub suppressed: u64,
+    pub epoch: u32,
+    pub sent: u32,
 }
 
 /// Reason codes of the running kernel that the noise rules use; read from
@@ -253,6 +299,10 @@ impl Config {
             routes: 0,
             syn_check: 0,
             neigh: 0,
+            aggregate: 0,
+            agg_per_key: 0,
+            agg_burst: 0,
+            _pad: 0,
             filter_len: 0,
             filter: [filter::FilterOp::END; filter::MAX_OPS],
         }
@@ -411,6 +461,7 @@ pub mod names {
     pub const MAP_STATS: &str = "STATS";
     pub const MAP_REASONS: &str = "REASONS";
     pub const MAP_ROUTES: &str = "ROUTES";
+    pub const MAP_AGG: &str = "AGG";
     pub const GLOBAL_CONFIG: &str = "CONFIG";
     pub const GLOBAL_OFFSETS: &str = "OFFSETS";
 }
@@ -423,4 +474,6 @@ mod pod {
     unsafe impl aya::Pod for super::Offsets {}
     unsafe impl aya::Pod for super::RouteKey {}
     unsafe impl aya::Pod for super::RouteHit {}
+    unsafe impl aya::Pod for super::AggKey {}
+    unsafe impl aya::Pod for super::AggVal {}
 }

@@ -19,7 +19,7 @@ use aya_ebpf::{
         bpf_ktime_get_ns,
     },
     macros::{btf_tracepoint, map, raw_tracepoint, tracepoint},
-    maps::{HashMap, LruHashMap, PerCpuArray, RingBuf},
+    maps::{HashMap, LruHashMap, PerCpuArray, PerCpuHashMap, RingBuf},
     programs::{BtfTracePointContext, RawTracePointContext, TracePointContext},
 };
 use kernel::{dev_ifindex, dev_mtu, dev_netns, read, sk_netns, Direct, Mem, Probe};
@@ -46,7 +46,17 @@ pub struct Scratch {
     key: RouteKey,
     /// Where filter results pass to become opaque (see `filter::Opaque`).
     opaque: u64,
+    agg: AggKey,
+    /// The CPU's drop rate: drops matched since `window_start`, and until
+    /// when it aggregates (a storm was seen).
+    window_start: u64,
+    window_drops: u64,
+    hold_until: u64,
 }
+
+/// Drops counted by key during a storm (see `aggregated`).
+#[map]
+static AGG: PerCpuHashMap<AggKey, AggVal> = PerCpuHashMap::with_max_entries(AGG_KEYS, 0);
 
 /// Hides a value from the verifier by a store and a load through map
 /// memory, whose contents it does not track.
@@ -256,6 +266,9 @@ unsafe fn on_drop<M: Mem>(skb: *const u8, location: u64, reason: u32) {
         return;
     }
     count(STAT_DROPS_MATCHED);
+    if cfg!(aggregate) != 0 && aggregated(scratch, reason, location, netns, ifindex, iif) {
+        return;
+    }
 
     let Some(mut entry) = EVENTS.reserve::<DropEvent>(0) else {
         // Never lose an event silently: userspace reports this count.
@@ -304,6 +317,79 @@ unsafe fn on_drop<M: Mem>(skb: *const u8, location: u64, reason: u32) {
         route_for(key, &mut (*e).route_rev);
     }
     entry.submit(0);
+}
+
+/// During a storm, counts the drop under its key instead of sending it,
+/// once the key's first `agg_per_key` events of this interval went out.
+/// A CPU storms when it matched more than `agg_burst` drops in one
+/// `AGG_WINDOW_NS`, and keeps aggregating for `AGG_HOLD_NS` after: the ring
+/// buffer and userspace then see a bounded rate whatever the drop rate, and
+/// every drop is still counted exactly (event or key count).
+#[inline(always)]
+unsafe fn aggregated(
+    scratch: *mut Scratch,
+    reason: u32,
+    location: u64,
+    netns: u32,
+    ifindex: i32,
+    iif: i32,
+) -> bool {
+    let now = bpf_ktime_get_ns();
+    let sc = &mut *scratch;
+    if now.wrapping_sub(sc.window_start) > AGG_WINDOW_NS {
+        sc.window_start = now;
+        sc.window_drops = 0;
+    }
+    sc.window_drops += 1;
+    if sc.window_drops > cfg!(agg_burst) as u64 {
+        sc.hold_until = now + AGG_HOLD_NS;
+    }
+    if now >= sc.hold_until {
+        return false;
+    }
+    let f = &sc.flow;
+    let key = &mut sc.agg;
+    key.location = location;
+    key.reason = reason;
+    key.netns = netns;
+    key.ifindex = ifindex;
+    key.ingress_ifindex = iif;
+    key.family = f.family;
+    key.proto = f.proto;
+    key._pad = [0; 6];
+    key.src = f.src;
+    key.dst = f.dst;
+    let epoch = (now >> AGG_EPOCH_SHIFT) as u32;
+    // A full map (a storm from random addresses) falls back to one key
+    // without addresses; if even that cannot be stored, send the event.
+    for coarse in [false, true] {
+        if coarse {
+            key.src = [0; 16];
+            key.dst = [0; 16];
+        }
+        if let Some(v) = AGG.get_ptr_mut(&*key) {
+            if (*v).epoch != epoch {
+                (*v).epoch = epoch;
+                (*v).sent = 0;
+            }
+            if (*v).sent < cfg!(agg_per_key) {
+                (*v).sent += 1;
+                return false;
+            }
+            (*v).suppressed += 1;
+            count(STAT_AGGREGATED);
+            return true;
+        }
+        let first = AggVal {
+            suppressed: 0,
+            epoch,
+            sent: 1,
+        };
+        if AGG.insert(&*key, &first, 0).is_ok() {
+            return false;
+        }
+    }
+    false
 }
 
 /// The newest lookup for `key` in its netns, or a lookup with no netns

@@ -113,6 +113,10 @@ pub struct TraceArgs {
     /// Kernel BTF file, for kernels that keep it elsewhere (default /sys/kernel/btf/vmlinux).
     #[arg(long, value_name = "PATH")]
     pub btf: Option<PathBuf>,
+    /// Print every drop even in a storm (by default, past ~10k drops/s per CPU the
+    /// kernel sends the first few per key each second and counts the rest by key).
+    #[arg(long)]
+    pub no_aggregate: bool,
 }
 
 fn parse_count_arg(s: &str) -> Result<u64, String> {
@@ -159,6 +163,7 @@ impl TraceArgs {
             hook: self.hook,
             format: Some(self.output),
             btf: self.btf.clone(),
+            no_aggregate: self.no_aggregate,
         }
     }
 }

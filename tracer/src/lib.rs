@@ -10,6 +10,7 @@
 //! - `filter`: the tcpdump-like expression, compiled for the kernel
 //! - `event`: decode ring-buffer records and name them
 //! - `reason_inference`: drop reasons for kernels that report none (before 5.17)
+//! - `aggregate`: storms counted by key in the kernel, reported per interval
 //! - `output`: text and JSON
 //! - `watch`: the tracing session that every command builds on
 //! - `rules`: the rules that turn drops, route lookups and topology into verdicts
@@ -19,6 +20,7 @@
 //! - `lab`: the incidents rebuilt in throwaway namespaces
 //! - `check`: the preflight that says what this kernel offers
 //! - `cli`: the command line; `main.rs` is a thin shell around `cli::run`
+pub mod aggregate;
 pub mod btf;
 pub mod check;
 pub mod cli;

@@ -3,6 +3,7 @@
 
 pub mod verdict;
 
+use crate::aggregate::AggregateRecord;
 use crate::event::{DropRecord, SynRecord};
 use crate::probes::KernelStats;
 use serde::Serialize;
@@ -184,6 +185,50 @@ impl Output {
         self.line(&s)
     }
 
+    /// One interval's storm counts: a JSON line each, or in text a table
+    /// of the busiest keys, like `top`.
+    pub fn aggregates(&mut self, recs: &[AggregateRecord]) -> std::io::Result<()> {
+        if recs.is_empty() {
+            return Ok(());
+        }
+        if self.format == Format::Json {
+            for r in recs {
+                self.json(r)?;
+            }
+            return Ok(());
+        }
+        const SHOWN: usize = 10;
+        let total: u64 = recs.iter().map(|r| r.count).sum();
+        let interval = recs[0].interval_s;
+        let head = format!(
+            "STORM {total} drops counted in {interval:.1}s by key, not printed one by one (--no-aggregate prints all):"
+        );
+        let head = self.paint(&format!("{BOLD}{YELLOW}"), &head);
+        self.line(&head)?;
+        for r in recs.iter().take(SHOWN) {
+            let d = &r.as_drop;
+            let ns = self.netns_label(d.netns, &d.netns_name);
+            let flow = if d.src.is_some_and(|a| !a.is_unspecified()) {
+                flow_text(d)
+            } else {
+                d.proto.clone().unwrap_or_default().to_uppercase()
+            };
+            let line = format!(
+                "{:>15} {ns:<18} {:<16} {:<20} {:<30}        {flow}",
+                r.count,
+                dev_label(d),
+                reason_label(d),
+                d.location
+            );
+            self.line(&line)?;
+        }
+        if recs.len() > SHOWN {
+            let rest: u64 = recs[SHOWN..].iter().map(|r| r.count).sum();
+            self.line(&format!("{:>15} in {} more keys", rest, recs.len() - SHOWN))?;
+        }
+        Ok(())
+    }
+
     pub fn summary(&mut self, s: &Summary) -> std::io::Result<()> {
         if self.format == Format::Json {
             return self.json(s);
@@ -200,6 +245,12 @@ impl Output {
                 s.lost
             ),
         ));
+        if s.aggregated > 0 {
+            lines.push(format!(
+                "    {} more counted by key during storms (aggregate lines)",
+                s.aggregated
+            ));
+        }
         if s.kernel.recursion_misses > 0 {
             lines.push(self.paint(
                 RED,
@@ -277,6 +328,9 @@ pub struct Summary {
     /// reader closed the pipe, or hidden by diagnose. With `drops` and
     /// `lost` it adds up to `kernel.drops_matched`.
     pub not_shown: u64,
+    /// Drops counted by key in a storm (the sum of the aggregate lines).
+    /// `drops + aggregated + lost + not_shown = kernel.drops_matched`.
+    pub aggregated: u64,
     /// Ring-buffer records that did not decode (never expected).
     pub undecodable: u64,
     pub syns_flagged: u64,
@@ -303,6 +357,14 @@ impl Summary {
             kind: "summary",
             ..Default::default()
         }
+    }
+
+    /// An aggregate line's drops, in the per-reason and per-device counts.
+    pub fn count_aggregate(&mut self, a: &AggregateRecord) {
+        self.aggregated += a.count;
+        let reason = a.reason.as_deref().unwrap_or("unknown");
+        *self.by_reason.entry(reason.to_string()).or_default() += a.count;
+        *self.by_ifname.entry(dev_label(&a.as_drop)).or_default() += a.count;
     }
 
     pub fn count(&mut self, d: &DropRecord) {

@@ -9,7 +9,9 @@ use aya::programs::{BtfTracePoint, RawTracePoint, TracePoint};
 use aya::{Btf, Ebpf, EbpfLoader};
 use std::fmt;
 use std::os::fd::AsFd;
-use tracer_abi::{names, Config, Offsets, NO_OFFSET, REASON_EXCLUDE, REASON_INCLUDE};
+use tracer_abi::{
+    names, AggKey, AggVal, Config, Offsets, NO_OFFSET, REASON_EXCLUDE, REASON_INCLUDE,
+};
 
 /// The object built by `cargo xtask build-ebpf` (see build.rs).
 static OBJECT: &[u8] = aya::include_bytes_aligned!(env!("TRACER_BPF_OBJECT"));
@@ -58,6 +60,8 @@ pub struct KernelStats {
     pub route_lookups: u64,
     pub syns_flagged: u64,
     pub neigh_events: u64,
+    /// Drops counted by key in a storm instead of sent as events.
+    pub aggregated: u64,
     /// Runs the kernel skipped because one of our programs was already
     /// running on that CPU (an interrupt nested in it): events that were
     /// never seen, reported rather than lost silently.
@@ -82,6 +86,8 @@ pub struct Probes {
     drop_reasons: bool,
     events: Option<RingBuf<MapData>>,
     stats: PerCpuArray<MapData, u64>,
+    /// Storm counts by key (see `aggregate_counts`).
+    agg: aya::maps::PerCpuHashMap<MapData, AggKey, AggVal>,
     pub warnings: Vec<String>,
 }
 
@@ -314,7 +320,12 @@ impl Probes {
             ebpf.take_map(names::MAP_STATS)
                 .ok_or_else(|| anyhow!("eBPF object lacks map {}", names::MAP_STATS))?,
         )?;
+        let agg = aya::maps::PerCpuHashMap::try_from(
+            ebpf.take_map(names::MAP_AGG)
+                .ok_or_else(|| anyhow!("eBPF object lacks map {}", names::MAP_AGG))?,
+        )?;
         Ok(Probes {
+            agg,
             ebpf: Some(ebpf),
             prog_counters: None,
             hook,
@@ -365,6 +376,17 @@ impl Probes {
         (drop_info, misses)
     }
 
+    /// Every storm key with the drops counted under it so far, summed over
+    /// CPUs. The counts only grow, so the difference of two reads is
+    /// exactly what was counted in between.
+    pub fn aggregate_counts(&self) -> Vec<(AggKey, u64)> {
+        self.agg
+            .iter()
+            .filter_map(|r| r.ok())
+            .map(|(k, per_cpu)| (k, per_cpu.iter().map(|v| v.suppressed).sum()))
+            .collect()
+    }
+
     pub fn stats(&self) -> KernelStats {
         let (drop_info, recursion_misses) = self.prog_counters();
         let sum = |i: u32| -> u64 { self.stats.get(&i, 0).map(|v| v.iter().sum()).unwrap_or(0) };
@@ -375,6 +397,7 @@ impl Probes {
             route_lookups: sum(tracer_abi::STAT_ROUTES_SEEN),
             syns_flagged: sum(tracer_abi::STAT_SYNS_FLAGGED),
             neigh_events: sum(tracer_abi::STAT_NEIGH),
+            aggregated: sum(tracer_abi::STAT_AGGREGATED),
             recursion_misses,
             drop_probe_runs: drop_info.map(|i| i.run_cnt).unwrap_or(0),
             drop_probe_ns: drop_info.map(|i| i.run_time_ns).unwrap_or(0),

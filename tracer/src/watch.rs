@@ -3,6 +3,7 @@
 //! `Consumer`, stop on Ctrl-C / SIGTERM / --duration / --count, and
 //! summarise.
 
+use crate::aggregate::Aggregator;
 use crate::btf::KernelBtf;
 use crate::event::{decode, Event, Namer};
 use crate::filter;
@@ -39,7 +40,19 @@ pub struct TraceOptions {
     pub format: Option<Format>,
     /// Kernel BTF to use instead of /sys/kernel/btf/vmlinux.
     pub btf: Option<std::path::PathBuf>,
+    /// Send every drop as an event, even in a storm.
+    pub no_aggregate: bool,
 }
+
+/// Aggregation starts on a CPU that matched more drops than this in one
+/// `AGG_WINDOW_NS` (100 ms): 10k drops/s per CPU, which userspace still
+/// prints comfortably and the ring buffer (about 20k events) absorbs.
+const AGG_BURST: u32 = 1000;
+/// While aggregating, this many drops per key per CPU per second are still
+/// sent in full (what `diagnose` and a reader need to see the flow).
+const AGG_PER_KEY: u32 = 5;
+/// Ticks (250 ms each) between reads of the storm counts.
+const AGG_TICKS: u32 = 4;
 
 /// Receives every event of a session.
 pub trait Consumer {
@@ -189,6 +202,9 @@ impl Tracer {
         };
         config.noise.no_socket = reasons.code("NO_SOCKET").unwrap_or(u32::MAX);
         config.noise.queue_purge = reasons.code("QUEUE_PURGE").unwrap_or(u32::MAX);
+        config.aggregate = u32::from(!opts.no_aggregate);
+        config.agg_burst = AGG_BURST;
+        config.agg_per_key = AGG_PER_KEY;
         config.routes = u32::from(diagnose);
         config.syn_check = u32::from(diagnose);
         config.neigh = u32::from(diagnose);
@@ -329,6 +345,8 @@ impl Tracer {
         // count after that is of events nobody asked for.
         let mut lost_at_count = None;
         let mut broken_pipe = false;
+        let mut aggregator = Aggregator::default();
+        let mut ticks: u32 = 0;
         loop {
             tokio::select! {
                 _ = &mut sleep_until => break,
@@ -340,7 +358,16 @@ impl Tracer {
                 _ = ticker.tick() => {
                     session.namer.topology.set_clock(Instant::now());
                     session.namer.topology.sweep();
-                    if let Err(e) = pump.consumer.tick(&mut session).and_then(|_| session.out.flush()) {
+                    ticks += 1;
+                    let aggregates = if ticks.is_multiple_of(AGG_TICKS) {
+                        report_aggregates(&mut aggregator, &probes, &mut session)
+                    } else {
+                        Ok(())
+                    };
+                    if let Err(e) = aggregates
+                        .and_then(|_| pump.consumer.tick(&mut session))
+                        .and_then(|_| session.out.flush())
+                    {
                         broken_pipe = is_pipe(&e);
                         if broken_pipe { break; }
                         return Err(e.into());
@@ -412,6 +439,19 @@ impl Tracer {
                 Err(e) => return Err(e.into()),
             }
         }
+        // The last interval's storm counts, now final too; past --count
+        // they are drops nobody asked to see.
+        if pump.count.is_some_and(|c| pump.shown >= c) {
+            let recs = aggregator.poll(probes.aggregate_counts(), &mut session.namer, 0);
+            pump.not_shown += recs.iter().map(|r| r.count).sum::<u64>();
+        } else if !broken_pipe {
+            if let Err(e) = report_aggregates(&mut aggregator, &probes, &mut session) {
+                broken_pipe = is_pipe(&e);
+                if !broken_pipe {
+                    return Err(e.into());
+                }
+            }
+        }
         let stats = probes.stats();
         session.summary.kernel = stats;
         session.summary.lost = lost_at_count.unwrap_or(stats.lost);
@@ -437,6 +477,23 @@ impl Tracer {
         drop(probes);
         Ok(session.summary)
     }
+}
+
+/// Prints (and counts) what the kernel counted by key since the last call.
+fn report_aggregates(
+    aggregator: &mut Aggregator,
+    probes: &Probes,
+    session: &mut Session,
+) -> std::io::Result<()> {
+    let recs = aggregator.poll(
+        probes.aggregate_counts(),
+        &mut session.namer,
+        crate::event::monotonic_ns(),
+    );
+    for r in &recs {
+        session.summary.count_aggregate(r);
+    }
+    session.out.aggregates(&recs)
 }
 
 /// How a batch of ring-buffer records ended.
