@@ -418,10 +418,47 @@ unsafe fn route_for(key: &mut RouteKey, out: &mut RouteHit) {
 /// How recent a netns-less lookup must be to join a drop on its CPU.
 const UNSCOPED_ROUTE_JOIN_NS: u64 = 1_000_000;
 
+/// The last lookup stored from this CPU.
+#[repr(C)]
+pub struct LastRoute {
+    key: RouteKey,
+    hit: RouteHit,
+}
+
+#[map]
+static LASTROUTE: PerCpuArray<LastRoute> = PerCpuArray::with_max_entries(1, 0);
+
+/// How long a stored lookup stands for identical ones on the same CPU.
+const ROUTE_REFRESH_NS: u64 = 10_000_000;
+
 #[inline(always)]
 unsafe fn remember_route(key: &RouteKey, hit: &RouteHit) {
     if key.netns != 0 && !netns_allowed(key.netns) {
         return;
+    }
+    // A forwarding host looks up the same flow for every packet: when this
+    // CPU stored the very same answer less than 10 ms ago, the map already
+    // says it, and skipping the hash update makes tracing nearly free on
+    // the fast path. Failed lookups (no netns) are always stored: their
+    // join to a drop depends on a fresh timestamp.
+    if let Some(c) = LASTROUTE.get_ptr_mut(0) {
+        let c = &mut *c;
+        if key.netns != 0
+            && c.key == *key
+            && c.hit.err == hit.err
+            && c.hit.iif == hit.iif
+            && c.hit.oif == hit.oif
+            && c.hit.dev_ifindex == hit.dev_ifindex
+            && c.hit.dev_mtu == hit.dev_mtu
+            && c.hit.table == hit.table
+            && c.hit.sport == hit.sport
+            && c.hit.dport == hit.dport
+            && hit.ts_ns.wrapping_sub(c.hit.ts_ns) < ROUTE_REFRESH_NS
+        {
+            return;
+        }
+        c.key = *key;
+        c.hit = *hit;
     }
     count(STAT_ROUTES_SEEN);
     // Update in place when the entry exists: cheaper than an LRU insert on
