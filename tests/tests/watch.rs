@@ -446,3 +446,87 @@ fn interface_by_index_and_a_hint_for_other_namespaces() {
     let lines = run.stop();
     assert_eq!(lines.last().unwrap()["type"], "summary");
 }
+
+/// A datagram whose last fragment never arrives times out in reassembly.
+/// The kernel frees the fragments it holds without a device (their
+/// `skb->dev` is reused for the offset), yet each drop keeps its netns and
+/// passes `--netns`; `ip_len` is the IP packet's own length.
+#[test]
+fn reassembly_timeouts_keep_their_netns() {
+    let lab = routed_lab("frag");
+    lab.exec(
+        "router",
+        "iptables -A FORWARD -f -m length --length 0:200 -j DROP",
+    )
+    .unwrap();
+    lab.exec("server", "sysctl -qw net.ipv4.ipfrag_time=1")
+        .unwrap();
+    let server = lab.inode("server").unwrap();
+    let run = start(&["watch", "--netns", &lab.name("server")]);
+    lab.exec(
+        "client",
+        "bash -c \"head -c 3000 /dev/zero | tr '\\\\0' x > /dev/udp/10.2.0.1/9999\"",
+    )
+    .unwrap();
+    run.wait_for(Duration::from_secs(10), |v| {
+        v["type"] == "drop" && v["ip_len"] == 1500 && v["dport"].is_null()
+    });
+    let lines = run.stop();
+    let ds = drops(&lines);
+    // The first fragment (with the ports) and the second (without).
+    let frags: Vec<&&Value> = ds.iter().filter(|d| d["ip_len"] == 1500).collect();
+    assert_eq!(frags.len(), 2, "{lines:#?}");
+    for d in &frags {
+        assert_eq!(d["netns"], server, "{d}");
+        assert_eq!(d["src"], "10.1.0.1", "{d}");
+        assert_eq!(d["ingress_ifname"], "eth0", "{d}");
+    }
+    assert!(frags.iter().any(|d| d["dport"] == 9999), "{frags:#?}");
+    let summary = lines.last().unwrap();
+    assert_eq!(summary["lost"], 0);
+}
+
+/// A packet too big for its egress shows on that egress, arriving from its
+/// ingress (`eth1<-eth0`), for IPv4 as for IPv6, whose kernels keep
+/// different devices on the skb at that point.
+#[test]
+fn too_big_drops_name_egress_and_ingress_for_both_families() {
+    let lab = routed_lab("toobig");
+    lab.exec(
+        "client",
+        "ip -6 addr add fd00:1::1/64 dev eth0 nodad && ip -6 route add default via fd00:1::fe",
+    )
+    .unwrap();
+    lab.exec(
+        "router",
+        "ip -6 addr add fd00:1::fe/64 dev eth0 nodad && ip -6 addr add fd00:2::fe/64 dev eth1 nodad && \
+         sysctl -qw net.ipv6.conf.all.forwarding=1 && ip link set eth1 mtu 1400",
+    )
+    .unwrap();
+    lab.exec(
+        "server",
+        "ip -6 addr add fd00:2::1/64 dev eth0 nodad && ip -6 route add default via fd00:2::fe && \
+         ip link set eth0 mtu 1400",
+    )
+    .unwrap();
+    let run = start(&["watch", "--netns", &lab.name("router")]);
+    let _ = lab.try_exec("client", "ping -c1 -W1 -M do -s 1450 10.2.0.1");
+    let _ = lab.try_exec("client", "ping -6 -c1 -W1 -M do -s 1450 fd00:2::1");
+    run.wait_for(WAIT, |v| is_drop(v, "PKT_TOO_BIG") && v["family"] == "ipv6");
+    let lines = run.stop();
+    let ds = drops(&lines);
+    let big = has_reason(&ds, "PKT_TOO_BIG");
+    // 1450 bytes of ping data, 8 of ICMP header, then the IP header.
+    for (family, ip_len) in [("ipv4", 1478), ("ipv6", 1498)] {
+        let d = big
+            .iter()
+            .find(|d| d["family"] == family)
+            .unwrap_or_else(|| panic!("no {family} PKT_TOO_BIG in {lines:#?}"));
+        assert_eq!(d["ifname"], "eth1", "{d}");
+        assert_eq!(d["ingress_ifname"], "eth0", "{d}");
+        assert_eq!(d["ip_len"], ip_len, "{d}");
+        if kernel_reasons() {
+            assert_eq!(d["mtu"], 1400, "{d}");
+        }
+    }
+}

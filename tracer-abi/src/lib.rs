@@ -60,6 +60,10 @@ pub struct Flow {
     pub icmp_code: u8,
     /// `FLOW_*` bits.
     pub flags: u8,
+    /// The IP packet's length from its header (IPv6: payload + 40), 0 when
+    /// it came from a socket. Unlike skb->len it does not depend on where
+    /// in the stack the packet was freed.
+    pub ip_len: u16,
 }
 
 /// The latest route lookup the kernel made for one (netns, dst, src), as

@@ -52,7 +52,14 @@ pub struct Scratch {
     window_start: u64,
     window_drops: u64,
     hold_until: u64,
+    /// The last drop with a netns on this CPU (see `on_drop`).
+    last_netns: u32,
+    last_iif: i32,
+    last_ts: u64,
 }
+
+/// How soon after a drop with a netns one without may inherit it.
+const INHERIT_NETNS_NS: u64 = 1_000_000;
 
 /// Drops counted by key during a storm (see `aggregated`).
 #[map]
@@ -199,14 +206,26 @@ fn is_multicast(f: &Flow) -> bool {
 }
 
 /// Known benign frees (see the README): socket queues purged on close,
-/// multicast nobody listens to, and echo replies handed to ping's raw socket.
+/// multicast nobody listens to, echo replies handed to ping's raw socket,
+/// a FIN that arrives after its socket closed, and non-IP packets freed by
+/// a socket layer (vsock between a VM and its host).
 #[inline(always)]
-fn is_noise(reason: u32, f: &Flow) -> bool {
+fn is_noise(reason: u32, f: &Flow, m: &packet::SkbMeta) -> bool {
     if reason == cfg!(noise.queue_purge) {
         return true;
     }
-    if reason == cfg!(noise.not_specified) && is_multicast(f) {
+    let not_specified = reason == cfg!(noise.not_specified);
+    if not_specified && is_multicast(f) {
         return true;
+    }
+    // Reason 0 is every drop on kernels without reasons: these two need a
+    // real NOT_SPECIFIED to be told apart from drops that matter.
+    if not_specified && reason != 0 {
+        let fin_only = f.proto == IPPROTO_TCP && f.tcp_flags & 0x07 == 0x01;
+        let socket_non_ip = f.family == FAMILY_NONE && m.l3_proto == 0 && m.dev.is_null() && !m.sk.is_null();
+        if fin_only || socket_non_ip {
+            return true;
+        }
     }
     if reason == cfg!(noise.no_socket)
         && ((f.proto == IPPROTO_ICMP && f.icmp_type == 0)
@@ -232,13 +251,32 @@ unsafe fn on_drop<M: Mem>(skb: *const u8, location: u64, reason: u32) {
         }
     }
     let m = packet::meta::<M>(skb);
-    let netns = if !m.dev.is_null() {
+    let mut netns = if !m.dev.is_null() {
         dev_netns::<M>(m.dev)
     } else if !m.sk.is_null() {
         sk_netns(m.sk)
     } else {
         0
     };
+    let iif = M::get::<i32>(skb, off!(skb_iif)).unwrap_or(0);
+    let Some(scratch) = SCRATCH.get_ptr_mut(0) else {
+        return;
+    };
+    let now = bpf_ktime_get_ns();
+    // Fragments waiting for reassembly share `skb->dev` with their offset
+    // (a union), so a reassembly timeout frees them with no device and no
+    // socket. The kernel frees the queue's head first, with its device
+    // set, then the rest on the same CPU: they inherit the head's netns.
+    {
+        let sc = &mut *scratch;
+        if netns != 0 {
+            sc.last_netns = netns;
+            sc.last_iif = iif;
+            sc.last_ts = now;
+        } else if iif != 0 && sc.last_iif == iif && now.wrapping_sub(sc.last_ts) < INHERIT_NETNS_NS {
+            netns = sc.last_netns;
+        }
+    }
     if !netns_allowed(netns) {
         return;
     }
@@ -247,26 +285,22 @@ unsafe fn on_drop<M: Mem>(skb: *const u8, location: u64, reason: u32) {
     } else {
         dev_ifindex::<M>(m.dev)
     };
-    let iif = M::get::<i32>(skb, off!(skb_iif)).unwrap_or(0);
     let want_if = cfg!(ifindex) as i32;
     if want_if != 0 && ifindex != want_if && iif != want_if {
         return;
     }
 
-    let Some(scratch) = SCRATCH.get_ptr_mut(0) else {
-        return;
-    };
     let flow = &mut (*scratch).flow;
     *flow = Flow::default();
     packet::parse::<M>(skb, &m, flow);
-    if cfg!(hide_noise) != 0 && is_noise(reason, flow) {
+    if cfg!(hide_noise) != 0 && is_noise(reason, flow, &m) {
         return;
     }
     if !filter_matches(flow) {
         return;
     }
     count(STAT_DROPS_MATCHED);
-    if cfg!(aggregate) != 0 && aggregated(scratch, reason, location, netns, ifindex, iif) {
+    if cfg!(aggregate) != 0 && aggregated(scratch, now, reason, location, netns, ifindex, iif) {
         return;
     }
 
@@ -278,7 +312,7 @@ unsafe fn on_drop<M: Mem>(skb: *const u8, location: u64, reason: u32) {
     let e = entry.as_mut_ptr();
     (*e).kind = KIND_DROP;
     (*e).cpu = bpf_get_smp_processor_id();
-    (*e).ts_ns = bpf_ktime_get_ns();
+    (*e).ts_ns = now;
     (*e).location = location;
     (*e).reason = reason;
     (*e).netns = netns;
@@ -328,13 +362,13 @@ unsafe fn on_drop<M: Mem>(skb: *const u8, location: u64, reason: u32) {
 #[inline(always)]
 unsafe fn aggregated(
     scratch: *mut Scratch,
+    now: u64,
     reason: u32,
     location: u64,
     netns: u32,
     ifindex: i32,
     iif: i32,
 ) -> bool {
-    let now = bpf_ktime_get_ns();
     let sc = &mut *scratch;
     if now.wrapping_sub(sc.window_start) > AGG_WINDOW_NS {
         sc.window_start = now;

@@ -75,6 +75,7 @@ unsafe fn parse_ipv4(l3: *const u8, flow: &mut Flow) -> bool {
         return false;
     }
     flow.family = FAMILY_V4;
+    flow.ip_len = u16::from_be_bytes([h[2], h[3]]);
     flow.proto = h[9];
     flow.src[..4].copy_from_slice(&h[12..16]);
     flow.dst[..4].copy_from_slice(&h[16..20]);
@@ -97,6 +98,7 @@ unsafe fn parse_ipv6(l3: *const u8, flow: &mut Flow) -> bool {
         return false;
     }
     flow.family = FAMILY_V6;
+    flow.ip_len = u16::from_be_bytes([h[4], h[5]]).saturating_add(40);
     flow.src.copy_from_slice(&h[8..24]);
     flow.dst.copy_from_slice(&h[24..40]);
     let mut next = h[6];

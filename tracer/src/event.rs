@@ -169,7 +169,12 @@ pub struct DropRecord {
     pub ifname_gone: bool,
     pub ingress_ifindex: i32,
     pub ingress_ifname: Option<String>,
+    /// skb->len where it was freed: with or without link-layer headers
+    /// depending on the place, so compare `ip_len` across drops.
     pub len: u32,
+    /// The IP packet's length from its own header; null without one.
+    #[serde(default)]
+    pub ip_len: Option<u32>,
     pub gso_size: u16,
     pub gso_segs: u16,
     pub mtu: u32,
@@ -227,6 +232,7 @@ impl DropRecord {
             ingress_ifindex: 2,
             ingress_ifname: None,
             len: 60,
+            ip_len: Some(60),
             gso_size: 0,
             gso_segs: 0,
             mtu: 1500,
@@ -494,6 +500,7 @@ impl Namer {
             ingress_ifindex: e.ingress_ifindex,
             ingress_ifname,
             len: e.len,
+            ip_len: (f.ip_len != 0).then_some(f.ip_len as u32),
             gso_size: e.gso_size,
             gso_segs: e.gso_segs,
             mtu: e.dev_mtu,
@@ -520,7 +527,34 @@ impl Namer {
                 rec.reason_source = Some("location");
             }
         }
+        self.too_big_egress(&mut rec);
         rec
+    }
+
+    /// A packet too big to forward is shown on the device it did not fit,
+    /// arriving from its ingress (`eth0<-eth1`). IPv6 sets skb->dev to the
+    /// egress before it drops; IPv4 leaves the ingress there, so take the
+    /// egress from the joined route lookup, else from the routing table.
+    fn too_big_egress(&mut self, d: &mut DropRecord) {
+        if d.reason != "PKT_TOO_BIG" || d.ifindex != d.ingress_ifindex || d.ingress_ifindex == 0 {
+            return;
+        }
+        let egress = match &d.route {
+            Some(r) if r.err == 0 && r.ifindex > 0 => Some(r.ifindex),
+            _ => d.dst.and_then(|dst| {
+                self.topology
+                    .get(d.netns)
+                    .and_then(|t| t.route_to(dst).and_then(|r| r.oif))
+            }),
+        };
+        let Some(egress) = egress.filter(|&e| e != d.ingress_ifindex) else {
+            return;
+        };
+        if let Ok(link) = self.topology.link(d.netns, egress) {
+            d.ifindex = egress;
+            d.ifname = Some(link.name.clone());
+            d.mtu = link.mtu;
+        }
     }
 
     pub fn syn_record(&mut self, e: &SynEvent) -> SynRecord {

@@ -122,7 +122,8 @@ impl Output {
         let flow = flow_text(d);
         let line = format!(
             "{time:<15} {ns:<18} {dev:<16} {reason} {:<30} {:>5}  {flow}",
-            d.location, d.len
+            d.location,
+            d.ip_len.unwrap_or(d.len)
         );
         self.line(&line)
     }
