@@ -15,7 +15,8 @@
 //!    server's `Udp: NoPorts`) and a FORWARD DROP rule on the router
 //!    (counted by the rule's packet counter), driven by sender threads
 //!    that `setns` into the sending namespace and `sendmmsg` 16-byte
-//!    datagrams. Tracer's delivered + lost must equal the kernel's count;
+//!    datagrams. Tracer's delivered + aggregated + lost must equal the
+//!    kernel's count, with nothing lost (storms are aggregated);
 //! 3. start-up: spawn to the `ready` line, 10 runs;
 //! 4. memory: RSS during a long storm (60 s; 15 s with --quick).
 //!
@@ -1030,6 +1031,8 @@ pub(crate) struct StormRound {
     pub sent: u64,
     pub kernel: u64,
     pub delivered: u64,
+    /// Drops counted by key in the kernel (the aggregate lines' sum).
+    pub aggregated: u64,
     pub lost: u64,
     pub matched: u64,
     pub seen: u64,
@@ -1045,9 +1048,10 @@ pub(crate) struct StormRound {
 }
 
 impl StormRound {
-    /// kernel count - (delivered + lost): 0 when every drop is accounted for.
+    /// kernel count - (delivered + aggregated + lost): 0 when every drop is
+    /// accounted for.
     pub(crate) fn unaccounted(&self) -> i64 {
-        self.kernel as i64 - (self.delivered + self.lost) as i64
+        self.kernel as i64 - (self.delivered + self.aggregated + self.lost) as i64
     }
 }
 
@@ -1112,6 +1116,7 @@ pub(crate) fn storm_round(
         } else {
             r.summary_present = e.out.summary.is_some();
             r.delivered = summary_u64(&e.out.summary, "drops");
+            r.aggregated = summary_u64(&e.out.summary, "aggregated");
             r.lost = summary_u64(&e.out.summary, "lost");
             r.matched = kernel_stat(&e.out.summary, "drops_matched");
             r.seen = kernel_stat(&e.out.summary, "drops_seen");
@@ -1383,6 +1388,13 @@ pub fn run(root: &Path, args: &[&str]) -> Result<()> {
         (StormKind::ForwardDrop, &fwd),
     ] {
         let mut j = serde_json::Map::new();
+        let base_rate = {
+            let r: Vec<f64> = res["baseline"]
+                .iter()
+                .map(|r| r.kernel as f64 / r.seconds)
+                .collect();
+            stats(&r).0
+        };
         for v in Variant::ALL {
             let rounds = &res[v.key()];
             let rate: Vec<f64> = rounds.iter().map(|r| r.kernel as f64 / r.seconds).collect();
@@ -1397,9 +1409,10 @@ pub fn run(root: &Path, args: &[&str]) -> Result<()> {
             let worst = unacc.iter().map(|u| u.abs()).max().unwrap_or(0);
             let cpu: Vec<f64> = rounds.iter().map(|r| r.cpu_s).collect();
             let (cpu_m, _, _) = stats(&cpu);
+            // Per drop handled: printed or counted by key.
             let cpe: Vec<f64> = rounds
                 .iter()
-                .map(|r| r.cpu_s / (r.delivered.max(1)) as f64 * 1e6)
+                .map(|r| r.cpu_s / ((r.delivered + r.aggregated).max(1)) as f64 * 1e6)
                 .collect();
             let (cpe_m, _, _) = stats(&cpe);
             let hwm = rounds.iter().map(|r| r.hwm_kb).max().unwrap_or(0);
@@ -1426,26 +1439,27 @@ pub fn run(root: &Path, args: &[&str]) -> Result<()> {
                 stats(&ns_per_run)
             };
             if v == Variant::Watch || v == Variant::Diagnose {
-                let capacity = if ns_m > 0.0 { 1e9 / ns_m } else { 0.0 };
-                let ok = capacity >= 1e6;
-                tg.push(format!(
-                    "probe {ns_m:.0} ns = {:.1}M/s/CPU >=1M/s {}",
-                    capacity / 1e6,
-                    pass(ok)
-                ));
+                let ok = ns_m > 0.0 && ns_m <= 250.0;
+                tg.push(format!("probe {ns_m:.0} ns <=250 {}", pass(ok)));
                 targets.push(
-                    json!({"name": format!("storm {} {} kernel-side capacity (1e9 / ns per probe run)", kind.key(), v.key()),
-                    "value": capacity, "ns_per_run": ns_m, "target": ">= 1000000/s", "pass": ok}),
+                    json!({"name": format!("storm {} {} ns per drop-probe run", kind.key(), v.key()),
+                    "value": ns_m, "target": "<= 250", "pass": ok}),
                 );
-            }
-            if v == Variant::Watch {
-                // What the generator reached with watch attached: on 2
-                // CPUs even the baseline stays below 1M/s.
-                let ok = rate_m >= 1e6;
-                tg.push(format!("rate >=1M/s {}", pass(ok)));
+                // The host's drop rate with the tracer attached, against
+                // the same storm with nothing attached.
+                let want = if v == Variant::Watch { 0.90 } else { 0.85 };
+                let kept = rate_m / base_rate;
+                let ok = kept >= want;
+                tg.push(format!("kept {:.0}% >={:.0}% {}", kept * 100.0, want * 100.0, pass(ok)));
                 targets.push(
-                    json!({"name": format!("storm {} kernel drop rate under watch", kind.key()),
-                    "value": rate_m, "target": ">= 1000000/s", "pass": ok}),
+                    json!({"name": format!("storm {} {} drop rate kept", kind.key(), v.key()),
+                    "value": kept, "target": format!(">= {want}"), "pass": ok}),
+                );
+                let ok = lost == 0;
+                tg.push(format!("lost=0 {}", pass(ok)));
+                targets.push(
+                    json!({"name": format!("storm {} {} lost", kind.key(), v.key()),
+                    "value": lost, "target": "0", "pass": ok}),
                 );
             }
             if v == Variant::Baseline {
@@ -1480,9 +1494,10 @@ pub fn run(root: &Path, args: &[&str]) -> Result<()> {
                 json!({
                     "rounds": rounds.iter().map(|r| json!({
                         "seconds": r.seconds, "sent": r.sent, "kernel": r.kernel,
-                        "delivered": r.delivered, "lost": r.lost, "unaccounted": r.unaccounted(),
+                        "delivered": r.delivered, "aggregated": r.aggregated, "lost": r.lost,
+                        "unaccounted": r.unaccounted(),
                         "drops_matched": r.matched, "drops_seen": r.seen,
-                        "matched_minus_delivered_lost": r.matched as i64 - (r.delivered + r.lost) as i64,
+                        "matched_minus_accounted": r.matched as i64 - (r.delivered + r.aggregated + r.lost) as i64,
                         "cpu_s": r.cpu_s, "vm_hwm_kb": r.hwm_kb, "exit_ok": r.exit_ok,
                         "probe_runs": r.probe_runs, "probe_ns": r.probe_ns,
                     })).collect::<Vec<_>>(),

@@ -5,7 +5,7 @@
 //! 1. Storm (60 s; 15 s with --quick): `tracer watch --netns srv --reason
 //!    NO_SOCKET -o json` while sender threads blast UDP at a closed port.
 //!    It must not crash, its RSS must stay flat (sampled every second),
-//!    and delivered + lost must equal the server's `Udp: NoPorts`.
+//!    and delivered + aggregated + lost must equal the server's `Udp: NoPorts`.
 //! 2. Churn: 50 namespaces (10 with --quick), each joined to a hub by 4
 //!    veth pairs (200 pairs), created, made to drop (UDP to closed ports
 //!    both ways) and deleted, with only a few alive at a time, under
@@ -81,12 +81,13 @@ fn storm(tracer: &Path, secs: f64) -> Result<bool> {
     let obs = Observer::tracer(tracer, &args, false)?;
     let r = storm_round(&setup, Some(obs), secs, false)?;
     println!(
-        "soak storm: {secs:.0} s, {} drops ({:.0}/s), delivered {} + lost {} = {} (unaccounted {}), drops_matched {}",
+        "soak storm: {secs:.0} s, {} drops ({:.0}/s), delivered {} + aggregated {} + lost {} = {} (unaccounted {}), drops_matched {}",
         r.kernel,
         r.kernel as f64 / r.seconds,
         r.delivered,
+        r.aggregated,
         r.lost,
-        r.delivered + r.lost,
+        r.delivered + r.aggregated + r.lost,
         r.unaccounted(),
         r.matched
     );
@@ -108,7 +109,7 @@ fn storm(tracer: &Path, secs: f64) -> Result<bool> {
     let growth_mb = (end as f64 - at10 as f64) / 1024.0;
     let checks = [
         ("exit 0 with a summary", r.exit_ok && r.summary_present),
-        ("delivered + lost == kernel count", r.unaccounted() == 0),
+        ("delivered + aggregated + lost == kernel count", r.unaccounted() == 0),
         ("peak RSS < 50 MB", r.hwm_kb < 50 * 1024),
         ("RSS flat (10 s -> end < +2 MB)", growth_mb < 2.0),
     ];
