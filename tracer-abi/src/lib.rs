@@ -264,6 +264,62 @@ pub struct AggKey {
     pub dst: [u8; 16],
 }
 
+/// Per-CPU slots that count the busiest keys without a hash-map update:
+/// a slot is claimed by the first key whose hash lands on it and keeps it
+/// for the session; other keys landing there use the `AGG` map.
+pub const AGG_SLOTS: u32 = 256;
+
+/// One slot of `AGG_SLOTS`: its key and that key's counts on this CPU.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct AggSlot {
+    pub key: AggKey,
+    pub val: AggVal,
+    /// 1 once a key owns the slot.
+    pub used: u32,
+    pub _pad: u32,
+}
+
+impl AggKey {
+    /// The slot of `AGG_SLOTS` this key tries first: a multiplicative hash
+    /// of its eight words, far cheaper than the map's.
+    #[inline(always)]
+    pub fn slot(&self) -> u32 {
+        let w = self.words();
+        let mut h: u64 = 0;
+        let mut i = 0;
+        while i < 8 {
+            h = (h ^ w[i]).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+            i += 1;
+        }
+        (h >> 56) as u32 & (AGG_SLOTS - 1)
+    }
+
+    /// The key as eight words (it is 64 bytes of plain integers).
+    #[inline(always)]
+    pub fn words(&self) -> &[u64; 8] {
+        // SAFETY: AggKey is repr(C), 64 bytes, 8-aligned (its first field
+        // is a u64), with explicit padding: every byte is initialised.
+        unsafe { &*(self as *const AggKey as *const [u64; 8]) }
+    }
+
+    #[inline(always)]
+    pub fn same(&self, other: &AggKey) -> bool {
+        let (a, b) = (self.words(), other.words());
+        (a[0] ^ b[0])
+            | (a[1] ^ b[1])
+            | (a[2] ^ b[2])
+            | (a[3] ^ b[3])
+            | (a[4] ^ b[4])
+            | (a[5] ^ b[5])
+            | (a[6] ^ b[6])
+            | (a[7] ^ b[7])
+            == 0
+    }
+}
+
+const _: () = assert!(core::mem::size_of::<AggKey>() == 64);
+
 /// Per CPU: how many drops of a key were counted instead of sent, and how
 /// many were sent in the current interval.
 #[repr(C)]
@@ -466,6 +522,7 @@ pub mod names {
     pub const MAP_REASONS: &str = "REASONS";
     pub const MAP_ROUTES: &str = "ROUTES";
     pub const MAP_AGG: &str = "AGG";
+    pub const MAP_AGG_SLOTS: &str = "AGGSLOTS";
     pub const GLOBAL_CONFIG: &str = "CONFIG";
     pub const GLOBAL_OFFSETS: &str = "OFFSETS";
 }
@@ -480,4 +537,5 @@ mod pod {
     unsafe impl aya::Pod for super::RouteHit {}
     unsafe impl aya::Pod for super::AggKey {}
     unsafe impl aya::Pod for super::AggVal {}
+    unsafe impl aya::Pod for super::AggSlot {}
 }

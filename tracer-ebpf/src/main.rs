@@ -61,6 +61,10 @@ pub struct Scratch {
 /// How soon after a drop with a netns one without may inherit it.
 const INHERIT_NETNS_NS: u64 = 1_000_000;
 
+/// The first place a storm's key is counted (see `AggSlot`).
+#[map]
+static AGGSLOTS: PerCpuArray<AggSlot> = PerCpuArray::with_max_entries(AGG_SLOTS, 0);
+
 /// Drops counted by key during a storm (see `aggregated`).
 #[map]
 static AGG: PerCpuHashMap<AggKey, AggVal> = PerCpuHashMap::with_max_entries(AGG_KEYS, 0);
@@ -106,6 +110,9 @@ macro_rules! cfg {
 /// The filter, run with its results kept opaque to the verifier.
 #[inline(always)]
 unsafe fn filter_matches(flow: &Flow) -> bool {
+    if cfg!(filter_len) == 0 {
+        return true;
+    }
     let Some(s) = SCRATCH.get_ptr_mut(0) else {
         return false;
     };
@@ -394,6 +401,18 @@ unsafe fn aggregated(
     key.src = f.src;
     key.dst = f.dst;
     let epoch = (now >> AGG_EPOCH_SHIFT) as u32;
+    // Most storms are one or a few keys: count them in their per-CPU slot.
+    if let Some(slot) = AGGSLOTS.get_ptr_mut(key.slot()) {
+        let slot = &mut *slot;
+        if slot.used == 0 {
+            slot.key = *key;
+            slot.val = AggVal::default();
+            slot.used = 1;
+        }
+        if slot.key.same(key) {
+            return count_or_sample(&mut slot.val, epoch);
+        }
+    }
     // A full map (a storm from random addresses) falls back to one key
     // without addresses; if even that cannot be stored, send the event.
     for coarse in [false, true] {
@@ -402,17 +421,7 @@ unsafe fn aggregated(
             key.dst = [0; 16];
         }
         if let Some(v) = AGG.get_ptr_mut(&*key) {
-            if (*v).epoch != epoch {
-                (*v).epoch = epoch;
-                (*v).sent = 0;
-            }
-            if (*v).sent < cfg!(agg_per_key) {
-                (*v).sent += 1;
-                return false;
-            }
-            (*v).suppressed += 1;
-            count(STAT_AGGREGATED);
-            return true;
+            return count_or_sample(&mut *v, epoch);
         }
         let first = AggVal {
             suppressed: 0,
@@ -424,6 +433,23 @@ unsafe fn aggregated(
         }
     }
     false
+}
+
+/// The key's first `agg_per_key` drops of each interval are sent (false),
+/// the rest counted (true).
+#[inline(always)]
+fn count_or_sample(v: &mut AggVal, epoch: u32) -> bool {
+    if v.epoch != epoch {
+        v.epoch = epoch;
+        v.sent = 0;
+    }
+    if v.sent < cfg!(agg_per_key) {
+        v.sent += 1;
+        return false;
+    }
+    v.suppressed += 1;
+    count(STAT_AGGREGATED);
+    true
 }
 
 /// The newest lookup for `key` in its netns, or a lookup with no netns

@@ -68,7 +68,11 @@ pub unsafe fn parse<M: Mem>(skb: *const u8, m: &SkbMeta, flow: &mut Flow) -> boo
 
 #[inline(always)]
 unsafe fn parse_ipv4(l3: *const u8, flow: &mut Flow) -> bool {
-    let Ok(h) = bpf_probe_read_kernel(l3 as *const [u8; 20]) else {
+    // One read for the IP header and, when it has no options (nearly
+    // always), the first 20 bytes behind it: one helper call per drop
+    // instead of two. Bytes past a short packet are still the skb's own
+    // buffer (tailroom, then skb_shared_info), so the read cannot fault.
+    let Ok(h) = bpf_probe_read_kernel(l3 as *const [u8; 40]) else {
         return false;
     };
     if h[0] >> 4 != 4 {
@@ -85,8 +89,41 @@ unsafe fn parse_ipv4(l3: *const u8, flow: &mut Flow) -> bool {
         return true;
     }
     let ihl = ((h[0] & 0xf) as usize) * 4;
-    parse_l4(l3.wrapping_add(ihl), flow);
+    let l4 = l3.wrapping_add(ihl);
+    if ihl == 20 {
+        let mut t = [0u8; 20];
+        t.copy_from_slice(&h[20..40]);
+        l4_fields(&t, l4, flow);
+    } else {
+        parse_l4(l4, flow);
+    }
     true
+}
+
+/// L4 fields from its first 20 bytes, already read; `l4` for what lies
+/// further (TCP options).
+#[inline(always)]
+unsafe fn l4_fields(t: &[u8; 20], l4: *const u8, flow: &mut Flow) {
+    match flow.proto {
+        IPPROTO_TCP => {
+            flow.sport = u16::from_be_bytes([t[0], t[1]]);
+            flow.dport = u16::from_be_bytes([t[2], t[3]]);
+            flow.tcp_flags = t[13];
+            let doff = ((t[12] >> 4) as usize) * 4;
+            if flow.tcp_flags & 0x02 != 0 && doff > 20 {
+                flow.mss = syn_mss(l4.wrapping_add(20), doff - 20);
+            }
+        }
+        IPPROTO_UDP => {
+            flow.sport = u16::from_be_bytes([t[0], t[1]]);
+            flow.dport = u16::from_be_bytes([t[2], t[3]]);
+        }
+        IPPROTO_ICMP | IPPROTO_ICMPV6 => {
+            flow.icmp_type = t[0];
+            flow.icmp_code = t[1];
+        }
+        _ => {}
+    }
 }
 
 #[inline(always)]
@@ -137,34 +174,10 @@ unsafe fn parse_ipv6(l3: *const u8, flow: &mut Flow) -> bool {
 
 #[inline(always)]
 unsafe fn parse_l4(l4: *const u8, flow: &mut Flow) {
-    match flow.proto {
-        IPPROTO_TCP => {
-            let Ok(t) = bpf_probe_read_kernel(l4 as *const [u8; 20]) else {
-                return;
-            };
-            flow.sport = u16::from_be_bytes([t[0], t[1]]);
-            flow.dport = u16::from_be_bytes([t[2], t[3]]);
-            flow.tcp_flags = t[13];
-            let doff = ((t[12] >> 4) as usize) * 4;
-            if flow.tcp_flags & 0x02 != 0 && doff > 20 {
-                flow.mss = syn_mss(l4.wrapping_add(20), doff - 20);
-            }
-        }
-        IPPROTO_UDP => {
-            let Ok(u) = bpf_probe_read_kernel(l4 as *const [u8; 4]) else {
-                return;
-            };
-            flow.sport = u16::from_be_bytes([u[0], u[1]]);
-            flow.dport = u16::from_be_bytes([u[2], u[3]]);
-        }
-        IPPROTO_ICMP | IPPROTO_ICMPV6 => {
-            let Ok(c) = bpf_probe_read_kernel(l4 as *const [u8; 2]) else {
-                return;
-            };
-            flow.icmp_type = c[0];
-            flow.icmp_code = c[1];
-        }
-        _ => {}
+    // 20 bytes cover every field we take (TCP's fixed header is the
+    // longest); a short UDP or ICMP packet is followed by its buffer.
+    if let Ok(t) = bpf_probe_read_kernel(l4 as *const [u8; 20]) {
+        l4_fields(&t, l4, flow);
     }
 }
 

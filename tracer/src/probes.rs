@@ -10,7 +10,7 @@ use aya::{Btf, Ebpf, EbpfLoader};
 use std::fmt;
 use std::os::fd::AsFd;
 use tracer_abi::{
-    names, AggKey, AggVal, Config, Offsets, NO_OFFSET, REASON_EXCLUDE, REASON_INCLUDE,
+    names, AggKey, AggSlot, AggVal, Config, Offsets, NO_OFFSET, REASON_EXCLUDE, REASON_INCLUDE,
 };
 
 /// The object built by `cargo xtask build-ebpf` (see build.rs).
@@ -88,6 +88,7 @@ pub struct Probes {
     stats: PerCpuArray<MapData, u64>,
     /// Storm counts by key (see `aggregate_counts`).
     agg: aya::maps::PerCpuHashMap<MapData, AggKey, AggVal>,
+    agg_slots: PerCpuArray<MapData, AggSlot>,
     pub warnings: Vec<String>,
 }
 
@@ -324,8 +325,13 @@ impl Probes {
             ebpf.take_map(names::MAP_AGG)
                 .ok_or_else(|| anyhow!("eBPF object lacks map {}", names::MAP_AGG))?,
         )?;
+        let agg_slots = PerCpuArray::try_from(
+            ebpf.take_map(names::MAP_AGG_SLOTS)
+                .ok_or_else(|| anyhow!("eBPF object lacks map {}", names::MAP_AGG_SLOTS))?,
+        )?;
         Ok(Probes {
             agg,
+            agg_slots,
             ebpf: Some(ebpf),
             prog_counters: None,
             hook,
@@ -379,12 +385,24 @@ impl Probes {
     /// Every storm key with the drops counted under it so far, summed over
     /// CPUs. The counts only grow, so the difference of two reads is
     /// exactly what was counted in between.
+    /// A key is counted in per-CPU slots and in the map; both only grow
+    /// and a count never moves between them, so reads need no lock.
     pub fn aggregate_counts(&self) -> Vec<(AggKey, u64)> {
-        self.agg
+        let mut counts: std::collections::HashMap<AggKey, u64> = self
+            .agg
             .iter()
             .filter_map(|r| r.ok())
             .map(|(k, per_cpu)| (k, per_cpu.iter().map(|v| v.suppressed).sum()))
-            .collect()
+            .collect();
+        for i in 0..tracer_abi::AGG_SLOTS {
+            let Ok(per_cpu) = self.agg_slots.get(&i, 0) else {
+                continue;
+            };
+            for s in per_cpu.iter().filter(|s| s.used != 0) {
+                *counts.entry(s.key).or_default() += s.val.suppressed;
+            }
+        }
+        counts.into_iter().collect()
     }
 
     pub fn stats(&self) -> KernelStats {
