@@ -6,11 +6,13 @@
 //! - `run -- ARGS` build, then run `tracer ARGS`
 //! - `test`        setup + build-ebpf + fmt/clippy + every unit and integration test
 //! - `bench`       the benchmark harness (see bench.rs)
+//! - `kernels`     boot Debian's 5.10, 6.1 and 6.12 under qemu and run the checks there (see qemu.rs)
 use anyhow::{bail, Context, Result};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
 mod bench;
+mod qemu;
 mod soak;
 
 /// Debian packages: the eBPF toolchain (rustc-web with the prebuilt bpf
@@ -192,9 +194,14 @@ fn main() -> Result<()> {
             cargo(&["build", "--release", "-q", "-p", "tracer"])?;
             soak::run(&root(), &rest)
         }
+        "kernels" => {
+            setup(&[])?;
+            build_ebpf()?;
+            qemu::run(&root(), &rest)
+        }
         _ => {
             eprintln!(
-                "usage: cargo xtask <setup|build-ebpf|build|run -- ARGS|test [-- FILTER]|bench>"
+                "usage: cargo xtask <setup|build-ebpf|build|run -- ARGS|test [-- FILTER]|bench|soak|kernels>"
             );
             std::process::exit(2);
         }

@@ -1,0 +1,1338 @@
+//! `cargo xtask kernels [--kernel 5.10|6.1|6.12]... [--check NAME]... [--timeout SECS]`:
+//! boots Debian's own kernels under qemu, runs tracer's checks inside each
+//! and prints a kernel x check table. `cargo xtask test` runs it last.
+//!
+//! This VM runs one kernel; tracer's users run Debian's 5.10 (bullseye),
+//! 6.1 (bookworm) and 6.12 (bookworm-backports), whose BTF, tracepoints and
+//! verifiers differ. Per kernel:
+//!
+//! 1. Fetch (cached in `target/kernels/<kernel>/`, so a second run
+//!    downloads nothing; remove that directory to pick up a newer kernel):
+//!    `apt-get download` of the newest `linux-image-*` of the kernel's suite
+//!    under a private apt configuration (`target/kernels/apt/`: its own
+//!    sources list naming the host's mirror, lists and cache), so the
+//!    host's apt state and boot setup are never touched; then `dpkg-deb -x`
+//!    and `depmod -b`, since modules.dep is made by the package's postinst.
+//! 2. initramfs (newc cpio, written here): static busybox, the kernel's
+//!    own 9p-over-virtio and overlayfs modules (with their dependencies,
+//!    decompressed, as busybox's insmod takes plain .ko files) and a
+//!    stage-1 init. It mounts the host's `/` read-only over 9p under a
+//!    tmpfs overlay, bind-mounts the kernel's modules on
+//!    `/usr/lib/modules/KVER` and switch_roots into it: the guest runs the
+//!    host's own tracer, test executables and tools at their host paths,
+//!    and whatever it writes stays in its tmpfs.
+//! 3. Boot under plain TCG (this VM's /dev/kvm is nested paravirt and
+//!    cannot run stock kernels), with no network device. Stage 2
+//!    (`guest.sh`, in the results share) mounts the pseudo filesystems,
+//!    loads the network modules the labs use and runs each check, writing
+//!    `NAME.log` and `NAME.rc` into a second, writable 9p share,
+//!    `target/kernels/results/<kernel>/`.
+//! 4. The host reports each result as it arrives, kills qemu at the guest
+//!    timeout, then prints each failure with the tail of its output (a
+//!    verifier log tail when a program did not load) and the table.
+//!
+//! Guests run one after the other: TCG with 2 vCPUs already uses both of
+//! this VM's cores. A boot plus the checks takes 80-150 s per kernel.
+
+use anyhow::{bail, Context, Result};
+use serde_json::Value;
+use std::collections::{BTreeMap, BTreeSet};
+use std::fs;
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::time::{Duration, Instant};
+
+/// Host packages the harness uses: qemu, the busybox that goes into the
+/// initramfs (it must be static: the initramfs has no libc), kmod for
+/// depmod and modprobe (the guest's modprobe is the host's too), and the
+/// decompressors for .ko.xz / .ko.zst modules.
+const PACKAGES: &[&str] = &[
+    "qemu-system-x86",
+    "busybox-static",
+    "kmod",
+    "xz-utils",
+    "zstd",
+];
+
+/// Debian's signing keys for every suite below, bullseye's included.
+const KEYRING: &str = "/usr/share/keyrings/debian-archive-keyring.gpg";
+
+/// A Debian kernel the matrix can boot.
+struct KernelSpec {
+    /// What `--kernel` takes and the table shows.
+    label: &'static str,
+    suite: &'static str,
+    /// Its package names are `prefix N suffix` with N a number (the ABI
+    /// number or the stable release): the largest N is the newest.
+    prefix: &'static str,
+    suffix: &'static str,
+}
+
+const KERNELS: &[KernelSpec] = &[
+    KernelSpec {
+        label: "5.10",
+        suite: "bullseye",
+        prefix: "linux-image-5.10.0-",
+        suffix: "-amd64",
+    },
+    KernelSpec {
+        label: "6.1",
+        suite: "bookworm",
+        prefix: "linux-image-6.1.0-",
+        suffix: "-amd64",
+    },
+    KernelSpec {
+        label: "6.12",
+        suite: "bookworm-backports",
+        prefix: "linux-image-6.12.",
+        suffix: "+deb12-amd64",
+    },
+];
+
+/// What a check runs inside the guest.
+enum Cmd {
+    /// The release tracer with these arguments.
+    Tracer(&'static [&'static str]),
+    /// An integration-test executable of the tests crate, by target name
+    /// (tests/tests/NAME.rs); it drives the binary named by TRACER_BIN.
+    Test(&'static str),
+}
+
+struct Check {
+    name: &'static str,
+    cmd: Cmd,
+    /// Killed after this long, inside the guest, so one hung check
+    /// still leaves the others' results.
+    timeout_s: u64,
+}
+
+const CHECKS: &[Check] = &[
+    Check {
+        name: "check",
+        cmd: Cmd::Tracer(&["check"]),
+        timeout_s: 60,
+    },
+    Check {
+        name: "reasons",
+        cmd: Cmd::Tracer(&["reasons"]),
+        timeout_s: 60,
+    },
+    Check {
+        name: "watch",
+        cmd: Cmd::Test("watch"),
+        timeout_s: 300,
+    },
+    Check {
+        name: "diagnose",
+        cmd: Cmd::Test("diagnose"),
+        timeout_s: 300,
+    },
+    Check {
+        name: "lab",
+        cmd: Cmd::Tracer(&["lab", "run", "all"]),
+        timeout_s: 180,
+    },
+];
+
+/// A check whose result is known to differ on one kernel, and why. It
+/// must then fail cleanly: a non-zero exit with a message, not a crash or
+/// a timeout. Passing there means the entry is stale, and is a failure.
+struct Differs {
+    kernel: &'static str,
+    check: &'static str,
+    why: &'static str,
+}
+
+const EXPECTED_TO_DIFFER: &[Differs] = &[Differs {
+    kernel: "5.10",
+    check: "reasons",
+    why: "5.10 has no drop reasons (no reason in its kfree_skb tracepoint, no enum \
+          skb_drop_reason in its BTF): `tracer reasons` must say so and exit non-zero",
+}];
+
+/// Put in the initramfs for stage 1 to mount the host's root (some are
+/// built in on some kernels; modprobe says so and they are skipped).
+const INITRAMFS_MODULES: &[&str] = &["virtio_pci", "9pnet_virtio", "9p", "overlay"];
+
+/// Loaded by stage 2 before the checks: what the tests and labs use
+/// (veth pairs, bridges, iptables-nft rules, NAT, TCPMSS clamping). The
+/// kernel would autoload most on first use; loading them up front puts a
+/// missing one in modules.log instead of in a confusing lab failure.
+const GUEST_MODULES: &[&str] = &[
+    "veth",
+    "bridge",
+    "br_netfilter",
+    "vxlan",
+    "nf_tables",
+    "nft_compat",
+    "nft_chain_nat",
+    "iptable_filter",
+    "iptable_mangle",
+    "iptable_nat",
+    "ip6table_filter",
+    "ip6table_mangle",
+    "xt_TCPMSS",
+    "xt_tcpudp",
+    "xt_conntrack",
+    "xt_MASQUERADE",
+];
+
+/// Host-side allowance for a guest beyond its checks' own timeouts: the
+/// boot (8-15 s under TCG) and module loading.
+const BOOT_ALLOWANCE_S: u64 = 120;
+
+/// At most this long per guest by default, so that a hung kernel costs
+/// a bounded share of the matrix. A healthy 6.12 guest running every
+/// check took 250-330 s on this 2-core VM while other builds ran.
+const GUEST_TIMEOUT_CAP_S: u64 = 600;
+
+/// Lines of a failed check's output shown in the report, and of each
+/// failed test's section in a test executable's output.
+const TAIL_LINES: usize = 40;
+const SECTION_HEAD: usize = 6;
+const SECTION_TAIL: usize = 12;
+
+const USAGE: &str =
+    "usage: cargo xtask kernels [--kernel 5.10|6.1|6.12]... [--check NAME]... [--timeout SECS]";
+
+pub fn run(root: &Path, args: &[&str]) -> Result<()> {
+    let opts = Options::parse(args)?;
+    crate::install_packages(PACKAGES)?;
+    let root = root
+        .canonicalize()
+        .with_context(|| format!("resolving {}", root.display()))?;
+    let artifacts = Artifacts::build(&root)?;
+    // Canonical: stage 1 reaches the modules through /host + this path, where
+    // a symlink to an absolute path would resolve inside the initramfs.
+    let dir = root.join("target/kernels");
+    fs::create_dir_all(&dir)?;
+    let dir = dir.canonicalize()?;
+    let mut apt = Apt::new(&dir.join("apt"))?;
+    let mut results = Vec::new();
+    for spec in &opts.kernels {
+        let kernel = prepare_kernel(spec, &dir, &mut apt)?;
+        let initrd = build_initramfs(&kernel)?;
+        let out = dir.join("results").join(spec.label);
+        results.push(boot(&kernel, &initrd, &out, &artifacts, &opts)?);
+    }
+    let failed = report(&results, &opts.checks);
+    if failed > 0 {
+        bail!("kernel matrix: {failed} failure(s)");
+    }
+    Ok(())
+}
+
+// ---------------------------------------------------------------- options
+
+struct Options {
+    kernels: Vec<&'static KernelSpec>,
+    checks: Vec<&'static Check>,
+    /// Per guest; by default the boot allowance plus the checks' timeouts,
+    /// capped at GUEST_TIMEOUT_CAP_S.
+    timeout: Option<Duration>,
+}
+
+impl Options {
+    fn parse(args: &[&str]) -> Result<Options> {
+        let mut kernels = Vec::new();
+        let mut checks = Vec::new();
+        let mut timeout = None;
+        let mut it = args.iter();
+        while let Some(&arg) = it.next() {
+            let (flag, inline) = match arg.split_once('=') {
+                Some((f, v)) => (f, Some(v)),
+                None => (arg, None),
+            };
+            let mut value = || -> Result<&str> {
+                match inline {
+                    Some(v) => Ok(v),
+                    None => it
+                        .next()
+                        .copied()
+                        .with_context(|| format!("{flag} needs a value")),
+                }
+            };
+            match flag {
+                "--kernel" => {
+                    let v = value()?;
+                    let spec = KERNELS.iter().find(|k| k.label == v);
+                    kernels.push(spec.with_context(|| format!("unknown kernel {v}\n{USAGE}"))?);
+                }
+                "--check" => {
+                    let v = value()?;
+                    let check = CHECKS.iter().find(|c| c.name == v);
+                    checks.push(check.with_context(|| {
+                        let names: Vec<_> = CHECKS.iter().map(|c| c.name).collect();
+                        format!("unknown check {v} (checks: {})", names.join(", "))
+                    })?);
+                }
+                "--timeout" => {
+                    let v = value()?;
+                    let secs: u64 = v.parse().with_context(|| format!("bad --timeout {v}"))?;
+                    timeout = Some(Duration::from_secs(secs));
+                }
+                _ => bail!("kernels: unknown argument {arg}\n{USAGE}"),
+            }
+        }
+        if kernels.is_empty() {
+            kernels = KERNELS.iter().collect();
+        }
+        if checks.is_empty() {
+            checks = CHECKS.iter().collect();
+        }
+        Ok(Options {
+            kernels,
+            checks,
+            timeout,
+        })
+    }
+
+    fn guest_timeout(&self) -> Duration {
+        self.timeout.unwrap_or_else(|| {
+            let checks: u64 = self.checks.iter().map(|c| c.timeout_s).sum();
+            Duration::from_secs((BOOT_ALLOWANCE_S + checks).min(GUEST_TIMEOUT_CAP_S))
+        })
+    }
+}
+
+// ---------------------------------------------------------------- artifacts
+
+/// The host binaries the guests run, by absolute path (the guest sees
+/// the host's `/` at the same place).
+struct Artifacts {
+    tracer: PathBuf,
+    tests: BTreeMap<String, PathBuf>,
+    /// The tests crate: cargo runs integration tests from there.
+    tests_dir: PathBuf,
+}
+
+impl Artifacts {
+    /// Builds the release tracer and the test executables; both are
+    /// no-ops after `cargo xtask build` / `cargo xtask test`. The tests
+    /// are built as `cargo xtask test` builds them (`--workspace`), so
+    /// that feature unification does not make the two rebuild each other.
+    fn build(root: &Path) -> Result<Artifacts> {
+        crate::run(Command::new("cargo").current_dir(root).args([
+            "build",
+            "--release",
+            "-q",
+            "-p",
+            "tracer",
+        ]))?;
+        let out = Command::new("cargo")
+            .current_dir(root)
+            .args(["test", "--workspace", "--no-run"])
+            .arg("--message-format=json-render-diagnostics")
+            .stderr(Stdio::inherit())
+            .output()
+            .context("cannot start cargo")?;
+        if !out.status.success() {
+            bail!("cargo test --no-run failed: {}", out.status);
+        }
+        let tests_dir = root.join("tests");
+        let manifest = tests_dir.join("Cargo.toml");
+        let mut tests = BTreeMap::new();
+        for line in String::from_utf8_lossy(&out.stdout).lines() {
+            let Ok(msg) = serde_json::from_str::<Value>(line) else {
+                continue;
+            };
+            let is_test = msg["target"]["kind"]
+                .as_array()
+                .is_some_and(|k| k.iter().any(|k| k == "test"));
+            if msg["reason"] != "compiler-artifact"
+                || !is_test
+                || msg["manifest_path"].as_str() != manifest.to_str()
+            {
+                continue;
+            }
+            if let (Some(name), Some(exe)) =
+                (msg["target"]["name"].as_str(), msg["executable"].as_str())
+            {
+                tests.insert(name.to_string(), PathBuf::from(exe));
+            }
+        }
+        Ok(Artifacts {
+            tracer: root.join("target/release/tracer"),
+            tests,
+            tests_dir,
+        })
+    }
+
+    fn argv(&self, cmd: &Cmd) -> Result<Vec<String>> {
+        Ok(match cmd {
+            Cmd::Tracer(args) => std::iter::once(path_str(&self.tracer)?.to_string())
+                .chain(args.iter().map(|a| a.to_string()))
+                .collect(),
+            Cmd::Test(name) => {
+                let exe = self
+                    .tests
+                    .get(*name)
+                    .with_context(|| format!("no test executable tests/tests/{name}.rs"))?;
+                vec![path_str(exe)?.to_string()]
+            }
+        })
+    }
+}
+
+fn path_str(p: &Path) -> Result<&str> {
+    p.to_str()
+        .with_context(|| format!("path is not UTF-8: {}", p.display()))
+}
+
+// ---------------------------------------------------------------- apt
+
+/// apt under a configuration of its own: a private sources list, lists
+/// and cache (and lock files) in `dir`. The host's apt.conf.d still
+/// applies, for whatever it says about reaching the mirror.
+struct Apt {
+    dir: PathBuf,
+    updated: bool,
+}
+
+impl Apt {
+    fn new(dir: &Path) -> Result<Apt> {
+        for sub in ["lists/partial", "cache/archives/partial", "sources.list.d"] {
+            fs::create_dir_all(dir.join(sub))?;
+        }
+        let mirror = host_mirror()?;
+        let mut list = String::from(
+            "# Written by `cargo xtask kernels`: the suites of the kernels it boots,\n\
+             # from the host's own mirror. Only the package indexes are needed.\n",
+        );
+        let suites: BTreeSet<&str> = KERNELS.iter().map(|k| k.suite).collect();
+        for suite in suites {
+            list += &format!("deb [signed-by={KEYRING} target=Packages] {mirror} {suite} main\n");
+        }
+        fs::write(dir.join("sources.list"), list)?;
+        Ok(Apt {
+            dir: dir.to_path_buf(),
+            updated: false,
+        })
+    }
+
+    fn command(&self, tool: &str) -> Command {
+        let mut cmd = Command::new(tool);
+        let d = &self.dir;
+        for (key, value) in [
+            ("Dir::Etc::sourcelist", d.join("sources.list")),
+            ("Dir::Etc::sourceparts", d.join("sources.list.d")),
+            ("Dir::State::Lists", d.join("lists")),
+            ("Dir::Cache", d.join("cache")),
+        ] {
+            cmd.arg("-o").arg(format!("{key}={}", value.display()));
+        }
+        // No translations; and no download sandbox, whose `_apt` user
+        // cannot write into root's target/ (apt would warn and go on).
+        cmd.args(["-o", "Acquire::Languages=none"])
+            .args(["-o", "APT::Sandbox::User=root"]);
+        cmd
+    }
+
+    /// Refreshes the lists once per run, and only when a kernel is missing.
+    fn update(&mut self) -> Result<()> {
+        if !self.updated {
+            crate::run(self.command("apt-get").args(["update", "-q"]))?;
+            self.updated = true;
+        }
+        Ok(())
+    }
+
+    fn newest(&mut self, spec: &KernelSpec) -> Result<String> {
+        self.update()?;
+        let out = self
+            .command("apt-cache")
+            .args(["pkgnames", "linux-image-"])
+            .output()
+            .context("cannot start apt-cache")?;
+        if !out.status.success() {
+            bail!("apt-cache pkgnames failed: {}", out.status);
+        }
+        let names = String::from_utf8_lossy(&out.stdout);
+        let newest = names
+            .lines()
+            .filter_map(|name| {
+                let n = name.strip_prefix(spec.prefix)?.strip_suffix(spec.suffix)?;
+                Some((n.parse::<u64>().ok()?, name))
+            })
+            .max();
+        match newest {
+            Some((_, name)) => Ok(name.to_string()),
+            None => bail!(
+                "no {}N{} package in {}",
+                spec.prefix,
+                spec.suffix,
+                spec.suite
+            ),
+        }
+    }
+
+    /// Downloads `pkg` from `suite` into the empty directory `into`.
+    fn download(&mut self, pkg: &str, suite: &str, into: &Path) -> Result<PathBuf> {
+        let _ = fs::remove_dir_all(into);
+        fs::create_dir_all(into)?;
+        crate::run(self.command("apt-get").current_dir(into).args([
+            "download",
+            "-q",
+            &format!("{pkg}/{suite}"),
+        ]))?;
+        let mut debs = fs::read_dir(into)?
+            .filter_map(|e| e.ok().map(|e| e.path()))
+            .filter(|p| p.extension().is_some_and(|e| e == "deb"));
+        debs.next()
+            .with_context(|| format!("apt-get download {pkg} left no .deb"))
+    }
+}
+
+/// The host's Debian mirror (not its security one), from
+/// /etc/apt/sources.list.d/debian.sources (deb822) or /etc/apt/sources.list.
+fn host_mirror() -> Result<String> {
+    let deb822 = "/etc/apt/sources.list.d/debian.sources";
+    let classic = "/etc/apt/sources.list";
+    let read = |p| fs::read_to_string(p).unwrap_or_default();
+    mirror_in(&read(deb822), &read(classic))
+        .with_context(|| format!("no Debian mirror in {deb822} or {classic}"))
+}
+
+/// The first non-security URI of `deb` sources in a deb822 file's text
+/// and a classic sources.list's.
+fn mirror_in(deb822: &str, classic: &str) -> Option<String> {
+    let uris = deb822
+        .lines()
+        .filter_map(|l| l.trim().strip_prefix("URIs:"))
+        .flat_map(str::split_whitespace);
+    let classic_uris = classic.lines().filter_map(|l| {
+        let mut words = l.split_whitespace();
+        if words.next() != Some("deb") {
+            return None;
+        }
+        // Skip an option block: `[signed-by=... arch=amd64]`.
+        let mut word = words.next()?;
+        if word.starts_with('[') {
+            while !word.ends_with(']') {
+                word = words.next()?;
+            }
+            word = words.next()?;
+        }
+        Some(word)
+    });
+    uris.chain(classic_uris)
+        .find(|u| !u.contains("security"))
+        .map(|u| u.trim_end_matches('/').to_string())
+}
+
+// ---------------------------------------------------------------- kernels
+
+/// A kernel unpacked on the host.
+struct Kernel {
+    label: &'static str,
+    /// `uname -r`, e.g. 6.12.95+deb12-amd64.
+    kver: String,
+    /// target/kernels/LABEL
+    dir: PathBuf,
+    /// The package's files: boot/vmlinuz-KVER, lib/modules/KVER.
+    tree: PathBuf,
+}
+
+impl Kernel {
+    fn vmlinuz(&self) -> PathBuf {
+        self.tree.join(format!("boot/vmlinuz-{}", self.kver))
+    }
+
+    fn modules(&self) -> PathBuf {
+        self.tree.join("lib/modules").join(&self.kver)
+    }
+}
+
+/// The kernel from the cache, else downloaded and unpacked. `kver` is
+/// written last, so an interrupted unpack is redone.
+fn prepare_kernel(spec: &'static KernelSpec, dir: &Path, apt: &mut Apt) -> Result<Kernel> {
+    let kdir = dir.join(spec.label);
+    let stamp = kdir.join("kver");
+    let kernel = |kver: String| Kernel {
+        label: spec.label,
+        kver,
+        dir: kdir.clone(),
+        tree: kdir.join("tree"),
+    };
+    if let Ok(kver) = fs::read_to_string(&stamp) {
+        let k = kernel(kver.trim().to_string());
+        if k.vmlinuz().exists() && k.modules().join("modules.dep").exists() {
+            return Ok(k);
+        }
+    }
+    let pkg = apt.newest(spec)?;
+    eprintln!(
+        "kernels: {}: fetching {pkg} from {}",
+        spec.label, spec.suite
+    );
+    let deb = apt.download(&pkg, spec.suite, &kdir.join("deb"))?;
+    let k = kernel(pkg.trim_start_matches("linux-image-").to_string());
+    let _ = fs::remove_dir_all(&k.tree);
+    crate::run(Command::new("dpkg-deb").arg("-x").arg(&deb).arg(&k.tree))?;
+    if !k.vmlinuz().exists() || !k.modules().exists() {
+        bail!("{pkg} has no boot/vmlinuz-{0} or lib/modules/{0}", k.kver);
+    }
+    crate::run(Command::new("depmod").arg("-b").arg(&k.tree).arg(&k.kver))?;
+    fs::write(&stamp, &k.kver)?;
+    Ok(k)
+}
+
+// ---------------------------------------------------------------- initramfs
+
+/// Writes target/kernels/LABEL/initramfs.cpio. Rebuilt on every run: it
+/// takes well under a second, and follows any change to the init script.
+fn build_initramfs(kernel: &Kernel) -> Result<PathBuf> {
+    let mut cpio = Newc::default();
+    for dir in [
+        "bin", "dev", "proc", "sys", "host", "rw", "newroot", "modules",
+    ] {
+        cpio.dir(dir);
+    }
+    // init's stdio: the kernel opens /dev/console before devtmpfs exists.
+    cpio.char_dev("dev/console", 0o600, 5, 1);
+    let busybox = fs::read("/bin/busybox").context("reading /bin/busybox (busybox-static)")?;
+    cpio.file("bin/busybox", 0o755, &busybox);
+    let mut order = String::new();
+    for ko in initramfs_modules(kernel)? {
+        let plain = read_module(&ko)?;
+        let name = ko.file_name().unwrap_or_default().to_string_lossy();
+        let name = name.trim_end_matches(".xz").trim_end_matches(".zst");
+        cpio.file(&format!("modules/{name}"), 0o644, &plain);
+        order += name;
+        order += "\n";
+    }
+    cpio.file("modules/order", 0o644, order.as_bytes());
+    cpio.file("init", 0o755, stage1_script(kernel)?.as_bytes());
+    let path = kernel.dir.join("initramfs.cpio");
+    fs::write(&path, cpio.finish())?;
+    Ok(path)
+}
+
+/// The .ko files to insmod, dependencies first, each once.
+fn initramfs_modules(kernel: &Kernel) -> Result<Vec<PathBuf>> {
+    let mut paths: Vec<PathBuf> = Vec::new();
+    for module in INITRAMFS_MODULES {
+        let out = Command::new("modprobe")
+            .arg("-d")
+            .arg(&kernel.tree)
+            .args(["-S", &kernel.kver, "--show-depends", module])
+            .output()
+            .context("cannot start modprobe")?;
+        if !out.status.success() {
+            bail!(
+                "modprobe --show-depends {module} for {}: {}",
+                kernel.kver,
+                String::from_utf8_lossy(&out.stderr).trim()
+            );
+        }
+        // Lines are `insmod PATH [OPTIONS]` or `builtin NAME`.
+        for line in String::from_utf8_lossy(&out.stdout).lines() {
+            if let Some(path) = line
+                .strip_prefix("insmod ")
+                .and_then(|l| l.split_whitespace().next())
+            {
+                let path = PathBuf::from(path);
+                if !paths.contains(&path) {
+                    paths.push(path);
+                }
+            }
+        }
+    }
+    Ok(paths)
+}
+
+fn read_module(path: &Path) -> Result<Vec<u8>> {
+    let tool = match path.extension().and_then(|e| e.to_str()) {
+        Some("xz") => "xz",
+        Some("zst") => "zstd",
+        _ => return fs::read(path).with_context(|| format!("reading {}", path.display())),
+    };
+    let out = Command::new(tool)
+        .arg("-dc")
+        .arg(path)
+        .output()
+        .with_context(|| format!("cannot start {tool}"))?;
+    if !out.status.success() {
+        bail!("{tool} -dc {} failed: {}", path.display(), out.status);
+    }
+    Ok(out.stdout)
+}
+
+/// A cpio archive in the "new ASCII" (newc) format, the one the kernel
+/// unpacks as an initramfs: per entry a 110-byte header of hex fields,
+/// the NUL-terminated name and the data, each padded to 4 bytes.
+#[derive(Default)]
+struct Newc {
+    buf: Vec<u8>,
+    next_ino: u32,
+}
+
+impl Newc {
+    fn dir(&mut self, name: &str) {
+        self.entry(name, libc::S_IFDIR | 0o755, 2, (0, 0), &[]);
+    }
+
+    fn file(&mut self, name: &str, perm: u32, data: &[u8]) {
+        self.entry(name, libc::S_IFREG | perm, 1, (0, 0), data);
+    }
+
+    fn char_dev(&mut self, name: &str, perm: u32, major: u32, minor: u32) {
+        self.entry(name, libc::S_IFCHR | perm, 1, (major, minor), &[]);
+    }
+
+    fn entry(&mut self, name: &str, mode: u32, nlink: u32, rdev: (u32, u32), data: &[u8]) {
+        self.next_ino += 1;
+        let fields = [
+            self.next_ino,
+            mode,
+            0, // uid
+            0, // gid
+            nlink,
+            0, // mtime
+            data.len() as u32,
+            0, // devmajor
+            0, // devminor
+            rdev.0,
+            rdev.1,
+            name.len() as u32 + 1,
+            0, // check (only for the crc format)
+        ];
+        self.buf.extend_from_slice(b"070701");
+        for f in fields {
+            self.buf.extend_from_slice(format!("{f:08x}").as_bytes());
+        }
+        self.buf.extend_from_slice(name.as_bytes());
+        self.buf.push(0);
+        self.pad();
+        self.buf.extend_from_slice(data);
+        self.pad();
+    }
+
+    fn pad(&mut self) {
+        while !self.buf.len().is_multiple_of(4) {
+            self.buf.push(0);
+        }
+    }
+
+    fn finish(mut self) -> Vec<u8> {
+        self.entry("TRAILER!!!", 0, 1, (0, 0), &[]);
+        self.buf
+    }
+}
+
+// ---------------------------------------------------------------- guest scripts
+
+/// Quotes `s` as one shell word.
+fn sh_quote(s: &str) -> String {
+    format!("'{}'", s.replace('\'', r"'\''"))
+}
+
+/// Stage 1, /init in the initramfs (busybox sh). `@KVER@` and
+/// `@MODULES@` are replaced by quoted words.
+const STAGE1: &str = r#"#!/bin/busybox sh
+# Stage 1, from the initramfs of `cargo xtask kernels`: mount the host's /
+# read-only over 9p under a tmpfs overlay, put this kernel's modules where
+# modprobe looks for them, switch_root into it and run stage 2.
+/bin/busybox --install -s /bin
+export PATH=/bin
+die() {
+    echo "xtask-guest: stage 1: $*"
+    # Powering off ends qemu now rather than at the host's timeout.
+    echo o >/proc/sysrq-trigger
+    sleep 60
+}
+mount -t proc proc /proc
+mount -t sysfs sysfs /sys
+mount -t devtmpfs devtmpfs /dev
+while read -r ko; do
+    insmod "/modules/$ko" || die "insmod $ko failed"
+done </modules/order
+# A large msize: the default (8 KiB on 5.10) makes every read a round trip.
+opts=trans=virtio,version=9p2000.L,msize=262144
+# cache=loose: nothing changes the host's / under a guest that matters to
+# it, and caching lookups makes the host's binaries start much faster.
+mount -t 9p -o "$opts,ro,cache=loose" hostroot /host || die "cannot mount the host's / over 9p"
+mount -t tmpfs -o mode=0755 tmpfs /rw
+mkdir -p /rw/upper /rw/work
+mount -t overlay overlay -o lowerdir=/host,upperdir=/rw/upper,workdir=/rw/work /newroot ||
+    die "cannot mount the overlay"
+mkdir -p /newroot/usr/lib/modules/@KVER@ /newroot/xtask-results
+mount --bind /host@MODULES@ /newroot/usr/lib/modules/@KVER@ || die "cannot bind the modules"
+mount -t 9p -o "$opts" results /newroot/xtask-results || die "cannot mount the results share"
+umount /proc /sys /dev
+exec switch_root /newroot /bin/sh /xtask-results/guest.sh
+"#;
+
+fn stage1_script(kernel: &Kernel) -> Result<String> {
+    Ok(STAGE1
+        .replace("@KVER@", &sh_quote(&kernel.kver))
+        .replace("@MODULES@", &sh_quote(path_str(&kernel.modules())?)))
+}
+
+/// Stage 2, guest.sh in the results share, run by the host's /bin/sh as
+/// the guest's PID 1. `@...@` are replaced by quoted words or lines.
+const STAGE2: &str = r#"#!/bin/sh
+# Stage 2 of `cargo xtask kernels`, PID 1 in the guest (the host's / under
+# a tmpfs overlay): mount what the tools need, load the network modules,
+# run the checks into the results share, power off.
+R=/xtask-results
+die() {
+    echo "xtask-guest: stage 2: $*"
+    echo o >/proc/sysrq-trigger
+    sleep 60
+}
+export PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin
+export HOME=/root TMPDIR=/tmp LANG=C.UTF-8 NO_COLOR=1
+export TRACER_BIN=@TRACER@
+mount -t proc proc /proc
+mount -t sysfs sysfs /sys
+mount -t devtmpfs devtmpfs /dev
+mkdir -p /dev/pts /dev/shm
+mount -t devpts devpts /dev/pts
+mount -t tmpfs tmpfs /dev/shm
+mount -t tracefs tracefs /sys/kernel/tracing
+mount -t debugfs debugfs /sys/kernel/debug
+mount -t bpf bpf /sys/fs/bpf
+mount -t cgroup2 cgroup2 /sys/fs/cgroup
+# Over the host's: its /run/netns names namespaces that do not exist here.
+# (Not over /tmp, where the project itself may live; writes go to the
+# overlay's tmpfs anyway.)
+mount -t tmpfs tmpfs /run
+ip link set lo up
+for m in @MODULES@; do
+    modprobe "$m" || echo "modprobe $m failed"
+done >"$R/modules.log" 2>&1
+uname -r >"$R/booted"
+check() {
+    name=$1 secs=$2
+    shift 2
+    start=$(date +%s)
+    timeout -k 5 "$secs" "$@" >"$R/$name.log" 2>&1 </dev/null
+    rc=$?
+    # NAME.rc appears whole: the host polls for it.
+    echo "$rc $(($(date +%s) - start))" >"$R/$name.rc.tmp"
+    mv "$R/$name.rc.tmp" "$R/$name.rc"
+}
+cd @TESTS_DIR@ || die "cannot cd to the tests crate"
+@CHECKS@
+touch "$R/done"
+sync
+echo o >/proc/sysrq-trigger
+sleep 60
+"#;
+
+fn stage2_script(artifacts: &Artifacts, checks: &[&Check]) -> Result<String> {
+    let mut lines = String::new();
+    for check in checks {
+        let argv: Vec<String> = artifacts
+            .argv(&check.cmd)?
+            .iter()
+            .map(|a| sh_quote(a))
+            .collect();
+        lines += &format!(
+            "check {} {} {}\n",
+            check.name,
+            check.timeout_s,
+            argv.join(" ")
+        );
+    }
+    let modules: Vec<String> = GUEST_MODULES.iter().map(|m| sh_quote(m)).collect();
+    Ok(STAGE2
+        .replace("@TRACER@", &sh_quote(path_str(&artifacts.tracer)?))
+        .replace("@MODULES@", &modules.join(" "))
+        .replace("@TESTS_DIR@", &sh_quote(path_str(&artifacts.tests_dir)?))
+        .replace("@CHECKS@\n", &lines))
+}
+
+// ---------------------------------------------------------------- qemu
+
+/// In a qemu option list a comma is written twice.
+fn qemu_escape(s: &str) -> String {
+    s.replace(',', ",,")
+}
+
+fn qemu_command(kernel: &Kernel, initrd: &Path, results: &Path) -> Result<Command> {
+    let mut cmd = Command::new("qemu-system-x86_64");
+    cmd.args([
+        "-accel",
+        "tcg,thread=multi",
+        "-cpu",
+        "max",
+        "-smp",
+        "2",
+        "-m",
+        "3G",
+    ])
+    .args(["-nic", "none", "-nographic", "-no-reboot"])
+    .arg("-kernel")
+    .arg(kernel.vmlinuz())
+    .arg("-initrd")
+    .arg(initrd)
+    // panic=-1: a panicking guest reboots at once, which -no-reboot
+    // turns into qemu exiting.
+    .args(["-append", "console=ttyS0 panic=-1"])
+    // multidevs=remap: the host's / spans several filesystems, whose
+    // inode numbers would otherwise collide in the guest.
+    .args([
+        "-fsdev",
+        "local,id=hostroot,path=/,security_model=none,readonly=on,multidevs=remap",
+    ])
+    .args(["-device", "virtio-9p-pci,fsdev=hostroot,mount_tag=hostroot"])
+    .arg("-fsdev")
+    .arg(format!(
+        "local,id=results,path={},security_model=none",
+        qemu_escape(path_str(results)?)
+    ))
+    .args(["-device", "virtio-9p-pci,fsdev=results,mount_tag=results"]);
+    // qemu must not outlive the harness (killed, or a panic in it).
+    unsafe {
+        cmd.pre_exec(|| {
+            libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
+            Ok(())
+        });
+    }
+    Ok(cmd)
+}
+
+/// A running qemu, killed when dropped (on timeout, error or Ctrl-C).
+struct Qemu(Child);
+
+impl Drop for Qemu {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// How a guest ended.
+enum End {
+    /// Stage 2 ran every check and powered off.
+    Done,
+    /// qemu exited first: stage 1 failed, or the kernel panicked.
+    Stopped(ExitStatus),
+    TimedOut,
+}
+
+struct GuestResult {
+    label: &'static str,
+    kver: String,
+    secs: f64,
+    booted_after: Option<f64>,
+    end: End,
+    dir: PathBuf,
+    checks: Vec<CheckResult>,
+}
+
+struct CheckResult {
+    name: &'static str,
+    /// Its output is a libtest executable's.
+    libtest: bool,
+    outcome: Outcome,
+    secs: Option<u64>,
+}
+
+#[derive(PartialEq)]
+enum Outcome {
+    Pass,
+    /// Failed cleanly where EXPECTED_TO_DIFFER says it does.
+    Differs,
+    Fail(String),
+    /// The guest never got to it.
+    NotRun,
+}
+
+fn boot(
+    kernel: &Kernel,
+    initrd: &Path,
+    dir: &Path,
+    artifacts: &Artifacts,
+    opts: &Options,
+) -> Result<GuestResult> {
+    let _ = fs::remove_dir_all(dir);
+    fs::create_dir_all(dir)?;
+    fs::write(
+        dir.join("guest.sh"),
+        stage2_script(artifacts, &opts.checks)?,
+    )?;
+    let console = fs::File::create(dir.join("console.log"))?;
+    let timeout = opts.guest_timeout();
+    eprintln!(
+        "kernels: {}: booting {} (timeout {} s)",
+        kernel.label,
+        kernel.kver,
+        timeout.as_secs()
+    );
+    let start = Instant::now();
+    let mut qemu = Qemu(
+        qemu_command(kernel, initrd, dir)?
+            .stdin(Stdio::null())
+            .stdout(console.try_clone()?)
+            .stderr(console)
+            .spawn()
+            .context("cannot start qemu-system-x86_64")?,
+    );
+    let mut booted_after = None;
+    let mut reported = 0;
+    let end = loop {
+        let status = qemu.0.try_wait()?;
+        if booted_after.is_none() && dir.join("booted").exists() {
+            let secs = start.elapsed().as_secs_f64();
+            eprintln!("kernels: {}: booted in {secs:.0} s", kernel.label);
+            booted_after = Some(secs);
+        }
+        // Checks run in order: report each as its NAME.rc appears.
+        while let Some(check) = opts.checks.get(reported) {
+            let Some(result) = read_result(kernel.label, check, dir) else {
+                break;
+            };
+            eprintln!(
+                "kernels: {}: {:<9} {} ({} s)",
+                kernel.label,
+                check.name,
+                outcome_cell(&result.outcome),
+                result.secs.unwrap_or(0)
+            );
+            reported += 1;
+        }
+        if let Some(status) = status {
+            break if dir.join("done").exists() {
+                End::Done
+            } else {
+                End::Stopped(status)
+            };
+        }
+        if start.elapsed() > timeout {
+            break End::TimedOut;
+        }
+        std::thread::sleep(Duration::from_millis(500));
+    };
+    drop(qemu);
+    let checks = opts
+        .checks
+        .iter()
+        .map(|c| {
+            read_result(kernel.label, c, dir).unwrap_or(CheckResult {
+                name: c.name,
+                libtest: matches!(c.cmd, Cmd::Test(_)),
+                outcome: Outcome::NotRun,
+                secs: None,
+            })
+        })
+        .collect();
+    Ok(GuestResult {
+        label: kernel.label,
+        kver: kernel.kver.clone(),
+        secs: start.elapsed().as_secs_f64(),
+        booted_after,
+        end,
+        dir: dir.to_path_buf(),
+        checks,
+    })
+}
+
+/// A finished check's result, or None while it has not finished.
+fn read_result(kernel: &str, check: &Check, dir: &Path) -> Option<CheckResult> {
+    let rc = fs::read_to_string(dir.join(format!("{}.rc", check.name))).ok()?;
+    let mut words = rc.split_whitespace();
+    let code: i32 = words.next()?.parse().ok()?;
+    let secs: Option<u64> = words.next().and_then(|s| s.parse().ok());
+    let log = fs::read_to_string(dir.join(format!("{}.log", check.name))).unwrap_or_default();
+    Some(CheckResult {
+        name: check.name,
+        libtest: matches!(check.cmd, Cmd::Test(_)),
+        outcome: evaluate(kernel, check, code, &log),
+        secs,
+    })
+}
+
+fn expected_difference(kernel: &str, check: &str) -> Option<&'static Differs> {
+    EXPECTED_TO_DIFFER
+        .iter()
+        .find(|d| d.kernel == kernel && d.check == check)
+}
+
+fn evaluate(kernel: &str, check: &Check, code: i32, log: &str) -> Outcome {
+    // timeout(1) exits 124 when it stopped the command, 137 when it had
+    // to kill it.
+    if code == 124 || code == 137 {
+        return Outcome::Fail(format!("timed out after {} s", check.timeout_s));
+    }
+    let differs = expected_difference(kernel, check.name);
+    match (code, differs) {
+        (0, None) => Outcome::Pass,
+        (0, Some(_)) => Outcome::Fail("passed, but is expected to differ here".into()),
+        (_, Some(_)) if log.contains("panicked at") => Outcome::Fail(format!("exit {code}, panic")),
+        (_, Some(_)) if log.trim().is_empty() => {
+            Outcome::Fail(format!("exit {code} without a message"))
+        }
+        (_, Some(_)) => Outcome::Differs,
+        (_, None) => Outcome::Fail(format!("exit {code}")),
+    }
+}
+
+// ---------------------------------------------------------------- report
+
+fn outcome_cell(o: &Outcome) -> &'static str {
+    match o {
+        Outcome::Pass => "PASS",
+        Outcome::Differs => "xfail",
+        Outcome::Fail(_) => "FAIL",
+        Outcome::NotRun => "-",
+    }
+}
+
+/// Prints each failure with the tail of its output, then the table.
+/// Returns how many failures there were.
+fn report(results: &[GuestResult], checks: &[&Check]) -> usize {
+    let mut failures = 0;
+    for g in results {
+        failures += report_guest_failures(g);
+    }
+    println!();
+    print!("{:<7} {:<22} {:<5}", "kernel", "version", "boot");
+    for c in checks {
+        print!(" {:<9}", c.name);
+    }
+    println!(" time");
+    for g in results {
+        let boot = if g.booted_after.is_some() {
+            "ok"
+        } else {
+            "FAIL"
+        };
+        print!("{:<7} {:<22} {:<5}", g.label, g.kver, boot);
+        for c in &g.checks {
+            print!(" {:<9}", outcome_cell(&c.outcome));
+        }
+        println!(" {:.0} s", g.secs);
+    }
+    for g in results {
+        for c in &g.checks {
+            if let (Outcome::Differs, Some(d)) = (&c.outcome, expected_difference(g.label, c.name))
+            {
+                println!(
+                    "xfail {}/{}: expected to differ: {}",
+                    g.label, c.name, d.why
+                );
+            }
+        }
+    }
+    println!("logs: target/kernels/results/KERNEL/ (CHECK.log, console.log, modules.log)");
+    failures
+}
+
+fn report_guest_failures(g: &GuestResult) -> usize {
+    let head = format!("{} ({})", g.label, g.kver);
+    let mut failures = 0;
+    for c in &g.checks {
+        if let Outcome::Fail(why) = &c.outcome {
+            failures += 1;
+            println!(
+                "\n--- {head} / {}: FAIL ({why}, {} s)",
+                c.name,
+                c.secs.unwrap_or(0)
+            );
+            print_excerpt(&g.dir.join(format!("{}.log", c.name)), c.libtest);
+        }
+    }
+    // The check that was running when the guest ended, if any: its log
+    // is there up to that moment.
+    let cut = g.checks.iter().find(|c| c.outcome == Outcome::NotRun);
+    let during = cut
+        .map(|c| format!(" during {}", c.name))
+        .unwrap_or_default();
+    match &g.end {
+        End::Done => return failures,
+        End::TimedOut => {
+            println!(
+                "\n--- {head}: guest killed at its timeout ({:.0} s){during}",
+                g.secs
+            )
+        }
+        End::Stopped(status) => {
+            println!("\n--- {head}: guest stopped early{during} (qemu: {status})")
+        }
+    }
+    let partial = cut.map(|c| g.dir.join(format!("{}.log", c.name)));
+    match partial {
+        Some(log) if fs::metadata(&log).is_ok_and(|m| m.len() > 0) => print_tail(&log),
+        _ => print_tail(&g.dir.join("console.log")),
+    }
+    failures + 1
+}
+
+fn print_tail(path: &Path) {
+    print_excerpt(path, false)
+}
+
+/// Prints what matters of a log: see `excerpt`.
+fn print_excerpt(path: &Path, libtest: bool) {
+    let text = fs::read(path)
+        .map(|b| String::from_utf8_lossy(&b).replace('\r', ""))
+        .unwrap_or_default();
+    println!("    {}:", path.display());
+    for line in excerpt(&text, libtest) {
+        println!("    | {line}");
+    }
+}
+
+/// For a libtest executable, each failed test's section (its start, with
+/// the panic message, and its end, where a tracer's stderr ends with the
+/// verifier log's tail) and the result line; for anything else (or
+/// libtest output cut short), the last TAIL_LINES lines.
+fn excerpt(text: &str, libtest: bool) -> Vec<String> {
+    let lines: Vec<&str> = text.lines().collect();
+    let result = lines.iter().rev().find(|l| l.starts_with("test result:"));
+    let (true, Some(result)) = (libtest, result) else {
+        let from = lines.len().saturating_sub(TAIL_LINES);
+        return lines[from..].iter().map(|l| l.to_string()).collect();
+    };
+    let starts: Vec<usize> = (0..lines.len())
+        .filter(|&i| lines[i].starts_with("---- ") && lines[i].ends_with(" ----"))
+        .collect();
+    let mut out = Vec::new();
+    for (n, &start) in starts.iter().enumerate() {
+        // A section ends at the next one, or at the list of failed names.
+        let end = starts.get(n + 1).copied().unwrap_or_else(|| {
+            (start..lines.len())
+                .find(|&i| lines[i] == "failures:")
+                .unwrap_or(lines.len())
+        });
+        let mut section = &lines[start..end];
+        while section.last().is_some_and(|l| l.trim().is_empty()) {
+            section = &section[..section.len() - 1];
+        }
+        if section.len() <= SECTION_HEAD + SECTION_TAIL {
+            out.extend(section.iter().map(|l| l.to_string()));
+        } else {
+            let (head, rest) = section.split_at(SECTION_HEAD);
+            let (cut, tail) = rest.split_at(rest.len() - SECTION_TAIL);
+            out.extend(head.iter().map(|l| l.to_string()));
+            out.push(format!("[... {} lines ...]", cut.len()));
+            out.extend(tail.iter().map(|l| l.to_string()));
+        }
+        out.push(String::new());
+    }
+    out.push(result.to_string());
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn mirror_from_deb822_or_sources_list_never_security() {
+        let deb822 = "Types: deb\nURIs: http://deb.debian.org/debian-security\n\n\
+                      Types: deb\nURIs: http://mirror.example/debian/\nSuites: bookworm\n";
+        assert_eq!(
+            mirror_in(deb822, "").as_deref(),
+            Some("http://mirror.example/debian")
+        );
+        let classic = "# deb http://old/debian bookworm main\n\
+                       deb [arch=amd64 signed-by=/k.gpg] http://m.example/debian bookworm main\n";
+        assert_eq!(
+            mirror_in("", classic).as_deref(),
+            Some("http://m.example/debian")
+        );
+        assert_eq!(mirror_in("", ""), None);
+    }
+
+    #[test]
+    fn newc_entries_are_aligned_and_end_with_the_trailer() {
+        let mut cpio = Newc::default();
+        cpio.dir("bin");
+        cpio.file("bin/x", 0o755, b"hello");
+        cpio.char_dev("dev/console", 0o600, 5, 1);
+        let out = cpio.finish();
+        assert_eq!(out.len() % 4, 0);
+        assert!(out.starts_with(b"070701"));
+        // Second entry: after the 110-byte header, "bin\0" and padding to 4.
+        let second = 116; // 110 + 4, rounded up to a multiple of 4
+        let header = std::str::from_utf8(&out[second..second + 110]).unwrap();
+        let field = |i: usize| u32::from_str_radix(&header[6 + 8 * i..14 + 8 * i], 16).unwrap();
+        assert_eq!(field(1), libc::S_IFREG | 0o755); // mode
+        assert_eq!(field(6), 5); // file size
+        assert_eq!(field(11), 6); // name size, with its NUL
+        let name_end = second + 110 + 6;
+        assert_eq!(&out[second + 110..name_end], b"bin/x\0");
+        assert!(out.windows(11).any(|w| w == b"TRAILER!!!\0"));
+    }
+
+    #[test]
+    fn quoting_for_the_shell_and_qemu() {
+        assert_eq!(sh_quote("a b"), "'a b'");
+        assert_eq!(sh_quote("it's"), r"'it'\''s'");
+        assert_eq!(qemu_escape("/a,b"), "/a,,b");
+    }
+
+    fn check(name: &str) -> &'static Check {
+        CHECKS.iter().find(|c| c.name == name).unwrap()
+    }
+
+    #[test]
+    fn expected_differences_must_fail_cleanly() {
+        let reasons = check("reasons");
+        assert!(evaluate("6.12", reasons, 0, "") == Outcome::Pass);
+        assert!(matches!(
+            evaluate("6.12", reasons, 1, "x"),
+            Outcome::Fail(_)
+        ));
+        assert!(evaluate("5.10", reasons, 1, "no drop reasons") == Outcome::Differs);
+        for (code, log) in [(0, "list"), (101, "panicked at x"), (1, ""), (124, "x")] {
+            let o = evaluate("5.10", reasons, code, log);
+            assert!(matches!(o, Outcome::Fail(_)), "{code} {log}");
+        }
+    }
+
+    #[test]
+    fn a_test_log_is_cut_to_its_failures() {
+        let mut log =
+            String::from("running 2 tests\ntest a ... ok\ntest b ... FAILED\n\nfailures:\n\n");
+        log +=
+            "---- b stdout ----\n\nthread 'b' panicked at x.rs:1:1:\ntracer never became ready\n";
+        for i in 0..40 {
+            log += &format!("verifier line {i}\n");
+        }
+        log += "\n\nfailures:\n    b\n\ntest result: FAILED. 1 passed; 1 failed\n";
+        let out = excerpt(&log, true);
+        assert_eq!(out[0], "---- b stdout ----");
+        assert!(out.contains(&"thread 'b' panicked at x.rs:1:1:".to_string()));
+        assert!(out.contains(&"verifier line 39".to_string()));
+        assert!(!out.contains(&"verifier line 20".to_string()));
+        assert!(out.iter().any(|l| l.starts_with("[... ")));
+        assert_eq!(
+            out.last().unwrap(),
+            "test result: FAILED. 1 passed; 1 failed"
+        );
+        // Not libtest's: the tail.
+        let tail = excerpt(&log, false);
+        assert_eq!(tail.len(), TAIL_LINES);
+        assert_eq!(
+            tail.last().unwrap(),
+            "test result: FAILED. 1 passed; 1 failed"
+        );
+    }
+
+    #[test]
+    fn options() {
+        let o = Options::parse(&["--kernel", "6.1", "--kernel=5.10", "--check", "lab"]).unwrap();
+        let labels: Vec<_> = o.kernels.iter().map(|k| k.label).collect();
+        assert_eq!(labels, ["6.1", "5.10"]);
+        assert_eq!(o.checks.len(), 1);
+        assert_eq!(
+            o.guest_timeout(),
+            Duration::from_secs(BOOT_ALLOWANCE_S + 180)
+        );
+        let all = Options::parse(&[]).unwrap();
+        assert_eq!(all.kernels.len(), KERNELS.len());
+        assert_eq!(
+            all.guest_timeout(),
+            Duration::from_secs(GUEST_TIMEOUT_CAP_S)
+        );
+        assert!(Options::parse(&["--kernel", "4.19"]).is_err());
+        assert!(Options::parse(&["--timeout"]).is_err());
+        assert!(Options::parse(&["--bogus"]).is_err());
+    }
+}
