@@ -431,6 +431,19 @@ mod tests {
     }
 
     #[test]
+    fn expired_causes_are_forgotten_and_recent_ones_kept() {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("tests/recordings/bridge-subnet-strict.jsonl");
+        let (_, mut engine) = replay(&path, |_| Ok(())).unwrap();
+        let last = engine.verdicts()[0].last_ns;
+        assert!(last > 0);
+        assert_eq!(engine.expire(last), 0);
+        assert_eq!(engine.verdicts().len(), 1);
+        assert_eq!(engine.expire(last + 1), 1);
+        assert!(engine.verdicts().is_empty());
+    }
+
+    #[test]
     fn replay_bridge_subnet_loose() {
         assert_eq!(
             replayed("bridge-subnet-loose"),
