@@ -27,6 +27,9 @@ pub enum Command {
     Watch(TraceArgs),
     /// Watch drops, route lookups and SYNs, and print each root cause as soon as it is proven.
     Diagnose(DiagnoseArgs),
+    /// Run the diagnosis long-running for a fleet: Prometheus metrics on
+    /// --metrics-addr, verdicts as JSON lines to --log.
+    Agent(AgentArgs),
     /// Rebuild an incident in throwaway namespaces and diagnose it live.
     Lab {
         #[command(subcommand)]
@@ -119,6 +122,78 @@ pub struct TraceArgs {
     pub no_aggregate: bool,
 }
 
+/// `tracer agent`.
+#[derive(Args, Debug, Clone)]
+pub struct AgentArgs {
+    /// Serve GET /metrics and /healthz on this HOST:PORT (e.g. 0.0.0.0:9431).
+    #[arg(long, value_name = "ADDR")]
+    pub metrics_addr: String,
+    /// Only drops in this network namespace: a name in /run/netns, a path, or an inode (repeatable).
+    #[arg(long, value_name = "NAME|PATH|INODE")]
+    pub netns: Vec<String>,
+    /// Write verdicts (JSON lines) to FILE, appending; `-` is stdout.
+    #[arg(long, value_name = "FILE|-", default_value = "-")]
+    pub log: String,
+    /// Also log every drop sent in full, storm aggregates, SYN and neighbour context.
+    #[arg(long)]
+    pub log_drops: bool,
+    /// Labels of tracer_drops_total, comma-separated; those left out stay empty.
+    #[arg(
+        long,
+        value_name = "L,...",
+        default_value = "reason,netns,container,ifname",
+        value_parser = parse_labels_arg
+    )]
+    pub drop_labels: crate::agent::DropLabelChoice,
+    /// Series per labelled metric; label sets past that are counted with netns/container/ifname "other".
+    #[arg(long, value_name = "N", default_value_t = 500, value_parser = parse_series_arg)]
+    pub max_series: usize,
+    /// A cause is active (tracer_verdict_active) this long after its last drop.
+    #[arg(long, value_name = "D", default_value = "5m", value_parser = parse_duration_arg)]
+    pub active_window: Duration,
+    /// Remove a series that has not grown for this long.
+    #[arg(long, value_name = "D", default_value = "1h", value_parser = parse_duration_arg)]
+    pub series_idle: Duration,
+    /// Attach the drop probe this way instead of trying tp_btf, raw_tp, then the tracepoint.
+    #[arg(long, value_enum, value_name = "HOOK")]
+    pub hook: Option<DropHook>,
+    /// Kernel BTF file (default /sys/kernel/btf/vmlinux).
+    #[arg(long, value_name = "PATH")]
+    pub btf: Option<PathBuf>,
+}
+
+fn parse_labels_arg(s: &str) -> Result<crate::agent::DropLabelChoice, String> {
+    crate::agent::DropLabelChoice::parse(s).map_err(|e| e.to_string())
+}
+
+fn parse_series_arg(s: &str) -> Result<usize, String> {
+    match s.trim().parse::<usize>() {
+        Ok(n) if n >= 1 => Ok(n),
+        _ => Err("give a whole number of series, 1 or more".into()),
+    }
+}
+
+impl AgentArgs {
+    pub fn options(&self) -> crate::agent::AgentOptions {
+        crate::agent::AgentOptions {
+            metrics_addr: self.metrics_addr.clone(),
+            trace: TraceOptions {
+                netns: self.netns.clone(),
+                hook: self.hook,
+                btf: self.btf.clone(),
+                output_path: (self.log != "-").then(|| PathBuf::from(&self.log)),
+                ..Default::default()
+            },
+            log_drops: self.log_drops,
+            labels: self.drop_labels,
+            max_series: self.max_series,
+            active_window: self.active_window,
+            series_idle: self.series_idle,
+            containers: None,
+        }
+    }
+}
+
 fn parse_count_arg(s: &str) -> Result<u64, String> {
     match s.trim().parse::<u64>() {
         Ok(n) if n >= 1 => Ok(n),
@@ -164,6 +239,7 @@ impl TraceArgs {
             format: Some(self.output),
             btf: self.btf.clone(),
             no_aggregate: self.no_aggregate,
+            output_path: None,
         }
     }
 }
@@ -189,6 +265,15 @@ pub fn run(cli: Cli, started: Instant) -> Result<()> {
                 args.write.as_deref(),
                 started,
             ))
+        }
+        Command::Agent(args) => {
+            // One worker for the HTTP server, so /healthz answers (503)
+            // while the probes load on the main thread.
+            let rt = tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(1)
+                .enable_all()
+                .build()?;
+            rt.block_on(crate::agent::run(args.options(), started))
         }
         Command::Lab { command } => match command {
             LabCommand::List { output } => crate::lab::list(output),

@@ -3,7 +3,7 @@
 //! output, and an optional recorder. The rules themselves live in
 //! [`crate::rules`]; how verdicts print, in [`crate::output::verdict`].
 
-use crate::event::NeighRecord;
+use crate::event::{DropRecord, NeighRecord};
 use crate::output::{Format, Output, Summary};
 use crate::record::{wall_now_ns, Header, Line, Reader, Recorder};
 use crate::rules::{Engine, Fact, TopologySource, Verdict};
@@ -82,6 +82,10 @@ pub struct Diagnoser {
     dockerd: bool,
     /// Notify once every kind listed has been proven (the lab's early stop).
     pub stop_when: Option<(Vec<String>, Arc<tokio::sync::Notify>)>,
+    /// Keep the verdicts printed since the last `take_emitted` (the agent
+    /// counts them).
+    pub keep_emitted: bool,
+    emitted: Vec<Verdict>,
 }
 
 impl Diagnoser {
@@ -92,6 +96,8 @@ impl Diagnoser {
             recorder: None,
             dockerd: dockerd_running(),
             stop_when: None,
+            keep_emitted: false,
+            emitted: Vec::new(),
         }
     }
 
@@ -100,6 +106,26 @@ impl Diagnoser {
         let header = Header::here(s.own_netns, s.netns.clone(), &s.filter.text, self.dockerd);
         self.recorder = Some(Recorder::create(path, &header)?);
         Ok(())
+    }
+
+    /// Verdicts printed since the last call (with `keep_emitted`).
+    pub fn take_emitted(&mut self) -> Vec<Verdict> {
+        std::mem::take(&mut self.emitted)
+    }
+
+    /// Forgets causes last seen before `before_ns` (a long run).
+    pub fn expire(&mut self, before_ns: u64) -> usize {
+        self.engine.expire(before_ns)
+    }
+
+    /// A drop already named: counted, printed as context, fed to the rules.
+    pub fn on_drop(&mut self, rec: DropRecord, s: &mut Session) -> std::io::Result<()> {
+        s.summary.count(&rec);
+        if self.show_drops {
+            s.out.drop(&rec)?;
+        }
+        self.feed(&Fact::Drop(rec), s)?;
+        self.emit(s)
     }
 
     /// Every verdict so far, at its latest tier.
@@ -139,6 +165,9 @@ impl Diagnoser {
     fn emit(&mut self, s: &mut Session) -> std::io::Result<()> {
         for v in self.engine.take_new() {
             crate::output::verdict::print(&mut s.out, &v)?;
+            if self.keep_emitted {
+                self.emitted.push(v);
+            }
         }
         if let Some((kinds, n)) = &self.stop_when {
             let v = self.engine.verdicts();
@@ -187,12 +216,7 @@ fn conclude_summary(
 impl Consumer for Diagnoser {
     fn drop(&mut self, raw: &DropEvent, s: &mut Session) -> std::io::Result<bool> {
         let rec = s.namer.drop_record(raw);
-        s.summary.count(&rec);
-        if self.show_drops {
-            s.out.drop(&rec)?;
-        }
-        self.feed(&Fact::Drop(rec), s)?;
-        self.emit(s)?;
+        self.on_drop(rec, s)?;
         Ok(true)
     }
 
@@ -404,6 +428,19 @@ mod tests {
             replayed("bridge-subnet-strict"),
             [("rpfilter_route_conflict", Tier::Proven)]
         );
+    }
+
+    #[test]
+    fn expired_causes_are_forgotten_and_recent_ones_kept() {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("tests/recordings/bridge-subnet-strict.jsonl");
+        let (_, mut engine) = replay(&path, |_| Ok(())).unwrap();
+        let last = engine.verdicts()[0].last_ns;
+        assert!(last > 0);
+        assert_eq!(engine.expire(last), 0);
+        assert_eq!(engine.verdicts().len(), 1);
+        assert_eq!(engine.expire(last + 1), 1);
+        assert!(engine.verdicts().is_empty());
     }
 
     #[test]

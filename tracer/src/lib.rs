@@ -19,7 +19,9 @@
 //! - `protocols`: names for errno values and ICMP types
 //! - `lab`: the incidents rebuilt in throwaway namespaces
 //! - `check`: the preflight that says what this kernel offers
+//! - `agent`: `tracer agent`, Prometheus metrics and JSON logs for a fleet
 //! - `cli`: the command line; `main.rs` is a thin shell around `cli::run`
+pub mod agent;
 pub mod aggregate;
 pub mod btf;
 pub mod check;

@@ -14,7 +14,15 @@ fn main() -> ExitCode {
         Err(e) => {
             // One line naming the problem; clap's usage hint stays out.
             let msg = e.to_string();
-            let first = msg.lines().next().unwrap_or("bad command line");
+            let mut lines = msg.lines().map(str::trim).filter(|l| !l.is_empty());
+            let mut first = lines.next().unwrap_or("bad command line").to_string();
+            // "the following required arguments were not provided:" names
+            // them on the next line.
+            if first.ends_with(':') {
+                if let Some(next) = lines.next() {
+                    first = format!("{first} {next}");
+                }
+            }
             // Keep clap's list of accepted values on the same line.
             let values = msg
                 .lines()

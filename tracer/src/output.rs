@@ -52,6 +52,25 @@ impl Output {
         }
     }
 
+    /// Appends to a file (a log that a collector tails), never coloured.
+    pub fn append_to(
+        path: &std::path::Path,
+        format: Format,
+        own_netns: u32,
+    ) -> std::io::Result<Self> {
+        let f = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(path)?;
+        Ok(Output {
+            format,
+            color: false,
+            out: Box::new(std::io::BufWriter::with_capacity(1 << 16, f)),
+            header_done: false,
+            own_netns,
+        })
+    }
+
     pub(crate) fn paint(&self, code: &str, s: &str) -> String {
         if self.color {
             format!("{code}{s}{RESET}")

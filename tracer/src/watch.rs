@@ -3,7 +3,7 @@
 //! `Consumer`, stop on Ctrl-C / SIGTERM / --duration / --count, and
 //! summarise.
 
-use crate::aggregate::Aggregator;
+use crate::aggregate::{AggregateRecord, Aggregator};
 use crate::btf::KernelBtf;
 use crate::event::{decode, Event, Namer};
 use crate::filter;
@@ -42,6 +42,9 @@ pub struct TraceOptions {
     pub btf: Option<std::path::PathBuf>,
     /// Send every drop as an event, even in a storm.
     pub no_aggregate: bool,
+    /// Write the output (JSON lines or text) to this file, appending,
+    /// instead of stdout.
+    pub output_path: Option<std::path::PathBuf>,
 }
 
 /// Aggregation starts on a CPU that matched more drops than this in one
@@ -67,6 +70,11 @@ pub trait Consumer {
     /// Called about every 250 ms, for conclusions that need time to pass.
     fn tick(&mut self, _s: &mut Session) -> std::io::Result<()> {
         Ok(())
+    }
+    /// What the kernel counted by key in a storm since the last call
+    /// (about once a second); by default printed.
+    fn aggregates(&mut self, recs: &[AggregateRecord], s: &mut Session) -> std::io::Result<()> {
+        s.out.aggregates(recs)
     }
     /// Called once before the summary.
     fn finish(&mut self, _s: &mut Session) -> std::io::Result<()> {
@@ -227,7 +235,11 @@ impl Tracer {
                 drop_reasons: !reasons.is_empty(),
             },
         )?;
-        let out = Output::stdout(format, own_netns);
+        let out = match &opts.output_path {
+            None => Output::stdout(format, own_netns),
+            Some(p) => Output::append_to(p, format, own_netns)
+                .map_err(|e| anyhow!("cannot open {}: {e}", p.display()))?,
+        };
         let namer = Namer::loading_symbols(reasons, topology);
         let mut t = Tracer {
             probes,
@@ -291,6 +303,11 @@ impl Tracer {
             );
         }
         Ok(())
+    }
+
+    /// The drop hook that attached (`tp_btf`, `raw_tp`, `tracepoint`).
+    pub fn hook(&self) -> String {
+        self.probes.hook.to_string()
     }
 
     /// Also stop when `n` is notified (the lab stops when its traffic ends).
@@ -360,7 +377,9 @@ impl Tracer {
                     session.namer.topology.sweep();
                     ticks += 1;
                     let aggregates = if ticks.is_multiple_of(AGG_TICKS) {
-                        report_aggregates(&mut aggregator, &probes, &mut session)
+                        // Live counters for a long run (`tracer agent`).
+                        session.summary.kernel = probes.stats();
+                        report_aggregates(&mut aggregator, &probes, &mut session, &mut *pump.consumer)
                     } else {
                         Ok(())
                     };
@@ -445,7 +464,9 @@ impl Tracer {
             let recs = aggregator.poll(probes.aggregate_counts(), &mut session.namer, 0);
             pump.not_shown += recs.iter().map(|r| r.count).sum::<u64>();
         } else if !broken_pipe {
-            if let Err(e) = report_aggregates(&mut aggregator, &probes, &mut session) {
+            if let Err(e) =
+                report_aggregates(&mut aggregator, &probes, &mut session, &mut *pump.consumer)
+            {
                 broken_pipe = is_pipe(&e);
                 if !broken_pipe {
                     return Err(e.into());
@@ -484,6 +505,7 @@ fn report_aggregates(
     aggregator: &mut Aggregator,
     probes: &Probes,
     session: &mut Session,
+    consumer: &mut dyn Consumer,
 ) -> std::io::Result<()> {
     let recs = aggregator.poll(
         probes.aggregate_counts(),
@@ -493,7 +515,7 @@ fn report_aggregates(
     for r in &recs {
         session.summary.count_aggregate(r);
     }
-    session.out.aggregates(&recs)
+    consumer.aggregates(&recs, session)
 }
 
 /// How a batch of ring-buffer records ended.

@@ -26,7 +26,19 @@ const BUILD_PACKAGES: &[&str] = &[
     "libzstd-dev",
     "zlib1g-dev",
 ];
-const RUN_PACKAGES: &[&str] = &["iproute2", "iputils-ping", "iptables", "procps"];
+const RUN_PACKAGES: &[&str] = &[
+    "iproute2",
+    "iputils-ping",
+    "iptables",
+    "procps",
+    // The agent test scrapes with a real Prometheus server.
+    "prometheus",
+    // The deploy test validates the manifests (kubernetes-validate, in a venv).
+    "python3-venv",
+    "python3-yaml",
+];
+/// PyPI's validator with Kubernetes' schemas bundled (offline), in target/kv.
+const KUBERNETES_VALIDATE: &str = "kubernetes-validate==1.37.0";
 const BENCH_PACKAGES: &[&str] = &["iperf3", "bpftrace"];
 const BPF_LINKER_VERSION: &str = "0.13.0";
 
@@ -84,6 +96,15 @@ fn setup(extra: &[&str]) -> Result<()> {
     pkgs.extend_from_slice(RUN_PACKAGES);
     pkgs.extend_from_slice(extra);
     install_packages(&pkgs)?;
+    let kv = root().join("target/kv");
+    if !kv.join("bin/kubernetes-validate").exists() {
+        eprintln!("xtask: installing {KUBERNETES_VALIDATE} into target/kv");
+        run(Command::new("/usr/bin/python3")
+            .arg("-m")
+            .arg("venv")
+            .arg(&kv))?;
+        run(Command::new(kv.join("bin/pip")).args(["install", "-q", KUBERNETES_VALIDATE]))?;
+    }
     if !bpf_linker_ok() {
         eprintln!("xtask: installing bpf-linker {BPF_LINKER_VERSION} against Debian's LLVM 22");
         // Its default feature wants LLVM 23, which Debian lacks.

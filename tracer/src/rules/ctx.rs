@@ -117,6 +117,36 @@ impl Book {
             .collect()
     }
 
+    /// Forgets the verdicts whose cause was last seen before `before_ns`,
+    /// with their counts, so a long run (`tracer agent`) holds only causes
+    /// still around: one that comes back is concluded (and counted) again,
+    /// and a namespace that is gone leaves nothing behind. Returns how many
+    /// were forgotten.
+    pub fn expire(&mut self, before_ns: u64) -> usize {
+        let mut keys: Vec<Option<String>> = vec![None; self.verdicts.len()];
+        for (k, i) in self.seen.drain() {
+            keys[i] = Some(k);
+        }
+        let fresh: HashSet<usize> = self.fresh.drain(..).collect();
+        let old = std::mem::take(&mut self.verdicts);
+        let n = old.len();
+        for (i, (v, k)) in old.into_iter().zip(keys).enumerate() {
+            let Some(k) = k else { continue };
+            if v.last_ns < before_ns {
+                self.pending_count.remove(&k);
+                continue;
+            }
+            if fresh.contains(&i) {
+                self.fresh.push(self.verdicts.len());
+            }
+            self.seen.insert(k, self.verdicts.len());
+            self.verdicts.push(v);
+        }
+        // Suppressed keys of a past burst may be concluded again now.
+        self.suppressed_keys.clear();
+        n - self.verdicts.len()
+    }
+
     pub fn prune(&mut self) {
         if self.pending_count.len() > 50_000 {
             let seen = &self.seen;
@@ -230,7 +260,9 @@ impl<'a> Ctx<'a> {
         e.0 = e.0.min(ts);
         e.1 += 1;
         if let Some(&i) = self.book.seen.get(key) {
-            self.book.verdicts[i].drops = e.1;
+            let v = &mut self.book.verdicts[i];
+            v.drops = e.1;
+            v.last_ns = v.last_ns.max(ts).max(self.now_ns);
         }
         *e
     }
@@ -289,6 +321,7 @@ impl<'a> Ctx<'a> {
             drops,
             latency_ms,
             fault: f.tier == Tier::Proven,
+            last_ns: self.now_ns,
         };
         let i = match existing {
             Some(i) => {

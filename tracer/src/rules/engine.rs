@@ -80,6 +80,11 @@ impl Engine {
         self.book.suppressed
     }
 
+    /// Forgets causes last seen before `before_ns` (see [`Book::expire`]).
+    pub fn expire(&mut self, before_ns: u64) -> usize {
+        self.book.expire(before_ns)
+    }
+
     pub fn now_ns(&self) -> u64 {
         self.now_ns
     }

@@ -137,4 +137,8 @@ pub struct Verdict {
     pub latency_ms: f64,
     /// True only for proven faults.
     pub fault: bool,
+    /// When a fact last counted towards this cause (the conclusion, or a
+    /// later drop of it): what `tracer agent` calls still active.
+    #[serde(skip)]
+    pub last_ns: u64,
 }

@@ -1,0 +1,455 @@
+//! `tracer agent` with real parts: a real Prometheus (Debian's package)
+//! scrapes it while the test makes the kernel drop a known number of
+//! packets; the agent runs with only the capabilities the DaemonSet
+//! grants, and names the one that is missing.
+
+use serde_json::Value;
+use std::io::{Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+use tracer_tests::{prefix, tracer_bin, Netlab};
+
+/// Datagrams the test sends; each is one IP_RPFILTER drop.
+const SENT: u64 = 7;
+
+/// An unfamiliar rp_filter conflict: `peer` sends from 10.62.7.7 into
+/// `edge`'s wan0, but `edge` routes 10.62.0.0/16 out svc0 (a veth to `svc`), and
+/// strict rp_filter drops every datagram. Returns the lab and edge's name.
+fn rpf_lab(test: &str) -> (Netlab, String) {
+    let mut lab = Netlab::new(&prefix(test)).unwrap();
+    lab.ns("peer").unwrap();
+    let edge = lab.ns("edge").unwrap();
+    lab.ns("svc").unwrap();
+    lab.veth("peer", "eth0", "edge", "wan0").unwrap();
+    lab.veth("svc", "eth0", "edge", "svc0").unwrap();
+    lab.exec(
+        "edge",
+        "ip link set wan0 address 02:00:00:00:61:01 && ip addr add 10.61.0.1/24 dev wan0 && \
+         ip addr add 10.62.0.1/16 dev svc0 && \
+         sysctl -qw net.ipv4.conf.all.rp_filter=1 net/ipv4/conf/wan0/rp_filter=1",
+    )
+    .unwrap();
+    // A static neighbour: edge would not answer ARP from 10.62.7.7 either.
+    lab.exec(
+        "peer",
+        "ip addr add 10.61.0.2/24 dev eth0 && ip addr add 10.62.7.7/32 dev eth0 && \
+         ip route add 10.61.0.1/32 dev eth0 src 10.62.7.7 && \
+         ip neigh replace 10.61.0.1 lladdr 02:00:00:00:61:01 dev eth0 nud permanent",
+    )
+    .unwrap();
+    (lab, edge)
+}
+
+fn send_drops(lab: &Netlab) {
+    lab.exec(
+        "peer",
+        &format!(
+            "for i in $(seq {SENT}); do bash -c 'echo x > /dev/udp/10.61.0.1/5999' || true; done"
+        ),
+    )
+    .unwrap();
+}
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// A plain HTTP/1.0 GET: (status, body); None if nothing listens.
+fn get(port: u16, path: &str) -> Option<(u16, String)> {
+    let mut s = TcpStream::connect(("127.0.0.1", port)).ok()?;
+    s.set_read_timeout(Some(Duration::from_secs(10))).ok()?;
+    write!(s, "GET {path} HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n").ok()?;
+    let mut buf = String::new();
+    s.read_to_string(&mut buf).ok()?;
+    let status = buf.split_whitespace().nth(1)?.parse().ok()?;
+    let body = buf.split_once("\r\n\r\n").map(|(_, b)| b.to_string())?;
+    Some((status, body))
+}
+
+fn urlencode(s: &str) -> String {
+    s.bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' => (b as char).to_string(),
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
+}
+
+/// The value of a metric line in a scrape, summed over the lines that
+/// contain every needle.
+fn scraped(body: &str, metric: &str, needles: &[&str]) -> u64 {
+    body.lines()
+        .filter(|l| l.starts_with(&format!("{metric}{{")))
+        .filter(|l| needles.iter().all(|n| l.contains(n)))
+        .map(|l| l.rsplit(' ').next().unwrap().parse::<f64>().unwrap() as u64)
+        .sum()
+}
+
+struct Agent {
+    child: Child,
+    port: u16,
+    log: PathBuf,
+}
+
+impl Agent {
+    /// `wrapper` runs in front of the tracer (setpriv ...).
+    fn spawn(wrapper: &[&str], netns: &[&str], log: PathBuf) -> (Agent, u16) {
+        let port = free_port();
+        let addr = format!("127.0.0.1:{port}");
+        let mut args: Vec<String> = wrapper.iter().map(|s| s.to_string()).collect();
+        args.push(tracer_bin().to_string_lossy().into_owned());
+        args.extend(["agent", "--metrics-addr", &addr].map(String::from));
+        for n in netns {
+            args.extend(["--netns".to_string(), n.to_string()]);
+        }
+        args.extend(["--log".to_string(), log.to_string_lossy().into_owned()]);
+        let child = Command::new(&args[0])
+            .args(&args[1..])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("start tracer agent");
+        (Agent { child, port, log }, port)
+    }
+
+    /// Waits for /healthz to answer 200 (it answers 503 while loading).
+    fn wait_healthy(&mut self) {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        let mut saw = Vec::new();
+        loop {
+            if let Some((code, _)) = get(self.port, "/healthz") {
+                if code == 200 {
+                    return;
+                }
+                saw.push(code);
+            }
+            if let Ok(Some(st)) = self.child.try_wait() {
+                panic!("agent exited with {st}: {}", self.stderr());
+            }
+            assert!(Instant::now() < deadline, "agent never healthy: {saw:?}");
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    fn stderr(&mut self) -> String {
+        let mut s = String::new();
+        if let Some(mut e) = self.child.stderr.take() {
+            let _ = e.read_to_string(&mut s);
+        }
+        s
+    }
+
+    /// SIGTERM: the agent must be gone (everything detached) within a second.
+    fn terminate(mut self) -> Vec<Value> {
+        let t0 = Instant::now();
+        unsafe { kill(self.child.id() as i32, 15) };
+        let st = loop {
+            if let Some(st) = self.child.try_wait().unwrap() {
+                break st;
+            }
+            assert!(
+                t0.elapsed() < Duration::from_secs(1),
+                "agent still running 1 s after SIGTERM"
+            );
+            std::thread::sleep(Duration::from_millis(5));
+        };
+        assert!(st.success(), "agent exited with {st}: {}", self.stderr());
+        std::fs::read_to_string(&self.log)
+            .unwrap_or_default()
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect()
+    }
+}
+
+impl Drop for Agent {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let _ = std::fs::remove_file(&self.log);
+    }
+}
+
+extern "C" {
+    fn kill(pid: i32, sig: i32) -> i32;
+}
+
+fn temp(name: &str) -> PathBuf {
+    std::env::temp_dir().join(format!("trtest-{}-{name}", std::process::id()))
+}
+
+/// A real Prometheus server scraping one target every 500 ms.
+struct Prometheus {
+    child: Child,
+    port: u16,
+    dir: PathBuf,
+}
+
+impl Prometheus {
+    fn start(target_port: u16) -> Prometheus {
+        let dir = temp("prometheus");
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let config = dir.join("prometheus.yml");
+        std::fs::write(
+            &config,
+            format!(
+                "global:\n  scrape_interval: 500ms\n  evaluation_interval: 500ms\n\
+                 scrape_configs:\n  - job_name: tracer\n    static_configs:\n      \
+                 - targets: ['127.0.0.1:{target_port}']\n"
+            ),
+        )
+        .unwrap();
+        let port = free_port();
+        let child = Command::new("prometheus")
+            .arg(format!("--config.file={}", config.display()))
+            .arg(format!(
+                "--storage.tsdb.path={}",
+                dir.join("data").display()
+            ))
+            .arg(format!("--web.listen-address=127.0.0.1:{port}"))
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start prometheus (cargo xtask test installs Debian's package)");
+        Prometheus { child, port, dir }
+    }
+
+    /// An instant query's result vector.
+    fn query(&self, q: &str) -> Option<Vec<Value>> {
+        let (code, body) = get(self.port, &format!("/api/v1/query?query={}", urlencode(q)))?;
+        if code != 200 {
+            return None;
+        }
+        let v: Value = serde_json::from_str(&body).ok()?;
+        v["data"]["result"].as_array().cloned()
+    }
+
+    /// The single value of a query, once it has one.
+    fn value(&self, q: &str) -> Option<f64> {
+        let r = self.query(q)?;
+        r.first()?["value"][1].as_str()?.parse().ok()
+    }
+
+    /// Polls `q` until `ok` holds for its value; returns the last value.
+    fn wait(&self, q: &str, timeout: Duration, ok: impl Fn(f64) -> bool) -> Option<f64> {
+        let deadline = Instant::now() + timeout;
+        let mut last = None;
+        while Instant::now() < deadline {
+            last = self.value(q);
+            if last.is_some_and(&ok) {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(250));
+        }
+        last
+    }
+}
+
+impl Drop for Prometheus {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+#[test]
+fn prometheus_counts_the_drops_caused_and_the_verdict() {
+    let (lab, edge) = rpf_lab("agprom");
+    let peer = lab.name("peer");
+    let (mut agent, port) = Agent::spawn(&[], &[&edge, &peer], temp("agprom.log"));
+    agent.wait_healthy();
+    let prom = Prometheus::start(port);
+    // Prometheus is up and has scraped the agent at least once.
+    let up = prom.wait(r#"up{job="tracer"}"#, Duration::from_secs(30), |v| v == 1.0);
+    assert_eq!(up, Some(1.0), "prometheus never scraped the agent");
+
+    send_drops(&lab);
+    let drops_q = format!(r#"sum(tracer_drops_total{{reason="IP_RPFILTER",netns="{edge}"}})"#);
+    let got = prom.wait(&drops_q, Duration::from_secs(20), |v| v >= SENT as f64);
+    assert_eq!(got, Some(SENT as f64), "{drops_q}");
+    let verdict_q = format!(
+        r#"sum(tracer_verdicts_total{{kind="rpfilter_route_conflict",tier="proven",netns="{edge}"}})"#
+    );
+    let v = prom.wait(&verdict_q, Duration::from_secs(20), |v| v >= 1.0);
+    assert!(v.is_some_and(|v| v >= 1.0), "{verdict_q}: {v:?}");
+    let active_q =
+        format!(r#"tracer_verdict_active{{kind="rpfilter_route_conflict",netns="{edge}"}}"#);
+    assert_eq!(prom.value(&active_q), Some(1.0), "{active_q}");
+    // Two more scrapes later, still exactly what was sent: nothing counted twice.
+    std::thread::sleep(Duration::from_millis(1200));
+    assert_eq!(prom.value(&drops_q), Some(SENT as f64), "{drops_q}");
+    let lost = prom.value("tracer_events_lost_total");
+    assert_eq!(lost, Some(0.0));
+    let build = prom.query(r#"tracer_build_info{hook!=""}"#).unwrap();
+    assert_eq!(build.len(), 1, "{build:?}");
+    let rss = prom.value("process_resident_memory_bytes").unwrap();
+    assert!(rss > 1e6, "{rss}");
+    // Print what the report quotes.
+    let (_, scrape) = get(port, "/metrics").unwrap();
+    for l in scrape.lines().filter(|l| l.contains(&edge)) {
+        eprintln!("scrape: {l}");
+    }
+    eprintln!("query: {drops_q} = {got:?}; {verdict_q} = {v:?}");
+
+    let log = agent.terminate();
+    let verdicts: Vec<&Value> = log.iter().filter(|v| v["type"] == "verdict").collect();
+    assert!(
+        verdicts
+            .iter()
+            .any(|v| v["kind"] == "rpfilter_route_conflict" && v["netns_name"] == edge.as_str()),
+        "{log:#?}"
+    );
+    // Drops are not logged unless asked (--log-drops).
+    assert!(!log.iter().any(|v| v["type"] == "drop"), "{log:#?}");
+    drop(lab);
+}
+
+const CAPS: &str = "bpf,+perfmon,+net_admin";
+
+fn setpriv(caps: &str) -> Vec<String> {
+    // noroot: uid 0 gains no capabilities on exec; the ambient set is all
+    // the agent holds.
+    let set = format!("-all,+{caps}");
+    vec![
+        "setpriv".into(),
+        "--securebits".into(),
+        "+noroot,+noroot_locked,+no_setuid_fixup,+no_setuid_fixup_locked".into(),
+        "--bounding-set".into(),
+        set.clone(),
+        "--inh-caps".into(),
+        set.clone(),
+        "--ambient-caps".into(),
+        set,
+        "--".into(),
+    ]
+}
+
+fn cap_eff(pid: u32) -> u64 {
+    let s = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let v = s.lines().find_map(|l| l.strip_prefix("CapEff:")).unwrap();
+    u64::from_str_radix(v.trim(), 16).unwrap()
+}
+
+#[test]
+fn agent_runs_with_only_bpf_perfmon_net_admin() {
+    let (lab, edge) = rpf_lab("agcaps");
+    let peer = lab.name("peer");
+    for (caps, verdict) in [
+        (CAPS.to_string(), false),
+        (format!("{CAPS},+sys_admin"), true),
+    ] {
+        let w = setpriv(&caps);
+        let w: Vec<&str> = w.iter().map(String::as_str).collect();
+        let (mut agent, port) = Agent::spawn(&w, &[&edge, &peer], temp("agcaps.log"));
+        agent.wait_healthy();
+        let want = (1u64 << 39) | (1 << 38) | (1 << 12) | if verdict { 1 << 21 } else { 0 };
+        assert_eq!(
+            cap_eff(agent.child.id()),
+            want,
+            "{caps}: the agent holds other capabilities"
+        );
+        send_drops(&lab);
+        let needles = ["reason=\"IP_RPFILTER\"", &format!("netns=\"{edge}\"")];
+        let deadline = Instant::now() + Duration::from_secs(15);
+        let (mut drops, mut verdicts) = (0, 0);
+        while Instant::now() < deadline {
+            let (_, body) = get(port, "/metrics").unwrap();
+            drops = scraped(&body, "tracer_drops_total", &needles);
+            verdicts = scraped(
+                &body,
+                "tracer_verdicts_total",
+                &["kind=\"rpfilter_route_conflict\""],
+            );
+            if drops >= SENT && (verdicts >= 1 || !verdict) {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(200));
+        }
+        assert_eq!(drops, SENT, "{caps}");
+        if verdict {
+            // Entering edge's namespace for its routes needs CAP_SYS_ADMIN.
+            assert!(verdicts >= 1, "{caps}: no verdict");
+        }
+        agent.terminate();
+    }
+    drop(lab);
+}
+
+#[test]
+fn agent_names_the_missing_capability() {
+    for (caps, missing) in [
+        ("perfmon,+net_admin", "CAP_BPF"),
+        ("bpf,+net_admin", "CAP_PERFMON"),
+    ] {
+        let out = Command::new("setpriv")
+            .args(&setpriv(caps)[1..])
+            .arg(tracer_bin())
+            .args(["agent", "--metrics-addr", "127.0.0.1:0"])
+            .stdin(Stdio::null())
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{caps}: {err}");
+        assert_eq!(err.lines().count(), 1, "{err}");
+        assert!(err.contains(&format!("lacks {missing} (")), "{caps}: {err}");
+    }
+    // Without CAP_SYS_ADMIN it runs, and says what that costs.
+    let (mut agent, _) = Agent::spawn(
+        &setpriv(CAPS).iter().map(String::as_str).collect::<Vec<_>>(),
+        &[],
+        temp("agwarn.log"),
+    );
+    agent.wait_healthy();
+    unsafe { kill(agent.child.id() as i32, 15) };
+    let err = agent.stderr();
+    assert!(err.contains("no CAP_SYS_ADMIN"), "{err}");
+}
+
+#[test]
+fn agent_bad_input_is_one_line() {
+    for (args, needle, code) in [
+        (
+            vec!["agent", "--metrics-addr", "nowhere"],
+            "bad --metrics-addr 'nowhere'",
+            1,
+        ),
+        (
+            vec![
+                "agent",
+                "--metrics-addr",
+                "127.0.0.1:0",
+                "--drop-labels",
+                "reason,pod",
+            ],
+            "unknown label 'pod'",
+            2,
+        ),
+        (
+            vec![
+                "agent",
+                "--metrics-addr",
+                "127.0.0.1:0",
+                "--max-series",
+                "0",
+            ],
+            "1 or more",
+            2,
+        ),
+        (vec!["agent"], "--metrics-addr", 2),
+    ] {
+        let (c, err) = tracer_tests::run_bad(&args);
+        assert_eq!(c, code, "{args:?}: {err}");
+        assert_eq!(err.trim().lines().count(), 1, "{err}");
+        assert!(err.contains(needle), "{args:?}: {err}");
+    }
+}

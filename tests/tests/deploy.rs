@@ -1,0 +1,124 @@
+//! The manifests under deploy/: validated offline against Kubernetes'
+//! schemas (PyPI's kubernetes-validate, which bundles them; `cargo xtask
+//! test` installs it in target/kv), and checked for what the agent needs.
+
+use serde_json::Value;
+use std::path::PathBuf;
+use std::process::Command;
+
+fn root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..")
+}
+
+fn validate(file: &std::path::Path) -> (bool, String) {
+    let out = Command::new(root().join("target/kv/bin/kubernetes-validate"))
+        .args(["--strict", "--kubernetes-version", "1.30.0"])
+        .arg(file)
+        .output()
+        .expect("kubernetes-validate (cargo xtask test installs it in target/kv)");
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    (out.status.success(), text)
+}
+
+/// Every document of a YAML file, as JSON (Debian's python3-yaml parses).
+fn documents(file: &str) -> Vec<Value> {
+    let out = Command::new("/usr/bin/python3")
+        .args([
+            "-c",
+            "import sys, json, yaml; print(json.dumps(list(yaml.safe_load_all(open(sys.argv[1])))))",
+        ])
+        .arg(root().join("deploy").join(file))
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
+#[test]
+fn daemonset_validates_against_the_kubernetes_schema() {
+    let file = root().join("deploy/daemonset.yaml");
+    let (ok, text) = validate(&file);
+    assert!(ok, "{text}");
+    for kind in ["namespace", "serviceaccount", "service", "daemonset"] {
+        assert!(
+            text.contains(&format!("passed for resource {kind}/")),
+            "{text}"
+        );
+    }
+    assert!(!text.contains("WARN") && !text.contains("ERROR"), "{text}");
+    // The validator does reject a broken manifest.
+    let bad = std::env::temp_dir().join(format!("trtest-{}-bad.yaml", std::process::id()));
+    let s = std::fs::read_to_string(&file).unwrap();
+    std::fs::write(&bad, s.replace("hostNetwork: true", "hostNetwork: \"yes\"")).unwrap();
+    let (ok, text) = validate(&bad);
+    let _ = std::fs::remove_file(&bad);
+    assert!(!ok, "a string hostNetwork passed: {text}");
+}
+
+#[test]
+fn daemonset_grants_only_the_listed_capabilities_and_mounts() {
+    let docs = documents("daemonset.yaml");
+    let ds = docs.iter().find(|d| d["kind"] == "DaemonSet").unwrap();
+    let pod = &ds["spec"]["template"]["spec"];
+    assert_eq!(pod["hostNetwork"], true);
+    assert_eq!(pod["hostPID"], true);
+    let c = &pod["containers"][0];
+    let sc = &c["securityContext"];
+    assert_eq!(sc["privileged"], false);
+    assert_eq!(sc["capabilities"]["drop"], serde_json::json!(["ALL"]));
+    assert_eq!(
+        sc["capabilities"]["add"],
+        serde_json::json!(["BPF", "PERFMON", "NET_ADMIN", "SYS_ADMIN", "SYS_PTRACE"])
+    );
+    assert_eq!(c["args"][0], "agent");
+    assert!(c["readinessProbe"]["httpGet"]["path"] == "/healthz");
+    assert!(c["resources"]["limits"]["memory"].is_string());
+    let mounts: Vec<(&str, bool)> = c["volumeMounts"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| (m["mountPath"].as_str().unwrap(), m["readOnly"] == true))
+        .collect();
+    for path in [
+        "/sys/kernel/btf",
+        "/sys/kernel/tracing",
+        "/run/netns",
+        "/host/proc",
+    ] {
+        assert!(
+            mounts.contains(&(path, true)),
+            "{path} read-only: {mounts:?}"
+        );
+    }
+    assert!(
+        mounts.iter().any(|(p, ro)| p.ends_with(".sock") && *ro),
+        "runtime socket read-only: {mounts:?}"
+    );
+    let ann = &ds["spec"]["template"]["metadata"]["annotations"];
+    assert_eq!(ann["prometheus.io/scrape"], "true");
+    assert_eq!(ann["prometheus.io/port"], "9431");
+}
+
+#[test]
+fn servicemonitor_selects_the_agent_service() {
+    // No schema ships for this CRD: parsed, and matched to the Service.
+    let sm = &documents("servicemonitor.yaml")[0];
+    assert_eq!(sm["kind"], "ServiceMonitor");
+    let docs = documents("daemonset.yaml");
+    let svc = docs.iter().find(|d| d["kind"] == "Service").unwrap();
+    for (k, v) in sm["spec"]["selector"]["matchLabels"].as_object().unwrap() {
+        assert_eq!(&svc["metadata"]["labels"][k], v);
+    }
+    assert_eq!(
+        sm["spec"]["endpoints"][0]["port"],
+        svc["spec"]["ports"][0]["name"]
+    );
+}

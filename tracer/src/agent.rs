@@ -1,0 +1,818 @@
+//! `tracer agent`: the diagnose probes and rules, long-running, for a
+//! fleet. Drops and verdicts become Prometheus metrics on `GET /metrics`
+//! (text exposition by `prometheus-client`, served by hyper on the same
+//! tokio runtime as the event loop); verdicts (and, on request, drops) go
+//! as JSON lines to stdout or a file for a log pipeline.
+//!
+//! Memory stays bounded whatever the namespace churn: every labelled
+//! family holds at most `max_series` series (new label sets past that are
+//! counted in an `other` series), series idle for `series_idle` are
+//! removed, and causes not seen for twice the active window are forgotten
+//! by the rules engine.
+
+use crate::aggregate::AggregateRecord;
+use crate::diagnose::Diagnoser;
+use crate::event::DropRecord;
+use crate::record::wall_now_ns;
+use crate::rules::Verdict;
+use crate::watch::{Consumer, Session, TraceOptions, Tracer};
+use anyhow::{anyhow, bail, Result};
+use bytes::Bytes;
+use http_body_util::Full;
+use hyper::{Method, Request, Response, StatusCode};
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::registry::Registry;
+use std::collections::HashMap;
+use std::hash::Hash;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+use tracer_abi::{DropEvent, NeighEvent, SynEvent};
+
+/// The label value of the series that counts label sets past the limit.
+pub const OTHER: &str = "other";
+
+/// Names the container behind a network namespace. The agent asks once
+/// per drop and verdict, so an implementation caches (the Docker API one
+/// lives on another branch); with none, `container` is empty.
+pub trait ContainerLookup: Send {
+    fn container(&mut self, netns: u32) -> Option<String>;
+}
+
+/// Which labels `tracer_drops_total` carries; the others stay empty.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct DropLabelChoice {
+    pub reason: bool,
+    pub netns: bool,
+    pub container: bool,
+    pub ifname: bool,
+}
+
+impl Default for DropLabelChoice {
+    fn default() -> Self {
+        DropLabelChoice {
+            reason: true,
+            netns: true,
+            container: true,
+            ifname: true,
+        }
+    }
+}
+
+impl DropLabelChoice {
+    /// `reason,netns` and the like; an empty list or unknown name is refused.
+    pub fn parse(s: &str) -> Result<Self> {
+        let mut c = DropLabelChoice {
+            reason: false,
+            netns: false,
+            container: false,
+            ifname: false,
+        };
+        for w in s.split(',').map(str::trim) {
+            match w {
+                "reason" => c.reason = true,
+                "netns" => c.netns = true,
+                "container" => c.container = true,
+                "ifname" => c.ifname = true,
+                "" => bail!("empty label in --drop-labels '{s}'"),
+                _ => bail!(
+                    "unknown label '{w}' in --drop-labels: choose from reason, netns, container, ifname"
+                ),
+            }
+        }
+        Ok(c)
+    }
+}
+
+/// What `tracer agent` was asked to do.
+pub struct AgentOptions {
+    pub metrics_addr: String,
+    /// netns, hook, btf and the log file (`output_path`).
+    pub trace: TraceOptions,
+    /// Also log drops (and storm aggregates, SYN and neighbour context).
+    pub log_drops: bool,
+    pub labels: DropLabelChoice,
+    /// Series per labelled metric before new label sets count as `other`.
+    pub max_series: usize,
+    /// A cause counts as active this long after its last drop.
+    pub active_window: Duration,
+    /// A series that has not grown for this long is removed.
+    pub series_idle: Duration,
+    pub containers: Option<Box<dyn ContainerLookup>>,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct DropLabels {
+    pub reason: String,
+    pub netns: String,
+    pub container: String,
+    pub ifname: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct VerdictLabels {
+    pub kind: String,
+    pub tier: String,
+    pub netns: String,
+    pub container: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct BuildLabels {
+    version: String,
+    kernel: String,
+    hook: String,
+}
+
+/// A counter family with at most `max` series (plus the `other` ones,
+/// which are as few as the labels kept whole: reasons, kinds).
+pub struct Bounded<L: Clone + Hash + Eq> {
+    pub family: Family<L, Counter>,
+    last: HashMap<L, Instant>,
+    max: usize,
+    other: fn(&L) -> L,
+}
+
+impl<L> Bounded<L>
+where
+    L: Clone + Hash + Eq + std::fmt::Debug + EncodeLabelSet + Send + Sync + 'static,
+{
+    pub fn new(max: usize, other: fn(&L) -> L) -> Self {
+        Bounded {
+            family: Family::default(),
+            last: HashMap::new(),
+            max,
+            other,
+        }
+    }
+
+    pub fn add(&mut self, l: L, n: u64, now: Instant) {
+        if n == 0 {
+            return;
+        }
+        let other = (self.other)(&l);
+        let key = if l == other || self.last.contains_key(&l) || self.series() < self.max {
+            l
+        } else {
+            other
+        };
+        self.last.insert(key.clone(), now);
+        self.family.get_or_create(&key).inc_by(n);
+    }
+
+    /// Series other than the `other` ones.
+    pub fn series(&self) -> usize {
+        self.last.keys().filter(|l| **l != (self.other)(l)).count()
+    }
+
+    /// Removes the series that did not grow since `before` (their rate
+    /// is zero; a label set that comes back starts from its new count).
+    pub fn sweep(&mut self, before: Instant) {
+        let family = &self.family;
+        self.last.retain(|l, t| {
+            let keep = *t >= before;
+            if !keep {
+                family.remove(l);
+            }
+            keep
+        });
+    }
+}
+
+fn drop_other(l: &DropLabels) -> DropLabels {
+    let o = |v: &str| {
+        if v.is_empty() {
+            String::new()
+        } else {
+            OTHER.to_string()
+        }
+    };
+    DropLabels {
+        reason: l.reason.clone(),
+        netns: o(&l.netns),
+        container: o(&l.container),
+        ifname: o(&l.ifname),
+    }
+}
+
+fn verdict_other(l: &VerdictLabels) -> VerdictLabels {
+    VerdictLabels {
+        kind: l.kind.clone(),
+        tier: l.tier.clone(),
+        netns: OTHER.to_string(),
+        container: String::new(),
+    }
+}
+
+/// Everything the agent exports.
+pub struct Metrics {
+    pub drops: Bounded<DropLabels>,
+    pub verdicts: Bounded<VerdictLabels>,
+    pub active: Family<VerdictLabels, Gauge>,
+    pub lost: Counter,
+    pub matched: Counter,
+    build: Family<BuildLabels, Gauge>,
+    process: Process,
+}
+
+/// The process's own metrics, read from /proc/self at each scrape.
+#[derive(Default)]
+struct Process {
+    cpu: Counter<f64, AtomicU64>,
+    cpu_seen: Mutex<f64>,
+    rss: Gauge,
+    vsize: Gauge,
+    fds: Gauge,
+    start: Gauge<f64, AtomicU64>,
+}
+
+impl Process {
+    fn refresh(&self) {
+        let Ok(stat) = std::fs::read_to_string("/proc/self/stat") else {
+            return;
+        };
+        // Fields after the command name, which may hold spaces.
+        let Some(rest) = stat.rsplit_once(')').map(|(_, r)| r) else {
+            return;
+        };
+        let f: Vec<&str> = rest.split_whitespace().collect();
+        let num = |i: usize| f.get(i).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0);
+        // SAFETY: sysconf only reads configuration.
+        let tck = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as f64;
+        let page = unsafe { libc::sysconf(libc::_SC_PAGESIZE) }.max(1) as i64;
+        // rest[0] is field 3 (state): utime 14, stime 15, starttime 22,
+        // vsize 23, rss 24.
+        let cpu = (num(11) + num(12)) as f64 / tck;
+        let mut seen = self.cpu_seen.lock().unwrap_or_else(|e| e.into_inner());
+        if cpu > *seen {
+            self.cpu.inc_by(cpu - *seen);
+            *seen = cpu;
+        }
+        self.vsize.set(num(20) as i64);
+        self.rss.set(num(21) as i64 * page);
+        let btime = std::fs::read_to_string("/proc/stat")
+            .ok()
+            .and_then(|s| {
+                s.lines()
+                    .find_map(|l| l.strip_prefix("btime "))
+                    .and_then(|v| v.trim().parse::<u64>().ok())
+            })
+            .unwrap_or(0);
+        self.start.set(btime as f64 + num(19) as f64 / tck);
+        if let Ok(rd) = std::fs::read_dir("/proc/self/fd") {
+            self.fds.set(rd.count() as i64);
+        }
+    }
+}
+
+impl Metrics {
+    pub fn new(max_series: usize) -> Self {
+        Metrics {
+            drops: Bounded::new(max_series, drop_other),
+            verdicts: Bounded::new(max_series, verdict_other),
+            active: Family::default(),
+            lost: Counter::default(),
+            matched: Counter::default(),
+            build: Family::default(),
+            process: Process::default(),
+        }
+    }
+
+    /// A registry over these metrics (they share their values with it).
+    pub fn registry(&self) -> Registry {
+        let mut r = Registry::default();
+        r.register(
+            "tracer_drops",
+            "Packets the kernel dropped, sampled and aggregated in storms alike",
+            self.drops.family.clone(),
+        );
+        r.register(
+            "tracer_verdicts",
+            "Root causes concluded (a cause seen again after it was forgotten counts again)",
+            self.verdicts.family.clone(),
+        );
+        r.register(
+            "tracer_verdict_active",
+            "Causes of this kind still observed within the active window",
+            self.active.clone(),
+        );
+        r.register(
+            "tracer_events_lost",
+            "Drop events the kernel matched but could not queue (ring buffer full)",
+            self.lost.clone(),
+        );
+        r.register(
+            "tracer_kernel_drops_matched",
+            "Drops the kernel matched: the sum of tracer_drops_total plus lost events",
+            self.matched.clone(),
+        );
+        r.register(
+            "tracer_build_info",
+            "Version, kernel release and drop hook",
+            self.build.clone(),
+        );
+        let p = &self.process;
+        r.register(
+            "process_cpu_seconds",
+            "User and system CPU time",
+            p.cpu.clone(),
+        );
+        r.register(
+            "process_resident_memory_bytes",
+            "Resident memory",
+            p.rss.clone(),
+        );
+        r.register(
+            "process_virtual_memory_bytes",
+            "Virtual memory",
+            p.vsize.clone(),
+        );
+        r.register("process_open_fds", "Open file descriptors", p.fds.clone());
+        r.register(
+            "process_start_time_seconds",
+            "Start time since the Unix epoch",
+            p.start.clone(),
+        );
+        r
+    }
+}
+
+/// Shared between the event loop and the HTTP server.
+struct Shared {
+    registry: Registry,
+    metrics: Arc<Mutex<Metrics>>,
+    ready: AtomicBool,
+}
+
+/// The agent's consumer: the diagnoser, plus the metrics.
+pub struct Agent {
+    diag: Diagnoser,
+    metrics: Arc<Mutex<Metrics>>,
+    labels: DropLabelChoice,
+    containers: Option<Box<dyn ContainerLookup>>,
+    active_window: Duration,
+    series_idle: Duration,
+    log_drops: bool,
+    last_lost: u64,
+    last_matched: u64,
+    ticks: u64,
+}
+
+impl Agent {
+    fn container(&mut self, netns: u32) -> String {
+        self.containers
+            .as_mut()
+            .and_then(|c| c.container(netns))
+            .unwrap_or_default()
+    }
+
+    fn netns_label(name: &Option<String>, netns: u32, own: u32) -> String {
+        match name {
+            Some(n) => n.clone(),
+            None if netns != 0 && netns == own => "host".to_string(),
+            None => String::new(),
+        }
+    }
+
+    fn drop_labels(&mut self, d: &DropRecord, own: u32) -> DropLabels {
+        let c = self.labels;
+        DropLabels {
+            reason: if c.reason {
+                d.reason.clone()
+            } else {
+                String::new()
+            },
+            netns: if c.netns {
+                Self::netns_label(&d.netns_name, d.netns, own)
+            } else {
+                String::new()
+            },
+            container: if c.container {
+                self.container(d.netns)
+            } else {
+                String::new()
+            },
+            ifname: match (&d.ifname, c.ifname) {
+                (Some(n), true) => n.clone(),
+                _ => String::new(),
+            },
+        }
+    }
+
+    fn verdict_labels(&mut self, v: &Verdict, own: u32) -> VerdictLabels {
+        VerdictLabels {
+            kind: v.kind.to_string(),
+            tier: v.tier.as_str().to_string(),
+            netns: Self::netns_label(&v.netns_name, v.netns, own),
+            container: self.container(v.netns),
+        }
+    }
+
+    fn count_verdicts(&mut self, own: u32) {
+        let now = Instant::now();
+        for v in self.diag.take_emitted() {
+            let l = self.verdict_labels(&v, own);
+            self.lock().verdicts.add(l, 1, now);
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Metrics> {
+        self.metrics.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Once a second: kernel counters, active causes; every 10 s forget
+    /// what is old.
+    fn second(&mut self, s: &mut Session) {
+        let k = s.summary.kernel;
+        {
+            let m = self.lock();
+            m.lost.inc_by(k.lost.saturating_sub(self.last_lost));
+            m.matched
+                .inc_by(k.drops_matched.saturating_sub(self.last_matched));
+        }
+        self.last_lost = self.last_lost.max(k.lost);
+        self.last_matched = self.last_matched.max(k.drops_matched);
+        let now_ns = wall_now_ns();
+        let window = self.active_window.as_nanos() as u64;
+        if self.ticks.is_multiple_of(40) {
+            self.diag.expire(now_ns.saturating_sub(2 * window));
+            let before = Instant::now()
+                .checked_sub(self.series_idle)
+                .unwrap_or_else(Instant::now);
+            let mut m = self.lock();
+            m.drops.sweep(before);
+            m.verdicts.sweep(before);
+        }
+        // Rebuilt whole: a cause the engine forgot leaves no series; one
+        // it remembers but no longer sees reads 0.
+        let mut active: HashMap<VerdictLabels, i64> = HashMap::new();
+        let own = s.own_netns;
+        let verdicts: Vec<Verdict> = self.diag.verdicts().to_vec();
+        for v in &verdicts {
+            let l = self.verdict_labels(v, own);
+            let on = i64::from(v.last_ns >= now_ns.saturating_sub(window));
+            *active.entry(l).or_default() += on;
+        }
+        let m = self.lock();
+        m.active.clear();
+        for (l, n) in active {
+            m.active.get_or_create(&l).set(n);
+        }
+    }
+}
+
+impl Consumer for Agent {
+    fn drop(&mut self, raw: &DropEvent, s: &mut Session) -> std::io::Result<bool> {
+        let rec = s.namer.drop_record(raw);
+        let l = self.drop_labels(&rec, s.own_netns);
+        self.lock().drops.add(l, 1, Instant::now());
+        self.diag.on_drop(rec, s)?;
+        self.count_verdicts(s.own_netns);
+        Ok(true)
+    }
+
+    fn syn(&mut self, raw: &SynEvent, s: &mut Session) -> std::io::Result<()> {
+        Consumer::syn(&mut self.diag, raw, s)?;
+        self.count_verdicts(s.own_netns);
+        Ok(())
+    }
+
+    fn neigh(&mut self, raw: &NeighEvent, s: &mut Session) -> std::io::Result<()> {
+        Consumer::neigh(&mut self.diag, raw, s)?;
+        self.count_verdicts(s.own_netns);
+        Ok(())
+    }
+
+    fn aggregates(&mut self, recs: &[AggregateRecord], s: &mut Session) -> std::io::Result<()> {
+        let now = Instant::now();
+        for r in recs {
+            let l = self.drop_labels(&r.as_drop, s.own_netns);
+            self.lock().drops.add(l, r.count, now);
+        }
+        if self.log_drops {
+            s.out.aggregates(recs)?;
+        }
+        Ok(())
+    }
+
+    fn tick(&mut self, s: &mut Session) -> std::io::Result<()> {
+        Consumer::tick(&mut self.diag, s)?;
+        self.count_verdicts(s.own_netns);
+        self.ticks += 1;
+        if self.ticks.is_multiple_of(4) {
+            self.second(s);
+        }
+        Ok(())
+    }
+
+    fn finish(&mut self, s: &mut Session) -> std::io::Result<()> {
+        Consumer::finish(&mut self.diag, s)?;
+        self.count_verdicts(s.own_netns);
+        Ok(())
+    }
+}
+
+/// Capabilities (bit, name, what for) the agent checks before loading.
+const NEEDED: [(u32, &str, &str); 2] = [
+    (39, "CAP_BPF", "to load the eBPF programs and maps"),
+    (
+        38,
+        "CAP_PERFMON",
+        "to attach tracing programs and read kernel memory",
+    ),
+];
+const CAP_SYS_ADMIN: u32 = 21;
+
+fn effective_caps() -> u64 {
+    std::fs::read_to_string("/proc/self/status")
+        .unwrap_or_default()
+        .lines()
+        .find_map(|l| l.strip_prefix("CapEff:"))
+        .and_then(|v| u64::from_str_radix(v.trim(), 16).ok())
+        .unwrap_or(0)
+}
+
+/// One clear line naming the first capability missing, before any load
+/// (the kernel would only say EPERM).
+pub fn check_capabilities(eff: u64) -> Result<()> {
+    if eff & (1 << CAP_SYS_ADMIN) != 0 {
+        return Ok(());
+    }
+    let missing: Vec<String> = NEEDED
+        .iter()
+        .filter(|(bit, ..)| eff & (1u64 << bit) == 0)
+        .map(|(_, n, why)| format!("{n} ({why})"))
+        .collect();
+    if !missing.is_empty() {
+        bail!(
+            "tracer agent lacks {}: grant it (securityContext.capabilities.add, setpriv --ambient-caps, or AmbientCapabilities=) or run as root",
+            missing.join(" and ")
+        );
+    }
+    Ok(())
+}
+
+fn kernel_release() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/osrelease")
+        .map(|s| s.trim().to_string())
+        .unwrap_or_default()
+}
+
+/// `tracer agent`: bind, load, attach, serve until SIGTERM/SIGINT.
+pub async fn run(mut opts: AgentOptions, started: Instant) -> Result<()> {
+    let addr: SocketAddr = tokio::net::lookup_host(&opts.metrics_addr)
+        .await
+        .ok()
+        .and_then(|mut a| a.next())
+        .ok_or_else(|| {
+            anyhow!(
+                "bad --metrics-addr '{}': give HOST:PORT, e.g. 0.0.0.0:9431",
+                opts.metrics_addr
+            )
+        })?;
+    check_capabilities(effective_caps())?;
+    if effective_caps() & (1 << CAP_SYS_ADMIN) == 0 {
+        eprintln!(
+            "tracer: warning: no CAP_SYS_ADMIN: the topology of other network namespaces (their routes, needed for most verdicts there) cannot be read; drops are still counted"
+        );
+    }
+    let listener = tokio::net::TcpListener::bind(addr)
+        .await
+        .map_err(|e| anyhow!("cannot listen on {addr}: {e}"))?;
+    let metrics = Arc::new(Mutex::new(Metrics::new(opts.max_series)));
+    let registry = metrics.lock().unwrap().registry();
+    let shared = Arc::new(Shared {
+        registry,
+        metrics: metrics.clone(),
+        ready: AtomicBool::new(false),
+    });
+    let server = tokio::spawn(serve(listener, shared.clone()));
+
+    opts.trace.format = Some(crate::output::Format::Json);
+    opts.trace.no_aggregate = false;
+    let tracer = Tracer::start(&opts.trace, true, started)?;
+    metrics
+        .lock()
+        .unwrap()
+        .build
+        .get_or_create(&BuildLabels {
+            version: env!("CARGO_PKG_VERSION").to_string(),
+            kernel: kernel_release(),
+            hook: tracer.hook(),
+        })
+        .set(1);
+    let mut diag = Diagnoser::new(opts.log_drops);
+    diag.keep_emitted = true;
+    let mut agent = Agent {
+        diag,
+        metrics,
+        labels: opts.labels,
+        containers: opts.containers.take(),
+        active_window: opts.active_window,
+        series_idle: opts.series_idle,
+        log_drops: opts.log_drops,
+        last_lost: 0,
+        last_matched: 0,
+        ticks: 0,
+    };
+    shared.ready.store(true, Ordering::SeqCst);
+    eprintln!("tracer: agent serving http://{addr}/metrics");
+    let r = tracer.run(&mut agent).await;
+    shared.ready.store(false, Ordering::SeqCst);
+    server.abort();
+    r.map(|_| ())
+}
+
+async fn serve(listener: tokio::net::TcpListener, shared: Arc<Shared>) {
+    loop {
+        let Ok((stream, _)) = listener.accept().await else {
+            // Out of fds and the like: try again shortly.
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            continue;
+        };
+        let shared = shared.clone();
+        tokio::spawn(async move {
+            let svc = hyper::service::service_fn(move |req| {
+                let shared = shared.clone();
+                async move { Ok::<_, std::convert::Infallible>(handle(&shared, &req)) }
+            });
+            let conn = hyper::server::conn::http1::Builder::new()
+                .timer(hyper_util::rt::TokioTimer::new())
+                .header_read_timeout(Duration::from_secs(10))
+                .serve_connection(hyper_util::rt::TokioIo::new(stream), svc);
+            // A stuck client holds no connection for long.
+            let _ = tokio::time::timeout(Duration::from_secs(60), conn).await;
+        });
+    }
+}
+
+fn handle(shared: &Shared, req: &Request<hyper::body::Incoming>) -> Response<Full<Bytes>> {
+    let reply = |code: StatusCode, ctype: &str, body: String| {
+        Response::builder()
+            .status(code)
+            .header("content-type", ctype)
+            .body(Full::new(Bytes::from(body)))
+            .expect("static response parts")
+    };
+    if req.method() != Method::GET && req.method() != Method::HEAD {
+        return reply(
+            StatusCode::METHOD_NOT_ALLOWED,
+            "text/plain",
+            "GET only\n".into(),
+        );
+    }
+    match req.uri().path() {
+        "/metrics" => {
+            shared
+                .metrics
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .process
+                .refresh();
+            let mut body = String::new();
+            if prometheus_client::encoding::text::encode(&mut body, &shared.registry).is_err() {
+                return reply(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    "text/plain",
+                    "encoding failed\n".into(),
+                );
+            }
+            reply(
+                StatusCode::OK,
+                "application/openmetrics-text; version=1.0.0; charset=utf-8",
+                body,
+            )
+        }
+        "/healthz" if shared.ready.load(Ordering::SeqCst) => {
+            reply(StatusCode::OK, "text/plain", "ok\n".into())
+        }
+        "/healthz" => reply(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "text/plain",
+            "probes not attached\n".into(),
+        ),
+        _ => reply(
+            StatusCode::NOT_FOUND,
+            "text/plain",
+            "try /metrics or /healthz\n".into(),
+        ),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn dl(reason: &str, netns: &str) -> DropLabels {
+        DropLabels {
+            reason: reason.into(),
+            netns: netns.into(),
+            container: String::new(),
+            ifname: "eth0".into(),
+        }
+    }
+
+    fn text(m: &Metrics) -> String {
+        let mut s = String::new();
+        prometheus_client::encoding::text::encode(&mut s, &m.registry()).unwrap();
+        s
+    }
+
+    #[test]
+    fn drops_past_the_limit_go_to_other_and_totals_stay_exact() {
+        let mut m = Metrics::new(2);
+        let now = Instant::now();
+        m.drops.add(dl("IP_RPFILTER", "a"), 3, now);
+        m.drops.add(dl("IP_RPFILTER", "b"), 4, now);
+        m.drops.add(dl("IP_RPFILTER", "c"), 5, now);
+        m.drops.add(dl("NO_SOCKET", "d"), 6, now);
+        m.drops.add(dl("IP_RPFILTER", "a"), 1, now);
+        let t = text(&m);
+        assert!(
+            t.contains(
+                r#"tracer_drops_total{reason="IP_RPFILTER",netns="a",container="",ifname="eth0"} 4"#
+            ),
+            "{t}"
+        );
+        assert!(
+            t.contains(r#"tracer_drops_total{reason="IP_RPFILTER",netns="other",container="",ifname="other"} 5"#),
+            "{t}"
+        );
+        assert!(
+            t.contains(r#"tracer_drops_total{reason="NO_SOCKET",netns="other",container="",ifname="other"} 6"#),
+            "{t}"
+        );
+        assert_eq!(m.drops.series(), 2);
+        let total: u64 = t
+            .lines()
+            .filter(|l| l.starts_with("tracer_drops_total{"))
+            .map(|l| l.rsplit(' ').next().unwrap().parse::<u64>().unwrap())
+            .sum();
+        assert_eq!(total, 3 + 4 + 5 + 6 + 1);
+    }
+
+    #[test]
+    fn churn_never_grows_past_the_limit_and_idle_series_go() {
+        let mut m = Metrics::new(50);
+        let t0 = Instant::now();
+        for i in 0..10_000 {
+            m.drops.add(dl("IP_RPFILTER", &format!("ns{i}")), 1, t0);
+        }
+        assert_eq!(m.drops.series(), 50);
+        assert_eq!(m.drops.last.len(), 51);
+        m.drops.sweep(t0 + Duration::from_secs(1));
+        assert!(m.drops.last.is_empty());
+        assert!(!text(&m).contains("tracer_drops_total{"));
+        // Room again for new label sets.
+        m.drops.add(dl("IP_RPFILTER", "new"), 1, t0);
+        assert!(text(&m).contains(r#"netns="new""#));
+    }
+
+    #[test]
+    fn label_choice() {
+        let c = DropLabelChoice::parse("reason,netns").unwrap();
+        assert!(c.reason && c.netns && !c.container && !c.ifname);
+        let e = DropLabelChoice::parse("reason,pod")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("unknown label 'pod'"), "{e}");
+        assert!(DropLabelChoice::parse("").is_err());
+    }
+
+    #[test]
+    fn missing_capabilities_are_named() {
+        let bpf = 1u64 << 39;
+        let perfmon = 1u64 << 38;
+        let net_admin = 1u64 << 12;
+        assert!(check_capabilities(bpf | perfmon | net_admin).is_ok());
+        assert!(check_capabilities(1 << 21).is_ok());
+        let e = check_capabilities(perfmon | net_admin)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("lacks CAP_BPF (") && !e.contains("CAP_PERFMON"),
+            "{e}"
+        );
+        let e = check_capabilities(bpf).unwrap_err().to_string();
+        assert!(e.contains("lacks CAP_PERFMON ("), "{e}");
+    }
+
+    #[test]
+    fn process_metrics_are_read() {
+        let m = Metrics::new(1);
+        m.process.refresh();
+        let t = text(&m);
+        let rss: f64 = t
+            .lines()
+            .find_map(|l| l.strip_prefix("process_resident_memory_bytes "))
+            .unwrap()
+            .parse()
+            .unwrap();
+        assert!(rss > 1e6, "{t}");
+        assert!(t.contains("process_cpu_seconds_total"), "{t}");
+    }
+}
