@@ -136,9 +136,30 @@ impl Diagnoser {
         Ok(news)
     }
 
+    /// Prints the new verdicts; in pcapng they become comments of the
+    /// next packet (or, at the end, of the statistics block).
     fn emit(&mut self, s: &mut Session) -> std::io::Result<()> {
+        let lines = self.emit_lines(s)?;
+        if let Some(p) = &mut s.pcap {
+            for l in lines {
+                p.note(l);
+            }
+        }
+        Ok(())
+    }
+
+    /// Prints the new verdicts; returns them in one line each (for the
+    /// pcapng comment of the drop that proved them).
+    fn emit_lines(&mut self, s: &mut Session) -> std::io::Result<Vec<String>> {
+        let mut lines = Vec::new();
         for v in self.engine.take_new() {
             crate::output::verdict::print(&mut s.out, &v)?;
+            lines.push(format!(
+                "verdict {} ({}): {}",
+                v.kind,
+                v.tier.as_str(),
+                v.summary
+            ));
         }
         if let Some((kinds, n)) = &self.stop_when {
             let v = self.engine.verdicts();
@@ -149,7 +170,7 @@ impl Diagnoser {
                 n.notify_one();
             }
         }
-        Ok(())
+        Ok(lines)
     }
 }
 
@@ -186,13 +207,22 @@ fn conclude_summary(
 
 impl Consumer for Diagnoser {
     fn drop(&mut self, raw: &DropEvent, s: &mut Session) -> std::io::Result<bool> {
-        let rec = s.namer.drop_record(raw);
+        let (rec, extra) = s.name_drop(raw);
         s.summary.count(&rec);
         if self.show_drops {
             s.out.drop(&rec)?;
         }
-        self.feed(&Fact::Drop(rec), s)?;
-        self.emit(s)?;
+        if s.pcap.is_none() {
+            self.feed(&Fact::Drop(rec), s)?;
+            self.emit(s)?;
+            return Ok(true);
+        }
+        let fact = Fact::Drop(rec);
+        self.feed(&fact, s)?;
+        let verdicts = self.emit_lines(s)?;
+        if let Fact::Drop(rec) = &fact {
+            s.capture(rec, extra.as_ref(), &verdicts)?;
+        }
         Ok(true)
     }
 

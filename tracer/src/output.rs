@@ -1,6 +1,7 @@
 //! How records reach the user: one aligned, coloured line per drop for a
 //! person, or one JSON object per line for a program; and the summary.
 
+pub mod pcapng;
 pub mod verdict;
 
 use crate::aggregate::AggregateRecord;
@@ -46,6 +47,23 @@ impl Output {
             out: Box::new(std::io::BufWriter::with_capacity(
                 1 << 16,
                 std::io::stdout(),
+            )),
+            header_done: false,
+            own_netns,
+        }
+    }
+
+    /// Lines to stderr: stdout carries the pcapng of `-w -`.
+    pub fn stderr(format: Format, own_netns: u32) -> Self {
+        let color = format == Format::Text
+            && std::io::stderr().is_terminal()
+            && std::env::var_os("NO_COLOR").is_none();
+        Output {
+            format,
+            color,
+            out: Box::new(std::io::BufWriter::with_capacity(
+                1 << 16,
+                std::io::stderr(),
             )),
             header_done: false,
             own_netns,
@@ -124,7 +142,14 @@ impl Output {
             "{time:<15} {ns:<18} {dev:<16} {reason} {:<30} {:>5}  {flow}",
             d.location, d.len
         );
-        self.line(&line)
+        self.line(&line)?;
+        if let Some(stack) = &d.stack {
+            for f in stack {
+                let l = self.paint(DIM, &format!("{:>15}   at {f}", ""));
+                self.line(&l)?;
+            }
+        }
+        Ok(())
     }
 
     pub fn syn(&mut self, s: &SynRecord) -> std::io::Result<()> {

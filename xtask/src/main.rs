@@ -24,7 +24,7 @@ const BUILD_PACKAGES: &[&str] = &[
     "libzstd-dev",
     "zlib1g-dev",
 ];
-const RUN_PACKAGES: &[&str] = &["iproute2", "iputils-ping", "iptables", "procps"];
+const RUN_PACKAGES: &[&str] = &["iproute2", "iputils-ping", "iptables", "procps", "tshark"];
 const BENCH_PACKAGES: &[&str] = &["iperf3", "bpftrace"];
 const BPF_LINKER_VERSION: &str = "0.13.0";
 
