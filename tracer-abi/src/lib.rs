@@ -20,6 +20,35 @@ pub const KIND_NEIGH: u32 = 3;
 /// its kernel stack and its bytes. Sent by the same program run on the
 /// same CPU right before the `DropEvent` it belongs to (see `DropExtra`).
 pub const KIND_DROP_EXTRA: u32 = 4;
+/// One place a followed packet passed (`tracer trace`).
+pub const KIND_HOP: u32 = 5;
+
+/// `HopEvent::event`.
+pub const HOP_RECEIVE: u32 = 1;
+pub const HOP_QUEUE: u32 = 2;
+pub const HOP_XMIT: u32 = 3;
+pub const HOP_CONSUME: u32 = 4;
+
+/// A followed packet seen at a tracepoint: `net:netif_receive_skb`,
+/// `net:net_dev_queue`, `net:net_dev_xmit` or `skb:consume_skb`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct HopEvent {
+    /// `KIND_HOP`.
+    pub kind: u32,
+    /// `HOP_*`.
+    pub event: u32,
+    pub ts_ns: u64,
+    /// The `struct sk_buff` address now.
+    pub skb: u64,
+    /// The packet's identity: set when it was first seen matching.
+    pub id: u64,
+    pub netns: u32,
+    pub ifindex: i32,
+    pub len: u32,
+    pub cpu: u32,
+    pub flow: Flow,
+}
 
 /// `nud_state` values the neighbour probe reports.
 pub const NUD_INCOMPLETE: u8 = 0x01;
@@ -241,12 +270,17 @@ pub struct Config {
     pub extra: u32,
     /// Packet bytes to copy with `EXTRA_PACKET`, at most `MAX_SNAPLEN`.
     pub snaplen: u32,
+    /// 1 to follow matching packets through the host (`tracer trace`).
+    pub trace: u32,
+    pub _pad2: u32,
 }
 
 /// `Config::extra`: copy the packet's bytes (for pcapng).
 pub const EXTRA_PACKET: u32 = 1;
 /// `Config::extra`: take the kernel stack of the drop.
 pub const EXTRA_STACK: u32 = 2;
+/// `Config::extra`: only the skb address (`tracer trace` joins drops to hops).
+pub const EXTRA_SKB: u32 = 4;
 /// Frames of kernel stack a `DropExtra` holds.
 pub const MAX_STACK_DEPTH: usize = 48;
 /// The most packet bytes a `DropExtra` carries.
@@ -375,6 +409,8 @@ impl Config {
             filter: [filter::FilterOp::END; filter::MAX_OPS],
             extra: 0,
             snaplen: 0,
+            trace: 0,
+            _pad2: 0,
         }
     }
 }
@@ -534,6 +570,10 @@ pub mod names {
     pub const PROG_SYN_XMIT: &str = "syn_xmit";
     pub const PROG_NEIGH_TIMER: &str = "neigh_timer";
     pub const PROG_NEIGH_SEND: &str = "neigh_send";
+    pub const PROG_HOP_RECEIVE: &str = "hop_receive";
+    pub const PROG_HOP_QUEUE: &str = "hop_queue";
+    pub const PROG_HOP_XMIT: &str = "hop_xmit";
+    pub const PROG_HOP_CONSUME: &str = "hop_consume";
     pub const MAP_EVENTS: &str = "EVENTS";
     pub const MAP_STATS: &str = "STATS";
     pub const MAP_REASONS: &str = "REASONS";

@@ -47,6 +47,9 @@ pub unsafe fn emit<M: Mem, C: EbpfContext>(ctx: &C, skb: *const u8, m: &SkbMeta)
     h.orig_len = 0;
     h.link = LINK_NONE;
     let want = crate::cfg_extra();
+    if crate::cfg_trace() != 0 {
+        crate::hop::forget(skb);
+    }
     if want & EXTRA_STACK != 0 {
         let n = generated::bpf_get_stack(
             ctx.as_ptr(),

@@ -11,6 +11,7 @@
 #![no_main]
 
 mod extra;
+mod hop;
 mod kernel;
 mod packet;
 
@@ -100,7 +101,7 @@ macro_rules! cfg {
 
 /// The filter, run with its results kept opaque to the verifier.
 #[inline(always)]
-unsafe fn filter_matches(flow: &Flow) -> bool {
+pub(crate) unsafe fn filter_matches(flow: &Flow) -> bool {
     let Some(s) = SCRATCH.get_ptr_mut(0) else {
         return false;
     };
@@ -113,7 +114,7 @@ unsafe fn filter_matches(flow: &Flow) -> bool {
 }
 
 #[inline(always)]
-fn netns_allowed(netns: u32) -> bool {
+pub(crate) fn netns_allowed(netns: u32) -> bool {
     let n = cfg!(netns_count);
     if n == 0 {
         return true;
@@ -137,7 +138,12 @@ pub(crate) fn cfg_snaplen() -> u32 {
 }
 
 #[inline(always)]
-fn count(stat: u32) {
+pub(crate) fn cfg_trace() -> u32 {
+    cfg!(trace)
+}
+
+#[inline(always)]
+pub(crate) fn count(stat: u32) {
     if let Some(p) = STATS.get_ptr_mut(stat) {
         unsafe { *p += 1 };
     }

@@ -25,6 +25,8 @@ pub struct Cli {
 pub enum Command {
     /// Stream every packet the kernel drops, with reason, place, netns, device and flow.
     Watch(WatchArgs),
+    /// Follow matching packets through the host (tracepoints only), hop by hop, to their drop or delivery.
+    Trace(WatchArgs),
     /// Watch drops, route lookups and SYNs, and print each root cause as soon as it is proven.
     Diagnose(DiagnoseArgs),
     /// Rebuild an incident in throwaway namespaces and diagnose it live.
@@ -193,6 +195,7 @@ impl TraceArgs {
             pcap: None,
             snaplen: self.snaplen,
             stack: self.stack,
+            trace: false,
         }
     }
 }
@@ -207,6 +210,20 @@ pub fn run(cli: Cli, started: Instant) -> Result<()> {
                 opts.pcap = args.write.clone();
                 let tracer = Tracer::start(&opts, false, started)?;
                 tracer.run(&mut Printer).await?;
+                Ok(())
+            })
+        }
+        Command::Trace(args) => {
+            if args.trace.expr.is_empty() {
+                anyhow::bail!("trace needs a filter expression (e.g. 'tcp port 8080'): it follows only the packets that match");
+            }
+            let mut opts = args.trace.options();
+            opts.pcap = args.write.clone();
+            opts.trace = true;
+            let rt = runtime()?;
+            rt.block_on(async {
+                let tracer = Tracer::start(&opts, false, started)?;
+                tracer.run(&mut crate::trace::Tracker::default()).await?;
                 Ok(())
             })
         }

@@ -77,6 +77,11 @@ pub fn decode_extra(buf: &[u8]) -> Result<Extra, DecodeError> {
     })
 }
 
+/// Reads a `KIND_HOP` record.
+pub fn decode_hop(buf: &[u8]) -> Result<HopEvent, DecodeError> {
+    pod::<HopEvent>(buf, KIND_HOP)
+}
+
 /// The kind of a ring-buffer record, 0 if too short.
 pub fn kind_of(buf: &[u8]) -> u32 {
     match buf {

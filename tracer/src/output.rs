@@ -408,6 +408,11 @@ fn is_zero(v: &u64) -> bool {
     *v == 0
 }
 
+/// `HH:MM:SS.micros` local time of a wall-clock timestamp.
+pub fn clock_text(ts_ns: u64) -> String {
+    clock(ts_ns)
+}
+
 fn clock(ts_ns: u64) -> String {
     let secs = (ts_ns / 1_000_000_000) as libc::time_t;
     let micros = (ts_ns % 1_000_000_000) / 1000;

@@ -20,8 +20,8 @@ use std::time::{Duration, Instant};
 use tokio::io::unix::AsyncFd;
 use tokio::signal::unix::{signal, SignalKind};
 use tracer_abi::{
-    ring_drop_capacity, Config, DropEvent, NeighEvent, SynEvent, EXTRA_PACKET, EXTRA_STACK,
-    KIND_DROP_EXTRA, MAX_NETNS, MAX_SNAPLEN, NO_OFFSET,
+    ring_drop_capacity, Config, DropEvent, HopEvent, NeighEvent, SynEvent, EXTRA_PACKET, EXTRA_SKB,
+    EXTRA_STACK, KIND_DROP_EXTRA, KIND_HOP, MAX_NETNS, MAX_SNAPLEN, NO_OFFSET,
 };
 
 /// Records handled per wake-up before the loop looks at signals again,
@@ -54,6 +54,8 @@ pub struct TraceOptions {
     pub snaplen: Option<u32>,
     /// Each drop's kernel stack.
     pub stack: bool,
+    /// Follow matching packets through the host (`tracer trace`).
+    pub trace: bool,
 }
 
 /// Bytes of each dropped packet written to pcapng unless --snaplen says
@@ -96,6 +98,10 @@ pub trait Consumer {
         Ok(())
     }
     fn neigh(&mut self, _raw: &NeighEvent, _s: &mut Session) -> std::io::Result<()> {
+        Ok(())
+    }
+    /// A followed packet passed a tracepoint (`tracer trace`).
+    fn hop(&mut self, _raw: &HopEvent, _s: &mut Session) -> std::io::Result<()> {
         Ok(())
     }
     /// Called about every 250 ms, for conclusions that need time to pass.
@@ -179,6 +185,17 @@ impl Session {
         match &mut self.pcap {
             Some(p) => p.packet(rec, extra, &label, verdicts),
             None => Ok(()),
+        }
+    }
+
+    /// An interface's name, if it (and its netns) still exist.
+    pub fn namer_ifname(&mut self, netns: u32, ifindex: i32) -> Option<String> {
+        if netns == 0 || ifindex == 0 {
+            return None;
+        }
+        match self.namer.topology.ifname(netns, ifindex) {
+            crate::topology::IfName::Name(n) => Some(n),
+            _ => None,
         }
     }
 
@@ -335,6 +352,10 @@ impl Tracer {
         }
         if opts.stack {
             config.extra |= EXTRA_STACK;
+        }
+        if opts.trace {
+            config.trace = 1;
+            config.extra |= EXTRA_SKB;
         }
         // The file is created before attaching, so a bad path fails fast.
         let pcap = match &opts.pcap {
@@ -671,6 +692,20 @@ impl Pump<'_> {
             let Some(item) = rb.next() else {
                 return Ok(Batch::Drained);
             };
+            if kind_of(&item) == KIND_HOP {
+                let done = self.count.is_some_and(|c| self.shown >= c);
+                let r = match crate::event::decode_hop(&item) {
+                    Ok(h) if !done => self.consumer.hop(&h, session),
+                    Ok(_) => Ok(()),
+                    Err(_) => {
+                        session.summary.undecodable += 1;
+                        Ok(())
+                    }
+                };
+                drop(item);
+                r?;
+                continue;
+            }
             if kind_of(&item) == KIND_DROP_EXTRA {
                 // Kept for the drop event that follows it on its CPU.
                 match decode_extra(&item) {
