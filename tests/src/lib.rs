@@ -253,3 +253,46 @@ pub fn is_drop(v: &Value, reason: &str) -> bool {
     dropping_functions(reason).contains(&func)
         && (v["reason"].is_null() || (v["reason"] == reason && v["reason_source"] == "location"))
 }
+
+/// client 10.1.0.1 (source 172.17.5.5) -- router -- host 10.99.0.2 with
+/// docker0 172.17.0.1/16 and a container; rp_filter=1 on the host.
+pub fn rpf_lab(test: &str) -> Netlab {
+    let mut lab = Netlab::new(&prefix(test)).unwrap();
+    for n in ["client", "router", "host", "ctr"] {
+        lab.ns(n).unwrap();
+    }
+    lab.veth("client", "eth0", "router", "eth0").unwrap();
+    lab.veth("router", "eth1", "host", "eth0").unwrap();
+    lab.veth("ctr", "eth0", "host", "veth0").unwrap();
+    lab.exec(
+        "client",
+        "ip addr add 10.1.0.1/24 dev eth0 && ip addr add 172.17.5.5/32 dev lo && \
+         ip route add default via 10.1.0.254 src 172.17.5.5",
+    )
+    .unwrap();
+    lab.exec(
+        "router",
+        "ip addr add 10.1.0.254/24 dev eth0 && ip addr add 10.99.0.1/24 dev eth1 && \
+         ip route add 172.17.5.5/32 via 10.1.0.1 && sysctl -qw net.ipv4.ip_forward=1",
+    )
+    .unwrap();
+    lab.exec(
+        "host",
+        "ip addr add 10.99.0.2/24 dev eth0 && ip route add default via 10.99.0.1 && \
+         ip link add docker0 type bridge && ip link set docker0 up && \
+         ip addr add 172.17.0.1/16 dev docker0 && ip link set veth0 master docker0 && \
+         sysctl -qw net.ipv4.conf.all.rp_filter=1 net.ipv4.conf.eth0.rp_filter=1",
+    )
+    .unwrap();
+    lab.exec("ctr", "ip addr add 172.17.0.2/16 dev eth0")
+        .unwrap();
+    lab
+}
+
+/// Three SYNs (connect retries) from the client to the host's port 8080.
+pub fn syn(lab: &Netlab) {
+    let _ = lab.try_exec(
+        "client",
+        "timeout 2 bash -c 'echo > /dev/tcp/10.99.0.2/8080' 2>/dev/null",
+    );
+}

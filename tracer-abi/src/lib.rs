@@ -16,6 +16,39 @@ pub const KIND_DROP: u32 = 1;
 pub const KIND_SYN: u32 = 2;
 /// A neighbour entry (ARP/ND) that is resolving or has failed.
 pub const KIND_NEIGH: u32 = 3;
+/// What a drop carries beyond `DropEvent` when asked for (`Config::extra`):
+/// its kernel stack and its bytes. Sent by the same program run on the
+/// same CPU right before the `DropEvent` it belongs to (see `DropExtra`).
+pub const KIND_DROP_EXTRA: u32 = 4;
+/// One place a followed packet passed (`tracer trace`).
+pub const KIND_HOP: u32 = 5;
+
+/// `HopEvent::event`.
+pub const HOP_RECEIVE: u32 = 1;
+pub const HOP_QUEUE: u32 = 2;
+pub const HOP_XMIT: u32 = 3;
+pub const HOP_CONSUME: u32 = 4;
+
+/// A followed packet seen at a tracepoint: `net:netif_receive_skb`,
+/// `net:net_dev_queue`, `net:net_dev_xmit` or `skb:consume_skb`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct HopEvent {
+    /// `KIND_HOP`.
+    pub kind: u32,
+    /// `HOP_*`.
+    pub event: u32,
+    pub ts_ns: u64,
+    /// The `struct sk_buff` address now.
+    pub skb: u64,
+    /// The packet's identity: set when it was first seen matching.
+    pub id: u64,
+    pub netns: u32,
+    pub ifindex: i32,
+    pub len: u32,
+    pub cpu: u32,
+    pub flow: Flow,
+}
 
 /// `nud_state` values the neighbour probe reports.
 pub const NUD_INCOMPLETE: u8 = 0x01;
@@ -236,6 +269,75 @@ pub struct Config {
     pub _pad: u32,
     pub filter_len: u32,
     pub filter: [filter::FilterOp; filter::MAX_OPS],
+    /// `EXTRA_*` bits: send a `DropExtra` before each drop event. 0 costs
+    /// nothing (the branch is pruned at load).
+    pub extra: u32,
+    /// Packet bytes to copy with `EXTRA_PACKET`, at most `MAX_SNAPLEN`.
+    pub snaplen: u32,
+    /// 1 to follow matching packets through the host (`tracer trace`).
+    pub trace: u32,
+    pub _pad2: u32,
+}
+
+/// `Config::extra`: copy the packet's bytes (for pcapng).
+pub const EXTRA_PACKET: u32 = 1;
+/// `Config::extra`: take the kernel stack of the drop.
+pub const EXTRA_STACK: u32 = 2;
+/// `Config::extra`: only the skb address (`tracer trace` joins drops to hops).
+pub const EXTRA_SKB: u32 = 4;
+/// Frames of kernel stack a `DropExtra` holds.
+pub const MAX_STACK_DEPTH: usize = 48;
+/// The most packet bytes a `DropExtra` carries.
+pub const MAX_SNAPLEN: u32 = 4096;
+/// Mask that bounds the copy length for the verifier; the scratch buffer
+/// behind a `DropExtra` is `SNAP_MASK + 1` bytes.
+pub const SNAP_MASK: u32 = 0x1fff;
+/// `DropExtra::link`: what the bytes start with.
+pub const LINK_NONE: u32 = 0;
+/// An Ethernet header (the skb's MAC header, 14 bytes before its IP header).
+pub const LINK_ETHERNET: u32 = 1;
+/// The IP header (no MAC header was set, or it was not Ethernet).
+pub const LINK_RAW_IP: u32 = 101;
+
+/// A drop's stack and bytes, sent right before its `DropEvent` by the same
+/// program run (same CPU; the kernel does not nest one program on a CPU).
+/// Followed in the record by `cap_len` packet bytes.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct DropExtra {
+    /// `KIND_DROP_EXTRA`.
+    pub kind: u32,
+    pub cpu: u32,
+    /// `bpf_ktime_get_ns()` when taken (just before the drop event's).
+    pub ts_ns: u64,
+    /// The `struct sk_buff` address: one packet's identity while it lives.
+    pub skb: u64,
+    /// Bytes of `stack` filled (8 per frame), 0 when not taken.
+    pub stack_bytes: u32,
+    /// Packet bytes that follow this header.
+    pub cap_len: u32,
+    /// The packet's length from where the bytes start (MAC or IP header).
+    pub orig_len: u32,
+    /// `LINK_*`.
+    pub link: u32,
+    /// Kernel return addresses, innermost first.
+    pub stack: [u64; MAX_STACK_DEPTH],
+}
+
+impl Default for DropExtra {
+    fn default() -> Self {
+        DropExtra {
+            kind: KIND_DROP_EXTRA,
+            cpu: 0,
+            ts_ns: 0,
+            skb: 0,
+            stack_bytes: 0,
+            cap_len: 0,
+            orig_len: 0,
+            link: LINK_NONE,
+            stack: [0; MAX_STACK_DEPTH],
+        }
+    }
 }
 
 /// The window in which a CPU's event rate is measured for aggregation.
@@ -365,6 +467,10 @@ impl Config {
             _pad: 0,
             filter_len: 0,
             filter: [filter::FilterOp::END; filter::MAX_OPS],
+            extra: 0,
+            snaplen: 0,
+            trace: 0,
+            _pad2: 0,
         }
     }
 }
@@ -432,6 +538,10 @@ pub struct Offsets {
     pub tp_skbaddr: u32,
     pub tp_location: u32,
     pub tp_reason: u32,
+    /// For packet capture (`EXTRA_PACKET`); optional.
+    pub skb_mac_header: u32,
+    pub skb_tail: u32,
+    pub skb_data: u32,
 }
 
 impl Offsets {
@@ -482,6 +592,9 @@ impl Offsets {
             tp_skbaddr: NO_OFFSET,
             tp_location: NO_OFFSET,
             tp_reason: NO_OFFSET,
+            skb_mac_header: NO_OFFSET,
+            skb_tail: NO_OFFSET,
+            skb_data: NO_OFFSET,
         }
     }
 }
@@ -517,6 +630,10 @@ pub mod names {
     pub const PROG_SYN_XMIT: &str = "syn_xmit";
     pub const PROG_NEIGH_TIMER: &str = "neigh_timer";
     pub const PROG_NEIGH_SEND: &str = "neigh_send";
+    pub const PROG_HOP_RECEIVE: &str = "hop_receive";
+    pub const PROG_HOP_QUEUE: &str = "hop_queue";
+    pub const PROG_HOP_XMIT: &str = "hop_xmit";
+    pub const PROG_HOP_CONSUME: &str = "hop_consume";
     pub const MAP_EVENTS: &str = "EVENTS";
     pub const MAP_STATS: &str = "STATS";
     pub const MAP_REASONS: &str = "REASONS";

@@ -10,6 +10,8 @@
 #![no_std]
 #![no_main]
 
+mod extra;
+mod hop;
 mod kernel;
 mod packet;
 
@@ -21,6 +23,7 @@ use aya_ebpf::{
     macros::{btf_tracepoint, map, raw_tracepoint, tracepoint},
     maps::{HashMap, LruHashMap, PerCpuArray, PerCpuHashMap, RingBuf},
     programs::{BtfTracePointContext, RawTracePointContext, TracePointContext},
+    EbpfContext,
 };
 use kernel::{dev_ifindex, dev_mtu, dev_netns, read, sk_netns, Direct, Mem, Probe};
 use tracer_abi::*;
@@ -29,7 +32,7 @@ use tracer_abi::*;
 pub static CONFIG: Config = Config::new();
 
 #[map]
-static EVENTS: RingBuf = RingBuf::with_byte_size(RING_BYTES, 0);
+pub(crate) static EVENTS: RingBuf = RingBuf::with_byte_size(RING_BYTES, 0);
 
 #[map]
 static STATS: PerCpuArray<u64> = PerCpuArray::with_max_entries(STAT_COUNT, 0);
@@ -109,7 +112,7 @@ macro_rules! cfg {
 
 /// The filter, run with its results kept opaque to the verifier.
 #[inline(always)]
-unsafe fn filter_matches(flow: &Flow) -> bool {
+pub(crate) unsafe fn filter_matches(flow: &Flow) -> bool {
     if cfg!(filter_len) == 0 {
         return true;
     }
@@ -125,7 +128,7 @@ unsafe fn filter_matches(flow: &Flow) -> bool {
 }
 
 #[inline(always)]
-fn netns_allowed(netns: u32) -> bool {
+pub(crate) fn netns_allowed(netns: u32) -> bool {
     let n = cfg!(netns_count);
     if n == 0 {
         return true;
@@ -139,7 +142,22 @@ fn netns_allowed(netns: u32) -> bool {
 }
 
 #[inline(always)]
-fn count(stat: u32) {
+pub(crate) fn cfg_extra() -> u32 {
+    cfg!(extra)
+}
+
+#[inline(always)]
+pub(crate) fn cfg_snaplen() -> u32 {
+    cfg!(snaplen)
+}
+
+#[inline(always)]
+pub(crate) fn cfg_trace() -> u32 {
+    cfg!(trace)
+}
+
+#[inline(always)]
+pub(crate) fn count(stat: u32) {
     if let Some(p) = STATS.get_ptr_mut(stat) {
         unsafe { *p += 1 };
     }
@@ -150,7 +168,7 @@ pub fn drop_btf(ctx: BtfTracePointContext) -> i32 {
     let skb: *const u8 = ctx.arg(0);
     let location: u64 = ctx.arg(1);
     let reason: u32 = ctx.arg(2);
-    unsafe { on_drop::<Direct>(skb, location, reason) };
+    unsafe { on_drop::<Direct, _>(&ctx, skb, location, reason) };
     0
 }
 
@@ -159,7 +177,7 @@ pub fn drop_raw(ctx: RawTracePointContext) -> i32 {
     let skb: *const u8 = ctx.arg(0);
     let location: u64 = ctx.arg(1);
     let reason: u32 = ctx.arg(2);
-    unsafe { on_drop::<Probe>(skb, location, reason) };
+    unsafe { on_drop::<Probe, _>(&ctx, skb, location, reason) };
     0
 }
 
@@ -170,7 +188,7 @@ pub fn drop_raw(ctx: RawTracePointContext) -> i32 {
 pub fn drop_btf_noreason(ctx: BtfTracePointContext) -> i32 {
     let skb: *const u8 = ctx.arg(0);
     let location: u64 = ctx.arg(1);
-    unsafe { on_drop::<Direct>(skb, location, 0) };
+    unsafe { on_drop::<Direct, _>(&ctx, skb, location, 0) };
     0
 }
 
@@ -178,7 +196,7 @@ pub fn drop_btf_noreason(ctx: BtfTracePointContext) -> i32 {
 pub fn drop_raw_noreason(ctx: RawTracePointContext) -> i32 {
     let skb: *const u8 = ctx.arg(0);
     let location: u64 = ctx.arg(1);
-    unsafe { on_drop::<Probe>(skb, location, 0) };
+    unsafe { on_drop::<Probe, _>(&ctx, skb, location, 0) };
     0
 }
 
@@ -187,18 +205,14 @@ pub fn drop_classic(ctx: TracePointContext) -> i32 {
     unsafe {
         // The record layout differs across kernels; its offsets come from
         // the tracefs format file.
-        let skb = ctx
-            .read_at::<u64>(off!(tp_skbaddr) as usize)
-            .unwrap_or(0);
-        let location = ctx
-            .read_at::<u64>(off!(tp_location) as usize)
-            .unwrap_or(0);
+        let skb = ctx.read_at::<u64>(off!(tp_skbaddr) as usize).unwrap_or(0);
+        let location = ctx.read_at::<u64>(off!(tp_location) as usize).unwrap_or(0);
         // Before 5.17 the record has no reason field (offset missing).
         let reason = match off!(tp_reason) {
             NO_OFFSET => 0,
             o => ctx.read_at::<u32>(o as usize).unwrap_or(0),
         };
-        on_drop::<Probe>(skb as *const u8, location, reason);
+        on_drop::<Probe, _>(&ctx, skb as *const u8, location, reason);
     }
     0
 }
@@ -244,7 +258,7 @@ fn is_noise(reason: u32, f: &Flow, m: &packet::SkbMeta) -> bool {
 }
 
 #[inline(always)]
-unsafe fn on_drop<M: Mem>(skb: *const u8, location: u64, reason: u32) {
+unsafe fn on_drop<M: Mem, C: EbpfContext>(ctx: &C, skb: *const u8, location: u64, reason: u32) {
     if skb.is_null() {
         return;
     }
@@ -311,6 +325,10 @@ unsafe fn on_drop<M: Mem>(skb: *const u8, location: u64, reason: u32) {
         return;
     }
 
+    // Stack and bytes, when asked for: sent just before the event.
+    if cfg!(extra) != 0 {
+        extra::emit::<M, C>(ctx, skb, &m, now);
+    }
     let Some(mut entry) = EVENTS.reserve::<DropEvent>(0) else {
         // Never lose an event silently: userspace reports this count.
         count(STAT_LOST);

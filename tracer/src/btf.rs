@@ -247,6 +247,9 @@ impl KernelBtf {
             tp_skbaddr: NO_OFFSET,
             tp_location: NO_OFFSET,
             tp_reason: NO_OFFSET,
+            skb_mac_header: opt("sk_buff.mac_header"),
+            skb_tail: opt("sk_buff.tail"),
+            skb_data: opt("sk_buff.data"),
         })
     }
 }

@@ -24,7 +24,9 @@ pub struct Cli {
 #[derive(Subcommand, Debug)]
 pub enum Command {
     /// Stream every packet the kernel drops, with reason, place, netns, device and flow.
-    Watch(TraceArgs),
+    Watch(WatchArgs),
+    /// Follow matching packets through the host (tracepoints only), hop by hop, to their drop or delivery.
+    Trace(WatchArgs),
     /// Watch drops, route lookups and SYNs, and print each root cause as soon as it is proven.
     Diagnose(DiagnoseArgs),
     /// Run the diagnosis long-running for a fleet: Prometheus metrics on
@@ -120,6 +122,28 @@ pub struct TraceArgs {
     /// kernel sends the first few per key each second and counts the rest by key).
     #[arg(long)]
     pub no_aggregate: bool,
+    /// Bytes of each dropped packet written by -w/--pcap (1 to 4096; default 256).
+    #[arg(long, value_name = "BYTES")]
+    pub snaplen: Option<u32>,
+    /// Show each drop's kernel stack (JSON `stack`; text: one `at` line per frame).
+    #[arg(long)]
+    pub stack: bool,
+}
+
+/// `watch`: the trace flags, plus pcapng output.
+#[derive(Args, Debug, Clone)]
+pub struct WatchArgs {
+    #[command(flatten)]
+    pub trace: TraceArgs,
+    /// Write the dropped packets as pcapng to FILE (`-` for stdout, e.g. `| tshark -r -`;
+    /// the text/JSON lines then go to stderr).
+    #[arg(
+        short = 'w',
+        long = "write",
+        visible_alias = "pcap",
+        value_name = "FILE"
+    )]
+    pub write: Option<PathBuf>,
 }
 
 /// `tracer agent`.
@@ -218,6 +242,10 @@ pub struct DiagnoseArgs {
     /// capture flags were applied when it was recorded.
     #[arg(long, value_name = "FILE")]
     pub replay: Option<PathBuf>,
+    /// Write the dropped packets as pcapng to FILE (`-` for stdout); here
+    /// `-w` is the JSON recording, so pcapng has its own flag.
+    #[arg(long, value_name = "FILE", conflicts_with = "replay")]
+    pub pcap: Option<PathBuf>,
 }
 
 fn parse_duration_arg(s: &str) -> Result<Duration, String> {
@@ -240,6 +268,10 @@ impl TraceArgs {
             btf: self.btf.clone(),
             no_aggregate: self.no_aggregate,
             output_path: None,
+            pcap: None,
+            snaplen: self.snaplen,
+            stack: self.stack,
+            trace: false,
         }
     }
 }
@@ -250,8 +282,24 @@ pub fn run(cli: Cli, started: Instant) -> Result<()> {
         Command::Watch(args) => {
             let rt = runtime()?;
             rt.block_on(async {
-                let tracer = Tracer::start(&args.options(), false, started)?;
+                let mut opts = args.trace.options();
+                opts.pcap = args.write.clone();
+                let tracer = Tracer::start(&opts, false, started)?;
                 tracer.run(&mut Printer).await?;
+                Ok(())
+            })
+        }
+        Command::Trace(args) => {
+            if args.trace.expr.is_empty() {
+                anyhow::bail!("trace needs a filter expression (e.g. 'tcp port 8080'): it follows only the packets that match");
+            }
+            let mut opts = args.trace.options();
+            opts.pcap = args.write.clone();
+            opts.trace = true;
+            let rt = runtime()?;
+            rt.block_on(async {
+                let tracer = Tracer::start(&opts, false, started)?;
+                tracer.run(&mut crate::trace::Tracker::default()).await?;
                 Ok(())
             })
         }
@@ -259,12 +307,15 @@ pub fn run(cli: Cli, started: Instant) -> Result<()> {
             if let Some(path) = &args.replay {
                 return crate::diagnose::replay_cmd(path, args.trace.output);
             }
+            if args.write.as_deref().is_some_and(|w| w.as_os_str() == "-")
+                && args.pcap.as_deref().is_some_and(|w| w.as_os_str() == "-")
+            {
+                anyhow::bail!("-w - and --pcap - cannot both write to stdout");
+            }
+            let mut opts = args.trace.options();
+            opts.pcap = args.pcap.clone();
             let rt = runtime()?;
-            rt.block_on(crate::diagnose::live(
-                &args.trace.options(),
-                args.write.as_deref(),
-                started,
-            ))
+            rt.block_on(crate::diagnose::live(&opts, args.write.as_deref(), started))
         }
         Command::Agent(args) => {
             // One worker for the HTTP server, so /healthz answers (503)

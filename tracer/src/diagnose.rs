@@ -3,7 +3,7 @@
 //! output, and an optional recorder. The rules themselves live in
 //! [`crate::rules`]; how verdicts print, in [`crate::output::verdict`].
 
-use crate::event::{DropRecord, NeighRecord};
+use crate::event::{DropRecord, Extra, NeighRecord};
 use crate::output::{Format, Output, Summary};
 use crate::record::{wall_now_ns, Header, Line, Reader, Recorder};
 use crate::rules::{Engine, Fact, TopologySource, Verdict};
@@ -120,12 +120,31 @@ impl Diagnoser {
 
     /// A drop already named: counted, printed as context, fed to the rules.
     pub fn on_drop(&mut self, rec: DropRecord, s: &mut Session) -> std::io::Result<()> {
+        self.on_drop_with(rec, None, s)
+    }
+
+    /// The same, with the drop's captured bytes and stack: in pcapng the
+    /// packet carries the verdicts it proved as comments.
+    fn on_drop_with(
+        &mut self,
+        rec: DropRecord,
+        extra: Option<&Extra>,
+        s: &mut Session,
+    ) -> std::io::Result<()> {
         s.summary.count(&rec);
         if self.show_drops {
             s.out.drop(&rec)?;
         }
-        self.feed(&Fact::Drop(rec), s)?;
-        self.emit(s)
+        let fact = Fact::Drop(rec);
+        self.feed(&fact, s)?;
+        if s.pcap.is_none() {
+            return self.emit(s);
+        }
+        let verdicts = self.emit_lines(s)?;
+        if let Fact::Drop(rec) = &fact {
+            s.capture(rec, extra, &verdicts)?;
+        }
+        Ok(())
     }
 
     /// Every verdict so far, at its latest tier.
@@ -162,9 +181,30 @@ impl Diagnoser {
         Ok(news)
     }
 
+    /// Prints the new verdicts; in pcapng they become comments of the
+    /// next packet (or, at the end, of the statistics block).
     fn emit(&mut self, s: &mut Session) -> std::io::Result<()> {
+        let lines = self.emit_lines(s)?;
+        if let Some(p) = &mut s.pcap {
+            for l in lines {
+                p.note(l);
+            }
+        }
+        Ok(())
+    }
+
+    /// Prints the new verdicts; returns them in one line each (for the
+    /// pcapng comment of the drop that proved them).
+    fn emit_lines(&mut self, s: &mut Session) -> std::io::Result<Vec<String>> {
+        let mut lines = Vec::new();
         for v in self.engine.take_new() {
             crate::output::verdict::print(&mut s.out, &v)?;
+            lines.push(format!(
+                "verdict {} ({}): {}",
+                v.kind,
+                v.tier.as_str(),
+                v.summary
+            ));
             if self.keep_emitted {
                 self.emitted.push(v);
             }
@@ -178,7 +218,7 @@ impl Diagnoser {
                 n.notify_one();
             }
         }
-        Ok(())
+        Ok(lines)
     }
 }
 
@@ -215,8 +255,8 @@ fn conclude_summary(
 
 impl Consumer for Diagnoser {
     fn drop(&mut self, raw: &DropEvent, s: &mut Session) -> std::io::Result<bool> {
-        let rec = s.namer.drop_record(raw);
-        self.on_drop(rec, s)?;
+        let (rec, extra) = s.name_drop(raw);
+        self.on_drop_with(rec, extra.as_ref(), s)?;
         Ok(true)
     }
 

@@ -49,6 +49,47 @@ fn pod<T: Copy>(buf: &[u8], kind: u32) -> Result<T, DecodeError> {
     Ok(unsafe { std::ptr::read_unaligned(buf.as_ptr() as *const T) })
 }
 
+/// A drop's stack and bytes (`KIND_DROP_EXTRA`), sent just before its
+/// `DropEvent` on the same CPU.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Extra {
+    pub hdr: tracer_abi::DropExtra,
+    /// The packet's bytes, from its MAC or IP header (`hdr.link`).
+    pub data: Vec<u8>,
+}
+
+impl Extra {
+    /// The stack's return addresses, innermost first.
+    pub fn stack(&self) -> impl Iterator<Item = u64> + '_ {
+        let n = (self.hdr.stack_bytes as usize / 8).min(MAX_STACK_DEPTH);
+        self.hdr.stack[..n].iter().copied().filter(|a| *a != 0)
+    }
+}
+
+/// Reads a `KIND_DROP_EXTRA` record: its header and the bytes after it.
+pub fn decode_extra(buf: &[u8]) -> Result<Extra, DecodeError> {
+    let hdr = pod::<tracer_abi::DropExtra>(buf, KIND_DROP_EXTRA)?;
+    let at = std::mem::size_of::<tracer_abi::DropExtra>();
+    let n = (hdr.cap_len as usize).min(buf.len() - at);
+    Ok(Extra {
+        hdr,
+        data: buf[at..at + n].to_vec(),
+    })
+}
+
+/// Reads a `KIND_HOP` record.
+pub fn decode_hop(buf: &[u8]) -> Result<HopEvent, DecodeError> {
+    pod::<HopEvent>(buf, KIND_HOP)
+}
+
+/// The kind of a ring-buffer record, 0 if too short.
+pub fn kind_of(buf: &[u8]) -> u32 {
+    match buf {
+        [a, b, c, d, ..] => u32::from_ne_bytes([*a, *b, *c, *d]),
+        _ => 0,
+    }
+}
+
 pub fn decode(buf: &[u8]) -> Result<Event, DecodeError> {
     if buf.len() < 4 {
         return Err(DecodeError::Short {
@@ -198,6 +239,9 @@ pub struct DropRecord {
     pub route: Option<RouteRecord>,
     /// Latest route lookup towards the packet's source (reverse path).
     pub reverse_route: Option<RouteRecord>,
+    /// The kernel stack where it was dropped, innermost first (`--stack`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stack: Option<Vec<String>>,
 }
 
 fn null_as_empty<'de, D: Deserializer<'de>>(d: D) -> Result<String, D::Error> {
@@ -252,6 +296,7 @@ impl DropRecord {
             comm: String::new(),
             route: None,
             reverse_route: None,
+            stack: None,
         }
     }
 
@@ -427,6 +472,11 @@ impl Namer {
         }
     }
 
+    /// `function+0xoffset` of a kernel text address.
+    pub fn symbolize(&mut self, addr: u64) -> String {
+        self.symbols.get().format(addr)
+    }
+
     pub fn wall_ns(&self, mono: u64) -> u64 {
         (mono as i128 + self.clock_offset).max(0) as u64
     }
@@ -520,6 +570,7 @@ impl Namer {
             comm: comm(&e.comm),
             route: self.route(&e.route_fwd, e.ts_ns, e.netns, flow_dst(f), flow_src(f)),
             reverse_route: self.route(&e.route_rev, e.ts_ns, e.netns, flow_src(f), flow_dst(f)),
+            stack: None,
         };
         if !kernel_reasons {
             if let Some(r) = crate::reason_inference::infer(&rec) {

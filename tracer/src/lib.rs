@@ -39,4 +39,5 @@ pub mod record;
 pub mod rules;
 pub mod symbols;
 pub mod topology;
+pub mod trace;
 pub mod watch;

@@ -1,6 +1,7 @@
 //! How records reach the user: one aligned, coloured line per drop for a
 //! person, or one JSON object per line for a program; and the summary.
 
+pub mod pcapng;
 pub mod verdict;
 
 use crate::aggregate::AggregateRecord;
@@ -69,6 +70,23 @@ impl Output {
             header_done: false,
             own_netns,
         })
+    }
+
+    /// Lines to stderr: stdout carries the pcapng of `-w -`.
+    pub fn stderr(format: Format, own_netns: u32) -> Self {
+        let color = format == Format::Text
+            && std::io::stderr().is_terminal()
+            && std::env::var_os("NO_COLOR").is_none();
+        Output {
+            format,
+            color,
+            out: Box::new(std::io::BufWriter::with_capacity(
+                1 << 16,
+                std::io::stderr(),
+            )),
+            header_done: false,
+            own_netns,
+        }
     }
 
     pub(crate) fn paint(&self, code: &str, s: &str) -> String {
@@ -144,7 +162,14 @@ impl Output {
             d.location,
             d.ip_len.unwrap_or(d.len)
         );
-        self.line(&line)
+        self.line(&line)?;
+        if let Some(stack) = &d.stack {
+            for f in stack {
+                let l = self.paint(DIM, &format!("{:>15}   at {f}", ""));
+                self.line(&l)?;
+            }
+        }
+        Ok(())
     }
 
     pub fn syn(&mut self, s: &SynRecord) -> std::io::Result<()> {
@@ -401,6 +426,11 @@ impl Summary {
 
 fn is_zero(v: &u64) -> bool {
     *v == 0
+}
+
+/// `HH:MM:SS.micros` local time of a wall-clock timestamp.
+pub fn clock_text(ts_ns: u64) -> String {
+    clock(ts_ns)
 }
 
 fn clock(ts_ns: u64) -> String {

@@ -83,6 +83,8 @@ pub struct Probes {
     pub routes_attached: bool,
     pub syn_attached: bool,
     pub neigh_attached: bool,
+    /// The hop probes of `tracer trace` that attached.
+    pub hops_attached: Vec<&'static str>,
     drop_reasons: bool,
     events: Option<RingBuf<MapData>>,
     stats: PerCpuArray<MapData, u64>,
@@ -313,6 +315,27 @@ impl Probes {
             }
         }
 
+        let mut hops_attached = Vec::new();
+        if pc.config.trace != 0 {
+            for (prog, func) in [
+                (names::PROG_HOP_RECEIVE, "netif_receive_skb"),
+                (names::PROG_HOP_QUEUE, "net_dev_queue"),
+                (names::PROG_HOP_XMIT, "net_dev_xmit"),
+                (names::PROG_HOP_CONSUME, "consume_skb"),
+            ] {
+                match attach_btf(&mut ebpf, prog, func, btf) {
+                    Ok(()) => hops_attached.push(func),
+                    Err(e) => warnings.push(format!("hops at {func} not traced: {e:#}")),
+                }
+            }
+            if hops_attached.is_empty() {
+                bail!(
+                    "cannot follow packets: no hop tracepoint attached ({})",
+                    warnings.join("; ")
+                );
+            }
+        }
+
         let events = RingBuf::try_from(
             ebpf.take_map(names::MAP_EVENTS)
                 .ok_or_else(|| anyhow!("eBPF object lacks map {}", names::MAP_EVENTS))?,
@@ -338,6 +361,7 @@ impl Probes {
             routes_attached,
             syn_attached,
             neigh_attached,
+            hops_attached,
             drop_reasons: pc.drop_reasons,
             events: Some(events),
             stats,

@@ -6,17 +6,23 @@
 use crate::aggregate::{AggregateRecord, Aggregator};
 use crate::btf::KernelBtf;
 use crate::event::{decode, Event, Namer};
+use crate::event::{decode_extra, kind_of, DropRecord, Extra};
 use crate::filter;
 use crate::netns;
+use crate::output::pcapng::PcapSink;
 use crate::output::{Format, Output, Summary};
 use crate::probes::{DropHook, ProbeConfig, Probes};
 use crate::topology::Topology;
 use anyhow::{anyhow, bail, Result};
 use serde::Serialize;
+use std::collections::HashMap;
 use std::time::{Duration, Instant};
 use tokio::io::unix::AsyncFd;
 use tokio::signal::unix::{signal, SignalKind};
-use tracer_abi::{ring_drop_capacity, Config, DropEvent, NeighEvent, SynEvent, MAX_NETNS};
+use tracer_abi::{
+    ring_drop_capacity, Config, DropEvent, HopEvent, NeighEvent, SynEvent, EXTRA_PACKET, EXTRA_SKB,
+    EXTRA_STACK, KIND_DROP_EXTRA, KIND_HOP, MAX_NETNS, MAX_SNAPLEN, NO_OFFSET,
+};
 
 /// Records handled per wake-up before the loop looks at signals again,
 /// and the time a batch may take at most.
@@ -45,7 +51,20 @@ pub struct TraceOptions {
     /// Write the output (JSON lines or text) to this file, appending,
     /// instead of stdout.
     pub output_path: Option<std::path::PathBuf>,
+    /// Write the dropped packets as pcapng here (`-` is stdout).
+    pub pcap: Option<std::path::PathBuf>,
+    /// Packet bytes to capture for `pcap` (default `DEFAULT_SNAPLEN`).
+    pub snaplen: Option<u32>,
+    /// Each drop's kernel stack.
+    pub stack: bool,
+    /// Follow matching packets through the host (`tracer trace`).
+    pub trace: bool,
 }
+
+/// Bytes of each dropped packet written to pcapng unless --snaplen says
+/// otherwise: every header of a TCP/UDP packet over IPv6 with options,
+/// and the start of its payload.
+pub const DEFAULT_SNAPLEN: u32 = 256;
 
 /// Aggregation starts on a CPU that matched more drops than this in one
 /// `AGG_WINDOW_NS` (100 ms): 10k drops/s per CPU, which userspace still
@@ -57,6 +76,23 @@ const AGG_PER_KEY: u32 = 5;
 /// Ticks (250 ms each) between reads of the storm counts.
 const AGG_TICKS: u32 = 4;
 
+/// The stack from the tracepoint's caller on: the frames of our own
+/// program and of the tracepoint machinery above it say nothing.
+pub fn trim_probe_frames(frames: Vec<String>) -> Vec<String> {
+    let probe = |f: &String| {
+        f.starts_with("bpf_prog_")
+            || f.starts_with("bpf_trace_run")
+            || f.starts_with("__bpf_trace_")
+            || f.starts_with("perf_trace_")
+            || f.starts_with("trace_event_raw_event_")
+            || f.starts_with("__traceiter_")
+    };
+    match frames.iter().rposition(probe) {
+        Some(i) => frames[i + 1..].to_vec(),
+        None => frames,
+    }
+}
+
 /// Receives every event of a session.
 pub trait Consumer {
     /// Return false to stop counting this drop towards --count.
@@ -65,6 +101,10 @@ pub trait Consumer {
         Ok(())
     }
     fn neigh(&mut self, _raw: &NeighEvent, _s: &mut Session) -> std::io::Result<()> {
+        Ok(())
+    }
+    /// A followed packet passed a tracepoint (`tracer trace`).
+    fn hop(&mut self, _raw: &HopEvent, _s: &mut Session) -> std::io::Result<()> {
         Ok(())
     }
     /// Called about every 250 ms, for conclusions that need time to pass.
@@ -91,6 +131,90 @@ pub struct Session {
     pub netns: Vec<u32>,
     pub own_netns: u32,
     pub filter: filter::Filter,
+    /// The pcapng file of `-w`.
+    pub pcap: Option<PcapSink>,
+    /// Name each drop's kernel stack (`--stack`).
+    pub stack: bool,
+    /// The latest `DropExtra` per CPU, waiting for its drop event.
+    extras: HashMap<u32, Extra>,
+}
+
+/// An extra older than this is not the one of the drop that follows it
+/// (its own drop event was lost). Taking a stack can take a while.
+const EXTRA_PAIR_NS: u64 = 100_000_000;
+
+impl Session {
+    pub fn new(namer: Namer, out: Output, own_netns: u32, filter: filter::Filter) -> Self {
+        Session {
+            namer,
+            out,
+            summary: Summary::new(),
+            netns: Vec::new(),
+            own_netns,
+            filter,
+            pcap: None,
+            stack: false,
+            extras: HashMap::new(),
+        }
+    }
+
+    /// The stack and bytes the kernel sent just before this drop.
+    pub fn take_extra(&mut self, raw: &DropEvent) -> Option<Extra> {
+        let x = self.extras.remove(&raw.cpu)?;
+        (x.hdr.ts_ns <= raw.ts_ns && raw.ts_ns - x.hdr.ts_ns < EXTRA_PAIR_NS).then_some(x)
+    }
+
+    /// A drop named, with its stack when asked for, and its extra.
+    pub fn name_drop(&mut self, raw: &DropEvent) -> (DropRecord, Option<Extra>) {
+        let mut rec = self.namer.drop_record(raw);
+        let extra = self.take_extra(raw);
+        if self.stack {
+            let frames: Vec<String> = extra
+                .iter()
+                .flat_map(|x| x.stack())
+                .map(|a| self.namer.symbolize(a))
+                .collect();
+            rec.stack = Some(trim_probe_frames(frames));
+        }
+        (rec, extra)
+    }
+
+    /// Writes the drop to the pcapng file, if there is one.
+    pub fn capture(
+        &mut self,
+        rec: &DropRecord,
+        extra: Option<&Extra>,
+        verdicts: &[String],
+    ) -> std::io::Result<()> {
+        if self.pcap.is_none() {
+            return Ok(());
+        }
+        let label = self.out.netns_label(rec.netns, &rec.netns_name);
+        match &mut self.pcap {
+            Some(p) => p.packet(rec, extra, &label, verdicts),
+            None => Ok(()),
+        }
+    }
+
+    /// An interface's name, if it (and its netns) still exist.
+    pub fn namer_ifname(&mut self, netns: u32, ifindex: i32) -> Option<String> {
+        if netns == 0 || ifindex == 0 {
+            return None;
+        }
+        match self.namer.topology.ifname(netns, ifindex) {
+            crate::topology::IfName::Name(n) => Some(n),
+            _ => None,
+        }
+    }
+
+    /// Flushes the output and the pcapng file.
+    pub fn flush(&mut self) -> std::io::Result<()> {
+        self.out.flush()?;
+        if let Some(p) = &mut self.pcap {
+            p.flush()?;
+        }
+        Ok(())
+    }
 }
 
 #[derive(Serialize)]
@@ -129,6 +253,13 @@ impl Tracer {
         // Parse user input before touching the kernel, so typos fail fast
         // and without root.
         let filter = filter::compile(&opts.expr.join(" ")).map_err(|e| anyhow!("{e}"))?;
+        let snaplen = opts.snaplen.unwrap_or(DEFAULT_SNAPLEN);
+        if snaplen == 0 || snaplen > MAX_SNAPLEN {
+            bail!("bad --snaplen {snaplen}: give 1 to {MAX_SNAPLEN} bytes");
+        }
+        if opts.snaplen.is_some() && opts.pcap.is_none() {
+            bail!("--snaplen applies to the packets written with -w (pcapng): add -w FILE");
+        }
         let own_netns = netns::own_inode().map_err(|e| anyhow!("cannot read own netns: {e}"))?;
         let mut namespaces = Vec::new();
         for arg in &opts.netns {
@@ -219,6 +350,27 @@ impl Tracer {
         let (ops, len) = filter.to_kernel();
         config.filter = ops;
         config.filter_len = len;
+        if opts.pcap.is_some() {
+            config.extra |= EXTRA_PACKET;
+            config.snaplen = snaplen;
+            let o = kbtf.offsets()?;
+            if [o.skb_mac_header, o.skb_tail, o.skb_data].contains(&NO_OFFSET) {
+                bail!("this kernel's BTF lacks sk_buff.mac_header/tail/data: packets cannot be captured");
+            }
+        }
+        if opts.stack {
+            config.extra |= EXTRA_STACK;
+        }
+        if opts.trace {
+            config.trace = 1;
+            config.extra |= EXTRA_SKB;
+        }
+        // The file is created before attaching, so a bad path fails fast.
+        let pcap = match &opts.pcap {
+            Some(p) => Some(PcapSink::create(p)?),
+            None => None,
+        };
+        let pcap_stdout = pcap.as_ref().is_some_and(|p| p.stdout);
 
         let aya_btf = aya_btf
             .join()
@@ -235,22 +387,21 @@ impl Tracer {
                 drop_reasons: !reasons.is_empty(),
             },
         )?;
+        // `-w -` owns stdout: the lines go to stderr, as tcpdump's do.
         let out = match &opts.output_path {
-            None => Output::stdout(format, own_netns),
             Some(p) => Output::append_to(p, format, own_netns)
                 .map_err(|e| anyhow!("cannot open {}: {e}", p.display()))?,
+            None if pcap_stdout => Output::stderr(format, own_netns),
+            None => Output::stdout(format, own_netns),
         };
         let namer = Namer::loading_symbols(reasons, topology);
+        let mut session = Session::new(namer, out, own_netns, filter);
+        session.netns = inodes;
+        session.pcap = pcap;
+        session.stack = opts.stack;
         let mut t = Tracer {
             probes,
-            session: Session {
-                namer,
-                out,
-                summary: Summary::new(),
-                netns: inodes,
-                own_netns,
-                filter,
-            },
+            session,
             duration: opts.duration,
             count: opts.count,
             started,
@@ -385,7 +536,7 @@ impl Tracer {
                     };
                     if let Err(e) = aggregates
                         .and_then(|_| pump.consumer.tick(&mut session))
-                        .and_then(|_| session.out.flush())
+                        .and_then(|_| session.flush())
                     {
                         broken_pipe = is_pipe(&e);
                         if broken_pipe { break; }
@@ -407,7 +558,7 @@ impl Tracer {
                     if drained {
                         guard.clear_ready();
                     }
-                    match r.and_then(|b| session.out.flush().map(|_| b)) {
+                    match r.and_then(|b| session.flush().map(|_| b)) {
                         Ok(Batch::CountReached) => {
                             // The reader took fewer than --count records, so
                             // while the ring was full the count-th drop was
@@ -482,6 +633,9 @@ impl Tracer {
         if !broken_pipe {
             let mut conclude = || -> std::io::Result<()> {
                 pump.consumer.finish(&mut session)?;
+                if let Some(p) = &mut session.pcap {
+                    p.finish()?;
+                }
                 let summary = session.summary.clone();
                 session.out.summary(&summary)?;
                 session.out.flush()
@@ -514,6 +668,10 @@ fn report_aggregates(
     );
     for r in &recs {
         session.summary.count_aggregate(r);
+    }
+    if let Some(p) = &mut session.pcap {
+        let out = &session.out;
+        p.aggregates(&recs, |r| out.netns_label(r.netns, &r.netns_name));
     }
     consumer.aggregates(&recs, session)
 }
@@ -553,6 +711,30 @@ impl Pump<'_> {
             let Some(item) = rb.next() else {
                 return Ok(Batch::Drained);
             };
+            if kind_of(&item) == KIND_HOP {
+                let done = self.count.is_some_and(|c| self.shown >= c);
+                let r = match crate::event::decode_hop(&item) {
+                    Ok(h) if !done => self.consumer.hop(&h, session),
+                    Ok(_) => Ok(()),
+                    Err(_) => {
+                        session.summary.undecodable += 1;
+                        Ok(())
+                    }
+                };
+                drop(item);
+                r?;
+                continue;
+            }
+            if kind_of(&item) == KIND_DROP_EXTRA {
+                // Kept for the drop event that follows it on its CPU.
+                match decode_extra(&item) {
+                    Ok(x) => {
+                        session.extras.insert(x.hdr.cpu, x);
+                    }
+                    Err(_) => session.summary.undecodable += 1,
+                }
+                continue;
+            }
             let done = self.count.is_some_and(|c| self.shown >= c);
             let r = match decode(&item) {
                 Ok(Event::Drop(_)) if done => {
@@ -594,9 +776,10 @@ pub struct Printer;
 
 impl Consumer for Printer {
     fn drop(&mut self, raw: &DropEvent, s: &mut Session) -> std::io::Result<bool> {
-        let rec = s.namer.drop_record(raw);
+        let (rec, extra) = s.name_drop(raw);
         s.summary.count(&rec);
         s.out.drop(&rec)?;
+        s.capture(&rec, extra.as_ref(), &[])?;
         Ok(true)
     }
 }
@@ -645,6 +828,21 @@ pub fn parse_duration(s: &str) -> Result<Duration> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn stacks_start_at_the_tracepoint_caller() {
+        let f = |v: &[&str]| v.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+        assert_eq!(
+            trim_probe_frames(f(&[
+                "bpf_prog_37ba_drop_btf+0x19aa",
+                "bpf_trace_run4+0x10d",
+                "sk_skb_reason_drop+0x90",
+                "ip_rcv_finish_core+0x25b",
+            ])),
+            f(&["sk_skb_reason_drop+0x90", "ip_rcv_finish_core+0x25b"])
+        );
+        assert_eq!(trim_probe_frames(f(&["a+0x1"])), f(&["a+0x1"]));
+    }
 
     #[test]
     fn durations() {

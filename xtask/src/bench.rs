@@ -1450,7 +1450,12 @@ pub fn run(root: &Path, args: &[&str]) -> Result<()> {
                 let want = if v == Variant::Watch { 0.90 } else { 0.85 };
                 let kept = rate_m / base_rate;
                 let ok = kept >= want;
-                tg.push(format!("kept {:.0}% >={:.0}% {}", kept * 100.0, want * 100.0, pass(ok)));
+                tg.push(format!(
+                    "kept {:.0}% >={:.0}% {}",
+                    kept * 100.0,
+                    want * 100.0,
+                    pass(ok)
+                ));
                 targets.push(
                     json!({"name": format!("storm {} {} drop rate kept", kind.key(), v.key()),
                     "value": kept, "target": format!(">= {want}"), "pass": ok}),

@@ -31,6 +31,8 @@ const RUN_PACKAGES: &[&str] = &[
     "iputils-ping",
     "iptables",
     "procps",
+    // The pcapng tests read captures back with Wireshark's tshark.
+    "tshark",
     // The agent test scrapes with a real Prometheus server.
     "prometheus",
     // The deploy test validates the manifests (kubernetes-validate, in a venv).

@@ -1,4 +1,4 @@
-//! `cargo xtask kernels [--kernel 5.10|6.1|6.12]... [--check NAME]... [--timeout SECS]`:
+//! `cargo xtask kernels [--kernel 5.10|6.1|6.12]... [--check NAME]... [--jobs N] [--timeout SECS]`:
 //! boots Debian's own kernels under qemu, runs tracer's checks inside each
 //! and prints a kernel x check table. `cargo xtask test` runs it last.
 //!
@@ -193,8 +193,8 @@ const TAIL_LINES: usize = 40;
 const SECTION_HEAD: usize = 6;
 const SECTION_TAIL: usize = 12;
 
-const USAGE: &str =
-    "usage: cargo xtask kernels [--kernel 5.10|6.1|6.12]... [--check NAME]... [--timeout SECS]";
+const USAGE: &str = "usage: cargo xtask kernels [--kernel 5.10|6.1|6.12]... [--check NAME]... \
+                     [--jobs N] [--timeout SECS]";
 
 pub fn run(root: &Path, args: &[&str]) -> Result<()> {
     let opts = Options::parse(args)?;
@@ -209,12 +209,31 @@ pub fn run(root: &Path, args: &[&str]) -> Result<()> {
     fs::create_dir_all(&dir)?;
     let dir = dir.canonicalize()?;
     let mut apt = Apt::new(&dir.join("apt"))?;
-    let mut results = Vec::new();
+    let mut guests = Vec::new();
     for spec in &opts.kernels {
         let kernel = prepare_kernel(spec, &dir, &mut apt)?;
         let initrd = build_initramfs(&kernel)?;
-        let out = dir.join("results").join(spec.label);
-        results.push(boot(&kernel, &initrd, &out, &artifacts, &opts)?);
+        guests.push((kernel, initrd));
+    }
+    let mut results = Vec::new();
+    for batch in guests.chunks(opts.jobs) {
+        let batch_results = std::thread::scope(|s| {
+            let running: Vec<_> = batch
+                .iter()
+                .map(|(kernel, initrd)| {
+                    let out = dir.join("results").join(kernel.label);
+                    let (artifacts, opts) = (&artifacts, &opts);
+                    s.spawn(move || boot(kernel, initrd, &out, artifacts, opts))
+                })
+                .collect();
+            running
+                .into_iter()
+                .map(|h| h.join().expect("a guest's thread panicked"))
+                .collect::<Vec<_>>()
+        });
+        for r in batch_results {
+            results.push(r?);
+        }
     }
     let failed = report(&results, &opts.checks);
     if failed > 0 {
@@ -228,6 +247,9 @@ pub fn run(root: &Path, args: &[&str]) -> Result<()> {
 struct Options {
     kernels: Vec<&'static KernelSpec>,
     checks: Vec<&'static Check>,
+    /// Guests run at once. 1 by default: TCG's two vCPUs per guest
+    /// already compete for this VM's two cores.
+    jobs: usize,
     /// Per guest; by default the boot allowance plus the checks' timeouts,
     /// capped at GUEST_TIMEOUT_CAP_S.
     timeout: Option<Duration>,
@@ -238,6 +260,7 @@ impl Options {
         let mut kernels = Vec::new();
         let mut checks = Vec::new();
         let mut timeout = None;
+        let mut jobs = 1;
         let mut it = args.iter();
         while let Some(&arg) = it.next() {
             let (flag, inline) = match arg.split_once('=') {
@@ -272,6 +295,14 @@ impl Options {
                     let secs: u64 = v.parse().with_context(|| format!("bad --timeout {v}"))?;
                     timeout = Some(Duration::from_secs(secs));
                 }
+                "--jobs" => {
+                    let v = value()?;
+                    jobs = v
+                        .parse()
+                        .ok()
+                        .filter(|&j| j > 0)
+                        .with_context(|| format!("bad --jobs {v}"))?;
+                }
                 _ => bail!("kernels: unknown argument {arg}\n{USAGE}"),
             }
         }
@@ -284,6 +315,7 @@ impl Options {
         Ok(Options {
             kernels,
             checks,
+            jobs,
             timeout,
         })
     }

@@ -109,7 +109,10 @@ fn storm(tracer: &Path, secs: f64) -> Result<bool> {
     let growth_mb = (end as f64 - at10 as f64) / 1024.0;
     let checks = [
         ("exit 0 with a summary", r.exit_ok && r.summary_present),
-        ("delivered + aggregated + lost == kernel count", r.unaccounted() == 0),
+        (
+            "delivered + aggregated + lost == kernel count",
+            r.unaccounted() == 0,
+        ),
         ("peak RSS < 50 MB", r.hwm_kb < 50 * 1024),
         ("RSS flat (10 s -> end < +2 MB)", growth_mb < 2.0),
     ];
