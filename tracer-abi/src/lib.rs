@@ -612,9 +612,17 @@ pub const RING_BYTES: u32 = 4 * 1024 * 1024;
 
 /// How many drop records the ring holds at least: each carries an 8-byte
 /// header and is padded to 8 bytes.
-pub const fn ring_drop_capacity() -> u64 {
+///
+/// `extra_bytes` is the size of the `DropExtra` record (with its packet
+/// bytes) sent before each drop when capturing, else 0.
+pub const fn ring_drop_capacity(extra_bytes: u64) -> u64 {
     let rec = (core::mem::size_of::<DropEvent>() as u64).div_ceil(8) * 8 + 8;
-    RING_BYTES as u64 / rec
+    let extra = if extra_bytes == 0 {
+        0
+    } else {
+        extra_bytes.div_ceil(8) * 8 + 8
+    };
+    RING_BYTES as u64 / (rec + extra)
 }
 
 pub mod names {

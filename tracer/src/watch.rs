@@ -243,6 +243,9 @@ pub struct Tracer {
     term: tokio::signal::unix::Signal,
     int: tokio::signal::unix::Signal,
     hup: tokio::signal::unix::Signal,
+    /// Bytes of the record sent before each drop when capturing (0 if not):
+    /// the ring then holds fewer drops (see `--count`).
+    extra_bytes: u64,
 }
 
 impl Tracer {
@@ -365,6 +368,7 @@ impl Tracer {
             config.trace = 1;
             config.extra |= EXTRA_SKB;
         }
+        let config_extra = config.extra;
         // The file is created before attaching, so a bad path fails fast.
         let pcap = match &opts.pcap {
             Some(p) => Some(PcapSink::create(p)?),
@@ -409,6 +413,12 @@ impl Tracer {
             term: signal(SignalKind::terminate())?,
             int: signal(SignalKind::interrupt())?,
             hup: signal(SignalKind::hangup())?,
+            extra_bytes: if config_extra == 0 {
+                0
+            } else {
+                (std::mem::size_of::<tracer_abi::DropExtra>() + tracer_abi::MAX_SNAPLEN as usize)
+                    as u64
+            },
         };
         t.announce()?;
         Ok(t)
@@ -491,6 +501,7 @@ impl Tracer {
             mut term,
             mut int,
             mut hup,
+            extra_bytes,
             ..
         } = self;
         let stopped = async move {
@@ -566,7 +577,7 @@ impl Tracer {
                             // the user asked for was lost. A larger count
                             // than the ring holds keeps its real losses.
                             let lost = probes.stats().lost;
-                            lost_at_count = Some(if count.unwrap_or(0) <= ring_drop_capacity() {
+                            lost_at_count = Some(if count.unwrap_or(0) <= ring_drop_capacity(extra_bytes) {
                                 0
                             } else {
                                 lost
