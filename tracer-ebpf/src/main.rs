@@ -303,6 +303,7 @@ unsafe fn on_drop<M: Mem>(skb: *const u8, location: u64, reason: u32) {
         key.src = flow.dst;
         route_for(key, &mut (*e).route_rev);
     }
+    packet::nat(skb, &mut (*e).orig);
     entry.submit(0);
 }
 

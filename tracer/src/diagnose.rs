@@ -30,10 +30,44 @@ pub fn dockerd_running() -> bool {
     })
 }
 
+/// When each namespace's topology was last seen as it was before its
+/// latest change (see `TopologySource::changed_before`).
+#[derive(Default)]
+struct Changes {
+    /// netns -> (the snapshot, last wall time seen so, changed before).
+    seen: HashMap<u32, (Arc<NsTopology>, u64, Option<u64>)>,
+}
+
+impl Changes {
+    /// Notes `t` seen at `now`; returns the namespace's changed-before time
+    /// and whether this snapshot is a change.
+    fn note(&mut self, t: &Arc<NsTopology>, now: u64) -> (Option<u64>, bool) {
+        match self.seen.get_mut(&t.inode) {
+            Some((prev, last, before)) => {
+                if Arc::ptr_eq(prev, t) || prev.same_as(t) {
+                    *last = now;
+                    (*before, false)
+                } else {
+                    *before = Some(*last);
+                    *prev = t.clone();
+                    *last = now;
+                    (*before, true)
+                }
+            }
+            None => {
+                self.seen.insert(t.inode, (t.clone(), now, None));
+                (None, false)
+            }
+        }
+    }
+}
+
 /// The live topology: netlink through the [`Topology`] cache, with every
 /// snapshot a rule used copied into the recording (when there is one).
 struct LiveSource<'a> {
     topology: &'a mut Topology,
+    containers: &'a crate::containers::Containers,
+    changes: &'a mut Changes,
     own_netns: u32,
     dockerd: bool,
     recorder: Option<&'a mut Recorder>,
@@ -45,12 +79,54 @@ struct LiveSource<'a> {
 impl TopologySource for LiveSource<'_> {
     fn get(&mut self, netns: u32) -> Option<Arc<NsTopology>> {
         let t = self.topology.get(netns)?;
+        let (before, _) = self.changes.note(&t, self.now_ns);
         if let Some(r) = self.recorder.as_deref_mut() {
-            if let Err(e) = r.topology(self.now_ns, &t) {
+            if let Err(e) = r.topology_changed(self.now_ns, &t, before) {
                 self.error.get_or_insert(e);
             }
         }
         Some(t)
+    }
+
+    fn container(&mut self, netns: u32) -> Option<Arc<crate::containers::Container>> {
+        let c = self.containers.snapshot().by_netns(netns).cloned()?;
+        if let Some(r) = self.recorder.as_deref_mut() {
+            if let Err(e) = r.container(self.now_ns, &c) {
+                self.error.get_or_insert(e);
+            }
+        }
+        Some(c)
+    }
+
+    fn docker_network(&mut self, bridge: &str) -> Option<crate::containers::DockerNetwork> {
+        let n = self
+            .containers
+            .snapshot()
+            .network_by_bridge(bridge)
+            .cloned()?;
+        if let Some(r) = self.recorder.as_deref_mut() {
+            if let Err(e) = r.docker_network(self.now_ns, bridge, &n) {
+                self.error.get_or_insert(e);
+            }
+        }
+        Some(n)
+    }
+
+    fn changed_before(&mut self, netns: u32) -> Option<u64> {
+        self.changes.seen.get(&netns).and_then(|s| s.2)
+    }
+
+    fn container_by_addr(
+        &mut self,
+        addr: std::net::IpAddr,
+    ) -> Option<Arc<crate::containers::Container>> {
+        let c = self.containers.snapshot().by_addr(addr).cloned()?;
+        if let Some(r) = self.recorder.as_deref_mut() {
+            if let Err(e) = r.container(self.now_ns, &c) {
+                self.error.get_or_insert(e);
+            }
+        }
+        Some(c)
     }
 
     fn link(&mut self, netns: u32, ifindex: i32) -> Option<Link> {
@@ -80,6 +156,7 @@ pub struct Diagnoser {
     pub show_drops: bool,
     recorder: Option<Recorder>,
     dockerd: bool,
+    changes: Changes,
     /// Notify once every kind listed has been proven (the lab's early stop).
     pub stop_when: Option<(Vec<String>, Arc<tokio::sync::Notify>)>,
 }
@@ -91,6 +168,7 @@ impl Diagnoser {
             show_drops,
             recorder: None,
             dockerd: dockerd_running(),
+            changes: Changes::default(),
             stop_when: None,
         }
     }
@@ -114,6 +192,8 @@ impl Diagnoser {
     ) -> std::io::Result<T> {
         let mut src = LiveSource {
             topology: &mut s.namer.topology,
+            containers: &s.namer.containers,
+            changes: &mut self.changes,
             own_netns: s.own_netns,
             dockerd: self.dockerd,
             recorder: self.recorder.as_mut(),
@@ -247,11 +327,37 @@ pub async fn live(opts: &TraceOptions, write: Option<&Path>, started: Instant) -
 /// The recorded topology: the latest snapshot of each namespace read so far.
 pub struct ReplaySource {
     topo: HashMap<u32, Arc<NsTopology>>,
+    changed_before: HashMap<u32, u64>,
+    containers: HashMap<u32, Arc<crate::containers::Container>>,
+    networks: HashMap<String, crate::containers::DockerNetwork>,
     own_netns: u32,
     dockerd: bool,
 }
 
 impl TopologySource for ReplaySource {
+    fn container(&mut self, netns: u32) -> Option<Arc<crate::containers::Container>> {
+        self.containers.get(&netns).cloned()
+    }
+
+    fn docker_network(&mut self, bridge: &str) -> Option<crate::containers::DockerNetwork> {
+        self.networks.get(bridge).cloned()
+    }
+
+    fn changed_before(&mut self, netns: u32) -> Option<u64> {
+        self.changed_before.get(&netns).copied()
+    }
+
+    fn container_by_addr(
+        &mut self,
+        addr: std::net::IpAddr,
+    ) -> Option<Arc<crate::containers::Container>> {
+        let a = addr.to_string();
+        self.containers
+            .values()
+            .find(|c| c.networks.iter().any(|n| n.address.as_deref() == Some(&a)))
+            .cloned()
+    }
+
     fn get(&mut self, netns: u32) -> Option<Arc<NsTopology>> {
         self.topo.get(&netns).cloned()
     }
@@ -291,6 +397,9 @@ pub fn replay(
     let header = reader.header.clone();
     let mut src = ReplaySource {
         topo: HashMap::new(),
+        changed_before: HashMap::new(),
+        containers: HashMap::new(),
+        networks: HashMap::new(),
         own_netns: header.own_netns,
         dockerd: header.dockerd,
     };
@@ -305,8 +414,17 @@ pub fn replay(
     };
     for line in reader {
         match line? {
-            Line::Topology(t) => {
+            Line::Topology(t, before) => {
+                if let Some(b) = before {
+                    src.changed_before.insert(t.inode, b);
+                }
                 src.topo.insert(t.inode, Arc::new(t));
+            }
+            Line::Container(c) => {
+                src.containers.insert(c.netns, Arc::new(c));
+            }
+            Line::DockerNetwork(bridge, n) => {
+                src.networks.insert(bridge, n);
             }
             Line::Fact(f) => {
                 let ts = f.ts_ns();

@@ -94,6 +94,20 @@ impl Output {
         }
     }
 
+    /// The NETNS column: a container's name where the namespace is one's,
+    /// else as `netns_label`.
+    pub fn ns_label(
+        &self,
+        inode: u32,
+        name: &Option<String>,
+        container: Option<&crate::containers::ContainerRef>,
+    ) -> String {
+        match container {
+            Some(c) if !c.name.is_empty() => c.name.clone(),
+            _ => self.netns_label(inode, name),
+        }
+    }
+
     /// Column titles, once, before the first event line.
     fn header(&mut self) -> std::io::Result<()> {
         if self.header_done {
@@ -115,7 +129,7 @@ impl Output {
         }
         self.header()?;
         let time = clock(d.ts_ns);
-        let ns = self.netns_label(d.netns, &d.netns_name);
+        let ns = self.ns_label(d.netns, &d.netns_name, d.container.as_ref());
         let dev = dev_label(d);
         let reason = self.paint(&format!("{BOLD}{RED}"), &format!("{:<20}", reason_label(d)));
         let flow = flow_text(d);
@@ -131,7 +145,7 @@ impl Output {
             return self.json(s);
         }
         self.header()?;
-        let ns = self.netns_label(s.netns, &s.netns_name);
+        let ns = self.ns_label(s.netns, &s.netns_name, s.container.as_ref());
         let line = format!(
             "{:<15} {:<18} {:<16} {} {}:{} > {}:{} [{}] mss {} > mtu {} - {}",
             clock(s.ts_ns),
@@ -157,7 +171,7 @@ impl Output {
             return self.json(n);
         }
         self.header()?;
-        let ns = self.netns_label(n.netns, &n.netns_name);
+        let ns = self.ns_label(n.netns, &n.netns_name, n.container.as_ref());
         let line = format!(
             "{:<15} {:<18} {:<16} {} {} {}",
             clock(n.ts_ns),

@@ -69,6 +69,16 @@ pub struct KernelStats {
     pub drop_probe_ns: u64,
 }
 
+/// The kernel's `ROUTES` map (latest route lookup per netns, dst, src),
+/// read by userspace only for neighbour events (see `Namer::arrivals`).
+pub struct RouteTable(BpfHashMap<MapData, tracer_abi::RouteKey, tracer_abi::RouteHit>);
+
+impl RouteTable {
+    pub fn get(&self, key: &tracer_abi::RouteKey) -> Option<tracer_abi::RouteHit> {
+        self.0.get(key, 0).ok()
+    }
+}
+
 pub struct Probes {
     // Dropping the Ebpf detaches every program; the ring buffer and the
     // counters were taken out of it, so they outlive a detach.
@@ -81,6 +91,7 @@ pub struct Probes {
     pub neigh_attached: bool,
     drop_reasons: bool,
     events: Option<RingBuf<MapData>>,
+    routes: Option<RouteTable>,
     stats: PerCpuArray<MapData, u64>,
     pub warnings: Vec<String>,
 }
@@ -310,6 +321,13 @@ impl Probes {
             ebpf.take_map(names::MAP_EVENTS)
                 .ok_or_else(|| anyhow!("eBPF object lacks map {}", names::MAP_EVENTS))?,
         )?;
+        let routes = if routes_attached {
+            ebpf.take_map(names::MAP_ROUTES)
+                .and_then(|m| BpfHashMap::try_from(m).ok())
+                .map(RouteTable)
+        } else {
+            None
+        };
         let stats = PerCpuArray::try_from(
             ebpf.take_map(names::MAP_STATS)
                 .ok_or_else(|| anyhow!("eBPF object lacks map {}", names::MAP_STATS))?,
@@ -323,9 +341,15 @@ impl Probes {
             neigh_attached,
             drop_reasons: pc.drop_reasons,
             events: Some(events),
+            routes,
             stats,
             warnings,
         })
+    }
+
+    /// The route-lookup map, handed out once (diagnose).
+    pub fn take_routes(&mut self) -> Option<RouteTable> {
+        self.routes.take()
     }
 
     /// The ring buffer, handed to the reader once.

@@ -136,6 +136,8 @@ impl Tracer {
             );
         }
         let mut topology = Topology::new();
+        // Container names: the inventory runs while the programs load.
+        let containers = crate::containers::Containers::start();
 
         let mut config = Config::new();
         let mut inodes: Vec<u32> = namespaces.iter().map(|n| n.inode).collect();
@@ -200,7 +202,7 @@ impl Tracer {
             .join()
             .map_err(|_| anyhow!("reading kernel BTF failed"))?
             .map_err(|e| anyhow!("cannot read kernel BTF: {e}"))?;
-        let probes = Probes::load(
+        let mut probes = Probes::load(
             &kbtf,
             &aya_btf,
             &ProbeConfig {
@@ -212,7 +214,9 @@ impl Tracer {
             },
         )?;
         let out = Output::stdout(format, own_netns);
-        let namer = Namer::loading_symbols(reasons, topology);
+        let mut namer = Namer::loading_symbols(reasons, topology);
+        namer.containers = containers.ready(Duration::from_millis(1500));
+        namer.routes = probes.take_routes();
         let mut t = Tracer {
             probes,
             session: Session {

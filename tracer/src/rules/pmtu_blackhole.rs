@@ -177,6 +177,9 @@ fn verdict(cx: &mut Ctx, t: TooBig, blocked: bool) {
         "too_big_drops": t.count,
         "location": d.location,
     });
+    if let (Some(a), Some(b), Some(sp), Some(dp)) = (d.src, d.dst, d.sport, d.dport) {
+        cx.about_flow(&key, (a, b, sp, dp));
+    }
     cx.conclude(Finding {
         key,
         kind: "pmtu_blackhole",
