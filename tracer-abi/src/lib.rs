@@ -459,6 +459,7 @@ pub mod names {
     pub const MAP_STATS: &str = "STATS";
     pub const MAP_REASONS: &str = "REASONS";
     pub const MAP_ROUTES: &str = "ROUTES";
+    pub const MAP_ARRIVALS: &str = "ARRIVALS";
     pub const GLOBAL_CONFIG: &str = "CONFIG";
     pub const GLOBAL_OFFSETS: &str = "OFFSETS";
 }

@@ -267,13 +267,20 @@ fn conclude_summary(
 impl Consumer for Diagnoser {
     fn drop(&mut self, raw: &DropEvent, s: &mut Session) -> std::io::Result<bool> {
         let rec = s.namer.drop_record(raw);
-        s.summary.count(&rec);
-        if self.show_drops {
-            s.out.drop(&rec)?;
+        // Noise is hidden, not ignored: the rules still learn from it
+        // (a retransmitted SYN shows where the peer enters).
+        let shown = rec.noise.is_none() || s.show_noise;
+        if shown {
+            s.summary.count(&rec);
+            if self.show_drops {
+                s.out.drop(&rec)?;
+            }
+        } else {
+            s.summary.hide(&rec);
         }
         self.feed(&Fact::Drop(rec), s)?;
         self.emit(s)?;
-        Ok(true)
+        Ok(shown)
     }
 
     fn neigh(&mut self, raw: &NeighEvent, s: &mut Session) -> std::io::Result<()> {
@@ -474,6 +481,10 @@ pub fn replay_cmd(path: &Path, format: Format) -> Result<()> {
             first_ts.get_or_insert(f.ts_ns());
             last_ts = f.ts_ns();
             match f {
+                Fact::Drop(d) if d.noise.is_some() => {
+                    summary.hide(d);
+                    Ok(())
+                }
                 Fact::Drop(d) => {
                     summary.count(d);
                     out.drop(d)
@@ -544,6 +555,57 @@ mod tests {
                 "{name}"
             );
         }
+    }
+
+    #[test]
+    fn replay_docker_published_port() {
+        // A real dockerd, a container publishing 8080, the client inside
+        // docker0's subnet, loose rp_filter: proven from the container's
+        // first ARP for the client, and its SYN-ACKs that die 3 s later
+        // count towards the same verdict, never as neighbor_unreachable.
+        assert_eq!(
+            replayed("docker-published-port"),
+            [("asymmetric_route", Tier::Proven)]
+        );
+        let path = Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("tests/recordings/docker-published-port.jsonl");
+        let (mut first_arp, mut verdict_at, mut neigh_failed, mut hidden) = (None, None, 0, 0);
+        let (_, engine) = replay(&path, |r| {
+            match r {
+                Replayed::Fact(Fact::Neigh(n), _) if n.state == "INCOMPLETE" => {
+                    first_arp.get_or_insert(n.ts_ns);
+                    assert_eq!(n.container.as_ref().unwrap().name, "trdk-web");
+                }
+                Replayed::Fact(Fact::Drop(d), _) => {
+                    assert_eq!(d.container.as_ref().unwrap().name, "trdk-web");
+                    assert_eq!(d.host_ifname.as_deref(), Some("veth250abc2"));
+                    if d.reason == "NEIGH_FAILED" {
+                        neigh_failed += 1;
+                    }
+                    if d.noise == Some("syn_retransmit") {
+                        hidden += 1;
+                    }
+                }
+                Replayed::Verdict(_) => {
+                    verdict_at.get_or_insert(first_arp.unwrap());
+                }
+                _ => {}
+            }
+            Ok(())
+        })
+        .unwrap();
+        assert!(neigh_failed >= 1 && hidden >= 1, "{neigh_failed} {hidden}");
+        // Concluded at the first ARP, not at the neighbour failure 3 s later.
+        assert_eq!(verdict_at, first_arp);
+        let v = &engine.verdicts()[0];
+        assert_eq!(v.container.as_ref().unwrap().name, "trdk-web");
+        assert_eq!(v.evidence["docker_network"], "bridge");
+        assert_eq!(v.evidence["bridge_ifname"], "docker0");
+        assert_eq!(v.evidence["ingress_ifname"], "eth0");
+        assert_eq!(v.evidence["peer"], "172.17.5.5");
+        assert_eq!(v.drops, neigh_failed, "the lost SYN-ACKs count towards it");
+        assert!(v.fix[0].contains("\"bip\""), "{:?}", v.fix);
+        assert!(!v.fix.iter().any(|f| f.contains("ip route add")));
     }
 
     #[test]

@@ -216,6 +216,32 @@ pub struct DropRecord {
     pub route: Option<RouteRecord>,
     /// Latest route lookup towards the packet's source (reverse path).
     pub reverse_route: Option<RouteRecord>,
+    /// Why this drop is benign container-host noise (hidden unless
+    /// `--all`; counted in the summary's `noise_hidden`), else null.
+    #[serde(default, deserialize_with = "opt_static_str")]
+    pub noise: Option<StaticName>,
+}
+
+/// Benign drops that every Docker host shows, recognised in userspace
+/// (the kernel filter knows no containers):
+/// - `ipv6_disabled`: `IPV6DISABLED` inside a container's namespace, where
+///   Docker turns IPv6 off;
+/// - `syn_retransmit`: `NOT_SPECIFIED` in `tcp_v4_rcv`/`tcp_v6_rcv` of a
+///   bare SYN, a retransmission that met the pending connection request
+///   (the kernel answers it by resending its SYN-ACK). The SYN-ACK's own
+///   fate is the drop that matters and stays visible.
+pub fn noise_kind(d: &DropRecord) -> Option<&'static str> {
+    if d.reason == "IPV6DISABLED" && d.container.is_some() {
+        return Some("ipv6_disabled");
+    }
+    let func = d.location.split('+').next().unwrap_or_default();
+    if d.reason == "NOT_SPECIFIED"
+        && matches!(func, "tcp_v4_rcv" | "tcp_v6_rcv")
+        && d.tcp_flags.as_deref() == Some("S")
+    {
+        return Some("syn_retransmit");
+    }
+    None
 }
 
 fn null_as_empty<'de, D: Deserializer<'de>>(d: D) -> Result<String, D::Error> {
@@ -276,6 +302,7 @@ impl DropRecord {
             comm: String::new(),
             route: None,
             reverse_route: None,
+            noise: None,
         }
     }
 
@@ -614,6 +641,7 @@ impl Namer {
             comm: comm(&e.comm),
             route: self.route(&e.route_fwd, e.ts_ns, e.netns, flow_dst(f), flow_src(f)),
             reverse_route: self.route(&e.route_rev, e.ts_ns, e.netns, flow_src(f), flow_dst(f)),
+            noise: None,
         };
         if !kernel_reasons {
             if let Some(r) = crate::reason_inference::infer(&rec) {
@@ -621,6 +649,7 @@ impl Namer {
                 rec.reason_source = Some("location");
             }
         }
+        rec.noise = noise_kind(&rec);
         rec
     }
 
@@ -723,23 +752,23 @@ impl Namer {
                     IpAddr::V4(a) => k.dst[..4].copy_from_slice(&a.octets()),
                     IpAddr::V6(a) => k.dst = a.octets(),
                 }
-                let Some(h) = self.routes.as_ref().and_then(|r| r.get(&k)) else {
-                    continue;
-                };
-                let age = e.ts_ns as i64 - h.ts_ns as i64;
-                if h.valid == 0 || h.err != 0 || h.iif <= 1 || age.abs() > MAX_AGE_NS {
-                    continue;
+                let hits = self.routes.as_ref().map(|r| r.get(&k)).unwrap_or_default();
+                for h in hits {
+                    let age = e.ts_ns as i64 - h.ts_ns as i64;
+                    if h.valid == 0 || h.err != 0 || h.iif <= 1 || age.abs() > MAX_AGE_NS {
+                        continue;
+                    }
+                    let hns = if h.netns != 0 { h.netns } else { ns };
+                    out.push(Arrival {
+                        netns: hns,
+                        iif: h.iif,
+                        iifname: self.ifname(hns, h.iif).0,
+                        ifindex: h.dev_ifindex,
+                        ifname: self.ifname(hns, h.dev_ifindex).0,
+                        dst: *local,
+                        age_ns: age,
+                    });
                 }
-                let hns = if h.netns != 0 { h.netns } else { ns };
-                out.push(Arrival {
-                    netns: hns,
-                    iif: h.iif,
-                    iifname: self.ifname(hns, h.iif).0,
-                    ifindex: h.dev_ifindex,
-                    ifname: self.ifname(hns, h.dev_ifindex).0,
-                    dst: *local,
-                    age_ns: age,
-                });
             }
         }
         out
@@ -812,6 +841,34 @@ mod tests {
             }
             let _ = decode(&buf);
         }
+    }
+
+    #[test]
+    fn docker_noise_is_narrow() {
+        let mut d = DropRecord::sample("tcp_v4_rcv+0x99");
+        d.reason = "NOT_SPECIFIED".into();
+        assert_eq!(noise_kind(&d), Some("syn_retransmit"));
+        // A SYN-ACK, a data segment, another reason or function: real.
+        for (flags, reason, loc) in [
+            ("S.", "NOT_SPECIFIED", "tcp_v4_rcv+0x99"),
+            ("P.", "NOT_SPECIFIED", "tcp_v4_rcv+0x99"),
+            ("S", "NO_SOCKET", "tcp_v4_rcv+0x99"),
+            ("S", "NOT_SPECIFIED", "ip_forward+0x10"),
+        ] {
+            d.tcp_flags = Some(flags.into());
+            d.reason = reason.into();
+            d.location = loc.into();
+            assert_eq!(noise_kind(&d), None, "{flags} {reason} {loc}");
+        }
+        let mut v6 = DropRecord::sample("ip6_rcv_core+0x1c");
+        v6.reason = "IPV6DISABLED".into();
+        assert_eq!(noise_kind(&v6), None, "outside a container it is shown");
+        v6.container = Some(crate::containers::ContainerRef {
+            runtime: "docker".into(),
+            name: "web-1".into(),
+            ..Default::default()
+        });
+        assert_eq!(noise_kind(&v6), Some("ipv6_disabled"));
     }
 
     #[test]

@@ -264,6 +264,17 @@ impl Output {
         for (r, n) in reasons {
             lines.push(format!("    {n:>7}  {r}"));
         }
+        if !s.noise_hidden.is_empty() {
+            let parts: Vec<String> = s
+                .noise_hidden
+                .iter()
+                .map(|(k, n)| format!("{k} {n}"))
+                .collect();
+            lines.push(format!(
+                "    benign container-host drops hidden (--all shows them): {}",
+                parts.join(", ")
+            ));
+        }
         if !s.by_ifname.is_empty() {
             let mut ifs: Vec<_> = s.by_ifname.iter().collect();
             ifs.sort_by(|a, b| b.1.cmp(a.1).then(a.0.cmp(b.0)));
@@ -301,6 +312,10 @@ pub struct Summary {
     /// Verdicts proven but not printed (more than 20 of one kind).
     #[serde(skip_serializing_if = "is_zero")]
     pub verdicts_suppressed: u64,
+    /// Benign container-host drops not shown (see `event::noise_kind`),
+    /// per kind; `--all` shows them.
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    pub noise_hidden: BTreeMap<String, u64>,
     /// Verdicts per kind, for `diagnose`.
     #[serde(skip_serializing_if = "BTreeMap::is_empty")]
     pub verdict_kinds: BTreeMap<String, u64>,
@@ -316,6 +331,13 @@ impl Summary {
         Summary {
             kind: "summary",
             ..Default::default()
+        }
+    }
+
+    /// Counts a drop hidden as noise.
+    pub fn hide(&mut self, d: &DropRecord) {
+        if let Some(k) = d.noise {
+            *self.noise_hidden.entry(k.to_string()).or_default() += 1;
         }
     }
 

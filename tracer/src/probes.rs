@@ -69,13 +69,27 @@ pub struct KernelStats {
     pub drop_probe_ns: u64,
 }
 
-/// The kernel's `ROUTES` map (latest route lookup per netns, dst, src),
-/// read by userspace only for neighbour events (see `Namer::arrivals`).
-pub struct RouteTable(BpfHashMap<MapData, tracer_abi::RouteKey, tracer_abi::RouteHit>);
+type RouteMap = BpfHashMap<MapData, tracer_abi::RouteKey, tracer_abi::RouteHit>;
+
+/// The kernel's `ROUTES` map (latest route lookup per netns, dst, src) and
+/// `ARRIVALS` (lookups displaced by one from another input device), read
+/// by userspace only for neighbour events (see `Namer::arrivals`).
+pub struct RouteTable {
+    latest: RouteMap,
+    displaced: Option<RouteMap>,
+}
 
 impl RouteTable {
-    pub fn get(&self, key: &tracer_abi::RouteKey) -> Option<tracer_abi::RouteHit> {
-        self.0.get(key, 0).ok()
+    /// The latest lookup for `key`, and the one it displaced if that came
+    /// from another input device.
+    pub fn get(&self, key: &tracer_abi::RouteKey) -> Vec<tracer_abi::RouteHit> {
+        let mut v: Vec<_> = self.latest.get(key, 0).ok().into_iter().collect();
+        if let Some(h) = self.displaced.as_ref().and_then(|m| m.get(key, 0).ok()) {
+            if !v.iter().any(|x| x.iif == h.iif && x.ts_ns == h.ts_ns) {
+                v.push(h);
+            }
+        }
+        v
     }
 }
 
@@ -322,9 +336,12 @@ impl Probes {
                 .ok_or_else(|| anyhow!("eBPF object lacks map {}", names::MAP_EVENTS))?,
         )?;
         let routes = if routes_attached {
+            let displaced = ebpf
+                .take_map(names::MAP_ARRIVALS)
+                .and_then(|m| BpfHashMap::try_from(m).ok());
             ebpf.take_map(names::MAP_ROUTES)
                 .and_then(|m| BpfHashMap::try_from(m).ok())
-                .map(RouteTable)
+                .map(|latest| RouteTable { latest, displaced })
         } else {
             None
         };

@@ -70,6 +70,8 @@ pub struct Session {
     pub netns: Vec<u32>,
     pub own_netns: u32,
     pub filter: filter::Filter,
+    /// `--all`: also show benign noise (see `event::noise_kind`).
+    pub show_noise: bool,
 }
 
 #[derive(Serialize)]
@@ -226,6 +228,7 @@ impl Tracer {
                 netns: inodes,
                 own_netns,
                 filter,
+                show_noise: opts.all,
             },
             duration: opts.duration,
             count: opts.count,
@@ -520,6 +523,10 @@ pub struct Printer;
 impl Consumer for Printer {
     fn drop(&mut self, raw: &DropEvent, s: &mut Session) -> std::io::Result<bool> {
         let rec = s.namer.drop_record(raw);
+        if rec.noise.is_some() && !s.show_noise {
+            s.summary.hide(&rec);
+            return Ok(false);
+        }
         s.summary.count(&rec);
         s.out.drop(&rec)?;
         Ok(true)
