@@ -241,6 +241,9 @@ impl DockerHost {
         for f in [&self.sock, &self.pidfile, &self.log] {
             let _ = std::fs::remove_file(f);
         }
+        // The parents, when no other lab's daemon uses them.
+        let _ = std::fs::remove_dir("/run/trdk");
+        let _ = std::fs::remove_dir("/var/lib/tracer-test-docker");
     }
 }
 
