@@ -141,6 +141,8 @@ pub struct Fake {
     pub topo: HashMap<u32, Arc<NsTopology>>,
     pub dockerd: bool,
     pub containers: crate::containers::Registry,
+    /// netns -> wall time its topology last looked different.
+    pub changed_before: HashMap<u32, u64>,
 }
 
 impl Fake {
@@ -149,6 +151,7 @@ impl Fake {
             topo: topos.into_iter().map(|t| (t.inode, Arc::new(t))).collect(),
             dockerd: false,
             containers: Default::default(),
+            changed_before: HashMap::new(),
         }
     }
 }
@@ -171,6 +174,9 @@ impl TopologySource for Fake {
     }
     fn docker_network(&mut self, bridge: &str) -> Option<crate::containers::DockerNetwork> {
         self.containers.network_by_bridge(bridge).cloned()
+    }
+    fn changed_before(&mut self, netns: u32) -> Option<u64> {
+        self.changed_before.get(&netns).copied()
     }
     fn container_by_addr(
         &mut self,
