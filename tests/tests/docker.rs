@@ -239,7 +239,7 @@ fn published_port(test: &str, rp_filter: u8) -> Vec<Value> {
     assert_eq!(v["evidence"]["peer"], "172.17.5.5");
     assert_eq!(v["evidence"]["ingress_ifname"], "eth0");
     assert_eq!(v["evidence"]["rp_filter"], rp_filter);
-    assert!(v["latency_ms"].as_f64().unwrap() < 1000.0, "{v:#}");
+    assert!(v["latency_ms"].as_f64().unwrap() < 2000.0, "{v:#}");
     let summary = v["summary"].as_str().unwrap();
     assert!(
         summary.contains(&name) && summary.contains("172.17.5.5"),
@@ -273,6 +273,47 @@ fn published_port(test: &str, rp_filter: u8) -> Vec<Value> {
             "{l}"
         );
     }
+    // Apply the printed fix: dockerd with docker0 at the "bip" it names
+    // (what daemon.json's "bip" does), the container again: it connects.
+    let fix0 = fix[0].as_str().unwrap();
+    let bip = fix0
+        .split("\"bip\": \"")
+        .nth(1)
+        .and_then(|s| s.split('"').next())
+        .unwrap()
+        .to_string();
+    let mut case = case;
+    case.d.docker.stop();
+    case.lab.exec("dhost", "ip link del docker0").unwrap();
+    let tag = format!("t{}{test}b", std::process::id());
+    case.d.docker = docker::DockerHost::start_with(&case.ns("dhost"), &tag, Some(&bip)).unwrap();
+    let dk = &case.d.docker;
+    dk.docker(&[
+        "run",
+        "-d",
+        "--name",
+        &name,
+        "-p",
+        &format!("{PORT}:{PORT}"),
+        &dk.image,
+        "/bin/httpd",
+        "-f",
+        "-p",
+        &PORT.to_string(),
+        "-h",
+        "/www",
+    ])
+    .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let mut ok = false;
+    while !ok && Instant::now() < deadline {
+        ok = case.connect(1.0);
+    }
+    assert!(
+        ok,
+        "with docker0 at {bip} ({fix0}) the client still cannot connect"
+    );
+    eprintln!("after the fix (docker0 at {bip}) the client connects");
     case.finish();
     lines
 }
