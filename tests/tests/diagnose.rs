@@ -329,6 +329,7 @@ fn lab_list_names_every_lab() {
         "overlay-mtu-blackhole",
         "overlay-mtu-clamped",
         "veth-mtu-mismatch",
+        "docker-published-port",
     ] {
         assert!(text.contains(name), "{name} missing from {text}");
     }

@@ -138,6 +138,30 @@ pub struct RouteKey {
     pub src: [u8; 16],
 }
 
+/// `NatTuple::flags`: conntrack translated this connection (SNAT or DNAT).
+pub const NAT_VALID: u8 = 1;
+/// `NatTuple::flags`: the packet travels in the reply direction.
+pub const NAT_REPLY: u8 = 2;
+
+/// The original-direction tuple of the packet's conntrack entry (what the
+/// client sent: source and the address and port it dialled), read from
+/// `skb->_nfct` when conntrack translated the connection. Addresses in
+/// network byte order (IPv4 in the first 4 bytes), ports in host order.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct NatTuple {
+    pub src: [u8; 16],
+    pub dst: [u8; 16],
+    pub sport: u16,
+    pub dport: u16,
+    /// `NAT_*` bits; 0 when there is no translated conntrack entry.
+    pub flags: u8,
+    /// `FAMILY_*`.
+    pub family: u8,
+    pub proto: u8,
+    pub _pad: u8,
+}
+
 /// One packet the kernel freed as a drop (`skb:kfree_skb`).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -175,6 +199,8 @@ pub struct DropEvent {
     /// Latest lookup towards this packet's source (from its destination):
     /// the reverse path, i.e. rp_filter's check or the reply's route.
     pub route_rev: RouteHit,
+    /// The connection's tuple before NAT, when conntrack translated it.
+    pub orig: NatTuple,
 }
 
 /// A TCP SYN that leaves a device while advertising an MSS larger than the
@@ -542,6 +568,19 @@ pub struct Offsets {
     pub skb_mac_header: u32,
     pub skb_tail: u32,
     pub skb_data: u32,
+    /// `sk_buff._nfct` (conntrack pointer | ctinfo in the low 3 bits).
+    pub skb_nfct: u32,
+    /// `nf_conn.status` (IPS_* bits).
+    pub ct_status: u32,
+    /// `nf_conn.tuplehash[IP_CT_DIR_ORIGINAL].tuple`.
+    pub ct_tuple: u32,
+    /// Inside `struct nf_conntrack_tuple`.
+    pub tuple_src_u3: u32,
+    pub tuple_src_port: u32,
+    pub tuple_l3num: u32,
+    pub tuple_dst_u3: u32,
+    pub tuple_dst_port: u32,
+    pub tuple_protonum: u32,
 }
 
 impl Offsets {
@@ -595,6 +634,15 @@ impl Offsets {
             skb_mac_header: NO_OFFSET,
             skb_tail: NO_OFFSET,
             skb_data: NO_OFFSET,
+            skb_nfct: NO_OFFSET,
+            ct_status: NO_OFFSET,
+            ct_tuple: NO_OFFSET,
+            tuple_src_u3: NO_OFFSET,
+            tuple_src_port: NO_OFFSET,
+            tuple_l3num: NO_OFFSET,
+            tuple_dst_u3: NO_OFFSET,
+            tuple_dst_port: NO_OFFSET,
+            tuple_protonum: NO_OFFSET,
         }
     }
 }
@@ -648,6 +696,7 @@ pub mod names {
     pub const MAP_ROUTES: &str = "ROUTES";
     pub const MAP_AGG: &str = "AGG";
     pub const MAP_AGG_SLOTS: &str = "AGGSLOTS";
+    pub const MAP_ARRIVALS: &str = "ARRIVALS";
     pub const GLOBAL_CONFIG: &str = "CONFIG";
     pub const GLOBAL_OFFSETS: &str = "OFFSETS";
 }

@@ -94,6 +94,14 @@ static SCRATCH: PerCpuArray<Scratch> = PerCpuArray::with_max_entries(1, 0);
 #[map]
 static ROUTES: LruHashMap<RouteKey, RouteHit> = LruHashMap::with_max_entries(16384, 0);
 
+/// Route lookups displaced from `ROUTES` by a lookup of the same key from
+/// another input device: where a peer's packets entered before something
+/// else (an ARP for the peer, a bridged copy) looked up the same pair.
+/// Userspace reads it for neighbour events only; written only when the
+/// input device changes, so a steady flow never touches it.
+#[map]
+static ARRIVALS: LruHashMap<RouteKey, RouteHit> = LruHashMap::with_max_entries(4096, 0);
+
 /// `CONFIG` seen through an opaque pointer: rustc knows the placeholder
 /// initializer of an immutable static and would fold reads of it (the
 /// filter program would compile to "always END"); userspace rewrites it
@@ -375,6 +383,7 @@ unsafe fn on_drop<M: Mem, C: EbpfContext>(ctx: &C, skb: *const u8, location: u64
         key.src = flow.dst;
         route_for(key, &mut (*e).route_rev);
     }
+    packet::nat(skb, &mut (*e).orig);
     entry.submit(0);
 }
 
@@ -542,6 +551,10 @@ unsafe fn remember_route(key: &RouteKey, hit: &RouteHit) {
     // Update in place when the entry exists: cheaper than an LRU insert on
     // a forwarding host that looks up the same flow for every packet.
     if let Some(p) = ROUTES.get_ptr_mut(key) {
+        let old = *p;
+        if old.iif != hit.iif && old.iif > 1 && old.err == 0 {
+            let _ = ARRIVALS.insert(key, &old, 0);
+        }
         *p = *hit;
     } else {
         let _ = ROUTES.insert(key, hit, 0);

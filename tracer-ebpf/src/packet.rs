@@ -245,3 +245,48 @@ unsafe fn from_socket(sk: *const u8, flow: &mut Flow) -> bool {
     flow.flags |= FLOW_FROM_SOCKET;
     true
 }
+
+/// `IPS_SRC_NAT | IPS_DST_NAT`.
+const IPS_NAT_MASK: u64 = 0x30;
+/// ctinfo values from `IP_CT_IS_REPLY` (3) on are reply-direction packets.
+const IP_CT_IS_REPLY: u64 = 3;
+
+/// The original-direction tuple of the packet's conntrack entry, when
+/// conntrack translated the connection (`skb->_nfct`, low 3 bits are the
+/// ctinfo). Not on a hot path: only drops reach it, and every read is a
+/// probe read at an offset from BTF.
+#[inline(always)]
+pub unsafe fn nat(skb: *const u8, out: &mut NatTuple) {
+    *out = NatTuple::default();
+    let Some(nfct) = read::<u64>(skb, off!(skb_nfct)) else {
+        return;
+    };
+    let ct = (nfct & !7u64) as *const u8;
+    if ct.is_null() {
+        return;
+    }
+    let status = read::<u64>(ct, off!(ct_status)).unwrap_or(0);
+    if status & IPS_NAT_MASK == 0 {
+        return;
+    }
+    let t = ct.wrapping_add(off!(ct_tuple) as usize);
+    let l3 = read::<u16>(t, off!(tuple_l3num)).unwrap_or(0);
+    out.family = match l3 {
+        AF_INET => FAMILY_V4,
+        AF_INET6 => FAMILY_V6,
+        _ => return,
+    };
+    if let Some(a) = read::<[u8; 16]>(t, off!(tuple_src_u3)) {
+        out.src = a;
+    }
+    if let Some(a) = read::<[u8; 16]>(t, off!(tuple_dst_u3)) {
+        out.dst = a;
+    }
+    out.sport = u16::from_be(read::<u16>(t, off!(tuple_src_port)).unwrap_or(0));
+    out.dport = u16::from_be(read::<u16>(t, off!(tuple_dst_port)).unwrap_or(0));
+    out.proto = read::<u8>(t, off!(tuple_protonum)).unwrap_or(0);
+    out.flags = NAT_VALID;
+    if nfct & 7 >= IP_CT_IS_REPLY {
+        out.flags |= NAT_REPLY;
+    }
+}

@@ -196,11 +196,30 @@ impl KernelBtf {
         Ok(total)
     }
 
+    /// `nf_conn` offsets for the NAT tuple: status, the original-direction
+    /// tuple (`tuplehash` is an array; element 0 is IP_CT_DIR_ORIGINAL),
+    /// and the tuple's members. None when any is missing.
+    fn conntrack_offsets(&self) -> Option<[u32; 8]> {
+        let o = |p: &str| self.offset_of(p).ok();
+        let tuple = o("nf_conn.tuplehash")? + o("nf_conntrack_tuple_hash.tuple")?;
+        Some([
+            o("nf_conn.status")?,
+            tuple,
+            o("nf_conntrack_tuple.src.u3")?,
+            o("nf_conntrack_tuple.src.u")?,
+            o("nf_conntrack_tuple.src.l3num")?,
+            o("nf_conntrack_tuple.dst.u3")?,
+            o("nf_conntrack_tuple.dst.u")?,
+            o("nf_conntrack_tuple.dst.protonum")?,
+        ])
+    }
+
     /// Every offset the eBPF programs read. Members that the drop path
     /// cannot work without are errors; optional ones become `NO_OFFSET`.
     pub fn offsets(&self) -> Result<Offsets> {
         let need = |p: &str| self.offset_of(p).with_context(|| format!("resolving {p}"));
         let opt = |p: &str| self.offset_of(p).unwrap_or(NO_OFFSET);
+        let ct = self.conntrack_offsets();
         Ok(Offsets {
             skb_dev: need("sk_buff.dev")?,
             skb_sk: need("sk_buff.sk")?,
@@ -250,6 +269,20 @@ impl KernelBtf {
             skb_mac_header: opt("sk_buff.mac_header"),
             skb_tail: opt("sk_buff.tail"),
             skb_data: opt("sk_buff.data"),
+            // Conntrack (CONFIG_NF_CONNTRACK): all or nothing.
+            skb_nfct: if ct.is_some() {
+                opt("sk_buff._nfct")
+            } else {
+                NO_OFFSET
+            },
+            ct_status: ct.map_or(NO_OFFSET, |c| c[0]),
+            ct_tuple: ct.map_or(NO_OFFSET, |c| c[1]),
+            tuple_src_u3: ct.map_or(NO_OFFSET, |c| c[2]),
+            tuple_src_port: ct.map_or(NO_OFFSET, |c| c[3]),
+            tuple_l3num: ct.map_or(NO_OFFSET, |c| c[4]),
+            tuple_dst_u3: ct.map_or(NO_OFFSET, |c| c[5]),
+            tuple_dst_port: ct.map_or(NO_OFFSET, |c| c[6]),
+            tuple_protonum: ct.map_or(NO_OFFSET, |c| c[7]),
         })
     }
 }
@@ -371,6 +404,15 @@ mod tests {
         assert_ne!(o.fl4_daddr, NO_OFFSET);
         assert_eq!(o.fl4_daddr, o.fl4_saddr + 4);
         assert!(btf.offset_of("sk_buff.no_such_member").is_err());
+        // Conntrack, where the kernel has it: the original tuple's members
+        // in the order struct nf_conntrack_tuple declares them.
+        if o.skb_nfct != NO_OFFSET {
+            assert!(o.ct_tuple > 0 && o.ct_status > o.ct_tuple);
+            assert_eq!(o.tuple_src_u3, 0);
+            assert_eq!(o.tuple_src_port, 16);
+            assert!(o.tuple_dst_u3 > o.tuple_l3num);
+            assert_eq!(o.tuple_dst_port, o.tuple_dst_u3 + 16);
+        }
         assert!(btf.offset_of("no_such_struct.x").is_err());
     }
 

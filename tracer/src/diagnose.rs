@@ -30,10 +30,44 @@ pub fn dockerd_running() -> bool {
     })
 }
 
+/// When each namespace's topology was last seen as it was before its
+/// latest change (see `TopologySource::changed_before`).
+#[derive(Default)]
+struct Changes {
+    /// netns -> (the snapshot, last wall time seen so, changed before).
+    seen: HashMap<u32, (Arc<NsTopology>, u64, Option<u64>)>,
+}
+
+impl Changes {
+    /// Notes `t` seen at `now`; returns the namespace's changed-before time
+    /// and whether this snapshot is a change.
+    fn note(&mut self, t: &Arc<NsTopology>, now: u64) -> (Option<u64>, bool) {
+        match self.seen.get_mut(&t.inode) {
+            Some((prev, last, before)) => {
+                if Arc::ptr_eq(prev, t) || prev.same_as(t) {
+                    *last = now;
+                    (*before, false)
+                } else {
+                    *before = Some(*last);
+                    *prev = t.clone();
+                    *last = now;
+                    (*before, true)
+                }
+            }
+            None => {
+                self.seen.insert(t.inode, (t.clone(), now, None));
+                (None, false)
+            }
+        }
+    }
+}
+
 /// The live topology: netlink through the [`Topology`] cache, with every
 /// snapshot a rule used copied into the recording (when there is one).
 struct LiveSource<'a> {
     topology: &'a mut Topology,
+    containers: &'a crate::containers::Containers,
+    changes: &'a mut Changes,
     own_netns: u32,
     dockerd: bool,
     recorder: Option<&'a mut Recorder>,
@@ -45,12 +79,54 @@ struct LiveSource<'a> {
 impl TopologySource for LiveSource<'_> {
     fn get(&mut self, netns: u32) -> Option<Arc<NsTopology>> {
         let t = self.topology.get(netns)?;
+        let (before, _) = self.changes.note(&t, self.now_ns);
         if let Some(r) = self.recorder.as_deref_mut() {
-            if let Err(e) = r.topology(self.now_ns, &t) {
+            if let Err(e) = r.topology_changed(self.now_ns, &t, before) {
                 self.error.get_or_insert(e);
             }
         }
         Some(t)
+    }
+
+    fn container(&mut self, netns: u32) -> Option<Arc<crate::containers::Container>> {
+        let c = self.containers.snapshot().by_netns(netns).cloned()?;
+        if let Some(r) = self.recorder.as_deref_mut() {
+            if let Err(e) = r.container(self.now_ns, &c) {
+                self.error.get_or_insert(e);
+            }
+        }
+        Some(c)
+    }
+
+    fn docker_network(&mut self, bridge: &str) -> Option<crate::containers::DockerNetwork> {
+        let n = self
+            .containers
+            .snapshot()
+            .network_by_bridge(bridge)
+            .cloned()?;
+        if let Some(r) = self.recorder.as_deref_mut() {
+            if let Err(e) = r.docker_network(self.now_ns, bridge, &n) {
+                self.error.get_or_insert(e);
+            }
+        }
+        Some(n)
+    }
+
+    fn changed_before(&mut self, netns: u32) -> Option<u64> {
+        self.changes.seen.get(&netns).and_then(|s| s.2)
+    }
+
+    fn container_by_addr(
+        &mut self,
+        addr: std::net::IpAddr,
+    ) -> Option<Arc<crate::containers::Container>> {
+        let c = self.containers.snapshot().by_addr(addr).cloned()?;
+        if let Some(r) = self.recorder.as_deref_mut() {
+            if let Err(e) = r.container(self.now_ns, &c) {
+                self.error.get_or_insert(e);
+            }
+        }
+        Some(c)
     }
 
     fn link(&mut self, netns: u32, ifindex: i32) -> Option<Link> {
@@ -80,6 +156,7 @@ pub struct Diagnoser {
     pub show_drops: bool,
     recorder: Option<Recorder>,
     dockerd: bool,
+    changes: Changes,
     /// Notify once every kind listed has been proven (the lab's early stop).
     pub stop_when: Option<(Vec<String>, Arc<tokio::sync::Notify>)>,
     /// Keep the verdicts printed since the last `take_emitted` (the agent
@@ -95,6 +172,7 @@ impl Diagnoser {
             show_drops,
             recorder: None,
             dockerd: dockerd_running(),
+            changes: Changes::default(),
             stop_when: None,
             keep_emitted: false,
             emitted: Vec::new(),
@@ -120,7 +198,7 @@ impl Diagnoser {
 
     /// A drop already named: counted, printed as context, fed to the rules.
     pub fn on_drop(&mut self, rec: DropRecord, s: &mut Session) -> std::io::Result<()> {
-        self.on_drop_with(rec, None, s)
+        self.on_drop_with(rec, None, s).map(|_| ())
     }
 
     /// The same, with the drop's captured bytes and stack: in pcapng the
@@ -130,21 +208,29 @@ impl Diagnoser {
         rec: DropRecord,
         extra: Option<&Extra>,
         s: &mut Session,
-    ) -> std::io::Result<()> {
-        s.summary.count(&rec);
-        if self.show_drops {
-            s.out.drop(&rec)?;
+    ) -> std::io::Result<bool> {
+        // Noise is hidden, not ignored: the rules still learn from it
+        // (a retransmitted SYN shows where the peer enters).
+        let shown = rec.noise.is_none() || s.show_noise;
+        if shown {
+            s.summary.count(&rec);
+            if self.show_drops {
+                s.out.drop(&rec)?;
+            }
+        } else {
+            s.summary.hide(&rec);
         }
         let fact = Fact::Drop(rec);
         self.feed(&fact, s)?;
-        if s.pcap.is_none() {
-            return self.emit(s);
+        if s.pcap.is_none() || !shown {
+            self.emit(s)?;
+            return Ok(shown);
         }
         let verdicts = self.emit_lines(s)?;
         if let Fact::Drop(rec) = &fact {
             s.capture(rec, extra, &verdicts)?;
         }
-        Ok(())
+        Ok(shown)
     }
 
     /// Every verdict so far, at its latest tier.
@@ -159,6 +245,8 @@ impl Diagnoser {
     ) -> std::io::Result<T> {
         let mut src = LiveSource {
             topology: &mut s.namer.topology,
+            containers: &s.namer.containers,
+            changes: &mut self.changes,
             own_netns: s.own_netns,
             dockerd: self.dockerd,
             recorder: self.recorder.as_mut(),
@@ -256,8 +344,7 @@ fn conclude_summary(
 impl Consumer for Diagnoser {
     fn drop(&mut self, raw: &DropEvent, s: &mut Session) -> std::io::Result<bool> {
         let (rec, extra) = s.name_drop(raw);
-        self.on_drop_with(rec, extra.as_ref(), s)?;
-        Ok(true)
+        self.on_drop_with(rec, extra.as_ref(), s)
     }
 
     fn neigh(&mut self, raw: &NeighEvent, s: &mut Session) -> std::io::Result<()> {
@@ -311,11 +398,37 @@ pub async fn live(opts: &TraceOptions, write: Option<&Path>, started: Instant) -
 /// The recorded topology: the latest snapshot of each namespace read so far.
 pub struct ReplaySource {
     topo: HashMap<u32, Arc<NsTopology>>,
+    changed_before: HashMap<u32, u64>,
+    containers: HashMap<u32, Arc<crate::containers::Container>>,
+    networks: HashMap<String, crate::containers::DockerNetwork>,
     own_netns: u32,
     dockerd: bool,
 }
 
 impl TopologySource for ReplaySource {
+    fn container(&mut self, netns: u32) -> Option<Arc<crate::containers::Container>> {
+        self.containers.get(&netns).cloned()
+    }
+
+    fn docker_network(&mut self, bridge: &str) -> Option<crate::containers::DockerNetwork> {
+        self.networks.get(bridge).cloned()
+    }
+
+    fn changed_before(&mut self, netns: u32) -> Option<u64> {
+        self.changed_before.get(&netns).copied()
+    }
+
+    fn container_by_addr(
+        &mut self,
+        addr: std::net::IpAddr,
+    ) -> Option<Arc<crate::containers::Container>> {
+        let a = addr.to_string();
+        self.containers
+            .values()
+            .find(|c| c.networks.iter().any(|n| n.address.as_deref() == Some(&a)))
+            .cloned()
+    }
+
     fn get(&mut self, netns: u32) -> Option<Arc<NsTopology>> {
         self.topo.get(&netns).cloned()
     }
@@ -355,6 +468,9 @@ pub fn replay(
     let header = reader.header.clone();
     let mut src = ReplaySource {
         topo: HashMap::new(),
+        changed_before: HashMap::new(),
+        containers: HashMap::new(),
+        networks: HashMap::new(),
         own_netns: header.own_netns,
         dockerd: header.dockerd,
     };
@@ -369,8 +485,17 @@ pub fn replay(
     };
     for line in reader {
         match line? {
-            Line::Topology(t) => {
+            Line::Topology(t, before) => {
+                if let Some(b) = before {
+                    src.changed_before.insert(t.inode, b);
+                }
                 src.topo.insert(t.inode, Arc::new(t));
+            }
+            Line::Container(c) => {
+                src.containers.insert(c.netns, Arc::new(c));
+            }
+            Line::DockerNetwork(bridge, n) => {
+                src.networks.insert(bridge, n);
             }
             Line::Fact(f) => {
                 let ts = f.ts_ns();
@@ -420,6 +545,10 @@ pub fn replay_cmd(path: &Path, format: Format) -> Result<()> {
             first_ts.get_or_insert(f.ts_ns());
             last_ts = f.ts_ns();
             match f {
+                Fact::Drop(d) if d.noise.is_some() => {
+                    summary.hide(d);
+                    Ok(())
+                }
                 Fact::Drop(d) => {
                     summary.count(d);
                     out.drop(d)
@@ -503,6 +632,57 @@ mod tests {
                 "{name}"
             );
         }
+    }
+
+    #[test]
+    fn replay_docker_published_port() {
+        // A real dockerd, a container publishing 8080, the client inside
+        // docker0's subnet, loose rp_filter: proven from the container's
+        // first ARP for the client, and its SYN-ACKs that die 3 s later
+        // count towards the same verdict, never as neighbor_unreachable.
+        assert_eq!(
+            replayed("docker-published-port"),
+            [("asymmetric_route", Tier::Proven)]
+        );
+        let path = Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("tests/recordings/docker-published-port.jsonl");
+        let (mut first_arp, mut verdict_at, mut neigh_failed, mut hidden) = (None, None, 0, 0);
+        let (_, engine) = replay(&path, |r| {
+            match r {
+                Replayed::Fact(Fact::Neigh(n), _) if n.state == "INCOMPLETE" => {
+                    first_arp.get_or_insert(n.ts_ns);
+                    assert_eq!(n.container.as_ref().unwrap().name, "trdk-web");
+                }
+                Replayed::Fact(Fact::Drop(d), _) => {
+                    assert_eq!(d.container.as_ref().unwrap().name, "trdk-web");
+                    assert_eq!(d.host_ifname.as_deref(), Some("veth250abc2"));
+                    if d.reason == "NEIGH_FAILED" {
+                        neigh_failed += 1;
+                    }
+                    if d.noise == Some("syn_retransmit") {
+                        hidden += 1;
+                    }
+                }
+                Replayed::Verdict(_) => {
+                    verdict_at.get_or_insert(first_arp.unwrap());
+                }
+                _ => {}
+            }
+            Ok(())
+        })
+        .unwrap();
+        assert!(neigh_failed >= 1 && hidden >= 1, "{neigh_failed} {hidden}");
+        // Concluded at the first ARP, not at the neighbour failure 3 s later.
+        assert_eq!(verdict_at, first_arp);
+        let v = &engine.verdicts()[0];
+        assert_eq!(v.container.as_ref().unwrap().name, "trdk-web");
+        assert_eq!(v.evidence["docker_network"], "bridge");
+        assert_eq!(v.evidence["bridge_ifname"], "docker0");
+        assert_eq!(v.evidence["ingress_ifname"], "eth0");
+        assert_eq!(v.evidence["peer"], "172.17.5.5");
+        assert_eq!(v.drops, neigh_failed, "the lost SYN-ACKs count towards it");
+        assert!(v.fix[0].contains("\"bip\""), "{:?}", v.fix);
+        assert!(!v.fix.iter().any(|f| f.contains("ip route add")));
     }
 
     #[test]

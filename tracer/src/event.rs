@@ -2,6 +2,8 @@
 //! and as the user sees them (named: reasons, symbols, netns, interfaces).
 
 use crate::btf::Reasons;
+use crate::containers::{ContainerRef, Containers};
+use crate::probes::RouteTable;
 use crate::symbols::Symbols;
 use crate::topology::{IfName, Topology};
 use serde::{Deserialize, Deserializer, Serialize};
@@ -204,12 +206,19 @@ pub struct DropRecord {
     pub location: String,
     pub netns: u32,
     pub netns_name: Option<String>,
+    /// The container whose namespace this is, if any.
+    #[serde(default)]
+    pub container: Option<ContainerRef>,
     pub ifindex: i32,
     pub ifname: Option<String>,
     /// True when the device no longer exists (so `ifname` is null).
     pub ifname_gone: bool,
     pub ingress_ifindex: i32,
     pub ingress_ifname: Option<String>,
+    /// In a container: the host-side veth of the device (or of the
+    /// container's first interface).
+    #[serde(default)]
+    pub host_ifname: Option<String>,
     /// skb->len where it was freed: with or without link-layer headers
     /// depending on the place, so compare `ip_len` across drops.
     pub len: u32,
@@ -226,6 +235,20 @@ pub struct DropRecord {
     pub dst: Option<IpAddr>,
     pub sport: Option<u16>,
     pub dport: Option<u16>,
+    /// When conntrack translated the connection (NAT): its original tuple,
+    /// what the client sent and dialled. Null otherwise.
+    #[serde(default)]
+    pub orig_src: Option<IpAddr>,
+    #[serde(default)]
+    pub orig_dst: Option<IpAddr>,
+    #[serde(default)]
+    pub orig_sport: Option<u16>,
+    #[serde(default)]
+    pub orig_dport: Option<u16>,
+    /// `"original"` or `"reply"`: the direction this packet travels in
+    /// that connection; null without NAT.
+    #[serde(default, deserialize_with = "opt_static_str")]
+    pub nat_dir: Option<StaticName>,
     pub tcp_flags: Option<String>,
     pub mss: Option<u16>,
     pub icmp_type: Option<u8>,
@@ -242,6 +265,32 @@ pub struct DropRecord {
     /// The kernel stack where it was dropped, innermost first (`--stack`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub stack: Option<Vec<String>>,
+    /// Why this drop is benign container-host noise (hidden unless
+    /// `--all`; counted in the summary's `noise_hidden`), else null.
+    #[serde(default, deserialize_with = "opt_static_str")]
+    pub noise: Option<StaticName>,
+}
+
+/// Benign drops that every Docker host shows, recognised in userspace
+/// (the kernel filter knows no containers):
+/// - `ipv6_disabled`: `IPV6DISABLED` inside a container's namespace, where
+///   Docker turns IPv6 off;
+/// - `syn_retransmit`: `NOT_SPECIFIED` in `tcp_v4_rcv`/`tcp_v6_rcv` of a
+///   bare SYN, a retransmission that met the pending connection request
+///   (the kernel answers it by resending its SYN-ACK). The SYN-ACK's own
+///   fate is the drop that matters and stays visible.
+pub fn noise_kind(d: &DropRecord) -> Option<&'static str> {
+    if d.reason == "IPV6DISABLED" && d.container.is_some() {
+        return Some("ipv6_disabled");
+    }
+    let func = d.location.split('+').next().unwrap_or_default();
+    if d.reason == "NOT_SPECIFIED"
+        && matches!(func, "tcp_v4_rcv" | "tcp_v6_rcv")
+        && d.tcp_flags.as_deref() == Some("S")
+    {
+        return Some("syn_retransmit");
+    }
+    None
 }
 
 fn null_as_empty<'de, D: Deserializer<'de>>(d: D) -> Result<String, D::Error> {
@@ -270,11 +319,13 @@ impl DropRecord {
             location: location.to_string(),
             netns: 1,
             netns_name: None,
+            container: None,
             ifindex: 2,
             ifname: None,
             ifname_gone: false,
             ingress_ifindex: 2,
             ingress_ifname: None,
+            host_ifname: None,
             len: 60,
             ip_len: Some(60),
             gso_size: 0,
@@ -286,6 +337,11 @@ impl DropRecord {
             dst: Some([10, 99, 0, 2].into()),
             sport: Some(40000),
             dport: Some(8080),
+            orig_src: None,
+            orig_dst: None,
+            orig_sport: None,
+            orig_dport: None,
+            nat_dir: None,
             tcp_flags: Some("S".into()),
             mss: Some(1460),
             icmp_type: None,
@@ -297,6 +353,7 @@ impl DropRecord {
             route: None,
             reverse_route: None,
             stack: None,
+            noise: None,
         }
     }
 
@@ -329,10 +386,14 @@ pub struct SynRecord {
     pub ts_ns: u64,
     pub netns: u32,
     pub netns_name: Option<String>,
+    #[serde(default)]
+    pub container: Option<ContainerRef>,
     pub ifindex: i32,
     pub ifname: Option<String>,
     pub ingress_ifindex: i32,
     pub ingress_ifname: Option<String>,
+    #[serde(default)]
+    pub host_ifname: Option<String>,
     pub mtu: u32,
     pub mss: u16,
     #[serde(default, deserialize_with = "opt_static_str")]
@@ -352,12 +413,37 @@ pub struct NeighRecord {
     pub ts_ns: u64,
     pub netns: u32,
     pub netns_name: Option<String>,
+    #[serde(default)]
+    pub container: Option<ContainerRef>,
     pub ifindex: i32,
     pub ifname: Option<String>,
+    #[serde(default)]
+    pub host_ifname: Option<String>,
     pub neighbor: Option<IpAddr>,
     /// `INCOMPLETE` or `FAILED`.
     #[serde(deserialize_with = "static_str")]
     pub state: StaticName,
+    /// Where traffic from the neighbour entered, as the kernel's own
+    /// input-route lookups saw it (in this namespace, and in the one behind
+    /// the device's veth peer): what proves a reply asymmetric before the
+    /// neighbour fails.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub arrivals: Vec<Arrival>,
+}
+
+/// A route lookup for a packet from a neighbour being resolved: it
+/// entered `netns` on `iif` and was routed to `ifindex`.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+pub struct Arrival {
+    pub netns: u32,
+    pub iif: i32,
+    pub iifname: Option<String>,
+    pub ifindex: i32,
+    pub ifname: Option<String>,
+    /// The destination the neighbour's packet was routed towards.
+    pub dst: IpAddr,
+    /// Nanoseconds from the lookup to the neighbour event.
+    pub age_ns: i64,
 }
 
 /// A name held as `&'static str`. Fields spell it through this alias
@@ -417,6 +503,14 @@ pub struct Namer {
     pub topology: Topology,
     /// realtime - monotonic, to turn bpf_ktime_get_ns into wall time.
     clock_offset: i128,
+    /// Which container a netns is (empty without a container runtime).
+    pub containers: Containers,
+    /// The kernel's latest route lookups (diagnose only), for a neighbour
+    /// event's arrivals.
+    pub routes: Option<RouteTable>,
+    /// When arrivals were last looked up per (netns, ifindex, neighbour):
+    /// a neighbour that stays unresolved fires an event per queued packet.
+    arrivals_checked: std::collections::HashMap<(u32, i32, [u8; 16]), u64>,
 }
 
 /// kallsyms takes ~50 ms to read; it loads on a thread during start-up
@@ -469,6 +563,18 @@ impl Namer {
             symbols: SymbolsSlot::Loading(std::thread::spawn(Symbols::load)),
             topology,
             clock_offset,
+            containers: Containers::empty(),
+            routes: None,
+            arrivals_checked: Default::default(),
+        }
+    }
+
+    /// The container of `netns` and the host-side veth of `ifindex` there.
+    fn container(&self, netns: u32, ifindex: i32) -> (Option<ContainerRef>, Option<String>) {
+        let reg = self.containers.snapshot();
+        match reg.by_netns(netns) {
+            Some(c) => (Some(c.r.clone()), c.host_ifname(ifindex)),
+            None => (None, None),
         }
     }
 
@@ -531,6 +637,17 @@ impl Namer {
             && f.flags & FLOW_FRAGMENT == 0;
         let is_icmp = has_l3 && (f.proto == IPPROTO_ICMP || f.proto == IPPROTO_ICMPV6);
         let kernel_reasons = !self.reasons.is_empty();
+        let o = &e.orig;
+        let nat = o.flags & NAT_VALID != 0 && o.family != FAMILY_NONE;
+        let nat_ports = nat && (o.proto == IPPROTO_TCP || o.proto == IPPROTO_UDP);
+        let (container, host_ifname) = self.container(
+            e.netns,
+            if e.ingress_ifindex > 0 {
+                e.ingress_ifindex
+            } else {
+                e.ifindex
+            },
+        );
         let mut rec = DropRecord {
             kind: "drop",
             ts_ns: self.wall_ns(e.ts_ns),
@@ -544,11 +661,13 @@ impl Namer {
             location: self.symbols.get().format(e.location),
             netns: e.netns,
             netns_name: self.topology.netns_name(e.netns),
+            container,
             ifindex: e.ifindex,
             ifname,
             ifname_gone,
             ingress_ifindex: e.ingress_ifindex,
             ingress_ifname,
+            host_ifname,
             len: e.len,
             ip_len: (f.ip_len != 0).then_some(f.ip_len as u32),
             gso_size: e.gso_size,
@@ -560,6 +679,15 @@ impl Namer {
             dst: flow_dst(f),
             sport: has_ports.then_some(f.sport),
             dport: has_ports.then_some(f.dport),
+            orig_src: nat.then(|| addr(o.family, &o.src)).flatten(),
+            orig_dst: nat.then(|| addr(o.family, &o.dst)).flatten(),
+            orig_sport: nat_ports.then_some(o.sport),
+            orig_dport: nat_ports.then_some(o.dport),
+            nat_dir: nat.then_some(if o.flags & NAT_REPLY != 0 {
+                "reply"
+            } else {
+                "original"
+            }),
             tcp_flags: (has_ports && f.proto == IPPROTO_TCP).then(|| tcp_flags(f.tcp_flags)),
             mss: (f.mss != 0).then_some(f.mss),
             icmp_type: is_icmp.then_some(f.icmp_type),
@@ -571,6 +699,7 @@ impl Namer {
             route: self.route(&e.route_fwd, e.ts_ns, e.netns, flow_dst(f), flow_src(f)),
             reverse_route: self.route(&e.route_rev, e.ts_ns, e.netns, flow_src(f), flow_dst(f)),
             stack: None,
+            noise: None,
         };
         if !kernel_reasons {
             if let Some(r) = crate::reason_inference::infer(&rec) {
@@ -579,6 +708,7 @@ impl Namer {
             }
         }
         self.too_big_egress(&mut rec);
+        rec.noise = noise_kind(&rec);
         rec
     }
 
@@ -610,15 +740,18 @@ impl Namer {
 
     pub fn syn_record(&mut self, e: &SynEvent) -> SynRecord {
         let f = &e.flow;
+        let (container, host_ifname) = self.container(e.netns, e.ifindex);
         SynRecord {
             kind: "syn",
             ts_ns: self.wall_ns(e.ts_ns),
             netns: e.netns,
             netns_name: self.topology.netns_name(e.netns),
+            container,
             ifindex: e.ifindex,
             ifname: self.ifname(e.netns, e.ifindex).0,
             ingress_ifindex: e.ingress_ifindex,
             ingress_ifname: self.ifname(e.netns, e.ingress_ifindex).0,
+            host_ifname,
             mtu: e.mtu,
             mss: f.mss,
             family: family_name(f.family),
@@ -633,16 +766,97 @@ impl Namer {
 
 impl Namer {
     pub fn neigh_record(&mut self, e: &NeighEvent) -> NeighRecord {
+        let (container, host_ifname) = self.container(e.netns, e.ifindex);
+        let arrivals = self.arrivals(e);
         NeighRecord {
             kind: "neigh",
             ts_ns: self.wall_ns(e.ts_ns),
             netns: e.netns,
             netns_name: self.topology.netns_name(e.netns),
+            container,
             ifindex: e.ifindex,
             ifname: self.ifname(e.netns, e.ifindex).0,
+            host_ifname,
             neighbor: addr(e.family, &e.addr),
             state: nud_name(e.state),
+            arrivals,
         }
+    }
+
+    /// The kernel's input-route lookups of packets from the neighbour of
+    /// `e` towards any address of its namespace, in that namespace and in
+    /// the one behind the device's veth peer (a container's host): where
+    /// the neighbour's traffic really enters. A few map lookups, at most
+    /// every 200 ms per neighbour.
+    fn arrivals(&mut self, e: &NeighEvent) -> Vec<Arrival> {
+        const RECHECK_NS: u64 = 200_000_000;
+        const MAX_AGE_NS: i64 = 10_000_000_000;
+        if self.routes.is_none() || e.family == FAMILY_NONE {
+            return Vec::new();
+        }
+        let key = (e.netns, e.ifindex, e.addr);
+        if self
+            .arrivals_checked
+            .get(&key)
+            .is_some_and(|t| e.ts_ns.saturating_sub(*t) < RECHECK_NS)
+        {
+            return Vec::new();
+        }
+        if self.arrivals_checked.len() > 10_000 {
+            self.arrivals_checked.clear();
+        }
+        self.arrivals_checked.insert(key, e.ts_ns);
+        let Some(topo) = self.topology.get(e.netns) else {
+            return Vec::new();
+        };
+        let v4 = e.family == FAMILY_V4;
+        let locals: Vec<IpAddr> = topo
+            .links
+            .iter()
+            .filter(|l| l.name != "lo")
+            .flat_map(|l| l.addrs.iter().map(|(a, _)| *a))
+            .filter(|a| a.is_ipv4() == v4 && !a.is_loopback())
+            .take(16)
+            .collect();
+        let mut spaces = vec![e.netns];
+        if let Some((peer_ns, _)) = self.topology.veth_peer(e.netns, e.ifindex) {
+            if peer_ns != e.netns {
+                spaces.push(peer_ns);
+            }
+        }
+        let mut out = Vec::new();
+        for ns in spaces {
+            for local in &locals {
+                let mut k = RouteKey {
+                    netns: ns,
+                    family: e.family as u32,
+                    dst: [0; 16],
+                    src: e.addr,
+                };
+                match local {
+                    IpAddr::V4(a) => k.dst[..4].copy_from_slice(&a.octets()),
+                    IpAddr::V6(a) => k.dst = a.octets(),
+                }
+                let hits = self.routes.as_ref().map(|r| r.get(&k)).unwrap_or_default();
+                for h in hits {
+                    let age = e.ts_ns as i64 - h.ts_ns as i64;
+                    if h.valid == 0 || h.err != 0 || h.iif <= 1 || age.abs() > MAX_AGE_NS {
+                        continue;
+                    }
+                    let hns = if h.netns != 0 { h.netns } else { ns };
+                    out.push(Arrival {
+                        netns: hns,
+                        iif: h.iif,
+                        iifname: self.ifname(hns, h.iif).0,
+                        ifindex: h.dev_ifindex,
+                        ifname: self.ifname(hns, h.dev_ifindex).0,
+                        dst: *local,
+                        age_ns: age,
+                    });
+                }
+            }
+        }
+        out
     }
 }
 
@@ -712,6 +926,34 @@ mod tests {
             }
             let _ = decode(&buf);
         }
+    }
+
+    #[test]
+    fn docker_noise_is_narrow() {
+        let mut d = DropRecord::sample("tcp_v4_rcv+0x99");
+        d.reason = "NOT_SPECIFIED".into();
+        assert_eq!(noise_kind(&d), Some("syn_retransmit"));
+        // A SYN-ACK, a data segment, another reason or function: real.
+        for (flags, reason, loc) in [
+            ("S.", "NOT_SPECIFIED", "tcp_v4_rcv+0x99"),
+            ("P.", "NOT_SPECIFIED", "tcp_v4_rcv+0x99"),
+            ("S", "NO_SOCKET", "tcp_v4_rcv+0x99"),
+            ("S", "NOT_SPECIFIED", "ip_forward+0x10"),
+        ] {
+            d.tcp_flags = Some(flags.into());
+            d.reason = reason.into();
+            d.location = loc.into();
+            assert_eq!(noise_kind(&d), None, "{flags} {reason} {loc}");
+        }
+        let mut v6 = DropRecord::sample("ip6_rcv_core+0x1c");
+        v6.reason = "IPV6DISABLED".into();
+        assert_eq!(noise_kind(&v6), None, "outside a container it is shown");
+        v6.container = Some(crate::containers::ContainerRef {
+            runtime: "docker".into(),
+            name: "web-1".into(),
+            ..Default::default()
+        });
+        assert_eq!(noise_kind(&v6), Some("ipv6_disabled"));
     }
 
     #[test]

@@ -6,6 +6,7 @@
 //!
 //! - `probes`: load and attach the eBPF object, read its ring buffer and counters
 //! - `btf`, `symbols`: names from the running kernel (drop reasons, offsets, kallsyms)
+//! - `containers`: which container a netns is (Docker's API, else cgroups)
 //! - `netns`, `topology`: namespaces, interfaces, routes and sysctls over netlink
 //! - `filter`: the tcpdump-like expression, compiled for the kernel
 //! - `event`: decode ring-buffer records and name them
@@ -26,6 +27,7 @@ pub mod aggregate;
 pub mod btf;
 pub mod check;
 pub mod cli;
+pub mod containers;
 pub mod diagnose;
 pub mod event;
 pub mod filter;

@@ -132,6 +132,20 @@ impl Output {
         }
     }
 
+    /// The NETNS column: a container's name where the namespace is one's,
+    /// else as `netns_label`.
+    pub fn ns_label(
+        &self,
+        inode: u32,
+        name: &Option<String>,
+        container: Option<&crate::containers::ContainerRef>,
+    ) -> String {
+        match container {
+            Some(c) if !c.name.is_empty() => c.name.clone(),
+            _ => self.netns_label(inode, name),
+        }
+    }
+
     /// Column titles, once, before the first event line.
     fn header(&mut self) -> std::io::Result<()> {
         if self.header_done {
@@ -153,7 +167,7 @@ impl Output {
         }
         self.header()?;
         let time = clock(d.ts_ns);
-        let ns = self.netns_label(d.netns, &d.netns_name);
+        let ns = self.ns_label(d.netns, &d.netns_name, d.container.as_ref());
         let dev = dev_label(d);
         let reason = self.paint(&format!("{BOLD}{RED}"), &format!("{:<20}", reason_label(d)));
         let flow = flow_text(d);
@@ -177,7 +191,7 @@ impl Output {
             return self.json(s);
         }
         self.header()?;
-        let ns = self.netns_label(s.netns, &s.netns_name);
+        let ns = self.ns_label(s.netns, &s.netns_name, s.container.as_ref());
         let line = format!(
             "{:<15} {:<18} {:<16} {} {}:{} > {}:{} [{}] mss {} > mtu {} - {}",
             clock(s.ts_ns),
@@ -203,7 +217,7 @@ impl Output {
             return self.json(n);
         }
         self.header()?;
-        let ns = self.netns_label(n.netns, &n.netns_name);
+        let ns = self.ns_label(n.netns, &n.netns_name, n.container.as_ref());
         let line = format!(
             "{:<15} {:<18} {:<16} {} {} {}",
             clock(n.ts_ns),
@@ -346,6 +360,17 @@ impl Output {
         for (r, n) in reasons {
             lines.push(format!("    {n:>7}  {r}"));
         }
+        if !s.noise_hidden.is_empty() {
+            let parts: Vec<String> = s
+                .noise_hidden
+                .iter()
+                .map(|(k, n)| format!("{k} {n}"))
+                .collect();
+            lines.push(format!(
+                "    benign container-host drops hidden (--all shows them): {}",
+                parts.join(", ")
+            ));
+        }
         if !s.by_ifname.is_empty() {
             let mut ifs: Vec<_> = s.by_ifname.iter().collect();
             ifs.sort_by(|a, b| b.1.cmp(a.1).then(a.0.cmp(b.0)));
@@ -386,6 +411,10 @@ pub struct Summary {
     /// Verdicts proven but not printed (more than 20 of one kind).
     #[serde(skip_serializing_if = "is_zero")]
     pub verdicts_suppressed: u64,
+    /// Benign container-host drops not shown (see `event::noise_kind`),
+    /// per kind; `--all` shows them.
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    pub noise_hidden: BTreeMap<String, u64>,
     /// Verdicts per kind, for `diagnose`.
     #[serde(skip_serializing_if = "BTreeMap::is_empty")]
     pub verdict_kinds: BTreeMap<String, u64>,
@@ -410,6 +439,13 @@ impl Summary {
         let reason = a.reason.as_deref().unwrap_or("unknown");
         *self.by_reason.entry(reason.to_string()).or_default() += a.count;
         *self.by_ifname.entry(dev_label(&a.as_drop)).or_default() += a.count;
+    }
+
+    /// Counts a drop hidden as noise.
+    pub fn hide(&mut self, d: &DropRecord) {
+        if let Some(k) = d.noise {
+            *self.noise_hidden.entry(k.to_string()).or_default() += 1;
+        }
     }
 
     pub fn count(&mut self, d: &DropRecord) {

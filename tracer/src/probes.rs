@@ -73,6 +73,30 @@ pub struct KernelStats {
     pub drop_probe_ns: u64,
 }
 
+type RouteMap = BpfHashMap<MapData, tracer_abi::RouteKey, tracer_abi::RouteHit>;
+
+/// The kernel's `ROUTES` map (latest route lookup per netns, dst, src) and
+/// `ARRIVALS` (lookups displaced by one from another input device), read
+/// by userspace only for neighbour events (see `Namer::arrivals`).
+pub struct RouteTable {
+    latest: RouteMap,
+    displaced: Option<RouteMap>,
+}
+
+impl RouteTable {
+    /// The latest lookup for `key`, and the one it displaced if that came
+    /// from another input device.
+    pub fn get(&self, key: &tracer_abi::RouteKey) -> Vec<tracer_abi::RouteHit> {
+        let mut v: Vec<_> = self.latest.get(key, 0).ok().into_iter().collect();
+        if let Some(h) = self.displaced.as_ref().and_then(|m| m.get(key, 0).ok()) {
+            if !v.iter().any(|x| x.iif == h.iif && x.ts_ns == h.ts_ns) {
+                v.push(h);
+            }
+        }
+        v
+    }
+}
+
 pub struct Probes {
     // Dropping the Ebpf detaches every program; the ring buffer and the
     // counters were taken out of it, so they outlive a detach.
@@ -87,6 +111,7 @@ pub struct Probes {
     pub hops_attached: Vec<&'static str>,
     drop_reasons: bool,
     events: Option<RingBuf<MapData>>,
+    routes: Option<RouteTable>,
     stats: PerCpuArray<MapData, u64>,
     /// Storm counts by key (see `aggregate_counts`).
     agg: aya::maps::PerCpuHashMap<MapData, AggKey, AggVal>,
@@ -340,6 +365,16 @@ impl Probes {
             ebpf.take_map(names::MAP_EVENTS)
                 .ok_or_else(|| anyhow!("eBPF object lacks map {}", names::MAP_EVENTS))?,
         )?;
+        let routes = if routes_attached {
+            let displaced = ebpf
+                .take_map(names::MAP_ARRIVALS)
+                .and_then(|m| BpfHashMap::try_from(m).ok());
+            ebpf.take_map(names::MAP_ROUTES)
+                .and_then(|m| BpfHashMap::try_from(m).ok())
+                .map(|latest| RouteTable { latest, displaced })
+        } else {
+            None
+        };
         let stats = PerCpuArray::try_from(
             ebpf.take_map(names::MAP_STATS)
                 .ok_or_else(|| anyhow!("eBPF object lacks map {}", names::MAP_STATS))?,
@@ -364,9 +399,15 @@ impl Probes {
             hops_attached,
             drop_reasons: pc.drop_reasons,
             events: Some(events),
+            routes,
             stats,
             warnings,
         })
+    }
+
+    /// The route-lookup map, handed out once (diagnose).
+    pub fn take_routes(&mut self) -> Option<RouteTable> {
+        self.routes.take()
     }
 
     /// The ring buffer, handed to the reader once.

@@ -8,6 +8,10 @@
 //! - `{"type":"topology","ts_ns","netns","topology":{..}}`: a namespace's
 //!   topology, written when a rule first needs it and again whenever it
 //!   has changed, always before the fact that needed it;
+//! - `{"type":"container","ts_ns","container":{..}}` and
+//!   `{"type":"docker_network","ts_ns","bridge","network":{..}}`: what a
+//!   rule learnt about a container or a Docker network, when first asked
+//!   and when changed, before the fact that needed it;
 //! - `drop`, `syn`, `neigh`: the facts, exactly as `-o json` prints them;
 //! - `{"type":"end","ts_ns"}`: when the run ended (a replay runs the
 //!   rules' clocks up to it).
@@ -15,6 +19,7 @@
 //! A reader rejects another major `version`; unknown line types are
 //! skipped, so a minor addition does not break older readers.
 
+use crate::containers::{Container, DockerNetwork};
 use crate::rules::Fact;
 use crate::topology::NsTopology;
 use anyhow::{anyhow, bail, Context, Result};
@@ -92,6 +97,10 @@ struct TopologyLine<'a> {
     ts_ns: u64,
     netns: u32,
     topology: &'a NsTopology,
+    /// The namespace was last seen with another topology at this time (a
+    /// path change since): flows first seen before it are stale.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    changed_before_ns: Option<u64>,
 }
 
 /// Writes a recording as the run goes.
@@ -99,6 +108,9 @@ pub struct Recorder {
     out: BufWriter<File>,
     /// The last snapshot written per namespace.
     last: HashMap<u32, Arc<NsTopology>>,
+    /// The last container written per netns, network per bridge.
+    containers: HashMap<u32, Arc<Container>>,
+    networks: HashMap<String, DockerNetwork>,
 }
 
 impl Recorder {
@@ -108,6 +120,8 @@ impl Recorder {
         let mut r = Recorder {
             out: BufWriter::new(f),
             last: HashMap::new(),
+            containers: HashMap::new(),
+            networks: HashMap::new(),
         };
         r.line(header)?;
         Ok(r)
@@ -118,8 +132,41 @@ impl Recorder {
         self.out.write_all(b"\n")
     }
 
+    /// Writes `c` unless it was the last written for its netns.
+    pub fn container(&mut self, ts_ns: u64, c: &Arc<Container>) -> std::io::Result<()> {
+        if self.containers.get(&c.netns).is_some_and(|p| p == c) {
+            return Ok(());
+        }
+        self.containers.insert(c.netns, c.clone());
+        self.line(&serde_json::json!({"type": "container", "ts_ns": ts_ns, "container": &**c}))
+    }
+
+    /// Writes `n` unless it was the last written for its bridge.
+    pub fn docker_network(
+        &mut self,
+        ts_ns: u64,
+        bridge: &str,
+        n: &DockerNetwork,
+    ) -> std::io::Result<()> {
+        if self.networks.get(bridge).is_some_and(|p| p == n) {
+            return Ok(());
+        }
+        self.networks.insert(bridge.to_string(), n.clone());
+        self.line(&serde_json::json!({"type": "docker_network", "ts_ns": ts_ns, "bridge": bridge, "network": n}))
+    }
+
     /// Writes `t` unless the last snapshot of its namespace says the same.
     pub fn topology(&mut self, ts_ns: u64, t: &Arc<NsTopology>) -> std::io::Result<()> {
+        self.topology_changed(ts_ns, t, None)
+    }
+
+    /// Like `topology`, noting when the namespace last looked different.
+    pub fn topology_changed(
+        &mut self,
+        ts_ns: u64,
+        t: &Arc<NsTopology>,
+        changed_before_ns: Option<u64>,
+    ) -> std::io::Result<()> {
         if let Some(prev) = self.last.get(&t.inode) {
             if Arc::ptr_eq(prev, t) || prev.same_as(t) {
                 self.last.insert(t.inode, t.clone());
@@ -132,6 +179,7 @@ impl Recorder {
             ts_ns,
             netns: t.inode,
             topology: t,
+            changed_before_ns,
         })
     }
 
@@ -154,9 +202,14 @@ impl Recorder {
 /// size does not matter).
 #[allow(clippy::large_enum_variant)]
 pub enum Line {
-    Topology(NsTopology),
+    /// A snapshot, and when the namespace last looked different.
+    Topology(NsTopology, Option<u64>),
+    Container(Container),
+    DockerNetwork(String, DockerNetwork),
     Fact(Fact),
-    End { ts_ns: u64 },
+    End {
+        ts_ns: u64,
+    },
 }
 
 /// Reads a recording line by line.
@@ -223,9 +276,17 @@ impl Iterator for Reader {
                 let mut v: Value = serde_json::from_str(&line)?;
                 let kind = v["type"].as_str().unwrap_or_default().to_string();
                 Ok(match kind.as_str() {
-                    "topology" => Some(Line::Topology(serde_json::from_value(
-                        v["topology"].take(),
+                    "topology" => Some(Line::Topology(
+                        serde_json::from_value(v["topology"].take())?,
+                        v["changed_before_ns"].as_u64(),
+                    )),
+                    "container" => Some(Line::Container(serde_json::from_value(
+                        v["container"].take(),
                     )?)),
+                    "docker_network" => Some(Line::DockerNetwork(
+                        v["bridge"].as_str().unwrap_or_default().to_string(),
+                        serde_json::from_value(v["network"].take())?,
+                    )),
                     "drop" => Some(Line::Fact(Fact::Drop(serde_json::from_value(v)?))),
                     "syn" => Some(Line::Fact(Fact::Syn(serde_json::from_value(v)?))),
                     "neigh" => Some(Line::Fact(Fact::Neigh(serde_json::from_value(v)?))),

@@ -130,6 +130,11 @@ pub struct Sysctls {
     pub ipv4_forwarding_dev: HashMap<String, bool>,
     /// net.ipv6.conf.all.forwarding (false when IPv6 is disabled).
     pub ipv6_forwarding: bool,
+    /// The nftables ruleset generation (`NFT_MSG_GETGEN`): it changes with
+    /// every ruleset change, iptables-nft's included (an MSS clamp added),
+    /// so a changed value is a change on the path. None without nftables.
+    #[serde(default)]
+    pub nft_genid: Option<u32>,
 }
 
 /// One namespace's topology; also a recording's snapshot (serde), where
@@ -403,7 +408,74 @@ fn read_sysctls() -> anyhow::Result<Sysctls> {
         ipv4_forwarding,
         ipv4_forwarding_dev,
         ipv6_forwarding,
+        nft_genid: nft_genid(),
     })
+}
+
+/// The nftables generation id of the calling thread's netns, over
+/// NETLINK_NETFILTER (`NFT_MSG_GETGEN`); None if nftables is absent.
+fn nft_genid() -> Option<u32> {
+    const NETLINK_NETFILTER: isize = 12;
+    const NFNL_SUBSYS_NFTABLES: u16 = 10;
+    const NFT_MSG_GETGEN: u16 = 16;
+    const NFTA_GEN_ID: u16 = 1;
+    let mut sock = Socket::new(NETLINK_NETFILTER).ok()?;
+    sock.bind_auto().ok()?;
+    sock.connect(&SocketAddr::new(0, 0)).ok()?;
+    sock.set_non_blocking(false).ok()?;
+    // nlmsghdr (16) + nfgenmsg (4): family AF_UNSPEC, version 0, res_id 0.
+    let mut req = Vec::with_capacity(20);
+    req.extend_from_slice(&20u32.to_ne_bytes());
+    req.extend_from_slice(&((NFNL_SUBSYS_NFTABLES << 8) | NFT_MSG_GETGEN).to_ne_bytes());
+    req.extend_from_slice(&(NLM_F_REQUEST).to_ne_bytes());
+    req.extend_from_slice(&1u32.to_ne_bytes());
+    req.extend_from_slice(&0u32.to_ne_bytes());
+    req.extend_from_slice(&[0, 0, 0, 0]);
+    sock.send(&req, 0).ok()?;
+    // Never wait for an answer that does not come.
+    let tv = libc::timeval {
+        tv_sec: 0,
+        tv_usec: 200_000,
+    };
+    // SAFETY: setsockopt on our own socket with a timeval we own.
+    unsafe {
+        libc::setsockopt(
+            sock.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_RCVTIMEO,
+            &tv as *const _ as *const libc::c_void,
+            std::mem::size_of::<libc::timeval>() as libc::socklen_t,
+        );
+    }
+    let mut buf = vec![0u8; 4096];
+    let n = sock.recv(&mut &mut buf[..], 0).ok()?;
+    parse_genid(&buf[..n], NFTA_GEN_ID)
+}
+
+/// NFTA_GEN_ID (big endian) from an NFT_MSG_NEWGEN reply.
+fn parse_genid(msg: &[u8], attr: u16) -> Option<u32> {
+    if msg.len() < 20 {
+        return None;
+    }
+    let len = u32::from_ne_bytes(msg[0..4].try_into().ok()?) as usize;
+    let ty = u16::from_ne_bytes(msg[4..6].try_into().ok()?);
+    // NLMSG_ERROR (2): nftables not available.
+    if ty == 2 || len > msg.len() {
+        return None;
+    }
+    let mut at = 20;
+    while at + 4 <= len {
+        let alen = u16::from_ne_bytes(msg[at..at + 2].try_into().ok()?) as usize;
+        let aty = u16::from_ne_bytes(msg[at + 2..at + 4].try_into().ok()?) & 0x3fff;
+        if alen < 4 || at + alen > len {
+            return None;
+        }
+        if aty == attr && alen >= 8 {
+            return Some(u32::from_be_bytes(msg[at + 4..at + 8].try_into().ok()?));
+        }
+        at += (alen + 3) & !3;
+    }
+    None
 }
 
 // ---------------------------------------------------------------------------
@@ -1640,6 +1712,28 @@ mod tests {
         assert_eq!(th.sysctls.rp_filter_all, host_rp);
         assert_eq!(host("/proc/sys/net/ipv4/conf/all/rp_filter"), host_rp);
         assert_eq!(host("/proc/sys/net/ipv4/conf/all/forwarding"), host_fwd);
+    }
+
+    #[test]
+    fn a_ruleset_change_changes_the_topology() {
+        // An MSS clamp is a change on the path even though no route, link
+        // or sysctl moves: the nftables generation says so.
+        let a = TestNs::new("nft");
+        let before = NsTopology::read(&a.info()).unwrap();
+        let g0 = before.sysctls.nft_genid.expect("nftables generation");
+        let out = std::process::Command::new("ip")
+            .args([
+                "netns", "exec", &a.name, "iptables", "-t", "mangle", "-A", "FORWARD",
+            ])
+            .args(["-p", "tcp", "--tcp-flags", "SYN,RST", "SYN", "-j", "TCPMSS"])
+            .arg("--clamp-mss-to-pmtu")
+            .status()
+            .unwrap();
+        assert!(out.success());
+        let after = NsTopology::read(&a.info()).unwrap();
+        assert_ne!(after.sysctls.nft_genid, Some(g0));
+        assert!(!after.same_as(&before));
+        assert_eq!(parse_genid(&[0u8; 8], 1), None);
     }
 
     #[test]

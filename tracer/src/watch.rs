@@ -131,6 +131,8 @@ pub struct Session {
     pub netns: Vec<u32>,
     pub own_netns: u32,
     pub filter: filter::Filter,
+    /// `--all`: also show benign noise (see `event::noise_kind`).
+    pub show_noise: bool,
     /// The pcapng file of `-w`.
     pub pcap: Option<PcapSink>,
     /// Name each drop's kernel stack (`--stack`).
@@ -152,6 +154,7 @@ impl Session {
             netns: Vec::new(),
             own_netns,
             filter,
+            show_noise: false,
             pcap: None,
             stack: false,
             extras: HashMap::new(),
@@ -291,6 +294,8 @@ impl Tracer {
             );
         }
         let mut topology = Topology::new();
+        // Container names: the inventory runs while the programs load.
+        let containers = crate::containers::Containers::start();
 
         let mut config = Config::new();
         let mut inodes: Vec<u32> = namespaces.iter().map(|n| n.inode).collect();
@@ -380,7 +385,7 @@ impl Tracer {
             .join()
             .map_err(|_| anyhow!("reading kernel BTF failed"))?
             .map_err(|e| anyhow!("cannot read kernel BTF: {e}"))?;
-        let probes = Probes::load(
+        let mut probes = Probes::load(
             &kbtf,
             &aya_btf,
             &ProbeConfig {
@@ -398,11 +403,14 @@ impl Tracer {
             None if pcap_stdout => Output::stderr(format, own_netns),
             None => Output::stdout(format, own_netns),
         };
-        let namer = Namer::loading_symbols(reasons, topology);
+        let mut namer = Namer::loading_symbols(reasons, topology);
+        namer.containers = containers.ready(Duration::from_millis(1500));
+        namer.routes = probes.take_routes();
         let mut session = Session::new(namer, out, own_netns, filter);
         session.netns = inodes;
         session.pcap = pcap;
         session.stack = opts.stack;
+        session.show_noise = opts.all;
         let mut t = Tracer {
             probes,
             session,
@@ -788,6 +796,10 @@ pub struct Printer;
 impl Consumer for Printer {
     fn drop(&mut self, raw: &DropEvent, s: &mut Session) -> std::io::Result<bool> {
         let (rec, extra) = s.name_drop(raw);
+        if rec.noise.is_some() && !s.show_noise {
+            s.summary.hide(&rec);
+            return Ok(false);
+        }
         s.summary.count(&rec);
         s.out.drop(&rec)?;
         s.capture(&rec, extra.as_ref(), &[])?;

@@ -4,7 +4,8 @@
 //! - `build-ebpf`  build the eBPF object with Debian's rustc-web into target/bpf/tracer.bpf.o
 //! - `build`       setup + build-ebpf + release build of the tracer
 //! - `run -- ARGS` build, then run `tracer ARGS`
-//! - `test`        setup + build-ebpf + fmt/clippy + every unit and integration test
+//! - `test`        setup + build-ebpf + fmt/clippy + every unit and integration test,
+//!   then the Docker tests (a real dockerd) on their own, serially
 //! - `bench`       the benchmark harness (see bench.rs)
 //! - `kernels`     boot Debian's 5.10, 6.1 and 6.12 under qemu and run the checks there (see qemu.rs)
 use anyhow::{bail, Context, Result};
@@ -41,6 +42,8 @@ const RUN_PACKAGES: &[&str] = &[
 ];
 /// PyPI's validator with Kubernetes' schemas bundled (offline), in target/kv.
 const KUBERNETES_VALIDATE: &str = "kubernetes-validate==1.37.0";
+/// The Docker tests' daemon and their offline image's only binary.
+const DOCKER_PACKAGES: &[&str] = &["docker.io", "busybox-static"];
 const BENCH_PACKAGES: &[&str] = &["iperf3", "bpftrace"];
 const BPF_LINKER_VERSION: &str = "0.13.0";
 
@@ -80,10 +83,25 @@ fn install_packages(pkgs: &[&str]) -> Result<()> {
     }
     eprintln!("xtask: installing Debian packages: {}", missing.join(" "));
     run(Command::new("apt-get").args(["update", "-q"]))?;
-    run(Command::new("apt-get")
+    // docker.io's postinst would start the system's dockerd (which sets
+    // ip_forward, the FORWARD policy and its chains on the host): the
+    // tests start their own, confined, so forbid service starts meanwhile.
+    let policy = Path::new("/usr/sbin/policy-rc.d");
+    let guard = !policy.exists()
+        && missing.iter().any(|p| p == "docker.io")
+        && std::fs::write(policy, "#!/bin/sh\nexit 101\n").is_ok();
+    if guard {
+        use std::os::unix::fs::PermissionsExt;
+        let _ = std::fs::set_permissions(policy, std::fs::Permissions::from_mode(0o755));
+    }
+    let r = run(Command::new("apt-get")
         .args(["install", "-y", "-q", "--no-install-recommends"])
         .args(&missing)
-        .env("DEBIAN_FRONTEND", "noninteractive"))
+        .env("DEBIAN_FRONTEND", "noninteractive"));
+    if guard {
+        let _ = std::fs::remove_file(policy);
+    }
+    r
 }
 
 fn bpf_linker_ok() -> bool {
@@ -188,7 +206,7 @@ fn main() -> Result<()> {
             std::process::exit(status.code().unwrap_or(1));
         }
         "test" => {
-            setup(&[])?;
+            setup(DOCKER_PACKAGES)?;
             build_ebpf()?;
             cargo(&["fmt", "--all", "--check"])?;
             cargo(&[
@@ -203,7 +221,14 @@ fn main() -> Result<()> {
             cargo(&["build", "-p", "tracer"])?;
             let mut test = vec!["test", "--workspace"];
             test.extend_from_slice(&rest);
-            cargo(&test)
+            cargo(&test)?;
+            // A real dockerd, after everything else and one test at a
+            // time: while it runs, new namespaces could inherit what it
+            // sets (devconf_inherit_init_net=0), so nothing runs beside it.
+            let mut docker = vec!["test", "-p", "tracer-tests", "--test", "docker"];
+            docker.extend(rest.iter().copied().filter(|a| *a != "--"));
+            docker.extend(["--", "--test-threads=1"]);
+            cargo(&docker)
         }
         "bench" => {
             setup(BENCH_PACKAGES)?;

@@ -1,5 +1,6 @@
 //! `tracer lab`: the incidents, rebuilt in throwaway namespaces and
 //! diagnosed live against the real kernel (no simulated events).
+pub mod docker;
 pub mod netlab;
 pub mod scenarios;
 
@@ -78,6 +79,13 @@ pub fn run(
     }
     let mut failed = Vec::new();
     for sc in SCENARIOS {
+        if sc.name.starts_with("docker-") && !docker::available() {
+            eprintln!(
+                "tracer: skipping lab {}: needs dockerd and busybox-static (Debian's docker.io, busybox-static)",
+                sc.name
+            );
+            continue;
+        }
         if format == Format::Text {
             eprintln!(
                 "\n==================== lab {} ====================",
@@ -128,6 +136,10 @@ fn run_one(
         let mut lab = Netlab::new(&format!("{LAB_PREFIX}{}-", std::process::id()))?;
         lab.keep = keep;
         let built = (sc.build)(&mut lab, &params)?;
+        if let Some(h) = &built.docker_host {
+            // Containers are named through this lab's own dockerd.
+            std::env::set_var("DOCKER_HOST", h);
+        }
         let interrupted = tokio::select! {
             biased;
             _ = int.recv() => true,
@@ -208,6 +220,7 @@ fn run_one(
                 lab.namespaces().join(" ")
             );
         }
+        drop(built.keep_alive);
         drop(lab);
         if !pass {
             bail!("lab {name}: expected {:?}, proven {:?}", sc.expect, kinds);

@@ -92,6 +92,10 @@ pub struct Built {
     /// UDP receiver in `veth-mtu-mismatch`. `None` in the bridge-subnet
     /// labs, where no connection is ever established.
     pub received: Option<Arc<AtomicU64>>,
+    /// What must live as long as the lab runs (the Docker labs' dockerd).
+    pub keep_alive: Option<Box<dyn std::any::Any + Send>>,
+    /// The Docker API the diagnosis should name containers through.
+    pub docker_host: Option<String>,
 }
 
 pub struct Scenario {
@@ -139,6 +143,12 @@ pub const SCENARIOS: &[Scenario] = &[
         summary: "veth ends with MTU 1500 and 1400: large UDP datagrams vanish without an error",
         expect: &["l2_mtu_mismatch"],
         build: veth_mtu_mismatch,
+    },
+    Scenario {
+        name: "docker-published-port",
+        summary: "real dockerd: a container publishes -p 8080:8080, the client sits inside docker0's subnet, loose rp_filter",
+        expect: &["asymmetric_route"],
+        build: super::docker::published_port_lab,
     },
 ];
 
@@ -374,6 +384,8 @@ fn pmtud_healthy(lab: &mut Netlab, p: &Params) -> Result<Built> {
         host: lab.name("r1"),
         traffic,
         received: Some(received),
+        keep_alive: None,
+        docker_host: None,
     })
 }
 
@@ -457,6 +469,8 @@ fn veth_mtu_mismatch(lab: &mut Netlab, p: &Params) -> Result<Built> {
         host: lab.name("a"),
         traffic,
         received: Some(received),
+        keep_alive: None,
+        docker_host: None,
     })
 }
 
@@ -562,6 +576,8 @@ fn bridge_subnet(lab: &mut Netlab, p: &Params, rp_filter: u8) -> Result<Built> {
         host: lab.name("host"),
         traffic,
         received: None,
+        keep_alive: None,
+        docker_host: None,
     })
 }
 
@@ -741,6 +757,8 @@ fn overlay(lab: &mut Netlab, p: &Params, clamp: bool) -> Result<Built> {
         host: lab.name("host"),
         traffic,
         received: Some(received),
+        keep_alive: None,
+        docker_host: None,
     })
 }
 
@@ -860,12 +878,15 @@ impl fmt::Display for Cidr {
     }
 }
 
-fn ns_path(lab: &Netlab, short: &str) -> PathBuf {
+pub(crate) fn ns_path(lab: &Netlab, short: &str) -> PathBuf {
     Path::new(netns::NETNS_RUN_DIR).join(lab.name(short))
 }
 
 /// [`netns::run_in`] with its error in anyhow's terms.
-fn in_netns<T: Send + 'static>(path: &Path, f: impl FnOnce() -> T + Send + 'static) -> Result<T> {
+pub(crate) fn in_netns<T: Send + 'static>(
+    path: &Path,
+    f: impl FnOnce() -> T + Send + 'static,
+) -> Result<T> {
     netns::run_in(path, f).with_context(|| format!("cannot enter netns {}", path.display()))
 }
 
@@ -930,7 +951,7 @@ fn accept_loop(listener: &TcpListener, stop: &AtomicBool, mut serve: impl FnMut(
 /// Keeps connecting until `window` is spent. In the labs the first
 /// attempt hangs in SYN retransmissions for the whole window; if one
 /// succeeds (a lab that is not broken) the client simply tries again.
-fn connect_for(target: SocketAddr, window: Duration) {
+pub(crate) fn connect_for(target: SocketAddr, window: Duration) {
     let end = Instant::now() + window;
     loop {
         let left = end.saturating_duration_since(Instant::now());
@@ -1201,7 +1222,8 @@ mod tests {
                 "overlay-mtu-blackhole",
                 "overlay-mtu-clamped",
                 "pmtud-healthy",
-                "veth-mtu-mismatch"
+                "veth-mtu-mismatch",
+                "docker-published-port"
             ]
         );
         assert!(find("nope").is_none());

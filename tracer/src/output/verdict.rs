@@ -10,7 +10,10 @@ pub fn print(out: &mut Output, v: &Verdict) -> std::io::Result<()> {
     if out.format == Format::Json {
         return out.json(v);
     }
-    let ns = out.netns_label(v.netns, &v.netns_name);
+    let ns = match &v.container {
+        Some(c) => format!("{} {}", c.runtime, c.name),
+        None => out.netns_label(v.netns, &v.netns_name),
+    };
     // mss_exceeds_mtu counts SYNs, every other kind counts drops.
     let what = if v.kind == "mss_exceeds_mtu" {
         "SYN"
@@ -35,6 +38,14 @@ pub fn print(out: &mut Output, v: &Verdict) -> std::io::Result<()> {
         Tier::Info => out.paint(BOLD, &head),
     };
     let mut lines = vec![String::new(), head, out.bold(&format!("  {}", v.summary))];
+    if v.stale {
+        lines.push(out.bold(&format!(
+            "  STALE: this flow was first seen {}, before the latest change on its path; it may predate a fix",
+            v.first_seen_ns
+                .map(super::clock)
+                .unwrap_or_else(|| "earlier".into())
+        )));
+    }
     lines.push("  evidence:".to_string());
     for (k, val) in &v.evidence {
         let shown = match val {

@@ -5,6 +5,7 @@
 //! verdict once per cause.
 
 use super::{Tier, Verdict};
+use crate::containers::{Container, DockerNetwork};
 use crate::topology::{Link, NsTopology};
 use serde_json::{Map, Value};
 use std::collections::{HashMap, HashSet};
@@ -31,6 +32,23 @@ pub trait TopologySource {
     fn own_netns(&self) -> u32;
     /// Whether dockerd runs on this host; only advice depends on it.
     fn dockerd_running(&mut self) -> bool;
+    /// The container whose namespace `netns` is, if any.
+    fn container(&mut self, _netns: u32) -> Option<Arc<Container>> {
+        None
+    }
+    /// The Docker network a bridge device carries (`docker0` is `bridge`).
+    fn docker_network(&mut self, _bridge: &str) -> Option<DockerNetwork> {
+        None
+    }
+    /// The container that has `addr` on one of its networks.
+    fn container_by_addr(&mut self, _addr: IpAddr) -> Option<Arc<Container>> {
+        None
+    }
+    /// Wall time before which `netns`'s topology was last seen different
+    /// from now: a flow first seen before it began before a path change.
+    fn changed_before(&mut self, _netns: u32) -> Option<u64> {
+        None
+    }
 }
 
 /// (src, dst, sport, dport) of a TCP/UDP flow.
@@ -59,9 +77,30 @@ pub struct Observations {
     pub icmp_ptb_dropped: HashMap<(u32, IpAddr), u64>,
     /// Flows whose packets were too big for an egress MTU.
     pub too_big_flows: HashMap<FlowKey, TooBigFlow>,
+    /// Peers whose traffic is proven to arrive elsewhere than where the
+    /// replies to them go (from neighbour events' arrivals), per (netns
+    /// of the replies, peer): the dedup key of that verdict.
+    pub arrives_elsewhere: HashMap<(u32, IpAddr), String>,
+    /// When each flow (either direction, as first seen) was first seen.
+    pub flow_first_seen: HashMap<FlowKey, u64>,
 }
 
 impl Observations {
+    /// When a flow was first seen, in either direction.
+    pub fn first_seen(&self, k: &FlowKey) -> Option<u64> {
+        let rev = (k.1, k.0, k.3, k.2);
+        match (self.flow_first_seen.get(k), self.flow_first_seen.get(&rev)) {
+            (Some(a), Some(b)) => Some(*a.min(b)),
+            (a, b) => a.or(b).copied(),
+        }
+    }
+
+    /// Notes a flow's packet at `ts`.
+    pub fn saw_flow(&mut self, k: FlowKey, ts: u64) {
+        let e = self.flow_first_seen.entry(k).or_insert(ts);
+        *e = (*e).min(ts);
+    }
+
     /// Bounds the per-flow and per-peer memory of a long run (a scanned
     /// host sees endless new sources and ports).
     pub fn prune(&mut self, now_ns: u64) {
@@ -74,6 +113,12 @@ impl Observations {
         }
         if self.too_big_flows.len() > MAX {
             self.too_big_flows.retain(|_, f| f.blackhole);
+        }
+        if self.arrives_elsewhere.len() > MAX {
+            self.arrives_elsewhere.clear();
+        }
+        if self.flow_first_seen.len() > MAX {
+            self.flow_first_seen.clear();
         }
         // An ICMP drop long past says nothing about today's path.
         self.icmp_ptb_dropped
@@ -107,6 +152,8 @@ pub struct Book {
     suppressed_keys: HashSet<String>,
     /// Indexes into `verdicts` concluded or upgraded since `take_new`.
     fresh: Vec<usize>,
+    /// The flow a key's verdict is about, for its first-seen time.
+    flows: HashMap<String, FlowKey>,
 }
 
 impl Book {
@@ -205,16 +252,79 @@ impl<'a> Ctx<'a> {
         self.src.netns_name(netns)
     }
 
-    /// Docker advice only where Docker is: a docker0 or br-* bridge in the
-    /// namespace, or dockerd running on the host.
+    pub fn container(&mut self, netns: u32) -> Option<Arc<Container>> {
+        self.src.container(netns)
+    }
+
+    pub fn docker_network(&mut self, bridge: &str) -> Option<DockerNetwork> {
+        self.src.docker_network(bridge)
+    }
+
+    pub fn dockerd_running(&mut self) -> bool {
+        self.src.dockerd_running()
+    }
+
+    pub fn container_by_addr(&mut self, addr: IpAddr) -> Option<Arc<Container>> {
+        self.src.container_by_addr(addr)
+    }
+
+    /// Starts `key`'s clock at `ts` without counting a drop (evidence that
+    /// precedes any loss, such as the first packet of the failing flow).
+    pub fn clock_from(&mut self, key: &str, ts: u64) {
+        let e = self
+            .book
+            .pending_count
+            .entry(key.to_string())
+            .or_insert((ts, 0));
+        e.0 = e.0.min(ts);
+    }
+
+    /// The verdict of `key` is about `flow`: it gets the flow's first-seen
+    /// time, and is marked stale if the flow began before the latest
+    /// change of its namespace's topology.
+    pub fn about_flow(&mut self, key: &str, flow: FlowKey) {
+        if self.book.flows.len() < 100_000 {
+            self.book.flows.insert(key.to_string(), flow);
+        }
+    }
+
+    /// Docker advice only where Docker is: a Docker network's bridge (or a
+    /// docker0 / br-* bridge) in the namespace, a container's namespace,
+    /// or dockerd's own namespace (ours) while dockerd runs. A router
+    /// namespace on a host that also runs dockerd gets no Docker advice.
     pub fn docker_here(&mut self, netns: u32) -> bool {
-        let bridge = self.topo(netns).is_some_and(|t| {
-            t.links.iter().any(|l| {
-                l.kind.as_deref() == Some("bridge")
-                    && (l.name == "docker0" || l.name.starts_with("br-"))
-            })
-        });
-        bridge || self.src.dockerd_running()
+        let topo = self.topo(netns);
+        let bridges: Vec<String> = topo
+            .iter()
+            .flat_map(|t| t.links.iter())
+            .filter(|l| l.kind.as_deref() == Some("bridge"))
+            .map(|l| l.name.clone())
+            .collect();
+        if bridges
+            .iter()
+            .any(|b| b == "docker0" || b.starts_with("br-"))
+            || bridges.iter().any(|b| self.src.docker_network(b).is_some())
+        {
+            return true;
+        }
+        if self
+            .src
+            .container(netns)
+            .is_some_and(|c| c.r.runtime == "docker")
+        {
+            return true;
+        }
+        netns == self.src.own_netns() && self.src.dockerd_running()
+    }
+
+    /// Docker manages `bridge` of `netns`: Some(its network, if the API
+    /// named it); None when Docker advice does not belong here.
+    pub fn docker_owner(&mut self, netns: u32, bridge: &str) -> Option<Option<DockerNetwork>> {
+        if let Some(n) = self.docker_network(bridge) {
+            return Some(Some(n));
+        }
+        let named = bridge == "docker0" || bridge.starts_with("br-");
+        (named && self.docker_here(netns)).then_some(None)
     }
 
     /// The prefix that runs a command in `netns`: nothing for our own,
@@ -306,12 +416,33 @@ impl<'a> Ctx<'a> {
         } else {
             0.0
         };
+        let container = self.src.container(f.netns);
+        let host_ifname = container.as_ref().and_then(|c| {
+            let named = ["egress_ifname", "ifname", "ingress_ifname"]
+                .iter()
+                .find_map(|k| f.evidence.get(*k).and_then(|v| v.as_str()))
+                .and_then(|n| c.interfaces.iter().find(|i| i.ifname == n))
+                .map(|i| i.ifindex)
+                .unwrap_or(0);
+            c.host_ifname(named)
+        });
+        let first_seen_ns = self
+            .book
+            .flows
+            .get(&f.key)
+            .and_then(|k| self.obs.first_seen(k));
+        let stale = match first_seen_ns {
+            Some(t) => self.src.changed_before(f.netns).is_some_and(|c| t < c),
+            None => false,
+        };
         let v = Verdict {
             kind_type: "verdict",
             kind: f.kind,
             tier: f.tier,
             netns: f.netns,
             netns_name: self.netns_name(f.netns),
+            container: container.map(|c| c.r.clone()),
+            host_ifname,
             summary: f.summary,
             evidence: match f.evidence {
                 Value::Object(m) => m,
@@ -322,6 +453,8 @@ impl<'a> Ctx<'a> {
             latency_ms,
             fault: f.tier == Tier::Proven,
             last_ns: self.now_ns,
+            first_seen_ns,
+            stale,
         };
         let i = match existing {
             Some(i) => {

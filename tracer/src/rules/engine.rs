@@ -92,6 +92,9 @@ impl Engine {
     fn observe(&mut self, fact: &Fact) -> bool {
         match fact {
             Fact::Drop(d) => {
+                if let (Some(a), Some(b), Some(sp), Some(dp)) = (d.src, d.dst, d.sport, d.dport) {
+                    self.obs.saw_flow((a, b, sp, dp), d.ts_ns);
+                }
                 // Where each peer's traffic enters, for asymmetry proofs.
                 if let (Some(src), true) = (d.src, d.ingress_ifindex > 1) {
                     self.obs
@@ -137,7 +140,12 @@ impl Engine {
                 v.push(n.state);
                 true
             }
-            Fact::Syn(_) => true,
+            Fact::Syn(s) => {
+                if let (Some(a), Some(b)) = (s.src, s.dst) {
+                    self.obs.saw_flow((a, b, s.sport, s.dport), s.ts_ns);
+                }
+                true
+            }
         }
     }
 }

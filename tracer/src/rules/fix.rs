@@ -3,6 +3,7 @@
 //! is meant to be pasted into a root shell. Also the advice more than one
 //! rule gives (moving a bridge off a peer's network).
 
+use crate::containers::DockerNetwork;
 use crate::topology::{prefix_contains, NsTopology, Route};
 use std::net::{IpAddr, Ipv4Addr};
 
@@ -62,15 +63,20 @@ pub fn iptables_for(family: Option<&str>) -> &'static str {
     }
 }
 
-/// A private subnet that overlaps nothing routed or addressed in `topo`
-/// and not `avoid`: a concrete value for "move the bridge elsewhere".
-pub fn free_subnet(topo: &NsTopology, avoid: IpAddr) -> String {
+/// Private subnets that overlap nothing routed or addressed in `topo`,
+/// nor any address in `avoid` (the peer): concrete values for "move the
+/// bridge elsewhere", checked against this namespace.
+pub fn free_subnets(topo: &NsTopology, avoid: &[IpAddr], n: usize) -> Vec<String> {
     let candidates = [
         ("192.168.203.0", 24u8),
         ("10.213.0.0", 16),
         ("172.31.240.0", 20),
         ("192.168.250.0", 24),
+        ("10.214.0.0", 16),
+        ("10.215.0.0", 16),
+        ("192.168.251.0", 24),
     ];
+    let mut out = Vec::new();
     for (a, len) in candidates {
         let base: IpAddr = a.parse().expect("literal");
         let overlaps = |n: IpAddr, l: u8| {
@@ -86,12 +92,81 @@ pub fn free_subnet(topo: &NsTopology, avoid: IpAddr) -> String {
                 .iter()
                 .flat_map(|l| l.addrs.iter())
                 .any(|(ad, pl)| ad.is_ipv4() && overlaps(*ad, *pl))
-            || prefix_contains(base, len, avoid);
+            || avoid.iter().any(|x| prefix_contains(base, len, *x));
         if !clash {
-            return format!("{a}/{len}");
+            out.push(format!("{a}/{len}"));
+            if out.len() == n {
+                break;
+            }
         }
     }
-    "192.168.203.0/24".to_string()
+    if out.is_empty() {
+        out.push("192.168.203.0/24".to_string());
+    }
+    out
+}
+
+/// The first of [`free_subnets`].
+pub fn free_subnet(topo: &NsTopology, avoid: IpAddr) -> String {
+    free_subnets(topo, &[avoid], 1).remove(0)
+}
+
+/// The first host address of `a.b.c.d/len` and the length.
+fn gateway_of(subnet: &str) -> (String, String) {
+    let gw = subnet
+        .split('/')
+        .next()
+        .and_then(|a| a.parse::<Ipv4Addr>().ok())
+        .map(|a| Ipv4Addr::from(u32::from(a) + 1).to_string())
+        .unwrap_or_default();
+    let len = subnet.split('/').nth(1).unwrap_or("24").to_string();
+    (gw, len)
+}
+
+/// Who manages a bridge, as far as advice goes.
+#[derive(Clone, Copy, Debug)]
+pub enum BridgeOwner<'a> {
+    /// Docker runs here; the network, when its API named it.
+    Docker(Option<&'a DockerNetwork>),
+    Other,
+}
+
+/// Moving a Docker network off a peer's network, in Docker's words and
+/// with subnets checked free in `topo` (dockerd's namespace) and of the
+/// peer.
+pub fn docker_move(
+    topo: &NsTopology,
+    bridge: &str,
+    prefix: &str,
+    peer: IpAddr,
+    net: Option<&DockerNetwork>,
+) -> String {
+    let free = free_subnets(topo, &[peer], 2);
+    let (gw, len) = gateway_of(&free[0]);
+    let pool = free.get(1).cloned().unwrap_or_else(|| free[0].clone());
+    let name = net.map(|n| n.name.clone()).unwrap_or_else(|| {
+        if bridge == "docker0" {
+            "bridge".into()
+        } else {
+            String::new()
+        }
+    });
+    if name == "bridge" || bridge == "docker0" {
+        format!(
+            "Move Docker's default network bridge ({bridge}, {prefix}) off {peer}'s network: in /etc/docker/daemon.json set \"bip\": \"{gw}/{len}\" and \"default-address-pools\": [{{\"base\": \"{pool}\", \"size\": 24}}], then restart dockerd (systemctl restart docker) and the containers on it"
+        )
+    } else if !name.is_empty() {
+        let n = q(&name);
+        format!(
+            "Move Docker network {name} ({bridge}, {prefix}) off {peer}'s network: stop its containers, then docker network rm {n} && docker network create --subnet {} {n}, and start them again; set \"default-address-pools\": [{{\"base\": \"{pool}\", \"size\": 24}}] in /etc/docker/daemon.json so new networks avoid it too",
+            free[0]
+        )
+    } else {
+        format!(
+            "Move {bridge} ({prefix}) off {peer}'s network: if it is a Docker network (docker network ls; its bridge is br-<id>), recreate it with docker network create --subnet {} NAME, and set \"default-address-pools\": [{{\"base\": \"{pool}\", \"size\": 24}}] in /etc/docker/daemon.json so new networks avoid it",
+            free[0]
+        )
+    }
 }
 
 /// `via GW dev IF` towards `ifindex`'s gateway, or `dev IF` when on-link.
@@ -112,8 +187,11 @@ pub fn route_via(topo: &NsTopology, ifindex: i32) -> String {
 }
 
 /// What to change when a bridge's subnet covers a peer that lives
-/// elsewhere: move the bridge (in the words of whoever manages it), or
-/// route the peer back more specifically.
+/// elsewhere: move the bridge (in the words of whoever manages it), or,
+/// for the host's own services only, route the peer back more
+/// specifically. `container` names the container whose flow it is: no
+/// host route can help it, since it resolves the peer itself.
+#[allow(clippy::too_many_arguments)]
 pub fn bridge_fixes(
     topo: &NsTopology,
     bridge: &str,
@@ -121,35 +199,29 @@ pub fn bridge_fixes(
     peer: IpAddr,
     ns_hint: &str,
     ingress: i32,
+    owner: BridgeOwner,
+    container: Option<&str>,
 ) -> Vec<String> {
     let free = free_subnet(topo, peer);
-    let gw = free
-        .split('/')
-        .next()
-        .and_then(|a| a.parse::<Ipv4Addr>().ok())
-        .map(|a| Ipv4Addr::from(u32::from(a) + 1).to_string())
-        .unwrap_or_default();
-    let len = free.split('/').nth(1).unwrap_or("24");
+    let (gw, len) = gateway_of(&free);
     // Name the knob of whoever manages the bridge; the verdict itself never
     // depends on the name, only this advice does.
-    let mut fixes = if bridge == "docker0" {
-        vec![format!(
-            "Move {bridge} ({prefix}) off the peer's network: set \"bip\": \"{gw}/{len}\" (and \"default-address-pools\" for new networks) in /etc/docker/daemon.json, then systemctl restart docker"
-        )]
-    } else if bridge.starts_with("br-") {
-        vec![format!(
-            "Move {bridge} ({prefix}) off the peer's network: if it is a docker network, docker network rm <net> && docker network create --subnet {free} <net> (and set \"default-address-pools\" in /etc/docker/daemon.json so new networks avoid it)"
-        )]
-    } else {
-        vec![format!(
+    let mut fixes = match owner {
+        BridgeOwner::Docker(net) => vec![docker_move(topo, bridge, prefix, peer, net)],
+        BridgeOwner::Other => vec![format!(
             "Move {bridge} ({prefix}) off the peer's network, e.g. to {free}: {ns_hint}ip addr replace {gw}/{len} dev {} (then update whatever manages it: libvirt net-edit, lxc network set, docker \"bip\")",
             q(bridge)
-        )]
+        )],
     };
-    fixes.push(format!(
-        "Stopgap without moving the bridge: route the peer back the way its packets arrive, more specifically than the bridge: {ns_hint}ip route add {peer}/32 {}",
-        route_via(topo, ingress)
-    ));
+    match container {
+        Some(c) => fixes.push(format!(
+            "No host route helps here: container {c} has {prefix} on-link and resolves {peer} itself, so its replies stay in {bridge} whatever the host's routes say"
+        )),
+        None => fixes.push(format!(
+            "Stopgap for the host's own services only: route the peer back the way its packets arrive, more specifically than the bridge: {ns_hint}ip route add {peer}/32 {}",
+            route_via(topo, ingress)
+        )),
+    }
     fixes
 }
 

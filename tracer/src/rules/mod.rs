@@ -127,6 +127,10 @@ pub struct Verdict {
     pub tier: Tier,
     pub netns: u32,
     pub netns_name: Option<String>,
+    /// The container whose namespace `netns` is, if any.
+    pub container: Option<crate::containers::ContainerRef>,
+    /// In a container: the host-side veth of the interface concerned.
+    pub host_ifname: Option<String>,
     pub summary: String,
     pub evidence: Map<String, Value>,
     pub fix: Vec<String>,
@@ -141,4 +145,11 @@ pub struct Verdict {
     /// later drop of it): what `tracer agent` calls still active.
     #[serde(skip)]
     pub last_ns: u64,
+    /// When the flow this verdict is about was first seen (wall ns), for
+    /// verdicts about one flow.
+    pub first_seen_ns: Option<u64>,
+    /// The flow began before the latest change of this namespace's
+    /// topology (routes, links, MTUs, sysctls, nftables ruleset): its
+    /// packets may still show a problem that a change has since fixed.
+    pub stale: bool,
 }

@@ -221,6 +221,9 @@ fn verdict(cx: &mut Ctx, key: String, r: &SynRecord, tier: Tier) {
         "dport": r.dport,
         "segments_died": proven,
     });
+    if let (Some(a), Some(b)) = (r.src, r.dst) {
+        cx.about_flow(&key, (a, b, r.sport, r.dport));
+    }
     cx.conclude(Finding {
         key,
         kind: "mss_exceeds_mtu",

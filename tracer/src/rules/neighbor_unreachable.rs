@@ -23,7 +23,11 @@ impl Rule for NeighborUnreachable {
         let Some(out_link) = topo.link(egress).cloned() else {
             return;
         };
-        if peer_arrives_elsewhere(d, cx, &topo).is_some() {
+        // A peer that arrives from elsewhere (outside the bridge) is not
+        // a silent neighbour: that is asymmetric_route's verdict.
+        if peer_arrives_elsewhere(d, cx, &topo).is_some()
+            || cx.obs.arrives_elsewhere.contains_key(&(d.netns, peer))
+        {
             return;
         }
         let key = format!("neigh/{}/{}/{}", d.netns, egress, peer);

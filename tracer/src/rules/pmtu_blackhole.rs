@@ -177,6 +177,9 @@ fn verdict(cx: &mut Ctx, t: TooBig, blocked: bool) {
         "too_big_drops": t.count,
         "location": d.location,
     });
+    if let (Some(a), Some(b), Some(sp), Some(dp)) = (d.src, d.dst, d.sport, d.dport) {
+        cx.about_flow(&key, (a, b, sp, dp));
+    }
     cx.conclude(Finding {
         key,
         kind: "pmtu_blackhole",
@@ -237,6 +240,40 @@ mod tests {
             "{:?}",
             v[0].fix
         );
+    }
+
+    #[test]
+    fn a_flow_older_than_the_last_path_change_is_marked_stale() {
+        // The flow's first packet came before the path last changed (an
+        // MSS clamp added, say): the verdict says so, with its first-seen.
+        let mut old = Fake::default();
+        old.changed_before.insert(NS, 1_500);
+        let v = run(
+            &mut old,
+            vec![
+                Fact::Drop(icmp_dropped(1_000)),
+                too_big(1_000),
+                too_big(2_000),
+            ],
+            0,
+        );
+        assert_eq!(kinds(&v), [("pmtu_blackhole", Tier::Proven)]);
+        assert!(v[0].stale);
+        assert_eq!(v[0].first_seen_ns, Some(1_000));
+        // A flow that began after the change is news.
+        let mut new = Fake::default();
+        new.changed_before.insert(NS, 500);
+        let v = run(
+            &mut new,
+            vec![
+                Fact::Drop(icmp_dropped(1_000)),
+                too_big(1_000),
+                too_big(2_000),
+            ],
+            0,
+        );
+        assert!(!v[0].stale);
+        assert_eq!(v[0].first_seen_ns, Some(1_000));
     }
 
     #[test]

@@ -5,7 +5,7 @@
 //! bridge subnet.
 
 use super::ctx::{Ctx, Finding};
-use super::fix::{bridge_fixes, conf_arg, net, q, route_via};
+use super::fix::{bridge_fixes, conf_arg, net, q, route_via, BridgeOwner};
 use super::{Fact, Rule, Tier};
 use serde_json::json;
 
@@ -81,8 +81,29 @@ impl Rule for RpFilterRouteConflict {
                 ""
             }
         );
+        // A published port: the packet was DNAT'd to a container, whose
+        // replies no host route can steer.
+        let container = d.dst.and_then(|a| cx.container_by_addr(a));
+        let container_name = container.as_ref().map(|c| c.r.name.clone()).or_else(|| {
+            (d.orig_dst.is_some() && d.orig_dst != d.dst)
+                .then(|| format!("at {}", d.dst.map(|a| a.to_string()).unwrap_or_default()))
+        });
+        let owner = cx.docker_owner(d.netns, &rev_link.name);
+        let docker_net = owner.clone().flatten().map(|n| n.name);
         let mut fix = if bridge {
-            bridge_fixes(&topo, &rev_link.name, &prefix, src, &hint, ingress)
+            bridge_fixes(
+                &topo,
+                &rev_link.name,
+                &prefix,
+                src,
+                &hint,
+                ingress,
+                match &owner {
+                    Some(n) => BridgeOwner::Docker(n.as_ref()),
+                    None => BridgeOwner::Other,
+                },
+                container_name.as_deref(),
+            )
         } else {
             vec![format!(
                 "Route {src} back out {}, where it arrives: {hint}ip route add {src}/32 {}",
@@ -112,6 +133,10 @@ impl Rule for RpFilterRouteConflict {
             "rp_filter": rp,
             "bridge": bridge,
             "location": d.location,
+            "docker_network": docker_net,
+            "container": container.as_ref().map(|c| c.r.name.clone()),
+            "orig_dst": d.orig_dst,
+            "orig_dport": d.orig_dport,
         });
         cx.conclude(Finding {
             key,

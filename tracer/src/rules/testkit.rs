@@ -118,10 +118,12 @@ pub fn syn(
         ts_ns,
         netns: NS,
         netns_name: None,
+        container: None,
         ifindex: egress.0,
         ifname: Some(egress.1.into()),
         ingress_ifindex: ingress.0,
         ingress_ifname: Some(ingress.1.into()),
+        host_ifname: None,
         mtu: egress.2,
         mss,
         family: Some(if src.contains(':') { "ipv6" } else { "ipv4" }),
@@ -138,6 +140,9 @@ pub fn syn(
 pub struct Fake {
     pub topo: HashMap<u32, Arc<NsTopology>>,
     pub dockerd: bool,
+    pub containers: crate::containers::Registry,
+    /// netns -> wall time its topology last looked different.
+    pub changed_before: HashMap<u32, u64>,
 }
 
 impl Fake {
@@ -145,6 +150,8 @@ impl Fake {
         Fake {
             topo: topos.into_iter().map(|t| (t.inode, Arc::new(t))).collect(),
             dockerd: false,
+            containers: Default::default(),
+            changed_before: HashMap::new(),
         }
     }
 }
@@ -161,6 +168,21 @@ impl TopologySource for Fake {
     }
     fn dockerd_running(&mut self) -> bool {
         self.dockerd
+    }
+    fn container(&mut self, netns: u32) -> Option<Arc<crate::containers::Container>> {
+        self.containers.by_netns(netns).cloned()
+    }
+    fn docker_network(&mut self, bridge: &str) -> Option<crate::containers::DockerNetwork> {
+        self.containers.network_by_bridge(bridge).cloned()
+    }
+    fn changed_before(&mut self, netns: u32) -> Option<u64> {
+        self.changed_before.get(&netns).copied()
+    }
+    fn container_by_addr(
+        &mut self,
+        addr: std::net::IpAddr,
+    ) -> Option<Arc<crate::containers::Container>> {
+        self.containers.by_addr(addr).cloned()
     }
 }
 
