@@ -11,6 +11,7 @@
 //! by the rules engine.
 
 use crate::aggregate::AggregateRecord;
+use crate::containers::ContainerRef;
 use crate::diagnose::Diagnoser;
 use crate::event::DropRecord;
 use crate::record::wall_now_ns;
@@ -35,13 +36,6 @@ use tracer_abi::{DropEvent, NeighEvent, SynEvent};
 
 /// The label value of the series that counts label sets past the limit.
 pub const OTHER: &str = "other";
-
-/// Names the container behind a network namespace. The agent asks once
-/// per drop and verdict, so an implementation caches (the Docker API one
-/// lives on another branch); with none, `container` is empty.
-pub trait ContainerLookup: Send {
-    fn container(&mut self, netns: u32) -> Option<String>;
-}
 
 /// Which labels `tracer_drops_total` carries; the others stay empty.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -102,7 +96,6 @@ pub struct AgentOptions {
     pub active_window: Duration,
     /// A series that has not grown for this long is removed.
     pub series_idle: Duration,
-    pub containers: Option<Box<dyn ContainerLookup>>,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -353,7 +346,6 @@ pub struct Agent {
     diag: Diagnoser,
     metrics: Arc<Mutex<Metrics>>,
     labels: DropLabelChoice,
-    containers: Option<Box<dyn ContainerLookup>>,
     active_window: Duration,
     series_idle: Duration,
     log_drops: bool,
@@ -363,11 +355,10 @@ pub struct Agent {
 }
 
 impl Agent {
-    fn container(&mut self, netns: u32) -> String {
-        self.containers
-            .as_mut()
-            .and_then(|c| c.container(netns))
-            .unwrap_or_default()
+    /// Records and verdicts are already named by the container inventory
+    /// (see `containers`): the label is the container's name, or empty.
+    fn container(c: &Option<ContainerRef>) -> String {
+        c.as_ref().map(|c| c.name.clone()).unwrap_or_default()
     }
 
     fn netns_label(name: &Option<String>, netns: u32, own: u32) -> String {
@@ -392,7 +383,7 @@ impl Agent {
                 String::new()
             },
             container: if c.container {
-                self.container(d.netns)
+                Self::container(&d.container)
             } else {
                 String::new()
             },
@@ -408,7 +399,7 @@ impl Agent {
             kind: v.kind.to_string(),
             tier: v.tier.as_str().to_string(),
             netns: Self::netns_label(&v.netns_name, v.netns, own),
-            container: self.container(v.netns),
+            container: Self::container(&v.container),
         }
     }
 
@@ -611,7 +602,6 @@ pub async fn run(mut opts: AgentOptions, started: Instant) -> Result<()> {
         diag,
         metrics,
         labels: opts.labels,
-        containers: opts.containers.take(),
         active_window: opts.active_window,
         series_idle: opts.series_idle,
         log_drops: opts.log_drops,

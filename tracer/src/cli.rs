@@ -213,7 +213,6 @@ impl AgentArgs {
             max_series: self.max_series,
             active_window: self.active_window,
             series_idle: self.series_idle,
-            containers: None,
         }
     }
 }
