@@ -216,7 +216,7 @@ pub fn run_bad(args: &[&str]) -> (i32, String) {
 pub fn kernel_reasons() -> bool {
     static HAS: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
     *HAS.get_or_init(|| {
-        tracer::btf::KernelBtf::load()
+        tracer::kernel::btf::KernelBtf::load()
             .map(|b| b.has_drop_reasons())
             .unwrap_or(false)
     })

@@ -10,10 +10,10 @@
 //! removed, and causes not seen for twice the active window are forgotten
 //! by the rules engine.
 
-use crate::aggregate::AggregateRecord;
-use crate::containers::ContainerRef;
 use crate::diagnose::Diagnoser;
-use crate::event::DropRecord;
+use crate::events::aggregate::AggregateRecord;
+use crate::events::event::DropRecord;
+use crate::host::containers::ContainerRef;
 use crate::record::wall_now_ns;
 use crate::rules::Verdict;
 use crate::watch::{Consumer, Session, TraceOptions, Tracer};
@@ -583,7 +583,7 @@ pub async fn run(mut opts: AgentOptions, started: Instant) -> Result<()> {
     });
     let server = tokio::spawn(serve(listener, shared.clone()));
 
-    opts.trace.format = Some(crate::output::Format::Json);
+    opts.trace.format = Some(crate::sinks::Format::Json);
     opts.trace.no_aggregate = false;
     let tracer = Tracer::start(&opts.trace, true, started)?;
     metrics

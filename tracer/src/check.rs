@@ -3,9 +3,9 @@
 //! needs it during an incident. Every hook is really loaded (so the
 //! verifier has its say) and detached again; nothing else is touched.
 
-use crate::btf::KernelBtf;
-use crate::output::{Format, Output};
-use crate::probes;
+use crate::kernel::btf::KernelBtf;
+use crate::kernel::probes;
+use crate::sinks::{Format, Output};
 use anyhow::{bail, Result};
 use serde::Serialize;
 use std::path::{Path, PathBuf};
@@ -109,7 +109,7 @@ fn kernel_release() -> String {
 /// Runs every check, prints the report, and fails if no drop hook works.
 pub fn run(format: Format, btf: Option<PathBuf>) -> Result<()> {
     let mut items = vec![Item::new("kernel", "ok", kernel_release())];
-    let path = btf.unwrap_or_else(|| crate::btf::VMLINUX.into());
+    let path = btf.unwrap_or_else(|| crate::kernel::btf::VMLINUX.into());
     let mut drop_hooks = 0;
     match KernelBtf::from_file(&path) {
         Err(e) => items.push(Item::new("btf", "fail", format!("{e:#}"))),

@@ -1,8 +1,8 @@
 //! The command line: clap definitions and dispatch. `main.rs` only calls
 //! `run` and turns an error into one line and an exit code.
 
-use crate::output::Format;
-use crate::probes::DropHook;
+use crate::kernel::probes::DropHook;
+use crate::sinks::Format;
 use crate::watch::{parse_duration, Printer, TraceOptions, Tracer};
 use anyhow::Result;
 use clap::{Args, Parser, Subcommand};
@@ -355,9 +355,11 @@ fn runtime() -> Result<tokio::runtime::Runtime> {
 }
 
 fn reasons(format: Format, btf: Option<PathBuf>) -> Result<()> {
-    let btf = crate::btf::KernelBtf::from_file(&btf.unwrap_or_else(|| crate::btf::VMLINUX.into()))?;
+    let btf = crate::kernel::btf::KernelBtf::from_file(
+        &btf.unwrap_or_else(|| crate::kernel::btf::VMLINUX.into()),
+    )?;
     let reasons = btf.drop_reasons()?;
-    let mut out = crate::output::Output::stdout(format, 0);
+    let mut out = crate::sinks::Output::stdout(format, 0);
     for (code, name) in reasons.iter() {
         if format == Format::Json {
             out.json(&serde_json::json!({"type": "reason", "code": code, "name": name}))?;

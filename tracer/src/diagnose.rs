@@ -1,13 +1,13 @@
 //! `tracer diagnose`, live or from a recording: the glue between a source
 //! of facts (the kernel session, or a recording), the rules engine, the
 //! output, and an optional recorder. The rules themselves live in
-//! [`crate::rules`]; how verdicts print, in [`crate::output::verdict`].
+//! [`crate::rules`]; how verdicts print, in [`crate::sinks::verdict`].
 
-use crate::event::{DropRecord, Extra, NeighRecord};
-use crate::output::{Format, Output, Summary};
+use crate::events::event::{DropRecord, Extra, NeighRecord};
+use crate::host::topology::{Link, NsTopology, Topology};
 use crate::record::{wall_now_ns, Header, Line, Reader, Recorder};
 use crate::rules::{Engine, Fact, TopologySource, Verdict};
-use crate::topology::{Link, NsTopology, Topology};
+use crate::sinks::{Format, Output, Summary};
 use crate::watch::{Consumer, Session, TraceOptions, Tracer};
 use anyhow::Result;
 use std::collections::HashMap;
@@ -66,7 +66,7 @@ impl Changes {
 /// snapshot a rule used copied into the recording (when there is one).
 struct LiveSource<'a> {
     topology: &'a mut Topology,
-    containers: &'a crate::containers::Containers,
+    containers: &'a crate::host::containers::Containers,
     changes: &'a mut Changes,
     own_netns: u32,
     dockerd: bool,
@@ -88,7 +88,7 @@ impl TopologySource for LiveSource<'_> {
         Some(t)
     }
 
-    fn container(&mut self, netns: u32) -> Option<Arc<crate::containers::Container>> {
+    fn container(&mut self, netns: u32) -> Option<Arc<crate::host::containers::Container>> {
         let c = self.containers.snapshot().by_netns(netns).cloned()?;
         if let Some(r) = self.recorder.as_deref_mut() {
             if let Err(e) = r.container(self.now_ns, &c) {
@@ -98,7 +98,7 @@ impl TopologySource for LiveSource<'_> {
         Some(c)
     }
 
-    fn docker_network(&mut self, bridge: &str) -> Option<crate::containers::DockerNetwork> {
+    fn docker_network(&mut self, bridge: &str) -> Option<crate::host::containers::DockerNetwork> {
         let n = self
             .containers
             .snapshot()
@@ -119,7 +119,7 @@ impl TopologySource for LiveSource<'_> {
     fn container_by_addr(
         &mut self,
         addr: std::net::IpAddr,
-    ) -> Option<Arc<crate::containers::Container>> {
+    ) -> Option<Arc<crate::host::containers::Container>> {
         let c = self.containers.snapshot().by_addr(addr).cloned()?;
         if let Some(r) = self.recorder.as_deref_mut() {
             if let Err(e) = r.container(self.now_ns, &c) {
@@ -286,7 +286,7 @@ impl Diagnoser {
     fn emit_lines(&mut self, s: &mut Session) -> std::io::Result<Vec<String>> {
         let mut lines = Vec::new();
         for v in self.engine.take_new() {
-            crate::output::verdict::print(&mut s.out, &v)?;
+            crate::sinks::verdict::print(&mut s.out, &v)?;
             lines.push(format!(
                 "verdict {} ({}): {}",
                 v.kind,
@@ -399,18 +399,18 @@ pub async fn live(opts: &TraceOptions, write: Option<&Path>, started: Instant) -
 pub struct ReplaySource {
     topo: HashMap<u32, Arc<NsTopology>>,
     changed_before: HashMap<u32, u64>,
-    containers: HashMap<u32, Arc<crate::containers::Container>>,
-    networks: HashMap<String, crate::containers::DockerNetwork>,
+    containers: HashMap<u32, Arc<crate::host::containers::Container>>,
+    networks: HashMap<String, crate::host::containers::DockerNetwork>,
     own_netns: u32,
     dockerd: bool,
 }
 
 impl TopologySource for ReplaySource {
-    fn container(&mut self, netns: u32) -> Option<Arc<crate::containers::Container>> {
+    fn container(&mut self, netns: u32) -> Option<Arc<crate::host::containers::Container>> {
         self.containers.get(&netns).cloned()
     }
 
-    fn docker_network(&mut self, bridge: &str) -> Option<crate::containers::DockerNetwork> {
+    fn docker_network(&mut self, bridge: &str) -> Option<crate::host::containers::DockerNetwork> {
         self.networks.get(bridge).cloned()
     }
 
@@ -421,7 +421,7 @@ impl TopologySource for ReplaySource {
     fn container_by_addr(
         &mut self,
         addr: std::net::IpAddr,
-    ) -> Option<Arc<crate::containers::Container>> {
+    ) -> Option<Arc<crate::host::containers::Container>> {
         let a = addr.to_string();
         self.containers
             .values()
@@ -558,7 +558,7 @@ pub fn replay_cmd(path: &Path, format: Format) -> Result<()> {
                 Fact::Neigh(_) => Ok(()),
             }
         }
-        Replayed::Verdict(v) => crate::output::verdict::print(&mut out, v),
+        Replayed::Verdict(v) => crate::sinks::verdict::print(&mut out, v),
     })?;
     summary.duration_s = last_ts.saturating_sub(first_ts.unwrap_or(last_ts)) as f64 / 1e9;
     conclude_summary(&engine, &mut summary, &mut out)?;

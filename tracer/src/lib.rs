@@ -2,44 +2,35 @@
 //!
 //! The kernel side (`tracer-ebpf`) captures facts cheaply: every
 //! `skb:kfree_skb` with its reason, the route lookups around it, SYNs whose
-//! MSS cannot fit. This crate enriches, correlates and explains:
+//! MSS cannot fit. This crate enriches, correlates and explains. The
+//! folders follow one drop through the pipeline:
 //!
-//! - `probes`: load and attach the eBPF object, read its ring buffer and counters
-//! - `btf`, `symbols`: names from the running kernel (drop reasons, offsets, kallsyms)
-//! - `containers`: which container a netns is (Docker's API, else cgroups)
-//! - `netns`, `topology`: namespaces, interfaces, routes and sysctls over netlink
-//! - `filter`: the tcpdump-like expression, compiled for the kernel
-//! - `event`: decode ring-buffer records and name them
-//! - `reason_inference`: drop reasons for kernels that report none (before 5.17)
-//! - `aggregate`: storms counted by key in the kernel, reported per interval
-//! - `output`: text and JSON
+//! - `kernel`: load and attach the probes; BTF (reasons, offsets), kallsyms
+//! - `events`: ring-buffer records decoded and named, the kernel filter,
+//!   reasons inferred before 5.17, storm aggregates, protocol names
+//! - `host`: enrichment: namespaces, interfaces, routes, sysctls, containers
+//! - `rules`: one file per verdict kind, fed typed facts by one engine
+//! - `sinks`: text, JSON, verdict blocks, pcapng
+//!
+//! The commands sit on top of them:
+//!
 //! - `watch`: the tracing session that every command builds on
-//! - `rules`: the rules that turn drops, route lookups and topology into verdicts
-//! - `record`: recordings of a diagnosis, for `diagnose --replay`
-//! - `diagnose`: runs the rules live or on a recording
-//! - `protocols`: names for errno values and ICMP types
-//! - `lab`: the incidents rebuilt in throwaway namespaces
+//! - `diagnose`: runs the rules live or on a recording (`record`)
+//! - `trace`: follows a packet through the host
+//! - `agent`: Prometheus metrics and JSON logs for a fleet
 //! - `check`: the preflight that says what this kernel offers
-//! - `agent`: `tracer agent`, Prometheus metrics and JSON logs for a fleet
+//! - `lab`: the incidents rebuilt in throwaway namespaces
 //! - `cli`: the command line; `main.rs` is a thin shell around `cli::run`
 pub mod agent;
-pub mod aggregate;
-pub mod btf;
 pub mod check;
 pub mod cli;
-pub mod containers;
 pub mod diagnose;
-pub mod event;
-pub mod filter;
+pub mod events;
+pub mod host;
+pub mod kernel;
 pub mod lab;
-pub mod netns;
-pub mod output;
-pub mod probes;
-pub mod protocols;
-pub mod reason_inference;
 pub mod record;
 pub mod rules;
-pub mod symbols;
-pub mod topology;
+pub mod sinks;
 pub mod trace;
 pub mod watch;

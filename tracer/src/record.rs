@@ -19,9 +19,9 @@
 //! A reader rejects another major `version`; unknown line types are
 //! skipped, so a minor addition does not break older readers.
 
-use crate::containers::{Container, DockerNetwork};
+use crate::host::containers::{Container, DockerNetwork};
+use crate::host::topology::NsTopology;
 use crate::rules::Fact;
-use crate::topology::NsTopology;
 use anyhow::{anyhow, bail, Context, Result};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;

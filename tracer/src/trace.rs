@@ -15,7 +15,7 @@
 //! they match. A packet received by a NIC whose driver builds a new skb
 //! per fragment list (GRO) is followed from its merged skb.
 
-use crate::event::{family_name, flow_dst, flow_src, proto_name, tcp_flags, DropRecord};
+use crate::events::event::{family_name, flow_dst, flow_src, proto_name, tcp_flags, DropRecord};
 use crate::watch::{Consumer, Session};
 use serde::Serialize;
 use std::collections::{BTreeMap, HashMap};
@@ -86,7 +86,7 @@ impl Tracker {
         let ns = s.out.netns_label(netns, name);
         format!(
             "  {}  {:<28} {what}",
-            crate::output::clock_text(ts),
+            crate::sinks::clock_text(ts),
             format!("{ns}/{ifname}")
         )
     }
@@ -131,7 +131,7 @@ impl Consumer for Tracker {
         } else {
             self.live.insert(raw.skb, raw.id);
         }
-        if s.out.format == crate::output::Format::Json {
+        if s.out.format == crate::sinks::Format::Json {
             return s.out.json(&rec);
         }
         let dev = rec.ifname.clone().unwrap_or_else(|| match raw.ifindex {
@@ -180,7 +180,7 @@ impl Consumer for Tracker {
         s.summary.count(&rec);
         let id = extra.as_ref().and_then(|x| self.live.remove(&x.hdr.skb));
         s.capture(&rec, extra.as_ref(), &[])?;
-        if s.out.format == crate::output::Format::Json {
+        if s.out.format == crate::sinks::Format::Json {
             s.out.json(&TracedDrop {
                 rec: &rec,
                 skb_id: id,
@@ -191,10 +191,10 @@ impl Consumer for Tracker {
             Some(id) => {
                 let what = format!(
                     "DROP {} at {}",
-                    crate::output::reason_label(&rec),
+                    crate::sinks::reason_label(&rec),
                     rec.location
                 );
-                let dev = crate::output::dev_label(&rec);
+                let dev = crate::sinks::dev_label(&rec);
                 let line = Self::text_line(s, rec.netns, &rec.netns_name, &dev, &what, rec.ts_ns);
                 if let Some(t) = self.trails.get_mut(&id) {
                     t.push(line);

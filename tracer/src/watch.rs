@@ -3,16 +3,16 @@
 //! `Consumer`, stop on Ctrl-C / SIGTERM / --duration / --count, and
 //! summarise.
 
-use crate::aggregate::{AggregateRecord, Aggregator};
-use crate::btf::KernelBtf;
-use crate::event::{decode, Event, Namer};
-use crate::event::{decode_extra, kind_of, DropRecord, Extra};
-use crate::filter;
-use crate::netns;
-use crate::output::pcapng::PcapSink;
-use crate::output::{Format, Output, Summary};
-use crate::probes::{DropHook, ProbeConfig, Probes};
-use crate::topology::Topology;
+use crate::events::aggregate::{AggregateRecord, Aggregator};
+use crate::events::event::{decode, Event, Namer};
+use crate::events::event::{decode_extra, kind_of, DropRecord, Extra};
+use crate::events::filter;
+use crate::host::netns;
+use crate::host::topology::Topology;
+use crate::kernel::btf::KernelBtf;
+use crate::kernel::probes::{DropHook, ProbeConfig, Probes};
+use crate::sinks::pcapng::PcapSink;
+use crate::sinks::{Format, Output, Summary};
 use anyhow::{anyhow, bail, Result};
 use serde::Serialize;
 use std::collections::HashMap;
@@ -205,7 +205,7 @@ impl Session {
             return None;
         }
         match self.namer.topology.ifname(netns, ifindex) {
-            crate::topology::IfName::Name(n) => Some(n),
+            crate::host::topology::IfName::Name(n) => Some(n),
             _ => None,
         }
     }
@@ -279,7 +279,7 @@ impl Tracer {
         let btf_path = opts
             .btf
             .clone()
-            .unwrap_or_else(|| crate::btf::VMLINUX.into());
+            .unwrap_or_else(|| crate::kernel::btf::VMLINUX.into());
         let kbtf = KernelBtf::from_file(&btf_path)?;
         let aya_btf = std::thread::spawn(move || {
             aya::Btf::parse_file(&btf_path, object::Endianness::default())
@@ -295,7 +295,7 @@ impl Tracer {
         }
         let mut topology = Topology::new();
         // Container names: the inventory runs while the programs load.
-        let containers = crate::containers::Containers::start();
+        let containers = crate::host::containers::Containers::start();
 
         let mut config = Config::new();
         let mut inodes: Vec<u32> = namespaces.iter().map(|n| n.inode).collect();
@@ -683,7 +683,7 @@ fn report_aggregates(
     let recs = aggregator.poll(
         probes.aggregate_counts(),
         &mut session.namer,
-        crate::event::monotonic_ns(),
+        crate::events::event::monotonic_ns(),
     );
     for r in &recs {
         session.summary.count_aggregate(r);
@@ -732,7 +732,7 @@ impl Pump<'_> {
             };
             if kind_of(&item) == KIND_HOP {
                 let done = self.count.is_some_and(|c| self.shown >= c);
-                let r = match crate::event::decode_hop(&item) {
+                let r = match crate::events::event::decode_hop(&item) {
                     Ok(h) if !done => self.consumer.hop(&h, session),
                     Ok(_) => Ok(()),
                     Err(_) => {

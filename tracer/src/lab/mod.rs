@@ -5,7 +5,7 @@ pub mod netlab;
 pub mod scenarios;
 
 use crate::diagnose::Diagnoser;
-use crate::output::Format;
+use crate::sinks::Format;
 use crate::watch::{TraceOptions, Tracer};
 use anyhow::{anyhow, bail, Result};
 use netlab::{Netlab, LAB_PREFIX};
@@ -22,7 +22,7 @@ const GRACE: Duration = Duration::from_millis(1500);
 const HARD_LIMIT: Duration = Duration::from_secs(30);
 
 pub fn list(format: Format) -> Result<()> {
-    let mut out = crate::output::Output::stdout(format, 0);
+    let mut out = crate::sinks::Output::stdout(format, 0);
     for s in SCENARIOS {
         if format == Format::Json {
             out.json(&serde_json::json!({
@@ -123,7 +123,7 @@ fn run_one(
     let sc = scenarios::find(name).ok_or_else(|| {
         anyhow!("unknown lab '{name}': `tracer lab list` shows the labs (or use `all`)")
     })?;
-    crate::probes::check_privileges()?;
+    crate::kernel::probes::check_privileges()?;
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
@@ -201,7 +201,7 @@ fn run_one(
             pass,
             namespaces: lab.namespaces().to_vec(),
         };
-        let mut out = crate::output::Output::stdout(format, 0);
+        let mut out = crate::sinks::Output::stdout(format, 0);
         if format == Format::Json {
             out.json(&result)?;
         } else if pass {

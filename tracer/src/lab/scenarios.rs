@@ -24,8 +24,8 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
 
+use crate::host::netns;
 use crate::lab::netlab::Netlab;
-use crate::netns;
 
 /// What the operator's machine looks like; the defaults are Docker's.
 #[derive(Clone, Debug)]

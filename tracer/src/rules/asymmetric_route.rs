@@ -20,8 +20,8 @@ use super::ctx::{Ctx, Finding};
 use super::fix::{bridge_fixes, net, route_via, BridgeOwner};
 use super::rpfilter_route_conflict::ROUTE_JOIN_MAX_AGE_NS;
 use super::{Fact, Rule, Tier};
-use crate::event::{DropRecord, NeighRecord};
-use crate::topology::{Link, NsTopology};
+use crate::events::event::{DropRecord, NeighRecord};
+use crate::host::topology::{Link, NsTopology};
 use serde_json::json;
 use std::net::IpAddr;
 
@@ -395,8 +395,10 @@ fn container_verdict(
 mod tests {
     use super::super::testkit::*;
     use super::super::{Fact, Tier};
-    use crate::containers::{Container, ContainerRef, DockerNetwork, PublishedPort, Registry};
-    use crate::event::{Arrival, NeighRecord};
+    use crate::events::event::{Arrival, NeighRecord};
+    use crate::host::containers::{
+        Container, ContainerRef, DockerNetwork, PublishedPort, Registry,
+    };
 
     fn host() -> Fake {
         Fake::with(vec![topo(

@@ -5,8 +5,8 @@
 //! verdict once per cause.
 
 use super::{Tier, Verdict};
-use crate::containers::{Container, DockerNetwork};
-use crate::topology::{Link, NsTopology};
+use crate::host::containers::{Container, DockerNetwork};
+use crate::host::topology::{Link, NsTopology};
 use serde_json::{Map, Value};
 use std::collections::{HashMap, HashSet};
 use std::net::IpAddr;
@@ -472,7 +472,7 @@ impl<'a> Ctx<'a> {
 }
 
 /// An ICMP "fragmentation needed" or ICMPv6 "packet too big".
-pub fn is_ptb_icmp(d: &crate::event::DropRecord) -> bool {
+pub fn is_ptb_icmp(d: &crate::events::event::DropRecord) -> bool {
     matches!(
         (d.proto.as_deref(), d.icmp_type, d.icmp_code),
         (Some("icmp"), Some(3), Some(4)) | (Some("icmp6"), Some(2), _)

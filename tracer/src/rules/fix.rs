@@ -3,8 +3,8 @@
 //! is meant to be pasted into a root shell. Also the advice more than one
 //! rule gives (moving a bridge off a peer's network).
 
-use crate::containers::DockerNetwork;
-use crate::topology::{prefix_contains, NsTopology, Route};
+use crate::host::containers::DockerNetwork;
+use crate::host::topology::{prefix_contains, NsTopology, Route};
 use std::net::{IpAddr, Ipv4Addr};
 
 /// One shell word: left alone when it is plain, else single-quoted.

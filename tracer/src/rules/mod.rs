@@ -38,7 +38,7 @@ pub(crate) mod testkit;
 pub use ctx::{Ctx, TopologySource};
 pub use engine::Engine;
 
-use crate::event::{DropRecord, NeighRecord, SynRecord};
+use crate::events::event::{DropRecord, NeighRecord, SynRecord};
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
@@ -128,7 +128,7 @@ pub struct Verdict {
     pub netns: u32,
     pub netns_name: Option<String>,
     /// The container whose namespace `netns` is, if any.
-    pub container: Option<crate::containers::ContainerRef>,
+    pub container: Option<crate::host::containers::ContainerRef>,
     /// In a container: the host-side veth of the interface concerned.
     pub host_ifname: Option<String>,
     pub summary: String,

@@ -15,7 +15,7 @@
 use super::ctx::{Ctx, Finding, FlowKey};
 use super::fix::{iptables_for, q, tcp_overhead};
 use super::{Fact, Rule, Tier};
-use crate::event::SynRecord;
+use crate::events::event::SynRecord;
 use serde_json::json;
 use std::collections::HashMap;
 

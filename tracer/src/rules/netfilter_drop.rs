@@ -5,7 +5,7 @@
 use super::ctx::{is_ptb_icmp, Ctx, Finding};
 use super::fix::host_port;
 use super::{Fact, Rule, Tier};
-use crate::protocols::icmp_name;
+use crate::events::protocols::icmp_name;
 use serde_json::json;
 
 pub struct NetfilterDrop;

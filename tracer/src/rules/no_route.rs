@@ -5,8 +5,8 @@
 
 use super::ctx::{Ctx, Finding};
 use super::{Fact, Rule, Tier};
-use crate::event::DropRecord;
-use crate::protocols::errno_name;
+use crate::events::event::DropRecord;
+use crate::events::protocols::errno_name;
 use serde_json::json;
 use std::net::IpAddr;
 

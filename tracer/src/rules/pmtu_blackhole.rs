@@ -7,7 +7,7 @@
 use super::ctx::{is_ptb_icmp, Ctx, Finding};
 use super::fix::iptables_for;
 use super::{Fact, Rule, Tier};
-use crate::event::DropRecord;
+use crate::events::event::DropRecord;
 use serde_json::json;
 use std::collections::HashMap;
 
@@ -195,7 +195,7 @@ fn verdict(cx: &mut Ctx, t: TooBig, blocked: bool) {
 mod tests {
     use super::super::testkit::*;
     use super::super::{Fact, Tier};
-    use crate::event::DropRecord;
+    use crate::events::event::DropRecord;
 
     fn too_big(ts: u64) -> Fact {
         let mut d = tcp(

@@ -2,8 +2,8 @@
 //! each rule is tested without a kernel.
 
 use super::{Engine, Fact, TopologySource, Verdict};
-use crate::event::{DropRecord, RouteRecord, SynRecord};
-use crate::topology::{Link, NsTopology, Route, RouteKind, Sysctls, RT_TABLE_MAIN};
+use crate::events::event::{DropRecord, RouteRecord, SynRecord};
+use crate::host::topology::{Link, NsTopology, Route, RouteKind, Sysctls, RT_TABLE_MAIN};
 use std::collections::HashMap;
 use std::net::IpAddr;
 use std::sync::Arc;
@@ -140,7 +140,7 @@ pub fn syn(
 pub struct Fake {
     pub topo: HashMap<u32, Arc<NsTopology>>,
     pub dockerd: bool,
-    pub containers: crate::containers::Registry,
+    pub containers: crate::host::containers::Registry,
     /// netns -> wall time its topology last looked different.
     pub changed_before: HashMap<u32, u64>,
 }
@@ -169,10 +169,10 @@ impl TopologySource for Fake {
     fn dockerd_running(&mut self) -> bool {
         self.dockerd
     }
-    fn container(&mut self, netns: u32) -> Option<Arc<crate::containers::Container>> {
+    fn container(&mut self, netns: u32) -> Option<Arc<crate::host::containers::Container>> {
         self.containers.by_netns(netns).cloned()
     }
-    fn docker_network(&mut self, bridge: &str) -> Option<crate::containers::DockerNetwork> {
+    fn docker_network(&mut self, bridge: &str) -> Option<crate::host::containers::DockerNetwork> {
         self.containers.network_by_bridge(bridge).cloned()
     }
     fn changed_before(&mut self, netns: u32) -> Option<u64> {
@@ -181,7 +181,7 @@ impl TopologySource for Fake {
     fn container_by_addr(
         &mut self,
         addr: std::net::IpAddr,
-    ) -> Option<Arc<crate::containers::Container>> {
+    ) -> Option<Arc<crate::host::containers::Container>> {
         self.containers.by_addr(addr).cloned()
     }
 }

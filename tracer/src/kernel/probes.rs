@@ -2,7 +2,7 @@
 //! BTF and the user's filters, attaches the programs, and hands out the
 //! ring buffer and counters. Everything kernel-facing lives here.
 
-use crate::btf::KernelBtf;
+use crate::kernel::btf::KernelBtf;
 use anyhow::{anyhow, bail, Result};
 use aya::maps::{HashMap as BpfHashMap, MapData, PerCpuArray, RingBuf};
 use aya::programs::{BtfTracePoint, RawTracePoint, TracePoint};

@@ -17,8 +17,8 @@
 //! The inventory runs on its own thread with its own runtime and publishes
 //! a new [`Registry`] snapshot behind an `RwLock`; readers take an `Arc`.
 
-use crate::netns::NetnsInfo;
-use crate::topology::NsTopology;
+use crate::host::netns::NetnsInfo;
+use crate::host::topology::NsTopology;
 use serde::{Deserialize, Serialize};
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -522,9 +522,9 @@ fn interfaces_of(netns: u32, path: &Path) -> Vec<ContainerIf> {
         if peer_ns == netns {
             continue;
         }
-        let host = peers
-            .entry(peer_ns)
-            .or_insert_with(|| crate::netns::find(peer_ns).and_then(|i| NsTopology::read(&i).ok()));
+        let host = peers.entry(peer_ns).or_insert_with(|| {
+            crate::host::netns::find(peer_ns).and_then(|i| NsTopology::read(&i).ok())
+        });
         let host_link = host.as_ref().and_then(|t| t.link(peer_if));
         let host_bridge = host_link
             .and_then(|hl| hl.master)
@@ -580,7 +580,7 @@ pub fn runtime_of_cgroup(cgroup: &str) -> Option<(&'static str, String)> {
 /// Containers as the cgroup view shows them: one per netns other than
 /// ours whose first process sits in a container's cgroup.
 fn cgroup_inventory() -> Registry {
-    let own = crate::netns::own_inode().unwrap_or(0);
+    let own = crate::host::netns::own_inode().unwrap_or(0);
     let mut by_ns: HashMap<u32, Container> = HashMap::new();
     let Ok(rd) = std::fs::read_dir("/proc") else {
         return Registry::default();

@@ -18,8 +18,8 @@
 //! (`storm: N more drops ...`) on the next packet written; counts left at
 //! the end go into the comment of an Interface Statistics Block.
 
-use crate::aggregate::AggregateRecord;
-use crate::event::{DropRecord, Extra};
+use crate::events::aggregate::AggregateRecord;
+use crate::events::event::{DropRecord, Extra};
 use std::collections::HashMap;
 use std::io::Write;
 use std::path::Path;
@@ -180,7 +180,7 @@ impl PcapSink {
         netns: &str,
         verdicts: &[String],
     ) -> std::io::Result<()> {
-        let dev = crate::output::dev_label(rec);
+        let dev = crate::sinks::dev_label(rec);
         let ifname = match (&rec.ifname, rec.ifindex) {
             (Some(n), _) => n.clone(),
             (None, 0) => "-".to_string(),
@@ -195,7 +195,7 @@ impl PcapSink {
             _ => (LINK_RAW_IP, &[][..], rec.len),
         };
         let id = self.iface(rec.netns, rec.ifindex, link, format!("{netns}/{ifname}"))?;
-        let reason = crate::output::reason_label(rec);
+        let reason = crate::sinks::reason_label(rec);
         let mut o = Options::default();
         o.text(
             OPT_COMMENT,
@@ -244,10 +244,10 @@ impl PcapSink {
             self.notes.push(format!(
                 "storm: {} more drops of {} at {} in netns {} dev {}{}{} counted in the kernel, not captured",
                 r.count,
-                crate::output::reason_label(d),
+                crate::sinks::reason_label(d),
                 d.location,
                 label(r),
-                crate::output::dev_label(d),
+                crate::sinks::dev_label(d),
                 d.proto.as_deref().map(|p| format!(" {}", p.to_uppercase())).unwrap_or_default(),
                 flow,
             ));

@@ -2,7 +2,7 @@
 //! routes and the sysctls that decide reverse-path filtering and forwarding.
 //!
 //! Everything is read over rtnetlink from a thread that joined the namespace
-//! (see [`crate::netns::run_in`]), synchronously: this runs off the event path
+//! (see [`crate::host::netns::run_in`]), synchronously: this runs off the event path
 //! behind the [`Topology`] cache, so an async runtime would buy nothing.
 //!
 //! Decoding: messages are decoded with netlink-packet-route, but a message the
@@ -33,7 +33,7 @@ use netlink_packet_route::{AddressFamily, RouteNetlinkMessage};
 use netlink_sys::{protocols::NETLINK_ROUTE, Socket, SocketAddr};
 use serde::{Deserialize, Serialize};
 
-use crate::netns::{self, NetnsCache, NetnsInfo};
+use crate::host::netns::{self, NetnsCache, NetnsInfo};
 
 pub const RT_TABLE_DEFAULT: u32 = 253;
 pub const RT_TABLE_MAIN: u32 = 254;
@@ -1178,14 +1178,14 @@ impl Topology {
     /// "gone" would misname the newcomer.
     pub fn set_clock(&mut self, now: Instant) {
         self.clock = Some(now);
-        let mtime = crate::netns::run_dir_mtime();
+        let mtime = crate::host::netns::run_dir_mtime();
         if mtime != self.run_dir_mtime {
             self.run_dir_mtime = mtime;
             self.names.retain(|_, (name, _)| name.is_some());
             self.failed.clear();
             self.link_misses.clear();
             self.netns.forget_misses();
-            crate::netns::forget_misses();
+            crate::host::netns::forget_misses();
         }
     }
 
@@ -1225,7 +1225,7 @@ impl Topology {
             // Namespace churn: forget everything rather than grow.
             self.names.clear();
         }
-        let name = crate::netns::find(inode).and_then(|n| n.name);
+        let name = crate::host::netns::find(inode).and_then(|n| n.name);
         self.names.insert(inode, (name.clone(), Instant::now()));
         name
     }
@@ -1253,7 +1253,7 @@ impl Topology {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::netns::test_support::*;
+    use crate::host::netns::test_support::*;
 
     fn ip(s: &str) -> IpAddr {
         s.parse().unwrap()
@@ -1707,7 +1707,7 @@ mod tests {
         assert_eq!(ta.sysctls.rp_filter_all, ra);
         assert_eq!(tb.sysctls.rp_filter_all, rb);
         assert_eq!(ta.sysctls.ipv4_forwarding, host_fwd == 0);
-        let own = crate::netns::resolve("/proc/self/ns/net").unwrap();
+        let own = crate::host::netns::resolve("/proc/self/ns/net").unwrap();
         let th = NsTopology::read(&own).unwrap();
         assert_eq!(th.sysctls.rp_filter_all, host_rp);
         assert_eq!(host("/proc/sys/net/ipv4/conf/all/rp_filter"), host_rp);
@@ -1802,7 +1802,7 @@ mod tests {
 
     #[test]
     fn own_netns_reads() {
-        let own = crate::netns::own_inode().unwrap();
+        let own = crate::host::netns::own_inode().unwrap();
         let mut topo = Topology::new();
         let t = topo.get(own).expect("own netns");
         assert!(t.link_by_name("lo").is_some());

@@ -1,11 +1,11 @@
 //! Events as they leave the ring buffer (decoded without trusting a byte)
 //! and as the user sees them (named: reasons, symbols, netns, interfaces).
 
-use crate::btf::Reasons;
-use crate::containers::{ContainerRef, Containers};
-use crate::probes::RouteTable;
-use crate::symbols::Symbols;
-use crate::topology::{IfName, Topology};
+use crate::host::containers::{ContainerRef, Containers};
+use crate::host::topology::{IfName, Topology};
+use crate::kernel::btf::Reasons;
+use crate::kernel::probes::RouteTable;
+use crate::kernel::symbols::Symbols;
 use serde::{Deserialize, Deserializer, Serialize};
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use tracer_abi::*;
@@ -702,7 +702,7 @@ impl Namer {
             noise: None,
         };
         if !kernel_reasons {
-            if let Some(r) = crate::reason_inference::infer(&rec) {
+            if let Some(r) = crate::events::reason_inference::infer(&rec) {
                 rec.reason = r.to_string();
                 rec.reason_source = Some("location");
             }
@@ -948,7 +948,7 @@ mod tests {
         let mut v6 = DropRecord::sample("ip6_rcv_core+0x1c");
         v6.reason = "IPV6DISABLED".into();
         assert_eq!(noise_kind(&v6), None, "outside a container it is shown");
-        v6.container = Some(crate::containers::ContainerRef {
+        v6.container = Some(crate::host::containers::ContainerRef {
             runtime: "docker".into(),
             name: "web-1".into(),
             ..Default::default()

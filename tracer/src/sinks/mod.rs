@@ -4,9 +4,9 @@
 pub mod pcapng;
 pub mod verdict;
 
-use crate::aggregate::AggregateRecord;
-use crate::event::{DropRecord, SynRecord};
-use crate::probes::KernelStats;
+use crate::events::aggregate::AggregateRecord;
+use crate::events::event::{DropRecord, SynRecord};
+use crate::kernel::probes::KernelStats;
 use serde::Serialize;
 use std::collections::BTreeMap;
 use std::io::{IsTerminal, Write};
@@ -138,7 +138,7 @@ impl Output {
         &self,
         inode: u32,
         name: &Option<String>,
-        container: Option<&crate::containers::ContainerRef>,
+        container: Option<&crate::host::containers::ContainerRef>,
     ) -> String {
         match container {
             Some(c) if !c.name.is_empty() => c.name.clone(),
@@ -212,7 +212,7 @@ impl Output {
         self.line(&line)
     }
 
-    pub fn neigh(&mut self, n: &crate::event::NeighRecord) -> std::io::Result<()> {
+    pub fn neigh(&mut self, n: &crate::events::event::NeighRecord) -> std::io::Result<()> {
         if self.format == Format::Json {
             return self.json(n);
         }
@@ -527,7 +527,7 @@ pub fn flow_text(d: &DropRecord) -> String {
         s.push_str(&format!(" mss {m}"));
     }
     if let (Some(t), Some(c)) = (d.icmp_type, d.icmp_code) {
-        match crate::protocols::icmp_name(proto, t, c) {
+        match crate::events::protocols::icmp_name(proto, t, c) {
             Some(name) => s.push_str(&format!(" {name} (type {t} code {c})")),
             None => s.push_str(&format!(" type {t} code {c}")),
         }

@@ -1,0 +1,6 @@
+//! The kernel side, from userspace: load and attach the eBPF object and
+//! read what the running kernel says about itself (BTF: drop reasons and
+//! struct offsets; kallsyms: function names).
+pub mod btf;
+pub mod probes;
+pub mod symbols;
