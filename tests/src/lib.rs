@@ -249,6 +249,8 @@ pub fn is_drop(v: &Value, reason: &str) -> bool {
     let func = v["location"]
         .as_str()
         .and_then(|l| l.split('+').next())
+        // Compilers suffix the copies they make: `ip_rcv_finish_core.constprop.0`.
+        .and_then(|f| f.split('.').next())
         .unwrap_or_default();
     dropping_functions(reason).contains(&func)
         && (v["reason"].is_null() || (v["reason"] == reason && v["reason_source"] == "location"))

@@ -302,7 +302,9 @@ pub struct Config {
     pub snaplen: u32,
     /// 1 to follow matching packets through the host (`tracer trace`).
     pub trace: u32,
-    pub _pad2: u32,
+    /// This kernel's FRAG_REASM_TIMEOUT code (`u32::MAX` when unknown): the
+    /// fragments it frees after the queue's head carry no usable device.
+    pub frag_reason: u32,
 }
 
 /// `Config::extra`: copy the packet's bytes (for pcapng).
@@ -496,7 +498,7 @@ impl Config {
             extra: 0,
             snaplen: 0,
             trace: 0,
-            _pad2: 0,
+            frag_reason: u32::MAX,
         }
     }
 }

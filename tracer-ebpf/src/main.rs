@@ -59,6 +59,7 @@ pub struct Scratch {
     last_netns: u32,
     last_iif: i32,
     last_ts: u64,
+    last_frag: u32,
 }
 
 /// How soon after a drop with a netns one without may inherit it.
@@ -279,7 +280,7 @@ unsafe fn on_drop<M: Mem, C: EbpfContext>(ctx: &C, skb: *const u8, location: u64
             return;
         }
     }
-    let m = packet::meta::<M>(skb);
+    let mut m = packet::meta::<M>(skb);
     let mut netns = if !m.dev.is_null() {
         dev_netns::<M>(m.dev)
     } else if !m.sk.is_null() {
@@ -292,18 +293,27 @@ unsafe fn on_drop<M: Mem, C: EbpfContext>(ctx: &C, skb: *const u8, location: u64
         return;
     };
     let now = bpf_ktime_get_ns();
-    // Fragments waiting for reassembly share `skb->dev` with their offset
-    // (a union), so a reassembly timeout frees them with no device and no
-    // socket. The kernel frees the queue's head first, with its device
+    // Fragments waiting for reassembly share `skb->dev` with the
+    // reassembly queue's tree links or their offset (unions), so a
+    // reassembly timeout frees them with no device, or a pointer that is
+    // not one. The kernel frees the queue's head first, with its device
     // set, then the rest on the same CPU: they inherit the head's netns.
     {
         let sc = &mut *scratch;
+        let frag = reason != 0 && reason == cfg!(frag_reason);
+        let follows =
+            iif != 0 && sc.last_iif == iif && now.wrapping_sub(sc.last_ts) < INHERIT_NETNS_NS;
+        if frag && follows && sc.last_frag != 0 {
+            netns = sc.last_netns;
+            m.dev = core::ptr::null();
+        } else if netns == 0 && follows {
+            netns = sc.last_netns;
+        }
         if netns != 0 {
             sc.last_netns = netns;
             sc.last_iif = iif;
             sc.last_ts = now;
-        } else if iif != 0 && sc.last_iif == iif && now.wrapping_sub(sc.last_ts) < INHERIT_NETNS_NS {
-            netns = sc.last_netns;
+            sc.last_frag = frag as u32;
         }
     }
     if !netns_allowed(netns) {

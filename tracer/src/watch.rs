@@ -349,6 +349,7 @@ impl Tracer {
         };
         config.noise.no_socket = reasons.code("NO_SOCKET").unwrap_or(u32::MAX);
         config.noise.queue_purge = reasons.code("QUEUE_PURGE").unwrap_or(u32::MAX);
+        config.frag_reason = reasons.code("FRAG_REASM_TIMEOUT").unwrap_or(u32::MAX);
         config.aggregate = u32::from(!opts.no_aggregate);
         config.agg_burst = AGG_BURST;
         config.agg_per_key = AGG_PER_KEY;

@@ -283,7 +283,7 @@ pub fn noise_kind(d: &DropRecord) -> Option<&'static str> {
     if d.reason == "IPV6DISABLED" && d.container.is_some() {
         return Some("ipv6_disabled");
     }
-    let func = d.location.split('+').next().unwrap_or_default();
+    let func = crate::events::reason_inference::function(&d.location);
     if d.reason == "NOT_SPECIFIED"
         && matches!(func, "tcp_v4_rcv" | "tcp_v6_rcv")
         && d.tcp_flags.as_deref() == Some("S")
@@ -701,41 +701,60 @@ impl Namer {
             stack: None,
             noise: None,
         };
+        // Where a forwarded packet was to leave: what a too-big drop is
+        // shown on, and (without kernel reasons) what proves it too big.
+        let forwarded = matches!(
+            crate::events::reason_inference::function(&rec.location),
+            "ip_forward" | "ip6_forward"
+        );
+        let egress = if rec.reason == "PKT_TOO_BIG" || (!kernel_reasons && forwarded) {
+            self.forward_egress(&rec)
+        } else {
+            None
+        };
         if !kernel_reasons {
-            if let Some(r) = crate::events::reason_inference::infer(&rec) {
+            let mtu = egress.as_ref().map(|(_, l)| l.mtu);
+            if let Some(r) = crate::events::reason_inference::infer(&rec, mtu) {
                 rec.reason = r.to_string();
                 rec.reason_source = Some("location");
             }
         }
-        self.too_big_egress(&mut rec);
+        if let Some((ifindex, link)) = egress {
+            Self::too_big_egress(&mut rec, ifindex, &link);
+        }
         rec.noise = noise_kind(&rec);
         rec
     }
 
-    /// A packet too big to forward is shown on the device it did not fit,
-    /// arriving from its ingress (`eth0<-eth1`). IPv6 sets skb->dev to the
-    /// egress before it drops; IPv4 leaves the ingress there, so take the
-    /// egress from the joined route lookup, else from the routing table.
-    fn too_big_egress(&mut self, d: &mut DropRecord) {
-        if d.reason != "PKT_TOO_BIG" || d.ifindex != d.ingress_ifindex || d.ingress_ifindex == 0 {
-            return;
-        }
-        let egress = match &d.route {
+    /// The device a forwarded packet was routed out of: the joined route
+    /// lookup's, else the one the namespace's routing table gives.
+    fn forward_egress(&mut self, d: &DropRecord) -> Option<(i32, crate::host::topology::Link)> {
+        let ifindex = match &d.route {
             Some(r) if r.err == 0 && r.ifindex > 0 => Some(r.ifindex),
             _ => d.dst.and_then(|dst| {
                 self.topology
                     .get(d.netns)
                     .and_then(|t| t.route_to(dst).and_then(|r| r.oif))
             }),
-        };
-        let Some(egress) = egress.filter(|&e| e != d.ingress_ifindex) else {
+        }?;
+        let link = self.topology.link(d.netns, ifindex).ok()?;
+        Some((ifindex, link))
+    }
+
+    /// A packet too big to forward is shown on the device it did not fit,
+    /// arriving from its ingress (`eth0<-eth1`). IPv6 sets skb->dev to the
+    /// egress before it drops; IPv4 leaves the ingress there.
+    fn too_big_egress(d: &mut DropRecord, egress: i32, link: &crate::host::topology::Link) {
+        if d.reason != "PKT_TOO_BIG"
+            || d.ifindex != d.ingress_ifindex
+            || d.ingress_ifindex == 0
+            || egress == d.ingress_ifindex
+        {
             return;
-        };
-        if let Ok(link) = self.topology.link(d.netns, egress) {
-            d.ifindex = egress;
-            d.ifname = Some(link.name.clone());
-            d.mtu = link.mtu;
         }
+        d.ifindex = egress;
+        d.ifname = Some(link.name.clone());
+        d.mtu = link.mtu;
     }
 
     pub fn syn_record(&mut self, e: &SynEvent) -> SynRecord {

@@ -12,17 +12,24 @@ use crate::events::event::DropRecord;
 /// ENETUNREACH as fib lookups return it (negated).
 const ENETUNREACH: i32 = -101;
 
-/// The reason `d` must have had, given where it was freed.
-pub fn infer(d: &DropRecord) -> Option<&'static str> {
-    let func = d.location.split('+').next().unwrap_or_default();
-    match func {
+/// The function of a location (`ip_rcv_finish_core.constprop.0+0x20e`
+/// is `ip_rcv_finish_core`): compilers suffix the copies they make.
+pub fn function(location: &str) -> &str {
+    let f = location.split('+').next().unwrap_or_default();
+    f.split('.').next().unwrap_or(f)
+}
+
+/// The reason `d` must have had, given where it was freed. `egress_mtu`
+/// is the MTU of the device a forwarded packet was routed to.
+pub fn infer(d: &DropRecord, egress_mtu: Option<u32>) -> Option<&'static str> {
+    match function(&d.location) {
         // Its only free is of the packets queued for a failed neighbour.
         "neigh_invalidate" => Some("NEIGH_FAILED"),
         // NF_DROP is the only verdict nf_hook_slow frees for.
         "nf_hook_slow" => Some("NETFILTER_DROP"),
         // Its only free is under `no_route`.
         "__ip_queue_xmit" => Some("IP_OUTNOROUTES"),
-        "ip_forward" | "ip6_forward" => too_big(d).then_some("PKT_TOO_BIG"),
+        "ip_forward" | "ip6_forward" => too_big(d, egress_mtu).then_some("PKT_TOO_BIG"),
         "ip_rcv_finish_core" => reverse_path_elsewhere(d).then_some("IP_RPFILTER"),
         "ip_error" => d
             .route
@@ -35,9 +42,12 @@ pub fn infer(d: &DropRecord) -> Option<&'static str> {
 
 /// The packet (one segment of a GSO packet) is larger than the device its
 /// forward route leaves by.
-fn too_big(d: &DropRecord) -> bool {
-    let Some(r) = &d.route else { return false };
-    r.err == 0 && r.mtu > 0 && d.wire_size() > r.mtu
+fn too_big(d: &DropRecord, egress_mtu: Option<u32>) -> bool {
+    let mtu = match &d.route {
+        Some(r) if r.err == 0 && r.mtu > 0 => r.mtu,
+        _ => egress_mtu.unwrap_or(0),
+    };
+    mtu > 0 && d.wire_size() > mtu
 }
 
 /// The kernel's reverse-path lookup for the source resolved to another
@@ -74,25 +84,44 @@ mod tests {
     #[test]
     fn single_path_functions_name_their_reason() {
         let d = DropRecord::sample("neigh_invalidate+0x8c");
-        assert_eq!(infer(&d), Some("NEIGH_FAILED"));
+        assert_eq!(infer(&d, None), Some("NEIGH_FAILED"));
         let d = DropRecord::sample("nf_hook_slow+0x91");
-        assert_eq!(infer(&d), Some("NETFILTER_DROP"));
+        assert_eq!(infer(&d, None), Some("NETFILTER_DROP"));
         // Ambiguous functions stay unknown without evidence.
-        assert_eq!(infer(&DropRecord::sample("tcp_v4_rcv+0x91")), None);
-        assert_eq!(infer(&DropRecord::sample("ip_forward+0x2c0")), None);
-        assert_eq!(infer(&DropRecord::sample("ip_rcv_finish_core+0x25b")), None);
-        assert_eq!(infer(&DropRecord::sample("ip_error+0x40")), None);
+        assert_eq!(infer(&DropRecord::sample("tcp_v4_rcv+0x91"), None), None);
+        assert_eq!(infer(&DropRecord::sample("ip_forward+0x2c0"), None), None);
+        assert_eq!(
+            infer(&DropRecord::sample("ip_rcv_finish_core+0x25b"), None),
+            None
+        );
+        assert_eq!(infer(&DropRecord::sample("ip_error+0x40"), None), None);
+    }
+
+    #[test]
+    fn compiler_suffixes_are_the_same_function() {
+        let mut d = DropRecord::sample("ip_rcv_finish_core.constprop.0+0x20e");
+        d.reverse_route = route(5, 1500, 0);
+        assert_eq!(infer(&d, None), Some("IP_RPFILTER"));
+        assert_eq!(function("neigh_invalidate.isra.0+0x8"), "neigh_invalidate");
+    }
+
+    #[test]
+    fn too_big_without_a_lookup_uses_the_routing_tables_egress() {
+        let mut d = DropRecord::sample("ip_forward+0x1b9");
+        d.len = 1478;
+        assert_eq!(infer(&d, Some(1400)), Some("PKT_TOO_BIG"));
+        assert_eq!(infer(&d, Some(1500)), None);
     }
 
     #[test]
     fn rp_filter_needs_the_reverse_lookup_elsewhere() {
         let mut d = DropRecord::sample("ip_rcv_finish_core+0x25b");
         d.reverse_route = route(5, 1500, 0); // docker0, not eth0 (2)
-        assert_eq!(infer(&d), Some("IP_RPFILTER"));
+        assert_eq!(infer(&d, None), Some("IP_RPFILTER"));
         d.reverse_route = route(2, 1500, 0); // back out the way it came
-        assert_eq!(infer(&d), None);
+        assert_eq!(infer(&d, None), None);
         d.reverse_route = route(5, 1500, -101);
-        assert_eq!(infer(&d), None);
+        assert_eq!(infer(&d, None), None);
     }
 
     #[test]
@@ -103,23 +132,23 @@ mod tests {
         d.gso_size = 1448;
         d.gso_segs = 5;
         d.route = route(3, 1450, 0);
-        assert_eq!(infer(&d), Some("PKT_TOO_BIG"));
+        assert_eq!(infer(&d, None), Some("PKT_TOO_BIG"));
         d.route = route(3, 1500, 0);
-        assert_eq!(infer(&d), None, "a 1500-byte segment fits 1500");
+        assert_eq!(infer(&d, None), None, "a 1500-byte segment fits 1500");
         let mut d = DropRecord::sample("ip6_forward+0x6e0");
         d.len = 1280;
         d.route = route(3, 1400, 0);
-        assert_eq!(infer(&d), None);
+        assert_eq!(infer(&d, None), None);
         d.len = 1500;
-        assert_eq!(infer(&d), Some("PKT_TOO_BIG"));
+        assert_eq!(infer(&d, None), Some("PKT_TOO_BIG"));
     }
 
     #[test]
     fn no_route_comes_from_the_lookup_error() {
         let mut d = DropRecord::sample("ip_error+0x40");
         d.route = route(0, 0, ENETUNREACH);
-        assert_eq!(infer(&d), Some("IP_INNOROUTES"));
+        assert_eq!(infer(&d, None), Some("IP_INNOROUTES"));
         d.route = route(0, 0, -113);
-        assert_eq!(infer(&d), None);
+        assert_eq!(infer(&d, None), None);
     }
 }
