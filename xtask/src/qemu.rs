@@ -1,6 +1,7 @@
 //! `cargo xtask kernels [--kernel 5.10|6.1|6.12]... [--check NAME]... [--jobs N] [--timeout SECS]`:
 //! boots Debian's own kernels under qemu, runs tracer's checks inside each
-//! and prints a kernel x check table. `cargo xtask test` runs it last.
+//! and prints a kernel x check table. Meant to run last in `cargo xtask
+//! test` too, through `run`.
 //!
 //! This VM runs one kernel; tracer's users run Debian's 5.10 (bullseye),
 //! 6.1 (bookworm) and 6.12 (bookworm-backports), whose BTF, tracepoints and
@@ -1192,11 +1193,36 @@ fn report_guest_failures(g: &GuestResult) -> usize {
         }
     }
     let partial = cut.map(|c| g.dir.join(format!("{}.log", c.name)));
-    match partial {
-        Some(log) if fs::metadata(&log).is_ok_and(|m| m.len() > 0) => print_tail(&log),
-        _ => print_tail(&g.dir.join("console.log")),
+    if let Some(log) = partial.filter(|l| fs::metadata(l).is_ok_and(|m| m.len() > 0)) {
+        print_tail(&log);
     }
+    print_console(&g.dir.join("console.log"));
     failures + 1
+}
+
+/// The guest's console: its kernel crash report if it has one (the tail
+/// would cut it to its last registers), else its tail.
+fn print_console(path: &Path) {
+    let text = fs::read(path)
+        .map(|b| String::from_utf8_lossy(&b).replace('\r', ""))
+        .unwrap_or_default();
+    let lines: Vec<&str> = text.lines().collect();
+    let Some(report) = crash_report(&lines) else {
+        return print_tail(path);
+    };
+    println!("    {} (kernel crash):", path.display());
+    for line in report {
+        println!("    | {line}");
+    }
+}
+
+/// TAIL_LINES lines from the first Oops, BUG or panic on a console.
+fn crash_report<'a>(lines: &'a [&'a str]) -> Option<&'a [&'a str]> {
+    let markers = ["] Oops: ", "] BUG: ", "] Kernel panic - "];
+    let first = lines
+        .iter()
+        .position(|l| markers.iter().any(|m| l.contains(m)))?;
+    Some(&lines[first..lines.len().min(first + TAIL_LINES)])
 }
 
 fn print_tail(path: &Path) {
@@ -1350,6 +1376,17 @@ mod tests {
             tail.last().unwrap(),
             "test result: FAILED. 1 passed; 1 failed"
         );
+    }
+
+    #[test]
+    fn a_kernel_crash_is_shown_from_its_start() {
+        let console = [
+            "[ 1.0] boot",
+            "[ 2.0] Oops: int3: 0000 [#1]",
+            "[ 2.1] RIP: x",
+        ];
+        assert_eq!(crash_report(&console).unwrap(), &console[1..]);
+        assert!(crash_report(&console[..1]).is_none());
     }
 
     #[test]
