@@ -486,12 +486,9 @@ fn reassembly_timeouts_keep_their_netns() {
     });
     let lines = run.stop();
     let ds = drops(&lines);
-    // The first fragment (with the ports) and the second (without). Before
-    // 5.17 nothing marks the second as a reassembly timeout: its skb->dev
-    // holds the queue's tree link, so only the head is certain.
+    // The first fragment (with the ports) and the second (without).
     let frags: Vec<&&Value> = ds.iter().filter(|d| d["ip_len"] == 1500).collect();
-    let want = if tracer_tests::kernel_reasons() { 2 } else { 1 };
-    assert_eq!(frags.len(), want, "{lines:#?}");
+    assert_eq!(frags.len(), 2, "{lines:#?}");
     for d in &frags {
         assert_eq!(d["netns"], server, "{d}");
         assert_eq!(d["src"], "10.1.0.1", "{d}");

@@ -303,7 +303,10 @@ unsafe fn on_drop<M: Mem, C: EbpfContext>(ctx: &C, skb: *const u8, location: u64
         let frag = reason != 0 && reason == cfg!(frag_reason);
         let follows =
             iif != 0 && sc.last_iif == iif && now.wrapping_sub(sc.last_ts) < INHERIT_NETNS_NS;
-        if frag && follows && sc.last_frag != 0 {
+        // Before 6.15 or so the queue purge frees the rest without a
+        // reason (NOT_SPECIFIED), right after the head.
+        let purged = frag || (reason != 0 && reason == cfg!(noise.not_specified));
+        if purged && follows && sc.last_frag != 0 {
             netns = sc.last_netns;
             m.dev = core::ptr::null();
         } else if netns == 0 && follows {
@@ -313,7 +316,7 @@ unsafe fn on_drop<M: Mem, C: EbpfContext>(ctx: &C, skb: *const u8, location: u64
             sc.last_netns = netns;
             sc.last_iif = iif;
             sc.last_ts = now;
-            sc.last_frag = frag as u32;
+            sc.last_frag = (frag || (purged && sc.last_frag != 0 && follows)) as u32;
         }
     }
     if !netns_allowed(netns) {
