@@ -62,8 +62,11 @@ pub struct Scratch {
     last_frag: u32,
 }
 
-/// How soon after a drop with a netns one without may inherit it.
-const INHERIT_NETNS_NS: u64 = 1_000_000;
+/// How soon after a drop with a netns one without may inherit it. The
+/// head and the rest of a fragment queue are freed microseconds apart on
+/// hardware (an ICMP error is sent in between); 10 ms leaves room for a
+/// slow or emulated CPU, and the same CPU and ingress device are required.
+const INHERIT_NETNS_NS: u64 = 10_000_000;
 
 /// The first place a storm's key is counted (see `AggSlot`).
 #[map]
