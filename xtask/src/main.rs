@@ -229,10 +229,29 @@ fn main() -> Result<()> {
             docker.extend(rest.iter().copied().filter(|a| *a != "--"));
             docker.extend(["--", "--test-threads=1"]);
             cargo(&docker)?;
-            // Last, Debian's own kernels under qemu: the same tracer and
-            // tests on 5.10, 6.1 and 6.12 (see qemu.rs).
+            // Last, Debian's own kernels under qemu: the same tracer, the
+            // watch tests and every lab on 5.10, 6.1 and 6.12 (see
+            // qemu.rs). The diagnose tests there double the matrix's time
+            // (`cargo xtask kernels` runs them too); the labs prove the
+            // same verdicts end to end.
             if rest.is_empty() {
-                qemu::run(&root(), &[])?;
+                qemu::run(
+                    &root(),
+                    &[
+                        "--check",
+                        "check",
+                        "--check",
+                        "reasons",
+                        "--check",
+                        "watch",
+                        "--check",
+                        "lab",
+                        "--check",
+                        "lab-strict",
+                        "--check",
+                        "lab-pmtu",
+                    ],
+                )?;
             }
             Ok(())
         }
