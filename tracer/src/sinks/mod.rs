@@ -35,22 +35,22 @@ const CYAN: &str = "\x1b[36m";
 const RESET: &str = "\x1b[0m";
 
 impl Output {
-    pub fn stdout(format: Format, own_netns: u32) -> Self {
-        let color = format == Format::Text
-            && std::io::stdout().is_terminal()
-            && std::env::var_os("NO_COLOR").is_none();
+    /// Buffered: the event loop flushes after each batch, so a storm costs
+    /// one write per batch instead of one per line. Colour only for text
+    /// on a terminal, unless NO_COLOR is set.
+    fn to<W: Write + Send + 'static>(format: Format, own_netns: u32, w: W, tty: bool) -> Self {
         Output {
             format,
-            color,
-            // Buffered: the event loop flushes after each batch, so a storm
-            // costs one write per batch instead of one per line.
-            out: Box::new(std::io::BufWriter::with_capacity(
-                1 << 16,
-                std::io::stdout(),
-            )),
+            color: format == Format::Text && tty && std::env::var_os("NO_COLOR").is_none(),
+            out: Box::new(std::io::BufWriter::with_capacity(1 << 16, w)),
             header_done: false,
             own_netns,
         }
+    }
+
+    pub fn stdout(format: Format, own_netns: u32) -> Self {
+        let tty = std::io::stdout().is_terminal();
+        Self::to(format, own_netns, std::io::stdout(), tty)
     }
 
     /// Appends to a file (a log that a collector tails), never coloured.
@@ -63,30 +63,13 @@ impl Output {
             .create(true)
             .append(true)
             .open(path)?;
-        Ok(Output {
-            format,
-            color: false,
-            out: Box::new(std::io::BufWriter::with_capacity(1 << 16, f)),
-            header_done: false,
-            own_netns,
-        })
+        Ok(Self::to(format, own_netns, f, false))
     }
 
     /// Lines to stderr: stdout carries the pcapng of `-w -`.
     pub fn stderr(format: Format, own_netns: u32) -> Self {
-        let color = format == Format::Text
-            && std::io::stderr().is_terminal()
-            && std::env::var_os("NO_COLOR").is_none();
-        Output {
-            format,
-            color,
-            out: Box::new(std::io::BufWriter::with_capacity(
-                1 << 16,
-                std::io::stderr(),
-            )),
-            header_done: false,
-            own_netns,
-        }
+        let tty = std::io::stderr().is_terminal();
+        Self::to(format, own_netns, std::io::stderr(), tty)
     }
 
     pub(crate) fn paint(&self, code: &str, s: &str) -> String {
