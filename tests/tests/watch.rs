@@ -543,3 +543,47 @@ fn too_big_drops_name_egress_and_ingress_for_both_families() {
         }
     }
 }
+
+/// A clean close frees the peer's FIN as NOT_SPECIFIED: the client closed
+/// first, its socket became a FIN_WAIT2 timewait, and the server's FIN
+/// that moves it on to TIME_WAIT is freed after the ACK. Hidden unless
+/// `--all`, but still counted in `kernel.drops_seen`.
+#[test]
+fn the_fin_of_a_clean_close_is_noise_unless_all() {
+    let mut lab = routed_lab("fin");
+    let client = lab.name("client");
+    let quiet = start(&["watch", "--netns", &client]);
+    let all = start(&["watch", "--netns", &client, "--all"]);
+    lab.spawn(
+        "server",
+        "python3 -c 'import socket,time\n\
+s=socket.socket(); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)\n\
+s.bind((\"10.2.0.1\", 7000)); s.listen()\n\
+for _ in range(3):\n    c,_=s.accept(); time.sleep(0.3); c.close()\n'",
+    )
+    .unwrap();
+    std::thread::sleep(Duration::from_millis(300));
+    lab.exec(
+        "client",
+        "python3 -c 'import socket,time\n\
+for _ in range(3):\n    c=socket.create_connection((\"10.2.0.1\", 7000)); c.close(); time.sleep(0.5)\n'",
+    )
+    .unwrap();
+    let fin = |v: &Value| {
+        v["type"] == "drop" && v["proto"] == "tcp" && v["tcp_flags"] == "F." && v["sport"] == 7000
+    };
+    all.wait_for(Duration::from_secs(5), fin);
+    let (quiet, all) = (quiet.stop(), all.stop());
+    let shown: Vec<&Value> = all.iter().filter(|v| fin(v)).collect();
+    assert!(!shown.is_empty(), "the close made no FIN drop: {all:#?}");
+    assert!(
+        shown.iter().all(|v| v["reason"] == "NOT_SPECIFIED"),
+        "{shown:#?}"
+    );
+    assert!(!quiet.iter().any(fin), "{quiet:#?}");
+    let summary = quiet.last().unwrap();
+    assert!(
+        summary["kernel"]["drops_seen"].as_u64().unwrap() >= shown.len() as u64,
+        "{summary}"
+    );
+}

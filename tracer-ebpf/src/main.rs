@@ -529,7 +529,24 @@ pub struct LastRoute {
 }
 
 #[map]
-static LASTROUTE: PerCpuArray<LastRoute> = PerCpuArray::with_max_entries(1, 0);
+static LASTROUTE: PerCpuArray<LastRoute> = PerCpuArray::with_max_entries(ROUTE_SLOTS, 0);
+
+/// Lookups remembered per CPU. One packet is looked up in several
+/// namespaces on the same CPU (the sender's output route, the router's
+/// input route, the receiver's local one), so a single slot would be
+/// overwritten by the next lookup every time and every packet would pay
+/// for a hash-map update.
+const ROUTE_SLOTS: u32 = 8;
+
+/// The slot of a lookup: its netns and the words of its addresses that
+/// differ most (IPv4 uses the first four bytes, IPv6 the last four),
+/// mixed by a Fibonacci multiply whose top bits pick one of 8.
+#[inline(always)]
+fn route_slot(key: &RouteKey) -> u32 {
+    let w = |b: &[u8; 16], i: usize| u32::from_ne_bytes([b[i], b[i + 1], b[i + 2], b[i + 3]]);
+    let h = key.netns ^ w(&key.dst, 0) ^ w(&key.dst, 12) ^ w(&key.src, 0).rotate_left(16) ^ w(&key.src, 12);
+    h.wrapping_mul(0x9E37_79B1) >> 29
+}
 
 /// How long a stored lookup stands for identical ones on the same CPU.
 const ROUTE_REFRESH_NS: u64 = 10_000_000;
@@ -544,7 +561,7 @@ unsafe fn remember_route(key: &RouteKey, hit: &RouteHit) {
     // says it, and skipping the hash update makes tracing nearly free on
     // the fast path. Failed lookups (no netns) are always stored: their
     // join to a drop depends on a fresh timestamp.
-    if let Some(c) = LASTROUTE.get_ptr_mut(0) {
+    if let Some(c) = LASTROUTE.get_ptr_mut(route_slot(key)) {
         let c = &mut *c;
         if key.netns != 0
             && c.key == *key
@@ -766,7 +783,7 @@ unsafe fn on_xmit(skb: *const u8, dev: *const u8) {
     // A SYN is at most 14 + 60 (IPv6 with a few options) + 60 bytes.
     // Runs for every transmitted packet: one direct load decides.
     let len = Direct::get::<u32>(skb, off!(skb_len)).unwrap_or(u32::MAX);
-    if len > 160 {
+    if len > 160 || !packet::maybe_syn::<Direct>(skb) {
         return;
     }
     let m = packet::meta::<Direct>(skb);

@@ -32,6 +32,43 @@ pub unsafe fn meta<M: Mem>(skb: *const u8) -> SkbMeta {
     }
 }
 
+/// Whether a packet being transmitted may be a TCP SYN, decided from the
+/// IP header's protocol and the TCP flags byte alone. The SYN check runs
+/// for every transmitted packet: UDP, ICMP and pure ACKs stop here
+/// instead of paying for a full parse. Headers it cannot place (IPv4
+/// options, IPv6 extension headers) answer yes, and the full parse
+/// decides. Small reads: the caller's stack is nearly full.
+#[inline(always)]
+pub unsafe fn maybe_syn<M: Mem>(skb: *const u8) -> bool {
+    let head = M::get::<*const u8>(skb, off!(skb_head)).unwrap_or(core::ptr::null());
+    let nh = M::get::<u16>(skb, off!(skb_network_header)).unwrap_or(HEADER_UNSET);
+    if head.is_null() || nh == HEADER_UNSET {
+        return false;
+    }
+    let l3 = head.wrapping_add(nh as usize);
+    let (proto, flags_at) = match u16::from_be(M::get::<u16>(skb, off!(skb_protocol)).unwrap_or(0)) {
+        ETH_P_IP => {
+            let Some(h) = read::<[u8; 10]>(l3, 0) else {
+                return false;
+            };
+            if h[0] & 0xf != 5 {
+                return h[9] == IPPROTO_TCP;
+            }
+            (h[9], 20 + 13)
+        }
+        ETH_P_IPV6 => (read::<u8>(l3, 6).unwrap_or(0), 40 + 13),
+        _ => return false,
+    };
+    match proto {
+        IPPROTO_TCP => read::<u8>(l3, flags_at).unwrap_or(0) & TCP_SYN != 0,
+        IPPROTO_UDP | IPPROTO_ICMP | IPPROTO_ICMPV6 => false,
+        _ => true,
+    }
+}
+
+/// The SYN bit of the TCP flags byte.
+const TCP_SYN: u8 = 0x02;
+
 /// `skb_shinfo(skb)->gso_size` and `gso_segs`.
 #[inline(always)]
 pub unsafe fn gso<M: Mem>(skb: *const u8, head: *const u8) -> (u16, u16) {

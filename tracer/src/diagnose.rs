@@ -301,7 +301,7 @@ impl Diagnoser {
             let v = self.engine.verdicts();
             if kinds
                 .iter()
-                .all(|k| v.iter().any(|v| v.fault && v.kind == k))
+                .all(|k| v.iter().any(|v| v.tier.concluded() && v.kind == k))
             {
                 n.notify_one();
             }
@@ -691,6 +691,54 @@ mod tests {
             replayed("veth-mtu-mismatch"),
             [("l2_mtu_mismatch", Tier::Proven)]
         );
+    }
+
+    #[test]
+    fn replay_everyday_faults() {
+        for (name, kind, tier) in [
+            ("port-closed", "port_closed", Tier::Info),
+            ("firewall-drop", "netfilter_drop", Tier::Proven),
+            ("no-route", "no_route", Tier::Proven),
+            ("forwarding-off", "forwarding_disabled", Tier::Proven),
+            ("neighbor-down", "neighbor_unreachable", Tier::Proven),
+            ("qdisc-full", "qdisc_drop", Tier::Proven),
+        ] {
+            assert_eq!(replayed(name), [(kind, tier)], "{name}");
+        }
+    }
+
+    #[test]
+    fn replay_names_the_queue_and_its_limits() {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/recordings/qdisc-full.jsonl");
+        let (_, engine) = replay(&path, |_| Ok(())).unwrap();
+        let v = &engine.verdicts()[0];
+        assert_eq!(v.evidence["ifname"], "eth0");
+        assert_eq!(v.evidence["qdisc"]["kind"], "tbf");
+        assert_eq!(v.evidence["qdisc"]["handle"], "8001:");
+        assert!(
+            v.summary.contains("rate 1Mbit burst 1600b limit 3000b"),
+            "{}",
+            v.summary
+        );
+        assert!(v.drops > 1, "{}", v.drops);
+    }
+
+    /// A rule's kinds all come out of some real recording: adding a rule
+    /// means adding a lab (or a captured run) that proves it.
+    #[test]
+    fn every_verdict_kind_is_replayed_from_a_recording() {
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/recordings");
+        let mut seen = std::collections::HashSet::new();
+        for e in std::fs::read_dir(&dir).unwrap() {
+            let path = e.unwrap().path();
+            let (_, engine) = replay(&path, |_| Ok(())).unwrap();
+            seen.extend(engine.verdicts().iter().map(|v| v.kind));
+        }
+        for rule in crate::rules::all() {
+            for k in rule.kinds() {
+                assert!(seen.contains(k), "no recording proves {k}");
+            }
+        }
     }
 
     #[test]

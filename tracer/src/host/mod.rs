@@ -1,5 +1,7 @@
 //! Who is who on this host: network namespaces, their interfaces, routes
-//! and sysctls (over netlink), and the containers behind them.
+//! sysctls and queue disciplines (over netlink), and the containers
+//! behind them.
 pub mod containers;
 pub mod netns;
+pub mod qdisc;
 pub mod topology;

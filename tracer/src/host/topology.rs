@@ -34,6 +34,8 @@ use netlink_sys::{protocols::NETLINK_ROUTE, Socket, SocketAddr};
 use serde::{Deserialize, Serialize};
 
 use crate::host::netns::{self, NetnsCache, NetnsInfo};
+use crate::host::qdisc::{self, Qdisc};
+use netlink_packet_route::tc::TcMessage;
 
 pub const RT_TABLE_DEFAULT: u32 = 253;
 pub const RT_TABLE_MAIN: u32 = 254;
@@ -66,6 +68,9 @@ pub struct Link {
     /// else the nsid resolved; None if it could not be resolved.
     pub peer_netns: Option<u32>,
     pub addrs: Vec<(IpAddr, u8)>,
+    /// IFLA_TXQLEN: the queue length pfifo_fast and pfifo take as limit.
+    #[serde(default)]
+    pub txqlen: u32,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -148,6 +153,9 @@ pub struct NsTopology {
     /// All tables, IPv4 then IPv6, in kernel dump order.
     pub routes: Vec<Route>,
     pub sysctls: Sysctls,
+    /// Queue disciplines of every device, with their counters at read time.
+    #[serde(default)]
+    pub qdiscs: Vec<Qdisc>,
     #[serde(skip, default = "Instant::now")]
     pub read_at: Instant,
     /// Where the netns was opened from: a different path for the same
@@ -160,7 +168,7 @@ impl NsTopology {
     /// joined it.
     pub fn read(ns: &NetnsInfo) -> anyhow::Result<NsTopology> {
         let inode = ns.inode;
-        let (links, routes, sysctls) = netns::run_in(&ns.path, move || read_here(inode))
+        let (links, routes, sysctls, qdiscs) = netns::run_in(&ns.path, move || read_here(inode))
             .with_context(|| format!("cannot enter netns {}", ns.path.display()))?
             .with_context(|| format!("reading topology of netns {}", ns.label()))?;
         Ok(NsTopology {
@@ -169,6 +177,7 @@ impl NsTopology {
             links,
             routes,
             sysctls,
+            qdiscs,
             read_at: Instant::now(),
             path: ns.path.clone(),
         })
@@ -182,6 +191,19 @@ impl NsTopology {
             && self.routes == other.routes
             && self.sysctls == other.sysctls
             && self.path == other.path
+            && self.qdiscs.len() == other.qdiscs.len()
+            && self
+                .qdiscs
+                .iter()
+                .zip(&other.qdiscs)
+                .all(|(a, b)| a.same_config(b))
+    }
+
+    /// The egress qdiscs of a device, root first.
+    pub fn qdiscs_of(&self, ifindex: i32) -> impl Iterator<Item = &Qdisc> {
+        self.qdiscs
+            .iter()
+            .filter(move |q| q.ifindex == ifindex && q.is_egress())
     }
 
     pub fn link(&self, ifindex: i32) -> Option<&Link> {
@@ -282,7 +304,9 @@ pub fn prefix_contains(net: IpAddr, len: u8, addr: IpAddr) -> bool {
 }
 
 /// Runs on the thread inside the netns.
-fn read_here(expected: u32) -> anyhow::Result<(Vec<Link>, Vec<Route>, Sysctls)> {
+type Read = (Vec<Link>, Vec<Route>, Sysctls, Vec<Qdisc>);
+
+fn read_here(expected: u32) -> anyhow::Result<Read> {
     // The path may have been recycled (pid reuse) between lookup and setns.
     let actual = netns::thread_inode().context("netns of reader thread")?;
     if actual != expected {
@@ -299,6 +323,10 @@ fn read_here(expected: u32) -> anyhow::Result<(Vec<Link>, Vec<Route>, Sysctls)> 
         Err(e) => return Err(e.context("dumping IPv6 routes")),
     }
     let sysctls = read_sysctls().context("reading sysctls")?;
+    let txqlen: HashMap<i32, u32> = links.iter().map(|l| (l.ifindex, l.txqlen)).collect();
+    // Queue disciplines only name a queue that drops; without them the
+    // rest of the topology still stands.
+    let qdiscs = dump_qdiscs(&mut nl, &txqlen).unwrap_or_default();
 
     let by_index: HashMap<i32, usize> = links
         .iter()
@@ -321,7 +349,7 @@ fn read_here(expected: u32) -> anyhow::Result<(Vec<Link>, Vec<Route>, Sysctls)> 
         };
     }
     links.sort_by_key(|l| l.ifindex);
-    Ok((links, routes, sysctls))
+    Ok((links, routes, sysctls, qdiscs))
 }
 
 /// Maps nsids (as seen from the current netns) to netns inodes.
@@ -677,6 +705,22 @@ fn dump_routes(nl: &mut Rtnl, family: AddressFamily) -> anyhow::Result<Vec<Route
         .collect())
 }
 
+fn dump_qdiscs(nl: &mut Rtnl, txqlen: &HashMap<i32, u32>) -> anyhow::Result<Vec<Qdisc>> {
+    let replies = nl.request(
+        RouteNetlinkMessage::GetQueueDiscipline(TcMessage::default()),
+        true,
+    )?;
+    Ok(replies
+        .iter()
+        .filter_map(|r| match &r.parsed {
+            Some(RouteNetlinkMessage::NewQueueDiscipline(m)) => {
+                qdisc::from_msg(m, |i| txqlen.get(&i).copied())
+            }
+            _ => None,
+        })
+        .collect())
+}
+
 fn nonzero(v: u32) -> Option<i32> {
     i32::try_from(v).ok().filter(|&v| v != 0)
 }
@@ -693,11 +737,13 @@ fn link_from_msg(m: &LinkMessage) -> Link {
         link_netnsid: None,
         peer_netns: None,
         addrs: Vec::new(),
+        txqlen: 0,
     };
     for a in &m.attributes {
         match a {
             LinkAttribute::IfName(n) => l.name = n.clone(),
             LinkAttribute::Mtu(v) => l.mtu = *v,
+            LinkAttribute::TxQueueLen(v) => l.txqlen = *v,
             LinkAttribute::Controller(v) => l.master = nonzero(*v),
             LinkAttribute::Link(v) => l.link = nonzero(*v),
             LinkAttribute::LinkNetNsId(v) => l.link_netnsid = Some(*v),
@@ -843,6 +889,7 @@ mod raw {
         const IFLA_MTU: u16 = 4;
         const IFLA_LINK: u16 = 5;
         const IFLA_MASTER: u16 = 10;
+        const IFLA_TXQLEN: u16 = 13;
         const IFLA_LINKINFO: u16 = 18;
         const IFLA_INFO_KIND: u16 = 1;
         const IFLA_LINK_NETNSID: u16 = 37;
@@ -859,6 +906,7 @@ mod raw {
             link_netnsid: None,
             peer_netns: None,
             addrs: Vec::new(),
+            txqlen: 0,
         };
         for (kind, v) in attrs(p.get(16..)?) {
             match kind {
@@ -866,6 +914,7 @@ mod raw {
                 IFLA_MTU => l.mtu = u32_of(v).unwrap_or(0),
                 IFLA_LINK => l.link = u32_of(v).and_then(nonzero),
                 IFLA_MASTER => l.master = u32_of(v).and_then(nonzero),
+                IFLA_TXQLEN => l.txqlen = u32_of(v).unwrap_or(0),
                 IFLA_LINK_NETNSID => l.link_netnsid = i32_of(v),
                 IFLA_LINKINFO => {
                     for (k, iv) in attrs(v) {
@@ -1279,6 +1328,7 @@ mod tests {
             links: Vec::new(),
             routes,
             sysctls: Sysctls::default(),
+            qdiscs: Vec::new(),
             read_at: Instant::now(),
             path: std::path::PathBuf::new(),
         }

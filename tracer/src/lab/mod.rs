@@ -1,6 +1,7 @@
 //! `tracer lab`: the incidents, rebuilt in throwaway namespaces and
 //! diagnosed live against the real kernel (no simulated events).
 pub mod docker;
+pub mod faults;
 pub mod netlab;
 pub mod scenarios;
 
@@ -185,14 +186,17 @@ fn run_one(
         if summary.interrupted {
             bail!("interrupted: lab {name} stopped before its traffic ended");
         }
+        // Expected kinds must be concluded (proven, or information such
+        // as a closed port); a control must prove no fault at all.
         let kinds: Vec<&'static str> = diag
             .verdicts()
             .iter()
-            .filter(|v| v.fault)
+            .filter(|v| v.tier.concluded())
             .map(|v| v.kind)
             .collect();
-        let pass = sc.expect.iter().all(|k| kinds.contains(k))
-            && (!sc.expect.is_empty() || kinds.is_empty());
+        let faults = diag.verdicts().iter().filter(|v| v.fault).count();
+        let pass =
+            sc.expect.iter().all(|k| kinds.contains(k)) && (!sc.expect.is_empty() || faults == 0);
         let result = LabResult {
             kind: "lab",
             name: sc.name,

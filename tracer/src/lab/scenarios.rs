@@ -145,6 +145,42 @@ pub const SCENARIOS: &[Scenario] = &[
         build: veth_mtu_mismatch,
     },
     Scenario {
+        name: "port-closed",
+        summary: "UDP to a port nothing listens on: refused with ICMP, not lost",
+        expect: &["port_closed"],
+        build: super::faults::port_closed,
+    },
+    Scenario {
+        name: "firewall-drop",
+        summary: "an iptables rule drops UDP to the server's port",
+        expect: &["netfilter_drop"],
+        build: super::faults::firewall_drop,
+    },
+    Scenario {
+        name: "no-route",
+        summary: "the router has no route to the destination",
+        expect: &["no_route"],
+        build: super::faults::no_route,
+    },
+    Scenario {
+        name: "forwarding-off",
+        summary: "the router has IPv4 forwarding switched off",
+        expect: &["forwarding_disabled"],
+        build: super::faults::forwarding_off,
+    },
+    Scenario {
+        name: "neighbor-down",
+        summary: "the route's next hop is on the link but never answers ARP",
+        expect: &["neighbor_unreachable"],
+        build: super::faults::neighbor_down,
+    },
+    Scenario {
+        name: "qdisc-full",
+        summary: "a 1 Mbit/s token bucket with a 3000-byte queue meets a faster sender",
+        expect: &["qdisc_drop"],
+        build: super::faults::qdisc_full,
+    },
+    Scenario {
         name: "docker-published-port",
         summary: "real dockerd: a container publishes -p 8080:8080, the client sits inside docker0's subnet, loose rp_filter",
         expect: &["asymmetric_route"],
@@ -1223,6 +1259,12 @@ mod tests {
                 "overlay-mtu-clamped",
                 "pmtud-healthy",
                 "veth-mtu-mismatch",
+                "port-closed",
+                "firewall-drop",
+                "no-route",
+                "forwarding-off",
+                "neighbor-down",
+                "qdisc-full",
                 "docker-published-port"
             ]
         );

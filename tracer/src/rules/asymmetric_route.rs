@@ -70,6 +70,10 @@ fn key(netns: u32, in_netns: u32, in_if: i32, egress: i32) -> String {
 }
 
 impl Rule for AsymmetricRoute {
+    fn kinds(&self) -> &'static [&'static str] {
+        &["asymmetric_route"]
+    }
+
     fn on_fact(&mut self, fact: &Fact, cx: &mut Ctx) {
         match fact {
             Fact::Drop(d) => on_drop(d, cx),

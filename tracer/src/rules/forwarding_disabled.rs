@@ -10,6 +10,10 @@ use serde_json::json;
 pub struct ForwardingDisabled;
 
 impl Rule for ForwardingDisabled {
+    fn kinds(&self) -> &'static [&'static str] {
+        &["forwarding_disabled"]
+    }
+
     fn on_fact(&mut self, fact: &Fact, cx: &mut Ctx) {
         let Fact::Drop(d) = fact else { return };
         if d.reason != "IP_INADDRERRORS" {

@@ -10,6 +10,10 @@ use serde_json::json;
 pub struct L2MtuMismatch;
 
 impl Rule for L2MtuMismatch {
+    fn kinds(&self) -> &'static [&'static str] {
+        &["l2_mtu_mismatch"]
+    }
+
     fn on_fact(&mut self, fact: &Fact, cx: &mut Ctx) {
         let Fact::Drop(d) = fact else { return };
         // GSO packets are segmented later; their length says nothing.

@@ -30,6 +30,7 @@ mod netfilter_drop;
 mod no_route;
 mod pmtu_blackhole;
 mod port_closed;
+mod qdisc_drop;
 mod rpfilter_route_conflict;
 
 #[cfg(test)]
@@ -69,6 +70,9 @@ impl Fact {
 /// What a rule does with facts. Rules only talk to the world through
 /// [`Ctx`]: they cannot print, and they see time only as `cx.now_ns`.
 pub trait Rule {
+    /// The verdict kinds this rule concludes (each must have a recorded
+    /// run that the replay tests prove it from).
+    fn kinds(&self) -> &'static [&'static str];
     fn on_fact(&mut self, fact: &Fact, cx: &mut Ctx);
     /// About every 250 ms (of fact time on a replay), for conclusions that
     /// need time to pass, and to bound per-flow memory.
@@ -92,6 +96,7 @@ pub fn all() -> Vec<Box<dyn Rule>> {
         Box::new(no_route::NoRoute),
         Box::new(forwarding_disabled::ForwardingDisabled),
         Box::new(port_closed::PortClosed),
+        Box::new(qdisc_drop::QdiscDrop),
     ]
 }
 
@@ -108,6 +113,12 @@ pub enum Tier {
 }
 
 impl Tier {
+    /// A conclusion (proven, or information), not a suspicion still
+    /// waiting for its proof.
+    pub fn concluded(self) -> bool {
+        self != Tier::Suspected
+    }
+
     pub fn as_str(self) -> &'static str {
         match self {
             Tier::Info => "info",

@@ -50,6 +50,10 @@ enum Fate {
 }
 
 impl Rule for MssExceedsMtu {
+    fn kinds(&self) -> &'static [&'static str] {
+        &["mss_exceeds_mtu"]
+    }
+
     fn on_fact(&mut self, fact: &Fact, cx: &mut Ctx) {
         match fact {
             Fact::Syn(r) => self.on_syn(r, cx),

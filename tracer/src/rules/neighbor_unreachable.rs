@@ -11,6 +11,10 @@ use serde_json::json;
 pub struct NeighborUnreachable;
 
 impl Rule for NeighborUnreachable {
+    fn kinds(&self) -> &'static [&'static str] {
+        &["neighbor_unreachable"]
+    }
+
     fn on_fact(&mut self, fact: &Fact, cx: &mut Ctx) {
         let Fact::Drop(d) = fact else { return };
         if d.reason != "NEIGH_FAILED" {

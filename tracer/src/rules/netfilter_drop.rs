@@ -11,6 +11,10 @@ use serde_json::json;
 pub struct NetfilterDrop;
 
 impl Rule for NetfilterDrop {
+    fn kinds(&self) -> &'static [&'static str] {
+        &["netfilter_drop"]
+    }
+
     fn on_fact(&mut self, fact: &Fact, cx: &mut Ctx) {
         let Fact::Drop(d) = fact else { return };
         if d.reason != "NETFILTER_DROP" || is_ptb_icmp(d) {

@@ -13,6 +13,10 @@ use std::net::IpAddr;
 pub struct NoRoute;
 
 impl Rule for NoRoute {
+    fn kinds(&self) -> &'static [&'static str] {
+        &["no_route"]
+    }
+
     fn on_fact(&mut self, fact: &Fact, cx: &mut Ctx) {
         let Fact::Drop(d) = fact else { return };
         if !matches!(d.reason.as_str(), "IP_INNOROUTES" | "IP_OUTNOROUTES") {

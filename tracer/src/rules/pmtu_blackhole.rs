@@ -36,6 +36,10 @@ fn pmtu_key(d: &DropRecord) -> String {
 }
 
 impl Rule for PmtuBlackhole {
+    fn kinds(&self) -> &'static [&'static str] {
+        &["pmtu_blackhole"]
+    }
+
     fn on_fact(&mut self, fact: &Fact, cx: &mut Ctx) {
         let Fact::Drop(d) = fact else { return };
         if d.reason == "PKT_TOO_BIG" && !is_ptb_icmp(d) {

@@ -10,6 +10,10 @@ use serde_json::json;
 pub struct PortClosed;
 
 impl Rule for PortClosed {
+    fn kinds(&self) -> &'static [&'static str] {
+        &["port_closed"]
+    }
+
     fn on_fact(&mut self, fact: &Fact, cx: &mut Ctx) {
         let Fact::Drop(d) = fact else { return };
         if d.reason != "NO_SOCKET" {

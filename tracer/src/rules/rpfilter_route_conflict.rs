@@ -15,6 +15,10 @@ pub(super) const ROUTE_JOIN_MAX_AGE_NS: u64 = 10_000_000_000;
 pub struct RpFilterRouteConflict;
 
 impl Rule for RpFilterRouteConflict {
+    fn kinds(&self) -> &'static [&'static str] {
+        &["rpfilter_route_conflict", "no_route"]
+    }
+
     fn on_fact(&mut self, fact: &Fact, cx: &mut Ctx) {
         let Fact::Drop(d) = fact else { return };
         if d.reason != "IP_RPFILTER" {

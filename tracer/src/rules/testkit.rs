@@ -27,6 +27,7 @@ pub fn link(ifindex: i32, name: &str, kind: Option<&str>, mtu: u32) -> Link {
         link_netnsid: None,
         peer_netns: None,
         addrs: Vec::new(),
+        txqlen: 0,
     }
 }
 
@@ -50,6 +51,7 @@ pub fn topo(inode: u32, name: Option<&str>, links: Vec<Link>, routes: Vec<Route>
         links,
         routes,
         sysctls: Sysctls::default(),
+        qdiscs: Vec::new(),
         read_at: std::time::Instant::now(),
         path: format!("/run/netns/{}", name.unwrap_or("x")).into(),
     }

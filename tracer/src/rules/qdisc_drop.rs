@@ -1,0 +1,384 @@
+//! `qdisc_drop`: a queue discipline on the device the packet was leaving
+//! by dropped it (`QDISC_DROP` and the finer reasons of newer kernels).
+//! Names the qdisc, on which device, and the limit it hit.
+//!
+//! Tiers: a full queue (tail drop, shaper backlog, per-flow limit) or a
+//! netem configured to lose packets proves that packets die there; an
+//! AQM drop (`QDISC_CONGESTED`: codel, fq_codel, pie) is the queue
+//! telling TCP to slow down, working as designed: information.
+
+use super::ctx::{Ctx, Finding};
+use super::fix::q;
+use super::{Fact, Rule, Tier};
+use crate::events::event::DropRecord;
+use crate::host::qdisc::{rate, Qdisc};
+use serde_json::json;
+
+pub struct QdiscDrop;
+
+/// Every drop reason a qdisc gives, and the qdisc kinds that give it
+/// (empty: any).
+const REASONS: &[(&str, &[&str])] = &[
+    ("QDISC_DROP", &[]),
+    ("QDISC_OVERLIMIT", &[]),
+    (
+        "QDISC_CONGESTED",
+        &[
+            "codel", "fq_codel", "pie", "fq_pie", "red", "choke", "sfb", "cake",
+        ],
+    ),
+    ("CAKE_FLOOD", &["cake"]),
+    ("FQ_BAND_LIMIT", &["fq"]),
+    ("FQ_HORIZON_LIMIT", &["fq"]),
+    ("FQ_FLOW_LIMIT", &["fq"]),
+];
+
+/// The qdisc that most likely dropped: one of the kinds the reason
+/// belongs to, else the one whose drop counter is highest, else a netem
+/// set to lose packets, else the root.
+fn culprit<'a>(qdiscs: &[&'a Qdisc], kinds: &[&str]) -> Option<&'a Qdisc> {
+    let of_kind: Vec<&Qdisc> = qdiscs
+        .iter()
+        .copied()
+        .filter(|q| kinds.is_empty() || kinds.contains(&q.kind.as_str()))
+        .collect();
+    let pool = if of_kind.is_empty() { qdiscs } else { &of_kind };
+    pool.iter()
+        .copied()
+        .filter(|q| q.stats.drops > 0)
+        .max_by_key(|q| q.stats.drops)
+        .or_else(|| pool.iter().copied().find(|q| q.limits.loss_pct.is_some()))
+        .or_else(|| pool.iter().copied().find(|q| q.parent == "root"))
+        .or_else(|| pool.first().copied())
+}
+
+impl Rule for QdiscDrop {
+    fn kinds(&self) -> &'static [&'static str] {
+        &["qdisc_drop"]
+    }
+
+    fn on_fact(&mut self, fact: &Fact, cx: &mut Ctx) {
+        let Fact::Drop(d) = fact else { return };
+        let Some(&(_, kinds)) = REASONS.iter().find(|(r, _)| *r == d.reason) else {
+            return;
+        };
+        if d.ifindex <= 0 {
+            return;
+        }
+        let key = format!("qdisc/{}/{}", d.netns, d.ifindex);
+        cx.tally(&key, d.ts_ns);
+        if cx.concluded(&key).is_some() {
+            return;
+        }
+        let topo = cx.topo(d.netns);
+        let ifname = d
+            .ifname
+            .clone()
+            .or_else(|| {
+                topo.as_ref()
+                    .and_then(|t| t.link(d.ifindex))
+                    .map(|l| l.name.clone())
+            })
+            .unwrap_or_else(|| format!("if{}", d.ifindex));
+        let all: Vec<Qdisc> = topo
+            .as_ref()
+            .map(|t| t.qdiscs_of(d.ifindex).cloned().collect())
+            .unwrap_or_default();
+        let refs: Vec<&Qdisc> = all.iter().collect();
+        let qd = culprit(&refs, kinds).cloned();
+        let aqm = d.reason == "QDISC_CONGESTED";
+        let netem_loss = qd
+            .as_ref()
+            .filter(|q| q.kind == "netem")
+            .and_then(|q| q.limits.loss_pct);
+        let hint = cx.ns_hint(d.netns);
+        let dev = q(&ifname);
+        let show = format!("Watch its drop counter grow: {hint}tc -s qdisc show dev {dev}");
+        let (summary, fix) = match (&qd, netem_loss) {
+            (Some(qd), Some(loss)) => (
+                format!(
+                    "netem on {ifname} is configured to lose {loss}% of packets at random ({}): it drops them on purpose.",
+                    qd.describe()
+                ),
+                vec![
+                    format!("If the emulation is left over from a test, remove it: {hint}tc qdisc del dev {dev} {}", placement(qd)),
+                    show,
+                ],
+            ),
+            (Some(qd), None) if aqm => (
+                format!(
+                    "{} on {ifname} drops packets to signal congestion ({}): senders slow down; the queue works as designed.",
+                    qd.kind,
+                    qd.describe()
+                ),
+                vec![
+                    "To have it mark instead of drop, enable ECN on the TCP senders: sysctl -w net.ipv4.tcp_ecn=1".to_string(),
+                    show,
+                ],
+            ),
+            (Some(qd), None) => (
+                format!(
+                    "The {} queue on {ifname} is full ({}): it drops what arrives faster than it lets through.{}",
+                    qd.kind,
+                    qd.describe(),
+                    shaper_note(qd)
+                ),
+                {
+                    let mut f = vec![show];
+                    f.extend(raise(qd, &hint, &dev, d));
+                    f
+                },
+            ),
+            (None, _) => (
+                format!(
+                    "A queue discipline on {ifname} drops packets ({}); its settings could not be read.",
+                    d.reason
+                ),
+                vec![format!("See which queue and its limits: {hint}tc -s qdisc show dev {dev}")],
+            ),
+        };
+        let evidence = json!({
+            "ifname": ifname,
+            "reason": d.reason,
+            "qdisc": qd.as_ref().map(|q| json!({
+                "kind": q.kind, "handle": q.handle, "parent": q.parent,
+                "settings": q.describe(), "limits": q.limits,
+                "kernel_drops": q.stats.drops, "overlimits": q.stats.overlimits,
+                "backlog_bytes": q.stats.backlog, "qlen": q.stats.qlen,
+            })),
+            "qdiscs_on_device": all.iter().map(|q| format!("{} {} {}", q.handle, q.parent, q.describe())).collect::<Vec<_>>(),
+            "flow": flow_text(d),
+        });
+        cx.conclude(Finding {
+            key,
+            kind: "qdisc_drop",
+            tier: if aqm && netem_loss.is_none() {
+                Tier::Info
+            } else {
+                Tier::Proven
+            },
+            netns: d.netns,
+            summary,
+            evidence,
+            fix,
+        });
+    }
+}
+
+/// `root`, or `parent 1:1` for a child qdisc, as tc takes it.
+fn placement(qd: &Qdisc) -> String {
+    if qd.parent == "root" {
+        "root".into()
+    } else {
+        format!("parent {}", qd.parent)
+    }
+}
+
+fn shaper_note(qd: &Qdisc) -> String {
+    match qd.limits.rate_bytes {
+        Some(r) => format!(" Senders offer more than its rate of {}.", rate(r * 8)),
+        None => String::new(),
+    }
+}
+
+/// The command that gives the queue four times its room, when the kind
+/// has a limit tc can change in place.
+fn raise(qd: &Qdisc, hint: &str, dev: &str, d: &DropRecord) -> Option<String> {
+    let l = &qd.limits;
+    let at = format!("{} handle {}", placement(qd), qd.handle);
+    let cmd = match qd.kind.as_str() {
+        "tbf" => {
+            let (r, b, lim) = (l.rate_bytes?, l.burst_bytes?, l.bytes?);
+            format!(
+                "{hint}tc qdisc change dev {dev} {at} tbf rate {} burst {b} limit {}",
+                rate(r * 8),
+                lim * 4
+            )
+        }
+        "pfifo" | "pfifo_head_drop" | "fq_codel" | "fq" => {
+            format!(
+                "{hint}tc qdisc change dev {dev} {at} {} limit {}",
+                qd.kind,
+                l.packets? * 4
+            )
+        }
+        "bfifo" => format!(
+            "{hint}tc qdisc change dev {dev} {at} bfifo limit {}",
+            l.bytes? * 4
+        ),
+        "pfifo_fast" => format!("{hint}ip link set dev {dev} txqueuelen {}", l.packets? * 4),
+        _ => return None,
+    };
+    let udp = d.proto.as_deref() == Some("udp");
+    Some(format!(
+        "If the limit is too tight for bursts, give the queue more room: {cmd}{}",
+        if udp {
+            " (a UDP sender faster than the link still loses: pace it)"
+        } else {
+            ""
+        }
+    ))
+}
+
+fn flow_text(d: &DropRecord) -> Option<String> {
+    let (p, s, t) = (d.proto.as_deref()?, d.src?, d.dst?);
+    Some(match (d.sport, d.dport) {
+        (Some(a), Some(b)) => format!(
+            "{p} {} > {}",
+            super::fix::host_port(s, a),
+            super::fix::host_port(t, b)
+        ),
+        _ => format!("{p} {s} > {t}"),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::testkit::*;
+    use super::super::{Fact, Tier};
+    use crate::host::qdisc::{Limits, Qdisc, Stats};
+
+    fn qdisc(kind: &str, parent: &str, limits: Limits, drops: u64) -> Qdisc {
+        Qdisc {
+            ifindex: 2,
+            kind: kind.into(),
+            handle: "8001:".into(),
+            parent: parent.into(),
+            limits,
+            stats: Stats {
+                drops,
+                ..Default::default()
+            },
+        }
+    }
+
+    fn host(qdiscs: Vec<Qdisc>) -> Fake {
+        let mut t = topo(
+            NS,
+            Some("r'x"),
+            vec![link(2, "eth$(id)", Some("veth"), 1500)],
+            vec![],
+        );
+        t.qdiscs = qdiscs;
+        Fake::with(vec![t])
+    }
+
+    fn drops(reason: &str, n: u64) -> Vec<Fact> {
+        (0..n)
+            .map(|i| {
+                let mut d = drop(reason, 1_000 + i * 1_000_000);
+                d.ifindex = 2;
+                d.ifname = Some("eth$(id)".into());
+                d.proto = Some("udp".into());
+                Fact::Drop(d)
+            })
+            .collect()
+    }
+
+    #[test]
+    fn a_full_shaper_is_named_with_its_limits() {
+        let tbf = qdisc(
+            "tbf",
+            "root",
+            Limits {
+                bytes: Some(3000),
+                rate_bytes: Some(125_000),
+                burst_bytes: Some(1600),
+                ..Default::default()
+            },
+            764,
+        );
+        let v = run(&mut host(vec![tbf]), drops("QDISC_DROP", 5), 0);
+        assert_eq!(kinds(&v), [("qdisc_drop", Tier::Proven)]);
+        assert_eq!(v[0].drops, 5);
+        let s = &v[0].summary;
+        assert!(s.contains("tbf") && s.contains("eth$(id)"), "{s}");
+        assert!(s.contains("rate 1Mbit burst 1600b limit 3000b"), "{s}");
+        assert_eq!(v[0].evidence["qdisc"]["kernel_drops"], 764);
+        // Every name is quoted in what a user pastes.
+        let fixes = v[0].fix.join("\n");
+        assert!(
+            fixes.contains("ip netns exec \"r'x\" tc -s qdisc show dev 'eth$(id)'"),
+            "{fixes}"
+        );
+        assert!(
+            fixes.contains("tc qdisc change dev 'eth$(id)' root handle 8001: tbf rate 1Mbit burst 1600 limit 12000"),
+            "{fixes}"
+        );
+    }
+
+    #[test]
+    fn the_child_that_counts_the_drops_is_the_culprit() {
+        let root = qdisc("htb", "root", Limits::default(), 0);
+        let mut leaf = qdisc(
+            "pfifo",
+            "1:10",
+            Limits {
+                packets: Some(10),
+                ..Default::default()
+            },
+            42,
+        );
+        leaf.handle = "10:".into();
+        let v = run(&mut host(vec![root, leaf]), drops("QDISC_DROP", 1), 0);
+        assert_eq!(v[0].evidence["qdisc"]["kind"], "pfifo");
+        assert!(v[0]
+            .fix
+            .iter()
+            .any(|f| f.contains("parent 1:10 handle 10: pfifo limit 40")));
+    }
+
+    #[test]
+    fn netem_loss_is_named_as_configured_loss() {
+        let netem = qdisc(
+            "netem",
+            "root",
+            Limits {
+                packets: Some(1000),
+                loss_pct: Some(10.0),
+                ..Default::default()
+            },
+            0,
+        );
+        let v = run(&mut host(vec![netem]), drops("QDISC_DROP", 3), 0);
+        assert_eq!(kinds(&v), [("qdisc_drop", Tier::Proven)]);
+        assert!(
+            v[0].summary.contains("lose 10% of packets"),
+            "{}",
+            v[0].summary
+        );
+        assert!(v[0].fix[0].contains("tc qdisc del dev 'eth$(id)' root"));
+    }
+
+    #[test]
+    fn aqm_drops_are_information() {
+        let fq_codel = qdisc(
+            "fq_codel",
+            "root",
+            Limits {
+                packets: Some(10240),
+                ecn: Some(false),
+                ..Default::default()
+            },
+            3,
+        );
+        let v = run(&mut host(vec![fq_codel]), drops("QDISC_CONGESTED", 3), 0);
+        assert_eq!(kinds(&v), [("qdisc_drop", Tier::Info)]);
+        assert!(!v[0].fault);
+        assert!(v[0].summary.contains("signal congestion"));
+    }
+
+    #[test]
+    fn unknown_settings_still_name_the_device() {
+        let v = run(&mut Fake::default(), drops("QDISC_OVERLIMIT", 2), 0);
+        assert_eq!(kinds(&v), [("qdisc_drop", Tier::Proven)]);
+        assert!(v[0].summary.contains("eth$(id)"));
+        assert!(v[0].fix[0].contains("tc -s qdisc show dev 'eth$(id)'"));
+    }
+
+    #[test]
+    fn other_reasons_are_not_queue_drops() {
+        let v = run(&mut host(vec![]), drops("NOT_SPECIFIED", 2), 0);
+        assert!(v.is_empty());
+    }
+}
