@@ -594,6 +594,51 @@ unsafe fn remember_route(key: &RouteKey, hit: &RouteHit) {
     }
 }
 
+/// What identifies an IPv4 lookup and its answer, as read straight from
+/// the tracepoint's arguments: the flow's addresses, interfaces and
+/// ports, the table, and the nexthop it resolved to.
+#[repr(C)]
+#[derive(Clone, Copy, PartialEq)]
+pub struct Lookup4 {
+    addrs: [u8; 8],
+    ifs: [i32; 2],
+    ports: [u8; 4],
+    table: u32,
+    nhc: u64,
+    ts_ns: u64,
+}
+
+#[map]
+static SEEN4: PerCpuArray<Lookup4> = PerCpuArray::with_max_entries(ROUTE_SLOTS, 0);
+
+/// True when this CPU saw the very same successful lookup, resolving to
+/// the same nexthop, less than `ROUTE_REFRESH_NS` ago: the map already
+/// holds its answer. A packet can cost half a dozen lookups (output
+/// route, input route, source validation, the ICMP error's route), so
+/// this check comes before anything else is read: no device, no netns,
+/// no map update. A different nexthop, interface or table is a new key
+/// and takes the full path.
+#[inline(always)]
+unsafe fn repeated4(cur: &Lookup4) -> bool {
+    let w = |b: &[u8]| u32::from_ne_bytes([b[0], b[1], b[2], b[3]]);
+    let h = w(&cur.addrs[..4]).rotate_left(16) ^ w(&cur.addrs[4..]) ^ (cur.ifs[1] as u32);
+    let Some(p) = SEEN4.get_ptr_mut(h.wrapping_mul(0x9E37_79B1) >> 29) else {
+        return false;
+    };
+    let p = &mut *p;
+    if p.addrs == cur.addrs
+        && p.ifs == cur.ifs
+        && p.ports == cur.ports
+        && p.table == cur.table
+        && p.nhc == cur.nhc
+        && cur.ts_ns.wrapping_sub(p.ts_ns) < ROUTE_REFRESH_NS
+    {
+        return true;
+    }
+    *p = *cur;
+    false
+}
+
 /// `fib_table_lookup(u32 tb_id, const struct flowi4 *, const struct fib_nh_common *, int err)`
 #[btf_tracepoint(function = "fib_table_lookup")]
 pub fn route4(ctx: BtfTracePointContext) -> i32 {
@@ -633,8 +678,24 @@ pub fn route4(ctx: BtfTracePointContext) -> i32 {
         };
         // uli.ports is { dport, sport }, both big-endian.
         let ports = Direct::get::<[u8; 4]>(fl, off!(fl4_dport)).unwrap_or([0; 4]);
+        let now = bpf_ktime_get_ns();
+        // Failed lookups carry no netns and join a drop only when fresh:
+        // they always take the full path.
+        if err == 0 {
+            let cur = Lookup4 {
+                addrs: [sa[0], sa[1], sa[2], sa[3], da[0], da[1], da[2], da[3]],
+                ifs: [oif, iif],
+                ports,
+                table,
+                nhc: nhc as u64,
+                ts_ns: now,
+            };
+            if repeated4(&cur) {
+                return 0;
+            }
+        }
         let mut hit = RouteHit {
-            ts_ns: bpf_ktime_get_ns(),
+            ts_ns: now,
             valid: 1,
             table,
             err,

@@ -1176,6 +1176,10 @@ impl BpfStats {
     }
 }
 
+/// Keys of the statistics-on rounds in a storm's results.
+const PROBE_WATCH: &str = "watch-probe-cost";
+const PROBE_DIAGNOSE: &str = "diagnose-probe-cost";
+
 fn storm(ctx: &Ctx, lab: &Lab, kind: StormKind) -> Result<BTreeMap<&'static str, Vec<StormRound>>> {
     let (from, at, reason) = kind.parts();
     let code = reason_code(&ctx.tracer, reason)?;
@@ -1199,13 +1203,23 @@ fn storm(ctx: &Ctx, lab: &Lab, kind: StormKind) -> Result<BTreeMap<&'static str,
     };
     let secs = if ctx.quick { 3.0 } else { 8.0 };
     let mut res: BTreeMap<&'static str, Vec<StormRound>> = BTreeMap::new();
-    for round in 0..ctx.rounds {
-        for v in order(round) {
+    // The drop rates are measured with BPF run-time statistics off, as on
+    // a user's host: when on, the kernel reads the clock twice around
+    // every program run (about 80 ns here, as much as a whole short
+    // program), which would charge diagnose's route and xmit programs,
+    // run several times per packet, far more than they cost. The kernel
+    // time per drop-probe run comes from one more round per tracer, with
+    // the statistics on and its drop rate not counted.
+    let probe_round = ctx.rounds;
+    for round in 0..=probe_round {
+        let variants = if round == probe_round {
+            vec![Variant::Watch, Variant::Diagnose]
+        } else {
+            order(round)
+        };
+        for v in variants {
             check_interrupted()?;
-            // Run-time stats make the kernel time per drop-probe run
-            // measurable: the kernel side's own capacity, which the
-            // generator on 2 cores cannot saturate.
-            let _stats = BpfStats::enable();
+            let _stats = (round == probe_round).then(BpfStats::enable);
             let obs = ctx.observe(v, &scope, &bt_filter)?;
             let r = storm_round(&setup, obs, secs, v.is_bpftrace())?;
             eprintln!(
@@ -1220,7 +1234,12 @@ fn storm(ctx: &Ctx, lab: &Lab, kind: StormKind) -> Result<BTreeMap<&'static str,
                 if v == Variant::Baseline { 0 } else { r.unaccounted() },
                 r.cpu_s
             );
-            res.entry(v.key()).or_default().push(r);
+            let key = match (round == probe_round, v) {
+                (true, Variant::Watch) => PROBE_WATCH,
+                (true, _) => PROBE_DIAGNOSE,
+                (false, v) => v.key(),
+            };
+            res.entry(key).or_default().push(r);
         }
     }
     Ok(res)
@@ -1428,8 +1447,15 @@ pub fn run(root: &Path, args: &[&str]) -> Result<()> {
             }
             // Kernel time per drop-probe run, and the drop rate one CPU of
             // kernel side could sustain at that cost.
-            let ns_per_run: Vec<f64> = rounds
-                .iter()
+            let probe_key = if v == Variant::Watch {
+                PROBE_WATCH
+            } else {
+                PROBE_DIAGNOSE
+            };
+            let ns_per_run: Vec<f64> = res
+                .get(probe_key)
+                .into_iter()
+                .flatten()
                 .filter(|r| r.probe_runs > 0)
                 .map(|r| r.probe_ns as f64 / r.probe_runs as f64)
                 .collect();
