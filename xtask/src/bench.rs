@@ -16,7 +16,9 @@
 //!    (counted by the rule's packet counter), driven by sender threads
 //!    that `setns` into the sending namespace and `sendmmsg` 16-byte
 //!    datagrams. Tracer's delivered + aggregated + lost must equal the
-//!    kernel's count, with nothing lost (storms are aggregated);
+//!    kernel's count, with nothing lost (storms are aggregated). Drop
+//!    rates are measured with BPF run-time statistics off; one more round
+//!    per tracer, with them on, gives the kernel time per drop-probe run;
 //! 3. start-up: spawn to the `ready` line, 10 runs;
 //! 4. memory: RSS during a long storm (60 s; 15 s with --quick).
 //!

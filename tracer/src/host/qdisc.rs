@@ -350,7 +350,10 @@ mod tests {
             t.qdiscs_of(i).cloned().collect()
         };
         let tbf = &of("d0")[0];
-        assert_eq!((tbf.kind.as_str(), tbf.handle.as_str(), tbf.parent.as_str()), ("tbf", "8001:", "root"));
+        assert_eq!(
+            (tbf.kind.as_str(), tbf.handle.as_str(), tbf.parent.as_str()),
+            ("tbf", "8001:", "root")
+        );
         assert_eq!(tbf.limits.rate_bytes, Some(125_000));
         assert_eq!(tbf.limits.bytes, Some(3000));
         assert_eq!(tbf.limits.burst_bytes, Some(1600));
@@ -360,7 +363,10 @@ mod tests {
         assert_eq!(bfifo.describe(), "bfifo limit 5000b");
         let d2 = of("d2");
         let leaf = d2.iter().find(|q| q.kind == "pfifo").unwrap();
-        assert_eq!((leaf.handle.as_str(), leaf.parent.as_str()), ("10:", "1:10"));
+        assert_eq!(
+            (leaf.handle.as_str(), leaf.parent.as_str()),
+            ("10:", "1:10")
+        );
         assert_eq!(leaf.limits.packets, Some(7));
         let d3 = of("d3");
         assert_eq!(d3.len(), 1, "ingress is not on the egress path: {d3:?}");
