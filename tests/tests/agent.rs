@@ -284,7 +284,9 @@ fn prometheus_counts_the_drops_caused_and_the_verdict() {
     assert!(v.is_some_and(|v| v >= 1.0), "{verdict_q}: {v:?}");
     let active_q =
         format!(r#"tracer_verdict_active{{kind="rpfilter_route_conflict",netns="{edge}"}}"#);
-    assert_eq!(prom.value(&active_q), Some(1.0), "{active_q}");
+    // The gauge may first appear one scrape after the counter.
+    let active = prom.wait(&active_q, Duration::from_secs(10), |v| v == 1.0);
+    assert_eq!(active, Some(1.0), "{active_q}");
     // Two more scrapes later, still exactly what was sent: nothing counted twice.
     std::thread::sleep(Duration::from_millis(1200));
     assert_eq!(prom.value(&drops_q), Some(SENT as f64), "{drops_q}");
