@@ -663,3 +663,36 @@ fn lab_run_leaves_the_root_netns_alone() {
         panic!("the lab changed the root netns: {changed:#?}");
     }
 }
+
+/// In a storm `diagnose` detaches its per-packet programs (route lookups,
+/// the SYN check) while the kernel aggregates, and attaches them again a
+/// second after: a drop after the storm is joined to a fresh lookup.
+#[test]
+fn a_storm_pauses_route_tracing_and_resumes_it() {
+    let lab = pair_lab("shed");
+    let run = tracer_tests::start(&["diagnose", "--netns", &lab.name("b")]);
+    let f = flood(&lab.name("a"), "10.203.0.2:9");
+    std::thread::sleep(Duration::from_secs(2));
+    f.stop();
+    // Quiet for longer than the second it takes to come back.
+    std::thread::sleep(Duration::from_secs(2));
+    lab.exec("a", "bash -c 'echo x > /dev/udp/10.203.0.2/7777'")
+        .unwrap();
+    let after = |v: &Value| v["type"] == "drop" && v["dport"] == 7777;
+    run.wait_for(Duration::from_secs(5), after);
+    let lines = run.stop();
+    let summary = lines.last().unwrap();
+    let paused = summary["storm_paused_ms"].as_u64().unwrap_or(0);
+    assert!(paused >= 500, "no pause in a 2 s storm: {summary}");
+    let d = lines
+        .iter()
+        .find(|v| after(v))
+        .expect("the drop after the storm");
+    let age = d["route"]["age_ns"]
+        .as_i64()
+        .expect("a joined route lookup");
+    assert!(
+        (0..100_000_000).contains(&age),
+        "the lookup is not fresh, the route program did not come back: {d}"
+    );
+}

@@ -547,7 +547,8 @@ fn too_big_drops_name_egress_and_ingress_for_both_families() {
 /// A clean close frees the peer's FIN as NOT_SPECIFIED: the client closed
 /// first, its socket became a FIN_WAIT2 timewait, and the server's FIN
 /// that moves it on to TIME_WAIT is freed after the ACK. Hidden unless
-/// `--all`, but still counted in `kernel.drops_seen`.
+/// `--all`, but still counted in `kernel.drops_seen` (before 5.17, with no
+/// reasons, it is shown).
 #[test]
 fn the_fin_of_a_clean_close_is_noise_unless_all() {
     let mut lab = routed_lab("fin");
@@ -576,6 +577,12 @@ for _ in range(3):\n    c=socket.create_connection((\"10.2.0.1\", 7000)); c.clos
     let (quiet, all) = (quiet.stop(), all.stop());
     let shown: Vec<&Value> = all.iter().filter(|v| fin(v)).collect();
     assert!(!shown.is_empty(), "the close made no FIN drop: {all:#?}");
+    if !kernel_reasons() {
+        // Before 5.17 every drop has reason 0: a FIN cannot be told from
+        // a FIN that matters, so it is shown (README, "Noise").
+        assert!(quiet.iter().any(fin), "{quiet:#?}");
+        return;
+    }
     assert!(
         shown.iter().all(|v| v["reason"] == "NOT_SPECIFIED"),
         "{shown:#?}"

@@ -11,6 +11,7 @@ use crate::host::netns;
 use crate::host::topology::Topology;
 use crate::kernel::btf::KernelBtf;
 use crate::kernel::probes::{DropHook, ProbeConfig, Probes};
+use crate::kernel::shed::StormShed;
 use crate::sinks::pcapng::PcapSink;
 use crate::sinks::{Format, Output, Summary};
 use anyhow::{anyhow, bail, Result};
@@ -534,6 +535,7 @@ impl Tracer {
         let mut lost_at_count = None;
         let mut broken_pipe = false;
         let mut aggregator = Aggregator::default();
+        let mut shed = StormShed::default();
         let mut ticks: u32 = 0;
         loop {
             tokio::select! {
@@ -546,6 +548,7 @@ impl Tracer {
                 _ = ticker.tick() => {
                     session.namer.topology.set_clock(Instant::now());
                     session.namer.topology.sweep();
+                    shed.tick(&mut probes);
                     ticks += 1;
                     let aggregates = if ticks.is_multiple_of(AGG_TICKS) {
                         // Live counters for a long run (`tracer agent`).
@@ -612,6 +615,7 @@ impl Tracer {
         // Detach, then drain: what the ring holds was matched before the
         // stop and belongs in the output (or, past --count or a closed
         // pipe, in `not_shown`).
+        session.summary.storm_paused_ms = shed.total_ms();
         probes.detach();
         session.namer.topology.set_clock(Instant::now());
         let rb = events.get_mut();

@@ -3,4 +3,5 @@
 //! struct offsets; kallsyms: function names).
 pub mod btf;
 pub mod probes;
+pub mod shed;
 pub mod symbols;

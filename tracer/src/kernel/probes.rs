@@ -5,6 +5,7 @@
 use crate::kernel::btf::KernelBtf;
 use anyhow::{anyhow, bail, Result};
 use aya::maps::{HashMap as BpfHashMap, MapData, PerCpuArray, RingBuf};
+use aya::programs::tp_btf::BtfTracePointLinkId;
 use aya::programs::{BtfTracePoint, RawTracePoint, TracePoint};
 use aya::{Btf, Ebpf, EbpfLoader};
 use std::fmt;
@@ -117,6 +118,10 @@ pub struct Probes {
     agg: aya::maps::PerCpuHashMap<MapData, AggKey, AggVal>,
     agg_slots: PerCpuArray<MapData, AggSlot>,
     pub warnings: Vec<String>,
+    /// The per-packet programs (route lookups, the SYN check) and their
+    /// links while attached: detached during a drop storm (see `shed`).
+    sheddable: Vec<(&'static str, Option<BtfTracePointLinkId>)>,
+    shedding: bool,
 }
 
 /// Fails with one clear line unless we may load tracing programs.
@@ -299,21 +304,29 @@ impl Probes {
         };
 
         let mut warnings = Vec::new();
+        let mut sheddable = Vec::new();
         let mut routes_attached = false;
         if pc.config.routes != 0 {
-            let r4 = attach_btf(&mut ebpf, names::PROG_FIB4, "fib_table_lookup", btf);
-            let r6 = attach_btf(&mut ebpf, names::PROG_FIB6, "fib6_table_lookup", btf);
-            routes_attached = r4.is_ok() || r6.is_ok();
-            for (what, r) in [("fib_table_lookup", r4), ("fib6_table_lookup", r6)] {
-                if let Err(e) = r {
-                    warnings.push(format!("route lookups ({what}) not traced: {e:#}"));
+            for (prog, what) in [
+                (names::PROG_FIB4, "fib_table_lookup"),
+                (names::PROG_FIB6, "fib6_table_lookup"),
+            ] {
+                match attach_btf_link(&mut ebpf, prog, what, btf) {
+                    Ok(id) => {
+                        routes_attached = true;
+                        sheddable.push((prog, Some(id)));
+                    }
+                    Err(e) => warnings.push(format!("route lookups ({what}) not traced: {e:#}")),
                 }
             }
         }
         let mut syn_attached = false;
         if pc.config.syn_check != 0 {
-            match attach_btf(&mut ebpf, names::PROG_SYN_XMIT, "net_dev_start_xmit", btf) {
-                Ok(()) => syn_attached = true,
+            match attach_btf_link(&mut ebpf, names::PROG_SYN_XMIT, "net_dev_start_xmit", btf) {
+                Ok(id) => {
+                    syn_attached = true;
+                    sheddable.push((names::PROG_SYN_XMIT, Some(id)));
+                }
                 Err(e) => warnings.push(format!("SYN/MSS check not available: {e:#}")),
             }
         }
@@ -402,6 +415,8 @@ impl Probes {
             routes,
             stats,
             warnings,
+            sheddable,
+            shedding: false,
         })
     }
 
@@ -415,6 +430,47 @@ impl Probes {
         self.events
             .take()
             .ok_or_else(|| anyhow!("the ring buffer was already taken"))
+    }
+
+    /// Detaches (`on`) or re-attaches the programs that run for every
+    /// packet rather than for every drop: the route-lookup and SYN
+    /// programs. A storm costs the host several route lookups per dropped
+    /// packet, and even a program that returns at once costs its call; the
+    /// storm's own flows had their lookups stored before it began, and the
+    /// map keeps them. Returns whether anything changed.
+    pub fn shed(&mut self, on: bool) -> bool {
+        if on == self.shedding || self.sheddable.is_empty() {
+            return false;
+        }
+        let Some(ebpf) = self.ebpf.as_mut() else {
+            return false;
+        };
+        for (prog, link) in &mut self.sheddable {
+            let Some(p) = ebpf
+                .program_mut(prog)
+                .and_then(|p| <&mut BtfTracePoint>::try_from(p).ok())
+            else {
+                continue;
+            };
+            if on {
+                if let Some(id) = link.take() {
+                    let _ = p.detach(id);
+                }
+            } else if link.is_none() {
+                *link = p.attach().ok();
+            }
+        }
+        self.shedding = on;
+        true
+    }
+
+    /// Drops counted under a storm key so far (all CPUs): it grows only
+    /// while some CPU aggregates.
+    pub fn aggregated_now(&self) -> u64 {
+        self.stats
+            .get(&tracer_abi::STAT_AGGREGATED, 0)
+            .map(|v| v.iter().sum())
+            .unwrap_or(0)
     }
 
     /// Detaches every program: nothing new reaches the ring buffer or the
@@ -555,6 +611,15 @@ fn prog_info(fd: std::os::fd::BorrowedFd<'_>) -> Option<ProgCounters> {
 }
 
 fn attach_btf(ebpf: &mut Ebpf, prog: &str, func: &str, btf: &Btf) -> Result<()> {
+    attach_btf_link(ebpf, prog, func, btf).map(|_| ())
+}
+
+fn attach_btf_link(
+    ebpf: &mut Ebpf,
+    prog: &str,
+    func: &str,
+    btf: &Btf,
+) -> Result<BtfTracePointLinkId> {
     let p: &mut BtfTracePoint = ebpf
         .program_mut(prog)
         .ok_or_else(|| anyhow!("eBPF object lacks program {prog}"))?
@@ -562,8 +627,7 @@ fn attach_btf(ebpf: &mut Ebpf, prog: &str, func: &str, btf: &Btf) -> Result<()> 
     p.load(func, btf)
         .map_err(|e| anyhow!("tracepoint {func} (tp_btf) did not load: {}", load_error(e)))?;
     p.attach()
-        .map_err(|e| anyhow!("tracepoint {func} (tp_btf) did not attach: {e}"))?;
-    Ok(())
+        .map_err(|e| anyhow!("tracepoint {func} (tp_btf) did not attach: {e}"))
 }
 
 fn attach_raw(ebpf: &mut Ebpf, prog: &str, tp: &str) -> Result<()> {

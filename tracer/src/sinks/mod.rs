@@ -293,6 +293,12 @@ impl Output {
                 s.aggregated
             ));
         }
+        if s.storm_paused_ms > 0 {
+            lines.push(format!(
+                "    route lookups and SYN checks paused {:.1}s during storms (the storms' flows were traced before)",
+                s.storm_paused_ms as f64 / 1000.0
+            ));
+        }
         if s.kernel.recursion_misses > 0 {
             lines.push(self.paint(
                 RED,
@@ -404,6 +410,10 @@ pub struct Summary {
     /// Proven faults among the verdicts.
     #[serde(skip_serializing_if = "is_zero")]
     pub faults: u64,
+    /// Milliseconds the route-lookup and SYN programs were detached
+    /// because the kernel was aggregating a drop storm (`diagnose`).
+    #[serde(skip_serializing_if = "is_zero")]
+    pub storm_paused_ms: u64,
     pub duration_s: f64,
     pub kernel: KernelStats,
 }

@@ -1,0 +1,63 @@
+//! Storm shedding: while the kernel aggregates a drop storm, the programs
+//! that run for every packet (route lookups, the SYN check) are detached,
+//! and they are attached again once the storm has been over for a second.
+//!
+//! Why: a dropped datagram can cost the host half a dozen route lookups
+//! (the sender's output route, the receiver's input route, the routes of
+//! the ICMP error), and each one calls its program even when the program
+//! returns at once. In a storm that is most of what `diagnose` costs the
+//! host. The storm's own flows had their lookups stored before the storm
+//! (the first drops of a key go out in full, joined to them), and the map
+//! keeps them; a drop of another flow during the storm falls back to the
+//! routing table in the rules.
+
+use crate::kernel::probes::Probes;
+use std::time::{Duration, Instant};
+
+/// Ticks without any aggregated drop before the programs come back.
+const QUIET_TICKS: u32 = 4;
+
+#[derive(Default)]
+pub struct StormShed {
+    last_aggregated: u64,
+    quiet_ticks: u32,
+    since: Option<Instant>,
+    /// How long the per-packet programs were detached, in all.
+    pub total: Duration,
+    /// How many times they were.
+    pub periods: u64,
+}
+
+impl StormShed {
+    /// Called on every tick (250 ms).
+    pub fn tick(&mut self, probes: &mut Probes) {
+        let now = probes.aggregated_now();
+        let storming = now > self.last_aggregated;
+        self.last_aggregated = now;
+        if storming {
+            self.quiet_ticks = 0;
+            if self.since.is_none() && probes.shed(true) {
+                self.since = Some(Instant::now());
+                self.periods += 1;
+            }
+        } else {
+            self.quiet_ticks += 1;
+            if self.quiet_ticks >= QUIET_TICKS {
+                self.resume(probes);
+            }
+        }
+    }
+
+    /// Attaches the programs again (the storm ended, or the run did).
+    pub fn resume(&mut self, probes: &mut Probes) {
+        if let Some(t) = self.since.take() {
+            probes.shed(false);
+            self.total += t.elapsed();
+        }
+    }
+
+    /// Milliseconds detached so far, the current period included.
+    pub fn total_ms(&self) -> u64 {
+        (self.total + self.since.map(|t| t.elapsed()).unwrap_or_default()).as_millis() as u64
+    }
+}
