@@ -48,13 +48,15 @@ pub unsafe fn maybe_syn<M: Mem>(skb: *const u8) -> bool {
     let l3 = head.wrapping_add(nh as usize);
     let (proto, flags_at) = match u16::from_be(M::get::<u16>(skb, off!(skb_protocol)).unwrap_or(0)) {
         ETH_P_IP => {
-            let Some(h) = read::<[u8; 10]>(l3, 0) else {
+            // The IP header and the TCP flags byte in one read (the
+            // flags sit at 33 when the header has no options).
+            let Some(h) = read::<[u8; 34]>(l3, 0) else {
                 return false;
             };
             if h[0] & 0xf != 5 {
                 return h[9] == IPPROTO_TCP;
             }
-            (h[9], 20 + 13)
+            return h[9] == IPPROTO_TCP && h[33] & TCP_SYN != 0;
         }
         ETH_P_IPV6 => (read::<u8>(l3, 6).unwrap_or(0), 40 + 13),
         _ => return false,
