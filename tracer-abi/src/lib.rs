@@ -305,22 +305,6 @@ pub struct Config {
     /// This kernel's FRAG_REASM_TIMEOUT code (`u32::MAX` when unknown): the
     /// fragments it frees after the queue's head carry no usable device.
     pub frag_reason: u32,
-    pub _pad2: u32,
-    /// `--reason` / `--exclude-reason` codes below 256 as bitmaps
-    /// (`[REASON_INCLUDE - 1]`, `[REASON_EXCLUDE - 1]`): one load per drop
-    /// instead of a hash lookup. Higher codes (subsystem reasons) are
-    /// looked up in `REASONS`, which holds every code.
-    pub reason_bits: [[u64; 4]; 2],
-}
-
-impl Config {
-    /// Marks `code` for the bitmap test (`mark` is `REASON_INCLUDE` or
-    /// `REASON_EXCLUDE`); codes of 256 and above are left to `REASONS`.
-    pub fn mark_reason(&mut self, code: u32, mark: u8) {
-        if code < 256 && (mark == REASON_INCLUDE || mark == REASON_EXCLUDE) {
-            self.reason_bits[(mark - 1) as usize][(code >> 6) as usize] |= 1u64 << (code & 63);
-        }
-    }
 }
 
 /// `Config::extra`: copy the packet's bytes (for pcapng).
@@ -515,8 +499,6 @@ impl Config {
             snaplen: 0,
             trace: 0,
             frag_reason: u32::MAX,
-            _pad2: 0,
-            reason_bits: [[0; 4]; 2],
         }
     }
 }
@@ -732,21 +714,4 @@ mod pod {
     unsafe impl aya::Pod for super::AggKey {}
     unsafe impl aya::Pod for super::AggVal {}
     unsafe impl aya::Pod for super::AggSlot {}
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn reasons_below_256_go_to_the_bitmaps() {
-        let mut c = Config::new();
-        c.mark_reason(3, REASON_INCLUDE);
-        c.mark_reason(64, REASON_EXCLUDE);
-        c.mark_reason(255, REASON_INCLUDE);
-        // Subsystem reasons (mac80211 etc.) have high bits: left to the map.
-        c.mark_reason(0x1_0001, REASON_INCLUDE);
-        assert_eq!(c.reason_bits[0], [1 << 3, 0, 0, 1 << 63]);
-        assert_eq!(c.reason_bits[1], [0, 1, 0, 0]);
-    }
 }

@@ -278,21 +278,7 @@ unsafe fn on_drop<M: Mem, C: EbpfContext>(ctx: &C, skb: *const u8, location: u64
 
     // Cheapest filters first: reason, netns and device need no packet read.
     if cfg!(reason_include) != 0 || cfg!(reason_exclude) != 0 {
-        let mark = if reason < 256 {
-            // One load from the frozen config instead of a hash lookup.
-            let (word, bit) = ((reason >> 6) as usize & 3, 1u64 << (reason & 63));
-            let excluded = core::ptr::read_volatile(CONFIG.reason_bits[1].as_ptr().add(word));
-            let included = core::ptr::read_volatile(CONFIG.reason_bits[0].as_ptr().add(word));
-            if excluded & bit != 0 {
-                REASON_EXCLUDE
-            } else if included & bit != 0 {
-                REASON_INCLUDE
-            } else {
-                0
-            }
-        } else {
-            REASONS.get(&reason).copied().unwrap_or(0)
-        };
+        let mark = REASONS.get(&reason).copied().unwrap_or(0);
         if mark == REASON_EXCLUDE || (cfg!(reason_include) != 0 && mark != REASON_INCLUDE) {
             return;
         }

@@ -340,12 +340,6 @@ impl Tracer {
         config.netns_count = inodes.len() as u32;
         config.reason_include = u32::from(!include.is_empty());
         config.reason_exclude = u32::from(!exclude.is_empty());
-        for &code in &include {
-            config.mark_reason(code, tracer_abi::REASON_INCLUDE);
-        }
-        for &code in &exclude {
-            config.mark_reason(code, tracer_abi::REASON_EXCLUDE);
-        }
         config.hide_noise = u32::from(!opts.all);
         // Before 5.17 every drop carries reason 0: multicast nobody
         // listens to is still noise whatever its reason, the others need one.
