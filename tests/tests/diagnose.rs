@@ -433,3 +433,19 @@ fn every_verdict_states_its_tier() {
     let summary = lines.last().unwrap();
     assert!(summary["verdict_kinds"].is_object(), "{summary}");
 }
+
+/// The heaviest configuration (every namespace, route joins, SYN and
+/// neighbour checks, aggregation) must pass the verifier on the best hook.
+/// Once a change to the drop program pushed it past the verifier's limits
+/// there: every run silently fell back to raw_tp after 17 s of verifying.
+#[test]
+fn unfiltered_diagnose_loads_on_tp_btf() {
+    let run = start(&["diagnose", "--duration", "2s"]);
+    let lines = run.stop();
+    let ready = lines
+        .iter()
+        .find(|v| v["type"] == "ready")
+        .expect("ready line");
+    assert_eq!(ready["hook"], "tp_btf", "{ready}");
+    assert_eq!(ready["routes"], true, "{ready}");
+}
