@@ -207,15 +207,6 @@ pub fn check_hooks(kbtf: &KernelBtf, btf: &Btf, drop_reasons: bool) -> Result<Ve
     let mut config = Config::new();
     config.netns_count = 1;
     config.netns[0] = 1; // no namespace has inode 1
-                         // The heaviest configuration, as `diagnose` loads it: route joins,
-                         // SYN and neighbour checks, storm aggregation. The verifier judges
-                         // the drop program with those branches live.
-    config.routes = 1;
-    config.syn_check = 1;
-    config.neigh = 1;
-    config.aggregate = 1;
-    config.agg_burst = 1000;
-    config.agg_per_key = 5;
     let (mut ebpf, classic) = load_object(kbtf, btf, &config, drop_reasons)?;
     let mut out = Vec::new();
     for h in [DropHook::TpBtf, DropHook::RawTp, DropHook::Tracepoint] {
