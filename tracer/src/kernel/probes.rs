@@ -460,8 +460,15 @@ impl Probes {
                 *link = p.attach().ok();
             }
         }
-        self.shedding = on;
+        // A program that would not attach again keeps us shedding, so the
+        // next call retries instead of losing route tracing for good.
+        self.shedding = on || self.sheddable.iter().any(|(_, l)| l.is_none());
         true
+    }
+
+    /// Whether some per-packet program is detached (see `shed`).
+    pub fn shedding(&self) -> bool {
+        self.shedding
     }
 
     /// Drops counted under a storm key so far (all CPUs): it grows only

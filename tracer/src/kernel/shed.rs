@@ -49,10 +49,14 @@ impl StormShed {
     }
 
     /// Attaches the programs again (the storm ended, or the run did).
+    /// A program that fails to attach again is retried on the next tick.
     pub fn resume(&mut self, probes: &mut Probes) {
-        if let Some(t) = self.since.take() {
+        if let Some(t) = self.since {
             probes.shed(false);
-            self.total += t.elapsed();
+            if !probes.shedding() {
+                self.since = None;
+                self.total += t.elapsed();
+            }
         }
     }
 
