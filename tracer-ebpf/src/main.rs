@@ -18,10 +18,10 @@ mod packet;
 use aya_ebpf::{
     helpers::{
         bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_get_smp_processor_id,
-        bpf_ktime_get_ns,
+        bpf_jiffies64, bpf_ktime_get_ns, bpf_probe_read_kernel_buf,
     },
     macros::{btf_tracepoint, map, raw_tracepoint, tracepoint},
-    maps::{HashMap, LruHashMap, PerCpuArray, PerCpuHashMap, RingBuf},
+    maps::{Array, LruHashMap, PerCpuArray, PerCpuHashMap, RingBuf},
     programs::{BtfTracePointContext, RawTracePointContext, TracePointContext},
     EbpfContext,
 };
@@ -37,9 +37,9 @@ pub(crate) static EVENTS: RingBuf = RingBuf::with_byte_size(RING_BYTES, 0);
 #[map]
 static STATS: PerCpuArray<u64> = PerCpuArray::with_max_entries(STAT_COUNT, 0);
 
-/// Reasons the user included or excluded (`REASON_*`).
+/// Reasons the user included or excluded (`REASON_*`), indexed by reason.
 #[map]
-static REASONS: HashMap<u32, u8> = HashMap::with_max_entries(1024, 0);
+static REASONS: Array<u8> = Array::with_max_entries(REASON_SLOTS, 0);
 
 /// Per-CPU scratch space: the BPF stack is 512 bytes, too small for a
 /// flow, route keys and header copies at once.
@@ -278,7 +278,8 @@ unsafe fn on_drop<M: Mem, C: EbpfContext>(ctx: &C, skb: *const u8, location: u64
 
     // Cheapest filters first: reason, netns and device need no packet read.
     if cfg!(reason_include) != 0 || cfg!(reason_exclude) != 0 {
-        let mark = REASONS.get(&reason).copied().unwrap_or(0);
+        // Out of range (a subsystem reason) is neither included nor excluded.
+        let mark = REASONS.get(reason).copied().unwrap_or(0);
         if mark == REASON_EXCLUDE || (cfg!(reason_include) != 0 && mark != REASON_INCLUDE) {
             return;
         }
@@ -337,7 +338,8 @@ unsafe fn on_drop<M: Mem, C: EbpfContext>(ctx: &C, skb: *const u8, location: u64
 
     let flow = &mut (*scratch).flow;
     *flow = Flow::default();
-    packet::parse::<M>(skb, &m, flow);
+    let mut opts = packet::SynOpts::NONE;
+    packet::parse::<M>(skb, &m, flow, &mut opts);
     if cfg!(hide_noise) != 0 && is_noise(reason, flow, &m) {
         return;
     }
@@ -400,6 +402,12 @@ unsafe fn on_drop<M: Mem, C: EbpfContext>(ctx: &C, skb: *const u8, location: u64
         route_for(key, &mut (*e).route_rev);
     }
     packet::nat(skb, &mut (*e).orig);
+    // A SYN's options as bytes: userspace reads its MSS (see `SynOpts`).
+    (*e).tcp_opts = TcpOpts([0; TCP_OPTS_MAX]);
+    (*e).tcp_opts_len = 0;
+    if !opts.at.is_null() && bpf_probe_read_kernel_buf(opts.at, &mut (*e).tcp_opts.0).is_ok() {
+        (*e).tcp_opts_len = opts.len.min(TCP_OPTS_MAX as u32) as u8;
+    }
     entry.submit(0);
 }
 
@@ -605,15 +613,18 @@ pub struct Lookup4 {
     ports: [u8; 4],
     table: u32,
     nhc: u64,
-    ts_ns: u64,
+    jiffies: u64,
 }
 
 #[map]
 static SEEN4: PerCpuArray<Lookup4> = PerCpuArray::with_max_entries(ROUTE_SLOTS, 0);
 
 /// True when this CPU saw the very same successful lookup, resolving to
-/// the same nexthop, less than `ROUTE_REFRESH_NS` ago: the map already
-/// holds its answer. A packet can cost half a dozen lookups (output
+/// the same nexthop, in this jiffy or the one before (1 to 20 ms at
+/// HZ=1000..100): the map already holds its answer. Jiffies, not
+/// `bpf_ktime_get_ns`: the verifier inlines `bpf_jiffies64` as one load,
+/// where reading the clock is a helper call that would cost every
+/// forwarded packet more than the rest of this check. A packet can cost half a dozen lookups (output
 /// route, input route, source validation, the ICMP error's route), so
 /// this check comes before anything else is read: no device, no netns,
 /// no map update. A different nexthop, interface or table is a new key
@@ -631,7 +642,7 @@ unsafe fn repeated4(cur: &Lookup4) -> bool {
         && p.ports == cur.ports
         && p.table == cur.table
         && p.nhc == cur.nhc
-        && cur.ts_ns.wrapping_sub(p.ts_ns) < ROUTE_REFRESH_NS
+        && cur.jiffies.wrapping_sub(p.jiffies) <= 1
     {
         return true;
     }
@@ -678,7 +689,6 @@ pub fn route4(ctx: BtfTracePointContext) -> i32 {
         };
         // uli.ports is { dport, sport }, both big-endian.
         let ports = Direct::get::<[u8; 4]>(fl, off!(fl4_dport)).unwrap_or([0; 4]);
-        let now = bpf_ktime_get_ns();
         // Failed lookups carry no netns and join a drop only when fresh:
         // they always take the full path.
         if err == 0 {
@@ -688,12 +698,13 @@ pub fn route4(ctx: BtfTracePointContext) -> i32 {
                 ports,
                 table,
                 nhc: nhc as u64,
-                ts_ns: now,
+                jiffies: bpf_jiffies64(),
             };
             if repeated4(&cur) {
                 return 0;
             }
         }
+        let now = bpf_ktime_get_ns();
         let mut hit = RouteHit {
             ts_ns: now,
             valid: 1,
@@ -849,7 +860,12 @@ unsafe fn on_xmit(skb: *const u8, dev: *const u8) {
     }
     let m = packet::meta::<Direct>(skb);
     let mut flow = Flow::default();
-    if !packet::parse::<Direct>(skb, &m, &mut flow) || flow.proto != IPPROTO_TCP || flow.mss == 0 {
+    let mut opts = packet::SynOpts::NONE;
+    if !packet::parse::<Direct>(skb, &m, &mut flow, &mut opts) || flow.proto != IPPROTO_TCP {
+        return;
+    }
+    flow.mss = packet::syn_mss(&opts);
+    if flow.mss == 0 {
         return;
     }
     let mtu = dev_mtu::<Direct>(dev);

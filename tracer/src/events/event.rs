@@ -1,6 +1,7 @@
 //! Events as they leave the ring buffer (decoded without trusting a byte)
 //! and as the user sees them (named: reasons, symbols, netns, interfaces).
 
+use super::protocols::tcp_mss;
 use crate::host::containers::{ContainerRef, Containers};
 use crate::host::topology::{IfName, Topology};
 use crate::kernel::btf::Reasons;
@@ -11,6 +12,9 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use tracer_abi::*;
 
 /// A decoded ring-buffer record.
+// Drops are nearly every record and are consumed at once: boxing the
+// large variant would allocate per drop to save stack on the rare ones.
+#[allow(clippy::large_enum_variant)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Event {
     Drop(DropEvent),
@@ -689,7 +693,11 @@ impl Namer {
                 "original"
             }),
             tcp_flags: (has_ports && f.proto == IPPROTO_TCP).then(|| tcp_flags(f.tcp_flags)),
-            mss: (f.mss != 0).then_some(f.mss),
+            // The drop probe sends a SYN's option bytes, not its MSS.
+            mss: (f.mss != 0).then_some(f.mss).or_else(|| {
+                let n = (e.tcp_opts_len as usize).min(e.tcp_opts.0.len());
+                tcp_mss(&e.tcp_opts.0[..n])
+            }),
             icmp_type: is_icmp.then_some(f.icmp_type),
             icmp_code: is_icmp.then_some(f.icmp_code),
             from_socket: f.flags & FLOW_FROM_SOCKET != 0,

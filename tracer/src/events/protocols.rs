@@ -1,6 +1,20 @@
 //! Names for numbers the kernel reports: route-lookup errors and ICMP
 //! types, so that output says `ENETUNREACH` and `frag needed`, not -11
-//! and 3/4.
+//! and 3/4; and the MSS among the TCP option bytes of a dropped SYN.
+
+use etherparse::{TcpOptionElement, TcpOptionsIterator};
+
+/// The MSS option of a SYN, from its option bytes as the kernel copied
+/// them (the drop probe does not walk options; see the eBPF `SynOpts`).
+/// Options after a malformed one are not trusted.
+pub fn tcp_mss(opts: &[u8]) -> Option<u16> {
+    TcpOptionsIterator::from_slice(opts)
+        .map_while(Result::ok)
+        .find_map(|o| match o {
+            TcpOptionElement::MaximumSegmentSize(m) => Some(m),
+            _ => None,
+        })
+}
 
 /// The errno a route lookup failed with, by name. `err` is as traced
 /// (negative).
@@ -57,6 +71,22 @@ pub fn icmp_name(proto: &str, icmp_type: u8, code: u8) -> Option<&'static str> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_mss_is_found_wherever_it_sits() {
+        // Linux: mss, sackOK, TS, nop, wscale.
+        let linux = [
+            2, 4, 0x05, 0xb4, 4, 2, 8, 10, 0, 1, 2, 3, 0, 0, 0, 0, 1, 3, 3, 7,
+        ];
+        assert_eq!(tcp_mss(&linux), Some(1460));
+        // After NOPs and a window scale, as some stacks send it.
+        assert_eq!(tcp_mss(&[1, 1, 3, 3, 7, 2, 4, 0x23, 0x28]), Some(9000));
+        // No MSS, end of options, then bytes that are not options.
+        assert_eq!(tcp_mss(&[1, 1, 4, 2, 0, 2, 4, 1, 1]), None);
+        // A malformed option stops the walk: nothing after it is trusted.
+        assert_eq!(tcp_mss(&[3, 0, 2, 4, 5, 0xb4]), None);
+        assert_eq!(tcp_mss(&[]), None);
+    }
 
     #[test]
     fn names() {

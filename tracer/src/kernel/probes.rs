@@ -12,6 +12,7 @@ use std::fmt;
 use std::os::fd::AsFd;
 use tracer_abi::{
     names, AggKey, AggSlot, AggVal, Config, Offsets, NO_OFFSET, REASON_EXCLUDE, REASON_INCLUDE,
+    REASON_SLOTS,
 };
 
 /// The object built by `cargo xtask build-ebpf` (see build.rs).
@@ -257,15 +258,20 @@ impl Probes {
         let (mut ebpf, classic) = load_object(kbtf, btf, &pc.config, pc.drop_reasons)?;
 
         {
-            let mut reasons: BpfHashMap<_, u32, u8> = BpfHashMap::try_from(
+            let mut reasons: aya::maps::Array<_, u8> = aya::maps::Array::try_from(
                 ebpf.map_mut(names::MAP_REASONS)
                     .ok_or_else(|| anyhow!("eBPF object lacks map {}", names::MAP_REASONS))?,
             )?;
-            for r in &pc.include_reasons {
-                reasons.insert(r, REASON_INCLUDE, 0)?;
-            }
-            for r in &pc.exclude_reasons {
-                reasons.insert(r, REASON_EXCLUDE, 0)?;
+            let marks = pc
+                .include_reasons
+                .iter()
+                .map(|r| (*r, REASON_INCLUDE))
+                .chain(pc.exclude_reasons.iter().map(|r| (*r, REASON_EXCLUDE)));
+            for (r, mark) in marks {
+                if r >= REASON_SLOTS {
+                    bail!("drop reason {r} is beyond the {REASON_SLOTS} that --reason and --exclude-reason can filter");
+                }
+                reasons.set(r, mark, 0)?;
             }
         }
 
