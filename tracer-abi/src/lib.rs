@@ -265,6 +265,8 @@ pub struct NeighEvent {
 
 /// Per-CPU counters, indices into the `STATS` map.
 pub const STAT_DROPS_SEEN: u32 = 0;
+/// Matched drops not counted by key (those are `STAT_AGGREGATED`): matched
+/// in all is the sum of the two.
 pub const STAT_DROPS_MATCHED: u32 = 1;
 /// Events that matched but could not be queued (ring buffer full).
 pub const STAT_LOST: u32 = 2;

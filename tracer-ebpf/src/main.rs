@@ -346,10 +346,12 @@ unsafe fn on_drop<M: Mem, C: EbpfContext>(ctx: &C, skb: *const u8, location: u64
     if !filter_matches(flow) {
         return;
     }
-    count(STAT_DROPS_MATCHED);
+    // An aggregated drop is counted once, under STAT_AGGREGATED; userspace
+    // adds the two for `drops_matched`. One counter update per storm drop.
     if cfg!(aggregate) != 0 && aggregated(scratch, now, reason, location, netns, ifindex, iif) {
         return;
     }
+    count(STAT_DROPS_MATCHED);
 
     // Stack and bytes, when asked for: sent just before the event.
     if cfg!(extra) != 0 {

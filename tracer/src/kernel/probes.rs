@@ -542,14 +542,17 @@ impl Probes {
     pub fn stats(&self) -> KernelStats {
         let (drop_info, recursion_misses) = self.prog_counters();
         let sum = |i: u32| -> u64 { self.stats.get(&i, 0).map(|v| v.iter().sum()).unwrap_or(0) };
+        let aggregated = sum(tracer_abi::STAT_AGGREGATED);
         KernelStats {
             drops_seen: sum(tracer_abi::STAT_DROPS_SEEN),
-            drops_matched: sum(tracer_abi::STAT_DROPS_MATCHED),
+            // The kernel counts a matched drop once: sent (MATCHED) or
+            // counted by key (AGGREGATED).
+            drops_matched: sum(tracer_abi::STAT_DROPS_MATCHED) + aggregated,
             lost: sum(tracer_abi::STAT_LOST),
             route_lookups: sum(tracer_abi::STAT_ROUTES_SEEN),
             syns_flagged: sum(tracer_abi::STAT_SYNS_FLAGGED),
             neigh_events: sum(tracer_abi::STAT_NEIGH),
-            aggregated: sum(tracer_abi::STAT_AGGREGATED),
+            aggregated,
             recursion_misses,
             drop_probe_runs: drop_info.map(|i| i.run_cnt).unwrap_or(0),
             drop_probe_ns: drop_info.map(|i| i.run_time_ns).unwrap_or(0),
