@@ -75,7 +75,11 @@ pub const FLOW_FRAGMENT: u8 = 2;
 /// What a packet carried, as parsed from its headers (or its socket).
 /// Addresses are in network byte order; IPv4 uses the first 4 bytes.
 /// Ports and MSS are in host byte order.
-#[repr(C)]
+///
+/// 8-aligned, a whole number of words: the drop probe clears one per
+/// drop with six 8-byte stores (`*flow = Flow::default()` compiled to
+/// 2-byte stores and cost a storm drop 35 ns).
+#[repr(C, align(8))]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Flow {
     pub src: [u8; 16],
@@ -479,6 +483,7 @@ impl AggKey {
 }
 
 const _: () = assert!(core::mem::size_of::<AggKey>() == 64);
+const _: () = assert!(core::mem::size_of::<Flow>().is_multiple_of(8));
 
 /// Per CPU: how many drops of a key were counted instead of sent, and how
 /// many were sent in the current interval.

@@ -51,7 +51,7 @@ unsafe fn on_hop(skb: *const u8, event: u32, may_start: bool, xmit: Option<(*con
         return;
     };
     let flow = &mut *flow;
-    *flow = Flow::default();
+    packet::clear(flow);
     let id = match TRACKED.get(&key) {
         Some(id) => {
             let id = *id;

@@ -358,7 +358,7 @@ unsafe fn on_drop<M: Mem, C: EbpfContext>(ctx: &C, skb: *const u8, location: u64
     }
 
     let flow = &mut (*scratch).flow;
-    *flow = Flow::default();
+    packet::clear(flow);
     let mut opts = packet::SynOpts::NONE;
     packet::parse::<M>(skb, &m, flow, &mut opts);
     if cfg!(hide_noise) != 0 && is_noise(reason, flow, &m) {

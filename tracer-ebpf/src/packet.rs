@@ -107,6 +107,15 @@ impl SynOpts {
     };
 }
 
+/// Zeroes `flow` word by word (see `Flow`'s alignment).
+#[inline(always)]
+pub unsafe fn clear(flow: &mut Flow) {
+    let p = flow as *mut Flow as *mut u64;
+    for i in 0..core::mem::size_of::<Flow>() / 8 {
+        core::ptr::write_volatile(p.add(i), 0);
+    }
+}
+
 /// Fills `flow` from the packet headers, or from the socket, and `opts`
 /// with where a SYN's TCP options are. Returns false if neither gives an
 /// address.
