@@ -629,12 +629,16 @@ unsafe fn remember_route(key: &RouteKey, hit: &RouteHit) {
 /// What identifies an IPv4 lookup and its answer, as read straight from
 /// the tracepoint's arguments: the flow's addresses, interfaces and
 /// ports, the table, and the nexthop it resolved to.
+/// Integers, not byte arrays: an array is loaded, stored and compared a
+/// byte at a time, on a path that runs for every forwarded packet.
 #[repr(C)]
 #[derive(Clone, Copy, PartialEq)]
 pub struct Lookup4 {
-    addrs: [u8; 8],
-    ifs: [i32; 2],
-    ports: [u8; 4],
+    saddr: u32,
+    daddr: u32,
+    oif: i32,
+    iif: i32,
+    ports: u32,
     table: u32,
     nhc: u64,
     jiffies: u64,
@@ -655,14 +659,15 @@ static SEEN4: PerCpuArray<Lookup4> = PerCpuArray::with_max_entries(ROUTE_SLOTS, 
 /// and takes the full path.
 #[inline(always)]
 unsafe fn repeated4(cur: &Lookup4) -> bool {
-    let w = |b: &[u8]| u32::from_ne_bytes([b[0], b[1], b[2], b[3]]);
-    let h = w(&cur.addrs[..4]).rotate_left(16) ^ w(&cur.addrs[4..]) ^ (cur.ifs[1] as u32);
+    let h = cur.saddr.rotate_left(16) ^ cur.daddr ^ (cur.iif as u32);
     let Some(p) = SEEN4.get_ptr_mut(h.wrapping_mul(0x9E37_79B1) >> 29) else {
         return false;
     };
     let p = &mut *p;
-    if p.addrs == cur.addrs
-        && p.ifs == cur.ifs
+    if p.saddr == cur.saddr
+        && p.daddr == cur.daddr
+        && p.oif == cur.oif
+        && p.iif == cur.iif
         && p.ports == cur.ports
         && p.table == cur.table
         && p.nhc == cur.nhc
@@ -688,37 +693,24 @@ pub fn route4(ctx: BtfTracePointContext) -> i32 {
             dst: [0; 16],
             src: [0; 16],
         };
-        // This runs for every forwarded packet: fetch neighbouring members
-        // with one read where the layout allows (saddr, daddr and oif, iif
-        // are adjacent on current kernels).
-        let (sa, da) = if off!(fl4_daddr) == off!(fl4_saddr).wrapping_add(4) {
-            let a = Direct::get::<[u8; 8]>(fl, off!(fl4_saddr)).unwrap_or([0; 8]);
-            ([a[0], a[1], a[2], a[3]], [a[4], a[5], a[6], a[7]])
-        } else {
-            (
-                Direct::get::<[u8; 4]>(fl, off!(fl4_saddr)).unwrap_or([0; 4]),
-                Direct::get::<[u8; 4]>(fl, off!(fl4_daddr)).unwrap_or([0; 4]),
-            )
-        };
-        key.src[..4].copy_from_slice(&sa);
-        key.dst[..4].copy_from_slice(&da);
-        let (oif, iif) = if off!(fl4_iif) == off!(fl4_oif).wrapping_add(4) {
-            let v = Direct::get::<[i32; 2]>(fl, off!(fl4_oif)).unwrap_or([0; 2]);
-            (v[0], v[1])
-        } else {
-            (
-                Direct::get::<i32>(fl, off!(fl4_oif)).unwrap_or(0),
-                Direct::get::<i32>(fl, off!(fl4_iif)).unwrap_or(0),
-            )
-        };
+        // This runs for every forwarded packet: one 4-byte load per
+        // member (addresses in network order, kept as they are).
+        let saddr = Direct::get::<u32>(fl, off!(fl4_saddr)).unwrap_or(0);
+        let daddr = Direct::get::<u32>(fl, off!(fl4_daddr)).unwrap_or(0);
+        key.src[..4].copy_from_slice(&saddr.to_ne_bytes());
+        key.dst[..4].copy_from_slice(&daddr.to_ne_bytes());
+        let oif = Direct::get::<i32>(fl, off!(fl4_oif)).unwrap_or(0);
+        let iif = Direct::get::<i32>(fl, off!(fl4_iif)).unwrap_or(0);
         // uli.ports is { dport, sport }, both big-endian.
-        let ports = Direct::get::<[u8; 4]>(fl, off!(fl4_dport)).unwrap_or([0; 4]);
+        let ports = Direct::get::<u32>(fl, off!(fl4_dport)).unwrap_or(0);
         // Failed lookups carry no netns and join a drop only when fresh:
         // they always take the full path.
         if err == 0 {
             let cur = Lookup4 {
-                addrs: [sa[0], sa[1], sa[2], sa[3], da[0], da[1], da[2], da[3]],
-                ifs: [oif, iif],
+                saddr,
+                daddr,
+                oif,
+                iif,
                 ports,
                 table,
                 nhc: nhc as u64,
@@ -740,8 +732,14 @@ pub fn route4(ctx: BtfTracePointContext) -> i32 {
             dev_mtu: 0,
             netns: 0,
             cpu: bpf_get_smp_processor_id(),
-            sport: u16::from_be_bytes([ports[2], ports[3]]),
-            dport: u16::from_be_bytes([ports[0], ports[1]]),
+            sport: {
+                let b = ports.to_ne_bytes();
+                u16::from_be_bytes([b[2], b[3]])
+            },
+            dport: {
+                let b = ports.to_ne_bytes();
+                u16::from_be_bytes([b[0], b[1]])
+            },
         };
         if err == 0 {
             let dev = Direct::get::<*const u8>(nhc, off!(nhc_dev)).unwrap_or(core::ptr::null());
