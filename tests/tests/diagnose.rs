@@ -448,4 +448,19 @@ fn unfiltered_diagnose_loads_on_tp_btf() {
         .expect("ready line");
     assert_eq!(ready["hook"], "tp_btf", "{ready}");
     assert_eq!(ready["routes"], true, "{ready}");
+    // The heaviest drop program (no filter, route joins, NAT) must stay far
+    // from the verifier's 1M-instruction limit: a walk over packet bytes
+    // (the TCP options) once made it 570k for `watch` and over the limit
+    // here. It verifies in about 30k today.
+    let summary = lines
+        .iter()
+        .find(|v| v["type"] == "summary")
+        .expect("summary line");
+    let insns = summary["kernel"]["drop_probe_verified_insns"]
+        .as_u64()
+        .expect("verified instruction count");
+    assert!(
+        (1..150_000).contains(&insns),
+        "the drop program took {insns} verifier instructions: {summary}"
+    );
 }

@@ -701,8 +701,16 @@ pub fn route4(ctx: BtfTracePointContext) -> i32 {
         key.dst[..4].copy_from_slice(&daddr.to_ne_bytes());
         let oif = Direct::get::<i32>(fl, off!(fl4_oif)).unwrap_or(0);
         let iif = Direct::get::<i32>(fl, off!(fl4_iif)).unwrap_or(0);
-        // uli.ports is { dport, sport }, both big-endian.
-        let ports = Direct::get::<u32>(fl, off!(fl4_dport)).unwrap_or(0);
+        // uli.ports is { dport, sport }, both big-endian. Two loads: the
+        // 5.10 verifier refuses one that spans both members.
+        let (dport, sport) = match off!(fl4_dport) {
+            NO_OFFSET => (0, 0),
+            o => (
+                Direct::get::<u16>(fl, o).unwrap_or(0),
+                Direct::get::<u16>(fl, o + 2).unwrap_or(0),
+            ),
+        };
+        let ports = dport as u32 | (sport as u32) << 16;
         // Failed lookups carry no netns and join a drop only when fresh:
         // they always take the full path.
         if err == 0 {
@@ -732,14 +740,8 @@ pub fn route4(ctx: BtfTracePointContext) -> i32 {
             dev_mtu: 0,
             netns: 0,
             cpu: bpf_get_smp_processor_id(),
-            sport: {
-                let b = ports.to_ne_bytes();
-                u16::from_be_bytes([b[2], b[3]])
-            },
-            dport: {
-                let b = ports.to_ne_bytes();
-                u16::from_be_bytes([b[0], b[1]])
-            },
+            sport: u16::from_be(sport),
+            dport: u16::from_be(dport),
         };
         if err == 0 {
             let dev = Direct::get::<*const u8>(nhc, off!(nhc_dev)).unwrap_or(core::ptr::null());

@@ -1191,6 +1191,14 @@ fn evaluate(kernel: &str, check: &Check, code: i32, log: &str) -> Outcome {
         return Outcome::Fail(format!("timed out after {} s", check.timeout_s));
     }
     let differs = expected_difference(kernel, check.name);
+    // `tracer check` exits 0 while one drop hook attaches, as a user
+    // needs; here every program of the object must load: a route probe
+    // refused by one kernel's verifier once passed this way unnoticed.
+    if code == 0 && check.name == "check" {
+        if let Some(l) = log.lines().find(|l| l.contains("did not load")) {
+            return Outcome::Fail(format!("a program did not load: {}", l.trim()));
+        }
+    }
     match (code, differs) {
         (0, None) => Outcome::Pass,
         (0, Some(_)) => Outcome::Fail("passed, but is expected to differ here".into()),
@@ -1445,6 +1453,20 @@ mod tests {
             let o = evaluate("5.10", reasons, code, log);
             assert!(matches!(o, Outcome::Fail(_)), "{code} {log}");
         }
+    }
+
+    #[test]
+    fn check_fails_when_any_program_does_not_load() {
+        let c = check("check");
+        let ok = "ok       routes tp_btf fib_table_lookup             loads and attaches\n";
+        assert!(evaluate("5.10", c, 0, ok) == Outcome::Pass);
+        let refused = format!(
+            "{ok}missing  routes tp_btf fib_table_lookup             diagnose works without it: \
+             tracepoint fib_table_lookup (tp_btf) did not load: Permission denied (os error 13)\n"
+        );
+        assert!(
+            matches!(evaluate("5.10", c, 0, &refused), Outcome::Fail(m) if m.contains("fib_table_lookup"))
+        );
     }
 
     #[test]

@@ -73,6 +73,10 @@ pub struct KernelStats {
     /// by `cargo xtask bench`): the kernel-side cost per drop.
     pub drop_probe_runs: u64,
     pub drop_probe_ns: u64,
+    /// Instructions the verifier walked to load the drop probe (5.16 and
+    /// later, else 0). A loop over packet bytes multiplies it and pushes
+    /// start-up towards the verifier's 1M limit: tests hold it to a budget.
+    pub drop_probe_verified_insns: u64,
 }
 
 type RouteMap = BpfHashMap<MapData, tracer_abi::RouteKey, tracer_abi::RouteHit>;
@@ -556,6 +560,7 @@ impl Probes {
             recursion_misses,
             drop_probe_runs: drop_info.map(|i| i.run_cnt).unwrap_or(0),
             drop_probe_ns: drop_info.map(|i| i.run_time_ns).unwrap_or(0),
+            drop_probe_verified_insns: drop_info.map(|i| i.verified_insns).unwrap_or(0),
         }
     }
 }
@@ -578,6 +583,7 @@ struct ProgCounters {
     run_time_ns: u64,
     run_cnt: u64,
     recursion_misses: u64,
+    verified_insns: u64,
 }
 
 /// Reads `bpf_prog_info` with BPF_OBJ_GET_INFO_BY_FD. The struct is UAPI
@@ -589,6 +595,7 @@ fn prog_info(fd: std::os::fd::BorrowedFd<'_>) -> Option<ProgCounters> {
     const RUN_TIME_NS: usize = 192;
     const RUN_CNT: usize = 200;
     const RECURSION_MISSES: usize = 208;
+    const VERIFIED_INSNS: usize = 216;
     #[repr(C)]
     struct InfoAttr {
         bpf_fd: u32,
@@ -619,10 +626,19 @@ fn prog_info(fd: std::os::fd::BorrowedFd<'_>) -> Option<ProgCounters> {
         b.copy_from_slice(&info[o..o + 8]);
         u64::from_ne_bytes(b)
     };
+    // A u32, absent before 5.16 (the kernel then writes less).
+    let verified_insns = if attr.info_len as usize >= VERIFIED_INSNS + 4 {
+        let mut b = [0u8; 4];
+        b.copy_from_slice(&info[VERIFIED_INSNS..VERIFIED_INSNS + 4]);
+        u32::from_ne_bytes(b) as u64
+    } else {
+        0
+    };
     Some(ProgCounters {
         run_time_ns: at(RUN_TIME_NS),
         run_cnt: at(RUN_CNT),
         recursion_misses: at(RECURSION_MISSES),
+        verified_insns,
     })
 }
 
