@@ -86,7 +86,9 @@ pub struct Flow {
     pub dst: [u8; 16],
     pub sport: u16,
     pub dport: u16,
-    /// MSS option of a TCP SYN, 0 if absent.
+    /// MSS option of a TCP SYN, 0 if absent. Filled in the kernel by the
+    /// SYN check and `trace` only: drop events carry the option bytes
+    /// instead (`DropEvent::tcp_opts`).
     pub mss: u16,
     /// `FAMILY_*`.
     pub family: u8,

@@ -55,20 +55,16 @@ unsafe fn on_hop(skb: *const u8, event: u32, may_start: bool, xmit: Option<(*con
     let id = match TRACKED.get(&key) {
         Some(id) => {
             let id = *id;
-            let mut opts = packet::SynOpts::NONE;
-            packet::parse::<Direct>(skb, &m, flow, &mut opts);
-            flow.mss = packet::syn_mss(&opts);
+            packet::parse_with_mss::<Direct>(skb, &m, flow);
             id
         }
         None => {
             if !may_start || !crate::netns_allowed(netns) {
                 return;
             }
-            let mut opts = packet::SynOpts::NONE;
-            if !packet::parse::<Direct>(skb, &m, flow, &mut opts) || !crate::filter_matches(flow) {
+            if !packet::parse_with_mss::<Direct>(skb, &m, flow) || !crate::filter_matches(flow) {
                 return;
             }
-            flow.mss = packet::syn_mss(&opts);
             let id = bpf_ktime_get_ns();
             if TRACKED.insert(&key, &id, 0).is_err() {
                 return;

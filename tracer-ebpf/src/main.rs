@@ -427,10 +427,12 @@ unsafe fn on_drop<M: Mem, C: EbpfContext>(ctx: &C, skb: *const u8, location: u64
     }
     packet::nat(skb, &mut (*e).orig);
     // A SYN's options as bytes: userspace reads its MSS (see `SynOpts`).
-    (*e).tcp_opts = TcpOpts([0; TCP_OPTS_MAX]);
+    // A failed read leaves zeros, as the helper clears its buffer.
     (*e).tcp_opts_len = 0;
-    if !opts.at.is_null() && bpf_probe_read_kernel_buf(opts.at, &mut (*e).tcp_opts.0).is_ok() {
-        (*e).tcp_opts_len = opts.len.min(TCP_OPTS_MAX as u32) as u8;
+    if opts.at.is_null() {
+        (*e).tcp_opts = TcpOpts([0; TCP_OPTS_MAX]);
+    } else if bpf_probe_read_kernel_buf(opts.at, &mut (*e).tcp_opts.0).is_ok() {
+        (*e).tcp_opts_len = opts.len as u8;
     }
     entry.submit(0);
 }
@@ -687,18 +689,11 @@ pub fn route4(ctx: BtfTracePointContext) -> i32 {
     let nhc: *const u8 = ctx.arg(2);
     let err: i32 = ctx.arg(3);
     unsafe {
-        let mut key = RouteKey {
-            netns: 0,
-            family: FAMILY_V4 as u32,
-            dst: [0; 16],
-            src: [0; 16],
-        };
         // This runs for every forwarded packet: one 4-byte load per
-        // member (addresses in network order, kept as they are).
+        // member (addresses in network order, kept as they are), and
+        // nothing else before the repeat check.
         let saddr = Direct::get::<u32>(fl, off!(fl4_saddr)).unwrap_or(0);
         let daddr = Direct::get::<u32>(fl, off!(fl4_daddr)).unwrap_or(0);
-        key.src[..4].copy_from_slice(&saddr.to_ne_bytes());
-        key.dst[..4].copy_from_slice(&daddr.to_ne_bytes());
         let oif = Direct::get::<i32>(fl, off!(fl4_oif)).unwrap_or(0);
         let iif = Direct::get::<i32>(fl, off!(fl4_iif)).unwrap_or(0);
         // uli.ports is { dport, sport }, both big-endian. Two loads: the
@@ -752,7 +747,14 @@ pub fn route4(ctx: BtfTracePointContext) -> i32 {
                 hit.netns = d.netns;
             }
         }
-        key.netns = hit.netns;
+        let mut key = RouteKey {
+            netns: hit.netns,
+            family: FAMILY_V4 as u32,
+            dst: [0; 16],
+            src: [0; 16],
+        };
+        key.src[..4].copy_from_slice(&saddr.to_ne_bytes());
+        key.dst[..4].copy_from_slice(&daddr.to_ne_bytes());
         remember_route(&key, &hit);
     }
     0
@@ -884,12 +886,7 @@ unsafe fn on_xmit(skb: *const u8, dev: *const u8) {
     }
     let m = packet::meta::<Direct>(skb);
     let mut flow = Flow::default();
-    let mut opts = packet::SynOpts::NONE;
-    if !packet::parse::<Direct>(skb, &m, &mut flow, &mut opts) || flow.proto != IPPROTO_TCP {
-        return;
-    }
-    flow.mss = packet::syn_mss(&opts);
-    if flow.mss == 0 {
+    if !packet::parse_with_mss::<Direct>(skb, &m, &mut flow) || flow.proto != IPPROTO_TCP || flow.mss == 0 {
         return;
     }
     let mtu = dev_mtu::<Direct>(dev);

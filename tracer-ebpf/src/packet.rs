@@ -86,7 +86,7 @@ pub unsafe fn gso<M: Mem>(skb: *const u8, head: *const u8) -> (u16, u16) {
 }
 
 /// Where the options of a TCP SYN are (null and 0 when the packet is
-/// not a SYN or has none).
+/// not a SYN or has none); `len` is at most 40.
 ///
 /// `parse` does not walk them: a walk is a loop whose every step branches
 /// on packet bytes, and inside the drop program, followed by the route
@@ -94,7 +94,7 @@ pub unsafe fn gso<M: Mem>(skb: *const u8, head: *const u8) -> (u16, u16) {
 /// (570k instructions for `watch` on tp_btf, past the 1M limit for
 /// `diagnose` with any change). The drop program copies the bytes into its
 /// event and userspace reads the MSS; the SYN check, which must compare
-/// the MSS with the MTU in the kernel, calls `syn_mss`.
+/// the MSS with the MTU in the kernel, calls `parse_with_mss`.
 pub struct SynOpts {
     pub at: *const u8,
     pub len: u32,
@@ -105,6 +105,16 @@ impl SynOpts {
         at: core::ptr::null(),
         len: 0,
     };
+}
+
+/// `parse`, then the MSS walk into `flow.mss`: for the programs that
+/// need the MSS in the kernel (the SYN check, `trace`'s hops).
+#[inline(always)]
+pub unsafe fn parse_with_mss<M: Mem>(skb: *const u8, m: &SkbMeta, flow: &mut Flow) -> bool {
+    let mut opts = SynOpts::NONE;
+    let found = parse::<M>(skb, m, flow, &mut opts);
+    flow.mss = syn_mss(&opts);
+    found
 }
 
 /// Zeroes `flow` word by word (see `Flow`'s alignment).
@@ -261,7 +271,7 @@ unsafe fn parse_l4(l4: *const u8, flow: &mut Flow, opts: &mut SynOpts) {
 /// variable-offset stack read, and 6.1 loses the `i < 40` bound when LLVM
 /// folds it into `i < len`. A pointer sum passed to a helper needs neither.
 #[inline(always)]
-pub unsafe fn syn_mss(o: &SynOpts) -> u16 {
+unsafe fn syn_mss(o: &SynOpts) -> u16 {
     let opts = o.at;
     if opts.is_null() {
         return 0;

@@ -1354,6 +1354,7 @@ pub fn run(root: &Path, args: &[&str]) -> Result<()> {
         "kernel": sh(Command::new("uname").arg("-r")).unwrap_or_default().trim(),
         "cpus": std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0),
         "rounds": ctx.rounds,
+        "datapath_rounds": ctx.dp_rounds,
     });
     t.row(&[
         "workload", "variant", "median", "min", "max", "vs base", "target", "result",
@@ -1664,8 +1665,9 @@ pub fn run(root: &Path, args: &[&str]) -> Result<()> {
     report["targets"] = Value::Array(targets);
     report["wall_s"] = json!(started.elapsed().as_secs_f64());
     let text = format!(
-        "tracer bench ({}, {} rounds, kernel {}, {} CPUs, {:.0} s)\n\n{table1}\n{table2}\n{table3}",
+        "tracer bench ({}, {} datapath rounds, {} storm rounds, kernel {}, {} CPUs, {:.0} s)\n\n{table1}\n{table2}\n{table3}",
         if quick { "--quick" } else { "full" },
+        ctx.dp_rounds,
         ctx.rounds,
         report["kernel"].as_str().unwrap_or("?"),
         report["cpus"],

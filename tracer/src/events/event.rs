@@ -694,10 +694,7 @@ impl Namer {
             }),
             tcp_flags: (has_ports && f.proto == IPPROTO_TCP).then(|| tcp_flags(f.tcp_flags)),
             // The drop probe sends a SYN's option bytes, not its MSS.
-            mss: (f.mss != 0).then_some(f.mss).or_else(|| {
-                let n = (e.tcp_opts_len as usize).min(e.tcp_opts.0.len());
-                tcp_mss(&e.tcp_opts.0[..n])
-            }),
+            mss: tcp_mss(&e.tcp_opts.0[..(e.tcp_opts_len as usize).min(TCP_OPTS_MAX)]),
             icmp_type: is_icmp.then_some(f.icmp_type),
             icmp_code: is_icmp.then_some(f.icmp_code),
             from_socket: f.flags & FLOW_FROM_SOCKET != 0,
