@@ -7,15 +7,22 @@
 //! on exit, on error and on Ctrl-C. Nothing outside them is touched:
 //! bpftrace gets tracefs in a private mount namespace (`unshare -m`).
 //!
-//! Workloads, each round running every variant in turn (the order rotates
-//! between rounds so drift does not favour one of them):
+//! Workloads:
 //! 1. datapath: iperf3 TCP client -> router (forwarding) -> server, then
-//!    64-byte UDP (`-u -l 64 -b 0`), the receiver's packets/s;
+//!    64-byte UDP (`-u -l 64 -b 0`), the server's received Gbit/s or
+//!    packets/s. Each round is one long flow pinned to fixed CPUs, and the
+//!    observers take turns on it with a baseline phase between every two
+//!    (`B V1 B V2 B V3 B V4 B`, the order rotating between rounds). A
+//!    variant's "vs base" is the median over rounds of its phase rate over
+//!    the mean of the two baselines around it (`sandwich_ratios`); the
+//!    baseline row shows the median step between neighbouring baselines,
+//!    the noise floor of the rows. See `datapath` for why;
 //! 2. drop storms: UDP to a closed port (router -> server, counted by the
 //!    server's `Udp: NoPorts`) and a FORWARD DROP rule on the router
 //!    (counted by the rule's packet counter), driven by sender threads
 //!    that `setns` into the sending namespace and `sendmmsg` 16-byte
-//!    datagrams. Tracer's delivered + aggregated + lost must equal the
+//!    datagrams. Each round runs every variant in turn, the order
+//!    rotating. Tracer's delivered + aggregated + lost must equal the
 //!    kernel's count, with nothing lost (storms are aggregated). Drop
 //!    rates are measured with BPF run-time statistics off; one more round
 //!    per tracer, with them on, gives the kernel time per drop-probe run;
@@ -25,14 +32,10 @@
 //! Output: a table with each figure's target and PASS/MISS, and
 //! `target/bench/report.json`.
 //!
-//! A datapath variant's "vs base" is the median of its per-round ratio to
-//! that round's baseline (`paired_ratio`), over twice as many rounds as
-//! the storms: the baseline drifts 7-10 % between rounds here.
-//!
 //! Duration on a 2-core VM: the default run takes about 15 minutes
-//! (6 rounds x 5 variants of 10 s TCP + 5 s UDP, 3 rounds x 2 x 8 s
-//! storms, plus a 60 s memory storm); `--quick` about 5 minutes (3
-//! datapath rounds and 2 storm rounds, 3 s each).
+//! (5 datapath rounds of about 50 s each for TCP and UDP, 3 rounds x 2
+//! x 8 s storms, plus a 60 s memory storm); `--quick` about 5 minutes (3
+//! datapath rounds of shorter phases and 2 storm rounds, 3 s each).
 
 use anyhow::{anyhow, bail, Context, Result};
 use serde_json::{json, Value};
@@ -177,7 +180,8 @@ impl Lab {
     }
 
     /// A background process inside `short`, killed when the lab drops.
-    pub(crate) fn spawn(&mut self, short: &str, args: &[&str]) -> Result<()> {
+    /// Its pid is the program's own (`ip netns exec` execs it).
+    pub(crate) fn spawn(&mut self, short: &str, args: &[&str]) -> Result<u32> {
         let c = Command::new("ip")
             .args(["netns", "exec", &self.name(short)])
             .args(args)
@@ -186,8 +190,9 @@ impl Lab {
             .stderr(Stdio::null())
             .spawn()
             .context("cannot start a lab process")?;
+        let pid = c.id();
         self.children.push(c);
-        Ok(())
+        Ok(pid)
     }
 
     pub(crate) fn del(&self, short: &str) {
@@ -826,9 +831,8 @@ struct Ctx {
     out_dir: PathBuf,
     quick: bool,
     rounds: usize,
-    /// Rounds of the datapath workloads: twice the others. The baseline
-    /// alone spreads 7-10 % between rounds on this VM, so three rounds
-    /// could not tell a 3 % cost from noise.
+    /// Rounds (flows) of each datapath workload, each with every variant
+    /// once between baselines.
     dp_rounds: usize,
 }
 
@@ -876,20 +880,6 @@ fn stats(v: &[f64]) -> (f64, f64, f64) {
 }
 
 /// Rotates the variant order each round.
-/// The median over rounds of a variant's value divided by the baseline's
-/// in the same round: each round's variants run minutes apart at most,
-/// while the host's own rate drifts between rounds, so pairing them
-/// cancels the drift that a ratio of two medians keeps.
-fn paired_ratio(values: &[f64], base: &[f64]) -> f64 {
-    let ratios: Vec<f64> = values
-        .iter()
-        .zip(base)
-        .filter(|(_, b)| **b > 0.0)
-        .map(|(v, b)| v / b)
-        .collect();
-    stats(&ratios).0
-}
-
 fn order(round: usize) -> Vec<Variant> {
     let mut v = Variant::ALL.to_vec();
     let n = v.len();
@@ -947,56 +937,173 @@ fn pass(ok: bool) -> &'static str {
 
 // ------------------------------------------------------------- datapath
 
-fn iperf(lab: &Lab, udp: bool, secs: u64) -> Result<f64> {
-    let mode = if udp { "-u -l 64 -b 0" } else { "" };
-    let out = lab.sh(
-        "cli",
-        &format!(
-            "timeout {} iperf3 -c 10.201.2.1 {mode} -t {secs} -J",
-            secs + 30
-        ),
-    )?;
-    let v: Value = serde_json::from_str(&out).context("iperf3 -J output")?;
-    if let Some(e) = v["error"].as_str() {
-        bail!("iperf3: {e}");
-    }
-    let r = &v["end"]["sum_received"];
-    if udp {
-        let secs = r["seconds"].as_f64().unwrap_or(0.0);
-        let pk = r["packets"].as_f64().unwrap_or(0.0) - r["lost_packets"].as_f64().unwrap_or(0.0);
-        if secs <= 0.0 {
-            bail!("iperf3 UDP reported no receive time");
+/// Received bytes and packets of `dev` in the netns of process `pid`.
+fn netdev_rx(pid: u32, dev: &str) -> Result<(u64, u64)> {
+    let text = std::fs::read_to_string(format!("/proc/{pid}/net/dev"))
+        .with_context(|| format!("reading /proc/{pid}/net/dev"))?;
+    for line in text.lines() {
+        if let Some((name, rest)) = line.split_once(':') {
+            if name.trim() == dev {
+                let f: Vec<u64> = rest
+                    .split_whitespace()
+                    .filter_map(|x| x.parse().ok())
+                    .collect();
+                if f.len() >= 2 {
+                    return Ok((f[0], f[1]));
+                }
+            }
         }
-        Ok(pk / secs)
-    } else {
-        Ok(r["bits_per_second"].as_f64().unwrap_or(0.0) / 1e9)
+    }
+    bail!("no {dev} in /proc/{pid}/net/dev")
+}
+
+/// One pinned flow, running in the background until dropped.
+struct PinnedFlow {
+    child: Child,
+}
+
+impl PinnedFlow {
+    /// iperf3 from the client to the server for up to `secs`, the client
+    /// pinned to `cpus.0` (and so the softirqs that forward its packets:
+    /// a veth delivers on the sending CPU) and the server to `cpus.1`.
+    fn start(lab: &Lab, udp: bool, cpus: (usize, usize), secs: u64) -> Result<PinnedFlow> {
+        let mut cmd = Command::new("ip");
+        cmd.args([
+            "netns",
+            "exec",
+            &lab.name("cli"),
+            "iperf3",
+            "-c",
+            "10.201.2.1",
+        ])
+        .args(["-A", &format!("{},{}", cpus.0, cpus.1)])
+        .args(["-t", &secs.to_string()]);
+        if udp {
+            // A 2 MB socket buffer (iperf3 passes -w to the server): with
+            // the default one the receiver drops bursts at its socket, a
+            // few thousand a second, `diagnose` sees a drop storm and sheds
+            // its per-packet programs, and the row would not measure them.
+            cmd.args(["-u", "-l", "64", "-b", "0", "-w", "2M"]);
+        }
+        let child = cmd
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .context("cannot start iperf3")?;
+        Ok(PinnedFlow { child })
+    }
+
+    fn running(&mut self) -> bool {
+        matches!(self.child.try_wait(), Ok(None))
     }
 }
 
+impl Drop for PinnedFlow {
+    fn drop(&mut self) {
+        // SIGINT: the client tells the server the test is over, so the
+        // server is free for the next round at once.
+        unsafe { libc::kill(self.child.id() as i32, libc::SIGINT) };
+        let t0 = Instant::now();
+        while self.running() && t0.elapsed() < Duration::from_secs(5) {
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// The rate of one phase: the median of half-second samples of the
+/// server's received Gbit/s (TCP) or packets/s (UDP). A median, because
+/// a housekeeping task landing on the pinned CPU takes a single sample
+/// down by 10-20 % and would otherwise weigh on the whole phase.
+fn phase_rate(srv_pid: u32, udp: bool, secs: f64) -> Result<f64> {
+    let mut samples = Vec::new();
+    let mut last = (netdev_rx(srv_pid, "eth0")?, Instant::now());
+    for _ in 0..((secs / 0.5).round() as usize).max(1) {
+        sleep(Duration::from_millis(500))?;
+        let now = (netdev_rx(srv_pid, "eth0")?, Instant::now());
+        let dt = now.1.duration_since(last.1).as_secs_f64();
+        samples.push(if udp {
+            (now.0 .1 - last.0 .1) as f64 / dt
+        } else {
+            (now.0 .0 - last.0 .0) as f64 * 8.0 / 1e9 / dt
+        });
+        last = now;
+    }
+    Ok(stats(&samples).0)
+}
+
+/// A variant phase's rate over the mean of the baseline phases on either
+/// side of it: drift within a round cancels, and so does a flow that
+/// happened to start slower or faster than the next round's.
+fn sandwich_ratios(phases: &[(Variant, f64)]) -> Vec<(Variant, f64)> {
+    phases
+        .windows(3)
+        .filter(|w| w[0].0 == Variant::Baseline && w[2].0 == Variant::Baseline)
+        .filter(|w| w[1].0 != Variant::Baseline && w[0].1 + w[2].1 > 0.0)
+        .map(|w| (w[1].0, w[1].1 / ((w[0].1 + w[2].1) / 2.0)))
+        .collect()
+}
+
+#[derive(Default)]
 struct DatapathResult {
+    /// Phase rates per variant (the baseline's too).
     values: BTreeMap<&'static str, Vec<f64>>,
+    /// Each variant phase over its neighbouring baselines.
+    ratios: BTreeMap<&'static str, Vec<f64>>,
     cpu: BTreeMap<&'static str, Vec<f64>>,
     events: BTreeMap<&'static str, Vec<f64>>,
 }
 
-fn datapath(ctx: &Ctx, lab: &Lab, udp: bool) -> Result<DatapathResult> {
-    let secs = match (ctx.quick, udp) {
-        (true, _) => 3,
-        (false, false) => 10,
-        (false, true) => 5,
+/// Each round is one long flow, pinned (see `cpus`); the observers
+/// come and go on it in phases, baseline between every two:
+/// `B V1 B V2 B V3 B V4 B`, the variant order rotating between rounds.
+/// Why: on this 2-CPU VM a fresh TCP flow between namespaces lands on
+/// one CPU or spreads over both at random, and its throughput swings
+/// 12-20 Gbit/s from second to second (CV 12 %), so a 3 % cost was lost
+/// in noise between separate runs. Pinned, one flow holds within about
+/// 2 % of itself. What a variant adds in the kernel runs in the flow's
+/// own context on the pinned CPU and shows in full; its userspace runs
+/// wherever the scheduler puts it and its CPU time is reported.
+fn datapath(ctx: &Ctx, lab: &Lab, srv_pid: u32, udp: bool) -> Result<DatapathResult> {
+    let (settle, measure) = match (ctx.quick, udp) {
+        (true, _) => (1.0, 2.0),
+        (false, false) => (1.0, 4.0),
+        (false, true) => (1.0, 3.0),
     };
-    let mut r = DatapathResult {
-        values: BTreeMap::new(),
-        cpu: BTreeMap::new(),
-        events: BTreeMap::new(),
-    };
+    // TCP: both ends on the last CPU. UDP: the client (and forwarding)
+    // there, the server on the first: sharing one CPU, the receiver kept
+    // up with about 60 % of what was forwarded and dropped the rest at
+    // its socket (SOCKET_RCVBUFF, ~50k/s), a drop storm rather than the
+    // forwarding test this row is.
+    let last = std::thread::available_parallelism()
+        .map(|n| n.get() - 1)
+        .unwrap_or(0);
+    let cpus = if udp { (last, 0) } else { (last, last) };
+    let mut r = DatapathResult::default();
     for round in 0..ctx.dp_rounds {
-        for v in order(round) {
+        let mut sequence = vec![Variant::Baseline];
+        for v in order(round).into_iter().filter(|v| *v != Variant::Baseline) {
+            sequence.extend([v, Variant::Baseline]);
+        }
+        // Generous: bpftrace can take seconds to start. The flow is
+        // stopped when the round is over.
+        let mut flow = PinnedFlow::start(lab, udp, cpus, 600)?;
+        sleep(Duration::from_secs(2))?; // past slow start
+        let mut phases = Vec::new();
+        for v in sequence {
             check_interrupted()?;
+            if !flow.running() {
+                bail!("iperf3 ended before the round did");
+            }
             // The tracer as a user runs it: every namespace, no filter.
             let mut obs = ctx.observe(v, &[], "1")?;
-            let x = iperf(lab, udp, secs)?;
-            let (cpu, ev) = match obs.as_mut() {
+            // Start-up work that outlives `ready` (tracer's symbol table,
+            // bpftrace's) is start-up's figure, not the datapath's.
+            sleep(Duration::from_secs_f64(settle))?;
+            let x = phase_rate(srv_pid, udp, measure)?;
+            let (cpu_s, ev) = match obs.as_mut() {
                 Some(o) => {
                     let e = o.stop(libc::SIGINT)?;
                     (e.cpu_s, e.out.drops as f64)
@@ -1004,19 +1111,39 @@ fn datapath(ctx: &Ctx, lab: &Lab, udp: bool) -> Result<DatapathResult> {
                 None => (0.0, 0.0),
             };
             eprintln!(
-                "bench: {} round {} {:<18} {:>10.3} {}  (observer cpu {cpu:.2} s, {ev} drop events)",
+                "bench: {} round {} {:<18} {:>10.3} {}  (observer cpu {cpu_s:.2} s, {ev} drop events)",
                 if udp { "udp64" } else { "tcp" },
                 round + 1,
                 v.label(),
                 x,
                 if udp { "pps" } else { "Gbit/s" }
             );
+            phases.push((v, x));
             r.values.entry(v.key()).or_default().push(x);
-            r.cpu.entry(v.key()).or_default().push(cpu);
-            r.events.entry(v.key()).or_default().push(ev);
+            if v != Variant::Baseline {
+                r.cpu.entry(v.key()).or_default().push(cpu_s);
+                r.events.entry(v.key()).or_default().push(ev);
+            }
         }
+        drop(flow);
+        for (v, ratio) in sandwich_ratios(&phases) {
+            r.ratios.entry(v.key()).or_default().push(ratio);
+        }
+        // The server takes the next client only once this one is gone.
+        sleep(Duration::from_millis(500))?;
     }
     Ok(r)
+}
+
+/// How far apart two neighbouring baseline phases are, at the median:
+/// the noise floor of the datapath rows.
+fn baseline_noise(values: &[f64]) -> f64 {
+    let d: Vec<f64> = values
+        .windows(2)
+        .filter(|w| w[0] > 0.0)
+        .map(|w| (w[1] / w[0] - 1.0).abs())
+        .collect();
+    stats(&d).0
 }
 
 // ---------------------------------------------------------------- storm
@@ -1308,18 +1435,18 @@ pub fn run(root: &Path, args: &[&str]) -> Result<()> {
         out_dir: root.join("target/bench"),
         quick,
         rounds: if quick { 2 } else { 3 },
-        dp_rounds: if quick { 3 } else { 6 },
+        dp_rounds: if quick { 3 } else { 5 },
     };
     std::fs::create_dir_all(&ctx.out_dir)?;
     let started = Instant::now();
     let lab = routed_lab("trbench")?;
     lab.sh("srv", "true")?;
     let mut lab = lab;
-    lab.spawn("srv", &["iperf3", "-s"])?;
+    let srv_pid = lab.spawn("srv", &["iperf3", "-s"])?;
     sleep(Duration::from_millis(500))?;
 
-    let tcp = datapath(&ctx, &lab, false)?;
-    let udp = datapath(&ctx, &lab, true)?;
+    let tcp = datapath(&ctx, &lab, srv_pid, false)?;
+    let udp = datapath(&ctx, &lab, srv_pid, true)?;
     let closed = storm(&ctx, &lab, StormKind::ClosedPort)?;
     let fwd = storm(&ctx, &lab, StormKind::ForwardDrop)?;
     let (st_wall, st_rep) = startup(&ctx)?;
@@ -1364,11 +1491,19 @@ pub fn run(root: &Path, args: &[&str]) -> Result<()> {
         ("UDP 64 B", "pps", &udp),
     ] {
         let mut j = serde_json::Map::new();
+        let noise = baseline_noise(&r.values["baseline"]);
+        j.insert("baseline_noise".into(), json!(noise));
         for v in Variant::ALL {
+            let none = Vec::new();
             let (med, min, max) = stats(&r.values[v.key()]);
-            let (cpu, _, _) = stats(&r.cpu[v.key()]);
-            let (ev, _, _) = stats(&r.events[v.key()]);
-            let ratio = paired_ratio(&r.values[v.key()], &r.values["baseline"]);
+            let (cpu, _, _) = stats(r.cpu.get(v.key()).unwrap_or(&none));
+            let (ev, _, _) = stats(r.events.get(v.key()).unwrap_or(&none));
+            let ratios = r.ratios.get(v.key()).unwrap_or(&none);
+            let ratio = if v == Variant::Baseline {
+                1.0
+            } else {
+                stats(ratios).0
+            };
             let loss = 1.0 - ratio;
             let (target, ok) = match v {
                 Variant::Watch => ("loss <= 1%", Some(loss <= 0.01)),
@@ -1389,7 +1524,7 @@ pub fn run(root: &Path, args: &[&str]) -> Result<()> {
                 &fmt(min),
                 &fmt(max),
                 &if v == Variant::Baseline {
-                    String::new()
+                    format!("noise {:.1}%", noise * 100.0)
                 } else {
                     format!("{:+.1}%", (ratio - 1.0) * 100.0)
                 },
@@ -1402,7 +1537,8 @@ pub fn run(root: &Path, args: &[&str]) -> Result<()> {
             j.insert(
                 v.key().into(),
                 json!({"values": r.values[v.key()], "median": med, "min": min, "max": max,
-                       "ratio": ratio, "observer_cpu_s_median": cpu, "drop_events_median": ev}),
+                       "ratios": ratios, "ratio": ratio,
+                       "observer_cpu_s_median": cpu, "drop_events_median": ev}),
             );
         }
         report[if unit == "pps" {
@@ -1686,13 +1822,42 @@ mod tests {
     use super::*;
 
     #[test]
-    fn a_ratio_pairs_each_round_with_its_own_baseline() {
-        // The host drifts from 100 to 200 between rounds; the variant costs
-        // 2 % in each. Medians alone would see +50 % or -33 %.
-        let base = [100.0, 200.0, 150.0];
-        let variant = [98.0, 196.0, 147.0];
-        assert!((paired_ratio(&variant, &base) - 0.98).abs() < 1e-9);
-        // A round without a baseline figure is left out, not divided by.
-        assert!((paired_ratio(&[98.0, 5.0], &[100.0, 0.0]) - 0.98).abs() < 1e-9);
+    fn a_variant_is_judged_against_the_baselines_around_it() {
+        use Variant::*;
+        // The flow drifts from 100 to 120 over the round; each variant
+        // costs 2 % of where the flow stood. Against the round's first
+        // baseline the last one would look 16 % faster.
+        let phases = [
+            (Baseline, 100.0),
+            (Watch, 102.9),
+            (Baseline, 110.0),
+            (Diagnose, 112.7),
+            (Baseline, 120.0),
+        ];
+        let r = sandwich_ratios(&phases);
+        assert_eq!(r.len(), 2);
+        assert_eq!(r[0].0, Watch);
+        assert!((r[0].1 - 0.98).abs() < 1e-9, "{}", r[0].1);
+        assert_eq!(r[1].0, Diagnose);
+        assert!((r[1].1 - 0.98).abs() < 1e-9, "{}", r[1].1);
+        // A phase without a baseline on both sides is not judged, and a
+        // baseline of zero (a dead flow) is not divided by.
+        assert!(sandwich_ratios(&[(Baseline, 100.0), (Watch, 90.0)]).is_empty());
+        assert!(sandwich_ratios(&[(Baseline, 0.0), (Watch, 9.0), (Baseline, 0.0)]).is_empty());
+    }
+
+    #[test]
+    fn baseline_noise_is_the_median_step_between_neighbours() {
+        // Steps of +2 %, -2 %, +10 %: the median ignores the one outlier.
+        let b = [100.0, 102.0, 99.96, 109.956];
+        assert!((baseline_noise(&b) - 0.02).abs() < 1e-6);
+    }
+
+    #[test]
+    fn net_dev_lines_parse_by_name() {
+        let pid = std::process::id();
+        let (bytes, packets) = netdev_rx(pid, "lo").unwrap();
+        assert!(bytes >= packets);
+        assert!(netdev_rx(pid, "no-such-dev0").is_err());
     }
 }
