@@ -876,12 +876,46 @@ pub fn syn_xmit(ctx: BtfTracePointContext) -> i32 {
     0
 }
 
+/// The largest MTU of a device (loopback aside) that transmitted a packet
+/// short enough to be a SYN, since the program was loaded.
+#[map]
+static MTU_SEEN: Array<u32> = Array::with_max_entries(1, 0);
+
+/// Loopback's ifindex in every netns.
+const LOOPBACK_IFINDEX: i32 = 1;
+
 #[inline(always)]
 unsafe fn on_xmit(skb: *const u8, dev: *const u8) {
     // A SYN is at most 14 + 60 (IPv6 with a few options) + 60 bytes.
     // Runs for every transmitted packet: one direct load decides.
     let len = Direct::get::<u32>(skb, off!(skb_len)).unwrap_or(u32::MAX);
-    if len > 160 || !packet::maybe_syn::<Direct>(skb) {
+    if len > 160 {
+        return;
+    }
+    // A SYN's MSS is sized for the device that sent it, and that device
+    // transmitted it through here first (in whichever netns). So a device
+    // whose MTU is at least the largest seen so far cannot be outgrown by
+    // a SYN of this host: it returns before any packet read, which is what
+    // this program costs per small packet. On an overlay host the 1500
+    // side skips and the 1450 uplink is still checked. Loopback is left
+    // out: its 64k MTU would make every other device look small. What this
+    // gives up: a SYN from a remote peer whose MSS is above every local
+    // MTU (jumbo frames beyond a 1500 hop of this host).
+    let mtu = dev_mtu::<Direct>(dev);
+    if mtu != 0 {
+        if dev_ifindex::<Direct>(dev) == LOOPBACK_IFINDEX {
+            return;
+        }
+        if let Some(seen) = MTU_SEEN.get_ptr_mut(0) {
+            if mtu >= *seen {
+                if mtu > *seen {
+                    *seen = mtu;
+                }
+                return;
+            }
+        }
+    }
+    if !packet::maybe_syn::<Direct>(skb) {
         return;
     }
     let m = packet::meta::<Direct>(skb);
@@ -889,7 +923,6 @@ unsafe fn on_xmit(skb: *const u8, dev: *const u8) {
     if !packet::parse_with_mss::<Direct>(skb, &m, &mut flow) || flow.proto != IPPROTO_TCP || flow.mss == 0 {
         return;
     }
-    let mtu = dev_mtu::<Direct>(dev);
     let overhead: u32 = if flow.family == FAMILY_V6 { 60 } else { 40 };
     if flow.mss as u32 + overhead <= mtu {
         return;
