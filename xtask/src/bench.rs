@@ -1025,9 +1025,9 @@ fn phase_rate(srv_pid: u32, udp: bool, secs: f64) -> Result<f64> {
         let now = (netdev_rx(srv_pid, "eth0")?, Instant::now());
         let dt = now.1.duration_since(last.1).as_secs_f64();
         samples.push(if udp {
-            (now.0 .1 - last.0 .1) as f64 / dt
+            now.0 .1.saturating_sub(last.0 .1) as f64 / dt
         } else {
-            (now.0 .0 - last.0 .0) as f64 * 8.0 / 1e9 / dt
+            now.0 .0.saturating_sub(last.0 .0) as f64 * 8.0 / 1e9 / dt
         });
         last = now;
     }
