@@ -4,9 +4,14 @@
 
 use serde_json::Value;
 use std::io::{BufRead, BufReader};
+use std::net::{SocketAddr, UdpSocket};
+use std::os::unix::io::AsRawFd;
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::mpsc;
 use std::sync::{Arc, Condvar, Mutex};
+use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 pub use tracer::lab::netlab::Netlab;
@@ -297,4 +302,89 @@ pub fn syn(lab: &Netlab) {
         "client",
         "timeout 2 bash -c 'echo > /dev/tcp/10.99.0.2/8080' 2>/dev/null",
     );
+}
+
+// ----------------------------------------------------------------- floods
+
+extern "C" {
+    fn setns(fd: i32, nstype: i32) -> i32;
+}
+
+const CLONE_NEWNET: i32 = 0x4000_0000;
+
+/// Sender threads blasting 16-byte UDP datagrams from a test namespace.
+pub struct Flood {
+    stop: Arc<AtomicBool>,
+    sent: Arc<AtomicU64>,
+    threads: Vec<JoinHandle<()>>,
+}
+
+/// Two threads in netns `ns` sending to `dst` as fast as they can.
+pub fn flood(ns: &str, dst: &str) -> Flood {
+    flood_at(ns, dst, 2, None)
+}
+
+/// `threads` senders in netns `ns`, each at most `pps` datagrams a second
+/// (as fast as it can when None).
+pub fn flood_at(ns: &str, dst: &str, threads: usize, pps: Option<u64>) -> Flood {
+    let stop = Arc::new(AtomicBool::new(false));
+    let sent = Arc::new(AtomicU64::new(0));
+    let dst: SocketAddr = dst.parse().unwrap();
+    let (tx, rx) = mpsc::channel();
+    let n = threads;
+    let threads = (0..n)
+        .map(|_| {
+            let (stop, sent, tx) = (stop.clone(), sent.clone(), tx.clone());
+            let path = format!("/run/netns/{ns}");
+            std::thread::spawn(move || {
+                let f = std::fs::File::open(&path).unwrap();
+                assert_eq!(unsafe { setns(f.as_raw_fd(), CLONE_NEWNET) }, 0, "setns");
+                let s = UdpSocket::bind("0.0.0.0:0").unwrap();
+                tx.send(()).unwrap();
+                let buf = [0u8; 16];
+                let t0 = Instant::now();
+                let mut mine = 0u64;
+                while !stop.load(Ordering::Relaxed) {
+                    for _ in 0..64 {
+                        if s.send_to(&buf, dst).is_ok() {
+                            mine += 1;
+                            sent.fetch_add(1, Ordering::Relaxed);
+                        }
+                    }
+                    if let Some(pps) = pps {
+                        let due = Duration::from_secs_f64(mine as f64 / pps as f64);
+                        std::thread::sleep(due.saturating_sub(t0.elapsed()));
+                    }
+                }
+            })
+        })
+        .collect();
+    for _ in 0..n {
+        rx.recv_timeout(Duration::from_secs(5))
+            .expect("flood thread started");
+    }
+    Flood {
+        stop,
+        sent,
+        threads,
+    }
+}
+
+impl Flood {
+    pub fn stop(mut self) -> u64 {
+        self.halt();
+        self.sent.load(Ordering::Relaxed)
+    }
+    fn halt(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        for t in self.threads.drain(..) {
+            let _ = t.join();
+        }
+    }
+}
+
+impl Drop for Flood {
+    fn drop(&mut self) {
+        self.halt();
+    }
 }

@@ -15,24 +15,19 @@
 use serde_json::Value;
 use std::collections::BTreeSet;
 use std::io::Read;
-use std::net::{SocketAddr, UdpSocket};
-use std::os::unix::io::AsRawFd;
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{mpsc, Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
-use tracer_tests::{prefix, tracer_bin, Netlab};
+use tracer_tests::{flood, prefix, tracer_bin, Netlab};
 
 extern "C" {
-    fn setns(fd: i32, nstype: i32) -> i32;
     fn kill(pid: i32, sig: i32) -> i32;
     fn syscall(num: i64, ...) -> i64;
     fn close(fd: i32) -> i32;
 }
 
-const CLONE_NEWNET: i32 = 0x4000_0000;
 const SIGHUP: i32 = 1;
 const SIGINT: i32 = 2;
 const SIGKILL: i32 = 9;
@@ -60,68 +55,6 @@ fn pair_lab(test: &str) -> Netlab {
     lab.exec("b", "ip addr add 10.203.0.2/24 dev eth0").unwrap();
     lab.exec("a", "ping -c1 -W2 10.203.0.2 >/dev/null").unwrap();
     lab
-}
-
-struct Flood {
-    stop: Arc<AtomicBool>,
-    sent: Arc<AtomicU64>,
-    threads: Vec<JoinHandle<()>>,
-}
-
-/// Two threads in netns `ns` sending to `dst` as fast as they can.
-fn flood(ns: &str, dst: &str) -> Flood {
-    let stop = Arc::new(AtomicBool::new(false));
-    let sent = Arc::new(AtomicU64::new(0));
-    let dst: SocketAddr = dst.parse().unwrap();
-    let (tx, rx) = mpsc::channel();
-    let threads = (0..2)
-        .map(|_| {
-            let (stop, sent, tx) = (stop.clone(), sent.clone(), tx.clone());
-            let path = format!("/run/netns/{ns}");
-            std::thread::spawn(move || {
-                let f = std::fs::File::open(&path).unwrap();
-                assert_eq!(unsafe { setns(f.as_raw_fd(), CLONE_NEWNET) }, 0, "setns");
-                let s = UdpSocket::bind("0.0.0.0:0").unwrap();
-                tx.send(()).unwrap();
-                let buf = [0u8; 16];
-                while !stop.load(Ordering::Relaxed) {
-                    for _ in 0..64 {
-                        if s.send_to(&buf, dst).is_ok() {
-                            sent.fetch_add(1, Ordering::Relaxed);
-                        }
-                    }
-                }
-            })
-        })
-        .collect();
-    for _ in 0..2 {
-        rx.recv_timeout(Duration::from_secs(5))
-            .expect("flood thread started");
-    }
-    Flood {
-        stop,
-        sent,
-        threads,
-    }
-}
-
-impl Flood {
-    fn stop(mut self) -> u64 {
-        self.halt();
-        self.sent.load(Ordering::Relaxed)
-    }
-    fn halt(&mut self) {
-        self.stop.store(true, Ordering::Relaxed);
-        for t in self.threads.drain(..) {
-            let _ = t.join();
-        }
-    }
-}
-
-impl Drop for Flood {
-    fn drop(&mut self) {
-        self.halt();
-    }
 }
 
 /// `Udp: NoPorts` of a namespace: datagrams the kernel dropped for want of

@@ -11,7 +11,9 @@ use crate::host::netns;
 use crate::host::topology::Topology;
 use crate::kernel::btf::KernelBtf;
 use crate::kernel::probes::{DropHook, ProbeConfig, Probes};
+use crate::kernel::route_gate::RouteGate;
 use crate::kernel::shed::StormShed;
+use crate::kernel::syn_gate::SynGate;
 use crate::sinks::pcapng::PcapSink;
 use crate::sinks::{Format, Output, Summary};
 use anyhow::{anyhow, bail, Result};
@@ -529,6 +531,7 @@ impl Tracer {
             count,
             shown: 0,
             not_shown: 0,
+            records: 0,
         };
         // Lost events counted before --count was reached; the kernel's
         // count after that is of events nobody asked for.
@@ -536,6 +539,8 @@ impl Tracer {
         let mut broken_pipe = false;
         let mut aggregator = Aggregator::default();
         let mut shed = StormShed::default();
+        let mut syn_gate = SynGate::start(&probes, session.netns.clone());
+        let mut route_gate = RouteGate::new(&probes);
         let mut ticks: u32 = 0;
         loop {
             tokio::select! {
@@ -549,6 +554,8 @@ impl Tracer {
                     session.namer.topology.set_clock(Instant::now());
                     session.namer.topology.sweep();
                     shed.tick(&mut probes);
+                    syn_gate.tick(&mut probes);
+                    route_gate.tick(&mut probes);
                     ticks += 1;
                     let aggregates = if ticks.is_multiple_of(AGG_TICKS) {
                         // Live counters for a long run (`tracer agent`).
@@ -574,7 +581,11 @@ impl Tracer {
                     // and ticks must still be served.
                     let batch_start = Instant::now();
                     session.namer.topology.set_clock(batch_start);
+                    let before = pump.records;
                     let r = pump.batch(rb, &mut session, Some(batch_start));
+                    if pump.records != before {
+                        route_gate.event(&mut probes);
+                    }
                     let drained = matches!(r, Ok(Batch::Drained));
                     // Keep the readiness while records remain: the ring
                     // buffer only wakes a reader that has caught up.
@@ -616,6 +627,8 @@ impl Tracer {
         // stop and belongs in the output (or, past --count or a closed
         // pipe, in `not_shown`).
         session.summary.storm_paused_ms = shed.total_ms();
+        session.summary.syn_check_parked_ms = syn_gate.parked_ms();
+        session.summary.routes_parked_ms = route_gate.parked_ms();
         probes.detach();
         session.namer.topology.set_clock(Instant::now());
         let rb = events.get_mut();
@@ -718,6 +731,8 @@ struct Pump<'a> {
     /// Drops matched in the kernel but not shown: past --count, or after
     /// the reader closed the pipe.
     not_shown: u64,
+    /// Records read from the ring, of every kind.
+    records: u64,
 }
 
 impl Pump<'_> {
@@ -735,6 +750,7 @@ impl Pump<'_> {
             let Some(item) = rb.next() else {
                 return Ok(Batch::Drained);
             };
+            self.records += 1;
             if kind_of(&item) == KIND_HOP {
                 let done = self.count.is_some_and(|c| self.shown >= c);
                 let r = match crate::events::event::decode_hop(&item) {

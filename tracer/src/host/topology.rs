@@ -183,6 +183,21 @@ impl NsTopology {
         })
     }
 
+    /// Only the links of `ns` (no addresses, routes, sysctls or queues):
+    /// what a scan of every namespace needs, at a fraction of the cost.
+    pub fn read_links(ns: &NetnsInfo) -> anyhow::Result<Vec<Link>> {
+        let inode = ns.inode;
+        netns::run_in(&ns.path, move || -> anyhow::Result<Vec<Link>> {
+            let actual = netns::thread_inode().context("netns of reader thread")?;
+            if actual != inode {
+                bail!("path now opens netns {actual}, not {inode}");
+            }
+            dump_links(&mut Rtnl::open().context("rtnetlink socket")?)
+        })
+        .with_context(|| format!("cannot enter netns {}", ns.path.display()))?
+        .with_context(|| format!("reading links of netns {}", ns.label()))
+    }
+
     /// Same namespace contents (when it was read aside).
     pub fn same_as(&self, other: &NsTopology) -> bool {
         self.inode == other.inode

@@ -3,5 +3,7 @@
 //! struct offsets; kallsyms: function names).
 pub mod btf;
 pub mod probes;
+pub mod route_gate;
 pub mod shed;
 pub mod symbols;
+pub mod syn_gate;

@@ -127,6 +127,10 @@ pub struct Probes {
     /// links while attached: detached during a drop storm (see `shed`).
     sheddable: Vec<(&'static str, Option<BtfTracePointLinkId>)>,
     shedding: bool,
+    /// Per-packet programs a gate has detached because they could find
+    /// nothing now (`syn_gate`, `route_gate`): a storm's end does not
+    /// attach them again.
+    parked: Vec<&'static str>,
 }
 
 /// Fails with one clear line unless we may load tracing programs.
@@ -427,6 +431,7 @@ impl Probes {
             warnings,
             sheddable,
             shedding: false,
+            parked: Vec::new(),
         })
     }
 
@@ -449,31 +454,65 @@ impl Probes {
     /// storm's own flows had their lookups stored before it began, and the
     /// map keeps them. Returns whether anything changed.
     pub fn shed(&mut self, on: bool) -> bool {
-        if on == self.shedding || self.sheddable.is_empty() {
+        if on == self.shedding || self.sheddable.is_empty() || self.ebpf.is_none() {
             return false;
         }
-        let Some(ebpf) = self.ebpf.as_mut() else {
-            return false;
-        };
-        for (prog, link) in &mut self.sheddable {
-            let Some(p) = ebpf
-                .program_mut(prog)
-                .and_then(|p| <&mut BtfTracePoint>::try_from(p).ok())
-            else {
-                continue;
-            };
-            if on {
-                if let Some(id) = link.take() {
-                    let _ = p.detach(id);
-                }
-            } else if link.is_none() {
-                *link = p.attach().ok();
-            }
+        for i in 0..self.sheddable.len() {
+            let want = !on && !self.parked.contains(&self.sheddable[i].0);
+            self.sync_link(i, want);
         }
         // A program that would not attach again keeps us shedding, so the
         // next call retries instead of losing route tracing for good.
-        self.shedding = on || self.sheddable.iter().any(|(_, l)| l.is_none());
+        self.shedding = on
+            || self
+                .sheddable
+                .iter()
+                .any(|(p, l)| l.is_none() && !self.parked.contains(p));
         true
+    }
+
+    /// Parks (detaches) per-packet programs, or attaches them again, as a
+    /// gate decides. Idempotent; while a storm is being shed, the shed's
+    /// end attaches what is wanted then.
+    pub fn park(&mut self, progs: &[&'static str], park: bool) {
+        for prog in progs {
+            self.parked.retain(|p| p != prog);
+            if park {
+                self.parked.push(prog);
+            }
+            if self.shedding {
+                continue;
+            }
+            if let Some(i) = self.sheddable.iter().position(|(p, _)| p == prog) {
+                self.sync_link(i, !park);
+            }
+        }
+    }
+
+    /// Whether `prog` is parked (see `park`).
+    pub fn is_parked(&self, prog: &str) -> bool {
+        self.parked.contains(&prog)
+    }
+
+    /// Attaches or detaches the `i`th sheddable program to match `want`.
+    fn sync_link(&mut self, i: usize, want: bool) {
+        let Some(ebpf) = self.ebpf.as_mut() else {
+            return;
+        };
+        let (prog, link) = &mut self.sheddable[i];
+        let Some(p) = ebpf
+            .program_mut(prog)
+            .and_then(|p| <&mut BtfTracePoint>::try_from(p).ok())
+        else {
+            return;
+        };
+        if !want {
+            if let Some(id) = link.take() {
+                let _ = p.detach(id);
+            }
+        } else if link.is_none() {
+            *link = p.attach().ok();
+        }
     }
 
     /// Whether some per-packet program is detached (see `shed`).

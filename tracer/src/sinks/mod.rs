@@ -299,6 +299,18 @@ impl Output {
                 s.storm_paused_ms as f64 / 1000.0
             ));
         }
+        if s.routes_parked_ms > 0 {
+            lines.push(format!(
+                "    route lookups parked {:.1}s: the host was busy and nothing dropped (a drop traces them again)",
+                s.routes_parked_ms as f64 / 1000.0
+            ));
+        }
+        if s.syn_check_parked_ms > 0 {
+            lines.push(format!(
+                "    SYN/MSS check parked {:.1}s: no connected devices mixed MTUs, so no SYN could outgrow one",
+                s.syn_check_parked_ms as f64 / 1000.0
+            ));
+        }
         if s.kernel.recursion_misses > 0 {
             lines.push(self.paint(
                 RED,
@@ -414,6 +426,14 @@ pub struct Summary {
     /// because the kernel was aggregating a drop storm (`diagnose`).
     #[serde(skip_serializing_if = "is_zero")]
     pub storm_paused_ms: u64,
+    /// Milliseconds the SYN check was detached because no connected
+    /// devices mixed MTUs, so no SYN could be flagged (`diagnose`).
+    #[serde(skip_serializing_if = "is_zero")]
+    pub syn_check_parked_ms: u64,
+    /// Milliseconds the route-lookup programs were detached because the
+    /// host was busy and nothing had happened for a while (`diagnose`).
+    #[serde(skip_serializing_if = "is_zero")]
+    pub routes_parked_ms: u64,
     pub duration_s: f64,
     pub kernel: KernelStats,
 }

@@ -1,0 +1,279 @@
+//! Whether connected devices on this host mix MTUs: the only place the
+//! kernel's SYN check (`syn_xmit`) can find anything.
+//!
+//! The check flags a SYN whose MSS the device it leaves by cannot carry. A
+//! SYN's MSS is sized for the device its sender used, so where every set of
+//! connected devices shares one MTU no SYN of this host can be flagged,
+//! and the check is pure cost: a program call for every transmitted packet
+//! (two per forwarded one). `kernel::syn_gate` parks it while this module
+//! answers "no mix".
+//!
+//! Connected means: devices of one namespace (the kernel routes or bridges
+//! between them), and namespaces joined by a link that crosses them (a veth
+//! pair, or a macvlan/ipvlan/vlan whose lower device lives elsewhere).
+//! Loopback and devices that are down transmit nothing to others and don't
+//! count.
+
+use std::collections::HashMap;
+
+use crate::host::netns;
+use crate::host::topology::{Link, NsTopology};
+
+/// The links of one namespace.
+#[derive(Clone, Debug)]
+pub struct NsLinks {
+    pub inode: u32,
+    pub label: String,
+    pub links: Vec<Link>,
+}
+
+/// Two connected devices with different MTUs: why the check stays on.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Mix {
+    pub a: String,
+    pub a_mtu: u32,
+    pub b: String,
+    pub b_mtu: u32,
+}
+
+impl std::fmt::Display for Mix {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "{} (MTU {}) and {} (MTU {})",
+            self.a, self.a_mtu, self.b, self.b_mtu
+        )
+    }
+}
+
+/// Loopback's ifindex in every namespace (it registers first).
+const LOOPBACK_IFINDEX: i32 = 1;
+
+/// Reads the links of every namespace. A namespace that goes away during
+/// the scan is left out; one that stays and cannot be read is an error,
+/// and the caller must then assume a mix.
+pub fn scan() -> anyhow::Result<Vec<NsLinks>> {
+    let mut out = Vec::new();
+    for ns in netns::list() {
+        match NsTopology::read_links(&ns) {
+            Ok(links) => out.push(NsLinks {
+                inode: ns.inode,
+                label: ns.label(),
+                links,
+            }),
+            Err(_) if !still_there(&ns) => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(out)
+}
+
+/// Whether the path still opens the same namespace.
+fn still_there(ns: &netns::NetnsInfo) -> bool {
+    use std::os::unix::fs::MetadataExt;
+    std::fs::metadata(&ns.path).is_ok_and(|m| m.ino() == u64::from(ns.inode))
+}
+
+/// The first pair of connected devices (up, loopback aside) whose MTUs
+/// differ, among the sets that reach a namespace of `watched` (all when it
+/// is empty); None when there is none.
+pub fn find_mix(all: &[NsLinks], watched: &[u32]) -> Option<Mix> {
+    let mut sets = Sets::new(all.len());
+    // ifindex -> (namespace, link) of every device, to find the other end
+    // of a link that crosses namespaces. Ifindexes repeat between
+    // namespaces, so a link may match devices in several: joining them
+    // all can only keep the check on, never turn it off wrongly.
+    let mut by_ifindex: HashMap<i32, Vec<(usize, &Link)>> = HashMap::new();
+    for (n, ns) in all.iter().enumerate() {
+        for l in &ns.links {
+            by_ifindex.entry(l.ifindex).or_default().push((n, l));
+        }
+    }
+    for (n, ns) in all.iter().enumerate() {
+        for l in &ns.links {
+            let (Some(peer), Some(_)) = (l.link, l.link_netnsid) else {
+                continue;
+            };
+            let Some(cands) = by_ifindex.get(&peer) else {
+                continue;
+            };
+            let others = cands.iter().filter(|(m, _)| *m != n);
+            // A veth's peer points back at it; a lower device doesn't.
+            let mutual: Vec<usize> = others
+                .clone()
+                .filter(|(_, o)| o.link == Some(l.ifindex) && o.link_netnsid.is_some())
+                .map(|(m, _)| *m)
+                .collect();
+            if mutual.is_empty() {
+                others.for_each(|(m, _)| sets.join(n, *m));
+            } else {
+                mutual.into_iter().for_each(|m| sets.join(n, m));
+            }
+        }
+    }
+    // The first device of each set, then the first that differs from it.
+    let mut first: HashMap<usize, (String, u32)> = HashMap::new();
+    for (n, ns) in all.iter().enumerate() {
+        let root = sets.root(n);
+        for l in ns.links.iter().filter(|l| counts(l)) {
+            let name = format!("{} in {}", l.name, ns.label);
+            match first.get(&root) {
+                None => {
+                    first.insert(root, (name, l.mtu));
+                }
+                Some((a, a_mtu)) if *a_mtu != l.mtu => {
+                    let reaches_watched = watched.is_empty()
+                        || all
+                            .iter()
+                            .enumerate()
+                            .any(|(m, o)| watched.contains(&o.inode) && sets.root(m) == root);
+                    if reaches_watched {
+                        return Some(Mix {
+                            a: a.clone(),
+                            a_mtu: *a_mtu,
+                            b: name,
+                            b_mtu: l.mtu,
+                        });
+                    }
+                }
+                Some(_) => {}
+            }
+        }
+    }
+    None
+}
+
+/// Whether a device can carry a SYN to another device.
+fn counts(l: &Link) -> bool {
+    l.up && l.ifindex != LOOPBACK_IFINDEX && l.mtu != 0
+}
+
+/// Union-find over namespace indexes.
+struct Sets(Vec<usize>);
+
+impl Sets {
+    fn new(n: usize) -> Self {
+        Sets((0..n).collect())
+    }
+
+    fn root(&mut self, mut i: usize) -> usize {
+        while self.0[i] != i {
+            self.0[i] = self.0[self.0[i]];
+            i = self.0[i];
+        }
+        i
+    }
+
+    fn join(&mut self, a: usize, b: usize) {
+        let (ra, rb) = (self.root(a), self.root(b));
+        self.0[ra] = rb;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn link(ifindex: i32, name: &str, mtu: u32, peer: Option<i32>) -> Link {
+        Link {
+            ifindex,
+            name: name.into(),
+            kind: None,
+            mtu,
+            up: true,
+            master: None,
+            link: peer,
+            link_netnsid: peer.map(|_| 0),
+            peer_netns: None,
+            addrs: Vec::new(),
+            txqlen: 0,
+        }
+    }
+
+    fn ns(inode: u32, links: Vec<Link>) -> NsLinks {
+        let mut all = vec![link(1, "lo", 65536, None)];
+        all.extend(links);
+        NsLinks {
+            inode,
+            label: format!("ns{inode}"),
+            links: all,
+        }
+    }
+
+    #[test]
+    fn uniform_namespaces_do_not_mix_even_when_the_host_does() {
+        // This VM: eth0 1400 alone in the root; a lab of 1500 veths apart.
+        let host = [
+            ns(10, vec![link(2, "eth0", 1400, None)]),
+            ns(20, vec![link(2, "eth0", 1500, Some(2))]),
+            ns(
+                21,
+                vec![
+                    link(2, "eth0", 1500, Some(2)),
+                    link(3, "eth1", 1500, Some(2)),
+                ],
+            ),
+            ns(22, vec![link(2, "eth0", 1500, Some(3))]),
+        ];
+        assert_eq!(find_mix(&host, &[]), None);
+    }
+
+    #[test]
+    fn the_overlay_host_mixes_in_its_root_namespace() {
+        let host = [
+            ns(
+                10,
+                vec![
+                    link(2, "eth0", 1450, None),
+                    link(3, "docker0", 1500, None),
+                    link(7, "veth1a", 1500, Some(2)),
+                ],
+            ),
+            ns(30, vec![link(2, "eth0", 1500, Some(7))]),
+        ];
+        let m = find_mix(&host, &[]).expect("1450 uplink beside a 1500 bridge");
+        assert_eq!((m.a_mtu, m.b_mtu), (1450, 1500));
+        assert!(m.to_string().contains("docker0 in ns10"), "{m}");
+        // Watching only the container still reaches the root through its veth.
+        assert!(find_mix(&host, &[30]).is_some());
+    }
+
+    #[test]
+    fn a_veth_pair_with_two_mtus_mixes_across_namespaces() {
+        let host = [
+            ns(20, vec![link(2, "eth0", 1500, Some(5))]),
+            ns(21, vec![link(5, "eth0", 1400, Some(2))]),
+            ns(22, vec![link(2, "eth0", 9000, None)]),
+        ];
+        let m = find_mix(&host, &[]).expect("the pair's ends differ");
+        assert_eq!((m.a_mtu, m.b_mtu), (1500, 1400));
+        // Only the pair's ends are joined: not an unrelated namespace
+        // whose device happens to have ifindex 2.
+        assert_eq!(find_mix(&host, &[22]), None);
+    }
+
+    #[test]
+    fn down_devices_and_loopback_do_not_count() {
+        let mut ifb = link(3, "ifb0", 1500, None);
+        ifb.up = false;
+        let host = [ns(10, vec![link(2, "eth0", 1400, None), ifb])];
+        assert_eq!(find_mix(&host, &[]), None);
+    }
+
+    #[test]
+    fn a_lower_device_elsewhere_joins_its_namespace() {
+        // A macvlan in a container over the host's 9000 MTU NIC.
+        let host = [
+            ns(10, vec![link(4, "ens5", 9000, None)]),
+            ns(30, vec![link(2, "mv0", 1500, Some(4))]),
+        ];
+        assert!(find_mix(&host, &[30]).is_some());
+    }
+
+    #[test]
+    fn this_host_scans() {
+        let all = scan().expect("every namespace readable as root");
+        let own = netns::own_inode().unwrap();
+        assert!(all.iter().any(|n| n.inode == own && !n.links.is_empty()));
+    }
+}

@@ -1,0 +1,106 @@
+//! The SYN check runs only where it can find something: while no connected
+//! devices on the host mix MTUs (`host::mtu_mix`), its program is parked.
+//!
+//! Why: `net_dev_start_xmit` fires for every transmitted packet, twice for
+//! a forwarded one, and a program call costs its dispatch even when it
+//! returns at once. In 64-byte forwarding that was 2.5 % of the packet rate
+//! on this VM, on hosts where no SYN could ever be flagged. On the overlay
+//! host (a 1450 uplink beside a 1500 bridge) the check stays attached.
+//!
+//! It starts attached, so nothing is missed before the first scan. A
+//! thread rescans every namespace's links every [`RESCAN`] (about half a
+//! millisecond per namespace here) and the tick applies the answer. What
+//! this gives up: when a run is already going and a mix appears (a device's
+//! MTU changes, a namespace is joined), SYNs crossing it in the first
+//! [`RESCAN`] are not checked.
+
+use std::sync::mpsc::{self, Receiver, TryRecvError};
+use std::time::{Duration, Instant};
+
+use crate::host::mtu_mix;
+use crate::kernel::probes::Probes;
+use tracer_abi::names;
+
+/// How often the host's links are read again.
+pub const RESCAN: Duration = Duration::from_secs(2);
+
+pub struct SynGate {
+    answers: Option<Receiver<Option<String>>>,
+    parked_since: Option<Instant>,
+    parked: Duration,
+    /// Why the check is attached (two connected devices and their MTUs),
+    /// from the last scan.
+    pub mix: Option<String>,
+}
+
+impl SynGate {
+    /// Starts scanning when the SYN check is attached; `watched` are the
+    /// namespaces the run is limited to (empty: all).
+    pub fn start(probes: &Probes, watched: Vec<u32>) -> SynGate {
+        let answers = probes.syn_attached.then(|| {
+            let (tx, rx) = mpsc::channel();
+            let spawned = std::thread::Builder::new()
+                .name("mtu-scan".into())
+                .spawn(move || loop {
+                    // A namespace that cannot be read might be the one
+                    // that mixes: keep the check on.
+                    let answer = match mtu_mix::scan() {
+                        Ok(all) => mtu_mix::find_mix(&all, &watched).map(|m| m.to_string()),
+                        Err(e) => Some(format!("unknown ({e:#})")),
+                    };
+                    // The run ended: nobody listens any more.
+                    if tx.send(answer).is_err() {
+                        return;
+                    }
+                    std::thread::sleep(RESCAN);
+                });
+            spawned.ok().map(|_| rx)
+        });
+        SynGate {
+            answers: answers.flatten(),
+            parked_since: None,
+            parked: Duration::ZERO,
+            mix: None,
+        }
+    }
+
+    /// Applies the latest answer, if a scan finished since the last tick.
+    pub fn tick(&mut self, probes: &mut Probes) {
+        let Some(rx) = &self.answers else {
+            return;
+        };
+        let mut latest = None;
+        loop {
+            match rx.try_recv() {
+                Ok(a) => latest = Some(a),
+                Err(TryRecvError::Empty) => break,
+                // The scanner is gone: leave the check attached for good.
+                Err(TryRecvError::Disconnected) => {
+                    latest = Some(Some("unknown (the scan stopped)".into()));
+                    self.answers = None;
+                    break;
+                }
+            }
+        }
+        let Some(mix) = latest else {
+            return;
+        };
+        let park = mix.is_none();
+        probes.park(&[names::PROG_SYN_XMIT], park);
+        match (park, self.parked_since) {
+            (true, None) => self.parked_since = Some(Instant::now()),
+            (false, Some(t)) => {
+                self.parked += t.elapsed();
+                self.parked_since = None;
+            }
+            _ => {}
+        }
+        self.mix = mix;
+    }
+
+    /// Milliseconds the check was parked, the current period included.
+    pub fn parked_ms(&self) -> u64 {
+        (self.parked + self.parked_since.map(|t| t.elapsed()).unwrap_or_default()).as_millis()
+            as u64
+    }
+}
