@@ -35,8 +35,8 @@
 //! Output: a table with each figure's target and PASS/MISS, and
 //! `target/bench/report.json`.
 //!
-//! Duration on a 2-core VM: the default run takes about 15 minutes
-//! (5 datapath rounds of about 50 s each for TCP and UDP, 3 rounds x 2
+//! Duration on a 2-core VM: the default run takes about 16 minutes
+//! (5 datapath rounds of about 60 s each for TCP and UDP, 3 rounds x 2
 //! x 8 s storms, plus a 60 s memory storm); `--quick` about 5 minutes (3
 //! datapath rounds of shorter phases and 2 storm rounds, 3 s each).
 

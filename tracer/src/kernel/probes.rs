@@ -489,11 +489,6 @@ impl Probes {
         }
     }
 
-    /// Whether `prog` is parked (see `park`).
-    pub fn is_parked(&self, prog: &str) -> bool {
-        self.parked.contains(&prog)
-    }
-
     /// Attaches or detaches the `i`th sheddable program to match `want`.
     fn sync_link(&mut self, i: usize, want: bool) {
         let Some(ebpf) = self.ebpf.as_mut() else {
