@@ -887,7 +887,8 @@ const LOOPBACK_IFINDEX: i32 = 1;
 #[inline(always)]
 unsafe fn on_xmit(skb: *const u8, dev: *const u8) {
     // A SYN is at most 14 + 60 (IPv6 with a few options) + 60 bytes.
-    // Runs for every transmitted packet: one direct load decides.
+    // Runs for every transmitted packet while attached (userspace parks it
+    // where no connected devices mix MTUs): a long one costs one load.
     let len = Direct::get::<u32>(skb, off!(skb_len)).unwrap_or(u32::MAX);
     if len > 160 {
         return;

@@ -556,6 +556,7 @@ impl Tracer {
                     shed.tick(&mut probes);
                     syn_gate.tick(&mut probes);
                     route_gate.tick(&mut probes);
+                    probes.heal();
                     ticks += 1;
                     let aggregates = if ticks.is_multiple_of(AGG_TICKS) {
                         // Live counters for a long run (`tracer agent`).
@@ -701,7 +702,7 @@ fn report_aggregates(
     let recs = aggregator.poll(
         probes.aggregate_counts(),
         &mut session.namer,
-        crate::events::event::monotonic_ns(),
+        crate::kernel::clock::monotonic_ns(),
     );
     for r in &recs {
         session.summary.count_aggregate(r);

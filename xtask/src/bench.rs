@@ -37,7 +37,7 @@
 //!
 //! Duration on a 2-core VM: the default run takes about 16 minutes
 //! (5 datapath rounds of about 60 s each for TCP and UDP, 3 rounds x 2
-//! x 8 s storms, plus a 60 s memory storm); `--quick` about 5 minutes (3
+//! x 8 s storms, plus a 60 s memory storm); `--quick` about 6 minutes (3
 //! datapath rounds of shorter phases and 2 storm rounds, 3 s each).
 
 use anyhow::{anyhow, bail, Context, Result};
@@ -1059,6 +1059,13 @@ struct DatapathResult {
     events: BTreeMap<&'static str, Vec<f64>>,
 }
 
+/// The key of `diagnose` measured while it traces route lookups.
+const DIAGNOSE_ARMED: &str = "diagnose_armed";
+
+/// When a diagnose phase measures its steady state, after `ready`: the
+/// route gate's 5 s of quiet, its 250 ms tick, and a margin.
+const QUIET_AFTER_S: f64 = 6.0;
+
 /// Each round is one long flow, pinned (see `cpus`); the observers
 /// come and go on it in phases, baseline between every two:
 /// `B V1 B V2 B V3 B V4 B`, the variant order rotating between rounds.
@@ -1069,13 +1076,6 @@ struct DatapathResult {
 /// 2 % of itself. What a variant adds in the kernel runs in the flow's
 /// own context on the pinned CPU and shows in full; its userspace runs
 /// wherever the scheduler puts it and its CPU time is reported.
-/// The key of `diagnose` measured while it traces route lookups.
-const DIAGNOSE_ARMED: &str = "diagnose_armed";
-
-/// When a diagnose phase measures its steady state, after `ready`: the
-/// route gate's 5 s of quiet, its 250 ms tick, and a margin.
-const QUIET_AFTER_S: f64 = 6.0;
-
 fn datapath(ctx: &Ctx, lab: &Lab, srv_pid: u32, udp: bool) -> Result<DatapathResult> {
     let (settle, measure) = match (ctx.quick, udp) {
         (true, _) => (1.0, 2.0),
@@ -1139,7 +1139,10 @@ fn datapath(ctx: &Ctx, lab: &Lab, srv_pid: u32, udp: bool) -> Result<DatapathRes
                 None => (0.0, 0.0, None),
             };
             if v == Variant::Diagnose && parked.is_some_and(|(r, _)| r == 0) {
-                bail!("diagnose never parked its route lookups: the quiet phase measured them");
+                eprintln!(
+                    "bench: WARNING: diagnose never parked its route lookups (an event, or \
+                     under 20k packets/s): its steady-state figure measured them"
+                );
             }
             eprintln!(
                 "bench: {} round {} {:<18} {:>10.3} {}  (observer cpu {cpu_s:.2} s, {ev} drop events{})",

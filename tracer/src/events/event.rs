@@ -5,6 +5,7 @@ use super::protocols::tcp_mss;
 use crate::host::containers::{ContainerRef, Containers};
 use crate::host::topology::{IfName, Topology};
 use crate::kernel::btf::Reasons;
+use crate::kernel::clock::clock_ns;
 use crate::kernel::probes::RouteTable;
 use crate::kernel::symbols::Symbols;
 use serde::{Deserialize, Deserializer, Serialize};
@@ -543,21 +544,6 @@ impl SymbolsSlot {
     }
 }
 
-fn clock_ns(id: libc::clockid_t) -> i128 {
-    let mut ts = libc::timespec {
-        tv_sec: 0,
-        tv_nsec: 0,
-    };
-    // SAFETY: clock_gettime writes into the timespec we own.
-    unsafe { libc::clock_gettime(id, &mut ts) };
-    ts.tv_sec as i128 * 1_000_000_000 + ts.tv_nsec as i128
-}
-
-/// Kernel monotonic time now, the clock of event timestamps.
-pub fn monotonic_ns() -> u64 {
-    clock_ns(libc::CLOCK_MONOTONIC) as u64
-}
-
 impl Namer {
     /// kallsyms is read on a background thread (see `SymbolsSlot`).
     pub fn loading_symbols(reasons: Reasons, topology: Topology) -> Self {
@@ -610,7 +596,7 @@ impl Namer {
         dst: Option<IpAddr>,
         src: Option<IpAddr>,
     ) -> Option<RouteRecord> {
-        if h.valid == 0 {
+        if h.valid == 0 || self.routes.as_ref().is_some_and(|t| !t.fresh(h)) {
             return None;
         }
         let ns = if h.netns != 0 { h.netns } else { netns };

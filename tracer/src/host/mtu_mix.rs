@@ -27,22 +27,29 @@ pub struct NsLinks {
     pub links: Vec<Link>,
 }
 
-/// Two connected devices with different MTUs: why the check stays on.
+/// Why the check stays on.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Mix {
-    pub a: String,
-    pub a_mtu: u32,
-    pub b: String,
-    pub b_mtu: u32,
+pub enum Mix {
+    /// Two connected devices with different MTUs.
+    Devices {
+        a: String,
+        a_mtu: u32,
+        b: String,
+        b_mtu: u32,
+    },
+    /// The scan cannot tell: a device's other end, or a watched namespace,
+    /// is in a namespace it could not see.
+    Unknown(String),
 }
 
 impl std::fmt::Display for Mix {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(
-            f,
-            "{} (MTU {}) and {} (MTU {})",
-            self.a, self.a_mtu, self.b, self.b_mtu
-        )
+        match self {
+            Mix::Devices { a, a_mtu, b, b_mtu } => {
+                write!(f, "{a} (MTU {a_mtu}) and {b} (MTU {b_mtu})")
+            }
+            Mix::Unknown(why) => write!(f, "unknown: {why}"),
+        }
     }
 }
 
@@ -76,9 +83,10 @@ fn still_there(ns: &netns::NetnsInfo) -> bool {
 
 /// The first pair of connected devices (up, loopback aside) whose MTUs
 /// differ, among the sets that reach a namespace of `watched` (all when it
-/// is empty); None when there is none.
+/// is empty), or why the scan cannot tell; None when there is none.
 pub fn find_mix(all: &[NsLinks], watched: &[u32]) -> Option<Mix> {
     let mut sets = Sets::new(all.len());
+    let mut unseen = Vec::new();
     // ifindex -> (namespace, link) of every device, to find the other end
     // of a link that crosses namespaces. Ifindexes repeat between
     // namespaces, so a link may match devices in several: joining them
@@ -94,21 +102,53 @@ pub fn find_mix(all: &[NsLinks], watched: &[u32]) -> Option<Mix> {
             let (Some(peer), Some(_)) = (l.link, l.link_netnsid) else {
                 continue;
             };
-            let Some(cands) = by_ifindex.get(&peer) else {
-                continue;
-            };
-            let others = cands.iter().filter(|(m, _)| *m != n);
-            // A veth's peer points back at it; a lower device doesn't.
+            let others: Vec<(usize, &Link)> = by_ifindex
+                .get(&peer)
+                .map(|c| c.iter().filter(|(m, _)| *m != n).copied().collect())
+                .unwrap_or_default();
+            if others.is_empty() && counts(l) {
+                unseen.push((
+                    n,
+                    format!(
+                        "the other end of {} in {} is in a namespace the scan cannot see",
+                        l.name, ns.label
+                    ),
+                ));
+            }
+            // A veth's peer points back at it, which singles it out among
+            // the devices that share its ifindex. A lower device (of a
+            // macvlan, ipvlan, vlan) doesn't: join them all.
             let mutual: Vec<usize> = others
-                .clone()
+                .iter()
                 .filter(|(_, o)| o.link == Some(l.ifindex) && o.link_netnsid.is_some())
                 .map(|(m, _)| *m)
                 .collect();
-            if mutual.is_empty() {
-                others.for_each(|(m, _)| sets.join(n, *m));
-            } else {
+            if l.kind.as_deref() == Some("veth") && !mutual.is_empty() {
                 mutual.into_iter().for_each(|m| sets.join(n, m));
+            } else {
+                others.iter().for_each(|(m, _)| sets.join(n, *m));
             }
+        }
+    }
+    if let Some(w) = watched
+        .iter()
+        .find(|w| !all.iter().any(|ns| ns.inode == **w))
+    {
+        return Some(Mix::Unknown(format!("watched netns {w} was not scanned")));
+    }
+    // A device whose other end is out of sight matters where its own set
+    // reaches a watched namespace (what it connects to would join it).
+    let reaches = |sets: &mut Sets, root: usize| {
+        watched.is_empty()
+            || all
+                .iter()
+                .enumerate()
+                .any(|(m, o)| watched.contains(&o.inode) && sets.root(m) == root)
+    };
+    for (n, why) in unseen {
+        let root = sets.root(n);
+        if reaches(&mut sets, root) {
+            return Some(Mix::Unknown(why));
         }
     }
     // The first device of each set, then the first that differs from it.
@@ -122,13 +162,8 @@ pub fn find_mix(all: &[NsLinks], watched: &[u32]) -> Option<Mix> {
                     first.insert(root, (name, l.mtu));
                 }
                 Some((a, a_mtu)) if *a_mtu != l.mtu => {
-                    let reaches_watched = watched.is_empty()
-                        || all
-                            .iter()
-                            .enumerate()
-                            .any(|(m, o)| watched.contains(&o.inode) && sets.root(m) == root);
-                    if reaches_watched {
-                        return Some(Mix {
+                    if reaches(&mut sets, root) {
+                        return Some(Mix::Devices {
                             a: a.clone(),
                             a_mtu: *a_mtu,
                             b: name,
@@ -174,11 +209,12 @@ impl Sets {
 mod tests {
     use super::*;
 
+    /// A device; with a peer, a veth whose other end is elsewhere.
     fn link(ifindex: i32, name: &str, mtu: u32, peer: Option<i32>) -> Link {
         Link {
             ifindex,
             name: name.into(),
-            kind: None,
+            kind: peer.map(|_| "veth".to_string()),
             mtu,
             up: true,
             master: None,
@@ -187,6 +223,13 @@ mod tests {
             peer_netns: None,
             addrs: Vec::new(),
             txqlen: 0,
+        }
+    }
+
+    fn mtus(m: Option<Mix>) -> (u32, u32) {
+        match m {
+            Some(Mix::Devices { a_mtu, b_mtu, .. }) => (a_mtu, b_mtu),
+            other => panic!("expected two devices, got {other:?}"),
         }
     }
 
@@ -231,9 +274,12 @@ mod tests {
             ),
             ns(30, vec![link(2, "eth0", 1500, Some(7))]),
         ];
-        let m = find_mix(&host, &[]).expect("1450 uplink beside a 1500 bridge");
-        assert_eq!((m.a_mtu, m.b_mtu), (1450, 1500));
-        assert!(m.to_string().contains("docker0 in ns10"), "{m}");
+        let m = find_mix(&host, &[]);
+        assert!(
+            m.as_ref().unwrap().to_string().contains("docker0 in ns10"),
+            "{m:?}"
+        );
+        assert_eq!(mtus(m), (1450, 1500));
         // Watching only the container still reaches the root through its veth.
         assert!(find_mix(&host, &[30]).is_some());
     }
@@ -245,8 +291,7 @@ mod tests {
             ns(21, vec![link(5, "eth0", 1400, Some(2))]),
             ns(22, vec![link(2, "eth0", 9000, None)]),
         ];
-        let m = find_mix(&host, &[]).expect("the pair's ends differ");
-        assert_eq!((m.a_mtu, m.b_mtu), (1500, 1400));
+        assert_eq!(mtus(find_mix(&host, &[])), (1500, 1400));
         // Only the pair's ends are joined: not an unrelated namespace
         // whose device happens to have ifindex 2.
         assert_eq!(find_mix(&host, &[22]), None);
@@ -260,14 +305,45 @@ mod tests {
         assert_eq!(find_mix(&host, &[]), None);
     }
 
+    fn macvlan(ifindex: i32, name: &str, mtu: u32, lower: i32) -> Link {
+        Link {
+            kind: Some("macvlan".into()),
+            ..link(ifindex, name, mtu, Some(lower))
+        }
+    }
+
     #[test]
     fn a_lower_device_elsewhere_joins_its_namespace() {
         // A macvlan in a container over the host's 9000 MTU NIC.
         let host = [
             ns(10, vec![link(4, "ens5", 9000, None)]),
-            ns(30, vec![link(2, "mv0", 1500, Some(4))]),
+            ns(30, vec![macvlan(2, "mv0", 1500, 4)]),
+        ];
+        assert_eq!(mtus(find_mix(&host, &[30])), (9000, 1500));
+        // Elsewhere, a veth at ifindex 4 whose peer has ifindex 2 looks
+        // like it points back at the macvlan: the real lower device must
+        // still be joined.
+        let host = [
+            ns(10, vec![link(4, "ens5", 9000, None)]),
+            ns(20, vec![link(4, "veth4", 1500, Some(2))]),
+            ns(30, vec![macvlan(2, "mv0", 1500, 4)]),
         ];
         assert!(find_mix(&host, &[30]).is_some());
+    }
+
+    #[test]
+    fn what_the_scan_cannot_see_keeps_the_check_on() {
+        // The veth's other end is in a namespace no process or mount holds
+        // where the scan looks.
+        let host = [
+            ns(10, vec![link(7, "veth7", 1500, Some(9))]),
+            ns(20, vec![link(2, "eth0", 1500, None)]),
+        ];
+        assert!(matches!(find_mix(&host, &[]), Some(Mix::Unknown(_))));
+        // Only where it could reach what is watched.
+        assert_eq!(find_mix(&host, &[20]), None);
+        let host = [ns(10, vec![link(2, "eth0", 1500, None)])];
+        assert!(matches!(find_mix(&host, &[99]), Some(Mix::Unknown(_))));
     }
 
     #[test]

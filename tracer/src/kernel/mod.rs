@@ -2,6 +2,7 @@
 //! read what the running kernel says about itself (BTF: drop reasons and
 //! struct offsets; kallsyms: function names).
 pub mod btf;
+pub mod clock;
 pub mod probes;
 pub mod route_gate;
 pub mod shed;

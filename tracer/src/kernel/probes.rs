@@ -10,6 +10,8 @@ use aya::programs::{BtfTracePoint, RawTracePoint, TracePoint};
 use aya::{Btf, Ebpf, EbpfLoader};
 use std::fmt;
 use std::os::fd::AsFd;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 use tracer_abi::{
     names, AggKey, AggSlot, AggVal, Config, Offsets, NO_OFFSET, REASON_EXCLUDE, REASON_INCLUDE,
     REASON_SLOTS,
@@ -87,6 +89,10 @@ type RouteMap = BpfHashMap<MapData, tracer_abi::RouteKey, tracer_abi::RouteHit>;
 pub struct RouteTable {
     latest: RouteMap,
     displaced: Option<RouteMap>,
+    /// Lookups stored before this kernel time are ignored: the route
+    /// programs were parked since, so a flow's stored lookup may be stale
+    /// (see `Probes::forget_routes`).
+    since: Arc<AtomicU64>,
 }
 
 impl RouteTable {
@@ -99,7 +105,14 @@ impl RouteTable {
                 v.push(h);
             }
         }
+        v.retain(|h| self.fresh(h));
         v
+    }
+
+    /// Whether a lookup (from this map, or joined to a drop in the
+    /// kernel) was stored since the route programs were last parked.
+    pub fn fresh(&self, h: &tracer_abi::RouteHit) -> bool {
+        h.ts_ns >= self.since.load(Ordering::Relaxed)
     }
 }
 
@@ -124,13 +137,16 @@ pub struct Probes {
     agg_slots: PerCpuArray<MapData, AggSlot>,
     pub warnings: Vec<String>,
     /// The per-packet programs (route lookups, the SYN check) and their
-    /// links while attached: detached during a drop storm (see `shed`).
+    /// links while attached: detached during a drop storm (see `shed`) and
+    /// while a gate parks them (see `park`).
     sheddable: Vec<(&'static str, Option<BtfTracePointLinkId>)>,
     shedding: bool,
     /// Per-packet programs a gate has detached because they could find
     /// nothing now (`syn_gate`, `route_gate`): a storm's end does not
     /// attach them again.
     parked: Vec<&'static str>,
+    /// Shared with the `RouteTable`: see `forget_routes`.
+    routes_since: Arc<AtomicU64>,
 }
 
 /// Fails with one clear line unless we may load tracing programs.
@@ -392,13 +408,18 @@ impl Probes {
             ebpf.take_map(names::MAP_EVENTS)
                 .ok_or_else(|| anyhow!("eBPF object lacks map {}", names::MAP_EVENTS))?,
         )?;
+        let routes_since = Arc::new(AtomicU64::new(0));
         let routes = if routes_attached {
             let displaced = ebpf
                 .take_map(names::MAP_ARRIVALS)
                 .and_then(|m| BpfHashMap::try_from(m).ok());
             ebpf.take_map(names::MAP_ROUTES)
                 .and_then(|m| BpfHashMap::try_from(m).ok())
-                .map(|latest| RouteTable { latest, displaced })
+                .map(|latest| RouteTable {
+                    latest,
+                    displaced,
+                    since: routes_since.clone(),
+                })
         } else {
             None
         };
@@ -432,6 +453,7 @@ impl Probes {
             sheddable,
             shedding: false,
             parked: Vec::new(),
+            routes_since,
         })
     }
 
@@ -485,6 +507,28 @@ impl Probes {
             }
             if let Some(i) = self.sheddable.iter().position(|(p, _)| p == prog) {
                 self.sync_link(i, !park);
+            }
+        }
+    }
+
+    /// From now on, lookups stored so far are not joined to drops: the
+    /// route programs are parked, and a flow's stored lookup would grow
+    /// stale while its packets go on being routed unseen.
+    pub fn forget_routes(&self) {
+        self.routes_since
+            .store(crate::kernel::clock::monotonic_ns(), Ordering::Relaxed);
+    }
+
+    /// Attaches again what should be attached and is not (an attach that
+    /// failed when a storm ended or a gate let go); called on every tick.
+    pub fn heal(&mut self) {
+        if self.shedding {
+            return;
+        }
+        for i in 0..self.sheddable.len() {
+            let (prog, link) = &self.sheddable[i];
+            if link.is_none() && !self.parked.contains(prog) {
+                self.sync_link(i, true);
             }
         }
     }

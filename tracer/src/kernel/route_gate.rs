@@ -12,7 +12,8 @@
 //!
 //! What a parked lookup costs the proof, on a busy host only:
 //! - the first drop after a quiet spell is not joined to the kernel's own
-//!   lookup. The rules take the route from the namespace's routing table
+//!   lookup (nor to one stored before the spell, which may be stale:
+//!   `Probes::forget_routes`). The rules take the route from the namespace's routing table
 //!   (`route_to`) instead, which gives the same verdict at the same drop
 //!   (`rpfilter_route_conflict` says `reverse_route_from_kernel: false`),
 //!   and the retries that follow are traced again;
@@ -100,6 +101,7 @@ impl RouteGate {
         match (park, self.parked_since) {
             (true, None) => {
                 probes.park(&ROUTES, true);
+                probes.forget_routes();
                 self.parked_since = Some(Instant::now());
             }
             (false, Some(t)) => {

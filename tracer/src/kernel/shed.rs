@@ -1,6 +1,7 @@
 //! Storm shedding: while the kernel aggregates a drop storm, the programs
 //! that run for every packet (route lookups, the SYN check) are detached,
-//! and they are attached again once the storm has been over for a second.
+//! and they are attached again once the storm has been over for a second
+//! (those a gate has parked meanwhile stay parked: `syn_gate`, `route_gate`).
 //!
 //! Why: a dropped datagram can cost the host half a dozen route lookups
 //! (the sender's output route, the receiver's input route, the routes of

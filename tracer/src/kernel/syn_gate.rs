@@ -15,7 +15,7 @@
 //! MTU changes, a namespace is joined), SYNs crossing it in the first
 //! [`RESCAN`] are not checked.
 
-use std::sync::mpsc::{self, Receiver, TryRecvError};
+use std::sync::mpsc::{self, Receiver, RecvTimeoutError, TryRecvError};
 use std::time::{Duration, Instant};
 
 use crate::host::mtu_mix;
@@ -34,43 +34,50 @@ fn pause(scan: Duration) -> Duration {
 
 pub struct SynGate {
     answers: Option<Receiver<Option<String>>>,
+    /// Dropped with the gate: the scanning thread then ends at once.
+    _stop: Option<mpsc::Sender<()>>,
     parked_since: Option<Instant>,
     parked: Duration,
-    /// Why the check is attached (two connected devices and their MTUs),
-    /// from the last scan.
-    pub mix: Option<String>,
 }
 
 impl SynGate {
     /// Starts scanning when the SYN check is attached; `watched` are the
     /// namespaces the run is limited to (empty: all).
     pub fn start(probes: &Probes, watched: Vec<u32>) -> SynGate {
-        let answers = probes.syn_attached.then(|| {
-            let (tx, rx) = mpsc::channel();
-            let spawned = std::thread::Builder::new()
-                .name("mtu-scan".into())
-                .spawn(move || loop {
-                    let t0 = Instant::now();
-                    // A namespace that cannot be read might be the one
-                    // that mixes: keep the check on.
-                    let answer = match mtu_mix::scan() {
-                        Ok(all) => mtu_mix::find_mix(&all, &watched).map(|m| m.to_string()),
-                        Err(e) => Some(format!("unknown ({e:#})")),
-                    };
-                    // The run ended: nobody listens any more.
-                    if tx.send(answer).is_err() {
-                        return;
-                    }
-                    std::thread::sleep(pause(t0.elapsed()));
-                });
-            spawned.ok().map(|_| rx)
-        });
-        SynGate {
-            answers: answers.flatten(),
+        let mut gate = SynGate {
+            answers: None,
+            _stop: None,
             parked_since: None,
             parked: Duration::ZERO,
-            mix: None,
+        };
+        if !probes.syn_attached {
+            return gate;
         }
+        let (tx, rx) = mpsc::channel();
+        let (stop_tx, stop_rx) = mpsc::channel::<()>();
+        let spawned = std::thread::Builder::new()
+            .name("mtu-scan".into())
+            .spawn(move || loop {
+                let t0 = Instant::now();
+                // A namespace that cannot be read might be the one that
+                // mixes: keep the check on.
+                let answer = match mtu_mix::scan() {
+                    Ok(all) => mtu_mix::find_mix(&all, &watched).map(|m| m.to_string()),
+                    Err(e) => Some(format!("unknown ({e:#})")),
+                };
+                if tx.send(answer).is_err() {
+                    return;
+                }
+                // Only a timeout goes on: the gate is gone otherwise.
+                if stop_rx.recv_timeout(pause(t0.elapsed())) != Err(RecvTimeoutError::Timeout) {
+                    return;
+                }
+            });
+        if spawned.is_ok() {
+            gate.answers = Some(rx);
+            gate._stop = Some(stop_tx);
+        }
+        gate
     }
 
     /// Applies the latest answer, if a scan finished since the last tick.
@@ -104,7 +111,6 @@ impl SynGate {
             }
             _ => {}
         }
-        self.mix = mix;
     }
 
     /// Milliseconds the check was parked, the current period included.

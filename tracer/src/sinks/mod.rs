@@ -432,6 +432,8 @@ pub struct Summary {
     pub syn_check_parked_ms: u64,
     /// Milliseconds the route-lookup programs were detached because the
     /// host was busy and nothing had happened for a while (`diagnose`).
+    /// Like `syn_check_parked_ms`, it may overlap `storm_paused_ms`: a
+    /// storm detaches every per-packet program, parked or not.
     #[serde(skip_serializing_if = "is_zero")]
     pub routes_parked_ms: u64,
     pub duration_s: f64,
