@@ -10,10 +10,10 @@
 //! It starts attached, so nothing is missed before the first scan. A
 //! thread rescans every namespace's links every [`RESCAN`] (about half a
 //! millisecond per namespace here; less often where a scan takes longer,
-//! see [`pause`]) and the tick applies the answer. What
-//! this gives up: when a run is already going and a mix appears (a device's
-//! MTU changes, a namespace is joined), SYNs crossing it in the first
-//! [`RESCAN`] are not checked.
+//! see [`pause`]) and the tick applies the answer. What this gives up:
+//! when a run is already going and a mix appears (a device's MTU changes,
+//! a namespace is joined), SYNs crossing it before the next scan are not
+//! checked.
 
 use std::sync::mpsc::{self, Receiver, RecvTimeoutError, TryRecvError};
 use std::time::{Duration, Instant};
