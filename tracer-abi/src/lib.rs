@@ -10,6 +10,11 @@
 
 pub mod filter;
 
+/// Loopback's ifindex in every network namespace (it registers first).
+/// Both sides leave it out of MTU comparisons: its 64k MTU would make
+/// every other device look small.
+pub const LOOPBACK_IFINDEX: i32 = 1;
+
 /// Event kinds; the first `u32` of every ring-buffer record.
 pub const KIND_DROP: u32 = 1;
 /// A TCP SYN leaving a device with an MSS that the device's MTU cannot carry.

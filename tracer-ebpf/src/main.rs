@@ -881,9 +881,6 @@ pub fn syn_xmit(ctx: BtfTracePointContext) -> i32 {
 #[map]
 static MTU_SEEN: Array<u32> = Array::with_max_entries(1, 0);
 
-/// Loopback's ifindex in every netns.
-const LOOPBACK_IFINDEX: i32 = 1;
-
 #[inline(always)]
 unsafe fn on_xmit(skb: *const u8, dev: *const u8) {
     // A SYN is at most 14 + 60 (IPv6 with a few options) + 60 bytes.

@@ -18,6 +18,7 @@ use std::collections::HashMap;
 
 use crate::host::netns;
 use crate::host::topology::{Link, NsTopology};
+use tracer_abi::LOOPBACK_IFINDEX;
 
 /// The links of one namespace.
 #[derive(Clone, Debug)]
@@ -52,9 +53,6 @@ impl std::fmt::Display for Mix {
         }
     }
 }
-
-/// Loopback's ifindex in every namespace (it registers first).
-const LOOPBACK_IFINDEX: i32 = 1;
 
 /// Reads the links of every namespace. A namespace that goes away during
 /// the scan is left out; one that stays and cannot be read is an error,

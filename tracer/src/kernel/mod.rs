@@ -6,5 +6,6 @@ pub mod clock;
 pub mod probes;
 pub mod route_gate;
 pub mod shed;
+pub mod spells;
 pub mod symbols;
 pub mod syn_gate;

@@ -5,16 +5,16 @@
 //! the load falling, attaches them again.
 //!
 //! Why: `fib_table_lookup` fires for every routed packet, and a program
-//! call costs its dispatch even when it returns at once: about 50 ns, 1 to
-//! 2 % of 64-byte forwarding on this VM, paid all day by a busy host where
-//! nothing drops. Below [`BUSY_PPS`] that is under 0.1 % of one CPU, and
-//! tracing stays on: an idle or lightly loaded host loses nothing.
+//! call costs its dispatch even when it returns at once: 60 to 90 ns, up to
+//! 2.4 points of 64-byte forwarding on this VM, paid all day by a busy host
+//! where nothing drops. Below [`BUSY_PPS`] that is under 0.2 % of one CPU,
+//! and tracing stays on: an idle or lightly loaded host loses nothing.
 //!
 //! What a parked lookup costs the proof, on a busy host only:
 //! - the first drop after a quiet spell is not joined to the kernel's own
 //!   lookup (nor to one stored before the spell, which may be stale:
-//!   `Probes::forget_routes`). The rules take the route from the namespace's routing table
-//!   (`route_to`) instead, which gives the same verdict at the same drop
+//!   `Probes::forget_routes`). The rules take the route from the
+//!   namespace's routing table (`route_to`) instead, which gives the same verdict at the same drop
 //!   (`rpfilter_route_conflict` says `reverse_route_from_kernel: false`),
 //!   and the retries that follow are traced again;
 //! - an asymmetric route is proven from where the peer's packets came in,
@@ -26,13 +26,14 @@ use std::time::{Duration, Instant};
 
 use crate::host::softnet;
 use crate::kernel::probes::Probes;
+use crate::kernel::spells::Spells;
 use tracer_abi::names;
 
 /// How long route lookups stay traced after the last event.
 pub const QUIET: Duration = Duration::from_secs(5);
 
 /// Packets per second (host-wide, every namespace) from which parking
-/// pays: at 50 ns a lookup, less than this costs under 0.1 % of a CPU.
+/// pays: at 90 ns a lookup, less than this costs under 0.2 % of a CPU.
 pub const BUSY_PPS: f64 = 20_000.0;
 
 /// How often the host's packet rate is read.
@@ -51,8 +52,7 @@ pub struct RouteGate {
     rate: softnet::Rate,
     sampled: Instant,
     busy: bool,
-    parked_since: Option<Instant>,
-    parked: Duration,
+    parked: Spells,
 }
 
 impl RouteGate {
@@ -68,8 +68,7 @@ impl RouteGate {
             rate,
             sampled: now,
             busy: false,
-            parked_since: None,
-            parked: Duration::ZERO,
+            parked: Spells::default(),
         }
     }
 
@@ -98,26 +97,22 @@ impl RouteGate {
     }
 
     fn apply(&mut self, probes: &mut Probes, park: bool) {
-        match (park, self.parked_since) {
-            (true, None) => {
-                probes.park(&ROUTES, true);
-                probes.forget_routes();
-                self.parked_since = Some(Instant::now());
-            }
-            (false, Some(t)) => {
-                probes.park(&ROUTES, false);
-                self.parked += t.elapsed();
-                self.parked_since = None;
-            }
-            _ => {}
+        if park == self.parked.active() {
+            return;
+        }
+        probes.park(&ROUTES, park);
+        if park {
+            probes.forget_routes();
+            self.parked.begin();
+        } else {
+            self.parked.end();
         }
     }
 
     /// Milliseconds the route programs were parked, the current spell
     /// included.
     pub fn parked_ms(&self) -> u64 {
-        (self.parked + self.parked_since.map(|t| t.elapsed()).unwrap_or_default()).as_millis()
-            as u64
+        self.parked.total_ms()
     }
 }
 

@@ -13,7 +13,7 @@
 //! routing table in the rules.
 
 use crate::kernel::probes::Probes;
-use std::time::{Duration, Instant};
+use crate::kernel::spells::Spells;
 
 /// Ticks without any aggregated drop before the programs come back.
 const QUIET_TICKS: u32 = 4;
@@ -22,11 +22,8 @@ const QUIET_TICKS: u32 = 4;
 pub struct StormShed {
     last_aggregated: u64,
     quiet_ticks: u32,
-    since: Option<Instant>,
-    /// How long the per-packet programs were detached, in all.
-    pub total: Duration,
-    /// How many times they were.
-    pub periods: u64,
+    /// While the per-packet programs are detached.
+    detached: Spells,
 }
 
 impl StormShed {
@@ -37,9 +34,8 @@ impl StormShed {
         self.last_aggregated = now;
         if storming {
             self.quiet_ticks = 0;
-            if self.since.is_none() && probes.shed(true) {
-                self.since = Some(Instant::now());
-                self.periods += 1;
+            if !self.detached.active() && probes.shed(true) {
+                self.detached.begin();
             }
         } else {
             self.quiet_ticks += 1;
@@ -52,17 +48,16 @@ impl StormShed {
     /// Attaches the programs again (the storm ended, or the run did).
     /// A program that fails to attach again is retried on the next tick.
     pub fn resume(&mut self, probes: &mut Probes) {
-        if let Some(t) = self.since {
+        if self.detached.active() {
             probes.shed(false);
             if !probes.shedding() {
-                self.since = None;
-                self.total += t.elapsed();
+                self.detached.end();
             }
         }
     }
 
     /// Milliseconds detached so far, the current period included.
     pub fn total_ms(&self) -> u64 {
-        (self.total + self.since.map(|t| t.elapsed()).unwrap_or_default()).as_millis() as u64
+        self.detached.total_ms()
     }
 }
