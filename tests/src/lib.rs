@@ -143,10 +143,23 @@ pub fn start_in(wrapper: &[&str], args: &[&str]) -> TracerRun {
     run
 }
 
+/// `d` stretched by TRACER_TEST_TIME_SCALE (default 1). The kernel
+/// matrix sets it in its guests: under emulation, with several guests
+/// sharing two cores, start-up and traffic run several times slower, and
+/// a wait sized for a real machine failed there for nothing.
+pub fn scaled(d: Duration) -> Duration {
+    let scale = std::env::var("TRACER_TEST_TIME_SCALE")
+        .ok()
+        .and_then(|v| v.parse::<u32>().ok())
+        .filter(|&s| s > 0)
+        .unwrap_or(1);
+    d * scale
+}
+
 impl TracerRun {
-    /// Waits until a printed line satisfies `pred`.
+    /// Waits until a printed line satisfies `pred` (for `timeout`, scaled).
     pub fn wait_for(&self, timeout: Duration, pred: impl Fn(&Value) -> bool) -> Option<Value> {
-        let deadline = Instant::now() + timeout;
+        let deadline = Instant::now() + scaled(timeout);
         let (m, cv) = &*self.lines;
         let mut g = m.lock().unwrap();
         loop {
@@ -164,7 +177,7 @@ impl TracerRun {
     /// SIGINT, wait for exit, return every line printed (ready ... summary).
     pub fn stop(mut self) -> Vec<Value> {
         unsafe { libc_kill(self.child.id() as i32, 2) };
-        let deadline = Instant::now() + Duration::from_secs(10);
+        let deadline = Instant::now() + scaled(Duration::from_secs(10));
         loop {
             if let Ok(Some(status)) = self.child.try_wait() {
                 assert!(

@@ -122,3 +122,18 @@ fn servicemonitor_selects_the_agent_service() {
         svc["spec"]["ports"][0]["name"]
     );
 }
+
+/// The DaemonSet runs the image `cargo xtask image` makes (tracer:VERSION),
+/// not a tag nobody builds.
+#[test]
+fn daemonset_names_the_image_that_xtask_builds() {
+    let docs = documents("daemonset.yaml");
+    let ds = docs.iter().find(|d| d["kind"] == "DaemonSet").unwrap();
+    let image = &ds["spec"]["template"]["spec"]["containers"][0]["image"];
+    assert_eq!(
+        image.as_str(),
+        Some(concat!("tracer:", env!("CARGO_PKG_VERSION")))
+    );
+    let xtask = std::fs::read_to_string(root().join("xtask/src/main.rs")).unwrap();
+    assert!(xtask.contains(r#"concat!("tracer:", env!("CARGO_PKG_VERSION"))"#));
+}

@@ -514,3 +514,135 @@ fn docker_clamped_control_names_the_container_and_proves_nothing() {
     assert!(closed["host_ifname"].as_str().unwrap().starts_with("veth"));
     case.finish();
 }
+
+/// The agent's image, built by `cargo xtask image` from the static dist
+/// binary (FROM scratch, no registry), run as deploy/daemonset.yaml runs
+/// it: host network and PID namespace, read-only root, every capability
+/// dropped but the five it lists, the host's BTF and tracefs mounted
+/// read-only. It must answer /healthz and count a drop caused on the
+/// host in /metrics; the image must stay at most 20 MB.
+#[test]
+fn the_agent_image_runs_with_the_daemonsets_privileges() {
+    assert!(docker::available(), "dockerd must be installed");
+    let guard = HostGuard::save();
+    let mut lab = Netlab::new(&prefix("image")).unwrap();
+    let dhost = lab.ns("dhost").unwrap();
+    // Made before the agent starts, so its name is in the /run/netns the
+    // container sees at once.
+    let victim = lab.ns("victim").unwrap();
+    lab.exec("victim", "ip link set lo up").unwrap();
+    let tag = format!("t{}img", std::process::id());
+    let mut dockerd = docker::DockerHost::start(&dhost, &tag).unwrap();
+    let image = format!("tracer-test:{tag}");
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    let built = Command::new("cargo")
+        .current_dir(&root)
+        .args(["xtask", "image", "--tag", &image])
+        .env("DOCKER_HOST", dockerd.docker_host())
+        .status()
+        .unwrap();
+    assert!(built.success(), "cargo xtask image failed");
+    let size: u64 = dockerd
+        .docker(&["image", "inspect", "-f", "{{.Size}}", &image])
+        .unwrap()
+        .parse()
+        .unwrap();
+    eprintln!("image {image}: {:.1} MB", size as f64 / 1e6);
+    assert!(size <= 20_000_000, "image is {size} bytes, over 20 MB");
+    let deploy = std::fs::read_to_string(root.join("deploy/daemonset.yaml")).unwrap();
+    let caps: Vec<&str> = deploy
+        .lines()
+        .skip_while(|l| !l.trim_start().starts_with("add:"))
+        .skip(1)
+        .map(str::trim)
+        .take_while(|l| l.starts_with('-') || l.starts_with('#'))
+        .filter_map(|l| l.strip_prefix("- "))
+        .collect();
+    assert_eq!(
+        caps,
+        ["BPF", "PERFMON", "NET_ADMIN", "SYS_ADMIN", "SYS_PTRACE"]
+    );
+    // "host" network here is dhost's: dockerd is confined to it.
+    let port = 9400 + (std::process::id() % 500) as u16;
+    let mut run = vec![
+        "run",
+        "-d",
+        "--name",
+        "agent",
+        "--network",
+        "host",
+        "--pid",
+        "host",
+        "--read-only",
+        "--security-opt",
+        "no-new-privileges",
+        "--cap-drop",
+        "ALL",
+    ];
+    for c in &caps {
+        run.extend(["--cap-add", c]);
+    }
+    let addr = format!("--metrics-addr=127.0.0.1:{port}");
+    run.extend([
+        "-v",
+        "/sys/kernel/btf:/sys/kernel/btf:ro",
+        "-v",
+        "/sys/kernel/tracing:/sys/kernel/tracing:ro",
+        "-v",
+        "/run/netns:/run/netns:ro,rslave",
+        &image,
+        "agent",
+        &addr,
+    ]);
+    dockerd.docker(&run).unwrap();
+    let get = |path: &str| -> String {
+        lab.exec(
+            "dhost",
+            &format!(
+                "exec 3<>/dev/tcp/127.0.0.1/{port} && printf 'GET {path} HTTP/1.0\\r\\n\\r\\n' >&3 && cat <&3"
+            ),
+        )
+        .unwrap_or_default()
+    };
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !get("/healthz").starts_with("HTTP/1.1 200") {
+        assert!(
+            Instant::now() < deadline,
+            "/healthz never answered 200; logs: {}",
+            dockerd.docker(&["logs", "agent"]).unwrap_or_default()
+        );
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    // A drop on the host that the agent sees: UDP to a closed port in a
+    // namespace of this test, named in the metrics by that namespace.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let body = loop {
+        lab.exec("victim", "bash -c 'echo x >/dev/udp/127.0.0.1/7' || true")
+            .unwrap();
+        let body = get("/metrics");
+        if body
+            .lines()
+            .any(|l| l.starts_with("tracer_drops_total{") && l.contains(&victim))
+        {
+            break body;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no tracer_drops_total for {victim}:\n{body}\nlogs: {}",
+            dockerd.docker(&["logs", "agent"]).unwrap_or_default()
+        );
+        std::thread::sleep(Duration::from_millis(500));
+    };
+    eprintln!(
+        "{}",
+        body.lines()
+            .filter(|l| l.contains(&victim))
+            .collect::<Vec<_>>()
+            .join("\n")
+    );
+    let _ = dockerd.docker(&["rm", "-f", "agent"]);
+    dockerd.stop();
+    drop(lab);
+    let fixed = guard.restore();
+    assert!(fixed.is_empty(), "dockerd changed the host: {fixed:?}");
+}

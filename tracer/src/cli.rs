@@ -12,7 +12,8 @@ use std::time::{Duration, Instant};
 #[derive(Parser, Debug)]
 #[command(
     name = "tracer",
-    version,
+    version = crate::version::SHORT,
+    long_version = crate::version::LONG,
     about = "Why did the kernel drop my packet? Traces every drop with its reason, and proves the cause.",
     propagate_version = true
 )]
@@ -52,6 +53,18 @@ pub enum Command {
         /// Kernel BTF file (default /sys/kernel/btf/vmlinux).
         #[arg(long, value_name = "PATH")]
         btf: Option<PathBuf>,
+    },
+    /// Print the shell completion script for SHELL (e.g. `tracer completions bash > /etc/bash_completion.d/tracer`).
+    Completions {
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
+    },
+    /// Print the man page (roff), made from these same definitions (`tracer man | man -l -`).
+    #[command(hide = true)]
+    Man {
+        /// Write tracer.1 and a page per subcommand (tracer-watch.1 ...) into DIR instead.
+        #[arg(long, value_name = "DIR")]
+        dir: Option<PathBuf>,
     },
 }
 
@@ -345,6 +358,19 @@ pub fn run(cli: Cli, started: Instant) -> Result<()> {
         },
         Command::Check { output, btf } => crate::check::run(output, btf),
         Command::Reasons { output, btf } => reasons(output, btf),
+        Command::Completions { shell } => {
+            let mut cmd = <Cli as clap::CommandFactory>::command();
+            clap_complete::generate(shell, &mut cmd, "tracer", &mut std::io::stdout());
+            Ok(())
+        }
+        Command::Man { dir } => {
+            let cmd = <Cli as clap::CommandFactory>::command();
+            match dir {
+                Some(dir) => clap_mangen::generate_to(cmd, &dir)
+                    .map_err(|e| anyhow::anyhow!("writing man pages into {}: {e}", dir.display())),
+                None => Ok(clap_mangen::Man::new(cmd).render(&mut std::io::stdout())?),
+            }
+        }
     }
 }
 

@@ -33,4 +33,5 @@ pub mod record;
 pub mod rules;
 pub mod sinks;
 pub mod trace;
+pub mod version;
 pub mod watch;

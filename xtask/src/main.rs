@@ -6,6 +6,9 @@
 //! - `run -- ARGS` build, then run `tracer ARGS`
 //! - `test`        setup + build-ebpf + fmt/clippy + every unit and integration test,
 //!   then the Docker tests (a real dockerd) on their own, serially
+//! - `dist`        static binary, tarball, .deb and SHA256SUMS in target/dist
+//!   (see dist.rs); `--check` also runs them in a Debian 11 root
+//! - `image`       the agent's container image from the static binary
 //! - `bench`       the benchmark harness (see bench.rs)
 //! - `kernels`     boot Debian's 5.10, 6.1 and 6.12 under qemu and run the checks there (see qemu.rs)
 use anyhow::{bail, Context, Result};
@@ -13,8 +16,10 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 mod bench;
+mod dist;
 mod qemu;
 mod soak;
+mod userspace;
 
 /// Debian packages: the eBPF toolchain (rustc-web with the prebuilt bpf
 /// core; LLVM 22 for bpf-linker) and the network tools the tests drive.
@@ -222,6 +227,12 @@ fn main() -> Result<()> {
             let mut test = vec!["test", "--workspace"];
             test.extend_from_slice(&rest);
             cargo(&test)?;
+            // What users install: the static binary, tarball and .deb,
+            // twice for reproducibility, then run in a Debian 11 root.
+            // Before the Docker tests, whose image test packs that binary.
+            if rest.is_empty() {
+                dist_twice_and_check()?;
+            }
             // A real dockerd, after everything else and one test at a
             // time: while it runs, new namespaces could inherit what it
             // sets (devconf_inherit_init_net=0), so nothing runs beside it.
@@ -252,6 +263,20 @@ fn main() -> Result<()> {
             }
             Ok(())
         }
+        "dist" => {
+            setup(&[])?;
+            build_ebpf()?;
+            match rest.as_slice() {
+                [] => dist::run(&root()).map(|_| ()),
+                ["--check"] => dist_twice_and_check(),
+                _ => bail!("usage: cargo xtask dist [--check]"),
+            }
+        }
+        "image" => {
+            setup(&[])?;
+            build_ebpf()?;
+            image(&rest)
+        }
         "bench" => {
             setup(BENCH_PACKAGES)?;
             build_ebpf()?;
@@ -271,9 +296,51 @@ fn main() -> Result<()> {
         }
         _ => {
             eprintln!(
-                "usage: cargo xtask <setup|build-ebpf|build|run -- ARGS|test [-- FILTER]|bench|soak|kernels>"
+                "usage: cargo xtask <setup|build-ebpf|build|run -- ARGS|test [-- FILTER]|dist [--check]|image [--tag T]|bench|soak|kernels>"
             );
             std::process::exit(2);
         }
     }
+}
+
+/// `dist` twice from one commit must give byte-identical files; then the
+/// files go through their paces in a Debian 11 root.
+fn dist_twice_and_check() -> Result<()> {
+    let first = dist::run(&root())?;
+    let sums = std::fs::read_to_string(&first.sums)?;
+    let again = dist::run(&root())?;
+    let sums_again = std::fs::read_to_string(&again.sums)?;
+    if sums != sums_again {
+        bail!("two dist runs differ:\n{sums}\n{sums_again}");
+    }
+    eprintln!("dist: reproducible (two runs, identical SHA256SUMS)");
+    userspace::dist_check(&root(), &again)
+}
+
+/// The tag deploy/ names, and `cargo xtask image` makes.
+pub const IMAGE_TAG: &str = concat!("tracer:", env!("CARGO_PKG_VERSION"));
+
+/// `cargo xtask image [--tag T]`: deploy/Dockerfile over the static
+/// binary alone (FROM scratch, no registry), with the Docker CLI against
+/// whichever daemon DOCKER_HOST names.
+fn image(args: &[&str]) -> Result<()> {
+    let tag = match args {
+        [] => IMAGE_TAG,
+        ["--tag", t] => t,
+        _ => bail!("usage: cargo xtask image [--tag T]"),
+    };
+    let bin = dist::build_static(&root())?;
+    let ctx = root().join("target/image");
+    let _ = std::fs::remove_dir_all(&ctx);
+    std::fs::create_dir_all(&ctx)?;
+    std::fs::copy(&bin, ctx.join("tracer"))?;
+    run(Command::new("docker")
+        .args(["build", "--quiet", "-t", tag, "-f"])
+        .arg(root().join("deploy/Dockerfile"))
+        .arg(&ctx)
+        // The classic builder needs no buildx plugin (Debian's docker.io
+        // ships none) and takes FROM scratch with no registry.
+        .env("DOCKER_BUILDKIT", "0"))?;
+    eprintln!("image: {tag}");
+    Ok(())
 }

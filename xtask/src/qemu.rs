@@ -61,10 +61,18 @@ const PACKAGES: &[&str] = &[
 /// Debian's signing keys for every suite below, bullseye's included.
 const KEYRING: &str = "/usr/share/keyrings/debian-archive-keyring.gpg";
 
-/// A Debian kernel the matrix can boot.
+/// A guest of the matrix: a Debian kernel, and the userspace it boots.
 struct KernelSpec {
     /// What `--kernel` takes and the table shows.
     label: &'static str,
+    /// The kernel's own label (5.10, 6.1...): what SKIPPED and
+    /// EXPECTED_TO_DIFFER name, and its cache directory.
+    kernel: &'static str,
+    /// None: the host's own `/` (bookworm), running the host-built tracer
+    /// and test executables. Some(suite): a debootstrap root of that
+    /// Debian suite (`userspace.rs`) running the static dist binary, as
+    /// a user of that distribution would, with its own ip and iptables.
+    userspace: Option<&'static str>,
     suite: &'static str,
     /// Its package names are `prefix N suffix` with N a number (the ABI
     /// number or the stable release): the largest N is the newest.
@@ -75,18 +83,34 @@ struct KernelSpec {
 const KERNELS: &[KernelSpec] = &[
     KernelSpec {
         label: "5.10",
+        kernel: "5.10",
+        userspace: None,
+        suite: "bullseye",
+        prefix: "linux-image-5.10.0-",
+        suffix: "-amd64",
+    },
+    // Debian 11 as its users have it: glibc 2.31, iproute2 5.10,
+    // iptables 1.8.7 (nft backend), and the static dist binary.
+    KernelSpec {
+        label: "5.10-deb11",
+        kernel: "5.10",
+        userspace: Some("bullseye"),
         suite: "bullseye",
         prefix: "linux-image-5.10.0-",
         suffix: "-amd64",
     },
     KernelSpec {
         label: "6.1",
+        kernel: "6.1",
+        userspace: None,
         suite: "bookworm",
         prefix: "linux-image-6.1.0-",
         suffix: "-amd64",
     },
     KernelSpec {
         label: "6.12",
+        kernel: "6.12",
+        userspace: None,
         suite: "bookworm-backports",
         prefix: "linux-image-6.12.",
         suffix: "+deb12-amd64",
@@ -99,8 +123,33 @@ enum Cmd {
     Tracer(&'static [&'static str]),
     /// An integration-test executable of the tests crate, by target name
     /// (tests/tests/NAME.rs); it drives the binary named by TRACER_BIN.
+    /// Built against the host's glibc, so not run in other userspaces.
     Test(&'static str),
+    /// A shell script run by the guest's own /bin/sh, with the tracer in
+    /// $TRACER_BIN: checks that need no test executable.
+    Script(&'static str),
 }
+
+/// `watch` in any userspace: a UDP datagram to a closed port in a fresh
+/// namespace must come out as one JSON drop line naming that namespace.
+/// bash's /dev/udp sends it (no netcat in a minimal root).
+const WATCH_DROP: &str = r#"
+set -e
+ip netns add xtwd; ip -n xtwd link set lo up
+"$TRACER_BIN" watch --netns xtwd -o json --count 1 --duration 120 >/tmp/wd.json &
+for i in $(seq 1 100); do
+    grep -q '"type":"ready"' /tmp/wd.json 2>/dev/null && break
+    sleep 1
+done
+for i in $(seq 1 20); do
+    ip netns exec xtwd bash -c 'echo drop >/dev/udp/127.0.0.1/9' || true
+    grep -q '"type":"drop"' /tmp/wd.json && break
+    sleep 1
+done
+wait
+cat /tmp/wd.json
+grep '"type":"drop"' /tmp/wd.json | grep -q '"netns_name":"xtwd"'
+"#;
 
 struct Check {
     name: &'static str,
@@ -125,6 +174,11 @@ const CHECKS: &[Check] = &[
         name: "watch",
         cmd: Cmd::Test("watch"),
         timeout_s: 600,
+    },
+    Check {
+        name: "watch-drop",
+        cmd: Cmd::Script(WATCH_DROP),
+        timeout_s: 180,
     },
     Check {
         name: "diagnose",
@@ -200,6 +254,17 @@ fn skipped(kernel: &str, check: &str) -> Option<&'static Differs> {
     SKIPPED
         .iter()
         .find(|d| d.kernel == kernel && d.check == check)
+}
+
+/// Why a guest does not run a check, if it does not.
+fn skip_reason(spec: &KernelSpec, check: &Check) -> Option<&'static str> {
+    if spec.userspace.is_some() && matches!(check.cmd, Cmd::Test(_)) {
+        return Some(
+            "test executables are linked against the host's glibc; this userspace runs \
+             the static dist binary's checks and labs",
+        );
+    }
+    skipped(spec.kernel, check.name).map(|d| d.why)
 }
 
 /// A check whose result is known to differ on one kernel, and why. It
@@ -278,21 +343,37 @@ pub fn run(root: &Path, args: &[&str]) -> Result<()> {
     fs::create_dir_all(&dir)?;
     let dir = dir.canonicalize()?;
     let mut apt = Apt::new(&dir.join("apt"))?;
+    // Other userspaces run the static binary of `cargo xtask dist`.
+    let static_tracer = if opts.kernels.iter().any(|k| k.userspace.is_some()) {
+        Some(crate::dist::build_static(&root)?)
+    } else {
+        None
+    };
     let mut guests = Vec::new();
     for spec in &opts.kernels {
         let kernel = prepare_kernel(spec, &dir, &mut apt)?;
         let initrd = build_initramfs(&kernel)?;
-        guests.push((kernel, initrd));
+        let rootfs = match spec.userspace {
+            Some(suite) => crate::userspace::root_of(&root, suite)?,
+            None => PathBuf::from("/"),
+        };
+        guests.push((kernel, initrd, rootfs));
     }
     let mut results = Vec::new();
     for batch in guests.chunks(opts.jobs) {
         let batch_results = std::thread::scope(|s| {
             let running: Vec<_> = batch
                 .iter()
-                .map(|(kernel, initrd)| {
+                .map(|(kernel, initrd, rootfs)| {
                     let out = dir.join("results").join(kernel.label);
                     let (artifacts, opts) = (&artifacts, &opts);
-                    s.spawn(move || boot(kernel, initrd, &out, artifacts, opts))
+                    let guest = Guest {
+                        kernel,
+                        initrd,
+                        rootfs,
+                        static_tracer: static_tracer.as_deref(),
+                    };
+                    s.spawn(move || boot(&guest, &out, artifacts, opts))
                 })
                 .collect();
             running
@@ -464,11 +545,12 @@ impl Artifacts {
         })
     }
 
-    fn argv(&self, cmd: &Cmd) -> Result<Vec<String>> {
+    fn argv(&self, cmd: &Cmd, tracer: &str) -> Result<Vec<String>> {
         Ok(match cmd {
-            Cmd::Tracer(args) => std::iter::once(path_str(&self.tracer)?.to_string())
+            Cmd::Tracer(args) => std::iter::once(tracer.to_string())
                 .chain(args.iter().map(|a| a.to_string()))
                 .collect(),
+            Cmd::Script(script) => vec!["sh".into(), "-c".into(), script.to_string()],
             Cmd::Test(name) => {
                 let exe = self
                     .tests
@@ -591,7 +673,7 @@ impl Apt {
 
 /// The host's Debian mirror (not its security one), from
 /// /etc/apt/sources.list.d/debian.sources (deb822) or /etc/apt/sources.list.
-fn host_mirror() -> Result<String> {
+pub(crate) fn host_mirror() -> Result<String> {
     let deb822 = "/etc/apt/sources.list.d/debian.sources";
     let classic = "/etc/apt/sources.list";
     let read = |p| fs::read_to_string(p).unwrap_or_default();
@@ -630,10 +712,12 @@ fn mirror_in(deb822: &str, classic: &str) -> Option<String> {
 
 /// A kernel unpacked on the host.
 struct Kernel {
+    /// The guest's label (see KernelSpec).
     label: &'static str,
+    spec: &'static KernelSpec,
     /// `uname -r`, e.g. 6.12.95+deb12-amd64.
     kver: String,
-    /// target/kernels/LABEL
+    /// target/kernels/KERNEL, shared by the guests of one kernel.
     dir: PathBuf,
     /// The package's files: boot/vmlinuz-KVER, lib/modules/KVER.
     tree: PathBuf,
@@ -652,10 +736,11 @@ impl Kernel {
 /// The kernel from the cache, else downloaded and unpacked. `kver` is
 /// written last, so an interrupted unpack is redone.
 fn prepare_kernel(spec: &'static KernelSpec, dir: &Path, apt: &mut Apt) -> Result<Kernel> {
-    let kdir = dir.join(spec.label);
+    let kdir = dir.join(spec.kernel);
     let stamp = kdir.join("kver");
     let kernel = |kver: String| Kernel {
         label: spec.label,
+        spec,
         kver,
         dir: kdir.clone(),
         tree: kdir.join("tree"),
@@ -708,7 +793,7 @@ fn build_initramfs(kernel: &Kernel) -> Result<PathBuf> {
         order += "\n";
     }
     cpio.file("modules/order", 0o644, order.as_bytes());
-    cpio.file("init", 0o755, stage1_script(kernel)?.as_bytes());
+    cpio.file("init", 0o755, stage1_script(kernel).as_bytes());
     let path = kernel.dir.join("initramfs.cpio");
     fs::write(&path, cpio.finish())?;
     Ok(path)
@@ -836,9 +921,10 @@ fn sh_quote(s: &str) -> String {
 /// Stage 1, /init in the initramfs (busybox sh). `@KVER@` and
 /// `@MODULES@` are replaced by quoted words.
 const STAGE1: &str = r#"#!/bin/busybox sh
-# Stage 1, from the initramfs of `cargo xtask kernels`: mount the host's /
-# read-only over 9p under a tmpfs overlay, put this kernel's modules where
-# modprobe looks for them, switch_root into it and run stage 2.
+# Stage 1, from the initramfs of `cargo xtask kernels`: mount the guest's
+# root (the host's /, or a debootstrap root) read-only over 9p under a
+# tmpfs overlay, put this kernel's modules where modprobe looks for them,
+# switch_root into it and run stage 2.
 /bin/busybox --install -s /bin
 export PATH=/bin
 die() {
@@ -862,17 +948,17 @@ mount -t tmpfs -o mode=0755 tmpfs /rw
 mkdir -p /rw/upper /rw/work
 mount -t overlay overlay -o lowerdir=/host,upperdir=/rw/upper,workdir=/rw/work /newroot ||
     die "cannot mount the overlay"
-mkdir -p /newroot/usr/lib/modules/@KVER@ /newroot/xtask-results
-mount --bind /host@MODULES@ /newroot/usr/lib/modules/@KVER@ || die "cannot bind the modules"
+# /lib/modules: where modprobe looks, with or without a merged /usr.
+mkdir -p /newroot/lib/modules/@KVER@ /newroot/xtask-results
+mount -t 9p -o "$opts,ro,cache=loose" modules /newroot/lib/modules/@KVER@ ||
+    die "cannot mount the modules share"
 mount -t 9p -o "$opts" results /newroot/xtask-results || die "cannot mount the results share"
 umount /proc /sys /dev
 exec switch_root /newroot /bin/sh /xtask-results/guest.sh
 "#;
 
-fn stage1_script(kernel: &Kernel) -> Result<String> {
-    Ok(STAGE1
-        .replace("@KVER@", &sh_quote(&kernel.kver))
-        .replace("@MODULES@", &sh_quote(path_str(&kernel.modules())?)))
+fn stage1_script(kernel: &Kernel) -> String {
+    STAGE1.replace("@KVER@", &sh_quote(&kernel.kver))
 }
 
 /// Stage 2, guest.sh in the results share, run by the host's /bin/sh as
@@ -890,6 +976,9 @@ die() {
 export PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin
 export HOME=/root TMPDIR=/tmp LANG=C.UTF-8 NO_COLOR=1
 export TRACER_BIN=@TRACER@
+# The tests' waits are sized for a real machine; emulation on a shared
+# 2-core host is several times slower (tests/src/lib.rs scales by this).
+export TRACER_TEST_TIME_SCALE=4
 mount -t proc proc /proc
 mount -t sysfs sysfs /sys
 mount -t devtmpfs devtmpfs /dev
@@ -919,7 +1008,7 @@ check() {
     echo "$rc $(($(date +%s) - start))" >"$R/$name.rc.tmp"
     mv "$R/$name.rc.tmp" "$R/$name.rc"
 }
-cd @TESTS_DIR@ || die "cannot cd to the tests crate"
+cd @TESTS_DIR@ || die "cannot cd to @TESTS_DIR@"
 @CHECKS@
 touch "$R/done"
 sync
@@ -927,11 +1016,17 @@ echo o >/proc/sysrq-trigger
 sleep 60
 "#;
 
-fn stage2_script(artifacts: &Artifacts, checks: &[&Check]) -> Result<String> {
+/// The tracer a guest runs, and where its checks run from.
+struct GuestTools {
+    tracer: String,
+    tests_dir: String,
+}
+
+fn stage2_script(artifacts: &Artifacts, tools: &GuestTools, checks: &[&Check]) -> Result<String> {
     let mut lines = String::new();
     for check in checks {
         let argv: Vec<String> = artifacts
-            .argv(&check.cmd)?
+            .argv(&check.cmd, &tools.tracer)?
             .iter()
             .map(|a| sh_quote(a))
             .collect();
@@ -944,9 +1039,9 @@ fn stage2_script(artifacts: &Artifacts, checks: &[&Check]) -> Result<String> {
     }
     let modules: Vec<String> = GUEST_MODULES.iter().map(|m| sh_quote(m)).collect();
     Ok(STAGE2
-        .replace("@TRACER@", &sh_quote(path_str(&artifacts.tracer)?))
+        .replace("@TRACER@", &sh_quote(&tools.tracer))
         .replace("@MODULES@", &modules.join(" "))
-        .replace("@TESTS_DIR@", &sh_quote(path_str(&artifacts.tests_dir)?))
+        .replace("@TESTS_DIR@", &sh_quote(&tools.tests_dir))
         .replace("@CHECKS@\n", &lines))
 }
 
@@ -957,7 +1052,7 @@ fn qemu_escape(s: &str) -> String {
     s.replace(',', ",,")
 }
 
-fn qemu_command(kernel: &Kernel, initrd: &Path, results: &Path) -> Result<Command> {
+fn qemu_command(kernel: &Kernel, initrd: &Path, rootfs: &Path, results: &Path) -> Result<Command> {
     let mut cmd = Command::new("qemu-system-x86_64");
     cmd.args([
         "-accel",
@@ -979,11 +1074,18 @@ fn qemu_command(kernel: &Kernel, initrd: &Path, results: &Path) -> Result<Comman
     .args(["-append", "console=ttyS0 panic=-1"])
     // multidevs=remap: the host's / spans several filesystems, whose
     // inode numbers would otherwise collide in the guest.
-    .args([
-        "-fsdev",
-        "local,id=hostroot,path=/,security_model=none,readonly=on,multidevs=remap",
-    ])
+    .arg("-fsdev")
+    .arg(format!(
+        "local,id=hostroot,path={},security_model=none,readonly=on,multidevs=remap",
+        qemu_escape(path_str(rootfs)?)
+    ))
     .args(["-device", "virtio-9p-pci,fsdev=hostroot,mount_tag=hostroot"])
+    .arg("-fsdev")
+    .arg(format!(
+        "local,id=modules,path={},security_model=none,readonly=on",
+        qemu_escape(path_str(&kernel.modules())?)
+    ))
+    .args(["-device", "virtio-9p-pci,fsdev=modules,mount_tag=modules"])
     .arg("-fsdev")
     .arg(format!(
         "local,id=results,path={},security_model=none",
@@ -1021,6 +1123,8 @@ enum End {
 
 struct GuestResult {
     label: &'static str,
+    /// The kernel's label, as EXPECTED_TO_DIFFER names it.
+    kernel: &'static str,
     kver: String,
     secs: f64,
     booted_after: Option<f64>,
@@ -1045,17 +1149,44 @@ enum Outcome {
     Fail(String),
     /// The guest never got to it.
     NotRun,
-    /// Not run on this kernel (see SKIPPED).
-    Skipped,
+    /// Not run in this guest, and why (see skip_reason).
+    Skipped(&'static str),
 }
 
-fn boot(
-    kernel: &Kernel,
-    initrd: &Path,
-    dir: &Path,
-    artifacts: &Artifacts,
-    opts: &Options,
-) -> Result<GuestResult> {
+/// What one guest boots.
+struct Guest<'a> {
+    kernel: &'a Kernel,
+    initrd: &'a Path,
+    /// Its `/`: the host's, or a debootstrap root.
+    rootfs: &'a Path,
+    /// The static dist binary, for a userspace other than the host's.
+    static_tracer: Option<&'a Path>,
+}
+
+impl Guest<'_> {
+    /// The tracer the guest runs and where its checks start: the host's
+    /// own, at their host paths; or, in another userspace, the static
+    /// binary copied into the results share.
+    fn tools(&self, artifacts: &Artifacts, dir: &Path) -> Result<GuestTools> {
+        match (self.kernel.spec.userspace, self.static_tracer) {
+            (None, _) => Ok(GuestTools {
+                tracer: path_str(&artifacts.tracer)?.to_string(),
+                tests_dir: path_str(&artifacts.tests_dir)?.to_string(),
+            }),
+            (Some(_), Some(bin)) => {
+                fs::copy(bin, dir.join("tracer"))?;
+                Ok(GuestTools {
+                    tracer: "/xtask-results/tracer".into(),
+                    tests_dir: "/".into(),
+                })
+            }
+            (Some(suite), None) => bail!("no static tracer for the {suite} userspace"),
+        }
+    }
+}
+
+fn boot(guest: &Guest, dir: &Path, artifacts: &Artifacts, opts: &Options) -> Result<GuestResult> {
+    let (kernel, initrd) = (guest.kernel, guest.initrd);
     let _ = fs::remove_dir_all(dir);
     fs::create_dir_all(dir)?;
     let all = opts;
@@ -1064,13 +1195,14 @@ fn boot(
             .checks
             .iter()
             .copied()
-            .filter(|c| skipped(kernel.label, c.name).is_none())
+            .filter(|c| skip_reason(kernel.spec, c).is_none())
             .collect(),
         ..all.clone()
     };
+    let tools = guest.tools(artifacts, dir)?;
     fs::write(
         dir.join("guest.sh"),
-        stage2_script(artifacts, &opts.checks)?,
+        stage2_script(artifacts, &tools, &opts.checks)?,
     )?;
     let console = fs::File::create(dir.join("console.log"))?;
     let timeout = opts.guest_timeout();
@@ -1082,14 +1214,14 @@ fn boot(
     );
     let start = Instant::now();
     let mut qemu = Qemu(
-        qemu_command(kernel, initrd, dir)?
+        qemu_command(kernel, initrd, guest.rootfs, dir)?
             .stdin(Stdio::null())
             .stdout(console.try_clone()?)
             .stderr(console)
             .spawn()
             .context("cannot start qemu-system-x86_64")?,
     );
-    let (end, booted_after) = follow(&mut qemu, kernel.label, dir, opts, start + timeout)?;
+    let (end, booted_after) = follow(&mut qemu, kernel, dir, opts, start + timeout)?;
     drop(qemu);
     let checks = all
         .checks
@@ -1101,14 +1233,15 @@ fn boot(
                 outcome,
                 secs: None,
             };
-            if skipped(kernel.label, c.name).is_some() {
-                return not_run(Outcome::Skipped);
+            if let Some(why) = skip_reason(kernel.spec, c) {
+                return not_run(Outcome::Skipped(why));
             }
-            read_result(kernel.label, c, dir).unwrap_or_else(|| not_run(Outcome::NotRun))
+            read_result(kernel.spec.kernel, c, dir).unwrap_or_else(|| not_run(Outcome::NotRun))
         })
         .collect();
     Ok(GuestResult {
         label: kernel.label,
+        kernel: kernel.spec.kernel,
         kver: kernel.kver.clone(),
         secs: start.elapsed().as_secs_f64(),
         booted_after,
@@ -1123,12 +1256,13 @@ fn boot(
 /// ended and when it booted.
 fn follow(
     qemu: &mut Qemu,
-    label: &str,
+    kernel: &Kernel,
     dir: &Path,
     opts: &Options,
     deadline: Instant,
 ) -> Result<(End, Option<f64>)> {
     let start = Instant::now();
+    let label = kernel.label;
     let mut booted_after = None;
     let mut reported = 0;
     loop {
@@ -1140,7 +1274,7 @@ fn follow(
         }
         // Checks run in order: report each as its NAME.rc appears.
         while let Some(check) = opts.checks.get(reported) {
-            let Some(result) = read_result(label, check, dir) else {
+            let Some(result) = read_result(kernel.spec.kernel, check, dir) else {
                 break;
             };
             let cell = outcome_cell(&result.outcome);
@@ -1219,7 +1353,7 @@ fn outcome_cell(o: &Outcome) -> &'static str {
         Outcome::Differs => "xfail",
         Outcome::Fail(_) => "FAIL",
         Outcome::NotRun => "-",
-        Outcome::Skipped => "skip",
+        Outcome::Skipped(_) => "skip",
     }
 }
 
@@ -1231,7 +1365,7 @@ fn report(results: &[GuestResult], checks: &[&Check]) -> usize {
         failures += report_guest_failures(g);
     }
     println!();
-    print!("{:<7} {:<22} {:<5}", "kernel", "version", "boot");
+    print!("{:<11} {:<22} {:<5}", "guest", "kernel", "boot");
     for c in checks {
         print!(" {:<9}", c.name);
     }
@@ -1242,7 +1376,7 @@ fn report(results: &[GuestResult], checks: &[&Check]) -> usize {
         } else {
             "FAIL"
         };
-        print!("{:<7} {:<22} {:<5}", g.label, g.kver, boot);
+        print!("{:<11} {:<22} {:<5}", g.label, g.kver, boot);
         for c in &g.checks {
             print!(" {:<9}", outcome_cell(&c.outcome));
         }
@@ -1250,15 +1384,15 @@ fn report(results: &[GuestResult], checks: &[&Check]) -> usize {
     }
     for g in results {
         for c in &g.checks {
-            if let (Outcome::Differs, Some(d)) = (&c.outcome, expected_difference(g.label, c.name))
+            if let (Outcome::Differs, Some(d)) = (&c.outcome, expected_difference(g.kernel, c.name))
             {
                 println!(
                     "xfail {}/{}: expected to differ: {}",
                     g.label, c.name, d.why
                 );
             }
-            if let (Outcome::Skipped, Some(d)) = (&c.outcome, skipped(g.label, c.name)) {
-                println!("skip {}/{}: {}", g.label, c.name, d.why);
+            if let Outcome::Skipped(why) = &c.outcome {
+                println!("skip {}/{}: {why}", g.label, c.name);
             }
         }
     }

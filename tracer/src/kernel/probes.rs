@@ -203,6 +203,10 @@ fn load_object(
     config: &Config,
     drop_reasons: bool,
 ) -> Result<(Ebpf, Result<()>)> {
+    if OBJECT.is_empty() {
+        // build.rs put a stub here: the build had no eBPF object.
+        bail!("this tracer was built without its eBPF object: build it with `cargo xtask build`");
+    }
     let mut offsets = kbtf.offsets()?;
     let classic = classic_offsets(&mut offsets, drop_reasons);
     let ebpf = EbpfLoader::new()
