@@ -110,12 +110,13 @@ fn pick(dir: u8, s: bool, d: bool) -> bool {
     }
 }
 
-/// Ports only exist for TCP and UDP, and not in non-first fragments (as
-/// in tcpdump).
+/// Ports only exist for TCP and UDP, not in non-first fragments, and not
+/// in a packet that ends before them (as in tcpdump, whose load past the
+/// end fails the match).
 #[inline(always)]
 fn has_ports(flow: &Flow) -> bool {
     (flow.proto == crate::IPPROTO_TCP || flow.proto == crate::IPPROTO_UDP)
-        && flow.flags & crate::FLOW_FRAGMENT == 0
+        && flow.flags & (crate::FLOW_FRAGMENT | crate::FLOW_L4_SHORT) == 0
 }
 
 #[inline(always)]

@@ -76,6 +76,11 @@ pub const ETH_P_IPV6: u16 = 0x86dd;
 pub const FLOW_FROM_SOCKET: u8 = 1;
 /// `Flow::flags`: the packet is a non-first IP fragment, so no L4 header.
 pub const FLOW_FRAGMENT: u8 = 2;
+/// `Flow::flags`: the packet ends before its L4 header's ports (ICMP: type
+/// and code), so it has none; the bytes there belong to an earlier packet.
+pub const FLOW_L4_SHORT: u8 = 4;
+/// `Flow::flags`: a TCP header cut before its flags byte: ports, no flags.
+pub const FLOW_TCP_SHORT: u8 = 8;
 
 /// What a packet carried, as parsed from its headers (or its socket).
 /// Addresses are in network byte order; IPv4 uses the first 4 bytes.

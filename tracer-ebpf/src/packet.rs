@@ -134,11 +134,12 @@ pub unsafe fn parse<M: Mem>(skb: *const u8, m: &SkbMeta, flow: &mut Flow, opts: 
     let nh = M::get::<u16>(skb, off!(skb_network_header)).unwrap_or(HEADER_UNSET);
     if !m.head.is_null() && nh != HEADER_UNSET {
         let l3 = m.head.wrapping_add(nh as usize);
+        let room = room_from::<M>(skb, m, nh);
         if m.l3_proto == ETH_P_IP {
-            return parse_ipv4(l3, flow, opts);
+            return parse_ipv4(l3, room, flow, opts);
         }
         if m.l3_proto == ETH_P_IPV6 {
-            return parse_ipv6(l3, flow, opts);
+            return parse_ipv6(l3, room, flow, opts);
         }
     }
     if m.l3_proto == 0 && !m.sk.is_null() {
@@ -147,8 +148,41 @@ pub unsafe fn parse<M: Mem>(skb: *const u8, m: &SkbMeta, flow: &mut Flow, opts: 
     false
 }
 
+/// How many bytes the packet holds from its network header on: skb->len
+/// counts from skb->data (linear and paged alike), wherever in the stack
+/// the packet was freed. `NO_BOUND` when skb->data cannot be read.
 #[inline(always)]
-unsafe fn parse_ipv4(l3: *const u8, flow: &mut Flow, opts: &mut SynOpts) -> bool {
+unsafe fn room_from<M: Mem>(skb: *const u8, m: &SkbMeta, nh: u16) -> u32 {
+    let Some(data) = M::get::<*const u8>(skb, off!(skb_data)) else {
+        return NO_BOUND;
+    };
+    let data_off = (data as u64).wrapping_sub(m.head as u64);
+    if data_off > 0xffff {
+        return NO_BOUND;
+    }
+    let room = m.len as i64 + data_off as i64 - nh as i64;
+    if room <= 0 {
+        0
+    } else {
+        room as u32
+    }
+}
+
+/// No length known to bound the headers by.
+const NO_BOUND: u32 = u32::MAX;
+
+/// The smaller of two bounds.
+#[inline(always)]
+fn min(a: u32, b: u32) -> u32 {
+    if a < b {
+        a
+    } else {
+        b
+    }
+}
+
+#[inline(always)]
+unsafe fn parse_ipv4(l3: *const u8, room: u32, flow: &mut Flow, opts: &mut SynOpts) -> bool {
     // One read for the IP header and, when it has no options (nearly
     // always), the first 20 bytes behind it: one helper call per drop
     // instead of two. Bytes past a short packet are still the skb's own
@@ -171,36 +205,67 @@ unsafe fn parse_ipv4(l3: *const u8, flow: &mut Flow, opts: &mut SynOpts) -> bool
     }
     let ihl = ((h[0] & 0xf) as usize) * 4;
     let l4 = l3.wrapping_add(ihl);
+    // What lies behind the IP header, by the header's own length and by
+    // the skb's: bytes past either are another packet's (the buffer's
+    // tailroom is reused), never this one's ports. BIG TCP leaves
+    // tot_len 0 over 64 KiB: then only the skb bounds it.
+    let tot = flow.ip_len as u32;
+    let by_header = if tot == 0 {
+        NO_BOUND
+    } else {
+        tot.saturating_sub(ihl as u32)
+    };
+    let avail = min(by_header, room.saturating_sub(ihl as u32));
     if ihl == 20 {
         let mut t = [0u8; 20];
         t.copy_from_slice(&h[20..40]);
-        l4_fields(&t, l4, flow, opts);
+        l4_fields(&t, l4, avail, flow, opts);
     } else {
-        parse_l4(l4, flow, opts);
+        parse_l4(l4, avail, flow, opts);
     }
     true
 }
 
 /// L4 fields from its first 20 bytes, already read; `l4` for what lies
-/// further (TCP options).
+/// further (TCP options). `avail` is how many of those bytes are the
+/// packet's: a field past it is not taken, and the flow says so
+/// (`FLOW_L4_SHORT`, `FLOW_TCP_SHORT`), as libpcap fails a load past the
+/// packet's end.
 #[inline(always)]
-unsafe fn l4_fields(t: &[u8; 20], l4: *const u8, flow: &mut Flow, opts: &mut SynOpts) {
+unsafe fn l4_fields(t: &[u8; 20], l4: *const u8, avail: u32, flow: &mut Flow, opts: &mut SynOpts) {
     match flow.proto {
         IPPROTO_TCP => {
+            if avail < 4 {
+                flow.flags |= FLOW_L4_SHORT;
+                return;
+            }
             flow.sport = u16::from_be_bytes([t[0], t[1]]);
             flow.dport = u16::from_be_bytes([t[2], t[3]]);
+            if avail < 14 {
+                flow.flags |= FLOW_TCP_SHORT;
+                return;
+            }
             flow.tcp_flags = t[13];
-            let doff = ((t[12] >> 4) as usize) * 4;
+            let doff = ((t[12] >> 4) as u32) * 4;
+            let doff = min(doff, avail);
             if flow.tcp_flags & TCP_SYN != 0 && doff > 20 {
                 opts.at = l4.wrapping_add(20);
-                opts.len = (doff - 20) as u32;
+                opts.len = doff - 20;
             }
         }
         IPPROTO_UDP => {
+            if avail < 4 {
+                flow.flags |= FLOW_L4_SHORT;
+                return;
+            }
             flow.sport = u16::from_be_bytes([t[0], t[1]]);
             flow.dport = u16::from_be_bytes([t[2], t[3]]);
         }
         IPPROTO_ICMP | IPPROTO_ICMPV6 => {
+            if avail < 2 {
+                flow.flags |= FLOW_L4_SHORT;
+                return;
+            }
             flow.icmp_type = t[0];
             flow.icmp_code = t[1];
         }
@@ -209,7 +274,7 @@ unsafe fn l4_fields(t: &[u8; 20], l4: *const u8, flow: &mut Flow, opts: &mut Syn
 }
 
 #[inline(always)]
-unsafe fn parse_ipv6(l3: *const u8, flow: &mut Flow, opts: &mut SynOpts) -> bool {
+unsafe fn parse_ipv6(l3: *const u8, room: u32, flow: &mut Flow, opts: &mut SynOpts) -> bool {
     let Ok(h) = bpf_probe_read_kernel(l3 as *const [u8; 40]) else {
         return false;
     };
@@ -217,7 +282,12 @@ unsafe fn parse_ipv6(l3: *const u8, flow: &mut Flow, opts: &mut SynOpts) -> bool
         return false;
     }
     flow.family = FAMILY_V6;
+    let payload = u16::from_be_bytes([h[4], h[5]]) as u32;
     flow.ip_len = u16::from_be_bytes([h[4], h[5]]).saturating_add(40);
+    // As for IPv4: the payload length (0 for a jumbogram / BIG TCP) and
+    // the skb bound what follows the fixed header.
+    let by_header = if payload == 0 { NO_BOUND } else { payload };
+    let mut avail = min(by_header, room.saturating_sub(40));
     flow.src.copy_from_slice(&h[8..24]);
     flow.dst.copy_from_slice(&h[24..40]);
     let mut next = h[6];
@@ -227,13 +297,23 @@ unsafe fn parse_ipv6(l3: *const u8, flow: &mut Flow, opts: &mut SynOpts) -> bool
     for _ in 0..4 {
         match next {
             0 | 43 | 60 => {
+                if avail < 2 {
+                    flow.flags |= FLOW_L4_SHORT;
+                    return true;
+                }
                 let Ok(e) = bpf_probe_read_kernel(at as *const [u8; 2]) else {
                     return true;
                 };
                 next = e[0];
-                at = at.wrapping_add((e[1] as usize + 1) * 8);
+                let len = (e[1] as u32 + 1) * 8;
+                at = at.wrapping_add(len as usize);
+                avail = avail.saturating_sub(len);
             }
             44 => {
+                if avail < 8 {
+                    flow.flags |= FLOW_L4_SHORT;
+                    return true;
+                }
                 let Ok(e) = bpf_probe_read_kernel(at as *const [u8; 4]) else {
                     return true;
                 };
@@ -245,21 +325,23 @@ unsafe fn parse_ipv6(l3: *const u8, flow: &mut Flow, opts: &mut SynOpts) -> bool
                     return true;
                 }
                 at = at.wrapping_add(8);
+                avail = avail.saturating_sub(8);
             }
             _ => break,
         }
     }
     flow.proto = next;
-    parse_l4(at, flow, opts);
+    parse_l4(at, avail, flow, opts);
     true
 }
 
 #[inline(always)]
-unsafe fn parse_l4(l4: *const u8, flow: &mut Flow, opts: &mut SynOpts) {
+unsafe fn parse_l4(l4: *const u8, avail: u32, flow: &mut Flow, opts: &mut SynOpts) {
     // 20 bytes cover every field we take (TCP's fixed header is the
-    // longest); a short UDP or ICMP packet is followed by its buffer.
+    // longest); past `avail` they are the buffer's, which `l4_fields`
+    // leaves alone.
     if let Ok(t) = bpf_probe_read_kernel(l4 as *const [u8; 20]) {
-        l4_fields(&t, l4, flow, opts);
+        l4_fields(&t, l4, avail, flow, opts);
     }
 }
 

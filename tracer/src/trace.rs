@@ -21,7 +21,8 @@ use serde::Serialize;
 use std::collections::{BTreeMap, HashMap};
 use std::net::IpAddr;
 use tracer_abi::{
-    DropEvent, HopEvent, HOP_CONSUME, HOP_QUEUE, HOP_RECEIVE, HOP_XMIT, IPPROTO_TCP, IPPROTO_UDP,
+    DropEvent, HopEvent, FLOW_FRAGMENT, FLOW_L4_SHORT, FLOW_TCP_SHORT, HOP_CONSUME, HOP_QUEUE,
+    HOP_RECEIVE, HOP_XMIT, IPPROTO_TCP, IPPROTO_UDP,
 };
 
 pub fn hop_name(event: u32) -> &'static str {
@@ -105,7 +106,11 @@ impl Consumer for Tracker {
     fn hop(&mut self, raw: &HopEvent, s: &mut Session) -> std::io::Result<()> {
         let f = &raw.flow;
         let has_l3 = family_name(f.family).is_some();
-        let ports = has_l3 && (f.proto == IPPROTO_TCP || f.proto == IPPROTO_UDP);
+        // As for drops: no ports in a non-first fragment or past the
+        // packet's end.
+        let ports = has_l3
+            && (f.proto == IPPROTO_TCP || f.proto == IPPROTO_UDP)
+            && f.flags & (FLOW_FRAGMENT | FLOW_L4_SHORT) == 0;
         let ifname = s.namer_ifname(raw.netns, raw.ifindex);
         let rec = HopRecord {
             kind: "hop",
@@ -123,7 +128,8 @@ impl Consumer for Tracker {
             dst: flow_dst(f),
             sport: ports.then_some(f.sport),
             dport: ports.then_some(f.dport),
-            tcp_flags: (ports && f.proto == IPPROTO_TCP).then(|| tcp_flags(f.tcp_flags)),
+            tcp_flags: (ports && f.proto == IPPROTO_TCP && f.flags & FLOW_TCP_SHORT == 0)
+                .then(|| tcp_flags(f.tcp_flags)),
             cpu: raw.cpu,
         };
         if raw.event == HOP_CONSUME {

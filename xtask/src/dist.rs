@@ -144,7 +144,7 @@ pub fn build_static(root: &Path) -> Result<PathBuf> {
             // no build paths; panics still print their message.
             .env("CARGO_PROFILE_RELEASE_STRIP", "symbols"),
     )?;
-    let bin = root.join("target").join(TARGET).join("release/tracer");
+    let bin = static_binary(root);
     let elf = fs::read(&bin).with_context(|| format!("reading {}", bin.display()))?;
     if has_interpreter(&elf) {
         bail!(
@@ -153,6 +153,11 @@ pub fn build_static(root: &Path) -> Result<PathBuf> {
         );
     }
     Ok(bin)
+}
+
+/// Where `build_static` leaves the binary.
+pub fn static_binary(root: &Path) -> PathBuf {
+    root.join("target").join(TARGET).join("release/tracer")
 }
 
 /// Whether a 64-bit little-endian ELF has a PT_INTERP program header:

@@ -222,6 +222,13 @@ fn main() -> Result<()> {
                 "-D",
                 "warnings",
             ])?;
+            // A fresh clone has no eBPF object yet: the workspace must
+            // still check (build.rs puts a stub in its place), so that
+            // rust-analyzer and `cargo check` work before any eBPF build.
+            run(Command::new("cargo")
+                .current_dir(root())
+                .args(["check", "--workspace", "-q"])
+                .env("TRACER_BPF_OBJECT", root().join("target/bpf/absent.o")))?;
             // Integration tests drive the real binary.
             cargo(&["build", "-p", "tracer"])?;
             let mut test = vec!["test", "--workspace"];
@@ -272,6 +279,7 @@ fn main() -> Result<()> {
                 _ => bail!("usage: cargo xtask dist [--check]"),
             }
         }
+        "image" if rest.contains(&"--prebuilt") => image(&rest),
         "image" => {
             setup(&[])?;
             build_ebpf()?;
@@ -320,20 +328,36 @@ fn dist_twice_and_check() -> Result<()> {
 /// The tag deploy/ names, and `cargo xtask image` makes.
 pub const IMAGE_TAG: &str = concat!("tracer:", env!("CARGO_PKG_VERSION"));
 
-/// `cargo xtask image [--tag T]`: deploy/Dockerfile over the static
-/// binary alone (FROM scratch, no registry), with the Docker CLI against
-/// whichever daemon DOCKER_HOST names.
+/// `cargo xtask image [--tag T] [--prebuilt]`: deploy/Dockerfile over the
+/// static binary alone (FROM scratch, no registry), with the Docker CLI
+/// against whichever daemon DOCKER_HOST names. `--prebuilt` takes the
+/// static binary `dist` already built instead of running cargo: the
+/// Docker test calls this binary while `cargo test` holds the build lock.
 fn image(args: &[&str]) -> Result<()> {
-    let tag = match args {
-        [] => IMAGE_TAG,
-        ["--tag", t] => t,
-        _ => bail!("usage: cargo xtask image [--tag T]"),
+    let mut tag = IMAGE_TAG;
+    let mut prebuilt = false;
+    let mut it = args.iter();
+    while let Some(a) = it.next() {
+        match *a {
+            "--tag" => tag = it.next().context("--tag needs a value")?,
+            "--prebuilt" => prebuilt = true,
+            _ => bail!("usage: cargo xtask image [--tag T] [--prebuilt]"),
+        }
+    }
+    let bin = if prebuilt {
+        dist::static_binary(&root())
+    } else {
+        dist::build_static(&root())?
     };
-    let bin = dist::build_static(&root())?;
     let ctx = root().join("target/image");
     let _ = std::fs::remove_dir_all(&ctx);
     std::fs::create_dir_all(&ctx)?;
-    std::fs::copy(&bin, ctx.join("tracer"))?;
+    std::fs::copy(&bin, ctx.join("tracer")).with_context(|| {
+        format!(
+            "no static binary at {} (cargo xtask dist builds it)",
+            bin.display()
+        )
+    })?;
     run(Command::new("docker")
         .args(["build", "--quiet", "-t", tag, "-f"])
         .arg(root().join("deploy/Dockerfile"))

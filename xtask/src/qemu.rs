@@ -1367,7 +1367,7 @@ fn report(results: &[GuestResult], checks: &[&Check]) -> usize {
     println!();
     print!("{:<11} {:<22} {:<5}", "guest", "kernel", "boot");
     for c in checks {
-        print!(" {:<9}", c.name);
+        print!(" {:<10}", c.name);
     }
     println!(" time");
     for g in results {
@@ -1378,7 +1378,7 @@ fn report(results: &[GuestResult], checks: &[&Check]) -> usize {
         };
         print!("{:<11} {:<22} {:<5}", g.label, g.kver, boot);
         for c in &g.checks {
-            print!(" {:<9}", outcome_cell(&c.outcome));
+            print!(" {:<10}", outcome_cell(&c.outcome));
         }
         println!(" {:.0} s", g.secs);
     }

@@ -622,10 +622,13 @@ impl Namer {
         let (ifname, ifname_gone) = self.ifname(e.netns, e.ifindex);
         let (ingress_ifname, _) = self.ifname(e.netns, e.ingress_ifindex);
         let has_l3 = f.family != FAMILY_NONE;
-        let has_ports = has_l3
-            && (f.proto == IPPROTO_TCP || f.proto == IPPROTO_UDP)
-            && f.flags & FLOW_FRAGMENT == 0;
-        let is_icmp = has_l3 && (f.proto == IPPROTO_ICMP || f.proto == IPPROTO_ICMPV6);
+        // No L4 fields in a non-first fragment, nor past the packet's
+        // end (the kernel side flags both): shown as null, never as
+        // another packet's bytes.
+        let l4 = has_l3 && f.flags & (FLOW_FRAGMENT | FLOW_L4_SHORT) == 0;
+        let has_ports = l4 && (f.proto == IPPROTO_TCP || f.proto == IPPROTO_UDP);
+        let is_icmp = l4 && (f.proto == IPPROTO_ICMP || f.proto == IPPROTO_ICMPV6);
+        let has_tcp_flags = has_ports && f.proto == IPPROTO_TCP && f.flags & FLOW_TCP_SHORT == 0;
         let kernel_reasons = !self.reasons.is_empty();
         let o = &e.orig;
         let nat = o.flags & NAT_VALID != 0 && o.family != FAMILY_NONE;
@@ -678,7 +681,7 @@ impl Namer {
             } else {
                 "original"
             }),
-            tcp_flags: (has_ports && f.proto == IPPROTO_TCP).then(|| tcp_flags(f.tcp_flags)),
+            tcp_flags: has_tcp_flags.then(|| tcp_flags(f.tcp_flags)),
             // The drop probe sends a SYN's option bytes, not its MSS.
             mss: tcp_mss(&e.tcp_opts.0[..(e.tcp_opts_len as usize).min(TCP_OPTS_MAX)]),
             icmp_type: is_icmp.then_some(f.icmp_type),
