@@ -358,7 +358,13 @@ fn image(args: &[&str]) -> Result<()> {
             bin.display()
         )
     })?;
-    run(Command::new("docker")
+    // Debian's docker.io client where installed, matching its daemon.
+    let cli = if Path::new("/usr/bin/docker").exists() {
+        "/usr/bin/docker"
+    } else {
+        "docker"
+    };
+    run(Command::new(cli)
         .args(["build", "--quiet", "-t", tag, "-f"])
         .arg(root().join("deploy/Dockerfile"))
         .arg(&ctx)
