@@ -158,3 +158,33 @@ fn short_packets_show_no_stale_ports_on_any_hook() {
         );
     }
 }
+
+/// SCTP as tcpdump filters it: `port` covers its ports, `sctp` names it,
+/// `tcp port` does not match it. A raw SCTP common header (ports 5005 ->
+/// 80) to a host with no SCTP endpoint is dropped there.
+#[test]
+fn sctp_ports_are_ports() {
+    let lab = lab("sctp");
+    let b = lab.name("b");
+    let port = watch("tp_btf", &b, Some("port 80"));
+    let sctp = watch("tp_btf", &b, Some("sctp and dst port 80"));
+    let tcp = watch("tp_btf", &b, Some("tcp port 80"));
+    let send = "import socket, struct\n\
+        s = socket.socket(socket.AF_INET, socket.SOCK_RAW, 132)\n\
+        for i in range(3): s.sendto(struct.pack('!HHII', 5005, 80, 0, 0), ('10.77.40.9', 0))";
+    lab.exec("a", &format!("python3 -c \"{send}\"")).unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(500));
+    let (port, sctp, tcp) = (port.stop(), sctp.stop(), tcp.stop());
+    for (name, lines) in [("port 80", &port), ("sctp and dst port 80", &sctp)] {
+        let ds = drops(lines);
+        assert!(
+            ds.iter()
+                .any(|d| d["proto"] == "sctp" && d["sport"] == 5005 && d["dport"] == 80),
+            "'{name}' missed the SCTP drop: {lines:#?}"
+        );
+    }
+    assert!(
+        drops(&tcp).is_empty(),
+        "'tcp port 80' matched SCTP: {tcp:#?}"
+    );
+}

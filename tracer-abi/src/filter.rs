@@ -110,12 +110,14 @@ fn pick(dir: u8, s: bool, d: bool) -> bool {
     }
 }
 
-/// Ports only exist for TCP and UDP, not in non-first fragments, and not
-/// in a packet that ends before them (as in tcpdump, whose load past the
-/// end fails the match).
+/// Ports exist for TCP, UDP and SCTP (tcpdump's `port`), not in non-first
+/// fragments, and not in a packet that ends before them (tcpdump's load
+/// past the end fails the match).
 #[inline(always)]
 fn has_ports(flow: &Flow) -> bool {
-    (flow.proto == crate::IPPROTO_TCP || flow.proto == crate::IPPROTO_UDP)
+    (flow.proto == crate::IPPROTO_TCP
+        || flow.proto == crate::IPPROTO_UDP
+        || flow.proto == crate::IPPROTO_SCTP)
         && flow.flags & (crate::FLOW_FRAGMENT | crate::FLOW_L4_SHORT) == 0
 }
 
@@ -123,7 +125,9 @@ fn has_ports(flow: &Flow) -> bool {
 fn test<O: Opaque>(op: &FilterOp, flow: &Flow, src: &[u32; 4], dst: &[u32; 4], o: &O) -> bool {
     match op.code {
         OP_FAMILY => flow.family as u16 == op.value,
-        OP_PROTO => flow.proto as u16 == op.value,
+        // `family` 0: either family (`proto 1`, `tcp`); else one
+        // (`icmp` is `ip proto 1`, `icmp6` is `ip6 proto 58`, as in tcpdump).
+        OP_PROTO => flow.proto as u16 == op.value && (op.family == 0 || flow.family == op.family),
         OP_NET => flow.family == op.family && pick(op.dir, in_net(src, op), in_net(dst, op)),
         OP_PORT => {
             // Ports pass through `hide` before each test as well: a branch

@@ -253,7 +253,8 @@ unsafe fn l4_fields(t: &[u8; 20], l4: *const u8, avail: u32, flow: &mut Flow, op
                 opts.len = doff - 20;
             }
         }
-        IPPROTO_UDP => {
+        // SCTP's common header starts with the two ports, as UDP's does.
+        IPPROTO_UDP | IPPROTO_SCTP => {
             if avail < 4 {
                 flow.flags |= FLOW_L4_SHORT;
                 return;

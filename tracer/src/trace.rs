@@ -22,7 +22,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::net::IpAddr;
 use tracer_abi::{
     DropEvent, HopEvent, FLOW_FRAGMENT, FLOW_L4_SHORT, FLOW_TCP_SHORT, HOP_CONSUME, HOP_QUEUE,
-    HOP_RECEIVE, HOP_XMIT, IPPROTO_TCP, IPPROTO_UDP,
+    HOP_RECEIVE, HOP_XMIT, IPPROTO_SCTP, IPPROTO_TCP, IPPROTO_UDP,
 };
 
 pub fn hop_name(event: u32) -> &'static str {
@@ -109,7 +109,7 @@ impl Consumer for Tracker {
         // As for drops: no ports in a non-first fragment or past the
         // packet's end.
         let ports = has_l3
-            && (f.proto == IPPROTO_TCP || f.proto == IPPROTO_UDP)
+            && (f.proto == IPPROTO_TCP || f.proto == IPPROTO_UDP || f.proto == IPPROTO_SCTP)
             && f.flags & (FLOW_FRAGMENT | FLOW_L4_SHORT) == 0;
         let ifname = s.namer_ifname(raw.netns, raw.ifindex);
         let rec = HopRecord {

@@ -144,6 +144,7 @@ pub fn proto_name(p: u8) -> String {
         IPPROTO_UDP => "udp".into(),
         IPPROTO_ICMP => "icmp".into(),
         IPPROTO_ICMPV6 => "icmp6".into(),
+        IPPROTO_SCTP => "sctp".into(),
         2 => "igmp".into(),
         n => n.to_string(),
     }
@@ -626,7 +627,8 @@ impl Namer {
         // end (the kernel side flags both): shown as null, never as
         // another packet's bytes.
         let l4 = has_l3 && f.flags & (FLOW_FRAGMENT | FLOW_L4_SHORT) == 0;
-        let has_ports = l4 && (f.proto == IPPROTO_TCP || f.proto == IPPROTO_UDP);
+        let has_ports =
+            l4 && (f.proto == IPPROTO_TCP || f.proto == IPPROTO_UDP || f.proto == IPPROTO_SCTP);
         let is_icmp = l4 && (f.proto == IPPROTO_ICMP || f.proto == IPPROTO_ICMPV6);
         let has_tcp_flags = has_ports && f.proto == IPPROTO_TCP && f.flags & FLOW_TCP_SHORT == 0;
         let kernel_reasons = !self.reasons.is_empty();

@@ -43,7 +43,8 @@ use tracer_abi::filter::{
     OP_PORT, OP_PORTS, OP_PROTO, PORT_SET,
 };
 use tracer_abi::{
-    Flow, FAMILY_V4, FAMILY_V6, IPPROTO_ICMP, IPPROTO_ICMPV6, IPPROTO_TCP, IPPROTO_UDP,
+    Flow, FAMILY_V4, FAMILY_V6, IPPROTO_ICMP, IPPROTO_ICMPV6, IPPROTO_SCTP, IPPROTO_TCP,
+    IPPROTO_UDP,
 };
 
 /// A compiled filter: the kernel program and the expression it came from.
@@ -234,6 +235,7 @@ fn lex(expr: &str) -> Result<Vec<Token>, FilterError> {
 enum Proto {
     Tcp,
     Udp,
+    Sctp,
     Icmp,
     Icmp6,
     Ip,
@@ -245,6 +247,7 @@ impl Proto {
         Some(match w {
             "tcp" => Proto::Tcp,
             "udp" => Proto::Udp,
+            "sctp" => Proto::Sctp,
             "icmp" => Proto::Icmp,
             "icmp6" => Proto::Icmp6,
             "ip" => Proto::Ip,
@@ -257,6 +260,7 @@ impl Proto {
         match self {
             Proto::Tcp => "tcp",
             Proto::Udp => "udp",
+            Proto::Sctp => "sctp",
             Proto::Icmp => "icmp",
             Proto::Icmp6 => "icmp6",
             Proto::Ip => "ip",
@@ -280,14 +284,19 @@ impl Proto {
                 ..op(OP_FAMILY)
             },
             None => {
-                let proto = match self {
-                    Proto::Tcp => IPPROTO_TCP,
-                    Proto::Udp => IPPROTO_UDP,
-                    Proto::Icmp => IPPROTO_ICMP,
-                    _ => IPPROTO_ICMPV6,
+                // tcpdump: `icmp` is `ip proto 1` and `icmp6` is `ip6 proto
+                // 58`, each in its own family; `tcp`, `udp` and `sctp` are
+                // in either.
+                let (proto, family) = match self {
+                    Proto::Tcp => (IPPROTO_TCP, 0),
+                    Proto::Udp => (IPPROTO_UDP, 0),
+                    Proto::Sctp => (IPPROTO_SCTP, 0),
+                    Proto::Icmp => (IPPROTO_ICMP, FAMILY_V4),
+                    _ => (IPPROTO_ICMPV6, FAMILY_V6),
                 };
                 FilterOp {
                     value: proto as u16,
+                    family,
                     ..op(OP_PROTO)
                 }
             }
@@ -375,7 +384,6 @@ const UNSUPPORTED: &[&str] = &[
     "outbound",
     "ifname",
     "on",
-    "sctp",
     "igmp",
     "ah",
     "esp",
@@ -711,7 +719,7 @@ impl Parser {
                 return Err(error(
                     kind_tok.col,
                     format!(
-                        "'{}' only applies to tcp and udp, not '{}'",
+                        "'{}' only applies to tcp, udp and sctp, not '{}'",
                         kind_tok.text,
                         p.name()
                     ),
@@ -946,10 +954,25 @@ impl Parser {
         }
     }
 
+    /// A port as tcpdump takes it: decimal, hex (`0x50`) or a service
+    /// name from /etc/services (`http`, `domain`).
+    fn port_value(&self, s: &str, col: usize) -> Option<PResult<u16>> {
+        if all_digits(s) {
+            return Some(self.port_number(s, col));
+        }
+        if let Some(hex) = s.strip_prefix("0x").or_else(|| s.strip_prefix("0X")) {
+            return Some(match u64::from_str_radix(hex, 16) {
+                Ok(n) if n <= 65535 && !hex.is_empty() => Ok(n as u16),
+                _ => Err(error(col, format!("port {s} is out of range (0-65535)"))),
+            });
+        }
+        service_port(s).map(Ok)
+    }
+
     fn parse_port(&self, idx: usize) -> PResult<u16> {
         let v = &self.toks[idx];
-        if all_digits(&v.text) {
-            return self.port_number(&v.text, v.col);
+        if let Some(p) = self.port_value(&v.text, v.col) {
+            return p;
         }
         let mut e = self.expected(idx, "a port number");
         if let Some((a, b)) = v.text.split_once('-') {
@@ -960,24 +983,21 @@ impl Parser {
         Err(e)
     }
 
+    /// `A-B` in either order (tcpdump swaps them), or one port: each end
+    /// a number, hex or a service name.
     fn parse_range(&self, idx: usize) -> PResult<(u16, u16)> {
         let v = &self.toks[idx];
-        let Some((a, b)) = v
-            .text
-            .split_once('-')
-            .filter(|(a, b)| all_digits(a) && all_digits(b))
-        else {
+        let (a, b) = v.text.split_once('-').unwrap_or((&v.text, &v.text));
+        let b_col = if a.len() == v.text.len() {
+            v.col
+        } else {
+            v.col + a.chars().count() + 1
+        };
+        let (Some(lo), Some(hi)) = (self.port_value(a, v.col), self.port_value(b, b_col)) else {
             return Err(self.expected(idx, Kind::PortRange.what()));
         };
-        let lo = self.port_number(a, v.col)?;
-        let hi = self.port_number(b, v.col + a.chars().count() + 1)?;
-        if lo > hi {
-            return Err(error(
-                v.col,
-                format!("bad port range '{}': {lo} is greater than {hi}", v.text),
-            ));
-        }
-        Ok((lo, hi))
+        let (lo, hi) = (lo?, hi?);
+        Ok((lo.min(hi), lo.max(hi)))
     }
 
     fn parse_proto(&self, idx: usize) -> PResult<u8> {
@@ -987,6 +1007,7 @@ impl Parser {
         match name.to_ascii_lowercase().as_str() {
             "tcp" => Ok(IPPROTO_TCP),
             "udp" => Ok(IPPROTO_UDP),
+            "sctp" => Ok(IPPROTO_SCTP),
             "icmp" => Ok(IPPROTO_ICMP),
             "icmp6" | "icmpv6" => Ok(IPPROTO_ICMPV6),
             n if all_digits(n) => match n.parse::<u64>() {
@@ -1002,6 +1023,27 @@ impl Parser {
 }
 
 /// The port ranges of a port op.
+/// The port of a service name (or alias) in /etc/services, for any of
+/// tcp, udp and sctp, as tcpdump resolves `port http`. None when the name
+/// is unknown or the file is missing (a scratch container has none).
+fn service_port(name: &str) -> Option<u16> {
+    let text = std::fs::read_to_string("/etc/services").ok()?;
+    services_lookup(&text, name)
+}
+
+fn services_lookup(text: &str, name: &str) -> Option<u16> {
+    text.lines().find_map(|line| {
+        let line = line.split('#').next()?;
+        let mut words = line.split_whitespace();
+        let service = words.next()?;
+        let (port, proto) = words.next()?.split_once('/')?;
+        let named = service == name || words.any(|alias| alias == name);
+        (named && matches!(proto, "tcp" | "udp" | "sctp"))
+            .then(|| port.parse().ok())
+            .flatten()
+    })
+}
+
 fn port_ranges(o: &FilterOp) -> Option<Vec<u32>> {
     match o.code {
         OP_PORT => Some(vec![o.value as u32 | (o.value2 as u32) << 16]),
@@ -1224,10 +1266,10 @@ mod tests {
 
     #[test]
     fn error_display_is_one_line() {
-        let e = compile("udp port http").unwrap_err();
+        let e = compile("udp port no-such-svc").unwrap_err();
         assert_eq!(
             e.to_string(),
-            "bad filter at column 10: expected a port number after 'port', found 'http'"
+            "bad filter at column 10: expected a port number after 'port', found 'no-such-svc'"
         );
         let boxed: Box<dyn std::error::Error> = Box::new(e);
         assert!(!boxed.to_string().contains('\n'));
@@ -1492,9 +1534,12 @@ mod tests {
         same("proto 6", "tcp");
         same("proto tcp", "tcp");
         same("proto \\udp", "udp");
-        same("proto icmp", "icmp");
-        same("proto icmp6", "icmp6");
-        same("proto ICMPv6", "icmp6");
+        // `proto N` is either family; `icmp`/`icmp6` each their own.
+        same("proto ICMPv6", "proto 58");
+        let v4 = flow(IPPROTO_ICMP, "1.1.1.1", 0, "2.2.2.2", 0);
+        let v6 = flow(IPPROTO_ICMP, "fd00::1", 0, "fd00::2", 0);
+        assert!(m("proto icmp", &v4) && m("proto icmp", &v6));
+        assert!(m("icmp", &v4) && !m("icmp", &v6));
         assert!(m("proto 47", &flow(47, "1.1.1.1", 0, "2.2.2.2", 0)));
         assert!(!m("proto 47", &flow(50, "1.1.1.1", 0, "2.2.2.2", 0)));
     }
@@ -1863,10 +1908,11 @@ mod tests {
     #[test]
     fn error_bad_port() {
         check(
-            "port http",
+            "port no-such-svc",
             6,
-            "expected a port number after 'port', found 'http'",
+            "expected a port number after 'port', found 'no-such-svc'",
         );
+        check("port 0x10000", 6, "port 0x10000 is out of range (0-65535)");
         check("port 65536", 6, "port 65536 is out of range (0-65535)");
         check(
             "port 99999999999999999999",
@@ -1899,11 +1945,6 @@ mod tests {
     #[test]
     fn error_bad_portrange() {
         check(
-            "portrange 2000-1000",
-            11,
-            "bad port range '2000-1000': 2000 is greater than 1000",
-        );
-        check(
             "portrange 1-70000",
             13,
             "port 70000 is out of range (0-65535)",
@@ -1912,11 +1953,6 @@ mod tests {
             "portrange 70000-70001",
             11,
             "port 70000 is out of range (0-65535)",
-        );
-        check(
-            "portrange 80",
-            11,
-            "expected a port range like 1000-2000 after 'portrange', found '80'",
         );
         check(
             "portrange 1-",
@@ -2054,12 +2090,12 @@ mod tests {
         check(
             "icmp port 80",
             6,
-            "'port' only applies to tcp and udp, not 'icmp'",
+            "'port' only applies to tcp, udp and sctp, not 'icmp'",
         );
         check(
             "icmp6 dst portrange 1-2",
             11,
-            "'portrange' only applies to tcp and udp, not 'icmp6'",
+            "'portrange' only applies to tcp, udp and sctp, not 'icmp6'",
         );
         check(
             "ip host fe80::1",
@@ -2214,5 +2250,44 @@ mod tests {
         assert!(!m("port 80", &frag));
         assert!(!m("port 0", &frag));
         assert!(m("not port 80", &frag));
+    }
+
+    /// tcpdump's meanings (checked against libpcap 1.10 by hand): named
+    /// and hex ports, `portrange` in either order or as one port, `sctp`
+    /// and `port` covering SCTP, `icmp`/`icmp6` each in its own family.
+    #[test]
+    fn tcpdump_port_forms_and_protocol_families() {
+        same("portrange 81-79", "portrange 79-81");
+        same("portrange 80", "port 80");
+        same("port 0x50", "port 80");
+        same("portrange 0x50-0x51", "portrange 80-81");
+        let sctp = flow(IPPROTO_SCTP, "10.0.0.1", 5000, "10.0.0.2", 80);
+        assert!(m("port 80", &sctp));
+        assert!(m("sctp port 80", &sctp));
+        assert!(m("sctp and dst port 80", &sctp));
+        assert!(!m("tcp port 80", &sctp));
+        assert!(m("proto 132", &sctp) && m("proto sctp", &sctp));
+        // ICMP's number in the other family is not ICMP.
+        let v6_proto1 = flow(IPPROTO_ICMP, "fd00::1", 0, "fd00::2", 0);
+        assert!(!m("icmp", &v6_proto1));
+        assert!(m("proto 1", &v6_proto1), "proto N is either family");
+        let v4_proto58 = flow(IPPROTO_ICMPV6, "10.0.0.1", 0, "10.0.0.2", 0);
+        assert!(!m("icmp6", &v4_proto58));
+        assert!(m("icmp", &flow(IPPROTO_ICMP, "10.0.0.1", 0, "10.0.0.2", 0)));
+    }
+
+    #[test]
+    fn service_names_come_from_an_etc_services_text() {
+        let text = "# comment\nhttp\t\t80/tcp\t\twww # WorldWideWeb\n\
+                    domain\t\t53/udp\nfoo\t\t9/ddp\n";
+        assert_eq!(services_lookup(text, "http"), Some(80));
+        assert_eq!(services_lookup(text, "www"), Some(80));
+        assert_eq!(services_lookup(text, "domain"), Some(53));
+        assert_eq!(services_lookup(text, "foo"), None, "not tcp, udp or sctp");
+        assert_eq!(
+            services_lookup(text, "WorldWideWeb"),
+            None,
+            "comments are not aliases"
+        );
     }
 }
