@@ -101,8 +101,10 @@ impl Netlab {
         run(Command::new("ip").args([
             "-n", &na, "link", "add", a_if, "type", "veth", "peer", "name", b_if, "netns", &nb,
         ]))?;
-        self.exec(a, &format!("ip link set {a_if} up"))?;
-        self.exec(b, &format!("ip link set {b_if} up"))?;
+        // Arguments, not a shell line: tests name interfaces with quotes
+        // and control characters.
+        run(Command::new("ip").args(["-n", &na, "link", "set", "dev", a_if, "up"]))?;
+        run(Command::new("ip").args(["-n", &nb, "link", "set", "dev", b_if, "up"]))?;
         Ok(())
     }
 
