@@ -114,9 +114,9 @@ pub struct Recorder {
 }
 
 impl Recorder {
-    pub fn create(path: &Path, header: &Header) -> Result<Recorder> {
-        let f = File::create(path)
-            .with_context(|| format!("cannot create recording {}", path.display()))?;
+    /// Starts a recording in `f` (opened by `sinks::file` before the
+    /// probes attach, so a refused path fails fast).
+    pub fn create(f: File, header: &Header) -> Result<Recorder> {
         let mut r = Recorder {
             out: BufWriter::new(f),
             last: HashMap::new(),

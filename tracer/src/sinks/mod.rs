@@ -1,6 +1,7 @@
 //! How records reach the user: one aligned, coloured line per drop for a
 //! person, or one JSON object per line for a program; and the summary.
 
+pub mod file;
 pub mod pcapng;
 pub mod verdict;
 
@@ -53,16 +54,15 @@ impl Output {
         Self::to(format, own_netns, std::io::stdout(), tty)
     }
 
-    /// Appends to a file (a log that a collector tails), never coloured.
-    pub fn append_to(
+    /// Writes to a file (a log that a collector tails), never coloured;
+    /// opened by the rules of `file` (`existing`: `--append` or not).
+    pub fn to_file(
         path: &std::path::Path,
+        existing: file::Existing,
         format: Format,
         own_netns: u32,
-    ) -> std::io::Result<Self> {
-        let f = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(path)?;
+    ) -> anyhow::Result<Self> {
+        let f = file::open(path, existing)?;
         Ok(Self::to(format, own_netns, f, false))
     }
 
