@@ -532,12 +532,14 @@ pub fn replay_cmd(path: &Path, format: Format) -> Result<()> {
     let header = Reader::open(path)?.header;
     let mut out = Output::stdout(format, header.own_netns);
     if format == Format::Text {
-        eprintln!(
+        // The recording's words, escaped as every name in text is.
+        let shown = format!(
             "tracer: replaying {} (recorded on {}, kernel {})",
             path.display(),
             header.hostname,
             header.kernel
         );
+        eprintln!("{}", crate::sinks::printable::escape(&shown));
     }
     let mut summary = Summary::new();
     let mut first_ts = None;
