@@ -42,12 +42,20 @@ pub fn list(format: Format) -> Result<()> {
 }
 
 /// Removes what a killed run left: every namespace named `trlab-*`.
+/// `tracer lab clean`: removes what killed lab runs recorded making (see
+/// `netlab`), never a namespace by its name alone.
 pub fn clean() -> Result<()> {
-    let gone = netlab::clean(LAB_PREFIX);
-    if gone.is_empty() {
+    let done = netlab::clean(LAB_PREFIX);
+    if done.removed.is_empty() {
         eprintln!("tracer: no lab namespaces to remove");
     } else {
-        eprintln!("tracer: removed {}", gone.join(" "));
+        eprintln!("tracer: removed {}", done.removed.join(" "));
+    }
+    if !done.running.is_empty() {
+        eprintln!(
+            "tracer: left {}: their lab run is still going",
+            done.running.join(" ")
+        );
     }
     Ok(())
 }
