@@ -22,8 +22,8 @@
 //! A recording may come from anywhere, so the reader bounds what it costs:
 //! a line over `MAX_LINE` bytes is refused (it is read at most that far,
 //! so `--replay /dev/zero` ends at once), and the facts' and end's
-//! timestamps must lie within `MAX_SPAN` of the header's `start_ns` and
-//! never step back by more than `MAX_STEP_BACK`: the replay runs the rules'
+//! timestamps must lie within `MAX_SPAN_NS` of the header's `start_ns` and
+//! never step back by more than `MAX_STEP_BACK_NS`: the replay runs the rules'
 //! clock every 250 ms of fact time, so a timestamp of 1, or one near 2^64,
 //! would otherwise mean billions of ticks.
 
