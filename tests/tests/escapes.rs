@@ -31,6 +31,15 @@ fn lab() -> Netlab {
     lab
 }
 
+/// Removes the recording however the test ends.
+struct Removed(std::path::PathBuf);
+
+impl Drop for Removed {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.0);
+    }
+}
+
 fn no_control_bytes(what: &str, bytes: &[u8]) {
     for bad in [0x1bu8, 0x07] {
         assert!(
@@ -46,6 +55,7 @@ fn text_output_escapes_an_interface_named_with_esc_and_bel() {
     let lab = lab();
     let rec = std::env::temp_dir().join(format!("{}rec.jsonl", prefix("esc")));
     let _ = std::fs::remove_file(&rec);
+    let _rm = Removed(rec.clone());
     let mut child = Command::new(tracer_bin())
         .args(["diagnose", "-o", "text", "-d", "8s", "-w"])
         .arg(&rec)
@@ -110,7 +120,6 @@ fn text_output_escapes_an_interface_named_with_esc_and_bel() {
         .unwrap();
     let json = String::from_utf8(json.stdout).unwrap();
     assert!(json.contains(r#""ifname":"e\u001b]0;x\u0007""#), "{json}");
-    let _ = std::fs::remove_file(&rec);
     drop(lab);
 }
 
