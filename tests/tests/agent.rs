@@ -100,6 +100,11 @@ struct Agent {
 impl Agent {
     /// `wrapper` runs in front of the tracer (setpriv ...).
     fn spawn(wrapper: &[&str], netns: &[&str], log: PathBuf) -> (Agent, u16) {
+        Self::spawn_with(wrapper, netns, log, &[])
+    }
+
+    /// Like `spawn`, with more agent flags (`--log-drops`).
+    fn spawn_with(wrapper: &[&str], netns: &[&str], log: PathBuf, extra: &[&str]) -> (Agent, u16) {
         let port = free_port();
         let addr = format!("127.0.0.1:{port}");
         let mut args: Vec<String> = wrapper.iter().map(|s| s.to_string()).collect();
@@ -109,6 +114,7 @@ impl Agent {
             args.extend(["--netns".to_string(), n.to_string()]);
         }
         args.extend(["--log".to_string(), log.to_string_lossy().into_owned()]);
+        args.extend(extra.iter().map(|s| s.to_string()));
         let child = Command::new(&args[0])
             .args(&args[1..])
             .stdin(Stdio::null())
@@ -454,4 +460,178 @@ fn agent_bad_input_is_one_line() {
         assert_eq!(err.trim().lines().count(), 1, "{err}");
         assert!(err.contains(needle), "{args:?}: {err}");
     }
+}
+
+/// A process that claims to be pod `db-0` through a HOSTNAME holding a
+/// newline and a whole forged series, in a cgroup shaped like a Kubernetes
+/// container's (`.../kubepods/.../<64 hex>`, on the cgroup2 hierarchy),
+/// in network namespace `ns`. Removed (process and cgroups) on drop.
+struct FakePod {
+    child: Child,
+    root: PathBuf,
+    leaf: PathBuf,
+    id: String,
+}
+
+const FORGED: &str = "db-0\ntracer_drops_total{reason=\"NO_SOCKET\",netns=\"x\",container=\"db-0\",container_source=\"docker_api\",ifname=\"eth0\"} 99999";
+
+impl FakePod {
+    fn start(ns: &str) -> FakePod {
+        let base = ["/sys/fs/cgroup/unified", "/sys/fs/cgroup"]
+            .into_iter()
+            .map(PathBuf::from)
+            .find(|p| p.join("cgroup.procs").exists() && p.join("cgroup.subtree_control").exists())
+            .expect("a cgroup2 hierarchy");
+        let root = base.join(format!("trtest-{}-kubepods", std::process::id()));
+        let id = format!("fa4e{:060x}", std::process::id());
+        let leaf = root.join("besteffort").join(&id);
+        std::fs::create_dir_all(&leaf).unwrap();
+        let child = Command::new("ip")
+            .args(["netns", "exec", ns, "sleep", "300"])
+            .env("HOSTNAME", FORGED)
+            .stdin(Stdio::null())
+            .spawn()
+            .unwrap();
+        // `ip netns exec` execs sleep in place: the child is the process.
+        std::thread::sleep(Duration::from_millis(200));
+        std::fs::write(leaf.join("cgroup.procs"), child.id().to_string()).unwrap();
+        let env = std::fs::read(format!("/proc/{}/environ", child.id())).unwrap();
+        assert!(
+            env.windows(9).any(|w| w == b"HOSTNAME=".as_slice()),
+            "the pod process carries the hostile HOSTNAME"
+        );
+        FakePod {
+            child,
+            root,
+            leaf,
+            id,
+        }
+    }
+}
+
+impl Drop for FakePod {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        // rmdir, deepest first: a cgroup directory goes once it is empty.
+        let _ = std::fs::remove_dir(&self.leaf);
+        let _ = self.leaf.parent().map(std::fs::remove_dir);
+        let _ = std::fs::remove_dir(&self.root);
+    }
+}
+
+/// `promtool check metrics` on a scrape: (success, what it said).
+fn promtool(scrape: &str) -> (bool, String) {
+    let mut c = Command::new("promtool")
+        .args(["check", "metrics"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("promtool (Debian's prometheus package)");
+    c.stdin
+        .take()
+        .unwrap()
+        .write_all(scrape.as_bytes())
+        .unwrap();
+    let out = c.wait_with_output().unwrap();
+    let said =
+        String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
+    (out.status.success(), said)
+}
+
+/// A tenant names a veth `q",ifname="e` and runs a process claiming pod
+/// `db-0` with a newline in its HOSTNAME; drops on both must scrape as
+/// valid exposition text with no forged series and no claimed name.
+#[test]
+fn metrics_cannot_be_forged_by_names_or_hostname() {
+    const HOSTILE_IF: &str = "q\",ifname=\"e";
+    let mut lab = Netlab::new(&prefix("agforge")).unwrap();
+    lab.ns("peer").unwrap();
+    let edge = lab.ns("edge").unwrap();
+    let pod_ns = lab.ns("pod").unwrap();
+    lab.veth("peer", "eth0", "edge", HOSTILE_IF).unwrap();
+    lab.veth("peer", "eth1", "pod", "eth0").unwrap();
+    lab.exec(
+        "peer",
+        "ip addr add 10.71.0.2/24 dev eth0 && ip addr add 10.72.0.2/24 dev eth1",
+    )
+    .unwrap();
+    std::process::Command::new("ip")
+        .args([
+            "-n",
+            &edge,
+            "addr",
+            "add",
+            "10.71.0.1/24",
+            "dev",
+            HOSTILE_IF,
+        ])
+        .status()
+        .unwrap();
+    lab.exec("pod", "ip addr add 10.72.0.1/24 dev eth0")
+        .unwrap();
+    let pod = FakePod::start(&pod_ns);
+
+    let (mut agent, port) = Agent::spawn_with(
+        &[],
+        &[&edge, &pod_ns],
+        temp("agforge.log"),
+        &["--log-drops"],
+    );
+    agent.wait_healthy();
+    // Three datagrams to closed ports in each: NO_SOCKET drops.
+    tracer_tests::udp(&lab, "peer", "10.71.0.1", 5999);
+    tracer_tests::udp(&lab, "peer", "10.72.0.1", 5999);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let mut body = String::new();
+    while Instant::now() < deadline {
+        body = get(port, "/metrics").unwrap().1;
+        // Counted leniently: a broken scrape must reach promtool below.
+        let n: f64 = body
+            .lines()
+            .filter(|l| l.starts_with("tracer_drops_total{") && l.contains("NO_SOCKET"))
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+            .sum();
+        if n >= 6.0 {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let drops: Vec<&str> = body
+        .lines()
+        .filter(|l| l.starts_with("tracer_drops_total{"))
+        .collect();
+    eprintln!("scrape:\n{}", drops.join("\n"));
+    let (ok, said) = promtool(&body);
+    assert!(ok, "promtool rejects the scrape: {said}\n{body}");
+    // The interface's name is one escaped value of one label.
+    let on_if =
+        format!(r#"netns="{edge}",container="",container_source="",ifname="q\",ifname=\"e"}} 3"#);
+    assert!(drops.iter().any(|l| l.ends_with(&on_if)), "{on_if}\n{body}");
+    // The pod is named by its cgroup, and says so; its own claim is nowhere.
+    let on_pod = format!(
+        r#"netns="{pod_ns}",container="{}",container_source="cgroup",ifname="eth0"}} 3"#,
+        &pod.id[..12]
+    );
+    assert!(
+        drops.iter().any(|l| l.ends_with(&on_pod)),
+        "{on_pod}\n{body}"
+    );
+    assert!(!body.contains("db-0") && !body.contains("99999"), "{body}");
+    assert_eq!(drops.len(), 2, "{body}");
+
+    let log = agent.terminate();
+    let pod_drops: Vec<&Value> = log
+        .iter()
+        .filter(|v| v["type"] == "drop" && v["netns_name"] == pod_ns.as_str())
+        .collect();
+    assert_eq!(pod_drops.len(), 3, "{log:#?}");
+    for d in pod_drops {
+        assert_eq!(d["container"]["source"], "cgroup", "{d}");
+        assert_eq!(d["container"]["name"], &pod.id[..12], "{d}");
+        assert!(d["container"]["pod"].is_null(), "{d}");
+    }
+    drop(pod);
+    drop(lab);
 }

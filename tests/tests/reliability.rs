@@ -526,6 +526,56 @@ fn killed_lab_is_removed_by_lab_clean() {
     assert!(left.is_empty(), "lab clean left {left:?}");
 }
 
+/// `lab clean` removes only what a lab recorded making: a `trlab-*`
+/// namespace someone made by hand (with a process in it), and one whose
+/// marker names another inode (deleted and re-created since), survive.
+#[test]
+fn lab_clean_leaves_namespaces_it_did_not_make() {
+    let _g = LAB_LOCK.lock().unwrap_or_else(|e| e.into_inner());
+    let foreign = format!("trlab-{}-foreign", std::process::id());
+    let reused = format!("trlab-{}-reused", std::process::id());
+    for n in [&foreign, &reused] {
+        let ok = Command::new("ip")
+            .args(["netns", "add", n])
+            .status()
+            .unwrap();
+        assert!(ok.success());
+    }
+    let mut resident = Command::new("ip")
+        .args(["netns", "exec", &foreign, "sleep", "60"])
+        .stdin(Stdio::null())
+        .spawn()
+        .unwrap();
+    // A marker from a creator that is gone, for a namespace of another inode.
+    let mut gone = Command::new("true").spawn().unwrap();
+    gone.wait().unwrap();
+    let marker = Path::new(tracer::lab::netlab::MARKERS).join(&reused);
+    std::fs::create_dir_all(tracer::lab::netlab::MARKERS).unwrap();
+    std::fs::write(&marker, format!("pid={} inode=1\n", gone.id())).unwrap();
+
+    let out = Command::new(tracer_bin())
+        .args(["lab", "clean"])
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    let left = lab_namespaces(&format!("trlab-{}-", std::process::id()));
+    let alive = resident.try_wait().unwrap().is_none();
+    let _ = resident.kill();
+    let _ = resident.wait();
+    for n in [&foreign, &reused] {
+        let _ = Command::new("ip").args(["netns", "del", n]).status();
+    }
+    let stale_marker_left = marker.exists();
+    let _ = std::fs::remove_file(&marker);
+    assert!(out.status.success(), "lab clean: {out:?}");
+    assert!(
+        left.contains(&foreign) && left.contains(&reused),
+        "{left:?}"
+    );
+    assert!(alive, "lab clean killed a process it did not start");
+    assert!(!stale_marker_left, "the stale marker stays");
+}
+
 /// The root netns, minus what changes by itself (address lifetimes).
 fn root_snapshot() -> String {
     fn strip(v: &mut Value) {

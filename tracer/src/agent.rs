@@ -21,12 +21,14 @@ use anyhow::{anyhow, bail, Result};
 use bytes::Bytes;
 use http_body_util::Full;
 use hyper::{Method, Request, Response, StatusCode};
-use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::encoding::{EncodeLabelSet, EncodeLabelValue, LabelValueEncoder};
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::Registry;
+use std::borrow::Cow;
 use std::collections::HashMap;
+use std::fmt::Write as _;
 use std::hash::Hash;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -98,27 +100,82 @@ pub struct AgentOptions {
     pub series_idle: Duration,
 }
 
+/// A label value, escaped as the exposition format requires when it is
+/// written. prometheus-client 0.24 writes label values verbatim, so a name
+/// holding `"` or a newline (an interface any user can name in their own
+/// namespace, a /run/netns file) would close the value early and forge
+/// labels or whole series, or make the scrape unparsable. Every label the
+/// agent exports is of this type, so escaping happens here and only here.
+#[derive(Clone, Debug, Default, Hash, PartialEq, Eq)]
+pub struct Label(pub String);
+
+impl Label {
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+}
+
+impl From<String> for Label {
+    fn from(s: String) -> Self {
+        Label(s)
+    }
+}
+
+impl From<&str> for Label {
+    fn from(s: &str) -> Self {
+        Label(s.to_string())
+    }
+}
+
+/// Backslash, double quote and newline escaped (the only three the text
+/// format and OpenMetrics define; everything else is literal UTF-8).
+pub fn escape_label(s: &str) -> Cow<'_, str> {
+    if !s.contains(['\\', '"', '\n']) {
+        return Cow::Borrowed(s);
+    }
+    let mut out = String::with_capacity(s.len() + 8);
+    for c in s.chars() {
+        match c {
+            '\\' => out.push_str("\\\\"),
+            '"' => out.push_str("\\\""),
+            '\n' => out.push_str("\\n"),
+            c => out.push(c),
+        }
+    }
+    Cow::Owned(out)
+}
+
+impl EncodeLabelValue for Label {
+    fn encode(&self, enc: &mut LabelValueEncoder) -> std::fmt::Result {
+        enc.write_str(&escape_label(&self.0))
+    }
+}
+
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct DropLabels {
-    pub reason: String,
-    pub netns: String,
-    pub container: String,
-    pub ifname: String,
+    pub reason: Label,
+    pub netns: Label,
+    pub container: Label,
+    /// Where the container's name came from (`docker_api`, or `cgroup`
+    /// when only the cgroup path named it and the name is its id).
+    pub container_source: Label,
+    pub ifname: Label,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct VerdictLabels {
-    pub kind: String,
-    pub tier: String,
-    pub netns: String,
-    pub container: String,
+    pub kind: Label,
+    pub tier: Label,
+    pub netns: Label,
+    pub container: Label,
+    pub container_source: Label,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct BuildLabels {
-    version: String,
-    kernel: String,
-    hook: String,
+    version: Label,
+    kernel: Label,
+    hook: Label,
 }
 
 /// A counter family with at most `max` series (plus the `other` ones,
@@ -177,17 +234,18 @@ where
 }
 
 fn drop_other(l: &DropLabels) -> DropLabels {
-    let o = |v: &str| {
+    let o = |v: &Label| {
         if v.is_empty() {
-            String::new()
+            Label::default()
         } else {
-            OTHER.to_string()
+            Label::from(OTHER)
         }
     };
     DropLabels {
         reason: l.reason.clone(),
         netns: o(&l.netns),
         container: o(&l.container),
+        container_source: Label::default(),
         ifname: o(&l.ifname),
     }
 }
@@ -196,8 +254,9 @@ fn verdict_other(l: &VerdictLabels) -> VerdictLabels {
     VerdictLabels {
         kind: l.kind.clone(),
         tier: l.tier.clone(),
-        netns: OTHER.to_string(),
-        container: String::new(),
+        netns: Label::from(OTHER),
+        container: Label::default(),
+        container_source: Label::default(),
     }
 }
 
@@ -356,50 +415,44 @@ pub struct Agent {
 
 impl Agent {
     /// Records and verdicts are already named by the container inventory
-    /// (see `containers`): the label is the container's name, or empty.
-    fn container(c: &Option<ContainerRef>) -> String {
-        c.as_ref().map(|c| c.name.clone()).unwrap_or_default()
+    /// (see `containers`): the container's name and where that name came
+    /// from, or both empty.
+    fn container(c: &Option<ContainerRef>) -> (Label, Label) {
+        match c {
+            Some(c) => (c.name.clone().into(), c.source.clone().into()),
+            None => Default::default(),
+        }
     }
 
-    fn netns_label(name: &Option<String>, netns: u32, own: u32) -> String {
+    fn netns_label(name: &Option<String>, netns: u32, own: u32) -> Label {
         match name {
-            Some(n) => n.clone(),
-            None if netns != 0 && netns == own => "host".to_string(),
-            None => String::new(),
+            Some(n) => n.clone().into(),
+            None if netns != 0 && netns == own => "host".into(),
+            None => Label::default(),
         }
     }
 
     fn drop_labels(&mut self, d: &DropRecord, own: u32) -> DropLabels {
         let c = self.labels;
+        let keep = |on: bool, l: Label| if on { l } else { Label::default() };
+        let (container, container_source) = Self::container(&d.container);
         DropLabels {
-            reason: if c.reason {
-                d.reason.clone()
-            } else {
-                String::new()
-            },
-            netns: if c.netns {
-                Self::netns_label(&d.netns_name, d.netns, own)
-            } else {
-                String::new()
-            },
-            container: if c.container {
-                Self::container(&d.container)
-            } else {
-                String::new()
-            },
-            ifname: match (&d.ifname, c.ifname) {
-                (Some(n), true) => n.clone(),
-                _ => String::new(),
-            },
+            reason: keep(c.reason, d.reason.clone().into()),
+            netns: keep(c.netns, Self::netns_label(&d.netns_name, d.netns, own)),
+            container: keep(c.container, container),
+            container_source: keep(c.container, container_source),
+            ifname: keep(c.ifname, d.ifname.clone().unwrap_or_default().into()),
         }
     }
 
     fn verdict_labels(&mut self, v: &Verdict, own: u32) -> VerdictLabels {
+        let (container, container_source) = Self::container(&v.container);
         VerdictLabels {
-            kind: v.kind.to_string(),
-            tier: v.tier.as_str().to_string(),
+            kind: v.kind.into(),
+            tier: v.tier.as_str().into(),
             netns: Self::netns_label(&v.netns_name, v.netns, own),
-            container: Self::container(&v.container),
+            container,
+            container_source,
         }
     }
 
@@ -591,9 +644,9 @@ pub async fn run(mut opts: AgentOptions, started: Instant) -> Result<()> {
         .unwrap()
         .build
         .get_or_create(&BuildLabels {
-            version: env!("CARGO_PKG_VERSION").to_string(),
-            kernel: kernel_release(),
-            hook: tracer.hook(),
+            version: env!("CARGO_PKG_VERSION").into(),
+            kernel: kernel_release().into(),
+            hook: tracer.hook().into(),
         })
         .set(1);
     let mut diag = Diagnoser::new(opts.log_drops);
@@ -640,6 +693,57 @@ async fn serve(listener: tokio::net::TcpListener, shared: Arc<Shared>) {
     }
 }
 
+/// Prometheus asks for OpenMetrics in its Accept header; curl, promtool
+/// and older scrapers do not, and get the classic text format.
+fn wants_openmetrics<B>(req: &Request<B>) -> bool {
+    req.headers()
+        .get_all(hyper::header::ACCEPT)
+        .iter()
+        .any(|v| {
+            v.to_str()
+                .is_ok_and(|v| v.contains("application/openmetrics-text"))
+        })
+}
+
+/// OpenMetrics text as the classic format 0.0.4: there a counter's HELP
+/// and TYPE name its sample (`tracer_drops_total`, where OpenMetrics says
+/// `tracer_drops`), and there is no `# EOF`. Label values are escaped the
+/// same way in both.
+fn classic_text(om: &str) -> String {
+    let mut out = String::with_capacity(om.len());
+    let mut help: Option<&str> = None;
+    for line in om.lines() {
+        if line.starts_with("# HELP ") {
+            // Held until its TYPE line says whether it is a counter.
+            help = Some(line);
+            continue;
+        }
+        let counter = line
+            .strip_prefix("# TYPE ")
+            .and_then(|t| t.strip_suffix(" counter"));
+        let help_line = help.take();
+        match counter {
+            Some(name) => {
+                if let Some(h) = help_line.and_then(|h| h.strip_prefix("# HELP ")) {
+                    let text = h.strip_prefix(name).unwrap_or(h);
+                    let _ = writeln!(out, "# HELP {name}_total{text}");
+                }
+                let _ = writeln!(out, "# TYPE {name}_total counter");
+            }
+            None if line == "# EOF" || line.starts_with("# UNIT ") => {}
+            None => {
+                if let Some(h) = help_line {
+                    out.push_str(h);
+                    out.push('\n');
+                }
+                out.push_str(line);
+                out.push('\n');
+            }
+        }
+    }
+    out
+}
+
 fn handle(shared: &Shared, req: &Request<hyper::body::Incoming>) -> Response<Full<Bytes>> {
     let reply = |code: StatusCode, ctype: &str, body: String| {
         Response::builder()
@@ -671,10 +775,17 @@ fn handle(shared: &Shared, req: &Request<hyper::body::Incoming>) -> Response<Ful
                     "encoding failed\n".into(),
                 );
             }
+            if wants_openmetrics(req) {
+                return reply(
+                    StatusCode::OK,
+                    "application/openmetrics-text; version=1.0.0; charset=utf-8",
+                    body,
+                );
+            }
             reply(
                 StatusCode::OK,
-                "application/openmetrics-text; version=1.0.0; charset=utf-8",
-                body,
+                "text/plain; version=0.0.4; charset=utf-8",
+                classic_text(&body),
             )
         }
         "/healthz" if shared.ready.load(Ordering::SeqCst) => {
@@ -701,7 +812,8 @@ mod tests {
         DropLabels {
             reason: reason.into(),
             netns: netns.into(),
-            container: String::new(),
+            container: Label::default(),
+            container_source: Label::default(),
             ifname: "eth0".into(),
         }
     }
@@ -724,16 +836,16 @@ mod tests {
         let t = text(&m);
         assert!(
             t.contains(
-                r#"tracer_drops_total{reason="IP_RPFILTER",netns="a",container="",ifname="eth0"} 4"#
+                r#"tracer_drops_total{reason="IP_RPFILTER",netns="a",container="",container_source="",ifname="eth0"} 4"#
             ),
             "{t}"
         );
         assert!(
-            t.contains(r#"tracer_drops_total{reason="IP_RPFILTER",netns="other",container="",ifname="other"} 5"#),
+            t.contains(r#"tracer_drops_total{reason="IP_RPFILTER",netns="other",container="",container_source="",ifname="other"} 5"#),
             "{t}"
         );
         assert!(
-            t.contains(r#"tracer_drops_total{reason="NO_SOCKET",netns="other",container="",ifname="other"} 6"#),
+            t.contains(r#"tracer_drops_total{reason="NO_SOCKET",netns="other",container="",container_source="",ifname="other"} 6"#),
             "{t}"
         );
         assert_eq!(m.drops.series(), 2);
@@ -760,6 +872,53 @@ mod tests {
         // Room again for new label sets.
         m.drops.add(dl("IP_RPFILTER", "new"), 1, t0);
         assert!(text(&m).contains(r#"netns="new""#));
+    }
+
+    #[test]
+    fn label_values_are_escaped_and_forge_nothing() {
+        let mut m = Metrics::new(10);
+        let hostile = DropLabels {
+            reason: "IP_RPFILTER".into(),
+            netns: "a\\b".into(),
+            container: "x\ntracer_drops_total{container=\"db-0\"} 99999".into(),
+            container_source: "cgroup".into(),
+            ifname: "q\",ifname=\"e".into(),
+        };
+        m.drops.add(hostile, 1, Instant::now());
+        let t = text(&m);
+        let lines: Vec<&str> = t
+            .lines()
+            .filter(|l| l.starts_with("tracer_drops_total"))
+            .collect();
+        assert_eq!(lines.len(), 1, "{t}");
+        assert_eq!(
+            lines[0],
+            r#"tracer_drops_total{reason="IP_RPFILTER",netns="a\\b",container="x\ntracer_drops_total{container=\"db-0\"} 99999",container_source="cgroup",ifname="q\",ifname=\"e"} 1"#
+        );
+        assert_eq!(escape_label("plain"), "plain");
+    }
+
+    #[test]
+    fn classic_text_names_counters_by_their_samples() {
+        let mut m = Metrics::new(10);
+        m.drops.add(dl("IP_RPFILTER", "a"), 2, Instant::now());
+        let t = classic_text(&text(&m));
+        assert!(
+            t.contains("# HELP tracer_drops_total Packets the kernel dropped"),
+            "{t}"
+        );
+        assert!(
+            t.contains("# TYPE tracer_drops_total counter\ntracer_drops_total{"),
+            "{t}"
+        );
+        assert!(
+            t.contains("# TYPE process_open_fds gauge\nprocess_open_fds "),
+            "{t}"
+        );
+        assert!(
+            !t.contains("# EOF") && !t.contains("# TYPE tracer_drops counter"),
+            "{t}"
+        );
     }
 
     #[test]

@@ -2,6 +2,7 @@
 //! `run` and turns an error into one line and an exit code.
 
 use crate::kernel::probes::DropHook;
+use crate::sinks::file::Existing;
 use crate::sinks::Format;
 use crate::watch::{parse_duration, Printer, TraceOptions, Tracer};
 use anyhow::Result;
@@ -87,6 +88,9 @@ pub enum LabCommand {
         /// Record the diagnosis to FILE (see `diagnose --replay`); one lab only.
         #[arg(short = 'w', long = "write", value_name = "FILE")]
         write: Option<PathBuf>,
+        /// Overwrite an existing -w FILE (never through a symlink, never another user's file).
+        #[arg(long)]
+        force: bool,
         /// Build the IPv6 variant (overlay and PMTU labs).
         #[arg(long)]
         ipv6: bool,
@@ -141,6 +145,10 @@ pub struct TraceArgs {
     /// Show each drop's kernel stack (JSON `stack`; text: one `at` line per frame).
     #[arg(long)]
     pub stack: bool,
+    /// Overwrite an existing -w/--pcap FILE (never through a symlink, never
+    /// another user's file); without it an existing file is refused.
+    #[arg(long)]
+    pub force: bool,
 }
 
 /// `watch`: the trace flags, plus pcapng output.
@@ -168,9 +176,13 @@ pub struct AgentArgs {
     /// Only drops in this network namespace: a name in /run/netns, a path, or an inode (repeatable).
     #[arg(long, value_name = "NAME|PATH|INODE")]
     pub netns: Vec<String>,
-    /// Write verdicts (JSON lines) to FILE, appending; `-` is stdout.
+    /// Write verdicts (JSON lines) to FILE (created 0600); `-` is stdout.
     #[arg(long, value_name = "FILE|-", default_value = "-")]
     pub log: String,
+    /// Append to an existing --log FILE (only a regular file of the agent's
+    /// own user, never through a symlink); without it an existing file is refused.
+    #[arg(long)]
+    pub append: bool,
     /// Also log every drop sent in full, storm aggregates, SYN and neighbour context.
     #[arg(long)]
     pub log_drops: bool,
@@ -219,6 +231,11 @@ impl AgentArgs {
                 hook: self.hook,
                 btf: self.btf.clone(),
                 output_path: (self.log != "-").then(|| PathBuf::from(&self.log)),
+                existing: if self.append {
+                    Existing::Append
+                } else {
+                    Existing::Refuse { flag: "--append" }
+                },
                 ..Default::default()
             },
             log_drops: self.log_drops,
@@ -284,6 +301,7 @@ impl TraceArgs {
             snaplen: self.snaplen,
             stack: self.stack,
             trace: false,
+            existing: Existing::force(self.force),
         }
     }
 }
@@ -346,13 +364,15 @@ pub fn run(cli: Cli, started: Instant) -> Result<()> {
                 output,
                 write,
                 ipv6,
+                force,
             } => {
                 let params = if ipv6 {
                     crate::lab::scenarios::Params::ipv6()
                 } else {
                     Default::default()
                 };
-                crate::lab::run(&name, keep, output, params, write.as_deref(), started)
+                let write = write.as_deref().map(|w| (w, Existing::force(force)));
+                crate::lab::run(&name, keep, output, params, write, started)
             }
             LabCommand::Clean => crate::lab::clean(),
         },

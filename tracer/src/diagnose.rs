@@ -7,6 +7,7 @@ use crate::events::event::{DropRecord, Extra, NeighRecord};
 use crate::host::topology::{Link, NsTopology, Topology};
 use crate::record::{wall_now_ns, Header, Line, Reader, Recorder};
 use crate::rules::{Engine, Fact, TopologySource, Verdict};
+use crate::sinks::file;
 use crate::sinks::{Format, Output, Summary};
 use crate::watch::{Consumer, Session, TraceOptions, Tracer};
 use anyhow::Result;
@@ -180,9 +181,9 @@ impl Diagnoser {
     }
 
     /// Also write a recording of the run to `path`.
-    pub fn record_to(&mut self, path: &Path, s: &Session) -> Result<()> {
+    pub fn record_to(&mut self, f: std::fs::File, s: &Session) -> Result<()> {
         let header = Header::here(s.own_netns, s.netns.clone(), &s.filter.text, self.dockerd);
-        self.recorder = Some(Recorder::create(path, &header)?);
+        self.recorder = Some(Recorder::create(f, &header)?);
         Ok(())
     }
 
@@ -386,10 +387,11 @@ impl Consumer for Diagnoser {
 
 /// `tracer diagnose` on the live kernel, optionally recording to `write`.
 pub async fn live(opts: &TraceOptions, write: Option<&Path>, started: Instant) -> Result<()> {
+    let file = write.map(|p| file::open(p, opts.existing)).transpose()?;
     let tracer = Tracer::start(opts, true, started)?;
     let mut d = Diagnoser::new(true);
-    if let Some(p) = write {
-        d.record_to(p, &tracer.session)?;
+    if let Some(f) = file {
+        d.record_to(f, &tracer.session)?;
     }
     tracer.run(&mut d).await?;
     Ok(())
@@ -530,12 +532,14 @@ pub fn replay_cmd(path: &Path, format: Format) -> Result<()> {
     let header = Reader::open(path)?.header;
     let mut out = Output::stdout(format, header.own_netns);
     if format == Format::Text {
-        eprintln!(
+        // The recording's words, escaped as every name in text is.
+        let shown = format!(
             "tracer: replaying {} (recorded on {}, kernel {})",
             path.display(),
             header.hostname,
             header.kernel
         );
+        eprintln!("{}", crate::sinks::printable::escape(&shown));
     }
     let mut summary = Summary::new();
     let mut first_ts = None;

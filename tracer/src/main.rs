@@ -45,7 +45,10 @@ fn main() -> ExitCode {
                 .map(str::trim)
                 .filter(|l| !l.is_empty())
                 .collect();
-            eprintln!("tracer: error: {}", one.join(" | "));
+            // A name in the message (an unknown interface's) may hold
+            // control characters: escaped, as text output does.
+            let one = one.join(" | ");
+            eprintln!("tracer: error: {}", tracer::sinks::printable::escape(&one));
             ExitCode::FAILURE
         }
     }

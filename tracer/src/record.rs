@@ -18,6 +18,14 @@
 //!
 //! A reader rejects another major `version`; unknown line types are
 //! skipped, so a minor addition does not break older readers.
+//!
+//! A recording may come from anywhere, so the reader bounds what it costs:
+//! a line over `MAX_LINE` bytes is refused (it is read at most that far,
+//! so `--replay /dev/zero` ends at once), and the facts' and end's
+//! timestamps must lie within `MAX_SPAN_NS` of the header's `start_ns` and
+//! never step back by more than `MAX_STEP_BACK_NS`: the replay runs the rules'
+//! clock every 250 ms of fact time, so a timestamp of 1, or one near 2^64,
+//! would otherwise mean billions of ticks.
 
 use crate::host::containers::{Container, DockerNetwork};
 use crate::host::topology::NsTopology;
@@ -27,7 +35,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use std::collections::HashMap;
 use std::fs::File;
-use std::io::{BufRead, BufReader, BufWriter, Write};
+use std::io::{BufRead, BufReader, BufWriter, Read, Write};
 use std::path::Path;
 use std::sync::Arc;
 
@@ -35,7 +43,7 @@ pub const MAGIC: &str = "tracer-recording";
 /// The major format version this tracer writes and reads.
 pub const VERSION: u32 = 1;
 
-#[derive(Clone, Debug, Serialize, Deserialize)]
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
 pub struct Header {
     #[serde(rename = "type")]
     pub kind: String,
@@ -114,9 +122,9 @@ pub struct Recorder {
 }
 
 impl Recorder {
-    pub fn create(path: &Path, header: &Header) -> Result<Recorder> {
-        let f = File::create(path)
-            .with_context(|| format!("cannot create recording {}", path.display()))?;
+    /// Starts a recording in `f` (opened by `sinks::file` before the
+    /// probes attach, so a refused path fails fast).
+    pub fn create(f: File, header: &Header) -> Result<Recorder> {
         let mut r = Recorder {
             out: BufWriter::new(f),
             last: HashMap::new(),
@@ -212,31 +220,85 @@ pub enum Line {
     },
 }
 
+/// The longest line a reader accepts (a topology snapshot of a namespace
+/// with thousands of routes is a few hundred kB).
+pub const MAX_LINE: usize = 1 << 20;
+/// How far from the header's `start_ns` a fact or the end may lie: a
+/// replay runs up to 4 ticks per second of it (7 days: 2.4 M ticks).
+pub const MAX_SPAN_NS: u64 = 7 * 24 * 3600 * 1_000_000_000;
+/// Facts before `start_ns` by up to this much are fine: the header is
+/// written once the probes are attached, after the first events.
+pub const MAX_EARLY_NS: u64 = 60 * 1_000_000_000;
+/// Events from different CPUs reach the ring buffer slightly out of
+/// order; a step back larger than this is a broken recording.
+pub const MAX_STEP_BACK_NS: u64 = 1_000_000_000;
+
 /// Reads a recording line by line.
 pub struct Reader {
     pub header: Header,
-    lines: std::io::Lines<BufReader<File>>,
+    input: BufReader<File>,
     lineno: usize,
     name: String,
+    /// The latest fact or end timestamp read.
+    latest_ns: Option<u64>,
 }
 
 impl Reader {
     pub fn open(path: &Path) -> Result<Reader> {
         let name = path.display().to_string();
         let f = File::open(path).with_context(|| format!("cannot open recording {name}"))?;
-        let mut lines = BufReader::new(f).lines();
-        let first = lines
-            .next()
-            .transpose()
-            .with_context(|| format!("cannot read recording {name}"))?
+        let mut r = Reader {
+            header: Header::default(),
+            input: BufReader::new(f),
+            lineno: 0,
+            name: name.clone(),
+            latest_ns: None,
+        };
+        let first = r
+            .read_line()
+            .transpose()?
             .ok_or_else(|| anyhow!("{name} is empty, not a tracer recording"))?;
-        let header = parse_header(&first).map_err(|e| anyhow!("{name}: {e}"))?;
-        Ok(Reader {
-            header,
-            lines,
-            lineno: 1,
-            name,
-        })
+        r.header = parse_header(&first).map_err(|e| anyhow!("{name}: {e}"))?;
+        Ok(r)
+    }
+
+    /// The next line, read no further than `MAX_LINE` bytes.
+    fn read_line(&mut self) -> Option<Result<String>> {
+        let mut buf = Vec::new();
+        let limit = MAX_LINE as u64 + 1;
+        let n = match (&mut self.input).take(limit).read_until(b'\n', &mut buf) {
+            Ok(0) => return None,
+            Ok(n) => n,
+            Err(e) => return Some(Err(anyhow!("cannot read {}: {e}", self.name))),
+        };
+        self.lineno += 1;
+        let at = format!("{} line {}", self.name, self.lineno);
+        if n as u64 == limit && buf.last() != Some(&b'\n') {
+            return Some(Err(anyhow!(
+                "{at} is longer than {} MB: not a tracer recording, or a damaged one",
+                MAX_LINE >> 20
+            )));
+        }
+        Some(String::from_utf8(buf).map_err(|_| anyhow!("{at} is not UTF-8 text")))
+    }
+
+    /// A fact's or the end's timestamp, checked against the header's start
+    /// and the latest one read (see the module's doc).
+    fn check_ts(&mut self, ts: u64) -> Result<()> {
+        let start = self.header.start_ns;
+        let (lo, hi) = (start.saturating_sub(MAX_EARLY_NS), start + MAX_SPAN_NS);
+        if ts < lo || ts > hi {
+            bail!(
+                "timestamp {ts} is out of range: the recording started at {start}, and its facts lie within 7 days of that"
+            );
+        }
+        if let Some(latest) = self.latest_ns {
+            if ts.saturating_add(MAX_STEP_BACK_NS) < latest {
+                bail!("timestamp {ts} is out of order: an earlier line is at {latest}");
+            }
+        }
+        self.latest_ns = Some(self.latest_ns.map_or(ts, |l| l.max(ts)));
+        Ok(())
     }
 }
 
@@ -255,7 +317,16 @@ pub fn parse_header(line: &str) -> Result<Header> {
         ),
         None => bail!("recording header has no version"),
     }
-    serde_json::from_value(v).map_err(|e| anyhow!("bad recording header: {e}"))
+    let h: Header = serde_json::from_value(v).map_err(|e| anyhow!("bad recording header: {e}"))?;
+    // Far past any clock this format will see (year 2262), and it keeps
+    // every sum with MAX_SPAN_NS and a tick from overflowing.
+    if h.start_ns > u64::MAX / 2 {
+        bail!(
+            "bad recording header: start_ns {} is out of range",
+            h.start_ns
+        );
+    }
+    Ok(h)
 }
 
 impl Iterator for Reader {
@@ -263,11 +334,10 @@ impl Iterator for Reader {
 
     fn next(&mut self) -> Option<Result<Line>> {
         loop {
-            let line = match self.lines.next()? {
+            let line = match self.read_line()? {
                 Ok(l) => l,
-                Err(e) => return Some(Err(anyhow!("cannot read {}: {e}", self.name))),
+                Err(e) => return Some(Err(e)),
             };
-            self.lineno += 1;
             if line.trim().is_empty() {
                 continue;
             }
@@ -297,6 +367,14 @@ impl Iterator for Reader {
                     _ => None,
                 })
             })();
+            let ts = match &parsed {
+                Ok(Some(Line::Fact(f))) => Some(f.ts_ns()),
+                Ok(Some(Line::End { ts_ns })) => Some(*ts_ns),
+                _ => None,
+            };
+            if let Some(Err(e)) = ts.map(|ts| self.check_ts(ts)) {
+                return Some(Err(anyhow!("{at}: {e}")));
+            }
             match parsed {
                 Ok(Some(l)) => return Some(Ok(l)),
                 Ok(None) => continue,
@@ -309,6 +387,110 @@ impl Iterator for Reader {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::time::{Duration, Instant};
+
+    const START: u64 = 1_795_965_131_510_474_190;
+
+    /// A recording file of `lines` after a header that started at START.
+    fn recording(name: &str, lines: &[String]) -> std::path::PathBuf {
+        let p = std::env::temp_dir().join(format!("trrec-{}-{name}.jsonl", std::process::id()));
+        let mut h = Header::here(1, vec![], "", false);
+        h.start_ns = START;
+        let mut text = serde_json::to_string(&h).unwrap() + "\n";
+        for l in lines {
+            text.push_str(l);
+            text.push('\n');
+        }
+        std::fs::write(&p, text).unwrap();
+        p
+    }
+
+    fn neigh(ts: u64) -> String {
+        format!(
+            r#"{{"type":"neigh","ts_ns":{ts},"netns":1,"netns_name":"a","ifindex":3,"ifname":"eth1","neighbor":"10.99.0.2","state":"INCOMPLETE"}}"#
+        )
+    }
+
+    /// Every line read, or the first error; quickly whatever the input.
+    fn read_all(p: &Path) -> Result<usize> {
+        let t0 = Instant::now();
+        let r = Reader::open(p).and_then(|r| r.collect::<Result<Vec<Line>>>().map(|v| v.len()));
+        assert!(
+            t0.elapsed() < Duration::from_secs(5),
+            "took {:?}",
+            t0.elapsed()
+        );
+        let _ = std::fs::remove_file(p);
+        r
+    }
+
+    #[test]
+    fn a_line_over_1_mb_is_refused_with_its_number() {
+        let long = format!(r#"{{"type":"x","pad":"{}"}}"#, "a".repeat(MAX_LINE));
+        let p = recording("long", &[neigh(START), long, neigh(START)]);
+        let e = read_all(&p).unwrap_err().to_string();
+        assert!(
+            e.ends_with("line 3 is longer than 1 MB: not a tracer recording, or a damaged one"),
+            "{e}"
+        );
+        // A header line with no end (`--replay /dev/zero`) stops at 1 MB too.
+        let p = std::env::temp_dir().join(format!("trrec-{}-zero", std::process::id()));
+        std::fs::write(&p, vec![0u8; 3 * MAX_LINE]).unwrap();
+        let e = read_all(&p).unwrap_err().to_string();
+        assert!(e.contains("line 1 is longer than 1 MB"), "{e}");
+        // Just under the limit is fine.
+        let ok = format!(r#"{{"type":"x","pad":"{}"}}"#, "a".repeat(MAX_LINE - 100));
+        assert_eq!(read_all(&recording("ok", &[ok, neigh(START)])).unwrap(), 1);
+    }
+
+    #[test]
+    fn timestamps_out_of_range_or_order_are_errors_not_loops() {
+        for (name, ts) in [
+            ("one", 1u64),
+            ("max", u64::MAX - 5),
+            ("late", START + MAX_SPAN_NS + 1),
+        ] {
+            let p = recording(name, &[neigh(START), neigh(ts)]);
+            let e = read_all(&p).unwrap_err().to_string();
+            assert!(
+                e.contains("line 3: timestamp") && e.contains("out of range"),
+                "{e}"
+            );
+        }
+        // The end line is checked as facts are.
+        let end = format!(r#"{{"type":"end","ts_ns":{}}}"#, u64::MAX);
+        let e = read_all(&recording("end", &[neigh(START), end])).unwrap_err();
+        assert!(e.to_string().contains("out of range"), "{e}");
+        let p = recording("order", &[neigh(START + 5_000_000_000), neigh(START)]);
+        let e = read_all(&p).unwrap_err().to_string();
+        assert!(
+            e.contains("line 3: timestamp") && e.contains("out of order"),
+            "{e}"
+        );
+        // Events of different CPUs a little out of order, and the first
+        // ones just before the header, are what live runs write.
+        let fine = [
+            neigh(START - 1_000_000),
+            neigh(START + 500),
+            neigh(START + 100),
+        ];
+        assert_eq!(read_all(&recording("fine", &fine)).unwrap(), 3);
+        let mut h = Header::here(1, vec![], "", false);
+        h.start_ns = u64::MAX - 1;
+        let e = parse_header(&serde_json::to_string(&h).unwrap()).unwrap_err();
+        assert!(e.to_string().contains("start_ns"), "{e}");
+    }
+
+    #[test]
+    fn a_replay_of_a_hostile_first_timestamp_ends_at_once() {
+        // The replay itself (ticks every 250 ms of fact time) must not spin.
+        let p = recording("replay", &[neigh(1), neigh(START)]);
+        let t0 = Instant::now();
+        let r = crate::diagnose::replay(&p, |_| Ok(()));
+        let _ = std::fs::remove_file(&p);
+        assert!(r.is_err());
+        assert!(t0.elapsed() < Duration::from_secs(2));
+    }
 
     #[test]
     fn headers_of_other_versions_are_refused_in_one_line() {

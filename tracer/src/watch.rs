@@ -51,9 +51,12 @@ pub struct TraceOptions {
     pub btf: Option<std::path::PathBuf>,
     /// Send every drop as an event, even in a storm.
     pub no_aggregate: bool,
-    /// Write the output (JSON lines or text) to this file, appending,
-    /// instead of stdout.
+    /// Write the output (JSON lines or text) to this file instead of
+    /// stdout.
     pub output_path: Option<std::path::PathBuf>,
+    /// What to do with an existing `output_path`, `pcap` or recording
+    /// (`--force`, `--append`; refused by default).
+    pub existing: crate::sinks::file::Existing,
     /// Write the dropped packets as pcapng here (`-` is stdout).
     pub pcap: Option<std::path::PathBuf>,
     /// Packet bytes to capture for `pcap` (default `DEFAULT_SNAPLEN`).
@@ -378,12 +381,18 @@ impl Tracer {
             config.extra |= EXTRA_SKB;
         }
         let config_extra = config.extra;
-        // The file is created before attaching, so a bad path fails fast.
+        // The files are opened before attaching, so a bad path fails fast.
         let pcap = match &opts.pcap {
-            Some(p) => Some(PcapSink::create(p)?),
+            Some(p) => Some(PcapSink::create(p, opts.existing)?),
             None => None,
         };
         let pcap_stdout = pcap.as_ref().is_some_and(|p| p.stdout);
+        // `-w -` owns stdout: the lines go to stderr, as tcpdump's do.
+        let out = match &opts.output_path {
+            Some(p) => Output::to_file(p, opts.existing, format, own_netns)?,
+            None if pcap_stdout => Output::stderr(format, own_netns),
+            None => Output::stdout(format, own_netns),
+        };
 
         let aya_btf = aya_btf
             .join()
@@ -400,13 +409,6 @@ impl Tracer {
                 drop_reasons: !reasons.is_empty(),
             },
         )?;
-        // `-w -` owns stdout: the lines go to stderr, as tcpdump's do.
-        let out = match &opts.output_path {
-            Some(p) => Output::append_to(p, format, own_netns)
-                .map_err(|e| anyhow!("cannot open {}: {e}", p.display()))?,
-            None if pcap_stdout => Output::stderr(format, own_netns),
-            None => Output::stdout(format, own_netns),
-        };
         let mut namer = Namer::loading_symbols(reasons, topology);
         namer.containers = containers.ready(Duration::from_millis(1500));
         namer.routes = probes.take_routes();

@@ -10,8 +10,10 @@
 //!   a fresh inventory; nothing is ever looked up per packet event.
 //! - Without a Docker API, the cgroup of each process (`/proc/PID/cgroup`)
 //!   names the runtime and the container id for containerd, CRI-O, podman
-//!   and Kubernetes pods; the pod's name is its hostname (`HOSTNAME=` of
-//!   the process environment, as Kubernetes sets it).
+//!   and Kubernetes pods, and the container's name is its short id. A
+//!   name is never taken from the process itself (its `HOSTNAME=`, its
+//!   command): any process can set those to anything, newlines included,
+//!   and claim to be any pod. `source` says which of the two named it.
 //! - With no runtime at all the registry stays empty and nothing changes.
 //!
 //! The inventory runs on its own thread with its own runtime and publishes
@@ -37,7 +39,17 @@ pub struct ContainerRef {
     /// Kubernetes pod name and namespace, when it belongs to a pod.
     pub pod: Option<String>,
     pub pod_namespace: Option<String>,
+    /// Who named it: `docker_api` (the runtime's own inventory) or `cgroup`
+    /// (only the cgroup path: the runtime and id are the kernel's, the name
+    /// is the short id). Empty in recordings made before this field.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub source: String,
 }
+
+/// `ContainerRef::source` of a container the Docker Engine API listed.
+pub const SOURCE_DOCKER_API: &str = "docker_api";
+/// `ContainerRef::source` of a container known only by its cgroup path.
+pub const SOURCE_CGROUP: &str = "cgroup";
 
 /// One interface of a container and the host side of its veth pair.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -482,6 +494,7 @@ fn container_of(i: bollard::models::ContainerInspectResponse) -> Option<Containe
             image,
             pod: labels.get("io.kubernetes.pod.name").cloned(),
             pod_namespace: labels.get("io.kubernetes.pod.namespace").cloned(),
+            source: SOURCE_DOCKER_API.into(),
         },
         pid,
         netns,
@@ -609,30 +622,20 @@ fn cgroup_inventory() -> Registry {
         }) else {
             continue;
         };
-        let hostname = std::fs::read(format!("/proc/{pid}/environ"))
-            .ok()
-            .and_then(|env| {
-                env.split(|b| *b == 0)
-                    .find_map(|kv| kv.strip_prefix(b"HOSTNAME=").map(|v| v.to_vec()))
-            })
-            .map(|v| String::from_utf8_lossy(&v).into_owned());
-        let kube = runtime == "kubernetes" || cg.contains("kubepods");
-        let name = if kube {
-            hostname.clone().unwrap_or_else(|| id[..12].to_string())
-        } else {
-            id[..12].to_string()
-        };
         let path = PathBuf::from(format!("/proc/{pid}/ns/net"));
         by_ns.insert(
             netns,
             Container {
                 r: ContainerRef {
                     runtime: runtime.to_string(),
-                    id: id.clone(),
-                    name,
+                    name: id[..12].to_string(),
+                    id,
                     image: None,
-                    pod: if kube { hostname } else { None },
+                    // The pod's name is not in the cgroup path (its UID
+                    // is), and the process's own word is not evidence.
+                    pod: None,
                     pod_namespace: None,
+                    source: SOURCE_CGROUP.into(),
                 },
                 pid,
                 netns,

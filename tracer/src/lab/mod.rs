@@ -42,12 +42,20 @@ pub fn list(format: Format) -> Result<()> {
 }
 
 /// Removes what a killed run left: every namespace named `trlab-*`.
+/// `tracer lab clean`: removes what killed lab runs recorded making (see
+/// `netlab`), never a namespace by its name alone.
 pub fn clean() -> Result<()> {
-    let gone = netlab::clean(LAB_PREFIX);
-    if gone.is_empty() {
+    let done = netlab::clean(LAB_PREFIX);
+    if done.removed.is_empty() {
         eprintln!("tracer: no lab namespaces to remove");
     } else {
-        eprintln!("tracer: removed {}", gone.join(" "));
+        eprintln!("tracer: removed {}", done.removed.join(" "));
+    }
+    if !done.running.is_empty() {
+        eprintln!(
+            "tracer: left {}: their lab run is still going",
+            done.running.join(" ")
+        );
     }
     Ok(())
 }
@@ -69,7 +77,7 @@ pub fn run(
     keep: bool,
     format: Format,
     params: Params,
-    write: Option<&Path>,
+    write: Option<(&Path, crate::sinks::file::Existing)>,
     started: Instant,
 ) -> Result<()> {
     if name != "all" {
@@ -118,13 +126,17 @@ fn run_one(
     keep: bool,
     format: Format,
     params: Params,
-    write: Option<&Path>,
+    write: Option<(&Path, crate::sinks::file::Existing)>,
     started: Instant,
 ) -> Result<()> {
     let sc = scenarios::find(name).ok_or_else(|| {
         anyhow!("unknown lab '{name}': `tracer lab list` shows the labs (or use `all`)")
     })?;
     crate::kernel::probes::check_privileges()?;
+    // Opened before the lab is built: a refused path fails at once.
+    let mut record = write
+        .map(|(p, existing)| crate::sinks::file::open(p, existing))
+        .transpose()?;
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
@@ -176,8 +188,8 @@ fn run_one(
             done.notify_one();
         });
         let mut diag = Diagnoser::new(true);
-        if let Some(p) = write {
-            diag.record_to(p, &tracer.session)?;
+        if let Some(f) = record.take() {
+            diag.record_to(f, &tracer.session)?;
         }
         if !sc.expect.is_empty() {
             diag.stop_when = Some((sc.expect.iter().map(|s| s.to_string()).collect(), stop));

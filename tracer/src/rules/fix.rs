@@ -7,8 +7,15 @@ use crate::host::containers::DockerNetwork;
 use crate::host::topology::{prefix_contains, NsTopology, Route};
 use std::net::{IpAddr, Ipv4Addr};
 
-/// One shell word: left alone when it is plain, else single-quoted.
+/// One shell word: left alone when it is plain, else single-quoted; a word
+/// with control characters (an interface named `e\x1b]0;x\x07`) is written
+/// in bash's `$'...'` form with `\xHH` escapes, so the command holds no raw
+/// control byte: printed, it leaves the terminal alone, and pasted into
+/// bash (or zsh, ksh) it still names the device.
 pub fn q(word: &str) -> String {
+    if word.chars().any(char::is_control) {
+        return ansi_c(word);
+    }
     // The characters Python's shlex.quote also leaves alone: a plain
     // `net.ipv4.conf.eth0.rp_filter=2` stays readable.
     let plain = !word.is_empty()
@@ -22,6 +29,27 @@ pub fn q(word: &str) -> String {
     shlex::try_quote(word)
         .map(|c| c.into_owned())
         .unwrap_or_else(|_| "''".to_string())
+}
+
+/// `$'...'`: quote and backslash escaped, every byte of a control
+/// character (C1 ones are two in UTF-8) as `\xHH`.
+fn ansi_c(word: &str) -> String {
+    let mut out = String::from("$'");
+    let mut buf = [0u8; 4];
+    for c in word.chars() {
+        match c {
+            '\'' => out.push_str("\\'"),
+            '\\' => out.push_str("\\\\"),
+            c if c.is_control() => {
+                for b in c.encode_utf8(&mut buf).bytes() {
+                    out.push_str(&format!("\\x{b:02x}"));
+                }
+            }
+            c => out.push(c),
+        }
+    }
+    out.push('\'');
+    out
 }
 
 /// A `sysctl -w` argument for a per-interface IPv4 knob, quoted. The
@@ -233,6 +261,8 @@ mod tests {
     fn quoting_keeps_plain_words_and_defuses_the_rest() {
         assert_eq!(q("eth0"), "eth0");
         assert_eq!(q("q$(id)"), "'q$(id)'");
+        assert_eq!(q("e\x1b]0;x\x07'\\"), "$'e\\x1b]0;x\\x07\\'\\\\'");
+        assert_eq!(q("c1\u{9b}"), "$'c1\\xc2\\x9b'");
         assert_eq!(
             shlex::split(&format!("ip -n {} link", q("a'b c"))).unwrap()[2],
             "a'b c"

@@ -1,7 +1,9 @@
 //! How records reach the user: one aligned, coloured line per drop for a
 //! person, or one JSON object per line for a program; and the summary.
 
+pub mod file;
 pub mod pcapng;
+pub mod printable;
 pub mod verdict;
 
 use crate::events::aggregate::AggregateRecord;
@@ -53,16 +55,15 @@ impl Output {
         Self::to(format, own_netns, std::io::stdout(), tty)
     }
 
-    /// Appends to a file (a log that a collector tails), never coloured.
-    pub fn append_to(
+    /// Writes to a file (a log that a collector tails), never coloured;
+    /// opened by the rules of `file` (`existing`: `--append` or not).
+    pub fn to_file(
         path: &std::path::Path,
+        existing: file::Existing,
         format: Format,
         own_netns: u32,
-    ) -> std::io::Result<Self> {
-        let f = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(path)?;
+    ) -> anyhow::Result<Self> {
+        let f = file::open(path, existing)?;
         Ok(Self::to(format, own_netns, f, false))
     }
 
@@ -72,9 +73,11 @@ impl Output {
         Self::to(format, own_netns, std::io::stderr(), tty)
     }
 
+    /// `s` in colour on a terminal. Its own control characters are
+    /// escaped here, so the only escape sequences a line holds are these.
     pub(crate) fn paint(&self, code: &str, s: &str) -> String {
         if self.color {
-            format!("{code}{s}{RESET}")
+            format!("{code}{}{RESET}", printable::escape(s))
         } else {
             s.to_string()
         }
@@ -98,7 +101,17 @@ impl Output {
         self.out.write_all(b"\n")
     }
 
+    /// Every text line ends here, so this is where names from the system
+    /// (interfaces, namespaces, containers, replayed recordings) lose any
+    /// byte that could drive the terminal or forge a line. In colour, only
+    /// the SGR sequences of `paint` pass (names are escaped where they are
+    /// formatted as well; see `printable`).
     pub fn line(&mut self, s: &str) -> std::io::Result<()> {
+        let s = if self.color {
+            printable::escape_keeping_colour(s)
+        } else {
+            printable::escape(s)
+        };
         writeln!(self.out, "{s}")
     }
 
@@ -106,9 +119,10 @@ impl Output {
         self.out.flush()
     }
 
+    /// The netns as text shows it (escaped: see `printable`).
     pub fn netns_label(&self, inode: u32, name: &Option<String>) -> String {
         match name {
-            Some(n) => n.clone(),
+            Some(n) => printable::escape(n).into_owned(),
             None if inode != 0 && inode == self.own_netns => "host".to_string(),
             None if inode == 0 => "?".to_string(),
             None => inode.to_string(),
@@ -124,7 +138,7 @@ impl Output {
         container: Option<&crate::host::containers::ContainerRef>,
     ) -> String {
         match container {
-            Some(c) if !c.name.is_empty() => c.name.clone(),
+            Some(c) if !c.name.is_empty() => printable::escape(&c.name).into_owned(),
             _ => self.netns_label(inode, name),
         }
     }
@@ -152,6 +166,7 @@ impl Output {
         let time = clock(d.ts_ns);
         let ns = self.ns_label(d.netns, &d.netns_name, d.container.as_ref());
         let dev = dev_label(d);
+        let dev = printable::escape(&dev);
         let reason = self.paint(&format!("{BOLD}{RED}"), &format!("{:<20}", reason_label(d)));
         let flow = flow_text(d);
         let line = format!(
@@ -180,7 +195,8 @@ impl Output {
             clock(s.ts_ns),
             ns,
             s.ifname
-                .clone()
+                .as_deref()
+                .map(|n| printable::escape(n).into_owned())
                 .unwrap_or_else(|| format!("if{}", s.ifindex)),
             self.paint(YELLOW, "SYN_MSS_TOO_BIG     "),
             fmt_addr(s.src),
@@ -206,7 +222,8 @@ impl Output {
             clock(n.ts_ns),
             ns,
             n.ifname
-                .clone()
+                .as_deref()
+                .map(|n| printable::escape(n).into_owned())
                 .unwrap_or_else(|| format!("if{}", n.ifindex)),
             self.paint(YELLOW, &format!("{:<20}", format!("NEIGH_{}", n.state))),
             n.neighbor.map(|a| a.to_string()).unwrap_or_default(),

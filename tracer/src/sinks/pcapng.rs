@@ -107,8 +107,8 @@ pub struct PcapSink {
 }
 
 impl PcapSink {
-    /// `-` is stdout.
-    pub fn create(path: &Path) -> anyhow::Result<Self> {
+    /// `-` is stdout; a file is opened by the rules of `sinks::file`.
+    pub fn create(path: &Path, existing: crate::sinks::file::Existing) -> anyhow::Result<Self> {
         let stdout = path.as_os_str() == "-";
         let out: Box<dyn Write + Send> = if stdout {
             Box::new(std::io::BufWriter::with_capacity(
@@ -116,8 +116,7 @@ impl PcapSink {
                 std::io::stdout(),
             ))
         } else {
-            let f = std::fs::File::create(path)
-                .map_err(|e| anyhow::anyhow!("cannot create {}: {e}", path.display()))?;
+            let f = crate::sinks::file::open(path, existing)?;
             Box::new(std::io::BufWriter::with_capacity(1 << 16, f))
         };
         Self::to_writer(out, stdout)

@@ -53,7 +53,7 @@ pub fn print(out: &mut Output, v: &Verdict) -> std::io::Result<()> {
             Value::Null => "-".to_string(),
             other => other.to_string(),
         };
-        lines.push(format!("    {k:<26} {shown}"));
+        lines.push(format!("    {k:<26} {}", super::printable::escape(&shown)));
     }
     lines.push(
         if v.tier == Tier::Proven {
