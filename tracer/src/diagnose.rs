@@ -708,6 +708,33 @@ mod tests {
     }
 
     #[test]
+    fn replay_misdelivered_names_the_sender_not_forwarding() {
+        // A one-link host gets packets for 10.47.3.9 and fd47:3::9, which
+        // its neighbour on the bridge maps to this host's MAC.
+        assert_eq!(
+            replayed("misdelivered"),
+            [
+                ("misdelivered", Tier::Proven),
+                ("misdelivered", Tier::Proven)
+            ]
+        );
+        let path =
+            Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/recordings/misdelivered.jsonl");
+        let (_, engine) = replay(&path, |_| Ok(())).unwrap();
+        for (v, dst) in engine.verdicts().iter().zip(["10.47.3.9", "fd47:3::9"]) {
+            assert_eq!(v.evidence["dst"], dst);
+            assert_eq!(v.evidence["sender_ifname"], "a1");
+            assert!(v.evidence["sender_mac"].is_string(), "{:?}", v.evidence);
+            assert!(
+                v.fix[0].ends_with(&format!("ip -n trrec-30303-snd neigh del {dst} dev a1")),
+                "{}",
+                v.fix[0]
+            );
+            assert!(!v.fix.iter().any(|f| f.contains("sysctl")), "{:?}", v.fix);
+        }
+    }
+
+    #[test]
     fn replay_names_the_queue_and_its_limits() {
         let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/recordings/qdisc-full.jsonl");
         let (_, engine) = replay(&path, |_| Ok(())).unwrap();
