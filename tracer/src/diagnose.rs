@@ -385,14 +385,15 @@ impl Consumer for Diagnoser {
 }
 
 /// `tracer diagnose` on the live kernel, optionally recording to `write`.
-pub async fn live(opts: &TraceOptions, write: Option<&Path>, started: Instant) -> Result<()> {
+/// Returns whether a fault was proven (the exit status says so).
+pub async fn live(opts: &TraceOptions, write: Option<&Path>, started: Instant) -> Result<bool> {
     let tracer = Tracer::start(opts, true, started)?;
     let mut d = Diagnoser::new(true);
     if let Some(p) = write {
         d.record_to(p, &tracer.session)?;
     }
     tracer.run(&mut d).await?;
-    Ok(())
+    Ok(d.verdicts().iter().any(|v| v.fault))
 }
 
 /// The recorded topology: the latest snapshot of each namespace read so far.
@@ -525,8 +526,9 @@ pub fn replay(
     Ok((header, engine))
 }
 
-/// `tracer diagnose --replay FILE`: no kernel, no root.
-pub fn replay_cmd(path: &Path, format: Format) -> Result<()> {
+/// `tracer diagnose --replay FILE`: no kernel, no root. Returns whether
+/// a fault was proven.
+pub fn replay_cmd(path: &Path, format: Format) -> Result<bool> {
     let header = Reader::open(path)?.header;
     let mut out = Output::stdout(format, header.own_netns);
     if format == Format::Text {
@@ -564,7 +566,7 @@ pub fn replay_cmd(path: &Path, format: Format) -> Result<()> {
     conclude_summary(&engine, &mut summary, &mut out)?;
     out.summary(&summary)?;
     out.flush()?;
-    Ok(())
+    Ok(summary.faults > 0)
 }
 
 #[cfg(test)]
