@@ -289,6 +289,12 @@ pub fn noise_kind(d: &DropRecord) -> Option<&'static str> {
         return Some("ipv6_disabled");
     }
     let func = crate::events::reason_inference::function(&d.location);
+    // AF_UNIX sockets free their queued messages through kfree_skb too
+    // (`SOCKET_CLOSE` at unix_release_sock, dozens per `socat EXEC`):
+    // no network packet, no device, no IP family.
+    if func.starts_with("unix_") && d.family.is_none() {
+        return Some("unix_socket");
+    }
     if d.reason == "NOT_SPECIFIED"
         && matches!(func, "tcp_v4_rcv" | "tcp_v6_rcv")
         && d.tcp_flags.as_deref() == Some("S")
@@ -447,8 +453,14 @@ pub struct Arrival {
     pub ifname: Option<String>,
     /// The destination the neighbour's packet was routed towards.
     pub dst: IpAddr,
-    /// Nanoseconds from the lookup to the neighbour event.
+    /// Nanoseconds from the lookup to the neighbour event, never negative
+    /// (recordings made before that was so are read clamped).
+    #[serde(deserialize_with = "non_negative")]
     pub age_ns: i64,
+}
+
+fn non_negative<'de, D: Deserializer<'de>>(d: D) -> Result<i64, D::Error> {
+    i64::deserialize(d).map(|v| v.max(0))
 }
 
 /// A name held as `&'static str`. Fields spell it through this alias
@@ -861,13 +873,21 @@ impl Namer {
                         ifindex: h.dev_ifindex,
                         ifname: self.ifname(hns, h.dev_ifindex).0,
                         dst: *local,
-                        age_ns: age,
+                        age_ns: arrival_age(e.ts_ns, h.ts_ns),
                     });
                 }
             }
         }
         out
     }
+}
+
+/// How long before the neighbour event the arrival's lookup was made.
+/// A lookup stamped after the event (a later packet of the same peer, or
+/// another CPU's clock a hair ahead) counts as simultaneous: an age is
+/// never negative.
+fn arrival_age(event_ts: u64, lookup_ts: u64) -> i64 {
+    i64::try_from(event_ts.saturating_sub(lookup_ts)).unwrap_or(i64::MAX)
 }
 
 fn comm(b: &[u8; 16]) -> String {
@@ -878,6 +898,19 @@ fn comm(b: &[u8; 16]) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn arrival_ages_are_never_negative() {
+        assert_eq!(arrival_age(5_000, 1_000), 4_000);
+        assert_eq!(arrival_age(1_000, 5_000), 0);
+        assert_eq!(arrival_age(7, 7), 0);
+        // Recorded before the fix: read clamped.
+        let a: Arrival = serde_json::from_str(
+            r#"{"netns":1,"iif":2,"iifname":"e","ifindex":3,"ifname":"b","dst":"10.0.0.1","age_ns":-31877}"#,
+        )
+        .unwrap();
+        assert_eq!(a.age_ns, 0);
+    }
 
     fn bytes_of<T>(v: &T) -> Vec<u8> {
         // SAFETY: test-only view of a POD value as bytes.
@@ -936,6 +969,19 @@ mod tests {
             }
             let _ = decode(&buf);
         }
+    }
+
+    #[test]
+    fn unix_socket_frees_are_noise_not_network_drops() {
+        let mut d = DropRecord::sample("unix_release_sock+0x1a2");
+        d.reason = "SOCKET_CLOSE".into();
+        d.family = None;
+        d.ifindex = 0;
+        assert_eq!(noise_kind(&d), Some("unix_socket"));
+        // The same reason on an IP socket is shown.
+        let mut tcp = DropRecord::sample("tcp_close+0x2b1");
+        tcp.reason = "SOCKET_CLOSE".into();
+        assert_eq!(noise_kind(&tcp), None);
     }
 
     #[test]
