@@ -34,6 +34,11 @@ const DIM: &str = "\x1b[2m";
 const CYAN: &str = "\x1b[36m";
 const RESET: &str = "\x1b[0m";
 
+/// Width of the REASON column: the longest drop reasons of 6.18
+/// (`BRIDGE_INGRESS_STP_STATE`, `TCP_INVALID_END_SEQUENCE`, 24) and the
+/// `~` of an inferred one, so no reason pushes the columns after it.
+const REASON_W: usize = 25;
+
 impl Output {
     /// Buffered: the event loop flushes after each batch, so a storm costs
     /// one write per batch instead of one per line. Colour only for text
@@ -137,7 +142,7 @@ impl Output {
         self.header_done = true;
         // FLOW last: it is the only column whose width varies much.
         let h = format!(
-            "{:<15} {:<18} {:<16} {:<20} {:<30} {:>5}  {}",
+            "{:<15} {:<18} {:<16} {:<REASON_W$} {:<30} {:>5}  {}",
             "TIME", "NETNS", "DEV", "REASON", "LOCATION", "LEN", "FLOW"
         );
         let h = self.paint(DIM, &h);
@@ -152,7 +157,10 @@ impl Output {
         let time = clock(d.ts_ns);
         let ns = self.ns_label(d.netns, &d.netns_name, d.container.as_ref());
         let dev = dev_label(d);
-        let reason = self.paint(&format!("{BOLD}{RED}"), &format!("{:<20}", reason_label(d)));
+        let reason = self.paint(
+            &format!("{BOLD}{RED}"),
+            &format!("{:<REASON_W$}", reason_label(d)),
+        );
         let flow = flow_text(d);
         let line = format!(
             "{time:<15} {ns:<18} {dev:<16} {reason} {:<30} {:>5}  {flow}",
@@ -208,7 +216,10 @@ impl Output {
             n.ifname
                 .clone()
                 .unwrap_or_else(|| format!("if{}", n.ifindex)),
-            self.paint(YELLOW, &format!("{:<20}", format!("NEIGH_{}", n.state))),
+            self.paint(
+                YELLOW,
+                &format!("{:<REASON_W$}", format!("NEIGH_{}", n.state))
+            ),
             n.neighbor.map(|a| a.to_string()).unwrap_or_default(),
             if n.state == "FAILED" {
                 "(no ARP/ND answer)"
@@ -256,7 +267,7 @@ impl Output {
                 d.proto.clone().unwrap_or_default().to_uppercase()
             };
             let line = format!(
-                "{:>15} {ns:<18} {:<16} {:<20} {:<30}        {flow}",
+                "{:>15} {ns:<18} {:<16} {:<REASON_W$} {:<30}        {flow}",
                 r.count,
                 dev_label(d),
                 reason_label(d),
@@ -563,5 +574,47 @@ pub fn reason_label(d: &DropRecord) -> String {
         (true, _) => "?".to_string(),
         (false, Some("location")) => format!("~{}", d.reason),
         (false, _) => d.reason.clone(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::{Arc, Mutex};
+
+    /// A writer the test can read back.
+    #[derive(Clone, Default)]
+    struct Shared(Arc<Mutex<Vec<u8>>>);
+
+    impl Write for Shared {
+        fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+            self.0.lock().unwrap().extend_from_slice(b);
+            Ok(b.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    #[test]
+    fn the_longest_reasons_stay_in_their_column() {
+        let buf = Shared::default();
+        let mut out = Output::to(Format::Text, 1, buf.clone(), false);
+        for (reason, source) in [
+            ("BRIDGE_INGRESS_STP_STATE", Some("kernel")),
+            ("TCP_INVALID_END_SEQUENCE", Some("location")),
+        ] {
+            let mut d = DropRecord::sample("br_handle_frame+0x1f0");
+            d.reason = reason.into();
+            d.reason_source = source;
+            out.drop(&d).unwrap();
+        }
+        out.flush().unwrap();
+        let text = String::from_utf8(buf.0.lock().unwrap().clone()).unwrap();
+        let lines: Vec<&str> = text.lines().collect();
+        let col = lines[0].find("LOCATION").unwrap();
+        for l in &lines[1..] {
+            assert_eq!(l.find("br_handle_frame"), Some(col), "{text}");
+        }
     }
 }
