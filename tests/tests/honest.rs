@@ -342,3 +342,73 @@ fn exit_status_says_whether_a_fault_was_proven() {
         .unwrap();
     assert_eq!(out.status.code(), Some(1));
 }
+
+/// A bridge port held in the learning state drops what enters it
+/// (`BRIDGE_INGRESS_STP_STATE`, 24 characters): in text the ARP request
+/// says who asked for whom, and the long reason keeps LOCATION in its
+/// column; in JSON the drop carries its `arp`.
+#[test]
+fn dropped_arp_says_who_has_and_long_reasons_fit_their_column() {
+    let mut lab = Netlab::new(&prefix("arp")).unwrap();
+    lab.ns("st").unwrap();
+    lab.ns("sw").unwrap();
+    lab.exec(
+        "sw",
+        "ip link add brz type bridge stp_state 0 && ip link set brz up",
+    )
+    .unwrap();
+    lab.veth("st", "ea", "sw", "p-a").unwrap();
+    lab.exec(
+        "sw",
+        "ip link set p-a master brz && bridge link set dev p-a state 2",
+    )
+    .unwrap();
+    lab.exec("st", "ip addr add 10.61.4.1/24 dev ea").unwrap();
+    let mut child = Command::new(tracer_bin())
+        .args(["watch", "--netns", &lab.name("sw"), "--duration", "6s"])
+        .args(["-o", "text"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut err = BufReader::new(child.stderr.take().unwrap());
+    let mut attached = String::new();
+    err.read_line(&mut attached).unwrap();
+    assert!(attached.contains("attached"), "{attached}");
+    let _ = lab.try_exec("st", "ping -c 2 -i 0.5 -W 1 10.61.4.7");
+    let out = child.wait_with_output().unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    let header = text.lines().find(|l| l.starts_with("TIME")).expect(&text);
+    let col = header.find("LOCATION").unwrap();
+    let arp: Vec<&str> = text
+        .lines()
+        .filter(|l| l.contains("BRIDGE_INGRESS_STP_STATE") && l.contains(" p-a "))
+        .collect();
+    assert!(
+        arp.iter()
+            .any(|l| l.ends_with("ARP who-has 10.61.4.7 tell 10.61.4.1")),
+        "{text}"
+    );
+    // The REASON column is as wide in every line as under its title
+    // (a long namespace name may push the columns after NETNS).
+    let reason_w = col - header.find("REASON").unwrap();
+    for l in arp {
+        let at = l.find("BRIDGE_INGRESS_STP_STATE").unwrap();
+        assert_eq!(
+            l.find(" br_handle_frame"),
+            Some(at + reason_w - 1),
+            "{text}"
+        );
+    }
+    // JSON: the same frame with its ARP fields.
+    let run = start(&["watch", "--netns", &lab.name("sw")]);
+    let _ = lab.try_exec("st", "ping -c 1 -W 1 10.61.4.9");
+    let seen = run.wait_for(Duration::from_secs(5), |v| {
+        v["arp"]["target"] == "10.61.4.9"
+    });
+    let lines = run.stop();
+    let d = seen.unwrap_or_else(|| panic!("{lines:#?}"));
+    assert_eq!(d["arp"]["op"], "request");
+    assert_eq!(d["arp"]["sender"], "10.61.4.1");
+    assert!(d["src"].is_null() && d["family"].is_null(), "{d}");
+}

@@ -70,12 +70,18 @@ pub const IPPROTO_ICMPV6: u8 = 58;
 
 pub const ETH_P_IP: u16 = 0x0800;
 pub const ETH_P_IPV6: u16 = 0x86dd;
+pub const ETH_P_ARP: u16 = 0x0806;
 
 /// `Flow::flags`: the addresses came from `skb->sk`, because the packet was
 /// freed before its network header was built.
 pub const FLOW_FROM_SOCKET: u8 = 1;
 /// `Flow::flags`: the packet is a non-first IP fragment, so no L4 header.
 pub const FLOW_FRAGMENT: u8 = 2;
+/// `Flow::flags`: an Ethernet/IPv4 ARP packet. `family` stays
+/// `FAMILY_NONE` (no route lookup, no IP filter matches it); `src` and
+/// `dst` hold the sender and target IPv4 addresses, `proto` the opcode
+/// (1 request, 2 reply).
+pub const FLOW_ARP: u8 = 4;
 
 /// What a packet carried, as parsed from its headers (or its socket).
 /// Addresses are in network byte order; IPv4 uses the first 4 bytes.

@@ -274,6 +274,38 @@ pub struct DropRecord {
     /// `--all`; counted in the summary's `noise_hidden`), else null.
     #[serde(default, deserialize_with = "opt_static_str")]
     pub noise: Option<StaticName>,
+    /// An ARP packet's opcode and addresses (only on ARP drops).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub arp: Option<Arp>,
+}
+
+/// What a dropped ARP packet said.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+pub struct Arp {
+    /// "request", "reply", or the opcode's number.
+    pub op: String,
+    /// Who sent it (sender protocol address).
+    pub sender: Ipv4Addr,
+    /// Whom it is about (target protocol address).
+    pub target: Ipv4Addr,
+}
+
+impl Arp {
+    fn of(f: &Flow) -> Option<Arp> {
+        if f.flags & FLOW_ARP == 0 {
+            return None;
+        }
+        let v4 = |b: &[u8; 16]| Ipv4Addr::new(b[0], b[1], b[2], b[3]);
+        Some(Arp {
+            op: match f.proto {
+                1 => "request".into(),
+                2 => "reply".into(),
+                n => n.to_string(),
+            },
+            sender: v4(&f.src),
+            target: v4(&f.dst),
+        })
+    }
 }
 
 /// Benign drops that every Docker host shows, recognised in userspace
@@ -365,6 +397,7 @@ impl DropRecord {
             reverse_route: None,
             stack: None,
             noise: None,
+            arp: None,
         }
     }
 
@@ -703,6 +736,7 @@ impl Namer {
             reverse_route: self.route(&e.route_rev, e.ts_ns, e.netns, flow_src(f), flow_dst(f)),
             stack: None,
             noise: None,
+            arp: Arp::of(f),
         };
         // Where a forwarded packet was to leave: what a too-big drop is
         // shown on, and (without kernel reasons) what proves it too big.
@@ -898,6 +932,24 @@ fn comm(b: &[u8; 16]) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_arp_flow_names_its_opcode_and_addresses() {
+        let mut f = Flow {
+            flags: FLOW_ARP,
+            proto: 1,
+            ..Flow::default()
+        };
+        f.src[..4].copy_from_slice(&[10, 61, 0, 1]);
+        f.dst[..4].copy_from_slice(&[10, 61, 0, 7]);
+        let a = Arp::of(&f).unwrap();
+        assert_eq!(
+            (a.op.as_str(), a.sender.to_string(), a.target.to_string()),
+            ("request", "10.61.0.1".into(), "10.61.0.7".into())
+        );
+        f.flags = 0;
+        assert_eq!(Arp::of(&f), None);
+    }
 
     #[test]
     fn arrival_ages_are_never_negative() {

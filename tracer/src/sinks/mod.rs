@@ -536,6 +536,9 @@ fn fmt_addr(a: Option<IpAddr>) -> String {
 
 /// `TCP 172.17.5.5:40000 > 10.99.0.2:8080 [S] mss 1460`, tcpdump-like.
 pub fn flow_text(d: &DropRecord) -> String {
+    if let Some(a) = &d.arp {
+        return arp_text(a);
+    }
     let Some(proto) = &d.proto else {
         return "(no IP header)".to_string();
     };
@@ -567,6 +570,16 @@ pub fn flow_text(d: &DropRecord) -> String {
     s
 }
 
+/// `ARP who-has 10.0.0.9 tell 10.0.0.1`, as tcpdump says it (without
+/// the MACs, which the kernel side does not read).
+fn arp_text(a: &crate::events::event::Arp) -> String {
+    match a.op.as_str() {
+        "request" => format!("ARP who-has {} tell {}", a.target, a.sender),
+        "reply" => format!("ARP reply {} to {}", a.sender, a.target),
+        op => format!("ARP op {op} {} > {}", a.sender, a.target),
+    }
+}
+
 /// A drop's reason as text: `~NAME` when inferred from the dropping
 /// function on a kernel without drop reasons, `?` when unknown.
 pub fn reason_label(d: &DropRecord) -> String {
@@ -594,6 +607,21 @@ mod tests {
         fn flush(&mut self) -> std::io::Result<()> {
             Ok(())
         }
+    }
+
+    #[test]
+    fn arp_frames_say_who_asked_for_whom() {
+        let mut d = DropRecord::sample("br_handle_frame+0x1f0");
+        (d.family, d.proto, d.src, d.dst) = (None, None, None, None);
+        assert_eq!(flow_text(&d), "(no IP header)");
+        d.arp = Some(crate::events::event::Arp {
+            op: "request".into(),
+            sender: "10.61.0.1".parse().unwrap(),
+            target: "10.61.0.7".parse().unwrap(),
+        });
+        assert_eq!(flow_text(&d), "ARP who-has 10.61.0.7 tell 10.61.0.1");
+        d.arp.as_mut().unwrap().op = "reply".into();
+        assert_eq!(flow_text(&d), "ARP reply 10.61.0.1 to 10.61.0.7");
     }
 
     #[test]
