@@ -402,10 +402,16 @@ fn dropped_arp_says_who_has_and_long_reasons_fit_their_column() {
     }
     // JSON: the same frame with its ARP fields.
     let run = start(&["watch", "--netns", &lab.name("sw")]);
-    let _ = lab.try_exec("st", "ping -c 1 -W 1 10.61.4.9");
-    let seen = run.wait_for(Duration::from_secs(5), |v| {
-        v["arp"]["target"] == "10.61.4.9"
-    });
+    // A request a second until one is seen (a loaded host may be slow).
+    let asked = |v: &Value| v["arp"]["target"] == "10.61.4.9";
+    let mut seen = None;
+    for _ in 0..8 {
+        let _ = lab.try_exec("st", "ping -c 1 -W 1 10.61.4.9");
+        seen = run.wait_for(Duration::from_millis(500), asked);
+        if seen.is_some() {
+            break;
+        }
+    }
     let lines = run.stop();
     let d = seen.unwrap_or_else(|| panic!("{lines:#?}"));
     assert_eq!(d["arp"]["op"], "request");
