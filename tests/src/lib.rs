@@ -175,28 +175,31 @@ impl TracerRun {
     }
 
     /// SIGINT, wait for exit, return every line printed (ready ... summary).
+    /// The exit status must be 0, or 3 exactly when the summary counts a
+    /// proven fault (`diagnose`).
     pub fn stop(mut self) -> Vec<Value> {
         unsafe { libc_kill(self.child.id() as i32, 2) };
         let deadline = Instant::now() + scaled(Duration::from_secs(10));
-        loop {
+        let status = loop {
             if let Ok(Some(status)) = self.child.try_wait() {
-                assert!(
-                    status.success(),
-                    "tracer exited with {status}; stderr: {}",
-                    self.stderr.lock().unwrap()
-                );
-                break;
+                break status;
             }
             if Instant::now() > deadline {
                 let _ = self.child.kill();
                 panic!("tracer did not exit within 10 s of SIGINT");
             }
             std::thread::sleep(Duration::from_millis(20));
-        }
+        };
         // Let the reader thread drain the pipe.
         std::thread::sleep(Duration::from_millis(100));
-        let g = self.lines.0.lock().unwrap();
-        g.clone()
+        let lines = self.lines.0.lock().unwrap().clone();
+        assert_eq!(
+            status.code(),
+            Some(expected_status(&lines)),
+            "tracer exited with {status}; stderr: {}",
+            self.stderr.lock().unwrap()
+        );
+        lines
     }
 }
 
@@ -210,6 +213,25 @@ impl Drop for TracerRun {
 extern "C" {
     #[link_name = "kill"]
     fn libc_kill(pid: i32, sig: i32) -> i32;
+}
+
+/// `tracer diagnose` exits with this when it proved a fault.
+pub const EXIT_FAULT_PROVEN: i32 = 3;
+
+/// The status a run that printed `lines` must end with: 3 when its
+/// summary counts proven faults, else 0.
+pub fn expected_status(lines: &[Value]) -> i32 {
+    let faults = lines
+        .iter()
+        .rev()
+        .find(|v| v["type"] == "summary")
+        .and_then(|s| s["faults"].as_u64())
+        .unwrap_or(0);
+    if faults > 0 {
+        EXIT_FAULT_PROVEN
+    } else {
+        0
+    }
 }
 
 pub fn drops(lines: &[Value]) -> Vec<&Value> {

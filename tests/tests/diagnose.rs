@@ -250,6 +250,9 @@ fn breadth_verdicts() {
         verdict(&l, "forwarding_disabled")["evidence"]["sysctl"],
         "net.ipv4.ip_forward"
     );
+    // A real router (two links, the destination behind the other one)
+    // is not a misdelivery.
+    assert!(!verdicts(&l).iter().any(|v| v["kind"] == "misdelivered"));
 
     let l = diagnose_routed("bport", "", "server", |lab| {
         udp(lab, "client", "10.2.0.1", 9999)

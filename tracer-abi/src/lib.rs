@@ -71,6 +71,7 @@ pub const IPPROTO_SCTP: u8 = 132;
 
 pub const ETH_P_IP: u16 = 0x0800;
 pub const ETH_P_IPV6: u16 = 0x86dd;
+pub const ETH_P_ARP: u16 = 0x0806;
 
 /// `Flow::flags`: the addresses came from `skb->sk`, because the packet was
 /// freed before its network header was built.
@@ -82,6 +83,11 @@ pub const FLOW_FRAGMENT: u8 = 2;
 pub const FLOW_L4_SHORT: u8 = 4;
 /// `Flow::flags`: a TCP header cut before its flags byte: ports, no flags.
 pub const FLOW_TCP_SHORT: u8 = 8;
+/// `Flow::flags`: an Ethernet/IPv4 ARP packet. `family` stays
+/// `FAMILY_NONE` (no route lookup, no IP filter matches it); `src` and
+/// `dst` hold the sender and target IPv4 addresses, `proto` the opcode
+/// (1 request, 2 reply).
+pub const FLOW_ARP: u8 = 16;
 
 /// What a packet carried, as parsed from its headers (or its socket).
 /// Addresses are in network byte order; IPv4 uses the first 4 bytes.

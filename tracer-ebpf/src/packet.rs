@@ -141,11 +141,32 @@ pub unsafe fn parse<M: Mem>(skb: *const u8, m: &SkbMeta, flow: &mut Flow, opts: 
         if m.l3_proto == ETH_P_IPV6 {
             return parse_ipv6(l3, room, flow, opts);
         }
+        if m.l3_proto == ETH_P_ARP {
+            return room >= 28 && parse_arp(l3, flow);
+        }
     }
     if m.l3_proto == 0 && !m.sk.is_null() {
         return from_socket(m.sk, flow);
     }
     false
+}
+
+/// An Ethernet/IPv4 ARP packet's opcode and addresses (see `FLOW_ARP`),
+/// so a dropped ARP says who asked for whom instead of nothing.
+#[inline(always)]
+unsafe fn parse_arp(l3: *const u8, flow: &mut Flow) -> bool {
+    let Ok(h) = bpf_probe_read_kernel(l3 as *const [u8; 28]) else {
+        return false;
+    };
+    // htype Ethernet, ptype IPv4, 6-byte MACs, 4-byte addresses.
+    if h[0..6] != [0, 1, 8, 0, 6, 4] {
+        return false;
+    }
+    flow.flags |= FLOW_ARP;
+    flow.proto = h[7];
+    flow.src[..4].copy_from_slice(&h[14..18]);
+    flow.dst[..4].copy_from_slice(&h[24..28]);
+    true
 }
 
 /// How many bytes the packet holds from its network header on: skb->len

@@ -306,9 +306,58 @@ impl TraceArgs {
     }
 }
 
+/// The exit status of a `diagnose` run (live or `--replay`) that proved a
+/// fault: distinct from 0 (ran, no fault proven), 1 (error) and 2 (bad
+/// command line), so a script or CI job can tell them apart. Labs keep
+/// their own statuses (non-zero when the lab's expectation failed).
+pub const EXIT_FAULT_PROVEN: u8 = 3;
+
+/// How a command that ran to its end came out.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Outcome {
+    /// Done; for `diagnose`, no fault proven.
+    Done,
+    /// `diagnose` proved at least one fault.
+    FaultProven,
+}
+
+impl Outcome {
+    pub fn of_faults(proven: bool) -> Outcome {
+        if proven {
+            Outcome::FaultProven
+        } else {
+            Outcome::Done
+        }
+    }
+}
+
 /// Runs a parsed command line.
-pub fn run(cli: Cli, started: Instant) -> Result<()> {
+pub fn run(cli: Cli, started: Instant) -> Result<Outcome> {
     match cli.command {
+        Command::Diagnose(args) => diagnose(args, started),
+        command => run_other(command, started).map(|()| Outcome::Done),
+    }
+}
+
+fn diagnose(args: DiagnoseArgs, started: Instant) -> Result<Outcome> {
+    if let Some(path) = &args.replay {
+        return crate::diagnose::replay_cmd(path, args.trace.output).map(Outcome::of_faults);
+    }
+    if args.write.as_deref().is_some_and(|w| w.as_os_str() == "-")
+        && args.pcap.as_deref().is_some_and(|w| w.as_os_str() == "-")
+    {
+        anyhow::bail!("-w - and --pcap - cannot both write to stdout");
+    }
+    let mut opts = args.trace.options();
+    opts.pcap = args.pcap.clone();
+    let rt = runtime()?;
+    rt.block_on(crate::diagnose::live(&opts, args.write.as_deref(), started))
+        .map(Outcome::of_faults)
+}
+
+/// Every command but `diagnose`, whose status says more.
+fn run_other(command: Command, started: Instant) -> Result<()> {
+    match command {
         Command::Watch(args) => {
             let rt = runtime()?;
             rt.block_on(async {
@@ -333,20 +382,7 @@ pub fn run(cli: Cli, started: Instant) -> Result<()> {
                 Ok(())
             })
         }
-        Command::Diagnose(args) => {
-            if let Some(path) = &args.replay {
-                return crate::diagnose::replay_cmd(path, args.trace.output);
-            }
-            if args.write.as_deref().is_some_and(|w| w.as_os_str() == "-")
-                && args.pcap.as_deref().is_some_and(|w| w.as_os_str() == "-")
-            {
-                anyhow::bail!("-w - and --pcap - cannot both write to stdout");
-            }
-            let mut opts = args.trace.options();
-            opts.pcap = args.pcap.clone();
-            let rt = runtime()?;
-            rt.block_on(crate::diagnose::live(&opts, args.write.as_deref(), started))
-        }
+        Command::Diagnose(args) => diagnose(args, started).map(drop),
         Command::Agent(args) => {
             // One worker for the HTTP server, so /healthz answers (503)
             // while the probes load on the main thread.

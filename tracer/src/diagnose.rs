@@ -386,7 +386,8 @@ impl Consumer for Diagnoser {
 }
 
 /// `tracer diagnose` on the live kernel, optionally recording to `write`.
-pub async fn live(opts: &TraceOptions, write: Option<&Path>, started: Instant) -> Result<()> {
+/// Returns whether a fault was proven (the exit status says so).
+pub async fn live(opts: &TraceOptions, write: Option<&Path>, started: Instant) -> Result<bool> {
     let file = write.map(|p| file::open(p, opts.existing)).transpose()?;
     let tracer = Tracer::start(opts, true, started)?;
     let mut d = Diagnoser::new(true);
@@ -394,7 +395,7 @@ pub async fn live(opts: &TraceOptions, write: Option<&Path>, started: Instant) -
         d.record_to(f, &tracer.session)?;
     }
     tracer.run(&mut d).await?;
-    Ok(())
+    Ok(d.verdicts().iter().any(|v| v.fault))
 }
 
 /// The recorded topology: the latest snapshot of each namespace read so far.
@@ -527,8 +528,9 @@ pub fn replay(
     Ok((header, engine))
 }
 
-/// `tracer diagnose --replay FILE`: no kernel, no root.
-pub fn replay_cmd(path: &Path, format: Format) -> Result<()> {
+/// `tracer diagnose --replay FILE`: no kernel, no root. Returns whether
+/// a fault was proven.
+pub fn replay_cmd(path: &Path, format: Format) -> Result<bool> {
     let header = Reader::open(path)?.header;
     let mut out = Output::stdout(format, header.own_netns);
     if format == Format::Text {
@@ -568,7 +570,7 @@ pub fn replay_cmd(path: &Path, format: Format) -> Result<()> {
     conclude_summary(&engine, &mut summary, &mut out)?;
     out.summary(&summary)?;
     out.flush()?;
-    Ok(())
+    Ok(summary.faults > 0)
 }
 
 #[cfg(test)]
@@ -708,6 +710,33 @@ mod tests {
             ("qdisc-full", "qdisc_drop", Tier::Proven),
         ] {
             assert_eq!(replayed(name), [(kind, tier)], "{name}");
+        }
+    }
+
+    #[test]
+    fn replay_misdelivered_names_the_sender_not_forwarding() {
+        // A one-link host gets packets for 10.47.3.9 and fd47:3::9, which
+        // its neighbour on the bridge maps to this host's MAC.
+        assert_eq!(
+            replayed("misdelivered"),
+            [
+                ("misdelivered", Tier::Proven),
+                ("misdelivered", Tier::Proven)
+            ]
+        );
+        let path =
+            Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/recordings/misdelivered.jsonl");
+        let (_, engine) = replay(&path, |_| Ok(())).unwrap();
+        for (v, dst) in engine.verdicts().iter().zip(["10.47.3.9", "fd47:3::9"]) {
+            assert_eq!(v.evidence["dst"], dst);
+            assert_eq!(v.evidence["sender_ifname"], "a1");
+            assert!(v.evidence["sender_mac"].is_string(), "{:?}", v.evidence);
+            assert!(
+                v.fix[0].ends_with(&format!("ip -n trrec-30303-snd neigh del {dst} dev a1")),
+                "{}",
+                v.fix[0]
+            );
+            assert!(!v.fix.iter().any(|f| f.contains("sysctl")), "{:?}", v.fix);
         }
     }
 

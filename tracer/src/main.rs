@@ -35,7 +35,8 @@ fn main() -> ExitCode {
         }
     };
     match tracer::cli::run(cli, started) {
-        Ok(()) => ExitCode::SUCCESS,
+        Ok(tracer::cli::Outcome::Done) => ExitCode::SUCCESS,
+        Ok(tracer::cli::Outcome::FaultProven) => ExitCode::from(tracer::cli::EXIT_FAULT_PROVEN),
         Err(e) => {
             // One line: the context chain, no backtrace. Verifier logs
             // and the like span lines; fold them.

@@ -277,6 +277,7 @@ impl Tracer {
         for arg in &opts.netns {
             namespaces.push(netns::resolve(arg)?);
         }
+        let namespaces = once_each(namespaces);
         if namespaces.len() > MAX_NETNS {
             bail!("too many --netns: the kernel filter takes at most {MAX_NETNS}");
         }
@@ -539,7 +540,7 @@ impl Tracer {
         // count after that is of events nobody asked for.
         let mut lost_at_count = None;
         let mut broken_pipe = false;
-        let mut aggregator = Aggregator::default();
+        let mut aggregator = Aggregator::starting(crate::kernel::clock::monotonic_ns());
         let mut shed = StormShed::default();
         let mut syn_gate = SynGate::start(&probes, session.netns.clone());
         let mut route_gate = RouteGate::new(&probes);
@@ -692,6 +693,17 @@ impl Tracer {
         drop(probes);
         Ok(session.summary)
     }
+}
+
+/// Each namespace once, in the order first named: `--netns a --netns a`,
+/// or a name and the inode of the same namespace, is one namespace (in
+/// the kernel filter and the `ready` line).
+fn once_each(namespaces: Vec<netns::NetnsInfo>) -> Vec<netns::NetnsInfo> {
+    let mut seen = std::collections::HashSet::new();
+    namespaces
+        .into_iter()
+        .filter(|n| seen.insert(n.inode))
+        .collect()
 }
 
 /// Prints (and counts) what the kernel counted by key since the last call.
@@ -875,6 +887,19 @@ pub fn parse_duration(s: &str) -> Result<Duration> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_repeated_netns_is_listed_once() {
+        let ns = |inode: u32, name: &str| netns::NetnsInfo {
+            inode,
+            name: Some(name.into()),
+            path: format!("/run/netns/{name}").into(),
+        };
+        // By name twice, and once by a path to the same namespace.
+        let got = once_each(vec![ns(7, "a"), ns(9, "b"), ns(7, "a"), ns(7, "x")]);
+        let inodes: Vec<u32> = got.iter().map(|n| n.inode).collect();
+        assert_eq!(inodes, [7, 9]);
+    }
 
     #[test]
     fn stacks_start_at_the_tracepoint_caller() {

@@ -38,13 +38,30 @@ pub struct AggregateRecord {
 }
 
 /// Remembers the last counts read, so each interval reports only growth.
-#[derive(Default)]
 pub struct Aggregator {
     last: HashMap<AggKey, u64>,
+    /// Monotonic ns of the last read, or of the start: the first
+    /// interval runs from when counting began, never from 0 (which
+    /// printed `"interval_s":0.0` for a second's counts).
     last_read_ns: u64,
 }
 
 impl Aggregator {
+    /// Counting starts at `now_ns` (monotonic).
+    pub fn starting(now_ns: u64) -> Self {
+        Aggregator {
+            last: HashMap::new(),
+            last_read_ns: now_ns,
+        }
+    }
+
+    /// Seconds since the last read (or the start), and now is the last read.
+    fn interval_s(&mut self, now_ns: u64) -> f64 {
+        let s = now_ns.saturating_sub(self.last_read_ns) as f64 / 1e9;
+        self.last_read_ns = self.last_read_ns.max(now_ns);
+        s
+    }
+
     /// The records for what the kernel counted since the previous call.
     /// `now_ns` is monotonic time, for the interval.
     pub fn poll(
@@ -53,12 +70,7 @@ impl Aggregator {
         namer: &mut Namer,
         now_ns: u64,
     ) -> Vec<AggregateRecord> {
-        let interval_s = if self.last_read_ns == 0 {
-            0.0
-        } else {
-            now_ns.saturating_sub(self.last_read_ns) as f64 / 1e9
-        };
-        self.last_read_ns = now_ns;
+        let interval_s = self.interval_s(now_ns);
         let mut out = Vec::new();
         for (key, total) in counts {
             let before = self.last.insert(key, total).unwrap_or(0);
@@ -113,5 +125,20 @@ fn as_event(k: &AggKey, now_ns: u64) -> DropEvent {
         ingress_ifindex: k.ingress_ifindex,
         flow,
         ..DropEvent::default()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_first_interval_runs_from_the_start() {
+        let mut a = Aggregator::starting(5_000_000_000);
+        assert_eq!(a.interval_s(6_000_000_000), 1.0);
+        assert_eq!(a.interval_s(7_500_000_000), 1.5);
+        // The final read past --count passes no time: it moves nothing.
+        assert_eq!(a.interval_s(0), 0.0);
+        assert_eq!(a.interval_s(8_500_000_000), 1.0);
     }
 }

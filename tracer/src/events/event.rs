@@ -275,6 +275,38 @@ pub struct DropRecord {
     /// `--all`; counted in the summary's `noise_hidden`), else null.
     #[serde(default, deserialize_with = "opt_static_str")]
     pub noise: Option<StaticName>,
+    /// An ARP packet's opcode and addresses (only on ARP drops).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub arp: Option<Arp>,
+}
+
+/// What a dropped ARP packet said.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+pub struct Arp {
+    /// "request", "reply", or the opcode's number.
+    pub op: String,
+    /// Who sent it (sender protocol address).
+    pub sender: Ipv4Addr,
+    /// Whom it is about (target protocol address).
+    pub target: Ipv4Addr,
+}
+
+impl Arp {
+    fn of(f: &Flow) -> Option<Arp> {
+        if f.flags & FLOW_ARP == 0 {
+            return None;
+        }
+        let v4 = |b: &[u8; 16]| Ipv4Addr::new(b[0], b[1], b[2], b[3]);
+        Some(Arp {
+            op: match f.proto {
+                1 => "request".into(),
+                2 => "reply".into(),
+                n => n.to_string(),
+            },
+            sender: v4(&f.src),
+            target: v4(&f.dst),
+        })
+    }
 }
 
 /// Benign drops that every Docker host shows, recognised in userspace
@@ -290,6 +322,12 @@ pub fn noise_kind(d: &DropRecord) -> Option<&'static str> {
         return Some("ipv6_disabled");
     }
     let func = crate::events::reason_inference::function(&d.location);
+    // AF_UNIX sockets free their queued messages through kfree_skb too
+    // (`SOCKET_CLOSE` at unix_release_sock, dozens per `socat EXEC`):
+    // no network packet, no device, no IP family.
+    if func.starts_with("unix_") && d.family.is_none() {
+        return Some("unix_socket");
+    }
     if d.reason == "NOT_SPECIFIED"
         && matches!(func, "tcp_v4_rcv" | "tcp_v6_rcv")
         && d.tcp_flags.as_deref() == Some("S")
@@ -360,6 +398,7 @@ impl DropRecord {
             reverse_route: None,
             stack: None,
             noise: None,
+            arp: None,
         }
     }
 
@@ -448,8 +487,14 @@ pub struct Arrival {
     pub ifname: Option<String>,
     /// The destination the neighbour's packet was routed towards.
     pub dst: IpAddr,
-    /// Nanoseconds from the lookup to the neighbour event.
+    /// Nanoseconds from the lookup to the neighbour event, never negative
+    /// (recordings made before that was so are read clamped).
+    #[serde(deserialize_with = "non_negative")]
     pub age_ns: i64,
+}
+
+fn non_negative<'de, D: Deserializer<'de>>(d: D) -> Result<i64, D::Error> {
+    i64::deserialize(d).map(|v| v.max(0))
 }
 
 /// A name held as `&'static str`. Fields spell it through this alias
@@ -696,6 +741,7 @@ impl Namer {
             reverse_route: self.route(&e.route_rev, e.ts_ns, e.netns, flow_src(f), flow_dst(f)),
             stack: None,
             noise: None,
+            arp: Arp::of(f),
         };
         // Where a forwarded packet was to leave: what a too-big drop is
         // shown on, and (without kernel reasons) what proves it too big.
@@ -866,13 +912,21 @@ impl Namer {
                         ifindex: h.dev_ifindex,
                         ifname: self.ifname(hns, h.dev_ifindex).0,
                         dst: *local,
-                        age_ns: age,
+                        age_ns: arrival_age(e.ts_ns, h.ts_ns),
                     });
                 }
             }
         }
         out
     }
+}
+
+/// How long before the neighbour event the arrival's lookup was made.
+/// A lookup stamped after the event (a later packet of the same peer, or
+/// another CPU's clock a hair ahead) counts as simultaneous: an age is
+/// never negative.
+fn arrival_age(event_ts: u64, lookup_ts: u64) -> i64 {
+    i64::try_from(event_ts.saturating_sub(lookup_ts)).unwrap_or(i64::MAX)
 }
 
 fn comm(b: &[u8; 16]) -> String {
@@ -883,6 +937,37 @@ fn comm(b: &[u8; 16]) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_arp_flow_names_its_opcode_and_addresses() {
+        let mut f = Flow {
+            flags: FLOW_ARP,
+            proto: 1,
+            ..Flow::default()
+        };
+        f.src[..4].copy_from_slice(&[10, 61, 0, 1]);
+        f.dst[..4].copy_from_slice(&[10, 61, 0, 7]);
+        let a = Arp::of(&f).unwrap();
+        assert_eq!(
+            (a.op.as_str(), a.sender.to_string(), a.target.to_string()),
+            ("request", "10.61.0.1".into(), "10.61.0.7".into())
+        );
+        f.flags = 0;
+        assert_eq!(Arp::of(&f), None);
+    }
+
+    #[test]
+    fn arrival_ages_are_never_negative() {
+        assert_eq!(arrival_age(5_000, 1_000), 4_000);
+        assert_eq!(arrival_age(1_000, 5_000), 0);
+        assert_eq!(arrival_age(7, 7), 0);
+        // Recorded before the fix: read clamped.
+        let a: Arrival = serde_json::from_str(
+            r#"{"netns":1,"iif":2,"iifname":"e","ifindex":3,"ifname":"b","dst":"10.0.0.1","age_ns":-31877}"#,
+        )
+        .unwrap();
+        assert_eq!(a.age_ns, 0);
+    }
 
     fn bytes_of<T>(v: &T) -> Vec<u8> {
         // SAFETY: test-only view of a POD value as bytes.
@@ -941,6 +1026,19 @@ mod tests {
             }
             let _ = decode(&buf);
         }
+    }
+
+    #[test]
+    fn unix_socket_frees_are_noise_not_network_drops() {
+        let mut d = DropRecord::sample("unix_release_sock+0x1a2");
+        d.reason = "SOCKET_CLOSE".into();
+        d.family = None;
+        d.ifindex = 0;
+        assert_eq!(noise_kind(&d), Some("unix_socket"));
+        // The same reason on an IP socket is shown.
+        let mut tcp = DropRecord::sample("tcp_close+0x2b1");
+        tcp.reason = "SOCKET_CLOSE".into();
+        assert_eq!(noise_kind(&tcp), None);
     }
 
     #[test]

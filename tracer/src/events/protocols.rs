@@ -37,6 +37,18 @@ pub fn errno_name(err: i32) -> String {
     }
 }
 
+/// The errno the sender of a packet sees for a failed route lookup
+/// (negative, as traced). fib_table_lookup's own -EAGAIN only means "not
+/// in this table"; the lookup as a whole fails with -ENETUNREACH, so
+/// evidence that names ENETUNREACH carries its number (-101), not -11.
+pub fn sender_errno(err: i32) -> i32 {
+    if err == -11 {
+        -101
+    } else {
+        err
+    }
+}
+
 /// The name of an ICMP (`proto` "icmp") or ICMPv6 ("icmp6") type and code.
 pub fn icmp_name(proto: &str, icmp_type: u8, code: u8) -> Option<&'static str> {
     Some(match (proto, icmp_type, code) {

@@ -221,6 +221,7 @@ mod tests {
             peer_netns: None,
             addrs: Vec::new(),
             txqlen: 0,
+            mac: None,
         }
     }
 

@@ -71,6 +71,21 @@ pub struct Link {
     /// IFLA_TXQLEN: the queue length pfifo_fast and pfifo take as limit.
     #[serde(default)]
     pub txqlen: u32,
+    /// IFLA_ADDRESS of an Ethernet-like device (`02:5e:..`): the source
+    /// MAC of its frames, which names a sender in evidence. Absent from
+    /// older recordings.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mac: Option<String>,
+}
+
+/// `aa:bb:cc:dd:ee:ff` for a 6-byte hardware address; None otherwise
+/// (loopback's is all zeros, tunnels have none or a longer one).
+pub fn mac_text(b: &[u8]) -> Option<String> {
+    if b.len() != 6 || b.iter().all(|&x| x == 0) {
+        return None;
+    }
+    let parts: Vec<String> = b.iter().map(|x| format!("{x:02x}")).collect();
+    Some(parts.join(":"))
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -753,12 +768,14 @@ fn link_from_msg(m: &LinkMessage) -> Link {
         peer_netns: None,
         addrs: Vec::new(),
         txqlen: 0,
+        mac: None,
     };
     for a in &m.attributes {
         match a {
             LinkAttribute::IfName(n) => l.name = n.clone(),
             LinkAttribute::Mtu(v) => l.mtu = *v,
             LinkAttribute::TxQueueLen(v) => l.txqlen = *v,
+            LinkAttribute::Address(b) => l.mac = mac_text(b),
             LinkAttribute::Controller(v) => l.master = nonzero(*v),
             LinkAttribute::Link(v) => l.link = nonzero(*v),
             LinkAttribute::LinkNetNsId(v) => l.link_netnsid = Some(*v),
@@ -900,6 +917,7 @@ mod raw {
 
     /// ifinfomsg (16 bytes) + IFLA_* attributes.
     pub(super) fn link(p: &[u8]) -> Option<Link> {
+        const IFLA_ADDRESS: u16 = 1;
         const IFLA_IFNAME: u16 = 3;
         const IFLA_MTU: u16 = 4;
         const IFLA_LINK: u16 = 5;
@@ -922,9 +940,11 @@ mod raw {
             peer_netns: None,
             addrs: Vec::new(),
             txqlen: 0,
+            mac: None,
         };
         for (kind, v) in attrs(p.get(16..)?) {
             match kind {
+                IFLA_ADDRESS => l.mac = mac_text(v),
                 IFLA_IFNAME => l.name = string_of(v),
                 IFLA_MTU => l.mtu = u32_of(v).unwrap_or(0),
                 IFLA_LINK => l.link = u32_of(v).and_then(nonzero),

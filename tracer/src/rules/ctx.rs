@@ -5,6 +5,7 @@
 //! verdict once per cause.
 
 use super::{Tier, Verdict};
+use crate::events::event::DropRecord;
 use crate::host::containers::{Container, DockerNetwork};
 use crate::host::topology::{Link, NsTopology};
 use serde_json::{Map, Value};
@@ -268,6 +269,33 @@ impl<'a> Ctx<'a> {
         self.src.container_by_addr(addr)
     }
 
+    /// Who holds `addr` on the segment behind `ifindex` of `netns`: the
+    /// veth peer itself, the bridge it is a port of, or another port's
+    /// veth peer on that bridge. (netns, the device holding it.)
+    pub fn holder_behind(&mut self, netns: u32, ifindex: i32, addr: IpAddr) -> Option<(u32, Link)> {
+        let (pns, peer) = self.veth_peer(netns, ifindex)?;
+        if holds(&peer, addr) {
+            return Some((pns, peer));
+        }
+        let bridge = peer.master?;
+        let ptopo = self.topo(pns)?;
+        if let Some(b) = ptopo.link(bridge).filter(|b| holds(b, addr)) {
+            return Some((pns, b.clone()));
+        }
+        let ports = ptopo
+            .links
+            .iter()
+            .filter(|l| l.master == Some(bridge) && l.ifindex != peer.ifindex);
+        for port in ports {
+            if let Some((qns, q)) = self.veth_peer(pns, port.ifindex) {
+                if holds(&q, addr) {
+                    return Some((qns, q));
+                }
+            }
+        }
+        None
+    }
+
     /// Starts `key`'s clock at `ts` without counting a drop (evidence that
     /// precedes any loss, such as the first packet of the failing flow).
     pub fn clock_from(&mut self, key: &str, ts: u64) {
@@ -471,8 +499,48 @@ impl<'a> Ctx<'a> {
     }
 }
 
+/// Does this device carry `addr`?
+fn holds(l: &Link, addr: IpAddr) -> bool {
+    l.addrs.iter().any(|(a, _)| *a == addr)
+}
+
+/// Is `a` one of the namespace's own addresses (any device)?
+pub fn owns_addr(topo: &NsTopology, a: IpAddr) -> bool {
+    topo.links.iter().any(|l| holds(l, a))
+}
+
+/// Whether the forwarding sysctl that applies to this drop is on: the
+/// ingress device's for IPv4, `all` for IPv6.
+pub fn forwarding_on(topo: &NsTopology, d: &DropRecord) -> bool {
+    if d.family == Some("ipv6") {
+        return topo.sysctls.ipv6_forwarding;
+    }
+    match &d.ingress_ifname {
+        Some(i) => topo.ipv4_forwarding_on(i),
+        None => topo.sysctls.ipv4_forwarding,
+    }
+}
+
+/// Whether the namespace is shaped like a router for `dst` arriving on
+/// `ingress`: two or more layer-3 devices (not loopback, not a bridge's
+/// port) and a route to `dst` out of a device other than `ingress`. A
+/// one-link host that receives a packet for someone else could not
+/// forward it anywhere but back where it came from.
+pub fn could_forward(topo: &NsTopology, ingress: i32, dst: IpAddr) -> bool {
+    let l3 = topo
+        .links
+        .iter()
+        .filter(|l| l.name != "lo" && l.master.is_none())
+        .count();
+    let out = topo
+        .route_to(dst)
+        .filter(|r| r.kind == crate::host::topology::RouteKind::Unicast)
+        .and_then(|r| r.oif);
+    l3 >= 2 && out.is_some_and(|o| o != ingress)
+}
+
 /// An ICMP "fragmentation needed" or ICMPv6 "packet too big".
-pub fn is_ptb_icmp(d: &crate::events::event::DropRecord) -> bool {
+pub fn is_ptb_icmp(d: &DropRecord) -> bool {
     matches!(
         (d.proto.as_deref(), d.icmp_type, d.icmp_code),
         (Some("icmp"), Some(3), Some(4)) | (Some("icmp6"), Some(2), _)

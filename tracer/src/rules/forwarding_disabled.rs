@@ -1,8 +1,12 @@
 //! `forwarding_disabled`: `IP_INADDRERRORS` while the forwarding sysctl
-//! that applies (the ingress device's for IPv4) is 0: packets to forward
-//! are dropped silently.
+//! that applies (the ingress device's for IPv4) is 0, in a namespace that
+//! could forward the packet (two or more layer-3 devices and a route to
+//! the destination out of another one): packets to forward are dropped
+//! silently. On a host that could not forward it, the packet was
+//! misdelivered instead (see `misdelivered`), and turning forwarding on
+//! would make a plain host a router.
 
-use super::ctx::{Ctx, Finding};
+use super::ctx::{could_forward, forwarding_on, Ctx, Finding};
 use super::fix::q;
 use super::{Fact, Rule, Tier};
 use serde_json::json;
@@ -19,21 +23,18 @@ impl Rule for ForwardingDisabled {
         if d.reason != "IP_INADDRERRORS" {
             return;
         }
-        let Some(topo) = cx.topo(d.netns) else {
+        let (Some(topo), Some(dst)) = (cx.topo(d.netns), d.dst) else {
             return;
         };
-        let v6 = d.family == Some("ipv6");
-        let on = if v6 {
-            topo.sysctls.ipv6_forwarding
+        let ingress = if d.ingress_ifindex > 0 {
+            d.ingress_ifindex
         } else {
-            match &d.ingress_ifname {
-                Some(i) => topo.ipv4_forwarding_on(i),
-                None => topo.sysctls.ipv4_forwarding,
-            }
+            d.ifindex
         };
-        if on {
+        if forwarding_on(&topo, d) || !could_forward(&topo, ingress, dst) {
             return;
         }
+        let v6 = d.family == Some("ipv6");
         let key = format!("fwd/{}/{v6}", d.netns);
         cx.tally(&key, d.ts_ns);
         let hint = cx.ns_hint(d.netns);
@@ -79,12 +80,26 @@ mod tests {
     use super::super::testkit::*;
     use super::super::{Fact, Tier};
 
+    /// A router: two links, the destination's subnet behind the second.
+    fn router() -> crate::host::topology::NsTopology {
+        topo(
+            NS,
+            None,
+            vec![link(2, "eth0", None, 1500), link(3, "wan7", None, 1500)],
+            vec![
+                route("10.1.0.0", 24, 2, None),
+                route("10.2.0.0", 24, 3, None),
+            ],
+        )
+    }
+
     #[test]
     fn forwarding_off_is_proven_from_the_sysctl() {
-        let t = topo(NS, None, vec![link(2, "eth0", None, 1500)], vec![]);
+        let t = router();
         let mut on = t.clone();
         on.sysctls.ipv4_forwarding = true;
         let mut d = drop("IP_INADDRERRORS", 1_000);
+        d.ifindex = 2;
         d.dst = Some(ip("10.2.0.1"));
         let v = run(&mut Fake::with(vec![t]), vec![Fact::Drop(d.clone())], 0);
         assert_eq!(kinds(&v), [("forwarding_disabled", Tier::Proven)]);
@@ -94,5 +109,25 @@ mod tests {
         );
         // Forwarding on: the drop has another cause.
         assert!(run(&mut Fake::with(vec![on]), vec![Fact::Drop(d)], 0).is_empty());
+    }
+
+    #[test]
+    fn a_host_that_could_not_forward_is_not_told_to() {
+        // One link: the packet for 10.1.0.9 could only go back out eth0.
+        let one = topo(
+            NS,
+            None,
+            vec![link(1, "lo", None, 65536), link(2, "eth0", None, 1500)],
+            vec![route("10.1.0.0", 24, 2, None)],
+        );
+        // Two links, but the destination is behind the one it came in by.
+        let hairpin = router();
+        let mut d = drop("IP_INADDRERRORS", 1_000);
+        d.ifindex = 2;
+        d.dst = Some(ip("10.1.0.9"));
+        for t in [one, hairpin] {
+            let v = run(&mut Fake::with(vec![t]), vec![Fact::Drop(d.clone())], 0);
+            assert!(v.iter().all(|v| v.kind != "forwarding_disabled"), "{v:?}");
+        }
     }
 }

@@ -24,6 +24,7 @@ pub mod fix;
 mod asymmetric_route;
 mod forwarding_disabled;
 mod l2_mtu_mismatch;
+mod misdelivered;
 mod mss_exceeds_mtu;
 mod neighbor_unreachable;
 mod netfilter_drop;
@@ -95,6 +96,7 @@ pub fn all() -> Vec<Box<dyn Rule>> {
         Box::new(netfilter_drop::NetfilterDrop),
         Box::new(no_route::NoRoute),
         Box::new(forwarding_disabled::ForwardingDisabled),
+        Box::new(misdelivered::Misdelivered),
         Box::new(port_closed::PortClosed),
         Box::new(qdisc_drop::QdiscDrop),
     ]

@@ -6,7 +6,7 @@
 use super::ctx::{Ctx, Finding};
 use super::{Fact, Rule, Tier};
 use crate::events::event::DropRecord;
-use crate::events::protocols::errno_name;
+use crate::events::protocols::{errno_name, sender_errno};
 use serde_json::json;
 use std::net::IpAddr;
 
@@ -23,6 +23,9 @@ impl Rule for NoRoute {
             return;
         }
         let Some(dst) = d.dst else { return };
+        if link_scoped(dst, d.src) {
+            return;
+        }
         let topo = cx.topo(d.netns);
         // Proof: the kernel's lookup failed, or the table has no route.
         let kernel_err = d.route.as_ref().map(|r| r.err).filter(|e| *e != 0);
@@ -39,18 +42,22 @@ impl Rule for NoRoute {
                 .as_ref()
                 .map(|i| format!(" for traffic forwarded from {i}"))
                 .unwrap_or_default(),
-            if d.reason == "IP_INNOROUTES" {
-                " and answers ICMP net-unreachable"
-            } else {
+            if d.reason != "IP_INNOROUTES" {
                 ""
+            } else if dst.is_ipv6() {
+                " and answers ICMPv6 destination unreachable (no route)"
+            } else {
+                " and answers ICMP net-unreachable"
             }
         );
         let fix = vec![format!(
-            "Add a route: {hint}ip route add {dst}/32 via <gateway> (or a default route); check {hint}ip route get {dst}"
+            "Add a route: {hint}ip route add {} via <gateway> (or one for the missing prefix, or a default route); check {hint}ip route get {dst}",
+            host_prefix(dst)
         )];
+        let err = kernel_err.map(sender_errno);
         let evidence = json!({
             "dst": dst, "src": d.src, "ingress_ifname": d.ingress_ifname,
-            "route_err": kernel_err.map(errno_name), "route_errno": kernel_err,
+            "route_err": err.map(errno_name), "route_errno": err,
             "reason": d.reason,
         });
         cx.conclude(Finding {
@@ -78,9 +85,10 @@ pub(super) fn no_route_back(d: &DropRecord, cx: &mut Ctx, src: IpAddr, err: i32)
     );
     let dev = super::fix::q(&ingress);
     let fix = vec![format!(
-        "Add a route back to {src}: {hint}ip route add {src}/32 via <gateway on {ingress}> dev {dev} (or a default route); check {hint}ip route get {src}"
+        "Add a route back to {src}: {hint}ip route add {} via <gateway on {ingress}> dev {dev} (or a default route); check {hint}ip route get {src}",
+        host_prefix(src)
     )];
-    let err = (err != 0).then_some(err);
+    let err = (err != 0).then_some(sender_errno(err));
     let evidence = json!({
         "dst": src, "src": d.dst, "ingress_ifname": d.ingress_ifname,
         "route_err": err.map(errno_name), "route_errno": err, "reason": d.reason,
@@ -94,6 +102,37 @@ pub(super) fn no_route_back(d: &DropRecord, cx: &mut Ctx, src: IpAddr, err: i32)
         evidence,
         fix,
     });
+}
+
+/// `A/32` or `A/128`: a route for this one host. An IPv6 address with
+/// `/32` would route a whole /32 block (`fd00:2::/32`) instead.
+fn host_prefix(a: IpAddr) -> String {
+    let len = if a.is_ipv6() { 128 } else { 32 };
+    format!("{a}/{len}")
+}
+
+/// Traffic that never needs a route of the table, so its failed lookup
+/// proves nothing: link-local and multicast destinations (what a link
+/// sends as it comes up: IPv6 DAD, MLD reports, router solicitations,
+/// before the kernel has installed its `ff00::/8` and `fe80::/64`
+/// routes), and packets sent from the unspecified address (DAD and MLD
+/// while the link has no address yet, DHCP).
+fn link_scoped(dst: IpAddr, src: Option<IpAddr>) -> bool {
+    if src.is_some_and(|s| s.is_unspecified()) {
+        return true;
+    }
+    match dst {
+        IpAddr::V4(a) => {
+            let o = a.octets();
+            // 224.0.0.0/24: the local network control block (IGMP, OSPF,
+            // mDNS), never routed; and the limited broadcast.
+            (o[0], o[1], o[2]) == (224, 0, 0) || a.is_broadcast()
+        }
+        IpAddr::V6(a) => {
+            let s0 = a.segments()[0];
+            a.is_multicast() || (s0 & 0xffc0) == 0xfe80
+        }
+    }
 }
 
 #[cfg(test)]
@@ -115,6 +154,63 @@ mod tests {
         let v = run(&mut src, vec![Fact::Drop(d)], 0);
         assert_eq!(kinds(&v), [("no_route", Tier::Proven)]);
         assert_eq!(v[0].evidence["route_err"], "ENETUNREACH");
-        assert_eq!(v[0].evidence["route_errno"], -11);
+        // The table's -EAGAIN is what the sender sees as -ENETUNREACH.
+        assert_eq!(v[0].evidence["route_errno"], -101);
+        assert!(v[0].fix[0].contains("ip route add 203.0.113.9/32 via"));
+    }
+
+    fn v6_drop(src: &str, dst: &str) -> super::DropRecord {
+        let mut d = drop("IP_OUTNOROUTES", 1_000);
+        d.family = Some("ipv6");
+        d.proto = Some("icmp6".into());
+        d.src = Some(ip(src));
+        d.dst = Some(ip(dst));
+        d.route = Some(lookup(0, "", 0, -101));
+        d
+    }
+
+    #[test]
+    fn link_scoped_traffic_of_a_link_coming_up_proves_nothing() {
+        // No route at all, as in a namespace whose link has just come up.
+        let t = || topo(NS, None, vec![link(2, "ve-a", Some("veth"), 1500)], vec![]);
+        for (src, dst) in [
+            ("::", "ff02::16"),         // MLD report during DAD
+            ("::", "ff02::1:ff00:7"),   // DAD neighbour solicitation
+            ("fe80::5:1", "ff02::2"),   // router solicitation
+            ("fe80::5:1", "fe80::5:2"), // link-local unicast
+            ("fd42:7::1", "ff05::1:3"), // site-scoped multicast
+        ] {
+            let v = run(
+                &mut Fake::with(vec![t()]),
+                vec![Fact::Drop(v6_drop(src, dst))],
+                0,
+            );
+            assert!(v.is_empty(), "{src} > {dst}: {v:?}");
+        }
+        for (src, dst) in [("0.0.0.0", "255.255.255.255"), ("10.8.0.3", "224.0.0.22")] {
+            let mut d = drop("IP_OUTNOROUTES", 1_000);
+            d.src = Some(ip(src));
+            d.dst = Some(ip(dst));
+            let v = run(&mut Fake::with(vec![t()]), vec![Fact::Drop(d)], 0);
+            assert!(v.is_empty(), "{src} > {dst}: {v:?}");
+        }
+    }
+
+    #[test]
+    fn a_missing_ipv6_route_is_still_proven_with_a_host_route_fix() {
+        let t = topo(NS, Some("r-9"), vec![link(2, "up0", None, 1480)], vec![]);
+        let mut d = v6_drop("fd42:7::1", "fd42:9::20");
+        d.reason = "IP_INNOROUTES".into();
+        d.ingress_ifname = Some("up0".into());
+        let v = run(&mut Fake::with(vec![t]), vec![Fact::Drop(d)], 0);
+        assert_eq!(kinds(&v), [("no_route", Tier::Proven)]);
+        let fix = &v[0].fix[0];
+        assert!(
+            fix.contains("ip netns exec r-9 ip route add fd42:9::20/128 via <gateway>"),
+            "{fix}"
+        );
+        assert!(!fix.contains("/32"), "{fix}");
+        assert!(v[0].summary.contains("ICMPv6"), "{}", v[0].summary);
+        assert_eq!(v[0].evidence["route_errno"], -101);
     }
 }

@@ -86,6 +86,12 @@ impl Rule for QdiscDrop {
             .unwrap_or_default();
         let refs: Vec<&Qdisc> = all.iter().collect();
         let qd = culprit(&refs, kinds).cloned();
+        if qd.as_ref().is_some_and(|q| q.kind == "noqueue") {
+            // No queue to fill: the kernel frees a packet sent to a
+            // queueless device (a bridge, a veth) that is not up yet, as
+            // IGMP and MLD reports are while a link comes up.
+            return;
+        }
         let aqm = d.reason == "QDISC_CONGESTED";
         let netem_loss = qd
             .as_ref()
@@ -305,6 +311,14 @@ mod tests {
             fixes.contains("tc qdisc change dev 'eth$(id)' root handle 8001: tbf rate 1Mbit burst 1600 limit 12000"),
             "{fixes}"
         );
+    }
+
+    #[test]
+    fn a_queueless_device_coming_up_is_no_full_queue() {
+        // A bridge's report sent before it is up: freed as QDISC_DROP.
+        let noqueue = qdisc("noqueue", "root", Limits::default(), 0);
+        let v = run(&mut host(vec![noqueue]), drops("QDISC_DROP", 2), 0);
+        assert!(v.is_empty(), "{v:?}");
     }
 
     #[test]

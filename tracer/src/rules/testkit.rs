@@ -28,6 +28,7 @@ pub fn link(ifindex: i32, name: &str, kind: Option<&str>, mtu: u32) -> Link {
         peer_netns: None,
         addrs: Vec::new(),
         txqlen: 0,
+        mac: None,
     }
 }
 

@@ -36,6 +36,11 @@ const DIM: &str = "\x1b[2m";
 const CYAN: &str = "\x1b[36m";
 const RESET: &str = "\x1b[0m";
 
+/// Width of the REASON column: the longest drop reasons of 6.18
+/// (`BRIDGE_INGRESS_STP_STATE`, `TCP_INVALID_END_SEQUENCE`, 24) and the
+/// `~` of an inferred one, so no reason pushes the columns after it.
+const REASON_W: usize = 25;
+
 impl Output {
     /// Buffered: the event loop flushes after each batch, so a storm costs
     /// one write per batch instead of one per line. Colour only for text
@@ -151,7 +156,7 @@ impl Output {
         self.header_done = true;
         // FLOW last: it is the only column whose width varies much.
         let h = format!(
-            "{:<15} {:<18} {:<16} {:<20} {:<30} {:>5}  {}",
+            "{:<15} {:<18} {:<16} {:<REASON_W$} {:<30} {:>5}  {}",
             "TIME", "NETNS", "DEV", "REASON", "LOCATION", "LEN", "FLOW"
         );
         let h = self.paint(DIM, &h);
@@ -167,7 +172,10 @@ impl Output {
         let ns = self.ns_label(d.netns, &d.netns_name, d.container.as_ref());
         let dev = dev_label(d);
         let dev = printable::escape(&dev);
-        let reason = self.paint(&format!("{BOLD}{RED}"), &format!("{:<20}", reason_label(d)));
+        let reason = self.paint(
+            &format!("{BOLD}{RED}"),
+            &format!("{:<REASON_W$}", reason_label(d)),
+        );
         let flow = flow_text(d);
         let line = format!(
             "{time:<15} {ns:<18} {dev:<16} {reason} {:<30} {:>5}  {flow}",
@@ -225,7 +233,10 @@ impl Output {
                 .as_deref()
                 .map(|n| printable::escape(n).into_owned())
                 .unwrap_or_else(|| format!("if{}", n.ifindex)),
-            self.paint(YELLOW, &format!("{:<20}", format!("NEIGH_{}", n.state))),
+            self.paint(
+                YELLOW,
+                &format!("{:<REASON_W$}", format!("NEIGH_{}", n.state))
+            ),
             n.neighbor.map(|a| a.to_string()).unwrap_or_default(),
             if n.state == "FAILED" {
                 "(no ARP/ND answer)"
@@ -273,7 +284,7 @@ impl Output {
                 d.proto.clone().unwrap_or_default().to_uppercase()
             };
             let line = format!(
-                "{:>15} {ns:<18} {:<16} {:<20} {:<30}        {flow}",
+                "{:>15} {ns:<18} {:<16} {:<REASON_W$} {:<30}        {flow}",
                 r.count,
                 dev_label(d),
                 reason_label(d),
@@ -542,6 +553,9 @@ fn fmt_addr(a: Option<IpAddr>) -> String {
 
 /// `TCP 172.17.5.5:40000 > 10.99.0.2:8080 [S] mss 1460`, tcpdump-like.
 pub fn flow_text(d: &DropRecord) -> String {
+    if let Some(a) = &d.arp {
+        return arp_text(a);
+    }
     let Some(proto) = &d.proto else {
         return "(no IP header)".to_string();
     };
@@ -573,6 +587,16 @@ pub fn flow_text(d: &DropRecord) -> String {
     s
 }
 
+/// `ARP who-has 10.0.0.9 tell 10.0.0.1`, as tcpdump says it (without
+/// the MACs, which the kernel side does not read).
+fn arp_text(a: &crate::events::event::Arp) -> String {
+    match a.op.as_str() {
+        "request" => format!("ARP who-has {} tell {}", a.target, a.sender),
+        "reply" => format!("ARP reply {} to {}", a.sender, a.target),
+        op => format!("ARP op {op} {} > {}", a.sender, a.target),
+    }
+}
+
 /// A drop's reason as text: `~NAME` when inferred from the dropping
 /// function on a kernel without drop reasons, `?` when unknown.
 pub fn reason_label(d: &DropRecord) -> String {
@@ -580,5 +604,62 @@ pub fn reason_label(d: &DropRecord) -> String {
         (true, _) => "?".to_string(),
         (false, Some("location")) => format!("~{}", d.reason),
         (false, _) => d.reason.clone(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::{Arc, Mutex};
+
+    /// A writer the test can read back.
+    #[derive(Clone, Default)]
+    struct Shared(Arc<Mutex<Vec<u8>>>);
+
+    impl Write for Shared {
+        fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+            self.0.lock().unwrap().extend_from_slice(b);
+            Ok(b.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    #[test]
+    fn arp_frames_say_who_asked_for_whom() {
+        let mut d = DropRecord::sample("br_handle_frame+0x1f0");
+        (d.family, d.proto, d.src, d.dst) = (None, None, None, None);
+        assert_eq!(flow_text(&d), "(no IP header)");
+        d.arp = Some(crate::events::event::Arp {
+            op: "request".into(),
+            sender: "10.61.0.1".parse().unwrap(),
+            target: "10.61.0.7".parse().unwrap(),
+        });
+        assert_eq!(flow_text(&d), "ARP who-has 10.61.0.7 tell 10.61.0.1");
+        d.arp.as_mut().unwrap().op = "reply".into();
+        assert_eq!(flow_text(&d), "ARP reply 10.61.0.1 to 10.61.0.7");
+    }
+
+    #[test]
+    fn the_longest_reasons_stay_in_their_column() {
+        let buf = Shared::default();
+        let mut out = Output::to(Format::Text, 1, buf.clone(), false);
+        for (reason, source) in [
+            ("BRIDGE_INGRESS_STP_STATE", Some("kernel")),
+            ("TCP_INVALID_END_SEQUENCE", Some("location")),
+        ] {
+            let mut d = DropRecord::sample("br_handle_frame+0x1f0");
+            d.reason = reason.into();
+            d.reason_source = source;
+            out.drop(&d).unwrap();
+        }
+        out.flush().unwrap();
+        let text = String::from_utf8(buf.0.lock().unwrap().clone()).unwrap();
+        let lines: Vec<&str> = text.lines().collect();
+        let col = lines[0].find("LOCATION").unwrap();
+        for l in &lines[1..] {
+            assert_eq!(l.find("br_handle_frame"), Some(col), "{text}");
+        }
     }
 }
