@@ -92,7 +92,8 @@ fn text_output_escapes_an_interface_named_with_esc_and_bel() {
     child.stdout.take().unwrap().read_to_end(&mut live).unwrap();
     let st = child.wait().unwrap();
     let live_err = stderr.join().unwrap();
-    assert!(st.success(), "{}", String::from_utf8_lossy(&live_err));
+    // 3: a fault was proven (the MTU mismatch).
+    assert_eq!(st.code(), Some(3), "{}", String::from_utf8_lossy(&live_err));
     no_control_bytes("diagnose stdout", &live);
     no_control_bytes("diagnose stderr", &live_err);
     let text = String::from_utf8_lossy(&live);
@@ -108,7 +109,7 @@ fn text_output_escapes_an_interface_named_with_esc_and_bel() {
         .arg(&rec)
         .output()
         .unwrap();
-    assert!(replay.status.success());
+    assert_eq!(replay.status.code(), Some(3));
     no_control_bytes("replay stdout", &replay.stdout);
     no_control_bytes("replay stderr", &replay.stderr);
     assert!(String::from_utf8_lossy(&replay.stdout).contains(SHOWN));
