@@ -78,6 +78,27 @@ impl KernelBtf {
         Ok(r)
     }
 
+    /// QDISC_DROP's value where the kernel also has `qdisc:qdisc_drop`
+    /// (after 6.18), else 0: there kfree_skb reports every qdisc drop as
+    /// QDISC_DROP, and qdisc_drop has the finer reason (see
+    /// `Config::qdisc_drop`).
+    pub fn qdisc_drop_code(&self) -> u32 {
+        let has_tp = self
+            .btf
+            .resolve_types_by_name("btf_trace_qdisc_drop")
+            .is_ok_and(|ts| !ts.is_empty());
+        if !has_tp {
+            return 0;
+        }
+        self.enum_members("skb_drop_reason")
+            .ok()
+            .and_then(|m| {
+                m.into_iter()
+                    .find(|(n, _)| n == "SKB_DROP_REASON_QDISC_DROP")
+            })
+            .map_or(0, |(_, v)| v)
+    }
+
     /// Whether `kfree_skb` reports why (Linux 5.17+): the enum and the
     /// tracepoint's `reason` argument arrived together.
     pub fn has_drop_reasons(&self) -> bool {
@@ -545,6 +566,111 @@ mod tests {
         // Without the QDISC subsystem id, the same enum names nothing.
         let r = Reasons::from_enums(&core, &subsys(false), &others);
         assert_eq!(r.name(0x3_0003), "REASON_196611");
+    }
+
+    /// A raw BTF blob (the format of /sys/kernel/btf/vmlinux) holding an
+    /// `int`, these enums and these typedefs (of `int`).
+    fn btf_blob(enums: &[(&str, &[(&str, u32)])], typedefs: &[&str]) -> Vec<u8> {
+        let mut strings = vec![0u8];
+        let mut name = |n: &str| {
+            let off = strings.len() as u32;
+            strings.extend_from_slice(n.as_bytes());
+            strings.push(0);
+            off
+        };
+        let mut types: Vec<u32> = Vec::new();
+        // Type 1: int, 32 bits (BTF_KIND_INT = 1).
+        types.extend([name("int"), 1 << 24, 4, 32]);
+        for (e, members) in enums {
+            // BTF_KIND_ENUM = 6, vlen members of (name, value).
+            types.extend([name(e), 6 << 24 | members.len() as u32, 4]);
+            for (m, v) in members.iter() {
+                types.extend([name(m), *v]);
+            }
+        }
+        for t in typedefs {
+            // BTF_KIND_TYPEDEF = 8, of type 1.
+            types.extend([name(t), 8 << 24, 1]);
+        }
+        let type_len = types.len() as u32 * 4;
+        let mut out = Vec::new();
+        out.extend_from_slice(&0xeb9f_u16.to_le_bytes());
+        out.extend_from_slice(&[1, 0]); // version, flags
+        for w in [24, 0, type_len, type_len, strings.len() as u32] {
+            out.extend_from_slice(&w.to_le_bytes());
+        }
+        for w in types {
+            out.extend_from_slice(&w.to_le_bytes());
+        }
+        out.extend_from_slice(&strings);
+        out
+    }
+
+    fn parse_blob(tag: &str, blob: &[u8]) -> KernelBtf {
+        let path = std::env::temp_dir().join(format!("tracer-btf-{tag}-{}", std::process::id()));
+        std::fs::write(&path, blob).unwrap();
+        let btf = KernelBtf::from_file(&path).unwrap();
+        let _ = std::fs::remove_file(&path);
+        btf
+    }
+
+    const SUBSYS_72: &[(&str, u32)] = &[
+        ("SKB_DROP_REASON_SUBSYS_CORE", 0),
+        ("SKB_DROP_REASON_SUBSYS_OPENVSWITCH", 2),
+        ("SKB_DROP_REASON_SUBSYS_QDISC", 3),
+        ("SKB_DROP_REASON_SUBSYS_NUM", 4),
+    ];
+    const CORE_72: &[(&str, u32)] = &[
+        ("SKB_NOT_DROPPED_YET", 0),
+        ("SKB_DROP_REASON_NOT_SPECIFIED", 2),
+        ("SKB_DROP_REASON_QDISC_DROP", 64),
+        ("SKB_DROP_REASON_MAX", 126),
+    ];
+    const QDISC_72: &[(&str, u32)] = &[
+        ("QDISC_DROP_UNSPEC", 0),
+        ("__QDISC_DROP_REASON", 0x3_0000),
+        ("QDISC_DROP_GENERIC", 0x3_0001),
+        ("QDISC_DROP_CONGESTED", 0x3_0003),
+        ("QDISC_DROP_MAX", 0x3_000a),
+    ];
+
+    #[test]
+    fn a_7_2_shaped_btf_names_qdisc_reasons_and_asks_for_qdisc_drop() {
+        let blob = btf_blob(
+            &[
+                ("skb_drop_reason", CORE_72),
+                ("skb_drop_reason_subsys", SUBSYS_72),
+                ("qdisc_drop_reason", QDISC_72),
+            ],
+            &["btf_trace_kfree_skb", "btf_trace_qdisc_drop"],
+        );
+        let btf = parse_blob("72", &blob);
+        let r = btf.drop_reasons().unwrap();
+        assert_eq!(r.name(64), "QDISC_DROP");
+        assert_eq!(r.name(0x3_0003), "QDISC_DROP_CONGESTED");
+        assert_eq!(r.name(0x3_0000), "REASON_196608");
+        // kfree_skb says QDISC_DROP there: the drop program must swap in
+        // qdisc_drop's reason for that code.
+        assert_eq!(btf.qdisc_drop_code(), 64);
+    }
+
+    #[test]
+    fn without_the_qdisc_drop_tracepoint_nothing_is_swapped() {
+        // 6.18 and before: no qdisc:qdisc_drop, the finer reasons are core
+        // reasons that kfree_skb gives itself.
+        let core = [
+            ("SKB_NOT_DROPPED_YET", 0),
+            ("SKB_DROP_REASON_QDISC_DROP", 64),
+            ("SKB_DROP_REASON_QDISC_CONGESTED", 66),
+        ];
+        let blob = btf_blob(&[("skb_drop_reason", &core)], &["btf_trace_kfree_skb"]);
+        let btf = parse_blob("618", &blob);
+        assert_eq!(btf.drop_reasons().unwrap().name(66), "QDISC_CONGESTED");
+        assert_eq!(btf.qdisc_drop_code(), 0);
+        // Nor before 5.17, with no reasons at all.
+        let btf = parse_blob("510", &btf_blob(&[], &["btf_trace_kfree_skb"]));
+        assert!(btf.drop_reasons().is_err());
+        assert_eq!(btf.qdisc_drop_code(), 0);
     }
 
     #[test]
