@@ -217,7 +217,8 @@ run() {
     ip -n xtqd addr add 10.77.$n.1/24 dev d$n
     ip -n xtqd link set d$n up
     echo "== $*"
-    for q in "$@"; do ip netns exec xtqd sh -c "tc qdisc add dev d$n $q"; done
+    # Each argument is one tc command; $D names the setup's device.
+    for q in "$@"; do D=d$n ip netns exec xtqd sh -c "tc $q"; done
     echo 0 >$I/tracing_on
     echo >$I/trace
     echo 1 >$I/events/skb/kfree_skb/enable
@@ -231,10 +232,15 @@ run() {
         sed 's/\(skbaddr\|rx_sk\|location\|handle\|parent\|txq_state\)=[^ ]* //g' | sort | uniq -c
     grep -q kfree_skb $I/trace
 }
-run "root handle 1: tbf rate 1mbit burst 1600 limit 3000"
-run "root handle 1: tbf rate 1mbit burst 1600 limit 300000" "parent 1:1 handle 10: codel target 1ms interval 5ms"
-run "root handle 1: htb default 1" "parent 1: classid 1:1 htb rate 1mbit" "parent 1:1 handle 10: codel target 1ms interval 5ms"
-run "root handle 1: htb default 1" "parent 1: classid 1:1 htb rate 1mbit" "parent 1:1 handle 10: fq_codel limit 10"
+run 'qdisc add dev $D root handle 1: tbf rate 1mbit burst 1600 limit 3000'
+run 'qdisc add dev $D root handle 1: tbf rate 1mbit burst 1600 limit 300000' \
+    'qdisc add dev $D parent 1:1 handle 10: codel target 1ms interval 5ms'
+run 'qdisc add dev $D root handle 1: htb default 1' \
+    'class add dev $D parent 1: classid 1:1 htb rate 1mbit' \
+    'qdisc add dev $D parent 1:1 handle 10: codel target 1ms interval 5ms'
+run 'qdisc add dev $D root handle 1: htb default 1' \
+    'class add dev $D parent 1: classid 1:1 htb rate 1mbit' \
+    'qdisc add dev $D parent 1:1 handle 10: fq_codel limit 10'
 "#;
 
 /// tracer's own reason for a queue's drops: a token bucket on a dummy
