@@ -310,7 +310,13 @@ fn lab_run_proves_its_incident_and_cleans_up() {
         .map(|l| serde_json::from_str(l).unwrap())
         .collect();
     let v = verdict(&lines, "rpfilter_route_conflict");
-    assert!(v["latency_ms"].as_f64().unwrap() < 3000.0, "{v}");
+    // Scaled like the waits: in the kernel matrix's TCG guests the same
+    // proof took 7.4 s (7.2 guest, scale 4), on this VM well under 3 s.
+    let bound = tracer_tests::scaled(Duration::from_millis(3000));
+    assert!(
+        v["latency_ms"].as_f64().unwrap() < bound.as_secs_f64() * 1000.0,
+        "{v}"
+    );
     let lab = lines.iter().find(|l| l["type"] == "lab").unwrap();
     assert_eq!(lab["pass"], true);
     for ns in lab["namespaces"].as_array().unwrap() {

@@ -263,10 +263,15 @@ fn raw_tracepoint_and_classic_tracepoint_fallbacks_work() {
         assert!(!d.is_empty(), "{hook}: {lines:#?}");
         assert_eq!(d[0]["dport"], 9999, "{hook}");
         assert_eq!(d[0]["src"], "10.1.0.1", "{hook}");
-        assert!(d[0]["location"]
-            .as_str()
-            .unwrap()
-            .starts_with("__udp4_lib_rcv"));
+        // UDP's receive path: __udp4_lib_rcv, which 7.2 inlines into
+        // udp_rcv (measured in the 7.2 guest: udp_rcv+0x452).
+        let loc = d[0]["location"].as_str().unwrap();
+        assert!(
+            ["__udp4_lib_rcv+", "udp_rcv+"]
+                .iter()
+                .any(|f| loc.starts_with(f)),
+            "{hook}: {loc}"
+        );
     }
 }
 

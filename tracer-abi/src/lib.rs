@@ -358,6 +358,13 @@ pub struct Config {
     /// This kernel's FRAG_REASM_TIMEOUT code (`u32::MAX` when unknown): the
     /// fragments it frees after the queue's head carry no usable device.
     pub frag_reason: u32,
+    /// This kernel's QDISC_DROP code where `qdisc:qdisc_drop` exists
+    /// (kernels after 6.18), else 0. Those kernels free a qdisc's drops
+    /// with QDISC_DROP and give the finer reason (`enum
+    /// qdisc_drop_reason`) only to `qdisc:qdisc_drop`, fired on the same
+    /// CPU just before the free: the drop program reports that reason
+    /// instead (`PROG_QDISC_REASON` keeps it).
+    pub qdisc_drop: u32,
 }
 
 /// `Config::extra`: copy the packet's bytes (for pcapng).
@@ -553,6 +560,7 @@ impl Config {
             snaplen: 0,
             trace: 0,
             frag_reason: u32::MAX,
+            qdisc_drop: 0,
         }
     }
 }
@@ -742,6 +750,7 @@ pub mod names {
     pub const PROG_SYN_XMIT: &str = "syn_xmit";
     pub const PROG_NEIGH_TIMER: &str = "neigh_timer";
     pub const PROG_NEIGH_SEND: &str = "neigh_send";
+    pub const PROG_QDISC_REASON: &str = "qdisc_reason";
     pub const PROG_HOP_RECEIVE: &str = "hop_receive";
     pub const PROG_HOP_QUEUE: &str = "hop_queue";
     pub const PROG_HOP_XMIT: &str = "hop_xmit";

@@ -214,6 +214,52 @@ pub fn drop_raw(ctx: RawTracePointContext) -> i32 {
     0
 }
 
+/// The finer reason `qdisc:qdisc_drop` gave the skb it is about to free
+/// with QDISC_DROP (kernels after 6.18; see `Config::qdisc_drop`).
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct QdiscReason {
+    skb: u64,
+    reason: u32,
+    _pad: u32,
+}
+
+/// One slot per CPU: `__tcf_kfree_skb_list` fires qdisc_drop and then
+/// kfree_skb for each skb in turn, on one CPU, so the last one is the one.
+#[map]
+static QDISC_REASON: PerCpuArray<QdiscReason> = PerCpuArray::with_max_entries(1, 0);
+
+/// `qdisc_drop(qdisc, txq, dev, skb, enum qdisc_drop_reason reason)`.
+#[btf_tracepoint(function = "qdisc_drop")]
+pub fn qdisc_reason(ctx: BtfTracePointContext) -> i32 {
+    let skb: u64 = ctx.arg(3);
+    let reason: u32 = ctx.arg(4);
+    if let Some(p) = QDISC_REASON.get_ptr_mut(0) {
+        unsafe {
+            *p = QdiscReason {
+                skb,
+                reason,
+                _pad: 0,
+            }
+        };
+    }
+    0
+}
+
+/// A QDISC_DROP's finer reason, if qdisc_drop just gave this skb one; the
+/// slot is cleared so that a later free of the same address cannot take it.
+#[inline(always)]
+fn qdisc_reason_of(skb: *const u8, reason: u32) -> u32 {
+    if let Some(p) = QDISC_REASON.get_ptr_mut(0) {
+        let slot = unsafe { &mut *p };
+        if slot.skb == skb as u64 && slot.reason != 0 {
+            slot.skb = 0;
+            return slot.reason;
+        }
+    }
+    reason
+}
+
 /// `kfree_skb(skb, location)` before 5.17: no reason argument exists, and
 /// reading one would fail verification, so these programs pass 0 (the
 /// kernel never uses it for a drop) and userspace says the reason is unknown.
@@ -305,6 +351,12 @@ unsafe fn on_drop<M: Mem, C: EbpfContext>(ctx: &C, skb: *const u8, location: u64
             return;
         }
     }
+    // After the filters, which take the reason kfree_skb gives.
+    let reason = if cfg!(qdisc_drop) != 0 && reason == cfg!(qdisc_drop) {
+        qdisc_reason_of(skb, reason)
+    } else {
+        reason
+    };
     let mut m = packet::meta::<M>(skb);
     let mut netns = if !m.dev.is_null() {
         dev_netns::<M>(m.dev)

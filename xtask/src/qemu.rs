@@ -1,11 +1,13 @@
-//! `cargo xtask kernels [--kernel 5.10|6.1|6.12]... [--check NAME]... [--jobs N] [--timeout SECS]`:
+//! `cargo xtask kernels [--kernel 5.10|5.10-deb11|6.1|6.12|6.12-deb13|7.2]... [--check NAME]... [--jobs N] [--timeout SECS]`:
 //! boots Debian's own kernels under qemu, runs tracer's checks inside each
 //! and prints a kernel x check table. Meant to run last in `cargo xtask
 //! test` too, through `run`.
 //!
 //! This VM runs one kernel; tracer's users run Debian's 5.10 (bullseye),
 //! 6.1 (bookworm) and 6.12 (bookworm-backports), whose BTF, tracepoints and
-//! verifiers differ. Per kernel:
+//! verifiers differ. `--kernel 7.2` boots Debian unstable's newest kernel,
+//! newer than this VM's 6.18, to meet the next kernel's changes before
+//! users do; it is not in the default run. Per kernel:
 //!
 //! 1. Fetch (cached in `target/kernels/<kernel>/`, so a second run
 //!    downloads nothing; remove that directory to pick up a newer kernel):
@@ -74,10 +76,14 @@ struct KernelSpec {
     /// a user of that distribution would, with its own ip and iptables.
     userspace: Option<&'static str>,
     suite: &'static str,
-    /// Its package names are `prefix N suffix` with N a number (the ABI
-    /// number or the stable release): the largest N is the newest.
+    /// Its package names are `prefix V suffix` with V a number (the ABI
+    /// number or the stable release) or a dotted version (unstable's
+    /// `7.2.13`): the largest V, compared part by part, is the newest.
     prefix: &'static str,
     suffix: &'static str,
+    /// In the matrix run without `--kernel` (and so in `cargo xtask
+    /// test`). The others are booted only when named.
+    default: bool,
 }
 
 const KERNELS: &[KernelSpec] = &[
@@ -88,6 +94,7 @@ const KERNELS: &[KernelSpec] = &[
         suite: "bullseye",
         prefix: "linux-image-5.10.0-",
         suffix: "-amd64",
+        default: true,
     },
     // Debian 11 as its users have it: glibc 2.31, iproute2 5.10,
     // iptables 1.8.7 (nft backend), and the static dist binary.
@@ -98,6 +105,7 @@ const KERNELS: &[KernelSpec] = &[
         suite: "bullseye",
         prefix: "linux-image-5.10.0-",
         suffix: "-amd64",
+        default: true,
     },
     KernelSpec {
         label: "6.1",
@@ -106,6 +114,7 @@ const KERNELS: &[KernelSpec] = &[
         suite: "bookworm",
         prefix: "linux-image-6.1.0-",
         suffix: "-amd64",
+        default: true,
     },
     KernelSpec {
         label: "6.12",
@@ -114,6 +123,38 @@ const KERNELS: &[KernelSpec] = &[
         suite: "bookworm-backports",
         prefix: "linux-image-6.12.",
         suffix: "+deb12-amd64",
+        default: true,
+    },
+    // Debian 13 as its users have it: trixie's own 6.12 (a package of its
+    // own, hence its own cache), glibc 2.41, nftables-only by default; the
+    // root still gets the iptables package (nft backend), because the labs
+    // call iptables (firewall-drop, the NAT and MSS-clamp labs). Not in the
+    // default run: one more TCG guest.
+    KernelSpec {
+        label: "6.12-deb13",
+        kernel: "6.12-deb13",
+        userspace: Some("trixie"),
+        suite: "trixie",
+        prefix: "linux-image-6.12.",
+        suffix: "+deb13-amd64",
+        default: false,
+    },
+    // Debian unstable's newest kernel, newer than this host's 6.18, with
+    // the host's userspace: the next kernel before users have it. Not in
+    // the default matrix: unstable moves (a new upload replaces the
+    // package), and one more TCG guest makes `cargo xtask test` slower.
+    // Its version is dotted (7.2.13+deb14-amd64); `newest` checks that it
+    // is still 7.2. Its image package is only a metapackage: the kernel
+    // and modules come in linux-binary-* and linux-modules-* (see
+    // Apt::parts).
+    KernelSpec {
+        label: "7.2",
+        kernel: "7.2",
+        userspace: None,
+        suite: "unstable",
+        prefix: "linux-image-",
+        suffix: "+deb14-amd64",
+        default: false,
     },
 ];
 
@@ -149,6 +190,89 @@ done
 wait
 cat /tmp/wd.json
 grep '"type":"drop"' /tmp/wd.json | grep -q '"netns_name":"xtwd"'
+"#;
+
+/// How the kernel itself reports a qdisc's drops, read from a tracefs
+/// instance of its own with no tracer involved. Four queues on dummy
+/// devices overflow: a token bucket (an enqueue drop), a codel under a
+/// token bucket and one under an htb (AQM drops at dequeue under a root
+/// that keeps no list of dequeue drops), and an fq_codel under an htb
+/// whose limit overflows (an enqueue drop of an AQM qdisc). Prints the
+/// tracepoints' formats and each setup's distinct kfree_skb (and, where
+/// the kernel has it, qdisc_drop) records; fails when a setup's drops never
+/// reached kfree_skb.
+const QDISC_TRACE: &str = r#"
+set -e
+I=/sys/kernel/tracing/instances/xtqd
+mkdir $I
+cat $I/events/skb/kfree_skb/format
+QD=0
+if [ -d $I/events/qdisc/qdisc_drop ]; then QD=1; cat $I/events/qdisc/qdisc_drop/format; fi
+ip netns add xtqd
+ip -n xtqd link set lo up
+n=0
+run() {
+    n=$((n + 1))
+    ip -n xtqd link add d$n type dummy
+    ip -n xtqd addr add 10.77.$n.1/24 dev d$n
+    ip -n xtqd link set d$n up
+    echo "== $*"
+    # Each argument is one tc command; $D names the setup's device.
+    for q in "$@"; do D=d$n ip netns exec xtqd sh -c "tc $q"; done
+    echo 0 >$I/tracing_on
+    echo >$I/trace
+    echo 1 >$I/events/skb/kfree_skb/enable
+    [ $QD = 0 ] || echo 1 >$I/events/qdisc/qdisc_drop/enable
+    echo 1 >$I/tracing_on
+    ip netns exec xtqd bash -c 'p=$(printf "%01000d" 0); for i in $(seq 1 150); do echo "$p" >/dev/udp/10.77.'$n'.2/9; done'
+    sleep 3
+    echo 0 >$I/tracing_on
+    ip netns exec xtqd tc -s qdisc show dev d$n | grep -E 'qdisc|dropped'
+    sed -n 's/^.*\(kfree_skb\|qdisc_drop\): /\1: /p' $I/trace |
+        sed 's/\(skbaddr\|rx_sk\|location\|handle\|parent\|txq_state\)=[^ ]* //g' | sort | uniq -c
+    grep -q kfree_skb $I/trace
+}
+run 'qdisc add dev $D root handle 1: tbf rate 1mbit burst 1600 limit 3000'
+run 'qdisc add dev $D root handle 1: tbf rate 1mbit burst 1600 limit 300000' \
+    'qdisc add dev $D parent 1:1 handle 10: codel target 1ms interval 5ms'
+run 'qdisc add dev $D root handle 1: htb default 1' \
+    'class add dev $D parent 1: classid 1:1 htb rate 1mbit' \
+    'qdisc add dev $D parent 1:1 handle 10: codel target 1ms interval 5ms'
+run 'qdisc add dev $D root handle 1: htb default 1' \
+    'class add dev $D parent 1: classid 1:1 htb rate 1mbit' \
+    'qdisc add dev $D parent 1:1 handle 10: fq_codel limit 10'
+"#;
+
+/// tracer's own reason for a queue's drops: a token bucket on a dummy
+/// device overflows while `watch` runs. Every kernel with reasons must
+/// name a QDISC_* reason; where the kernel has qdisc:qdisc_drop (after
+/// 6.18), kfree_skb says only QDISC_DROP, and tracer must report the
+/// finer QDISC_DROP_* that qdisc_drop gave instead.
+const QDISC_REASON: &str = r#"
+set -e
+ip netns add xtqr
+ip -n xtqr link set lo up
+ip -n xtqr link add d0 type dummy
+ip -n xtqr addr add 10.78.0.1/24 dev d0
+ip -n xtqr link set d0 up
+ip netns exec xtqr tc qdisc add dev d0 root handle 1: tbf rate 1mbit burst 1600 limit 3000
+"$TRACER_BIN" watch --netns xtqr -o json --count 5 --duration 120 >/tmp/qr.json &
+for i in $(seq 1 100); do
+    grep -q '"type":"ready"' /tmp/qr.json 2>/dev/null && break
+    sleep 1
+done
+ip netns exec xtqr bash -c 'p=$(printf "%01000d" 0); for i in $(seq 1 100); do echo "$p" >/dev/udp/10.78.0.2/9; done'
+wait
+grep '"type":"drop"' /tmp/qr.json | grep -o '"reason":"[^"]*"' | sort | uniq -c
+grep '"type":"drop"' /tmp/qr.json | grep -q '"reason":"QDISC_'
+if [ -d /sys/kernel/tracing/events/qdisc/qdisc_drop ]; then
+    echo "this kernel has qdisc:qdisc_drop"
+    # (Not `! grep`: set -e ignores a negated command.)
+    if grep '"type":"drop"' /tmp/qr.json | grep -q '"reason":"QDISC_DROP"'; then
+        echo "plain QDISC_DROP: qdisc_drop's reason was not taken"
+        exit 1
+    fi
+fi
 "#;
 
 struct Check {
@@ -196,6 +320,23 @@ const CHECKS: &[Check] = &[
         cmd: Cmd::Tracer(&["lab", "run", "bridge-subnet-strict"]),
         timeout_s: 120,
     },
+    // Kernels after 6.18 moved the qdisc drop reasons into an enum of
+    // their own; the queue-overflow lab must still be proven.
+    Check {
+        name: "lab-qdisc",
+        cmd: Cmd::Tracer(&["lab", "run", "qdisc-full"]),
+        timeout_s: 120,
+    },
+    Check {
+        name: "qdisc-reason",
+        cmd: Cmd::Script(QDISC_REASON),
+        timeout_s: 180,
+    },
+    Check {
+        name: "qdisc-trace",
+        cmd: Cmd::Script(QDISC_TRACE),
+        timeout_s: 120,
+    },
     Check {
         name: "lab-pmtu",
         cmd: Cmd::Tracer(&["lab", "run", "overlay-mtu-blackhole"]),
@@ -240,6 +381,17 @@ const SKIPPED: &[Differs] = &[
         kernel: "5.10",
         check: "lab-veth",
         why: "the L2 MTU verdict needs the drop reason NOT_SPECIFIED at the veth, which 5.10 does not report",
+    },
+    Differs {
+        kernel: "5.10",
+        check: "lab-qdisc",
+        why: "a queue drop is told from other drops by its reason (QDISC_DROP...), which 5.10 \
+              does not report",
+    },
+    Differs {
+        kernel: "5.10",
+        check: "qdisc-reason",
+        why: "it asserts the reason tracer names for a queue's drops; 5.10 reports none",
     },
     Differs {
         kernel: "5.10",
@@ -327,7 +479,8 @@ const TAIL_LINES: usize = 40;
 const SECTION_HEAD: usize = 6;
 const SECTION_TAIL: usize = 12;
 
-const USAGE: &str = "usage: cargo xtask kernels [--kernel 5.10|6.1|6.12]... [--check NAME]... \
+const USAGE: &str =
+    "usage: cargo xtask kernels [--kernel 5.10|5.10-deb11|6.1|6.12|6.12-deb13|7.2]... [--check NAME]... \
                      [--jobs N] [--timeout SECS]";
 
 pub fn run(root: &Path, args: &[&str]) -> Result<()> {
@@ -461,7 +614,7 @@ impl Options {
             }
         }
         if kernels.is_empty() {
-            kernels = KERNELS.iter().collect();
+            kernels = KERNELS.iter().filter(|k| k.default).collect();
         }
         if checks.is_empty() {
             checks = CHECKS.iter().collect();
@@ -636,39 +789,109 @@ impl Apt {
             bail!("apt-cache pkgnames failed: {}", out.status);
         }
         let names = String::from_utf8_lossy(&out.stdout);
-        let newest = names
-            .lines()
-            .filter_map(|name| {
-                let n = name.strip_prefix(spec.prefix)?.strip_suffix(spec.suffix)?;
-                Some((n.parse::<u64>().ok()?, name))
-            })
-            .max();
-        match newest {
-            Some((_, name)) => Ok(name.to_string()),
-            None => bail!(
-                "no {}N{} package in {}",
+        let Some(name) = newest_package(spec, names.lines()) else {
+            bail!(
+                "no {}V{} package in {}",
                 spec.prefix,
                 spec.suffix,
                 spec.suite
-            ),
+            );
+        };
+        // A whole version in the name (unstable's): it must still be the
+        // kernel the label says, or the table would misname it.
+        let kver = name.trim_start_matches("linux-image-");
+        // `kernel` may carry a distinction after a dash (6.12-deb13).
+        let series = spec.kernel.split('-').next().unwrap_or(spec.kernel);
+        if !kver.starts_with(&format!("{series}.")) {
+            bail!(
+                "{} now ships {name}, not {}: update its KernelSpec",
+                spec.suite,
+                spec.kernel
+            );
         }
+        Ok(name.to_string())
     }
 
-    /// Downloads `pkg` from `suite` into the empty directory `into`.
-    fn download(&mut self, pkg: &str, suite: &str, into: &Path) -> Result<PathBuf> {
+    /// The packages that make up kernel package `pkg`: itself, and those of
+    /// its dependencies that carry its version. Up to 6.12 the image
+    /// package holds the kernel and its modules; in unstable (7.x) it is a
+    /// metapackage depending on linux-base-KVER, linux-binary-KVER (the
+    /// vmlinuz) and linux-modules-KVER.
+    fn parts(&mut self, pkg: &str) -> Result<Vec<String>> {
+        let out = self
+            .command("apt-cache")
+            .args(["show", "--no-all-versions", pkg])
+            .output()
+            .context("cannot start apt-cache")?;
+        if !out.status.success() {
+            bail!("apt-cache show {pkg} failed: {}", out.status);
+        }
+        let kver = pkg.trim_start_matches("linux-image-");
+        Ok(kernel_parts(
+            pkg,
+            kver,
+            &String::from_utf8_lossy(&out.stdout),
+        ))
+    }
+
+    /// Downloads `pkgs` from `suite` into the empty directory `into`.
+    fn download(&mut self, pkgs: &[String], suite: &str, into: &Path) -> Result<Vec<PathBuf>> {
         let _ = fs::remove_dir_all(into);
         fs::create_dir_all(into)?;
-        crate::run(self.command("apt-get").current_dir(into).args([
-            "download",
-            "-q",
-            &format!("{pkg}/{suite}"),
-        ]))?;
-        let mut debs = fs::read_dir(into)?
+        crate::run(
+            self.command("apt-get")
+                .current_dir(into)
+                .args(["download", "-q"])
+                .args(pkgs.iter().map(|p| format!("{p}/{suite}"))),
+        )?;
+        let debs: Vec<PathBuf> = fs::read_dir(into)?
             .filter_map(|e| e.ok().map(|e| e.path()))
-            .filter(|p| p.extension().is_some_and(|e| e == "deb"));
-        debs.next()
-            .with_context(|| format!("apt-get download {pkg} left no .deb"))
+            .filter(|p| p.extension().is_some_and(|e| e == "deb"))
+            .collect();
+        if debs.len() != pkgs.len() {
+            bail!(
+                "apt-get download {} left {} .deb(s)",
+                pkgs.join(" "),
+                debs.len()
+            );
+        }
+        Ok(debs)
     }
+}
+
+/// A version in a package name, compared part by part: `7.2.13` >
+/// `7.2.9`, and a plain ABI number is a one-part version.
+fn dotted(v: &str) -> Option<Vec<u64>> {
+    v.split('.').map(|p| p.parse().ok()).collect()
+}
+
+/// The newest of `names` that are `prefix V suffix`.
+fn newest_package<'a>(spec: &KernelSpec, names: impl Iterator<Item = &'a str>) -> Option<&'a str> {
+    names
+        .filter_map(|name| {
+            let v = name.strip_prefix(spec.prefix)?.strip_suffix(spec.suffix)?;
+            Some((dotted(v)?, name))
+        })
+        .max()
+        .map(|(_, name)| name)
+}
+
+/// `pkg` and the dependencies in its `apt-cache show` text named
+/// `linux-PART-KVER` (alternatives and version constraints dropped).
+fn kernel_parts(pkg: &str, kver: &str, show: &str) -> Vec<String> {
+    let mut parts = vec![pkg.to_string()];
+    let depends = show
+        .lines()
+        .filter_map(|l| l.strip_prefix("Depends:"))
+        .flat_map(|l| l.split([',', '|']))
+        .filter_map(|d| d.split_whitespace().next());
+    for dep in depends {
+        let ours = dep.starts_with("linux-") && dep.ends_with(&format!("-{kver}"));
+        if ours && !parts.iter().any(|p| p == dep) {
+            parts.push(dep.to_string());
+        }
+    }
+    parts
 }
 
 /// The host's Debian mirror (not its security one), from
@@ -724,12 +947,27 @@ struct Kernel {
 }
 
 impl Kernel {
+    /// boot/vmlinuz-KVER up to 6.12; unstable's packages (7.x) put it
+    /// next to the modules, in usr/lib/modules/KVER/vmlinuz.
     fn vmlinuz(&self) -> PathBuf {
-        self.tree.join(format!("boot/vmlinuz-{}", self.kver))
+        let boot = self.tree.join(format!("boot/vmlinuz-{}", self.kver));
+        if boot.exists() {
+            boot
+        } else {
+            self.modules().join("vmlinuz")
+        }
     }
 
+    /// lib/modules/KVER, or usr/lib/modules/KVER in packages made for a
+    /// merged /usr (7.x). The real directory, not through the lib
+    /// symlink prepare_kernel adds, as qemu shares it.
     fn modules(&self) -> PathBuf {
-        self.tree.join("lib/modules").join(&self.kver)
+        let usr = self.tree.join("usr/lib/modules").join(&self.kver);
+        if usr.exists() {
+            usr
+        } else {
+            self.tree.join("lib/modules").join(&self.kver)
+        }
     }
 }
 
@@ -752,16 +990,26 @@ fn prepare_kernel(spec: &'static KernelSpec, dir: &Path, apt: &mut Apt) -> Resul
         }
     }
     let pkg = apt.newest(spec)?;
+    let parts = apt.parts(&pkg)?;
     eprintln!(
-        "kernels: {}: fetching {pkg} from {}",
-        spec.label, spec.suite
+        "kernels: {}: fetching {} from {}",
+        spec.label,
+        parts.join(" "),
+        spec.suite
     );
-    let deb = apt.download(&pkg, spec.suite, &kdir.join("deb"))?;
+    let debs = apt.download(&parts, spec.suite, &kdir.join("deb"))?;
     let k = kernel(pkg.trim_start_matches("linux-image-").to_string());
     let _ = fs::remove_dir_all(&k.tree);
-    crate::run(Command::new("dpkg-deb").arg("-x").arg(&deb).arg(&k.tree))?;
+    for deb in &debs {
+        crate::run(Command::new("dpkg-deb").arg("-x").arg(deb).arg(&k.tree))?;
+    }
+    // depmod -b and modprobe -d look in DIR/lib/modules: give a
+    // merged-/usr package that path.
+    if !k.tree.join("lib").exists() && k.tree.join("usr/lib/modules").exists() {
+        std::os::unix::fs::symlink("usr/lib", k.tree.join("lib"))?;
+    }
     if !k.vmlinuz().exists() || !k.modules().exists() {
-        bail!("{pkg} has no boot/vmlinuz-{0} or lib/modules/{0}", k.kver);
+        bail!("{pkg} has no vmlinuz or modules for {}", k.kver);
     }
     crate::run(Command::new("depmod").arg("-b").arg(&k.tree).arg(&k.kver))?;
     fs::write(&stamp, &k.kver)?;
@@ -1643,6 +1891,64 @@ mod tests {
         assert!(crash_report(&console[..1]).is_none());
     }
 
+    fn spec(label: &str) -> &'static KernelSpec {
+        KERNELS.iter().find(|k| k.label == label).unwrap()
+    }
+
+    #[test]
+    fn the_newest_package_compares_dotted_versions() {
+        // 7.2.9 sorts after 7.2.13 as text: the versions must be compared
+        // as numbers, part by part. Flavours and -dbg packages do not match.
+        let unstable = [
+            "linux-image-7.2.9+deb14-amd64",
+            "linux-image-7.2.13+deb14-amd64",
+            "linux-image-7.2.13+deb14-amd64-dbg",
+            "linux-image-7.2.14+deb14-rt-amd64",
+            "linux-image-7.2.13+deb14-cloud-amd64",
+            "linux-image-amd64",
+        ];
+        assert_eq!(
+            newest_package(spec("7.2"), unstable.into_iter()),
+            Some("linux-image-7.2.13+deb14-amd64")
+        );
+        // One-number versions as before: the ABI number, not the text.
+        let bookworm = [
+            "linux-image-6.1.0-9-amd64",
+            "linux-image-6.1.0-28-amd64",
+            "linux-image-6.1.0-28-rt-amd64",
+        ];
+        assert_eq!(
+            newest_package(spec("6.1"), bookworm.into_iter()),
+            Some("linux-image-6.1.0-28-amd64")
+        );
+        assert_eq!(newest_package(spec("6.1"), unstable.into_iter()), None);
+    }
+
+    #[test]
+    fn a_metapackage_kernel_brings_its_parts() {
+        // As `apt-cache show` prints unstable's 7.2 image package.
+        let show = "Package: linux-image-7.2.13+deb14-amd64\n\
+                    Depends: dracut | initramfs-tools (>= 0.120+deb8u2) | linux-initramfs-tool, \
+                    linux-base-7.2.13+deb14-amd64 (= 7.2.13-1), linux-binary-7.2.13+deb14-amd64 \
+                    (= 7.2.13-1), linux-modules-7.2.13+deb14-amd64 (= 7.2.13-1)\n\
+                    Pre-Depends: linux-base (>= 4.17~)\n";
+        let kver = "7.2.13+deb14-amd64";
+        assert_eq!(
+            kernel_parts(&format!("linux-image-{kver}"), kver, show),
+            [
+                format!("linux-image-{kver}"),
+                format!("linux-base-{kver}"),
+                format!("linux-binary-{kver}"),
+                format!("linux-modules-{kver}"),
+            ]
+        );
+        // 6.12's image package is the whole kernel: nothing else to fetch.
+        let show = "Depends: kmod, linux-base (>= 4.3~), initramfs-tools (>= 0.120+deb8u2) \
+                    | linux-initramfs-tool\n";
+        let pkg = "linux-image-6.12.57+deb12-amd64";
+        assert_eq!(kernel_parts(pkg, "6.12.57+deb12-amd64", show), [pkg]);
+    }
+
     #[test]
     fn options() {
         let o = Options::parse(&["--kernel", "6.1", "--kernel=5.10", "--check", "lab"]).unwrap();
@@ -1654,7 +1960,11 @@ mod tests {
             Duration::from_secs(BOOT_ALLOWANCE_S + check("lab").timeout_s)
         );
         let all = Options::parse(&[]).unwrap();
-        assert_eq!(all.kernels.len(), KERNELS.len());
+        // Unstable's kernel only when named.
+        let labels: Vec<_> = all.kernels.iter().map(|k| k.label).collect();
+        assert_eq!(labels, ["5.10", "5.10-deb11", "6.1", "6.12"]);
+        let named = Options::parse(&["--kernel", "7.2"]).unwrap();
+        assert_eq!(named.kernels[0].suite, "unstable");
         assert_eq!(
             all.guest_timeout(),
             Duration::from_secs(GUEST_TIMEOUT_CAP_S)

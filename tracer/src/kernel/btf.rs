@@ -43,31 +43,18 @@ impl KernelBtf {
 
     /// Every drop reason of this kernel: `enum skb_drop_reason` (prefix
     /// stripped) plus subsystem reasons (`enum *_drop_reason` whose values
-    /// carry a subsystem id in their upper 16 bits).
+    /// carry a subsystem id in their upper 16 bits), among them, after
+    /// 6.18, `enum qdisc_drop_reason` (see `Reasons::from_enums`).
     pub fn drop_reasons(&self) -> Result<Reasons> {
         if !self.has_drop_reasons() {
             bail!("this kernel has no drop reasons (enum skb_drop_reason arrived in Linux 5.17): drops still show their location, netns, devices and flow");
         }
-        let mut by_code = BTreeMap::new();
-        for (name, value) in self.enum_members("skb_drop_reason")? {
-            if name == "SKB_DROP_REASON_MAX" {
-                continue;
-            }
-            let short = name.strip_prefix("SKB_DROP_REASON_").unwrap_or(&name);
-            by_code.insert(value, short.to_string());
-        }
-        if by_code.is_empty() {
-            bail!("this kernel's BTF has no enum skb_drop_reason: drop reasons need Linux 5.17 or later");
-        }
+        let core = self.enum_members("skb_drop_reason")?;
         // Subsystem enums exist only when their subsystem is built in.
         let subsys = self
             .enum_members("skb_drop_reason_subsys")
             .unwrap_or_default();
-        let ids: Vec<u32> = subsys
-            .iter()
-            .filter(|(n, v)| *v != 0 && !n.ends_with("_NUM"))
-            .map(|(_, v)| *v)
-            .collect();
+        let mut others = Vec::new();
         let mut types = self.btf.type_iter();
         while let Ok(Some(t)) = types.next() {
             let Type::Enum(e) = t else { continue };
@@ -77,15 +64,39 @@ impl KernelBtf {
             if name == "skb_drop_reason" || !name.ends_with("_drop_reason") {
                 continue;
             }
-            for m in &e.members {
-                if ids.contains(&(m.val() >> 16)) {
-                    if let Ok(n) = self.btf.resolve_name(m) {
-                        by_code.entry(m.val()).or_insert(n);
-                    }
-                }
-            }
+            let members = e
+                .members
+                .iter()
+                .filter_map(|m| Some((self.btf.resolve_name(m).ok()?, m.val())))
+                .collect();
+            others.push((name, members));
         }
-        Ok(Reasons { by_code })
+        let r = Reasons::from_enums(&core, &subsys, &others);
+        if r.is_empty() {
+            bail!("this kernel's BTF has no enum skb_drop_reason: drop reasons need Linux 5.17 or later");
+        }
+        Ok(r)
+    }
+
+    /// QDISC_DROP's value where the kernel also has `qdisc:qdisc_drop`
+    /// (after 6.18), else 0: there kfree_skb reports every qdisc drop as
+    /// QDISC_DROP, and qdisc_drop has the finer reason (see
+    /// `Config::qdisc_drop`).
+    pub fn qdisc_drop_code(&self) -> u32 {
+        let has_tp = self
+            .btf
+            .resolve_types_by_name("btf_trace_qdisc_drop")
+            .is_ok_and(|ts| !ts.is_empty());
+        if !has_tp {
+            return 0;
+        }
+        self.enum_members("skb_drop_reason")
+            .ok()
+            .and_then(|m| {
+                m.into_iter()
+                    .find(|(n, _)| n == "SKB_DROP_REASON_QDISC_DROP")
+            })
+            .map_or(0, |(_, v)| v)
     }
 
     /// Whether `kfree_skb` reports why (Linux 5.17+): the enum and the
@@ -301,7 +312,57 @@ pub struct Reasons {
     by_code: BTreeMap<u32, String>,
 }
 
+/// A subsystem's reasons sit in the upper 16 bits of the value
+/// (`SKB_DROP_REASON_SUBSYS_SHIFT`); core reasons have 0 there.
+const SUBSYS_SHIFT: u32 = 16;
+
+/// A type's enum: its name and its (member, value) pairs.
+pub type EnumTable = (String, Vec<(String, u32)>);
+
 impl Reasons {
+    /// The table from the kernel's enums: `core` is `enum
+    /// skb_drop_reason`, `subsys` is `enum skb_drop_reason_subsys`, and
+    /// `others` are the other `enum *_drop_reason`. A subsystem member is
+    /// kept when its upper 16 bits name a subsystem, under its own name
+    /// (`OVS_DROP_LAST_ACTION`, `QDISC_DROP_CONGESTED`), minus what marks
+    /// the enum's range and is never a drop: the base (`__QDISC_DROP_REASON`,
+    /// `___RX_DROP_UNUSABLE`) and the bound (`QDISC_DROP_MAX`).
+    ///
+    /// Kernels after 6.18 moved QDISC_OVERLIMIT, QDISC_CONGESTED,
+    /// CAKE_FLOOD and FQ_* out of `enum skb_drop_reason` into `enum
+    /// qdisc_drop_reason` (subsystem SKB_DROP_REASON_SUBSYS_QDISC, 3 on
+    /// 7.2): qdiscs record those in the skb, and the kernel frees the
+    /// packet with core QDISC_DROP unless one reaches kfree_skb as it is,
+    /// which this table names.
+    pub fn from_enums(
+        core: &[(String, u32)],
+        subsys: &[(String, u32)],
+        others: &[EnumTable],
+    ) -> Self {
+        let mut by_code = BTreeMap::new();
+        for (name, value) in core {
+            if name == "SKB_DROP_REASON_MAX" {
+                continue;
+            }
+            let short = name.strip_prefix("SKB_DROP_REASON_").unwrap_or(name);
+            by_code.insert(*value, short.to_string());
+        }
+        let ids: Vec<u32> = subsys
+            .iter()
+            .filter(|(n, v)| *v != 0 && !n.ends_with("_NUM"))
+            .map(|(_, v)| *v)
+            .collect();
+        for (_, members) in others {
+            for (name, value) in members {
+                let bookkeeping = name.starts_with("__") || name.ends_with("_MAX");
+                if ids.contains(&(value >> SUBSYS_SHIFT)) && !bookkeeping {
+                    by_code.entry(*value).or_insert_with(|| name.clone());
+                }
+            }
+        }
+        Reasons { by_code }
+    }
+
     pub fn from_pairs<I: IntoIterator<Item = (u32, String)>>(pairs: I) -> Self {
         Reasons {
             by_code: pairs.into_iter().collect(),
@@ -414,6 +475,202 @@ mod tests {
             assert_eq!(o.tuple_dst_port, o.tuple_dst_u3 + 16);
         }
         assert!(btf.offset_of("no_such_struct.x").is_err());
+    }
+
+    fn members(pairs: &[(&str, u32)]) -> Vec<(String, u32)> {
+        pairs.iter().map(|(n, v)| (n.to_string(), *v)).collect()
+    }
+
+    /// `enum skb_drop_reason_subsys` as 6.18 and 7.2 have it.
+    fn subsys(with_qdisc: bool) -> Vec<(String, u32)> {
+        let mut s = vec![
+            ("SKB_DROP_REASON_SUBSYS_CORE", 0),
+            ("SKB_DROP_REASON_SUBSYS_MAC80211_UNUSABLE", 1),
+            ("SKB_DROP_REASON_SUBSYS_OPENVSWITCH", 2),
+        ];
+        if with_qdisc {
+            s.push(("SKB_DROP_REASON_SUBSYS_QDISC", 3));
+        }
+        s.push(("SKB_DROP_REASON_SUBSYS_NUM", s.len() as u32));
+        members(&s)
+    }
+
+    fn ovs() -> EnumTable {
+        let m = [
+            ("__OVS_DROP_REASON", 0x2_0000),
+            ("OVS_DROP_LAST_ACTION", 0x2_0001),
+            ("OVS_DROP_MAX", 0x2_0002),
+        ];
+        ("ovs_drop_reason".into(), members(&m))
+    }
+
+    #[test]
+    fn qdisc_reasons_of_6_18_are_core_reasons() {
+        // 6.18: the qdisc reasons are skb_drop_reason members.
+        let core = members(&[
+            ("SKB_NOT_DROPPED_YET", 0),
+            ("SKB_CONSUMED", 1),
+            ("SKB_DROP_REASON_NOT_SPECIFIED", 2),
+            ("SKB_DROP_REASON_QDISC_DROP", 64),
+            ("SKB_DROP_REASON_QDISC_OVERLIMIT", 65),
+            ("SKB_DROP_REASON_QDISC_CONGESTED", 66),
+            ("SKB_DROP_REASON_FQ_FLOW_LIMIT", 70),
+            ("SKB_DROP_REASON_MAX", 120),
+        ]);
+        let r = Reasons::from_enums(&core, &subsys(false), &[ovs()]);
+        assert_eq!(r.name(64), "QDISC_DROP");
+        assert_eq!(r.name(66), "QDISC_CONGESTED");
+        assert_eq!(r.name(70), "FQ_FLOW_LIMIT");
+        assert_eq!(r.name(0x2_0001), "OVS_DROP_LAST_ACTION");
+        // The range markers are not reasons, and MAX is not either.
+        assert_eq!(r.name(0x2_0000), "REASON_131072");
+        assert_eq!(r.name(0x2_0002), "REASON_131074");
+        assert_eq!(r.name(120), "REASON_120");
+    }
+
+    #[test]
+    fn qdisc_reasons_after_6_18_come_from_their_own_enum() {
+        // As 7.2.13's BTF has them (read from Debian's
+        // linux-binary-7.2.13+deb14-amd64): the finer reasons left enum
+        // skb_drop_reason for enum qdisc_drop_reason, whose values carry
+        // SKB_DROP_REASON_SUBSYS_QDISC (3) in their upper 16 bits.
+        let core = members(&[
+            ("SKB_NOT_DROPPED_YET", 0),
+            ("SKB_CONSUMED", 1),
+            ("SKB_DROP_REASON_NOT_SPECIFIED", 2),
+            ("SKB_DROP_REASON_QDISC_DROP", 64),
+            ("SKB_DROP_REASON_QDISC_BURST_DROP", 65),
+            ("SKB_DROP_REASON_MAX", 126),
+        ]);
+        let qdisc = members(&[
+            ("QDISC_DROP_UNSPEC", 0),
+            ("__QDISC_DROP_REASON", 0x3_0000),
+            ("QDISC_DROP_GENERIC", 0x3_0001),
+            ("QDISC_DROP_OVERLIMIT", 0x3_0002),
+            ("QDISC_DROP_CONGESTED", 0x3_0003),
+            ("QDISC_DROP_FLOW_LIMIT", 0x3_0008),
+            ("QDISC_DROP_MAX", 0x3_000a),
+        ]);
+        let others = [ovs(), ("qdisc_drop_reason".into(), qdisc)];
+        let r = Reasons::from_enums(&core, &subsys(true), &others);
+        assert_eq!(r.name(64), "QDISC_DROP");
+        assert_eq!(r.name(0x3_0002), "QDISC_DROP_OVERLIMIT");
+        assert_eq!(r.name(0x3_0003), "QDISC_DROP_CONGESTED");
+        assert_eq!(r.name(0x3_0008), "QDISC_DROP_FLOW_LIMIT");
+        // UNSPEC is 0, the core's SKB_NOT_DROPPED_YET: it must not rename it.
+        assert_eq!(r.name(0), "SKB_NOT_DROPPED_YET");
+        assert_eq!(r.name(0x3_0000), "REASON_196608");
+        assert_eq!(r.name(0x3_000a), "REASON_196618");
+        // --reason takes them like any other.
+        assert_eq!(r.code("qdisc_drop_congested"), Some(0x3_0003));
+        // Without the QDISC subsystem id, the same enum names nothing.
+        let r = Reasons::from_enums(&core, &subsys(false), &others);
+        assert_eq!(r.name(0x3_0003), "REASON_196611");
+    }
+
+    /// A raw BTF blob (the format of /sys/kernel/btf/vmlinux) holding an
+    /// `int`, these enums and these typedefs (of `int`).
+    fn btf_blob(enums: &[(&str, &[(&str, u32)])], typedefs: &[&str]) -> Vec<u8> {
+        let mut strings = vec![0u8];
+        let mut name = |n: &str| {
+            let off = strings.len() as u32;
+            strings.extend_from_slice(n.as_bytes());
+            strings.push(0);
+            off
+        };
+        let mut types: Vec<u32> = Vec::new();
+        // Type 1: int, 32 bits (BTF_KIND_INT = 1).
+        types.extend([name("int"), 1 << 24, 4, 32]);
+        for (e, members) in enums {
+            // BTF_KIND_ENUM = 6, vlen members of (name, value).
+            types.extend([name(e), 6 << 24 | members.len() as u32, 4]);
+            for (m, v) in members.iter() {
+                types.extend([name(m), *v]);
+            }
+        }
+        for t in typedefs {
+            // BTF_KIND_TYPEDEF = 8, of type 1.
+            types.extend([name(t), 8 << 24, 1]);
+        }
+        let type_len = types.len() as u32 * 4;
+        let mut out = Vec::new();
+        out.extend_from_slice(&0xeb9f_u16.to_le_bytes());
+        out.extend_from_slice(&[1, 0]); // version, flags
+        for w in [24, 0, type_len, type_len, strings.len() as u32] {
+            out.extend_from_slice(&w.to_le_bytes());
+        }
+        for w in types {
+            out.extend_from_slice(&w.to_le_bytes());
+        }
+        out.extend_from_slice(&strings);
+        out
+    }
+
+    fn parse_blob(tag: &str, blob: &[u8]) -> KernelBtf {
+        let path = std::env::temp_dir().join(format!("tracer-btf-{tag}-{}", std::process::id()));
+        std::fs::write(&path, blob).unwrap();
+        let btf = KernelBtf::from_file(&path).unwrap();
+        let _ = std::fs::remove_file(&path);
+        btf
+    }
+
+    const SUBSYS_72: &[(&str, u32)] = &[
+        ("SKB_DROP_REASON_SUBSYS_CORE", 0),
+        ("SKB_DROP_REASON_SUBSYS_OPENVSWITCH", 2),
+        ("SKB_DROP_REASON_SUBSYS_QDISC", 3),
+        ("SKB_DROP_REASON_SUBSYS_NUM", 4),
+    ];
+    const CORE_72: &[(&str, u32)] = &[
+        ("SKB_NOT_DROPPED_YET", 0),
+        ("SKB_DROP_REASON_NOT_SPECIFIED", 2),
+        ("SKB_DROP_REASON_QDISC_DROP", 64),
+        ("SKB_DROP_REASON_MAX", 126),
+    ];
+    const QDISC_72: &[(&str, u32)] = &[
+        ("QDISC_DROP_UNSPEC", 0),
+        ("__QDISC_DROP_REASON", 0x3_0000),
+        ("QDISC_DROP_GENERIC", 0x3_0001),
+        ("QDISC_DROP_CONGESTED", 0x3_0003),
+        ("QDISC_DROP_MAX", 0x3_000a),
+    ];
+
+    #[test]
+    fn a_7_2_shaped_btf_names_qdisc_reasons_and_asks_for_qdisc_drop() {
+        let blob = btf_blob(
+            &[
+                ("skb_drop_reason", CORE_72),
+                ("skb_drop_reason_subsys", SUBSYS_72),
+                ("qdisc_drop_reason", QDISC_72),
+            ],
+            &["btf_trace_kfree_skb", "btf_trace_qdisc_drop"],
+        );
+        let btf = parse_blob("72", &blob);
+        let r = btf.drop_reasons().unwrap();
+        assert_eq!(r.name(64), "QDISC_DROP");
+        assert_eq!(r.name(0x3_0003), "QDISC_DROP_CONGESTED");
+        assert_eq!(r.name(0x3_0000), "REASON_196608");
+        // kfree_skb says QDISC_DROP there: the drop program must swap in
+        // qdisc_drop's reason for that code.
+        assert_eq!(btf.qdisc_drop_code(), 64);
+    }
+
+    #[test]
+    fn without_the_qdisc_drop_tracepoint_nothing_is_swapped() {
+        // 6.18 and before: no qdisc:qdisc_drop, the finer reasons are core
+        // reasons that kfree_skb gives itself.
+        let core = [
+            ("SKB_NOT_DROPPED_YET", 0),
+            ("SKB_DROP_REASON_QDISC_DROP", 64),
+            ("SKB_DROP_REASON_QDISC_CONGESTED", 66),
+        ];
+        let blob = btf_blob(&[("skb_drop_reason", &core)], &["btf_trace_kfree_skb"]);
+        let btf = parse_blob("618", &blob);
+        assert_eq!(btf.drop_reasons().unwrap().name(66), "QDISC_CONGESTED");
+        assert_eq!(btf.qdisc_drop_code(), 0);
+        // Nor before 5.17, with no reasons at all.
+        let btf = parse_blob("510", &btf_blob(&[], &["btf_trace_kfree_skb"]));
+        assert!(btf.drop_reasons().is_err());
+        assert_eq!(btf.qdisc_drop_code(), 0);
     }
 
     #[test]

@@ -209,9 +209,11 @@ fn load_object(
     }
     let mut offsets = kbtf.offsets()?;
     let classic = classic_offsets(&mut offsets, drop_reasons);
+    let mut config = *config;
+    config.qdisc_drop = kbtf.qdisc_drop_code();
     let ebpf = EbpfLoader::new()
         .btf(Some(btf))
-        .override_global(names::GLOBAL_CONFIG, config, true)
+        .override_global(names::GLOBAL_CONFIG, &config, true)
         .override_global(names::GLOBAL_OFFSETS, &offsets, true)
         .load(OBJECT)
         .map_err(|e| anyhow!("cannot load tracer's eBPF object: {e}"))?;
@@ -258,6 +260,15 @@ pub fn check_hooks(kbtf: &KernelBtf, btf: &Btf, drop_reasons: bool) -> Result<Ve
             role: "drop",
             hook: hook.to_string(),
             result,
+        });
+    }
+    // Only where the tracepoint exists (after 6.18): elsewhere there is
+    // nothing to miss.
+    if kbtf.qdisc_drop_code() != 0 {
+        out.push(HookCheck {
+            role: "qdisc",
+            hook: "tp_btf qdisc_drop".to_string(),
+            result: attach_btf(&mut ebpf, names::PROG_QDISC_REASON, "qdisc_drop", btf),
         });
     }
     for (role, prog, func) in [
@@ -338,6 +349,15 @@ impl Probes {
         };
 
         let mut warnings = Vec::new();
+        // Kernels after 6.18 give a qdisc's finer drop reason only to this
+        // tracepoint; without it such drops read QDISC_DROP.
+        if kbtf.qdisc_drop_code() != 0 {
+            if let Err(e) = attach_btf(&mut ebpf, names::PROG_QDISC_REASON, "qdisc_drop", btf) {
+                warnings.push(format!(
+                    "qdisc drops show as QDISC_DROP, without their finer reason: {e:#}"
+                ));
+            }
+        }
         let mut sheddable = Vec::new();
         let mut routes_attached = false;
         if pc.config.routes != 0 {

@@ -16,22 +16,41 @@ use serde_json::json;
 
 pub struct QdiscDrop;
 
+/// The active queue managers, whose QDISC_CONGESTED drops are their way
+/// of telling senders to slow down.
+const AQM: &[&str] = &[
+    "codel", "fq_codel", "pie", "fq_pie", "red", "choke", "sfb", "cake",
+];
+
 /// Every drop reason a qdisc gives, and the qdisc kinds that give it
-/// (empty: any).
+/// (empty: any). Up to 6.18 they are `enum skb_drop_reason` members;
+/// kernels after 6.18 keep only QDISC_DROP there and move the finer ones
+/// into `enum qdisc_drop_reason`, named by the kernel's BTF as
+/// QDISC_DROP_* (btf.rs): both generations are listed.
 const REASONS: &[(&str, &[&str])] = &[
     ("QDISC_DROP", &[]),
     ("QDISC_OVERLIMIT", &[]),
-    (
-        "QDISC_CONGESTED",
-        &[
-            "codel", "fq_codel", "pie", "fq_pie", "red", "choke", "sfb", "cake",
-        ],
-    ),
+    ("QDISC_CONGESTED", AQM),
     ("CAKE_FLOOD", &["cake"]),
     ("FQ_BAND_LIMIT", &["fq"]),
     ("FQ_HORIZON_LIMIT", &["fq"]),
     ("FQ_FLOW_LIMIT", &["fq"]),
+    // enum qdisc_drop_reason, as 7.2 has it.
+    ("QDISC_DROP_GENERIC", &[]),
+    ("QDISC_DROP_OVERLIMIT", &[]),
+    ("QDISC_DROP_CONGESTED", AQM),
+    ("QDISC_DROP_MAXFLOWS", &["fq_codel", "fq_pie", "sfq", "hhf"]),
+    ("QDISC_DROP_FLOOD_PROTECTION", &["cake"]),
+    ("QDISC_DROP_BAND_LIMIT", &["fq"]),
+    ("QDISC_DROP_HORIZON_LIMIT", &["fq"]),
+    ("QDISC_DROP_FLOW_LIMIT", &["fq"]),
+    ("QDISC_DROP_L4S_STEP_NON_ECN", &["dualpi2"]),
 ];
+
+/// Whether the reason is an AQM's congestion signal, in either naming.
+fn is_aqm(reason: &str) -> bool {
+    matches!(reason, "QDISC_CONGESTED" | "QDISC_DROP_CONGESTED")
+}
 
 /// The qdisc that most likely dropped: one of the kinds the reason
 /// belongs to, else the one whose drop counter is highest, else a netem
@@ -92,7 +111,7 @@ impl Rule for QdiscDrop {
             // IGMP and MLD reports are while a link comes up.
             return;
         }
-        let aqm = d.reason == "QDISC_CONGESTED";
+        let aqm = is_aqm(&d.reason);
         let netem_loss = qd
             .as_ref()
             .filter(|q| q.kind == "netem")
@@ -380,6 +399,45 @@ mod tests {
         assert_eq!(kinds(&v), [("qdisc_drop", Tier::Info)]);
         assert!(!v[0].fault);
         assert!(v[0].summary.contains("signal congestion"));
+    }
+
+    #[test]
+    fn qdisc_reasons_of_kernels_after_6_18_are_queue_drops() {
+        // 7.2 names them from enum qdisc_drop_reason: the same verdicts as
+        // the skb_drop_reason names of 6.18 and before.
+        let fq_codel = || {
+            qdisc(
+                "fq_codel",
+                "root",
+                Limits {
+                    packets: Some(10240),
+                    ..Default::default()
+                },
+                3,
+            )
+        };
+        let v = run(
+            &mut host(vec![fq_codel()]),
+            drops("QDISC_DROP_CONGESTED", 3),
+            0,
+        );
+        assert_eq!(kinds(&v), [("qdisc_drop", Tier::Info)]);
+        assert!(v[0].summary.contains("signal congestion"));
+        for reason in ["QDISC_DROP_OVERLIMIT", "QDISC_DROP_GENERIC"] {
+            let v = run(&mut host(vec![fq_codel()]), drops(reason, 2), 0);
+            assert_eq!(kinds(&v), [("qdisc_drop", Tier::Proven)], "{reason}");
+            assert_eq!(v[0].evidence["reason"], reason);
+        }
+        // An fq's flow limit points at the fq, not at the root htb.
+        let mut fq = qdisc("fq", "1:10", Limits::default(), 0);
+        fq.handle = "10:".into();
+        let htb = qdisc("htb", "root", Limits::default(), 0);
+        let v = run(
+            &mut host(vec![htb, fq]),
+            drops("QDISC_DROP_FLOW_LIMIT", 1),
+            0,
+        );
+        assert_eq!(v[0].evidence["qdisc"]["kind"], "fq");
     }
 
     #[test]
