@@ -323,7 +323,7 @@ fn without_privileges_it_says_so() {
 #[test]
 fn bad_input_gets_one_line_and_a_nonzero_exit() {
     let cases: &[(&[&str], &str)] = &[
-        (&["watch", "port", "http"], "bad filter at column 6"),
+        (&["watch", "port", "no-such-svc"], "bad filter at column 6"),
         (&["watch", "host", "(", "1.2.3.4"], "bad filter"),
         (
             &["watch", "--netns", "no-such-netns-xyz"],
