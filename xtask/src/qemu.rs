@@ -735,7 +735,7 @@ impl Apt {
         for sub in ["lists/partial", "cache/archives/partial", "sources.list.d"] {
             fs::create_dir_all(dir.join(sub))?;
         }
-        let mirror = host_mirror()?;
+        let mirror = crate::userspace::host_mirror()?;
         let mut list = String::from(
             "# Written by `cargo xtask kernels`: the suites of the kernels it boots,\n\
              # from the host's own mirror. Only the package indexes are needed.\n",
@@ -892,43 +892,6 @@ fn kernel_parts(pkg: &str, kver: &str, show: &str) -> Vec<String> {
         }
     }
     parts
-}
-
-/// The host's Debian mirror (not its security one), from
-/// /etc/apt/sources.list.d/debian.sources (deb822) or /etc/apt/sources.list.
-pub(crate) fn host_mirror() -> Result<String> {
-    let deb822 = "/etc/apt/sources.list.d/debian.sources";
-    let classic = "/etc/apt/sources.list";
-    let read = |p| fs::read_to_string(p).unwrap_or_default();
-    mirror_in(&read(deb822), &read(classic))
-        .with_context(|| format!("no Debian mirror in {deb822} or {classic}"))
-}
-
-/// The first non-security URI of `deb` sources in a deb822 file's text
-/// and a classic sources.list's.
-fn mirror_in(deb822: &str, classic: &str) -> Option<String> {
-    let uris = deb822
-        .lines()
-        .filter_map(|l| l.trim().strip_prefix("URIs:"))
-        .flat_map(str::split_whitespace);
-    let classic_uris = classic.lines().filter_map(|l| {
-        let mut words = l.split_whitespace();
-        if words.next() != Some("deb") {
-            return None;
-        }
-        // Skip an option block: `[signed-by=... arch=amd64]`.
-        let mut word = words.next()?;
-        if word.starts_with('[') {
-            while !word.ends_with(']') {
-                word = words.next()?;
-            }
-            word = words.next()?;
-        }
-        Some(word)
-    });
-    uris.chain(classic_uris)
-        .find(|u| !u.contains("security"))
-        .map(|u| u.trim_end_matches('/').to_string())
 }
 
 // ---------------------------------------------------------------- kernels
@@ -1772,23 +1735,6 @@ fn excerpt(text: &str, libtest: bool) -> Vec<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn mirror_from_deb822_or_sources_list_never_security() {
-        let deb822 = "Types: deb\nURIs: http://deb.debian.org/debian-security\n\n\
-                      Types: deb\nURIs: http://mirror.example/debian/\nSuites: bookworm\n";
-        assert_eq!(
-            mirror_in(deb822, "").as_deref(),
-            Some("http://mirror.example/debian")
-        );
-        let classic = "# deb http://old/debian bookworm main\n\
-                       deb [arch=amd64 signed-by=/k.gpg] http://m.example/debian bookworm main\n";
-        assert_eq!(
-            mirror_in("", classic).as_deref(),
-            Some("http://m.example/debian")
-        );
-        assert_eq!(mirror_in("", ""), None);
-    }
 
     #[test]
     fn newc_entries_are_aligned_and_end_with_the_trailer() {

@@ -1,6 +1,7 @@
 //! Other distributions' userspaces, for the dist check and the kernel
 //! matrix: a minimal Debian root per suite, made with debootstrap from
-//! the host's own Debian mirror and cached in `target/roots/SUITE`.
+//! the host's own Debian mirror (`host_mirror`, also the kernel matrix's) and
+//! cached in `target/roots/SUITE`.
 //!
 //! `cargo xtask dist --check` proves what a responder gets on a Debian 11
 //! host (glibc 2.31, iproute2 5.10, iptables 1.8.7): in a throwaway
@@ -34,7 +35,7 @@ pub fn root_of(root: &Path, suite: &str) -> Result<PathBuf> {
     let tmp = root.join("target/roots").join(format!("{suite}.tmp"));
     let _ = fs::remove_dir_all(&tmp);
     fs::create_dir_all(&tmp)?;
-    let mirror = crate::qemu::host_mirror()?;
+    let mirror = host_mirror()?;
     eprintln!(
         "xtask: debootstrap {suite} from {mirror} into {}",
         dir.display()
@@ -145,4 +146,63 @@ pub fn dist_check(root: &Path, dist: &Dist) -> Result<()> {
         bail!("dist check in {OLDEST} did not finish:\n{out}");
     }
     Ok(())
+}
+
+/// The host's Debian mirror (not its security one), from
+/// /etc/apt/sources.list.d/debian.sources (deb822) or /etc/apt/sources.list.
+pub fn host_mirror() -> Result<String> {
+    let deb822 = "/etc/apt/sources.list.d/debian.sources";
+    let classic = "/etc/apt/sources.list";
+    let read = |p| fs::read_to_string(p).unwrap_or_default();
+    mirror_in(&read(deb822), &read(classic))
+        .with_context(|| format!("no Debian mirror in {deb822} or {classic}"))
+}
+
+/// The first non-security URI of `deb` sources in a deb822 file's text
+/// and a classic sources.list's.
+fn mirror_in(deb822: &str, classic: &str) -> Option<String> {
+    let uris = deb822
+        .lines()
+        .filter_map(|l| l.trim().strip_prefix("URIs:"))
+        .flat_map(str::split_whitespace);
+    let classic_uris = classic.lines().filter_map(|l| {
+        let mut words = l.split_whitespace();
+        if words.next() != Some("deb") {
+            return None;
+        }
+        // Skip an option block: `[signed-by=... arch=amd64]`.
+        let mut word = words.next()?;
+        if word.starts_with('[') {
+            while !word.ends_with(']') {
+                word = words.next()?;
+            }
+            word = words.next()?;
+        }
+        Some(word)
+    });
+    uris.chain(classic_uris)
+        .find(|u| !u.contains("security"))
+        .map(|u| u.trim_end_matches('/').to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn mirror_from_deb822_or_sources_list_never_security() {
+        let deb822 = "Types: deb\nURIs: http://deb.debian.org/debian-security\n\n\
+                      Types: deb\nURIs: http://mirror.example/debian/\nSuites: bookworm\n";
+        assert_eq!(
+            mirror_in(deb822, "").as_deref(),
+            Some("http://mirror.example/debian")
+        );
+        let classic = "# deb http://old/debian bookworm main\n\
+                       deb [arch=amd64 signed-by=/k.gpg] http://m.example/debian bookworm main\n";
+        assert_eq!(
+            mirror_in("", classic).as_deref(),
+            Some("http://m.example/debian")
+        );
+        assert_eq!(mirror_in("", ""), None);
+    }
 }
