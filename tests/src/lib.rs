@@ -60,6 +60,19 @@ pub fn routed_lab(test: &str) -> Netlab {
     lab
 }
 
+/// A `start_in` wrapper for the classic tracepoint hook, which needs
+/// tracefs: this machine does not mount it, so a private mount namespace
+/// does, invisible to the host.
+pub const WITH_TRACEFS: &[&str] = &[
+    "unshare",
+    "-m",
+    "--propagation",
+    "private",
+    "sh",
+    "-c",
+    "{ mountpoint -q /sys/kernel/tracing || mount -t tracefs tracefs /sys/kernel/tracing; } && exec \"$0\" \"$@\"",
+];
+
 /// Three UDP datagrams from namespace `ns`; bash's /dev/udp needs no tool.
 pub fn udp(lab: &Netlab, ns: &str, dst: &str, port: u16) {
     lab.exec(

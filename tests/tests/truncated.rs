@@ -10,22 +10,14 @@
 //! by a bare IP header claiming that protocol (dropped: too short).
 
 use serde_json::Value;
-use tracer_tests::{drops, prefix, start_in, Netlab, TracerRun};
-
-/// The classic tracepoint needs tracefs, which this machine does not
-/// mount: a private mount namespace mounts it, invisible to the host.
-const TRACEFS: &[&str] = &[
-    "unshare",
-    "-m",
-    "--propagation",
-    "private",
-    "sh",
-    "-c",
-    "{ mountpoint -q /sys/kernel/tracing || mount -t tracefs tracefs /sys/kernel/tracing; } && exec \"$0\" \"$@\"",
-];
+use tracer_tests::{drops, prefix, start_in, Netlab, TracerRun, WITH_TRACEFS};
 
 fn watch(hook: &str, netns: &str, expr: Option<&str>) -> TracerRun {
-    let wrapper = if hook == "tracepoint" { TRACEFS } else { &[] };
+    let wrapper = if hook == "tracepoint" {
+        WITH_TRACEFS
+    } else {
+        &[]
+    };
     let mut args = vec!["watch", "--netns", netns, "--hook", hook, "--all"];
     args.extend(expr);
     start_in(wrapper, &args)

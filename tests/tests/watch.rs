@@ -7,6 +7,7 @@ use serde_json::Value;
 use std::time::Duration;
 use tracer_tests::{
     drops, is_drop, kernel_reasons, prefix, routed_lab, run_bad, start, start_in, udp, Netlab,
+    WITH_TRACEFS,
 };
 
 const WAIT: Duration = Duration::from_secs(15);
@@ -240,18 +241,7 @@ fn count_ends_the_run_with_a_summary() {
 fn raw_tracepoint_and_classic_tracepoint_fallbacks_work() {
     let lab = routed_lab("hooks");
     let server = lab.name("server");
-    // The classic tracepoint needs tracefs, which this machine does not
-    // mount: mount it in a private mount namespace, invisible to the host.
-    let tracefs: &[&str] = &[
-        "unshare",
-        "-m",
-        "--propagation",
-        "private",
-        "sh",
-        "-c",
-        "{ mountpoint -q /sys/kernel/tracing || mount -t tracefs tracefs /sys/kernel/tracing; } && exec \"$0\" \"$@\"",
-    ];
-    for (wrapper, hook) in [(&[][..], "raw_tp"), (tracefs, "tracepoint")] {
+    for (wrapper, hook) in [(&[][..], "raw_tp"), (WITH_TRACEFS, "tracepoint")] {
         let run = start_in(wrapper, &["watch", "--netns", &server, "--hook", hook]);
         let ready = run.wait_for(WAIT, |v| v["type"] == "ready").unwrap();
         assert_eq!(ready["hook"], hook);
