@@ -16,7 +16,7 @@
 //! checked.
 
 use std::sync::mpsc::{self, Receiver, RecvTimeoutError, TryRecvError};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use crate::host::mtu_mix;
 use crate::kernel::probes::Probes;
@@ -27,10 +27,29 @@ use tracer_abi::names;
 pub const RESCAN: Duration = Duration::from_secs(2);
 
 /// The wait before the next scan: [`RESCAN`], or longer on a host with so
-/// many namespaces that a scan takes over 20 ms, so that scanning never
-/// takes more than 1 % of a CPU.
+/// many namespaces that a scan costs over 20 ms of CPU, so that scanning
+/// never takes more than 1 % of a CPU.
 fn pause(scan: Duration) -> Duration {
     RESCAN.max(scan * 99)
+}
+
+/// CPU time this thread has used. The pause is sized by it, not by the
+/// wall clock: on a busy host a scan that waits for a CPU takes long on
+/// the wall clock while costing little, and sizing by wall time stretched
+/// the pause to many seconds exactly when the host was busy, so a mix
+/// that appeared went unchecked for that long.
+fn thread_cpu() -> Duration {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: `ts` is a valid, writable timespec for the call's duration,
+    // and CLOCK_THREAD_CPUTIME_ID needs nothing else.
+    let rc = unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut ts) };
+    if rc != 0 {
+        return Duration::ZERO;
+    }
+    Duration::new(ts.tv_sec as u64, ts.tv_nsec as u32)
 }
 
 pub struct SynGate {
@@ -57,7 +76,7 @@ impl SynGate {
         let spawned = std::thread::Builder::new()
             .name("mtu-scan".into())
             .spawn(move || loop {
-                let t0 = Instant::now();
+                let t0 = thread_cpu();
                 // A namespace that cannot be read might be the one that
                 // mixes: keep the check on.
                 let answer = match mtu_mix::scan() {
@@ -68,7 +87,9 @@ impl SynGate {
                     return;
                 }
                 // Only a timeout goes on: the gate is gone otherwise.
-                if stop_rx.recv_timeout(pause(t0.elapsed())) != Err(RecvTimeoutError::Timeout) {
+                if stop_rx.recv_timeout(pause(thread_cpu().saturating_sub(t0)))
+                    != Err(RecvTimeoutError::Timeout)
+                {
                     return;
                 }
             });
@@ -118,6 +139,23 @@ impl SynGate {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_thread_waiting_costs_no_cpu_time() {
+        let t0 = thread_cpu();
+        std::thread::sleep(Duration::from_millis(50));
+        assert!(thread_cpu().saturating_sub(t0) < Duration::from_millis(20));
+        // Work advances it (however long other threads hold the CPU).
+        let t1 = thread_cpu();
+        let spin = std::time::Instant::now();
+        while thread_cpu().saturating_sub(t1) < Duration::from_millis(10) {
+            assert!(
+                spin.elapsed() < Duration::from_secs(10),
+                "the clock never moved"
+            );
+            std::hint::black_box(0u64);
+        }
+    }
 
     #[test]
     fn scanning_takes_at_most_one_percent_of_a_cpu() {
