@@ -208,8 +208,10 @@ impl Prometheus {
             &config,
             format!(
                 "global:\n  scrape_interval: 500ms\n  evaluation_interval: 500ms\n\
-                 scrape_configs:\n  - job_name: tracer\n    static_configs:\n      \
-                 - targets: ['127.0.0.1:{target_port}']\n"
+                 rule_files: ['{rules}']\n\
+                 scrape_configs:\n  - job_name: tracer-agent\n    static_configs:\n      \
+                 - targets: ['127.0.0.1:{target_port}']\n",
+                rules = repo().join("deploy/alerts/tracer.rules.yaml").display()
             ),
         )
         .unwrap();
@@ -268,6 +270,36 @@ impl Drop for Prometheus {
     }
 }
 
+fn repo() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..")
+}
+
+/// Every PromQL expression of deploy/grafana-dashboard.json, with Grafana's
+/// variables as a dashboard showing all nodes would expand them.
+fn dashboard_queries() -> Vec<String> {
+    let text = std::fs::read_to_string(repo().join("deploy/grafana-dashboard.json")).unwrap();
+    let d: Value = serde_json::from_str(&text).unwrap();
+    let mut out = Vec::new();
+    for p in d["panels"].as_array().unwrap() {
+        for t in p["targets"].as_array().unwrap() {
+            let e = t["expr"].as_str().unwrap();
+            out.push(
+                e.replace("$__rate_interval", "1m")
+                    .replace("$instance", ".*"),
+            );
+        }
+    }
+    // The node picker: label_values(METRIC, LABEL) needs METRIC.
+    let pick = d["templating"]["list"][1]["definition"].as_str().unwrap();
+    let metric = pick
+        .strip_prefix("label_values(")
+        .and_then(|r| r.split(',').next())
+        .unwrap();
+    out.push(metric.to_string());
+    assert!(out.len() >= 10, "{out:?}");
+    out
+}
+
 #[test]
 fn prometheus_counts_the_drops_caused_and_the_verdict() {
     let (lab, edge) = rpf_lab("agprom");
@@ -276,7 +308,9 @@ fn prometheus_counts_the_drops_caused_and_the_verdict() {
     agent.wait_healthy();
     let prom = Prometheus::start(port);
     // Prometheus is up and has scraped the agent at least once.
-    let up = prom.wait(r#"up{job="tracer"}"#, Duration::from_secs(30), |v| v == 1.0);
+    let up = prom.wait(r#"up{job="tracer-agent"}"#, Duration::from_secs(30), |v| {
+        v == 1.0
+    });
     assert_eq!(up, Some(1.0), "prometheus never scraped the agent");
 
     send_drops(&lab);
@@ -302,6 +336,26 @@ fn prometheus_counts_the_drops_caused_and_the_verdict() {
     assert_eq!(build.len(), 1, "{build:?}");
     let rss = prom.value("process_resident_memory_bytes").unwrap();
     assert!(rss > 1e6, "{rss}");
+    // The shipped alert sees the agent's own series: pending now, as its
+    // `for:` has not passed yet.
+    let alert_q = format!(
+        r#"ALERTS{{alertname="TracerFaultProven",kind="rpfilter_route_conflict",netns="{edge}"}}"#
+    );
+    let alert = prom.wait(&alert_q, Duration::from_secs(10), |v| v == 1.0);
+    assert_eq!(alert, Some(1.0), "{alert_q}");
+    // The agent is attached: TracerAgentNotAttached stays silent.
+    assert_eq!(
+        prom.query(r#"ALERTS{alertname="TracerAgentNotAttached"}"#),
+        Some(vec![])
+    );
+    // Every query of the shipped dashboard parses and returns data.
+    for q in dashboard_queries() {
+        let r = prom.query(&q);
+        assert!(
+            r.as_ref().is_some_and(|r| !r.is_empty()),
+            "dashboard query {q} returned {r:?}"
+        );
+    }
     // Print what the report quotes.
     let (_, scrape) = get(port, "/metrics").unwrap();
     for l in scrape.lines().filter(|l| l.contains(&edge)) {

@@ -137,3 +137,54 @@ fn daemonset_names_the_image_that_xtask_builds() {
     let xtask = std::fs::read_to_string(root().join("xtask/src/main.rs")).unwrap();
     assert!(xtask.contains(r#"concat!("tracer:", env!("CARGO_PKG_VERSION"))"#));
 }
+
+fn promtool(args: &[&str]) -> (bool, String) {
+    let out = Command::new("promtool")
+        .args(args)
+        .current_dir(root().join("deploy/alerts"))
+        .output()
+        .expect("promtool (Debian's prometheus package; cargo xtask test installs it)");
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    (out.status.success(), text)
+}
+
+/// The shipped alerts are valid rules, and their unit tests fire and
+/// resolve each alert on series shaped like the agent's.
+#[test]
+fn the_alerts_pass_promtool_check_and_their_unit_tests() {
+    let (ok, text) = promtool(&["check", "rules", "tracer.rules.yaml"]);
+    assert!(ok && text.contains("SUCCESS: 7 rules found"), "{text}");
+    let (ok, text) = promtool(&["test", "rules", "tracer.rules.test.yaml"]);
+    assert!(ok && text.contains("SUCCESS"), "{text}");
+    // Every alert has a case that expects it to fire.
+    let rules = std::fs::read_to_string(root().join("deploy/alerts/tracer.rules.yaml")).unwrap();
+    let tests =
+        std::fs::read_to_string(root().join("deploy/alerts/tracer.rules.test.yaml")).unwrap();
+    for alert in rules
+        .lines()
+        .filter_map(|l| l.trim().strip_prefix("- alert: "))
+    {
+        let cases: Vec<&str> = tests
+            .split("- eval_time:")
+            .filter(|c| c.contains(&format!("alertname: {alert}\n")))
+            .collect();
+        assert!(
+            cases.iter().any(|c| c.contains("exp_labels")),
+            "{alert} never fires in the unit tests"
+        );
+    }
+}
+
+/// The Prometheus Operator's copy holds exactly the plain file's groups.
+#[test]
+fn the_prometheusrule_holds_the_same_alerts() {
+    let plain = &documents("alerts/tracer.rules.yaml")[0];
+    let cr = &documents("prometheusrule.yaml")[0];
+    assert_eq!(cr["kind"], "PrometheusRule");
+    assert_eq!(cr["metadata"]["namespace"], "tracer");
+    assert_eq!(cr["spec"]["groups"], plain["groups"]);
+}
