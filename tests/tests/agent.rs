@@ -9,7 +9,7 @@ use std::net::{TcpListener, TcpStream};
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
-use tracer_tests::{prefix, tracer_bin, Netlab};
+use tracer_tests::{flood_at, prefix, scaled, tracer_bin, Netlab};
 
 /// Datagrams the test sends; each is one IP_RPFILTER drop.
 const SENT: u64 = 7;
@@ -508,6 +508,41 @@ fn agent_bad_input_is_one_line() {
             2,
         ),
         (vec!["agent"], "--metrics-addr", 2),
+        (
+            vec![
+                "agent",
+                "--metrics-addr",
+                "127.0.0.1:0",
+                "--record-dir",
+                "/tmp",
+            ],
+            "--record-dir /tmp must be owned by uid 0 and writable by no one else",
+            1,
+        ),
+        (
+            vec![
+                "agent",
+                "--metrics-addr",
+                "127.0.0.1:0",
+                "--record-dir",
+                "/run/trtest-never-made",
+                "--record-max",
+                "10k",
+            ],
+            "10k is too small: at least 64 KiB",
+            2,
+        ),
+        (
+            vec![
+                "agent",
+                "--metrics-addr",
+                "127.0.0.1:0",
+                "--record-max",
+                "1GiB",
+            ],
+            "--record-dir",
+            2,
+        ),
     ] {
         let (c, err) = tracer_tests::run_bad(&args);
         assert_eq!(c, code, "{args:?}: {err}");
@@ -688,4 +723,86 @@ fn metrics_cannot_be_forged_by_names_or_hostname() {
     }
     drop(pod);
     drop(lab);
+}
+
+/// The flight recorder: the agent keeps a rolling recording in
+/// --record-dir. It is killed with SIGKILL while a stream of drops is being
+/// written; `diagnose --replay DIR` then reaches the verdict the live agent
+/// logged, from the files that are left (the oldest were removed to stay
+/// within --record-max, so the newest must carry the topology again).
+#[test]
+fn a_killed_agents_rolling_recording_replays_with_its_verdict() {
+    let (lab, edge) = rpf_lab("agrec");
+    let peer = lab.name("peer");
+    let dir = temp("agrec.d");
+    let _ = std::fs::remove_dir_all(&dir);
+    let max = 256 * 1024;
+    let (mut agent, _) = Agent::spawn_with(
+        &[],
+        &[&edge, &peer],
+        temp("agrec.log"),
+        &[
+            "--record-dir",
+            dir.to_str().unwrap(),
+            "--record-max",
+            "256KiB",
+        ],
+    );
+    agent.wait_healthy();
+    send_drops(&lab);
+    let verdict = |v: &Value| {
+        v["type"] == "verdict"
+            && v["kind"] == "rpfilter_route_conflict"
+            && v["netns_name"] == edge.as_str()
+    };
+    let deadline = Instant::now() + scaled(Duration::from_secs(20));
+    let logged = loop {
+        let log = std::fs::read_to_string(&agent.log).unwrap_or_default();
+        if log
+            .lines()
+            .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+            .any(|v| verdict(&v))
+        {
+            break true;
+        }
+        if Instant::now() > deadline {
+            break false;
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    assert!(logged, "the live agent never logged the verdict");
+    // Enough drops to fill the set several times over, then SIGKILL while
+    // they are still being written.
+    let flood = flood_at(&peer, "10.61.0.1:5999", 1, Some(3000));
+    std::thread::sleep(Duration::from_secs(3));
+    agent.child.kill().unwrap();
+    agent.child.wait().unwrap();
+    flood.stop();
+
+    let files: Vec<PathBuf> = std::fs::read_dir(&dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
+    let total: u64 = files.iter().map(|p| p.metadata().unwrap().len()).sum();
+    assert!(files.len() >= 3, "the set never rolled: {files:?}");
+    assert!(total <= max + 64 * 1024, "{total} bytes in {files:?}");
+    eprintln!("{} files, {total} bytes: {files:?}", files.len());
+    let first = dir.join("tracer-00000000.jsonl");
+    assert!(!first.exists(), "the oldest file was never removed");
+
+    let out = Command::new(tracer_bin())
+        .args(["diagnose", "--replay"])
+        .arg(&dir)
+        .args(["-o", "json"])
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(3), "a proven fault: {stderr}");
+    let replayed: Vec<Value> = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert!(replayed.iter().any(verdict), "{stderr}\n{replayed:#?}");
+    drop(lab);
+    std::fs::remove_dir_all(&dir).unwrap();
 }

@@ -16,6 +16,7 @@ use crate::events::event::DropRecord;
 use crate::host::containers::ContainerRef;
 use crate::record::wall_now_ns;
 use crate::rules::Verdict;
+use crate::sinks::rolling::RollingDir;
 use crate::watch::{Consumer, Session, TraceOptions, Tracer};
 use anyhow::{anyhow, bail, Result};
 use bytes::Bytes;
@@ -91,6 +92,8 @@ pub struct AgentOptions {
     pub trace: TraceOptions,
     /// Also log drops (and storm aggregates, SYN and neighbour context).
     pub log_drops: bool,
+    /// The flight recorder: a rolling recording in DIR of at most SIZE bytes.
+    pub record: Option<(std::path::PathBuf, u64)>,
     pub labels: DropLabelChoice,
     /// Series per labelled metric before new label sets count as `other`.
     pub max_series: usize,
@@ -636,6 +639,11 @@ pub async fn run(mut opts: AgentOptions, started: Instant) -> Result<()> {
     });
     let server = tokio::spawn(serve(listener, shared.clone()));
 
+    // Refused before the probes attach, as every output is.
+    let record = match &opts.record {
+        Some((dir, max)) => Some(RollingDir::open(dir, *max)?),
+        None => None,
+    };
     opts.trace.format = Some(crate::sinks::Format::Json);
     opts.trace.no_aggregate = false;
     let tracer = Tracer::start(&opts.trace, true, started)?;
@@ -651,6 +659,9 @@ pub async fn run(mut opts: AgentOptions, started: Instant) -> Result<()> {
         .set(1);
     let mut diag = Diagnoser::new(opts.log_drops);
     diag.keep_emitted = true;
+    if let Some(set) = record {
+        diag.record_rolling(set, &tracer.session)?;
+    }
     let mut agent = Agent {
         diag,
         metrics,

@@ -186,6 +186,13 @@ pub struct AgentArgs {
     /// Also log every drop sent in full, storm aggregates, SYN and neighbour context.
     #[arg(long)]
     pub log_drops: bool,
+    /// Keep a rolling recording (what `diagnose -w` writes) in DIR, for
+    /// `diagnose --replay DIR` after an outage; created 0700 if missing.
+    #[arg(long, value_name = "DIR")]
+    pub record_dir: Option<PathBuf>,
+    /// The most the --record-dir files hold (e.g. 200MB, 1GiB); the oldest go first.
+    #[arg(long, value_name = "SIZE", default_value = "200MB", value_parser = parse_size_arg, requires = "record_dir")]
+    pub record_max: u64,
     /// Labels of tracer_drops_total, comma-separated; those left out stay empty.
     #[arg(
         long,
@@ -215,6 +222,21 @@ fn parse_labels_arg(s: &str) -> Result<crate::agent::DropLabelChoice, String> {
     crate::agent::DropLabelChoice::parse(s).map_err(|e| e.to_string())
 }
 
+fn parse_size_arg(s: &str) -> Result<u64, String> {
+    let n = s
+        .trim()
+        .parse::<bytesize::ByteSize>()
+        .map_err(|_| "give a size such as 200MB or 1GiB".to_string())?
+        .as_u64();
+    if n < crate::sinks::rolling::MIN_TOTAL {
+        return Err(format!(
+            "{s} is too small: at least {} KiB",
+            crate::sinks::rolling::MIN_TOTAL / 1024
+        ));
+    }
+    Ok(n)
+}
+
 fn parse_series_arg(s: &str) -> Result<usize, String> {
     match s.trim().parse::<usize>() {
         Ok(n) if n >= 1 => Ok(n),
@@ -239,6 +261,7 @@ impl AgentArgs {
                 ..Default::default()
             },
             log_drops: self.log_drops,
+            record: self.record_dir.clone().map(|d| (d, self.record_max)),
             labels: self.drop_labels,
             max_series: self.max_series,
             active_window: self.active_window,
@@ -267,9 +290,10 @@ pub struct DiagnoseArgs {
         conflicts_with = "replay"
     )]
     pub write: Option<PathBuf>,
-    /// Diagnose a recording instead of the kernel (no root needed); the
-    /// capture flags were applied when it was recorded.
-    #[arg(long, value_name = "FILE")]
+    /// Diagnose a recording instead of the kernel (no root needed): a
+    /// file of `-w`, or an agent's --record-dir; the capture flags were
+    /// applied when it was recorded.
+    #[arg(long, value_name = "FILE|DIR")]
     pub replay: Option<PathBuf>,
     /// Write the dropped packets as pcapng to FILE (`-` for stdout); here
     /// `-w` is the JSON recording, so pcapng has its own flag.

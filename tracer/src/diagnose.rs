@@ -8,6 +8,7 @@ use crate::host::topology::{Link, NsTopology, Topology};
 use crate::record::{wall_now_ns, Header, Line, Reader, Recorder};
 use crate::rules::{Engine, Fact, TopologySource, Verdict};
 use crate::sinks::file;
+use crate::sinks::rolling::RollingDir;
 use crate::sinks::{Format, Output, Summary};
 use crate::watch::{Consumer, Session, TraceOptions, Tracer};
 use anyhow::Result;
@@ -184,6 +185,14 @@ impl Diagnoser {
     pub fn record_to(&mut self, f: std::fs::File, s: &Session) -> Result<()> {
         let header = Header::here(s.own_netns, s.netns.clone(), &s.filter.text, self.dockerd);
         self.recorder = Some(Recorder::create(f, &header)?);
+        Ok(())
+    }
+
+    /// Also keep a rolling recording of the run in `set` (the agent's
+    /// flight recorder).
+    pub fn record_rolling(&mut self, set: RollingDir, s: &Session) -> Result<()> {
+        let header = Header::here(s.own_netns, s.netns.clone(), &s.filter.text, self.dockerd);
+        self.recorder = Some(Recorder::rolling(set, &header)?);
         Ok(())
     }
 

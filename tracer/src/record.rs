@@ -30,13 +30,14 @@
 use crate::host::containers::{Container, DockerNetwork};
 use crate::host::topology::NsTopology;
 use crate::rules::Fact;
+use crate::sinks::rolling::{self, RollingDir};
 use anyhow::{anyhow, bail, Context, Result};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::fs::File;
 use std::io::{BufRead, BufReader, BufWriter, Read, Write};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 pub const MAGIC: &str = "tracer-recording";
@@ -111,9 +112,19 @@ struct TopologyLine<'a> {
     changed_before_ns: Option<u64>,
 }
 
+/// Where a recording goes: one file (`diagnose -w`, buffered), or the
+/// agent's rolling set (each line written whole at once, see
+/// `sinks::rolling`).
+enum Out {
+    File(BufWriter<File>),
+    Rolling(RollingDir),
+}
+
 /// Writes a recording as the run goes.
 pub struct Recorder {
-    out: BufWriter<File>,
+    out: Out,
+    /// Written again at the top of each file of a rolling set.
+    header: Header,
     /// The last snapshot written per namespace.
     last: HashMap<u32, Arc<NsTopology>>,
     /// The last container written per netns, network per bridge.
@@ -125,8 +136,18 @@ impl Recorder {
     /// Starts a recording in `f` (opened by `sinks::file` before the
     /// probes attach, so a refused path fails fast).
     pub fn create(f: File, header: &Header) -> Result<Recorder> {
+        Self::start(Out::File(BufWriter::new(f)), header)
+    }
+
+    /// Starts a recording spread over the rolling set `set`.
+    pub fn rolling(set: RollingDir, header: &Header) -> Result<Recorder> {
+        Self::start(Out::Rolling(set), header)
+    }
+
+    fn start(out: Out, header: &Header) -> Result<Recorder> {
         let mut r = Recorder {
-            out: BufWriter::new(f),
+            out,
+            header: header.clone(),
             last: HashMap::new(),
             containers: HashMap::new(),
             networks: HashMap::new(),
@@ -136,8 +157,55 @@ impl Recorder {
     }
 
     fn line<T: Serialize>(&mut self, v: &T) -> std::io::Result<()> {
-        serde_json::to_writer(&mut self.out, v).map_err(std::io::Error::other)?;
-        self.out.write_all(b"\n")
+        match &mut self.out {
+            Out::File(w) => {
+                serde_json::to_writer(&mut *w, v).map_err(std::io::Error::other)?;
+                w.write_all(b"\n")
+            }
+            Out::Rolling(set) => {
+                let mut line = serde_json::to_vec(v).map_err(std::io::Error::other)?;
+                line.push(b'\n');
+                set.write_line(&line)
+            }
+        }
+    }
+
+    /// In a rolling set whose file is full: the next file, which starts
+    /// with the header and everything known so far, so it replays alone.
+    fn roll_if_full(&mut self) -> std::io::Result<()> {
+        let Out::Rolling(set) = &mut self.out else {
+            return Ok(());
+        };
+        if !set.full() {
+            return Ok(());
+        }
+        set.rotate()?;
+        let header = self.header.clone();
+        self.line(&header)?;
+        let now = wall_now_ns();
+        let topologies: Vec<Arc<NsTopology>> = self.last.values().cloned().collect();
+        for t in topologies {
+            self.line(&TopologyLine {
+                kind: "topology",
+                ts_ns: now,
+                netns: t.inode,
+                topology: &t,
+                changed_before_ns: None,
+            })?;
+        }
+        let containers: Vec<Arc<Container>> = self.containers.values().cloned().collect();
+        for c in containers {
+            self.line(&serde_json::json!({"type": "container", "ts_ns": now, "container": &*c}))?;
+        }
+        let networks: Vec<(String, DockerNetwork)> = self
+            .networks
+            .iter()
+            .map(|(b, n)| (b.clone(), n.clone()))
+            .collect();
+        for (bridge, n) in networks {
+            self.line(&serde_json::json!({"type": "docker_network", "ts_ns": now, "bridge": bridge, "network": n}))?;
+        }
+        Ok(())
     }
 
     /// Writes `c` unless it was the last written for its netns.
@@ -196,13 +264,18 @@ impl Recorder {
             Fact::Drop(d) => self.line(d),
             Fact::Syn(s) => self.line(s),
             Fact::Neigh(n) => self.line(n),
-        }
+        }?;
+        // Only after a fact: the snapshots a fact needed stay in its file.
+        self.roll_if_full()
     }
 
     /// Ends the recording (and flushes it).
     pub fn end(&mut self, ts_ns: u64) -> std::io::Result<()> {
         self.line(&serde_json::json!({"type": "end", "ts_ns": ts_ns}))?;
-        self.out.flush()
+        match &mut self.out {
+            Out::File(w) => w.flush(),
+            Out::Rolling(_) => Ok(()),
+        }
     }
 }
 
@@ -233,37 +306,91 @@ pub const MAX_EARLY_NS: u64 = 60 * 1_000_000_000;
 /// order; a step back larger than this is a broken recording.
 pub const MAX_STEP_BACK_NS: u64 = 1_000_000_000;
 
-/// Reads a recording line by line.
+/// Reads a recording line by line: one file, or a directory of the
+/// agent's rolling set (`sinks::rolling`) read oldest first as one run.
 pub struct Reader {
     pub header: Header,
     input: BufReader<File>,
     lineno: usize,
     name: String,
+    /// The set's files still to read.
+    rest: VecDeque<PathBuf>,
+    /// The start of the file being read: its facts lie within
+    /// `MAX_SPAN_NS` of it (a set may span several runs of the agent).
+    span_start: u64,
     /// The latest fact or end timestamp read.
     latest_ns: Option<u64>,
 }
 
 impl Reader {
     pub fn open(path: &Path) -> Result<Reader> {
-        let name = path.display().to_string();
-        let f = File::open(path).with_context(|| format!("cannot open recording {name}"))?;
+        let mut files: VecDeque<PathBuf> = if path.is_dir() {
+            rolling::list(path)?.into()
+        } else {
+            VecDeque::from([path.to_path_buf()])
+        };
+        let first = files.pop_front().ok_or_else(|| {
+            anyhow!(
+                "{} holds no tracer recordings (tracer-NNNNNNNN.jsonl, as agent --record-dir writes)",
+                path.display()
+            )
+        })?;
+        let (input, name) = Self::open_input(&first)?;
         let mut r = Reader {
             header: Header::default(),
-            input: BufReader::new(f),
+            input,
             lineno: 0,
-            name: name.clone(),
+            name,
+            rest: files,
+            span_start: 0,
             latest_ns: None,
         };
-        let first = r
-            .read_line()
-            .transpose()?
-            .ok_or_else(|| anyhow!("{name} is empty, not a tracer recording"))?;
-        r.header = parse_header(&first).map_err(|e| anyhow!("{name}: {e}"))?;
+        r.header = r.read_header()?;
         Ok(r)
     }
 
-    /// The next line, read no further than `MAX_LINE` bytes.
+    fn open_input(path: &Path) -> Result<(BufReader<File>, String)> {
+        let name = path.display().to_string();
+        let f = File::open(path).with_context(|| format!("cannot open recording {name}"))?;
+        Ok((BufReader::new(f), name))
+    }
+
+    /// The header of the file just opened, checked.
+    fn read_header(&mut self) -> Result<Header> {
+        let name = self.name.clone();
+        let first = self
+            .read_file_line()
+            .transpose()?
+            .ok_or_else(|| anyhow!("{name} is empty, not a tracer recording"))?;
+        let h = parse_header(&first).map_err(|e| anyhow!("{name}: {e}"))?;
+        self.span_start = h.start_ns;
+        Ok(h)
+    }
+
+    /// Goes on with the set's next file.
+    fn next_file(&mut self, path: &Path) -> Result<()> {
+        (self.input, self.name) = Self::open_input(path)?;
+        self.lineno = 0;
+        self.read_header().map(|_| ())
+    }
+
+    /// The next line, read no further than `MAX_LINE` bytes; at the end of
+    /// a file of a set, the next file's first line after its header.
     fn read_line(&mut self) -> Option<Result<String>> {
+        loop {
+            match self.read_file_line() {
+                Some(l) => return Some(l),
+                None => {
+                    let next = self.rest.pop_front()?;
+                    if let Err(e) = self.next_file(&next) {
+                        return Some(Err(e));
+                    }
+                }
+            }
+        }
+    }
+
+    fn read_file_line(&mut self) -> Option<Result<String>> {
         let mut buf = Vec::new();
         let limit = MAX_LINE as u64 + 1;
         let n = match (&mut self.input).take(limit).read_until(b'\n', &mut buf) {
@@ -279,13 +406,19 @@ impl Reader {
                 MAX_LINE >> 20
             )));
         }
+        // The file's last line, cut short where its writer was killed: what
+        // was written before it still replays.
+        if buf.last() != Some(&b'\n') && serde_json::from_slice::<Value>(&buf).is_err() {
+            eprintln!("tracer: {at} was cut short (its writer stopped mid-line): skipped");
+            return None;
+        }
         Some(String::from_utf8(buf).map_err(|_| anyhow!("{at} is not UTF-8 text")))
     }
 
     /// A fact's or the end's timestamp, checked against the header's start
     /// and the latest one read (see the module's doc).
     fn check_ts(&mut self, ts: u64) -> Result<()> {
-        let start = self.header.start_ns;
+        let start = self.span_start;
         let (lo, hi) = (start.saturating_sub(MAX_EARLY_NS), start + MAX_SPAN_NS);
         if ts < lo || ts > hi {
             bail!(
@@ -422,6 +555,71 @@ mod tests {
         );
         let _ = std::fs::remove_file(p);
         r
+    }
+
+    #[test]
+    fn a_last_line_cut_short_by_a_kill_is_skipped_and_the_rest_replays() {
+        let p = recording("torn", &[neigh(START + 1), neigh(START + 2)]);
+        let mut f = std::fs::OpenOptions::new().append(true).open(&p).unwrap();
+        f.write_all(br#"{"type":"neigh","ts_ns":17959651"#).unwrap();
+        assert_eq!(read_all(&p).unwrap(), 2);
+        // A whole line without its newline still counts.
+        let p = recording("nonl", &[neigh(START + 1)]);
+        let mut f = std::fs::OpenOptions::new().append(true).open(&p).unwrap();
+        f.write_all(neigh(START + 2).as_bytes()).unwrap();
+        assert_eq!(read_all(&p).unwrap(), 2);
+        // Damage that is not at the end is still an error.
+        let p = recording(
+            "mid",
+            &[neigh(START + 1), "{\"type\":".into(), neigh(START + 2)],
+        );
+        assert!(read_all(&p).is_err());
+    }
+
+    #[test]
+    fn a_rolling_set_replays_as_one_run_and_its_newest_file_alone() {
+        let dir = std::env::temp_dir().join(format!("trrec-{}-set", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let set = RollingDir::open(&dir, rolling::MIN_TOTAL).unwrap();
+        let mut h = Header::here(1, vec![], "", false);
+        h.start_ns = START;
+        let mut rec = Recorder::rolling(set, &h).unwrap();
+        let n = 2000;
+        for i in 0..n {
+            let f = Fact::Neigh(serde_json::from_str(&neigh(START + i)).unwrap());
+            rec.fact(&f).unwrap();
+        }
+        drop(rec);
+        let files = rolling::list(&dir).unwrap();
+        assert!(files.len() >= 3, "{files:?}");
+        let total: u64 = files.iter().map(|p| p.metadata().unwrap().len()).sum();
+        assert!(total <= rolling::MIN_TOTAL + 1000, "{total}");
+        // The oldest facts are gone; the newest are all there, in order.
+        let facts: Vec<u64> = Reader::open(&dir)
+            .unwrap()
+            .map(|l| match l.unwrap() {
+                Line::Fact(f) => f.ts_ns(),
+                _ => 0,
+            })
+            .filter(|&ts| ts != 0)
+            .collect();
+        assert_eq!(*facts.last().unwrap(), START + n - 1);
+        assert!(
+            facts.len() > 50 && (facts.len() as u64) < n,
+            "{}",
+            facts.len()
+        );
+        assert!(facts.windows(2).all(|w| w[1] == w[0] + 1), "{facts:?}");
+        // Each file is a recording of its own.
+        let newest = Reader::open(files.last().unwrap()).unwrap();
+        assert_eq!(newest.header.start_ns, START);
+        assert!(read_all(&files[0]).is_ok());
+        std::fs::remove_dir_all(&dir).unwrap();
+        let empty = std::env::temp_dir().join(format!("trrec-{}-empty", std::process::id()));
+        std::fs::create_dir_all(&empty).unwrap();
+        let e = Reader::open(&empty).err().unwrap().to_string();
+        assert!(e.contains("holds no tracer recordings"), "{e}");
+        std::fs::remove_dir_all(&empty).unwrap();
     }
 
     #[test]

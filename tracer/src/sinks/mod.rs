@@ -4,6 +4,7 @@
 pub mod file;
 pub mod pcapng;
 pub mod printable;
+pub mod rolling;
 pub mod verdict;
 
 use crate::events::aggregate::AggregateRecord;
