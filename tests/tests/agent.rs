@@ -806,3 +806,68 @@ fn a_killed_agents_rolling_recording_replays_with_its_verdict() {
     drop(lab);
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+/// `VmRSS` of `pid`, in bytes.
+fn rss(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let kb: u64 = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.split_whitespace().next())
+        .and_then(|v| v.parse().ok())
+        .unwrap();
+    kb * 1024
+}
+
+fn open_fds(pid: u32) -> usize {
+    std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .unwrap()
+        .count()
+}
+
+/// /healthz's status and how long it took.
+fn timed_healthz(port: u16) -> (Option<u16>, Duration) {
+    let t0 = Instant::now();
+    let code = get(port, "/healthz").map(|(c, _)| c);
+    (code, t0.elapsed())
+}
+
+/// Anyone who can reach the metrics port can hold connections open: 3,000
+/// of them (half idle, half stopped mid-header) must neither lock out the
+/// kubelet's /healthz probe nor grow the agent's fds and memory.
+#[test]
+fn the_agent_stays_up_while_3000_connections_are_held() {
+    let mut lab = Netlab::new(&prefix("agconn")).unwrap();
+    let quiet = lab.ns("quiet").unwrap();
+    let (mut agent, port) = Agent::spawn(&[], &[&quiet], temp("agconn.log"));
+    agent.wait_healthy();
+    let pid = agent.child.id();
+    let (rss0, fds0) = (rss(pid), open_fds(pid));
+    let mut held = Vec::new();
+    for i in 0..3000 {
+        let mut s = TcpStream::connect(("127.0.0.1", port)).expect("connect");
+        if i % 2 == 1 {
+            s.write_all(b"GET /metrics HTTP/1.1\r\nHost: 127.0.0.1\r\nX-Pad: ")
+                .unwrap();
+        }
+        held.push(s);
+        if i % 500 == 499 {
+            let (code, took) = timed_healthz(port);
+            assert_eq!(code, Some(200), "/healthz with {} held", i + 1);
+            assert!(took < Duration::from_secs(1), "/healthz took {took:?}");
+        }
+    }
+    // Each connection is held, from this side, until the end.
+    let (code, took) = timed_healthz(port);
+    assert_eq!(code, Some(200));
+    assert!(took < Duration::from_secs(1), "/healthz took {took:?}");
+    let (_, metrics) = get(port, "/metrics").expect("a scrape while 3,000 are held");
+    assert!(metrics.contains("tracer_events_lost"), "{metrics}");
+    let (rss1, fds1) = (rss(pid), open_fds(pid));
+    eprintln!("held 3000: rss {rss0} -> {rss1}, fds {fds0} -> {fds1}");
+    assert!(fds1 < fds0 + 300, "fds {fds0} -> {fds1}");
+    assert!(rss1 < rss0 + 20 << 20, "rss {rss0} -> {rss1}");
+    drop(held);
+    assert!(agent.child.try_wait().unwrap().is_none(), "the agent died");
+    agent.terminate();
+}

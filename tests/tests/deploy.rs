@@ -188,3 +188,39 @@ fn the_prometheusrule_holds_the_same_alerts() {
     assert_eq!(cr["metadata"]["namespace"], "tracer");
     assert_eq!(cr["spec"]["groups"], plain["groups"]);
 }
+
+/// The unit's options, as `systemd-analyze security` scores them offline
+/// (no running systemd needed): OK or better, not 7.2 MEDIUM as before.
+#[test]
+fn the_systemd_unit_scores_ok_in_systemd_analyze_security() {
+    let dir = std::env::temp_dir().join(format!("trtest-{}-unit", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let unit = dir.join("tracer-agent.service");
+    std::fs::copy(root().join("deploy/tracer-agent.service"), &unit).unwrap();
+    let out = Command::new("systemd-analyze")
+        .args(["security", "--offline=true", "--no-pager"])
+        .arg(&unit)
+        .output()
+        .expect("systemd-analyze (Debian's systemd package)");
+    let text = String::from_utf8_lossy(&out.stdout).to_string();
+    std::fs::remove_dir_all(&dir).unwrap();
+    let score: f64 = text
+        .lines()
+        .find_map(|l| {
+            l.split("Overall exposure level for tracer-agent.service: ")
+                .nth(1)
+        })
+        .and_then(|r| r.split_whitespace().next())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| panic!("no score: {text}"));
+    assert!(score <= 3.5, "exposure {score}:\n{text}");
+    // What the score rests on, each still in place.
+    for must in [
+        "✓ SystemCallFilter=~@swap",
+        "✓ UMask=",
+        "✓ ProtectKernelModules=",
+        "✓ RestrictAddressFamilies=~AF_PACKET",
+    ] {
+        assert!(text.contains(must), "{must}:\n{text}");
+    }
+}

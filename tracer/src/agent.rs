@@ -681,7 +681,29 @@ pub async fn run(mut opts: AgentOptions, started: Instant) -> Result<()> {
     r.map(|_| ())
 }
 
+/// Connections served at once. Past it, each new connection closes the
+/// oldest one still open, so that a flood of idle or half-sent
+/// connections (anyone who can reach the port can open them) can neither
+/// exhaust the agent's fds and memory nor lock out the kubelet's
+/// `/healthz` probe and the scraper, which are served in milliseconds.
+const MAX_CONNECTIONS: usize = 256;
+/// Headers must arrive within this; a whole connection lives at most
+/// `CONNECTION_LIFETIME` (a scraper simply reconnects).
+const HEADER_TIMEOUT: Duration = Duration::from_secs(5);
+const CONNECTION_LIFETIME: Duration = Duration::from_secs(30);
+/// Per-connection read buffer: a request is a few hundred bytes, and
+/// larger headers get 431.
+const MAX_BUF: usize = 16 * 1024;
+
+/// The open connections, oldest first (by accept order).
+#[derive(Default)]
+struct Connections {
+    open: std::collections::BTreeMap<u64, tokio::task::AbortHandle>,
+    next: u64,
+}
+
 async fn serve(listener: tokio::net::TcpListener, shared: Arc<Shared>) {
+    let conns = Arc::new(Mutex::new(Connections::default()));
     loop {
         let Ok((stream, _)) = listener.accept().await else {
             // Out of fds and the like: try again shortly.
@@ -689,19 +711,38 @@ async fn serve(listener: tokio::net::TcpListener, shared: Arc<Shared>) {
             continue;
         };
         let shared = shared.clone();
-        tokio::spawn(async move {
-            let svc = hyper::service::service_fn(move |req| {
-                let shared = shared.clone();
-                async move { Ok::<_, std::convert::Infallible>(handle(&shared, &req)) }
-            });
-            let conn = hyper::server::conn::http1::Builder::new()
-                .timer(hyper_util::rt::TokioTimer::new())
-                .header_read_timeout(Duration::from_secs(10))
-                .serve_connection(hyper_util::rt::TokioIo::new(stream), svc);
-            // A stuck client holds no connection for long.
-            let _ = tokio::time::timeout(Duration::from_secs(60), conn).await;
+        let mut c = conns.lock().unwrap_or_else(|e| e.into_inner());
+        while c.open.len() >= MAX_CONNECTIONS {
+            if let Some((_, oldest)) = c.open.pop_first() {
+                oldest.abort();
+            }
+        }
+        let id = c.next;
+        c.next += 1;
+        let done = conns.clone();
+        let task = tokio::spawn(async move {
+            serve_one(stream, shared).await;
+            done.lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .open
+                .remove(&id);
         });
+        // The task removes itself under this lock, so after this insert.
+        c.open.insert(id, task.abort_handle());
     }
+}
+
+async fn serve_one(stream: tokio::net::TcpStream, shared: Arc<Shared>) {
+    let svc = hyper::service::service_fn(move |req| {
+        let shared = shared.clone();
+        async move { Ok::<_, std::convert::Infallible>(handle(&shared, &req)) }
+    });
+    let conn = hyper::server::conn::http1::Builder::new()
+        .timer(hyper_util::rt::TokioTimer::new())
+        .header_read_timeout(HEADER_TIMEOUT)
+        .max_buf_size(MAX_BUF)
+        .serve_connection(hyper_util::rt::TokioIo::new(stream), svc);
+    let _ = tokio::time::timeout(CONNECTION_LIFETIME, conn).await;
 }
 
 /// Prometheus asks for OpenMetrics in its Accept header; curl, promtool

@@ -44,6 +44,10 @@ const RUN_PACKAGES: &[&str] = &[
     // The deploy test validates the manifests (kubernetes-validate, in a venv).
     "python3-venv",
     "python3-yaml",
+    // The unit's hardening: systemd-analyze scores it, and the agent runs
+    // under strace to check its syscalls against the unit's filter.
+    "systemd",
+    "strace",
 ];
 /// PyPI's validator with Kubernetes' schemas bundled (offline), in target/kv.
 const KUBERNETES_VALIDATE: &str = "kubernetes-validate==1.37.0";
