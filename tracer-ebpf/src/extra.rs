@@ -4,6 +4,8 @@
 //! program run, so userspace pairs them by CPU. Nothing here runs unless
 //! `Config::extra` is set.
 
+use crate::config::setting;
+use crate::events::EVENTS;
 use crate::kernel::Mem;
 use crate::off;
 use crate::packet::SkbMeta;
@@ -48,8 +50,8 @@ pub unsafe fn emit<M: Mem, C: EbpfContext>(ctx: &C, skb: *const u8, m: &SkbMeta,
     h.cap_len = 0;
     h.orig_len = 0;
     h.link = LINK_NONE;
-    let want = crate::cfg_extra();
-    if crate::cfg_trace() != 0 {
+    let want = setting!(extra);
+    if setting!(trace) != 0 {
         crate::hop::forget(skb);
     }
     if want & EXTRA_STACK != 0 {
@@ -70,7 +72,7 @@ pub unsafe fn emit<M: Mem, C: EbpfContext>(ctx: &C, skb: *const u8, m: &SkbMeta,
     let cap = cap & SNAP_MASK;
     let size = core::mem::size_of::<DropExtra>() + cap as usize;
     let rec = core::slice::from_raw_parts(buf as *const u8, size);
-    crate::EVENTS.output::<[u8]>(rec, 0).is_ok()
+    EVENTS.output::<[u8]>(rec, 0).is_ok()
 }
 
 /// Copies the packet from its MAC header (when it is Ethernet) or its IP
@@ -110,7 +112,7 @@ unsafe fn packet_bytes<M: Mem>(skb: *const u8, m: &SkbMeta, buf: *mut ExtraBuf) 
     if cap > orig as u32 {
         cap = orig as u32;
     }
-    let snap = crate::cfg_snaplen();
+    let snap = setting!(snaplen);
     if cap > snap {
         cap = snap;
     }

@@ -4,6 +4,8 @@
 //! every later tracepoint that sees that address reports a hop with the
 //! same id, until it is consumed or dropped (then the mark goes).
 
+use crate::config::{filter_matches, netns_allowed, setting};
+use crate::events::{count, EVENTS};
 use crate::kernel::{dev_ifindex, dev_netns, Direct};
 use crate::packet;
 use aya_ebpf::{
@@ -31,7 +33,7 @@ pub unsafe fn forget(skb: *const u8) {
 
 #[inline(always)]
 unsafe fn on_hop(skb: *const u8, event: u32, may_start: bool, xmit: Option<(*const u8, u32)>) {
-    if skb.is_null() || crate::cfg_trace() == 0 {
+    if skb.is_null() || setting!(trace) == 0 {
         return;
     }
     let key = skb as u64;
@@ -59,10 +61,10 @@ unsafe fn on_hop(skb: *const u8, event: u32, may_start: bool, xmit: Option<(*con
             id
         }
         None => {
-            if !may_start || !crate::netns_allowed(netns) {
+            if !may_start || !netns_allowed(netns) {
                 return;
             }
-            if !packet::parse_with_mss::<Direct>(skb, &m, flow) || !crate::filter_matches(flow) {
+            if !packet::parse_with_mss::<Direct>(skb, &m, flow) || !filter_matches(flow) {
                 return;
             }
             let id = bpf_ktime_get_ns();
@@ -75,8 +77,8 @@ unsafe fn on_hop(skb: *const u8, event: u32, may_start: bool, xmit: Option<(*con
     if event == HOP_CONSUME {
         forget(skb);
     }
-    let Some(mut entry) = crate::EVENTS.reserve::<HopEvent>(0) else {
-        crate::count(STAT_LOST);
+    let Some(mut entry) = EVENTS.reserve::<HopEvent>(0) else {
+        count(STAT_LOST);
         return;
     };
     let e = entry.as_mut_ptr();

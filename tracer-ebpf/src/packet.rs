@@ -46,7 +46,8 @@ pub unsafe fn maybe_syn<M: Mem>(skb: *const u8) -> bool {
         return false;
     }
     let l3 = head.wrapping_add(nh as usize);
-    let (proto, flags_at) = match u16::from_be(M::get::<u16>(skb, off!(skb_protocol)).unwrap_or(0)) {
+    let (proto, flags_at) = match u16::from_be(M::get::<u16>(skb, off!(skb_protocol)).unwrap_or(0))
+    {
         ETH_P_IP => {
             // The IP header and the TCP flags byte in one read (the
             // flags sit at 33 when the header has no options).
@@ -130,7 +131,12 @@ pub unsafe fn clear(flow: &mut Flow) {
 /// with where a SYN's TCP options are. Returns false if neither gives an
 /// address.
 #[inline(always)]
-pub unsafe fn parse<M: Mem>(skb: *const u8, m: &SkbMeta, flow: &mut Flow, opts: &mut SynOpts) -> bool {
+pub unsafe fn parse<M: Mem>(
+    skb: *const u8,
+    m: &SkbMeta,
+    flow: &mut Flow,
+    opts: &mut SynOpts,
+) -> bool {
     let nh = M::get::<u16>(skb, off!(skb_network_header)).unwrap_or(HEADER_UNSET);
     if !m.head.is_null() && nh != HEADER_UNSET {
         let l3 = m.head.wrapping_add(nh as usize);
