@@ -24,6 +24,11 @@ static AGG: PerCpuHashMap<AggKey, AggVal> = PerCpuHashMap::with_max_entries(AGG_
 /// `AGG_WINDOW_NS`, and keeps aggregating for `AGG_HOLD_NS` after: the ring
 /// buffer and userspace then see a bounded rate whatever the drop rate, and
 /// every drop is still counted exactly (event or key count).
+///
+/// # Safety
+///
+/// `scratch` must point at this CPU's `SCRATCH` slot; the function
+/// borrows the whole slot mutably while it runs.
 #[inline(always)]
 pub(crate) unsafe fn aggregated(
     scratch: *mut Scratch,

@@ -15,6 +15,9 @@ struct MapOpaque(*mut u64);
 impl filter::Opaque for MapOpaque {
     #[inline(always)]
     fn hide(&self, v: u64) -> u64 {
+        // SAFETY: `self.0` points at `opaque` in this CPU's `SCRATCH` slot (see
+        // `filter_matches`): valid, aligned, and used by nothing else during
+        // the write and the read.
         unsafe {
             core::ptr::write_volatile(self.0, v);
             core::ptr::read_volatile(self.0)
@@ -29,6 +32,8 @@ impl filter::Opaque for MapOpaque {
 #[inline(always)]
 fn config() -> &'static Config {
     let p: *const Config = &CONFIG;
+    // SAFETY: `p` is the address of the static `CONFIG`, valid for 'static;
+    // the volatile read only hides where it points from rustc.
     unsafe { &*core::ptr::read_volatile(&p) }
 }
 
@@ -36,12 +41,18 @@ fn config() -> &'static Config {
 /// `setting!(noise.queue_purge)`, read as `config()` explains.
 macro_rules! setting {
     ($($field:tt)+) => {
+        // SAFETY: `CONFIG` is a static of plain data, always initialized.
         unsafe { core::ptr::read_volatile(&$crate::config::CONFIG.$($field)+) }
     };
 }
 pub(crate) use setting;
 
 /// The filter, run with its results kept opaque to the verifier.
+///
+/// # Safety
+///
+/// The caller must hold no reference to this CPU's `SCRATCH.opaque`,
+/// which the filter writes and reads.
 #[inline(always)]
 pub(crate) unsafe fn filter_matches(flow: &Flow) -> bool {
     if setting!(filter_len) == 0 {

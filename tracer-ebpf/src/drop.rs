@@ -40,6 +40,8 @@ pub fn drop_btf(ctx: BtfTracePointContext) -> i32 {
     let skb: *const u8 = ctx.arg(0);
     let location: u64 = ctx.arg(1);
     let reason: u32 = ctx.arg(2);
+    // SAFETY: `skb` is this tp_btf program's argument, a BTF-typed pointer,
+    // which `Direct` may load through.
     unsafe { on_drop::<Direct, _>(&ctx, skb, location, reason) };
     0
 }
@@ -49,6 +51,8 @@ pub fn drop_raw(ctx: RawTracePointContext) -> i32 {
     let skb: *const u8 = ctx.arg(0);
     let location: u64 = ctx.arg(1);
     let reason: u32 = ctx.arg(2);
+    // SAFETY: `Probe` reads through bpf_probe_read_kernel, sound for any
+    // address.
     unsafe { on_drop::<Probe, _>(&ctx, skb, location, reason) };
     0
 }
@@ -60,6 +64,8 @@ pub fn drop_raw(ctx: RawTracePointContext) -> i32 {
 pub fn drop_btf_noreason(ctx: BtfTracePointContext) -> i32 {
     let skb: *const u8 = ctx.arg(0);
     let location: u64 = ctx.arg(1);
+    // SAFETY: `skb` is this tp_btf program's argument, a BTF-typed pointer,
+    // which `Direct` may load through.
     unsafe { on_drop::<Direct, _>(&ctx, skb, location, 0) };
     0
 }
@@ -68,12 +74,16 @@ pub fn drop_btf_noreason(ctx: BtfTracePointContext) -> i32 {
 pub fn drop_raw_noreason(ctx: RawTracePointContext) -> i32 {
     let skb: *const u8 = ctx.arg(0);
     let location: u64 = ctx.arg(1);
+    // SAFETY: `Probe` reads through bpf_probe_read_kernel, sound for any
+    // address.
     unsafe { on_drop::<Probe, _>(&ctx, skb, location, 0) };
     0
 }
 
 #[tracepoint(category = "skb", name = "kfree_skb")]
 pub fn drop_classic(ctx: TracePointContext) -> i32 {
+    // SAFETY: `read_at` probe-reads the tracepoint record, sound for any
+    // offset, and `on_drop::<Probe>` takes any address.
     unsafe {
         // The record layout differs across kernels; its offsets come from
         // the tracefs format file.
@@ -89,6 +99,10 @@ pub fn drop_classic(ctx: TracePointContext) -> i32 {
     0
 }
 
+/// # Safety
+///
+/// `skb` must be NULL or a `struct sk_buff *` that `M` can read (see
+/// `Mem::get`): the tp_btf argument with `Direct`, any value with `Probe`.
 #[inline(always)]
 unsafe fn on_drop<M: Mem, C: EbpfContext>(ctx: &C, skb: *const u8, location: u64, reason: u32) {
     if skb.is_null() {

@@ -19,6 +19,8 @@ static STATS: PerCpuArray<u64> = PerCpuArray::with_max_entries(STAT_COUNT, 0);
 #[inline(always)]
 pub(crate) fn count(stat: u32) {
     if let Some(p) = STATS.get_ptr_mut(stat) {
+        // SAFETY: `p` points at this CPU's counter in a per-CPU array: a valid,
+        // aligned `u64` the map owns.
         unsafe { *p += 1 };
     }
 }

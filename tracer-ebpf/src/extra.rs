@@ -34,9 +34,14 @@ static EXTRA: PerCpuArray<ExtraBuf> = PerCpuArray::with_max_entries(1, 0);
 
 /// Sends the `DropExtra` of the drop of `skb`. Returns false when it could
 /// not be queued (ring buffer full).
-#[inline(always)]
 /// `now` is the drop event's own timestamp: userspace pairs the two by CPU
 /// and time.
+///
+/// # Safety
+///
+/// `skb` must be a `struct sk_buff *` that `M` can read (see `Mem::get`);
+/// `m`'s pointers and the packet bytes are only probe-read.
+#[inline(always)]
 pub unsafe fn emit<M: Mem, C: EbpfContext>(ctx: &C, skb: *const u8, m: &SkbMeta, now: u64) -> bool {
     let Some(buf) = EXTRA.get_ptr_mut(0) else {
         return false;
@@ -78,6 +83,11 @@ pub unsafe fn emit<M: Mem, C: EbpfContext>(ctx: &C, skb: *const u8, m: &SkbMeta,
 /// Copies the packet from its MAC header (when it is Ethernet) or its IP
 /// header, up to the snap length and the end of the linear data; returns
 /// how many bytes.
+///
+/// # Safety
+///
+/// `skb` as for `emit`. `buf` must point at this CPU's `EXTRA` slot, with
+/// no other reference to it live.
 #[inline(always)]
 unsafe fn packet_bytes<M: Mem>(skb: *const u8, m: &SkbMeta, buf: *mut ExtraBuf) -> u32 {
     let h = &mut (*buf).hdr;

@@ -17,6 +17,14 @@
 //! `packet` (a `Flow` from an skb).
 #![no_std]
 #![no_main]
+// Every `unsafe` block says why it is sound (`// SAFETY:`).
+#![warn(clippy::undocumented_unsafe_blocks)]
+#![allow(
+    clippy::needless_borrows_for_generic_args,
+    reason = "aya-ebpf's map methods take `impl Borrow<K>`: a key passed by value \
+              is first copied onto the 512-byte BPF stack, a reference into the \
+              scratch map is passed to the helper as it is"
+)]
 
 mod aggregate;
 mod config;

@@ -17,6 +17,7 @@ use tracer_abi::*;
 #[btf_tracepoint(function = "neigh_timer_handler")]
 pub fn neigh_timer(ctx: BtfTracePointContext) -> i32 {
     let n: *const u8 = ctx.arg(0);
+    // SAFETY: `on_neigh` only probe-reads `n`, sound for any address.
     unsafe { on_neigh(n) };
     0
 }
@@ -26,10 +27,15 @@ pub fn neigh_timer(ctx: BtfTracePointContext) -> i32 {
 #[btf_tracepoint(function = "neigh_event_send_done")]
 pub fn neigh_send(ctx: BtfTracePointContext) -> i32 {
     let n: *const u8 = ctx.arg(0);
+    // SAFETY: `on_neigh` only probe-reads `n`, sound for any address.
     unsafe { on_neigh(n) };
     0
 }
 
+/// # Safety
+///
+/// None for the caller: the neighbour and what it points to are only
+/// probe-read, so any `n` is sound; a wrong one gives wrong fields.
 #[inline(always)]
 unsafe fn on_neigh(n: *const u8) {
     let state = read::<u8>(n, off!(neigh_state)).unwrap_or(0);

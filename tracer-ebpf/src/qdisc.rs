@@ -28,6 +28,8 @@ pub fn qdisc_reason(ctx: BtfTracePointContext) -> i32 {
     let skb: u64 = ctx.arg(3);
     let reason: u32 = ctx.arg(4);
     if let Some(p) = QDISC_REASON.get_ptr_mut(0) {
+        // SAFETY: `p` points at this CPU's slot of a per-CPU array: valid and aligned,
+        // and this program holds no other reference to it.
         unsafe {
             *p = QdiscReason {
                 skb,
@@ -44,6 +46,8 @@ pub fn qdisc_reason(ctx: BtfTracePointContext) -> i32 {
 #[inline(always)]
 pub(crate) fn qdisc_reason_of(skb: *const u8, reason: u32) -> u32 {
     if let Some(p) = QDISC_REASON.get_ptr_mut(0) {
+        // SAFETY: `p` points at this CPU's slot of a per-CPU array: valid and aligned,
+        // and this program holds no other reference to it.
         let slot = unsafe { &mut *p };
         if slot.skb == skb as u64 && slot.reason != 0 {
             slot.skb = 0;

@@ -29,6 +29,11 @@ static ARRIVALS: LruHashMap<RouteKey, RouteHit> = LruHashMap::with_max_entries(4
 /// The newest lookup for `key` in its netns, or a lookup with no netns
 /// (failed IPv4 lookups carry no device) that ran on this CPU just before:
 /// the same packet's failed lookup, not another namespace's.
+///
+/// # Safety
+///
+/// None for the caller: it only reads `ROUTES` entries through the map
+/// helpers, and copies them (other CPUs update them in place).
 #[inline(always)]
 pub(crate) unsafe fn route_for(key: &mut RouteKey, out: &mut RouteHit) {
     if let Some(h) = ROUTES.get(&*key) {
@@ -86,6 +91,10 @@ fn route_slot(key: &RouteKey) -> u32 {
 /// How long a stored lookup stands for identical ones on the same CPU.
 const ROUTE_REFRESH_NS: u64 = 10_000_000;
 
+/// # Safety
+///
+/// None for the caller: the pointers it follows come from map lookups
+/// of per-CPU slots and of `ROUTES`, which this program updates in place.
 #[inline(always)]
 unsafe fn remember_route(key: &RouteKey, hit: &RouteHit) {
     if key.netns != 0 && !netns_allowed(key.netns) {
@@ -160,6 +169,10 @@ static SEEN4: PerCpuArray<Lookup4> = PerCpuArray::with_max_entries(ROUTE_SLOTS, 
 /// this check comes before anything else is read: no device, no netns,
 /// no map update. A different nexthop, interface or table is a new key
 /// and takes the full path.
+///
+/// # Safety
+///
+/// None for the caller: it only touches this CPU's `SEEN4` slot.
 #[inline(always)]
 unsafe fn repeated4(cur: &Lookup4) -> bool {
     let h = cur.saddr.rotate_left(16) ^ cur.daddr ^ (cur.iif as u32);
@@ -189,6 +202,9 @@ pub fn route4(ctx: BtfTracePointContext) -> i32 {
     let fl: *const u8 = ctx.arg(1);
     let nhc: *const u8 = ctx.arg(2);
     let err: i32 = ctx.arg(3);
+    // SAFETY: every pointer is this tp_btf program's argument or a pointer member
+    // loaded through one, BTF-typed, so `Direct` may load through it;
+    // `read` probe-reads any address.
     unsafe {
         // This runs for every forwarded packet: one 4-byte load per
         // member (addresses in network order, kept as they are), and
@@ -279,6 +295,11 @@ static DEVCACHE: PerCpuArray<DevInfo> = PerCpuArray::with_max_entries(1, 0);
 /// forwarding flow resolves to the same device packet after packet, and
 /// this saves four reads each time. The age bound covers a device freed
 /// and another allocated at the same address, or an MTU change.
+///
+/// # Safety
+///
+/// `dev` must be NULL or a BTF-typed `struct net_device *` (it is read
+/// with `Direct`, see `Mem::get`).
 #[inline(always)]
 unsafe fn dev_info(dev: *const u8, now: u64) -> DevInfo {
     if let Some(c) = DEVCACHE.get_ptr_mut(0) {
@@ -323,6 +344,9 @@ pub fn route6(ctx: BtfTracePointContext) -> i32 {
     let res: *const u8 = ctx.arg(1);
     let table: *const u8 = ctx.arg(2);
     let fl: *const u8 = ctx.arg(3);
+    // SAFETY: every pointer is this tp_btf program's argument or a pointer member
+    // loaded through one, BTF-typed, so `Direct` may load through it;
+    // `read` probe-reads any address.
     unsafe {
         let netns = kernel::net_inum::<Direct>(net);
         let mut key = RouteKey {

@@ -40,9 +40,11 @@ pub struct Scratch {
 /// exact clock.
 #[inline(always)]
 pub(crate) fn coarse_ns(sc: &mut Scratch) -> u64 {
+    // SAFETY: a helper without arguments that only returns a number.
     let j = unsafe { bpf_jiffies64() };
     if j != sc.clock_jiffies {
         sc.clock_jiffies = j;
+        // SAFETY: a helper without arguments that only returns a number.
         sc.clock_ns = unsafe { bpf_ktime_get_ns() };
     }
     sc.clock_ns

@@ -20,6 +20,8 @@ use tracer_abi::*;
 pub fn syn_xmit(ctx: BtfTracePointContext) -> i32 {
     let skb: *const u8 = ctx.arg(0);
     let dev: *const u8 = ctx.arg(1);
+    // SAFETY: `skb` and `dev` are this tp_btf program's arguments, BTF-typed
+    // pointers.
     unsafe { on_xmit(skb, dev) };
     0
 }
@@ -29,6 +31,11 @@ pub fn syn_xmit(ctx: BtfTracePointContext) -> i32 {
 #[map]
 static MTU_SEEN: Array<u32> = Array::with_max_entries(1, 0);
 
+/// # Safety
+///
+/// `skb` and `dev` must be NULL or BTF-typed pointers to a `struct
+/// sk_buff` and a `struct net_device` (tp_btf arguments): they are read
+/// with `Direct` (see `Mem::get`).
 #[inline(always)]
 unsafe fn on_xmit(skb: *const u8, dev: *const u8) {
     // A SYN is at most 14 + 60 (IPv6 with a few options) + 60 bytes.
