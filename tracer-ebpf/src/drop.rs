@@ -191,6 +191,9 @@ unsafe fn on_drop<M: Mem, C: EbpfContext>(ctx: &C, skb: *const u8, location: u64
     if setting!(aggregate) != 0 && aggregated(scratch, now, reason, location, netns, ifindex, iif) {
         return;
     }
+    // `aggregated` borrowed the whole slot: borrow the flow anew rather
+    // than use the earlier borrow after it.
+    let flow = &(*scratch).flow;
     count(STAT_DROPS_MATCHED);
 
     let now = bpf_ktime_get_ns();
