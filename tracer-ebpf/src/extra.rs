@@ -4,6 +4,8 @@
 //! program run, so userspace pairs them by CPU. Nothing here runs unless
 //! `Config::extra` is set.
 
+use crate::config::setting;
+use crate::events::EVENTS;
 use crate::kernel::Mem;
 use crate::off;
 use crate::packet::SkbMeta;
@@ -32,9 +34,14 @@ static EXTRA: PerCpuArray<ExtraBuf> = PerCpuArray::with_max_entries(1, 0);
 
 /// Sends the `DropExtra` of the drop of `skb`. Returns false when it could
 /// not be queued (ring buffer full).
-#[inline(always)]
 /// `now` is the drop event's own timestamp: userspace pairs the two by CPU
 /// and time.
+///
+/// # Safety
+///
+/// `skb` must be a `struct sk_buff *` that `M` can read (see `Mem::get`);
+/// `m`'s pointers and the packet bytes are only probe-read.
+#[inline(always)]
 pub unsafe fn emit<M: Mem, C: EbpfContext>(ctx: &C, skb: *const u8, m: &SkbMeta, now: u64) -> bool {
     let Some(buf) = EXTRA.get_ptr_mut(0) else {
         return false;
@@ -48,8 +55,8 @@ pub unsafe fn emit<M: Mem, C: EbpfContext>(ctx: &C, skb: *const u8, m: &SkbMeta,
     h.cap_len = 0;
     h.orig_len = 0;
     h.link = LINK_NONE;
-    let want = crate::cfg_extra();
-    if crate::cfg_trace() != 0 {
+    let want = setting!(extra);
+    if setting!(trace) != 0 {
         crate::hop::forget(skb);
     }
     if want & EXTRA_STACK != 0 {
@@ -70,12 +77,17 @@ pub unsafe fn emit<M: Mem, C: EbpfContext>(ctx: &C, skb: *const u8, m: &SkbMeta,
     let cap = cap & SNAP_MASK;
     let size = core::mem::size_of::<DropExtra>() + cap as usize;
     let rec = core::slice::from_raw_parts(buf as *const u8, size);
-    crate::EVENTS.output::<[u8]>(rec, 0).is_ok()
+    EVENTS.output::<[u8]>(rec, 0).is_ok()
 }
 
 /// Copies the packet from its MAC header (when it is Ethernet) or its IP
 /// header, up to the snap length and the end of the linear data; returns
 /// how many bytes.
+///
+/// # Safety
+///
+/// `skb` as for `emit`. `buf` must point at this CPU's `EXTRA` slot, with
+/// no other reference to it live.
 #[inline(always)]
 unsafe fn packet_bytes<M: Mem>(skb: *const u8, m: &SkbMeta, buf: *mut ExtraBuf) -> u32 {
     let h = &mut (*buf).hdr;
@@ -110,7 +122,7 @@ unsafe fn packet_bytes<M: Mem>(skb: *const u8, m: &SkbMeta, buf: *mut ExtraBuf) 
     if cap > orig as u32 {
         cap = orig as u32;
     }
-    let snap = crate::cfg_snaplen();
+    let snap = setting!(snaplen);
     if cap > snap {
         cap = snap;
     }

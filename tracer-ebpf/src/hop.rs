@@ -4,6 +4,8 @@
 //! every later tracepoint that sees that address reports a hop with the
 //! same id, until it is consumed or dropped (then the mark goes).
 
+use crate::config::{filter_matches, netns_allowed, setting};
+use crate::events::{count, EVENTS};
 use crate::kernel::{dev_ifindex, dev_netns, Direct};
 use crate::packet;
 use aya_ebpf::{
@@ -24,14 +26,22 @@ static TRACKED: LruHashMap<u64, u64> = LruHashMap::with_max_entries(16384, 0);
 static HOPFLOW: PerCpuArray<Flow> = PerCpuArray::with_max_entries(1, 0);
 
 /// The packet's mark goes when it is freed (its address may be reused).
+///
+/// # Safety
+///
+/// None for the caller: `skb` is only a number here (the map key).
 #[inline(always)]
 pub unsafe fn forget(skb: *const u8) {
     let _ = TRACKED.remove(&(skb as u64));
 }
 
+/// # Safety
+///
+/// `skb` and the device in `xmit` must be NULL or BTF-typed pointers
+/// (tp_btf arguments): they are read with `Direct` (see `Mem::get`).
 #[inline(always)]
 unsafe fn on_hop(skb: *const u8, event: u32, may_start: bool, xmit: Option<(*const u8, u32)>) {
-    if skb.is_null() || crate::cfg_trace() == 0 {
+    if skb.is_null() || setting!(trace) == 0 {
         return;
     }
     let key = skb as u64;
@@ -59,10 +69,10 @@ unsafe fn on_hop(skb: *const u8, event: u32, may_start: bool, xmit: Option<(*con
             id
         }
         None => {
-            if !may_start || !crate::netns_allowed(netns) {
+            if !may_start || !netns_allowed(netns) {
                 return;
             }
-            if !packet::parse_with_mss::<Direct>(skb, &m, flow) || !crate::filter_matches(flow) {
+            if !packet::parse_with_mss::<Direct>(skb, &m, flow) || !filter_matches(flow) {
                 return;
             }
             let id = bpf_ktime_get_ns();
@@ -75,8 +85,8 @@ unsafe fn on_hop(skb: *const u8, event: u32, may_start: bool, xmit: Option<(*con
     if event == HOP_CONSUME {
         forget(skb);
     }
-    let Some(mut entry) = crate::EVENTS.reserve::<HopEvent>(0) else {
-        crate::count(STAT_LOST);
+    let Some(mut entry) = EVENTS.reserve::<HopEvent>(0) else {
+        count(STAT_LOST);
         return;
     };
     let e = entry.as_mut_ptr();
@@ -100,6 +110,7 @@ unsafe fn on_hop(skb: *const u8, event: u32, may_start: bool, xmit: Option<(*con
 #[btf_tracepoint(function = "netif_receive_skb")]
 pub fn hop_receive(ctx: BtfTracePointContext) -> i32 {
     let skb: *const u8 = ctx.arg(0);
+    // SAFETY: `skb` is this tp_btf program's argument, a BTF-typed pointer.
     unsafe { on_hop(skb, HOP_RECEIVE, true, None) };
     0
 }
@@ -107,6 +118,7 @@ pub fn hop_receive(ctx: BtfTracePointContext) -> i32 {
 #[btf_tracepoint(function = "net_dev_queue")]
 pub fn hop_queue(ctx: BtfTracePointContext) -> i32 {
     let skb: *const u8 = ctx.arg(0);
+    // SAFETY: `skb` is this tp_btf program's argument, a BTF-typed pointer.
     unsafe { on_hop(skb, HOP_QUEUE, true, None) };
     0
 }
@@ -117,6 +129,8 @@ pub fn hop_xmit(ctx: BtfTracePointContext) -> i32 {
     let skb: *const u8 = ctx.arg(0);
     let dev: *const u8 = ctx.arg(2);
     let len: u32 = ctx.arg(3);
+    // SAFETY: `skb` and `dev` are this tp_btf program's arguments, BTF-typed
+    // pointers.
     unsafe { on_hop(skb, HOP_XMIT, false, Some((dev, len))) };
     0
 }
@@ -124,6 +138,7 @@ pub fn hop_xmit(ctx: BtfTracePointContext) -> i32 {
 #[btf_tracepoint(function = "consume_skb")]
 pub fn hop_consume(ctx: BtfTracePointContext) -> i32 {
     let skb: *const u8 = ctx.arg(0);
+    // SAFETY: `skb` is this tp_btf program's argument, a BTF-typed pointer.
     unsafe { on_hop(skb, HOP_CONSUME, false, None) };
     0
 }

@@ -14,6 +14,8 @@ pub static OFFSETS: Offsets = Offsets::missing();
 macro_rules! off {
     ($field:ident) => {{
         #[allow(unused_unsafe)]
+        // SAFETY: `OFFSETS` is a static of plain integers, always initialized;
+        // the volatile read only hides its value from rustc.
         let v = unsafe { core::ptr::read_volatile(&$crate::kernel::OFFSETS.$field) };
         v
     }};
@@ -28,6 +30,15 @@ macro_rules! off {
 pub trait Mem {
     /// A `T` at `base + offset`, or `None` if the offset is unknown on this
     /// kernel or the base is NULL.
+    ///
+    /// # Safety
+    ///
+    /// `T` must be valid for every bit pattern (integers, byte arrays, raw
+    /// pointers): the bytes come from the kernel unchecked. `base` must be
+    /// NULL or a pointer `Self` can read from: for `Direct`, a BTF-typed kernel
+    /// pointer (a tp_btf argument, or a pointer member loaded through one),
+    /// whose loads the verifier checks and makes fault-safe; `Probe` accepts
+    /// any address.
     unsafe fn get<T: Copy>(base: *const u8, offset: u32) -> Option<T>;
 }
 
@@ -60,6 +71,12 @@ impl Mem for Probe {
 /// Reads a `T` at `base + offset` with bpf_probe_read_kernel, or `None` if
 /// the offset is unknown on this kernel, the base is NULL, or the read
 /// faults.
+///
+/// # Safety
+///
+/// `T` must be valid for every bit pattern (integers, byte arrays, raw
+/// pointers). Any `base` is sound: bpf_probe_read_kernel fails on an
+/// unmapped address instead of faulting.
 #[inline(always)]
 pub unsafe fn read<T>(base: *const u8, offset: u32) -> Option<T> {
     if offset == NO_OFFSET || base.is_null() {
@@ -69,12 +86,20 @@ pub unsafe fn read<T>(base: *const u8, offset: u32) -> Option<T> {
 }
 
 /// `net->ns.inum`.
+///
+/// # Safety
+///
+/// `net` must be NULL or a `struct net *` that `M` can read (see `Mem::get`).
 #[inline(always)]
 pub unsafe fn net_inum<M: Mem>(net: *const u8) -> u32 {
     M::get::<u32>(net, crate::off!(net_inum)).unwrap_or(0)
 }
 
 /// The netns inode of a `struct net_device`.
+///
+/// # Safety
+///
+/// `dev` must be NULL or a `struct net_device *` that `M` can read (see `Mem::get`).
 #[inline(always)]
 pub unsafe fn dev_netns<M: Mem>(dev: *const u8) -> u32 {
     // possible_net_t holds one `struct net *` when CONFIG_NET_NS is set.
@@ -84,17 +109,28 @@ pub unsafe fn dev_netns<M: Mem>(dev: *const u8) -> u32 {
     }
 }
 
+/// # Safety
+///
+/// `dev` must be NULL or a `struct net_device *` that `M` can read (see `Mem::get`).
 #[inline(always)]
 pub unsafe fn dev_ifindex<M: Mem>(dev: *const u8) -> i32 {
     M::get::<i32>(dev, crate::off!(dev_ifindex)).unwrap_or(0)
 }
 
+/// # Safety
+///
+/// `dev` must be NULL or a `struct net_device *` that `M` can read (see `Mem::get`).
 #[inline(always)]
 pub unsafe fn dev_mtu<M: Mem>(dev: *const u8) -> u32 {
     M::get::<u32>(dev, crate::off!(dev_mtu)).unwrap_or(0)
 }
 
 /// The netns inode of a `struct sock` (rare path: probe reads).
+///
+/// # Safety
+///
+/// None for the caller: the socket is only probe-read (bpf_probe_read_kernel),
+/// so any `sk` is sound; a wrong one gives wrong fields, not a fault.
 #[inline(always)]
 pub unsafe fn sk_netns(sk: *const u8) -> u32 {
     match read::<*const u8>(sk, crate::off!(sk_net)) {

@@ -21,6 +21,9 @@ pub struct SkbMeta {
     pub l3_proto: u16,
 }
 
+/// # Safety
+///
+/// `skb` must be NULL or a `struct sk_buff *` that `M` can read (see `Mem::get`).
 #[inline(always)]
 pub unsafe fn meta<M: Mem>(skb: *const u8) -> SkbMeta {
     SkbMeta {
@@ -38,6 +41,11 @@ pub unsafe fn meta<M: Mem>(skb: *const u8) -> SkbMeta {
 /// instead of paying for a full parse. Headers it cannot place (IPv4
 /// options, IPv6 extension headers) answer yes, and the full parse
 /// decides. Small reads: the caller's stack is nearly full.
+///
+/// # Safety
+///
+/// `skb` must be NULL or a `struct sk_buff *` that `M` can read (see `Mem::get`).
+/// The headers are probe-read.
 #[inline(always)]
 pub unsafe fn maybe_syn<M: Mem>(skb: *const u8) -> bool {
     let head = M::get::<*const u8>(skb, off!(skb_head)).unwrap_or(core::ptr::null());
@@ -46,7 +54,8 @@ pub unsafe fn maybe_syn<M: Mem>(skb: *const u8) -> bool {
         return false;
     }
     let l3 = head.wrapping_add(nh as usize);
-    let (proto, flags_at) = match u16::from_be(M::get::<u16>(skb, off!(skb_protocol)).unwrap_or(0)) {
+    let (proto, flags_at) = match u16::from_be(M::get::<u16>(skb, off!(skb_protocol)).unwrap_or(0))
+    {
         ETH_P_IP => {
             // The IP header and the TCP flags byte in one read (the
             // flags sit at 33 when the header has no options).
@@ -72,6 +81,11 @@ pub unsafe fn maybe_syn<M: Mem>(skb: *const u8) -> bool {
 const TCP_SYN: u8 = 0x02;
 
 /// `skb_shinfo(skb)->gso_size` and `gso_segs`.
+///
+/// # Safety
+///
+/// `skb` must be NULL or a `struct sk_buff *` that `M` can read (see `Mem::get`).
+/// `head` is only probe-read: any value is sound.
 #[inline(always)]
 pub unsafe fn gso<M: Mem>(skb: *const u8, head: *const u8) -> (u16, u16) {
     // skb->end is an offset from head on 64-bit kernels (sk_buff_data_t).
@@ -109,6 +123,10 @@ impl SynOpts {
 
 /// `parse`, then the MSS walk into `flow.mss`: for the programs that
 /// need the MSS in the kernel (the SYN check, `trace`'s hops).
+///
+/// # Safety
+///
+/// As for `parse`.
 #[inline(always)]
 pub unsafe fn parse_with_mss<M: Mem>(skb: *const u8, m: &SkbMeta, flow: &mut Flow) -> bool {
     let mut opts = SynOpts::NONE;
@@ -118,6 +136,11 @@ pub unsafe fn parse_with_mss<M: Mem>(skb: *const u8, m: &SkbMeta, flow: &mut Flo
 }
 
 /// Zeroes `flow` word by word (see `Flow`'s alignment).
+///
+/// # Safety
+///
+/// None for the caller: the word writes stay inside `*flow`, whose size is
+/// a multiple of 8 and whose alignment is 8 (see `Flow`).
 #[inline(always)]
 pub unsafe fn clear(flow: &mut Flow) {
     let p = flow as *mut Flow as *mut u64;
@@ -129,8 +152,18 @@ pub unsafe fn clear(flow: &mut Flow) {
 /// Fills `flow` from the packet headers, or from the socket, and `opts`
 /// with where a SYN's TCP options are. Returns false if neither gives an
 /// address.
+///
+/// # Safety
+///
+/// `skb` must be NULL or a `struct sk_buff *` that `M` can read (see `Mem::get`).
+/// `m`'s pointers and the headers are only probe-read.
 #[inline(always)]
-pub unsafe fn parse<M: Mem>(skb: *const u8, m: &SkbMeta, flow: &mut Flow, opts: &mut SynOpts) -> bool {
+pub unsafe fn parse<M: Mem>(
+    skb: *const u8,
+    m: &SkbMeta,
+    flow: &mut Flow,
+    opts: &mut SynOpts,
+) -> bool {
     let nh = M::get::<u16>(skb, off!(skb_network_header)).unwrap_or(HEADER_UNSET);
     if !m.head.is_null() && nh != HEADER_UNSET {
         let l3 = m.head.wrapping_add(nh as usize);
@@ -153,6 +186,11 @@ pub unsafe fn parse<M: Mem>(skb: *const u8, m: &SkbMeta, flow: &mut Flow, opts: 
 
 /// An Ethernet/IPv4 ARP packet's opcode and addresses (see `FLOW_ARP`),
 /// so a dropped ARP says who asked for whom instead of nothing.
+///
+/// # Safety
+///
+/// None for the caller: the header is only probe-read (bpf_probe_read_kernel),
+/// so any `l3` is sound; a wrong one gives wrong fields, not a fault.
 #[inline(always)]
 unsafe fn parse_arp(l3: *const u8, flow: &mut Flow) -> bool {
     let Ok(h) = bpf_probe_read_kernel(l3 as *const [u8; 28]) else {
@@ -172,6 +210,10 @@ unsafe fn parse_arp(l3: *const u8, flow: &mut Flow) -> bool {
 /// How many bytes the packet holds from its network header on: skb->len
 /// counts from skb->data (linear and paged alike), wherever in the stack
 /// the packet was freed. `NO_BOUND` when skb->data cannot be read.
+///
+/// # Safety
+///
+/// `skb` must be NULL or a `struct sk_buff *` that `M` can read (see `Mem::get`).
 #[inline(always)]
 unsafe fn room_from<M: Mem>(skb: *const u8, m: &SkbMeta, nh: u16) -> u32 {
     let Some(data) = M::get::<*const u8>(skb, off!(skb_data)) else {
@@ -202,6 +244,10 @@ fn min(a: u32, b: u32) -> u32 {
     }
 }
 
+/// # Safety
+///
+/// None for the caller: the headers are only probe-read (bpf_probe_read_kernel),
+/// so any `l3` is sound; a wrong one gives wrong fields, not a fault.
 #[inline(always)]
 unsafe fn parse_ipv4(l3: *const u8, room: u32, flow: &mut Flow, opts: &mut SynOpts) -> bool {
     // One read for the IP header and, when it has no options (nearly
@@ -252,6 +298,10 @@ unsafe fn parse_ipv4(l3: *const u8, room: u32, flow: &mut Flow, opts: &mut SynOp
 /// packet's: a field past it is not taken, and the flow says so
 /// (`FLOW_L4_SHORT`, `FLOW_TCP_SHORT`), as libpcap fails a load past the
 /// packet's end.
+///
+/// # Safety
+///
+/// None for the caller: `l4` is only stored, never read here.
 #[inline(always)]
 unsafe fn l4_fields(t: &[u8; 20], l4: *const u8, avail: u32, flow: &mut Flow, opts: &mut SynOpts) {
     match flow.proto {
@@ -295,6 +345,10 @@ unsafe fn l4_fields(t: &[u8; 20], l4: *const u8, avail: u32, flow: &mut Flow, op
     }
 }
 
+/// # Safety
+///
+/// None for the caller: the headers are only probe-read (bpf_probe_read_kernel),
+/// so any `l3` is sound; a wrong one gives wrong fields, not a fault.
 #[inline(always)]
 unsafe fn parse_ipv6(l3: *const u8, room: u32, flow: &mut Flow, opts: &mut SynOpts) -> bool {
     let Ok(h) = bpf_probe_read_kernel(l3 as *const [u8; 40]) else {
@@ -356,6 +410,10 @@ unsafe fn parse_ipv6(l3: *const u8, room: u32, flow: &mut Flow, opts: &mut SynOp
     true
 }
 
+/// # Safety
+///
+/// None for the caller: the header is only probe-read (bpf_probe_read_kernel),
+/// so any `l4` is sound; a wrong one gives wrong fields, not a fault.
 #[inline(always)]
 unsafe fn parse_l4(l4: *const u8, avail: u32, flow: &mut Flow, opts: &mut SynOpts) {
     // 20 bytes cover every field we take (TCP's fixed header is the
@@ -373,6 +431,11 @@ unsafe fn parse_l4(l4: *const u8, avail: u32, flow: &mut Flow, opts: &mut SynOpt
 /// rather than indexing a stack copy: before 5.12 the verifier refuses any
 /// variable-offset stack read, and 6.1 loses the `i < 40` bound when LLVM
 /// folds it into `i < len`. A pointer sum passed to a helper needs neither.
+///
+/// # Safety
+///
+/// None for the caller: the options are only probe-read (bpf_probe_read_kernel),
+/// so any `o.at` is sound; a wrong one gives wrong fields, not a fault.
 #[inline(always)]
 unsafe fn syn_mss(o: &SynOpts) -> u16 {
     let opts = o.at;
@@ -406,6 +469,11 @@ unsafe fn syn_mss(o: &SynOpts) -> u16 {
 }
 
 /// Addresses and ports of the packet's socket: local is the source.
+///
+/// # Safety
+///
+/// None for the caller: the socket is only probe-read (bpf_probe_read_kernel),
+/// so any `sk` is sound; a wrong one gives wrong fields, not a fault.
 #[inline(always)]
 unsafe fn from_socket(sk: *const u8, flow: &mut Flow) -> bool {
     let family = read::<u16>(sk, off!(sk_family)).unwrap_or(0);
@@ -444,6 +512,11 @@ const IP_CT_IS_REPLY: u64 = 3;
 /// conntrack translated the connection (`skb->_nfct`, low 3 bits are the
 /// ctinfo). Not on a hot path: only drops reach it, and every read is a
 /// probe read at an offset from BTF.
+///
+/// # Safety
+///
+/// None for the caller: `skb->_nfct` and the conntrack entry are only probe-read (bpf_probe_read_kernel),
+/// so any `skb` is sound; a wrong one gives wrong fields, not a fault.
 #[inline(always)]
 pub unsafe fn nat(skb: *const u8, out: &mut NatTuple) {
     *out = NatTuple::default();
