@@ -866,7 +866,7 @@ fn the_agent_stays_up_while_3000_connections_are_held() {
     let (rss1, fds1) = (rss(pid), open_fds(pid));
     eprintln!("held 3000: rss {rss0} -> {rss1}, fds {fds0} -> {fds1}");
     assert!(fds1 < fds0 + 300, "fds {fds0} -> {fds1}");
-    assert!(rss1 < rss0 + 20 << 20, "rss {rss0} -> {rss1}");
+    assert!(rss1 < rss0 + (20 << 20), "rss {rss0} -> {rss1}");
     drop(held);
     assert!(agent.child.try_wait().unwrap().is_none(), "the agent died");
     agent.terminate();
