@@ -871,3 +871,103 @@ fn the_agent_stays_up_while_3000_connections_are_held() {
     assert!(agent.child.try_wait().unwrap().is_none(), "the agent died");
     agent.terminate();
 }
+
+/// The system calls the unit's `SystemCallFilter=` allows, expanded by
+/// systemd's own tables (`systemd-analyze syscall-filter`).
+fn unit_syscall_filter() -> std::collections::BTreeSet<String> {
+    let unit = std::fs::read_to_string(repo().join("deploy/tracer-agent.service")).unwrap();
+    let entries: Vec<String> = unit
+        .lines()
+        .filter_map(|l| l.strip_prefix("SystemCallFilter="))
+        .flat_map(|v| v.split_whitespace().map(String::from).collect::<Vec<_>>())
+        .collect();
+    assert!(!entries.is_empty(), "the unit has no SystemCallFilter=");
+    let out = Command::new("systemd-analyze")
+        .args(["syscall-filter", "--no-pager"])
+        .output()
+        .expect("systemd-analyze (Debian's systemd package)");
+    let mut groups: std::collections::HashMap<String, Vec<String>> = Default::default();
+    let mut current = None;
+    for l in String::from_utf8_lossy(&out.stdout).lines() {
+        if l.starts_with('@') {
+            current = Some(l.split_whitespace().next().unwrap().to_string());
+            continue;
+        }
+        let item = l.trim();
+        if let Some(g) = &current {
+            if !item.is_empty() && !item.starts_with('#') {
+                groups.entry(g.clone()).or_default().push(item.to_string());
+            }
+        }
+    }
+    fn expand(
+        e: &str,
+        groups: &std::collections::HashMap<String, Vec<String>>,
+        out: &mut std::collections::BTreeSet<String>,
+    ) {
+        match groups.get(e) {
+            Some(items) => items.iter().for_each(|i| expand(i, groups, out)),
+            None => {
+                out.insert(e.to_string());
+            }
+        }
+    }
+    let mut allowed = std::collections::BTreeSet::new();
+    for e in &entries {
+        expand(e, &groups, &mut allowed);
+    }
+    assert!(allowed.len() > 100, "{entries:?} expanded to {allowed:?}");
+    allowed
+}
+
+/// The unit's syscall filter cannot be tried without a running systemd,
+/// so the agent runs under strace instead, through start, drops, a
+/// verdict, a scrape and SIGTERM: every call it makes must be one the
+/// filter allows, or the hardened unit would kill it on a real host.
+#[test]
+fn the_units_syscall_filter_allows_every_call_the_agent_makes() {
+    let allowed = unit_syscall_filter();
+    let (lab, edge) = rpf_lab("agsys");
+    let peer = lab.name("peer");
+    let trace = temp("agsys.strace");
+    let trace_arg = trace.to_string_lossy().into_owned();
+    let (mut agent, port) = Agent::spawn_with(
+        &["strace", "-f", "-qq", "-o", &trace_arg],
+        &[&edge, &peer],
+        temp("agsys.log"),
+        &[],
+    );
+    agent.wait_healthy();
+    send_drops(&lab);
+    let deadline = Instant::now() + scaled(Duration::from_secs(20));
+    while !get(port, "/metrics").is_some_and(|(_, b)| b.contains("rpfilter_route_conflict")) {
+        assert!(Instant::now() < deadline, "no verdict under strace");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    // SIGTERM to the agent itself (strace's child), then strace ends.
+    let strace_pid = agent.child.id();
+    let children =
+        std::fs::read_to_string(format!("/proc/{strace_pid}/task/{strace_pid}/children")).unwrap();
+    let pid: i32 = children.split_whitespace().next().unwrap().parse().unwrap();
+    unsafe { kill(pid, 15) };
+    let st = agent.child.wait().unwrap();
+    assert!(st.success(), "{st}: {}", agent.stderr());
+    let text = std::fs::read_to_string(&trace).unwrap();
+    let _ = std::fs::remove_file(&trace);
+    let used: std::collections::BTreeSet<String> = text
+        .lines()
+        .filter_map(|l| {
+            let call = l.split_once(' ')?.1.trim_start();
+            let name = call.split('(').next()?;
+            (!name.is_empty()
+                && name
+                    .bytes()
+                    .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_'))
+            .then(|| name.to_string())
+        })
+        .collect();
+    assert!(used.contains("bpf") && used.len() > 30, "{used:?}");
+    let denied: Vec<&String> = used.difference(&allowed).collect();
+    assert!(denied.is_empty(), "the unit's filter denies {denied:?}");
+    drop(lab);
+}
