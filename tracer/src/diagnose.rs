@@ -532,7 +532,6 @@ pub fn replay(
 /// a fault was proven.
 pub fn replay_cmd(path: &Path, format: Format) -> Result<bool> {
     let header = Reader::open(path)?.header;
-    let mut out = Output::stdout(format, header.own_netns);
     if format == Format::Text {
         // The recording's words, escaped as every name in text is.
         let shown = format!(
@@ -543,6 +542,11 @@ pub fn replay_cmd(path: &Path, format: Format) -> Result<bool> {
         );
         eprintln!("{}", crate::sinks::printable::escape(&shown));
     }
+    replay_to(path, Output::stdout(format, header.own_netns))
+}
+
+/// The lines of `tracer diagnose --replay`, written to `out`.
+fn replay_to(path: &Path, mut out: Output) -> Result<bool> {
     let mut summary = Summary::new();
     let mut first_ts = None;
     let mut last_ts = 0;
@@ -754,6 +758,49 @@ mod tests {
             v.summary
         );
         assert!(v.drops > 1, "{}", v.drops);
+    }
+
+    /// Every recording replays to exactly the lines stored in
+    /// `tests/expected` (made by `tracer diagnose --replay FILE -o json`
+    /// and `-o text` with TZ=UTC): refactors of the rules, the records
+    /// and their types must not change a byte of the output.
+    #[test]
+    fn replay_output_is_byte_identical_to_the_stored_lines() {
+        let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+        // Text shows local time; the stored text is UTC's.
+        let utc = crate::sinks::clock_text(0) == "00:00:00.000000";
+        let mut compared = 0;
+        for e in std::fs::read_dir(root.join("tests/recordings")).unwrap() {
+            let path = e.unwrap().path();
+            let name = path.file_stem().unwrap().to_str().unwrap().to_string();
+            for (format, ext) in [(Format::Json, "json"), (Format::Text, "txt")] {
+                if format == Format::Text && !utc {
+                    continue;
+                }
+                let (out, buf) =
+                    Output::to_buffer(format, Reader::open(&path).unwrap().header.own_netns);
+                replay_to(&path, out).unwrap();
+                let got = String::from_utf8(buf.lock().unwrap().clone()).unwrap();
+                let want_path = root.join(format!("tests/expected/{name}.{ext}"));
+                let want = std::fs::read_to_string(&want_path)
+                    .unwrap_or_else(|e| panic!("{}: {e}", want_path.display()));
+                if got != want {
+                    let line = got
+                        .lines()
+                        .zip(want.lines())
+                        .position(|(g, w)| g != w)
+                        .unwrap_or(got.lines().count().min(want.lines().count()));
+                    panic!(
+                        "{name}.{ext} differs at line {}:\n got: {:?}\nwant: {:?}",
+                        line + 1,
+                        got.lines().nth(line),
+                        want.lines().nth(line)
+                    );
+                }
+                compared += 1;
+            }
+        }
+        assert!(compared >= 16, "{compared}");
     }
 
     /// A rule's kinds all come out of some real recording: adding a rule

@@ -72,6 +72,33 @@ impl Output {
         Ok(Self::to(format, own_netns, f, false))
     }
 
+    /// Lines into memory, never coloured: what tests compare.
+    #[cfg(test)]
+    pub(crate) fn to_buffer(
+        format: Format,
+        own_netns: u32,
+    ) -> (Self, std::sync::Arc<std::sync::Mutex<Vec<u8>>>) {
+        /// A `Write` the test keeps a handle to after `Output` owns it.
+        struct Shared(std::sync::Arc<std::sync::Mutex<Vec<u8>>>);
+        impl Write for Shared {
+            fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+                self.0.lock().unwrap().extend_from_slice(b);
+                Ok(b.len())
+            }
+            fn flush(&mut self) -> std::io::Result<()> {
+                Ok(())
+            }
+        }
+        let buf = std::sync::Arc::default();
+        let out = Self::to(
+            format,
+            own_netns,
+            Shared(std::sync::Arc::clone(&buf)),
+            false,
+        );
+        (out, buf)
+    }
+
     /// Lines to stderr: stdout carries the pcapng of `-w -`.
     pub fn stderr(format: Format, own_netns: u32) -> Self {
         let tty = std::io::stderr().is_terminal();
