@@ -465,6 +465,15 @@ const TICK_NS: u64 = 250_000_000;
 /// header and the engine (its verdicts and counts).
 pub fn replay(
     path: &Path,
+    seen: impl FnMut(Replayed) -> std::io::Result<()>,
+) -> Result<(Header, Engine)> {
+    replay_with(path, Engine::new(), seen)
+}
+
+/// [`replay`] through the given engine (its rules).
+fn replay_with(
+    path: &Path,
+    mut engine: Engine,
     mut seen: impl FnMut(Replayed) -> std::io::Result<()>,
 ) -> Result<(Header, Engine)> {
     let reader = Reader::open(path)?;
@@ -477,7 +486,6 @@ pub fn replay(
         own_netns: header.own_netns,
         dockerd: header.dockerd,
     };
-    let mut engine = Engine::new();
     let mut next_tick: Option<u64> = None;
     let mut end = None;
     let flush = |engine: &mut Engine, seen: &mut dyn FnMut(Replayed) -> std::io::Result<()>| {
@@ -801,6 +809,35 @@ mod tests {
             }
         }
         assert!(compared >= 16, "{compared}");
+    }
+
+    /// What a rule concludes does not depend on the order the rules run
+    /// in: every recording gives the same verdicts (as a set) with the
+    /// rules reversed.
+    #[test]
+    fn rule_order_does_not_change_the_verdicts() {
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/recordings");
+        let verdicts = |path: &Path, engine: Engine| {
+            let (_, engine) = replay_with(path, engine, |_| Ok(())).unwrap();
+            let mut v: Vec<String> = engine
+                .verdicts()
+                .iter()
+                .map(|v| serde_json::to_string(v).unwrap())
+                .collect();
+            v.sort();
+            (v, engine.suppressed())
+        };
+        for e in std::fs::read_dir(&dir).unwrap() {
+            let path = e.unwrap().path();
+            let mut reversed = crate::rules::all();
+            reversed.reverse();
+            assert_eq!(
+                verdicts(&path, Engine::new()),
+                verdicts(&path, Engine::with_rules(reversed)),
+                "{}",
+                path.display()
+            );
+        }
     }
 
     /// A rule's kinds all come out of some real recording: adding a rule

@@ -17,8 +17,8 @@
 //!   drops the SYN on arrival instead: that is `rpfilter_route_conflict`.
 
 use super::ctx::{Ctx, Finding};
+use super::facts::arrivals::peer_arrives_elsewhere;
 use super::fix::{bridge_fixes, net, route_via, BridgeOwner};
-use super::rpfilter_route_conflict::ROUTE_JOIN_MAX_AGE_NS;
 use super::{Fact, Rule, Tier};
 use crate::events::event::{DropRecord, NeighRecord};
 use crate::host::topology::{Link, NsTopology};
@@ -26,38 +26,6 @@ use serde_json::json;
 use std::net::IpAddr;
 
 pub struct AsymmetricRoute;
-
-/// The device the peer's traffic arrives on, when it is not the one the
-/// failed reply left by and the peer was asked for on-link there; None
-/// when the drop shows no asymmetry (then it is `neighbor_unreachable`).
-pub(super) fn peer_arrives_elsewhere(
-    d: &DropRecord,
-    cx: &mut Ctx,
-    topo: &NsTopology,
-) -> Option<Link> {
-    let peer = d.dst?;
-    let egress = d.ifindex;
-    // Where the peer's packets came in: the kernel's input-route lookup
-    // for peer -> us (joined as this drop's reverse route), else drops
-    // seen earlier from that peer.
-    let in_if = d
-        .reverse_route
-        .as_ref()
-        .filter(|r| r.err == 0 && r.age_ns.unsigned_abs() < ROUTE_JOIN_MAX_AGE_NS)
-        .map(|r| r.iif)
-        .filter(|i| *i > 1)
-        .or_else(|| cx.obs.ingress_of_peer.get(&(d.netns, peer)).copied())
-        .filter(|i| *i != egress)?;
-    // Asymmetry only explains the loss if the peer itself was asked for
-    // on the egress link; behind a gateway the gateway failed.
-    let on_link = topo
-        .route_to(peer)
-        .is_some_and(|r| r.gateway.is_none() && r.oif == Some(egress));
-    if !on_link {
-        return None;
-    }
-    topo.link(in_if).cloned()
-}
 
 /// The key of a verdict about replies to `peer` lost on `egress` of
 /// `netns` while the peer enters `in_netns` on `in_if`.
@@ -94,7 +62,7 @@ fn on_drop(d: &DropRecord, cx: &mut Ctx) {
     let Some(out_link) = topo.link(egress).cloned() else {
         return;
     };
-    let Some(in_link) = peer_arrives_elsewhere(d, cx, &topo) else {
+    let Some(in_link) = peer_arrives_elsewhere(d, cx.obs, &topo) else {
         // Proven earlier from the neighbour's arrivals: these are its
         // replies dying now.
         if let Some(k) = cx.obs.arrives_elsewhere.get(&(d.netns, peer)).cloned() {

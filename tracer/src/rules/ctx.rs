@@ -1,11 +1,12 @@
 //! What every rule may use, below the rules so that none of them calls
 //! back into the engine: the topology of a namespace (through a
 //! [`TopologySource`], live or recorded), the observations several rules
-//! share, drop tallies, and `conclude`, which turns a finding into a
-//! verdict once per cause.
+//! share (kept in [`super::facts`]), drop tallies, and `conclude`, which
+//! turns a finding into a verdict once per cause.
 
+use super::facts::forwarding::holds;
+use super::facts::{FlowKey, Observations};
 use super::{Tier, Verdict};
-use crate::events::event::DropRecord;
 use crate::host::containers::{Container, DockerNetwork};
 use crate::host::topology::{Link, NsTopology};
 use serde_json::{Map, Value};
@@ -49,81 +50,6 @@ pub trait TopologySource {
     /// from now: a flow first seen before it began before a path change.
     fn changed_before(&mut self, _netns: u32) -> Option<u64> {
         None
-    }
-}
-
-/// (src, dst, sport, dport) of a TCP/UDP flow.
-pub type FlowKey = (IpAddr, IpAddr, u16, u16);
-
-/// A flow that hit PKT_TOO_BIG somewhere traced.
-#[derive(Clone, Debug)]
-pub struct TooBigFlow {
-    pub first_ts: u64,
-    pub last_ts: u64,
-    pub count: u64,
-    /// pmtu_blackhole proved that its big packets die.
-    pub blackhole: bool,
-}
-
-/// Observations more than one rule relies on, kept by the engine from
-/// every fact before the rules see it (and marked by pmtu_blackhole).
-#[derive(Default)]
-pub struct Observations {
-    /// Where traffic from a peer entered: (netns, peer) -> ingress ifindex.
-    pub ingress_of_peer: HashMap<(u32, IpAddr), i32>,
-    /// Neighbour states seen: (netns, ifindex, addr) -> transitions in order.
-    pub neigh: HashMap<(u32, i32, IpAddr), Vec<&'static str>>,
-    /// ICMP "fragmentation needed" / ICMPv6 "packet too big" that were
-    /// themselves dropped: (netns, the ICMP's destination) -> time.
-    pub icmp_ptb_dropped: HashMap<(u32, IpAddr), u64>,
-    /// Flows whose packets were too big for an egress MTU.
-    pub too_big_flows: HashMap<FlowKey, TooBigFlow>,
-    /// Peers whose traffic is proven to arrive elsewhere than where the
-    /// replies to them go (from neighbour events' arrivals), per (netns
-    /// of the replies, peer): the dedup key of that verdict.
-    pub arrives_elsewhere: HashMap<(u32, IpAddr), String>,
-    /// When each flow (either direction, as first seen) was first seen.
-    pub flow_first_seen: HashMap<FlowKey, u64>,
-}
-
-impl Observations {
-    /// When a flow was first seen, in either direction.
-    pub fn first_seen(&self, k: &FlowKey) -> Option<u64> {
-        let rev = (k.1, k.0, k.3, k.2);
-        match (self.flow_first_seen.get(k), self.flow_first_seen.get(&rev)) {
-            (Some(a), Some(b)) => Some(*a.min(b)),
-            (a, b) => a.or(b).copied(),
-        }
-    }
-
-    /// Notes a flow's packet at `ts`.
-    pub fn saw_flow(&mut self, k: FlowKey, ts: u64) {
-        let e = self.flow_first_seen.entry(k).or_insert(ts);
-        *e = (*e).min(ts);
-    }
-
-    /// Bounds the per-flow and per-peer memory of a long run (a scanned
-    /// host sees endless new sources and ports).
-    pub fn prune(&mut self, now_ns: u64) {
-        const MAX: usize = 50_000;
-        if self.ingress_of_peer.len() > MAX {
-            self.ingress_of_peer.clear();
-        }
-        if self.neigh.len() > MAX {
-            self.neigh.clear();
-        }
-        if self.too_big_flows.len() > MAX {
-            self.too_big_flows.retain(|_, f| f.blackhole);
-        }
-        if self.arrives_elsewhere.len() > MAX {
-            self.arrives_elsewhere.clear();
-        }
-        if self.flow_first_seen.len() > MAX {
-            self.flow_first_seen.clear();
-        }
-        // An ICMP drop long past says nothing about today's path.
-        self.icmp_ptb_dropped
-            .retain(|_, ts| now_ns.saturating_sub(*ts) < 10_000_000_000);
     }
 }
 
@@ -497,52 +423,4 @@ impl<'a> Ctx<'a> {
         };
         self.book.fresh.push(i);
     }
-}
-
-/// Does this device carry `addr`?
-fn holds(l: &Link, addr: IpAddr) -> bool {
-    l.addrs.iter().any(|(a, _)| *a == addr)
-}
-
-/// Is `a` one of the namespace's own addresses (any device)?
-pub fn owns_addr(topo: &NsTopology, a: IpAddr) -> bool {
-    topo.links.iter().any(|l| holds(l, a))
-}
-
-/// Whether the forwarding sysctl that applies to this drop is on: the
-/// ingress device's for IPv4, `all` for IPv6.
-pub fn forwarding_on(topo: &NsTopology, d: &DropRecord) -> bool {
-    if d.family == Some("ipv6") {
-        return topo.sysctls.ipv6_forwarding;
-    }
-    match &d.ingress_ifname {
-        Some(i) => topo.ipv4_forwarding_on(i),
-        None => topo.sysctls.ipv4_forwarding,
-    }
-}
-
-/// Whether the namespace is shaped like a router for `dst` arriving on
-/// `ingress`: two or more layer-3 devices (not loopback, not a bridge's
-/// port) and a route to `dst` out of a device other than `ingress`. A
-/// one-link host that receives a packet for someone else could not
-/// forward it anywhere but back where it came from.
-pub fn could_forward(topo: &NsTopology, ingress: i32, dst: IpAddr) -> bool {
-    let l3 = topo
-        .links
-        .iter()
-        .filter(|l| l.name != "lo" && l.master.is_none())
-        .count();
-    let out = topo
-        .route_to(dst)
-        .filter(|r| r.kind == crate::host::topology::RouteKind::Unicast)
-        .and_then(|r| r.oif);
-    l3 >= 2 && out.is_some_and(|o| o != ingress)
-}
-
-/// An ICMP "fragmentation needed" or ICMPv6 "packet too big".
-pub fn is_ptb_icmp(d: &DropRecord) -> bool {
-    matches!(
-        (d.proto.as_deref(), d.icmp_type, d.icmp_code),
-        (Some("icmp"), Some(3), Some(4)) | (Some("icmp6"), Some(2), _)
-    )
 }

@@ -6,7 +6,8 @@
 //! misdelivered instead (see `misdelivered`), and turning forwarding on
 //! would make a plain host a router.
 
-use super::ctx::{could_forward, forwarding_on, Ctx, Finding};
+use super::ctx::{Ctx, Finding};
+use super::facts::forwarding::not_forwarded;
 use super::fix::q;
 use super::{Fact, Rule, Tier};
 use serde_json::json;
@@ -20,20 +21,12 @@ impl Rule for ForwardingDisabled {
 
     fn on_fact(&mut self, fact: &Fact, cx: &mut Ctx) {
         let Fact::Drop(d) = fact else { return };
-        if d.reason != "IP_INADDRERRORS" {
-            return;
-        }
-        let (Some(topo), Some(dst)) = (cx.topo(d.netns), d.dst) else {
+        // Not forwarded where it could have been; else it is
+        // `misdelivered`'s, or no fault.
+        let Some(nf) = not_forwarded(d, |ns| cx.topo(ns)).filter(|nf| nf.could_forward) else {
             return;
         };
-        let ingress = if d.ingress_ifindex > 0 {
-            d.ingress_ifindex
-        } else {
-            d.ifindex
-        };
-        if forwarding_on(&topo, d) || !could_forward(&topo, ingress, dst) {
-            return;
-        }
+        let topo = nf.topo;
         let v6 = d.family == Some("ipv6");
         let key = format!("fwd/{}/{v6}", d.netns);
         cx.tally(&key, d.ts_ns);

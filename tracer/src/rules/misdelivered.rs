@@ -7,7 +7,8 @@
 //! Turning forwarding on would only make a plain host a router, so the
 //! fix is on the sender's side.
 
-use super::ctx::{could_forward, forwarding_on, owns_addr, Ctx, Finding};
+use super::ctx::{Ctx, Finding};
+use super::facts::forwarding::not_forwarded;
 use super::fix::q;
 use super::{Fact, Rule, Tier};
 use crate::events::event::DropRecord;
@@ -39,30 +40,20 @@ impl Rule for Misdelivered {
 
     fn on_fact(&mut self, fact: &Fact, cx: &mut Ctx) {
         let Fact::Drop(d) = fact else { return };
-        if d.reason != "IP_INADDRERRORS" {
-            return;
-        }
-        let (Some(topo), Some(dst)) = (cx.topo(d.netns), d.dst) else {
+        // Not forwarded, could not have been, and not ours; else it is
+        // `forwarding_disabled`'s, or no fault.
+        let Some(nf) =
+            not_forwarded(d, |ns| cx.topo(ns)).filter(|nf| !nf.could_forward && !nf.dst_is_local)
+        else {
             return;
         };
-        let ingress = ingress_of(d);
-        if forwarding_on(&topo, d) || could_forward(&topo, ingress, dst) || owns_addr(&topo, dst) {
-            return;
-        }
+        let (topo, dst, ingress) = (nf.topo, nf.dst, nf.ingress);
         let key = format!("misdelivered/{}/{}", d.netns, dst);
         cx.tally(&key, d.ts_ns);
         let our_mac = topo.link(ingress).and_then(|l| l.mac.clone());
         let sender = find_sender(cx, d, ingress);
         let finding = describe(cx, d, dst, our_mac, sender.as_ref());
         cx.conclude(Finding { key, ..finding });
-    }
-}
-
-fn ingress_of(d: &DropRecord) -> i32 {
-    if d.ingress_ifindex > 0 {
-        d.ingress_ifindex
-    } else {
-        d.ifindex
     }
 }
 

@@ -12,7 +12,9 @@
 //!   within the window (they may die beyond this host, as in an overlay,
 //!   or PMTU discovery may rescue them there).
 
-use super::ctx::{Ctx, Finding, FlowKey};
+use super::ctx::{Ctx, Finding};
+use super::facts::pmtu::is_ptb_icmp;
+use super::facts::FlowKey;
 use super::fix::{iptables_for, q, tcp_overhead};
 use super::{Fact, Rule, Tier};
 use crate::events::event::SynRecord;
@@ -57,10 +59,8 @@ impl Rule for MssExceedsMtu {
     fn on_fact(&mut self, fact: &Fact, cx: &mut Ctx) {
         match fact {
             Fact::Syn(r) => self.on_syn(r, cx),
-            // pmtu_blackhole (dispatched first) may just have proven a flow.
-            Fact::Drop(d) if d.reason == "PKT_TOO_BIG" || super::ctx::is_ptb_icmp(d) => {
-                self.decide(cx, false)
-            }
+            // The facts layer may just have proven a flow a black hole.
+            Fact::Drop(d) if d.reason == "PKT_TOO_BIG" || is_ptb_icmp(d) => self.decide(cx, false),
             _ => {}
         }
     }

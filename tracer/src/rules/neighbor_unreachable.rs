@@ -2,8 +2,8 @@
 //! routing (that case is `asymmetric_route`): the next hop does not
 //! answer ARP/ND.
 
-use super::asymmetric_route::peer_arrives_elsewhere;
 use super::ctx::{Ctx, Finding};
+use super::facts::arrivals::neighbor_arrives_elsewhere;
 use super::fix::q;
 use super::{Fact, Rule, Tier};
 use serde_json::json;
@@ -29,9 +29,7 @@ impl Rule for NeighborUnreachable {
         };
         // A peer that arrives from elsewhere (outside the bridge) is not
         // a silent neighbour: that is asymmetric_route's verdict.
-        if peer_arrives_elsewhere(d, cx, &topo).is_some()
-            || cx.obs.arrives_elsewhere.contains_key(&(d.netns, peer))
-        {
+        if neighbor_arrives_elsewhere(d, cx.obs, &topo) {
             return;
         }
         let key = format!("neigh/{}/{}/{}", d.netns, egress, peer);

@@ -2,7 +2,8 @@
 //! state INVALID) drops the flow. A dropped ICMP frag-needed /
 //! packet-too-big is left to pmtu_blackhole, which explains it.
 
-use super::ctx::{is_ptb_icmp, Ctx, Finding};
+use super::ctx::{Ctx, Finding};
+use super::facts::pmtu::is_ptb_icmp;
 use super::fix::host_port;
 use super::{Fact, Rule, Tier};
 use crate::events::protocols::icmp_name;

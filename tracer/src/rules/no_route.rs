@@ -4,6 +4,7 @@
 //! through [`no_route_back`].
 
 use super::ctx::{Ctx, Finding};
+use super::facts::reverse_path::{rpfilter_drop, ReversePath};
 use super::{Fact, Rule, Tier};
 use crate::events::event::DropRecord;
 use crate::events::protocols::{errno_name, sender_errno};
@@ -19,6 +20,14 @@ impl Rule for NoRoute {
 
     fn on_fact(&mut self, fact: &Fact, cx: &mut Ctx) {
         let Fact::Drop(d) = fact else { return };
+        if d.reason == "IP_RPFILTER" {
+            if let Some(rpf) = rpfilter_drop(d, |ns| cx.topo(ns)) {
+                if let ReversePath::NoRouteBack { err } = rpf.path {
+                    no_route_back(d, cx, rpf.src, err);
+                }
+            }
+            return;
+        }
         if !matches!(d.reason.as_str(), "IP_INNOROUTES" | "IP_OUTNOROUTES") {
             return;
         }
@@ -75,7 +84,7 @@ impl Rule for NoRoute {
 /// rp_filter dropped a packet because there is no route back to its
 /// source at all (`err` is the reverse lookup's error, 0 if the table
 /// alone showed it).
-pub(super) fn no_route_back(d: &DropRecord, cx: &mut Ctx, src: IpAddr, err: i32) {
+fn no_route_back(d: &DropRecord, cx: &mut Ctx, src: IpAddr, err: i32) {
     let key = format!("noroute-back/{}/{}", d.netns, src);
     cx.tally(&key, d.ts_ns);
     let hint = cx.ns_hint(d.netns);
