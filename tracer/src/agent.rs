@@ -12,7 +12,7 @@
 
 use crate::diagnose::Diagnoser;
 use crate::events::aggregate::AggregateRecord;
-use crate::events::event::DropRecord;
+use crate::events::record::DropRecord;
 use crate::host::containers::ContainerRef;
 use crate::record::wall_now_ns;
 use crate::rules::Verdict;

@@ -3,7 +3,8 @@
 //! output, and an optional recorder. The rules themselves live in
 //! [`crate::rules`]; how verdicts print, in [`crate::sinks::verdict`].
 
-use crate::events::event::{DropRecord, Extra, NeighRecord};
+use crate::events::decode::Extra;
+use crate::events::record::{DropRecord, NeighRecord};
 use crate::host::topology::{Link, NsTopology, Topology};
 use crate::record::{wall_now_ns, Header, Line, Reader, Recorder};
 use crate::rules::{Engine, Fact, TopologySource, Verdict};

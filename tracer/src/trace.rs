@@ -15,7 +15,8 @@
 //! they match. A packet received by a NIC whose driver builds a new skb
 //! per fragment list (GRO) is followed from its merged skb.
 
-use crate::events::event::{family_name, flow_dst, flow_src, proto_name, tcp_flags, DropRecord};
+use crate::events::decode::{family_name, flow_dst, flow_src, proto_name, tcp_flags};
+use crate::events::record::DropRecord;
 use crate::watch::{Consumer, Session};
 use serde::Serialize;
 use std::collections::{BTreeMap, HashMap};

@@ -5,7 +5,8 @@
 //! named like a drop. Drop lines plus aggregate counts then equal the
 //! kernel's count of matched drops, however fast the host drops.
 
-use crate::events::event::{DropRecord, Namer};
+use crate::events::namer::Namer;
+use crate::events::record::DropRecord;
 use serde::Serialize;
 use std::collections::HashMap;
 use std::net::IpAddr;

@@ -7,7 +7,7 @@
 //! route's egress MTU, or the route lookups rp_filter itself made. Anything
 //! else stays unknown. Records say `reason_source: "location"` for these.
 
-use crate::events::event::DropRecord;
+use crate::events::record::DropRecord;
 
 /// ENETUNREACH as fib lookups return it (negated).
 const ENETUNREACH: i32 = -101;
@@ -62,7 +62,7 @@ fn reverse_path_elsewhere(d: &DropRecord) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::events::event::RouteRecord;
+    use crate::events::record::RouteRecord;
 
     fn route(ifindex: i32, mtu: u32, err: i32) -> Option<RouteRecord> {
         Some(RouteRecord {

@@ -20,7 +20,7 @@ use super::ctx::{Ctx, Finding};
 use super::facts::arrivals::peer_arrives_elsewhere;
 use super::fix::{bridge_fixes, net, route_via, BridgeOwner};
 use super::{Fact, Rule, Tier};
-use crate::events::event::{DropRecord, NeighRecord};
+use crate::events::record::{DropRecord, NeighRecord};
 use crate::host::topology::{Link, NsTopology};
 use serde_json::json;
 use std::net::IpAddr;
@@ -367,7 +367,7 @@ fn container_verdict(
 mod tests {
     use super::super::testkit::*;
     use super::super::{Fact, Tier};
-    use crate::events::event::{Arrival, NeighRecord};
+    use crate::events::record::{Arrival, NeighRecord};
     use crate::host::containers::{
         Container, ContainerRef, DockerNetwork, PublishedPort, Registry,
     };

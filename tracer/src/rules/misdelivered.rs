@@ -11,7 +11,7 @@ use super::ctx::{Ctx, Finding};
 use super::facts::forwarding::not_forwarded;
 use super::fix::q;
 use super::{Fact, Rule, Tier};
-use crate::events::event::DropRecord;
+use crate::events::record::DropRecord;
 use crate::host::topology::Link;
 use serde_json::json;
 use std::net::IpAddr;
@@ -190,7 +190,7 @@ mod tests {
         (host, sender)
     }
 
-    fn misdelivered(src: &str, dst: &str) -> crate::events::event::DropRecord {
+    fn misdelivered(src: &str, dst: &str) -> crate::events::record::DropRecord {
         let mut d = drop("IP_INADDRERRORS", 1_000);
         (d.ifindex, d.ingress_ifindex) = (3, 3);
         d.ingress_ifname = Some("eth1".into());

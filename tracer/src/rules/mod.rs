@@ -46,7 +46,7 @@ pub(crate) mod testkit;
 pub use ctx::{Ctx, TopologySource};
 pub use engine::Engine;
 
-use crate::events::event::{DropRecord, NeighRecord, SynRecord};
+use crate::events::record::{DropRecord, NeighRecord, SynRecord};
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 

@@ -17,7 +17,7 @@ use super::facts::pmtu::is_ptb_icmp;
 use super::facts::FlowKey;
 use super::fix::{iptables_for, q, tcp_overhead};
 use super::{Fact, Rule, Tier};
-use crate::events::event::SynRecord;
+use crate::events::record::SynRecord;
 use serde_json::json;
 use std::collections::HashMap;
 

@@ -6,8 +6,8 @@
 use super::ctx::{Ctx, Finding};
 use super::facts::reverse_path::{rpfilter_drop, ReversePath};
 use super::{Fact, Rule, Tier};
-use crate::events::event::DropRecord;
 use crate::events::protocols::{errno_name, sender_errno};
+use crate::events::record::DropRecord;
 use serde_json::json;
 use std::net::IpAddr;
 

@@ -8,7 +8,7 @@ use super::ctx::{Ctx, Finding};
 use super::facts::pmtu::{is_ptb_icmp, Proven};
 use super::fix::iptables_for;
 use super::{Fact, Rule, Tier};
-use crate::events::event::DropRecord;
+use crate::events::record::DropRecord;
 use serde_json::json;
 
 /// Concludes the black holes that the facts layer
@@ -132,7 +132,7 @@ fn verdict(cx: &mut Ctx, p: Proven) {
 mod tests {
     use super::super::testkit::*;
     use super::super::{Fact, Tier};
-    use crate::events::event::DropRecord;
+    use crate::events::record::DropRecord;
 
     fn too_big(ts: u64) -> Fact {
         let mut d = tcp(

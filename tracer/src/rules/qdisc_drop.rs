@@ -10,7 +10,7 @@
 use super::ctx::{Ctx, Finding};
 use super::fix::q;
 use super::{Fact, Rule, Tier};
-use crate::events::event::DropRecord;
+use crate::events::record::DropRecord;
 use crate::host::qdisc::{rate, Qdisc};
 use serde_json::json;
 

@@ -2,7 +2,7 @@
 //! each rule is tested without a kernel.
 
 use super::{Engine, Fact, TopologySource, Verdict};
-use crate::events::event::{DropRecord, RouteRecord, SynRecord};
+use crate::events::record::{DropRecord, RouteRecord, SynRecord};
 use crate::host::topology::{Link, NsTopology, Route, RouteKind, Sysctls, RT_TABLE_MAIN};
 use std::collections::HashMap;
 use std::net::IpAddr;

@@ -7,7 +7,7 @@ pub mod printable;
 pub mod verdict;
 
 use crate::events::aggregate::AggregateRecord;
-use crate::events::event::{DropRecord, SynRecord};
+use crate::events::record::{DropRecord, SynRecord};
 use crate::kernel::probes::KernelStats;
 use serde::Serialize;
 use std::collections::BTreeMap;
@@ -246,7 +246,7 @@ impl Output {
         self.line(&line)
     }
 
-    pub fn neigh(&mut self, n: &crate::events::event::NeighRecord) -> std::io::Result<()> {
+    pub fn neigh(&mut self, n: &crate::events::record::NeighRecord) -> std::io::Result<()> {
         if self.format == Format::Json {
             return self.json(n);
         }
@@ -467,7 +467,7 @@ pub struct Summary {
     /// Verdicts proven but not printed (more than 20 of one kind).
     #[serde(skip_serializing_if = "is_zero")]
     pub verdicts_suppressed: u64,
-    /// Benign container-host drops not shown (see `event::noise_kind`),
+    /// Benign container-host drops not shown (see `namer::noise_kind`),
     /// per kind; `--all` shows them.
     #[serde(skip_serializing_if = "BTreeMap::is_empty")]
     pub noise_hidden: BTreeMap<String, u64>,
@@ -616,7 +616,7 @@ pub fn flow_text(d: &DropRecord) -> String {
 
 /// `ARP who-has 10.0.0.9 tell 10.0.0.1`, as tcpdump says it (without
 /// the MACs, which the kernel side does not read).
-fn arp_text(a: &crate::events::event::Arp) -> String {
+fn arp_text(a: &crate::events::record::Arp) -> String {
     match a.op.as_str() {
         "request" => format!("ARP who-has {} tell {}", a.target, a.sender),
         "reply" => format!("ARP reply {} to {}", a.sender, a.target),
@@ -658,7 +658,7 @@ mod tests {
         let mut d = DropRecord::sample("br_handle_frame+0x1f0");
         (d.family, d.proto, d.src, d.dst) = (None, None, None, None);
         assert_eq!(flow_text(&d), "(no IP header)");
-        d.arp = Some(crate::events::event::Arp {
+        d.arp = Some(crate::events::record::Arp {
             op: "request".into(),
             sender: "10.61.0.1".parse().unwrap(),
             target: "10.61.0.7".parse().unwrap(),

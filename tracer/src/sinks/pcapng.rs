@@ -19,7 +19,8 @@
 //! the end go into the comment of an Interface Statistics Block.
 
 use crate::events::aggregate::AggregateRecord;
-use crate::events::event::{DropRecord, Extra};
+use crate::events::decode::Extra;
+use crate::events::record::DropRecord;
 use std::collections::HashMap;
 use std::io::Write;
 use std::path::Path;

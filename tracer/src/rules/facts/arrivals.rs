@@ -4,7 +4,7 @@
 
 use super::reverse_path::kernel_reverse_route;
 use super::Observations;
-use crate::events::event::DropRecord;
+use crate::events::record::DropRecord;
 use crate::host::topology::{Link, NsTopology};
 
 /// The device the peer's traffic arrives on, when it is not the one the

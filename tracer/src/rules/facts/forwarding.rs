@@ -2,7 +2,7 @@
 //! `misdelivered` split the `IP_INADDRERRORS` drops between them by it.
 
 use super::reverse_path::ingress_of;
-use crate::events::event::DropRecord;
+use crate::events::record::DropRecord;
 use crate::host::topology::{Link, NsTopology, RouteKind};
 use std::net::IpAddr;
 use std::sync::Arc;

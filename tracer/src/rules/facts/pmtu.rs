@@ -1,7 +1,7 @@
 //! Too-big drops and the PMTU black holes they prove: `pmtu_blackhole`
 //! concludes them, `mss_exceeds_mtu` asks whether its connections died.
 
-use crate::events::event::DropRecord;
+use crate::events::record::DropRecord;
 use std::collections::HashMap;
 use std::net::IpAddr;
 

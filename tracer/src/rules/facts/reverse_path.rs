@@ -3,7 +3,7 @@
 //! `no_route` a missing route back, `asymmetric_route` and
 //! `neighbor_unreachable` where a peer's packets came in.
 
-use crate::events::event::{DropRecord, RouteRecord};
+use crate::events::record::{DropRecord, RouteRecord};
 use crate::host::topology::{Link, NsTopology};
 use std::net::IpAddr;
 use std::sync::Arc;

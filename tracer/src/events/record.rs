@@ -1,0 +1,327 @@
+//! The records as the user sees them: the JSON schema of drops, SYNs and
+//! neighbour events (see README), as printed and as read back from a
+//! recording.
+
+use crate::host::containers::ContainerRef;
+use serde::{Deserialize, Deserializer, Serialize};
+use std::net::{IpAddr, Ipv4Addr};
+
+/// A route lookup joined to a drop, named.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+pub struct RouteRecord {
+    /// Nanoseconds between the lookup and the drop (negative: lookup after).
+    pub age_ns: i64,
+    pub table: u32,
+    pub err: i32,
+    pub iif: i32,
+    pub oif: i32,
+    pub ifindex: i32,
+    pub ifname: Option<String>,
+    pub mtu: u32,
+    /// The lookup's flow: destination and source (as joined to the drop),
+    /// and its ports when it had some.
+    pub dst: Option<IpAddr>,
+    pub src: Option<IpAddr>,
+    pub sport: u16,
+    pub dport: u16,
+}
+
+/// A drop as the user sees it; also the JSON schema (see README).
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct DropRecord {
+    #[serde(rename = "type", skip_deserializing, default = "drop_kind")]
+    pub kind: &'static str,
+    /// Wall-clock time, nanoseconds since the Unix epoch.
+    pub ts_ns: u64,
+    /// The reason's name; empty (JSON null) when the kernel reports none
+    /// and none could be inferred.
+    #[serde(serialize_with = "empty_as_null", deserialize_with = "null_as_empty")]
+    pub reason: String,
+    /// `"kernel"`, or `"location"` when inferred on a kernel without drop
+    /// reasons (see reason_inference); null when unknown.
+    #[serde(default, deserialize_with = "opt_static_str")]
+    pub reason_source: Option<StaticName>,
+    pub reason_code: u32,
+    pub location: String,
+    pub netns: u32,
+    pub netns_name: Option<String>,
+    /// The container whose namespace this is, if any.
+    #[serde(default)]
+    pub container: Option<ContainerRef>,
+    pub ifindex: i32,
+    pub ifname: Option<String>,
+    /// True when the device no longer exists (so `ifname` is null).
+    pub ifname_gone: bool,
+    pub ingress_ifindex: i32,
+    pub ingress_ifname: Option<String>,
+    /// In a container: the host-side veth of the device (or of the
+    /// container's first interface).
+    #[serde(default)]
+    pub host_ifname: Option<String>,
+    /// skb->len where it was freed: with or without link-layer headers
+    /// depending on the place, so compare `ip_len` across drops.
+    pub len: u32,
+    /// The IP packet's length from its own header; null without one.
+    #[serde(default)]
+    pub ip_len: Option<u32>,
+    pub gso_size: u16,
+    pub gso_segs: u16,
+    pub mtu: u32,
+    #[serde(default, deserialize_with = "opt_static_str")]
+    pub family: Option<StaticName>,
+    pub proto: Option<String>,
+    pub src: Option<IpAddr>,
+    pub dst: Option<IpAddr>,
+    pub sport: Option<u16>,
+    pub dport: Option<u16>,
+    /// When conntrack translated the connection (NAT): its original tuple,
+    /// what the client sent and dialled. Null otherwise.
+    #[serde(default)]
+    pub orig_src: Option<IpAddr>,
+    #[serde(default)]
+    pub orig_dst: Option<IpAddr>,
+    #[serde(default)]
+    pub orig_sport: Option<u16>,
+    #[serde(default)]
+    pub orig_dport: Option<u16>,
+    /// `"original"` or `"reply"`: the direction this packet travels in
+    /// that connection; null without NAT.
+    #[serde(default, deserialize_with = "opt_static_str")]
+    pub nat_dir: Option<StaticName>,
+    pub tcp_flags: Option<String>,
+    pub mss: Option<u16>,
+    pub icmp_type: Option<u8>,
+    pub icmp_code: Option<u8>,
+    /// Addresses came from the socket: the packet had no IP header yet.
+    pub from_socket: bool,
+    pub cpu: u32,
+    pub pid: u32,
+    pub comm: String,
+    /// Latest route lookup for this packet's direction, if traced.
+    pub route: Option<RouteRecord>,
+    /// Latest route lookup towards the packet's source (reverse path).
+    pub reverse_route: Option<RouteRecord>,
+    /// The kernel stack where it was dropped, innermost first (`--stack`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stack: Option<Vec<String>>,
+    /// Why this drop is benign container-host noise (hidden unless
+    /// `--all`; counted in the summary's `noise_hidden`), else null.
+    #[serde(default, deserialize_with = "opt_static_str")]
+    pub noise: Option<StaticName>,
+    /// An ARP packet's opcode and addresses (only on ARP drops).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub arp: Option<Arp>,
+}
+
+/// What a dropped ARP packet said.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+pub struct Arp {
+    /// "request", "reply", or the opcode's number.
+    pub op: String,
+    /// Who sent it (sender protocol address).
+    pub sender: Ipv4Addr,
+    /// Whom it is about (target protocol address).
+    pub target: Ipv4Addr,
+}
+
+fn null_as_empty<'de, D: Deserializer<'de>>(d: D) -> Result<String, D::Error> {
+    Option::<String>::deserialize(d).map(Option::unwrap_or_default)
+}
+
+fn empty_as_null<S: serde::Serializer>(v: &str, s: S) -> Result<S::Ok, S::Error> {
+    if v.is_empty() {
+        s.serialize_none()
+    } else {
+        s.serialize_str(v)
+    }
+}
+
+impl DropRecord {
+    /// An IPv4 TCP drop with every optional fact absent, for unit tests to
+    /// fill in.
+    #[cfg(test)]
+    pub fn sample(location: &str) -> Self {
+        DropRecord {
+            kind: "drop",
+            ts_ns: 0,
+            reason: String::new(),
+            reason_source: None,
+            reason_code: 0,
+            location: location.to_string(),
+            netns: 1,
+            netns_name: None,
+            container: None,
+            ifindex: 2,
+            ifname: None,
+            ifname_gone: false,
+            ingress_ifindex: 2,
+            ingress_ifname: None,
+            host_ifname: None,
+            len: 60,
+            ip_len: Some(60),
+            gso_size: 0,
+            gso_segs: 0,
+            mtu: 1500,
+            family: Some("ipv4"),
+            proto: Some("tcp".into()),
+            src: Some([172, 17, 5, 5].into()),
+            dst: Some([10, 99, 0, 2].into()),
+            sport: Some(40000),
+            dport: Some(8080),
+            orig_src: None,
+            orig_dst: None,
+            orig_sport: None,
+            orig_dport: None,
+            nat_dir: None,
+            tcp_flags: Some("S".into()),
+            mss: Some(1460),
+            icmp_type: None,
+            icmp_code: None,
+            from_socket: false,
+            cpu: 0,
+            pid: 0,
+            comm: String::new(),
+            route: None,
+            reverse_route: None,
+            stack: None,
+            noise: None,
+            arp: None,
+        }
+    }
+
+    /// What must fit the egress MTU: the IP packet, or for a GSO packet
+    /// one segment. skb->len holds the headers once plus every segment's
+    /// payload, so when the segments are full the headers are
+    /// len - segs * gso_size; otherwise assume bare TCP headers.
+    pub fn wire_size(&self) -> u32 {
+        if self.gso_size == 0 {
+            return self.len;
+        }
+        let payload = self.gso_segs as u32 * self.gso_size as u32;
+        let hdr = self.len.saturating_sub(payload);
+        let hdr = if self.gso_segs > 0 && self.len > payload && hdr <= 120 {
+            hdr
+        } else if self.family == Some("ipv6") {
+            60
+        } else {
+            40
+        };
+        self.gso_size as u32 + hdr
+    }
+}
+
+/// A SYN whose MSS the egress MTU cannot carry, named.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct SynRecord {
+    #[serde(rename = "type", skip_deserializing, default = "syn_kind")]
+    pub kind: &'static str,
+    pub ts_ns: u64,
+    pub netns: u32,
+    pub netns_name: Option<String>,
+    #[serde(default)]
+    pub container: Option<ContainerRef>,
+    pub ifindex: i32,
+    pub ifname: Option<String>,
+    pub ingress_ifindex: i32,
+    pub ingress_ifname: Option<String>,
+    #[serde(default)]
+    pub host_ifname: Option<String>,
+    pub mtu: u32,
+    pub mss: u16,
+    #[serde(default, deserialize_with = "opt_static_str")]
+    pub family: Option<StaticName>,
+    pub src: Option<IpAddr>,
+    pub dst: Option<IpAddr>,
+    pub sport: u16,
+    pub dport: u16,
+    pub tcp_flags: String,
+}
+
+/// A neighbour entry resolving or failed, named.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct NeighRecord {
+    #[serde(rename = "type", skip_deserializing, default = "neigh_kind")]
+    pub kind: &'static str,
+    pub ts_ns: u64,
+    pub netns: u32,
+    pub netns_name: Option<String>,
+    #[serde(default)]
+    pub container: Option<ContainerRef>,
+    pub ifindex: i32,
+    pub ifname: Option<String>,
+    #[serde(default)]
+    pub host_ifname: Option<String>,
+    pub neighbor: Option<IpAddr>,
+    /// `INCOMPLETE` or `FAILED`.
+    #[serde(deserialize_with = "static_str")]
+    pub state: StaticName,
+    /// Where traffic from the neighbour entered, as the kernel's own
+    /// input-route lookups saw it (in this namespace, and in the one behind
+    /// the device's veth peer): what proves a reply asymmetric before the
+    /// neighbour fails.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub arrivals: Vec<Arrival>,
+}
+
+/// A route lookup for a packet from a neighbour being resolved: it
+/// entered `netns` on `iif` and was routed to `ifindex`.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+pub struct Arrival {
+    pub netns: u32,
+    pub iif: i32,
+    pub iifname: Option<String>,
+    pub ifindex: i32,
+    pub ifname: Option<String>,
+    /// The destination the neighbour's packet was routed towards.
+    pub dst: IpAddr,
+    /// Nanoseconds from the lookup to the neighbour event, never negative
+    /// (recordings made before that was so are read clamped).
+    #[serde(deserialize_with = "non_negative")]
+    pub age_ns: i64,
+}
+
+fn non_negative<'de, D: Deserializer<'de>>(d: D) -> Result<i64, D::Error> {
+    i64::deserialize(d).map(|v| v.max(0))
+}
+
+/// A name held as `&'static str`. Fields spell it through this alias
+/// because serde's derive borrows every field written `&str` or
+/// `Option<&str>` from the input, which a `'static` one cannot be; with
+/// the alias they are read owned and interned (`deserialize_with`).
+pub type StaticName = &'static str;
+
+/// Reads a name that a live run holds as `&'static str` (record kinds,
+/// families, neighbour states) back from a recording: each distinct value
+/// is allocated once for the life of the process.
+pub fn intern(s: &str) -> &'static str {
+    use std::collections::HashSet;
+    use std::sync::Mutex;
+    static NAMES: Mutex<Option<HashSet<&'static str>>> = Mutex::new(None);
+    let mut g = NAMES.lock().unwrap_or_else(|e| e.into_inner());
+    let set = g.get_or_insert_with(HashSet::new);
+    if let Some(&n) = set.get(s) {
+        return n;
+    }
+    let n: &'static str = Box::leak(s.to_owned().into_boxed_str());
+    set.insert(n);
+    n
+}
+
+fn static_str<'de, D: Deserializer<'de>>(d: D) -> Result<&'static str, D::Error> {
+    String::deserialize(d).map(|s| intern(&s))
+}
+
+// A record's kind is fixed by its type (the `type` field it prints).
+fn drop_kind() -> &'static str {
+    "drop"
+}
+fn syn_kind() -> &'static str {
+    "syn"
+}
+fn neigh_kind() -> &'static str {
+    "neigh"
+}
+
+fn opt_static_str<'de, D: Deserializer<'de>>(d: D) -> Result<Option<&'static str>, D::Error> {
+    Option::<String>::deserialize(d).map(|o| o.map(|s| intern(&s)))
+}
