@@ -591,6 +591,7 @@ mod tests {
     //! Replays of recordings captured from real runs of the labs
     //! (`tracer lab run NAME -w FILE`): the same verdicts, offline.
     use super::*;
+    use crate::events::reason::Reason;
     use crate::rules::Tier;
 
     fn replayed(name: &str) -> Vec<(&'static str, Tier)> {
@@ -675,7 +676,7 @@ mod tests {
                 Replayed::Fact(Fact::Drop(d), _) => {
                     assert_eq!(d.container.as_ref().unwrap().name, "trdk-web");
                     assert_eq!(d.host_ifname.as_deref(), Some("veth250abc2"));
-                    if d.reason == "NEIGH_FAILED" {
+                    if d.reason == Reason::NEIGH_FAILED {
                         neigh_failed += 1;
                     }
                     if d.noise == Some("syn_retransmit") {
@@ -879,7 +880,9 @@ mod tests {
             replay(&path, |r| {
                 match r {
                     Replayed::Fact(Fact::Syn(s), _) if s.tcp_flags == "S" => syns += 1,
-                    Replayed::Fact(Fact::Drop(d), _) if d.reason == "PKT_TOO_BIG" => too_big += 1,
+                    Replayed::Fact(Fact::Drop(d), _) if d.reason == Reason::PKT_TOO_BIG => {
+                        too_big += 1
+                    }
                     _ => {}
                 }
                 Ok(())

@@ -86,7 +86,7 @@ impl Aggregator {
                 kind: "aggregate",
                 count: grew,
                 interval_s,
-                reason: (!d.reason.is_empty()).then(|| d.reason.clone()),
+                reason: (!d.reason.is_empty()).then(|| d.reason.to_string()),
                 reason_source: d.reason_source,
                 location: d.location.clone(),
                 netns: d.netns,

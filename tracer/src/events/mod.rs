@@ -7,5 +7,6 @@ pub mod aggregate;
 pub mod decode;
 pub mod namer;
 pub mod protocols;
+pub mod reason;
 pub mod reason_inference;
 pub mod record;

@@ -4,6 +4,7 @@
 
 use super::decode::{addr, comm, family_name, flow_dst, flow_src, nud_name, proto_name, tcp_flags};
 use super::protocols::tcp_mss;
+use super::reason::Reason;
 use super::reason_inference;
 use super::record::{Arp, Arrival, DropRecord, NeighRecord, RouteRecord, SynRecord};
 use crate::host::containers::{ContainerRef, Containers};
@@ -160,9 +161,9 @@ impl Namer {
             kind: "drop",
             ts_ns: self.wall_ns(e.ts_ns),
             reason: if kernel_reasons {
-                self.reasons.name(e.reason)
+                Reason::new(&self.reasons.name(e.reason))
             } else {
-                String::new()
+                Reason::NONE
             },
             reason_source: kernel_reasons.then_some("kernel"),
             reason_code: e.reason,
@@ -217,7 +218,7 @@ impl Namer {
             reason_inference::function(&rec.location),
             "ip_forward" | "ip6_forward"
         );
-        let egress = if rec.reason == "PKT_TOO_BIG" || (!kernel_reasons && forwarded) {
+        let egress = if rec.reason == Reason::PKT_TOO_BIG || (!kernel_reasons && forwarded) {
             self.forward_egress(&rec)
         } else {
             None
@@ -225,7 +226,7 @@ impl Namer {
         if !kernel_reasons {
             let mtu = egress.as_ref().map(|(_, l)| l.mtu);
             if let Some(r) = reason_inference::infer(&rec, mtu) {
-                rec.reason = r.to_string();
+                rec.reason = r;
                 rec.reason_source = Some("location");
             }
         }
@@ -255,7 +256,7 @@ impl Namer {
     /// arriving from its ingress (`eth0<-eth1`). IPv6 sets skb->dev to the
     /// egress before it drops; IPv4 leaves the ingress there.
     fn too_big_egress(d: &mut DropRecord, egress: i32, link: &crate::host::topology::Link) {
-        if d.reason != "PKT_TOO_BIG"
+        if d.reason != Reason::PKT_TOO_BIG
             || d.ifindex != d.ingress_ifindex
             || d.ingress_ifindex == 0
             || egress == d.ingress_ifindex
@@ -423,7 +424,7 @@ fn arp_of(f: &Flow) -> Option<Arp> {
 ///   (the kernel answers it by resending its SYN-ACK). The SYN-ACK's own
 ///   fate is the drop that matters and stays visible.
 pub fn noise_kind(d: &DropRecord) -> Option<&'static str> {
-    if d.reason == "IPV6DISABLED" && d.container.is_some() {
+    if d.reason == Reason::IPV6DISABLED && d.container.is_some() {
         return Some("ipv6_disabled");
     }
     let func = reason_inference::function(&d.location);
@@ -433,7 +434,7 @@ pub fn noise_kind(d: &DropRecord) -> Option<&'static str> {
     if func.starts_with("unix_") && d.family.is_none() {
         return Some("unix_socket");
     }
-    if d.reason == "NOT_SPECIFIED"
+    if d.reason == Reason::NOT_SPECIFIED
         && matches!(func, "tcp_v4_rcv" | "tcp_v6_rcv")
         && d.tcp_flags.as_deref() == Some("S")
     {
@@ -480,35 +481,35 @@ mod tests {
     #[test]
     fn unix_socket_frees_are_noise_not_network_drops() {
         let mut d = DropRecord::sample("unix_release_sock+0x1a2");
-        d.reason = "SOCKET_CLOSE".into();
+        d.reason = Reason::SOCKET_CLOSE;
         d.family = None;
         d.ifindex = 0;
         assert_eq!(noise_kind(&d), Some("unix_socket"));
         // The same reason on an IP socket is shown.
         let mut tcp = DropRecord::sample("tcp_close+0x2b1");
-        tcp.reason = "SOCKET_CLOSE".into();
+        tcp.reason = Reason::SOCKET_CLOSE;
         assert_eq!(noise_kind(&tcp), None);
     }
 
     #[test]
     fn docker_noise_is_narrow() {
         let mut d = DropRecord::sample("tcp_v4_rcv+0x99");
-        d.reason = "NOT_SPECIFIED".into();
+        d.reason = Reason::NOT_SPECIFIED;
         assert_eq!(noise_kind(&d), Some("syn_retransmit"));
         // A SYN-ACK, a data segment, another reason or function: real.
         for (flags, reason, loc) in [
-            ("S.", "NOT_SPECIFIED", "tcp_v4_rcv+0x99"),
-            ("P.", "NOT_SPECIFIED", "tcp_v4_rcv+0x99"),
-            ("S", "NO_SOCKET", "tcp_v4_rcv+0x99"),
-            ("S", "NOT_SPECIFIED", "ip_forward+0x10"),
+            ("S.", Reason::NOT_SPECIFIED, "tcp_v4_rcv+0x99"),
+            ("P.", Reason::NOT_SPECIFIED, "tcp_v4_rcv+0x99"),
+            ("S", Reason::NO_SOCKET, "tcp_v4_rcv+0x99"),
+            ("S", Reason::NOT_SPECIFIED, "ip_forward+0x10"),
         ] {
             d.tcp_flags = Some(flags.into());
-            d.reason = reason.into();
+            d.reason = reason.clone();
             d.location = loc.into();
             assert_eq!(noise_kind(&d), None, "{flags} {reason} {loc}");
         }
         let mut v6 = DropRecord::sample("ip6_rcv_core+0x1c");
-        v6.reason = "IPV6DISABLED".into();
+        v6.reason = Reason::IPV6DISABLED;
         assert_eq!(noise_kind(&v6), None, "outside a container it is shown");
         v6.container = Some(crate::host::containers::ContainerRef {
             runtime: "docker".into(),

@@ -2,6 +2,7 @@
 //! neighbour events (see README), as printed and as read back from a
 //! recording.
 
+use super::reason::Reason;
 use crate::host::containers::ContainerRef;
 use serde::{Deserialize, Deserializer, Serialize};
 use std::net::{IpAddr, Ipv4Addr};
@@ -35,8 +36,8 @@ pub struct DropRecord {
     pub ts_ns: u64,
     /// The reason's name; empty (JSON null) when the kernel reports none
     /// and none could be inferred.
-    #[serde(serialize_with = "empty_as_null", deserialize_with = "null_as_empty")]
-    pub reason: String,
+    #[serde(serialize_with = "empty_as_null", default)]
+    pub reason: Reason,
     /// `"kernel"`, or `"location"` when inferred on a kernel without drop
     /// reasons (see reason_inference); null when unknown.
     #[serde(default, deserialize_with = "opt_static_str")]
@@ -124,15 +125,11 @@ pub struct Arp {
     pub target: Ipv4Addr,
 }
 
-fn null_as_empty<'de, D: Deserializer<'de>>(d: D) -> Result<String, D::Error> {
-    Option::<String>::deserialize(d).map(Option::unwrap_or_default)
-}
-
-fn empty_as_null<S: serde::Serializer>(v: &str, s: S) -> Result<S::Ok, S::Error> {
+fn empty_as_null<S: serde::Serializer>(v: &Reason, s: S) -> Result<S::Ok, S::Error> {
     if v.is_empty() {
         s.serialize_none()
     } else {
-        s.serialize_str(v)
+        s.serialize_str(v.as_str())
     }
 }
 
@@ -144,7 +141,7 @@ impl DropRecord {
         DropRecord {
             kind: "drop",
             ts_ns: 0,
-            reason: String::new(),
+            reason: Reason::NONE,
             reason_source: None,
             reason_code: 0,
             location: location.to_string(),

@@ -20,6 +20,7 @@ use super::ctx::{Ctx, Finding};
 use super::facts::arrivals::peer_arrives_elsewhere;
 use super::fix::{bridge_fixes, net, route_via, BridgeOwner};
 use super::{Fact, Rule, Tier};
+use crate::events::reason::Reason;
 use crate::events::record::{DropRecord, NeighRecord};
 use crate::host::topology::{Link, NsTopology};
 use serde_json::json;
@@ -52,7 +53,7 @@ impl Rule for AsymmetricRoute {
 }
 
 fn on_drop(d: &DropRecord, cx: &mut Ctx) {
-    if d.reason != "NEIGH_FAILED" {
+    if d.reason != Reason::NEIGH_FAILED {
         return;
     }
     let (Some(peer), Some(topo)) = (d.dst, cx.topo(d.netns)) else {
@@ -389,7 +390,7 @@ mod tests {
 
     fn synack_lost(with_input_route: bool) -> Fact {
         let mut d = tcp(
-            drop("NEIGH_FAILED", 3_000_000_000),
+            drop(Reason::NEIGH_FAILED, 3_000_000_000),
             "10.99.0.2",
             8080,
             "172.17.5.5",
@@ -415,7 +416,7 @@ mod tests {
     #[test]
     fn earlier_drops_from_the_peer_also_show_where_it_arrives() {
         let mut early = tcp(
-            drop("NOT_SPECIFIED", 1_000),
+            drop(Reason::NOT_SPECIFIED, 1_000),
             "172.17.5.5",
             40000,
             "10.99.0.2",
@@ -521,7 +522,7 @@ mod tests {
     #[test]
     fn published_port_is_proven_from_the_first_arp_not_as_neighbor_unreachable() {
         let mut lost = tcp(
-            drop("NEIGH_FAILED", 3_100_000_000),
+            drop(Reason::NEIGH_FAILED, 3_100_000_000),
             "172.17.0.2",
             8080,
             "172.17.5.5",

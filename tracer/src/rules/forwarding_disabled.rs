@@ -91,7 +91,7 @@ mod tests {
         let t = router();
         let mut on = t.clone();
         on.sysctls.ipv4_forwarding = true;
-        let mut d = drop("IP_INADDRERRORS", 1_000);
+        let mut d = drop(Reason::IP_INADDRERRORS, 1_000);
         d.ifindex = 2;
         d.dst = Some(ip("10.2.0.1"));
         let v = run(&mut Fake::with(vec![t]), vec![Fact::Drop(d.clone())], 0);
@@ -115,7 +115,7 @@ mod tests {
         );
         // Two links, but the destination is behind the one it came in by.
         let hairpin = router();
-        let mut d = drop("IP_INADDRERRORS", 1_000);
+        let mut d = drop(Reason::IP_INADDRERRORS, 1_000);
         d.ifindex = 2;
         d.dst = Some(ip("10.1.0.9"));
         for t in [one, hairpin] {

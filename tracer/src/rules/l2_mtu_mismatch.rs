@@ -5,6 +5,7 @@
 use super::ctx::{Ctx, Finding};
 use super::fix::q;
 use super::{Fact, Rule, Tier};
+use crate::events::reason::Reason;
 use serde_json::json;
 
 pub struct L2MtuMismatch;
@@ -17,7 +18,7 @@ impl Rule for L2MtuMismatch {
     fn on_fact(&mut self, fact: &Fact, cx: &mut Ctx) {
         let Fact::Drop(d) = fact else { return };
         // GSO packets are segmented later; their length says nothing.
-        if d.reason != "NOT_SPECIFIED" || d.gso_size > 0 || d.ifindex <= 0 {
+        if d.reason != Reason::NOT_SPECIFIED || d.gso_size > 0 || d.ifindex <= 0 {
             return;
         }
         let Some(topo) = cx.topo(d.netns) else {
@@ -123,7 +124,7 @@ mod tests {
                 vec![],
             ),
         ]);
-        let mut d = drop("NOT_SPECIFIED", 1_000);
+        let mut d = drop(Reason::NOT_SPECIFIED, 1_000);
         d.ifindex = 2;
         d.len = 1492;
         let small = {

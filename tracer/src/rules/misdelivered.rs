@@ -191,7 +191,7 @@ mod tests {
     }
 
     fn misdelivered(src: &str, dst: &str) -> crate::events::record::DropRecord {
-        let mut d = drop("IP_INADDRERRORS", 1_000);
+        let mut d = drop(Reason::IP_INADDRERRORS, 1_000);
         (d.ifindex, d.ingress_ifindex) = (3, 3);
         d.ingress_ifname = Some("eth1".into());
         d.family = Some(if dst.contains(':') { "ipv6" } else { "ipv4" });

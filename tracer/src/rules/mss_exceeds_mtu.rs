@@ -17,6 +17,7 @@ use super::facts::pmtu::is_ptb_icmp;
 use super::facts::FlowKey;
 use super::fix::{iptables_for, q, tcp_overhead};
 use super::{Fact, Rule, Tier};
+use crate::events::reason::Reason;
 use crate::events::record::SynRecord;
 use serde_json::json;
 use std::collections::HashMap;
@@ -60,7 +61,9 @@ impl Rule for MssExceedsMtu {
         match fact {
             Fact::Syn(r) => self.on_syn(r, cx),
             // The facts layer may just have proven a flow a black hole.
-            Fact::Drop(d) if d.reason == "PKT_TOO_BIG" || is_ptb_icmp(d) => self.decide(cx, false),
+            Fact::Drop(d) if d.reason == Reason::PKT_TOO_BIG || is_ptb_icmp(d) => {
+                self.decide(cx, false)
+            }
             _ => {}
         }
     }
@@ -278,9 +281,9 @@ mod tests {
             ("10.99.0.2", "10.200.0.2")
         };
         let mut d = if upload {
-            tcp(drop("PKT_TOO_BIG", ts), c, 50000, s, 443)
+            tcp(drop(Reason::PKT_TOO_BIG, ts), c, 50000, s, 443)
         } else {
-            tcp(drop("PKT_TOO_BIG", ts), s, 443, c, 50000)
+            tcp(drop(Reason::PKT_TOO_BIG, ts), s, 443, c, 50000)
         };
         d.netns = ROUTER;
         d.len = 1500;
@@ -289,7 +292,7 @@ mod tests {
     }
 
     fn icmp_dropped(ts: u64) -> Fact {
-        let mut d = drop("NETFILTER_DROP", ts);
+        let mut d = drop(Reason::NETFILTER_DROP, ts);
         d.netns = ROUTER;
         d.proto = Some("icmp".into());
         d.dst = Some(ip("10.200.0.2"));

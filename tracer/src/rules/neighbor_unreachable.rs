@@ -6,6 +6,7 @@ use super::ctx::{Ctx, Finding};
 use super::facts::arrivals::neighbor_arrives_elsewhere;
 use super::fix::q;
 use super::{Fact, Rule, Tier};
+use crate::events::reason::Reason;
 use serde_json::json;
 
 pub struct NeighborUnreachable;
@@ -17,7 +18,7 @@ impl Rule for NeighborUnreachable {
 
     fn on_fact(&mut self, fact: &Fact, cx: &mut Ctx) {
         let Fact::Drop(d) = fact else { return };
-        if d.reason != "NEIGH_FAILED" {
+        if d.reason != Reason::NEIGH_FAILED {
             return;
         }
         let (Some(peer), Some(topo)) = (d.dst, cx.topo(d.netns)) else {
@@ -83,7 +84,7 @@ mod tests {
             vec![link(2, "eth0", None, 1500), link(3, "eth1", None, 1500)],
             vec![route("10.2.0.0", 24, 3, None)],
         )]);
-        let mut d = drop("NEIGH_FAILED", 1_000);
+        let mut d = drop(Reason::NEIGH_FAILED, 1_000);
         d.ifindex = 3;
         d.dst = Some(ip("10.2.0.77"));
         let v = run(&mut src, vec![Fact::Drop(d)], 0);

@@ -7,6 +7,7 @@ use super::facts::pmtu::is_ptb_icmp;
 use super::fix::host_port;
 use super::{Fact, Rule, Tier};
 use crate::events::protocols::icmp_name;
+use crate::events::reason::Reason;
 use serde_json::json;
 
 pub struct NetfilterDrop;
@@ -18,7 +19,7 @@ impl Rule for NetfilterDrop {
 
     fn on_fact(&mut self, fact: &Fact, cx: &mut Ctx) {
         let Fact::Drop(d) = fact else { return };
-        if d.reason != "NETFILTER_DROP" || is_ptb_icmp(d) {
+        if d.reason != Reason::NETFILTER_DROP || is_ptb_icmp(d) {
             return;
         }
         let key = format!("nf/{}/{:?}/{:?}/{:?}", d.netns, d.proto, d.dst, d.dport);
@@ -69,12 +70,12 @@ mod tests {
 
     #[test]
     fn firewall_drops_are_named_with_their_flow() {
-        let mut udp = drop("NETFILTER_DROP", 1_000);
+        let mut udp = drop(Reason::NETFILTER_DROP, 1_000);
         udp.proto = Some("udp".into());
         udp.family = Some("ipv6");
         udp.dst = Some(ip("fd00::1"));
         udp.dport = Some(7777);
-        let mut ping = drop("NETFILTER_DROP", 2_000);
+        let mut ping = drop(Reason::NETFILTER_DROP, 2_000);
         ping.proto = Some("icmp".into());
         ping.dst = Some(ip("10.0.0.1"));
         ping.icmp_type = Some(8);

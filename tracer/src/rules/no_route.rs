@@ -7,6 +7,7 @@ use super::ctx::{Ctx, Finding};
 use super::facts::reverse_path::{rpfilter_drop, ReversePath};
 use super::{Fact, Rule, Tier};
 use crate::events::protocols::{errno_name, sender_errno};
+use crate::events::reason::Reason;
 use crate::events::record::DropRecord;
 use serde_json::json;
 use std::net::IpAddr;
@@ -20,7 +21,7 @@ impl Rule for NoRoute {
 
     fn on_fact(&mut self, fact: &Fact, cx: &mut Ctx) {
         let Fact::Drop(d) = fact else { return };
-        if d.reason == "IP_RPFILTER" {
+        if d.reason == Reason::IP_RPFILTER {
             if let Some(rpf) = rpfilter_drop(d, |ns| cx.topo(ns)) {
                 if let ReversePath::NoRouteBack { err } = rpf.path {
                     no_route_back(d, cx, rpf.src, err);
@@ -28,7 +29,7 @@ impl Rule for NoRoute {
             }
             return;
         }
-        if !matches!(d.reason.as_str(), "IP_INNOROUTES" | "IP_OUTNOROUTES") {
+        if ![Reason::IP_INNOROUTES, Reason::IP_OUTNOROUTES].contains(&d.reason) {
             return;
         }
         let Some(dst) = d.dst else { return };
@@ -51,7 +52,7 @@ impl Rule for NoRoute {
                 .as_ref()
                 .map(|i| format!(" for traffic forwarded from {i}"))
                 .unwrap_or_default(),
-            if d.reason != "IP_INNOROUTES" {
+            if d.reason != Reason::IP_INNOROUTES {
                 ""
             } else if dst.is_ipv6() {
                 " and answers ICMPv6 destination unreachable (no route)"
@@ -157,7 +158,7 @@ mod tests {
             vec![],
             vec![route("10.1.0.0", 24, 2, None)],
         )]);
-        let mut d = drop("IP_INNOROUTES", 1_000);
+        let mut d = drop(Reason::IP_INNOROUTES, 1_000);
         d.dst = Some(ip("203.0.113.9"));
         d.route = Some(lookup(0, "", 0, -11));
         let v = run(&mut src, vec![Fact::Drop(d)], 0);
@@ -169,7 +170,7 @@ mod tests {
     }
 
     fn v6_drop(src: &str, dst: &str) -> super::DropRecord {
-        let mut d = drop("IP_OUTNOROUTES", 1_000);
+        let mut d = drop(Reason::IP_OUTNOROUTES, 1_000);
         d.family = Some("ipv6");
         d.proto = Some("icmp6".into());
         d.src = Some(ip(src));
@@ -197,7 +198,7 @@ mod tests {
             assert!(v.is_empty(), "{src} > {dst}: {v:?}");
         }
         for (src, dst) in [("0.0.0.0", "255.255.255.255"), ("10.8.0.3", "224.0.0.22")] {
-            let mut d = drop("IP_OUTNOROUTES", 1_000);
+            let mut d = drop(Reason::IP_OUTNOROUTES, 1_000);
             d.src = Some(ip(src));
             d.dst = Some(ip(dst));
             let v = run(&mut Fake::with(vec![t()]), vec![Fact::Drop(d)], 0);
@@ -209,7 +210,7 @@ mod tests {
     fn a_missing_ipv6_route_is_still_proven_with_a_host_route_fix() {
         let t = topo(NS, Some("r-9"), vec![link(2, "up0", None, 1480)], vec![]);
         let mut d = v6_drop("fd42:7::1", "fd42:9::20");
-        d.reason = "IP_INNOROUTES".into();
+        d.reason = Reason::IP_INNOROUTES;
         d.ingress_ifname = Some("up0".into());
         let v = run(&mut Fake::with(vec![t]), vec![Fact::Drop(d)], 0);
         assert_eq!(kinds(&v), [("no_route", Tier::Proven)]);

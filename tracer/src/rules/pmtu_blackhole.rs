@@ -8,6 +8,7 @@ use super::ctx::{Ctx, Finding};
 use super::facts::pmtu::{is_ptb_icmp, Proven};
 use super::fix::iptables_for;
 use super::{Fact, Rule, Tier};
+use crate::events::reason::Reason;
 use crate::events::record::DropRecord;
 use serde_json::json;
 
@@ -29,7 +30,7 @@ impl Rule for PmtuBlackhole {
 
     fn on_fact(&mut self, fact: &Fact, cx: &mut Ctx) {
         let Fact::Drop(d) = fact else { return };
-        if d.reason == "PKT_TOO_BIG" && !is_ptb_icmp(d) {
+        if d.reason == Reason::PKT_TOO_BIG && !is_ptb_icmp(d) {
             cx.tally(&pmtu_key(d), d.ts_ns);
         }
         conclude_proven(cx);
@@ -136,7 +137,7 @@ mod tests {
 
     fn too_big(ts: u64) -> Fact {
         let mut d = tcp(
-            drop("PKT_TOO_BIG", ts),
+            drop(Reason::PKT_TOO_BIG, ts),
             "10.200.0.2",
             443,
             "10.99.0.2",
@@ -150,7 +151,7 @@ mod tests {
     }
 
     fn icmp_dropped(ts: u64) -> DropRecord {
-        let mut d = drop("NETFILTER_DROP", ts);
+        let mut d = drop(Reason::NETFILTER_DROP, ts);
         d.proto = Some("icmp".into());
         d.src = Some(ip("10.200.0.1"));
         d.dst = Some(ip("10.200.0.2"));

@@ -5,6 +5,7 @@
 use super::ctx::{Ctx, Finding};
 use super::fix::host_port;
 use super::{Fact, Rule, Tier};
+use crate::events::reason::Reason;
 use serde_json::json;
 
 pub struct PortClosed;
@@ -16,7 +17,7 @@ impl Rule for PortClosed {
 
     fn on_fact(&mut self, fact: &Fact, cx: &mut Ctx) {
         let Fact::Drop(d) = fact else { return };
-        if d.reason != "NO_SOCKET" {
+        if d.reason != Reason::NO_SOCKET {
             return;
         }
         let (Some(proto), Some(dst), Some(port)) = (&d.proto, d.dst, d.dport) else {
@@ -62,12 +63,12 @@ mod tests {
 
     #[test]
     fn a_closed_port_is_information_not_a_fault() {
-        let mut d = drop("NO_SOCKET", 1_000);
+        let mut d = drop(Reason::NO_SOCKET, 1_000);
         d.proto = Some("udp".into());
         d.family = Some("ipv6");
         d.dst = Some(ip("fd00::1"));
         d.dport = Some(53);
-        let mut late = tcp(drop("NO_SOCKET", 2_000), "10.0.0.1", 1, "10.0.0.2", 2);
+        let mut late = tcp(drop(Reason::NO_SOCKET, 2_000), "10.0.0.1", 1, "10.0.0.2", 2);
         late.tcp_flags = Some("F.".into());
         let v = run(
             &mut Fake::default(),

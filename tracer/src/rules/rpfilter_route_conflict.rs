@@ -153,7 +153,7 @@ mod tests {
 
     fn syn_dropped() -> Fact {
         let mut d = tcp(
-            drop("IP_RPFILTER", 1_000),
+            drop(Reason::IP_RPFILTER, 1_000),
             "172.17.5.5",
             40000,
             "10.99.0.2",

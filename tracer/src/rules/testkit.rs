@@ -2,6 +2,7 @@
 //! each rule is tested without a kernel.
 
 use super::{Engine, Fact, TopologySource, Verdict};
+pub use crate::events::reason::Reason;
 use crate::events::record::{DropRecord, RouteRecord, SynRecord};
 use crate::host::topology::{Link, NsTopology, Route, RouteKind, Sysctls, RT_TABLE_MAIN};
 use std::collections::HashMap;
@@ -59,10 +60,10 @@ pub fn topo(inode: u32, name: Option<&str>, links: Vec<Link>, routes: Vec<Route>
 }
 
 /// A drop with nothing but its reason, netns and time; tests fill the rest.
-pub fn drop(reason: &str, ts_ns: u64) -> DropRecord {
+pub fn drop(reason: Reason, ts_ns: u64) -> DropRecord {
     let mut d = DropRecord::sample("somewhere+0x1");
     d.ts_ns = ts_ns;
-    d.reason = reason.into();
+    d.reason = reason;
     d.reason_source = Some("kernel");
     d.netns = NS;
     d.ifindex = 0;

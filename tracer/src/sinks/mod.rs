@@ -523,7 +523,7 @@ impl Summary {
         let reason = if d.reason.is_empty() {
             "unknown"
         } else {
-            &d.reason
+            d.reason.as_str()
         };
         *self.by_reason.entry(reason.to_string()).or_default() += 1;
         *self.by_ifname.entry(dev_label(d)).or_default() += 1;
@@ -630,7 +630,7 @@ pub fn reason_label(d: &DropRecord) -> String {
     match (d.reason.is_empty(), d.reason_source) {
         (true, _) => "?".to_string(),
         (false, Some("location")) => format!("~{}", d.reason),
-        (false, _) => d.reason.clone(),
+        (false, _) => d.reason.to_string(),
     }
 }
 
@@ -677,7 +677,7 @@ mod tests {
             ("TCP_INVALID_END_SEQUENCE", Some("location")),
         ] {
             let mut d = DropRecord::sample("br_handle_frame+0x1f0");
-            d.reason = reason.into();
+            d.reason = crate::events::reason::Reason::new(reason);
             d.reason_source = source;
             out.drop(&d).unwrap();
         }

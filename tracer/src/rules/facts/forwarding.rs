@@ -2,6 +2,7 @@
 //! `misdelivered` split the `IP_INADDRERRORS` drops between them by it.
 
 use super::reverse_path::ingress_of;
+use crate::events::reason::Reason;
 use crate::events::record::DropRecord;
 use crate::host::topology::{Link, NsTopology, RouteKind};
 use std::net::IpAddr;
@@ -65,7 +66,7 @@ pub fn not_forwarded(
     d: &DropRecord,
     topo_of: impl FnOnce(u32) -> Option<Arc<NsTopology>>,
 ) -> Option<NotForwarded> {
-    if d.reason != "IP_INADDRERRORS" {
+    if d.reason != Reason::IP_INADDRERRORS {
         return None;
     }
     let (topo, dst) = (topo_of(d.netns)?, d.dst?);

@@ -12,6 +12,7 @@ pub mod pmtu;
 pub mod reverse_path;
 
 use super::Fact;
+use crate::events::reason::Reason;
 use pmtu::{Episodes, TooBigFlow};
 use std::collections::HashMap;
 use std::net::IpAddr;
@@ -83,7 +84,7 @@ impl Observations {
                         self.icmp_ptb_dropped.insert((d.netns, dst), d.ts_ns);
                     }
                 }
-                if d.reason == "PKT_TOO_BIG" {
+                if d.reason == Reason::PKT_TOO_BIG {
                     if let (Some(a), Some(b), Some(sp), Some(dp)) = (d.src, d.dst, d.sport, d.dport)
                     {
                         let f = self
@@ -100,7 +101,7 @@ impl Observations {
                         f.count += 1;
                     }
                 }
-                if d.reason == "PKT_TOO_BIG" && !ptb {
+                if d.reason == Reason::PKT_TOO_BIG && !ptb {
                     self.pmtu.record(d);
                     self.check_pmtu(now_ns);
                 } else if ptb {

@@ -3,6 +3,7 @@
 //! `no_route` a missing route back, `asymmetric_route` and
 //! `neighbor_unreachable` where a peer's packets came in.
 
+use crate::events::reason::Reason;
 use crate::events::record::{DropRecord, RouteRecord};
 use crate::host::topology::{Link, NsTopology};
 use std::net::IpAddr;
@@ -59,7 +60,7 @@ pub fn rpfilter_drop(
     d: &DropRecord,
     topo_of: impl FnOnce(u32) -> Option<Arc<NsTopology>>,
 ) -> Option<RpFilterDrop> {
-    if d.reason != "IP_RPFILTER" {
+    if d.reason != Reason::IP_RPFILTER {
         return None;
     }
     let (src, topo) = (d.src?, topo_of(d.netns)?);
