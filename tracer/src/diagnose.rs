@@ -592,6 +592,8 @@ mod tests {
     //! (`tracer lab run NAME -w FILE`): the same verdicts, offline.
     use super::*;
     use crate::events::reason::Reason;
+    use crate::events::record::Noise;
+    use crate::events::record::NudState;
     use crate::rules::Tier;
 
     fn replayed(name: &str) -> Vec<(&'static str, Tier)> {
@@ -669,7 +671,7 @@ mod tests {
         let (mut first_arp, mut verdict_at, mut neigh_failed, mut hidden) = (None, None, 0, 0);
         let (_, engine) = replay(&path, |r| {
             match r {
-                Replayed::Fact(Fact::Neigh(n), _) if n.state == "INCOMPLETE" => {
+                Replayed::Fact(Fact::Neigh(n), _) if n.state == NudState::Incomplete => {
                     first_arp.get_or_insert(n.ts_ns);
                     assert_eq!(n.container.as_ref().unwrap().name, "trdk-web");
                 }
@@ -679,7 +681,7 @@ mod tests {
                     if d.reason == Reason::NEIGH_FAILED {
                         neigh_failed += 1;
                     }
-                    if d.noise == Some("syn_retransmit") {
+                    if d.noise == Some(Noise::SynRetransmit) {
                         hidden += 1;
                     }
                 }

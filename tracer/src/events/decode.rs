@@ -2,6 +2,7 @@
 //! a byte, and the raw fields' plain names (families, protocols, TCP
 //! flags, neighbour states).
 
+use super::record::{Family, NudState, Proto};
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use tracer_abi::*;
 
@@ -124,23 +125,24 @@ pub fn addr(family: u8, b: &[u8; 16]) -> Option<IpAddr> {
     }
 }
 
-pub fn family_name(family: u8) -> Option<&'static str> {
+/// The family of a flow's `family` byte; None without an IP header.
+pub fn family_of(family: u8) -> Option<Family> {
     match family {
-        FAMILY_V4 => Some("ipv4"),
-        FAMILY_V6 => Some("ipv6"),
+        FAMILY_V4 => Some(Family::Ipv4),
+        FAMILY_V6 => Some(Family::Ipv6),
         _ => None,
     }
 }
 
-pub fn proto_name(p: u8) -> String {
+pub fn proto_of(p: u8) -> Proto {
     match p {
-        IPPROTO_TCP => "tcp".into(),
-        IPPROTO_UDP => "udp".into(),
-        IPPROTO_ICMP => "icmp".into(),
-        IPPROTO_ICMPV6 => "icmp6".into(),
-        IPPROTO_SCTP => "sctp".into(),
-        2 => "igmp".into(),
-        n => n.to_string(),
+        IPPROTO_TCP => Proto::Tcp,
+        IPPROTO_UDP => Proto::Udp,
+        IPPROTO_ICMP => Proto::Icmp,
+        IPPROTO_ICMPV6 => Proto::Icmp6,
+        IPPROTO_SCTP => Proto::Sctp,
+        2 => Proto::Igmp,
+        n => Proto::Other(n),
     }
 }
 
@@ -167,11 +169,11 @@ pub fn tcp_flags(f: u8) -> String {
     s
 }
 
-pub fn nud_name(state: u8) -> &'static str {
+pub fn nud_state_of(state: u8) -> NudState {
     match state {
-        NUD_INCOMPLETE => "INCOMPLETE",
-        NUD_FAILED => "FAILED",
-        _ => "OTHER",
+        NUD_INCOMPLETE => NudState::Incomplete,
+        NUD_FAILED => NudState::Failed,
+        _ => NudState::Other,
     }
 }
 

@@ -2,11 +2,13 @@
 //! interfaces and containers (from host/ and kernel/), joins route
 //! lookups, infers reasons on kernels without them, and marks noise.
 
-use super::decode::{addr, comm, family_name, flow_dst, flow_src, nud_name, proto_name, tcp_flags};
+use super::decode::{addr, comm, family_of, flow_dst, flow_src, nud_state_of, proto_of, tcp_flags};
 use super::protocols::tcp_mss;
 use super::reason::Reason;
 use super::reason_inference;
-use super::record::{Arp, Arrival, DropRecord, NeighRecord, RouteRecord, SynRecord};
+use super::record::{
+    Arp, Arrival, DropRecord, NatDir, NeighRecord, Noise, ReasonSource, RouteRecord, SynRecord,
+};
 use crate::host::containers::{ContainerRef, Containers};
 use crate::host::topology::{IfName, Topology};
 use crate::kernel::btf::Reasons;
@@ -165,7 +167,7 @@ impl Namer {
             } else {
                 Reason::NONE
             },
-            reason_source: kernel_reasons.then_some("kernel"),
+            reason_source: kernel_reasons.then_some(ReasonSource::Kernel),
             reason_code: e.reason,
             location: self.symbols.get().format(e.location),
             netns: e.netns,
@@ -182,8 +184,8 @@ impl Namer {
             gso_size: e.gso_size,
             gso_segs: e.gso_segs,
             mtu: e.dev_mtu,
-            family: family_name(f.family),
-            proto: has_l3.then(|| proto_name(f.proto)),
+            family: family_of(f.family),
+            proto: has_l3.then(|| proto_of(f.proto)),
             src: flow_src(f),
             dst: flow_dst(f),
             sport: has_ports.then_some(f.sport),
@@ -193,9 +195,9 @@ impl Namer {
             orig_sport: nat_ports.then_some(o.sport),
             orig_dport: nat_ports.then_some(o.dport),
             nat_dir: nat.then_some(if o.flags & NAT_REPLY != 0 {
-                "reply"
+                NatDir::Reply
             } else {
-                "original"
+                NatDir::Original
             }),
             tcp_flags: has_tcp_flags.then(|| tcp_flags(f.tcp_flags)),
             // The drop probe sends a SYN's option bytes, not its MSS.
@@ -227,7 +229,7 @@ impl Namer {
             let mtu = egress.as_ref().map(|(_, l)| l.mtu);
             if let Some(r) = reason_inference::infer(&rec, mtu) {
                 rec.reason = r;
-                rec.reason_source = Some("location");
+                rec.reason_source = Some(ReasonSource::Location);
             }
         }
         if let Some((ifindex, link)) = egress {
@@ -284,7 +286,7 @@ impl Namer {
             host_ifname,
             mtu: e.mtu,
             mss: f.mss,
-            family: family_name(f.family),
+            family: family_of(f.family),
             src: flow_src(f),
             dst: flow_dst(f),
             sport: f.sport,
@@ -308,7 +310,7 @@ impl Namer {
             ifname: self.ifname(e.netns, e.ifindex).0,
             host_ifname,
             neighbor: addr(e.family, &e.addr),
-            state: nud_name(e.state),
+            state: nud_state_of(e.state),
             arrivals,
         }
     }
@@ -423,22 +425,22 @@ fn arp_of(f: &Flow) -> Option<Arp> {
 ///   bare SYN, a retransmission that met the pending connection request
 ///   (the kernel answers it by resending its SYN-ACK). The SYN-ACK's own
 ///   fate is the drop that matters and stays visible.
-pub fn noise_kind(d: &DropRecord) -> Option<&'static str> {
+pub fn noise_kind(d: &DropRecord) -> Option<Noise> {
     if d.reason == Reason::IPV6DISABLED && d.container.is_some() {
-        return Some("ipv6_disabled");
+        return Some(Noise::Ipv6Disabled);
     }
     let func = reason_inference::function(&d.location);
     // AF_UNIX sockets free their queued messages through kfree_skb too
     // (`SOCKET_CLOSE` at unix_release_sock, dozens per `socat EXEC`):
     // no network packet, no device, no IP family.
     if func.starts_with("unix_") && d.family.is_none() {
-        return Some("unix_socket");
+        return Some(Noise::UnixSocket);
     }
     if d.reason == Reason::NOT_SPECIFIED
         && matches!(func, "tcp_v4_rcv" | "tcp_v6_rcv")
         && d.tcp_flags.as_deref() == Some("S")
     {
-        return Some("syn_retransmit");
+        return Some(Noise::SynRetransmit);
     }
     None
 }
@@ -484,7 +486,7 @@ mod tests {
         d.reason = Reason::SOCKET_CLOSE;
         d.family = None;
         d.ifindex = 0;
-        assert_eq!(noise_kind(&d), Some("unix_socket"));
+        assert_eq!(noise_kind(&d), Some(Noise::UnixSocket));
         // The same reason on an IP socket is shown.
         let mut tcp = DropRecord::sample("tcp_close+0x2b1");
         tcp.reason = Reason::SOCKET_CLOSE;
@@ -495,7 +497,7 @@ mod tests {
     fn docker_noise_is_narrow() {
         let mut d = DropRecord::sample("tcp_v4_rcv+0x99");
         d.reason = Reason::NOT_SPECIFIED;
-        assert_eq!(noise_kind(&d), Some("syn_retransmit"));
+        assert_eq!(noise_kind(&d), Some(Noise::SynRetransmit));
         // A SYN-ACK, a data segment, another reason or function: real.
         for (flags, reason, loc) in [
             ("S.", Reason::NOT_SPECIFIED, "tcp_v4_rcv+0x99"),
@@ -516,6 +518,6 @@ mod tests {
             name: "web-1".into(),
             ..Default::default()
         });
-        assert_eq!(noise_kind(&v6), Some("ipv6_disabled"));
+        assert_eq!(noise_kind(&v6), Some(Noise::Ipv6Disabled));
     }
 }

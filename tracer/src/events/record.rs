@@ -40,8 +40,8 @@ pub struct DropRecord {
     pub reason: Reason,
     /// `"kernel"`, or `"location"` when inferred on a kernel without drop
     /// reasons (see reason_inference); null when unknown.
-    #[serde(default, deserialize_with = "opt_static_str")]
-    pub reason_source: Option<StaticName>,
+    #[serde(default)]
+    pub reason_source: Option<ReasonSource>,
     pub reason_code: u32,
     pub location: String,
     pub netns: u32,
@@ -68,9 +68,9 @@ pub struct DropRecord {
     pub gso_size: u16,
     pub gso_segs: u16,
     pub mtu: u32,
-    #[serde(default, deserialize_with = "opt_static_str")]
-    pub family: Option<StaticName>,
-    pub proto: Option<String>,
+    #[serde(default)]
+    pub family: Option<Family>,
+    pub proto: Option<Proto>,
     pub src: Option<IpAddr>,
     pub dst: Option<IpAddr>,
     pub sport: Option<u16>,
@@ -87,8 +87,8 @@ pub struct DropRecord {
     pub orig_dport: Option<u16>,
     /// `"original"` or `"reply"`: the direction this packet travels in
     /// that connection; null without NAT.
-    #[serde(default, deserialize_with = "opt_static_str")]
-    pub nat_dir: Option<StaticName>,
+    #[serde(default)]
+    pub nat_dir: Option<NatDir>,
     pub tcp_flags: Option<String>,
     pub mss: Option<u16>,
     pub icmp_type: Option<u8>,
@@ -107,8 +107,8 @@ pub struct DropRecord {
     pub stack: Option<Vec<String>>,
     /// Why this drop is benign container-host noise (hidden unless
     /// `--all`; counted in the summary's `noise_hidden`), else null.
-    #[serde(default, deserialize_with = "opt_static_str")]
-    pub noise: Option<StaticName>,
+    #[serde(default)]
+    pub noise: Option<Noise>,
     /// An ARP packet's opcode and addresses (only on ARP drops).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub arp: Option<Arp>,
@@ -159,8 +159,8 @@ impl DropRecord {
             gso_size: 0,
             gso_segs: 0,
             mtu: 1500,
-            family: Some("ipv4"),
-            proto: Some("tcp".into()),
+            family: Some(Family::Ipv4),
+            proto: Some(Proto::Tcp),
             src: Some([172, 17, 5, 5].into()),
             dst: Some([10, 99, 0, 2].into()),
             sport: Some(40000),
@@ -198,7 +198,7 @@ impl DropRecord {
         let hdr = self.len.saturating_sub(payload);
         let hdr = if self.gso_segs > 0 && self.len > payload && hdr <= 120 {
             hdr
-        } else if self.family == Some("ipv6") {
+        } else if self.family == Some(Family::Ipv6) {
             60
         } else {
             40
@@ -225,8 +225,8 @@ pub struct SynRecord {
     pub host_ifname: Option<String>,
     pub mtu: u32,
     pub mss: u16,
-    #[serde(default, deserialize_with = "opt_static_str")]
-    pub family: Option<StaticName>,
+    #[serde(default)]
+    pub family: Option<Family>,
     pub src: Option<IpAddr>,
     pub dst: Option<IpAddr>,
     pub sport: u16,
@@ -250,8 +250,7 @@ pub struct NeighRecord {
     pub host_ifname: Option<String>,
     pub neighbor: Option<IpAddr>,
     /// `INCOMPLETE` or `FAILED`.
-    #[serde(deserialize_with = "static_str")]
-    pub state: StaticName,
+    pub state: NudState,
     /// Where traffic from the neighbour entered, as the kernel's own
     /// input-route lookups saw it (in this namespace, and in the one behind
     /// the device's veth peer): what proves a reply asymmetric before the
@@ -281,33 +280,6 @@ fn non_negative<'de, D: Deserializer<'de>>(d: D) -> Result<i64, D::Error> {
     i64::deserialize(d).map(|v| v.max(0))
 }
 
-/// A name held as `&'static str`. Fields spell it through this alias
-/// because serde's derive borrows every field written `&str` or
-/// `Option<&str>` from the input, which a `'static` one cannot be; with
-/// the alias they are read owned and interned (`deserialize_with`).
-pub type StaticName = &'static str;
-
-/// Reads a name that a live run holds as `&'static str` (record kinds,
-/// families, neighbour states) back from a recording: each distinct value
-/// is allocated once for the life of the process.
-pub fn intern(s: &str) -> &'static str {
-    use std::collections::HashSet;
-    use std::sync::Mutex;
-    static NAMES: Mutex<Option<HashSet<&'static str>>> = Mutex::new(None);
-    let mut g = NAMES.lock().unwrap_or_else(|e| e.into_inner());
-    let set = g.get_or_insert_with(HashSet::new);
-    if let Some(&n) = set.get(s) {
-        return n;
-    }
-    let n: &'static str = Box::leak(s.to_owned().into_boxed_str());
-    set.insert(n);
-    n
-}
-
-fn static_str<'de, D: Deserializer<'de>>(d: D) -> Result<&'static str, D::Error> {
-    String::deserialize(d).map(|s| intern(&s))
-}
-
 // A record's kind is fixed by its type (the `type` field it prints).
 fn drop_kind() -> &'static str {
     "drop"
@@ -319,6 +291,135 @@ fn neigh_kind() -> &'static str {
     "neigh"
 }
 
-fn opt_static_str<'de, D: Deserializer<'de>>(d: D) -> Result<Option<&'static str>, D::Error> {
-    Option::<String>::deserialize(d).map(|o| o.map(|s| intern(&s)))
+/// An IP version, as records name it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Family {
+    Ipv4,
+    Ipv6,
+}
+
+/// A packet's IP protocol: the ones tracer names, else its number
+/// (printed as text, `"47"`, as it always was).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Proto {
+    Tcp,
+    Udp,
+    Icmp,
+    Icmp6,
+    Sctp,
+    Igmp,
+    Other(u8),
+}
+
+impl Proto {
+    /// The name of a named protocol (None for a bare number).
+    pub fn name(self) -> Option<&'static str> {
+        Some(match self {
+            Proto::Tcp => "tcp",
+            Proto::Udp => "udp",
+            Proto::Icmp => "icmp",
+            Proto::Icmp6 => "icmp6",
+            Proto::Sctp => "sctp",
+            Proto::Igmp => "igmp",
+            Proto::Other(_) => return None,
+        })
+    }
+
+    fn parse(s: &str) -> Option<Proto> {
+        Some(match s {
+            "tcp" => Proto::Tcp,
+            "udp" => Proto::Udp,
+            "icmp" => Proto::Icmp,
+            "icmp6" => Proto::Icmp6,
+            "sctp" => Proto::Sctp,
+            "igmp" => Proto::Igmp,
+            n => Proto::Other(n.parse().ok()?),
+        })
+    }
+}
+
+impl std::fmt::Display for Proto {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match (self.name(), self) {
+            (Some(n), _) => f.write_str(n),
+            (None, Proto::Other(n)) => write!(f, "{n}"),
+            (None, _) => unreachable!("only Other has no name"),
+        }
+    }
+}
+
+impl Serialize for Proto {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(self)
+    }
+}
+
+impl<'de> Deserialize<'de> for Proto {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        Proto::parse(&s).ok_or_else(|| serde::de::Error::custom(format!("unknown protocol {s:?}")))
+    }
+}
+
+/// A neighbour entry's state, as `NeighRecord` names it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "UPPERCASE")]
+pub enum NudState {
+    Incomplete,
+    Failed,
+    Other,
+}
+
+impl NudState {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            NudState::Incomplete => "INCOMPLETE",
+            NudState::Failed => "FAILED",
+            NudState::Other => "OTHER",
+        }
+    }
+}
+
+impl std::fmt::Display for NudState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// Where a drop's reason came from.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ReasonSource {
+    /// The kernel's own (`enum skb_drop_reason`).
+    Kernel,
+    /// Inferred from where the packet was freed (see reason_inference).
+    Location,
+}
+
+/// The direction a NAT'd packet travels in its connection.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum NatDir {
+    Original,
+    Reply,
+}
+
+/// Why a drop is benign noise (see `namer::noise_kind`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Noise {
+    Ipv6Disabled,
+    UnixSocket,
+    SynRetransmit,
+}
+
+impl Noise {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Noise::Ipv6Disabled => "ipv6_disabled",
+            Noise::UnixSocket => "unix_socket",
+            Noise::SynRetransmit => "syn_retransmit",
+        }
+    }
 }

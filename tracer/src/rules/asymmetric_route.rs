@@ -368,6 +368,7 @@ fn container_verdict(
 mod tests {
     use super::super::testkit::*;
     use super::super::{Fact, Tier};
+    use crate::events::record::NudState;
     use crate::events::record::{Arrival, NeighRecord};
     use crate::host::containers::{
         Container, ContainerRef, DockerNetwork, PublishedPort, Registry,
@@ -495,7 +496,7 @@ mod tests {
         f
     }
 
-    fn arp_for_client(ts: u64, state: &'static str, iif: i32) -> Fact {
+    fn arp_for_client(ts: u64, state: NudState, iif: i32) -> Fact {
         Fact::Neigh(NeighRecord {
             kind: "neigh",
             ts_ns: ts,
@@ -531,7 +532,7 @@ mod tests {
         lost.netns = CT;
         lost.ifindex = 2;
         let facts = vec![
-            arp_for_client(100_000_000, "INCOMPLETE", 2),
+            arp_for_client(100_000_000, NudState::Incomplete, 2),
             Fact::Drop(lost),
         ];
         let v = run(&mut published(), facts, 0);
@@ -570,7 +571,7 @@ mod tests {
         // iif 9: the container's own host veth, i.e. from inside the bridge.
         let v = run(
             &mut published(),
-            vec![arp_for_client(100_000_000, "INCOMPLETE", 3)],
+            vec![arp_for_client(100_000_000, NudState::Incomplete, 3)],
             0,
         );
         assert_eq!(kinds(&v), []);

@@ -10,6 +10,7 @@ use super::ctx::{Ctx, Finding};
 use super::facts::forwarding::not_forwarded;
 use super::fix::q;
 use super::{Fact, Rule, Tier};
+use crate::events::record::Family;
 use serde_json::json;
 
 pub struct ForwardingDisabled;
@@ -27,7 +28,7 @@ impl Rule for ForwardingDisabled {
             return;
         };
         let topo = nf.topo;
-        let v6 = d.family == Some("ipv6");
+        let v6 = d.family == Some(Family::Ipv6);
         let key = format!("fwd/{}/{v6}", d.netns);
         cx.tally(&key, d.ts_ns);
         let hint = cx.ns_hint(d.netns);

@@ -156,6 +156,8 @@ fn fixes(
 mod tests {
     use super::super::testkit::*;
     use super::super::{Fact, Tier};
+    use crate::events::record::Family;
+    use crate::events::record::Proto;
     use crate::host::topology::NsTopology;
 
     /// A one-link host `h-31` holding `addr`, its eth1 a veth whose peer
@@ -194,8 +196,12 @@ mod tests {
         let mut d = drop(Reason::IP_INADDRERRORS, 1_000);
         (d.ifindex, d.ingress_ifindex) = (3, 3);
         d.ingress_ifname = Some("eth1".into());
-        d.family = Some(if dst.contains(':') { "ipv6" } else { "ipv4" });
-        d.proto = Some("udp".into());
+        d.family = Some(if dst.contains(':') {
+            Family::Ipv6
+        } else {
+            Family::Ipv4
+        });
+        d.proto = Some(Proto::Udp);
         d.src = Some(ip(src));
         d.dst = Some(ip(dst));
         d

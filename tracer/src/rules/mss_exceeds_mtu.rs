@@ -246,6 +246,7 @@ fn verdict(cx: &mut Ctx, key: String, r: &SynRecord, tier: Tier) {
 mod tests {
     use super::super::testkit::*;
     use super::super::{Engine, Fact, Tier};
+    use crate::events::record::Proto;
 
     const MS: u64 = 1_000_000;
     const ROUTER: u32 = NS + 1;
@@ -294,7 +295,7 @@ mod tests {
     fn icmp_dropped(ts: u64) -> Fact {
         let mut d = drop(Reason::NETFILTER_DROP, ts);
         d.netns = ROUTER;
-        d.proto = Some("icmp".into());
+        d.proto = Some(Proto::Icmp);
         d.dst = Some(ip("10.200.0.2"));
         d.icmp_type = Some(3);
         d.icmp_code = Some(4);

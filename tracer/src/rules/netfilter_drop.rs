@@ -25,7 +25,7 @@ impl Rule for NetfilterDrop {
         let key = format!("nf/{}/{:?}/{:?}/{:?}", d.netns, d.proto, d.dst, d.dport);
         cx.tally(&key, d.ts_ns);
         let hint = cx.ns_hint(d.netns);
-        let icmp = match (d.proto.as_deref(), d.icmp_type, d.icmp_code) {
+        let icmp = match (d.proto, d.icmp_type, d.icmp_code) {
             (Some(p), Some(t), Some(c)) => icmp_name(p, t, c),
             _ => None,
         };
@@ -67,16 +67,18 @@ impl Rule for NetfilterDrop {
 mod tests {
     use super::super::testkit::*;
     use super::super::{Fact, Tier};
+    use crate::events::record::Family;
+    use crate::events::record::Proto;
 
     #[test]
     fn firewall_drops_are_named_with_their_flow() {
         let mut udp = drop(Reason::NETFILTER_DROP, 1_000);
-        udp.proto = Some("udp".into());
-        udp.family = Some("ipv6");
+        udp.proto = Some(Proto::Udp);
+        udp.family = Some(Family::Ipv6);
         udp.dst = Some(ip("fd00::1"));
         udp.dport = Some(7777);
         let mut ping = drop(Reason::NETFILTER_DROP, 2_000);
-        ping.proto = Some("icmp".into());
+        ping.proto = Some(Proto::Icmp);
         ping.dst = Some(ip("10.0.0.1"));
         ping.icmp_type = Some(8);
         ping.icmp_code = Some(0);

@@ -149,6 +149,8 @@ fn link_scoped(dst: IpAddr, src: Option<IpAddr>) -> bool {
 mod tests {
     use super::super::testkit::*;
     use super::super::{Fact, Tier};
+    use crate::events::record::Family;
+    use crate::events::record::Proto;
 
     #[test]
     fn a_failed_lookup_names_its_errno() {
@@ -171,8 +173,8 @@ mod tests {
 
     fn v6_drop(src: &str, dst: &str) -> super::DropRecord {
         let mut d = drop(Reason::IP_OUTNOROUTES, 1_000);
-        d.family = Some("ipv6");
-        d.proto = Some("icmp6".into());
+        d.family = Some(Family::Ipv6);
+        d.proto = Some(Proto::Icmp6);
         d.src = Some(ip(src));
         d.dst = Some(ip(dst));
         d.route = Some(lookup(0, "", 0, -101));

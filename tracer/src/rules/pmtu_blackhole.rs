@@ -10,6 +10,7 @@ use super::fix::iptables_for;
 use super::{Fact, Rule, Tier};
 use crate::events::reason::Reason;
 use crate::events::record::DropRecord;
+use crate::events::record::Family;
 use serde_json::json;
 
 /// Concludes the black holes that the facts layer
@@ -95,7 +96,7 @@ fn verdict(cx: &mut Ctx, p: Proven) {
         ));
     }
     if blocked {
-        fix.push(if d.family == Some("ipv6") {
+        fix.push(if d.family == Some(Family::Ipv6) {
             format!("Let ICMPv6 packet-too-big out: {hint}ip6tables -I OUTPUT -p icmpv6 --icmpv6-type packet-too-big -j ACCEPT (and in FORWARD)")
         } else {
             format!("Let ICMP fragmentation-needed out: {hint}iptables -I OUTPUT -p icmp --icmp-type fragmentation-needed -j ACCEPT (and in FORWARD)")
@@ -134,6 +135,7 @@ mod tests {
     use super::super::testkit::*;
     use super::super::{Fact, Tier};
     use crate::events::record::DropRecord;
+    use crate::events::record::Proto;
 
     fn too_big(ts: u64) -> Fact {
         let mut d = tcp(
@@ -152,7 +154,7 @@ mod tests {
 
     fn icmp_dropped(ts: u64) -> DropRecord {
         let mut d = drop(Reason::NETFILTER_DROP, ts);
-        d.proto = Some("icmp".into());
+        d.proto = Some(Proto::Icmp);
         d.src = Some(ip("10.200.0.1"));
         d.dst = Some(ip("10.200.0.2"));
         d.icmp_type = Some(3);

@@ -12,6 +12,7 @@ use super::fix::q;
 use super::{Fact, Rule, Tier};
 use crate::events::reason::Reason;
 use crate::events::record::DropRecord;
+use crate::events::record::Proto;
 use crate::host::qdisc::{rate, Qdisc};
 use serde_json::json;
 
@@ -238,7 +239,7 @@ fn raise(qd: &Qdisc, hint: &str, dev: &str, d: &DropRecord) -> Option<String> {
         "pfifo_fast" => format!("{hint}ip link set dev {dev} txqueuelen {}", l.packets? * 4),
         _ => return None,
     };
-    let udp = d.proto.as_deref() == Some("udp");
+    let udp = d.proto == Some(Proto::Udp);
     Some(format!(
         "If the limit is too tight for bursts, give the queue more room: {cmd}{}",
         if udp {
@@ -250,7 +251,7 @@ fn raise(qd: &Qdisc, hint: &str, dev: &str, d: &DropRecord) -> Option<String> {
 }
 
 fn flow_text(d: &DropRecord) -> Option<String> {
-    let (p, s, t) = (d.proto.as_deref()?, d.src?, d.dst?);
+    let (p, s, t) = (d.proto?, d.src?, d.dst?);
     Some(match (d.sport, d.dport) {
         (Some(a), Some(b)) => format!(
             "{p} {} > {}",
@@ -265,6 +266,7 @@ fn flow_text(d: &DropRecord) -> Option<String> {
 mod tests {
     use super::super::testkit::*;
     use super::super::{Fact, Tier};
+    use crate::events::record::Proto;
     use crate::host::qdisc::{Limits, Qdisc, Stats};
 
     fn qdisc(kind: &str, parent: &str, limits: Limits, drops: u64) -> Qdisc {
@@ -298,7 +300,7 @@ mod tests {
                 let mut d = drop(reason.clone(), 1_000 + i * 1_000_000);
                 d.ifindex = 2;
                 d.ifname = Some("eth$(id)".into());
-                d.proto = Some("udp".into());
+                d.proto = Some(Proto::Udp);
                 Fact::Drop(d)
             })
             .collect()

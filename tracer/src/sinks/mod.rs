@@ -7,7 +7,7 @@ pub mod printable;
 pub mod verdict;
 
 use crate::events::aggregate::AggregateRecord;
-use crate::events::record::{DropRecord, SynRecord};
+use crate::events::record::{DropRecord, Family, NudState, ReasonSource, SynRecord};
 use crate::kernel::probes::KernelStats;
 use serde::Serialize;
 use std::collections::BTreeMap;
@@ -241,7 +241,11 @@ impl Output {
             s.tcp_flags,
             s.mss,
             s.mtu,
-            if s.family == Some("ipv6") { 60 } else { 40 }
+            if s.family == Some(Family::Ipv6) {
+                60
+            } else {
+                40
+            }
         );
         self.line(&line)
     }
@@ -265,7 +269,7 @@ impl Output {
                 &format!("{:<REASON_W$}", format!("NEIGH_{}", n.state))
             ),
             n.neighbor.map(|a| a.to_string()).unwrap_or_default(),
-            if n.state == "FAILED" {
+            if n.state == NudState::Failed {
                 "(no ARP/ND answer)"
             } else {
                 "(resolving)"
@@ -308,7 +312,9 @@ impl Output {
             let flow = if d.src.is_some_and(|a| !a.is_unspecified()) {
                 flow_text(d)
             } else {
-                d.proto.clone().unwrap_or_default().to_uppercase()
+                d.proto
+                    .map(|p| p.to_string().to_uppercase())
+                    .unwrap_or_default()
             };
             let line = format!(
                 "{:>15} {ns:<18} {:<16} {:<REASON_W$} {:<30}        {flow}",
@@ -514,7 +520,7 @@ impl Summary {
     /// Counts a drop hidden as noise.
     pub fn hide(&mut self, d: &DropRecord) {
         if let Some(k) = d.noise {
-            *self.noise_hidden.entry(k.to_string()).or_default() += 1;
+            *self.noise_hidden.entry(k.as_str().to_string()).or_default() += 1;
         }
     }
 
@@ -586,7 +592,7 @@ pub fn flow_text(d: &DropRecord) -> String {
     let Some(proto) = &d.proto else {
         return "(no IP header)".to_string();
     };
-    let p = proto.to_uppercase();
+    let p = proto.to_string().to_uppercase();
     let mut s = match (d.sport, d.dport) {
         (Some(sp), Some(dp)) => {
             format!("{p} {}:{sp} > {}:{dp}", fmt_addr(d.src), fmt_addr(d.dst))
@@ -600,7 +606,7 @@ pub fn flow_text(d: &DropRecord) -> String {
         s.push_str(&format!(" mss {m}"));
     }
     if let (Some(t), Some(c)) = (d.icmp_type, d.icmp_code) {
-        match crate::events::protocols::icmp_name(proto, t, c) {
+        match crate::events::protocols::icmp_name(*proto, t, c) {
             Some(name) => s.push_str(&format!(" {name} (type {t} code {c})")),
             None => s.push_str(&format!(" type {t} code {c}")),
         }
@@ -629,7 +635,7 @@ fn arp_text(a: &crate::events::record::Arp) -> String {
 pub fn reason_label(d: &DropRecord) -> String {
     match (d.reason.is_empty(), d.reason_source) {
         (true, _) => "?".to_string(),
-        (false, Some("location")) => format!("~{}", d.reason),
+        (false, Some(ReasonSource::Location)) => format!("~{}", d.reason),
         (false, _) => d.reason.to_string(),
     }
 }
@@ -673,8 +679,8 @@ mod tests {
         let buf = Shared::default();
         let mut out = Output::to(Format::Text, 1, buf.clone(), false);
         for (reason, source) in [
-            ("BRIDGE_INGRESS_STP_STATE", Some("kernel")),
-            ("TCP_INVALID_END_SEQUENCE", Some("location")),
+            ("BRIDGE_INGRESS_STP_STATE", Some(ReasonSource::Kernel)),
+            ("TCP_INVALID_END_SEQUENCE", Some(ReasonSource::Location)),
         ] {
             let mut d = DropRecord::sample("br_handle_frame+0x1f0");
             d.reason = crate::events::reason::Reason::new(reason);

@@ -248,7 +248,7 @@ impl PcapSink {
                 d.location,
                 label(r),
                 crate::sinks::dev_label(d),
-                d.proto.as_deref().map(|p| format!(" {}", p.to_uppercase())).unwrap_or_default(),
+                d.proto.map(|p| format!(" {}", p.to_string().to_uppercase())).unwrap_or_default(),
                 flow,
             ));
         }

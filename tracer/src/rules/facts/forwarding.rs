@@ -4,6 +4,7 @@
 use super::reverse_path::ingress_of;
 use crate::events::reason::Reason;
 use crate::events::record::DropRecord;
+use crate::events::record::Family;
 use crate::host::topology::{Link, NsTopology, RouteKind};
 use std::net::IpAddr;
 use std::sync::Arc;
@@ -21,7 +22,7 @@ pub fn owns_addr(topo: &NsTopology, a: IpAddr) -> bool {
 /// Whether the forwarding sysctl that applies to this drop is on: the
 /// ingress device's for IPv4, `all` for IPv6.
 pub fn forwarding_on(topo: &NsTopology, d: &DropRecord) -> bool {
-    if d.family == Some("ipv6") {
+    if d.family == Some(Family::Ipv6) {
         return topo.sysctls.ipv6_forwarding;
     }
     match &d.ingress_ifname {

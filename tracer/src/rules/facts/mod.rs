@@ -13,6 +13,7 @@ pub mod reverse_path;
 
 use super::Fact;
 use crate::events::reason::Reason;
+use crate::events::record::NudState;
 use pmtu::{Episodes, TooBigFlow};
 use std::collections::HashMap;
 use std::net::IpAddr;
@@ -27,7 +28,7 @@ pub struct Observations {
     /// Where traffic from a peer entered: (netns, peer) -> ingress ifindex.
     pub ingress_of_peer: HashMap<(u32, IpAddr), i32>,
     /// Neighbour states seen: (netns, ifindex, addr) -> transitions in order.
-    pub neigh: HashMap<(u32, i32, IpAddr), Vec<&'static str>>,
+    pub neigh: HashMap<(u32, i32, IpAddr), Vec<NudState>>,
     /// ICMP "fragmentation needed" / ICMPv6 "packet too big" that were
     /// themselves dropped: (netns, the ICMP's destination) -> time.
     pub icmp_ptb_dropped: HashMap<(u32, IpAddr), u64>,

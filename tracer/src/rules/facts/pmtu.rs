@@ -2,6 +2,7 @@
 //! concludes them, `mss_exceeds_mtu` asks whether its connections died.
 
 use crate::events::record::DropRecord;
+use crate::events::record::Proto;
 use std::collections::HashMap;
 use std::net::IpAddr;
 
@@ -81,7 +82,7 @@ impl Episodes {
                 .is_some_and(|ts| ts.abs_diff(t.last_ts) < 2_000_000_000);
             // Only TCP retransmits the same too-big segment; UDP senders
             // probing the path MTU (QUIC, tracepath) do this on purpose.
-            let persists = t.rec.proto.as_deref() == Some("tcp")
+            let persists = t.rec.proto == Some(Proto::Tcp)
                 && t.count >= 3
                 && t.last_ts.saturating_sub(t.first_ts) >= 1_000_000_000;
             if blocked || persists {
@@ -102,7 +103,7 @@ impl Episodes {
 /// An ICMP "fragmentation needed" or ICMPv6 "packet too big".
 pub fn is_ptb_icmp(d: &DropRecord) -> bool {
     matches!(
-        (d.proto.as_deref(), d.icmp_type, d.icmp_code),
-        (Some("icmp"), Some(3), Some(4)) | (Some("icmp6"), Some(2), _)
+        (d.proto, d.icmp_type, d.icmp_code),
+        (Some(Proto::Icmp), Some(3), Some(4)) | (Some(Proto::Icmp6), Some(2), _)
     )
 }
