@@ -19,6 +19,7 @@
 use super::ctx::{Ctx, Finding};
 use super::facts::arrivals::peer_arrives_elsewhere;
 use super::fix::{bridge_fixes, net, route_via, BridgeOwner};
+use super::key::Key;
 use super::{Fact, Rule, Tier};
 use crate::events::reason::Reason;
 use crate::events::record::{DropRecord, NeighRecord};
@@ -30,11 +31,12 @@ pub struct AsymmetricRoute;
 
 /// The key of a verdict about replies to `peer` lost on `egress` of
 /// `netns` while the peer enters `in_netns` on `in_if`.
-fn key(netns: u32, in_netns: u32, in_if: i32, egress: i32) -> String {
-    if in_netns == netns {
-        format!("asym/{netns}/{in_if}/{egress}")
-    } else {
-        format!("asym/{netns}/{in_netns}:{in_if}/{egress}")
+fn key(netns: u32, in_netns: u32, in_if: i32, egress: i32) -> Key {
+    Key::Asymmetric {
+        netns,
+        in_netns,
+        in_if,
+        egress,
     }
 }
 
@@ -90,7 +92,7 @@ fn on_drop(d: &DropRecord, cx: &mut Ctx) {
 #[allow(clippy::too_many_arguments)]
 fn host_verdict(
     cx: &mut Ctx,
-    key: String,
+    key: Key,
     netns: u32,
     topo: &NsTopology,
     in_link: &Link,
@@ -262,7 +264,7 @@ fn on_neigh(n: &NeighRecord, cx: &mut Ctx) {
 #[allow(clippy::too_many_arguments)]
 fn container_verdict(
     cx: &mut Ctx,
-    key: String,
+    key: Key,
     n: &NeighRecord,
     peer: IpAddr,
     topo: &NsTopology,

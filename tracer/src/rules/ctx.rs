@@ -6,6 +6,7 @@
 
 use super::facts::forwarding::holds;
 use super::facts::{FlowKey, Observations};
+use super::key::Key;
 use super::{Tier, Verdict};
 use crate::host::containers::{Container, DockerNetwork};
 use crate::host::topology::{Link, NsTopology};
@@ -56,7 +57,7 @@ pub trait TopologySource {
 /// What a rule found: everything a verdict says except the bookkeeping.
 pub struct Finding {
     /// One cause, one key: a verdict per key, further drops only counted.
-    pub key: String,
+    pub key: Key,
     pub kind: &'static str,
     pub tier: Tier,
     pub netns: u32,
@@ -70,17 +71,17 @@ pub struct Finding {
 #[derive(Default)]
 pub struct Book {
     /// Dedup key -> index into `verdicts`.
-    seen: HashMap<String, usize>,
+    seen: HashMap<Key, usize>,
     pub verdicts: Vec<Verdict>,
     /// (first fact time, count) per dedup key, for latency and counts.
-    pending_count: HashMap<String, (u64, u64)>,
+    pending_count: HashMap<Key, (u64, u64)>,
     /// Verdicts not printed because their kind hit MAX_VERDICTS_PER_KIND.
     pub suppressed: u64,
-    suppressed_keys: HashSet<String>,
+    suppressed_keys: HashSet<Key>,
     /// Indexes into `verdicts` concluded or upgraded since `take_new`.
     fresh: Vec<usize>,
     /// The flow a key's verdict is about, for its first-seen time.
-    flows: HashMap<String, FlowKey>,
+    flows: HashMap<Key, FlowKey>,
 }
 
 impl Book {
@@ -97,7 +98,7 @@ impl Book {
     /// and a namespace that is gone leaves nothing behind. Returns how many
     /// were forgotten.
     pub fn expire(&mut self, before_ns: u64) -> usize {
-        let mut keys: Vec<Option<String>> = vec![None; self.verdicts.len()];
+        let mut keys: Vec<Option<Key>> = vec![None; self.verdicts.len()];
         for (k, i) in self.seen.drain() {
             keys[i] = Some(k);
         }
@@ -224,11 +225,11 @@ impl<'a> Ctx<'a> {
 
     /// Starts `key`'s clock at `ts` without counting a drop (evidence that
     /// precedes any loss, such as the first packet of the failing flow).
-    pub fn clock_from(&mut self, key: &str, ts: u64) {
+    pub fn clock_from(&mut self, key: &Key, ts: u64) {
         let e = self
             .book
             .pending_count
-            .entry(key.to_string())
+            .entry(key.clone())
             .or_insert((ts, 0));
         e.0 = e.0.min(ts);
     }
@@ -236,9 +237,9 @@ impl<'a> Ctx<'a> {
     /// The verdict of `key` is about `flow`: it gets the flow's first-seen
     /// time, and is marked stale if the flow began before the latest
     /// change of its namespace's topology.
-    pub fn about_flow(&mut self, key: &str, flow: FlowKey) {
+    pub fn about_flow(&mut self, key: &Key, flow: FlowKey) {
         if self.book.flows.len() < 100_000 {
-            self.book.flows.insert(key.to_string(), flow);
+            self.book.flows.insert(key.clone(), flow);
         }
     }
 
@@ -315,11 +316,11 @@ impl<'a> Ctx<'a> {
     }
 
     /// Counts a fact towards `key`; returns (first time, count).
-    pub fn tally(&mut self, key: &str, ts: u64) -> (u64, u64) {
+    pub fn tally(&mut self, key: &Key, ts: u64) -> (u64, u64) {
         let e = self
             .book
             .pending_count
-            .entry(key.to_string())
+            .entry(key.clone())
             .or_insert((ts, 0));
         e.0 = e.0.min(ts);
         e.1 += 1;
@@ -332,7 +333,7 @@ impl<'a> Ctx<'a> {
     }
 
     /// The tier `key` was concluded with, if it was.
-    pub fn concluded(&self, key: &str) -> Option<Tier> {
+    pub fn concluded(&self, key: &Key) -> Option<Tier> {
         self.book.seen.get(key).map(|&i| self.book.verdicts[i].tier)
     }
 

@@ -9,6 +9,7 @@
 use super::ctx::{Ctx, Finding};
 use super::facts::forwarding::not_forwarded;
 use super::fix::q;
+use super::key::Key;
 use super::{Fact, Rule, Tier};
 use crate::events::record::Family;
 use serde_json::json;
@@ -29,7 +30,7 @@ impl Rule for ForwardingDisabled {
         };
         let topo = nf.topo;
         let v6 = d.family == Some(Family::Ipv6);
-        let key = format!("fwd/{}/{v6}", d.netns);
+        let key = Key::ForwardingDisabled { netns: d.netns, v6 };
         cx.tally(&key, d.ts_ns);
         let hint = cx.ns_hint(d.netns);
         // Globally on but off on the ingress device: name that knob.

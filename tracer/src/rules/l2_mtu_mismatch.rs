@@ -4,6 +4,7 @@
 
 use super::ctx::{Ctx, Finding};
 use super::fix::q;
+use super::key::Key;
 use super::{Fact, Rule, Tier};
 use crate::events::reason::Reason;
 use serde_json::json;
@@ -60,7 +61,10 @@ impl Rule for L2MtuMismatch {
         if d.len <= peer_mtu + 18 || (veth && sender_mtu <= peer_mtu) {
             return;
         }
-        let key = format!("l2/{}/{}", d.netns, d.ifindex);
+        let key = Key::L2MtuMismatch {
+            netns: d.netns,
+            ifindex: d.ifindex,
+        };
         cx.tally(&key, d.ts_ns);
         let peer_ip = cx.ip_cmd(peer_ns);
         let summary = format!(

@@ -10,6 +10,7 @@
 use super::ctx::{Ctx, Finding};
 use super::facts::forwarding::not_forwarded;
 use super::fix::q;
+use super::key::Key;
 use super::{Fact, Rule, Tier};
 use crate::events::record::DropRecord;
 use crate::host::topology::Link;
@@ -48,12 +49,15 @@ impl Rule for Misdelivered {
             return;
         };
         let (topo, dst, ingress) = (nf.topo, nf.dst, nf.ingress);
-        let key = format!("misdelivered/{}/{}", d.netns, dst);
+        let key = Key::Misdelivered {
+            netns: d.netns,
+            dst,
+        };
         cx.tally(&key, d.ts_ns);
         let our_mac = topo.link(ingress).and_then(|l| l.mac.clone());
         let sender = find_sender(cx, d, ingress);
-        let finding = describe(cx, d, dst, our_mac, sender.as_ref());
-        cx.conclude(Finding { key, ..finding });
+        let finding = describe(cx, key, d, dst, our_mac, sender.as_ref());
+        cx.conclude(finding);
     }
 }
 
@@ -79,6 +83,7 @@ fn find_sender(cx: &mut Ctx, d: &DropRecord, ingress: i32) -> Option<Sender> {
 
 fn describe(
     cx: &mut Ctx,
+    key: Key,
     d: &DropRecord,
     dst: IpAddr,
     our_mac: Option<String>,
@@ -110,7 +115,7 @@ fn describe(
         "likely_causes": CAUSES,
     });
     Finding {
-        key: String::new(),
+        key,
         kind: "misdelivered",
         tier: Tier::Proven,
         netns: d.netns,

@@ -16,6 +16,7 @@ use super::ctx::{Ctx, Finding};
 use super::facts::pmtu::is_ptb_icmp;
 use super::facts::FlowKey;
 use super::fix::{iptables_for, q, tcp_overhead};
+use super::key::Key;
 use super::{Fact, Rule, Tier};
 use crate::events::reason::Reason;
 use crate::events::record::SynRecord;
@@ -40,7 +41,7 @@ struct Pending {
 #[derive(Default)]
 pub struct MssExceedsMtu {
     /// Verdict key (netns, egress device) -> SYNs waiting for evidence.
-    pending: HashMap<String, Pending>,
+    pending: HashMap<Key, Pending>,
 }
 
 /// What became of a connection's big segments.
@@ -88,7 +89,10 @@ impl MssExceedsMtu {
         if r.ingress_ifindex <= 0 || r.ingress_ifindex == r.ifindex || r.tcp_flags != "S" {
             return;
         }
-        let key = format!("mss/{}/{}", r.netns, r.ifindex);
+        let key = Key::MssExceedsMtu {
+            netns: r.netns,
+            egress: r.ifindex,
+        };
         cx.tally(&key, r.ts_ns);
         if cx.concluded(&key) == Some(Tier::Proven) {
             return;
@@ -125,7 +129,7 @@ impl MssExceedsMtu {
     }
 
     fn decide(&mut self, cx: &mut Ctx, end: bool) {
-        let keys: Vec<String> = self.pending.keys().cloned().collect();
+        let keys: Vec<Key> = self.pending.keys().cloned().collect();
         for key in keys {
             let p = &self.pending[&key];
             let fate = Self::fate(cx, &p.flows);
@@ -162,7 +166,7 @@ impl MssExceedsMtu {
     }
 }
 
-fn verdict(cx: &mut Ctx, key: String, r: &SynRecord, tier: Tier) {
+fn verdict(cx: &mut Ctx, key: Key, r: &SynRecord, tier: Tier) {
     let in_link = cx.link(r.netns, r.ingress_ifindex);
     let in_name = in_link
         .as_ref()

@@ -5,6 +5,7 @@
 use super::ctx::{Ctx, Finding};
 use super::facts::arrivals::neighbor_arrives_elsewhere;
 use super::fix::q;
+use super::key::Key;
 use super::{Fact, Rule, Tier};
 use crate::events::reason::Reason;
 use serde_json::json;
@@ -33,7 +34,11 @@ impl Rule for NeighborUnreachable {
         if neighbor_arrives_elsewhere(d, cx.obs, &topo) {
             return;
         }
-        let key = format!("neigh/{}/{}/{}", d.netns, egress, peer);
+        let key = Key::NeighborUnreachable {
+            netns: d.netns,
+            egress,
+            peer,
+        };
         cx.tally(&key, d.ts_ns);
         let hint = cx.ns_hint(d.netns);
         let gw = topo.route_to(peer).and_then(|r| r.gateway);

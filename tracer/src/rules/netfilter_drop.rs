@@ -5,6 +5,7 @@
 use super::ctx::{Ctx, Finding};
 use super::facts::pmtu::is_ptb_icmp;
 use super::fix::host_port;
+use super::key::Key;
 use super::{Fact, Rule, Tier};
 use crate::events::protocols::icmp_name;
 use crate::events::reason::Reason;
@@ -22,7 +23,12 @@ impl Rule for NetfilterDrop {
         if d.reason != Reason::NETFILTER_DROP || is_ptb_icmp(d) {
             return;
         }
-        let key = format!("nf/{}/{:?}/{:?}/{:?}", d.netns, d.proto, d.dst, d.dport);
+        let key = Key::Netfilter {
+            netns: d.netns,
+            proto: d.proto,
+            dst: d.dst,
+            dport: d.dport,
+        };
         cx.tally(&key, d.ts_ns);
         let hint = cx.ns_hint(d.netns);
         let icmp = match (d.proto, d.icmp_type, d.icmp_code) {

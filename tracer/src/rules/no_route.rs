@@ -5,6 +5,7 @@
 
 use super::ctx::{Ctx, Finding};
 use super::facts::reverse_path::{rpfilter_drop, ReversePath};
+use super::key::Key;
 use super::{Fact, Rule, Tier};
 use crate::events::protocols::{errno_name, sender_errno};
 use crate::events::reason::Reason;
@@ -43,7 +44,10 @@ impl Rule for NoRoute {
         if kernel_err.is_none() && table_route.is_some() {
             return;
         }
-        let key = format!("noroute/{}/{}", d.netns, dst);
+        let key = Key::NoRoute {
+            netns: d.netns,
+            dst,
+        };
         cx.tally(&key, d.ts_ns);
         let hint = cx.ns_hint(d.netns);
         let summary = format!(
@@ -86,7 +90,10 @@ impl Rule for NoRoute {
 /// source at all (`err` is the reverse lookup's error, 0 if the table
 /// alone showed it).
 fn no_route_back(d: &DropRecord, cx: &mut Ctx, src: IpAddr, err: i32) {
-    let key = format!("noroute-back/{}/{}", d.netns, src);
+    let key = Key::NoRouteBack {
+        netns: d.netns,
+        src,
+    };
     cx.tally(&key, d.ts_ns);
     let hint = cx.ns_hint(d.netns);
     let ingress = d.ingress_ifname.clone().unwrap_or_else(|| "?".into());

@@ -7,6 +7,7 @@
 use super::ctx::{Ctx, Finding};
 use super::facts::pmtu::{is_ptb_icmp, Proven};
 use super::fix::iptables_for;
+use super::key::Key;
 use super::{Fact, Rule, Tier};
 use crate::events::reason::Reason;
 use crate::events::record::DropRecord;
@@ -19,9 +20,12 @@ use serde_json::json;
 pub struct PmtuBlackhole;
 
 /// The verdict key of a too-big drop: its netns and egress device.
-fn pmtu_key(d: &DropRecord) -> String {
+fn pmtu_key(d: &DropRecord) -> Key {
     let egress = d.route.as_ref().map(|r| r.ifindex).unwrap_or(0);
-    format!("pmtu/{}/{}", d.netns, egress)
+    Key::PmtuBlackhole {
+        netns: d.netns,
+        egress,
+    }
 }
 
 impl Rule for PmtuBlackhole {

@@ -4,6 +4,7 @@
 
 use super::ctx::{Ctx, Finding};
 use super::fix::host_port;
+use super::key::Key;
 use super::{Fact, Rule, Tier};
 use crate::events::reason::Reason;
 use crate::events::record::Proto;
@@ -30,7 +31,12 @@ impl Rule for PortClosed {
         {
             return;
         }
-        let key = format!("port/{}/{proto}/{dst}/{port}", d.netns);
+        let key = Key::PortClosed {
+            netns: d.netns,
+            proto: *proto,
+            dst,
+            port,
+        };
         cx.tally(&key, d.ts_ns);
         let at = host_port(dst, port);
         let summary = format!(

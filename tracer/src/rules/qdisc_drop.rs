@@ -9,6 +9,7 @@
 
 use super::ctx::{Ctx, Finding};
 use super::fix::q;
+use super::key::Key;
 use super::{Fact, Rule, Tier};
 use crate::events::reason::Reason;
 use crate::events::record::DropRecord;
@@ -89,7 +90,10 @@ impl Rule for QdiscDrop {
         if d.ifindex <= 0 {
             return;
         }
-        let key = format!("qdisc/{}/{}", d.netns, d.ifindex);
+        let key = Key::Qdisc {
+            netns: d.netns,
+            ifindex: d.ifindex,
+        };
         cx.tally(&key, d.ts_ns);
         if cx.concluded(&key).is_some() {
             return;

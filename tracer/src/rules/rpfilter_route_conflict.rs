@@ -7,6 +7,7 @@
 use super::ctx::{Ctx, Finding};
 use super::facts::reverse_path::{rpfilter_drop, ReversePath};
 use super::fix::{bridge_fixes, conf_arg, net, q, route_via, BridgeOwner};
+use super::key::Key;
 use super::{Fact, Rule, Tier};
 use serde_json::json;
 
@@ -37,7 +38,11 @@ impl Rule for RpFilterRouteConflict {
         let Some(rev_link) = topo.link(rev_if) else {
             return;
         };
-        let key = format!("rpf/{}/{}/{}", d.netns, ingress, rev_if);
+        let key = Key::RpFilter {
+            netns: d.netns,
+            ingress,
+            reverse: rev_if,
+        };
         cx.tally(&key, d.ts_ns);
         let prefix = topo
             .prefix_on(rev_if, src)

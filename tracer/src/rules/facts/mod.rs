@@ -11,6 +11,7 @@ pub mod forwarding;
 pub mod pmtu;
 pub mod reverse_path;
 
+use super::key::Key;
 use super::Fact;
 use crate::events::reason::Reason;
 use crate::events::record::NudState;
@@ -43,7 +44,7 @@ pub struct Observations {
     /// `asymmetric_route` when it concludes from a neighbour event, read
     /// on later drops only (never on the same fact), so no rule order
     /// matters.
-    pub arrives_elsewhere: HashMap<(u32, IpAddr), String>,
+    pub arrives_elsewhere: HashMap<(u32, IpAddr), Key>,
     /// When each flow (either direction, as first seen) was first seen.
     pub flow_first_seen: HashMap<FlowKey, u64>,
 }

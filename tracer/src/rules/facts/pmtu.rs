@@ -38,20 +38,25 @@ pub struct Proven {
     pub icmp_blocked: bool,
 }
 
+/// A flow in one netns: (netns, src, dst, sport, dport).
+type EpisodeKey = (
+    u32,
+    Option<IpAddr>,
+    Option<IpAddr>,
+    Option<u16>,
+    Option<u16>,
+);
+
 #[derive(Default)]
 pub struct Episodes {
-    /// netns/flow -> episode.
-    open: HashMap<String, Episode>,
+    open: HashMap<EpisodeKey, Episode>,
     /// Proven by the latest fact or tick (cleared before each).
     pub proven: Vec<Proven>,
 }
 
 impl Episodes {
     pub fn record(&mut self, d: &DropRecord) {
-        let key = format!(
-            "{}/{:?}/{:?}/{:?}/{:?}",
-            d.netns, d.src, d.dst, d.sport, d.dport
-        );
+        let key = (d.netns, d.src, d.dst, d.sport, d.dport);
         let e = self.open.entry(key).or_insert(Episode {
             first_ts: d.ts_ns,
             last_ts: d.ts_ns,
@@ -86,7 +91,7 @@ impl Episodes {
                 && t.count >= 3
                 && t.last_ts.saturating_sub(t.first_ts) >= 1_000_000_000;
             if blocked || persists {
-                proven.push((k.clone(), blocked));
+                proven.push((*k, blocked));
             }
         }
         for (k, icmp_blocked) in proven {
