@@ -792,7 +792,7 @@ mod tests {
                 let (out, buf) =
                     Output::to_buffer(format, Reader::open(&path).unwrap().header.own_netns);
                 replay_to(&path, out).unwrap();
-                let got = String::from_utf8(buf.lock().unwrap().clone()).unwrap();
+                let got = buf.text();
                 let want_path = root.join(format!("tests/expected/{name}.{ext}"));
                 let want = std::fs::read_to_string(&want_path)
                     .unwrap_or_else(|e| panic!("{}: {e}", want_path.display()));

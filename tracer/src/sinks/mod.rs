@@ -74,29 +74,9 @@ impl Output {
 
     /// Lines into memory, never coloured: what tests compare.
     #[cfg(test)]
-    pub(crate) fn to_buffer(
-        format: Format,
-        own_netns: u32,
-    ) -> (Self, std::sync::Arc<std::sync::Mutex<Vec<u8>>>) {
-        /// A `Write` the test keeps a handle to after `Output` owns it.
-        struct Shared(std::sync::Arc<std::sync::Mutex<Vec<u8>>>);
-        impl Write for Shared {
-            fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
-                self.0.lock().unwrap().extend_from_slice(b);
-                Ok(b.len())
-            }
-            fn flush(&mut self) -> std::io::Result<()> {
-                Ok(())
-            }
-        }
-        let buf = std::sync::Arc::default();
-        let out = Self::to(
-            format,
-            own_netns,
-            Shared(std::sync::Arc::clone(&buf)),
-            false,
-        );
-        (out, buf)
+    pub(crate) fn to_buffer(format: Format, own_netns: u32) -> (Self, TestBuffer) {
+        let buf = TestBuffer::default();
+        (Self::to(format, own_netns, buf.clone(), false), buf)
     }
 
     /// Lines to stderr: stdout carries the pcapng of `-w -`.
@@ -640,24 +620,32 @@ pub fn reason_label(d: &DropRecord) -> String {
     }
 }
 
+/// A writer a test reads back after `Output` took it.
+#[cfg(test)]
+#[derive(Clone, Default)]
+pub(crate) struct TestBuffer(std::sync::Arc<std::sync::Mutex<Vec<u8>>>);
+
+#[cfg(test)]
+impl TestBuffer {
+    pub(crate) fn text(&self) -> String {
+        String::from_utf8(self.0.lock().unwrap().clone()).unwrap()
+    }
+}
+
+#[cfg(test)]
+impl Write for TestBuffer {
+    fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(b);
+        Ok(b.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::sync::{Arc, Mutex};
-
-    /// A writer the test can read back.
-    #[derive(Clone, Default)]
-    struct Shared(Arc<Mutex<Vec<u8>>>);
-
-    impl Write for Shared {
-        fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
-            self.0.lock().unwrap().extend_from_slice(b);
-            Ok(b.len())
-        }
-        fn flush(&mut self) -> std::io::Result<()> {
-            Ok(())
-        }
-    }
 
     #[test]
     fn arp_frames_say_who_asked_for_whom() {
@@ -676,8 +664,7 @@ mod tests {
 
     #[test]
     fn the_longest_reasons_stay_in_their_column() {
-        let buf = Shared::default();
-        let mut out = Output::to(Format::Text, 1, buf.clone(), false);
+        let (mut out, buf) = Output::to_buffer(Format::Text, 1);
         for (reason, source) in [
             ("BRIDGE_INGRESS_STP_STATE", Some(ReasonSource::Kernel)),
             ("TCP_INVALID_END_SEQUENCE", Some(ReasonSource::Location)),
@@ -688,7 +675,7 @@ mod tests {
             out.drop(&d).unwrap();
         }
         out.flush().unwrap();
-        let text = String::from_utf8(buf.0.lock().unwrap().clone()).unwrap();
+        let text = buf.text();
         let lines: Vec<&str> = text.lines().collect();
         let col = lines[0].find("LOCATION").unwrap();
         for l in &lines[1..] {
