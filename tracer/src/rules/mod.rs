@@ -19,8 +19,9 @@
 //! topology built by hand. Rules never depend on names (docker0, eth0),
 //! subnets or MTU values; only the advice may name a manager's knob.
 //!
-//! To add a verdict kind: one file with a type implementing [`Rule`], and
-//! one line in [`all`].
+//! To add a verdict kind: one file with a type implementing [`Rule`], its
+//! dedup key in [`key::Key`], and one line in [`all`]. What it shares with
+//! other rules goes into [`facts`], never into another rule's file.
 
 pub mod ctx;
 pub mod engine;
