@@ -12,7 +12,7 @@
 
 use crate::diagnose::Diagnoser;
 use crate::events::aggregate::AggregateRecord;
-use crate::events::event::DropRecord;
+use crate::events::record::DropRecord;
 use crate::host::containers::ContainerRef;
 use crate::record::wall_now_ns;
 use crate::rules::Verdict;
@@ -440,7 +440,7 @@ impl Agent {
         let keep = |on: bool, l: Label| if on { l } else { Label::default() };
         let (container, container_source) = Self::container(&d.container);
         DropLabels {
-            reason: keep(c.reason, d.reason.clone().into()),
+            reason: keep(c.reason, d.reason.as_str().into()),
             netns: keep(c.netns, Self::netns_label(&d.netns_name, d.netns, own)),
             container: keep(c.container, container),
             container_source: keep(c.container, container_source),

@@ -3,7 +3,8 @@
 //! output, and an optional recorder. The rules themselves live in
 //! [`crate::rules`]; how verdicts print, in [`crate::sinks::verdict`].
 
-use crate::events::event::{DropRecord, Extra, NeighRecord};
+use crate::events::decode::Extra;
+use crate::events::record::{DropRecord, NeighRecord};
 use crate::host::topology::{Link, NsTopology, Topology};
 use crate::record::{wall_now_ns, Header, Line, Reader, Recorder};
 use crate::rules::{Engine, Fact, TopologySource, Verdict};
@@ -474,6 +475,15 @@ const TICK_NS: u64 = 250_000_000;
 /// header and the engine (its verdicts and counts).
 pub fn replay(
     path: &Path,
+    seen: impl FnMut(Replayed) -> std::io::Result<()>,
+) -> Result<(Header, Engine)> {
+    replay_with(path, Engine::new(), seen)
+}
+
+/// [`replay`] through the given engine (its rules).
+fn replay_with(
+    path: &Path,
+    mut engine: Engine,
     mut seen: impl FnMut(Replayed) -> std::io::Result<()>,
 ) -> Result<(Header, Engine)> {
     let reader = Reader::open(path)?;
@@ -486,7 +496,6 @@ pub fn replay(
         own_netns: header.own_netns,
         dockerd: header.dockerd,
     };
-    let mut engine = Engine::new();
     let mut next_tick: Option<u64> = None;
     let mut end = None;
     let flush = |engine: &mut Engine, seen: &mut dyn FnMut(Replayed) -> std::io::Result<()>| {
@@ -541,7 +550,6 @@ pub fn replay(
 /// a fault was proven.
 pub fn replay_cmd(path: &Path, format: Format) -> Result<bool> {
     let header = Reader::open(path)?.header;
-    let mut out = Output::stdout(format, header.own_netns);
     if format == Format::Text {
         // The recording's words, escaped as every name in text is.
         let shown = format!(
@@ -552,6 +560,11 @@ pub fn replay_cmd(path: &Path, format: Format) -> Result<bool> {
         );
         eprintln!("{}", crate::sinks::printable::escape(&shown));
     }
+    replay_to(path, Output::stdout(format, header.own_netns))
+}
+
+/// The lines of `tracer diagnose --replay`, written to `out`.
+fn replay_to(path: &Path, mut out: Output) -> Result<bool> {
     let mut summary = Summary::new();
     let mut first_ts = None;
     let mut last_ts = 0;
@@ -587,6 +600,9 @@ mod tests {
     //! Replays of recordings captured from real runs of the labs
     //! (`tracer lab run NAME -w FILE`): the same verdicts, offline.
     use super::*;
+    use crate::events::reason::Reason;
+    use crate::events::record::Noise;
+    use crate::events::record::NudState;
     use crate::rules::Tier;
 
     fn replayed(name: &str) -> Vec<(&'static str, Tier)> {
@@ -664,17 +680,17 @@ mod tests {
         let (mut first_arp, mut verdict_at, mut neigh_failed, mut hidden) = (None, None, 0, 0);
         let (_, engine) = replay(&path, |r| {
             match r {
-                Replayed::Fact(Fact::Neigh(n), _) if n.state == "INCOMPLETE" => {
+                Replayed::Fact(Fact::Neigh(n), _) if n.state == NudState::Incomplete => {
                     first_arp.get_or_insert(n.ts_ns);
                     assert_eq!(n.container.as_ref().unwrap().name, "trdk-web");
                 }
                 Replayed::Fact(Fact::Drop(d), _) => {
                     assert_eq!(d.container.as_ref().unwrap().name, "trdk-web");
                     assert_eq!(d.host_ifname.as_deref(), Some("veth250abc2"));
-                    if d.reason == "NEIGH_FAILED" {
+                    if d.reason == Reason::NEIGH_FAILED {
                         neigh_failed += 1;
                     }
-                    if d.noise == Some("syn_retransmit") {
+                    if d.noise == Some(Noise::SynRetransmit) {
                         hidden += 1;
                     }
                 }
@@ -765,6 +781,78 @@ mod tests {
         assert!(v.drops > 1, "{}", v.drops);
     }
 
+    /// Every recording replays to exactly the lines stored in
+    /// `tests/expected` (made by `tracer diagnose --replay FILE -o json`
+    /// and `-o text` with TZ=UTC): refactors of the rules, the records
+    /// and their types must not change a byte of the output.
+    #[test]
+    fn replay_output_is_byte_identical_to_the_stored_lines() {
+        let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+        // Text shows local time; the stored text is UTC's.
+        let utc = crate::sinks::clock_text(0) == "00:00:00.000000";
+        let mut compared = 0;
+        for e in std::fs::read_dir(root.join("tests/recordings")).unwrap() {
+            let path = e.unwrap().path();
+            let name = path.file_stem().unwrap().to_str().unwrap().to_string();
+            for (format, ext) in [(Format::Json, "json"), (Format::Text, "txt")] {
+                if format == Format::Text && !utc {
+                    continue;
+                }
+                let (out, buf) =
+                    Output::to_buffer(format, Reader::open(&path).unwrap().header.own_netns);
+                replay_to(&path, out).unwrap();
+                let got = buf.text();
+                let want_path = root.join(format!("tests/expected/{name}.{ext}"));
+                let want = std::fs::read_to_string(&want_path)
+                    .unwrap_or_else(|e| panic!("{}: {e}", want_path.display()));
+                if got != want {
+                    let line = got
+                        .lines()
+                        .zip(want.lines())
+                        .position(|(g, w)| g != w)
+                        .unwrap_or(got.lines().count().min(want.lines().count()));
+                    panic!(
+                        "{name}.{ext} differs at line {}:\n got: {:?}\nwant: {:?}",
+                        line + 1,
+                        got.lines().nth(line),
+                        want.lines().nth(line)
+                    );
+                }
+                compared += 1;
+            }
+        }
+        assert!(compared >= 16, "{compared}");
+    }
+
+    /// What a rule concludes does not depend on the order the rules run
+    /// in: every recording gives the same verdicts (as a set) with the
+    /// rules reversed.
+    #[test]
+    fn rule_order_does_not_change_the_verdicts() {
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/recordings");
+        let verdicts = |path: &Path, engine: Engine| {
+            let (_, engine) = replay_with(path, engine, |_| Ok(())).unwrap();
+            let mut v: Vec<String> = engine
+                .verdicts()
+                .iter()
+                .map(|v| serde_json::to_string(v).unwrap())
+                .collect();
+            v.sort();
+            (v, engine.suppressed())
+        };
+        for e in std::fs::read_dir(&dir).unwrap() {
+            let path = e.unwrap().path();
+            let mut reversed = crate::rules::all();
+            reversed.reverse();
+            assert_eq!(
+                verdicts(&path, Engine::new()),
+                verdicts(&path, Engine::with_rules(reversed)),
+                "{}",
+                path.display()
+            );
+        }
+    }
+
     /// A rule's kinds all come out of some real recording: adding a rule
     /// means adding a lab (or a captured run) that proves it.
     #[test]
@@ -803,7 +891,9 @@ mod tests {
             replay(&path, |r| {
                 match r {
                     Replayed::Fact(Fact::Syn(s), _) if s.tcp_flags == "S" => syns += 1,
-                    Replayed::Fact(Fact::Drop(d), _) if d.reason == "PKT_TOO_BIG" => too_big += 1,
+                    Replayed::Fact(Fact::Drop(d), _) if d.reason == Reason::PKT_TOO_BIG => {
+                        too_big += 1
+                    }
                     _ => {}
                 }
                 Ok(())

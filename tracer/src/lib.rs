@@ -6,8 +6,10 @@
 //! folders follow one drop through the pipeline:
 //!
 //! - `kernel`: load and attach the probes; BTF (reasons, offsets), kallsyms
-//! - `events`: ring-buffer records decoded and named, the kernel filter,
-//!   reasons inferred before 5.17, storm aggregates, protocol names
+//! - `filter`: the tcpdump-like filter compiled for the kernel
+//! - `events`: ring-buffer records decoded (`decode`), their JSON schema
+//!   (`record`), named (`namer`); reasons inferred before 5.17, storm
+//!   aggregates, protocol names
 //! - `host`: enrichment: namespaces, interfaces, routes, sysctls, containers
 //! - `rules`: one file per verdict kind, fed typed facts by one engine
 //! - `sinks`: text, JSON, verdict blocks, pcapng
@@ -26,6 +28,7 @@ pub mod check;
 pub mod cli;
 pub mod diagnose;
 pub mod events;
+pub mod filter;
 pub mod host;
 pub mod kernel;
 pub mod lab;

@@ -15,7 +15,9 @@
 //! they match. A packet received by a NIC whose driver builds a new skb
 //! per fragment list (GRO) is followed from its merged skb.
 
-use crate::events::event::{family_name, flow_dst, flow_src, proto_name, tcp_flags, DropRecord};
+use crate::events::decode::{family_of, flow_dst, flow_src, proto_of, tcp_flags};
+use crate::events::record::DropRecord;
+use crate::events::record::{Family, Proto};
 use crate::watch::{Consumer, Session};
 use serde::Serialize;
 use std::collections::{BTreeMap, HashMap};
@@ -48,8 +50,8 @@ pub struct HopRecord {
     pub ifindex: i32,
     pub ifname: Option<String>,
     pub len: u32,
-    pub family: Option<&'static str>,
-    pub proto: Option<String>,
+    pub family: Option<Family>,
+    pub proto: Option<Proto>,
     pub src: Option<IpAddr>,
     pub dst: Option<IpAddr>,
     pub sport: Option<u16>,
@@ -105,7 +107,7 @@ impl Tracker {
 impl Consumer for Tracker {
     fn hop(&mut self, raw: &HopEvent, s: &mut Session) -> std::io::Result<()> {
         let f = &raw.flow;
-        let has_l3 = family_name(f.family).is_some();
+        let has_l3 = family_of(f.family).is_some();
         // As for drops: no ports in a non-first fragment or past the
         // packet's end.
         let ports = has_l3
@@ -122,8 +124,8 @@ impl Consumer for Tracker {
             ifindex: raw.ifindex,
             ifname,
             len: raw.len,
-            family: family_name(f.family),
-            proto: has_l3.then(|| proto_name(f.proto)),
+            family: family_of(f.family),
+            proto: has_l3.then(|| proto_of(f.proto)),
             src: flow_src(f),
             dst: flow_dst(f),
             sport: ports.then_some(f.sport),
@@ -148,13 +150,17 @@ impl Consumer for Tracker {
             let flow = match (rec.sport, rec.dport) {
                 (Some(sp), Some(dp)) => format!(
                     "{} {}:{sp} > {}:{dp}",
-                    rec.proto.clone().unwrap_or_default().to_uppercase(),
+                    rec.proto
+                        .map(|p| p.to_string().to_uppercase())
+                        .unwrap_or_default(),
                     rec.src.map(|a| a.to_string()).unwrap_or_default(),
                     rec.dst.map(|a| a.to_string()).unwrap_or_default()
                 ),
                 _ => format!(
                     "{} {} > {}",
-                    rec.proto.clone().unwrap_or_default().to_uppercase(),
+                    rec.proto
+                        .map(|p| p.to_string().to_uppercase())
+                        .unwrap_or_default(),
                     rec.src.map(|a| a.to_string()).unwrap_or_default(),
                     rec.dst.map(|a| a.to_string()).unwrap_or_default()
                 ),

@@ -4,9 +4,11 @@
 //! summarise.
 
 use crate::events::aggregate::{AggregateRecord, Aggregator};
-use crate::events::event::{decode, Event, Namer};
-use crate::events::event::{decode_extra, kind_of, DropRecord, Extra};
-use crate::events::filter;
+use crate::events::decode::{decode, Event};
+use crate::events::decode::{decode_extra, kind_of, Extra};
+use crate::events::namer::Namer;
+use crate::events::record::DropRecord;
+use crate::filter;
 use crate::host::netns;
 use crate::host::topology::Topology;
 use crate::kernel::btf::KernelBtf;
@@ -137,7 +139,7 @@ pub struct Session {
     pub netns: Vec<u32>,
     pub own_netns: u32,
     pub filter: filter::Filter,
-    /// `--all`: also show benign noise (see `event::noise_kind`).
+    /// `--all`: also show benign noise (see `namer::noise_kind`).
     pub show_noise: bool,
     /// The pcapng file of `-w`.
     pub pcap: Option<PcapSink>,
@@ -768,7 +770,7 @@ impl Pump<'_> {
             self.records += 1;
             if kind_of(&item) == KIND_HOP {
                 let done = self.count.is_some_and(|c| self.shown >= c);
-                let r = match crate::events::event::decode_hop(&item) {
+                let r = match crate::events::decode::decode_hop(&item) {
                     Ok(h) if !done => self.consumer.hop(&h, session),
                     Ok(_) => Ok(()),
                     Err(_) => {

@@ -5,7 +5,8 @@
 //! named like a drop. Drop lines plus aggregate counts then equal the
 //! kernel's count of matched drops, however fast the host drops.
 
-use crate::events::event::{DropRecord, Namer};
+use crate::events::namer::Namer;
+use crate::events::record::{DropRecord, Family, Proto, ReasonSource};
 use serde::Serialize;
 use std::collections::HashMap;
 use std::net::IpAddr;
@@ -19,7 +20,7 @@ pub struct AggregateRecord {
     pub count: u64,
     pub interval_s: f64,
     pub reason: Option<String>,
-    pub reason_source: Option<&'static str>,
+    pub reason_source: Option<ReasonSource>,
     pub location: String,
     pub netns: u32,
     pub netns_name: Option<String>,
@@ -27,8 +28,8 @@ pub struct AggregateRecord {
     pub ifname: Option<String>,
     pub ingress_ifindex: i32,
     pub ingress_ifname: Option<String>,
-    pub family: Option<&'static str>,
-    pub proto: Option<String>,
+    pub family: Option<Family>,
+    pub proto: Option<Proto>,
     /// Null when the kernel ran out of keys and counted without addresses.
     pub src: Option<IpAddr>,
     pub dst: Option<IpAddr>,
@@ -85,7 +86,7 @@ impl Aggregator {
                 kind: "aggregate",
                 count: grew,
                 interval_s,
-                reason: (!d.reason.is_empty()).then(|| d.reason.clone()),
+                reason: (!d.reason.is_empty()).then(|| d.reason.to_string()),
                 reason_source: d.reason_source,
                 location: d.location.clone(),
                 netns: d.netns,
@@ -95,7 +96,7 @@ impl Aggregator {
                 ingress_ifindex: d.ingress_ifindex,
                 ingress_ifname: d.ingress_ifname.clone(),
                 family: d.family,
-                proto: d.proto.clone(),
+                proto: d.proto,
                 src: d.src.filter(|a| !a.is_unspecified()),
                 dst: d.dst.filter(|a| !a.is_unspecified()),
                 as_drop: d,

@@ -2,6 +2,7 @@
 //! types, so that output says `ENETUNREACH` and `frag needed`, not -11
 //! and 3/4; and the MSS among the TCP option bytes of a dropped SYN.
 
+use super::record::Proto;
 use etherparse::{TcpOptionElement, TcpOptionsIterator};
 
 /// The MSS option of a SYN, from its option bytes as the kernel copied
@@ -49,33 +50,33 @@ pub fn sender_errno(err: i32) -> i32 {
     }
 }
 
-/// The name of an ICMP (`proto` "icmp") or ICMPv6 ("icmp6") type and code.
-pub fn icmp_name(proto: &str, icmp_type: u8, code: u8) -> Option<&'static str> {
+/// The name of an ICMP or ICMPv6 type and code.
+pub fn icmp_name(proto: Proto, icmp_type: u8, code: u8) -> Option<&'static str> {
     Some(match (proto, icmp_type, code) {
-        ("icmp", 0, _) => "echo reply",
-        ("icmp", 3, 0) => "net unreachable",
-        ("icmp", 3, 1) => "host unreachable",
-        ("icmp", 3, 2) => "protocol unreachable",
-        ("icmp", 3, 3) => "port unreachable",
-        ("icmp", 3, 4) => "frag needed",
-        ("icmp", 3, 13) => "admin prohibited",
-        ("icmp", 3, _) => "unreachable",
-        ("icmp", 5, _) => "redirect",
-        ("icmp", 8, _) => "echo request",
-        ("icmp", 11, _) => "time exceeded",
-        ("icmp", 12, _) => "parameter problem",
-        ("icmp6", 1, 4) => "port unreachable",
-        ("icmp6", 1, _) => "unreachable",
-        ("icmp6", 2, _) => "packet too big",
-        ("icmp6", 3, _) => "time exceeded",
-        ("icmp6", 4, _) => "parameter problem",
-        ("icmp6", 128, _) => "echo request",
-        ("icmp6", 129, _) => "echo reply",
-        ("icmp6", 133, _) => "router solicitation",
-        ("icmp6", 134, _) => "router advertisement",
-        ("icmp6", 135, _) => "neighbor solicitation",
-        ("icmp6", 136, _) => "neighbor advertisement",
-        ("icmp6", 143, _) => "mld report",
+        (Proto::Icmp, 0, _) => "echo reply",
+        (Proto::Icmp, 3, 0) => "net unreachable",
+        (Proto::Icmp, 3, 1) => "host unreachable",
+        (Proto::Icmp, 3, 2) => "protocol unreachable",
+        (Proto::Icmp, 3, 3) => "port unreachable",
+        (Proto::Icmp, 3, 4) => "frag needed",
+        (Proto::Icmp, 3, 13) => "admin prohibited",
+        (Proto::Icmp, 3, _) => "unreachable",
+        (Proto::Icmp, 5, _) => "redirect",
+        (Proto::Icmp, 8, _) => "echo request",
+        (Proto::Icmp, 11, _) => "time exceeded",
+        (Proto::Icmp, 12, _) => "parameter problem",
+        (Proto::Icmp6, 1, 4) => "port unreachable",
+        (Proto::Icmp6, 1, _) => "unreachable",
+        (Proto::Icmp6, 2, _) => "packet too big",
+        (Proto::Icmp6, 3, _) => "time exceeded",
+        (Proto::Icmp6, 4, _) => "parameter problem",
+        (Proto::Icmp6, 128, _) => "echo request",
+        (Proto::Icmp6, 129, _) => "echo reply",
+        (Proto::Icmp6, 133, _) => "router solicitation",
+        (Proto::Icmp6, 134, _) => "router advertisement",
+        (Proto::Icmp6, 135, _) => "neighbor solicitation",
+        (Proto::Icmp6, 136, _) => "neighbor advertisement",
+        (Proto::Icmp6, 143, _) => "mld report",
         _ => return None,
     })
 }
@@ -105,9 +106,9 @@ mod tests {
         assert_eq!(errno_name(-11), "ENETUNREACH");
         assert_eq!(errno_name(-113), "EHOSTUNREACH");
         assert_eq!(errno_name(-999), "errno 999");
-        assert_eq!(icmp_name("icmp", 8, 0), Some("echo request"));
-        assert_eq!(icmp_name("icmp", 3, 4), Some("frag needed"));
-        assert_eq!(icmp_name("icmp6", 2, 0), Some("packet too big"));
-        assert_eq!(icmp_name("icmp", 42, 0), None);
+        assert_eq!(icmp_name(Proto::Icmp, 8, 0), Some("echo request"));
+        assert_eq!(icmp_name(Proto::Icmp, 3, 4), Some("frag needed"));
+        assert_eq!(icmp_name(Proto::Icmp6, 2, 0), Some("packet too big"));
+        assert_eq!(icmp_name(Proto::Icmp, 42, 0), None);
     }
 }

@@ -7,7 +7,8 @@
 //! route's egress MTU, or the route lookups rp_filter itself made. Anything
 //! else stays unknown. Records say `reason_source: "location"` for these.
 
-use crate::events::event::DropRecord;
+use super::reason::Reason;
+use super::record::DropRecord;
 
 /// ENETUNREACH as fib lookups return it (negated).
 const ENETUNREACH: i32 = -101;
@@ -21,21 +22,21 @@ pub fn function(location: &str) -> &str {
 
 /// The reason `d` must have had, given where it was freed. `egress_mtu`
 /// is the MTU of the device a forwarded packet was routed to.
-pub fn infer(d: &DropRecord, egress_mtu: Option<u32>) -> Option<&'static str> {
+pub fn infer(d: &DropRecord, egress_mtu: Option<u32>) -> Option<Reason> {
     match function(&d.location) {
         // Its only free is of the packets queued for a failed neighbour.
-        "neigh_invalidate" => Some("NEIGH_FAILED"),
+        "neigh_invalidate" => Some(Reason::NEIGH_FAILED),
         // NF_DROP is the only verdict nf_hook_slow frees for.
-        "nf_hook_slow" => Some("NETFILTER_DROP"),
+        "nf_hook_slow" => Some(Reason::NETFILTER_DROP),
         // Its only free is under `no_route`.
-        "__ip_queue_xmit" => Some("IP_OUTNOROUTES"),
-        "ip_forward" | "ip6_forward" => too_big(d, egress_mtu).then_some("PKT_TOO_BIG"),
-        "ip_rcv_finish_core" => reverse_path_elsewhere(d).then_some("IP_RPFILTER"),
+        "__ip_queue_xmit" => Some(Reason::IP_OUTNOROUTES),
+        "ip_forward" | "ip6_forward" => too_big(d, egress_mtu).then_some(Reason::PKT_TOO_BIG),
+        "ip_rcv_finish_core" => reverse_path_elsewhere(d).then_some(Reason::IP_RPFILTER),
         "ip_error" => d
             .route
             .as_ref()
             .is_some_and(|r| r.err == ENETUNREACH)
-            .then_some("IP_INNOROUTES"),
+            .then_some(Reason::IP_INNOROUTES),
         _ => None,
     }
 }
@@ -62,7 +63,7 @@ fn reverse_path_elsewhere(d: &DropRecord) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::events::event::RouteRecord;
+    use crate::events::record::RouteRecord;
 
     fn route(ifindex: i32, mtu: u32, err: i32) -> Option<RouteRecord> {
         Some(RouteRecord {
@@ -84,9 +85,9 @@ mod tests {
     #[test]
     fn single_path_functions_name_their_reason() {
         let d = DropRecord::sample("neigh_invalidate+0x8c");
-        assert_eq!(infer(&d, None), Some("NEIGH_FAILED"));
+        assert_eq!(infer(&d, None), Some(Reason::NEIGH_FAILED));
         let d = DropRecord::sample("nf_hook_slow+0x91");
-        assert_eq!(infer(&d, None), Some("NETFILTER_DROP"));
+        assert_eq!(infer(&d, None), Some(Reason::NETFILTER_DROP));
         // Ambiguous functions stay unknown without evidence.
         assert_eq!(infer(&DropRecord::sample("tcp_v4_rcv+0x91"), None), None);
         assert_eq!(infer(&DropRecord::sample("ip_forward+0x2c0"), None), None);
@@ -101,7 +102,7 @@ mod tests {
     fn compiler_suffixes_are_the_same_function() {
         let mut d = DropRecord::sample("ip_rcv_finish_core.constprop.0+0x20e");
         d.reverse_route = route(5, 1500, 0);
-        assert_eq!(infer(&d, None), Some("IP_RPFILTER"));
+        assert_eq!(infer(&d, None), Some(Reason::IP_RPFILTER));
         assert_eq!(function("neigh_invalidate.isra.0+0x8"), "neigh_invalidate");
     }
 
@@ -109,7 +110,7 @@ mod tests {
     fn too_big_without_a_lookup_uses_the_routing_tables_egress() {
         let mut d = DropRecord::sample("ip_forward+0x1b9");
         d.len = 1478;
-        assert_eq!(infer(&d, Some(1400)), Some("PKT_TOO_BIG"));
+        assert_eq!(infer(&d, Some(1400)), Some(Reason::PKT_TOO_BIG));
         assert_eq!(infer(&d, Some(1500)), None);
     }
 
@@ -117,7 +118,7 @@ mod tests {
     fn rp_filter_needs_the_reverse_lookup_elsewhere() {
         let mut d = DropRecord::sample("ip_rcv_finish_core+0x25b");
         d.reverse_route = route(5, 1500, 0); // docker0, not eth0 (2)
-        assert_eq!(infer(&d, None), Some("IP_RPFILTER"));
+        assert_eq!(infer(&d, None), Some(Reason::IP_RPFILTER));
         d.reverse_route = route(2, 1500, 0); // back out the way it came
         assert_eq!(infer(&d, None), None);
         d.reverse_route = route(5, 1500, -101);
@@ -132,7 +133,7 @@ mod tests {
         d.gso_size = 1448;
         d.gso_segs = 5;
         d.route = route(3, 1450, 0);
-        assert_eq!(infer(&d, None), Some("PKT_TOO_BIG"));
+        assert_eq!(infer(&d, None), Some(Reason::PKT_TOO_BIG));
         d.route = route(3, 1500, 0);
         assert_eq!(infer(&d, None), None, "a 1500-byte segment fits 1500");
         let mut d = DropRecord::sample("ip6_forward+0x6e0");
@@ -140,14 +141,14 @@ mod tests {
         d.route = route(3, 1400, 0);
         assert_eq!(infer(&d, None), None);
         d.len = 1500;
-        assert_eq!(infer(&d, None), Some("PKT_TOO_BIG"));
+        assert_eq!(infer(&d, None), Some(Reason::PKT_TOO_BIG));
     }
 
     #[test]
     fn no_route_comes_from_the_lookup_error() {
         let mut d = DropRecord::sample("ip_error+0x40");
         d.route = route(0, 0, ENETUNREACH);
-        assert_eq!(infer(&d, None), Some("IP_INNOROUTES"));
+        assert_eq!(infer(&d, None), Some(Reason::IP_INNOROUTES));
         d.route = route(0, 0, -113);
         assert_eq!(infer(&d, None), None);
     }

@@ -17,55 +17,26 @@
 //!   drops the SYN on arrival instead: that is `rpfilter_route_conflict`.
 
 use super::ctx::{Ctx, Finding};
+use super::facts::arrivals::peer_arrives_elsewhere;
 use super::fix::{bridge_fixes, net, route_via, BridgeOwner};
-use super::rpfilter_route_conflict::ROUTE_JOIN_MAX_AGE_NS;
+use super::key::Key;
 use super::{Fact, Rule, Tier};
-use crate::events::event::{DropRecord, NeighRecord};
+use crate::events::reason::Reason;
+use crate::events::record::{DropRecord, NeighRecord};
 use crate::host::topology::{Link, NsTopology};
 use serde_json::json;
 use std::net::IpAddr;
 
 pub struct AsymmetricRoute;
 
-/// The device the peer's traffic arrives on, when it is not the one the
-/// failed reply left by and the peer was asked for on-link there; None
-/// when the drop shows no asymmetry (then it is `neighbor_unreachable`).
-pub(super) fn peer_arrives_elsewhere(
-    d: &DropRecord,
-    cx: &mut Ctx,
-    topo: &NsTopology,
-) -> Option<Link> {
-    let peer = d.dst?;
-    let egress = d.ifindex;
-    // Where the peer's packets came in: the kernel's input-route lookup
-    // for peer -> us (joined as this drop's reverse route), else drops
-    // seen earlier from that peer.
-    let in_if = d
-        .reverse_route
-        .as_ref()
-        .filter(|r| r.err == 0 && r.age_ns.unsigned_abs() < ROUTE_JOIN_MAX_AGE_NS)
-        .map(|r| r.iif)
-        .filter(|i| *i > 1)
-        .or_else(|| cx.obs.ingress_of_peer.get(&(d.netns, peer)).copied())
-        .filter(|i| *i != egress)?;
-    // Asymmetry only explains the loss if the peer itself was asked for
-    // on the egress link; behind a gateway the gateway failed.
-    let on_link = topo
-        .route_to(peer)
-        .is_some_and(|r| r.gateway.is_none() && r.oif == Some(egress));
-    if !on_link {
-        return None;
-    }
-    topo.link(in_if).cloned()
-}
-
 /// The key of a verdict about replies to `peer` lost on `egress` of
 /// `netns` while the peer enters `in_netns` on `in_if`.
-fn key(netns: u32, in_netns: u32, in_if: i32, egress: i32) -> String {
-    if in_netns == netns {
-        format!("asym/{netns}/{in_if}/{egress}")
-    } else {
-        format!("asym/{netns}/{in_netns}:{in_if}/{egress}")
+fn key(netns: u32, in_netns: u32, in_if: i32, egress: i32) -> Key {
+    Key::Asymmetric {
+        netns,
+        in_netns,
+        in_if,
+        egress,
     }
 }
 
@@ -84,7 +55,7 @@ impl Rule for AsymmetricRoute {
 }
 
 fn on_drop(d: &DropRecord, cx: &mut Ctx) {
-    if d.reason != "NEIGH_FAILED" {
+    if d.reason != Reason::NEIGH_FAILED {
         return;
     }
     let (Some(peer), Some(topo)) = (d.dst, cx.topo(d.netns)) else {
@@ -94,7 +65,7 @@ fn on_drop(d: &DropRecord, cx: &mut Ctx) {
     let Some(out_link) = topo.link(egress).cloned() else {
         return;
     };
-    let Some(in_link) = peer_arrives_elsewhere(d, cx, &topo) else {
+    let Some(in_link) = peer_arrives_elsewhere(d, cx.obs, &topo) else {
         // Proven earlier from the neighbour's arrivals: these are its
         // replies dying now.
         if let Some(k) = cx.obs.arrives_elsewhere.get(&(d.netns, peer)).cloned() {
@@ -121,7 +92,7 @@ fn on_drop(d: &DropRecord, cx: &mut Ctx) {
 #[allow(clippy::too_many_arguments)]
 fn host_verdict(
     cx: &mut Ctx,
-    key: String,
+    key: Key,
     netns: u32,
     topo: &NsTopology,
     in_link: &Link,
@@ -293,7 +264,7 @@ fn on_neigh(n: &NeighRecord, cx: &mut Ctx) {
 #[allow(clippy::too_many_arguments)]
 fn container_verdict(
     cx: &mut Ctx,
-    key: String,
+    key: Key,
     n: &NeighRecord,
     peer: IpAddr,
     topo: &NsTopology,
@@ -399,7 +370,8 @@ fn container_verdict(
 mod tests {
     use super::super::testkit::*;
     use super::super::{Fact, Tier};
-    use crate::events::event::{Arrival, NeighRecord};
+    use crate::events::record::NudState;
+    use crate::events::record::{Arrival, NeighRecord};
     use crate::host::containers::{
         Container, ContainerRef, DockerNetwork, PublishedPort, Registry,
     };
@@ -421,7 +393,7 @@ mod tests {
 
     fn synack_lost(with_input_route: bool) -> Fact {
         let mut d = tcp(
-            drop("NEIGH_FAILED", 3_000_000_000),
+            drop(Reason::NEIGH_FAILED, 3_000_000_000),
             "10.99.0.2",
             8080,
             "172.17.5.5",
@@ -447,7 +419,7 @@ mod tests {
     #[test]
     fn earlier_drops_from_the_peer_also_show_where_it_arrives() {
         let mut early = tcp(
-            drop("NOT_SPECIFIED", 1_000),
+            drop(Reason::NOT_SPECIFIED, 1_000),
             "172.17.5.5",
             40000,
             "10.99.0.2",
@@ -526,7 +498,7 @@ mod tests {
         f
     }
 
-    fn arp_for_client(ts: u64, state: &'static str, iif: i32) -> Fact {
+    fn arp_for_client(ts: u64, state: NudState, iif: i32) -> Fact {
         Fact::Neigh(NeighRecord {
             kind: "neigh",
             ts_ns: ts,
@@ -553,7 +525,7 @@ mod tests {
     #[test]
     fn published_port_is_proven_from_the_first_arp_not_as_neighbor_unreachable() {
         let mut lost = tcp(
-            drop("NEIGH_FAILED", 3_100_000_000),
+            drop(Reason::NEIGH_FAILED, 3_100_000_000),
             "172.17.0.2",
             8080,
             "172.17.5.5",
@@ -562,7 +534,7 @@ mod tests {
         lost.netns = CT;
         lost.ifindex = 2;
         let facts = vec![
-            arp_for_client(100_000_000, "INCOMPLETE", 2),
+            arp_for_client(100_000_000, NudState::Incomplete, 2),
             Fact::Drop(lost),
         ];
         let v = run(&mut published(), facts, 0);
@@ -601,7 +573,7 @@ mod tests {
         // iif 9: the container's own host veth, i.e. from inside the bridge.
         let v = run(
             &mut published(),
-            vec![arp_for_client(100_000_000, "INCOMPLETE", 3)],
+            vec![arp_for_client(100_000_000, NudState::Incomplete, 3)],
             0,
         );
         assert_eq!(kinds(&v), []);

@@ -1,11 +1,13 @@
 //! What every rule may use, below the rules so that none of them calls
 //! back into the engine: the topology of a namespace (through a
 //! [`TopologySource`], live or recorded), the observations several rules
-//! share, drop tallies, and `conclude`, which turns a finding into a
-//! verdict once per cause.
+//! share (kept in [`super::facts`]), drop tallies, and `conclude`, which
+//! turns a finding into a verdict once per cause.
 
+use super::facts::forwarding::holds;
+use super::facts::{FlowKey, Observations};
+use super::key::Key;
 use super::{Tier, Verdict};
-use crate::events::event::DropRecord;
 use crate::host::containers::{Container, DockerNetwork};
 use crate::host::topology::{Link, NsTopology};
 use serde_json::{Map, Value};
@@ -52,85 +54,10 @@ pub trait TopologySource {
     }
 }
 
-/// (src, dst, sport, dport) of a TCP/UDP flow.
-pub type FlowKey = (IpAddr, IpAddr, u16, u16);
-
-/// A flow that hit PKT_TOO_BIG somewhere traced.
-#[derive(Clone, Debug)]
-pub struct TooBigFlow {
-    pub first_ts: u64,
-    pub last_ts: u64,
-    pub count: u64,
-    /// pmtu_blackhole proved that its big packets die.
-    pub blackhole: bool,
-}
-
-/// Observations more than one rule relies on, kept by the engine from
-/// every fact before the rules see it (and marked by pmtu_blackhole).
-#[derive(Default)]
-pub struct Observations {
-    /// Where traffic from a peer entered: (netns, peer) -> ingress ifindex.
-    pub ingress_of_peer: HashMap<(u32, IpAddr), i32>,
-    /// Neighbour states seen: (netns, ifindex, addr) -> transitions in order.
-    pub neigh: HashMap<(u32, i32, IpAddr), Vec<&'static str>>,
-    /// ICMP "fragmentation needed" / ICMPv6 "packet too big" that were
-    /// themselves dropped: (netns, the ICMP's destination) -> time.
-    pub icmp_ptb_dropped: HashMap<(u32, IpAddr), u64>,
-    /// Flows whose packets were too big for an egress MTU.
-    pub too_big_flows: HashMap<FlowKey, TooBigFlow>,
-    /// Peers whose traffic is proven to arrive elsewhere than where the
-    /// replies to them go (from neighbour events' arrivals), per (netns
-    /// of the replies, peer): the dedup key of that verdict.
-    pub arrives_elsewhere: HashMap<(u32, IpAddr), String>,
-    /// When each flow (either direction, as first seen) was first seen.
-    pub flow_first_seen: HashMap<FlowKey, u64>,
-}
-
-impl Observations {
-    /// When a flow was first seen, in either direction.
-    pub fn first_seen(&self, k: &FlowKey) -> Option<u64> {
-        let rev = (k.1, k.0, k.3, k.2);
-        match (self.flow_first_seen.get(k), self.flow_first_seen.get(&rev)) {
-            (Some(a), Some(b)) => Some(*a.min(b)),
-            (a, b) => a.or(b).copied(),
-        }
-    }
-
-    /// Notes a flow's packet at `ts`.
-    pub fn saw_flow(&mut self, k: FlowKey, ts: u64) {
-        let e = self.flow_first_seen.entry(k).or_insert(ts);
-        *e = (*e).min(ts);
-    }
-
-    /// Bounds the per-flow and per-peer memory of a long run (a scanned
-    /// host sees endless new sources and ports).
-    pub fn prune(&mut self, now_ns: u64) {
-        const MAX: usize = 50_000;
-        if self.ingress_of_peer.len() > MAX {
-            self.ingress_of_peer.clear();
-        }
-        if self.neigh.len() > MAX {
-            self.neigh.clear();
-        }
-        if self.too_big_flows.len() > MAX {
-            self.too_big_flows.retain(|_, f| f.blackhole);
-        }
-        if self.arrives_elsewhere.len() > MAX {
-            self.arrives_elsewhere.clear();
-        }
-        if self.flow_first_seen.len() > MAX {
-            self.flow_first_seen.clear();
-        }
-        // An ICMP drop long past says nothing about today's path.
-        self.icmp_ptb_dropped
-            .retain(|_, ts| now_ns.saturating_sub(*ts) < 10_000_000_000);
-    }
-}
-
 /// What a rule found: everything a verdict says except the bookkeeping.
 pub struct Finding {
     /// One cause, one key: a verdict per key, further drops only counted.
-    pub key: String,
+    pub key: Key,
     pub kind: &'static str,
     pub tier: Tier,
     pub netns: u32,
@@ -144,17 +71,17 @@ pub struct Finding {
 #[derive(Default)]
 pub struct Book {
     /// Dedup key -> index into `verdicts`.
-    seen: HashMap<String, usize>,
+    seen: HashMap<Key, usize>,
     pub verdicts: Vec<Verdict>,
     /// (first fact time, count) per dedup key, for latency and counts.
-    pending_count: HashMap<String, (u64, u64)>,
+    pending_count: HashMap<Key, (u64, u64)>,
     /// Verdicts not printed because their kind hit MAX_VERDICTS_PER_KIND.
     pub suppressed: u64,
-    suppressed_keys: HashSet<String>,
+    suppressed_keys: HashSet<Key>,
     /// Indexes into `verdicts` concluded or upgraded since `take_new`.
     fresh: Vec<usize>,
     /// The flow a key's verdict is about, for its first-seen time.
-    flows: HashMap<String, FlowKey>,
+    flows: HashMap<Key, FlowKey>,
 }
 
 impl Book {
@@ -171,7 +98,7 @@ impl Book {
     /// and a namespace that is gone leaves nothing behind. Returns how many
     /// were forgotten.
     pub fn expire(&mut self, before_ns: u64) -> usize {
-        let mut keys: Vec<Option<String>> = vec![None; self.verdicts.len()];
+        let mut keys: Vec<Option<Key>> = vec![None; self.verdicts.len()];
         for (k, i) in self.seen.drain() {
             keys[i] = Some(k);
         }
@@ -298,11 +225,11 @@ impl<'a> Ctx<'a> {
 
     /// Starts `key`'s clock at `ts` without counting a drop (evidence that
     /// precedes any loss, such as the first packet of the failing flow).
-    pub fn clock_from(&mut self, key: &str, ts: u64) {
+    pub fn clock_from(&mut self, key: &Key, ts: u64) {
         let e = self
             .book
             .pending_count
-            .entry(key.to_string())
+            .entry(key.clone())
             .or_insert((ts, 0));
         e.0 = e.0.min(ts);
     }
@@ -310,9 +237,9 @@ impl<'a> Ctx<'a> {
     /// The verdict of `key` is about `flow`: it gets the flow's first-seen
     /// time, and is marked stale if the flow began before the latest
     /// change of its namespace's topology.
-    pub fn about_flow(&mut self, key: &str, flow: FlowKey) {
+    pub fn about_flow(&mut self, key: &Key, flow: FlowKey) {
         if self.book.flows.len() < 100_000 {
-            self.book.flows.insert(key.to_string(), flow);
+            self.book.flows.insert(key.clone(), flow);
         }
     }
 
@@ -389,11 +316,11 @@ impl<'a> Ctx<'a> {
     }
 
     /// Counts a fact towards `key`; returns (first time, count).
-    pub fn tally(&mut self, key: &str, ts: u64) -> (u64, u64) {
+    pub fn tally(&mut self, key: &Key, ts: u64) -> (u64, u64) {
         let e = self
             .book
             .pending_count
-            .entry(key.to_string())
+            .entry(key.clone())
             .or_insert((ts, 0));
         e.0 = e.0.min(ts);
         e.1 += 1;
@@ -406,7 +333,7 @@ impl<'a> Ctx<'a> {
     }
 
     /// The tier `key` was concluded with, if it was.
-    pub fn concluded(&self, key: &str) -> Option<Tier> {
+    pub fn concluded(&self, key: &Key) -> Option<Tier> {
         self.book.seen.get(key).map(|&i| self.book.verdicts[i].tier)
     }
 
@@ -497,52 +424,4 @@ impl<'a> Ctx<'a> {
         };
         self.book.fresh.push(i);
     }
-}
-
-/// Does this device carry `addr`?
-fn holds(l: &Link, addr: IpAddr) -> bool {
-    l.addrs.iter().any(|(a, _)| *a == addr)
-}
-
-/// Is `a` one of the namespace's own addresses (any device)?
-pub fn owns_addr(topo: &NsTopology, a: IpAddr) -> bool {
-    topo.links.iter().any(|l| holds(l, a))
-}
-
-/// Whether the forwarding sysctl that applies to this drop is on: the
-/// ingress device's for IPv4, `all` for IPv6.
-pub fn forwarding_on(topo: &NsTopology, d: &DropRecord) -> bool {
-    if d.family == Some("ipv6") {
-        return topo.sysctls.ipv6_forwarding;
-    }
-    match &d.ingress_ifname {
-        Some(i) => topo.ipv4_forwarding_on(i),
-        None => topo.sysctls.ipv4_forwarding,
-    }
-}
-
-/// Whether the namespace is shaped like a router for `dst` arriving on
-/// `ingress`: two or more layer-3 devices (not loopback, not a bridge's
-/// port) and a route to `dst` out of a device other than `ingress`. A
-/// one-link host that receives a packet for someone else could not
-/// forward it anywhere but back where it came from.
-pub fn could_forward(topo: &NsTopology, ingress: i32, dst: IpAddr) -> bool {
-    let l3 = topo
-        .links
-        .iter()
-        .filter(|l| l.name != "lo" && l.master.is_none())
-        .count();
-    let out = topo
-        .route_to(dst)
-        .filter(|r| r.kind == crate::host::topology::RouteKind::Unicast)
-        .and_then(|r| r.oif);
-    l3 >= 2 && out.is_some_and(|o| o != ingress)
-}
-
-/// An ICMP "fragmentation needed" or ICMPv6 "packet too big".
-pub fn is_ptb_icmp(d: &DropRecord) -> bool {
-    matches!(
-        (d.proto.as_deref(), d.icmp_type, d.icmp_code),
-        (Some("icmp"), Some(3), Some(4)) | (Some("icmp6"), Some(2), _)
-    )
 }

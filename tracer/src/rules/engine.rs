@@ -1,9 +1,11 @@
-//! The dispatcher above the rules: keeps the observations rules share,
-//! feeds every fact to every rule, and collects the verdicts. The same
+//! The dispatcher above the rules: has the facts layer take in every
+//! fact (and tick) first, then feeds it to every rule, and collects the
+//! verdicts. The same
 //! engine runs on a live session and on a recording; only the topology
 //! source and the clock differ.
 
-use super::ctx::{is_ptb_icmp, Book, Ctx, Observations, TooBigFlow, TopologySource};
+use super::ctx::{Book, Ctx, TopologySource};
+use super::facts::Observations;
 use super::{Fact, Rule, Verdict};
 
 pub struct Engine {
@@ -39,7 +41,7 @@ impl Engine {
     /// repeats the entry's last state (not worth showing again).
     pub fn on_fact(&mut self, fact: &Fact, now_ns: u64, src: &mut dyn TopologySource) -> bool {
         self.now_ns = self.now_ns.max(now_ns);
-        let news = self.observe(fact);
+        let news = self.obs.observe(fact, self.now_ns);
         let mut cx = Ctx::new(self.now_ns, &mut self.obs, &mut self.book, src);
         for r in &mut self.rules {
             r.on_fact(fact, &mut cx);
@@ -49,7 +51,7 @@ impl Engine {
 
     pub fn tick(&mut self, now_ns: u64, src: &mut dyn TopologySource) {
         self.now_ns = self.now_ns.max(now_ns);
-        self.obs.prune(self.now_ns);
+        self.obs.tick(self.now_ns);
         self.book.prune();
         let mut cx = Ctx::new(self.now_ns, &mut self.obs, &mut self.book, src);
         for r in &mut self.rules {
@@ -87,65 +89,5 @@ impl Engine {
 
     pub fn now_ns(&self) -> u64 {
         self.now_ns
-    }
-
-    fn observe(&mut self, fact: &Fact) -> bool {
-        match fact {
-            Fact::Drop(d) => {
-                if let (Some(a), Some(b), Some(sp), Some(dp)) = (d.src, d.dst, d.sport, d.dport) {
-                    self.obs.saw_flow((a, b, sp, dp), d.ts_ns);
-                }
-                // Where each peer's traffic enters, for asymmetry proofs.
-                if let (Some(src), true) = (d.src, d.ingress_ifindex > 1) {
-                    self.obs
-                        .ingress_of_peer
-                        .insert((d.netns, src), d.ingress_ifindex);
-                }
-                if is_ptb_icmp(d) {
-                    if let Some(dst) = d.dst {
-                        self.obs.icmp_ptb_dropped.insert((d.netns, dst), d.ts_ns);
-                    }
-                }
-                if d.reason == "PKT_TOO_BIG" {
-                    if let (Some(a), Some(b), Some(sp), Some(dp)) = (d.src, d.dst, d.sport, d.dport)
-                    {
-                        let f =
-                            self.obs
-                                .too_big_flows
-                                .entry((a, b, sp, dp))
-                                .or_insert(TooBigFlow {
-                                    first_ts: d.ts_ns,
-                                    last_ts: d.ts_ns,
-                                    count: 0,
-                                    blackhole: false,
-                                });
-                        f.first_ts = f.first_ts.min(d.ts_ns);
-                        f.last_ts = f.last_ts.max(d.ts_ns);
-                        f.count += 1;
-                    }
-                }
-                true
-            }
-            Fact::Neigh(n) => {
-                let Some(a) = n.neighbor else { return false };
-                let v = self.obs.neigh.entry((n.netns, n.ifindex, a)).or_default();
-                // Keep transitions, not every retry of the same state, and
-                // only the recent ones.
-                if v.last() == Some(&n.state) {
-                    return false;
-                }
-                if v.len() >= 8 {
-                    v.remove(0);
-                }
-                v.push(n.state);
-                true
-            }
-            Fact::Syn(s) => {
-                if let (Some(a), Some(b)) = (s.src, s.dst) {
-                    self.obs.saw_flow((a, b, s.sport, s.dport), s.ts_ns);
-                }
-                true
-            }
-        }
     }
 }

@@ -3,6 +3,7 @@
 //! is meant to be pasted into a root shell. Also the advice more than one
 //! rule gives (moving a bridge off a peer's network).
 
+use crate::events::record::Family;
 use crate::host::containers::DockerNetwork;
 use crate::host::topology::{prefix_contains, NsTopology, Route};
 use std::net::{IpAddr, Ipv4Addr};
@@ -83,8 +84,8 @@ pub fn tcp_overhead(a: Option<IpAddr>) -> u32 {
     }
 }
 
-pub fn iptables_for(family: Option<&str>) -> &'static str {
-    if family == Some("ipv6") {
+pub fn iptables_for(family: Option<Family>) -> &'static str {
+    if family == Some(Family::Ipv6) {
         "ip6tables"
     } else {
         "iptables"

@@ -6,9 +6,12 @@
 //! misdelivered instead (see `misdelivered`), and turning forwarding on
 //! would make a plain host a router.
 
-use super::ctx::{could_forward, forwarding_on, Ctx, Finding};
+use super::ctx::{Ctx, Finding};
+use super::facts::forwarding::not_forwarded;
 use super::fix::q;
+use super::key::Key;
 use super::{Fact, Rule, Tier};
+use crate::events::record::Family;
 use serde_json::json;
 
 pub struct ForwardingDisabled;
@@ -20,22 +23,14 @@ impl Rule for ForwardingDisabled {
 
     fn on_fact(&mut self, fact: &Fact, cx: &mut Ctx) {
         let Fact::Drop(d) = fact else { return };
-        if d.reason != "IP_INADDRERRORS" {
-            return;
-        }
-        let (Some(topo), Some(dst)) = (cx.topo(d.netns), d.dst) else {
+        // Not forwarded where it could have been; else it is
+        // `misdelivered`'s, or no fault.
+        let Some(nf) = not_forwarded(d, |ns| cx.topo(ns)).filter(|nf| nf.could_forward) else {
             return;
         };
-        let ingress = if d.ingress_ifindex > 0 {
-            d.ingress_ifindex
-        } else {
-            d.ifindex
-        };
-        if forwarding_on(&topo, d) || !could_forward(&topo, ingress, dst) {
-            return;
-        }
-        let v6 = d.family == Some("ipv6");
-        let key = format!("fwd/{}/{v6}", d.netns);
+        let topo = nf.topo;
+        let v6 = d.family == Some(Family::Ipv6);
+        let key = Key::ForwardingDisabled { netns: d.netns, v6 };
         cx.tally(&key, d.ts_ns);
         let hint = cx.ns_hint(d.netns);
         // Globally on but off on the ingress device: name that knob.
@@ -98,7 +93,7 @@ mod tests {
         let t = router();
         let mut on = t.clone();
         on.sysctls.ipv4_forwarding = true;
-        let mut d = drop("IP_INADDRERRORS", 1_000);
+        let mut d = drop(Reason::IP_INADDRERRORS, 1_000);
         d.ifindex = 2;
         d.dst = Some(ip("10.2.0.1"));
         let v = run(&mut Fake::with(vec![t]), vec![Fact::Drop(d.clone())], 0);
@@ -122,7 +117,7 @@ mod tests {
         );
         // Two links, but the destination is behind the one it came in by.
         let hairpin = router();
-        let mut d = drop("IP_INADDRERRORS", 1_000);
+        let mut d = drop(Reason::IP_INADDRERRORS, 1_000);
         d.ifindex = 2;
         d.dst = Some(ip("10.1.0.9"));
         for t in [one, hairpin] {

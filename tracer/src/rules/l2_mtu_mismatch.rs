@@ -4,7 +4,9 @@
 
 use super::ctx::{Ctx, Finding};
 use super::fix::q;
+use super::key::Key;
 use super::{Fact, Rule, Tier};
+use crate::events::reason::Reason;
 use serde_json::json;
 
 pub struct L2MtuMismatch;
@@ -17,7 +19,7 @@ impl Rule for L2MtuMismatch {
     fn on_fact(&mut self, fact: &Fact, cx: &mut Ctx) {
         let Fact::Drop(d) = fact else { return };
         // GSO packets are segmented later; their length says nothing.
-        if d.reason != "NOT_SPECIFIED" || d.gso_size > 0 || d.ifindex <= 0 {
+        if d.reason != Reason::NOT_SPECIFIED || d.gso_size > 0 || d.ifindex <= 0 {
             return;
         }
         let Some(topo) = cx.topo(d.netns) else {
@@ -59,7 +61,10 @@ impl Rule for L2MtuMismatch {
         if d.len <= peer_mtu + 18 || (veth && sender_mtu <= peer_mtu) {
             return;
         }
-        let key = format!("l2/{}/{}", d.netns, d.ifindex);
+        let key = Key::L2MtuMismatch {
+            netns: d.netns,
+            ifindex: d.ifindex,
+        };
         cx.tally(&key, d.ts_ns);
         let peer_ip = cx.ip_cmd(peer_ns);
         let summary = format!(
@@ -123,7 +128,7 @@ mod tests {
                 vec![],
             ),
         ]);
-        let mut d = drop("NOT_SPECIFIED", 1_000);
+        let mut d = drop(Reason::NOT_SPECIFIED, 1_000);
         d.ifindex = 2;
         d.len = 1492;
         let small = {

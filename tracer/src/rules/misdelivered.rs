@@ -7,10 +7,12 @@
 //! Turning forwarding on would only make a plain host a router, so the
 //! fix is on the sender's side.
 
-use super::ctx::{could_forward, forwarding_on, owns_addr, Ctx, Finding};
+use super::ctx::{Ctx, Finding};
+use super::facts::forwarding::not_forwarded;
 use super::fix::q;
+use super::key::Key;
 use super::{Fact, Rule, Tier};
-use crate::events::event::DropRecord;
+use crate::events::record::DropRecord;
 use crate::host::topology::Link;
 use serde_json::json;
 use std::net::IpAddr;
@@ -39,30 +41,23 @@ impl Rule for Misdelivered {
 
     fn on_fact(&mut self, fact: &Fact, cx: &mut Ctx) {
         let Fact::Drop(d) = fact else { return };
-        if d.reason != "IP_INADDRERRORS" {
-            return;
-        }
-        let (Some(topo), Some(dst)) = (cx.topo(d.netns), d.dst) else {
+        // Not forwarded, could not have been, and not ours; else it is
+        // `forwarding_disabled`'s, or no fault.
+        let Some(nf) =
+            not_forwarded(d, |ns| cx.topo(ns)).filter(|nf| !nf.could_forward && !nf.dst_is_local)
+        else {
             return;
         };
-        let ingress = ingress_of(d);
-        if forwarding_on(&topo, d) || could_forward(&topo, ingress, dst) || owns_addr(&topo, dst) {
-            return;
-        }
-        let key = format!("misdelivered/{}/{}", d.netns, dst);
+        let (topo, dst, ingress) = (nf.topo, nf.dst, nf.ingress);
+        let key = Key::Misdelivered {
+            netns: d.netns,
+            dst,
+        };
         cx.tally(&key, d.ts_ns);
         let our_mac = topo.link(ingress).and_then(|l| l.mac.clone());
         let sender = find_sender(cx, d, ingress);
-        let finding = describe(cx, d, dst, our_mac, sender.as_ref());
-        cx.conclude(Finding { key, ..finding });
-    }
-}
-
-fn ingress_of(d: &DropRecord) -> i32 {
-    if d.ingress_ifindex > 0 {
-        d.ingress_ifindex
-    } else {
-        d.ifindex
+        let finding = describe(cx, key, d, dst, our_mac, sender.as_ref());
+        cx.conclude(finding);
     }
 }
 
@@ -88,6 +83,7 @@ fn find_sender(cx: &mut Ctx, d: &DropRecord, ingress: i32) -> Option<Sender> {
 
 fn describe(
     cx: &mut Ctx,
+    key: Key,
     d: &DropRecord,
     dst: IpAddr,
     our_mac: Option<String>,
@@ -119,7 +115,7 @@ fn describe(
         "likely_causes": CAUSES,
     });
     Finding {
-        key: String::new(),
+        key,
         kind: "misdelivered",
         tier: Tier::Proven,
         netns: d.netns,
@@ -165,6 +161,8 @@ fn fixes(
 mod tests {
     use super::super::testkit::*;
     use super::super::{Fact, Tier};
+    use crate::events::record::Family;
+    use crate::events::record::Proto;
     use crate::host::topology::NsTopology;
 
     /// A one-link host `h-31` holding `addr`, its eth1 a veth whose peer
@@ -199,12 +197,16 @@ mod tests {
         (host, sender)
     }
 
-    fn misdelivered(src: &str, dst: &str) -> crate::events::event::DropRecord {
-        let mut d = drop("IP_INADDRERRORS", 1_000);
+    fn misdelivered(src: &str, dst: &str) -> crate::events::record::DropRecord {
+        let mut d = drop(Reason::IP_INADDRERRORS, 1_000);
         (d.ifindex, d.ingress_ifindex) = (3, 3);
         d.ingress_ifname = Some("eth1".into());
-        d.family = Some(if dst.contains(':') { "ipv6" } else { "ipv4" });
-        d.proto = Some("udp".into());
+        d.family = Some(if dst.contains(':') {
+            Family::Ipv6
+        } else {
+            Family::Ipv4
+        });
+        d.proto = Some(Proto::Udp);
         d.src = Some(ip(src));
         d.dst = Some(ip(dst));
         d

@@ -5,21 +5,29 @@
 //!
 //! Layers, top to bottom (each only looks down):
 //! - [`engine`]: feeds every fact to every rule, live or from a recording;
-//! - the rules, one file per verdict kind;
-//! - [`ctx`] (what a rule may use: topology, shared observations,
-//!   tallies, `conclude`) and [`fix`] (shell-quoted fix commands and the
-//!   advice several rules share).
+//! - the rules, one file per verdict kind; a rule never uses another
+//!   rule (a test checks the imports), so each can be read alone;
+//! - [`ctx`] (what a rule may use: topology, tallies, `conclude`) and
+//!   [`fix`] (shell-quoted fix commands and the advice several rules
+//!   share);
+//! - [`facts`]: what several rules ask of the same records (reverse
+//!   paths, where a peer arrives, forwarding, PMTU black holes), and the
+//!   observations the engine keeps from every fact before any rule runs,
+//!   so no rule's result depends on the order of [`all`].
 //!
 //! A rule needs no printer and no kernel: its tests feed it facts and a
 //! topology built by hand. Rules never depend on names (docker0, eth0),
 //! subnets or MTU values; only the advice may name a manager's knob.
 //!
-//! To add a verdict kind: one file with a type implementing [`Rule`], and
-//! one line in [`all`].
+//! To add a verdict kind: one file with a type implementing [`Rule`], its
+//! dedup key in [`key::Key`], and one line in [`all`]. What it shares with
+//! other rules goes into [`facts`], never into another rule's file.
 
 pub mod ctx;
 pub mod engine;
+pub mod facts;
 pub mod fix;
+pub mod key;
 
 mod asymmetric_route;
 mod forwarding_disabled;
@@ -40,7 +48,7 @@ pub(crate) mod testkit;
 pub use ctx::{Ctx, TopologySource};
 pub use engine::Engine;
 
-use crate::events::event::{DropRecord, NeighRecord, SynRecord};
+use crate::events::record::{DropRecord, NeighRecord, SynRecord};
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
@@ -82,15 +90,15 @@ pub trait Rule {
     fn finish(&mut self, _cx: &mut Ctx) {}
 }
 
-/// Every rule, in dispatch order. Order matters only where one rule's
-/// observation feeds another in the same fact: pmtu_blackhole marks the
-/// flows it proves before mss_exceeds_mtu looks at them.
+/// Every rule, in dispatch order. The order only decides which of two
+/// verdicts concluded on the same fact is printed first: what each rule
+/// concludes does not depend on it (a test runs them reversed).
 pub fn all() -> Vec<Box<dyn Rule>> {
     vec![
         Box::new(rpfilter_route_conflict::RpFilterRouteConflict),
         Box::new(asymmetric_route::AsymmetricRoute),
         Box::new(neighbor_unreachable::NeighborUnreachable),
-        Box::new(pmtu_blackhole::PmtuBlackhole::default()),
+        Box::new(pmtu_blackhole::PmtuBlackhole),
         Box::new(mss_exceeds_mtu::MssExceedsMtu::default()),
         Box::new(l2_mtu_mismatch::L2MtuMismatch),
         Box::new(netfilter_drop::NetfilterDrop),
@@ -165,4 +173,56 @@ pub struct Verdict {
     /// topology (routes, links, MTUs, sysctls, nftables ruleset): its
     /// packets may still show a problem that a change has since fixed.
     pub stale: bool,
+}
+
+#[cfg(test)]
+mod tests {
+    use std::path::Path;
+
+    /// Rules never import rules: what several need lives in `facts` or
+    /// `ctx`, below all of them. Only this file (which lists them) and the
+    /// engine (which runs them) may name a rule's module.
+    #[test]
+    fn no_rule_uses_another_rule() {
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("src/rules");
+        let not_rules = ["mod", "engine", "ctx", "fix", "key", "testkit", "facts"];
+        let mut files = Vec::new();
+        for sub in [dir.clone(), dir.join("facts")] {
+            for e in std::fs::read_dir(&sub).unwrap() {
+                let p = e.unwrap().path();
+                if p.extension().is_some_and(|x| x == "rs") {
+                    files.push(p);
+                }
+            }
+        }
+        let rules: Vec<String> = files
+            .iter()
+            .filter(|p| p.parent() == Some(dir.as_path()))
+            .map(|p| p.file_stem().unwrap().to_string_lossy().into_owned())
+            .filter(|n| !not_rules.contains(&n.as_str()))
+            .collect();
+        assert!(rules.len() >= 12, "{rules:?}");
+        for f in &files {
+            let name = f.file_name().unwrap().to_string_lossy();
+            if f.parent() == Some(dir.as_path()) && (name == "mod.rs" || name == "engine.rs") {
+                continue;
+            }
+            let text = std::fs::read_to_string(f).unwrap();
+            for r in &rules {
+                for used in [
+                    format!("super::{r}::"),
+                    format!("super::{r};"),
+                    format!("super::{r}::{{"),
+                    format!("rules::{r}::"),
+                    format!("rules::{r};"),
+                ] {
+                    assert!(
+                        !text.contains(&used),
+                        "{} uses the rule {r} ({used})",
+                        f.display()
+                    );
+                }
+            }
+        }
+    }
 }

@@ -12,10 +12,14 @@
 //!   within the window (they may die beyond this host, as in an overlay,
 //!   or PMTU discovery may rescue them there).
 
-use super::ctx::{Ctx, Finding, FlowKey};
+use super::ctx::{Ctx, Finding};
+use super::facts::pmtu::is_ptb_icmp;
+use super::facts::FlowKey;
 use super::fix::{iptables_for, q, tcp_overhead};
+use super::key::Key;
 use super::{Fact, Rule, Tier};
-use crate::events::event::SynRecord;
+use crate::events::reason::Reason;
+use crate::events::record::SynRecord;
 use serde_json::json;
 use std::collections::HashMap;
 
@@ -37,7 +41,7 @@ struct Pending {
 #[derive(Default)]
 pub struct MssExceedsMtu {
     /// Verdict key (netns, egress device) -> SYNs waiting for evidence.
-    pending: HashMap<String, Pending>,
+    pending: HashMap<Key, Pending>,
 }
 
 /// What became of a connection's big segments.
@@ -57,8 +61,8 @@ impl Rule for MssExceedsMtu {
     fn on_fact(&mut self, fact: &Fact, cx: &mut Ctx) {
         match fact {
             Fact::Syn(r) => self.on_syn(r, cx),
-            // pmtu_blackhole (dispatched first) may just have proven a flow.
-            Fact::Drop(d) if d.reason == "PKT_TOO_BIG" || super::ctx::is_ptb_icmp(d) => {
+            // The facts layer may just have proven a flow a black hole.
+            Fact::Drop(d) if d.reason == Reason::PKT_TOO_BIG || is_ptb_icmp(d) => {
                 self.decide(cx, false)
             }
             _ => {}
@@ -85,7 +89,10 @@ impl MssExceedsMtu {
         if r.ingress_ifindex <= 0 || r.ingress_ifindex == r.ifindex || r.tcp_flags != "S" {
             return;
         }
-        let key = format!("mss/{}/{}", r.netns, r.ifindex);
+        let key = Key::MssExceedsMtu {
+            netns: r.netns,
+            egress: r.ifindex,
+        };
         cx.tally(&key, r.ts_ns);
         if cx.concluded(&key) == Some(Tier::Proven) {
             return;
@@ -122,7 +129,7 @@ impl MssExceedsMtu {
     }
 
     fn decide(&mut self, cx: &mut Ctx, end: bool) {
-        let keys: Vec<String> = self.pending.keys().cloned().collect();
+        let keys: Vec<Key> = self.pending.keys().cloned().collect();
         for key in keys {
             let p = &self.pending[&key];
             let fate = Self::fate(cx, &p.flows);
@@ -159,7 +166,7 @@ impl MssExceedsMtu {
     }
 }
 
-fn verdict(cx: &mut Ctx, key: String, r: &SynRecord, tier: Tier) {
+fn verdict(cx: &mut Ctx, key: Key, r: &SynRecord, tier: Tier) {
     let in_link = cx.link(r.netns, r.ingress_ifindex);
     let in_name = in_link
         .as_ref()
@@ -243,6 +250,7 @@ fn verdict(cx: &mut Ctx, key: String, r: &SynRecord, tier: Tier) {
 mod tests {
     use super::super::testkit::*;
     use super::super::{Engine, Fact, Tier};
+    use crate::events::record::Proto;
 
     const MS: u64 = 1_000_000;
     const ROUTER: u32 = NS + 1;
@@ -278,9 +286,9 @@ mod tests {
             ("10.99.0.2", "10.200.0.2")
         };
         let mut d = if upload {
-            tcp(drop("PKT_TOO_BIG", ts), c, 50000, s, 443)
+            tcp(drop(Reason::PKT_TOO_BIG, ts), c, 50000, s, 443)
         } else {
-            tcp(drop("PKT_TOO_BIG", ts), s, 443, c, 50000)
+            tcp(drop(Reason::PKT_TOO_BIG, ts), s, 443, c, 50000)
         };
         d.netns = ROUTER;
         d.len = 1500;
@@ -289,9 +297,9 @@ mod tests {
     }
 
     fn icmp_dropped(ts: u64) -> Fact {
-        let mut d = drop("NETFILTER_DROP", ts);
+        let mut d = drop(Reason::NETFILTER_DROP, ts);
         d.netns = ROUTER;
-        d.proto = Some("icmp".into());
+        d.proto = Some(Proto::Icmp);
         d.dst = Some(ip("10.200.0.2"));
         d.icmp_type = Some(3);
         d.icmp_code = Some(4);

@@ -2,10 +2,12 @@
 //! routing (that case is `asymmetric_route`): the next hop does not
 //! answer ARP/ND.
 
-use super::asymmetric_route::peer_arrives_elsewhere;
 use super::ctx::{Ctx, Finding};
+use super::facts::arrivals::neighbor_arrives_elsewhere;
 use super::fix::q;
+use super::key::Key;
 use super::{Fact, Rule, Tier};
+use crate::events::reason::Reason;
 use serde_json::json;
 
 pub struct NeighborUnreachable;
@@ -17,7 +19,7 @@ impl Rule for NeighborUnreachable {
 
     fn on_fact(&mut self, fact: &Fact, cx: &mut Ctx) {
         let Fact::Drop(d) = fact else { return };
-        if d.reason != "NEIGH_FAILED" {
+        if d.reason != Reason::NEIGH_FAILED {
             return;
         }
         let (Some(peer), Some(topo)) = (d.dst, cx.topo(d.netns)) else {
@@ -29,12 +31,14 @@ impl Rule for NeighborUnreachable {
         };
         // A peer that arrives from elsewhere (outside the bridge) is not
         // a silent neighbour: that is asymmetric_route's verdict.
-        if peer_arrives_elsewhere(d, cx, &topo).is_some()
-            || cx.obs.arrives_elsewhere.contains_key(&(d.netns, peer))
-        {
+        if neighbor_arrives_elsewhere(d, cx.obs, &topo) {
             return;
         }
-        let key = format!("neigh/{}/{}/{}", d.netns, egress, peer);
+        let key = Key::NeighborUnreachable {
+            netns: d.netns,
+            egress,
+            peer,
+        };
         cx.tally(&key, d.ts_ns);
         let hint = cx.ns_hint(d.netns);
         let gw = topo.route_to(peer).and_then(|r| r.gateway);
@@ -85,7 +89,7 @@ mod tests {
             vec![link(2, "eth0", None, 1500), link(3, "eth1", None, 1500)],
             vec![route("10.2.0.0", 24, 3, None)],
         )]);
-        let mut d = drop("NEIGH_FAILED", 1_000);
+        let mut d = drop(Reason::NEIGH_FAILED, 1_000);
         d.ifindex = 3;
         d.dst = Some(ip("10.2.0.77"));
         let v = run(&mut src, vec![Fact::Drop(d)], 0);

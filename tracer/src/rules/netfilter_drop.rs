@@ -2,10 +2,13 @@
 //! state INVALID) drops the flow. A dropped ICMP frag-needed /
 //! packet-too-big is left to pmtu_blackhole, which explains it.
 
-use super::ctx::{is_ptb_icmp, Ctx, Finding};
+use super::ctx::{Ctx, Finding};
+use super::facts::pmtu::is_ptb_icmp;
 use super::fix::host_port;
+use super::key::Key;
 use super::{Fact, Rule, Tier};
 use crate::events::protocols::icmp_name;
+use crate::events::reason::Reason;
 use serde_json::json;
 
 pub struct NetfilterDrop;
@@ -17,13 +20,18 @@ impl Rule for NetfilterDrop {
 
     fn on_fact(&mut self, fact: &Fact, cx: &mut Ctx) {
         let Fact::Drop(d) = fact else { return };
-        if d.reason != "NETFILTER_DROP" || is_ptb_icmp(d) {
+        if d.reason != Reason::NETFILTER_DROP || is_ptb_icmp(d) {
             return;
         }
-        let key = format!("nf/{}/{:?}/{:?}/{:?}", d.netns, d.proto, d.dst, d.dport);
+        let key = Key::Netfilter {
+            netns: d.netns,
+            proto: d.proto,
+            dst: d.dst,
+            dport: d.dport,
+        };
         cx.tally(&key, d.ts_ns);
         let hint = cx.ns_hint(d.netns);
-        let icmp = match (d.proto.as_deref(), d.icmp_type, d.icmp_code) {
+        let icmp = match (d.proto, d.icmp_type, d.icmp_code) {
             (Some(p), Some(t), Some(c)) => icmp_name(p, t, c),
             _ => None,
         };
@@ -65,16 +73,18 @@ impl Rule for NetfilterDrop {
 mod tests {
     use super::super::testkit::*;
     use super::super::{Fact, Tier};
+    use crate::events::record::Family;
+    use crate::events::record::Proto;
 
     #[test]
     fn firewall_drops_are_named_with_their_flow() {
-        let mut udp = drop("NETFILTER_DROP", 1_000);
-        udp.proto = Some("udp".into());
-        udp.family = Some("ipv6");
+        let mut udp = drop(Reason::NETFILTER_DROP, 1_000);
+        udp.proto = Some(Proto::Udp);
+        udp.family = Some(Family::Ipv6);
         udp.dst = Some(ip("fd00::1"));
         udp.dport = Some(7777);
-        let mut ping = drop("NETFILTER_DROP", 2_000);
-        ping.proto = Some("icmp".into());
+        let mut ping = drop(Reason::NETFILTER_DROP, 2_000);
+        ping.proto = Some(Proto::Icmp);
         ping.dst = Some(ip("10.0.0.1"));
         ping.icmp_type = Some(8);
         ping.icmp_code = Some(0);

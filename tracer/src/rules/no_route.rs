@@ -4,9 +4,12 @@
 //! through [`no_route_back`].
 
 use super::ctx::{Ctx, Finding};
+use super::facts::reverse_path::{rpfilter_drop, ReversePath};
+use super::key::Key;
 use super::{Fact, Rule, Tier};
-use crate::events::event::DropRecord;
 use crate::events::protocols::{errno_name, sender_errno};
+use crate::events::reason::Reason;
+use crate::events::record::DropRecord;
 use serde_json::json;
 use std::net::IpAddr;
 
@@ -19,7 +22,15 @@ impl Rule for NoRoute {
 
     fn on_fact(&mut self, fact: &Fact, cx: &mut Ctx) {
         let Fact::Drop(d) = fact else { return };
-        if !matches!(d.reason.as_str(), "IP_INNOROUTES" | "IP_OUTNOROUTES") {
+        if d.reason == Reason::IP_RPFILTER {
+            if let Some(rpf) = rpfilter_drop(d, |ns| cx.topo(ns)) {
+                if let ReversePath::NoRouteBack { err } = rpf.path {
+                    no_route_back(d, cx, rpf.src, err);
+                }
+            }
+            return;
+        }
+        if ![Reason::IP_INNOROUTES, Reason::IP_OUTNOROUTES].contains(&d.reason) {
             return;
         }
         let Some(dst) = d.dst else { return };
@@ -33,7 +44,10 @@ impl Rule for NoRoute {
         if kernel_err.is_none() && table_route.is_some() {
             return;
         }
-        let key = format!("noroute/{}/{}", d.netns, dst);
+        let key = Key::NoRoute {
+            netns: d.netns,
+            dst,
+        };
         cx.tally(&key, d.ts_ns);
         let hint = cx.ns_hint(d.netns);
         let summary = format!(
@@ -42,7 +56,7 @@ impl Rule for NoRoute {
                 .as_ref()
                 .map(|i| format!(" for traffic forwarded from {i}"))
                 .unwrap_or_default(),
-            if d.reason != "IP_INNOROUTES" {
+            if d.reason != Reason::IP_INNOROUTES {
                 ""
             } else if dst.is_ipv6() {
                 " and answers ICMPv6 destination unreachable (no route)"
@@ -75,8 +89,11 @@ impl Rule for NoRoute {
 /// rp_filter dropped a packet because there is no route back to its
 /// source at all (`err` is the reverse lookup's error, 0 if the table
 /// alone showed it).
-pub(super) fn no_route_back(d: &DropRecord, cx: &mut Ctx, src: IpAddr, err: i32) {
-    let key = format!("noroute-back/{}/{}", d.netns, src);
+fn no_route_back(d: &DropRecord, cx: &mut Ctx, src: IpAddr, err: i32) {
+    let key = Key::NoRouteBack {
+        netns: d.netns,
+        src,
+    };
     cx.tally(&key, d.ts_ns);
     let hint = cx.ns_hint(d.netns);
     let ingress = d.ingress_ifname.clone().unwrap_or_else(|| "?".into());
@@ -139,6 +156,8 @@ fn link_scoped(dst: IpAddr, src: Option<IpAddr>) -> bool {
 mod tests {
     use super::super::testkit::*;
     use super::super::{Fact, Tier};
+    use crate::events::record::Family;
+    use crate::events::record::Proto;
 
     #[test]
     fn a_failed_lookup_names_its_errno() {
@@ -148,7 +167,7 @@ mod tests {
             vec![],
             vec![route("10.1.0.0", 24, 2, None)],
         )]);
-        let mut d = drop("IP_INNOROUTES", 1_000);
+        let mut d = drop(Reason::IP_INNOROUTES, 1_000);
         d.dst = Some(ip("203.0.113.9"));
         d.route = Some(lookup(0, "", 0, -11));
         let v = run(&mut src, vec![Fact::Drop(d)], 0);
@@ -160,9 +179,9 @@ mod tests {
     }
 
     fn v6_drop(src: &str, dst: &str) -> super::DropRecord {
-        let mut d = drop("IP_OUTNOROUTES", 1_000);
-        d.family = Some("ipv6");
-        d.proto = Some("icmp6".into());
+        let mut d = drop(Reason::IP_OUTNOROUTES, 1_000);
+        d.family = Some(Family::Ipv6);
+        d.proto = Some(Proto::Icmp6);
         d.src = Some(ip(src));
         d.dst = Some(ip(dst));
         d.route = Some(lookup(0, "", 0, -101));
@@ -188,7 +207,7 @@ mod tests {
             assert!(v.is_empty(), "{src} > {dst}: {v:?}");
         }
         for (src, dst) in [("0.0.0.0", "255.255.255.255"), ("10.8.0.3", "224.0.0.22")] {
-            let mut d = drop("IP_OUTNOROUTES", 1_000);
+            let mut d = drop(Reason::IP_OUTNOROUTES, 1_000);
             d.src = Some(ip(src));
             d.dst = Some(ip(dst));
             let v = run(&mut Fake::with(vec![t()]), vec![Fact::Drop(d)], 0);
@@ -200,7 +219,7 @@ mod tests {
     fn a_missing_ipv6_route_is_still_proven_with_a_host_route_fix() {
         let t = topo(NS, Some("r-9"), vec![link(2, "up0", None, 1480)], vec![]);
         let mut d = v6_drop("fd42:7::1", "fd42:9::20");
-        d.reason = "IP_INNOROUTES".into();
+        d.reason = Reason::IP_INNOROUTES;
         d.ingress_ifname = Some("up0".into());
         let v = run(&mut Fake::with(vec![t]), vec![Fact::Drop(d)], 0);
         assert_eq!(kinds(&v), [("no_route", Tier::Proven)]);

@@ -4,35 +4,28 @@
 //! over a second. One early burst that stops is PMTU discovery working:
 //! no verdict.
 
-use super::ctx::{is_ptb_icmp, Ctx, Finding};
+use super::ctx::{Ctx, Finding};
+use super::facts::pmtu::{is_ptb_icmp, Proven};
 use super::fix::iptables_for;
+use super::key::Key;
 use super::{Fact, Rule, Tier};
-use crate::events::event::DropRecord;
+use crate::events::reason::Reason;
+use crate::events::record::DropRecord;
+use crate::events::record::Family;
 use serde_json::json;
-use std::collections::HashMap;
 
-/// Too-big drops further apart than this belong to separate episodes.
-const TOO_BIG_EPISODE_NS: u64 = 5_000_000_000;
-
-/// A flow seen with PKT_TOO_BIG in one netns, waiting for proof that PMTU
-/// discovery fails.
-struct TooBig {
-    first_ts: u64,
-    last_ts: u64,
-    count: u64,
-    rec: DropRecord,
-}
-
+/// Concludes the black holes that the facts layer
+/// ([`super::facts::pmtu`]) proves from too-big episodes.
 #[derive(Default)]
-pub struct PmtuBlackhole {
-    /// netns/flow -> episode.
-    too_big: HashMap<String, TooBig>,
-}
+pub struct PmtuBlackhole;
 
 /// The verdict key of a too-big drop: its netns and egress device.
-fn pmtu_key(d: &DropRecord) -> String {
+fn pmtu_key(d: &DropRecord) -> Key {
     let egress = d.route.as_ref().map(|r| r.ifindex).unwrap_or(0);
-    format!("pmtu/{}/{}", d.netns, egress)
+    Key::PmtuBlackhole {
+        netns: d.netns,
+        egress,
+    }
 }
 
 impl Rule for PmtuBlackhole {
@@ -42,81 +35,27 @@ impl Rule for PmtuBlackhole {
 
     fn on_fact(&mut self, fact: &Fact, cx: &mut Ctx) {
         let Fact::Drop(d) = fact else { return };
-        if d.reason == "PKT_TOO_BIG" && !is_ptb_icmp(d) {
-            self.record(d, cx);
-            self.check(cx);
-        } else if is_ptb_icmp(d) {
-            // The engine noted the blocked ICMP; it may prove a flow now.
-            self.check(cx);
+        if d.reason == Reason::PKT_TOO_BIG && !is_ptb_icmp(d) {
+            cx.tally(&pmtu_key(d), d.ts_ns);
         }
+        conclude_proven(cx);
     }
 
     fn tick(&mut self, cx: &mut Ctx) {
-        self.check(cx);
+        conclude_proven(cx);
     }
 }
 
-impl PmtuBlackhole {
-    fn record(&mut self, d: &DropRecord, cx: &mut Ctx) {
-        cx.tally(&pmtu_key(d), d.ts_ns);
-        let key = format!(
-            "{}/{:?}/{:?}/{:?}/{:?}",
-            d.netns, d.src, d.dst, d.sport, d.dport
-        );
-        let e = self.too_big.entry(key).or_insert(TooBig {
-            first_ts: d.ts_ns,
-            last_ts: d.ts_ns,
-            count: 0,
-            rec: d.clone(),
-        });
-        // A burst long ago (a PMTU cache that expired) is a new episode.
-        if d.ts_ns.saturating_sub(e.last_ts) > TOO_BIG_EPISODE_NS {
-            e.first_ts = d.ts_ns;
-            e.count = 0;
-        }
-        // Records from different CPUs arrive slightly out of order.
-        e.first_ts = e.first_ts.min(d.ts_ns);
-        e.last_ts = e.last_ts.max(d.ts_ns);
-        e.count += 1;
-    }
-
-    fn check(&mut self, cx: &mut Ctx) {
-        let now = cx.now_ns;
-        // Forget flows that went quiet.
-        self.too_big
-            .retain(|_, t| now.saturating_sub(t.last_ts) < 2 * TOO_BIG_EPISODE_NS);
-        let mut proven = Vec::new();
-        for (k, t) in &self.too_big {
-            let Some(src) = t.rec.src else { continue };
-            let blocked = cx
-                .obs
-                .icmp_ptb_dropped
-                .get(&(t.rec.netns, src))
-                .is_some_and(|ts| ts.abs_diff(t.last_ts) < 2_000_000_000);
-            // Only TCP retransmits the same too-big segment; UDP senders
-            // probing the path MTU (QUIC, tracepath) do this on purpose.
-            let persists = t.rec.proto.as_deref() == Some("tcp")
-                && t.count >= 3
-                && t.last_ts.saturating_sub(t.first_ts) >= 1_000_000_000;
-            if blocked || persists {
-                proven.push((k.clone(), blocked));
-            }
-        }
-        for (k, blocked) in proven {
-            if let Some(t) = self.too_big.remove(&k) {
-                verdict(cx, t, blocked);
-            }
-        }
+/// A verdict for each episode the latest fact or tick proved.
+fn conclude_proven(cx: &mut Ctx) {
+    for p in cx.obs.pmtu.proven.clone() {
+        verdict(cx, p);
     }
 }
 
-fn verdict(cx: &mut Ctx, t: TooBig, blocked: bool) {
+fn verdict(cx: &mut Ctx, p: Proven) {
+    let (t, blocked) = (p.episode, p.icmp_blocked);
     let d = &t.rec;
-    if let (Some(a), Some(b), Some(sp), Some(dp)) = (d.src, d.dst, d.sport, d.dport) {
-        if let Some(f) = cx.obs.too_big_flows.get_mut(&(a, b, sp, dp)) {
-            f.blackhole = true;
-        }
-    }
     let topo = cx.topo(d.netns);
     let (egress, egress_mtu) = match (&d.route, &topo) {
         (Some(r), _) if r.ifindex > 0 => (r.ifname.clone(), r.mtu),
@@ -161,7 +100,7 @@ fn verdict(cx: &mut Ctx, t: TooBig, blocked: bool) {
         ));
     }
     if blocked {
-        fix.push(if d.family == Some("ipv6") {
+        fix.push(if d.family == Some(Family::Ipv6) {
             format!("Let ICMPv6 packet-too-big out: {hint}ip6tables -I OUTPUT -p icmpv6 --icmpv6-type packet-too-big -j ACCEPT (and in FORWARD)")
         } else {
             format!("Let ICMP fragmentation-needed out: {hint}iptables -I OUTPUT -p icmp --icmp-type fragmentation-needed -j ACCEPT (and in FORWARD)")
@@ -199,11 +138,12 @@ fn verdict(cx: &mut Ctx, t: TooBig, blocked: bool) {
 mod tests {
     use super::super::testkit::*;
     use super::super::{Fact, Tier};
-    use crate::events::event::DropRecord;
+    use crate::events::record::DropRecord;
+    use crate::events::record::Proto;
 
     fn too_big(ts: u64) -> Fact {
         let mut d = tcp(
-            drop("PKT_TOO_BIG", ts),
+            drop(Reason::PKT_TOO_BIG, ts),
             "10.200.0.2",
             443,
             "10.99.0.2",
@@ -217,8 +157,8 @@ mod tests {
     }
 
     fn icmp_dropped(ts: u64) -> DropRecord {
-        let mut d = drop("NETFILTER_DROP", ts);
-        d.proto = Some("icmp".into());
+        let mut d = drop(Reason::NETFILTER_DROP, ts);
+        d.proto = Some(Proto::Icmp);
         d.src = Some(ip("10.200.0.1"));
         d.dst = Some(ip("10.200.0.2"));
         d.icmp_type = Some(3);

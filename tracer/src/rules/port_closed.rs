@@ -4,7 +4,10 @@
 
 use super::ctx::{Ctx, Finding};
 use super::fix::host_port;
+use super::key::Key;
 use super::{Fact, Rule, Tier};
+use crate::events::reason::Reason;
+use crate::events::record::Proto;
 use serde_json::json;
 
 pub struct PortClosed;
@@ -16,7 +19,7 @@ impl Rule for PortClosed {
 
     fn on_fact(&mut self, fact: &Fact, cx: &mut Ctx) {
         let Fact::Drop(d) = fact else { return };
-        if d.reason != "NO_SOCKET" {
+        if d.reason != Reason::NO_SOCKET {
             return;
         }
         let (Some(proto), Some(dst), Some(port)) = (&d.proto, d.dst, d.dport) else {
@@ -24,15 +27,21 @@ impl Rule for PortClosed {
         };
         // A TCP connection attempt is a SYN; late segments of a closed
         // connection also hit NO_SOCKET and mean nothing.
-        if !(proto == "udp" || (proto == "tcp" && d.tcp_flags.as_deref() == Some("S"))) {
+        if !(*proto == Proto::Udp || (*proto == Proto::Tcp && d.tcp_flags.as_deref() == Some("S")))
+        {
             return;
         }
-        let key = format!("port/{}/{proto}/{dst}/{port}", d.netns);
+        let key = Key::PortClosed {
+            netns: d.netns,
+            proto: *proto,
+            dst,
+            port,
+        };
         cx.tally(&key, d.ts_ns);
         let at = host_port(dst, port);
         let summary = format!(
             "Nothing listens on {proto} {at}: the peer is refused ({}), not lost.",
-            if proto == "tcp" {
+            if *proto == Proto::Tcp {
                 "RST"
             } else {
                 "ICMP port unreachable"
@@ -59,15 +68,17 @@ impl Rule for PortClosed {
 mod tests {
     use super::super::testkit::*;
     use super::super::{Fact, Tier};
+    use crate::events::record::Family;
+    use crate::events::record::Proto;
 
     #[test]
     fn a_closed_port_is_information_not_a_fault() {
-        let mut d = drop("NO_SOCKET", 1_000);
-        d.proto = Some("udp".into());
-        d.family = Some("ipv6");
+        let mut d = drop(Reason::NO_SOCKET, 1_000);
+        d.proto = Some(Proto::Udp);
+        d.family = Some(Family::Ipv6);
         d.dst = Some(ip("fd00::1"));
         d.dport = Some(53);
-        let mut late = tcp(drop("NO_SOCKET", 2_000), "10.0.0.1", 1, "10.0.0.2", 2);
+        let mut late = tcp(drop(Reason::NO_SOCKET, 2_000), "10.0.0.1", 1, "10.0.0.2", 2);
         late.tcp_flags = Some("F.".into());
         let v = run(
             &mut Fake::default(),

@@ -9,8 +9,11 @@
 
 use super::ctx::{Ctx, Finding};
 use super::fix::q;
+use super::key::Key;
 use super::{Fact, Rule, Tier};
-use crate::events::event::DropRecord;
+use crate::events::reason::Reason;
+use crate::events::record::DropRecord;
+use crate::events::record::Proto;
 use crate::host::qdisc::{rate, Qdisc};
 use serde_json::json;
 
@@ -27,29 +30,32 @@ const AQM: &[&str] = &[
 /// kernels after 6.18 keep only QDISC_DROP there and move the finer ones
 /// into `enum qdisc_drop_reason`, named by the kernel's BTF as
 /// QDISC_DROP_* (btf.rs): both generations are listed.
-const REASONS: &[(&str, &[&str])] = &[
-    ("QDISC_DROP", &[]),
-    ("QDISC_OVERLIMIT", &[]),
-    ("QDISC_CONGESTED", AQM),
-    ("CAKE_FLOOD", &["cake"]),
-    ("FQ_BAND_LIMIT", &["fq"]),
-    ("FQ_HORIZON_LIMIT", &["fq"]),
-    ("FQ_FLOW_LIMIT", &["fq"]),
+const REASONS: &[(Reason, &[&str])] = &[
+    (Reason::QDISC_DROP, &[]),
+    (Reason::QDISC_OVERLIMIT, &[]),
+    (Reason::QDISC_CONGESTED, AQM),
+    (Reason::CAKE_FLOOD, &["cake"]),
+    (Reason::FQ_BAND_LIMIT, &["fq"]),
+    (Reason::FQ_HORIZON_LIMIT, &["fq"]),
+    (Reason::FQ_FLOW_LIMIT, &["fq"]),
     // enum qdisc_drop_reason, as 7.2 has it.
-    ("QDISC_DROP_GENERIC", &[]),
-    ("QDISC_DROP_OVERLIMIT", &[]),
-    ("QDISC_DROP_CONGESTED", AQM),
-    ("QDISC_DROP_MAXFLOWS", &["fq_codel", "fq_pie", "sfq", "hhf"]),
-    ("QDISC_DROP_FLOOD_PROTECTION", &["cake"]),
-    ("QDISC_DROP_BAND_LIMIT", &["fq"]),
-    ("QDISC_DROP_HORIZON_LIMIT", &["fq"]),
-    ("QDISC_DROP_FLOW_LIMIT", &["fq"]),
-    ("QDISC_DROP_L4S_STEP_NON_ECN", &["dualpi2"]),
+    (Reason::QDISC_DROP_GENERIC, &[]),
+    (Reason::QDISC_DROP_OVERLIMIT, &[]),
+    (Reason::QDISC_DROP_CONGESTED, AQM),
+    (
+        Reason::QDISC_DROP_MAXFLOWS,
+        &["fq_codel", "fq_pie", "sfq", "hhf"],
+    ),
+    (Reason::QDISC_DROP_FLOOD_PROTECTION, &["cake"]),
+    (Reason::QDISC_DROP_BAND_LIMIT, &["fq"]),
+    (Reason::QDISC_DROP_HORIZON_LIMIT, &["fq"]),
+    (Reason::QDISC_DROP_FLOW_LIMIT, &["fq"]),
+    (Reason::QDISC_DROP_L4S_STEP_NON_ECN, &["dualpi2"]),
 ];
 
 /// Whether the reason is an AQM's congestion signal, in either naming.
-fn is_aqm(reason: &str) -> bool {
-    matches!(reason, "QDISC_CONGESTED" | "QDISC_DROP_CONGESTED")
+fn is_aqm(reason: &Reason) -> bool {
+    [Reason::QDISC_CONGESTED, Reason::QDISC_DROP_CONGESTED].contains(reason)
 }
 
 /// The qdisc that most likely dropped: one of the kinds the reason
@@ -84,7 +90,10 @@ impl Rule for QdiscDrop {
         if d.ifindex <= 0 {
             return;
         }
-        let key = format!("qdisc/{}/{}", d.netns, d.ifindex);
+        let key = Key::Qdisc {
+            netns: d.netns,
+            ifindex: d.ifindex,
+        };
         cx.tally(&key, d.ts_ns);
         if cx.concluded(&key).is_some() {
             return;
@@ -234,7 +243,7 @@ fn raise(qd: &Qdisc, hint: &str, dev: &str, d: &DropRecord) -> Option<String> {
         "pfifo_fast" => format!("{hint}ip link set dev {dev} txqueuelen {}", l.packets? * 4),
         _ => return None,
     };
-    let udp = d.proto.as_deref() == Some("udp");
+    let udp = d.proto == Some(Proto::Udp);
     Some(format!(
         "If the limit is too tight for bursts, give the queue more room: {cmd}{}",
         if udp {
@@ -246,7 +255,7 @@ fn raise(qd: &Qdisc, hint: &str, dev: &str, d: &DropRecord) -> Option<String> {
 }
 
 fn flow_text(d: &DropRecord) -> Option<String> {
-    let (p, s, t) = (d.proto.as_deref()?, d.src?, d.dst?);
+    let (p, s, t) = (d.proto?, d.src?, d.dst?);
     Some(match (d.sport, d.dport) {
         (Some(a), Some(b)) => format!(
             "{p} {} > {}",
@@ -261,6 +270,7 @@ fn flow_text(d: &DropRecord) -> Option<String> {
 mod tests {
     use super::super::testkit::*;
     use super::super::{Fact, Tier};
+    use crate::events::record::Proto;
     use crate::host::qdisc::{Limits, Qdisc, Stats};
 
     fn qdisc(kind: &str, parent: &str, limits: Limits, drops: u64) -> Qdisc {
@@ -288,13 +298,13 @@ mod tests {
         Fake::with(vec![t])
     }
 
-    fn drops(reason: &str, n: u64) -> Vec<Fact> {
+    fn drops(reason: Reason, n: u64) -> Vec<Fact> {
         (0..n)
             .map(|i| {
-                let mut d = drop(reason, 1_000 + i * 1_000_000);
+                let mut d = drop(reason.clone(), 1_000 + i * 1_000_000);
                 d.ifindex = 2;
                 d.ifname = Some("eth$(id)".into());
-                d.proto = Some("udp".into());
+                d.proto = Some(Proto::Udp);
                 Fact::Drop(d)
             })
             .collect()
@@ -313,7 +323,7 @@ mod tests {
             },
             764,
         );
-        let v = run(&mut host(vec![tbf]), drops("QDISC_DROP", 5), 0);
+        let v = run(&mut host(vec![tbf]), drops(Reason::QDISC_DROP, 5), 0);
         assert_eq!(kinds(&v), [("qdisc_drop", Tier::Proven)]);
         assert_eq!(v[0].drops, 5);
         let s = &v[0].summary;
@@ -336,7 +346,7 @@ mod tests {
     fn a_queueless_device_coming_up_is_no_full_queue() {
         // A bridge's report sent before it is up: freed as QDISC_DROP.
         let noqueue = qdisc("noqueue", "root", Limits::default(), 0);
-        let v = run(&mut host(vec![noqueue]), drops("QDISC_DROP", 2), 0);
+        let v = run(&mut host(vec![noqueue]), drops(Reason::QDISC_DROP, 2), 0);
         assert!(v.is_empty(), "{v:?}");
     }
 
@@ -353,7 +363,7 @@ mod tests {
             42,
         );
         leaf.handle = "10:".into();
-        let v = run(&mut host(vec![root, leaf]), drops("QDISC_DROP", 1), 0);
+        let v = run(&mut host(vec![root, leaf]), drops(Reason::QDISC_DROP, 1), 0);
         assert_eq!(v[0].evidence["qdisc"]["kind"], "pfifo");
         assert!(v[0]
             .fix
@@ -373,7 +383,7 @@ mod tests {
             },
             0,
         );
-        let v = run(&mut host(vec![netem]), drops("QDISC_DROP", 3), 0);
+        let v = run(&mut host(vec![netem]), drops(Reason::QDISC_DROP, 3), 0);
         assert_eq!(kinds(&v), [("qdisc_drop", Tier::Proven)]);
         assert!(
             v[0].summary.contains("lose 10% of packets"),
@@ -395,7 +405,11 @@ mod tests {
             },
             3,
         );
-        let v = run(&mut host(vec![fq_codel]), drops("QDISC_CONGESTED", 3), 0);
+        let v = run(
+            &mut host(vec![fq_codel]),
+            drops(Reason::QDISC_CONGESTED, 3),
+            0,
+        );
         assert_eq!(kinds(&v), [("qdisc_drop", Tier::Info)]);
         assert!(!v[0].fault);
         assert!(v[0].summary.contains("signal congestion"));
@@ -418,15 +432,15 @@ mod tests {
         };
         let v = run(
             &mut host(vec![fq_codel()]),
-            drops("QDISC_DROP_CONGESTED", 3),
+            drops(Reason::QDISC_DROP_CONGESTED, 3),
             0,
         );
         assert_eq!(kinds(&v), [("qdisc_drop", Tier::Info)]);
         assert!(v[0].summary.contains("signal congestion"));
-        for reason in ["QDISC_DROP_OVERLIMIT", "QDISC_DROP_GENERIC"] {
-            let v = run(&mut host(vec![fq_codel()]), drops(reason, 2), 0);
+        for reason in [Reason::QDISC_DROP_OVERLIMIT, Reason::QDISC_DROP_GENERIC] {
+            let v = run(&mut host(vec![fq_codel()]), drops(reason.clone(), 2), 0);
             assert_eq!(kinds(&v), [("qdisc_drop", Tier::Proven)], "{reason}");
-            assert_eq!(v[0].evidence["reason"], reason);
+            assert_eq!(v[0].evidence["reason"], reason.as_str());
         }
         // An fq's flow limit points at the fq, not at the root htb.
         let mut fq = qdisc("fq", "1:10", Limits::default(), 0);
@@ -434,7 +448,7 @@ mod tests {
         let htb = qdisc("htb", "root", Limits::default(), 0);
         let v = run(
             &mut host(vec![htb, fq]),
-            drops("QDISC_DROP_FLOW_LIMIT", 1),
+            drops(Reason::QDISC_DROP_FLOW_LIMIT, 1),
             0,
         );
         assert_eq!(v[0].evidence["qdisc"]["kind"], "fq");
@@ -442,7 +456,7 @@ mod tests {
 
     #[test]
     fn unknown_settings_still_name_the_device() {
-        let v = run(&mut Fake::default(), drops("QDISC_OVERLIMIT", 2), 0);
+        let v = run(&mut Fake::default(), drops(Reason::QDISC_OVERLIMIT, 2), 0);
         assert_eq!(kinds(&v), [("qdisc_drop", Tier::Proven)]);
         assert!(v[0].summary.contains("eth$(id)"));
         assert!(v[0].fix[0].contains("tc -s qdisc show dev 'eth$(id)'"));
@@ -450,7 +464,7 @@ mod tests {
 
     #[test]
     fn other_reasons_are_not_queue_drops() {
-        let v = run(&mut host(vec![]), drops("NOT_SPECIFIED", 2), 0);
+        let v = run(&mut host(vec![]), drops(Reason::NOT_SPECIFIED, 2), 0);
         assert!(v.is_empty());
     }
 }

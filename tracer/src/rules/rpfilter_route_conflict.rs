@@ -5,58 +5,31 @@
 //! bridge subnet.
 
 use super::ctx::{Ctx, Finding};
+use super::facts::reverse_path::{rpfilter_drop, ReversePath};
 use super::fix::{bridge_fixes, conf_arg, net, q, route_via, BridgeOwner};
+use super::key::Key;
 use super::{Fact, Rule, Tier};
 use serde_json::json;
-
-/// A route lookup joins a drop as evidence only if it ran this close to it.
-pub(super) const ROUTE_JOIN_MAX_AGE_NS: u64 = 10_000_000_000;
 
 pub struct RpFilterRouteConflict;
 
 impl Rule for RpFilterRouteConflict {
     fn kinds(&self) -> &'static [&'static str] {
-        &["rpfilter_route_conflict", "no_route"]
+        &["rpfilter_route_conflict"]
     }
 
     fn on_fact(&mut self, fact: &Fact, cx: &mut Ctx) {
         let Fact::Drop(d) = fact else { return };
-        if d.reason != "IP_RPFILTER" {
-            return;
-        }
-        let (Some(src), Some(topo)) = (d.src, cx.topo(d.netns)) else {
+        let Some(rpf) = rpfilter_drop(d, |ns| cx.topo(ns)) else {
             return;
         };
-        let ingress = if d.ingress_ifindex > 0 {
-            d.ingress_ifindex
-        } else {
-            d.ifindex
-        };
-        let Some(in_link) = topo.link(ingress) else {
-            return;
-        };
-        // The kernel's own reverse-path check (fib_validate_source looks up
-        // src from dst with iif = loopback) when it ran around this drop;
-        // the topology's longest match is the fallback.
-        let kernel_rev = d
-            .reverse_route
-            .as_ref()
-            .filter(|r| r.age_ns.unsigned_abs() < ROUTE_JOIN_MAX_AGE_NS);
-        if let Some(r) = kernel_rev.filter(|r| r.err != 0) {
-            // No route back at all: a different cause than a conflict.
-            return super::no_route::no_route_back(d, cx, src, r.err);
-        }
-        let from_kernel = kernel_rev.is_some_and(|r| r.ifindex > 0);
-        let rev = kernel_rev
-            .filter(|r| r.ifindex > 0)
-            .map(|r| r.ifindex)
-            .or_else(|| topo.route_to(src).and_then(|r| r.oif));
-        let Some(rev_if) = rev else {
-            // Only a table with no route at all proves "no route back"; a
-            // multipath or nexthop-object route has no single oif.
-            if topo.route_to(src).is_none() {
-                super::no_route::no_route_back(d, cx, src, 0);
-            }
+        let (topo, src, ingress, in_link) = (rpf.topo, rpf.src, rpf.ingress, rpf.in_link);
+        // No route back at all is `no_route`'s verdict, not a conflict.
+        let ReversePath::Leaves {
+            ifindex: rev_if,
+            from_kernel,
+        } = rpf.path
+        else {
             return;
         };
         if rev_if == ingress {
@@ -65,7 +38,11 @@ impl Rule for RpFilterRouteConflict {
         let Some(rev_link) = topo.link(rev_if) else {
             return;
         };
-        let key = format!("rpf/{}/{}/{}", d.netns, ingress, rev_if);
+        let key = Key::RpFilter {
+            netns: d.netns,
+            ingress,
+            reverse: rev_if,
+        };
         cx.tally(&key, d.ts_ns);
         let prefix = topo
             .prefix_on(rev_if, src)
@@ -181,7 +158,7 @@ mod tests {
 
     fn syn_dropped() -> Fact {
         let mut d = tcp(
-            drop("IP_RPFILTER", 1_000),
+            drop(Reason::IP_RPFILTER, 1_000),
             "172.17.5.5",
             40000,
             "10.99.0.2",

@@ -2,7 +2,11 @@
 //! each rule is tested without a kernel.
 
 use super::{Engine, Fact, TopologySource, Verdict};
-use crate::events::event::{DropRecord, RouteRecord, SynRecord};
+pub use crate::events::reason::Reason;
+use crate::events::record::Family;
+use crate::events::record::Proto;
+use crate::events::record::ReasonSource;
+use crate::events::record::{DropRecord, RouteRecord, SynRecord};
 use crate::host::topology::{Link, NsTopology, Route, RouteKind, Sysctls, RT_TABLE_MAIN};
 use std::collections::HashMap;
 use std::net::IpAddr;
@@ -59,11 +63,11 @@ pub fn topo(inode: u32, name: Option<&str>, links: Vec<Link>, routes: Vec<Route>
 }
 
 /// A drop with nothing but its reason, netns and time; tests fill the rest.
-pub fn drop(reason: &str, ts_ns: u64) -> DropRecord {
+pub fn drop(reason: Reason, ts_ns: u64) -> DropRecord {
     let mut d = DropRecord::sample("somewhere+0x1");
     d.ts_ns = ts_ns;
-    d.reason = reason.into();
-    d.reason_source = Some("kernel");
+    d.reason = reason;
+    d.reason_source = Some(ReasonSource::Kernel);
     d.netns = NS;
     d.ifindex = 0;
     d.ingress_ifindex = 0;
@@ -78,8 +82,12 @@ pub fn drop(reason: &str, ts_ns: u64) -> DropRecord {
 }
 
 pub fn tcp(mut d: DropRecord, src: &str, sport: u16, dst: &str, dport: u16) -> DropRecord {
-    d.proto = Some("tcp".into());
-    d.family = Some(if src.contains(':') { "ipv6" } else { "ipv4" });
+    d.proto = Some(Proto::Tcp);
+    d.family = Some(if src.contains(':') {
+        Family::Ipv6
+    } else {
+        Family::Ipv4
+    });
     d.src = Some(ip(src));
     d.dst = Some(ip(dst));
     d.sport = Some(sport);
@@ -129,7 +137,11 @@ pub fn syn(
         host_ifname: None,
         mtu: egress.2,
         mss,
-        family: Some(if src.contains(':') { "ipv6" } else { "ipv4" }),
+        family: Some(if src.contains(':') {
+            Family::Ipv6
+        } else {
+            Family::Ipv4
+        }),
         src: Some(ip(src)),
         dst: Some(ip(dst)),
         sport,

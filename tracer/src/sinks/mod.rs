@@ -8,7 +8,7 @@ pub mod rolling;
 pub mod verdict;
 
 use crate::events::aggregate::AggregateRecord;
-use crate::events::event::{DropRecord, SynRecord};
+use crate::events::record::{DropRecord, Family, NudState, ReasonSource, SynRecord};
 use crate::kernel::probes::KernelStats;
 use serde::Serialize;
 use std::collections::BTreeMap;
@@ -71,6 +71,13 @@ impl Output {
     ) -> anyhow::Result<Self> {
         let f = file::open(path, existing)?;
         Ok(Self::to(format, own_netns, f, false))
+    }
+
+    /// Lines into memory, never coloured: what tests compare.
+    #[cfg(test)]
+    pub(crate) fn to_buffer(format: Format, own_netns: u32) -> (Self, TestBuffer) {
+        let buf = TestBuffer::default();
+        (Self::to(format, own_netns, buf.clone(), false), buf)
     }
 
     /// Lines to stderr: stdout carries the pcapng of `-w -`.
@@ -215,12 +222,16 @@ impl Output {
             s.tcp_flags,
             s.mss,
             s.mtu,
-            if s.family == Some("ipv6") { 60 } else { 40 }
+            if s.family == Some(Family::Ipv6) {
+                60
+            } else {
+                40
+            }
         );
         self.line(&line)
     }
 
-    pub fn neigh(&mut self, n: &crate::events::event::NeighRecord) -> std::io::Result<()> {
+    pub fn neigh(&mut self, n: &crate::events::record::NeighRecord) -> std::io::Result<()> {
         if self.format == Format::Json {
             return self.json(n);
         }
@@ -239,7 +250,7 @@ impl Output {
                 &format!("{:<REASON_W$}", format!("NEIGH_{}", n.state))
             ),
             n.neighbor.map(|a| a.to_string()).unwrap_or_default(),
-            if n.state == "FAILED" {
+            if n.state == NudState::Failed {
                 "(no ARP/ND answer)"
             } else {
                 "(resolving)"
@@ -282,7 +293,9 @@ impl Output {
             let flow = if d.src.is_some_and(|a| !a.is_unspecified()) {
                 flow_text(d)
             } else {
-                d.proto.clone().unwrap_or_default().to_uppercase()
+                d.proto
+                    .map(|p| p.to_string().to_uppercase())
+                    .unwrap_or_default()
             };
             let line = format!(
                 "{:>15} {ns:<18} {:<16} {:<REASON_W$} {:<30}        {flow}",
@@ -441,7 +454,7 @@ pub struct Summary {
     /// Verdicts proven but not printed (more than 20 of one kind).
     #[serde(skip_serializing_if = "is_zero")]
     pub verdicts_suppressed: u64,
-    /// Benign container-host drops not shown (see `event::noise_kind`),
+    /// Benign container-host drops not shown (see `namer::noise_kind`),
     /// per kind; `--all` shows them.
     #[serde(skip_serializing_if = "BTreeMap::is_empty")]
     pub noise_hidden: BTreeMap<String, u64>,
@@ -488,7 +501,7 @@ impl Summary {
     /// Counts a drop hidden as noise.
     pub fn hide(&mut self, d: &DropRecord) {
         if let Some(k) = d.noise {
-            *self.noise_hidden.entry(k.to_string()).or_default() += 1;
+            *self.noise_hidden.entry(k.as_str().to_string()).or_default() += 1;
         }
     }
 
@@ -497,7 +510,7 @@ impl Summary {
         let reason = if d.reason.is_empty() {
             "unknown"
         } else {
-            &d.reason
+            d.reason.as_str()
         };
         *self.by_reason.entry(reason.to_string()).or_default() += 1;
         *self.by_ifname.entry(dev_label(d)).or_default() += 1;
@@ -560,7 +573,7 @@ pub fn flow_text(d: &DropRecord) -> String {
     let Some(proto) = &d.proto else {
         return "(no IP header)".to_string();
     };
-    let p = proto.to_uppercase();
+    let p = proto.to_string().to_uppercase();
     let mut s = match (d.sport, d.dport) {
         (Some(sp), Some(dp)) => {
             format!("{p} {}:{sp} > {}:{dp}", fmt_addr(d.src), fmt_addr(d.dst))
@@ -574,7 +587,7 @@ pub fn flow_text(d: &DropRecord) -> String {
         s.push_str(&format!(" mss {m}"));
     }
     if let (Some(t), Some(c)) = (d.icmp_type, d.icmp_code) {
-        match crate::events::protocols::icmp_name(proto, t, c) {
+        match crate::events::protocols::icmp_name(*proto, t, c) {
             Some(name) => s.push_str(&format!(" {name} (type {t} code {c})")),
             None => s.push_str(&format!(" type {t} code {c}")),
         }
@@ -590,7 +603,7 @@ pub fn flow_text(d: &DropRecord) -> String {
 
 /// `ARP who-has 10.0.0.9 tell 10.0.0.1`, as tcpdump says it (without
 /// the MACs, which the kernel side does not read).
-fn arp_text(a: &crate::events::event::Arp) -> String {
+fn arp_text(a: &crate::events::record::Arp) -> String {
     match a.op.as_str() {
         "request" => format!("ARP who-has {} tell {}", a.target, a.sender),
         "reply" => format!("ARP reply {} to {}", a.sender, a.target),
@@ -603,36 +616,44 @@ fn arp_text(a: &crate::events::event::Arp) -> String {
 pub fn reason_label(d: &DropRecord) -> String {
     match (d.reason.is_empty(), d.reason_source) {
         (true, _) => "?".to_string(),
-        (false, Some("location")) => format!("~{}", d.reason),
-        (false, _) => d.reason.clone(),
+        (false, Some(ReasonSource::Location)) => format!("~{}", d.reason),
+        (false, _) => d.reason.to_string(),
+    }
+}
+
+/// A writer a test reads back after `Output` took it.
+#[cfg(test)]
+#[derive(Clone, Default)]
+pub(crate) struct TestBuffer(std::sync::Arc<std::sync::Mutex<Vec<u8>>>);
+
+#[cfg(test)]
+impl TestBuffer {
+    pub(crate) fn text(&self) -> String {
+        String::from_utf8(self.0.lock().unwrap().clone()).unwrap()
+    }
+}
+
+#[cfg(test)]
+impl Write for TestBuffer {
+    fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(b);
+        Ok(b.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::sync::{Arc, Mutex};
-
-    /// A writer the test can read back.
-    #[derive(Clone, Default)]
-    struct Shared(Arc<Mutex<Vec<u8>>>);
-
-    impl Write for Shared {
-        fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
-            self.0.lock().unwrap().extend_from_slice(b);
-            Ok(b.len())
-        }
-        fn flush(&mut self) -> std::io::Result<()> {
-            Ok(())
-        }
-    }
 
     #[test]
     fn arp_frames_say_who_asked_for_whom() {
         let mut d = DropRecord::sample("br_handle_frame+0x1f0");
         (d.family, d.proto, d.src, d.dst) = (None, None, None, None);
         assert_eq!(flow_text(&d), "(no IP header)");
-        d.arp = Some(crate::events::event::Arp {
+        d.arp = Some(crate::events::record::Arp {
             op: "request".into(),
             sender: "10.61.0.1".parse().unwrap(),
             target: "10.61.0.7".parse().unwrap(),
@@ -644,19 +665,18 @@ mod tests {
 
     #[test]
     fn the_longest_reasons_stay_in_their_column() {
-        let buf = Shared::default();
-        let mut out = Output::to(Format::Text, 1, buf.clone(), false);
+        let (mut out, buf) = Output::to_buffer(Format::Text, 1);
         for (reason, source) in [
-            ("BRIDGE_INGRESS_STP_STATE", Some("kernel")),
-            ("TCP_INVALID_END_SEQUENCE", Some("location")),
+            ("BRIDGE_INGRESS_STP_STATE", Some(ReasonSource::Kernel)),
+            ("TCP_INVALID_END_SEQUENCE", Some(ReasonSource::Location)),
         ] {
             let mut d = DropRecord::sample("br_handle_frame+0x1f0");
-            d.reason = reason.into();
+            d.reason = crate::events::reason::Reason::new(reason);
             d.reason_source = source;
             out.drop(&d).unwrap();
         }
         out.flush().unwrap();
-        let text = String::from_utf8(buf.0.lock().unwrap().clone()).unwrap();
+        let text = buf.text();
         let lines: Vec<&str> = text.lines().collect();
         let col = lines[0].find("LOCATION").unwrap();
         for l in &lines[1..] {

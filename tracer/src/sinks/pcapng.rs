@@ -19,7 +19,8 @@
 //! the end go into the comment of an Interface Statistics Block.
 
 use crate::events::aggregate::AggregateRecord;
-use crate::events::event::{DropRecord, Extra};
+use crate::events::decode::Extra;
+use crate::events::record::DropRecord;
 use std::collections::HashMap;
 use std::io::Write;
 use std::path::Path;
@@ -247,7 +248,7 @@ impl PcapSink {
                 d.location,
                 label(r),
                 crate::sinks::dev_label(d),
-                d.proto.as_deref().map(|p| format!(" {}", p.to_uppercase())).unwrap_or_default(),
+                d.proto.map(|p| format!(" {}", p.to_string().to_uppercase())).unwrap_or_default(),
                 flow,
             ));
         }
