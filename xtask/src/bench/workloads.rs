@@ -14,6 +14,8 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
+/// The bench's settings: the tracer under test, where scripts and the
+/// report go, how many rounds.
 pub(crate) struct Ctx {
     pub tracer: PathBuf,
     pub out_dir: PathBuf,
