@@ -427,7 +427,7 @@ fn run_other(command: Command, started: Instant) -> Result<()> {
                 force,
             } => {
                 let params = if ipv6 {
-                    crate::lab::scenarios::Params::ipv6()
+                    crate::lab::incident::Params::ipv6()
                 } else {
                     Default::default()
                 };

@@ -10,7 +10,7 @@
 //! - `dist`        static binary, tarball, .deb and SHA256SUMS in target/dist
 //!   (see dist.rs); `--check` also runs them in a Debian 11 root
 //! - `image`       the agent's container image from the static binary
-//! - `bench`       the benchmark harness (see bench.rs)
+//! - `bench`       the benchmark harness (see bench/mod.rs)
 //! - `kernels`     boot Debian's 5.10, 6.1 and 6.12 (and with `--kernel 7.2` unstable's 7.2) under qemu and run the checks there (see qemu.rs)
 use anyhow::{bail, Context, Result};
 use std::path::{Path, PathBuf};
@@ -341,6 +341,8 @@ fn main() -> Result<()> {
             build_ebpf()?;
             image(&rest)
         }
+        // Usage needs no packages, eBPF object or release build.
+        "bench" if rest.iter().any(|a| *a == "--help" || *a == "-h") => bench::run(&root(), &rest),
         "bench" => {
             setup(BENCH_PACKAGES)?;
             build_ebpf()?;

@@ -2,19 +2,24 @@
 //! diagnosed live against the real kernel (no simulated events).
 pub mod docker;
 pub mod faults;
-pub mod netlab;
+pub mod incident;
 pub mod scenarios;
+pub mod traffic;
 
 use crate::diagnose::Diagnoser;
 use crate::sinks::Format;
 use crate::watch::{TraceOptions, Tracer};
 use anyhow::{anyhow, bail, Result};
-use netlab::{Netlab, LAB_PREFIX};
-use scenarios::{Params, SCENARIOS};
+use incident::Params;
+use netlab::Netlab;
+use scenarios::SCENARIOS;
 use serde::Serialize;
 use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
+
+/// Every lab namespace starts with this (what `tracer lab clean` cleans).
+pub const LAB_PREFIX: &str = "trlab-";
 
 /// After the traffic ends, keep tracing this long for late drops (a
 /// neighbour that fails, a retransmission).
@@ -41,9 +46,8 @@ pub fn list(format: Format) -> Result<()> {
     Ok(())
 }
 
-/// Removes what a killed run left: every namespace named `trlab-*`.
 /// `tracer lab clean`: removes what killed lab runs recorded making (see
-/// `netlab`), never a namespace by its name alone.
+/// `netlab::markers`), never a namespace by its name alone.
 pub fn clean() -> Result<()> {
     let done = netlab::clean(LAB_PREFIX);
     if done.removed.is_empty() {
