@@ -54,19 +54,26 @@ pub(super) async fn follow(feed: &Feed<'_>) {
         return;
     };
     // Subscribe first, then take the inventory: nothing falls in between.
-    let mut events = match tokio::time::timeout(
-        Duration::from_secs(3),
-        EventsClient::new(ch.clone()).subscribe(SubscribeRequest::default()),
-    )
-    .await
-    {
-        Ok(Ok(s)) => s.into_inner(),
-        _ => return,
-    };
+    // containerd answers a subscription only with its first event, so the
+    // call is left pending while the inventory is taken.
+    let mut client = EventsClient::new(ch.clone());
+    let mut subscribe = std::pin::pin!(client.subscribe(SubscribeRequest::default()));
+    let mut early = None;
+    tokio::select! {
+        r = &mut subscribe => early = Some(r),
+        _ = tokio::time::sleep(Duration::from_millis(100)) => {}
+    }
     match inventory(&ch).await {
         Some(v) => feed.publish(Some(v)),
         None => return,
     }
+    let subscribed = match early {
+        Some(r) => r,
+        None => subscribe.await,
+    };
+    let Ok(mut events) = subscribed.map(|s| s.into_inner()) else {
+        return;
+    };
     loop {
         match events.message().await {
             Ok(Some(e)) => {
