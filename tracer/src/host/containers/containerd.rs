@@ -102,6 +102,8 @@ fn refreshes(topic: &str) -> bool {
 
 /// What containerd says about one running container.
 struct Listed {
+    /// The containerd namespace.
+    ns: String,
     id: String,
     pid: u32,
     image: String,
@@ -143,6 +145,7 @@ async fn inventory(ch: &Channel) -> Option<View> {
             // A task's id is its container's.
             if let Some(pid) = running.get(&c.id) {
                 listed.push(Listed {
+                    ns: ns.name.clone(),
                     id: c.id,
                     pid: *pid,
                     image: c.image,
@@ -173,7 +176,7 @@ async fn inventory(ch: &Channel) -> Option<View> {
 fn container_of(l: Listed) -> Option<(bool, Container)> {
     let netns = netns_of_pid(l.pid)?;
     let path = PathBuf::from(format!("/proc/{}/ns/net", l.pid));
-    let (sandbox, r) = reference(l.id, l.image, &l.labels);
+    let (sandbox, r) = reference(&l.ns, l.id, l.image, &l.labels);
     Some((
         sandbox,
         Container {
@@ -190,7 +193,12 @@ fn container_of(l: Listed) -> Option<(bool, Container)> {
 /// Names from the labels: kubelet's container name, else (a pod's sandbox)
 /// the pod's name, else (`ctr run`, nerdctl) the container id, which there
 /// is the name its user gave.
-fn reference(id: String, image: String, labels: &HashMap<String, String>) -> (bool, ContainerRef) {
+fn reference(
+    ns: &str,
+    id: String,
+    image: String,
+    labels: &HashMap<String, String>,
+) -> (bool, ContainerRef) {
     let sandbox = labels.get(CRI_KIND).map(String::as_str) == Some("sandbox");
     let pod = labels.get(POD_NAME).cloned();
     let name = labels
@@ -201,7 +209,10 @@ fn reference(id: String, image: String, labels: &HashMap<String, String>) -> (bo
     (
         sandbox,
         ContainerRef {
-            runtime: "containerd".into(),
+            // dockerd keeps its containers in containerd's `moby`
+            // namespace: when Docker's own API is not reachable they are
+            // still Docker's (named by id).
+            runtime: if ns == "moby" { "docker" } else { "containerd" }.into(),
             id,
             name,
             image: Some(image).filter(|i| !i.is_empty()),
@@ -227,7 +238,7 @@ mod tests {
         .iter()
         .map(|(k, v)| (k.to_string(), v.to_string()))
         .collect();
-        let (sandbox, r) = reference("abc".into(), "nginx:1".into(), &labels);
+        let (sandbox, r) = reference("k8s.io", "abc".into(), "nginx:1".into(), &labels);
         assert!(!sandbox);
         assert_eq!(r.name, "nginx");
         assert_eq!(r.pod.as_deref(), Some("web-0"));
@@ -238,13 +249,16 @@ mod tests {
         let mut pause = labels.clone();
         pause.remove(CONTAINER_NAME);
         pause.insert(CRI_KIND.into(), "sandbox".into());
-        let (sandbox, r) = reference("def".into(), String::new(), &pause);
+        let (sandbox, r) = reference("k8s.io", "def".into(), String::new(), &pause);
         assert!(sandbox);
         assert_eq!(r.name, "web-0");
         assert_eq!(r.image, None);
 
-        let (_, r) = reference("web-1".into(), "busybox".into(), &HashMap::new());
+        assert_eq!(r.runtime, "containerd");
+        let (_, r) = reference("default", "web-1".into(), "busybox".into(), &HashMap::new());
         assert_eq!((r.name.as_str(), r.pod.as_deref()), ("web-1", None));
+        let (_, r) = reference("moby", "f00d".into(), String::new(), &HashMap::new());
+        assert_eq!(r.runtime, "docker");
         assert!(refreshes("/tasks/exit") && !refreshes("/images/create"));
     }
 }

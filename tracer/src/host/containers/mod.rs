@@ -315,6 +315,10 @@ impl Merger {
     fn set(&self, src: Source, view: Option<View>) {
         let views = {
             let mut g = self.views.lock().unwrap_or_else(|e| e.into_inner());
+            // An absent runtime is told every few seconds: nothing changed.
+            if view.is_none() && g[src as usize].is_none() {
+                return;
+            }
             g[src as usize] = view;
             g.clone()
         };
@@ -541,5 +545,45 @@ mod tests {
         let c = r.by_netns(7).unwrap();
         assert_eq!(c.host_ifname(2).as_deref(), Some("veth1234"));
         assert_eq!(c.ports_text(), "0.0.0.0:8080->80/tcp");
+    }
+
+    fn named(name: &str, runtime: &str, netns: u32) -> Container {
+        Container {
+            r: ContainerRef {
+                runtime: runtime.into(),
+                name: name.into(),
+                ..Default::default()
+            },
+            netns,
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn the_first_source_to_name_a_netns_keeps_it() {
+        let view = |cs: Vec<Container>| {
+            Some(View {
+                containers: cs,
+                networks: Vec::new(),
+            })
+        };
+        let views = [
+            view(vec![named("web-1", "docker", 7)]),
+            None,
+            // Docker's container again (containerd's `moby` namespace), and
+            // a pod's two containers sharing one netns.
+            view(vec![
+                named("f00d", "docker", 7),
+                named("nginx", "containerd", 8),
+                named("sidecar", "containerd", 8),
+            ]),
+            view(vec![named("abcdef", "containerd", 9)]),
+        ];
+        let r = merge(&views);
+        assert_eq!(r.by_netns(7).unwrap().r.name, "web-1");
+        assert_eq!(r.by_netns(8).unwrap().r.name, "nginx");
+        assert_eq!(r.by_netns(9).unwrap().r.name, "abcdef");
+        assert_eq!(r.containers.len(), 4);
+        assert!(r.docker);
     }
 }
