@@ -863,6 +863,12 @@ fn the_agent_stays_up_while_3000_connections_are_held() {
     assert!(took < Duration::from_secs(1), "/healthz took {took:?}");
     let (_, metrics) = get(port, "/metrics").expect("a scrape while 3,000 are held");
     assert!(metrics.contains("tracer_events_lost"), "{metrics}");
+    // A closed connection's task ends at its next poll: on a loaded host
+    // the last hundreds may take a moment to go.
+    let settle = Instant::now() + scaled(Duration::from_secs(5));
+    while open_fds(pid) >= fds0 + 300 && Instant::now() < settle {
+        std::thread::sleep(Duration::from_millis(100));
+    }
     let (rss1, fds1) = (rss(pid), open_fds(pid));
     eprintln!("held 3000: rss {rss0} -> {rss1}, fds {fds0} -> {fds1}");
     assert!(fds1 < fds0 + 300, "fds {fds0} -> {fds1}");
