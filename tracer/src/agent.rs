@@ -16,7 +16,7 @@ use crate::events::event::DropRecord;
 use crate::host::containers::ContainerRef;
 use crate::record::wall_now_ns;
 use crate::rules::Verdict;
-use crate::watch::{Consumer, Session, TraceOptions, Tracer};
+use crate::session::{Consumer, Session, TraceOptions, Tracer};
 use anyhow::{anyhow, bail, Result};
 use bytes::Bytes;
 use http_body_util::Full;

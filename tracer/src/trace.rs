@@ -16,7 +16,7 @@
 //! per fragment list (GRO) is followed from its merged skb.
 
 use crate::events::event::{family_name, flow_dst, flow_src, proto_name, tcp_flags, DropRecord};
-use crate::watch::{Consumer, Session};
+use crate::session::{Consumer, Session};
 use serde::Serialize;
 use std::collections::{BTreeMap, HashMap};
 use std::net::IpAddr;

@@ -6,8 +6,8 @@ pub mod netlab;
 pub mod scenarios;
 
 use crate::diagnose::Diagnoser;
+use crate::session::{TraceOptions, Tracer};
 use crate::sinks::Format;
-use crate::watch::{TraceOptions, Tracer};
 use anyhow::{anyhow, bail, Result};
 use netlab::{Netlab, LAB_PREFIX};
 use scenarios::{Params, SCENARIOS};
