@@ -3,6 +3,7 @@
 //! struct offsets; kallsyms: function names).
 pub mod btf;
 pub mod clock;
+pub mod per_packet;
 pub mod probes;
 pub mod route_gate;
 pub mod shed;

@@ -3,6 +3,7 @@
 //! ring buffer and counters. Everything kernel-facing lives here.
 
 use crate::kernel::btf::KernelBtf;
+use crate::kernel::per_packet::PerPacket;
 use anyhow::{anyhow, bail, Result};
 use aya::maps::{HashMap as BpfHashMap, MapData, PerCpuArray, RingBuf};
 use aya::programs::tp_btf::BtfTracePointLinkId;
@@ -136,15 +137,9 @@ pub struct Probes {
     agg: aya::maps::PerCpuHashMap<MapData, AggKey, AggVal>,
     agg_slots: PerCpuArray<MapData, AggSlot>,
     pub warnings: Vec<String>,
-    /// The per-packet programs (route lookups, the SYN check) and their
-    /// links while attached: detached during a drop storm (see `shed`) and
-    /// while a gate parks them (see `park`).
-    sheddable: Vec<(&'static str, Option<BtfTracePointLinkId>)>,
-    shedding: bool,
-    /// Per-packet programs a gate has detached because they could find
-    /// nothing now (`syn_gate`, `route_gate`): a storm's end does not
-    /// attach them again.
-    parked: Vec<&'static str>,
+    /// The route-lookup and SYN programs, shed in storms and parked
+    /// while they can find nothing.
+    per_packet: PerPacket,
     /// Shared with the `RouteTable`: see `forget_routes`.
     routes_since: Arc<AtomicU64>,
 }
@@ -347,9 +342,7 @@ impl Probes {
             events: Some(events),
             routes,
             warnings: a.warnings,
-            sheddable: a.sheddable,
-            shedding: false,
-            parked: Vec::new(),
+            per_packet: a.per_packet,
             routes_since,
         })
     }
@@ -366,46 +359,20 @@ impl Probes {
             .ok_or_else(|| anyhow!("the ring buffer was already taken"))
     }
 
-    /// Detaches (`on`) or re-attaches the programs that run for every
-    /// packet rather than for every drop: the route-lookup and SYN
-    /// programs. A storm costs the host several route lookups per dropped
-    /// packet, and even a program that returns at once costs its call; the
-    /// storm's own flows had their lookups stored before it began, and the
-    /// map keeps them. Returns whether anything changed.
+    /// Sheds (`on`) the programs that run for every packet rather than
+    /// for every drop, or attaches again those not parked. A storm costs
+    /// the host several route lookups per dropped packet, and even a
+    /// program that returns at once costs its call; the storm's own flows
+    /// had their lookups stored before it began, and the map keeps them.
+    /// Returns whether anything changed.
     pub fn shed(&mut self, on: bool) -> bool {
-        if on == self.shedding || self.sheddable.is_empty() || self.ebpf.is_none() {
-            return false;
-        }
-        for i in 0..self.sheddable.len() {
-            let want = !on && !self.parked.contains(&self.sheddable[i].0);
-            self.sync_link(i, want);
-        }
-        // A program that would not attach again keeps us shedding, so the
-        // next call retries instead of losing route tracing for good.
-        self.shedding = on
-            || self
-                .sheddable
-                .iter()
-                .any(|(p, l)| l.is_none() && !self.parked.contains(p));
-        true
+        self.per_packet.shed(self.ebpf.as_mut(), on)
     }
 
-    /// Parks (detaches) per-packet programs, or attaches them again, as a
-    /// gate decides. Idempotent; while a storm is being shed, the shed's
-    /// end attaches what is wanted then.
+    /// Parks per-packet programs (they can find nothing now), or lets
+    /// them go, as a gate decides (see `PerPacket::park`).
     pub fn park(&mut self, progs: &[&'static str], park: bool) {
-        for prog in progs {
-            self.parked.retain(|p| p != prog);
-            if park {
-                self.parked.push(prog);
-            }
-            if self.shedding {
-                continue;
-            }
-            if let Some(i) = self.sheddable.iter().position(|(p, _)| p == prog) {
-                self.sync_link(i, !park);
-            }
-        }
+        self.per_packet.park(self.ebpf.as_mut(), progs, park);
     }
 
     /// From now on, lookups stored so far are not joined to drops: the
@@ -419,41 +386,12 @@ impl Probes {
     /// Attaches again what should be attached and is not (an attach that
     /// failed when a storm ended or a gate let go); called on every tick.
     pub fn heal(&mut self) {
-        if self.shedding {
-            return;
-        }
-        for i in 0..self.sheddable.len() {
-            let (prog, link) = &self.sheddable[i];
-            if link.is_none() && !self.parked.contains(prog) {
-                self.sync_link(i, true);
-            }
-        }
+        self.per_packet.heal(self.ebpf.as_mut());
     }
 
-    /// Attaches or detaches the `i`th sheddable program to match `want`.
-    fn sync_link(&mut self, i: usize, want: bool) {
-        let Some(ebpf) = self.ebpf.as_mut() else {
-            return;
-        };
-        let (prog, link) = &mut self.sheddable[i];
-        let Some(p) = ebpf
-            .program_mut(prog)
-            .and_then(|p| <&mut BtfTracePoint>::try_from(p).ok())
-        else {
-            return;
-        };
-        if !want {
-            if let Some(id) = link.take() {
-                let _ = p.detach(id);
-            }
-        } else if link.is_none() {
-            *link = p.attach().ok();
-        }
-    }
-
-    /// Whether some per-packet program is detached (see `shed`).
+    /// Whether some per-packet program is shed for a storm.
     pub fn shedding(&self) -> bool {
-        self.shedding
+        self.per_packet.shedding()
     }
 
     /// Drops counted under a storm key so far (all CPUs): it grows only
@@ -610,7 +548,7 @@ struct Attached {
     syn: bool,
     neigh: bool,
     hops: Vec<&'static str>,
-    sheddable: Vec<(&'static str, Option<BtfTracePointLinkId>)>,
+    per_packet: PerPacket,
     warnings: Vec<String>,
 }
 
@@ -636,7 +574,7 @@ impl Attached {
             match attach_btf_link(ebpf, prog, what, btf) {
                 Ok(id) => {
                     self.routes = true;
-                    self.sheddable.push((prog, Some(id)));
+                    self.per_packet.attached(prog, id);
                 }
                 Err(e) => self
                     .warnings
@@ -649,7 +587,7 @@ impl Attached {
         match attach_btf_link(ebpf, names::PROG_SYN_XMIT, "net_dev_start_xmit", btf) {
             Ok(id) => {
                 self.syn = true;
-                self.sheddable.push((names::PROG_SYN_XMIT, Some(id)));
+                self.per_packet.attached(names::PROG_SYN_XMIT, id);
             }
             Err(e) => self
                 .warnings

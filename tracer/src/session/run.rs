@@ -230,7 +230,7 @@ impl Run<'_> {
     /// stop and belongs in the output (or, past --count or a closed pipe,
     /// in `not_shown`).
     fn stop(mut self, mut events: Events, t0: Instant) -> Result<Summary> {
-        self.session.summary.storm_paused_ms = self.shed.total_ms();
+        self.session.summary.storm_shed_ms = self.shed.shed_ms();
         self.session.summary.syn_check_parked_ms = self.syn_gate.parked_ms();
         self.session.summary.routes_parked_ms = self.route_gate.parked_ms();
         self.probes.detach();

@@ -321,10 +321,10 @@ impl Output {
                 s.aggregated
             ));
         }
-        if s.storm_paused_ms > 0 {
+        if s.storm_shed_ms > 0 {
             lines.push(format!(
                 "    route lookups and SYN checks paused {:.1}s during storms (the storms' flows were traced before)",
-                s.storm_paused_ms as f64 / 1000.0
+                s.storm_shed_ms as f64 / 1000.0
             ));
         }
         if s.routes_parked_ms > 0 {
@@ -450,18 +450,19 @@ pub struct Summary {
     /// Proven faults among the verdicts.
     #[serde(skip_serializing_if = "is_zero")]
     pub faults: u64,
-    /// Milliseconds the route-lookup and SYN programs were detached
-    /// because the kernel was aggregating a drop storm (`diagnose`).
-    #[serde(skip_serializing_if = "is_zero")]
-    pub storm_paused_ms: u64,
+    /// Milliseconds the route-lookup and SYN programs were shed because
+    /// the kernel was aggregating a drop storm (`diagnose`). Its JSON name
+    /// predates the word "shed" and stays, as readers rely on it.
+    #[serde(rename = "storm_paused_ms", skip_serializing_if = "is_zero")]
+    pub storm_shed_ms: u64,
     /// Milliseconds the SYN check was detached because no connected
     /// devices mixed MTUs, so no SYN could be flagged (`diagnose`).
     #[serde(skip_serializing_if = "is_zero")]
     pub syn_check_parked_ms: u64,
     /// Milliseconds the route-lookup programs were detached because the
     /// host was busy and nothing had happened for a while (`diagnose`).
-    /// Like `syn_check_parked_ms`, it may overlap `storm_paused_ms`: a
-    /// storm detaches every per-packet program, parked or not.
+    /// Like `syn_check_parked_ms`, it may overlap `storm_shed_ms`: a
+    /// storm sheds every per-packet program, parked or not.
     #[serde(skip_serializing_if = "is_zero")]
     pub routes_parked_ms: u64,
     pub duration_s: f64,
