@@ -19,16 +19,7 @@ use tracer_abi::{DropEvent, NeighEvent, SynEvent};
 
 /// Whether dockerd runs on this host (advice only): one scan of /proc.
 pub fn dockerd_running() -> bool {
-    let Ok(rd) = std::fs::read_dir("/proc") else {
-        return false;
-    };
-    rd.flatten().any(|e| {
-        e.file_name()
-            .to_string_lossy()
-            .bytes()
-            .all(|b| b.is_ascii_digit())
-            && std::fs::read_to_string(e.path().join("comm")).is_ok_and(|c| c.trim() == "dockerd")
-    })
+    crate::host::proc::runs("dockerd")
 }
 
 /// When each namespace's topology was last seen as it was before its

@@ -595,15 +595,7 @@ pub fn runtime_of_cgroup(cgroup: &str) -> Option<(&'static str, String)> {
 fn cgroup_inventory() -> Registry {
     let own = crate::host::netns::own_inode().unwrap_or(0);
     let mut by_ns: HashMap<u32, Container> = HashMap::new();
-    let Ok(rd) = std::fs::read_dir("/proc") else {
-        return Registry::default();
-    };
-    let mut pids: Vec<u32> = rd
-        .flatten()
-        .filter_map(|e| e.file_name().to_str()?.parse().ok())
-        .collect();
-    pids.sort_unstable();
-    for pid in pids {
+    for pid in crate::host::proc::pids() {
         let Some(netns) = std::fs::read_link(format!("/proc/{pid}/ns/net"))
             .ok()
             .and_then(|t| parse_ns_link(&t.to_string_lossy()))
