@@ -321,24 +321,7 @@ impl Output {
                 s.aggregated
             ));
         }
-        if s.storm_shed_ms > 0 {
-            lines.push(format!(
-                "    route lookups and SYN checks paused {:.1}s during storms (the storms' flows were traced before)",
-                s.storm_shed_ms as f64 / 1000.0
-            ));
-        }
-        if s.routes_parked_ms > 0 {
-            lines.push(format!(
-                "    route lookups parked {:.1}s: the host was busy and nothing dropped (a drop traces them again)",
-                s.routes_parked_ms as f64 / 1000.0
-            ));
-        }
-        if s.syn_check_parked_ms > 0 {
-            lines.push(format!(
-                "    SYN/MSS check parked {:.1}s: no connected devices mixed MTUs, so no SYN could outgrow one",
-                s.syn_check_parked_ms as f64 / 1000.0
-            ));
-        }
+        lines.extend(detached_lines(s));
         if s.kernel.recursion_misses > 0 {
             lines.push(self.paint(
                 RED,
@@ -360,31 +343,7 @@ impl Output {
         let mut reasons: Vec<_> = s.by_reason.iter().collect();
         reasons.sort_by(|a, b| b.1.cmp(a.1).then(a.0.cmp(b.0)));
         if !s.verdict_kinds.is_empty() {
-            // One line for all kinds: a port scan must not repeat itself.
-            let parts: Vec<String> = s
-                .verdict_kinds
-                .iter()
-                .map(|(k, n)| {
-                    if *n == 1 {
-                        k.clone()
-                    } else {
-                        format!("{k} x{n}")
-                    }
-                })
-                .collect();
-            let faults = if s.faults == 0 {
-                "no fault proven".to_string()
-            } else {
-                format!(
-                    "{} proven fault{}",
-                    s.faults,
-                    if s.faults == 1 { "" } else { "s" }
-                )
-            };
-            lines.push(self.paint(
-                BOLD,
-                &format!("    verdicts ({faults}): {}", parts.join(", ")),
-            ));
+            lines.push(self.paint(BOLD, &verdicts_line(s)));
         }
         for (r, n) in reasons {
             lines.push(format!("    {n:>7}  {r}"));
@@ -411,6 +370,55 @@ impl Output {
         }
         Ok(())
     }
+}
+
+/// How long the per-packet programs were shed or parked, in words.
+fn detached_lines(s: &Summary) -> Vec<String> {
+    let mut lines = Vec::new();
+    if s.storm_shed_ms > 0 {
+        lines.push(format!(
+            "    route lookups and SYN checks paused {:.1}s during storms (the storms' flows were traced before)",
+            s.storm_shed_ms as f64 / 1000.0
+        ));
+    }
+    if s.routes_parked_ms > 0 {
+        lines.push(format!(
+            "    route lookups parked {:.1}s: the host was busy and nothing dropped (a drop traces them again)",
+            s.routes_parked_ms as f64 / 1000.0
+        ));
+    }
+    if s.syn_check_parked_ms > 0 {
+        lines.push(format!(
+            "    SYN/MSS check parked {:.1}s: no connected devices mixed MTUs, so no SYN could outgrow one",
+            s.syn_check_parked_ms as f64 / 1000.0
+        ));
+    }
+    lines
+}
+
+/// The verdicts by kind, in one line: a port scan must not repeat itself.
+fn verdicts_line(s: &Summary) -> String {
+    let parts: Vec<String> = s
+        .verdict_kinds
+        .iter()
+        .map(|(k, n)| {
+            if *n == 1 {
+                k.clone()
+            } else {
+                format!("{k} x{n}")
+            }
+        })
+        .collect();
+    let faults = if s.faults == 0 {
+        "no fault proven".to_string()
+    } else {
+        format!(
+            "{} proven fault{}",
+            s.faults,
+            if s.faults == 1 { "" } else { "s" }
+        )
+    };
+    format!("    verdicts ({faults}): {}", parts.join(", "))
 }
 
 /// Counts for the end-of-run summary.
