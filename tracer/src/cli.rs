@@ -2,9 +2,10 @@
 //! `run` and turns an error into one line and an exit code.
 
 use crate::kernel::probes::DropHook;
+use crate::session::{TraceOptions, Tracer};
 use crate::sinks::file::Existing;
 use crate::sinks::Format;
-use crate::watch::{parse_duration, Printer, TraceOptions, Tracer};
+use crate::watch::Printer;
 use anyhow::Result;
 use clap::{Args, Parser, Subcommand};
 use std::path::PathBuf;
@@ -305,6 +306,23 @@ fn parse_duration_arg(s: &str) -> Result<Duration, String> {
     parse_duration(s).map_err(|e| e.to_string())
 }
 
+/// Parses `10s`, `2m`, `500ms`, `1h`, or a bare number of seconds.
+pub fn parse_duration(s: &str) -> anyhow::Result<Duration> {
+    let t = s.trim();
+    if let Ok(secs) = t.parse::<f64>() {
+        if secs.is_finite() && secs >= 0.0 {
+            return Ok(Duration::from_secs_f64(secs));
+        }
+    }
+    if t.starts_with('-') {
+        anyhow::bail!("bad duration '{s}': it cannot be negative");
+    }
+    match humantime::parse_duration(t) {
+        Ok(d) => Ok(d),
+        Err(_) => anyhow::bail!("bad duration '{s}': use a value like 10s, 2m or 500ms"),
+    }
+}
+
 impl TraceArgs {
     pub fn options(&self) -> TraceOptions {
         TraceOptions {
@@ -474,4 +492,19 @@ fn reasons(format: Format, btf: Option<PathBuf>) -> Result<()> {
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations() {
+        assert_eq!(parse_duration("10s").unwrap(), Duration::from_secs(10));
+        assert_eq!(parse_duration("2m").unwrap(), Duration::from_secs(120));
+        assert_eq!(parse_duration("500ms").unwrap(), Duration::from_millis(500));
+        assert_eq!(parse_duration("3").unwrap(), Duration::from_secs(3));
+        let e = parse_duration("soon").unwrap_err().to_string();
+        assert!(e.contains("'soon'"), "{e}");
+    }
 }

@@ -80,7 +80,7 @@ impl Header {
         Header {
             kind: MAGIC.into(),
             version: VERSION,
-            kernel: read("/proc/sys/kernel/osrelease"),
+            kernel: crate::kernel::release().unwrap_or_default(),
             hostname: read("/proc/sys/kernel/hostname"),
             start_ns: wall_now_ns(),
             own_netns,

@@ -1,16 +1,18 @@
 //! The SYN check runs only where it can find something: while no connected
-//! devices on the host mix MTUs (`host::mtu_mix`), its program is parked.
+//! devices on the host mix MTUs (`host::mtu_mix`), its program is parked
+//! (see `per_packet`).
 //!
 //! Why: `net_dev_start_xmit` fires for every transmitted packet, twice for
 //! a forwarded one, and a program call costs its dispatch even when it
-//! returns at once. In 64-byte forwarding that was 2.6 % of the packet rate
-//! on this VM, on hosts where no SYN could ever be flagged. On the overlay
-//! host (a 1450 uplink beside a 1500 bridge) the check stays attached.
+//! returns at once: a visible share of a small-packet forwarding rate
+//! (README, "Measuring it"), paid on hosts where no SYN could ever be
+//! flagged. On the overlay host (a 1450 uplink beside a 1500 bridge) the
+//! check stays attached.
 //!
 //! It starts attached, so nothing is missed before the first scan. A
-//! thread rescans every namespace's links every [`RESCAN`] (about half a
-//! millisecond per namespace here; less often where a scan takes longer,
-//! see [`pause`]) and the tick applies the answer. What this gives up:
+//! thread rescans every namespace's links every [`RESCAN`] (less often
+//! where a scan takes longer, see [`pause`]) and the tick applies the
+//! answer. What this gives up:
 //! when a run is already going and a mix appears (a device's MTU changes,
 //! a namespace is joined), SYNs crossing it before the next scan are not
 //! checked.

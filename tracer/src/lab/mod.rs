@@ -7,8 +7,8 @@ pub mod scenarios;
 pub mod traffic;
 
 use crate::diagnose::Diagnoser;
+use crate::session::{TraceOptions, Tracer};
 use crate::sinks::Format;
-use crate::watch::{TraceOptions, Tracer};
 use anyhow::{anyhow, bail, Result};
 use incident::Params;
 use netlab::Netlab;

@@ -49,15 +49,7 @@ pub fn runtime_of_cgroup(cgroup: &str) -> Option<(&'static str, String)> {
 pub(super) fn inventory() -> View {
     let own = crate::host::netns::own_inode().unwrap_or(0);
     let mut by_ns: HashMap<u32, Container> = HashMap::new();
-    let Ok(rd) = std::fs::read_dir("/proc") else {
-        return View::default();
-    };
-    let mut pids: Vec<u32> = rd
-        .flatten()
-        .filter_map(|e| e.file_name().to_str()?.parse().ok())
-        .collect();
-    pids.sort_unstable();
-    for pid in pids {
+    for pid in crate::host::proc::pids() {
         let Some(netns) = netns_of_pid(pid) else {
             continue;
         };
