@@ -15,7 +15,7 @@ use crate::events::aggregate::AggregateRecord;
 use crate::events::record::DropRecord;
 use crate::host::containers::ContainerRef;
 use crate::kernel::caps::{self, Cap, CapSet};
-use crate::record::wall_now_ns;
+use crate::kernel::clock::wall_now_ns;
 use crate::rules::Verdict;
 use crate::session::{Consumer, Session, TraceOptions, Tracer};
 use crate::sinks::rolling::RollingDir;

@@ -6,7 +6,8 @@
 use crate::events::decode::Extra;
 use crate::events::record::{DropRecord, NeighRecord};
 use crate::host::topology::{Link, NsTopology, Topology};
-use crate::record::{wall_now_ns, Header, Line, Reader, Recorder};
+use crate::kernel::clock::wall_now_ns;
+use crate::record::{Header, Line, Reader, Recorder};
 use crate::rules::{Engine, Fact, TopologySource, Verdict};
 use crate::session::{Consumer, Session, TraceOptions, Tracer};
 use crate::sinks::file;

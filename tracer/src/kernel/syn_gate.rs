@@ -21,6 +21,7 @@ use std::sync::mpsc::{self, Receiver, RecvTimeoutError, TryRecvError};
 use std::time::Duration;
 
 use crate::host::mtu_mix;
+use crate::kernel::clock::clock_ns;
 use crate::kernel::probes::Probes;
 use crate::kernel::spells::Spells;
 use tracer_abi::names;
@@ -41,17 +42,8 @@ fn pause(scan: Duration) -> Duration {
 /// the pause to many seconds exactly when the host was busy, so a mix
 /// that appeared went unchecked for that long.
 fn thread_cpu() -> Duration {
-    let mut ts = libc::timespec {
-        tv_sec: 0,
-        tv_nsec: 0,
-    };
-    // SAFETY: `ts` is a valid, writable timespec for the call's duration,
-    // and CLOCK_THREAD_CPUTIME_ID needs nothing else.
-    let rc = unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut ts) };
-    if rc != 0 {
-        return Duration::ZERO;
-    }
-    Duration::new(ts.tv_sec as u64, ts.tv_nsec as u32)
+    let ns = clock_ns(libc::CLOCK_THREAD_CPUTIME_ID);
+    Duration::from_nanos(u64::try_from(ns).unwrap_or(0))
 }
 
 pub struct SynGate {
