@@ -182,15 +182,7 @@ fn run_one(
         let mut tracer = Tracer::start(&opts, true, started)?;
         let stop = Arc::new(tokio::sync::Notify::new());
         tracer.stop_on(stop.clone());
-        let traffic = built.traffic;
-        let done = stop.clone();
-        std::thread::spawn(move || {
-            if let Err(e) = traffic() {
-                eprintln!("tracer: lab traffic: {e:#}");
-            }
-            std::thread::sleep(GRACE);
-            done.notify_one();
-        });
+        run_traffic(built.traffic, stop.clone());
         let mut diag = Diagnoser::new(true);
         if let Some(f) = record.take() {
             diag.record_to(f, &tracer.session)?;
@@ -202,38 +194,8 @@ fn run_one(
         if summary.interrupted {
             bail!("interrupted: lab {name} stopped before its traffic ended");
         }
-        // Expected kinds must be concluded (proven, or information such
-        // as a closed port); a control must prove no fault at all.
-        let kinds: Vec<&'static str> = diag
-            .verdicts()
-            .iter()
-            .filter(|v| v.tier.concluded())
-            .map(|v| v.kind)
-            .collect();
-        let faults = diag.verdicts().iter().filter(|v| v.fault).count();
-        let pass =
-            sc.expect.iter().all(|k| kinds.contains(k)) && (!sc.expect.is_empty() || faults == 0);
-        let result = LabResult {
-            kind: "lab",
-            name: sc.name,
-            expected: sc.expect,
-            verdicts: kinds.clone(),
-            pass,
-            namespaces: lab.namespaces().to_vec(),
-        };
-        let mut out = crate::sinks::Output::stdout(format, 0);
-        if format == Format::Json {
-            out.json(&result)?;
-        } else if pass {
-            out.line(&format!(
-                "lab {name}: {}",
-                if sc.expect.is_empty() {
-                    "no fault verdict, as expected for this control".to_string()
-                } else {
-                    format!("proven: {}", sc.expect.join(", "))
-                }
-            ))?;
-        }
+        let (kinds, pass) = judge(sc, &diag);
+        report(format, sc, &lab, &kinds, pass)?;
         if keep {
             eprintln!(
                 "tracer: kept namespaces {} (remove with `tracer lab clean`)",
@@ -247,4 +209,64 @@ fn run_one(
         }
         Ok(())
     })
+}
+
+/// Runs the lab's traffic on its own thread; `done` is notified a grace
+/// period after it ends, for the last drops to arrive.
+fn run_traffic(traffic: Box<dyn FnOnce() -> Result<()> + Send>, done: Arc<tokio::sync::Notify>) {
+    std::thread::spawn(move || {
+        if let Err(e) = traffic() {
+            eprintln!("tracer: lab traffic: {e:#}");
+        }
+        std::thread::sleep(GRACE);
+        done.notify_one();
+    });
+}
+
+/// The kinds concluded, and whether the lab passed: expected kinds must
+/// be concluded (proven, or information such as a closed port); a control
+/// must prove no fault at all.
+fn judge(sc: &scenarios::Scenario, diag: &Diagnoser) -> (Vec<&'static str>, bool) {
+    let kinds: Vec<&'static str> = diag
+        .verdicts()
+        .iter()
+        .filter(|v| v.tier.concluded())
+        .map(|v| v.kind)
+        .collect();
+    let faults = diag.verdicts().iter().filter(|v| v.fault).count();
+    let pass =
+        sc.expect.iter().all(|k| kinds.contains(k)) && (!sc.expect.is_empty() || faults == 0);
+    (kinds, pass)
+}
+
+/// The lab's result: a JSON line, or a line of text when it passed.
+fn report(
+    format: Format,
+    sc: &scenarios::Scenario,
+    lab: &Netlab,
+    kinds: &[&'static str],
+    pass: bool,
+) -> Result<()> {
+    let mut out = crate::sinks::Output::stdout(format, 0);
+    if format == Format::Json {
+        out.json(&LabResult {
+            kind: "lab",
+            name: sc.name,
+            expected: sc.expect,
+            verdicts: kinds.to_vec(),
+            pass,
+            namespaces: lab.namespaces().to_vec(),
+        })?;
+    } else if pass {
+        out.line(&format!(
+            "lab {}: {}",
+            sc.name,
+            if sc.expect.is_empty() {
+                "no fault verdict, as expected for this control".to_string()
+            } else {
+                format!("proven: {}", sc.expect.join(", "))
+            }
+        ))?;
+    }
+    Ok(())
 }

@@ -227,8 +227,26 @@ fn overlay_mtu_clamped(lab: &mut Netlab, p: &Params) -> Result<Built> {
 /// route cache) and the upload completes. Nothing is wrong: a tool must
 /// not call this a fault.
 fn pmtud_healthy(lab: &mut Netlab, p: &Params) -> Result<Built> {
-    const UPLOAD: usize = 2 << 20;
-    let v6 = p.ipv6;
+    let server = two_routers_narrow_between(lab, p.ipv6)?;
+    let target = SocketAddr::new(server, SERVER_PORT);
+    let received = Arc::new(AtomicU64::new(0));
+    let traffic = upload_to(lab, target, received.clone())?;
+    Ok(Built {
+        trace: ["client", "r1", "r2", "server"]
+            .iter()
+            .map(|n| lab.name(n))
+            .collect(),
+        host: lab.name("r1"),
+        traffic,
+        received: Some(received),
+        keep_alive: None,
+        docker_host: None,
+    })
+}
+
+/// client -- r1 ==1400== r2 -- server, IPv4 or IPv6, the link between the
+/// routers narrower than the rest. Returns the server's address.
+fn two_routers_narrow_between(lab: &mut Netlab, v6: bool) -> Result<IpAddr> {
     let (len, o, fwd) = if v6 {
         (64, " nodad", "net.ipv6.conf.all.forwarding=1")
     } else {
@@ -303,10 +321,19 @@ fn pmtud_healthy(lab: &mut Netlab, p: &Params) -> Result<Built> {
         &format!("ip addr add {server}/{len} dev eth0{o} && ip route add default via {r2_out}"),
     )?;
 
-    let target = SocketAddr::new(server, SERVER_PORT);
+    Ok(server)
+}
+
+/// The client's upload of `UPLOAD` bytes to a sink at `target`, counted
+/// into `received`.
+fn upload_to(
+    lab: &Netlab,
+    target: SocketAddr,
+    received: Arc<AtomicU64>,
+) -> Result<Box<dyn FnOnce() -> Result<()> + Send>> {
+    const UPLOAD: usize = 2 << 20;
     let listener = listen_in(lab, "server", target)?;
-    let received = Arc::new(AtomicU64::new(0));
-    let counter = received.clone();
+    let counter = received;
     let client_ns = lab.path("client");
     let traffic = Box::new(move || -> Result<()> {
         let _server = Helper::spawn("lab-sink", move |stop| {
@@ -335,17 +362,7 @@ fn pmtud_healthy(lab: &mut Netlab, p: &Params) -> Result<Built> {
         Ok(())
     });
 
-    Ok(Built {
-        trace: ["client", "r1", "r2", "server"]
-            .iter()
-            .map(|n| lab.name(n))
-            .collect(),
-        host: lab.name("r1"),
-        traffic,
-        received: Some(received),
-        keep_alive: None,
-        docker_host: None,
-    })
+    Ok(traffic)
 }
 
 /// MTU mismatch across one veth pair.
@@ -566,30 +583,7 @@ const OVERLAY_V6: OverlayNet = OverlayNet {
 
 fn overlay(lab: &mut Netlab, p: &Params, clamp: bool) -> Result<Built> {
     let fam = if p.ipv6 { &OVERLAY_V6 } else { &OVERLAY_V4 };
-    let family = if p.ipv6 { "IPv6" } else { "IPv4" };
-    let bridge = Cidr::parse(&p.bridge_cidr)?;
-    let ctr: IpAddr = p
-        .container_addr
-        .parse()
-        .with_context(|| format!("container_addr '{}' is not an address", p.container_addr))?;
-    if bridge.addr.is_ipv6() != p.ipv6 || ctr.is_ipv6() != p.ipv6 {
-        bail!("bridge_cidr {bridge} and container_addr {ctr} must both be {family} for this lab");
-    }
-    if !bridge.contains(ctr) {
-        bail!("container_addr {ctr} is outside bridge_cidr {bridge}");
-    }
-    for link in [fam.host_link, fam.server] {
-        let link = Cidr {
-            addr: link,
-            len: fam.link_len,
-        };
-        if bridge.overlaps(&link) {
-            bail!(
-                "bridge_cidr {bridge} overlaps the lab's link {}",
-                link.network()
-            );
-        }
-    }
+    let (bridge, ctr) = overlay_addresses(p, fam)?;
     let names = check_names(p)?;
     let (bridge_if, uplink) = (names.bridge, names.uplink);
     let (inner, outer) = (p.inner_mtu, p.uplink_mtu);
@@ -605,21 +599,7 @@ fn overlay(lab: &mut Netlab, p: &Params, clamp: bool) -> Result<Built> {
     lab.veth("router", "eth1", "server", "eth0")?;
 
     if p.ipv6 {
-        // Auto-generated link-locals stay tentative (DAD) for up to 2 s,
-        // and until then no neighbour solicitation can be sent for a
-        // forwarded packet, whose source is not on the link: the download
-        // would start ~2 s late (measured: 2.3 s instead of 0.3 s for the
-        // clamped lab), eating the fetch window. Link-locals without DAD
-        // make forwarding work at once.
-        for (ns, dev, ll) in [
-            ("ctr", "eth0", "fe80::2"),
-            ("host", uplink, "fe80::2"),
-            ("router", "eth0", "fe80::1"),
-            ("router", "eth1", "fe80::1"),
-            ("server", "eth0", "fe80::2"),
-        ] {
-            lab.exec(ns, &format!("ip -6 addr add {ll}/64 dev {dev} nodad"))?;
-        }
+        overlay_link_locals(lab, uplink)?;
     }
 
     lab.exec(
@@ -675,9 +655,80 @@ fn overlay(lab: &mut Netlab, p: &Params, clamp: bool) -> Result<Built> {
     )?;
 
     let target = SocketAddr::new(server, SERVER_PORT);
-    let listener = listen_in(lab, "server", target)?;
     let received = Arc::new(AtomicU64::new(0));
-    let counter = received.clone();
+    let traffic = download_from(lab, target, received.clone())?;
+
+    Ok(Built {
+        trace: ["ctr", "host", "router", "server"]
+            .iter()
+            .map(|n| lab.name(n))
+            .collect(),
+        host: lab.name("host"),
+        traffic,
+        received: Some(received),
+        keep_alive: None,
+        docker_host: None,
+    })
+}
+
+/// The lab's bridge subnet and container address from `p`, checked
+/// against the family and the lab's own links.
+fn overlay_addresses(p: &Params, fam: &OverlayNet) -> Result<(Cidr, IpAddr)> {
+    let family = if p.ipv6 { "IPv6" } else { "IPv4" };
+    let bridge = Cidr::parse(&p.bridge_cidr)?;
+    let ctr: IpAddr = p
+        .container_addr
+        .parse()
+        .with_context(|| format!("container_addr '{}' is not an address", p.container_addr))?;
+    if bridge.addr.is_ipv6() != p.ipv6 || ctr.is_ipv6() != p.ipv6 {
+        bail!("bridge_cidr {bridge} and container_addr {ctr} must both be {family} for this lab");
+    }
+    if !bridge.contains(ctr) {
+        bail!("container_addr {ctr} is outside bridge_cidr {bridge}");
+    }
+    for link in [fam.host_link, fam.server] {
+        let link = Cidr {
+            addr: link,
+            len: fam.link_len,
+        };
+        if bridge.overlaps(&link) {
+            bail!(
+                "bridge_cidr {bridge} overlaps the lab's link {}",
+                link.network()
+            );
+        }
+    }
+    Ok((bridge, ctr))
+}
+
+fn overlay_link_locals(lab: &Netlab, uplink: &str) -> Result<()> {
+    // Auto-generated link-locals stay tentative (DAD) for up to 2 s,
+    // and until then no neighbour solicitation can be sent for a
+    // forwarded packet, whose source is not on the link: the download
+    // would start ~2 s late (measured: 2.3 s instead of 0.3 s for the
+    // clamped lab), eating the fetch window. Link-locals without DAD
+    // make forwarding work at once.
+    for (ns, dev, ll) in [
+        ("ctr", "eth0", "fe80::2"),
+        ("host", uplink, "fe80::2"),
+        ("router", "eth0", "fe80::1"),
+        ("router", "eth1", "fe80::1"),
+        ("server", "eth0", "fe80::2"),
+    ] {
+        lab.exec(ns, &format!("ip -6 addr add {ll}/64 dev {dev} nodad"))?;
+    }
+    Ok(())
+}
+
+/// The container's download from a server at `target`, counted into
+/// `received`.
+fn download_from(
+    lab: &Netlab,
+    target: SocketAddr,
+    received: Arc<AtomicU64>,
+) -> Result<Box<dyn FnOnce() -> Result<()> + Send>> {
+    let listener = listen_in(lab, "server", target)?;
+    let counter = received;
     let ctr_ns = lab.path("ctr");
     let traffic = Box::new(move || -> Result<()> {
         let _server = Helper::spawn("lab-server", move |stop| {
@@ -694,17 +745,7 @@ fn overlay(lab: &mut Netlab, p: &Params, clamp: bool) -> Result<Built> {
         Ok(())
     });
 
-    Ok(Built {
-        trace: ["ctr", "host", "router", "server"]
-            .iter()
-            .map(|n| lab.name(n))
-            .collect(),
-        host: lab.name("host"),
-        traffic,
-        received: Some(received),
-        keep_alive: None,
-        docker_host: None,
-    })
+    Ok(traffic)
 }
 
 struct Names<'a> {
