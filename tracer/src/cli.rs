@@ -187,6 +187,9 @@ pub struct AgentArgs {
     /// Also log every drop sent in full, storm aggregates, SYN and neighbour context.
     #[arg(long)]
     pub log_drops: bool,
+    /// Past this size (e.g. 100MB) the --log FILE becomes FILE.1 and a new one starts.
+    #[arg(long, value_name = "SIZE", default_value = "100MB", value_parser = parse_size_arg)]
+    pub log_max: u64,
     /// Keep a rolling recording (what `diagnose -w` writes) in DIR, for
     /// `diagnose --replay DIR` after an outage; created 0700 if missing.
     #[arg(long, value_name = "DIR")]
@@ -254,6 +257,7 @@ impl AgentArgs {
                 hook: self.hook,
                 btf: self.btf.clone(),
                 output_path: (self.log != "-").then(|| PathBuf::from(&self.log)),
+                log_max: Some(self.log_max),
                 existing: if self.append {
                     Existing::Append
                 } else {
@@ -339,6 +343,7 @@ impl TraceArgs {
             btf: self.btf.clone(),
             no_aggregate: self.no_aggregate,
             output_path: None,
+            log_max: None,
             pcap: None,
             snaplen: self.snaplen,
             stack: self.stack,

@@ -34,6 +34,8 @@ pub struct TraceOptions {
     /// Write the output (JSON lines or text) to this file instead of
     /// stdout.
     pub output_path: Option<std::path::PathBuf>,
+    /// `output_path` moves to `PATH.1` past this many bytes.
+    pub log_max: Option<u64>,
     /// What to do with an existing `output_path`, `pcap` or recording
     /// (`--force`, `--append`; refused by default).
     pub existing: crate::sinks::file::Existing,

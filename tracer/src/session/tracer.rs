@@ -244,7 +244,7 @@ fn open_outputs(
     let pcap_stdout = pcap.as_ref().is_some_and(|p| p.stdout);
     // `-w -` owns stdout: the lines go to stderr, as tcpdump's do.
     let out = match &opts.output_path {
-        Some(p) => Output::to_file(p, opts.existing, format, own_netns)?,
+        Some(p) => Output::to_log(p, opts.existing, opts.log_max, format, own_netns)?,
         None if pcap_stdout => Output::stderr(format, own_netns),
         None => Output::stdout(format, own_netns),
     };

@@ -2,6 +2,7 @@
 //! person, or one JSON object per line for a program; and the summary.
 
 pub mod file;
+pub mod log_file;
 pub mod pcapng;
 pub mod printable;
 pub mod rolling;
@@ -63,13 +64,16 @@ impl Output {
 
     /// Writes to a file (a log that a collector tails), never coloured;
     /// opened by the rules of `file` (`existing`: `--append` or not).
-    pub fn to_file(
+    /// Lines to a log file that survives a full disk and rotates past
+    /// `max` bytes (see `log_file`).
+    pub fn to_log(
         path: &std::path::Path,
         existing: file::Existing,
+        max: Option<u64>,
         format: Format,
         own_netns: u32,
     ) -> anyhow::Result<Self> {
-        let f = file::open(path, existing)?;
+        let f = log_file::LogFile::open(path, existing, max)?;
         Ok(Self::to(format, own_netns, f, false))
     }
 
