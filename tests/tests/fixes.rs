@@ -317,3 +317,98 @@ fn pmtu_blackhole_fix_heals() {
     apply_first_fix(v);
     healed(&lab, &MTU_NS, || download(&lab, FIXED_PORT));
 }
+
+/// IPv6: a router with forwarding off. Fix 1 turns it on.
+#[test]
+fn ipv6_forwarding_disabled_fix_heals() {
+    let mut lab = Netlab::new(&prefix("fxfwd6")).unwrap();
+    for n in ["edge", "core", "sink"] {
+        lab.ns(n).unwrap();
+    }
+    lab.veth("edge", "x0", "core", "y0").unwrap();
+    lab.veth("core", "y1", "sink", "z0").unwrap();
+    // nodad: the addresses are usable at once.
+    lab.exec(
+        "edge",
+        "ip addr add fd5e:71::2/64 dev x0 nodad && ip route add default via fd5e:71::1",
+    )
+    .unwrap();
+    lab.exec(
+        "core",
+        "ip addr add fd5e:71::1/64 dev y0 nodad && ip addr add fd5e:72::1/64 dev y1 nodad && \
+         sysctl -qw net.ipv6.conf.all.forwarding=0",
+    )
+    .unwrap();
+    lab.exec(
+        "sink",
+        "ip addr add fd5e:72::40/64 dev z0 nodad && ip route add default via fd5e:72::1",
+    )
+    .unwrap();
+    let ns = ["edge", "core", "sink"];
+    let lines = diagnose_while(&lab, &ns, || {
+        assert!(!ping(&lab, "edge", "fd5e:72::40", 56));
+    });
+    let v = verdict(&lines, "forwarding_disabled");
+    assert_eq!(v["evidence"]["sysctl"], "net.ipv6.conf.all.forwarding");
+    apply_first_fix(v);
+    healed(&lab, &ns, || ping(&lab, "edge", "fd5e:72::40", 56));
+}
+
+/// tx, bystander and holder on one bridge (`sw9`, in `hub`); tx's
+/// neighbour entries for holder's addresses point at bystander, as after
+/// the addresses moved. Fix 1 deletes them on tx, which then finds holder.
+#[test]
+fn misdelivered_fix_heals() {
+    let mut lab = Netlab::new(&prefix("fxmis")).unwrap();
+    for n in ["tx", "hub", "bystander", "holder"] {
+        lab.ns(n).unwrap();
+    }
+    lab.exec("hub", "ip link add sw9 type bridge && ip link set sw9 up")
+        .unwrap();
+    for (n, dev, port, last) in [
+        ("tx", "t1", "q-tx", 5),
+        ("bystander", "b1", "q-by", 6),
+        ("holder", "h1", "q-ho", 77),
+    ] {
+        lab.veth(n, dev, "hub", port).unwrap();
+        lab.exec("hub", &format!("ip link set {port} master sw9"))
+            .unwrap();
+        lab.exec(
+            n,
+            &format!(
+                "ip addr add 10.93.12.{last}/24 dev {dev} && \
+                 ip addr add fd93:12::{last}/64 dev {dev} nodad"
+            ),
+        )
+        .unwrap();
+    }
+    let mac = lab
+        .exec("bystander", "cat /sys/class/net/b1/address")
+        .unwrap();
+    let mac = mac.trim();
+    lab.exec(
+        "tx",
+        &format!(
+            "ip neigh replace 10.93.12.77 lladdr {mac} dev t1 && \
+             ip -6 neigh replace fd93:12::77 lladdr {mac} dev t1"
+        ),
+    )
+    .unwrap();
+    let ns = ["tx", "hub", "bystander", "holder"];
+    let dsts = ["10.93.12.77", "fd93:12::77"];
+    let lines = diagnose_while(&lab, &ns, || {
+        for d in dsts {
+            assert!(!ping(&lab, "tx", d, 56));
+        }
+    });
+    let found: Vec<&Value> = lines
+        .iter()
+        .filter(|v| v["type"] == "verdict" && v["kind"] == "misdelivered")
+        .collect();
+    assert_eq!(found.len(), 2, "{lines:#?}");
+    for v in found {
+        assert_eq!(v["fault"], true, "{v}");
+        apply_first_fix(v);
+    }
+    healed(&lab, &ns, || dsts.iter().all(|d| ping(&lab, "tx", d, 56)));
+}
