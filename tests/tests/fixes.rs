@@ -94,13 +94,11 @@ fn healed_but(lab: &Netlab, ns: &[&str], works: impl FnOnce() -> bool, old_port:
     assert!(new.is_empty(), "{new:#?}");
 }
 
-/// A multi-homed server: the client's pings arrive on `up1`, but a more
-/// specific route sends the client's network back out `side2` (towards
-/// `alt`), and strict
-/// rp_filter drops them. Fix 1 routes the client back where it arrives.
-#[test]
-fn rpfilter_route_conflict_fix_heals() {
-    let mut lab = Netlab::new(&prefix("fxrpf")).unwrap();
+/// A multi-homed server `srv` (10.66.0.9 on `up1`, through `gw` from the
+/// client 10.61.3.7) whose route back to the client's network, `back`,
+/// points out `side2` (towards `alt`) instead; rp_filter is `rp`.
+fn multihomed_lab(test: &str, back: &str, rp: u8) -> Netlab {
+    let mut lab = Netlab::new(&prefix(test)).unwrap();
     for n in ["cli", "gw", "srv", "alt"] {
         lab.ns(n).unwrap();
     }
@@ -121,17 +119,47 @@ fn rpfilter_route_conflict_fix_heals() {
     .unwrap();
     lab.exec(
         "srv",
-        "ip addr add 10.66.0.9/24 dev up1 && ip route add default via 10.66.0.1 && \
-         ip addr add 10.88.0.2/24 dev side2 && ip route add 10.61.0.0/16 via 10.88.0.1 dev side2 && \
-         sysctl -qw net.ipv4.conf.all.rp_filter=1 net.ipv4.conf.up1.rp_filter=1",
+        &format!(
+            "ip addr add 10.66.0.9/24 dev up1 && ip route add default via 10.66.0.1 && \
+             ip addr add 10.88.0.2/24 dev side2 && {back} && \
+             sysctl -qw net.ipv4.conf.all.rp_filter={rp} net.ipv4.conf.up1.rp_filter={rp}"
+        ),
     )
     .unwrap();
+    lab
+}
+
+/// Strict rp_filter on the multi-homed server, whose more specific route
+/// sends the client's network back through `alt`: the pings are dropped
+/// on arrival. Fix 1 routes the client back where it arrives.
+#[test]
+fn rpfilter_route_conflict_fix_heals() {
+    let lab = multihomed_lab(
+        "fxrpf",
+        "ip route add 10.61.0.0/16 via 10.88.0.1 dev side2",
+        1,
+    );
     let ns = ["cli", "gw", "srv"];
     let lines = diagnose_while(&lab, &ns, || {
         assert!(!ping(&lab, "cli", "10.66.0.9", 56));
     });
     let v = verdict(&lines, "rpfilter_route_conflict");
     assert_eq!(v["evidence"]["ingress_ifname"], "up1", "{v}");
+    apply_first_fix(v);
+    healed(&lab, &ns, || ping(&lab, "cli", "10.66.0.9", 56));
+}
+
+/// No rp_filter, and the client's network on-link on `side2`: the replies
+/// ask ARP there, where nobody answers. Fix 1 routes the client back
+/// where it arrives.
+#[test]
+fn asymmetric_route_fix_heals() {
+    let lab = multihomed_lab("fxasym", "ip route add 10.61.0.0/16 dev side2", 0);
+    let ns = ["cli", "gw", "srv"];
+    let lines = diagnose_while(&lab, &ns, || {
+        assert!(!ping(&lab, "cli", "10.66.0.9", 56));
+    });
+    let v = verdict(&lines, "asymmetric_route");
     apply_first_fix(v);
     healed(&lab, &ns, || ping(&lab, "cli", "10.66.0.9", 56));
 }
