@@ -440,3 +440,51 @@ fn misdelivered_fix_heals() {
     }
     healed(&lab, &ns, || dsts.iter().all(|d| ping(&lab, "tx", d, 56)));
 }
+
+/// Sends `n` UDP datagrams of 1000 bytes back to back from `qs` to `qr`
+/// (bash's /dev/udp, in one process) and says whether all arrived
+/// (`qr`'s device counts them: no receiver
+/// is needed, the port's refusal is only a note).
+fn udp_burst(lab: &Netlab, n: u32) -> bool {
+    let rx = || -> u64 {
+        lab.exec("qr", "cat /sys/class/net/r0/statistics/rx_packets")
+            .unwrap()
+            .trim()
+            .parse()
+            .unwrap()
+    };
+    let before = rx();
+    lab.exec(
+        "qs",
+        &format!(
+            "bash -c 'for i in $(seq {n}); do printf %1000s x > /dev/udp/10.177.30.2/7070; done'; sleep 0.5"
+        ),
+    )
+    .unwrap();
+    rx() - before >= n as u64
+}
+
+/// A token bucket whose queue holds 3000 bytes: a burst of eight
+/// datagrams overflows it. Fix 1 gives the queue four times the room.
+#[test]
+fn qdisc_drop_fix_heals() {
+    let mut lab = Netlab::new(&prefix("fxtbf")).unwrap();
+    for n in ["qs", "qr"] {
+        lab.ns(n).unwrap();
+    }
+    lab.veth("qs", "w0", "qr", "r0").unwrap();
+    lab.exec(
+        "qs",
+        "ip addr add 10.177.30.1/24 dev w0 && \
+         tc qdisc add dev w0 root handle 8002: tbf rate 8mbit burst 3000 limit 3000",
+    )
+    .unwrap();
+    lab.exec("qr", "ip addr add 10.177.30.2/24 dev r0").unwrap();
+    // ARP resolved first: the burst leaves at once.
+    assert!(ping(&lab, "qs", "10.177.30.2", 56));
+    let ns = ["qs", "qr"];
+    let lines = diagnose_while(&lab, &ns, || assert!(!udp_burst(&lab, 8)));
+    let v = verdict(&lines, "qdisc_drop");
+    apply_first_fix(v);
+    healed(&lab, &ns, || udp_burst(&lab, 8));
+}
