@@ -18,7 +18,7 @@
 
 use super::ctx::{Ctx, Finding};
 use super::facts::arrivals::peer_arrives_elsewhere;
-use super::fix::{bridge_fixes, net, route_via, BridgeOwner};
+use super::fix::{bridge_fixes, host_route, net, route_via, BridgeOwner, Fix};
 use super::key::Key;
 use super::{Fact, Rule, Tier};
 use crate::events::reason::Reason;
@@ -140,10 +140,17 @@ fn host_verdict(
             None,
         )
     } else {
-        vec![format!(
-            "Route {peer} back out {}, where it arrives: {hint}ip route add {peer}/32 {}",
-            in_link.name,
+        let cmd = format!(
+            "{hint}ip route add {} {}",
+            host_route(peer),
             route_via(topo, in_link.ifindex)
+        );
+        vec![Fix::run(
+            format!(
+                "Route {peer} back out {}, where it arrives: {cmd}",
+                in_link.name
+            ),
+            vec![cmd],
         )]
     };
     let evidence = json!({
@@ -335,9 +342,9 @@ fn container_verdict(
             },
             Some(&name),
         ),
-        None => vec![format!(
+        None => vec![Fix::advice(format!(
             "Give {who} a route to {peer} through its gateway instead of on-link, or move its subnet off {peer}'s network"
-        )],
+        ))],
     };
     let evidence = json!({
         "ingress_ifname": in_link.name,

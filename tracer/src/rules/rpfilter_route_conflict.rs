@@ -6,7 +6,7 @@
 
 use super::ctx::{Ctx, Finding};
 use super::facts::reverse_path::{rpfilter_drop, ReversePath};
-use super::fix::{bridge_fixes, conf_arg, net, q, route_via, BridgeOwner};
+use super::fix::{bridge_fixes, conf_arg, host_route, net, q, route_via, BridgeOwner, Fix};
 use super::key::Key;
 use super::{Fact, Rule, Tier};
 use serde_json::json;
@@ -86,22 +86,34 @@ impl Rule for RpFilterRouteConflict {
                 container_name.as_deref(),
             )
         } else {
-            vec![format!(
-                "Route {src} back out {}, where it arrives: {hint}ip route add {src}/32 {}",
-                in_link.name,
+            let cmd = format!(
+                "{hint}ip route add {} {}",
+                host_route(src),
                 route_via(&topo, ingress)
+            );
+            vec![Fix::run(
+                format!(
+                    "Route {src} back out {}, where it arrives: {cmd}",
+                    in_link.name
+                ),
+                vec![cmd],
             )]
         };
         if bridge {
-            fix.push(format!(
+            // Advice only: loosening does not heal a bridge overlap.
+            fix.push(Fix::advice(format!(
                 "Loosening rp_filter ({hint}sysctl -w {} net.ipv4.conf.all.rp_filter=2) only moves the failure: replies to {src} would still be routed into {}",
                 conf_arg(&in_link.name, "rp_filter", 2),
                 q(&rev_link.name)
-            ));
+            )));
         } else {
-            fix.push(format!(
-                "If the asymmetry is intended (multi-homing), use loose mode: {hint}sysctl -w {} net.ipv4.conf.all.rp_filter=2",
+            let cmd = format!(
+                "{hint}sysctl -w {} net.ipv4.conf.all.rp_filter=2",
                 conf_arg(&in_link.name, "rp_filter", 2)
+            );
+            fix.push(Fix::run(
+                format!("If the asymmetry is intended (multi-homing), use loose mode: {cmd}"),
+                vec![cmd],
             ));
         }
         let evidence = json!({
@@ -198,6 +210,12 @@ mod tests {
             let cmd = &f[f.find("ip netns exec").unwrap()..];
             let words = shlex::split(cmd).unwrap();
             assert_eq!(words[3], name, "{f}");
+        }
+        // The commands to run are the quoted ones the text shows.
+        let run: Vec<&String> = v[0].fix_commands.iter().flatten().collect();
+        assert!(!run.is_empty(), "{:?}", v[0].fix_commands);
+        for c in run {
+            assert_eq!(shlex::split(c).unwrap()[3], name, "{c}");
         }
     }
 
