@@ -283,22 +283,7 @@ fn container_verdict(
     bridge: Option<&Link>,
     container_addr: IpAddr,
 ) {
-    let container = cx.container(n.netns);
-    let name = container
-        .as_ref()
-        .map(|c| c.r.name.clone())
-        .unwrap_or_else(|| {
-            format!(
-                "in netns {}",
-                cx.netns_name(n.netns)
-                    .unwrap_or_else(|| n.netns.to_string())
-            )
-        });
-    let who = if container.is_some() {
-        format!("container {name}")
-    } else {
-        format!("the namespace {name}")
-    };
+    let (container, name, who) = named(cx, n.netns);
     let prefix = topo
         .prefix_on(out_link.ifindex, peer)
         .map(net)
@@ -371,6 +356,32 @@ fn container_verdict(
         evidence,
         fix,
     });
+}
+
+/// The container in `netns` and how a verdict names it: `container web`,
+/// or `the namespace in netns NAME` where no container is known.
+fn named(
+    cx: &mut Ctx,
+    netns: u32,
+) -> (
+    Option<std::sync::Arc<crate::host::containers::Container>>,
+    String,
+    String,
+) {
+    let container = cx.container(netns);
+    let name = match &container {
+        Some(c) => c.r.name.clone(),
+        None => format!(
+            "in netns {}",
+            cx.netns_name(netns).unwrap_or_else(|| netns.to_string())
+        ),
+    };
+    let who = if container.is_some() {
+        format!("container {name}")
+    } else {
+        format!("the namespace {name}")
+    };
+    (container, name, who)
 }
 
 #[cfg(test)]

@@ -57,18 +57,7 @@ fn verdict(cx: &mut Ctx, p: Proven) {
     let (t, blocked) = (p.episode, p.icmp_blocked);
     let d = &t.rec;
     let topo = cx.topo(d.netns);
-    let (egress, egress_mtu) = match (&d.route, &topo) {
-        (Some(r), _) if r.ifindex > 0 => (r.ifname.clone(), r.mtu),
-        (_, Some(tp)) => {
-            let l = d
-                .dst
-                .and_then(|a| tp.route_to(a))
-                .and_then(|r| r.oif)
-                .and_then(|i| tp.link(i));
-            (l.map(|l| l.name.clone()), l.map(|l| l.mtu).unwrap_or(0))
-        }
-        _ => (None, 0),
-    };
+    let (egress, egress_mtu) = egress_of(d, topo.as_deref());
     let egress_name = egress.unwrap_or_else(|| "?".to_string());
     // One segment of a GSO packet is what must fit the MTU.
     let packet_size = d.wire_size();
@@ -153,6 +142,26 @@ fn verdict(cx: &mut Ctx, p: Proven) {
         evidence,
         fix,
     });
+}
+
+/// The device the too-big packets were to leave by, and its MTU: the
+/// joined route lookup's, else the namespace's routing table's.
+fn egress_of(
+    d: &DropRecord,
+    topo: Option<&crate::host::topology::NsTopology>,
+) -> (Option<String>, u32) {
+    match (&d.route, topo) {
+        (Some(r), _) if r.ifindex > 0 => (r.ifname.clone(), r.mtu),
+        (_, Some(tp)) => {
+            let l = d
+                .dst
+                .and_then(|a| tp.route_to(a))
+                .and_then(|r| r.oif)
+                .and_then(|i| tp.link(i));
+            (l.map(|l| l.name.clone()), l.map(|l| l.mtu).unwrap_or(0))
+        }
+        _ => (None, 0),
+    }
 }
 
 #[cfg(test)]
