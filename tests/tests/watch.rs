@@ -6,8 +6,8 @@
 use serde_json::Value;
 use std::time::Duration;
 use tracer_tests::{
-    drops, is_drop, kernel_reasons, prefix, routed_lab, run_bad, start, start_in, udp, Netlab,
-    WITH_TRACEFS,
+    drops, is_drop, kernel_reasons, prefix, routed_lab, run_bad, scaled, start, start_in, udp,
+    Netlab, WITH_TRACEFS,
 };
 
 const WAIT: Duration = Duration::from_secs(15);
@@ -58,10 +58,15 @@ fn strict_rp_filter_drop_names_netns_ingress_and_flow() {
     let lab = overlap_lab("rpf", 1);
     let host_ns = lab.name("host");
     let run = start(&["watch", "--netns", &host_ns]);
-    // A TCP connect from the overlapping source; it times out.
+    // A TCP connect from the overlapping source; it times out. Scaled:
+    // in an emulated guest bash alone can take longer than 2 s to start,
+    // and the timeout then ends it before its SYN is sent.
     let _ = lab.try_exec(
         "client",
-        "timeout 2 bash -c 'echo > /dev/tcp/10.99.0.2/8080' 2>/dev/null",
+        &format!(
+            "timeout {} bash -c 'echo > /dev/tcp/10.99.0.2/8080' 2>/dev/null",
+            scaled(Duration::from_secs(2)).as_secs()
+        ),
     );
     run.wait_for(WAIT, |v| is_drop(v, "IP_RPFILTER"));
     let lines = run.stop();
