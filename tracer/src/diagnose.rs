@@ -739,6 +739,19 @@ mod tests {
     }
 
     #[test]
+    fn replay_socket_buffer_full_names_each_socket() {
+        // tests/socket_buffer.rs: a UDP socket that never reads, on
+        // 10.61.37.2:6389 and [fd61:37::2]:6390, flooded from a peer.
+        assert_eq!(
+            replayed("socket-buffer-full"),
+            [
+                ("socket_buffer_full", Tier::Proven),
+                ("socket_buffer_full", Tier::Proven)
+            ]
+        );
+    }
+
+    #[test]
     fn replay_misdelivered_names_the_sender_not_forwarding() {
         // A one-link host gets packets for 10.47.3.9 and fd47:3::9, which
         // its neighbour on the bridge maps to this host's MAC.

@@ -5,5 +5,6 @@ pub mod containers;
 pub mod mtu_mix;
 pub mod netns;
 pub mod qdisc;
+pub mod snmp;
 pub mod softnet;
 pub mod topology;

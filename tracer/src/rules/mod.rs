@@ -41,6 +41,7 @@ mod pmtu_blackhole;
 mod port_closed;
 mod qdisc_drop;
 mod rpfilter_route_conflict;
+mod socket_buffer_full;
 
 #[cfg(test)]
 pub(crate) mod testkit;
@@ -107,6 +108,7 @@ pub fn all() -> Vec<Box<dyn Rule>> {
         Box::new(misdelivered::Misdelivered),
         Box::new(port_closed::PortClosed),
         Box::new(qdisc_drop::QdiscDrop),
+        Box::new(socket_buffer_full::SocketBufferFull),
     ]
 }
 
