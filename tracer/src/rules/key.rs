@@ -66,6 +66,14 @@ pub enum Key {
         dst: Option<IpAddr>,
         port: u16,
     },
+    /// `martian_source` / `martian_destination`: the impossible address
+    /// (`dst` for a destination) arriving on `ifindex`.
+    Martian {
+        netns: u32,
+        ifindex: i32,
+        addr: IpAddr,
+        dst: bool,
+    },
     /// `qdisc_drop`: per device.
     Qdisc { netns: u32, ifindex: i32 },
 }

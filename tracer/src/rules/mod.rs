@@ -32,6 +32,7 @@ pub mod key;
 mod asymmetric_route;
 mod forwarding_disabled;
 mod l2_mtu_mismatch;
+mod martian;
 mod misdelivered;
 mod mss_exceeds_mtu;
 mod neighbor_unreachable;
@@ -109,6 +110,7 @@ pub fn all() -> Vec<Box<dyn Rule>> {
         Box::new(port_closed::PortClosed),
         Box::new(qdisc_drop::QdiscDrop),
         Box::new(socket_buffer_full::SocketBufferFull),
+        Box::new(martian::Martian),
     ]
 }
 
