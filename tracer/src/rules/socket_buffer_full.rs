@@ -114,10 +114,8 @@ impl Rule for SocketBufferFull {
             "sport": d.sport,
             "ifname": d.ifname,
             "len": d.len,
-            "kernel_counter": counter.map(|n| json!({
-                "name": if v6 { "Udp6RcvbufErrors" } else { "Udp: RcvbufErrors" },
-                "value": n,
-            })),
+            "kernel_counter": counter.map(|_| if v6 { "Udp6RcvbufErrors" } else { "Udp: RcvbufErrors" }),
+            "kernel_counter_value": counter,
             "rmem_max": rmem_max,
             "rmem_default": rmem_default,
         });
@@ -178,7 +176,7 @@ mod tests {
             v[0].summary
         );
         assert!(v[1].summary.contains("[fd77::2]:6112"), "{}", v[1].summary);
-        assert_eq!(v[0].evidence["kernel_counter"]["value"], 512);
+        assert_eq!(v[0].evidence["kernel_counter_value"], 512);
         // Read before any IPv6 error: not shown rather than shown as 0.
         assert!(v[1].evidence["kernel_counter"].is_null());
         assert_eq!(v[0].evidence["rmem_max"], 4194304);
