@@ -199,6 +199,9 @@ fn a_socket_that_never_reads_is_socket_buffer_full_v4_and_v6() {
         assert_eq!(e["local_addr"], addr);
         assert_eq!(e["local_port"], port);
         assert!(e["rmem_max"].as_u64().unwrap() > 0, "{e}");
+        // This test process holds both sockets.
+        assert_eq!(e["pid"], std::process::id(), "{e}");
+        assert!(e["socket_drops"].as_u64().unwrap() > 0, "{e}");
         let fix: Vec<&str> = v["fix"]
             .as_array()
             .unwrap()

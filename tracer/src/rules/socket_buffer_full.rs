@@ -67,6 +67,18 @@ impl Rule for SocketBufferFull {
                 }
             })
             .filter(|&n| n > 0 && d.proto == Some(Proto::Udp));
+        // The socket as the namespace listed it (only sockets that had
+        // dropped, read with the topology), and who holds it.
+        let sock = match (d.dst, d.proto) {
+            (Some(a), Some(Proto::Udp)) if port > 0 => {
+                topo.as_ref().and_then(|t| t.udp.socket(a, port).cloned())
+            }
+            _ => None,
+        };
+        let holder = sock.as_ref().and_then(|s| match (&s.comm, s.pid) {
+            (Some(c), Some(p)) => Some(format!(" It is held by {c} (pid {p}).")),
+            _ => None,
+        });
         let proto = d.proto.map(|p| p.to_string());
         let proto_text = proto.as_deref().unwrap_or("a");
         let socket = match (d.dst, port) {
@@ -75,8 +87,9 @@ impl Rule for SocketBufferFull {
             (None, _) => "an unknown address".to_string(),
         };
         let summary = format!(
-            "The receive buffer of the {proto_text} socket on {socket} is full: the kernel drops what arrives faster than the application reads it ({}).",
-            d.reason
+            "The receive buffer of the {proto_text} socket on {socket} is full: the kernel drops what arrives faster than the application reads it ({}).{}",
+            d.reason,
+            holder.unwrap_or_default()
         );
         let hint = cx.ns_hint(d.netns);
         let ss = match d.proto {
@@ -116,6 +129,11 @@ impl Rule for SocketBufferFull {
             "len": d.len,
             "kernel_counter": counter.map(|_| if v6 { "Udp6RcvbufErrors" } else { "Udp: RcvbufErrors" }),
             "kernel_counter_value": counter,
+            "pid": sock.as_ref().and_then(|s| s.pid),
+            "comm": sock.as_ref().and_then(|s| s.comm.clone()),
+            "socket_inode": sock.as_ref().map(|s| s.inode),
+            "socket_drops": sock.as_ref().map(|s| s.drops),
+            "socket_rx_queue": sock.as_ref().map(|s| s.rx_queue),
             "rmem_max": rmem_max,
             "rmem_default": rmem_default,
         });
@@ -153,6 +171,15 @@ mod tests {
         t.sysctls.rmem_max = Some(4194304);
         t.sysctls.rmem_default = Some(212992);
         t.udp.rcvbuf_errors = Some(512);
+        t.udp.sockets.push(crate::host::snmp::UdpSocket {
+            local: ip("0.0.0.0"),
+            port: 6111,
+            rx_queue: 4608,
+            drops: 40,
+            inode: 99,
+            pid: Some(4321),
+            comm: Some("slowrx".into()),
+        });
         let mut src = Fake::with(vec![t]);
         let v = run(
             &mut src,
@@ -175,7 +202,14 @@ mod tests {
             "{}",
             v[0].summary
         );
+        assert!(
+            v[0].summary.ends_with("It is held by slowrx (pid 4321)."),
+            "{}",
+            v[0].summary
+        );
+        assert_eq!(v[0].evidence["socket_drops"], 40);
         assert!(v[1].summary.contains("[fd77::2]:6112"), "{}", v[1].summary);
+        assert!(v[1].evidence["pid"].is_null());
         assert_eq!(v[0].evidence["kernel_counter_value"], 512);
         // Read before any IPv6 error: not shown rather than shown as 0.
         assert!(v[1].evidence["kernel_counter"].is_null());
