@@ -9,7 +9,7 @@ use serde_json::Value;
 use std::net::{SocketAddr, UdpSocket};
 use std::os::unix::io::AsRawFd;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::Duration;
@@ -49,36 +49,48 @@ fn receiver(ns: &str, addr: &str, rcvbuf: u32) -> UdpSocket {
     .unwrap()
 }
 
-/// Reads `s` until stopped: an application that keeps up.
+/// Reads `s` until stopped: an application that keeps up. `got` counts
+/// what it read, so a sender can wait for each datagram to be read.
 struct Drain {
     stop: Arc<AtomicBool>,
-    thread: Option<JoinHandle<u64>>,
+    got: Arc<AtomicU64>,
+    thread: Option<JoinHandle<()>>,
 }
 
 fn drain(s: UdpSocket) -> Drain {
     s.set_read_timeout(Some(Duration::from_millis(50))).unwrap();
     let stop = Arc::new(AtomicBool::new(false));
-    let st = stop.clone();
+    let got = Arc::new(AtomicU64::new(0));
+    let (st, g) = (stop.clone(), got.clone());
     let thread = std::thread::spawn(move || {
         let mut buf = [0u8; 2048];
-        let mut n = 0;
         while !st.load(Ordering::Relaxed) {
             if s.recv(&mut buf).is_ok() {
-                n += 1;
+                g.fetch_add(1, Ordering::Relaxed);
             }
         }
-        n
     });
     Drain {
         stop,
+        got,
         thread: Some(thread),
     }
 }
 
 impl Drain {
+    /// Waits (up to 2 s) until `n` datagrams were read.
+    fn wait_for(&self, n: u64) {
+        let t0 = std::time::Instant::now();
+        while self.got.load(Ordering::Relaxed) < n {
+            assert!(t0.elapsed() < Duration::from_secs(2), "reader stuck");
+            std::thread::sleep(Duration::from_micros(200));
+        }
+    }
+
     fn stop(mut self) -> u64 {
         self.stop.store(true, Ordering::Relaxed);
-        self.thread.take().unwrap().join().unwrap()
+        self.thread.take().unwrap().join().unwrap();
+        self.got.load(Ordering::Relaxed)
     }
 }
 
@@ -172,6 +184,11 @@ fn a_socket_that_never_reads_is_socket_buffer_full_v4_and_v6() {
     let _ = std::fs::remove_file(&rec);
     let v4 = receiver(&lab.name("rx"), "10.61.37.2:6389", 2048);
     let v6 = receiver(&lab.name("rx"), "[fd61:37::2]:6390", 2048);
+    // Overflowing before tracer starts too, as a socket that has been
+    // falling behind for a while: however early tracer reads the
+    // namespace, the socket has dropped and its holder is looked up.
+    send(&lab.name("tx"), "10.61.37.2:6389", 20);
+    send(&lab.name("tx"), "[fd61:37::2]:6390", 20);
     let run = start(&[
         "diagnose",
         "--netns",
@@ -219,7 +236,7 @@ fn a_socket_that_never_reads_is_socket_buffer_full_v4_and_v6() {
             "{fix:#?}"
         );
     }
-    assert!(rcvbuf_errors(&lab, "rx") >= 20);
+    assert!(rcvbuf_errors(&lab, "rx") >= 40);
     // The recording proves the same.
     let replayed = replay(&rec);
     let _ = std::fs::remove_file(&rec);
@@ -233,19 +250,22 @@ fn a_socket_that_is_drained_gives_no_verdict() {
     let v4 = drain(receiver(&lab.name("rx"), "10.61.37.2:6389", 2048));
     let v6 = drain(receiver(&lab.name("rx"), "[fd61:37::2]:6390", 2048));
     let run = start(&["diagnose", "--netns", &lab.name("rx")]);
-    // Paced: one datagram at a time is always read before the next.
-    let tx = lab.name("tx");
-    in_ns(&tx, || {
-        let s4 = UdpSocket::bind("0.0.0.0:0").unwrap();
-        let s6 = UdpSocket::bind("[::]:0").unwrap();
-        for _ in 0..200 {
-            s4.send_to(&[1u8; 200], "10.61.37.2:6389").unwrap();
-            s6.send_to(&[1u8; 200], "[fd61:37::2]:6390").unwrap();
-            std::thread::sleep(Duration::from_millis(2));
-        }
+    // Lock-step: each datagram is read before the next is sent, so the
+    // buffer never holds more than one.
+    let (s4, s6) = in_ns(&lab.name("tx"), || {
+        (
+            UdpSocket::bind("0.0.0.0:0").unwrap(),
+            UdpSocket::bind("[::]:0").unwrap(),
+        )
     })
     .join()
     .unwrap();
+    for i in 1..=200 {
+        s4.send_to(&[1u8; 200], "10.61.37.2:6389").unwrap();
+        s6.send_to(&[1u8; 200], "[fd61:37::2]:6390").unwrap();
+        v4.wait_for(i);
+        v6.wait_for(i);
+    }
     std::thread::sleep(Duration::from_millis(500));
     let lines = run.stop();
     let (r4, r6) = (v4.stop(), v6.stop());
