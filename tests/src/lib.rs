@@ -2,19 +2,16 @@
 //! `-o json`, wait until it is attached, make the kernel drop packets in
 //! throwaway namespaces, then stop it and look at what it printed.
 
+use netlab::{BridgeConflict, FloodOpts, Routed};
 use serde_json::Value;
 use std::io::{BufRead, BufReader};
-use std::net::{SocketAddr, UdpSocket};
-use std::os::unix::io::AsRawFd;
+use std::net::Ipv4Addr;
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::mpsc;
 use std::sync::{Arc, Condvar, Mutex};
-use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-pub use tracer::lab::netlab::Netlab;
+pub use netlab::{Flood, Netlab};
 
 /// The binary under test: `TRACER_BIN`, else the workspace's debug build
 /// (`cargo xtask test` builds it first).
@@ -36,26 +33,18 @@ pub fn prefix(test: &str) -> String {
 /// the routed topology several tests share.
 pub fn routed_lab(test: &str) -> Netlab {
     let mut lab = Netlab::new(&prefix(test)).unwrap();
-    for n in ["client", "router", "server"] {
-        lab.ns(n).unwrap();
+    Routed {
+        client: "client",
+        router: "router",
+        server: "server",
+        server_if: "eth0",
+        client_addr: Ipv4Addr::new(10, 1, 0, 1),
+        router_client_addr: Ipv4Addr::new(10, 1, 0, 254),
+        router_server_addr: Ipv4Addr::new(10, 2, 0, 254),
+        server_addr: Ipv4Addr::new(10, 2, 0, 1),
+        forwarding: true,
     }
-    lab.veth("client", "eth0", "router", "eth0").unwrap();
-    lab.veth("router", "eth1", "server", "eth0").unwrap();
-    lab.exec(
-        "client",
-        "ip addr add 10.1.0.1/24 dev eth0 && ip route add default via 10.1.0.254",
-    )
-    .unwrap();
-    lab.exec(
-        "router",
-        "ip addr add 10.1.0.254/24 dev eth0 && ip addr add 10.2.0.254/24 dev eth1 && \
-         sysctl -qw net.ipv4.ip_forward=1",
-    )
-    .unwrap();
-    lab.exec(
-        "server",
-        "ip addr add 10.2.0.1/24 dev eth0 && ip route add default via 10.2.0.254",
-    )
+    .build(&mut lab)
     .unwrap();
     lab
 }
@@ -313,34 +302,31 @@ pub fn is_drop(v: &Value, reason: &str) -> bool {
 /// docker0 172.17.0.1/16 and a container; rp_filter=1 on the host.
 pub fn rpf_lab(test: &str) -> Netlab {
     let mut lab = Netlab::new(&prefix(test)).unwrap();
-    for n in ["client", "router", "host", "ctr"] {
-        lab.ns(n).unwrap();
+    BridgeConflict {
+        path: Routed {
+            client: "client",
+            router: "router",
+            server: "host",
+            server_if: "eth0",
+            client_addr: Ipv4Addr::new(10, 1, 0, 1),
+            router_client_addr: Ipv4Addr::new(10, 1, 0, 254),
+            router_server_addr: Ipv4Addr::new(10, 99, 0, 1),
+            server_addr: Ipv4Addr::new(10, 99, 0, 2),
+            forwarding: true,
+        },
+        container: "ctr",
+        bridge: "docker0",
+        bridge_addr: Ipv4Addr::new(172, 17, 0, 1),
+        bridge_len: 16,
+        port: "veth0",
+        container_addr: Ipv4Addr::new(172, 17, 0, 2),
+        container_default_route: false,
+        client_source: Some(Ipv4Addr::new(172, 17, 5, 5)),
+        rp_filter: 1,
+        host_forwarding: false,
     }
-    lab.veth("client", "eth0", "router", "eth0").unwrap();
-    lab.veth("router", "eth1", "host", "eth0").unwrap();
-    lab.veth("ctr", "eth0", "host", "veth0").unwrap();
-    lab.exec(
-        "client",
-        "ip addr add 10.1.0.1/24 dev eth0 && ip addr add 172.17.5.5/32 dev lo && \
-         ip route add default via 10.1.0.254 src 172.17.5.5",
-    )
+    .build(&mut lab)
     .unwrap();
-    lab.exec(
-        "router",
-        "ip addr add 10.1.0.254/24 dev eth0 && ip addr add 10.99.0.1/24 dev eth1 && \
-         ip route add 172.17.5.5/32 via 10.1.0.1 && sysctl -qw net.ipv4.ip_forward=1",
-    )
-    .unwrap();
-    lab.exec(
-        "host",
-        "ip addr add 10.99.0.2/24 dev eth0 && ip route add default via 10.99.0.1 && \
-         ip link add docker0 type bridge && ip link set docker0 up && \
-         ip addr add 172.17.0.1/16 dev docker0 && ip link set veth0 master docker0 && \
-         sysctl -qw net.ipv4.conf.all.rp_filter=1 net.ipv4.conf.eth0.rp_filter=1",
-    )
-    .unwrap();
-    lab.exec("ctr", "ip addr add 172.17.0.2/16 dev eth0")
-        .unwrap();
     lab
 }
 
@@ -352,22 +338,8 @@ pub fn syn(lab: &Netlab) {
     );
 }
 
-// ----------------------------------------------------------------- floods
-
-extern "C" {
-    fn setns(fd: i32, nstype: i32) -> i32;
-}
-
-const CLONE_NEWNET: i32 = 0x4000_0000;
-
-/// Sender threads blasting 16-byte UDP datagrams from a test namespace.
-pub struct Flood {
-    stop: Arc<AtomicBool>,
-    sent: Arc<AtomicU64>,
-    threads: Vec<JoinHandle<()>>,
-}
-
-/// Two threads in netns `ns` sending to `dst` as fast as they can.
+/// Two threads in netns `ns` sending 16-byte datagrams to `dst` as fast
+/// as they can.
 pub fn flood(ns: &str, dst: &str) -> Flood {
     flood_at(ns, dst, 2, None)
 }
@@ -375,64 +347,10 @@ pub fn flood(ns: &str, dst: &str) -> Flood {
 /// `threads` senders in netns `ns`, each at most `pps` datagrams a second
 /// (as fast as it can when None).
 pub fn flood_at(ns: &str, dst: &str, threads: usize, pps: Option<u64>) -> Flood {
-    let stop = Arc::new(AtomicBool::new(false));
-    let sent = Arc::new(AtomicU64::new(0));
-    let dst: SocketAddr = dst.parse().unwrap();
-    let (tx, rx) = mpsc::channel();
-    let n = threads;
-    let threads = (0..n)
-        .map(|_| {
-            let (stop, sent, tx) = (stop.clone(), sent.clone(), tx.clone());
-            let path = format!("/run/netns/{ns}");
-            std::thread::spawn(move || {
-                let f = std::fs::File::open(&path).unwrap();
-                assert_eq!(unsafe { setns(f.as_raw_fd(), CLONE_NEWNET) }, 0, "setns");
-                let s = UdpSocket::bind("0.0.0.0:0").unwrap();
-                tx.send(()).unwrap();
-                let buf = [0u8; 16];
-                let t0 = Instant::now();
-                let mut mine = 0u64;
-                while !stop.load(Ordering::Relaxed) {
-                    for _ in 0..64 {
-                        if s.send_to(&buf, dst).is_ok() {
-                            mine += 1;
-                            sent.fetch_add(1, Ordering::Relaxed);
-                        }
-                    }
-                    if let Some(pps) = pps {
-                        let due = Duration::from_secs_f64(mine as f64 / pps as f64);
-                        std::thread::sleep(due.saturating_sub(t0.elapsed()));
-                    }
-                }
-            })
-        })
-        .collect();
-    for _ in 0..n {
-        rx.recv_timeout(Duration::from_secs(5))
-            .expect("flood thread started");
-    }
-    Flood {
-        stop,
-        sent,
+    let opts = FloodOpts {
         threads,
-    }
-}
-
-impl Flood {
-    pub fn stop(mut self) -> u64 {
-        self.halt();
-        self.sent.load(Ordering::Relaxed)
-    }
-    fn halt(&mut self) {
-        self.stop.store(true, Ordering::Relaxed);
-        for t in self.threads.drain(..) {
-            let _ = t.join();
-        }
-    }
-}
-
-impl Drop for Flood {
-    fn drop(&mut self) {
-        self.halt();
-    }
+        pps,
+        ..FloodOpts::default()
+    };
+    netlab::flood(&netlab::netns_path(ns), dst.parse().unwrap(), opts).unwrap()
 }

@@ -5,7 +5,8 @@
 
 use serde_json::Value;
 use std::time::Duration;
-use tracer::lab::scenarios::{self, Params};
+use tracer::lab::incident::Params;
+use tracer::lab::scenarios;
 use tracer_tests::{prefix, routed_lab, start, udp, Netlab};
 
 /// Builds scenario `name` with `params`, runs `tracer diagnose` on its

@@ -549,8 +549,8 @@ fn lab_clean_leaves_namespaces_it_did_not_make() {
     // A marker from a creator that is gone, for a namespace of another inode.
     let mut gone = Command::new("true").spawn().unwrap();
     gone.wait().unwrap();
-    let marker = Path::new(tracer::lab::netlab::MARKERS).join(&reused);
-    std::fs::create_dir_all(tracer::lab::netlab::MARKERS).unwrap();
+    let marker = Path::new(netlab::MARKERS).join(&reused);
+    std::fs::create_dir_all(netlab::MARKERS).unwrap();
     std::fs::write(&marker, format!("pid={} inode=1\n", gone.id())).unwrap();
 
     let out = Command::new(tracer_bin())

@@ -14,10 +14,11 @@ use crate::diagnose::Diagnoser;
 use crate::events::aggregate::AggregateRecord;
 use crate::events::record::DropRecord;
 use crate::host::containers::ContainerRef;
-use crate::record::wall_now_ns;
+use crate::kernel::caps::{self, Cap, CapSet};
+use crate::kernel::clock::wall_now_ns;
 use crate::rules::Verdict;
+use crate::session::{Consumer, Session, TraceOptions, Tracer};
 use crate::sinks::rolling::RollingDir;
-use crate::watch::{Consumer, Session, TraceOptions, Tracer};
 use anyhow::{anyhow, bail, Result};
 use bytes::Bytes;
 use http_body_util::Full;
@@ -563,36 +564,25 @@ impl Consumer for Agent {
     }
 }
 
-/// Capabilities (bit, name, what for) the agent checks before loading.
-const NEEDED: [(u32, &str, &str); 2] = [
-    (39, "CAP_BPF", "to load the eBPF programs and maps"),
+/// Capabilities the agent checks before loading, and what for.
+const NEEDED: [(Cap, &str); 2] = [
+    (caps::BPF, "to load the eBPF programs and maps"),
     (
-        38,
-        "CAP_PERFMON",
+        caps::PERFMON,
         "to attach tracing programs and read kernel memory",
     ),
 ];
-const CAP_SYS_ADMIN: u32 = 21;
-
-fn effective_caps() -> u64 {
-    std::fs::read_to_string("/proc/self/status")
-        .unwrap_or_default()
-        .lines()
-        .find_map(|l| l.strip_prefix("CapEff:"))
-        .and_then(|v| u64::from_str_radix(v.trim(), 16).ok())
-        .unwrap_or(0)
-}
 
 /// One clear line naming the first capability missing, before any load
 /// (the kernel would only say EPERM).
-pub fn check_capabilities(eff: u64) -> Result<()> {
-    if eff & (1 << CAP_SYS_ADMIN) != 0 {
+pub fn check_capabilities(eff: CapSet) -> Result<()> {
+    if eff.has(caps::SYS_ADMIN) {
         return Ok(());
     }
     let missing: Vec<String> = NEEDED
         .iter()
-        .filter(|(bit, ..)| eff & (1u64 << bit) == 0)
-        .map(|(_, n, why)| format!("{n} ({why})"))
+        .filter(|(cap, _)| !eff.has(*cap))
+        .map(|(cap, why)| format!("{} ({why})", cap.name))
         .collect();
     if !missing.is_empty() {
         bail!(
@@ -601,12 +591,6 @@ pub fn check_capabilities(eff: u64) -> Result<()> {
         );
     }
     Ok(())
-}
-
-fn kernel_release() -> String {
-    std::fs::read_to_string("/proc/sys/kernel/osrelease")
-        .map(|s| s.trim().to_string())
-        .unwrap_or_default()
 }
 
 /// `tracer agent`: bind, load, attach, serve until SIGTERM/SIGINT.
@@ -621,8 +605,9 @@ pub async fn run(mut opts: AgentOptions, started: Instant) -> Result<()> {
                 opts.metrics_addr
             )
         })?;
-    check_capabilities(effective_caps())?;
-    if effective_caps() & (1 << CAP_SYS_ADMIN) == 0 {
+    let eff = CapSet::effective();
+    check_capabilities(eff)?;
+    if !eff.has(caps::SYS_ADMIN) {
         eprintln!(
             "tracer: warning: no CAP_SYS_ADMIN: the topology of other network namespaces (their routes, needed for most verdicts there) cannot be read; drops are still counted"
         );
@@ -653,7 +638,7 @@ pub async fn run(mut opts: AgentOptions, started: Instant) -> Result<()> {
         .build
         .get_or_create(&BuildLabels {
             version: env!("CARGO_PKG_VERSION").into(),
-            kernel: kernel_release().into(),
+            kernel: crate::kernel::release().unwrap_or_default().into(),
             hook: tracer.hook().into(),
         })
         .set(1);
@@ -989,16 +974,16 @@ mod tests {
         let bpf = 1u64 << 39;
         let perfmon = 1u64 << 38;
         let net_admin = 1u64 << 12;
-        assert!(check_capabilities(bpf | perfmon | net_admin).is_ok());
-        assert!(check_capabilities(1 << 21).is_ok());
-        let e = check_capabilities(perfmon | net_admin)
+        assert!(check_capabilities(CapSet(bpf | perfmon | net_admin)).is_ok());
+        assert!(check_capabilities(CapSet(1 << 21)).is_ok());
+        let e = check_capabilities(CapSet(perfmon | net_admin))
             .unwrap_err()
             .to_string();
         assert!(
             e.contains("lacks CAP_BPF (") && !e.contains("CAP_PERFMON"),
             "{e}"
         );
-        let e = check_capabilities(bpf).unwrap_err().to_string();
+        let e = check_capabilities(CapSet(bpf)).unwrap_err().to_string();
         assert!(e.contains("lacks CAP_PERFMON ("), "{e}");
     }
 

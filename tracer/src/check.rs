@@ -4,6 +4,7 @@
 //! verifier has its say) and detached again; nothing else is touched.
 
 use crate::kernel::btf::KernelBtf;
+use crate::kernel::caps::{self, Cap, CapSet};
 use crate::kernel::probes;
 use crate::sinks::{Format, Output};
 use anyhow::{bail, Result};
@@ -34,37 +35,30 @@ impl Item {
 
 const TRACEFS: [&str; 2] = ["/sys/kernel/tracing", "/sys/kernel/debug/tracing"];
 
-/// Capabilities tracer uses, by bit number (linux/capability.h).
-const CAPS: [(u32, &str, &str); 4] = [
+/// Capabilities tracer uses, and what for.
+const CAPS: [(Cap, &str); 4] = [
     (
-        21,
-        "CAP_SYS_ADMIN",
+        caps::SYS_ADMIN,
         "entering other namespaces; loads eBPF on its own",
     ),
-    (39, "CAP_BPF", "loading eBPF"),
-    (38, "CAP_PERFMON", "tracing programs"),
-    (12, "CAP_NET_ADMIN", "reading and changing lab namespaces"),
+    (caps::BPF, "loading eBPF"),
+    (caps::PERFMON, "tracing programs"),
+    (caps::NET_ADMIN, "reading and changing lab namespaces"),
 ];
 
 fn capabilities() -> Item {
-    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
-    let eff = status
-        .lines()
-        .find_map(|l| l.strip_prefix("CapEff:"))
-        .and_then(|v| u64::from_str_radix(v.trim(), 16).ok())
-        .unwrap_or(0);
+    let eff = CapSet::effective();
     let held: Vec<&str> = CAPS
         .iter()
-        .filter(|(bit, ..)| eff & (1 << bit) != 0)
-        .map(|(_, n, _)| *n)
+        .filter(|(cap, _)| eff.has(*cap))
+        .map(|(cap, _)| cap.name)
         .collect();
     let lacking: Vec<String> = CAPS
         .iter()
-        .filter(|(bit, ..)| eff & (1 << bit) == 0)
-        .map(|(_, n, why)| format!("{n} ({why})"))
+        .filter(|(cap, _)| !eff.has(*cap))
+        .map(|(cap, why)| format!("{} ({why})", cap.name))
         .collect();
-    let has = |n: &str| held.contains(&n);
-    let can_load = has("CAP_SYS_ADMIN") || (has("CAP_BPF") && has("CAP_PERFMON"));
+    let can_load = eff.can_load();
     let detail = if lacking.is_empty() {
         format!("held: {}", held.join(" "))
     } else {
@@ -100,15 +94,13 @@ fn tracefs() -> Item {
     }
 }
 
-fn kernel_release() -> String {
-    std::fs::read_to_string("/proc/sys/kernel/osrelease")
-        .map(|s| s.trim().to_string())
-        .unwrap_or_else(|_| "unknown".into())
-}
-
 /// Runs every check, prints the report, and fails if no drop hook works.
 pub fn run(format: Format, btf: Option<PathBuf>) -> Result<()> {
-    let mut items = vec![Item::new("kernel", "ok", kernel_release())];
+    let mut items = vec![Item::new(
+        "kernel",
+        "ok",
+        crate::kernel::release().unwrap_or_else(|| "unknown".into()),
+    )];
     let path = btf.unwrap_or_else(|| crate::kernel::btf::VMLINUX.into());
     let mut drop_hooks = 0;
     match KernelBtf::from_file(&path) {

@@ -2,9 +2,10 @@
 //! `run` and turns an error into one line and an exit code.
 
 use crate::kernel::probes::DropHook;
+use crate::session::{TraceOptions, Tracer};
 use crate::sinks::file::Existing;
 use crate::sinks::Format;
-use crate::watch::{parse_duration, Printer, TraceOptions, Tracer};
+use crate::watch::Printer;
 use anyhow::Result;
 use clap::{Args, Parser, Subcommand};
 use std::path::PathBuf;
@@ -186,6 +187,9 @@ pub struct AgentArgs {
     /// Also log every drop sent in full, storm aggregates, SYN and neighbour context.
     #[arg(long)]
     pub log_drops: bool,
+    /// Past this size (e.g. 100MB) the --log FILE becomes FILE.1 and a new one starts.
+    #[arg(long, value_name = "SIZE", default_value = "100MB", value_parser = parse_size_arg)]
+    pub log_max: u64,
     /// Keep a rolling recording (what `diagnose -w` writes) in DIR, for
     /// `diagnose --replay DIR` after an outage; created 0700 if missing.
     #[arg(long, value_name = "DIR")]
@@ -253,6 +257,7 @@ impl AgentArgs {
                 hook: self.hook,
                 btf: self.btf.clone(),
                 output_path: (self.log != "-").then(|| PathBuf::from(&self.log)),
+                log_max: Some(self.log_max),
                 existing: if self.append {
                     Existing::Append
                 } else {
@@ -305,6 +310,23 @@ fn parse_duration_arg(s: &str) -> Result<Duration, String> {
     parse_duration(s).map_err(|e| e.to_string())
 }
 
+/// Parses `10s`, `2m`, `500ms`, `1h`, or a bare number of seconds.
+pub fn parse_duration(s: &str) -> anyhow::Result<Duration> {
+    let t = s.trim();
+    if let Ok(secs) = t.parse::<f64>() {
+        if secs.is_finite() && secs >= 0.0 {
+            return Ok(Duration::from_secs_f64(secs));
+        }
+    }
+    if t.starts_with('-') {
+        anyhow::bail!("bad duration '{s}': it cannot be negative");
+    }
+    match humantime::parse_duration(t) {
+        Ok(d) => Ok(d),
+        Err(_) => anyhow::bail!("bad duration '{s}': use a value like 10s, 2m or 500ms"),
+    }
+}
+
 impl TraceArgs {
     pub fn options(&self) -> TraceOptions {
         TraceOptions {
@@ -321,6 +343,7 @@ impl TraceArgs {
             btf: self.btf.clone(),
             no_aggregate: self.no_aggregate,
             output_path: None,
+            log_max: None,
             pcap: None,
             snaplen: self.snaplen,
             stack: self.stack,
@@ -427,7 +450,7 @@ fn run_other(command: Command, started: Instant) -> Result<()> {
                 force,
             } => {
                 let params = if ipv6 {
-                    crate::lab::scenarios::Params::ipv6()
+                    crate::lab::incident::Params::ipv6()
                 } else {
                     Default::default()
                 };
@@ -474,4 +497,19 @@ fn reasons(format: Format, btf: Option<PathBuf>) -> Result<()> {
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations() {
+        assert_eq!(parse_duration("10s").unwrap(), Duration::from_secs(10));
+        assert_eq!(parse_duration("2m").unwrap(), Duration::from_secs(120));
+        assert_eq!(parse_duration("500ms").unwrap(), Duration::from_millis(500));
+        assert_eq!(parse_duration("3").unwrap(), Duration::from_secs(3));
+        let e = parse_duration("soon").unwrap_err().to_string();
+        assert!(e.contains("'soon'"), "{e}");
+    }
 }

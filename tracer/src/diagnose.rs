@@ -6,12 +6,13 @@
 use crate::events::decode::Extra;
 use crate::events::record::{DropRecord, NeighRecord};
 use crate::host::topology::{Link, NsTopology, Topology};
-use crate::record::{wall_now_ns, Header, Line, Reader, Recorder};
+use crate::kernel::clock::wall_now_ns;
+use crate::record::{Header, Line, Reader, Recorder};
 use crate::rules::{Engine, Fact, TopologySource, Verdict};
+use crate::session::{Consumer, Session, TraceOptions, Tracer};
 use crate::sinks::file;
 use crate::sinks::rolling::RollingDir;
 use crate::sinks::{Format, Output, Summary};
-use crate::watch::{Consumer, Session, TraceOptions, Tracer};
 use anyhow::Result;
 use std::collections::HashMap;
 use std::path::Path;
@@ -21,16 +22,7 @@ use tracer_abi::{DropEvent, NeighEvent, SynEvent};
 
 /// Whether dockerd runs on this host (advice only): one scan of /proc.
 pub fn dockerd_running() -> bool {
-    let Ok(rd) = std::fs::read_dir("/proc") else {
-        return false;
-    };
-    rd.flatten().any(|e| {
-        e.file_name()
-            .to_string_lossy()
-            .bytes()
-            .all(|b| b.is_ascii_digit())
-            && std::fs::read_to_string(e.path().join("comm")).is_ok_and(|c| c.trim() == "dockerd")
-    })
+    crate::host::proc::runs("dockerd")
 }
 
 /// When each namespace's topology was last seen as it was before its

@@ -16,7 +16,8 @@
 //!
 //! The commands sit on top of them:
 //!
-//! - `watch`: the tracing session that every command builds on
+//! - `session`: the tracing session that every command builds on
+//! - `watch`: prints every drop
 //! - `diagnose`: runs the rules live or on a recording (`record`)
 //! - `trace`: follows a packet through the host
 //! - `agent`: Prometheus metrics and JSON logs for a fleet
@@ -34,6 +35,7 @@ pub mod kernel;
 pub mod lab;
 pub mod record;
 pub mod rules;
+pub mod session;
 pub mod sinks;
 pub mod trace;
 pub mod version;

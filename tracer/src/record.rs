@@ -29,6 +29,7 @@
 
 use crate::host::containers::{Container, DockerNetwork};
 use crate::host::topology::NsTopology;
+use crate::kernel::clock::wall_now_ns;
 use crate::rules::Fact;
 use crate::sinks::rolling::{self, RollingDir};
 use anyhow::{anyhow, bail, Context, Result};
@@ -80,7 +81,7 @@ impl Header {
         Header {
             kind: MAGIC.into(),
             version: VERSION,
-            kernel: read("/proc/sys/kernel/osrelease"),
+            kernel: crate::kernel::release().unwrap_or_default(),
             hostname: read("/proc/sys/kernel/hostname"),
             start_ns: wall_now_ns(),
             own_netns,
@@ -90,13 +91,6 @@ impl Header {
             tracer: env!("CARGO_PKG_VERSION").into(),
         }
     }
-}
-
-pub fn wall_now_ns() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_nanos() as u64)
-        .unwrap_or(0)
 }
 
 #[derive(Serialize)]

@@ -18,7 +18,7 @@
 use crate::events::decode::{family_of, flow_dst, flow_src, proto_of, tcp_flags};
 use crate::events::record::DropRecord;
 use crate::events::record::{Family, Proto};
-use crate::watch::{Consumer, Session};
+use crate::session::{Consumer, Session};
 use serde::Serialize;
 use std::collections::{BTreeMap, HashMap};
 use std::net::IpAddr;

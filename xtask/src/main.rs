@@ -10,7 +10,7 @@
 //! - `dist`        static binary, tarball, .deb and SHA256SUMS in target/dist
 //!   (see dist.rs); `--check` also runs them in a Debian 11 root
 //! - `image`       the agent's container image from the static binary
-//! - `bench`       the benchmark harness (see bench.rs)
+//! - `bench`       the benchmark harness (see bench/mod.rs)
 //! - `kernels`     boot Debian's 5.10, 6.1 and 6.12 (and with `--kernel 7.2` unstable's 7.2) under qemu and run the checks there (see qemu.rs)
 use anyhow::{bail, Context, Result};
 use std::path::{Path, PathBuf};
@@ -32,6 +32,8 @@ const BUILD_PACKAGES: &[&str] = &[
     "libpolly-22-dev",
     "libzstd-dev",
     "zlib1g-dev",
+    // containerd-client's build script compiles containerd's protos.
+    "protobuf-compiler",
 ];
 const RUN_PACKAGES: &[&str] = &[
     "iproute2",
@@ -52,8 +54,9 @@ const RUN_PACKAGES: &[&str] = &[
 ];
 /// PyPI's validator with Kubernetes' schemas bundled (offline), in target/kv.
 const KUBERNETES_VALIDATE: &str = "kubernetes-validate==1.37.0";
-/// The Docker tests' daemon and their offline image's only binary.
-const DOCKER_PACKAGES: &[&str] = &["docker.io", "busybox-static"];
+/// The container runtimes the Docker and runtimes tests start (each with
+/// private state) and their offline image's only binary.
+const DOCKER_PACKAGES: &[&str] = &["docker.io", "containerd", "podman", "busybox-static"];
 const BENCH_PACKAGES: &[&str] = &["iperf3", "bpftrace"];
 const BPF_LINKER_VERSION: &str = "0.13.0";
 
@@ -94,11 +97,14 @@ fn install_packages(pkgs: &[&str]) -> Result<()> {
     eprintln!("xtask: installing Debian packages: {}", missing.join(" "));
     run(Command::new("apt-get").args(["update", "-q"]))?;
     // docker.io's postinst would start the system's dockerd (which sets
-    // ip_forward, the FORWARD policy and its chains on the host): the
-    // tests start their own, confined, so forbid service starts meanwhile.
+    // ip_forward, the FORWARD policy and its chains on the host), and
+    // containerd's and podman's their services: the tests start their own,
+    // confined, so forbid service starts meanwhile.
     let policy = Path::new("/usr/sbin/policy-rc.d");
     let guard = !policy.exists()
-        && missing.iter().any(|p| p == "docker.io")
+        && missing
+            .iter()
+            .any(|p| ["docker.io", "containerd", "podman"].contains(&p.as_str()))
         && std::fs::write(policy, "#!/bin/sh\nexit 101\n").is_ok();
     if guard {
         use std::os::unix::fs::PermissionsExt;
@@ -301,6 +307,10 @@ fn main() -> Result<()> {
             docker.extend(rest.iter().copied().filter(|a| *a != "--"));
             docker.extend(["--", "--test-threads=1"]);
             cargo(&docker)?;
+            // containerd and podman, each with private state, after it.
+            let mut runtimes = vec!["test", "-p", "tracer-tests", "--test", "runtimes"];
+            runtimes.extend(rest.iter().copied().filter(|a| *a != "--"));
+            cargo(&runtimes)?;
             // Last, Debian's own kernels under qemu: the same tracer, the
             // watch tests and each lab on 5.10, 6.1 and 6.12 (see
             // qemu.rs). The diagnose tests there double the matrix's time
@@ -341,6 +351,8 @@ fn main() -> Result<()> {
             build_ebpf()?;
             image(&rest)
         }
+        // Usage needs no packages, eBPF object or release build.
+        "bench" if rest.iter().any(|a| *a == "--help" || *a == "-h") => bench::run(&root(), &rest),
         "bench" => {
             setup(BENCH_PACKAGES)?;
             build_ebpf()?;

@@ -17,10 +17,11 @@
 //!
 //! Takes about 2 minutes (about 40 s with --quick).
 
-use crate::bench::{
-    catch_signals, check_interrupted, routed_lab, sleep, storm_round, udp_noports, Lab, Observer,
-    StormSetup,
+use crate::bench::lab::{
+    catch_signals, check_interrupted, new_lab, routed_lab, sleep, udp_noports,
 };
+use crate::bench::observers::Observer;
+use crate::bench::workloads::{storm_round, StormSetup};
 use anyhow::{anyhow, bail, Context, Result};
 use serde_json::Value;
 use std::collections::{BTreeMap, BTreeSet};
@@ -171,8 +172,8 @@ fn churn(tracer: &Path, count: usize) -> Result<bool> {
     const PAIRS: usize = 4;
     const WINDOW: usize = 3;
     const PER: usize = 5;
-    let mut lab = Lab::new("trchurn")?;
-    lab.add("hub")?;
+    let mut lab = new_lab("trchurn")?;
+    lab.ns("hub")?;
     let hub_name = lab.name("hub");
     let mut obs = Observer::tracer(tracer, &["watch".to_string()], true)?;
     let t0 = Instant::now();
@@ -187,7 +188,7 @@ fn churn(tracer: &Path, count: usize) -> Result<bool> {
         check_interrupted()?;
         let short = sh_c(i);
         let stopped = i % 5 == 4;
-        lab.add(&short)?;
+        lab.ns(&short)?;
         let mut cmds_c = String::from("true");
         let mut cmds_h = String::from("true");
         let mut to_c = Vec::new();
@@ -201,12 +202,15 @@ fn churn(tracer: &Path, count: usize) -> Result<bool> {
             to_c.push(format!("{net}.2:9").parse::<SocketAddr>()?);
             to_h.push(format!("{net}.1:9").parse::<SocketAddr>()?);
         }
-        lab.sh("hub", &cmds_h)?;
-        lab.sh(&short, &cmds_c)?;
-        inodes.entry(lab.inode(&short)?).or_default().push(NsInfo {
-            name: lab.name(&short),
-            stopped,
-        });
+        lab.exec("hub", &cmds_h)?;
+        lab.exec(&short, &cmds_c)?;
+        inodes
+            .entry(u64::from(lab.inode(&short)?))
+            .or_default()
+            .push(NsInfo {
+                name: lab.name(&short),
+                stopped,
+            });
         if stopped {
             // Freeze the tracer, drop packets on this namespace, delete it,
             // then let the tracer read those events.
@@ -214,12 +218,12 @@ fn churn(tracer: &Path, count: usize) -> Result<bool> {
             send_from(lab.path("hub"), to_c.clone(), PER)?;
             send_from(lab.path(&short), to_h.clone(), PER)?;
             sleep(Duration::from_millis(100))?;
-            lab.del(&short);
+            lab.remove(&short);
             // The kernel tears a namespace down asynchronously: wait until
             // the hub's ends of its pairs are gone too.
             let deadline = Instant::now() + Duration::from_secs(10);
             while lab
-                .sh("hub", &format!("ip link show h{i}v0 >/dev/null 2>&1"))
+                .exec("hub", &format!("ip link show h{i}v0 >/dev/null 2>&1"))
                 .is_ok()
                 && Instant::now() < deadline
             {
@@ -233,7 +237,7 @@ fn churn(tracer: &Path, count: usize) -> Result<bool> {
             alive.push(i);
             if alive.len() > WINDOW {
                 let old = alive.remove(0);
-                lab.del(&sh_c(old));
+                lab.remove(&sh_c(old));
             }
         }
         if !obs.alive() {
@@ -242,7 +246,7 @@ fn churn(tracer: &Path, count: usize) -> Result<bool> {
         rss.push((t0.elapsed().as_secs_f64(), obs.rss_kb()));
     }
     for i in alive.drain(..) {
-        lab.del(&sh_c(i));
+        lab.remove(&sh_c(i));
     }
     sleep(Duration::from_secs(2))?;
     let hwm = obs.hwm_kb();

@@ -214,29 +214,33 @@ impl Namer {
             noise: None,
             arp: arp_of(f),
         };
-        // Where a forwarded packet was to leave: what a too-big drop is
-        // shown on, and (without kernel reasons) what proves it too big.
+        self.judge_too_big(&mut rec, kernel_reasons);
+        rec.noise = noise_kind(&rec);
+        rec
+    }
+
+    /// Where a forwarded packet was to leave: what a too-big drop is
+    /// shown on, and (without kernel reasons) what proves it too big.
+    fn judge_too_big(&mut self, rec: &mut DropRecord, kernel_reasons: bool) {
         let forwarded = matches!(
             reason_inference::function(&rec.location),
             "ip_forward" | "ip6_forward"
         );
         let egress = if rec.reason == Reason::PKT_TOO_BIG || (!kernel_reasons && forwarded) {
-            self.forward_egress(&rec)
+            self.forward_egress(rec)
         } else {
             None
         };
         if !kernel_reasons {
             let mtu = egress.as_ref().map(|(_, l)| l.mtu);
-            if let Some(r) = reason_inference::infer(&rec, mtu) {
+            if let Some(r) = reason_inference::infer(rec, mtu) {
                 rec.reason = r;
                 rec.reason_source = Some(ReasonSource::Location);
             }
         }
         if let Some((ifindex, link)) = egress {
-            Self::too_big_egress(&mut rec, ifindex, &link);
+            Self::too_big_egress(rec, ifindex, &link);
         }
-        rec.noise = noise_kind(&rec);
-        rec
     }
 
     /// The device a forwarded packet was routed out of: the joined route

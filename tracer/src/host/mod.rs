@@ -1,9 +1,11 @@
 //! Who is who on this host: network namespaces, their interfaces, routes
 //! sysctls and queue disciplines (over netlink), the containers behind
-//! them, whether connected devices mix MTUs, and how busy the host is.
+//! them (and the processes in /proc behind those), whether connected
+//! devices mix MTUs, and how busy the host is.
 pub mod containers;
 pub mod mtu_mix;
 pub mod netns;
+pub mod proc;
 pub mod qdisc;
 pub mod snmp;
 pub mod softnet;

@@ -25,6 +25,7 @@ use std::path::{Path, PathBuf};
 use std::sync::{Mutex, OnceLock, PoisonError};
 use std::time::{Duration, Instant};
 
+use crate::host::proc;
 use anyhow::anyhow;
 
 /// Where `ip netns` bind-mounts named namespaces.
@@ -363,7 +364,7 @@ fn scan() -> HashMap<u32, NetnsInfo> {
         }
     }
 
-    for pid in proc_pids(Path::new("/proc")) {
+    for pid in proc::pids() {
         let path = PathBuf::from(format!("/proc/{pid}/ns/net"));
         let Some(inode) = read_ns_link(&path) else {
             continue;
@@ -378,8 +379,8 @@ fn scan() -> HashMap<u32, NetnsInfo> {
 }
 
 fn scan_tasks_for(inode: u32) -> Option<NetnsInfo> {
-    for pid in proc_pids(Path::new("/proc")) {
-        for tid in proc_pids(&Path::new("/proc").join(pid.to_string()).join("task")) {
+    for pid in proc::pids() {
+        for tid in proc::tids(pid) {
             let path = PathBuf::from(format!("/proc/{pid}/task/{tid}/ns/net"));
             if read_ns_link(&path) == Some(inode) {
                 return Some(NetnsInfo {
@@ -395,19 +396,6 @@ fn scan_tasks_for(inode: u32) -> Option<NetnsInfo> {
 
 fn read_ns_link(path: &Path) -> Option<u32> {
     parse_ns_link(fs::read_link(path).ok()?.to_str()?)
-}
-
-fn proc_pids(dir: &Path) -> Vec<u32> {
-    let Ok(rd) = fs::read_dir(dir) else {
-        return Vec::new();
-    };
-    let mut pids: Vec<u32> = rd
-        .flatten()
-        .filter_map(|e| e.file_name().to_str()?.parse().ok())
-        .collect();
-    // Low pids are long-lived daemons: their paths stay valid longer.
-    pids.sort_unstable();
-    pids
 }
 
 /// nsfs mounts of network namespaces from a mountinfo text.

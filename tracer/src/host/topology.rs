@@ -1628,6 +1628,31 @@ mod tests {
         assert_eq!(ta.inode, a.inode);
         assert_eq!(ta.name.as_deref(), Some(a.name.as_str()));
 
+        check_links_and_addresses(&lab, &ta, &tb);
+        check_routes(&ta, n);
+        check_route_to(&ta, n);
+        check_prefix_on(&ta, n);
+        check_sysctls(&ta, &tb);
+
+        // serializable for reports
+        let va0 = ta.link_by_name("va0").unwrap();
+        let js = serde_json::to_string(va0).unwrap();
+        assert!(js.contains("\"kind\":\"veth\""), "{js}");
+        let r16 = ta
+            .routes
+            .iter()
+            .find(|r| r.prefix_len == 16 && r.table == RT_TABLE_MAIN)
+            .unwrap();
+        assert!(serde_json::to_string(r16).unwrap().contains("\"Unicast\""));
+        assert!(serde_json::to_string(&ta.sysctls).is_ok());
+
+        assert_raw_decoder_agrees(a);
+    }
+
+    /// Kind, MTU, state, master, veth peers (across and within a netns)
+    /// and addresses.
+    fn check_links_and_addresses(lab: &Lab, ta: &NsTopology, tb: &NsTopology) {
+        let (a, b, n) = (&lab.a, &lab.b, lab.n);
         let va0 = ta.link_by_name("va0").unwrap();
         let vb0 = tb.link_by_name("vb0").unwrap();
         let vp0 = ta.link_by_name("vp0").unwrap();
@@ -1677,8 +1702,12 @@ mod tests {
         assert!(va0.addrs.contains(&(ip(&format!("10.{n}.2.1")), 24)));
         assert!(va0.addrs.contains(&(ip(&format!("2001:db8:{n}::1")), 64)));
         assert!(lo.addrs.contains(&(ip("127.0.0.1"), 8)));
+    }
 
-        // routes
+    /// Every table's routes, with kind, device, gateway, source and metric.
+    fn check_routes(ta: &NsTopology, n: u8) {
+        let va0 = ta.link_by_name("va0").unwrap();
+        let br0 = ta.link_by_name("br0").unwrap();
         let find = |dst: &str, len: u8, table: u32| {
             ta.routes
                 .iter()
@@ -1705,8 +1734,11 @@ mod tests {
         assert_eq!(find(&format!("10.{n}.6.0"), 24, 100).oif, Some(va0.ifindex));
         let v6 = find(&format!("2001:db8:{n}::"), 64, RT_TABLE_MAIN);
         assert_eq!(v6.oif, Some(va0.ifindex));
+    }
 
-        // route_to: longest prefix, local table first, no default route
+    /// Longest prefix, local table first, no default route.
+    fn check_route_to(ta: &NsTopology, n: u8) {
+        let va0 = ta.link_by_name("va0").unwrap();
         let to = |d: &str| ta.route_to(ip(d)).map(|r| (r.dst, r.prefix_len, r.table));
         assert_eq!(
             to(&format!("10.{n}.3.9")),
@@ -1738,8 +1770,12 @@ mod tests {
                 .and_then(|r| r.oif),
             Some(va0.ifindex)
         );
+    }
 
-        // prefix_on
+    fn check_prefix_on(ta: &NsTopology, n: u8) {
+        let va0 = ta.link_by_name("va0").unwrap();
+        let vp0 = ta.link_by_name("vp0").unwrap();
+        let br0 = ta.link_by_name("br0").unwrap();
         let p = ta
             .prefix_on(br0.ifindex, ip(&format!("10.{n}.1.77")))
             .unwrap();
@@ -1760,8 +1796,10 @@ mod tests {
             .prefix_on(va0.ifindex, ip(&format!("10.{n}.6.9")))
             .unwrap();
         assert_eq!((p.prefix_len, p.table), (24, 100));
+    }
 
-        // sysctls, read inside each netns (the host's values are not these)
+    /// Read inside each netns (the host's values are not these).
+    fn check_sysctls(ta: &NsTopology, tb: &NsTopology) {
         assert_eq!(ta.sysctls.rp_filter_all, 0);
         assert_eq!(ta.sysctls.rp_filter.get("va0"), Some(&1));
         assert_eq!(ta.rp_filter("va0"), 1);
@@ -1775,14 +1813,6 @@ mod tests {
         assert!(!tb.sysctls.ipv6_forwarding);
         assert!(!ta.sysctls.rp_filter.contains_key("all"));
         assert!(ta.sysctls.rp_filter.contains_key("default"));
-
-        // serializable for reports
-        let js = serde_json::to_string(va0).unwrap();
-        assert!(js.contains("\"kind\":\"veth\""), "{js}");
-        assert!(serde_json::to_string(r16).unwrap().contains("\"Unicast\""));
-        assert!(serde_json::to_string(&ta.sysctls).is_ok());
-
-        assert_raw_decoder_agrees(a);
     }
 
     /// Sysctls must be the netns' own even when the host's differ and while

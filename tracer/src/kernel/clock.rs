@@ -15,3 +15,11 @@ pub fn clock_ns(id: libc::clockid_t) -> i128 {
 pub fn monotonic_ns() -> u64 {
     clock_ns(libc::CLOCK_MONOTONIC) as u64
 }
+
+/// Wall-clock time now, ns since the Unix epoch (recordings, pcapng).
+pub fn wall_now_ns() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos() as u64)
+        .unwrap_or(0)
+}

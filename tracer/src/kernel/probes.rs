@@ -3,6 +3,7 @@
 //! ring buffer and counters. Everything kernel-facing lives here.
 
 use crate::kernel::btf::KernelBtf;
+use crate::kernel::per_packet::PerPacket;
 use anyhow::{anyhow, bail, Result};
 use aya::maps::{HashMap as BpfHashMap, MapData, PerCpuArray, RingBuf};
 use aya::programs::tp_btf::BtfTracePointLinkId;
@@ -136,32 +137,16 @@ pub struct Probes {
     agg: aya::maps::PerCpuHashMap<MapData, AggKey, AggVal>,
     agg_slots: PerCpuArray<MapData, AggSlot>,
     pub warnings: Vec<String>,
-    /// The per-packet programs (route lookups, the SYN check) and their
-    /// links while attached: detached during a drop storm (see `shed`) and
-    /// while a gate parks them (see `park`).
-    sheddable: Vec<(&'static str, Option<BtfTracePointLinkId>)>,
-    shedding: bool,
-    /// Per-packet programs a gate has detached because they could find
-    /// nothing now (`syn_gate`, `route_gate`): a storm's end does not
-    /// attach them again.
-    parked: Vec<&'static str>,
+    /// The route-lookup and SYN programs, shed in storms and parked
+    /// while they can find nothing.
+    per_packet: PerPacket,
     /// Shared with the `RouteTable`: see `forget_routes`.
     routes_since: Arc<AtomicU64>,
 }
 
 /// Fails with one clear line unless we may load tracing programs.
 pub fn check_privileges() -> Result<()> {
-    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
-    let cap_eff = status
-        .lines()
-        .find_map(|l| l.strip_prefix("CapEff:"))
-        .and_then(|v| u64::from_str_radix(v.trim(), 16).ok())
-        .unwrap_or(0);
-    let has = |bit: u32| cap_eff & (1u64 << bit) != 0;
-    const CAP_SYS_ADMIN: u32 = 21;
-    const CAP_PERFMON: u32 = 38;
-    const CAP_BPF: u32 = 39;
-    if has(CAP_SYS_ADMIN) || (has(CAP_BPF) && has(CAP_PERFMON)) {
+    if crate::kernel::caps::CapSet::effective().can_load() {
         Ok(())
     } else {
         bail!("tracer needs root (CAP_BPF and CAP_PERFMON, or CAP_SYS_ADMIN) to load its eBPF programs")
@@ -295,145 +280,30 @@ impl Probes {
     pub fn load(kbtf: &KernelBtf, btf: &Btf, pc: &ProbeConfig) -> Result<Self> {
         check_privileges()?;
         let (mut ebpf, classic) = load_object(kbtf, btf, &pc.config, pc.drop_reasons)?;
-
-        {
-            let mut reasons: aya::maps::Array<_, u8> = aya::maps::Array::try_from(
-                ebpf.map_mut(names::MAP_REASONS)
-                    .ok_or_else(|| anyhow!("eBPF object lacks map {}", names::MAP_REASONS))?,
-            )?;
-            let marks = pc
-                .include_reasons
-                .iter()
-                .map(|r| (*r, REASON_INCLUDE))
-                .chain(pc.exclude_reasons.iter().map(|r| (*r, REASON_EXCLUDE)));
-            for (r, mark) in marks {
-                if r >= REASON_SLOTS {
-                    bail!("drop reason {r} is beyond the {REASON_SLOTS} that --reason and --exclude-reason can filter");
-                }
-                reasons.set(r, mark, 0)?;
-            }
-        }
-
-        let order: Vec<DropHook> = match pc.hook {
-            Some(h) => vec![h],
-            None => vec![DropHook::TpBtf, DropHook::RawTp, DropHook::Tracepoint],
-        };
-        let mut errors = Vec::new();
-        let mut hook = None;
-        for h in order {
-            let r = match h {
-                DropHook::TpBtf => {
-                    attach_btf(&mut ebpf, drop_prog(h, pc.drop_reasons), "kfree_skb", btf)
-                }
-                DropHook::RawTp => {
-                    attach_raw(&mut ebpf, drop_prog(h, pc.drop_reasons), "kfree_skb")
-                }
-                DropHook::Tracepoint => match &classic {
-                    Ok(()) => attach_classic(&mut ebpf, names::PROG_DROP_CLASSIC),
-                    Err(e) => Err(anyhow!("{e}")),
-                },
-            };
-            match r {
-                Ok(()) => {
-                    hook = Some(h);
-                    break;
-                }
-                Err(e) => errors.push(format!("{h}: {e:#}")),
-            }
-        }
-        let Some(hook) = hook else {
-            bail!(
-                "cannot attach to the skb:kfree_skb tracepoint ({})",
-                errors.join("; ")
-            );
-        };
-
-        let mut warnings = Vec::new();
-        // Kernels after 6.18 give a qdisc's finer drop reason only to this
-        // tracepoint; without it such drops read QDISC_DROP.
-        if kbtf.qdisc_drop_code() != 0 {
-            if let Err(e) = attach_btf(&mut ebpf, names::PROG_QDISC_REASON, "qdisc_drop", btf) {
-                warnings.push(format!(
-                    "qdisc drops show as QDISC_DROP, without their finer reason: {e:#}"
-                ));
-            }
-        }
-        let mut sheddable = Vec::new();
-        let mut routes_attached = false;
+        mark_reasons(&mut ebpf, pc)?;
+        let hook = attach_drop(&mut ebpf, btf, pc, &classic)?;
+        let mut a = Attached::default();
+        a.qdisc(&mut ebpf, kbtf, btf);
         if pc.config.routes != 0 {
-            for (prog, what) in [
-                (names::PROG_FIB4, "fib_table_lookup"),
-                (names::PROG_FIB6, "fib6_table_lookup"),
-            ] {
-                match attach_btf_link(&mut ebpf, prog, what, btf) {
-                    Ok(id) => {
-                        routes_attached = true;
-                        sheddable.push((prog, Some(id)));
-                    }
-                    Err(e) => warnings.push(format!("route lookups ({what}) not traced: {e:#}")),
-                }
-            }
+            a.routes(&mut ebpf, btf);
         }
-        let mut syn_attached = false;
         if pc.config.syn_check != 0 {
-            match attach_btf_link(&mut ebpf, names::PROG_SYN_XMIT, "net_dev_start_xmit", btf) {
-                Ok(id) => {
-                    syn_attached = true;
-                    sheddable.push((names::PROG_SYN_XMIT, Some(id)));
-                }
-                Err(e) => warnings.push(format!("SYN/MSS check not available: {e:#}")),
-            }
+            a.syn(&mut ebpf, btf);
         }
-
-        let mut neigh_attached = false;
         if pc.config.neigh != 0 {
-            let a = attach_btf(
-                &mut ebpf,
-                names::PROG_NEIGH_TIMER,
-                "neigh_timer_handler",
-                btf,
-            );
-            let b = attach_btf(
-                &mut ebpf,
-                names::PROG_NEIGH_SEND,
-                "neigh_event_send_done",
-                btf,
-            );
-            neigh_attached = a.is_ok() || b.is_ok();
-            for r in [a, b] {
-                if let Err(e) = r {
-                    warnings.push(format!("neighbour states not traced: {e:#}"));
-                }
-            }
+            a.neigh(&mut ebpf, btf);
         }
-
-        let mut hops_attached = Vec::new();
         if pc.config.trace != 0 {
-            for (prog, func) in [
-                (names::PROG_HOP_RECEIVE, "netif_receive_skb"),
-                (names::PROG_HOP_QUEUE, "net_dev_queue"),
-                (names::PROG_HOP_XMIT, "net_dev_xmit"),
-                (names::PROG_HOP_CONSUME, "consume_skb"),
-            ] {
-                match attach_btf(&mut ebpf, prog, func, btf) {
-                    Ok(()) => hops_attached.push(func),
-                    Err(e) => warnings.push(format!("hops at {func} not traced: {e:#}")),
-                }
-            }
-            if hops_attached.is_empty() {
-                bail!(
-                    "cannot follow packets: no hop tracepoint attached ({})",
-                    warnings.join("; ")
-                );
-            }
+            a.hops(&mut ebpf, btf)?;
         }
+        Probes::assemble(ebpf, hook, a, pc.drop_reasons)
+    }
 
-        let events = RingBuf::try_from(
-            ebpf.take_map(names::MAP_EVENTS)
-                .ok_or_else(|| anyhow!("eBPF object lacks map {}", names::MAP_EVENTS))?,
-        )?;
+    /// The maps taken out of the object, so they outlive a detach.
+    fn assemble(mut ebpf: Ebpf, hook: DropHook, a: Attached, drop_reasons: bool) -> Result<Self> {
+        let events = take_map(&mut ebpf, names::MAP_EVENTS)?;
         let routes_since = Arc::new(AtomicU64::new(0));
-        let routes = if routes_attached {
+        let routes = if a.routes {
             let displaced = ebpf
                 .take_map(names::MAP_ARRIVALS)
                 .and_then(|m| BpfHashMap::try_from(m).ok());
@@ -447,36 +317,22 @@ impl Probes {
         } else {
             None
         };
-        let stats = PerCpuArray::try_from(
-            ebpf.take_map(names::MAP_STATS)
-                .ok_or_else(|| anyhow!("eBPF object lacks map {}", names::MAP_STATS))?,
-        )?;
-        let agg = aya::maps::PerCpuHashMap::try_from(
-            ebpf.take_map(names::MAP_AGG)
-                .ok_or_else(|| anyhow!("eBPF object lacks map {}", names::MAP_AGG))?,
-        )?;
-        let agg_slots = PerCpuArray::try_from(
-            ebpf.take_map(names::MAP_AGG_SLOTS)
-                .ok_or_else(|| anyhow!("eBPF object lacks map {}", names::MAP_AGG_SLOTS))?,
-        )?;
         Ok(Probes {
-            agg,
-            agg_slots,
+            stats: take_map(&mut ebpf, names::MAP_STATS)?,
+            agg: take_map(&mut ebpf, names::MAP_AGG)?,
+            agg_slots: take_map(&mut ebpf, names::MAP_AGG_SLOTS)?,
             ebpf: Some(ebpf),
             prog_counters: None,
             hook,
-            routes_attached,
-            syn_attached,
-            neigh_attached,
-            hops_attached,
-            drop_reasons: pc.drop_reasons,
+            routes_attached: a.routes,
+            syn_attached: a.syn,
+            neigh_attached: a.neigh,
+            hops_attached: a.hops,
+            drop_reasons,
             events: Some(events),
             routes,
-            stats,
-            warnings,
-            sheddable,
-            shedding: false,
-            parked: Vec::new(),
+            warnings: a.warnings,
+            per_packet: a.per_packet,
             routes_since,
         })
     }
@@ -493,46 +349,20 @@ impl Probes {
             .ok_or_else(|| anyhow!("the ring buffer was already taken"))
     }
 
-    /// Detaches (`on`) or re-attaches the programs that run for every
-    /// packet rather than for every drop: the route-lookup and SYN
-    /// programs. A storm costs the host several route lookups per dropped
-    /// packet, and even a program that returns at once costs its call; the
-    /// storm's own flows had their lookups stored before it began, and the
-    /// map keeps them. Returns whether anything changed.
+    /// Sheds (`on`) the programs that run for every packet rather than
+    /// for every drop, or attaches again those not parked. A storm costs
+    /// the host several route lookups per dropped packet, and even a
+    /// program that returns at once costs its call; the storm's own flows
+    /// had their lookups stored before it began, and the map keeps them.
+    /// Returns whether anything changed.
     pub fn shed(&mut self, on: bool) -> bool {
-        if on == self.shedding || self.sheddable.is_empty() || self.ebpf.is_none() {
-            return false;
-        }
-        for i in 0..self.sheddable.len() {
-            let want = !on && !self.parked.contains(&self.sheddable[i].0);
-            self.sync_link(i, want);
-        }
-        // A program that would not attach again keeps us shedding, so the
-        // next call retries instead of losing route tracing for good.
-        self.shedding = on
-            || self
-                .sheddable
-                .iter()
-                .any(|(p, l)| l.is_none() && !self.parked.contains(p));
-        true
+        self.per_packet.shed(self.ebpf.as_mut(), on)
     }
 
-    /// Parks (detaches) per-packet programs, or attaches them again, as a
-    /// gate decides. Idempotent; while a storm is being shed, the shed's
-    /// end attaches what is wanted then.
+    /// Parks per-packet programs (they can find nothing now), or lets
+    /// them go, as a gate decides (see `PerPacket::park`).
     pub fn park(&mut self, progs: &[&'static str], park: bool) {
-        for prog in progs {
-            self.parked.retain(|p| p != prog);
-            if park {
-                self.parked.push(prog);
-            }
-            if self.shedding {
-                continue;
-            }
-            if let Some(i) = self.sheddable.iter().position(|(p, _)| p == prog) {
-                self.sync_link(i, !park);
-            }
-        }
+        self.per_packet.park(self.ebpf.as_mut(), progs, park);
     }
 
     /// From now on, lookups stored so far are not joined to drops: the
@@ -546,41 +376,12 @@ impl Probes {
     /// Attaches again what should be attached and is not (an attach that
     /// failed when a storm ended or a gate let go); called on every tick.
     pub fn heal(&mut self) {
-        if self.shedding {
-            return;
-        }
-        for i in 0..self.sheddable.len() {
-            let (prog, link) = &self.sheddable[i];
-            if link.is_none() && !self.parked.contains(prog) {
-                self.sync_link(i, true);
-            }
-        }
+        self.per_packet.heal(self.ebpf.as_mut());
     }
 
-    /// Attaches or detaches the `i`th sheddable program to match `want`.
-    fn sync_link(&mut self, i: usize, want: bool) {
-        let Some(ebpf) = self.ebpf.as_mut() else {
-            return;
-        };
-        let (prog, link) = &mut self.sheddable[i];
-        let Some(p) = ebpf
-            .program_mut(prog)
-            .and_then(|p| <&mut BtfTracePoint>::try_from(p).ok())
-        else {
-            return;
-        };
-        if !want {
-            if let Some(id) = link.take() {
-                let _ = p.detach(id);
-            }
-        } else if link.is_none() {
-            *link = p.attach().ok();
-        }
-    }
-
-    /// Whether some per-packet program is detached (see `shed`).
+    /// Whether some per-packet program is shed for a storm.
     pub fn shedding(&self) -> bool {
-        self.shedding
+        self.per_packet.shedding()
     }
 
     /// Drops counted under a storm key so far (all CPUs): it grows only
@@ -664,6 +465,160 @@ impl Probes {
             drop_probe_ns: drop_info.map(|i| i.run_time_ns).unwrap_or(0),
             drop_probe_verified_insns: drop_info.map(|i| i.verified_insns).unwrap_or(0),
         }
+    }
+}
+
+/// A map of the object, taken out of it.
+fn take_map<T>(ebpf: &mut Ebpf, name: &str) -> Result<T>
+where
+    T: TryFrom<aya::maps::Map, Error = aya::maps::MapError>,
+{
+    let map = ebpf
+        .take_map(name)
+        .ok_or_else(|| anyhow!("eBPF object lacks map {name}"))?;
+    Ok(T::try_from(map)?)
+}
+
+/// Marks the reasons of --reason and --exclude-reason for the kernel.
+fn mark_reasons(ebpf: &mut Ebpf, pc: &ProbeConfig) -> Result<()> {
+    let map = ebpf
+        .map_mut(names::MAP_REASONS)
+        .ok_or_else(|| anyhow!("eBPF object lacks map {}", names::MAP_REASONS))?;
+    let mut reasons: aya::maps::Array<_, u8> = aya::maps::Array::try_from(map)?;
+    let marks = pc
+        .include_reasons
+        .iter()
+        .map(|r| (*r, REASON_INCLUDE))
+        .chain(pc.exclude_reasons.iter().map(|r| (*r, REASON_EXCLUDE)));
+    for (r, mark) in marks {
+        if r >= REASON_SLOTS {
+            bail!("drop reason {r} is beyond the {REASON_SLOTS} that --reason and --exclude-reason can filter");
+        }
+        reasons.set(r, mark, 0)?;
+    }
+    Ok(())
+}
+
+/// Attaches the drop program: the hook asked for, or the best that works.
+fn attach_drop(
+    ebpf: &mut Ebpf,
+    btf: &Btf,
+    pc: &ProbeConfig,
+    classic: &Result<()>,
+) -> Result<DropHook> {
+    let order: Vec<DropHook> = match pc.hook {
+        Some(h) => vec![h],
+        None => vec![DropHook::TpBtf, DropHook::RawTp, DropHook::Tracepoint],
+    };
+    let mut errors = Vec::new();
+    for h in order {
+        let r = match h {
+            DropHook::TpBtf => attach_btf(ebpf, drop_prog(h, pc.drop_reasons), "kfree_skb", btf),
+            DropHook::RawTp => attach_raw(ebpf, drop_prog(h, pc.drop_reasons), "kfree_skb"),
+            DropHook::Tracepoint => match classic {
+                Ok(()) => attach_classic(ebpf, names::PROG_DROP_CLASSIC),
+                Err(e) => Err(anyhow!("{e}")),
+            },
+        };
+        match r {
+            Ok(()) => return Ok(h),
+            Err(e) => errors.push(format!("{h}: {e:#}")),
+        }
+    }
+    bail!(
+        "cannot attach to the skb:kfree_skb tracepoint ({})",
+        errors.join("; ")
+    )
+}
+
+/// What attached besides the drop program, and what did not (warnings).
+#[derive(Default)]
+struct Attached {
+    routes: bool,
+    syn: bool,
+    neigh: bool,
+    hops: Vec<&'static str>,
+    per_packet: PerPacket,
+    warnings: Vec<String>,
+}
+
+impl Attached {
+    /// Kernels after 6.18 give a qdisc's finer drop reason only to this
+    /// tracepoint; without it such drops read QDISC_DROP.
+    fn qdisc(&mut self, ebpf: &mut Ebpf, kbtf: &KernelBtf, btf: &Btf) {
+        if kbtf.qdisc_drop_code() == 0 {
+            return;
+        }
+        if let Err(e) = attach_btf(ebpf, names::PROG_QDISC_REASON, "qdisc_drop", btf) {
+            self.warnings.push(format!(
+                "qdisc drops show as QDISC_DROP, without their finer reason: {e:#}"
+            ));
+        }
+    }
+
+    fn routes(&mut self, ebpf: &mut Ebpf, btf: &Btf) {
+        for (prog, what) in [
+            (names::PROG_FIB4, "fib_table_lookup"),
+            (names::PROG_FIB6, "fib6_table_lookup"),
+        ] {
+            match attach_btf_link(ebpf, prog, what, btf) {
+                Ok(id) => {
+                    self.routes = true;
+                    self.per_packet.attached(prog, id);
+                }
+                Err(e) => self
+                    .warnings
+                    .push(format!("route lookups ({what}) not traced: {e:#}")),
+            }
+        }
+    }
+
+    fn syn(&mut self, ebpf: &mut Ebpf, btf: &Btf) {
+        match attach_btf_link(ebpf, names::PROG_SYN_XMIT, "net_dev_start_xmit", btf) {
+            Ok(id) => {
+                self.syn = true;
+                self.per_packet.attached(names::PROG_SYN_XMIT, id);
+            }
+            Err(e) => self
+                .warnings
+                .push(format!("SYN/MSS check not available: {e:#}")),
+        }
+    }
+
+    fn neigh(&mut self, ebpf: &mut Ebpf, btf: &Btf) {
+        let a = attach_btf(ebpf, names::PROG_NEIGH_TIMER, "neigh_timer_handler", btf);
+        let b = attach_btf(ebpf, names::PROG_NEIGH_SEND, "neigh_event_send_done", btf);
+        self.neigh = a.is_ok() || b.is_ok();
+        for r in [a, b] {
+            if let Err(e) = r {
+                self.warnings
+                    .push(format!("neighbour states not traced: {e:#}"));
+            }
+        }
+    }
+
+    /// The hop probes of `tracer trace`: at least one must attach.
+    fn hops(&mut self, ebpf: &mut Ebpf, btf: &Btf) -> Result<()> {
+        for (prog, func) in [
+            (names::PROG_HOP_RECEIVE, "netif_receive_skb"),
+            (names::PROG_HOP_QUEUE, "net_dev_queue"),
+            (names::PROG_HOP_XMIT, "net_dev_xmit"),
+            (names::PROG_HOP_CONSUME, "consume_skb"),
+        ] {
+            match attach_btf(ebpf, prog, func, btf) {
+                Ok(()) => self.hops.push(func),
+                Err(e) => self
+                    .warnings
+                    .push(format!("hops at {func} not traced: {e:#}")),
+            }
+        }
+        if self.hops.is_empty() {
+            bail!(
+                "cannot follow packets: no hop tracepoint attached ({})",
+                self.warnings.join("; ")
+            );
+        }
+        Ok(())
     }
 }
 

@@ -1,14 +1,14 @@
 //! Route lookups are traced unless the host is busy and nothing happens:
-//! the route programs are parked while the host takes in at least
+//! the route programs are parked (see `per_packet`) while the host takes in at least
 //! [`BUSY_PPS`] packets a second and no event (a drop, a flagged SYN, a
 //! failing neighbour) reached userspace for [`QUIET`]. The next event, or
 //! the load falling, attaches them again.
 //!
 //! Why: `fib_table_lookup` fires for every routed packet, and a program
-//! call costs its dispatch even when it returns at once: 60 to 90 ns, up to
-//! 2.4 points of 64-byte forwarding on this VM, paid all day by a busy host
-//! where nothing drops. Below [`BUSY_PPS`] that is under 0.2 % of one CPU,
-//! and tracing stays on: an idle or lightly loaded host loses nothing.
+//! call costs its dispatch even when it returns at once (README, "Measuring
+//! it", has the figures), paid all day by a busy host where nothing drops.
+//! Below [`BUSY_PPS`] that cost is a small fraction of one CPU, and tracing
+//! stays on: an idle or lightly loaded host loses nothing.
 //!
 //! What a parked lookup costs the proof, on a busy host only:
 //! - the first drop after a quiet spell is not joined to the kernel's own
@@ -33,7 +33,7 @@ use tracer_abi::names;
 pub const QUIET: Duration = Duration::from_secs(5);
 
 /// Packets per second (host-wide, every namespace) from which parking
-/// pays: at 90 ns a lookup, less than this costs under 0.2 % of a CPU.
+/// pays: below it, a call per packet costs a negligible share of a CPU.
 pub const BUSY_PPS: f64 = 20_000.0;
 
 /// How often the host's packet rate is read.

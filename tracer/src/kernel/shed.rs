@@ -1,7 +1,8 @@
 //! Storm shedding: while the kernel aggregates a drop storm, the programs
-//! that run for every packet (route lookups, the SYN check) are detached,
-//! and they are attached again once the storm has been over for a second
-//! (those a gate has parked meanwhile stay parked: `syn_gate`, `route_gate`).
+//! that run for every packet (route lookups, the SYN check) are shed
+//! (detached, see `per_packet`), and they are attached again once the
+//! storm has been over for a second (those a gate has parked meanwhile stay
+//! parked: `syn_gate`, `route_gate`).
 //!
 //! Why: a dropped datagram can cost the host half a dozen route lookups
 //! (the sender's output route, the receiver's input route, the routes of
@@ -22,8 +23,8 @@ const QUIET_TICKS: u32 = 4;
 pub struct StormShed {
     last_aggregated: u64,
     quiet_ticks: u32,
-    /// While the per-packet programs are detached.
-    detached: Spells,
+    /// While the per-packet programs are shed.
+    shed: Spells,
 }
 
 impl StormShed {
@@ -34,8 +35,8 @@ impl StormShed {
         self.last_aggregated = now;
         if storming {
             self.quiet_ticks = 0;
-            if !self.detached.active() && probes.shed(true) {
-                self.detached.begin();
+            if !self.shed.active() && probes.shed(true) {
+                self.shed.begin();
             }
         } else {
             self.quiet_ticks += 1;
@@ -48,16 +49,16 @@ impl StormShed {
     /// Attaches the programs again (the storm ended, or the run did).
     /// A program that fails to attach again is retried on the next tick.
     pub fn resume(&mut self, probes: &mut Probes) {
-        if self.detached.active() {
+        if self.shed.active() {
             probes.shed(false);
             if !probes.shedding() {
-                self.detached.end();
+                self.shed.end();
             }
         }
     }
 
-    /// Milliseconds detached so far, the current period included.
-    pub fn total_ms(&self) -> u64 {
-        self.detached.total_ms()
+    /// Milliseconds shed so far, the current spell included.
+    pub fn shed_ms(&self) -> u64 {
+        self.shed.total_ms()
     }
 }

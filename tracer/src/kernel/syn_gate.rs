@@ -1,16 +1,18 @@
 //! The SYN check runs only where it can find something: while no connected
-//! devices on the host mix MTUs (`host::mtu_mix`), its program is parked.
+//! devices on the host mix MTUs (`host::mtu_mix`), its program is parked
+//! (see `per_packet`).
 //!
 //! Why: `net_dev_start_xmit` fires for every transmitted packet, twice for
 //! a forwarded one, and a program call costs its dispatch even when it
-//! returns at once. In 64-byte forwarding that was 2.6 % of the packet rate
-//! on this VM, on hosts where no SYN could ever be flagged. On the overlay
-//! host (a 1450 uplink beside a 1500 bridge) the check stays attached.
+//! returns at once: a visible share of a small-packet forwarding rate
+//! (README, "Measuring it"), paid on hosts where no SYN could ever be
+//! flagged. On the overlay host (a 1450 uplink beside a 1500 bridge) the
+//! check stays attached.
 //!
 //! It starts attached, so nothing is missed before the first scan. A
-//! thread rescans every namespace's links every [`RESCAN`] (about half a
-//! millisecond per namespace here; less often where a scan takes longer,
-//! see [`pause`]) and the tick applies the answer. What this gives up:
+//! thread rescans every namespace's links every [`RESCAN`] (less often
+//! where a scan takes longer, see [`pause`]) and the tick applies the
+//! answer. What this gives up:
 //! when a run is already going and a mix appears (a device's MTU changes,
 //! a namespace is joined), SYNs crossing it before the next scan are not
 //! checked.
@@ -19,6 +21,7 @@ use std::sync::mpsc::{self, Receiver, RecvTimeoutError, TryRecvError};
 use std::time::Duration;
 
 use crate::host::mtu_mix;
+use crate::kernel::clock::clock_ns;
 use crate::kernel::probes::Probes;
 use crate::kernel::spells::Spells;
 use tracer_abi::names;
@@ -39,17 +42,8 @@ fn pause(scan: Duration) -> Duration {
 /// the pause to many seconds exactly when the host was busy, so a mix
 /// that appeared went unchecked for that long.
 fn thread_cpu() -> Duration {
-    let mut ts = libc::timespec {
-        tv_sec: 0,
-        tv_nsec: 0,
-    };
-    // SAFETY: `ts` is a valid, writable timespec for the call's duration,
-    // and CLOCK_THREAD_CPUTIME_ID needs nothing else.
-    let rc = unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut ts) };
-    if rc != 0 {
-        return Duration::ZERO;
-    }
-    Duration::new(ts.tv_sec as u64, ts.tv_nsec as u32)
+    let ns = clock_ns(libc::CLOCK_THREAD_CPUTIME_ID);
+    Duration::from_nanos(u64::try_from(ns).unwrap_or(0))
 }
 
 pub struct SynGate {

@@ -7,7 +7,10 @@
 //! lab, so it never meets the host's own dockerd. The image is built
 //! offline from busybox-static (`docker import`): no registry is needed.
 
+use super::incident::{Built, Params};
+use super::traffic::{connect_for, in_netns};
 use anyhow::{anyhow, bail, Context, Result};
+use netlab::{Netlab, Routed};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -285,7 +288,7 @@ pub struct DockerLab {
 
 /// Builds client -- router -- `dhost` in `lab`, starts dockerd in `dhost`
 /// and runs the container with `-p PORT:PORT` (busybox httpd).
-pub fn build(lab: &mut super::netlab::Netlab, o: &DockerOpts) -> Result<DockerLab> {
+pub fn build(lab: &mut Netlab, o: &DockerOpts) -> Result<DockerLab> {
     let client = o.client;
     let net = u32::from(client) & 0xffff_ff00;
     let gw = std::net::Ipv4Addr::from(if u32::from(client) == net | 254 {
@@ -293,27 +296,22 @@ pub fn build(lab: &mut super::netlab::Netlab, o: &DockerOpts) -> Result<DockerLa
     } else {
         net | 254
     });
-    for n in ["client", "router", "dhost"] {
-        lab.ns(n)?;
+    Routed {
+        client: "client",
+        router: "router",
+        server: "dhost",
+        server_if: "eth0",
+        client_addr: client,
+        router_client_addr: gw,
+        router_server_addr: ROUTER_UPLINK,
+        server_addr: HOST_UPLINK,
+        forwarding: true,
     }
-    lab.veth("client", "eth0", "router", "eth0")?;
-    lab.veth("router", "eth1", "dhost", "eth0")?;
-    lab.exec(
-        "client",
-        &format!("ip addr add {client}/24 dev eth0 && ip route add default via {gw}"),
-    )?;
-    lab.exec(
-        "router",
-        &format!(
-            "ip addr add {gw}/24 dev eth0 && ip addr add {ROUTER_UPLINK}/24 dev eth1 && \
-             sysctl -qw net.ipv4.ip_forward=1"
-        ),
-    )?;
+    .build(lab)?;
     lab.exec(
         "dhost",
         &format!(
-            "ip addr add {HOST_UPLINK}/24 dev eth0 && ip route add default via {ROUTER_UPLINK} && \
-             sysctl -qw net.ipv4.conf.all.rp_filter={rp} net.ipv4.conf.eth0.rp_filter={rp} \
+            "sysctl -qw net.ipv4.conf.all.rp_filter={rp} net.ipv4.conf.eth0.rp_filter={rp} \
              net.ipv4.conf.default.rp_filter={rp}",
             rp = o.rp_filter
         ),
@@ -348,10 +346,7 @@ pub fn build(lab: &mut super::netlab::Netlab, o: &DockerOpts) -> Result<DockerLa
 
 /// `tracer lab run docker-published-port`: the published-port incident on
 /// a real dockerd, loose rp_filter.
-pub fn published_port_lab(
-    lab: &mut super::netlab::Netlab,
-    _p: &super::scenarios::Params,
-) -> Result<super::scenarios::Built> {
+pub fn published_port_lab(lab: &mut Netlab, _p: &Params) -> Result<Built> {
     let tag = format!("lab{}", std::process::id());
     let d = build(
         lab,
@@ -365,15 +360,15 @@ pub fn published_port_lab(
         },
     )?;
     let target = std::net::SocketAddr::new(HOST_UPLINK.into(), PORT);
-    let client_ns = super::scenarios::ns_path(lab, "client");
+    let client_ns = lab.path("client");
     let traffic = Box::new(move || -> Result<()> {
-        super::scenarios::in_netns(&client_ns, move || {
-            super::scenarios::connect_for(target, Duration::from_millis(2500))
+        in_netns(&client_ns, move || {
+            connect_for(target, Duration::from_millis(2500))
         })
         .context("cannot run the lab's client")?;
         Ok(())
     });
-    Ok(super::scenarios::Built {
+    Ok(Built {
         trace: vec![lab.name("dhost"), d.container_netns.clone()],
         host: lab.name("dhost"),
         traffic,

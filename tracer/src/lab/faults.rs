@@ -7,9 +7,10 @@
 //! Addresses: 10.66.1.0/24 between `a` and its peer, 10.66.2.0/24 behind
 //! the router; nothing here depends on the incident parameters.
 
-use super::netlab::Netlab;
-use super::scenarios::{in_netns, ns_path, Built, Params};
+use super::incident::{Built, Params};
+use super::traffic::in_netns;
 use anyhow::{bail, Context, Result};
+use netlab::{Netlab, Routed};
 use std::io;
 use std::net::{Ipv4Addr, SocketAddr, UdpSocket};
 use std::path::PathBuf;
@@ -39,18 +40,18 @@ fn pair(lab: &mut Netlab, b: &str) -> Result<()> {
 
 /// `a` -- `r` -- `b`, `a` routing everything through `r`.
 fn routed(lab: &mut Netlab, forwarding: bool) -> Result<()> {
-    pair(lab, "r")?;
-    lab.ns("b")?;
-    lab.veth("r", "eth1", "b", "eth0")?;
-    lab.exec("a", &format!("ip route add default via {PEER}"))?;
-    lab.exec("r", "ip addr add 10.66.2.1/24 dev eth1")?;
-    lab.exec("b", &format!("ip addr add {FAR}/24 dev eth0"))?;
-    lab.exec("b", "ip route add default via 10.66.2.1")?;
-    lab.exec(
-        "r",
-        &format!("sysctl -qw net.ipv4.ip_forward={}", u8::from(forwarding)),
-    )?;
-    Ok(())
+    Routed {
+        client: "a",
+        router: "r",
+        server: "b",
+        server_if: "eth0",
+        client_addr: A,
+        router_client_addr: PEER,
+        router_server_addr: Ipv4Addr::new(10, 66, 2, 1),
+        server_addr: FAR,
+        forwarding,
+    }
+    .build(lab)
 }
 
 /// Sends `count` UDP datagrams of `len` bytes from namespace `ns` to
@@ -94,7 +95,7 @@ pub fn port_closed(lab: &mut Netlab, p: &Params) -> Result<Built> {
     v4_only(p, "port-closed")?;
     pair(lab, "b")?;
     let target = SocketAddr::new(PEER.into(), PORT);
-    let traffic = udp_burst(ns_path(lab, "a"), target, 64, 3, Duration::from_millis(100));
+    let traffic = udp_burst(lab.path("a"), target, 64, 3, Duration::from_millis(100));
     Ok(built(lab, &["a", "b"], traffic))
 }
 
@@ -107,7 +108,7 @@ pub fn firewall_drop(lab: &mut Netlab, p: &Params) -> Result<Built> {
         &format!("iptables -A INPUT -p udp --dport {PORT} -j DROP"),
     )?;
     let target = SocketAddr::new(PEER.into(), PORT);
-    let traffic = udp_burst(ns_path(lab, "a"), target, 64, 3, Duration::from_millis(100));
+    let traffic = udp_burst(lab.path("a"), target, 64, 3, Duration::from_millis(100));
     Ok(built(lab, &["a", "b"], traffic))
 }
 
@@ -116,7 +117,7 @@ pub fn no_route(lab: &mut Netlab, p: &Params) -> Result<Built> {
     v4_only(p, "no-route")?;
     routed(lab, true)?;
     let target = SocketAddr::new(Ipv4Addr::new(10, 66, 9, 1).into(), PORT);
-    let traffic = udp_burst(ns_path(lab, "a"), target, 64, 3, Duration::from_millis(100));
+    let traffic = udp_burst(lab.path("a"), target, 64, 3, Duration::from_millis(100));
     Ok(built(lab, &["a", "r"], traffic))
 }
 
@@ -125,7 +126,7 @@ pub fn forwarding_off(lab: &mut Netlab, p: &Params) -> Result<Built> {
     v4_only(p, "forwarding-off")?;
     routed(lab, false)?;
     let target = SocketAddr::new(FAR.into(), PORT);
-    let traffic = udp_burst(ns_path(lab, "a"), target, 64, 3, Duration::from_millis(100));
+    let traffic = udp_burst(lab.path("a"), target, 64, 3, Duration::from_millis(100));
     Ok(built(lab, &["a", "r", "b"], traffic))
 }
 
@@ -143,7 +144,7 @@ pub fn neighbor_down(lab: &mut Netlab, p: &Params) -> Result<Built> {
          net.ipv4.neigh.eth0.app_solicit=0 net.ipv4.neigh.eth0.retrans_time_ms=200",
     )?;
     let target = SocketAddr::new(Ipv4Addr::new(10, 66, 8, 1).into(), PORT);
-    let traffic = udp_burst(ns_path(lab, "a"), target, 64, 3, Duration::from_millis(300));
+    let traffic = udp_burst(lab.path("a"), target, 64, 3, Duration::from_millis(300));
     Ok(built(lab, &["a", "b"], traffic))
 }
 
@@ -158,9 +159,9 @@ pub fn qdisc_full(lab: &mut Netlab, p: &Params) -> Result<Built> {
     )?;
     // A receiver, so that what passes the queue is not a NO_SOCKET drop.
     let target = SocketAddr::new(PEER.into(), PORT);
-    let rx = in_netns(&ns_path(lab, "b"), move || UdpSocket::bind(target))?
+    let rx = in_netns(&lab.path("b"), move || UdpSocket::bind(target))?
         .with_context(|| format!("cannot bind UDP {target} in the lab"))?;
-    let send = udp_burst(ns_path(lab, "a"), target, 1000, 40, Duration::ZERO);
+    let send = udp_burst(lab.path("a"), target, 1000, 40, Duration::ZERO);
     let traffic = Box::new(move || -> Result<()> {
         let _rx = rx;
         send()?;

@@ -2,19 +2,24 @@
 //! diagnosed live against the real kernel (no simulated events).
 pub mod docker;
 pub mod faults;
-pub mod netlab;
+pub mod incident;
 pub mod scenarios;
+pub mod traffic;
 
 use crate::diagnose::Diagnoser;
+use crate::session::{TraceOptions, Tracer};
 use crate::sinks::Format;
-use crate::watch::{TraceOptions, Tracer};
 use anyhow::{anyhow, bail, Result};
-use netlab::{Netlab, LAB_PREFIX};
-use scenarios::{Params, SCENARIOS};
+use incident::Params;
+use netlab::Netlab;
+use scenarios::SCENARIOS;
 use serde::Serialize;
 use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
+
+/// Every lab namespace starts with this (what `tracer lab clean` cleans).
+pub const LAB_PREFIX: &str = "trlab-";
 
 /// After the traffic ends, keep tracing this long for late drops (a
 /// neighbour that fails, a retransmission).
@@ -41,9 +46,8 @@ pub fn list(format: Format) -> Result<()> {
     Ok(())
 }
 
-/// Removes what a killed run left: every namespace named `trlab-*`.
 /// `tracer lab clean`: removes what killed lab runs recorded making (see
-/// `netlab`), never a namespace by its name alone.
+/// `netlab::markers`), never a namespace by its name alone.
 pub fn clean() -> Result<()> {
     let done = netlab::clean(LAB_PREFIX);
     if done.removed.is_empty() {
@@ -178,15 +182,7 @@ fn run_one(
         let mut tracer = Tracer::start(&opts, true, started)?;
         let stop = Arc::new(tokio::sync::Notify::new());
         tracer.stop_on(stop.clone());
-        let traffic = built.traffic;
-        let done = stop.clone();
-        std::thread::spawn(move || {
-            if let Err(e) = traffic() {
-                eprintln!("tracer: lab traffic: {e:#}");
-            }
-            std::thread::sleep(GRACE);
-            done.notify_one();
-        });
+        run_traffic(built.traffic, stop.clone());
         let mut diag = Diagnoser::new(true);
         if let Some(f) = record.take() {
             diag.record_to(f, &tracer.session)?;
@@ -198,38 +194,8 @@ fn run_one(
         if summary.interrupted {
             bail!("interrupted: lab {name} stopped before its traffic ended");
         }
-        // Expected kinds must be concluded (proven, or information such
-        // as a closed port); a control must prove no fault at all.
-        let kinds: Vec<&'static str> = diag
-            .verdicts()
-            .iter()
-            .filter(|v| v.tier.concluded())
-            .map(|v| v.kind)
-            .collect();
-        let faults = diag.verdicts().iter().filter(|v| v.fault).count();
-        let pass =
-            sc.expect.iter().all(|k| kinds.contains(k)) && (!sc.expect.is_empty() || faults == 0);
-        let result = LabResult {
-            kind: "lab",
-            name: sc.name,
-            expected: sc.expect,
-            verdicts: kinds.clone(),
-            pass,
-            namespaces: lab.namespaces().to_vec(),
-        };
-        let mut out = crate::sinks::Output::stdout(format, 0);
-        if format == Format::Json {
-            out.json(&result)?;
-        } else if pass {
-            out.line(&format!(
-                "lab {name}: {}",
-                if sc.expect.is_empty() {
-                    "no fault verdict, as expected for this control".to_string()
-                } else {
-                    format!("proven: {}", sc.expect.join(", "))
-                }
-            ))?;
-        }
+        let (kinds, pass) = judge(sc, &diag);
+        report(format, sc, &lab, &kinds, pass)?;
         if keep {
             eprintln!(
                 "tracer: kept namespaces {} (remove with `tracer lab clean`)",
@@ -243,4 +209,64 @@ fn run_one(
         }
         Ok(())
     })
+}
+
+/// Runs the lab's traffic on its own thread; `done` is notified a grace
+/// period after it ends, for the last drops to arrive.
+fn run_traffic(traffic: Box<dyn FnOnce() -> Result<()> + Send>, done: Arc<tokio::sync::Notify>) {
+    std::thread::spawn(move || {
+        if let Err(e) = traffic() {
+            eprintln!("tracer: lab traffic: {e:#}");
+        }
+        std::thread::sleep(GRACE);
+        done.notify_one();
+    });
+}
+
+/// The kinds concluded, and whether the lab passed: expected kinds must
+/// be concluded (proven, or information such as a closed port); a control
+/// must prove no fault at all.
+fn judge(sc: &scenarios::Scenario, diag: &Diagnoser) -> (Vec<&'static str>, bool) {
+    let kinds: Vec<&'static str> = diag
+        .verdicts()
+        .iter()
+        .filter(|v| v.tier.concluded())
+        .map(|v| v.kind)
+        .collect();
+    let faults = diag.verdicts().iter().filter(|v| v.fault).count();
+    let pass =
+        sc.expect.iter().all(|k| kinds.contains(k)) && (!sc.expect.is_empty() || faults == 0);
+    (kinds, pass)
+}
+
+/// The lab's result: a JSON line, or a line of text when it passed.
+fn report(
+    format: Format,
+    sc: &scenarios::Scenario,
+    lab: &Netlab,
+    kinds: &[&'static str],
+    pass: bool,
+) -> Result<()> {
+    let mut out = crate::sinks::Output::stdout(format, 0);
+    if format == Format::Json {
+        out.json(&LabResult {
+            kind: "lab",
+            name: sc.name,
+            expected: sc.expect,
+            verdicts: kinds.to_vec(),
+            pass,
+            namespaces: lab.namespaces().to_vec(),
+        })?;
+    } else if pass {
+        out.line(&format!(
+            "lab {}: {}",
+            sc.name,
+            if sc.expect.is_empty() {
+                "no fault verdict, as expected for this control".to_string()
+            } else {
+                format!("proven: {}", sc.expect.join(", "))
+            }
+        ))?;
+    }
+    Ok(())
 }

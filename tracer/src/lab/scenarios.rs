@@ -2,10 +2,7 @@
 //!
 //! A scenario builds a topology with [`Netlab`] and returns a traffic
 //! generator; the caller traces while that generator runs and then
-//! diagnoses. Traffic is made in-process with std sockets created inside
-//! the lab namespaces ([`netns::run_in`]), so a lab needs nothing beyond
-//! `ip`, `sysctl` and `iptables`/`ip6tables`, and every socket it opens
-//! lives in a lab namespace, never in the host's.
+//! diagnoses. Traffic is made in-process (see [`super::traffic`]).
 //!
 //! Addresses inside the labs that the incidents do not depend on are
 //! fixed: host–router link 10.99.0.0/24 (fd00:99::/64), router–server
@@ -15,88 +12,16 @@
 
 use std::fmt;
 use std::io::{self, Read, Write};
-use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, TcpListener, TcpStream, UdpSocket};
-use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, TcpStream, UdpSocket};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
-use std::thread::JoinHandle;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
+use netlab::{BridgeConflict, Netlab, Routed};
 
-use crate::host::netns;
-use crate::lab::netlab::Netlab;
-
-/// What the operator's machine looks like; the defaults are Docker's.
-#[derive(Clone, Debug)]
-pub struct Params {
-    /// The bridge the container hangs off (`docker0`).
-    pub bridge: String,
-    /// The host's address on the bridge, with the bridge subnet's prefix.
-    pub bridge_cidr: String,
-    /// The container's address, inside the bridge subnet.
-    pub container_addr: String,
-    /// The customer client in the bridge-subnet labs; it must fall inside
-    /// the bridge subnet, since that overlap is the incident.
-    pub client_addr: String,
-    /// The host's uplink interface name.
-    pub uplink: String,
-    /// The uplink's MTU in the overlay labs.
-    pub uplink_mtu: u32,
-    /// MTU of the bridge, the veth and the container in the overlay labs.
-    pub inner_mtu: u32,
-    /// Overlay labs only: run them over IPv6 alone. `bridge_cidr` and
-    /// `container_addr` must then be IPv6. The other labs refuse it
-    /// (rp_filter is IPv4-only; the veth lab has fixed IPv4 addresses).
-    pub ipv6: bool,
-}
-
-impl Default for Params {
-    fn default() -> Params {
-        Params {
-            bridge: "docker0".into(),
-            bridge_cidr: "172.17.0.1/16".into(),
-            container_addr: "172.17.0.2".into(),
-            client_addr: "172.17.5.5".into(),
-            uplink: "eth0".into(),
-            uplink_mtu: 1450,
-            inner_mtu: 1500,
-            ipv6: false,
-        }
-    }
-}
-
-impl Params {
-    /// The defaults with an IPv6 bridge subnet, for the IPv6 variants.
-    pub fn ipv6() -> Params {
-        Params {
-            bridge_cidr: "fd00:17::1/64".into(),
-            container_addr: "fd00:17::2".into(),
-            ipv6: true,
-            ..Params::default()
-        }
-    }
-}
-
-/// A built lab, ready for its traffic.
-pub struct Built {
-    /// Names of the namespaces the diagnosis should trace (all lab namespaces that matter).
-    pub trace: Vec<String>,
-    /// The namespace that plays "the host" (the Docker host where the operator runs tracer).
-    pub host: String,
-    /// Generates the failing traffic; blocks for a bounded time (at most ~8 s), then returns.
-    /// Errors only for setup failures, never because the traffic failed (failing is the point).
-    pub traffic: Box<dyn FnOnce() -> anyhow::Result<()> + Send>,
-    /// Payload bytes the victim application received, updated while the
-    /// traffic runs: the container's download in the overlay labs, the
-    /// UDP receiver in `veth-mtu-mismatch`. `None` in the bridge-subnet
-    /// labs, where no connection is ever established.
-    pub received: Option<Arc<AtomicU64>>,
-    /// What must live as long as the lab runs (the Docker labs' dockerd).
-    pub keep_alive: Option<Box<dyn std::any::Any + Send>>,
-    /// The Docker API the diagnosis should name containers through.
-    pub docker_host: Option<String>,
-}
+use super::incident::{Built, Params};
+use super::traffic::{accept_loop, connect_for, fetch, in_netns, listen_in, Helper, POLL};
 
 pub struct Scenario {
     pub name: &'static str,
@@ -220,8 +145,6 @@ const FETCH_WINDOW: Duration = Duration::from_secs(4);
 /// A server whose client stalls must not keep the traffic running
 /// beyond the fetch window.
 const SERVER_WRITE_TIMEOUT: Duration = Duration::from_secs(3);
-/// How often helper threads look at their stop flag.
-const POLL: Duration = Duration::from_millis(50);
 
 /// Client inside the bridge subnet, strict reverse-path filtering.
 ///
@@ -304,8 +227,26 @@ fn overlay_mtu_clamped(lab: &mut Netlab, p: &Params) -> Result<Built> {
 /// route cache) and the upload completes. Nothing is wrong: a tool must
 /// not call this a fault.
 fn pmtud_healthy(lab: &mut Netlab, p: &Params) -> Result<Built> {
-    const UPLOAD: usize = 2 << 20;
-    let v6 = p.ipv6;
+    let server = two_routers_narrow_between(lab, p.ipv6)?;
+    let target = SocketAddr::new(server, SERVER_PORT);
+    let received = Arc::new(AtomicU64::new(0));
+    let traffic = upload_to(lab, target, received.clone())?;
+    Ok(Built {
+        trace: ["client", "r1", "r2", "server"]
+            .iter()
+            .map(|n| lab.name(n))
+            .collect(),
+        host: lab.name("r1"),
+        traffic,
+        received: Some(received),
+        keep_alive: None,
+        docker_host: None,
+    })
+}
+
+/// client -- r1 ==1400== r2 -- server, IPv4 or IPv6, the link between the
+/// routers narrower than the rest. Returns the server's address.
+fn two_routers_narrow_between(lab: &mut Netlab, v6: bool) -> Result<IpAddr> {
     let (len, o, fwd) = if v6 {
         (64, " nodad", "net.ipv6.conf.all.forwarding=1")
     } else {
@@ -380,11 +321,20 @@ fn pmtud_healthy(lab: &mut Netlab, p: &Params) -> Result<Built> {
         &format!("ip addr add {server}/{len} dev eth0{o} && ip route add default via {r2_out}"),
     )?;
 
-    let target = SocketAddr::new(server, SERVER_PORT);
+    Ok(server)
+}
+
+/// The client's upload of `UPLOAD` bytes to a sink at `target`, counted
+/// into `received`.
+fn upload_to(
+    lab: &Netlab,
+    target: SocketAddr,
+    received: Arc<AtomicU64>,
+) -> Result<Box<dyn FnOnce() -> Result<()> + Send>> {
+    const UPLOAD: usize = 2 << 20;
     let listener = listen_in(lab, "server", target)?;
-    let received = Arc::new(AtomicU64::new(0));
-    let counter = received.clone();
-    let client_ns = ns_path(lab, "client");
+    let counter = received;
+    let client_ns = lab.path("client");
     let traffic = Box::new(move || -> Result<()> {
         let _server = Helper::spawn("lab-sink", move |stop| {
             accept_loop(&listener, stop, |mut conn| {
@@ -412,17 +362,7 @@ fn pmtud_healthy(lab: &mut Netlab, p: &Params) -> Result<Built> {
         Ok(())
     });
 
-    Ok(Built {
-        trace: ["client", "r1", "r2", "server"]
-            .iter()
-            .map(|n| lab.name(n))
-            .collect(),
-        host: lab.name("r1"),
-        traffic,
-        received: Some(received),
-        keep_alive: None,
-        docker_host: None,
-    })
+    Ok(traffic)
 }
 
 /// MTU mismatch across one veth pair.
@@ -460,14 +400,14 @@ fn veth_mtu_mismatch(lab: &mut Netlab, p: &Params) -> Result<Built> {
 
     // Without a receiver the small datagrams would die as NO_SOCKET and
     // muddy the one drop this lab is about.
-    let rx = in_netns(&ns_path(lab, "b"), move || UdpSocket::bind(target))?
+    let rx = in_netns(&lab.path("b"), move || UdpSocket::bind(target))?
         .with_context(|| format!("cannot bind UDP {target} in the lab"))?;
     rx.set_read_timeout(Some(POLL))
         .context("cannot set a read timeout on the lab's UDP receiver")?;
 
     let received = Arc::new(AtomicU64::new(0));
     let counter = received.clone();
-    let sender_ns = ns_path(lab, "a");
+    let sender_ns = lab.path("a");
     let traffic = Box::new(move || -> Result<()> {
         let _rx = Helper::spawn("lab-udp-rx", move |stop| {
             let mut buf = [0u8; 2048];
@@ -517,9 +457,9 @@ fn bridge_subnet(lab: &mut Netlab, p: &Params, rp_filter: u8) -> Result<Built> {
     let bridge = Cidr::parse(&p.bridge_cidr)?;
     let ctr = parse_v4(&p.container_addr, "container_addr")?;
     let client = parse_v4(&p.client_addr, "client_addr")?;
-    if !bridge.addr.is_ipv4() {
+    let IpAddr::V4(bridge_addr) = bridge.addr else {
         bail!("bridge_cidr {bridge} must be IPv4 for this lab");
-    }
+    };
     if !bridge.contains(ctr.into()) {
         bail!("container_addr {ctr} is outside bridge_cidr {bridge}");
     }
@@ -553,48 +493,34 @@ fn bridge_subnet(lab: &mut Netlab, p: &Params, rp_filter: u8) -> Result<Built> {
         net | 1
     });
 
-    for n in ["client", "router", "host", "ctr"] {
-        lab.ns(n)?;
+    BridgeConflict {
+        path: Routed {
+            client: "client",
+            router: "router",
+            server: "host",
+            server_if: uplink,
+            client_addr: client,
+            router_client_addr: gw,
+            router_server_addr: ROUTER_LINK_V4,
+            server_addr: HOST_LINK_V4,
+            forwarding: true,
+        },
+        container: "ctr",
+        bridge: bridge_if,
+        bridge_addr,
+        bridge_len: bridge.len,
+        port: CTR_PORT,
+        container_addr: ctr,
+        container_default_route: true,
+        client_source: None,
+        rp_filter,
+        host_forwarding: true,
     }
-    lab.veth("client", "eth0", "router", "eth0")?;
-    lab.veth("router", "eth1", "host", uplink)?;
-    lab.veth("ctr", "eth0", "host", CTR_PORT)?;
-    lab.exec(
-        "client",
-        &format!("ip addr add {client}/24 dev eth0 && ip route add default via {gw}"),
-    )?;
-    lab.exec(
-        "router",
-        &format!(
-            "ip addr add {gw}/24 dev eth0 && ip addr add {ROUTER_LINK_V4}/24 dev eth1 && \
-             sysctl -qw net.ipv4.ip_forward=1"
-        ),
-    )?;
-    // The effective rp_filter is max(all, uplink), so both are set. The
-    // slash form of the sysctl key keeps a dotted interface name intact.
-    // ip_forward=1 only for realism: a Docker host always forwards.
-    lab.exec(
-        "host",
-        &format!(
-            "ip addr add {HOST_LINK_V4}/24 dev {uplink} && \
-             ip route add default via {ROUTER_LINK_V4} && \
-             ip link add {bridge_if} type bridge && ip link set {CTR_PORT} master {bridge_if} && \
-             ip link set {bridge_if} up && ip addr add {bridge} dev {bridge_if} && \
-             sysctl -qw net.ipv4.ip_forward=1 net.ipv4.conf.all.rp_filter={rp_filter} \
-             net/ipv4/conf/{uplink}/rp_filter={rp_filter}"
-        ),
-    )?;
-    lab.exec(
-        "ctr",
-        &format!(
-            "ip addr add {ctr}/{} dev eth0 && ip route add default via {}",
-            bridge.len, bridge.addr
-        ),
-    )?;
+    .build(lab)?;
 
     let target = SocketAddr::new(HOST_LINK_V4.into(), HOST_PORT);
     let listener = listen_in(lab, "host", target)?;
-    let client_ns = ns_path(lab, "client");
+    let client_ns = lab.path("client");
     let traffic = Box::new(move || -> Result<()> {
         let _server = Helper::spawn("lab-listener", move |stop| {
             accept_loop(&listener, stop, drop)
@@ -657,30 +583,7 @@ const OVERLAY_V6: OverlayNet = OverlayNet {
 
 fn overlay(lab: &mut Netlab, p: &Params, clamp: bool) -> Result<Built> {
     let fam = if p.ipv6 { &OVERLAY_V6 } else { &OVERLAY_V4 };
-    let family = if p.ipv6 { "IPv6" } else { "IPv4" };
-    let bridge = Cidr::parse(&p.bridge_cidr)?;
-    let ctr: IpAddr = p
-        .container_addr
-        .parse()
-        .with_context(|| format!("container_addr '{}' is not an address", p.container_addr))?;
-    if bridge.addr.is_ipv6() != p.ipv6 || ctr.is_ipv6() != p.ipv6 {
-        bail!("bridge_cidr {bridge} and container_addr {ctr} must both be {family} for this lab");
-    }
-    if !bridge.contains(ctr) {
-        bail!("container_addr {ctr} is outside bridge_cidr {bridge}");
-    }
-    for link in [fam.host_link, fam.server] {
-        let link = Cidr {
-            addr: link,
-            len: fam.link_len,
-        };
-        if bridge.overlaps(&link) {
-            bail!(
-                "bridge_cidr {bridge} overlaps the lab's link {}",
-                link.network()
-            );
-        }
-    }
+    let (bridge, ctr) = overlay_addresses(p, fam)?;
     let names = check_names(p)?;
     let (bridge_if, uplink) = (names.bridge, names.uplink);
     let (inner, outer) = (p.inner_mtu, p.uplink_mtu);
@@ -696,21 +599,7 @@ fn overlay(lab: &mut Netlab, p: &Params, clamp: bool) -> Result<Built> {
     lab.veth("router", "eth1", "server", "eth0")?;
 
     if p.ipv6 {
-        // Auto-generated link-locals stay tentative (DAD) for up to 2 s,
-        // and until then no neighbour solicitation can be sent for a
-        // forwarded packet, whose source is not on the link: the download
-        // would start ~2 s late (measured: 2.3 s instead of 0.3 s for the
-        // clamped lab), eating the fetch window. Link-locals without DAD
-        // make forwarding work at once.
-        for (ns, dev, ll) in [
-            ("ctr", "eth0", "fe80::2"),
-            ("host", uplink, "fe80::2"),
-            ("router", "eth0", "fe80::1"),
-            ("router", "eth1", "fe80::1"),
-            ("server", "eth0", "fe80::2"),
-        ] {
-            lab.exec(ns, &format!("ip -6 addr add {ll}/64 dev {dev} nodad"))?;
-        }
+        overlay_link_locals(lab, uplink)?;
     }
 
     lab.exec(
@@ -766,10 +655,81 @@ fn overlay(lab: &mut Netlab, p: &Params, clamp: bool) -> Result<Built> {
     )?;
 
     let target = SocketAddr::new(server, SERVER_PORT);
-    let listener = listen_in(lab, "server", target)?;
     let received = Arc::new(AtomicU64::new(0));
-    let counter = received.clone();
-    let ctr_ns = ns_path(lab, "ctr");
+    let traffic = download_from(lab, target, received.clone())?;
+
+    Ok(Built {
+        trace: ["ctr", "host", "router", "server"]
+            .iter()
+            .map(|n| lab.name(n))
+            .collect(),
+        host: lab.name("host"),
+        traffic,
+        received: Some(received),
+        keep_alive: None,
+        docker_host: None,
+    })
+}
+
+/// The lab's bridge subnet and container address from `p`, checked
+/// against the family and the lab's own links.
+fn overlay_addresses(p: &Params, fam: &OverlayNet) -> Result<(Cidr, IpAddr)> {
+    let family = if p.ipv6 { "IPv6" } else { "IPv4" };
+    let bridge = Cidr::parse(&p.bridge_cidr)?;
+    let ctr: IpAddr = p
+        .container_addr
+        .parse()
+        .with_context(|| format!("container_addr '{}' is not an address", p.container_addr))?;
+    if bridge.addr.is_ipv6() != p.ipv6 || ctr.is_ipv6() != p.ipv6 {
+        bail!("bridge_cidr {bridge} and container_addr {ctr} must both be {family} for this lab");
+    }
+    if !bridge.contains(ctr) {
+        bail!("container_addr {ctr} is outside bridge_cidr {bridge}");
+    }
+    for link in [fam.host_link, fam.server] {
+        let link = Cidr {
+            addr: link,
+            len: fam.link_len,
+        };
+        if bridge.overlaps(&link) {
+            bail!(
+                "bridge_cidr {bridge} overlaps the lab's link {}",
+                link.network()
+            );
+        }
+    }
+    Ok((bridge, ctr))
+}
+
+fn overlay_link_locals(lab: &Netlab, uplink: &str) -> Result<()> {
+    // Auto-generated link-locals stay tentative (DAD) for up to 2 s,
+    // and until then no neighbour solicitation can be sent for a
+    // forwarded packet, whose source is not on the link: the download
+    // would start ~2 s late (measured: 2.3 s instead of 0.3 s for the
+    // clamped lab), eating the fetch window. Link-locals without DAD
+    // make forwarding work at once.
+    for (ns, dev, ll) in [
+        ("ctr", "eth0", "fe80::2"),
+        ("host", uplink, "fe80::2"),
+        ("router", "eth0", "fe80::1"),
+        ("router", "eth1", "fe80::1"),
+        ("server", "eth0", "fe80::2"),
+    ] {
+        lab.exec(ns, &format!("ip -6 addr add {ll}/64 dev {dev} nodad"))?;
+    }
+    Ok(())
+}
+
+/// The container's download from a server at `target`, counted into
+/// `received`.
+fn download_from(
+    lab: &Netlab,
+    target: SocketAddr,
+    received: Arc<AtomicU64>,
+) -> Result<Box<dyn FnOnce() -> Result<()> + Send>> {
+    let listener = listen_in(lab, "server", target)?;
+    let counter = received;
+    let ctr_ns = lab.path("ctr");
     let traffic = Box::new(move || -> Result<()> {
         let _server = Helper::spawn("lab-server", move |stop| {
             let body = vec![b'x'; RESPONSE_LEN];
@@ -785,17 +745,7 @@ fn overlay(lab: &mut Netlab, p: &Params, clamp: bool) -> Result<Built> {
         Ok(())
     });
 
-    Ok(Built {
-        trace: ["ctr", "host", "router", "server"]
-            .iter()
-            .map(|n| lab.name(n))
-            .collect(),
-        host: lab.name("host"),
-        traffic,
-        received: Some(received),
-        keep_alive: None,
-        docker_host: None,
-    })
+    Ok(traffic)
 }
 
 struct Names<'a> {
@@ -914,118 +864,10 @@ impl fmt::Display for Cidr {
     }
 }
 
-pub(crate) fn ns_path(lab: &Netlab, short: &str) -> PathBuf {
-    Path::new(netns::NETNS_RUN_DIR).join(lab.name(short))
-}
-
-/// [`netns::run_in`] with its error in anyhow's terms.
-pub(crate) fn in_netns<T: Send + 'static>(
-    path: &Path,
-    f: impl FnOnce() -> T + Send + 'static,
-) -> Result<T> {
-    netns::run_in(path, f).with_context(|| format!("cannot enter netns {}", path.display()))
-}
-
-/// A listener created in the lab namespace now, so it is ready before
-/// any traffic (and before tracing starts).
-fn listen_in(lab: &Netlab, short: &str, addr: SocketAddr) -> Result<TcpListener> {
-    let listener = in_netns(&ns_path(lab, short), move || TcpListener::bind(addr))?
-        .with_context(|| format!("cannot listen on {addr} in the lab"))?;
-    // Non-blocking, so the accept loop can notice that the traffic is over.
-    listener
-        .set_nonblocking(true)
-        .context("cannot make the lab's listener non-blocking")?;
-    Ok(listener)
-}
-
-/// A thread that lives only as long as the traffic: dropping the guard
-/// stops and joins it, also when the traffic returns early with an error.
-struct Helper {
-    stop: Arc<AtomicBool>,
-    handle: Option<JoinHandle<()>>,
-}
-
-impl Helper {
-    fn spawn(name: &str, f: impl FnOnce(&AtomicBool) + Send + 'static) -> Result<Helper> {
-        let stop = Arc::new(AtomicBool::new(false));
-        let flag = stop.clone();
-        let handle = std::thread::Builder::new()
-            .name(name.into())
-            .spawn(move || f(&flag))
-            .context("cannot start a lab thread")?;
-        Ok(Helper {
-            stop,
-            handle: Some(handle),
-        })
-    }
-}
-
-impl Drop for Helper {
-    fn drop(&mut self) {
-        self.stop.store(true, Ordering::SeqCst);
-        if let Some(h) = self.handle.take() {
-            let _ = h.join();
-        }
-    }
-}
-
-fn accept_loop(listener: &TcpListener, stop: &AtomicBool, mut serve: impl FnMut(TcpStream)) {
-    while !stop.load(Ordering::SeqCst) {
-        match listener.accept() {
-            Ok((conn, _)) => {
-                // Linux does not pass O_NONBLOCK on through accept, but
-                // the server relies on blocking writes with a timeout.
-                if conn.set_nonblocking(false).is_ok() {
-                    serve(conn);
-                }
-            }
-            Err(_) => std::thread::sleep(POLL),
-        }
-    }
-}
-
-/// Keeps connecting until `window` is spent. In the labs the first
-/// attempt hangs in SYN retransmissions for the whole window; if one
-/// succeeds (a lab that is not broken) the client simply tries again.
-pub(crate) fn connect_for(target: SocketAddr, window: Duration) {
-    let end = Instant::now() + window;
-    loop {
-        let left = end.saturating_duration_since(Instant::now());
-        if left < Duration::from_millis(100) {
-            return;
-        }
-        let _ = TcpStream::connect_timeout(&target, left);
-        std::thread::sleep(Duration::from_millis(200).min(left));
-    }
-}
-
-/// Reads one response until EOF or until `window` (counted from the
-/// connect) is spent, adding the bytes to `received` as they arrive.
-fn fetch(target: SocketAddr, window: Duration, received: &AtomicU64) {
-    let end = Instant::now() + window;
-    let Ok(mut conn) = TcpStream::connect_timeout(&target, window) else {
-        return;
-    };
-    let mut buf = [0u8; 16384];
-    loop {
-        let left = end.saturating_duration_since(Instant::now());
-        if left.is_zero() || conn.set_read_timeout(Some(left)).is_err() {
-            return;
-        }
-        match conn.read(&mut buf) {
-            Ok(0) => return,
-            Ok(n) => {
-                received.fetch_add(n as u64, Ordering::SeqCst);
-            }
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-            Err(_) => return,
-        }
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::time::Instant;
 
     fn new_lab(short: &str) -> Netlab {
         Netlab::new(&format!("trsc-{}-{}-", std::process::id(), short)).unwrap()

@@ -18,7 +18,7 @@
 
 use super::ctx::{Ctx, Finding};
 use super::facts::arrivals::peer_arrives_elsewhere;
-use super::fix::{bridge_fixes, net, route_via, BridgeOwner};
+use super::fix::{bridge_fixes, host_route, net, route_via, BridgeOwner, Fix};
 use super::key::Key;
 use super::{Fact, Rule, Tier};
 use crate::events::reason::Reason;
@@ -140,10 +140,17 @@ fn host_verdict(
             None,
         )
     } else {
-        vec![format!(
-            "Route {peer} back out {}, where it arrives: {hint}ip route add {peer}/32 {}",
-            in_link.name,
+        let cmd = format!(
+            "{hint}ip route add {} {}",
+            host_route(peer),
             route_via(topo, in_link.ifindex)
+        );
+        vec![Fix::run(
+            format!(
+                "Route {peer} back out {}, where it arrives: {cmd}",
+                in_link.name
+            ),
+            vec![cmd],
         )]
     };
     let evidence = json!({
@@ -276,22 +283,7 @@ fn container_verdict(
     bridge: Option<&Link>,
     container_addr: IpAddr,
 ) {
-    let container = cx.container(n.netns);
-    let name = container
-        .as_ref()
-        .map(|c| c.r.name.clone())
-        .unwrap_or_else(|| {
-            format!(
-                "in netns {}",
-                cx.netns_name(n.netns)
-                    .unwrap_or_else(|| n.netns.to_string())
-            )
-        });
-    let who = if container.is_some() {
-        format!("container {name}")
-    } else {
-        format!("the namespace {name}")
-    };
+    let (container, name, who) = named(cx, n.netns);
     let prefix = topo
         .prefix_on(out_link.ifindex, peer)
         .map(net)
@@ -335,9 +327,9 @@ fn container_verdict(
             },
             Some(&name),
         ),
-        None => vec![format!(
+        None => vec![Fix::advice(format!(
             "Give {who} a route to {peer} through its gateway instead of on-link, or move its subnet off {peer}'s network"
-        )],
+        ))],
     };
     let evidence = json!({
         "ingress_ifname": in_link.name,
@@ -364,6 +356,32 @@ fn container_verdict(
         evidence,
         fix,
     });
+}
+
+/// The container in `netns` and how a verdict names it: `container web`,
+/// or `the namespace in netns NAME` where no container is known.
+fn named(
+    cx: &mut Ctx,
+    netns: u32,
+) -> (
+    Option<std::sync::Arc<crate::host::containers::Container>>,
+    String,
+    String,
+) {
+    let container = cx.container(netns);
+    let name = match &container {
+        Some(c) => c.r.name.clone(),
+        None => format!(
+            "in netns {}",
+            cx.netns_name(netns).unwrap_or_else(|| netns.to_string())
+        ),
+    };
+    let who = if container.is_some() {
+        format!("container {name}")
+    } else {
+        format!("the namespace {name}")
+    };
+    (container, name, who)
 }
 
 #[cfg(test)]

@@ -63,7 +63,8 @@ pub struct Finding {
     pub netns: u32,
     pub summary: String,
     pub evidence: Value,
-    pub fix: Vec<String>,
+    /// Root cause's fix first.
+    pub fix: Vec<super::fix::Fix>,
 }
 
 /// Verdict bookkeeping: what was concluded, what is new since the last
@@ -403,7 +404,8 @@ impl<'a> Ctx<'a> {
                 Value::Object(m) => m,
                 _ => Map::new(),
             },
-            fix: f.fix,
+            fix: f.fix.iter().map(|x| x.text.clone()).collect(),
+            fix_commands: f.fix.into_iter().map(|x| x.commands).collect(),
             drops,
             latency_ms,
             fault: f.tier == Tier::Proven,

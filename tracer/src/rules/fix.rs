@@ -8,6 +8,36 @@ use crate::host::containers::DockerNetwork;
 use crate::host::topology::{prefix_contains, NsTopology, Route};
 use std::net::{IpAddr, Ipv4Addr};
 
+/// One fix, built once: the line the user reads and the shell commands
+/// that apply it (`fix_commands` in JSON), so a script or a test can run
+/// exactly what the text shows without parsing prose.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Fix {
+    pub text: String,
+    /// Empty where the fix is advice only (edit daemon.json, start a
+    /// service, pick a gateway): nothing could be pasted as it stands.
+    pub commands: Vec<String>,
+}
+
+impl Fix {
+    /// Advice that no command applies as it stands.
+    pub fn advice(text: impl Into<String>) -> Fix {
+        Fix {
+            text: text.into(),
+            commands: Vec::new(),
+        }
+    }
+
+    /// A fix applied by `commands`; `text` shows them (built from the
+    /// same strings by the caller).
+    pub fn run(text: impl Into<String>, commands: Vec<String>) -> Fix {
+        Fix {
+            text: text.into(),
+            commands,
+        }
+    }
+}
+
 /// One shell word: left alone when it is plain, else single-quoted; a word
 /// with control characters (an interface named `e\x1b]0;x\x07`) is written
 /// in bash's `$'...'` form with `\xHH` escapes, so the command holds no raw
@@ -69,6 +99,12 @@ pub fn host_port(addr: IpAddr, port: u16) -> String {
         IpAddr::V6(a) => format!("[{a}]:{port}"),
         IpAddr::V4(a) => format!("{a}:{port}"),
     }
+}
+
+/// The host route of one address: `/32`, or `/128` for IPv6 (a `/32`
+/// there would install a whole /32 prefix).
+pub fn host_route(a: IpAddr) -> String {
+    format!("{a}/{}", if a.is_ipv6() { 128 } else { 32 })
 }
 
 /// `10.0.0.0/8` for a route's prefix.
@@ -230,26 +266,35 @@ pub fn bridge_fixes(
     ingress: i32,
     owner: BridgeOwner,
     container: Option<&str>,
-) -> Vec<String> {
+) -> Vec<Fix> {
     let free = free_subnet(topo, peer);
     let (gw, len) = gateway_of(&free);
     // Name the knob of whoever manages the bridge; the verdict itself never
     // depends on the name, only this advice does.
     let mut fixes = match owner {
-        BridgeOwner::Docker(net) => vec![docker_move(topo, bridge, prefix, peer, net)],
-        BridgeOwner::Other => vec![format!(
+        BridgeOwner::Docker(net) => vec![Fix::advice(docker_move(topo, bridge, prefix, peer, net))],
+        // Advice only: `addr replace` adds the new address beside the old
+        // one, and whatever manages the bridge must change too.
+        BridgeOwner::Other => vec![Fix::advice(format!(
             "Move {bridge} ({prefix}) off the peer's network, e.g. to {free}: {ns_hint}ip addr replace {gw}/{len} dev {} (then update whatever manages it: libvirt net-edit, lxc network set, docker \"bip\")",
             q(bridge)
-        )],
+        ))],
     };
     match container {
-        Some(c) => fixes.push(format!(
+        Some(c) => fixes.push(Fix::advice(format!(
             "No host route helps here: container {c} has {prefix} on-link and resolves {peer} itself, so its replies stay in {bridge} whatever the host's routes say"
-        )),
-        None => fixes.push(format!(
-            "Stopgap for the host's own services only: route the peer back the way its packets arrive, more specifically than the bridge: {ns_hint}ip route add {peer}/32 {}",
-            route_via(topo, ingress)
-        )),
+        ))),
+        None => {
+            let cmd = format!(
+                "{ns_hint}ip route add {} {}",
+                host_route(peer),
+                route_via(topo, ingress)
+            );
+            fixes.push(Fix::run(
+                format!("Stopgap for the host's own services only: route the peer back the way its packets arrive, more specifically than the bridge: {cmd}"),
+                vec![cmd],
+            ))
+        }
     }
     fixes
 }

@@ -8,7 +8,7 @@
 
 use super::ctx::{Ctx, Finding};
 use super::facts::forwarding::not_forwarded;
-use super::fix::q;
+use super::fix::{q, Fix};
 use super::key::Key;
 use super::{Fact, Rule, Tier};
 use crate::events::record::Family;
@@ -52,9 +52,10 @@ impl Rule for ForwardingDisabled {
             "This namespace receives packets to forward (to {}) but {sysctl}=0: they are dropped silently.",
             d.dst.map(|a| a.to_string()).unwrap_or_default()
         );
-        let fix = vec![format!(
-            "{hint}sysctl -w {} (persist it in /etc/sysctl.d/)",
-            q(&format!("{sysctl}=1"))
+        let cmd = format!("{hint}sysctl -w {}", q(&format!("{sysctl}=1")));
+        let fix = vec![Fix::run(
+            format!("{cmd} (persist it in /etc/sysctl.d/)"),
+            vec![cmd],
         )];
         let evidence =
             json!({"ingress_ifname": d.ingress_ifname, "dst": d.dst, "sysctl": sysctl, "value": 0});

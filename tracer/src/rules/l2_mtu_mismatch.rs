@@ -3,7 +3,7 @@
 //! kernel drops it as `NOT_SPECIFIED`, silently: no ICMP, no error.
 
 use super::ctx::{Ctx, Finding};
-use super::fix::q;
+use super::fix::{q, Fix};
 use super::key::Key;
 use super::{Fact, Rule, Tier};
 use crate::events::reason::Reason;
@@ -72,19 +72,23 @@ impl Rule for L2MtuMismatch {
             d.len,
             if veth { "on the other side" } else { "(a port of that bridge)" }
         );
+        // Both ends end up equal either way: raising the peer to the
+        // sender's MTU, or (on a veth, whose two ends are the whole link)
+        // lowering the sender to the peer's.
+        let raise = format!("{peer_ip}link set dev {} mtu {sender_mtu}", q(&peer_name));
         let fix = vec![
-            format!(
-                "Give both the same MTU: {peer_ip}link set dev {} mtu {sender_mtu}",
-                q(&peer_name)
-            ),
+            Fix::run(format!("Give both the same MTU: {raise}"), vec![raise]),
             if veth {
-                format!(
-                    "or lower the sender: {}link set dev {} mtu {peer_mtu}",
+                let lower = format!(
+                    "{}link set dev {} mtu {peer_mtu}",
                     cx.ip_cmd(d.netns),
                     q(&sender)
-                )
+                );
+                Fix::run(format!("or lower the sender: {lower}"), vec![lower])
             } else {
-                format!("or lower the MTU of every device that feeds {sender} to {peer_mtu}")
+                Fix::advice(format!(
+                    "or lower the MTU of every device that feeds {sender} to {peer_mtu}"
+                ))
             },
         ];
         let evidence = json!({

@@ -9,7 +9,7 @@
 
 use super::ctx::{Ctx, Finding};
 use super::facts::forwarding::not_forwarded;
-use super::fix::q;
+use super::fix::{q, Fix};
 use super::key::Key;
 use super::{Fact, Rule, Tier};
 use crate::events::record::DropRecord;
@@ -132,28 +132,35 @@ fn fixes(
     our_mac: Option<&str>,
     sender: Option<&Sender>,
     ingress: &str,
-) -> Vec<String> {
+) -> Vec<Fix> {
     let points = our_mac
         .map(|m| format!(" (it points at {m}, this host)"))
         .unwrap_or_default();
     let first = match sender {
-        Some(s) => format!(
-            "Delete the sender's stale neighbour entry for {dst}{points}, so it resolves {dst} again to whoever holds it now: {}neigh del {dst} dev {}",
-            cx.ip_cmd(s.netns),
-            q(&s.link.name)
-        ),
-        None => format!(
+        Some(s) => {
+            let cmd = format!(
+                "{}neigh del {dst} dev {}",
+                cx.ip_cmd(s.netns),
+                q(&s.link.name)
+            );
+            Fix::run(
+                format!("Delete the sender's stale neighbour entry for {dst}{points}, so it resolves {dst} again to whoever holds it now: {cmd}"),
+                vec![cmd],
+            )
+        }
+        // The sender is not watched: its device is unknown.
+        None => Fix::advice(format!(
             "On the sender of {}, delete its stale neighbour entry for {dst}{points}: ip neigh del {dst} dev <its device towards this link> (ip neigh show {dst} names it)",
             d.src.map(|a| a.to_string()).unwrap_or_else(|| "these packets".into())
-        ),
+        )),
     };
     let hint = cx.ns_hint(d.netns);
     vec![
         first,
-        format!(
+        Fix::advice(format!(
             "If a router upstream sends {dst} here, correct its static route. If {dst} should be this host's, add it: {hint}ip addr add {dst}/<prefix length> dev {}; do not turn on forwarding on a host that is not a router",
             q(ingress)
-        ),
+        )),
     ]
 }
 

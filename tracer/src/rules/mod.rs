@@ -159,6 +159,10 @@ pub struct Verdict {
     pub summary: String,
     pub evidence: Map<String, Value>,
     pub fix: Vec<String>,
+    /// The shell commands that apply each entry of `fix`, in its order
+    /// (empty where that fix is advice only), each prefixed to run in the
+    /// verdict's namespace.
+    pub fix_commands: Vec<Vec<String>>,
     /// Drops (SYNs for mss_exceeds_mtu) attributed to this cause when it
     /// was printed.
     pub drops: u64,
@@ -182,6 +186,46 @@ pub struct Verdict {
 #[cfg(test)]
 mod tests {
     use std::path::Path;
+
+    /// In every stored verdict, `fix_commands` has one list per fix, and
+    /// each command is shown verbatim in its fix's text: what a script
+    /// runs is what the user reads.
+    #[test]
+    fn every_fix_shows_the_commands_that_apply_it() {
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/expected");
+        let mut seen = 0;
+        for e in std::fs::read_dir(dir).unwrap() {
+            let p = e.unwrap().path();
+            if p.extension().is_none_or(|x| x != "json") {
+                continue;
+            }
+            for line in std::fs::read_to_string(&p).unwrap().lines() {
+                let v: serde_json::Value = serde_json::from_str(line).unwrap();
+                if v["type"] != "verdict" {
+                    continue;
+                }
+                let fix = v["fix"].as_array().unwrap();
+                let cmds = v["fix_commands"].as_array().unwrap();
+                assert_eq!(fix.len(), cmds.len(), "{}: {line}", p.display());
+                for (f, c) in fix.iter().zip(cmds) {
+                    for c in c.as_array().unwrap() {
+                        let c = c.as_str().unwrap();
+                        let shown = f.as_str().unwrap();
+                        // The FORWARD twin of a PMTU OUTPUT rule is shown
+                        // as "(and in FORWARD)".
+                        let twin = c.replace(" -I FORWARD ", " -I OUTPUT ");
+                        assert!(
+                            shown.contains(c) || shown.contains(&twin),
+                            "{}: {c:?} not in {shown:?}",
+                            p.display()
+                        );
+                        seen += 1;
+                    }
+                }
+            }
+        }
+        assert!(seen >= 8, "{seen}");
+    }
 
     /// Rules never import rules: what several need lives in `facts` or
     /// `ctx`, below all of them. Only this file (which lists them) and the

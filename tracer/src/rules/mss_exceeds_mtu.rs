@@ -15,7 +15,7 @@
 use super::ctx::{Ctx, Finding};
 use super::facts::pmtu::is_ptb_icmp;
 use super::facts::FlowKey;
-use super::fix::{iptables_for, q, tcp_overhead};
+use super::fix::{iptables_for, q, tcp_overhead, Fix};
 use super::key::Key;
 use super::{Fact, Rule, Tier};
 use crate::events::reason::Reason;
@@ -193,31 +193,36 @@ fn verdict(cx: &mut Ctx, key: Key, r: &SynRecord, tier: Tier) {
         )
     };
     let out_q = q(&out_name);
+    // Clamping first: it heals every connection through here at once and
+    // changes no link, so it cannot make an MTU mismatch.
+    let clamp = format!("{hint}{ipt} -t mangle -A FORWARD -o {out_q} -p tcp --tcp-flags SYN,RST SYN -j TCPMSS --clamp-mss-to-pmtu");
+    let fixed = format!("{hint}{ipt} -t mangle -A FORWARD -o {out_q} -p tcp --tcp-flags SYN,RST SYN -j TCPMSS --set-mss {fits}");
     let mut fix = vec![
-        format!("{hint}{ipt} -t mangle -A FORWARD -o {out_q} -p tcp --tcp-flags SYN,RST SYN -j TCPMSS --clamp-mss-to-pmtu"),
-        format!("or a fixed value: {hint}{ipt} -t mangle -A FORWARD -o {out_q} -p tcp --tcp-flags SYN,RST SYN -j TCPMSS --set-mss {fits}"),
+        Fix::run(clamp.clone(), vec![clamp]),
+        Fix::run(format!("or a fixed value: {fixed}"), vec![fixed]),
     ];
     if cx.docker_here(r.netns) {
-        fix.push(format!(
+        fix.push(Fix::advice(format!(
             "or lower the container MTU to {}: dockerd --mtu={} (\"mtu\" in /etc/docker/daemon.json) or docker network create -o com.docker.network.driver.mtu={}",
             r.mtu, r.mtu, r.mtu
-        ));
+        )));
     } else {
-        fix.push(format!(
-            "or lower the MTU of the senders behind {in_name} to {} (on this side: {}link set dev {} mtu {})",
+        // Advice only: lowering one end of a link (this side's device)
+        // makes an L2 MTU mismatch with the sender; every device from the
+        // senders to here must change together.
+        fix.push(Fix::advice(format!(
+            "or lower the MTU of the senders behind {in_name} to {}: every device from them to {}, both ends of each link, never one end alone",
             r.mtu,
-            cx.ip_cmd(r.netns),
-            q(&in_name),
-            r.mtu
-        ));
+            q(&in_name)
+        )));
     }
     if !proven {
         fix.insert(
             0,
-            format!(
+            Fix::advice(format!(
                 "To confirm: trace the namespaces along the path (PKT_TOO_BIG drops whose ICMP is dropped prove a black hole), or watch the sender retransmit full-size segments: {hint}ss -ti dst {}",
                 r.dst.map(|a| a.to_string()).unwrap_or_default()
-            ),
+            )),
         );
     }
     let evidence = json!({

@@ -4,7 +4,7 @@
 
 use super::ctx::{Ctx, Finding};
 use super::facts::arrivals::neighbor_arrives_elsewhere;
-use super::fix::q;
+use super::fix::{q, Fix};
 use super::key::Key;
 use super::{Fact, Rule, Tier};
 use crate::events::reason::Reason;
@@ -47,16 +47,18 @@ impl Rule for NeighborUnreachable {
             "Packets to {peer} are dropped on {}: neighbour {neighbour} does not answer ARP/ND.",
             out_link.name
         );
+        // Checks, not changes: what heals depends on why the peer is
+        // silent, which these facts do not show.
         let fix = vec![
-            format!(
+            Fix::advice(format!(
                 "Check that {neighbour} is up and on {}'s link: {hint}ip neigh show dev {}",
                 out_link.name,
                 q(&out_link.name)
-            ),
-            format!(
+            )),
+            Fix::advice(format!(
                 "If {peer} should not be reached through {}, fix the route: {hint}ip route get {peer}",
                 out_link.name
-            ),
+            )),
         ];
         let evidence = json!({
             "ifname": out_link.name,

@@ -4,7 +4,7 @@
 
 use super::ctx::{Ctx, Finding};
 use super::facts::pmtu::is_ptb_icmp;
-use super::fix::host_port;
+use super::fix::{host_port, Fix};
 use super::key::Key;
 use super::{Fact, Rule, Tier};
 use crate::events::protocols::icmp_name;
@@ -47,9 +47,10 @@ impl Rule for NetfilterDrop {
             d.ifname.clone().unwrap_or_else(|| "?".into()),
             d.location
         );
+        // Which rule to change is the user's call: these only look.
         let fix = vec![
-            format!("Find the rule whose counters rise: {hint}iptables -L -v -n --line-numbers (all tables) or {hint}nft list ruleset"),
-            format!("If it is conntrack state INVALID: {hint}conntrack -S"),
+            Fix::advice(format!("Find the rule whose counters rise: {hint}iptables -L -v -n --line-numbers (all tables) or {hint}nft list ruleset")),
+            Fix::advice(format!("If it is conntrack state INVALID: {hint}conntrack -S")),
         ];
         let evidence = json!({
             "ifname": d.ifname, "ingress_ifname": d.ingress_ifname,

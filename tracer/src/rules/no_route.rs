@@ -5,6 +5,7 @@
 
 use super::ctx::{Ctx, Finding};
 use super::facts::reverse_path::{rpfilter_drop, ReversePath};
+use super::fix::Fix;
 use super::key::Key;
 use super::{Fact, Rule, Tier};
 use crate::events::protocols::{errno_name, sender_errno};
@@ -64,10 +65,11 @@ impl Rule for NoRoute {
                 " and answers ICMP net-unreachable"
             }
         );
-        let fix = vec![format!(
+        // Advice only: which gateway is right is not in these facts.
+        let fix = vec![Fix::advice(format!(
             "Add a route: {hint}ip route add {} via <gateway> (or one for the missing prefix, or a default route); check {hint}ip route get {dst}",
             host_prefix(dst)
-        )];
+        ))];
         let err = kernel_err.map(sender_errno);
         let evidence = json!({
             "dst": dst, "src": d.src, "ingress_ifname": d.ingress_ifname,
@@ -101,10 +103,10 @@ fn no_route_back(d: &DropRecord, cx: &mut Ctx, src: IpAddr, err: i32) {
         "Packets from {src} arrive on {ingress} but there is no route back to {src}, so rp_filter drops them."
     );
     let dev = super::fix::q(&ingress);
-    let fix = vec![format!(
+    let fix = vec![Fix::advice(format!(
         "Add a route back to {src}: {hint}ip route add {} via <gateway on {ingress}> dev {dev} (or a default route); check {hint}ip route get {src}",
         host_prefix(src)
-    )];
+    ))];
     let err = (err != 0).then_some(sender_errno(err));
     let evidence = json!({
         "dst": src, "src": d.dst, "ingress_ifname": d.ingress_ifname,

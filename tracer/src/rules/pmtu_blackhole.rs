@@ -6,7 +6,7 @@
 
 use super::ctx::{Ctx, Finding};
 use super::facts::pmtu::{is_ptb_icmp, Proven};
-use super::fix::iptables_for;
+use super::fix::{iptables_for, Fix};
 use super::key::Key;
 use super::{Fact, Rule, Tier};
 use crate::events::reason::Reason;
@@ -57,18 +57,7 @@ fn verdict(cx: &mut Ctx, p: Proven) {
     let (t, blocked) = (p.episode, p.icmp_blocked);
     let d = &t.rec;
     let topo = cx.topo(d.netns);
-    let (egress, egress_mtu) = match (&d.route, &topo) {
-        (Some(r), _) if r.ifindex > 0 => (r.ifname.clone(), r.mtu),
-        (_, Some(tp)) => {
-            let l = d
-                .dst
-                .and_then(|a| tp.route_to(a))
-                .and_then(|r| r.oif)
-                .and_then(|i| tp.link(i));
-            (l.map(|l| l.name.clone()), l.map(|l| l.mtu).unwrap_or(0))
-        }
-        _ => (None, 0),
-    };
+    let (egress, egress_mtu) = egress_of(d, topo.as_deref());
     let egress_name = egress.unwrap_or_else(|| "?".to_string());
     // One segment of a GSO packet is what must fit the MTU.
     let packet_size = d.wire_size();
@@ -87,24 +76,45 @@ fn verdict(cx: &mut Ctx, p: Proven) {
         }
     );
     let ipt = iptables_for(d.family);
-    let mut fix = vec![format!(
-        "Clamp TCP MSS to the path MTU where traffic is forwarded: {hint}{ipt} -t mangle -A FORWARD -p tcp --tcp-flags SYN,RST SYN -j TCPMSS --clamp-mss-to-pmtu"
-    )];
-    if cx.docker_here(d.netns) {
-        fix.push(format!(
-            "Or give containers an MTU that fits: dockerd --mtu={egress_mtu} (\"mtu\": {egress_mtu} in /etc/docker/daemon.json), or docker network create -o com.docker.network.driver.mtu={egress_mtu}"
-        ));
-    } else if let Some(src_addr) = d.src {
-        fix.push(format!(
-            "Or lower the MTU on the sender's side of the path (the host of {src_addr}) to {egress_mtu}"
+    let mut fix = Vec::new();
+    // The blocked ICMP is the root cause: letting it through heals PMTU
+    // discovery for every protocol, so it comes first.
+    if blocked {
+        let (ipt6, what, text) = if d.family == Some(Family::Ipv6) {
+            (
+                "ip6tables",
+                "-p icmpv6 --icmpv6-type packet-too-big",
+                "Let ICMPv6 packet-too-big out",
+            )
+        } else {
+            (
+                "iptables",
+                "-p icmp --icmp-type fragmentation-needed",
+                "Let ICMP fragmentation-needed out",
+            )
+        };
+        let out = format!("{hint}{ipt6} -I OUTPUT {what} -j ACCEPT");
+        let fwd = format!("{hint}{ipt6} -I FORWARD {what} -j ACCEPT");
+        fix.push(Fix::run(
+            format!("{text}: {out} (and in FORWARD)"),
+            vec![out, fwd],
         ));
     }
-    if blocked {
-        fix.push(if d.family == Some(Family::Ipv6) {
-            format!("Let ICMPv6 packet-too-big out: {hint}ip6tables -I OUTPUT -p icmpv6 --icmpv6-type packet-too-big -j ACCEPT (and in FORWARD)")
-        } else {
-            format!("Let ICMP fragmentation-needed out: {hint}iptables -I OUTPUT -p icmp --icmp-type fragmentation-needed -j ACCEPT (and in FORWARD)")
-        });
+    let clamp = format!(
+        "{hint}{ipt} -t mangle -A FORWARD -p tcp --tcp-flags SYN,RST SYN -j TCPMSS --clamp-mss-to-pmtu"
+    );
+    fix.push(Fix::run(
+        format!("Clamp TCP MSS to the path MTU where traffic is forwarded: {clamp}"),
+        vec![clamp],
+    ));
+    if cx.docker_here(d.netns) {
+        fix.push(Fix::advice(format!(
+            "Or give containers an MTU that fits: dockerd --mtu={egress_mtu} (\"mtu\": {egress_mtu} in /etc/docker/daemon.json), or docker network create -o com.docker.network.driver.mtu={egress_mtu}"
+        )));
+    } else if let Some(src_addr) = d.src {
+        fix.push(Fix::advice(format!(
+            "Or lower the MTU on the sender's side of the path (the host of {src_addr}) to {egress_mtu}"
+        )));
     }
     let evidence = json!({
         "egress_ifname": egress_name,
@@ -132,6 +142,26 @@ fn verdict(cx: &mut Ctx, p: Proven) {
         evidence,
         fix,
     });
+}
+
+/// The device the too-big packets were to leave by, and its MTU: the
+/// joined route lookup's, else the namespace's routing table's.
+fn egress_of(
+    d: &DropRecord,
+    topo: Option<&crate::host::topology::NsTopology>,
+) -> (Option<String>, u32) {
+    match (&d.route, topo) {
+        (Some(r), _) if r.ifindex > 0 => (r.ifname.clone(), r.mtu),
+        (_, Some(tp)) => {
+            let l = d
+                .dst
+                .and_then(|a| tp.route_to(a))
+                .and_then(|r| r.oif)
+                .and_then(|i| tp.link(i));
+            (l.map(|l| l.name.clone()), l.map(|l| l.mtu).unwrap_or(0))
+        }
+        _ => (None, 0),
+    }
 }
 
 #[cfg(test)]

@@ -3,7 +3,7 @@
 //! so this is information, never a fault.
 
 use super::ctx::{Ctx, Finding};
-use super::fix::host_port;
+use super::fix::{host_port, Fix};
 use super::key::Key;
 use super::{Fact, Rule, Tier};
 use crate::events::reason::Reason;
@@ -47,10 +47,11 @@ impl Rule for PortClosed {
                 "ICMP port unreachable"
             }
         );
-        let fix = vec![format!(
+        // Starting the service is the user's: advice only.
+        let fix = vec![Fix::advice(format!(
             "Start the service on {at}, or point the client at the right port; {}ss -lnp shows what listens",
             cx.ns_hint(d.netns)
-        )];
+        ))];
         let evidence = json!({"proto": proto, "dst": dst, "dport": port, "src": d.src});
         cx.conclude(Finding {
             key,

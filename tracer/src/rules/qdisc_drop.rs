@@ -8,7 +8,7 @@
 //! telling TCP to slow down, working as designed: information.
 
 use super::ctx::{Ctx, Finding};
-use super::fix::q;
+use super::fix::{q, Fix};
 use super::key::Key;
 use super::{Fact, Rule, Tier};
 use crate::events::reason::Reason;
@@ -126,51 +126,7 @@ impl Rule for QdiscDrop {
             .filter(|q| q.kind == "netem")
             .and_then(|q| q.limits.loss_pct);
         let hint = cx.ns_hint(d.netns);
-        let dev = q(&ifname);
-        let show = format!("Watch its drop counter grow: {hint}tc -s qdisc show dev {dev}");
-        let (summary, fix) = match (&qd, netem_loss) {
-            (Some(qd), Some(loss)) => (
-                format!(
-                    "netem on {ifname} is configured to lose {loss}% of packets at random ({}): it drops them on purpose.",
-                    qd.describe()
-                ),
-                vec![
-                    format!("If the emulation is left over from a test, remove it: {hint}tc qdisc del dev {dev} {}", placement(qd)),
-                    show,
-                ],
-            ),
-            (Some(qd), None) if aqm => (
-                format!(
-                    "{} on {ifname} drops packets to signal congestion ({}): senders slow down; the queue works as designed.",
-                    qd.kind,
-                    qd.describe()
-                ),
-                vec![
-                    "To have it mark instead of drop, enable ECN on the TCP senders: sysctl -w net.ipv4.tcp_ecn=1".to_string(),
-                    show,
-                ],
-            ),
-            (Some(qd), None) => (
-                format!(
-                    "The {} queue on {ifname} is full ({}): it drops what arrives faster than it lets through.{}",
-                    qd.kind,
-                    qd.describe(),
-                    shaper_note(qd)
-                ),
-                {
-                    let mut f = vec![show];
-                    f.extend(raise(qd, &hint, &dev, d));
-                    f
-                },
-            ),
-            (None, _) => (
-                format!(
-                    "A queue discipline on {ifname} drops packets ({}); its settings could not be read.",
-                    d.reason
-                ),
-                vec![format!("See which queue and its limits: {hint}tc -s qdisc show dev {dev}")],
-            ),
-        };
+        let (summary, fix) = explain(qd.as_ref(), netem_loss, aqm, &ifname, &hint, d);
         let evidence = json!({
             "ifname": ifname,
             "reason": d.reason,
@@ -217,7 +173,7 @@ fn shaper_note(qd: &Qdisc) -> String {
 
 /// The command that gives the queue four times its room, when the kind
 /// has a limit tc can change in place.
-fn raise(qd: &Qdisc, hint: &str, dev: &str, d: &DropRecord) -> Option<String> {
+fn raise(qd: &Qdisc, hint: &str, dev: &str, d: &DropRecord) -> Option<Fix> {
     let l = &qd.limits;
     let at = format!("{} handle {}", placement(qd), qd.handle);
     let cmd = match qd.kind.as_str() {
@@ -244,13 +200,16 @@ fn raise(qd: &Qdisc, hint: &str, dev: &str, d: &DropRecord) -> Option<String> {
         _ => return None,
     };
     let udp = d.proto == Some(Proto::Udp);
-    Some(format!(
-        "If the limit is too tight for bursts, give the queue more room: {cmd}{}",
-        if udp {
-            " (a UDP sender faster than the link still loses: pace it)"
-        } else {
-            ""
-        }
+    Some(Fix::run(
+        format!(
+            "If the limit is too tight for bursts, give the queue more room: {cmd}{}",
+            if udp {
+                " (a UDP sender faster than the link still loses: pace it)"
+            } else {
+                ""
+            }
+        ),
+        vec![cmd],
     ))
 }
 
@@ -264,6 +223,76 @@ fn flow_text(d: &DropRecord) -> Option<String> {
         ),
         _ => format!("{p} {s} > {t}"),
     })
+}
+
+/// What the queue is doing, and the fixes: the remedy first.
+fn explain(
+    qd: Option<&Qdisc>,
+    netem_loss: Option<f64>,
+    aqm: bool,
+    ifname: &str,
+    hint: &str,
+    d: &DropRecord,
+) -> (String, Vec<Fix>) {
+    let dev = q(ifname);
+    // Looking is not fixing: a show command is advice, with no command
+    // to apply.
+    let show = Fix::advice(format!(
+        "Watch its drop counter grow: {hint}tc -s qdisc show dev {dev}"
+    ));
+    match (qd, netem_loss) {
+        (Some(qd), Some(loss)) => (
+            format!(
+                "netem on {ifname} is configured to lose {loss}% of packets at random ({}): it drops them on purpose.",
+                qd.describe()
+            ),
+            {
+                let cmd = format!("{hint}tc qdisc del dev {dev} {}", placement(qd));
+                vec![
+                    Fix::run(
+                        format!("If the emulation is left over from a test, remove it: {cmd}"),
+                        vec![cmd],
+                    ),
+                    show,
+                ]
+            },
+        ),
+        (Some(qd), None) if aqm => (
+            format!(
+                "{} on {ifname} drops packets to signal congestion ({}): senders slow down; the queue works as designed.",
+                qd.kind,
+                qd.describe()
+            ),
+            vec![
+                // Advice: the senders are elsewhere.
+                Fix::advice("To have it mark instead of drop, enable ECN on the TCP senders: sysctl -w net.ipv4.tcp_ecn=1"),
+                show,
+            ],
+        ),
+        (Some(qd), None) => (
+            format!(
+                "The {} queue on {ifname} is full ({}): it drops what arrives faster than it lets through.{}",
+                qd.kind,
+                qd.describe(),
+                shaper_note(qd)
+            ),
+            // The remedy first, when tc can change the limit in place.
+            {
+                let mut f: Vec<Fix> = raise(qd, hint, &dev, d).into_iter().collect();
+                f.push(show);
+                f
+            },
+        ),
+        (None, _) => (
+            format!(
+                "A queue discipline on {ifname} drops packets ({}); its settings could not be read.",
+                d.reason
+            ),
+            vec![Fix::advice(format!(
+                "See which queue and its limits: {hint}tc -s qdisc show dev {dev}"
+            ))],
+        ),
+    }
 }
 
 #[cfg(test)]

@@ -6,7 +6,7 @@
 
 use super::ctx::{Ctx, Finding};
 use super::facts::reverse_path::{rpfilter_drop, ReversePath};
-use super::fix::{bridge_fixes, conf_arg, net, q, route_via, BridgeOwner};
+use super::fix::{bridge_fixes, conf_arg, host_route, net, q, route_via, BridgeOwner, Fix};
 use super::key::Key;
 use super::{Fact, Rule, Tier};
 use serde_json::json;
@@ -51,17 +51,7 @@ impl Rule for RpFilterRouteConflict {
         let bridge = topo.is_bridge(rev_if);
         let rp = topo.rp_filter(&in_link.name);
         let hint = cx.ns_hint(d.netns);
-        let summary = format!(
-            "Packets from {src} arrive on {} but the route back to {src} points into {}{} ({prefix}), so rp_filter={rp} drops them{}.",
-            in_link.name,
-            if bridge { "bridge " } else { "" },
-            rev_link.name,
-            if bridge {
-                ": the peer's network overlaps the bridge subnet"
-            } else {
-                ""
-            }
-        );
+        let summary = summary(src, &in_link.name, &rev_link.name, bridge, &prefix, rp);
         // A published port: the packet was DNAT'd to a container, whose
         // replies no host route can steer.
         let container = d.dst.and_then(|a| cx.container_by_addr(a));
@@ -86,24 +76,15 @@ impl Rule for RpFilterRouteConflict {
                 container_name.as_deref(),
             )
         } else {
-            vec![format!(
-                "Route {src} back out {}, where it arrives: {hint}ip route add {src}/32 {}",
-                in_link.name,
-                route_via(&topo, ingress)
-            )]
+            vec![route_back_fix(&topo, &hint, src, ingress, &in_link.name)]
         };
-        if bridge {
-            fix.push(format!(
-                "Loosening rp_filter ({hint}sysctl -w {} net.ipv4.conf.all.rp_filter=2) only moves the failure: replies to {src} would still be routed into {}",
-                conf_arg(&in_link.name, "rp_filter", 2),
-                q(&rev_link.name)
-            ));
-        } else {
-            fix.push(format!(
-                "If the asymmetry is intended (multi-homing), use loose mode: {hint}sysctl -w {} net.ipv4.conf.all.rp_filter=2",
-                conf_arg(&in_link.name, "rp_filter", 2)
-            ));
-        }
+        fix.push(loosen_fix(
+            bridge,
+            &hint,
+            &in_link.name,
+            &rev_link.name,
+            src,
+        ));
         let evidence = json!({
             "ingress_ifname": in_link.name,
             "src": src,
@@ -128,6 +109,75 @@ impl Rule for RpFilterRouteConflict {
             evidence,
             fix,
         });
+    }
+}
+
+/// Routes the source back out the device it arrives on.
+fn route_back_fix(
+    topo: &crate::host::topology::NsTopology,
+    hint: &str,
+    src: std::net::IpAddr,
+    ingress: i32,
+    in_name: &str,
+) -> Fix {
+    let cmd = format!(
+        "{hint}ip route add {} {}",
+        host_route(src),
+        route_via(topo, ingress)
+    );
+    Fix::run(
+        format!("Route {src} back out {}, where it arrives: {cmd}", in_name),
+        vec![cmd],
+    )
+}
+
+/// One line: where the packets arrive, where the route back points.
+fn summary(
+    src: std::net::IpAddr,
+    in_name: &str,
+    rev_name: &str,
+    bridge: bool,
+    prefix: &str,
+    rp: impl std::fmt::Display,
+) -> String {
+    format!(
+        "Packets from {src} arrive on {} but the route back to {src} points into {}{} ({prefix}), so rp_filter={rp} drops them{}.",
+        in_name,
+        if bridge { "bridge " } else { "" },
+        rev_name,
+        if bridge {
+            ": the peer's network overlaps the bridge subnet"
+        } else {
+            ""
+        }
+    )
+}
+
+/// Loose mode: the fix where the asymmetry is intended, and only advice
+/// for a bridge overlap, which it does not heal.
+fn loosen_fix(
+    bridge: bool,
+    hint: &str,
+    in_name: &str,
+    rev_name: &str,
+    src: std::net::IpAddr,
+) -> Fix {
+    if bridge {
+        // Advice only: loosening does not heal a bridge overlap.
+        Fix::advice(format!(
+            "Loosening rp_filter ({hint}sysctl -w {} net.ipv4.conf.all.rp_filter=2) only moves the failure: replies to {src} would still be routed into {}",
+            conf_arg(in_name, "rp_filter", 2),
+            q(rev_name)
+        ))
+    } else {
+        let cmd = format!(
+            "{hint}sysctl -w {} net.ipv4.conf.all.rp_filter=2",
+            conf_arg(in_name, "rp_filter", 2)
+        );
+        Fix::run(
+            format!("If the asymmetry is intended (multi-homing), use loose mode: {cmd}"),
+            vec![cmd],
+        )
     }
 }
 
@@ -198,6 +248,12 @@ mod tests {
             let cmd = &f[f.find("ip netns exec").unwrap()..];
             let words = shlex::split(cmd).unwrap();
             assert_eq!(words[3], name, "{f}");
+        }
+        // The commands to run are the quoted ones the text shows.
+        let run: Vec<&String> = v[0].fix_commands.iter().flatten().collect();
+        assert!(!run.is_empty(), "{:?}", v[0].fix_commands);
+        for c in run {
+            assert_eq!(shlex::split(c).unwrap()[3], name, "{c}");
         }
     }
 

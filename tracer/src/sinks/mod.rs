@@ -2,6 +2,7 @@
 //! person, or one JSON object per line for a program; and the summary.
 
 pub mod file;
+pub mod log_file;
 pub mod pcapng;
 pub mod printable;
 pub mod rolling;
@@ -63,13 +64,16 @@ impl Output {
 
     /// Writes to a file (a log that a collector tails), never coloured;
     /// opened by the rules of `file` (`existing`: `--append` or not).
-    pub fn to_file(
+    /// Lines to a log file that survives a full disk and rotates past
+    /// `max` bytes (see `log_file`).
+    pub fn to_log(
         path: &std::path::Path,
         existing: file::Existing,
+        max: Option<u64>,
         format: Format,
         own_netns: u32,
     ) -> anyhow::Result<Self> {
-        let f = file::open(path, existing)?;
+        let f = log_file::LogFile::open(path, existing, max)?;
         Ok(Self::to(format, own_netns, f, false))
     }
 
@@ -335,24 +339,7 @@ impl Output {
                 s.aggregated
             ));
         }
-        if s.storm_paused_ms > 0 {
-            lines.push(format!(
-                "    route lookups and SYN checks paused {:.1}s during storms (the storms' flows were traced before)",
-                s.storm_paused_ms as f64 / 1000.0
-            ));
-        }
-        if s.routes_parked_ms > 0 {
-            lines.push(format!(
-                "    route lookups parked {:.1}s: the host was busy and nothing dropped (a drop traces them again)",
-                s.routes_parked_ms as f64 / 1000.0
-            ));
-        }
-        if s.syn_check_parked_ms > 0 {
-            lines.push(format!(
-                "    SYN/MSS check parked {:.1}s: no connected devices mixed MTUs, so no SYN could outgrow one",
-                s.syn_check_parked_ms as f64 / 1000.0
-            ));
-        }
+        lines.extend(detached_lines(s));
         if s.kernel.recursion_misses > 0 {
             lines.push(self.paint(
                 RED,
@@ -374,31 +361,7 @@ impl Output {
         let mut reasons: Vec<_> = s.by_reason.iter().collect();
         reasons.sort_by(|a, b| b.1.cmp(a.1).then(a.0.cmp(b.0)));
         if !s.verdict_kinds.is_empty() {
-            // One line for all kinds: a port scan must not repeat itself.
-            let parts: Vec<String> = s
-                .verdict_kinds
-                .iter()
-                .map(|(k, n)| {
-                    if *n == 1 {
-                        k.clone()
-                    } else {
-                        format!("{k} x{n}")
-                    }
-                })
-                .collect();
-            let faults = if s.faults == 0 {
-                "no fault proven".to_string()
-            } else {
-                format!(
-                    "{} proven fault{}",
-                    s.faults,
-                    if s.faults == 1 { "" } else { "s" }
-                )
-            };
-            lines.push(self.paint(
-                BOLD,
-                &format!("    verdicts ({faults}): {}", parts.join(", ")),
-            ));
+            lines.push(self.paint(BOLD, &verdicts_line(s)));
         }
         for (r, n) in reasons {
             lines.push(format!("    {n:>7}  {r}"));
@@ -425,6 +388,55 @@ impl Output {
         }
         Ok(())
     }
+}
+
+/// How long the per-packet programs were shed or parked, in words.
+fn detached_lines(s: &Summary) -> Vec<String> {
+    let mut lines = Vec::new();
+    if s.storm_shed_ms > 0 {
+        lines.push(format!(
+            "    route lookups and SYN checks paused {:.1}s during storms (the storms' flows were traced before)",
+            s.storm_shed_ms as f64 / 1000.0
+        ));
+    }
+    if s.routes_parked_ms > 0 {
+        lines.push(format!(
+            "    route lookups parked {:.1}s: the host was busy and nothing dropped (a drop traces them again)",
+            s.routes_parked_ms as f64 / 1000.0
+        ));
+    }
+    if s.syn_check_parked_ms > 0 {
+        lines.push(format!(
+            "    SYN/MSS check parked {:.1}s: no connected devices mixed MTUs, so no SYN could outgrow one",
+            s.syn_check_parked_ms as f64 / 1000.0
+        ));
+    }
+    lines
+}
+
+/// The verdicts by kind, in one line: a port scan must not repeat itself.
+fn verdicts_line(s: &Summary) -> String {
+    let parts: Vec<String> = s
+        .verdict_kinds
+        .iter()
+        .map(|(k, n)| {
+            if *n == 1 {
+                k.clone()
+            } else {
+                format!("{k} x{n}")
+            }
+        })
+        .collect();
+    let faults = if s.faults == 0 {
+        "no fault proven".to_string()
+    } else {
+        format!(
+            "{} proven fault{}",
+            s.faults,
+            if s.faults == 1 { "" } else { "s" }
+        )
+    };
+    format!("    verdicts ({faults}): {}", parts.join(", "))
 }
 
 /// Counts for the end-of-run summary.
@@ -464,18 +476,19 @@ pub struct Summary {
     /// Proven faults among the verdicts.
     #[serde(skip_serializing_if = "is_zero")]
     pub faults: u64,
-    /// Milliseconds the route-lookup and SYN programs were detached
-    /// because the kernel was aggregating a drop storm (`diagnose`).
-    #[serde(skip_serializing_if = "is_zero")]
-    pub storm_paused_ms: u64,
+    /// Milliseconds the route-lookup and SYN programs were shed because
+    /// the kernel was aggregating a drop storm (`diagnose`). Its JSON name
+    /// predates the word "shed" and stays, as readers rely on it.
+    #[serde(rename = "storm_paused_ms", skip_serializing_if = "is_zero")]
+    pub storm_shed_ms: u64,
     /// Milliseconds the SYN check was detached because no connected
     /// devices mixed MTUs, so no SYN could be flagged (`diagnose`).
     #[serde(skip_serializing_if = "is_zero")]
     pub syn_check_parked_ms: u64,
     /// Milliseconds the route-lookup programs were detached because the
     /// host was busy and nothing had happened for a while (`diagnose`).
-    /// Like `syn_check_parked_ms`, it may overlap `storm_paused_ms`: a
-    /// storm detaches every per-packet program, parked or not.
+    /// Like `syn_check_parked_ms`, it may overlap `storm_shed_ms`: a
+    /// storm sheds every per-packet program, parked or not.
     #[serde(skip_serializing_if = "is_zero")]
     pub routes_parked_ms: u64,
     pub duration_s: f64,

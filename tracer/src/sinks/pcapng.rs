@@ -267,7 +267,7 @@ impl PcapSink {
                 o.text(OPT_COMMENT, &n);
             }
             o.add(ISB_USRDELIV, &self.packets.to_le_bytes());
-            let now = crate::record::wall_now_ns();
+            let now = crate::kernel::clock::wall_now_ns();
             let mut body = Vec::new();
             body.extend_from_slice(&id.to_le_bytes());
             body.extend_from_slice(&((now >> 32) as u32).to_le_bytes());

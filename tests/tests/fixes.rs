@@ -1,0 +1,490 @@
+//! Fixes tested by applying them: each lab breaks traffic one way, runs
+//! `tracer diagnose -o json`, pastes the verdict's first fix
+//! (`fix_commands[0]`) into `bash -c` as a user would, then shows the
+//! traffic works and a second `diagnose` proves no fault. Names, subnets
+//! and MTUs differ from the labs of `tracer lab`, so that no rule (and no
+//! fix) keys on them.
+
+use serde_json::Value;
+use std::process::Command;
+use std::time::Duration;
+use tracer_tests::{prefix, start, Netlab};
+
+/// Runs `tracer diagnose` on the lab namespaces `ns` while `traffic` runs,
+/// plus the late evidence's time (neighbour failure, retransmissions), and
+/// returns every JSON line.
+fn diagnose_while(lab: &Netlab, ns: &[&str], traffic: impl FnOnce()) -> Vec<Value> {
+    let mut args = vec!["diagnose".to_string()];
+    for n in ns {
+        args.push("--netns".into());
+        args.push(lab.name(n));
+    }
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let run = start(&args);
+    traffic();
+    std::thread::sleep(Duration::from_millis(3000));
+    run.stop()
+}
+
+fn verdict<'a>(lines: &'a [Value], kind: &str) -> &'a Value {
+    lines
+        .iter()
+        .find(|v| v["type"] == "verdict" && v["kind"] == kind && v["fault"] == true)
+        .unwrap_or_else(|| {
+            let got: Vec<&Value> = lines.iter().filter(|v| v["type"] == "verdict").collect();
+            panic!("no proven {kind} verdict in {got:#?}")
+        })
+}
+
+fn faults(lines: &[Value]) -> Vec<&Value> {
+    lines
+        .iter()
+        .filter(|v| v["type"] == "verdict" && v["fault"] == true)
+        .collect()
+}
+
+/// Pastes the first fix of `v`: every command through `bash -c`, each of
+/// which must succeed and be the one the fix's text shows.
+fn apply_first_fix(v: &Value) {
+    let text = v["fix"][0].as_str().unwrap();
+    let cmds = v["fix_commands"][0].as_array().unwrap();
+    assert!(!cmds.is_empty(), "fix 1 is advice only: {v}");
+    for c in cmds {
+        let c = c.as_str().unwrap();
+        // The PMTU fix shows its FORWARD twin as "(and in FORWARD)".
+        let shown = text.contains(c) || text.contains(&c.replace(" -I FORWARD ", " -I OUTPUT "));
+        assert!(shown, "{c:?} is not what fix 1 shows: {text:?}");
+        let out = Command::new("bash").args(["-c", c]).output().unwrap();
+        assert!(
+            out.status.success(),
+            "{c}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+}
+
+/// Three pings from `ns` to `dst` with `size` bytes of payload; true
+/// when at least one reply came back.
+fn ping(lab: &Netlab, ns: &str, dst: &str, size: u32) -> bool {
+    lab.try_exec(ns, &format!("ping -c 3 -i 0.2 -W 1 -s {size} {dst}"))
+        .unwrap()
+        .status
+        .success()
+}
+
+/// The second run: the traffic works, and nothing is proven.
+fn healed(lab: &Netlab, ns: &[&str], works: impl FnOnce() -> bool) {
+    healed_but(lab, ns, works, None)
+}
+
+/// `healed`, where a fault about the broken run's TCP connection (its
+/// client port `old_port`) is not new: the server's socket outlives the
+/// client and keeps retransmitting what the fix came too late for.
+fn healed_but(lab: &Netlab, ns: &[&str], works: impl FnOnce() -> bool, old_port: Option<u16>) {
+    let mut ok = false;
+    let lines = diagnose_while(lab, ns, || ok = works());
+    assert!(ok, "the traffic still fails after the fix");
+    let new: Vec<&Value> = faults(&lines)
+        .into_iter()
+        .filter(|v| {
+            let e = &v["evidence"];
+            old_port.is_none_or(|p| e["sport"] != p && e["dport"] != p)
+        })
+        .collect();
+    assert!(new.is_empty(), "{new:#?}");
+}
+
+/// A multi-homed server `srv` (10.66.0.9 on `up1`, through `gw` from the
+/// client 10.61.3.7) whose route back to the client's network, `back`,
+/// points out `side2` (towards `alt`) instead; rp_filter is `rp`.
+fn multihomed_lab(test: &str, back: &str, rp: u8) -> Netlab {
+    let mut lab = Netlab::new(&prefix(test)).unwrap();
+    for n in ["cli", "gw", "srv", "alt"] {
+        lab.ns(n).unwrap();
+    }
+    lab.veth("cli", "c0", "gw", "g0").unwrap();
+    lab.veth("gw", "g1", "srv", "up1").unwrap();
+    lab.veth("srv", "side2", "alt", "a0").unwrap();
+    lab.exec("alt", "ip addr add 10.88.0.1/24 dev a0").unwrap();
+    lab.exec(
+        "cli",
+        "ip addr add 10.61.3.7/24 dev c0 && ip route add default via 10.61.3.1",
+    )
+    .unwrap();
+    lab.exec(
+        "gw",
+        "ip addr add 10.61.3.1/24 dev g0 && ip addr add 10.66.0.1/24 dev g1 && \
+         sysctl -qw net.ipv4.ip_forward=1",
+    )
+    .unwrap();
+    lab.exec(
+        "srv",
+        &format!(
+            "ip addr add 10.66.0.9/24 dev up1 && ip route add default via 10.66.0.1 && \
+             ip addr add 10.88.0.2/24 dev side2 && {back} && \
+             sysctl -qw net.ipv4.conf.all.rp_filter={rp} net.ipv4.conf.up1.rp_filter={rp}"
+        ),
+    )
+    .unwrap();
+    lab
+}
+
+/// Strict rp_filter on the multi-homed server, whose more specific route
+/// sends the client's network back through `alt`: the pings are dropped
+/// on arrival. Fix 1 routes the client back where it arrives.
+#[test]
+fn rpfilter_route_conflict_fix_heals() {
+    let lab = multihomed_lab(
+        "fxrpf",
+        "ip route add 10.61.0.0/16 via 10.88.0.1 dev side2",
+        1,
+    );
+    let ns = ["cli", "gw", "srv"];
+    let lines = diagnose_while(&lab, &ns, || {
+        assert!(!ping(&lab, "cli", "10.66.0.9", 56));
+    });
+    let v = verdict(&lines, "rpfilter_route_conflict");
+    assert_eq!(v["evidence"]["ingress_ifname"], "up1", "{v}");
+    apply_first_fix(v);
+    healed(&lab, &ns, || ping(&lab, "cli", "10.66.0.9", 56));
+}
+
+/// No rp_filter, and the client's network on-link on `side2`: the replies
+/// ask ARP there, where nobody answers. Fix 1 routes the client back
+/// where it arrives.
+#[test]
+fn asymmetric_route_fix_heals() {
+    let lab = multihomed_lab("fxasym", "ip route add 10.61.0.0/16 dev side2", 0);
+    let ns = ["cli", "gw", "srv"];
+    let lines = diagnose_while(&lab, &ns, || {
+        assert!(!ping(&lab, "cli", "10.66.0.9", 56));
+    });
+    let v = verdict(&lines, "asymmetric_route");
+    apply_first_fix(v);
+    healed(&lab, &ns, || ping(&lab, "cli", "10.66.0.9", 56));
+}
+
+/// A router with forwarding off between two links. Fix 1 turns it on.
+#[test]
+fn forwarding_disabled_fix_heals() {
+    let mut lab = Netlab::new(&prefix("fxfwd")).unwrap();
+    for n in ["lan", "mid", "far"] {
+        lab.ns(n).unwrap();
+    }
+    lab.veth("lan", "l0", "mid", "m0").unwrap();
+    lab.veth("mid", "m1", "far", "d0").unwrap();
+    lab.exec(
+        "lan",
+        "ip addr add 10.203.44.2/24 dev l0 && ip route add default via 10.203.44.1",
+    )
+    .unwrap();
+    lab.exec(
+        "mid",
+        "ip addr add 10.203.44.1/24 dev m0 && ip addr add 10.204.8.1/24 dev m1 && \
+         sysctl -qw net.ipv4.ip_forward=0",
+    )
+    .unwrap();
+    lab.exec(
+        "far",
+        "ip addr add 10.204.8.30/24 dev d0 && ip route add default via 10.204.8.1",
+    )
+    .unwrap();
+    let ns = ["lan", "mid", "far"];
+    let lines = diagnose_while(&lab, &ns, || {
+        assert!(!ping(&lab, "lan", "10.204.8.30", 56));
+    });
+    let v = verdict(&lines, "forwarding_disabled");
+    apply_first_fix(v);
+    healed(&lab, &ns, || ping(&lab, "lan", "10.204.8.30", 56));
+}
+
+/// A veth whose ends disagree (1500 against 1280): large frames die on
+/// the narrow end. Fix 1 gives both ends the same MTU.
+#[test]
+fn l2_mtu_mismatch_fix_heals() {
+    let mut lab = Netlab::new(&prefix("fxl2")).unwrap();
+    for n in ["left", "right"] {
+        lab.ns(n).unwrap();
+    }
+    lab.veth("left", "lx0", "right", "rx0").unwrap();
+    lab.exec(
+        "left",
+        "ip link set lx0 mtu 1500 && ip addr add 10.231.5.1/24 dev lx0",
+    )
+    .unwrap();
+    lab.exec(
+        "right",
+        "ip link set rx0 mtu 1280 && ip addr add 10.231.5.2/24 dev rx0",
+    )
+    .unwrap();
+    let ns = ["left", "right"];
+    let lines = diagnose_while(&lab, &ns, || {
+        // Small first: ARP resolves, so the large ones are sent at once.
+        assert!(ping(&lab, "left", "10.231.5.2", 100));
+        assert!(!ping(&lab, "left", "10.231.5.2", 1400));
+    });
+    let v = verdict(&lines, "l2_mtu_mismatch");
+    apply_first_fix(v);
+    healed(&lab, &ns, || ping(&lab, "left", "10.231.5.2", 1400));
+}
+
+/// Bytes of the file the origin serves in the MTU labs.
+const BLOB: usize = 2 << 20;
+
+/// pod 10.150.7.2 (MTU 1500) -- node (forwards; `tun9` MTU 1360) --
+/// relay (MTU 1360 | 1500, drops its own ICMP frag-needed) -- origin
+/// 10.152.4.20 (MTU 1500), which serves a 2 MiB file over HTTP. The pod's
+/// download stalls: the origin's full-size segments do not fit the
+/// narrow link and the ICMP that would shrink them is dropped.
+fn mtu_lab(test: &str) -> Netlab {
+    let mut lab = Netlab::new(&prefix(test)).unwrap();
+    for n in ["pod", "node", "relay", "origin"] {
+        lab.ns(n).unwrap();
+    }
+    lab.veth("pod", "p0", "node", "vpod").unwrap();
+    lab.veth("node", "tun9", "relay", "e0").unwrap();
+    lab.veth("relay", "e1", "origin", "o0").unwrap();
+    lab.exec(
+        "pod",
+        "ip addr add 10.150.7.2/24 dev p0 && ip route add default via 10.150.7.1",
+    )
+    .unwrap();
+    lab.exec(
+        "node",
+        "sysctl -qw net.ipv4.ip_forward=1 && ip addr add 10.150.7.1/24 dev vpod && \
+         ip link set tun9 mtu 1360 && ip addr add 10.151.9.2/24 dev tun9 && \
+         ip route add default via 10.151.9.1",
+    )
+    .unwrap();
+    lab.exec(
+        "relay",
+        "sysctl -qw net.ipv4.ip_forward=1 && ip link set e0 mtu 1360 && \
+         ip addr add 10.151.9.1/24 dev e0 && ip addr add 10.152.4.1/24 dev e1 && \
+         ip route add 10.150.7.0/24 via 10.151.9.2 && \
+         iptables -A OUTPUT -p icmp --icmp-type fragmentation-needed -j DROP",
+    )
+    .unwrap();
+    lab.exec(
+        "origin",
+        "ip addr add 10.152.4.20/24 dev o0 && ip route add default via 10.152.4.1",
+    )
+    .unwrap();
+    // A server that writes the body from memory: no file to clean up.
+    lab.spawn(
+        "origin",
+        &format!(
+            "/usr/bin/python3 -c 'import http.server as h\n\
+             class H(h.BaseHTTPRequestHandler):\n\
+             \x20def do_GET(s):\n\
+             \x20 s.send_response(200); s.send_header(\"Content-Length\", \"{BLOB}\"); s.end_headers()\n\
+             \x20 s.wfile.write(b\"x\" * {BLOB})\n\
+             h.ThreadingHTTPServer((\"10.152.4.20\", 8181), H).serve_forever()'"
+        ),
+    )
+    .unwrap();
+    // The server is up once its port answers.
+    lab.exec(
+        "origin",
+        "for i in $(seq 50); do bash -c 'echo > /dev/tcp/10.152.4.20/8181' 2>/dev/null && exit 0; sleep 0.1; done; exit 1",
+    )
+    .unwrap();
+    lab
+}
+
+/// The pod's download from client port `port`: true when the whole file
+/// arrived in time.
+fn download(lab: &Netlab, port: u16) -> bool {
+    let out = lab
+        .try_exec(
+            "pod",
+            &format!(
+                "curl -s -o /dev/null -w '%{{size_download}}' --max-time 5 --local-port {port} \
+                 http://10.152.4.20:8181/blob"
+            ),
+        )
+        .unwrap();
+    String::from_utf8_lossy(&out.stdout).trim() == BLOB.to_string()
+}
+
+const MTU_NS: [&str; 4] = ["pod", "node", "relay", "origin"];
+
+/// The client ports of the broken download and of the one after the fix.
+const BROKEN_PORT: u16 = 41731;
+const FIXED_PORT: u16 = 41732;
+
+/// Fix 1 of mss_exceeds_mtu clamps the MSS where the SYN leaves by the
+/// narrow link: no device's MTU changes, so no L2 mismatch can follow.
+#[test]
+fn mss_exceeds_mtu_fix_heals() {
+    let lab = mtu_lab("fxmss");
+    let lines = diagnose_while(&lab, &MTU_NS, || assert!(!download(&lab, BROKEN_PORT)));
+    let v = verdict(&lines, "mss_exceeds_mtu");
+    assert!(
+        !v["fix_commands"][0].to_string().contains("link set"),
+        "fix 1 changes an MTU: {v}"
+    );
+    apply_first_fix(v);
+    // The clamp acts on new connections' SYNs: the broken one's segments
+    // stay too big until its server gives up.
+    healed_but(
+        &lab,
+        &MTU_NS,
+        || download(&lab, FIXED_PORT),
+        Some(BROKEN_PORT),
+    );
+}
+
+/// Fix 1 of the PMTU black hole, where the ICMP is blocked, lets the ICMP
+/// out: PMTU discovery then shrinks the segments itself.
+#[test]
+fn pmtu_blackhole_fix_heals() {
+    let lab = mtu_lab("fxpmtu");
+    let lines = diagnose_while(&lab, &MTU_NS, || assert!(!download(&lab, BROKEN_PORT)));
+    let v = verdict(&lines, "pmtu_blackhole");
+    assert_eq!(v["evidence"]["icmp_blocked"], true, "{v}");
+    apply_first_fix(v);
+    healed(&lab, &MTU_NS, || download(&lab, FIXED_PORT));
+}
+
+/// IPv6: a router with forwarding off. Fix 1 turns it on.
+#[test]
+fn ipv6_forwarding_disabled_fix_heals() {
+    let mut lab = Netlab::new(&prefix("fxfwd6")).unwrap();
+    for n in ["edge", "core", "sink"] {
+        lab.ns(n).unwrap();
+    }
+    lab.veth("edge", "x0", "core", "y0").unwrap();
+    lab.veth("core", "y1", "sink", "z0").unwrap();
+    // nodad: the addresses are usable at once.
+    lab.exec(
+        "edge",
+        "ip addr add fd5e:71::2/64 dev x0 nodad && ip route add default via fd5e:71::1",
+    )
+    .unwrap();
+    lab.exec(
+        "core",
+        "ip addr add fd5e:71::1/64 dev y0 nodad && ip addr add fd5e:72::1/64 dev y1 nodad && \
+         sysctl -qw net.ipv6.conf.all.forwarding=0",
+    )
+    .unwrap();
+    lab.exec(
+        "sink",
+        "ip addr add fd5e:72::40/64 dev z0 nodad && ip route add default via fd5e:72::1",
+    )
+    .unwrap();
+    let ns = ["edge", "core", "sink"];
+    let lines = diagnose_while(&lab, &ns, || {
+        assert!(!ping(&lab, "edge", "fd5e:72::40", 56));
+    });
+    let v = verdict(&lines, "forwarding_disabled");
+    assert_eq!(v["evidence"]["sysctl"], "net.ipv6.conf.all.forwarding");
+    apply_first_fix(v);
+    healed(&lab, &ns, || ping(&lab, "edge", "fd5e:72::40", 56));
+}
+
+/// tx, bystander and holder on one bridge (`sw9`, in `hub`); tx's
+/// neighbour entries for holder's addresses point at bystander, as after
+/// the addresses moved. Fix 1 deletes them on tx, which then finds holder.
+#[test]
+fn misdelivered_fix_heals() {
+    let mut lab = Netlab::new(&prefix("fxmis")).unwrap();
+    for n in ["tx", "hub", "bystander", "holder"] {
+        lab.ns(n).unwrap();
+    }
+    lab.exec("hub", "ip link add sw9 type bridge && ip link set sw9 up")
+        .unwrap();
+    for (n, dev, port, last) in [
+        ("tx", "t1", "q-tx", 5),
+        ("bystander", "b1", "q-by", 6),
+        ("holder", "h1", "q-ho", 77),
+    ] {
+        lab.veth(n, dev, "hub", port).unwrap();
+        lab.exec("hub", &format!("ip link set {port} master sw9"))
+            .unwrap();
+        lab.exec(
+            n,
+            &format!(
+                "ip addr add 10.93.12.{last}/24 dev {dev} && \
+                 ip addr add fd93:12::{last}/64 dev {dev} nodad"
+            ),
+        )
+        .unwrap();
+    }
+    let mac = lab
+        .exec("bystander", "cat /sys/class/net/b1/address")
+        .unwrap();
+    let mac = mac.trim();
+    lab.exec(
+        "tx",
+        &format!(
+            "ip neigh replace 10.93.12.77 lladdr {mac} dev t1 && \
+             ip -6 neigh replace fd93:12::77 lladdr {mac} dev t1"
+        ),
+    )
+    .unwrap();
+    let ns = ["tx", "hub", "bystander", "holder"];
+    let dsts = ["10.93.12.77", "fd93:12::77"];
+    let lines = diagnose_while(&lab, &ns, || {
+        for d in dsts {
+            assert!(!ping(&lab, "tx", d, 56));
+        }
+    });
+    let found: Vec<&Value> = lines
+        .iter()
+        .filter(|v| v["type"] == "verdict" && v["kind"] == "misdelivered")
+        .collect();
+    assert_eq!(found.len(), 2, "{lines:#?}");
+    for v in found {
+        assert_eq!(v["fault"], true, "{v}");
+        apply_first_fix(v);
+    }
+    healed(&lab, &ns, || dsts.iter().all(|d| ping(&lab, "tx", d, 56)));
+}
+
+/// Sends `n` UDP datagrams of 1000 bytes back to back from `qs` to `qr`
+/// (bash's /dev/udp, in one process) and says whether all arrived
+/// (`qr`'s device counts them: no receiver
+/// is needed, the port's refusal is only a note).
+fn udp_burst(lab: &Netlab, n: u32) -> bool {
+    let rx = || -> u64 {
+        lab.exec("qr", "cat /sys/class/net/r0/statistics/rx_packets")
+            .unwrap()
+            .trim()
+            .parse()
+            .unwrap()
+    };
+    let before = rx();
+    lab.exec(
+        "qs",
+        &format!(
+            "bash -c 'for i in $(seq {n}); do printf %1000s x > /dev/udp/10.177.30.2/7070; done'; sleep 0.5"
+        ),
+    )
+    .unwrap();
+    rx() - before >= n as u64
+}
+
+/// A token bucket whose queue holds 3000 bytes: a burst of eight
+/// datagrams overflows it. Fix 1 gives the queue four times the room.
+#[test]
+fn qdisc_drop_fix_heals() {
+    let mut lab = Netlab::new(&prefix("fxtbf")).unwrap();
+    for n in ["qs", "qr"] {
+        lab.ns(n).unwrap();
+    }
+    lab.veth("qs", "w0", "qr", "r0").unwrap();
+    lab.exec(
+        "qs",
+        "ip addr add 10.177.30.1/24 dev w0 && \
+         tc qdisc add dev w0 root handle 8002: tbf rate 8mbit burst 3000 limit 3000",
+    )
+    .unwrap();
+    lab.exec("qr", "ip addr add 10.177.30.2/24 dev r0").unwrap();
+    // ARP resolved first: the burst leaves at once.
+    assert!(ping(&lab, "qs", "10.177.30.2", 56));
+    let ns = ["qs", "qr"];
+    let lines = diagnose_while(&lab, &ns, || assert!(!udp_burst(&lab, 8)));
+    let v = verdict(&lines, "qdisc_drop");
+    apply_first_fix(v);
+    healed(&lab, &ns, || udp_burst(&lab, 8));
+}
