@@ -13,7 +13,7 @@
 //! SNAT, spoofing, a duplicate address or a loop: no knob fixes that.
 
 use super::ctx::{Ctx, Finding};
-use super::fix::{conf_arg, q};
+use super::fix::{conf_arg, q, Fix};
 use super::key::Key;
 use super::{Fact, Rule, Tier};
 use crate::events::reason::Reason;
@@ -61,10 +61,11 @@ impl Rule for Martian {
             .or_else(|| cx.link(d.netns, ifindex).map(|l| l.name))
             .unwrap_or_else(|| format!("if{ifindex}"));
         let hint = cx.ns_hint(d.netns);
-        let find_sender = format!(
+        // Looking is not fixing: advice, with no command to apply.
+        let find_sender = Fix::advice(format!(
             "Find the sender (its MAC names it): {hint}tcpdump -eni {} src host {src}",
             q(&dev)
-        );
+        ));
         // The device of this host that holds the source, if any.
         let holder = cx.topo(d.netns).and_then(|t| {
             t.links
@@ -87,15 +88,20 @@ impl Rule for Martian {
                 format!(
                     "Packets from {src} arriving on {dev} are addressed to {dst}{nat}: the kernel routes a loopback destination from a link only with {sysctl} on, and it is off."
                 ),
-                vec![
-                    format!(
-                        "If {dst} is where they should go (a service listening on loopback), let the kernel route them: {hint}sysctl -w {}",
-                        conf_arg(&dev, sysctl, 1)
-                    ),
-                    format!(
-                        "Or, without opening loopback to {dev}: have the service listen on an address of {dev} and send (DNAT) the traffic there"
-                    ),
-                ],
+                {
+                    let cmd = format!("{hint}sysctl -w {}", conf_arg(&dev, sysctl, 1));
+                    vec![
+                        Fix::run(
+                            format!(
+                                "If {dst} is where they should go (a service listening on loopback), let the kernel route them: {cmd}"
+                            ),
+                            vec![cmd],
+                        ),
+                        Fix::advice(format!(
+                            "Or, without opening loopback to {dev}: have the service listen on an address of {dev} and send (DNAT) the traffic there"
+                        )),
+                    ]
+                },
             )
         } else if localnet {
             (
@@ -122,9 +128,12 @@ impl Rule for Martian {
             if let Some((_, name)) = other {
                 let knob = "accept_local";
                 sysctl = Some(knob);
-                fix.push(format!(
-                    "If {name} and {dev} are wired to each other on purpose (this host talking to itself across a link), accept it: {hint}sysctl -w {}",
-                    conf_arg(&dev, knob, 1)
+                let cmd = format!("{hint}sysctl -w {}", conf_arg(&dev, knob, 1));
+                fix.push(Fix::run(
+                    format!(
+                        "If {name} and {dev} are wired to each other on purpose (this host talking to itself across a link), accept it: {cmd}"
+                    ),
+                    vec![cmd],
                 ));
             }
             ("martian_source", sysctl, summary, fix)

@@ -9,7 +9,7 @@
 //! datagram is lost to the application.
 
 use super::ctx::{Ctx, Finding};
-use super::fix::{host_port, q};
+use super::fix::{host_port, q, Fix};
 use super::key::Key;
 use super::{Fact, Rule, Tier};
 use crate::events::reason::Reason;
@@ -103,20 +103,31 @@ impl Rule for SocketBufferFull {
         // room to grow past what filled up here.
         let target = rmem_max.map_or(RMEM_MAX_FALLBACK, |m| (m * 2).max(RMEM_MAX_FALLBACK));
         let now = |v: Option<u64>| v.map_or(String::new(), |v| format!(" (now {v})"));
+        let rmem_max_cmd = format!("sysctl -w net.core.rmem_max={target}");
+        let rmem_default_cmd = format!("sysctl -w net.core.rmem_default={}", target / 2);
+        // The root cause first: a reader slower than its senders.
         let fix = vec![
-            format!("See the socket, the process holding it, its queue (Recv-Q) and buffer (skmem rb): {ss}"),
-            format!(
+            Fix::advice(format!(
                 "Have the application drain it faster (more reader threads, recvmmsg, SO_REUSEPORT) or ask for a bigger buffer with setsockopt(SO_RCVBUF); the kernel caps that at net.core.rmem_max{}",
                 now(rmem_max)
+            )),
+            Fix::run(
+                format!(
+                    "Give SO_RCVBUF room, on the host (net.core.rmem_max is host-wide, read-only inside a namespace): {rmem_max_cmd}"
+                ),
+                vec![rmem_max_cmd],
             ),
-            format!(
-                "Give SO_RCVBUF room, on the host (net.core.rmem_max is host-wide, read-only inside a namespace): sysctl -w net.core.rmem_max={target}"
+            Fix::run(
+                format!(
+                    "For applications that set no SO_RCVBUF, raise the default, also host-wide: {rmem_default_cmd}{}",
+                    now(rmem_default)
+                ),
+                vec![rmem_default_cmd],
             ),
-            format!(
-                "For applications that set no SO_RCVBUF, raise the default, also host-wide: sysctl -w net.core.rmem_default={}{}",
-                target / 2,
-                now(rmem_default)
-            ),
+            // Looking is not fixing: advice, with no command to apply.
+            Fix::advice(format!(
+                "See the socket, the process holding it, its queue (Recv-Q) and buffer (skmem rb): {ss}"
+            )),
         ];
         let evidence = json!({
             "reason": d.reason,
