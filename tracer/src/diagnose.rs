@@ -731,6 +731,38 @@ mod tests {
     }
 
     #[test]
+    fn replay_socket_buffer_full_names_each_socket() {
+        // tests/socket_buffer.rs: a UDP socket that never reads, on
+        // 10.61.37.2:6389 and [fd61:37::2]:6390, flooded from a peer.
+        assert_eq!(
+            replayed("socket-buffer-full"),
+            [
+                ("socket_buffer_full", Tier::Proven),
+                ("socket_buffer_full", Tier::Proven)
+            ]
+        );
+    }
+
+    #[test]
+    fn replay_martians_offer_route_localnet_only_for_a_loopback_destination() {
+        // tests/martian.rs: a DNAT to 127.0.0.1 and a wrong SNAT to the
+        // receiver's own address, both arriving on dn0.
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/recordings/martian.jsonl");
+        let (_, engine) = replay(&path, |_| Ok(())).unwrap();
+        let v = engine.verdicts();
+        let kinds: Vec<_> = v.iter().map(|v| (v.kind, v.tier)).collect();
+        assert_eq!(
+            kinds,
+            [
+                ("martian_destination", Tier::Proven),
+                ("martian_source", Tier::Proven)
+            ]
+        );
+        assert!(v[0].fix[0].ends_with("sysctl -w net.ipv4.conf.dn0.route_localnet=1"));
+        assert!(v[1].fix.iter().all(|f| !f.contains("sysctl")));
+    }
+
+    #[test]
     fn replay_misdelivered_names_the_sender_not_forwarding() {
         // A one-link host gets packets for 10.47.3.9 and fd47:3::9, which
         // its neighbour on the bridge maps to this host's MAC.

@@ -7,5 +7,6 @@ pub mod mtu_mix;
 pub mod netns;
 pub mod proc;
 pub mod qdisc;
+pub mod snmp;
 pub mod softnet;
 pub mod topology;

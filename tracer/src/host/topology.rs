@@ -35,6 +35,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::host::netns::{self, NetnsCache, NetnsInfo};
 use crate::host::qdisc::{self, Qdisc};
+use crate::host::snmp::UdpCounters;
 use netlink_packet_route::tc::TcMessage;
 
 pub const RT_TABLE_DEFAULT: u32 = 253;
@@ -155,6 +156,13 @@ pub struct Sysctls {
     /// so a changed value is a change on the path. None without nftables.
     #[serde(default)]
     pub nft_genid: Option<u32>,
+    /// net.core.rmem_max: the most SO_RCVBUF may ask for (host-wide:
+    /// read-only, the host's value, in other namespaces).
+    #[serde(default)]
+    pub rmem_max: Option<u64>,
+    /// net.core.rmem_default: the receive buffer of a socket that sets none.
+    #[serde(default)]
+    pub rmem_default: Option<u64>,
 }
 
 /// One namespace's topology; also a recording's snapshot (serde), where
@@ -171,6 +179,10 @@ pub struct NsTopology {
     /// Queue disciplines of every device, with their counters at read time.
     #[serde(default)]
     pub qdiscs: Vec<Qdisc>,
+    /// UDP receive-buffer errors counted so far (a counter, so not part
+    /// of what `same_as` compares).
+    #[serde(default)]
+    pub udp: UdpCounters,
     #[serde(skip, default = "Instant::now")]
     pub read_at: Instant,
     /// Where the netns was opened from: a different path for the same
@@ -183,9 +195,10 @@ impl NsTopology {
     /// joined it.
     pub fn read(ns: &NetnsInfo) -> anyhow::Result<NsTopology> {
         let inode = ns.inode;
-        let (links, routes, sysctls, qdiscs) = netns::run_in(&ns.path, move || read_here(inode))
-            .with_context(|| format!("cannot enter netns {}", ns.path.display()))?
-            .with_context(|| format!("reading topology of netns {}", ns.label()))?;
+        let (links, routes, sysctls, qdiscs, udp) =
+            netns::run_in(&ns.path, move || read_here(inode))
+                .with_context(|| format!("cannot enter netns {}", ns.path.display()))?
+                .with_context(|| format!("reading topology of netns {}", ns.label()))?;
         Ok(NsTopology {
             inode,
             name: ns.name.clone(),
@@ -193,6 +206,7 @@ impl NsTopology {
             routes,
             sysctls,
             qdiscs,
+            udp,
             read_at: Instant::now(),
             path: ns.path.clone(),
         })
@@ -334,7 +348,7 @@ pub fn prefix_contains(net: IpAddr, len: u8, addr: IpAddr) -> bool {
 }
 
 /// Runs on the thread inside the netns.
-type Read = (Vec<Link>, Vec<Route>, Sysctls, Vec<Qdisc>);
+type Read = (Vec<Link>, Vec<Route>, Sysctls, Vec<Qdisc>, UdpCounters);
 
 fn read_here(expected: u32) -> anyhow::Result<Read> {
     // The path may have been recycled (pid reuse) between lookup and setns.
@@ -379,7 +393,7 @@ fn read_here(expected: u32) -> anyhow::Result<Read> {
         };
     }
     links.sort_by_key(|l| l.ifindex);
-    Ok((links, routes, sysctls, qdiscs))
+    Ok((links, routes, sysctls, qdiscs, UdpCounters::read_here()))
 }
 
 /// Maps nsids (as seen from the current netns) to netns inodes.
@@ -417,6 +431,11 @@ fn resolve_nsids(nl: &mut Rtnl, wanted: &HashSet<i32>, own: u32) -> HashMap<i32,
         }
     }
     out
+}
+
+/// A sysctl that may be absent or unreadable: None then.
+fn read_u64(path: &Path) -> Option<u64> {
+    fs::read_to_string(path).ok()?.trim().parse().ok()
 }
 
 fn read_u32(path: &Path) -> io::Result<u32> {
@@ -467,6 +486,8 @@ fn read_sysctls() -> anyhow::Result<Sysctls> {
         ipv4_forwarding_dev,
         ipv6_forwarding,
         nft_genid: nft_genid(),
+        rmem_max: read_u64(Path::new("/proc/sys/net/core/rmem_max")),
+        rmem_default: read_u64(Path::new("/proc/sys/net/core/rmem_default")),
     })
 }
 
@@ -1364,6 +1385,7 @@ mod tests {
             routes,
             sysctls: Sysctls::default(),
             qdiscs: Vec::new(),
+            udp: Default::default(),
             read_at: Instant::now(),
             path: std::path::PathBuf::new(),
         }

@@ -58,6 +58,22 @@ pub enum Key {
         dst: IpAddr,
         port: u16,
     },
+    /// `socket_buffer_full`: per receiving socket (its local address and
+    /// port; 0 for a raw socket).
+    SocketBufferFull {
+        netns: u32,
+        proto: Option<Proto>,
+        dst: Option<IpAddr>,
+        port: u16,
+    },
+    /// `martian_source` / `martian_destination`: the impossible address
+    /// (`dst` for a destination) arriving on `ifindex`.
+    Martian {
+        netns: u32,
+        ifindex: i32,
+        addr: IpAddr,
+        dst: bool,
+    },
     /// `qdisc_drop`: per device.
     Qdisc { netns: u32, ifindex: i32 },
 }

@@ -32,6 +32,7 @@ pub mod key;
 mod asymmetric_route;
 mod forwarding_disabled;
 mod l2_mtu_mismatch;
+mod martian;
 mod misdelivered;
 mod mss_exceeds_mtu;
 mod neighbor_unreachable;
@@ -41,6 +42,7 @@ mod pmtu_blackhole;
 mod port_closed;
 mod qdisc_drop;
 mod rpfilter_route_conflict;
+mod socket_buffer_full;
 
 #[cfg(test)]
 pub(crate) mod testkit;
@@ -107,6 +109,8 @@ pub fn all() -> Vec<Box<dyn Rule>> {
         Box::new(misdelivered::Misdelivered),
         Box::new(port_closed::PortClosed),
         Box::new(qdisc_drop::QdiscDrop),
+        Box::new(socket_buffer_full::SocketBufferFull),
+        Box::new(martian::Martian),
     ]
 }
 
