@@ -354,3 +354,66 @@ pub fn flood_at(ns: &str, dst: &str, threads: usize, pps: Option<u64>) -> Flood 
     };
     netlab::flood(&netlab::netns_path(ns), dst.parse().unwrap(), opts).unwrap()
 }
+
+/// Where a test's `diagnose -w` recording goes: a temp file named after
+/// the test's prefix, so that parallel tests never share one.
+pub fn recording(test: &str) -> PathBuf {
+    std::env::temp_dir().join(format!("{}rec.jsonl", prefix(test)))
+}
+
+/// With `TRACER_KEEP_RECORDING=DIR`, copies a test's recording there as
+/// `name`: how the recordings under tracer/tests/recordings/ are made.
+pub fn keep_recording(rec: &std::path::Path, name: &str) {
+    if let Some(dir) = std::env::var_os("TRACER_KEEP_RECORDING") {
+        std::fs::copy(rec, std::path::Path::new(&dir).join(name)).unwrap();
+    }
+}
+
+/// What `tracer diagnose --replay PATH -o json` printed (PATH a file or a
+/// flight recorder's directory), with its exit status and stderr.
+pub struct Replayed {
+    pub status: Option<i32>,
+    pub lines: Vec<Value>,
+    pub stderr: String,
+}
+
+pub fn replay(path: &std::path::Path) -> Replayed {
+    let out = Command::new(tracer_bin())
+        .args(["diagnose", "--replay"])
+        .arg(path)
+        .args(["-o", "json"])
+        .output()
+        .unwrap();
+    Replayed {
+        status: out.status.code(),
+        lines: String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect(),
+        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+    }
+}
+
+/// A loopback TCP port nothing listens on right now (for an agent's
+/// `--listen`).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// A plain HTTP/1.0 GET on 127.0.0.1: (status, body); None if nothing
+/// listens or the answer is not HTTP.
+pub fn http_get(port: u16, path: &str) -> Option<(u16, String)> {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).ok()?;
+    s.set_read_timeout(Some(Duration::from_secs(10))).ok()?;
+    write!(s, "GET {path} HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n").ok()?;
+    let mut buf = String::new();
+    s.read_to_string(&mut buf).ok()?;
+    let status = buf.split_whitespace().nth(1)?.parse().ok()?;
+    let body = buf.split_once("\r\n\r\n").map(|(_, b)| b.to_string())?;
+    Some((status, body))
+}

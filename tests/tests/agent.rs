@@ -5,11 +5,11 @@
 
 use serde_json::Value;
 use std::io::{Read, Write};
-use std::net::{TcpListener, TcpStream};
+use std::net::TcpStream;
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
-use tracer_tests::{flood_at, prefix, scaled, tracer_bin, Netlab};
+use tracer_tests::{flood_at, free_port, http_get, prefix, replay, scaled, tracer_bin, Netlab};
 
 /// Datagrams the test sends; each is one IP_RPFILTER drop.
 const SENT: u64 = 7;
@@ -50,26 +50,6 @@ fn send_drops(lab: &Netlab) {
         ),
     )
     .unwrap();
-}
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-/// A plain HTTP/1.0 GET: (status, body); None if nothing listens.
-fn get(port: u16, path: &str) -> Option<(u16, String)> {
-    let mut s = TcpStream::connect(("127.0.0.1", port)).ok()?;
-    s.set_read_timeout(Some(Duration::from_secs(10))).ok()?;
-    write!(s, "GET {path} HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n").ok()?;
-    let mut buf = String::new();
-    s.read_to_string(&mut buf).ok()?;
-    let status = buf.split_whitespace().nth(1)?.parse().ok()?;
-    let body = buf.split_once("\r\n\r\n").map(|(_, b)| b.to_string())?;
-    Some((status, body))
 }
 
 fn urlencode(s: &str) -> String {
@@ -130,7 +110,7 @@ impl Agent {
         let deadline = Instant::now() + Duration::from_secs(60);
         let mut saw = Vec::new();
         loop {
-            if let Some((code, _)) = get(self.port, "/healthz") {
+            if let Some((code, _)) = http_get(self.port, "/healthz") {
                 if code == 200 {
                     return;
                 }
@@ -233,7 +213,7 @@ impl Prometheus {
 
     /// An instant query's result vector.
     fn query(&self, q: &str) -> Option<Vec<Value>> {
-        let (code, body) = get(self.port, &format!("/api/v1/query?query={}", urlencode(q)))?;
+        let (code, body) = http_get(self.port, &format!("/api/v1/query?query={}", urlencode(q)))?;
         if code != 200 {
             return None;
         }
@@ -357,7 +337,7 @@ fn prometheus_counts_the_drops_caused_and_the_verdict() {
         );
     }
     // Print what the report quotes.
-    let (_, scrape) = get(port, "/metrics").unwrap();
+    let (_, scrape) = http_get(port, "/metrics").unwrap();
     for l in scrape.lines().filter(|l| l.contains(&edge)) {
         eprintln!("scrape: {l}");
     }
@@ -425,7 +405,7 @@ fn agent_runs_with_only_bpf_perfmon_net_admin() {
         let deadline = Instant::now() + Duration::from_secs(15);
         let (mut drops, mut verdicts) = (0, 0);
         while Instant::now() < deadline {
-            let (_, body) = get(port, "/metrics").unwrap();
+            let (_, body) = http_get(port, "/metrics").unwrap();
             drops = scraped(&body, "tracer_drops_total", &needles);
             verdicts = scraped(
                 &body,
@@ -675,7 +655,7 @@ fn metrics_cannot_be_forged_by_names_or_hostname() {
     let deadline = Instant::now() + Duration::from_secs(20);
     let mut body = String::new();
     while Instant::now() < deadline {
-        body = get(port, "/metrics").unwrap().1;
+        body = http_get(port, "/metrics").unwrap().1;
         // Counted leniently: a broken scrape must reach promtool below.
         let n: f64 = body
             .lines()
@@ -790,19 +770,14 @@ fn a_killed_agents_rolling_recording_replays_with_its_verdict() {
     let first = dir.join("tracer-00000000.jsonl");
     assert!(!first.exists(), "the oldest file was never removed");
 
-    let out = Command::new(tracer_bin())
-        .args(["diagnose", "--replay"])
-        .arg(&dir)
-        .args(["-o", "json"])
-        .output()
-        .unwrap();
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(out.status.code(), Some(3), "a proven fault: {stderr}");
-    let replayed: Vec<Value> = String::from_utf8_lossy(&out.stdout)
-        .lines()
-        .map(|l| serde_json::from_str(l).unwrap())
-        .collect();
-    assert!(replayed.iter().any(verdict), "{stderr}\n{replayed:#?}");
+    let out = replay(&dir);
+    assert_eq!(out.status, Some(3), "a proven fault: {}", out.stderr);
+    let replayed = &out.lines;
+    assert!(
+        replayed.iter().any(verdict),
+        "{}\n{replayed:#?}",
+        out.stderr
+    );
     drop(lab);
     std::fs::remove_dir_all(&dir).unwrap();
 }
@@ -828,7 +803,7 @@ fn open_fds(pid: u32) -> usize {
 /// /healthz's status and how long it took.
 fn timed_healthz(port: u16) -> (Option<u16>, Duration) {
     let t0 = Instant::now();
-    let code = get(port, "/healthz").map(|(c, _)| c);
+    let code = http_get(port, "/healthz").map(|(c, _)| c);
     (code, t0.elapsed())
 }
 
@@ -861,7 +836,7 @@ fn the_agent_stays_up_while_3000_connections_are_held() {
     let (code, took) = timed_healthz(port);
     assert_eq!(code, Some(200));
     assert!(took < Duration::from_secs(1), "/healthz took {took:?}");
-    let (_, metrics) = get(port, "/metrics").expect("a scrape while 3,000 are held");
+    let (_, metrics) = http_get(port, "/metrics").expect("a scrape while 3,000 are held");
     assert!(metrics.contains("tracer_events_lost"), "{metrics}");
     // A closed connection's task ends at its next poll: on a loaded host
     // the last hundreds may take a moment to go.
@@ -946,7 +921,7 @@ fn the_units_syscall_filter_allows_every_call_the_agent_makes() {
     agent.wait_healthy();
     send_drops(&lab);
     let deadline = Instant::now() + scaled(Duration::from_secs(20));
-    while !get(port, "/metrics").is_some_and(|(_, b)| b.contains("rpfilter_route_conflict")) {
+    while !http_get(port, "/metrics").is_some_and(|(_, b)| b.contains("rpfilter_route_conflict")) {
         assert!(Instant::now() < deadline, "no verdict under strace");
         std::thread::sleep(Duration::from_millis(200));
     }
@@ -1015,7 +990,7 @@ fn a_full_disk_under_the_log_is_named_once_and_the_metrics_go_on() {
     let q = format!("reason=\"IP_RPFILTER\",netns=\"{edge}\"");
     let deadline = Instant::now() + scaled(Duration::from_secs(10));
     let counted = loop {
-        let n = get(port, "/metrics")
+        let n = http_get(port, "/metrics")
             .map(|(_, b)| scraped(&b, "tracer_drops_total", &[&q]))
             .unwrap_or(0);
         if n >= 3000 || Instant::now() > deadline {

@@ -10,10 +10,9 @@
 use serde_json::Value;
 use std::net::UdpSocket;
 use std::os::unix::io::AsRawFd;
-use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
-use tracer_tests::{prefix, start, tracer_bin, udp, Netlab};
+use tracer_tests::{keep_recording, prefix, recording, replay, start, udp, Netlab};
 
 extern "C" {
     fn setns(fd: i32, nstype: i32) -> i32;
@@ -71,24 +70,6 @@ fn fix_command(fix: &Value) -> String {
         .to_string()
 }
 
-fn recording(test: &str) -> PathBuf {
-    std::env::temp_dir().join(format!("{}rec.jsonl", prefix(test)))
-}
-
-fn replay(path: &Path) -> Vec<Value> {
-    let out = Command::new(tracer_bin())
-        .args(["diagnose", "--replay"])
-        .arg(path)
-        .args(["-o", "json"])
-        .output()
-        .unwrap();
-    String::from_utf8(out.stdout)
-        .unwrap()
-        .lines()
-        .map(|l| serde_json::from_str(l).unwrap())
-        .collect()
-}
-
 #[test]
 fn dnat_to_loopback_and_a_wrong_snat_are_martians_and_route_localnet_heals() {
     let lab = lab("mart");
@@ -116,9 +97,7 @@ fn dnat_to_loopback_and_a_wrong_snat_are_martians_and_route_localnet_heals() {
     udp(&lab, "edge", "10.93.6.2", 5472);
     std::thread::sleep(Duration::from_millis(500));
     let lines = run.stop();
-    if let Some(dir) = std::env::var_os("TRACER_KEEP_RECORDING") {
-        std::fs::copy(&rec, Path::new(&dir).join("martian.jsonl")).unwrap();
-    }
+    keep_recording(&rec, "martian.jsonl");
 
     let dst = verdicts(&lines, "martian_destination");
     assert_eq!(dst.len(), 1, "{:#?}", martians(&lines));
@@ -151,7 +130,7 @@ fn dnat_to_loopback_and_a_wrong_snat_are_martians_and_route_localnet_heals() {
         "{}",
         s["fix"]
     );
-    let replayed = replay(&rec);
+    let replayed = replay(&rec).lines;
     let _ = std::fs::remove_file(&rec);
     assert_eq!(martians(&replayed).len(), 2, "{replayed:#?}");
 

@@ -13,11 +13,10 @@
 
 use serde_json::Value;
 use std::io::{Read, Write};
-use std::net::{TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
-use tracer_tests::{prefix, start_in, tracer_bin, Netlab};
+use tracer_tests::{free_port, http_get, prefix, start_in, tracer_bin, Netlab};
 
 /// The busybox applets the containers use.
 const APPLETS: &[&str] = &["sh", "sleep"];
@@ -459,25 +458,6 @@ fn named_drop(run: &tracer_tests::TracerRun, lab: &Netlab, ns: &str, want: &str)
         }
     }
     None
-}
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-fn http_get(port: u16, path: &str) -> Option<(u16, String)> {
-    let mut s = TcpStream::connect(("127.0.0.1", port)).ok()?;
-    s.set_read_timeout(Some(Duration::from_secs(10))).ok()?;
-    write!(s, "GET {path} HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n").ok()?;
-    let mut buf = String::new();
-    s.read_to_string(&mut buf).ok()?;
-    let status = buf.split_whitespace().nth(1)?.parse().ok()?;
-    let body = buf.split_once("\r\n\r\n").map(|(_, b)| b.to_string())?;
-    Some((status, body))
 }
 
 /// `tracer agent` on `netns` with `env`: the `tracer_drops_total` line

@@ -8,12 +8,11 @@
 use serde_json::Value;
 use std::net::{SocketAddr, UdpSocket};
 use std::os::unix::io::AsRawFd;
-use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::Duration;
-use tracer_tests::{prefix, start, tracer_bin, Netlab};
+use tracer_tests::{keep_recording, prefix, recording, replay, start, Netlab};
 
 extern "C" {
     fn setns(fd: i32, nstype: i32) -> i32;
@@ -157,26 +156,6 @@ fn full(lines: &[Value]) -> Vec<&Value> {
         .collect()
 }
 
-/// Where the run's recording goes; `TRACER_KEEP_RECORDING=DIR` keeps a
-/// copy (how tracer/tests/recordings/socket-buffer-full.jsonl was made).
-fn recording(test: &str) -> PathBuf {
-    std::env::temp_dir().join(format!("{}rec.jsonl", prefix(test)))
-}
-
-fn replay(path: &Path) -> Vec<Value> {
-    let out = std::process::Command::new(tracer_bin())
-        .args(["diagnose", "--replay"])
-        .arg(path)
-        .args(["-o", "json"])
-        .output()
-        .unwrap();
-    String::from_utf8(out.stdout)
-        .unwrap()
-        .lines()
-        .map(|l| serde_json::from_str(l).unwrap())
-        .collect()
-}
-
 #[test]
 fn a_socket_that_never_reads_is_socket_buffer_full_v4_and_v6() {
     let lab = lab("sbuf");
@@ -202,9 +181,7 @@ fn a_socket_that_never_reads_is_socket_buffer_full_v4_and_v6() {
     std::thread::sleep(Duration::from_millis(800));
     let lines = run.stop();
     drop((v4, v6));
-    if let Some(dir) = std::env::var_os("TRACER_KEEP_RECORDING") {
-        std::fs::copy(&rec, Path::new(&dir).join("socket-buffer-full.jsonl")).unwrap();
-    }
+    keep_recording(&rec, "socket-buffer-full.jsonl");
     let got = full(&lines);
     assert_eq!(got.len(), 2, "{:#?}", verdicts(&lines));
     for (v, addr, port) in [(got[0], "10.61.37.2", 6389), (got[1], "fd61:37::2", 6390)] {
@@ -238,7 +215,7 @@ fn a_socket_that_never_reads_is_socket_buffer_full_v4_and_v6() {
     }
     assert!(rcvbuf_errors(&lab, "rx") >= 40);
     // The recording proves the same.
-    let replayed = replay(&rec);
+    let replayed = replay(&rec).lines;
     let _ = std::fs::remove_file(&rec);
     assert_eq!(full(&replayed).len(), 2, "{replayed:#?}");
 }
