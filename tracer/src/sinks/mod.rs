@@ -3,6 +3,7 @@
 
 pub mod file;
 pub mod log_file;
+pub mod metrics;
 pub mod pcapng;
 pub mod printable;
 pub mod rolling;
