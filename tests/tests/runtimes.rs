@@ -506,8 +506,8 @@ fn agent_drop_series(
     line.unwrap_or_else(|| panic!("no tracer_drops_total series with {want_c} {want_s}"))
 }
 
-/// `tracer watch` in text: the NETNS column of a drop there shows the
-/// container's name.
+/// `tracer watch` in text: the NETNS column of a drop there shows `name`
+/// (the pod's `namespace/name`, or the container's name).
 fn text_names(env: &[String], lab: &Netlab, ns: &str, name: &str) -> bool {
     let mut child = Command::new(&env[0])
         .args(&env[1..])
@@ -595,12 +595,18 @@ fn containerd_names_pods_from_kubelets_labels() {
     assert_eq!(c["pod_namespace"], "payments", "{c}");
     assert_eq!(c["source"], "containerd_api", "{c}");
 
+    // The namespace is the pod's (its containers share it): text names
+    // the pod, the metrics both.
     assert!(
-        text_names(&env, &lab, "early", "nginx"),
-        "the text output does not name the container"
+        text_names(&env, &lab, "early", "shop/web-0"),
+        "the text output does not name the pod"
     );
     let series = agent_drop_series(&env, &lab, "early", "nginx", "containerd_api");
     assert!(series.contains("reason=\"NO_SOCKET\""), "{series}");
+    assert!(
+        series.contains("pod=\"web-0\",pod_namespace=\"shop\""),
+        "{series}"
+    );
     drop(ctd);
 }
 
@@ -640,10 +646,14 @@ fn podman_names_containers_from_its_service() {
     assert_eq!(late["container"]["pod_namespace"], "payments");
 
     assert!(
-        text_names(&env, &lab, "early", &early_name),
-        "the text output does not name the container"
+        text_names(&env, &lab, "early", "shop/web-0"),
+        "the text output does not name the pod"
     );
     let series = agent_drop_series(&env, &lab, "early", &early_name, "podman_api");
     assert!(series.contains("reason=\"NO_SOCKET\""), "{series}");
+    assert!(
+        series.contains("pod=\"web-0\",pod_namespace=\"shop\""),
+        "{series}"
+    );
     drop(pm);
 }

@@ -111,10 +111,15 @@ pub struct Agent {
 impl Agent {
     /// Records and verdicts are already named by the container inventory
     /// (see `containers`): the container's name and where that name came
-    /// from, or both empty.
-    fn container(c: &Option<ContainerRef>) -> (Label, Label) {
+    /// from, and its pod and pod namespace, or all empty.
+    fn container(c: &Option<ContainerRef>) -> [Label; 4] {
         match c {
-            Some(c) => (c.name.clone().into(), c.source.clone().into()),
+            Some(c) => [
+                c.name.clone().into(),
+                c.source.clone().into(),
+                c.pod.clone().unwrap_or_default().into(),
+                c.pod_namespace.clone().unwrap_or_default().into(),
+            ],
             None => Default::default(),
         }
     }
@@ -130,24 +135,28 @@ impl Agent {
     fn drop_labels(&mut self, d: &DropRecord, own: u32) -> DropLabels {
         let c = self.labels;
         let keep = |on: bool, l: Label| if on { l } else { Label::default() };
-        let (container, container_source) = Self::container(&d.container);
+        let [container, container_source, pod, pod_namespace] = Self::container(&d.container);
         DropLabels {
             reason: keep(c.reason, d.reason.as_str().into()),
             netns: keep(c.netns, Self::netns_label(&d.netns_name, d.netns, own)),
             container: keep(c.container, container),
             container_source: keep(c.container, container_source),
+            pod: keep(c.container, pod),
+            pod_namespace: keep(c.container, pod_namespace),
             ifname: keep(c.ifname, d.ifname.clone().unwrap_or_default().into()),
         }
     }
 
     fn verdict_labels(&mut self, v: &Verdict, own: u32) -> VerdictLabels {
-        let (container, container_source) = Self::container(&v.container);
+        let [container, container_source, pod, pod_namespace] = Self::container(&v.container);
         VerdictLabels {
             kind: v.kind.into(),
             tier: v.tier.as_str().into(),
             netns: Self::netns_label(&v.netns_name, v.netns, own),
             container,
             container_source,
+            pod,
+            pod_namespace,
         }
     }
 

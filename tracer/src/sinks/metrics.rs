@@ -78,6 +78,10 @@ pub struct DropLabels {
     /// Where the container's name came from (`docker_api`, or `cgroup`
     /// when only the cgroup path named it and the name is its id).
     pub container_source: Label,
+    /// The Kubernetes pod the container belongs to, from kubelet's labels
+    /// as the runtime's API gives them (never from the process itself).
+    pub pod: Label,
+    pub pod_namespace: Label,
     pub ifname: Label,
 }
 
@@ -88,6 +92,8 @@ pub struct VerdictLabels {
     pub netns: Label,
     pub container: Label,
     pub container_source: Label,
+    pub pod: Label,
+    pub pod_namespace: Label,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -165,6 +171,8 @@ fn drop_other(l: &DropLabels) -> DropLabels {
         netns: o(&l.netns),
         container: o(&l.container),
         container_source: Label::default(),
+        pod: o(&l.pod),
+        pod_namespace: Label::default(),
         ifname: o(&l.ifname),
     }
 }
@@ -176,6 +184,8 @@ fn verdict_other(l: &VerdictLabels) -> VerdictLabels {
         netns: Label::from(OTHER),
         container: Label::default(),
         container_source: Label::default(),
+        pod: Label::default(),
+        pod_namespace: Label::default(),
     }
 }
 
@@ -329,6 +339,8 @@ pub(crate) mod tests {
             netns: netns.into(),
             container: Label::default(),
             container_source: Label::default(),
+            pod: Label::default(),
+            pod_namespace: Label::default(),
             ifname: "eth0".into(),
         }
     }
@@ -351,16 +363,16 @@ pub(crate) mod tests {
         let t = text(&m);
         assert!(
             t.contains(
-                r#"tracer_drops_total{reason="IP_RPFILTER",netns="a",container="",container_source="",ifname="eth0"} 4"#
+                r#"tracer_drops_total{reason="IP_RPFILTER",netns="a",container="",container_source="",pod="",pod_namespace="",ifname="eth0"} 4"#
             ),
             "{t}"
         );
         assert!(
-            t.contains(r#"tracer_drops_total{reason="IP_RPFILTER",netns="other",container="",container_source="",ifname="other"} 5"#),
+            t.contains(r#"tracer_drops_total{reason="IP_RPFILTER",netns="other",container="",container_source="",pod="",pod_namespace="",ifname="other"} 5"#),
             "{t}"
         );
         assert!(
-            t.contains(r#"tracer_drops_total{reason="NO_SOCKET",netns="other",container="",container_source="",ifname="other"} 6"#),
+            t.contains(r#"tracer_drops_total{reason="NO_SOCKET",netns="other",container="",container_source="",pod="",pod_namespace="",ifname="other"} 6"#),
             "{t}"
         );
         assert_eq!(m.drops.series(), 2);
@@ -397,6 +409,8 @@ pub(crate) mod tests {
             netns: "a\\b".into(),
             container: "x\ntracer_drops_total{container=\"db-0\"} 99999".into(),
             container_source: "cgroup".into(),
+            pod: "web-0".into(),
+            pod_namespace: "shop\"".into(),
             ifname: "q\",ifname=\"e".into(),
         };
         m.drops.add(hostile, 1, Instant::now());
@@ -408,7 +422,7 @@ pub(crate) mod tests {
         assert_eq!(lines.len(), 1, "{t}");
         assert_eq!(
             lines[0],
-            r#"tracer_drops_total{reason="IP_RPFILTER",netns="a\\b",container="x\ntracer_drops_total{container=\"db-0\"} 99999",container_source="cgroup",ifname="q\",ifname=\"e"} 1"#
+            r#"tracer_drops_total{reason="IP_RPFILTER",netns="a\\b",container="x\ntracer_drops_total{container=\"db-0\"} 99999",container_source="cgroup",pod="web-0",pod_namespace="shop\"",ifname="q\",ifname=\"e"} 1"#
         );
         assert_eq!(escape_label("plain"), "plain");
     }

@@ -147,8 +147,9 @@ impl Output {
         }
     }
 
-    /// The NETNS column: a container's name where the namespace is one's,
-    /// else as `netns_label`.
+    /// The NETNS column: a pod's `namespace/name` where the namespace is a
+    /// pod's (its containers share it, so the pod is what owns it), a
+    /// container's name where it is one's, else as `netns_label`.
     pub fn ns_label(
         &self,
         inode: u32,
@@ -156,8 +157,12 @@ impl Output {
         container: Option<&crate::host::containers::ContainerRef>,
     ) -> String {
         match container {
-            Some(c) if !c.name.is_empty() => printable::escape(&c.name).into_owned(),
-            _ => self.netns_label(inode, name),
+            Some(c) => match (&c.pod, &c.pod_namespace) {
+                (Some(pod), Some(ns)) => printable::escape(&format!("{ns}/{pod}")).into_owned(),
+                _ if !c.name.is_empty() => printable::escape(&c.name).into_owned(),
+                _ => self.netns_label(inode, name),
+            },
+            None => self.netns_label(inode, name),
         }
     }
 

@@ -11,7 +11,10 @@ pub fn print(out: &mut Output, v: &Verdict) -> std::io::Result<()> {
         return out.json(v);
     }
     let ns = match &v.container {
-        Some(c) => format!("{} {}", c.runtime, c.name),
+        Some(c) => match (&c.pod, &c.pod_namespace) {
+            (Some(pod), Some(ns)) => format!("pod {ns}/{pod}, {} {}", c.runtime, c.name),
+            _ => format!("{} {}", c.runtime, c.name),
+        },
         None => out.netns_label(v.netns, &v.netns_name),
     };
     // mss_exceeds_mtu counts SYNs, every other kind counts drops.
