@@ -11,6 +11,7 @@
 
 mod flood;
 pub mod markers;
+pub mod runtimes;
 mod topology;
 
 pub use flood::{flood, Flood, FloodOpts};

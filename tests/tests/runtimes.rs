@@ -11,15 +11,13 @@
 //! container's namespace must come out named: runtime, name, pod and pod
 //! namespace in JSON, the name in text and in the agent's metric labels.
 
+use netlab::runtimes::{rootfs_tar, stop, wait_until, which, Podman, Scratch};
 use serde_json::Value;
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 use tracer_tests::{free_port, http_get, prefix, start_in, tracer_bin, Netlab};
-
-/// The busybox applets the containers use.
-const APPLETS: &[&str] = &["sh", "sleep"];
 
 fn sh(cmd: &str) -> String {
     let out = Command::new("sh").args(["-c", cmd]).output().unwrap();
@@ -31,70 +29,10 @@ fn sh(cmd: &str) -> String {
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
-fn which(bin: &str) -> bool {
-    Command::new("sh")
-        .args(["-c", &format!("command -v {bin}")])
-        .output()
-        .map(|o| o.status.success())
-        .unwrap_or(false)
-}
-
-/// A private directory for one runtime, removed (after unmounting anything
-/// left under it) when dropped.
-struct Scratch(PathBuf);
-
-impl Scratch {
-    fn new(tag: &str) -> Scratch {
-        // Short: sockets under it must fit in sun_path.
-        let p = PathBuf::from(format!("/tmp/tr{tag}-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&p);
-        std::fs::create_dir_all(&p).unwrap();
-        Scratch(p)
-    }
-
-    fn path(&self, name: &str) -> PathBuf {
-        self.0.join(name)
-    }
-}
-
-impl Drop for Scratch {
-    fn drop(&mut self) {
-        let mounts = std::fs::read_to_string("/proc/self/mounts").unwrap_or_default();
-        let mut under: Vec<&str> = mounts
-            .lines()
-            .filter_map(|l| l.split(' ').nth(1))
-            .filter(|m| Path::new(m).starts_with(&self.0))
-            .collect();
-        // Deepest first.
-        under.sort_by_key(|m| std::cmp::Reverse(m.len()));
-        for m in under {
-            let _ = Command::new("umount").args(["-l", m]).status();
-        }
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
-
-/// A rootfs of busybox-static and its applet links, as a tar file.
-fn rootfs_tar(dir: &Scratch) -> PathBuf {
-    let rootfs = dir.path("rootfs");
-    std::fs::create_dir_all(rootfs.join("bin")).unwrap();
-    std::fs::copy("/bin/busybox", rootfs.join("bin/busybox")).unwrap();
-    for a in APPLETS {
-        std::os::unix::fs::symlink("busybox", rootfs.join("bin").join(a)).unwrap();
-    }
-    let tar = dir.path("rootfs.tar");
-    sh(&format!(
-        "tar -C {} -cf {} .",
-        rootfs.display(),
-        tar.display()
-    ));
-    tar
-}
-
 /// The rootfs as a one-layer image in `docker save`'s format, which
 /// `ctr images import` reads: no registry needed.
 fn image_archive(dir: &Scratch, tag: &str) -> PathBuf {
-    let layer = rootfs_tar(dir);
+    let layer = rootfs_tar(dir).unwrap();
     let img = dir.path("image");
     std::fs::create_dir_all(&img).unwrap();
     std::fs::rename(&layer, img.join("layer.tar")).unwrap();
@@ -122,36 +60,6 @@ fn image_archive(dir: &Scratch, tag: &str) -> PathBuf {
     out
 }
 
-/// Waits for `cmd` to succeed, or panics with `what` and the log.
-fn wait_until(what: &str, log: &Path, mut ok: impl FnMut() -> bool) {
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while !ok() {
-        assert!(
-            Instant::now() < deadline,
-            "{what} did not come up: {}",
-            std::fs::read_to_string(log).unwrap_or_default()
-        );
-        std::thread::sleep(Duration::from_millis(200));
-    }
-}
-
-fn stop(child: &mut Child) {
-    unsafe { kill(child.id() as i32, 15) };
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while Instant::now() < deadline {
-        if let Ok(Some(_)) = child.try_wait() {
-            return;
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    let _ = child.kill();
-    let _ = child.wait();
-}
-
-extern "C" {
-    fn kill(pid: i32, sig: i32) -> i32;
-}
-
 /// containerd with its own root, state, socket and plugin directory, the
 /// CRI plugin off (no CNI is set up), in the `k8s.io` namespace kubelet
 /// uses.
@@ -176,7 +84,7 @@ impl Containerd {
             "containerd, ctr and busybox-static must be installed (cargo xtask test installs them)"
         );
         let made_run_dir = !Path::new("/run/containerd").exists();
-        let dir = Scratch::new("ctd");
+        let dir = Scratch::new("ctd").unwrap();
         let sock = dir.path("c.sock");
         let config = format!(
             r#"version = 2
@@ -211,7 +119,7 @@ disabled_plugins = ["io.containerd.grpc.v1.cri"]
             made_run_dir,
             dir,
         };
-        wait_until("containerd", &log, || c.ctr(&["version"]).is_some());
+        wait_until("containerd", &log, || c.ctr(&["version"]).is_some()).unwrap();
         let image = image_archive(&c.dir, CTR_IMAGE);
         c.ctr(&["images", "import", &image.to_string_lossy()])
             .expect("ctr images import");
@@ -276,150 +184,6 @@ impl Drop for Containerd {
         if self.made_run_dir {
             let _ = std::fs::remove_dir_all("/run/containerd");
         }
-    }
-}
-
-/// Rootful podman's service with its own storage (vfs), run and tmp
-/// directories and socket; cgroupfs and file events (no systemd here).
-struct Podman {
-    child: Option<Child>,
-    sock: PathBuf,
-    containers: Vec<String>,
-    /// /var/lib/containers did not exist before: podman 4.3 keeps its
-    /// image copy cache there whatever `--root` says, so it goes after.
-    made_cache_dir: bool,
-    dir: Scratch,
-}
-
-const PODMAN_IMAGE: &str = "localhost/tracer-test/busybox:latest";
-
-impl Podman {
-    fn start() -> Podman {
-        assert!(
-            which("podman") && Path::new("/bin/busybox").exists(),
-            "podman and busybox-static must be installed (cargo xtask test installs them)"
-        );
-        let made_cache_dir = !Path::new("/var/lib/containers").exists();
-        let dir = Scratch::new("pod");
-        let sock = dir.path("p.sock");
-        let mut p = Podman {
-            child: None,
-            sock,
-            containers: Vec::new(),
-            made_cache_dir,
-            dir,
-        };
-        let log = p.dir.path("log");
-        let logf = std::fs::File::create(&log).unwrap();
-        let child = p
-            .cmd()
-            .args(["system", "service", "--time", "0"])
-            .arg(format!("unix://{}", p.sock.display()))
-            .stdin(Stdio::null())
-            .stdout(logf.try_clone().unwrap())
-            .stderr(logf)
-            .spawn()
-            .unwrap();
-        p.child = Some(child);
-        wait_until("podman system service", &log, || {
-            UnixGet::get(&p.sock, "/_ping").is_some()
-        });
-        let tar = rootfs_tar(&p.dir);
-        p.podman(&["import", &tar.to_string_lossy(), PODMAN_IMAGE])
-            .expect("podman import");
-        p
-    }
-
-    /// `podman` with this instance's private directories.
-    fn cmd(&self) -> Command {
-        let mut c = Command::new("podman");
-        c.arg("--root")
-            .arg(self.dir.path("root"))
-            .arg("--runroot")
-            .arg(self.dir.path("run"))
-            .arg("--tmpdir")
-            .arg(self.dir.path("tmp"))
-            // runc's state too (else /run/runc).
-            .arg("--runtime-flag")
-            .arg(format!("root={}", self.dir.path("runc").display()))
-            .args([
-                "--storage-driver",
-                "vfs",
-                "--cgroup-manager",
-                "cgroupfs",
-                "--events-backend",
-                "file",
-            ]);
-        c
-    }
-
-    fn podman(&self, args: &[&str]) -> Option<String> {
-        let out = self.cmd().args(args).stdin(Stdio::null()).output().ok()?;
-        out.status
-            .success()
-            .then(|| String::from_utf8_lossy(&out.stdout).into_owned())
-    }
-
-    /// A container named `name` in netns `netns`, labelled as a pod's.
-    fn run(&mut self, name: &str, netns: &str, pod: &str, pod_ns: &str) {
-        self.containers.push(name.to_string());
-        let netns = format!("ns:/run/netns/{netns}");
-        let pod = format!("io.kubernetes.pod.name={pod}");
-        let pod_ns = format!("io.kubernetes.pod.namespace={pod_ns}");
-        self.podman(&[
-            "run",
-            "-d",
-            "--name",
-            name,
-            "--network",
-            &netns,
-            "--label",
-            &pod,
-            "--label",
-            &pod_ns,
-            // Podman asks for more than this host's hard limits allow.
-            "--ulimit",
-            "nofile=1024:1024",
-            "--ulimit",
-            "nproc=1024:1024",
-            PODMAN_IMAGE,
-            "sleep",
-            "600",
-        ])
-        .expect("podman run");
-    }
-
-    fn env(&self) -> String {
-        format!("CONTAINER_HOST=unix://{}", self.sock.display())
-    }
-}
-
-impl Drop for Podman {
-    fn drop(&mut self) {
-        for name in std::mem::take(&mut self.containers) {
-            let _ = self.podman(&["rm", "-f", "-t", "0", &name]);
-        }
-        if let Some(mut c) = self.child.take() {
-            stop(&mut c);
-        }
-        if self.made_cache_dir {
-            let _ = std::fs::remove_dir_all("/var/lib/containers");
-        }
-    }
-}
-
-/// A plain HTTP/1.0 GET over a unix socket: whether the service answers.
-struct UnixGet;
-
-impl UnixGet {
-    fn get(sock: &Path, path: &str) -> Option<String> {
-        use std::os::unix::net::UnixStream;
-        let mut s = UnixStream::connect(sock).ok()?;
-        s.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
-        write!(s, "GET {path} HTTP/1.0\r\nHost: d\r\n\r\n").ok()?;
-        let mut buf = String::new();
-        s.read_to_string(&mut buf).ok()?;
-        buf.starts_with("HTTP/1.").then_some(buf)
     }
 }
 
@@ -615,10 +379,11 @@ fn containerd_names_pods_from_kubelets_labels() {
 #[test]
 fn podman_names_containers_from_its_service() {
     let lab = lab_with("pod", &["early", "late"]);
-    let mut pm = Podman::start();
+    let mut pm = Podman::start().unwrap();
     let tag = std::process::id();
     let early_name = format!("trtest-{tag}-web");
-    pm.run(&early_name, &lab.name("early"), "web-0", "shop");
+    pm.run(&early_name, &lab.name("early"), "web-0", "shop")
+        .unwrap();
     let env = runtime_env(pm.env());
     let env_ref: Vec<&str> = env.iter().map(String::as_str).collect();
     let run = start_in(
@@ -632,7 +397,8 @@ fn podman_names_containers_from_its_service() {
         ],
     );
     let late_name = format!("trtest-{tag}-api");
-    pm.run(&late_name, &lab.name("late"), "api-0", "payments");
+    pm.run(&late_name, &lab.name("late"), "api-0", "payments")
+        .unwrap();
     let early = named_drop(&run, &lab, "early", &early_name);
     let late = named_drop(&run, &lab, "late", &late_name);
     let lines = run.stop();
@@ -656,4 +422,8 @@ fn podman_names_containers_from_its_service() {
         "{series}"
     );
     drop(pm);
+}
+
+extern "C" {
+    fn kill(pid: i32, sig: i32) -> i32;
 }

@@ -15,7 +15,8 @@
 //!    so (`netns_name` null, `ifname` null with `ifname_gone` true). Names
 //!    that are given must be right. No crash, bounded RSS.
 //!
-//! Takes about 2 minutes (about 40 s with --quick).
+//! Takes about 2 minutes (about 40 s with --quick). `--agent` runs the
+//! agent soak instead (see agent.rs).
 
 use crate::bench::lab::{
     catch_signals, check_interrupted, new_lab, routed_lab, sleep, udp_noports,
@@ -30,13 +31,30 @@ use std::os::unix::io::AsRawFd;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
+mod agent;
+
+const USAGE: &str = "usage: cargo xtask soak [--quick] | cargo xtask soak --agent [--minutes N]";
+
 pub fn run(root: &Path, args: &[&str]) -> Result<()> {
-    let quick = args.contains(&"--quick");
-    if let Some(bad) = args.iter().find(|a| **a != "--quick") {
-        bail!("soak: unknown argument {bad} (usage: cargo xtask soak [--quick])");
-    }
     catch_signals();
     let tracer = root.join("target/release/tracer");
+    if args.first() == Some(&"--agent") {
+        let minutes = match &args[1..] {
+            [] => 10.0,
+            ["--minutes", n] => n.parse::<f64>().ok().filter(|m| *m >= 1.5).ok_or_else(|| {
+                anyhow!("soak: --minutes takes a number of at least 1.5 ({USAGE})")
+            })?,
+            _ => bail!("soak: unknown arguments {:?} ({USAGE})", &args[1..]),
+        };
+        if !agent::run(&tracer, minutes)? {
+            bail!("agent soak failed");
+        }
+        return Ok(());
+    }
+    let quick = args.contains(&"--quick");
+    if let Some(bad) = args.iter().find(|a| **a != "--quick") {
+        bail!("soak: unknown argument {bad} ({USAGE})");
+    }
     let t0 = Instant::now();
     let storm_ok = storm(&tracer, if quick { 15.0 } else { 60.0 })?;
     let churn_ok = churn(&tracer, if quick { 10 } else { 50 })?;
