@@ -58,6 +58,11 @@ struct Samples {
     rss_warm_kb: u64,
     rss_end_kb: u64,
     rss_max_kb: u64,
+    /// The heap's share (RssAnon): the ring buffer's pages, mapped from
+    /// the kernel, count in VmRSS once touched but are not the agent's
+    /// to leak.
+    anon_warm_kb: u64,
+    anon_end_kb: u64,
     fds_warm: usize,
     fds_end: usize,
     series_max: usize,
@@ -92,6 +97,11 @@ impl Samples {
             self.rss_max_kb as f64 / 1024.0,
             drift as f64 / 1024.0,
             pass(rss_ok)
+        );
+        println!(
+            "  of which heap (RssAnon) {:.1} -> {:.1} MB",
+            self.anon_warm_kb as f64 / 1024.0,
+            self.anon_end_kb as f64 / 1024.0
         );
         println!(
             "  open fds {} -> {}  {}",
@@ -218,7 +228,7 @@ fn soak(
         let rss = status_kb(pid, "VmRSS").context("the agent is gone")?;
         rss_max = rss_max.max(rss);
         if tick == 60 {
-            warm = Some((rss, open_fds(pid)));
+            warm = Some((rss, open_fds(pid), status_kb(pid, "RssAnon").unwrap_or(0)));
         }
         if tick.is_multiple_of(5) {
             if let Some(n) = prom.value("count({__name__=~\"tracer_.+\"})") {
@@ -233,13 +243,15 @@ fn soak(
     drop(storm);
     // Let the last storm's records drain before the figures are read.
     sleep(Duration::from_secs(3))?;
-    let (rss_warm, fds_warm) = warm.unwrap_or((rss_max, 0));
+    let (rss_warm, fds_warm, anon_warm) = warm.unwrap_or((rss_max, 0, 0));
     let range = format!("{}s", t0.elapsed().as_secs());
     let q = |e: String| prom.value(&e).unwrap_or(f64::NAN);
     Ok(Samples {
         rss_warm_kb: rss_warm,
         rss_end_kb: status_kb(pid, "VmRSS").unwrap_or(0),
         rss_max_kb: rss_max,
+        anon_warm_kb: anon_warm,
+        anon_end_kb: status_kb(pid, "RssAnon").unwrap_or(0),
         fds_warm,
         fds_end: open_fds(pid),
         series_max,
