@@ -108,6 +108,9 @@ pub struct BuildLabels {
 pub struct Bounded<L: Clone + Hash + Eq> {
     pub family: Family<L, Counter>,
     last: HashMap<L, Instant>,
+    /// How many keys of `last` are `other` series: kept so that `series`
+    /// is not a walk (with a label set built per key) on every drop.
+    others: usize,
     max: usize,
     other: fn(&L) -> L,
 }
@@ -120,6 +123,7 @@ where
         Bounded {
             family: Family::default(),
             last: HashMap::new(),
+            others: 0,
             max,
             other,
         }
@@ -133,25 +137,30 @@ where
         let key = if l == other || self.last.contains_key(&l) || self.series() < self.max {
             l
         } else {
-            other
+            other.clone()
         };
-        self.last.insert(key.clone(), now);
+        if self.last.insert(key.clone(), now).is_none() && key == other {
+            self.others += 1;
+        }
         self.family.get_or_create(&key).inc_by(n);
     }
 
     /// Series other than the `other` ones.
     pub fn series(&self) -> usize {
-        self.last.keys().filter(|l| **l != (self.other)(l)).count()
+        self.last.len() - self.others
     }
 
     /// Removes the series that did not grow since `before` (their rate
     /// is zero; a label set that comes back starts from its new count).
     pub fn sweep(&mut self, before: Instant) {
-        let family = &self.family;
+        let (family, other, others) = (&self.family, self.other, &mut self.others);
         self.last.retain(|l, t| {
             let keep = *t >= before;
             if !keep {
                 family.remove(l);
+                if *l == other(l) {
+                    *others -= 1;
+                }
             }
             keep
         });
