@@ -5,6 +5,7 @@
 
 use crate::events::decode::Extra;
 use crate::events::record::{DropRecord, NeighRecord};
+use crate::host::firewall::Ruleset;
 use crate::host::topology::{Link, NsTopology, Topology};
 use crate::kernel::clock::wall_now_ns;
 use crate::record::{Header, Line, Reader, Recorder};
@@ -109,6 +110,16 @@ impl TopologySource for LiveSource<'_> {
 
     fn changed_before(&mut self, netns: u32) -> Option<u64> {
         self.changes.seen.get(&netns).and_then(|s| s.2)
+    }
+
+    fn ruleset(&mut self, netns: u32) -> Option<Arc<Ruleset>> {
+        let rs = Arc::new(self.topology.ruleset(netns, wall_now_ns())?);
+        if let Some(r) = self.recorder.as_deref_mut() {
+            if let Err(e) = r.ruleset(self.now_ns, netns, &rs) {
+                self.error.get_or_insert(e);
+            }
+        }
+        Some(rs)
     }
 
     fn container_by_addr(
@@ -406,6 +417,7 @@ pub struct ReplaySource {
     changed_before: HashMap<u32, u64>,
     containers: HashMap<u32, Arc<crate::host::containers::Container>>,
     networks: HashMap<String, crate::host::containers::DockerNetwork>,
+    rulesets: HashMap<u32, Arc<Ruleset>>,
     own_netns: u32,
     dockerd: bool,
 }
@@ -421,6 +433,10 @@ impl TopologySource for ReplaySource {
 
     fn changed_before(&mut self, netns: u32) -> Option<u64> {
         self.changed_before.get(&netns).copied()
+    }
+
+    fn ruleset(&mut self, netns: u32) -> Option<Arc<Ruleset>> {
+        self.rulesets.get(&netns).cloned()
     }
 
     fn container_by_addr(
@@ -485,6 +501,7 @@ fn replay_with(
         changed_before: HashMap::new(),
         containers: HashMap::new(),
         networks: HashMap::new(),
+        rulesets: HashMap::new(),
         own_netns: header.own_netns,
         dockerd: header.dockerd,
     };
@@ -509,6 +526,9 @@ fn replay_with(
             }
             Line::DockerNetwork(bridge, n) => {
                 src.networks.insert(bridge, n);
+            }
+            Line::Ruleset(netns, rs) => {
+                src.rulesets.insert(netns, Arc::new(rs));
             }
             Line::Fact(f) => {
                 let ts = f.ts_ns();

@@ -1,17 +1,55 @@
-//! `netfilter_drop`: a `NETFILTER_DROP`: some firewall rule (or conntrack
-//! state INVALID) drops the flow. A dropped ICMP frag-needed /
-//! packet-too-big is left to pmtu_blackhole, which explains it.
+//! `netfilter_drop`: a `NETFILTER_DROP`, named down to the rule. A dropped
+//! ICMP frag-needed / packet-too-big is left to pmtu_blackhole, which
+//! explains it.
+//!
+//! No kprobe and no trace rule: the hook comes from where the packet was
+//! (sent from here, received for here, or forwarded), the candidates are
+//! the DROP and REJECT rules and DROP policies reachable from that hook's
+//! base chains in the namespace's ruleset (iptables-nft, iptables-legacy,
+//! native nftables), and the per-rule counters pick one. The ruleset is
+//! read at the first drop: a rule whose counter is still 0 did not drop
+//! it. If several remain, it is read again after further drops of the
+//! same flow: only a rule whose counter rose by at least as many drops
+//! can be the one. A rule without a counter (nftables) is never ruled
+//! out, so until one candidate is left the verdict is `suspected`, with
+//! the candidates.
 
 use super::ctx::{Ctx, Finding};
+use super::facts::firewall::{self as fw, packet_words};
 use super::facts::pmtu::is_ptb_icmp;
-use super::fix::{host_port, Fix};
+use super::fix::Fix;
 use super::key::Key;
 use super::{Fact, Rule, Tier};
-use crate::events::protocols::icmp_name;
 use crate::events::reason::Reason;
-use serde_json::json;
+use crate::events::record::DropRecord;
+use crate::host::firewall::walk::Candidate;
+use crate::host::firewall::Ruleset;
+use serde_json::{json, Value};
+use std::collections::HashMap;
+use std::sync::Arc;
 
-pub struct NetfilterDrop;
+/// How often a flow's ruleset is read again while candidates remain.
+const REREAD_NS: u64 = 1_000_000_000;
+/// Readings per flow at most: a flow whose rule cannot be told apart
+/// stops costing reads.
+const MAX_READS: u32 = 6;
+
+/// A flow whose dropping rule is not yet the only one left.
+struct Pending {
+    first: DropRecord,
+    hooks: &'static [&'static str],
+    last: Arc<Ruleset>,
+    fits: Vec<Candidate>,
+    /// Times of the drops seen since `last` was read (at most a few
+    /// hundred: only their count up to the next reading matters).
+    since: Vec<u64>,
+    reads: u32,
+}
+
+#[derive(Default)]
+pub struct NetfilterDrop {
+    pending: HashMap<Key, Pending>,
+}
 
 impl Rule for NetfilterDrop {
     fn kinds(&self) -> &'static [&'static str] {
@@ -30,86 +68,166 @@ impl Rule for NetfilterDrop {
             dport: d.dport,
         };
         cx.tally(&key, d.ts_ns);
-        let hint = cx.ns_hint(d.netns);
-        let icmp = match (d.proto, d.icmp_type, d.icmp_code) {
-            (Some(p), Some(t), Some(c)) => icmp_name(p, t, c),
-            _ => None,
+        if let Some(p) = self.pending.get_mut(&key) {
+            if p.since.len() < 512 {
+                p.since.push(d.ts_ns);
+            }
+            return;
+        }
+        if cx.concluded(&key).is_some() {
+            return;
+        }
+        let topo = cx.topo(d.netns);
+        let hooks = fw::hooks_of(d, topo.as_deref());
+        let Some(rs) = cx.ruleset(d.netns) else {
+            conclude(cx, key, d, hooks, &[], None);
+            return;
         };
-        let dst = d.dst.map(|a| a.to_string()).unwrap_or_default();
-        let what = match (&d.proto, d.dport, d.dst, icmp) {
-            (Some(p), Some(port), Some(a), _) => format!("{p} to {}", host_port(a, port)),
-            (Some(p), _, _, Some(name)) => format!("{p} {name} to {dst}"),
-            (Some(p), _, _, None) => format!("{p} to {dst}"),
-            _ => "packets".to_string(),
-        };
-        let summary = format!(
-            "A firewall rule drops {what} on {} ({}).",
-            d.ifname.clone().unwrap_or_else(|| "?".into()),
-            d.location
-        );
-        // Which rule to change is the user's call: these only look.
-        let fix = vec![
-            Fix::advice(format!("Find the rule whose counters rise: {hint}iptables -L -v -n --line-numbers (all tables) or {hint}nft list ruleset")),
-            Fix::advice(format!("If it is conntrack state INVALID: {hint}conntrack -S")),
-        ];
-        let evidence = json!({
-            "ifname": d.ifname, "ingress_ifname": d.ingress_ifname,
-            "src": d.src, "dst": d.dst, "proto": d.proto, "dport": d.dport,
-            "icmp": icmp,
-            "location": d.location,
-        });
-        cx.conclude(Finding {
-            key,
-            kind: "netfilter_drop",
-            tier: Tier::Proven,
-            netns: d.netns,
-            summary,
-            evidence,
-            fix,
-        });
+        let fits = fw::first_fits(fw::candidates_for(d, &rs, hooks));
+        conclude(cx, key.clone(), d, hooks, &fits, Some(&rs));
+        if fits.len() > 1 && self.pending.len() < 1000 {
+            let p = Pending {
+                first: d.clone(),
+                hooks,
+                last: rs,
+                fits,
+                since: Vec::new(),
+                reads: 1,
+            };
+            self.pending.insert(key, p);
+        }
     }
+
+    fn tick(&mut self, cx: &mut Ctx) {
+        let now = cx.now_ns;
+        // One reading per namespace per tick serves all its flows.
+        let mut read: HashMap<u32, Option<Arc<Ruleset>>> = HashMap::new();
+        let mut done = Vec::new();
+        for (key, p) in self.pending.iter_mut() {
+            if p.since.is_empty() || now < p.last.read_ns + REREAD_NS {
+                continue;
+            }
+            let netns = p.first.netns;
+            let Some(rs) = read
+                .entry(netns)
+                .or_insert_with(|| cx.ruleset(netns))
+                .clone()
+            else {
+                continue;
+            };
+            // On a replay the reading may not have been taken yet.
+            if rs.read_ns <= p.last.read_ns {
+                continue;
+            }
+            let drops = p.since.iter().filter(|&&t| t <= rs.read_ns).count() as u64;
+            let after = fw::candidates_for(&p.first, &rs, p.hooks);
+            let left = fw::narrow(&p.fits, after, drops);
+            p.since.retain(|&t| t > rs.read_ns);
+            p.last = rs.clone();
+            p.reads += 1;
+            // None left: the ruleset changed under us; keep the old fits.
+            if !left.is_empty() {
+                p.fits = left;
+            }
+            if p.fits.len() == 1 {
+                conclude(cx, key.clone(), &p.first, p.hooks, &p.fits, Some(&rs));
+            }
+            if p.fits.len() == 1 || p.reads >= MAX_READS {
+                done.push(key.clone());
+            }
+        }
+        for k in done {
+            self.pending.remove(&k);
+        }
+    }
+}
+
+/// Concludes what the candidates left allow: one named rule (proven),
+/// several (suspected, each listed), or none seen (the drop is proven,
+/// its rule unknown).
+fn conclude(
+    cx: &mut Ctx,
+    key: Key,
+    d: &DropRecord,
+    hooks: &[&str],
+    fits: &[Candidate],
+    rs: Option<&Ruleset>,
+) {
+    let hint = cx.ns_hint(d.netns);
+    let what = packet_words(d);
+    let dev = d.ifname.clone().unwrap_or_else(|| "?".into());
+    let mut evidence = json!({
+        "ifname": d.ifname, "ingress_ifname": d.ingress_ifname,
+        "src": d.src, "dst": d.dst, "proto": d.proto, "sport": d.sport, "dport": d.dport,
+        "tcp_flags": d.tcp_flags, "fragment": d.fragment,
+        "location": d.location, "family": fw::ip_family(d), "hooks": hooks,
+        "rule": Value::Null, "candidates": [],
+        "unread": rs.map(|r| r.unread.clone()).unwrap_or_default(),
+    });
+    let (tier, summary, mut fix) = match fits {
+        [one] => {
+            evidence["rule"] = fw::evidence(one);
+            let s = format!("{what} is dropped by {}.", fw::name(one));
+            (Tier::Proven, s, fw::fixes_for(one, &hint))
+        }
+        [] => {
+            let s = match rs {
+                Some(r) => format!(
+                    "A firewall drops {what} on {dev} ({}), but no DROP or REJECT rule or DROP policy on hook {} {}.",
+                    d.location,
+                    hooks.join("/"),
+                    unseen(r)
+                ),
+                None => format!(
+                    "A firewall drops {what} on {dev} ({}); its ruleset could not be read.",
+                    d.location
+                ),
+            };
+            (Tier::Proven, s, fw::looks(&[], fw::ip_family(d), &hint))
+        }
+        many => {
+            evidence["candidates"] = many.iter().map(fw::evidence).collect();
+            let names: Vec<String> = many.iter().take(3).map(fw::name).collect();
+            let more = many.len().saturating_sub(3);
+            let s = format!(
+                "A firewall rule drops {what} on {dev}; {} rules could have (their counters did not tell them apart yet): {}{}.",
+                many.len(),
+                names.join("; "),
+                if more > 0 { format!("; and {more} more") } else { String::new() }
+            );
+            (Tier::Suspected, s, fw::looks(many, fw::ip_family(d), &hint))
+        }
+    };
+    if fits.iter().any(mentions_invalid) {
+        fix.push(Fix::advice(format!(
+            "The rule drops conntrack state INVALID: see why with {hint}conntrack -S"
+        )));
+    }
+    cx.conclude(Finding {
+        key,
+        kind: "netfilter_drop",
+        tier,
+        netns: d.netns,
+        summary,
+        evidence,
+        fix,
+    });
+}
+
+/// Why no candidate may be what could not be read.
+fn unseen(r: &Ruleset) -> String {
+    if r.unread.iter().any(|u| u.starts_with("nft")) {
+        "fits (native nftables tables could not be read: is nft installed?)".into()
+    } else {
+        "fits the counters".into()
+    }
+}
+
+fn mentions_invalid(c: &Candidate) -> bool {
+    c.rule
+        .as_ref()
+        .is_some_and(|r| r.text.contains("INVALID") || r.text.contains("ct state invalid"))
 }
 
 #[cfg(test)]
-mod tests {
-    use super::super::testkit::*;
-    use super::super::{Fact, Tier};
-    use crate::events::record::Family;
-    use crate::events::record::Proto;
-
-    #[test]
-    fn firewall_drops_are_named_with_their_flow() {
-        let mut udp = drop(Reason::NETFILTER_DROP, 1_000);
-        udp.proto = Some(Proto::Udp);
-        udp.family = Some(Family::Ipv6);
-        udp.dst = Some(ip("fd00::1"));
-        udp.dport = Some(7777);
-        let mut ping = drop(Reason::NETFILTER_DROP, 2_000);
-        ping.proto = Some(Proto::Icmp);
-        ping.dst = Some(ip("10.0.0.1"));
-        ping.icmp_type = Some(8);
-        ping.icmp_code = Some(0);
-        let v = run(
-            &mut Fake::default(),
-            vec![Fact::Drop(udp), Fact::Drop(ping)],
-            0,
-        );
-        assert_eq!(
-            kinds(&v),
-            [
-                ("netfilter_drop", Tier::Proven),
-                ("netfilter_drop", Tier::Proven)
-            ]
-        );
-        assert!(
-            v[0].summary.contains("udp to [fd00::1]:7777"),
-            "{}",
-            v[0].summary
-        );
-        assert!(
-            v[1].summary.contains("icmp echo request to 10.0.0.1"),
-            "{}",
-            v[1].summary
-        );
-    }
-}
+mod tests;
