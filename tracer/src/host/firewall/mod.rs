@@ -6,8 +6,9 @@
 //! its format, so a rule is shown exactly as its user wrote it:
 //! - iptables-nft: `iptables-nft-save -c` / `ip6tables-nft-save -c`;
 //! - iptables-legacy: `iptables-legacy-save -c` / `ip6tables-legacy-save -c`,
-//!   only where the legacy tables are loaded (`/proc/net/ip_tables_names`),
-//!   so reading never loads a module;
+//!   only where the legacy tables are loaded (`ip_tables_names` of the
+//!   reading thread's namespace: `/proc/thread-self/net`, since
+//!   `/proc/net` is the main thread's), so reading never loads a module;
 //! - native nftables: `nft -j list ruleset` (see [`nft`]), when `nft` is
 //!   installed. Tables that iptables-nft owns are left to the first source.
 //!
@@ -135,8 +136,16 @@ fn read_here(read_ns: u64) -> Ruleset {
         }
     }
     for (tool, family, names) in [
-        ("iptables-legacy-save", "ip", "/proc/net/ip_tables_names"),
-        ("ip6tables-legacy-save", "ip6", "/proc/net/ip6_tables_names"),
+        (
+            "iptables-legacy-save",
+            "ip",
+            "/proc/thread-self/net/ip_tables_names",
+        ),
+        (
+            "ip6tables-legacy-save",
+            "ip6",
+            "/proc/thread-self/net/ip6_tables_names",
+        ),
     ] {
         // No legacy table loaded in this namespace: nothing to read, and
         // running the tool could load the module.

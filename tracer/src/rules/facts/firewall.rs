@@ -82,8 +82,9 @@ pub fn hooks_of(d: &DropRecord, topo: Option<&NsTopology>) -> &'static [&'static
 }
 
 /// The back ends that could have run the dropping rule, from where the
-/// kernel freed the packet: the legacy tables run `ipt_do_table` /
-/// `ip6t_do_table`, nftables (iptables-nft's tables too) `nft_do_chain`.
+/// kernel freed the packet: a drop at `nft_do_chain` is nftables'
+/// (iptables-nft's tables too); a legacy table's drop is freed by
+/// `nf_hook_slow` (6.18), which any back end may show, so that keeps all.
 pub fn sources_of(location: &str) -> &'static [Source] {
     if location.starts_with("ipt_do_table") || location.starts_with("ip6t_do_table") {
         &[Source::IptablesLegacy]
