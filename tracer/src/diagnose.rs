@@ -751,6 +751,33 @@ mod tests {
     }
 
     #[test]
+    fn replay_netfilter_drop_names_the_rule() {
+        // Recorded with the netfilter_rules test's topology (src, gate,
+        // dst), 10.171.0.0/16 and fd71::/16. LAB-71 (from FORWARD) holds
+        // two DROP rules that both counted before the run: suspected
+        // until the second reading, when only rule 2's counter rose.
+        let path =
+            Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/recordings/firewall-user-chain.jsonl");
+        let (_, engine) = replay(&path, |_| Ok(())).unwrap();
+        let v = engine.verdicts();
+        assert_eq!(v.len(), 1);
+        assert_eq!(v[0].tier, Tier::Proven);
+        assert_eq!(v[0].evidence["rule"]["jump_path"], "FORWARD -> LAB-71");
+        assert_eq!(v[0].evidence["rule"]["position"], 2);
+        assert!(v[0].fix_commands[0][0].ends_with("iptables-nft -t filter -D LAB-71 2"));
+        // A native inet table on the forward hook drops IPv6: named by
+        // handle; the counted decoy never counted.
+        let path =
+            Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/recordings/firewall-nft-inet-ipv6.jsonl");
+        let (_, engine) = replay(&path, |_| Ok(())).unwrap();
+        let v = engine.verdicts();
+        assert_eq!(v.len(), 1);
+        assert_eq!(v[0].tier, Tier::Proven);
+        assert_eq!(v[0].evidence["rule"]["handle"], 3);
+        assert!(v[0].fix_commands[0][0].ends_with("nft delete rule inet lab71 fw71 handle 3"));
+    }
+
+    #[test]
     fn replay_socket_buffer_full_names_each_socket() {
         // tests/socket_buffer.rs: a UDP socket that never reads, on
         // 10.61.37.2:6389 and [fd61:37::2]:6390, flooded from a peer.

@@ -150,7 +150,11 @@ pub fn name(c: &Candidate) -> String {
         Source::Nftables => format!("{} {}", id.family, id.table),
         _ => id.table.clone(),
     };
-    let place = format!("table {table}, hook {}, {}", c.hook, tool(id));
+    let by = match id.source {
+        Source::Nftables => "nftables",
+        _ => tool(id),
+    };
+    let place = format!("table {table}, hook {}, {by}", c.hook);
     let via = if c.path.len() > 1 {
         format!(", reached by {}", c.path.join(" -> "))
     } else {
