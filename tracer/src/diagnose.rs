@@ -756,8 +756,8 @@ mod tests {
         // dst), 10.171.0.0/16 and fd71::/16. LAB-71 (from FORWARD) holds
         // two DROP rules that both counted before the run: suspected
         // until the second reading, when only rule 2's counter rose.
-        let path =
-            Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/recordings/firewall-user-chain.jsonl");
+        let path = Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("tests/recordings/firewall-user-chain.jsonl");
         let (_, engine) = replay(&path, |_| Ok(())).unwrap();
         let v = engine.verdicts();
         assert_eq!(v.len(), 1);
@@ -767,8 +767,8 @@ mod tests {
         assert!(v[0].fix_commands[0][0].ends_with("iptables-nft -t filter -D LAB-71 2"));
         // A native inet table on the forward hook drops IPv6: named by
         // handle; the counted decoy never counted.
-        let path =
-            Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/recordings/firewall-nft-inet-ipv6.jsonl");
+        let path = Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("tests/recordings/firewall-nft-inet-ipv6.jsonl");
         let (_, engine) = replay(&path, |_| Ok(())).unwrap();
         let v = engine.verdicts();
         assert_eq!(v.len(), 1);
