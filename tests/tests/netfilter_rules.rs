@@ -309,3 +309,65 @@ fn a_rule_that_does_not_match_stays_silent() {
     assert!(ok);
     assert!(verdicts(&lines, "netfilter_drop").is_empty(), "{lines:#?}");
 }
+
+/// An asymmetric path: `src` reaches 10.147.88.40 over a direct link to
+/// `dst` (10.147.99.0/24), but `dst` answers through `gate`, whose
+/// conntrack never saw the SYN and whose FORWARD drops INVALID: the
+/// SYN-ACK dies there. Without the rule the SYN-ACK passes (conntrack
+/// still calls it invalid, nothing drops it) and the connection opens.
+#[test]
+fn syn_ack_without_syn_is_conntrack_invalid() {
+    let lab = lab("nfct");
+    lab.veth("src", "s1", "dst", "d1").unwrap();
+    lab.exec(
+        "src",
+        "ip addr add 10.147.99.5/24 dev s1 && ip route add 10.147.88.40/32 via 10.147.99.40 dev s1 src 10.147.30.5",
+    )
+    .unwrap();
+    lab.exec(
+        "dst",
+        "ip addr add 10.147.99.40/24 dev d1 && \
+         sysctl -qw net.ipv4.conf.all.rp_filter=0 net.ipv4.conf.d1.rp_filter=0",
+    )
+    .unwrap();
+    lab.exec(
+        "gate",
+        "iptables -A FORWARD -m conntrack --ctstate INVALID -j DROP",
+    )
+    .unwrap();
+    let lines = diagnose_while(&lab, || blocked(&lab, DST4, 6312));
+    assert!(verdicts(&lines, "netfilter_drop").is_empty(), "{lines:#?}");
+    let v = verdicts(&lines, "conntrack_invalid");
+    assert_eq!(v.len(), 1, "{lines:#?}");
+    let v = v[0];
+    assert_eq!(v["tier"], "proven");
+    assert_eq!(v["evidence"]["why"], "syn_ack_without_syn");
+    assert_eq!(v["evidence"]["rule"]["chain"], "FORWARD");
+    assert_eq!(v["evidence"]["rule"]["position"], 1);
+    let s = v["summary"].as_str().unwrap();
+    assert!(
+        s.starts_with("tcp SYN-ACK from 10.147.88.40:6312 to 10.147.30.5:")
+            && s.contains("dropped as conntrack state INVALID by rule 1 of chain FORWARD"),
+        "{s}"
+    );
+    apply_first_fix(v);
+    healed(&lab, DST4, 6312);
+}
+
+/// The same path with only `ct state invalid` rules for another port
+/// would be silent; here the control is the symmetric path: the same
+/// INVALID rule, traffic through `gate` both ways, nothing said.
+#[test]
+fn conntrack_invalid_rule_on_a_symmetric_path_stays_silent() {
+    let lab = lab("nfctok");
+    lab.exec(
+        "gate",
+        "iptables -A FORWARD -m conntrack --ctstate INVALID -j DROP",
+    )
+    .unwrap();
+    let mut ok = false;
+    let lines = diagnose_while(&lab, || ok = connects(&lab, DST4, 6312, 20));
+    assert!(ok);
+    let said: Vec<&Value> = lines.iter().filter(|v| v["type"] == "verdict").collect();
+    assert!(said.is_empty(), "{said:#?}");
+}

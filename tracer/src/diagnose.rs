@@ -778,6 +778,23 @@ mod tests {
     }
 
     #[test]
+    fn replay_conntrack_invalid_says_the_syn_took_another_path() {
+        // The SYN reached the server over a direct link; its SYN-ACK came
+        // back through `gate`, whose FORWARD rule 2 drops INVALID.
+        assert_eq!(
+            replayed("conntrack-invalid-asymmetric"),
+            [("conntrack_invalid", Tier::Proven)]
+        );
+        let path = Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("tests/recordings/conntrack-invalid-asymmetric.jsonl");
+        let (_, engine) = replay(&path, |_| Ok(())).unwrap();
+        let v = &engine.verdicts()[0];
+        assert_eq!(v.evidence["why"], "syn_ack_without_syn");
+        assert_eq!(v.evidence["rule"]["comment"], "stateful edge");
+        assert!(v.fix_commands[0][0].ends_with("iptables-nft -t filter -D FORWARD 2"));
+    }
+
+    #[test]
     fn replay_socket_buffer_full_names_each_socket() {
         // tests/socket_buffer.rs: a UDP socket that never reads, on
         // 10.61.37.2:6389 and [fd61:37::2]:6390, flooded from a peer.

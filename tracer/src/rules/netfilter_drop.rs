@@ -53,7 +53,7 @@ pub struct NetfilterDrop {
 
 impl Rule for NetfilterDrop {
     fn kinds(&self) -> &'static [&'static str] {
-        &["netfilter_drop"]
+        &["netfilter_drop", "conntrack_invalid"]
     }
 
     fn on_fact(&mut self, fact: &Fact, cx: &mut Ctx) {
@@ -61,11 +61,19 @@ impl Rule for NetfilterDrop {
         if d.reason != Reason::NETFILTER_DROP || is_ptb_icmp(d) {
             return;
         }
+        // A SYN-ACK is keyed by its server end: every client's
+        // connection dies of the same cause, not one verdict per
+        // ephemeral port.
+        let (addr, port) = if d.tcp_flags.as_deref() == Some("S.") {
+            (d.src, d.sport)
+        } else {
+            (d.dst, d.dport)
+        };
         let key = Key::Netfilter {
             netns: d.netns,
             proto: d.proto,
-            dst: d.dst,
-            dport: d.dport,
+            dst: addr,
+            dport: port,
         };
         cx.tally(&key, d.ts_ns);
         if let Some(p) = self.pending.get_mut(&key) {
@@ -164,7 +172,19 @@ fn conclude(
         "rule": Value::Null, "candidates": [],
         "unread": rs.map(|r| r.unread.clone()).unwrap_or_default(),
     });
+    let mut kind = "netfilter_drop";
     let (tier, summary, mut fix) = match fits {
+        [one] if mentions_invalid(one) => {
+            kind = "conntrack_invalid";
+            evidence["rule"] = fw::evidence(one);
+            let (why, words) = invalid_why(d);
+            evidence["why"] = why.into();
+            let s = format!(
+                "{what} is dropped as conntrack state INVALID by {}. {words}",
+                fw::name(one)
+            );
+            (Tier::Proven, s, invalid_fixes(one, &hint))
+        }
         [one] => {
             evidence["rule"] = fw::evidence(one);
             let s = format!("{what} is dropped by {}.", fw::name(one));
@@ -198,14 +218,14 @@ fn conclude(
             (Tier::Suspected, s, fw::looks(many, fw::ip_family(d), &hint))
         }
     };
-    if fits.iter().any(mentions_invalid) {
+    if kind == "netfilter_drop" && fits.iter().any(mentions_invalid) {
         fix.push(Fix::advice(format!(
             "The rule drops conntrack state INVALID: see why with {hint}conntrack -S"
         )));
     }
     cx.conclude(Finding {
         key,
-        kind: "netfilter_drop",
+        kind,
         tier,
         netns: d.netns,
         summary,
@@ -223,10 +243,49 @@ fn unseen(r: &Ruleset) -> String {
     }
 }
 
+/// A rule that drops what conntrack calls invalid (`-m conntrack
+/// --ctstate INVALID`, `-m state --state INVALID`, `ct state invalid`).
 fn mentions_invalid(c: &Candidate) -> bool {
-    c.rule
-        .as_ref()
-        .is_some_and(|r| r.text.contains("INVALID") || r.text.contains("ct state invalid"))
+    c.rule.as_ref().is_some_and(|r| {
+        let w: Vec<&str> = r.text.split_whitespace().collect();
+        w.windows(2).any(|p| {
+            matches!(p[0], "--ctstate" | "--state") && p[1].split(',').any(|s| s == "INVALID")
+        }) || r.text.contains("ct state invalid")
+    })
+}
+
+/// Why conntrack found the packet invalid, where the packet says: (a
+/// code for scripts, the words).
+fn invalid_why(d: &DropRecord) -> (&'static str, &'static str) {
+    match d.tcp_flags.as_deref() {
+        Some("S.") => (
+            "syn_ack_without_syn",
+            "Conntrack here never saw the SYN this SYN-ACK answers: the SYN reached the server by another path, and only the replies come back through this namespace (asymmetric routing).",
+        ),
+        Some(f) if !f.contains('S') && !f.contains('R') => (
+            "no_entry_or_out_of_window",
+            "Conntrack has no entry for this connection (its first packets took another path, or the table was flushed) or the segment lies outside the TCP window.",
+        ),
+        _ => (
+            "unknown",
+            "Conntrack's own counters say why (conntrack -S: invalid, insert_failed).",
+        ),
+    }
+}
+
+/// The fixes of a conntrack_invalid drop: the path first (the rule is
+/// usually right to drop what conntrack cannot follow), then the rule.
+fn invalid_fixes(c: &Candidate, hint: &str) -> Vec<Fix> {
+    let rm = fw::remove_command(c, hint);
+    let look = fw::look_command(&c.id, hint);
+    vec![
+        Fix::run(
+            format!("Route both directions of the connection through this namespace; or, if the asymmetry is intended, remove the rule: {rm}"),
+            vec![rm],
+        ),
+        Fix::advice(format!("See its counters: {look}")),
+        Fix::advice(format!("Conntrack's reasons: {hint}conntrack -S (or {hint}cat /proc/net/stat/nf_conntrack)")),
+    ]
 }
 
 #[cfg(test)]

@@ -145,3 +145,58 @@ fn two_rules_that_counted_are_suspects_until_the_counters_tell() {
         v[0].fix
     );
 }
+
+#[test]
+fn an_invalid_state_rule_is_conntrack_invalid_with_why() {
+    let nft = r#"{"nftables":[{"chain":{"family":"inet","table":"edge","name":"fw","hook":"forward","policy":"accept"}},
+{"rule":{"family":"inet","table":"edge","chain":"fw","handle":5,"expr":[{"match":{}},{"drop":null}]}}]}"#;
+    let text = "table inet edge { # handle 1\n\tchain fw { # handle 1\n\t\tct state invalid drop # handle 5\n\t}\n}\n";
+    let rs = Arc::new(Ruleset {
+        read_ns: 10,
+        chains: crate::host::firewall::nft::parse(nft, text, &[]).unwrap(),
+        unread: vec![],
+    });
+    let mut src = lab();
+    src.rulesets.insert(NS, vec![rs]);
+    let mut a = tcp(
+        drop(Reason::NETFILTER_DROP, 1_000),
+        "10.61.4.2",
+        8443,
+        "10.61.9.7",
+        40001,
+    );
+    a.tcp_flags = Some("S.".into());
+    a.ingress_ifindex = 3;
+    // Another client's SYN-ACK from the same server: the same cause.
+    let mut b = a.clone();
+    b.ts_ns = 2_000;
+    b.dport = Some(40002);
+    let mut ack = tcp(
+        drop(Reason::NETFILTER_DROP, 3_000),
+        "10.61.9.7",
+        40003,
+        "10.61.4.3",
+        22,
+    );
+    ack.tcp_flags = Some(".".into());
+    ack.ingress_ifindex = 3;
+    let v = run(
+        &mut src,
+        vec![Fact::Drop(a), Fact::Drop(b), Fact::Drop(ack)],
+        0,
+    );
+    assert_eq!(
+        kinds(&v),
+        [
+            ("conntrack_invalid", Tier::Proven),
+            ("conntrack_invalid", Tier::Proven)
+        ]
+    );
+    assert_eq!(v[0].drops, 2);
+    assert_eq!(v[0].evidence["why"], "syn_ack_without_syn");
+    assert_eq!(v[1].evidence["why"], "no_entry_or_out_of_window");
+    assert_eq!(
+        v[0].fix_commands[0],
+        ["ip netns exec lab nft delete rule inet edge fw handle 5"]
+    );
+}
