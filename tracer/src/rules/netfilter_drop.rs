@@ -33,6 +33,10 @@ const REREAD_NS: u64 = 1_000_000_000;
 /// Readings per flow at most: a flow whose rule cannot be told apart
 /// stops costing reads.
 const MAX_READS: u32 = 6;
+/// A namespace's ruleset is read at most this often for new flows (a
+/// reading runs the listing tools, about 50 ms): a port scan through a
+/// default-deny firewall must not stall the event loop once per port.
+const MIN_READ_GAP_NS: u64 = 500_000_000;
 
 /// A flow whose dropping rule is not yet the only one left.
 struct Pending {
@@ -49,6 +53,30 @@ struct Pending {
 #[derive(Default)]
 pub struct NetfilterDrop {
     pending: HashMap<Key, Pending>,
+    /// The latest reading of each namespace.
+    latest: HashMap<u32, Arc<Ruleset>>,
+}
+
+impl NetfilterDrop {
+    /// A reading for a drop at `ts`: a fresh one, unless the latest was
+    /// taken after the drop (it counts it) or too recently to read again.
+    /// Returns whether the reading counts the drop.
+    fn reading(&mut self, cx: &mut Ctx, netns: u32, ts: u64) -> Option<(Arc<Ruleset>, bool)> {
+        if let Some(r) = self.latest.get(&netns) {
+            if r.read_ns >= ts {
+                return Some((r.clone(), true));
+            }
+            if cx.now_ns < r.read_ns + MIN_READ_GAP_NS {
+                return Some((r.clone(), false));
+            }
+        }
+        let r = cx.ruleset(netns)?;
+        if self.latest.len() > 1000 {
+            self.latest.clear();
+        }
+        self.latest.insert(netns, r.clone());
+        Some((r, true))
+    }
 }
 
 impl Rule for NetfilterDrop {
@@ -87,11 +115,13 @@ impl Rule for NetfilterDrop {
         }
         let topo = cx.topo(d.netns);
         let hooks = fw::hooks_of(d, topo.as_deref());
-        let Some(rs) = cx.ruleset(d.netns) else {
+        let Some((rs, counted)) = self.reading(cx, d.netns, d.ts_ns) else {
             conclude(cx, key, d, hooks, &[], None);
             return;
         };
-        let fits = fw::first_fits(fw::candidates_for(d, &rs, hooks));
+        let all = fw::candidates_for(d, &rs, hooks);
+        // A reading from before the drop cannot rule out a rule at 0.
+        let fits = if counted { fw::first_fits(all) } else { all };
         conclude(cx, key.clone(), d, hooks, &fits, Some(&rs));
         if fits.len() > 1 && self.pending.len() < 1000 {
             let p = Pending {
@@ -99,7 +129,9 @@ impl Rule for NetfilterDrop {
                 hooks,
                 last: rs,
                 fits,
-                since: Vec::new(),
+                // A reading from before the drop: the next one must
+                // count it.
+                since: if counted { Vec::new() } else { vec![d.ts_ns] },
                 reads: 1,
             };
             self.pending.insert(key, p);
@@ -123,6 +155,7 @@ impl Rule for NetfilterDrop {
             else {
                 continue;
             };
+            self.latest.insert(netns, rs.clone());
             // On a replay the reading may not have been taken yet.
             if rs.read_ns <= p.last.read_ns {
                 continue;

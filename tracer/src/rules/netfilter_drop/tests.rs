@@ -200,3 +200,34 @@ fn an_invalid_state_rule_is_conntrack_invalid_with_why() {
         ["ip netns exec lab nft delete rule inet edge fw handle 5"]
     );
 }
+
+#[test]
+fn a_second_flow_soon_after_reuses_the_reading_and_is_narrowed_later() {
+    let mut src = lab();
+    // Read once at the first drop; the next reading only at a tick.
+    src.rulesets
+        .insert(NS, vec![reading(1_500, 1, 0), reading(1_200_000_000, 1, 1)]);
+    let first = forwarded(1_000);
+    let Fact::Drop(mut second) = forwarded(100_000_000) else {
+        unreachable!()
+    };
+    second.dport = Some(6301);
+    let v = run(&mut src, vec![first, Fact::Drop(second)], 2_000_000_000);
+    assert_eq!(
+        kinds(&v),
+        [
+            ("netfilter_drop", Tier::Proven),
+            ("netfilter_drop", Tier::Proven)
+        ]
+    );
+    assert!(
+        v[0].summary.contains("rule 1 of chain EDGE-GUARD"),
+        "{}",
+        v[0].summary
+    );
+    assert!(
+        v[1].summary.contains("rule 2 of chain EDGE-GUARD"),
+        "{}",
+        v[1].summary
+    );
+}
