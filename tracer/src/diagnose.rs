@@ -5,6 +5,7 @@
 
 use crate::events::decode::Extra;
 use crate::events::record::{DropRecord, NeighRecord};
+use crate::host::firewall::Ruleset;
 use crate::host::topology::{Link, NsTopology, Topology};
 use crate::kernel::clock::wall_now_ns;
 use crate::record::{Header, Line, Reader, Recorder};
@@ -109,6 +110,16 @@ impl TopologySource for LiveSource<'_> {
 
     fn changed_before(&mut self, netns: u32) -> Option<u64> {
         self.changes.seen.get(&netns).and_then(|s| s.2)
+    }
+
+    fn ruleset(&mut self, netns: u32) -> Option<Arc<Ruleset>> {
+        let rs = Arc::new(self.topology.ruleset(netns, wall_now_ns())?);
+        if let Some(r) = self.recorder.as_deref_mut() {
+            if let Err(e) = r.ruleset(self.now_ns, netns, &rs) {
+                self.error.get_or_insert(e);
+            }
+        }
+        Some(rs)
     }
 
     fn container_by_addr(
@@ -406,6 +417,7 @@ pub struct ReplaySource {
     changed_before: HashMap<u32, u64>,
     containers: HashMap<u32, Arc<crate::host::containers::Container>>,
     networks: HashMap<String, crate::host::containers::DockerNetwork>,
+    rulesets: HashMap<u32, Arc<Ruleset>>,
     own_netns: u32,
     dockerd: bool,
 }
@@ -421,6 +433,10 @@ impl TopologySource for ReplaySource {
 
     fn changed_before(&mut self, netns: u32) -> Option<u64> {
         self.changed_before.get(&netns).copied()
+    }
+
+    fn ruleset(&mut self, netns: u32) -> Option<Arc<Ruleset>> {
+        self.rulesets.get(&netns).cloned()
     }
 
     fn container_by_addr(
@@ -485,6 +501,7 @@ fn replay_with(
         changed_before: HashMap::new(),
         containers: HashMap::new(),
         networks: HashMap::new(),
+        rulesets: HashMap::new(),
         own_netns: header.own_netns,
         dockerd: header.dockerd,
     };
@@ -509,6 +526,9 @@ fn replay_with(
             }
             Line::DockerNetwork(bridge, n) => {
                 src.networks.insert(bridge, n);
+            }
+            Line::Ruleset(netns, rs) => {
+                src.rulesets.insert(netns, Arc::new(rs));
             }
             Line::Fact(f) => {
                 let ts = f.ts_ns();
@@ -728,6 +748,50 @@ mod tests {
         ] {
             assert_eq!(replayed(name), [(kind, tier)], "{name}");
         }
+    }
+
+    #[test]
+    fn replay_netfilter_drop_names_the_rule() {
+        // Recorded with the netfilter_rules test's topology (src, gate,
+        // dst), 10.171.0.0/16 and fd71::/16. LAB-71 (from FORWARD) holds
+        // two DROP rules that both counted before the run: suspected
+        // until the second reading, when only rule 2's counter rose.
+        let path = Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("tests/recordings/firewall-user-chain.jsonl");
+        let (_, engine) = replay(&path, |_| Ok(())).unwrap();
+        let v = engine.verdicts();
+        assert_eq!(v.len(), 1);
+        assert_eq!(v[0].tier, Tier::Proven);
+        assert_eq!(v[0].evidence["rule"]["jump_path"], "FORWARD -> LAB-71");
+        assert_eq!(v[0].evidence["rule"]["position"], 2);
+        assert!(v[0].fix_commands[0][0].ends_with("iptables-nft -t filter -D LAB-71 2"));
+        // A native inet table on the forward hook drops IPv6: named by
+        // handle; the counted decoy never counted.
+        let path = Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("tests/recordings/firewall-nft-inet-ipv6.jsonl");
+        let (_, engine) = replay(&path, |_| Ok(())).unwrap();
+        let v = engine.verdicts();
+        assert_eq!(v.len(), 1);
+        assert_eq!(v[0].tier, Tier::Proven);
+        assert_eq!(v[0].evidence["rule"]["handle"], 3);
+        assert!(v[0].fix_commands[0][0].ends_with("nft delete rule inet lab71 fw71 handle 3"));
+    }
+
+    #[test]
+    fn replay_conntrack_invalid_says_the_syn_took_another_path() {
+        // The SYN reached the server over a direct link; its SYN-ACK came
+        // back through `gate`, whose FORWARD rule 2 drops INVALID.
+        assert_eq!(
+            replayed("conntrack-invalid-asymmetric"),
+            [("conntrack_invalid", Tier::Proven)]
+        );
+        let path = Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("tests/recordings/conntrack-invalid-asymmetric.jsonl");
+        let (_, engine) = replay(&path, |_| Ok(())).unwrap();
+        let v = &engine.verdicts()[0];
+        assert_eq!(v.evidence["why"], "syn_ack_without_syn");
+        assert_eq!(v.evidence["rule"]["comment"], "stateful edge");
+        assert!(v.fix_commands[0][0].ends_with("iptables-nft -t filter -D FORWARD 2"));
     }
 
     #[test]

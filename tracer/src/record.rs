@@ -12,6 +12,10 @@
 //!   `{"type":"docker_network","ts_ns","bridge","network":{..}}`: what a
 //!   rule learnt about a container or a Docker network, when first asked
 //!   and when changed, before the fact that needed it;
+//! - `{"type":"ruleset","ts_ns","netns","ruleset":{..}}`: a namespace's
+//!   firewall rules with their counters, each time a rule read them
+//!   (`netfilter_drop` compares two readings), before the fact or tick
+//!   that needed it;
 //! - `drop`, `syn`, `neigh`: the facts, exactly as `-o json` prints them;
 //! - `{"type":"end","ts_ns"}`: when the run ended (a replay runs the
 //!   rules' clocks up to it).
@@ -28,6 +32,7 @@
 //! would otherwise mean billions of ticks.
 
 use crate::host::containers::{Container, DockerNetwork};
+use crate::host::firewall::Ruleset;
 use crate::host::topology::NsTopology;
 use crate::kernel::clock::wall_now_ns;
 use crate::rules::Fact;
@@ -225,6 +230,14 @@ impl Recorder {
         self.line(&serde_json::json!({"type": "docker_network", "ts_ns": ts_ns, "bridge": bridge, "network": n}))
     }
 
+    /// Writes a reading of `netns`'s firewall rules (every reading: the
+    /// counters are the point).
+    pub fn ruleset(&mut self, ts_ns: u64, netns: u32, rs: &Ruleset) -> std::io::Result<()> {
+        self.line(
+            &serde_json::json!({"type": "ruleset", "ts_ns": ts_ns, "netns": netns, "ruleset": rs}),
+        )
+    }
+
     /// Writes `t` unless the last snapshot of its namespace says the same.
     pub fn topology(&mut self, ts_ns: u64, t: &Arc<NsTopology>) -> std::io::Result<()> {
         self.topology_changed(ts_ns, t, None)
@@ -281,6 +294,8 @@ pub enum Line {
     Topology(NsTopology, Option<u64>),
     Container(Container),
     DockerNetwork(String, DockerNetwork),
+    /// A namespace's firewall rules, as read then.
+    Ruleset(u32, Ruleset),
     Fact(Fact),
     End {
         ts_ns: u64,
@@ -483,6 +498,10 @@ impl Iterator for Reader {
                     "docker_network" => Some(Line::DockerNetwork(
                         v["bridge"].as_str().unwrap_or_default().to_string(),
                         serde_json::from_value(v["network"].take())?,
+                    )),
+                    "ruleset" => Some(Line::Ruleset(
+                        v["netns"].as_u64().unwrap_or_default() as u32,
+                        serde_json::from_value(v["ruleset"].take())?,
                     )),
                     "drop" => Some(Line::Fact(Fact::Drop(serde_json::from_value(v)?))),
                     "syn" => Some(Line::Fact(Fact::Syn(serde_json::from_value(v)?))),

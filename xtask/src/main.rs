@@ -39,6 +39,9 @@ const RUN_PACKAGES: &[&str] = &[
     "iproute2",
     "iputils-ping",
     "iptables",
+    // The native nftables tests build an inet table, and netfilter_drop
+    // reads native rules with `nft -j` (its postinst starts no service).
+    "nftables",
     "procps",
     // The pcapng tests read captures back with Wireshark's tshark.
     "tshark",

@@ -213,6 +213,7 @@ impl Namer {
             stack: None,
             noise: None,
             arp: arp_of(f),
+            fragment: has_l3 && f.flags & FLOW_FRAGMENT != 0,
         };
         self.judge_too_big(&mut rec, kernel_reasons);
         rec.noise = noise_kind(&rec);

@@ -112,6 +112,10 @@ pub struct DropRecord {
     /// An ARP packet's opcode and addresses (only on ARP drops).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub arp: Option<Arp>,
+    /// A non-first IP fragment: it has no L4 header, so no ports (only
+    /// written when true).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub fragment: bool,
 }
 
 /// What a dropped ARP packet said.
@@ -183,6 +187,7 @@ impl DropRecord {
             stack: None,
             noise: None,
             arp: None,
+            fragment: false,
         }
     }
 

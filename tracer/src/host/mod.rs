@@ -1,8 +1,9 @@
 //! Who is who on this host: network namespaces, their interfaces, routes
-//! sysctls and queue disciplines (over netlink), the containers behind
+//! sysctls and queue disciplines (over netlink), firewall rulesets, the containers behind
 //! them (and the processes in /proc behind those), whether connected
 //! devices mix MTUs, and how busy the host is.
 pub mod containers;
+pub mod firewall;
 pub mod mtu_mix;
 pub mod netns;
 pub mod proc;

@@ -1224,6 +1224,20 @@ impl Topology {
         }
     }
 
+    /// The firewall rules of a namespace, read now (never cached: their
+    /// counters are what the caller wants). None if the namespace is gone
+    /// or cannot be entered.
+    pub fn ruleset(&mut self, inode: u32, read_ns: u64) -> Option<super::firewall::Ruleset> {
+        let info = self.netns.find(inode)?;
+        match super::firewall::read(&info, read_ns) {
+            Ok(rs) => Some(rs),
+            Err(e) => {
+                self.last_error = Some(format!("reading the ruleset of {}: {e}", info.label()));
+                None
+            }
+        }
+    }
+
     /// Forces a re-read on the next `get`.
     pub fn invalidate(&mut self, inode: u32) {
         if let Some(e) = self.entries.get_mut(&inode) {

@@ -9,6 +9,7 @@ use super::facts::{FlowKey, Observations};
 use super::key::Key;
 use super::{Tier, Verdict};
 use crate::host::containers::{Container, DockerNetwork};
+use crate::host::firewall::Ruleset;
 use crate::host::topology::{Link, NsTopology};
 use serde_json::{Map, Value};
 use std::collections::{HashMap, HashSet};
@@ -45,6 +46,12 @@ pub trait TopologySource {
     }
     /// The container that has `addr` on one of its networks.
     fn container_by_addr(&mut self, _addr: IpAddr) -> Option<Arc<Container>> {
+        None
+    }
+    /// The firewall rules of `netns` with their counters, read now (a
+    /// live source reads every time: callers ask sparingly); on a replay,
+    /// the latest reading recorded so far. None if they cannot be read.
+    fn ruleset(&mut self, _netns: u32) -> Option<Arc<Ruleset>> {
         None
     }
     /// Wall time before which `netns`'s topology was last seen different
@@ -187,6 +194,10 @@ impl<'a> Ctx<'a> {
 
     pub fn docker_network(&mut self, bridge: &str) -> Option<DockerNetwork> {
         self.src.docker_network(bridge)
+    }
+
+    pub fn ruleset(&mut self, netns: u32) -> Option<Arc<Ruleset>> {
+        self.src.ruleset(netns)
     }
 
     pub fn dockerd_running(&mut self) -> bool {

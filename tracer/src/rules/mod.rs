@@ -103,7 +103,7 @@ pub fn all() -> Vec<Box<dyn Rule>> {
         Box::new(pmtu_blackhole::PmtuBlackhole),
         Box::new(mss_exceeds_mtu::MssExceedsMtu::default()),
         Box::new(l2_mtu_mismatch::L2MtuMismatch),
-        Box::new(netfilter_drop::NetfilterDrop),
+        Box::new(netfilter_drop::NetfilterDrop::default()),
         Box::new(no_route::NoRoute),
         Box::new(forwarding_disabled::ForwardingDisabled),
         Box::new(misdelivered::Misdelivered),

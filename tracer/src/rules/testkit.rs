@@ -159,6 +159,9 @@ pub struct Fake {
     pub containers: crate::host::containers::Registry,
     /// netns -> wall time its topology last looked different.
     pub changed_before: HashMap<u32, u64>,
+    /// netns -> the readings its `ruleset` returns, oldest first (the
+    /// last one stays).
+    pub rulesets: HashMap<u32, Vec<Arc<crate::host::firewall::Ruleset>>>,
 }
 
 impl Fake {
@@ -168,6 +171,7 @@ impl Fake {
             dockerd: false,
             containers: Default::default(),
             changed_before: HashMap::new(),
+            rulesets: HashMap::new(),
         }
     }
 }
@@ -193,6 +197,14 @@ impl TopologySource for Fake {
     }
     fn changed_before(&mut self, netns: u32) -> Option<u64> {
         self.changed_before.get(&netns).copied()
+    }
+    fn ruleset(&mut self, netns: u32) -> Option<Arc<crate::host::firewall::Ruleset>> {
+        let r = self.rulesets.get_mut(&netns)?;
+        if r.len() > 1 {
+            Some(r.remove(0))
+        } else {
+            r.first().cloned()
+        }
     }
     fn container_by_addr(
         &mut self,

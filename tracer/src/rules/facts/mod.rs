@@ -7,6 +7,7 @@
 //! Nothing here concludes a verdict, and nothing here imports a rule.
 
 pub mod arrivals;
+pub mod firewall;
 pub mod forwarding;
 pub mod pmtu;
 pub mod reverse_path;
