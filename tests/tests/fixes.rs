@@ -164,6 +164,67 @@ fn asymmetric_route_fix_heals() {
     healed(&lab, &ns, || ping(&lab, "cli", "10.66.0.9", 56));
 }
 
+/// Policy routing, as on a cloud host with a table per interface: `rule`
+/// sends the server's reverse-path lookup to `table`, which holds the
+/// server's own prefix on `up1` and a default out `side2`; main is right.
+/// rp_filter=1 drops the client's pings; the proof names the table and
+/// the rule, and fix 1, applied, routes the client back in that table
+/// (a main-table route would be bypassed by the rule).
+fn policy_rpfilter_heals(test: &str, rule: &str, table: u32, extra: &str) -> Value {
+    let lab = multihomed_lab(
+        test,
+        &format!(
+            "ip rule add {rule} lookup {table} pref 3210 && \
+             ip route add 10.66.0.0/24 dev up1 table {table} && \
+             ip route add default via 10.88.0.1 dev side2 table {table}{extra}"
+        ),
+        1,
+    );
+    let ns = ["cli", "gw", "srv"];
+    let lines = diagnose_while(&lab, &ns, || {
+        assert!(!ping(&lab, "cli", "10.66.0.9", 56));
+    });
+    let v = verdict(&lines, "rpfilter_route_conflict").clone();
+    let e = &v["evidence"];
+    assert_eq!(e["reverse_route_ifname"], "side2", "{v}");
+    assert_eq!(e["reverse_route_table"], table, "{v}");
+    assert_eq!(e["reverse_route_rule"]["rule_priority"], 3210, "{v}");
+    let cmd = v["fix_commands"][0][0].as_str().unwrap();
+    assert!(cmd.ends_with(&format!(" table {table}")), "{cmd}");
+    apply_first_fix(&v);
+    healed(&lab, &ns, || ping(&lab, "cli", "10.66.0.9", 56));
+    v
+}
+
+/// `from <the server's address> lookup 213`.
+#[test]
+fn rpfilter_policy_rule_from_fix_heals() {
+    let v = policy_rpfilter_heals("fxprf", "from 10.66.0.9", 213, "");
+    let e = &v["evidence"]["reverse_route_rule"];
+    assert_eq!(e["rule"], "3210: from 10.66.0.9 lookup 213", "{v}");
+    assert_eq!(v["evidence"]["src_valid_mark"], false, "{v}");
+}
+
+/// `fwmark 0x30/0xf0 lookup 4711`, the mark set on arrival, and
+/// src_valid_mark=1: the reverse-path lookup carries the mark.
+#[test]
+fn rpfilter_policy_rule_fwmark_fix_heals() {
+    let v = policy_rpfilter_heals(
+        "fxpmk",
+        "fwmark 0x30/0xf0",
+        4711,
+        " && sysctl -qw net.ipv4.conf.all.src_valid_mark=1 && \
+         iptables -t mangle -A PREROUTING -i up1 -j MARK --set-mark 0x37",
+    );
+    let e = &v["evidence"]["reverse_route_rule"];
+    assert_eq!(
+        e["rule"], "3210: from all fwmark 0x30/0xf0 lookup 4711",
+        "{v}"
+    );
+    assert_eq!(e["fwmark"], 0x30, "{v}");
+    assert_eq!(v["evidence"]["src_valid_mark"], true, "{v}");
+}
+
 /// A router with forwarding off between two links. Fix 1 turns it on.
 #[test]
 fn forwarding_disabled_fix_heals() {

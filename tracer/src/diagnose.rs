@@ -635,6 +635,39 @@ mod tests {
         assert!(engine.verdicts().is_empty());
     }
 
+    /// Policy routing (a `from` rule, and a `fwmark` rule with
+    /// src_valid_mark): the proof names the table the kernel's reverse
+    /// lookup used and the rule that sent it there; fix 1 acts there.
+    #[test]
+    fn replay_policy_rpfilter() {
+        for (name, rule) in [
+            ("policy-rpfilter-from", "32765: from 10.66.0.9 lookup 213"),
+            (
+                "policy-rpfilter-fwmark",
+                "32765: from all fwmark 0x5 lookup 213",
+            ),
+        ] {
+            let path = Path::new(env!("CARGO_MANIFEST_DIR"))
+                .join(format!("tests/recordings/{name}.jsonl"));
+            let (_, engine) = replay(&path, |_| Ok(())).unwrap();
+            let v = engine.verdicts();
+            assert_eq!(v.len(), 1, "{name}");
+            assert_eq!(
+                (v[0].kind, v[0].tier),
+                ("rpfilter_route_conflict", Tier::Proven)
+            );
+            let e = &v[0].evidence;
+            assert_eq!(e["reverse_route_table"], 213, "{name}");
+            assert_eq!(e["reverse_route_rule"]["rule"], rule, "{name}");
+            assert_eq!(e["src_valid_mark"], name.ends_with("fwmark"), "{name}");
+            assert!(
+                v[0].fix_commands[0][0].ends_with("via 10.66.0.1 dev up1 table 213"),
+                "{:?}",
+                v[0].fix_commands
+            );
+        }
+    }
+
     #[test]
     fn replay_bridge_subnet_loose() {
         assert_eq!(

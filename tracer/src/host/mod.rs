@@ -5,6 +5,7 @@
 pub mod containers;
 pub mod mtu_mix;
 pub mod netns;
+pub mod policy;
 pub mod proc;
 pub mod qdisc;
 pub mod snmp;

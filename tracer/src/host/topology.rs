@@ -29,11 +29,13 @@ use netlink_packet_route::address::{AddressAttribute, AddressMessage};
 use netlink_packet_route::link::{LinkAttribute, LinkFlags, LinkInfo, LinkMessage};
 use netlink_packet_route::nsid::{NsidAttribute, NsidMessage};
 use netlink_packet_route::route::{RouteAddress, RouteAttribute, RouteMessage, RouteVia};
+use netlink_packet_route::rule::RuleMessage;
 use netlink_packet_route::{AddressFamily, RouteNetlinkMessage};
 use netlink_sys::{protocols::NETLINK_ROUTE, Socket, SocketAddr};
 use serde::{Deserialize, Serialize};
 
 use crate::host::netns::{self, NetnsCache, NetnsInfo};
+use crate::host::policy::{self, Decision, FibRule, Flow};
 use crate::host::qdisc::{self, Qdisc};
 use crate::host::snmp::UdpCounters;
 use netlink_packet_route::tc::TcMessage;
@@ -143,6 +145,10 @@ pub struct Sysctls {
     pub rp_filter_all: u32,
     /// Per ifname, from net.ipv4.conf.<ifname>.rp_filter (includes "default").
     pub rp_filter: HashMap<String, u32>,
+    /// net.ipv4.conf.<ifname>.src_valid_mark, "all" included, where set:
+    /// the reverse-path check then looks up with the packet's mark.
+    #[serde(default)]
+    pub src_valid_mark: HashMap<String, bool>,
     /// net.ipv4.conf.all.forwarding
     pub ipv4_forwarding: bool,
     /// Per ifname, net.ipv4.conf.<ifname>.forwarding: the kernel checks
@@ -175,6 +181,10 @@ pub struct NsTopology {
     pub links: Vec<Link>,
     /// All tables, IPv4 then IPv6, in kernel dump order.
     pub routes: Vec<Route>,
+    /// The policy rules (`ip rule`), IPv4 then IPv6; empty in recordings
+    /// made before they were read (the kernel's defaults are assumed).
+    #[serde(default)]
+    pub rules: Vec<FibRule>,
     pub sysctls: Sysctls,
     /// Queue disciplines of every device, with their counters at read time.
     #[serde(default)]
@@ -195,7 +205,7 @@ impl NsTopology {
     /// joined it.
     pub fn read(ns: &NetnsInfo) -> anyhow::Result<NsTopology> {
         let inode = ns.inode;
-        let (links, routes, sysctls, qdiscs, udp) =
+        let (links, routes, rules, sysctls, qdiscs, udp) =
             netns::run_in(&ns.path, move || read_here(inode))
                 .with_context(|| format!("cannot enter netns {}", ns.path.display()))?
                 .with_context(|| format!("reading topology of netns {}", ns.label()))?;
@@ -204,6 +214,7 @@ impl NsTopology {
             name: ns.name.clone(),
             links,
             routes,
+            rules,
             sysctls,
             qdiscs,
             udp,
@@ -233,6 +244,7 @@ impl NsTopology {
             && self.name == other.name
             && self.links == other.links
             && self.routes == other.routes
+            && self.rules == other.rules
             && self.sysctls == other.sysctls
             && self.path == other.path
             && self.qdiscs.len() == other.qdiscs.len()
@@ -319,6 +331,39 @@ impl NsTopology {
         self.sysctls.rp_filter_all.max(dev)
     }
 
+    /// Whether the reverse-path check on `ifname` looks up with the
+    /// packet's mark: conf.all or conf.<ifname> src_valid_mark.
+    pub fn src_valid_mark(&self, ifname: &str) -> bool {
+        let on = |n: &str| self.sysctls.src_valid_mark.get(n).copied() == Some(true);
+        on("all") || on(ifname)
+    }
+
+    /// The rule and table the kernel uses for `flow`; with `table` (the
+    /// one the kernel reported), the rule that led there.
+    pub fn decide(&self, flow: &Flow, table: Option<u32>) -> Option<Decision> {
+        policy::decide(&self.rules, &self.routes, flow, table)
+    }
+
+    /// The policy decision of the reverse-path check for a packet from
+    /// `src` to `dst` arriving on `in_name` (fib_validate_source: src and
+    /// dst swapped, iif loopback, the mark only with src_valid_mark).
+    pub fn reverse_decision(
+        &self,
+        src: IpAddr,
+        dst: Option<IpAddr>,
+        in_name: &str,
+        table: Option<u32>,
+    ) -> Option<Decision> {
+        let flow = Flow {
+            src: dst,
+            dst: src,
+            iif: Some("lo"),
+            oif: None,
+            mark: (!self.src_valid_mark(in_name)).then_some(0),
+        };
+        self.decide(&flow, table)
+    }
+
     /// Is this ifindex a Linux bridge?
     pub fn is_bridge(&self, ifindex: i32) -> bool {
         self.link(ifindex)
@@ -348,7 +393,14 @@ pub fn prefix_contains(net: IpAddr, len: u8, addr: IpAddr) -> bool {
 }
 
 /// Runs on the thread inside the netns.
-type Read = (Vec<Link>, Vec<Route>, Sysctls, Vec<Qdisc>, UdpCounters);
+type Read = (
+    Vec<Link>,
+    Vec<Route>,
+    Vec<FibRule>,
+    Sysctls,
+    Vec<Qdisc>,
+    UdpCounters,
+);
 
 fn read_here(expected: u32) -> anyhow::Result<Read> {
     // The path may have been recycled (pid reuse) between lookup and setns.
@@ -366,6 +418,9 @@ fn read_here(expected: u32) -> anyhow::Result<Read> {
         Err(_) if !Path::new("/proc/sys/net/ipv6").exists() => {}
         Err(e) => return Err(e.context("dumping IPv6 routes")),
     }
+    let mut rules = dump_rules(&mut nl, AddressFamily::Inet).context("dumping IPv4 rules")?;
+    // No IPv6 rules where IPv6 is off: the IPv4 ones still stand.
+    rules.extend(dump_rules(&mut nl, AddressFamily::Inet6).unwrap_or_default());
     let sysctls = read_sysctls().context("reading sysctls")?;
     let txqlen: HashMap<i32, u32> = links.iter().map(|l| (l.ifindex, l.txqlen)).collect();
     // Queue disciplines only name a queue that drops; without them the
@@ -393,7 +448,14 @@ fn read_here(expected: u32) -> anyhow::Result<Read> {
         };
     }
     links.sort_by_key(|l| l.ifindex);
-    Ok((links, routes, sysctls, qdiscs, UdpCounters::read_here()))
+    Ok((
+        links,
+        routes,
+        rules,
+        sysctls,
+        qdiscs,
+        UdpCounters::read_here(),
+    ))
 }
 
 /// Maps nsids (as seen from the current netns) to netns inodes.
@@ -457,11 +519,16 @@ fn read_sysctls() -> anyhow::Result<Sysctls> {
         read_u32(&all.join("rp_filter")).with_context(|| format!("{}/rp_filter", all.display()))?;
     let mut rp_filter = HashMap::new();
     let mut ipv4_forwarding_dev = HashMap::new();
+    let mut src_valid_mark = HashMap::new();
     for e in fs::read_dir(conf)
         .with_context(|| conf.display().to_string())?
         .flatten()
     {
         let name = e.file_name().to_string_lossy().into_owned();
+        // Only where it is on: the map stays empty on most hosts.
+        if read_u32(&e.path().join("src_valid_mark")).is_ok_and(|v| v != 0) {
+            src_valid_mark.insert(name.clone(), true);
+        }
         if name == "all" {
             continue;
         }
@@ -482,6 +549,7 @@ fn read_sysctls() -> anyhow::Result<Sysctls> {
     Ok(Sysctls {
         rp_filter_all,
         rp_filter,
+        src_valid_mark,
         ipv4_forwarding,
         ipv4_forwarding_dev,
         ipv6_forwarding,
@@ -752,6 +820,21 @@ fn dump_routes(nl: &mut Rtnl, family: AddressFamily) -> anyhow::Result<Vec<Route
         .filter_map(|r| match &r.parsed {
             Some(RouteNetlinkMessage::NewRoute(m)) => route_from_msg(m),
             _ => raw::route(&r.payload),
+        })
+        .collect())
+}
+
+/// `ip rule` of one family. A rule the crate cannot decode is left out:
+/// the lookups then assume it does not match.
+fn dump_rules(nl: &mut Rtnl, family: AddressFamily) -> anyhow::Result<Vec<FibRule>> {
+    let mut req = RuleMessage::default();
+    req.header.family = family;
+    let replies = nl.request(RouteNetlinkMessage::GetRule(req), true)?;
+    Ok(replies
+        .iter()
+        .filter_map(|r| match &r.parsed {
+            Some(RouteNetlinkMessage::NewRule(m)) => FibRule::from_msg(m),
+            _ => None,
         })
         .collect())
 }
@@ -1383,6 +1466,7 @@ mod tests {
             name: None,
             links: Vec::new(),
             routes,
+            rules: Vec::new(),
             sysctls: Sysctls::default(),
             qdiscs: Vec::new(),
             udp: Default::default(),

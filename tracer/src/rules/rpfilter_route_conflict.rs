@@ -44,14 +44,27 @@ impl Rule for RpFilterRouteConflict {
             reverse: rev_if,
         };
         cx.tally(&key, d.ts_ns);
-        let prefix = topo
-            .prefix_on(rev_if, src)
+        let policy = rpf.policy.as_ref();
+        // The route the lookup took, where known; else the most specific
+        // one out of that device.
+        let prefix = policy
+            .and_then(|p| p.route.as_ref())
+            .filter(|r| r.oif == Some(rev_if))
+            .or_else(|| topo.prefix_on(rev_if, src))
             .map(net)
             .unwrap_or_else(|| src.to_string());
+        let table_arg = policy.map(|p| p.table_arg()).unwrap_or_default();
         let bridge = topo.is_bridge(rev_if);
         let rp = topo.rp_filter(&in_link.name);
         let hint = cx.ns_hint(d.netns);
-        let summary = summary(src, &in_link.name, &rev_link.name, bridge, &prefix, rp);
+        let mut summary = summary(src, &in_link.name, &rev_link.name, bridge, &prefix, rp);
+        if let Some(p) = policy.filter(|p| p.policy_routed()) {
+            summary.push_str(&format!(
+                " The rule \"{}\" sends the reverse lookup to table {}.",
+                p.rule.text(),
+                p.table
+            ));
+        }
         // A published port: the packet was DNAT'd to a container, whose
         // replies no host route can steer.
         let container = d.dst.and_then(|a| cx.container_by_addr(a));
@@ -76,7 +89,13 @@ impl Rule for RpFilterRouteConflict {
                 container_name.as_deref(),
             )
         } else {
-            vec![route_back_fix(&topo, &hint, src, ingress, &in_link.name)]
+            vec![route_back_fix(
+                &topo,
+                &hint,
+                src,
+                (ingress, &in_link.name),
+                &table_arg,
+            )]
         };
         fix.push(loosen_fix(
             bridge,
@@ -92,6 +111,9 @@ impl Rule for RpFilterRouteConflict {
             "reverse_route_ifname": rev_link.name,
             "reverse_route_prefix": prefix,
             "reverse_route_from_kernel": from_kernel,
+            "reverse_route_table": policy.map(|p| p.table),
+            "reverse_route_rule": policy.map(|p| p.evidence()),
+            "src_valid_mark": topo.src_valid_mark(&in_link.name),
             "rp_filter": rp,
             "bridge": bridge,
             "location": d.location,
@@ -112,21 +134,28 @@ impl Rule for RpFilterRouteConflict {
     }
 }
 
-/// Routes the source back out the device it arrives on.
+/// Routes the source back out the device it arrives on, in the table
+/// the reverse lookup uses (`table_arg`, empty for main): on-link when a
+/// connected prefix there holds it, else through that device's gateway.
 fn route_back_fix(
     topo: &crate::host::topology::NsTopology,
     hint: &str,
     src: std::net::IpAddr,
-    ingress: i32,
-    in_name: &str,
+    (ingress, in_name): (i32, &str),
+    table_arg: &str,
 ) -> Fix {
-    let cmd = format!(
-        "{hint}ip route add {} {}",
-        host_route(src),
-        route_via(topo, ingress)
-    );
+    let on_link = topo
+        .prefix_on(ingress, src)
+        .filter(|r| r.gateway.is_none() && r.prefix_len > 0);
+    let (dst, via) = match on_link {
+        // Another table lacks the connected prefix main has: copy it.
+        Some(r) if !table_arg.is_empty() => (net(r), format!("dev {}", q(in_name))),
+        Some(_) => (host_route(src), format!("dev {}", q(in_name))),
+        None => (host_route(src), route_via(topo, ingress)),
+    };
+    let cmd = format!("{hint}ip route add {dst} {via}{table_arg}");
     Fix::run(
-        format!("Route {src} back out {}, where it arrives: {cmd}", in_name),
+        format!("Route {src} back out {in_name}, where it arrives: {cmd}"),
         vec![cmd],
     )
 }
@@ -255,6 +284,78 @@ mod tests {
         for c in run {
             assert_eq!(shlex::split(c).unwrap()[3], name, "{c}");
         }
+    }
+
+    /// A source rule sends the reverse lookup to table 57, whose default
+    /// leaves by eth1; main would have said eth0. The kernel's lookup
+    /// (table 57) is joined to the drop; the proof names the rule, and fix
+    /// 1 adds the route back in table 57, where the rule looks.
+    #[test]
+    fn a_policy_rule_is_named_and_its_table_fixed() {
+        use crate::host::policy::{FibRule, RuleKind};
+        let mut t = topo(
+            NS,
+            Some("mh"),
+            vec![
+                link(1, "lo", None, 65536),
+                link(2, "eth0", None, 1500),
+                link(4, "eth1", None, 1500),
+            ],
+            vec![
+                route("0.0.0.0", 0, 2, Some("10.40.0.1")),
+                route("10.40.0.0", 24, 2, None),
+                route("10.41.0.0", 24, 4, None),
+                route("0.0.0.0", 0, 4, Some("10.41.0.1")),
+            ],
+        );
+        t.routes[3].table = 57;
+        t.sysctls.rp_filter_all = 1;
+        t.rules = vec![FibRule {
+            ipv6: false,
+            priority: 900,
+            kind: RuleKind::Lookup,
+            table: 57,
+            goto: None,
+            from: Some(("10.40.0.7".parse().unwrap(), 32)),
+            to: None,
+            iif: None,
+            oif: None,
+            fwmark: None,
+            fwmask: None,
+            invert: false,
+            suppress_prefixlen: None,
+            other_selectors: false,
+        }];
+        let mut d = tcp(
+            drop(Reason::IP_RPFILTER, 1_000),
+            "192.0.2.50",
+            40000,
+            "10.40.0.7",
+            443,
+        );
+        d.ifindex = 2;
+        d.ingress_ifindex = 2;
+        let v = run(
+            &mut Fake::with(vec![t.clone()]),
+            vec![Fact::Drop(d.clone())],
+            0,
+        );
+        assert_eq!(kinds(&v), [("rpfilter_route_conflict", Tier::Proven)]);
+        let e = &v[0].evidence;
+        assert_eq!(e["reverse_route_ifname"], "eth1");
+        assert_eq!(e["reverse_route_table"], 57);
+        assert_eq!(
+            e["reverse_route_rule"]["rule"],
+            "900: from 10.40.0.7 lookup 57"
+        );
+        assert_eq!(
+            v[0].fix_commands[0],
+            ["ip netns exec mh ip route add 192.0.2.50/32 via 10.40.0.1 dev eth0 table 57"]
+        );
+        // Without the rule, main answers by eth0: no conflict at all.
+        t.rules.clear();
+        let v = run(&mut Fake::with(vec![t]), vec![Fact::Drop(d)], 0);
+        assert!(v.is_empty(), "{v:?}");
     }
 
     #[test]

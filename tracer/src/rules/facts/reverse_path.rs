@@ -5,6 +5,7 @@
 
 use crate::events::reason::Reason;
 use crate::events::record::{DropRecord, RouteRecord};
+use crate::host::policy::Decision;
 use crate::host::topology::{Link, NsTopology};
 use std::net::IpAddr;
 use std::sync::Arc;
@@ -48,6 +49,9 @@ pub struct RpFilterDrop {
     pub ingress: i32,
     pub in_link: Link,
     pub path: ReversePath,
+    /// The policy rule and table of the reverse lookup (the kernel's
+    /// table when its lookup was joined to the drop).
+    pub policy: Option<Decision>,
 }
 
 /// The reverse path of an `IP_RPFILTER` drop: the kernel's own
@@ -67,22 +71,28 @@ pub fn rpfilter_drop(
     let ingress = ingress_of(d);
     let in_link = topo.link(ingress)?.clone();
     let kernel_rev = kernel_reverse_route(d);
+    let kernel_ok = kernel_rev.filter(|r| r.err == 0 && r.ifindex > 0);
+    // The rule that sent the kernel's lookup to its table; without the
+    // kernel's word, the rules' own choice.
+    let policy = kernel_ok
+        .and_then(|r| topo.reverse_decision(src, d.dst, &in_link.name, Some(r.table)))
+        .or_else(|| topo.reverse_decision(src, d.dst, &in_link.name, None));
     let path = if let Some(r) = kernel_rev.filter(|r| r.err != 0) {
         ReversePath::NoRouteBack { err: r.err }
     } else {
-        let from_kernel = kernel_rev.is_some_and(|r| r.ifindex > 0);
-        let rev = kernel_rev
-            .filter(|r| r.ifindex > 0)
+        let rev = kernel_ok
             .map(|r| r.ifindex)
-            .or_else(|| topo.route_to(src).and_then(|r| r.oif));
+            .or_else(|| policy.as_ref()?.route.as_ref()?.oif);
         match rev {
             Some(ifindex) => ReversePath::Leaves {
                 ifindex,
-                from_kernel,
+                from_kernel: kernel_ok.is_some(),
             },
-            // Only a table with no route at all proves "no route back"; a
-            // multipath or nexthop-object route has no single oif.
-            None if topo.route_to(src).is_none() => ReversePath::NoRouteBack { err: 0 },
+            // Only rules and tables with no route at all prove "no route
+            // back"; a multipath or nexthop-object route has no single oif.
+            None if policy.as_ref().is_none_or(|p| p.route.is_none()) => {
+                ReversePath::NoRouteBack { err: 0 }
+            }
             None => ReversePath::Unknown,
         }
     };
@@ -92,5 +102,6 @@ pub fn rpfilter_drop(
         ingress,
         in_link,
         path,
+        policy,
     })
 }
