@@ -196,6 +196,55 @@ fn policy_rpfilter_heals(test: &str, rule: &str, table: u32, extra: &str) -> Val
     v
 }
 
+/// The client `near` on-link with `host2`, whose rule sends replies from
+/// its address to table 977, which lacks the link's prefix (only a
+/// default out `wan0`): with rp_filter=1 `host2` ignores `near`'s ARP
+/// requests, so `near` sees NEIGH_FAILED. Proven as the rp_filter conflict
+/// in `host2` (not as a silent neighbour in `near`); fix 1 puts the
+/// connected prefix in table 977.
+#[test]
+fn rpfilter_arp_suppression_fix_heals() {
+    let mut lab = Netlab::new(&prefix("fxarp")).unwrap();
+    for n in ["near", "host2", "isp"] {
+        lab.ns(n).unwrap();
+    }
+    lab.veth("near", "n0", "host2", "lan7").unwrap();
+    lab.veth("host2", "wan0", "isp", "i0").unwrap();
+    lab.exec("isp", "ip addr add 10.93.1.1/24 dev i0").unwrap();
+    lab.exec("near", "ip addr add 10.92.7.40/24 dev n0")
+        .unwrap();
+    lab.exec(
+        "host2",
+        "ip addr add 10.92.7.3/24 dev lan7 && ip addr add 10.93.1.2/24 dev wan0 && \
+         ip rule add from 10.92.7.3 lookup 977 && \
+         ip route add default via 10.93.1.1 dev wan0 table 977 && \
+         sysctl -qw net.ipv4.conf.all.rp_filter=1 net.ipv4.conf.lan7.rp_filter=1",
+    )
+    .unwrap();
+    let ns = ["near", "host2", "isp"];
+    let lines = diagnose_while(&lab, &ns, || {
+        assert!(!ping(&lab, "near", "10.92.7.3", 56));
+    });
+    let v = verdict(&lines, "rpfilter_route_conflict");
+    assert_eq!(v["netns_name"], lab.name("host2"), "{v}");
+    let e = &v["evidence"];
+    assert_eq!(e["arp"], true, "{v}");
+    assert_eq!(e["ingress_ifname"], "lan7", "{v}");
+    assert_eq!(e["reverse_route_ifname"], "wan0", "{v}");
+    assert_eq!(e["reverse_route_table"], 977, "{v}");
+    assert_eq!(
+        e["reverse_route_rule"]["rule"],
+        "32765: from 10.92.7.3 lookup 977"
+    );
+    let blamed: Vec<&Value> = faults(&lines)
+        .into_iter()
+        .filter(|v| v["kind"] == "neighbor_unreachable")
+        .collect();
+    assert!(blamed.is_empty(), "{blamed:#?}");
+    apply_first_fix(v);
+    healed(&lab, &ns, || ping(&lab, "near", "10.92.7.3", 56));
+}
+
 /// `from <the server's address> lookup 213`.
 #[test]
 fn rpfilter_policy_rule_from_fix_heals() {

@@ -668,6 +668,30 @@ mod tests {
         }
     }
 
+    /// The client's ARP ignored by a peer whose rule sends the reverse
+    /// lookup to a table without the link's prefix: proven where the ARP
+    /// is ignored (polz-srv), not as a silent neighbour where the
+    /// NEIGH_FAILED drops are (polz-cli).
+    #[test]
+    fn replay_policy_rpfilter_arp() {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("tests/recordings/policy-rpfilter-arp.jsonl");
+        let (_, engine) = replay(&path, |_| Ok(())).unwrap();
+        let v = engine.verdicts();
+        assert_eq!(v.len(), 1, "{v:?}");
+        assert_eq!(
+            (v[0].kind, v[0].tier),
+            ("rpfilter_route_conflict", Tier::Proven)
+        );
+        assert_eq!(v[0].netns_name.as_deref(), Some("polz-srv"));
+        assert_eq!(v[0].evidence["arp"], true);
+        assert_eq!(v[0].evidence["reverse_route_table"], 318);
+        assert_eq!(
+            v[0].fix_commands[0],
+            ["ip netns exec polz-srv ip route add 10.70.4.0/24 dev up1 table 318"]
+        );
+    }
+
     #[test]
     fn replay_bridge_subnet_loose() {
         assert_eq!(

@@ -5,10 +5,12 @@
 //! bridge subnet.
 
 use super::ctx::{Ctx, Finding};
-use super::facts::reverse_path::{rpfilter_drop, ReversePath};
+use super::facts::reverse_path::{rpfilter_drop, ArpRejected, ReversePath};
 use super::fix::{bridge_fixes, conf_arg, host_route, net, q, route_via, BridgeOwner, Fix};
 use super::key::Key;
 use super::{Fact, Rule, Tier};
+use crate::events::reason::Reason;
+use crate::events::record::DropRecord;
 use serde_json::json;
 
 pub struct RpFilterRouteConflict;
@@ -20,6 +22,12 @@ impl Rule for RpFilterRouteConflict {
 
     fn on_fact(&mut self, fact: &Fact, cx: &mut Ctx) {
         let Fact::Drop(d) = fact else { return };
+        if d.reason == Reason::NEIGH_FAILED {
+            if let Some(a) = cx.arp_rejected(d) {
+                arp_ignored(d, a, cx);
+            }
+            return;
+        }
         let Some(rpf) = rpfilter_drop(d, |ns| cx.topo(ns)) else {
             return;
         };
@@ -132,6 +140,85 @@ impl Rule for RpFilterRouteConflict {
             fix,
         });
     }
+}
+
+/// The ARP's target ignores the request: proven where it is ignored,
+/// with the sender's failed neighbour entry as the symptom.
+fn arp_ignored(d: &DropRecord, a: ArpRejected, cx: &mut Ctx) {
+    let rev = a.reverse_if.and_then(|i| a.topo.link(i)).cloned();
+    let key = Key::RpFilter {
+        netns: a.netns,
+        ingress: a.link.ifindex,
+        reverse: a.reverse_if.unwrap_or(0),
+    };
+    cx.tally(&key, d.ts_ns);
+    let hint = cx.ns_hint(a.netns);
+    let policy = a.policy.as_ref();
+    let prefix = policy
+        .and_then(|p| p.route.as_ref())
+        .map(net)
+        .unwrap_or_else(|| "no route".into());
+    let table_arg = policy.map(|p| p.table_arg()).unwrap_or_default();
+    let sender_ns = cx
+        .netns_name(d.netns)
+        .unwrap_or_else(|| d.netns.to_string());
+    let mut summary = format!(
+        "ARP requests from {} for {} arrive on {} but the route back to {} {}, so rp_filter={} ignores them: {} never learns {}'s address and its packets die as NEIGH_FAILED in {sender_ns}.",
+        a.sender,
+        a.target,
+        a.link.name,
+        a.sender,
+        match &rev {
+            Some(r) => format!("points into {} ({prefix})", r.name),
+            None => "does not exist".into(),
+        },
+        a.rp_filter,
+        a.sender,
+        a.target,
+    );
+    if let Some(p) = policy.filter(|p| p.policy_routed()) {
+        summary.push_str(&format!(
+            " The rule \"{}\" sends the reverse lookup to table {}.",
+            p.rule.text(),
+            p.table
+        ));
+    }
+    let mut fix = vec![route_back_fix(
+        &a.topo,
+        &hint,
+        a.sender,
+        (a.link.ifindex, &a.link.name),
+        &table_arg,
+    )];
+    if let Some(r) = &rev {
+        fix.push(loosen_fix(false, &hint, &a.link.name, &r.name, a.sender));
+    }
+    let evidence = json!({
+        "ingress_ifname": a.link.name,
+        "src": a.sender,
+        "dst": a.target,
+        "arp": true,
+        "reverse_route_ifname": rev.as_ref().map(|r| r.name.clone()),
+        "reverse_route_prefix": prefix,
+        "reverse_route_from_kernel": false,
+        "reverse_route_table": policy.map(|p| p.table),
+        "reverse_route_rule": policy.map(|p| p.evidence()),
+        "src_valid_mark": a.topo.src_valid_mark(&a.link.name),
+        "rp_filter": a.rp_filter,
+        "bridge": false,
+        "arp_sender_netns": sender_ns,
+        "arp_sender_ifname": d.ifname,
+        "neighbor_states": cx.obs.neigh.get(&(d.netns, d.ifindex, a.target)),
+    });
+    cx.conclude(Finding {
+        key,
+        kind: "rpfilter_route_conflict",
+        tier: Tier::Proven,
+        netns: a.netns,
+        summary,
+        evidence,
+        fix,
+    });
 }
 
 /// Routes the source back out the device it arrives on, in the table
