@@ -245,6 +245,64 @@ fn rpfilter_arp_suppression_fix_heals() {
     healed(&lab, &ns, || ping(&lab, "near", "10.92.7.3", 56));
 }
 
+/// A macvlan "container" `box` (10.157.0.5/16 on `mvx`, parent `up3` in
+/// `hostm`) whose on-link /16 covers `remote` 10.157.44.4, which the
+/// gateway `edge` routes in from `e1`: `box` asks ARP for it on `mvx`,
+/// where nobody answers. The gateway's lookup shows the packets routed
+/// into the segment, so this is asymmetric_route (not a silent
+/// neighbour); fix 1 routes `remote` through the gateway.
+#[test]
+fn macvlan_overlap_is_asymmetric_and_fix_heals() {
+    let mut lab = Netlab::new(&prefix("fxmvl")).unwrap();
+    for n in ["box", "hostm", "edge", "remote"] {
+        lab.ns(n).unwrap();
+    }
+    lab.veth("hostm", "up3", "edge", "e0").unwrap();
+    lab.veth("edge", "e1", "remote", "x0").unwrap();
+    lab.exec(
+        "hostm",
+        &format!(
+            "ip link add mvx link up3 type macvlan mode bridge && ip link set mvx netns {}",
+            lab.name("box")
+        ),
+    )
+    .unwrap();
+    lab.exec(
+        "box",
+        "ip link set mvx up && ip addr add 10.157.0.5/16 dev mvx && \
+         ip route add default via 10.157.0.1",
+    )
+    .unwrap();
+    lab.exec(
+        "edge",
+        "ip addr add 10.157.0.1/16 dev e0 && ip addr add 10.158.2.1/24 dev e1 && \
+         ip route add 10.157.44.4/32 via 10.158.2.4 dev e1 && sysctl -qw net.ipv4.ip_forward=1",
+    )
+    .unwrap();
+    lab.exec(
+        "remote",
+        "ip addr add 10.158.2.4/24 dev x0 && ip addr add 10.157.44.4/32 dev x0 && \
+         ip route add default via 10.158.2.1 src 10.157.44.4",
+    )
+    .unwrap();
+    let ns = ["box", "hostm", "edge", "remote"];
+    let lines = diagnose_while(&lab, &ns, || {
+        assert!(!ping(&lab, "remote", "10.157.0.5", 56));
+    });
+    let v = verdict(&lines, "asymmetric_route");
+    assert_eq!(v["netns_name"], lab.name("box"), "{v}");
+    assert_eq!(v["evidence"]["egress_kind"], "macvlan", "{v}");
+    assert_eq!(v["evidence"]["ingress_ifname"], "e1", "{v}");
+    assert_eq!(v["evidence"]["gateway"], "10.157.0.1", "{v}");
+    let blamed: Vec<&Value> = faults(&lines)
+        .into_iter()
+        .filter(|v| v["kind"] == "neighbor_unreachable")
+        .collect();
+    assert!(blamed.is_empty(), "{blamed:#?}");
+    apply_first_fix(v);
+    healed(&lab, &ns, || ping(&lab, "remote", "10.157.0.5", 56));
+}
+
 /// `from <the server's address> lookup 213`.
 #[test]
 fn rpfilter_policy_rule_from_fix_heals() {

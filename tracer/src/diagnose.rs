@@ -692,6 +692,26 @@ mod tests {
         );
     }
 
+    /// A macvlan whose on-link /16 covers a peer the gateway routes in:
+    /// the gateway's lookup (an arrival behind the parent's veth) proves
+    /// asymmetric_route, and the NEIGH_FAILED drops prove no silent
+    /// neighbour.
+    #[test]
+    fn replay_macvlan_overlap() {
+        let path =
+            Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/recordings/macvlan-overlap.jsonl");
+        let (_, engine) = replay(&path, |_| Ok(())).unwrap();
+        let v = engine.verdicts();
+        assert_eq!(v.len(), 1, "{v:?}");
+        assert_eq!((v[0].kind, v[0].tier), ("asymmetric_route", Tier::Proven));
+        assert_eq!(v[0].evidence["egress_kind"], "macvlan");
+        assert_eq!(v[0].evidence["ingress_netns"], "polm-rtr");
+        assert_eq!(
+            v[0].fix_commands[0],
+            ["ip netns exec polm-ctr ip route add 10.140.9.9/32 via 10.140.0.1 dev mv7"]
+        );
+    }
+
     #[test]
     fn replay_bridge_subnet_loose() {
         assert_eq!(
