@@ -712,6 +712,17 @@ mod tests {
         );
     }
 
+    /// IPv6's queued packets, freed as NOT_SPECIFIED at neigh_invalidate,
+    /// were recorded as NEIGH_FAILED (by location): the silent neighbour is
+    /// proven as for IPv4.
+    #[test]
+    fn replay_neighbor_down_ipv6() {
+        assert_eq!(
+            replayed("neighbor-down-ipv6"),
+            [("neighbor_unreachable", Tier::Proven)]
+        );
+    }
+
     #[test]
     fn replay_bridge_subnet_loose() {
         assert_eq!(

@@ -237,6 +237,9 @@ impl Namer {
                 rec.reason = r;
                 rec.reason_source = Some(ReasonSource::Location);
             }
+        } else if let Some(r) = reason_inference::unnamed(rec) {
+            rec.reason = r;
+            rec.reason_source = Some(ReasonSource::Location);
         }
         if let Some((ifindex, link)) = egress {
             Self::too_big_egress(rec, ifindex, &link);
