@@ -297,6 +297,19 @@ impl Decision {
     }
 }
 
+/// The rules (of `flow`'s family, the kernel's defaults when none were
+/// read) whose selectors may match `flow`, in preference order.
+pub fn matching(rules: &[FibRule], flow: &Flow) -> Vec<FibRule> {
+    let v6 = flow.dst.is_ipv6();
+    let mut mine: Vec<FibRule> = rules.iter().filter(|r| r.ipv6 == v6).cloned().collect();
+    if mine.is_empty() {
+        mine = FibRule::defaults(v6);
+    }
+    mine.sort_by_key(|r| r.priority);
+    mine.retain(|r| r.matches(flow) != Some(false));
+    mine
+}
+
 /// The best route of one table: longest prefix, then lowest metric.
 pub fn table_lookup(routes: &[Route], table: u32, dst: IpAddr) -> Option<&Route> {
     routes

@@ -344,6 +344,11 @@ impl NsTopology {
         policy::decide(&self.rules, &self.routes, flow, table)
     }
 
+    /// The policy rules that may match `flow`, in order.
+    pub fn rules_for(&self, flow: &Flow) -> Vec<FibRule> {
+        policy::matching(&self.rules, flow)
+    }
+
     /// The policy decision of the reverse-path check for a packet from
     /// `src` to `dst` arriving on `in_name` (fib_validate_source: src and
     /// dst swapped, iif loopback, the mark only with src_valid_mark).

@@ -18,6 +18,7 @@
 
 use super::ctx::{Ctx, Finding};
 use super::facts::arrivals::peer_arrives_elsewhere;
+use super::facts::route_policy;
 use super::fix::{bridge_fixes, host_route, net, route_via, BridgeOwner, Fix};
 use super::key::Key;
 use super::{Fact, Rule, Tier};
@@ -109,6 +110,9 @@ fn host_verdict(
         .map(net)
         .unwrap_or_else(|| peer.to_string());
     let bridge = topo.is_bridge(egress);
+    let reply = route_policy::reply(topo, local, peer);
+    let table_arg = reply.as_ref().map(|p| p.table_arg()).unwrap_or_default();
+    let (table, rule) = route_policy::evidence(reply.as_ref());
     let summary = format!(
         "Traffic from {peer} arrives on {} but the replies are routed out {}{} ({prefix}), where {peer} never answers ARP/ND: they are dropped when the neighbour fails{}.",
         in_link.name,
@@ -141,7 +145,7 @@ fn host_verdict(
         )
     } else {
         let cmd = format!(
-            "{hint}ip route add {} {}",
+            "{hint}ip route add {} {}{table_arg}",
             host_route(peer),
             route_via(topo, in_link.ifindex)
         );
@@ -164,6 +168,8 @@ fn host_verdict(
         "reason": reason,
         "neighbor_states": cx.obs.neigh.get(&(netns, egress, peer)),
         "route_from_kernel": route_from_kernel,
+        "route_table": table,
+        "route_rule": rule,
     });
     cx.conclude(Finding {
         key,
@@ -302,6 +308,9 @@ fn routed_into_segment(
         return false;
     };
     let prefix = topo.prefix_on(out_link.ifindex, peer).cloned();
+    let reply = route_policy::reply(topo, Some(a.dst), peer);
+    let table_arg = reply.as_ref().map(|p| p.table_arg()).unwrap_or_default();
+    let (table, rule) = route_policy::evidence(reply.as_ref());
     // The gateway's own address on the segment, inside our prefix.
     let gw = seg
         .addrs
@@ -327,7 +336,7 @@ fn routed_into_segment(
     let mut fix = Vec::new();
     if let Some(g) = gw {
         let cmd = format!(
-            "{hint}ip route add {} via {g} dev {}",
+            "{hint}ip route add {} via {g} dev {}{table_arg}",
             host_route(peer),
             super::fix::q(&out_link.name)
         );
@@ -353,6 +362,8 @@ fn routed_into_segment(
         "reason": "NEIGH_INCOMPLETE",
         "neighbor_states": cx.obs.neigh.get(&(n.netns, out_link.ifindex, peer)),
         "route_from_kernel": true,
+        "route_table": table,
+        "route_rule": rule,
     });
     cx.conclude(Finding {
         key: k,

@@ -10,6 +10,7 @@ pub mod arrivals;
 pub mod forwarding;
 pub mod pmtu;
 pub mod reverse_path;
+pub mod route_policy;
 
 use super::key::Key;
 use super::Fact;
