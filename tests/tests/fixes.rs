@@ -514,6 +514,43 @@ fn pmtu_blackhole_fix_heals() {
     healed(&lab, &MTU_NS, || download(&lab, FIXED_PORT));
 }
 
+/// The relay lets its ICMP frag-needed out, but the origin (the sender
+/// of the big segments) drops it at its INPUT: the black hole is proven
+/// in the relay with icmp_blocked, the origin named as where the ICMP
+/// died, and fix 1 (applied) lets it in there.
+#[test]
+fn pmtu_icmp_dropped_by_the_sender_is_linked_and_fix_heals() {
+    let lab = mtu_lab("fxpmin");
+    lab.exec(
+        "relay",
+        "iptables -D OUTPUT -p icmp --icmp-type fragmentation-needed -j DROP",
+    )
+    .unwrap();
+    lab.exec(
+        "origin",
+        "iptables -A INPUT -p icmp --icmp-type fragmentation-needed -j DROP",
+    )
+    .unwrap();
+    let lines = diagnose_while(&lab, &MTU_NS, || assert!(!download(&lab, BROKEN_PORT)));
+    let v = verdict(&lines, "pmtu_blackhole");
+    let e = &v["evidence"];
+    assert_eq!(e["icmp_blocked"], true, "{v}");
+    assert_eq!(e["icmp_dropped_netns"], lab.name("origin"), "{v}");
+    assert_eq!(e["icmp_dropped_ifname"], "o0", "{v}");
+    let cmd = v["fix_commands"][0][0].as_str().unwrap();
+    assert!(
+        cmd.contains(&lab.name("origin")) && cmd.contains(" -I INPUT "),
+        "{cmd}"
+    );
+    apply_first_fix(v);
+    healed_but(
+        &lab,
+        &MTU_NS,
+        || download(&lab, FIXED_PORT),
+        Some(BROKEN_PORT),
+    );
+}
+
 /// IPv6: a router with forwarding off. Fix 1 turns it on.
 #[test]
 fn ipv6_forwarding_disabled_fix_heals() {

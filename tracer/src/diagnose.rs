@@ -723,6 +723,26 @@ mod tests {
         );
     }
 
+    /// The relay's ICMP frag-needed dropped at the sender's INPUT, in
+    /// another namespace: the black hole is linked to it (icmp_blocked),
+    /// and fix 1 lets it in where it died.
+    #[test]
+    fn replay_pmtu_icmp_dropped_by_sender() {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("tests/recordings/pmtu-icmp-dropped-by-sender.jsonl");
+        let (_, engine) = replay(&path, |_| Ok(())).unwrap();
+        let v = engine.verdicts();
+        let p = v.iter().find(|v| v.kind == "pmtu_blackhole").unwrap();
+        assert_eq!(p.tier, Tier::Proven);
+        assert_eq!(p.evidence["icmp_blocked"], true);
+        assert_eq!(p.evidence["icmp_dropped_netns"], "polp-origin");
+        assert!(
+            p.fix_commands[0][0].starts_with("ip netns exec polp-origin iptables -I INPUT"),
+            "{:?}",
+            p.fix_commands
+        );
+    }
+
     #[test]
     fn replay_bridge_subnet_loose() {
         assert_eq!(
