@@ -11,6 +11,7 @@ use super::key::Key;
 use super::{Fact, Rule, Tier};
 use crate::events::reason::Reason;
 use crate::events::record::DropRecord;
+use crate::host::policy::Decision;
 use serde_json::json;
 
 pub struct RpFilterRouteConflict;
@@ -28,117 +29,138 @@ impl Rule for RpFilterRouteConflict {
             }
             return;
         }
-        let Some(rpf) = rpfilter_drop(d, |ns| cx.topo(ns)) else {
-            return;
-        };
-        let (topo, src, ingress, in_link) = (rpf.topo, rpf.src, rpf.ingress, rpf.in_link);
-        // No route back at all is `no_route`'s verdict, not a conflict.
-        let ReversePath::Leaves {
-            ifindex: rev_if,
-            from_kernel,
-        } = rpf.path
-        else {
-            return;
-        };
-        if rev_if == ingress {
-            return;
-        }
-        let Some(rev_link) = topo.link(rev_if) else {
-            return;
-        };
-        let key = Key::RpFilter {
-            netns: d.netns,
-            ingress,
-            reverse: rev_if,
-        };
-        cx.tally(&key, d.ts_ns);
-        let policy = rpf.policy.as_ref();
-        // The route the lookup took, where known; else the most specific
-        // one out of that device.
-        let prefix = policy
-            .and_then(|p| p.route.as_ref())
-            .filter(|r| r.oif == Some(rev_if))
-            .or_else(|| topo.prefix_on(rev_if, src))
-            .map(net)
-            .unwrap_or_else(|| src.to_string());
-        let table_arg = policy.map(|p| p.table_arg()).unwrap_or_default();
-        let bridge = topo.is_bridge(rev_if);
-        let rp = topo.rp_filter(&in_link.name);
-        let hint = cx.ns_hint(d.netns);
-        let mut summary = summary(src, &in_link.name, &rev_link.name, bridge, &prefix, rp);
-        if let Some(p) = policy.filter(|p| p.policy_routed()) {
-            summary.push_str(&format!(
-                " The rule \"{}\" sends the reverse lookup to table {}.",
-                p.rule.text(),
-                p.table
-            ));
-        }
-        // A published port: the packet was DNAT'd to a container, whose
-        // replies no host route can steer.
-        let container = d.dst.and_then(|a| cx.container_by_addr(a));
-        let container_name = container.as_ref().map(|c| c.r.name.clone()).or_else(|| {
-            (d.orig_dst.is_some() && d.orig_dst != d.dst)
-                .then(|| format!("at {}", d.dst.map(|a| a.to_string()).unwrap_or_default()))
-        });
-        let owner = cx.docker_owner(d.netns, &rev_link.name);
-        let docker_net = owner.clone().flatten().map(|n| n.name);
-        let mut fix = if bridge {
-            bridge_fixes(
-                &topo,
-                &rev_link.name,
-                &prefix,
-                src,
-                &hint,
-                ingress,
-                match &owner {
-                    Some(n) => BridgeOwner::Docker(n.as_ref()),
-                    None => BridgeOwner::Other,
-                },
-                container_name.as_deref(),
-            )
-        } else {
-            vec![route_back_fix(
-                &topo,
-                &hint,
-                src,
-                (ingress, &in_link.name),
-                &table_arg,
-            )]
-        };
-        fix.push(loosen_fix(
-            bridge,
-            &hint,
-            &in_link.name,
+        on_rpfilter_drop(d, cx);
+    }
+}
+
+/// An `IP_RPFILTER` drop whose route back leaves by another device.
+fn on_rpfilter_drop(d: &DropRecord, cx: &mut Ctx) {
+    let Some(rpf) = rpfilter_drop(d, |ns| cx.topo(ns)) else {
+        return;
+    };
+    let (topo, src, ingress, in_link) = (rpf.topo, rpf.src, rpf.ingress, rpf.in_link);
+    // No route back at all is `no_route`'s verdict, not a conflict.
+    let ReversePath::Leaves {
+        ifindex: rev_if,
+        from_kernel,
+    } = rpf.path
+    else {
+        return;
+    };
+    if rev_if == ingress {
+        return;
+    }
+    let Some(rev_link) = topo.link(rev_if) else {
+        return;
+    };
+    let key = Key::RpFilter {
+        netns: d.netns,
+        ingress,
+        reverse: rev_if,
+    };
+    cx.tally(&key, d.ts_ns);
+    let policy = rpf.policy.as_ref();
+    let prefix = reverse_prefix(policy, &topo, rev_if, src);
+    let table_arg = policy.map(|p| p.table_arg()).unwrap_or_default();
+    let bridge = topo.is_bridge(rev_if);
+    let rp = topo.rp_filter(&in_link.name);
+    let hint = cx.ns_hint(d.netns);
+    let summary =
+        summary(src, &in_link.name, &rev_link.name, bridge, &prefix, rp) + &policy_note(policy);
+    // A published port: the packet was DNAT'd to a container, whose
+    // replies no host route can steer.
+    let container = d.dst.and_then(|a| cx.container_by_addr(a));
+    let container_name = container.as_ref().map(|c| c.r.name.clone()).or_else(|| {
+        (d.orig_dst.is_some() && d.orig_dst != d.dst)
+            .then(|| format!("at {}", d.dst.map(|a| a.to_string()).unwrap_or_default()))
+    });
+    let owner = cx.docker_owner(d.netns, &rev_link.name);
+    let docker_net = owner.clone().flatten().map(|n| n.name);
+    let mut fix = if bridge {
+        bridge_fixes(
+            &topo,
             &rev_link.name,
+            &prefix,
             src,
-        ));
-        let evidence = json!({
-            "ingress_ifname": in_link.name,
-            "src": src,
-            "dst": d.dst,
-            "reverse_route_ifname": rev_link.name,
-            "reverse_route_prefix": prefix,
-            "reverse_route_from_kernel": from_kernel,
-            "reverse_route_table": policy.map(|p| p.table),
-            "reverse_route_rule": policy.map(|p| p.evidence()),
-            "src_valid_mark": topo.src_valid_mark(&in_link.name),
-            "rp_filter": rp,
-            "bridge": bridge,
-            "location": d.location,
-            "docker_network": docker_net,
-            "container": container.as_ref().map(|c| c.r.name.clone()),
-            "orig_dst": d.orig_dst,
-            "orig_dport": d.orig_dport,
-        });
-        cx.conclude(Finding {
-            key,
-            kind: "rpfilter_route_conflict",
-            tier: Tier::Proven,
-            netns: d.netns,
-            summary,
-            evidence,
-            fix,
-        });
+            &hint,
+            ingress,
+            match &owner {
+                Some(n) => BridgeOwner::Docker(n.as_ref()),
+                None => BridgeOwner::Other,
+            },
+            container_name.as_deref(),
+        )
+    } else {
+        vec![route_back_fix(
+            &topo,
+            &hint,
+            src,
+            (ingress, &in_link.name),
+            &table_arg,
+        )]
+    };
+    fix.push(loosen_fix(
+        bridge,
+        &hint,
+        &in_link.name,
+        &rev_link.name,
+        src,
+    ));
+    let evidence = json!({
+        "ingress_ifname": in_link.name,
+        "src": src,
+        "dst": d.dst,
+        "reverse_route_ifname": rev_link.name,
+        "reverse_route_prefix": prefix,
+        "reverse_route_from_kernel": from_kernel,
+        "reverse_route_table": policy.map(|p| p.table),
+        "reverse_route_rule": policy.map(|p| p.evidence()),
+        "src_valid_mark": topo.src_valid_mark(&in_link.name),
+        "rp_filter": rp,
+        "bridge": bridge,
+        "location": d.location,
+        "docker_network": docker_net,
+        "container": container.as_ref().map(|c| c.r.name.clone()),
+        "orig_dst": d.orig_dst,
+        "orig_dport": d.orig_dport,
+    });
+    cx.conclude(Finding {
+        key,
+        kind: "rpfilter_route_conflict",
+        tier: Tier::Proven,
+        netns: d.netns,
+        summary,
+        evidence,
+        fix,
+    });
+}
+
+/// The route the reverse lookup took, where known; else the most
+/// specific one out of that device.
+fn reverse_prefix(
+    policy: Option<&Decision>,
+    topo: &crate::host::topology::NsTopology,
+    rev_if: i32,
+    src: std::net::IpAddr,
+) -> String {
+    policy
+        .and_then(|p| p.route.as_ref())
+        .filter(|r| r.oif == Some(rev_if))
+        .or_else(|| topo.prefix_on(rev_if, src))
+        .map(net)
+        .unwrap_or_else(|| src.to_string())
+}
+
+/// " The rule ... sends the reverse lookup to table N." when a rule sent
+/// it past main; empty otherwise.
+fn policy_note(policy: Option<&Decision>) -> String {
+    match policy.filter(|p| p.policy_routed()) {
+        Some(p) => format!(
+            " The rule \"{}\" sends the reverse lookup to table {}.",
+            p.rule.text(),
+            p.table
+        ),
+        None => String::new(),
     }
 }
 
@@ -176,13 +198,7 @@ fn arp_ignored(d: &DropRecord, a: ArpRejected, cx: &mut Ctx) {
         a.sender,
         a.target,
     );
-    if let Some(p) = policy.filter(|p| p.policy_routed()) {
-        summary.push_str(&format!(
-            " The rule \"{}\" sends the reverse lookup to table {}.",
-            p.rule.text(),
-            p.table
-        ));
-    }
+    summary.push_str(&policy_note(policy));
     let mut fix = vec![route_back_fix(
         &a.topo,
         &hint,
