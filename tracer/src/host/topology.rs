@@ -1696,6 +1696,9 @@ mod tests {
         a.ip(&format!(
             "route add 10.{n}.6.0/24 via 10.{n}.2.2 dev va0 table 100"
         ));
+        a.ip(&format!("rule add from 10.{n}.1.1 lookup 100 pref 1234"));
+        a.ip("rule add fwmark 0x40/0xf0 iif va0 lookup 100 pref 1235");
+        a.sysctl("net.ipv4.conf.va0.src_valid_mark=1");
         a.sysctl("net.ipv4.conf.all.rp_filter=0");
         a.sysctl("net.ipv4.conf.va0.rp_filter=1");
         a.sysctl("net.ipv4.conf.br0.rp_filter=0");
@@ -1706,6 +1709,42 @@ mod tests {
         b.sysctl("net.ipv4.conf.all.forwarding=0");
         b.sysctl("net.ipv6.conf.all.forwarding=0");
         lab
+    }
+
+    /// `ip rule` as the kernel holds it, and the lookups it steers.
+    fn check_rules(ta: &NsTopology, tb: &NsTopology, n: u8) {
+        let texts: Vec<String> = ta
+            .rules
+            .iter()
+            .filter(|r| !r.ipv6)
+            .map(|r| r.text())
+            .collect();
+        assert_eq!(
+            texts,
+            [
+                "0: from all lookup local".to_string(),
+                format!("1234: from 10.{n}.1.1 lookup 100"),
+                "1235: from all fwmark 0x40/0xf0 iif va0 lookup 100".to_string(),
+                "32766: from all lookup main".to_string(),
+                "32767: from all lookup default".to_string(),
+            ]
+        );
+        assert!(ta.rules.iter().any(|r| r.ipv6 && r.table == RT_TABLE_MAIN));
+        assert!(ta.src_valid_mark("va0") && !ta.src_valid_mark("br0"));
+        assert!(!tb.src_valid_mark("vb0"));
+        // From 10.N.1.1 the rule sends 10.N.6.9 to table 100; from
+        // elsewhere main's /16 answers.
+        let flow = |src: &str| Flow {
+            src: Some(ip(src)),
+            dst: ip(&format!("10.{n}.6.9")),
+            iif: Some("lo"),
+            oif: None,
+            mark: Some(0),
+        };
+        let d = ta.decide(&flow(&format!("10.{n}.1.1")), None).unwrap();
+        assert_eq!((d.table, d.rule.priority), (100, 1234));
+        let d = ta.decide(&flow(&format!("10.{n}.2.1")), None).unwrap();
+        assert_eq!((d.table, d.route.unwrap().prefix_len), (RT_TABLE_MAIN, 16));
     }
 
     #[test]
@@ -1722,6 +1761,7 @@ mod tests {
         check_route_to(&ta, n);
         check_prefix_on(&ta, n);
         check_sysctls(&ta, &tb);
+        check_rules(&ta, &tb, n);
 
         // serializable for reports
         let va0 = ta.link_by_name("va0").unwrap();
