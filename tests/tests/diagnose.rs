@@ -272,6 +272,77 @@ fn breadth_verdicts() {
     assert_eq!(v["evidence"]["neighbor"], "10.2.0.77");
 }
 
+/// IPv6: `v6r` routes `v6a` to `v6b`'s fd7c:4::20. Control: it answers,
+/// nothing is proven. Then the address is removed and `v6r`'s cache
+/// flushed: ND fails, the queued pings are freed (IPv6 says NOT_SPECIFIED
+/// at neigh_invalidate) and neighbor_unreachable is proven as for IPv4.
+#[test]
+fn ipv6_neighbour_failure_proves_neighbor_unreachable() {
+    let mut lab = Netlab::new(&prefix("nd6")).unwrap();
+    for n in ["v6a", "v6r", "v6b"] {
+        lab.ns(n).unwrap();
+    }
+    lab.veth("v6a", "a0", "v6r", "ra").unwrap();
+    lab.veth("v6r", "rb", "v6b", "b0").unwrap();
+    lab.exec(
+        "v6a",
+        "ip addr add fd7c:3::5/64 dev a0 nodad && ip route add default via fd7c:3::1",
+    )
+    .unwrap();
+    lab.exec(
+        "v6r",
+        "ip addr add fd7c:3::1/64 dev ra nodad && ip addr add fd7c:4::1/64 dev rb nodad && \
+         sysctl -qw net.ipv6.conf.all.forwarding=1",
+    )
+    .unwrap();
+    lab.exec(
+        "v6b",
+        "ip addr add fd7c:4::20/64 dev b0 nodad && ip route add default via fd7c:4::1",
+    )
+    .unwrap();
+    let ns: Vec<String> = ["v6a", "v6r", "v6b"].iter().map(|n| lab.name(n)).collect();
+    let args = |ns: &[String]| {
+        let mut a = vec!["diagnose".to_string()];
+        for n in ns {
+            a.extend(["--netns".to_string(), n.clone()]);
+        }
+        a
+    };
+    let ping = |lab: &Netlab| {
+        lab.try_exec("v6a", "ping -c 3 -i 0.3 -W 1 fd7c:4::20")
+            .unwrap()
+            .status
+            .success()
+    };
+    // Settle the links first (link-local addresses pass DAD).
+    lab.exec(
+        "v6a",
+        "for i in $(seq 20); do ping -c 1 -W 1 fd7c:4::20 >/dev/null && exit 0; sleep 0.3; done; exit 1",
+    )
+    .unwrap();
+    let a = args(&ns);
+    let run = start(&a.iter().map(String::as_str).collect::<Vec<_>>());
+    assert!(ping(&lab));
+    std::thread::sleep(Duration::from_millis(3500));
+    let lines = run.stop();
+    assert!(faults(&lines).is_empty(), "{:#?}", faults(&lines));
+
+    lab.exec("v6b", "ip addr del fd7c:4::20/64 dev b0").unwrap();
+    lab.exec("v6r", "ip neigh flush all").unwrap();
+    let run = start(&a.iter().map(String::as_str).collect::<Vec<_>>());
+    assert!(!ping(&lab));
+    std::thread::sleep(Duration::from_millis(3500));
+    let lines = run.stop();
+    let v = verdict(&lines, "neighbor_unreachable");
+    assert_eq!(v["netns_name"], lab.name("v6r"), "{v}");
+    assert_eq!(v["evidence"]["ifname"], "rb", "{v}");
+    assert_eq!(v["evidence"]["neighbor"], "fd7c:4::20", "{v}");
+    let freed = lines.iter().any(|d| {
+        d["type"] == "drop" && d["reason"] == "NEIGH_FAILED" && d["reason_source"] == "location"
+    });
+    assert!(freed, "no NEIGH_FAILED drop inferred from neigh_invalidate");
+}
+
 #[test]
 fn healthy_traffic_and_other_namespaces_give_no_verdict() {
     let quiet = routed_lab("quiet");

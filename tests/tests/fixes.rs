@@ -164,6 +164,174 @@ fn asymmetric_route_fix_heals() {
     healed(&lab, &ns, || ping(&lab, "cli", "10.66.0.9", 56));
 }
 
+/// Policy routing, as on a cloud host with a table per interface: `rule`
+/// sends the server's reverse-path lookup to `table`, which holds the
+/// server's own prefix on `up1` and a default out `side2`; main is right.
+/// rp_filter=1 drops the client's pings; the proof names the table and
+/// the rule, and fix 1, applied, routes the client back in that table
+/// (a main-table route would be bypassed by the rule).
+fn policy_rpfilter_heals(test: &str, rule: &str, table: u32, extra: &str) -> Value {
+    let lab = multihomed_lab(
+        test,
+        &format!(
+            "ip rule add {rule} lookup {table} pref 3210 && \
+             ip route add 10.66.0.0/24 dev up1 table {table} && \
+             ip route add default via 10.88.0.1 dev side2 table {table}{extra}"
+        ),
+        1,
+    );
+    let ns = ["cli", "gw", "srv"];
+    let lines = diagnose_while(&lab, &ns, || {
+        assert!(!ping(&lab, "cli", "10.66.0.9", 56));
+    });
+    let v = verdict(&lines, "rpfilter_route_conflict").clone();
+    let e = &v["evidence"];
+    assert_eq!(e["reverse_route_ifname"], "side2", "{v}");
+    assert_eq!(e["reverse_route_table"], table, "{v}");
+    assert_eq!(e["reverse_route_rule"]["rule_priority"], 3210, "{v}");
+    let cmd = v["fix_commands"][0][0].as_str().unwrap();
+    assert!(cmd.ends_with(&format!(" table {table}")), "{cmd}");
+    apply_first_fix(&v);
+    healed(&lab, &ns, || ping(&lab, "cli", "10.66.0.9", 56));
+    v
+}
+
+/// The client `near` on-link with `host2`, whose rule sends replies from
+/// its address to table 977, which lacks the link's prefix (only a
+/// default out `wan0`): with rp_filter=1 `host2` ignores `near`'s ARP
+/// requests, so `near` sees NEIGH_FAILED. Proven as the rp_filter conflict
+/// in `host2` (not as a silent neighbour in `near`); fix 1 puts the
+/// connected prefix in table 977.
+#[test]
+fn rpfilter_arp_suppression_fix_heals() {
+    let mut lab = Netlab::new(&prefix("fxarp")).unwrap();
+    for n in ["near", "host2", "isp"] {
+        lab.ns(n).unwrap();
+    }
+    lab.veth("near", "n0", "host2", "lan7").unwrap();
+    lab.veth("host2", "wan0", "isp", "i0").unwrap();
+    lab.exec("isp", "ip addr add 10.93.1.1/24 dev i0").unwrap();
+    lab.exec("near", "ip addr add 10.92.7.40/24 dev n0")
+        .unwrap();
+    lab.exec(
+        "host2",
+        "ip addr add 10.92.7.3/24 dev lan7 && ip addr add 10.93.1.2/24 dev wan0 && \
+         ip rule add from 10.92.7.3 lookup 977 && \
+         ip route add default via 10.93.1.1 dev wan0 table 977 && \
+         sysctl -qw net.ipv4.conf.all.rp_filter=1 net.ipv4.conf.lan7.rp_filter=1",
+    )
+    .unwrap();
+    let ns = ["near", "host2", "isp"];
+    let lines = diagnose_while(&lab, &ns, || {
+        assert!(!ping(&lab, "near", "10.92.7.3", 56));
+    });
+    let v = verdict(&lines, "rpfilter_route_conflict");
+    assert_eq!(v["netns_name"], lab.name("host2"), "{v}");
+    let e = &v["evidence"];
+    assert_eq!(e["arp"], true, "{v}");
+    assert_eq!(e["ingress_ifname"], "lan7", "{v}");
+    assert_eq!(e["reverse_route_ifname"], "wan0", "{v}");
+    assert_eq!(e["reverse_route_table"], 977, "{v}");
+    assert_eq!(
+        e["reverse_route_rule"]["rule"],
+        "32765: from 10.92.7.3 lookup 977"
+    );
+    let blamed: Vec<&Value> = faults(&lines)
+        .into_iter()
+        .filter(|v| v["kind"] == "neighbor_unreachable")
+        .collect();
+    assert!(blamed.is_empty(), "{blamed:#?}");
+    apply_first_fix(v);
+    healed(&lab, &ns, || ping(&lab, "near", "10.92.7.3", 56));
+}
+
+/// A macvlan "container" `box` (10.157.0.5/16 on `mvx`, parent `up3` in
+/// `hostm`) whose on-link /16 covers `remote` 10.157.44.4, which the
+/// gateway `edge` routes in from `e1`: `box` asks ARP for it on `mvx`,
+/// where nobody answers. The gateway's lookup shows the packets routed
+/// into the segment, so this is asymmetric_route (not a silent
+/// neighbour); fix 1 routes `remote` through the gateway.
+#[test]
+fn macvlan_overlap_is_asymmetric_and_fix_heals() {
+    let mut lab = Netlab::new(&prefix("fxmvl")).unwrap();
+    for n in ["box", "hostm", "edge", "remote"] {
+        lab.ns(n).unwrap();
+    }
+    lab.veth("hostm", "up3", "edge", "e0").unwrap();
+    lab.veth("edge", "e1", "remote", "x0").unwrap();
+    lab.exec(
+        "hostm",
+        &format!(
+            "ip link add mvx link up3 type macvlan mode bridge && ip link set mvx netns {}",
+            lab.name("box")
+        ),
+    )
+    .unwrap();
+    lab.exec(
+        "box",
+        "ip link set mvx up && ip addr add 10.157.0.5/16 dev mvx && \
+         ip route add default via 10.157.0.1",
+    )
+    .unwrap();
+    lab.exec(
+        "edge",
+        "ip addr add 10.157.0.1/16 dev e0 && ip addr add 10.158.2.1/24 dev e1 && \
+         ip route add 10.157.44.4/32 via 10.158.2.4 dev e1 && sysctl -qw net.ipv4.ip_forward=1",
+    )
+    .unwrap();
+    lab.exec(
+        "remote",
+        "ip addr add 10.158.2.4/24 dev x0 && ip addr add 10.157.44.4/32 dev x0 && \
+         ip route add default via 10.158.2.1 src 10.157.44.4",
+    )
+    .unwrap();
+    let ns = ["box", "hostm", "edge", "remote"];
+    let lines = diagnose_while(&lab, &ns, || {
+        assert!(!ping(&lab, "remote", "10.157.0.5", 56));
+    });
+    let v = verdict(&lines, "asymmetric_route");
+    assert_eq!(v["netns_name"], lab.name("box"), "{v}");
+    assert_eq!(v["evidence"]["egress_kind"], "macvlan", "{v}");
+    assert_eq!(v["evidence"]["ingress_ifname"], "e1", "{v}");
+    assert_eq!(v["evidence"]["gateway"], "10.157.0.1", "{v}");
+    let blamed: Vec<&Value> = faults(&lines)
+        .into_iter()
+        .filter(|v| v["kind"] == "neighbor_unreachable")
+        .collect();
+    assert!(blamed.is_empty(), "{blamed:#?}");
+    apply_first_fix(v);
+    healed(&lab, &ns, || ping(&lab, "remote", "10.157.0.5", 56));
+}
+
+/// `from <the server's address> lookup 213`.
+#[test]
+fn rpfilter_policy_rule_from_fix_heals() {
+    let v = policy_rpfilter_heals("fxprf", "from 10.66.0.9", 213, "");
+    let e = &v["evidence"]["reverse_route_rule"];
+    assert_eq!(e["rule"], "3210: from 10.66.0.9 lookup 213", "{v}");
+    assert_eq!(v["evidence"]["src_valid_mark"], false, "{v}");
+}
+
+/// `fwmark 0x30/0xf0 lookup 4711`, the mark set on arrival, and
+/// src_valid_mark=1: the reverse-path lookup carries the mark.
+#[test]
+fn rpfilter_policy_rule_fwmark_fix_heals() {
+    let v = policy_rpfilter_heals(
+        "fxpmk",
+        "fwmark 0x30/0xf0",
+        4711,
+        " && sysctl -qw net.ipv4.conf.all.src_valid_mark=1 && \
+         iptables -t mangle -A PREROUTING -i up1 -j MARK --set-mark 0x37",
+    );
+    let e = &v["evidence"]["reverse_route_rule"];
+    assert_eq!(
+        e["rule"], "3210: from all fwmark 0x30/0xf0 lookup 4711",
+        "{v}"
+    );
+    assert_eq!(e["fwmark"], 0x30, "{v}");
+    assert_eq!(v["evidence"]["src_valid_mark"], true, "{v}");
+}
+
 /// A router with forwarding off between two links. Fix 1 turns it on.
 #[test]
 fn forwarding_disabled_fix_heals() {
@@ -344,6 +512,43 @@ fn pmtu_blackhole_fix_heals() {
     assert_eq!(v["evidence"]["icmp_blocked"], true, "{v}");
     apply_first_fix(v);
     healed(&lab, &MTU_NS, || download(&lab, FIXED_PORT));
+}
+
+/// The relay lets its ICMP frag-needed out, but the origin (the sender
+/// of the big segments) drops it at its INPUT: the black hole is proven
+/// in the relay with icmp_blocked, the origin named as where the ICMP
+/// died, and fix 1 (applied) lets it in there.
+#[test]
+fn pmtu_icmp_dropped_by_the_sender_is_linked_and_fix_heals() {
+    let lab = mtu_lab("fxpmin");
+    lab.exec(
+        "relay",
+        "iptables -D OUTPUT -p icmp --icmp-type fragmentation-needed -j DROP",
+    )
+    .unwrap();
+    lab.exec(
+        "origin",
+        "iptables -A INPUT -p icmp --icmp-type fragmentation-needed -j DROP",
+    )
+    .unwrap();
+    let lines = diagnose_while(&lab, &MTU_NS, || assert!(!download(&lab, BROKEN_PORT)));
+    let v = verdict(&lines, "pmtu_blackhole");
+    let e = &v["evidence"];
+    assert_eq!(e["icmp_blocked"], true, "{v}");
+    assert_eq!(e["icmp_dropped_netns"], lab.name("origin"), "{v}");
+    assert_eq!(e["icmp_dropped_ifname"], "o0", "{v}");
+    let cmd = v["fix_commands"][0][0].as_str().unwrap();
+    assert!(
+        cmd.contains(&lab.name("origin")) && cmd.contains(" -I INPUT "),
+        "{cmd}"
+    );
+    apply_first_fix(v);
+    healed_but(
+        &lab,
+        &MTU_NS,
+        || download(&lab, FIXED_PORT),
+        Some(BROKEN_PORT),
+    );
 }
 
 /// IPv6: a router with forwarding off. Fix 1 turns it on.

@@ -655,6 +655,114 @@ mod tests {
         assert!(engine.verdicts().is_empty());
     }
 
+    /// Policy routing (a `from` rule, and a `fwmark` rule with
+    /// src_valid_mark): the proof names the table the kernel's reverse
+    /// lookup used and the rule that sent it there; fix 1 acts there.
+    #[test]
+    fn replay_policy_rpfilter() {
+        for (name, rule) in [
+            ("policy-rpfilter-from", "32765: from 10.66.0.9 lookup 213"),
+            (
+                "policy-rpfilter-fwmark",
+                "32765: from all fwmark 0x5 lookup 213",
+            ),
+        ] {
+            let path = Path::new(env!("CARGO_MANIFEST_DIR"))
+                .join(format!("tests/recordings/{name}.jsonl"));
+            let (_, engine) = replay(&path, |_| Ok(())).unwrap();
+            let v = engine.verdicts();
+            assert_eq!(v.len(), 1, "{name}");
+            assert_eq!(
+                (v[0].kind, v[0].tier),
+                ("rpfilter_route_conflict", Tier::Proven)
+            );
+            let e = &v[0].evidence;
+            assert_eq!(e["reverse_route_table"], 213, "{name}");
+            assert_eq!(e["reverse_route_rule"]["rule"], rule, "{name}");
+            assert_eq!(e["src_valid_mark"], name.ends_with("fwmark"), "{name}");
+            assert!(
+                v[0].fix_commands[0][0].ends_with("via 10.66.0.1 dev up1 table 213"),
+                "{:?}",
+                v[0].fix_commands
+            );
+        }
+    }
+
+    /// The client's ARP ignored by a peer whose rule sends the reverse
+    /// lookup to a table without the link's prefix: proven where the ARP
+    /// is ignored (polz-srv), not as a silent neighbour where the
+    /// NEIGH_FAILED drops are (polz-cli).
+    #[test]
+    fn replay_policy_rpfilter_arp() {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("tests/recordings/policy-rpfilter-arp.jsonl");
+        let (_, engine) = replay(&path, |_| Ok(())).unwrap();
+        let v = engine.verdicts();
+        assert_eq!(v.len(), 1, "{v:?}");
+        assert_eq!(
+            (v[0].kind, v[0].tier),
+            ("rpfilter_route_conflict", Tier::Proven)
+        );
+        assert_eq!(v[0].netns_name.as_deref(), Some("polz-srv"));
+        assert_eq!(v[0].evidence["arp"], true);
+        assert_eq!(v[0].evidence["reverse_route_table"], 318);
+        assert_eq!(
+            v[0].fix_commands[0],
+            ["ip netns exec polz-srv ip route add 10.70.4.0/24 dev up1 table 318"]
+        );
+    }
+
+    /// A macvlan whose on-link /16 covers a peer the gateway routes in:
+    /// the gateway's lookup (an arrival behind the parent's veth) proves
+    /// asymmetric_route, and the NEIGH_FAILED drops prove no silent
+    /// neighbour.
+    #[test]
+    fn replay_macvlan_overlap() {
+        let path =
+            Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/recordings/macvlan-overlap.jsonl");
+        let (_, engine) = replay(&path, |_| Ok(())).unwrap();
+        let v = engine.verdicts();
+        assert_eq!(v.len(), 1, "{v:?}");
+        assert_eq!((v[0].kind, v[0].tier), ("asymmetric_route", Tier::Proven));
+        assert_eq!(v[0].evidence["egress_kind"], "macvlan");
+        assert_eq!(v[0].evidence["ingress_netns"], "polm-rtr");
+        assert_eq!(
+            v[0].fix_commands[0],
+            ["ip netns exec polm-ctr ip route add 10.140.9.9/32 via 10.140.0.1 dev mv7"]
+        );
+    }
+
+    /// IPv6's queued packets, freed as NOT_SPECIFIED at neigh_invalidate,
+    /// were recorded as NEIGH_FAILED (by location): the silent neighbour is
+    /// proven as for IPv4.
+    #[test]
+    fn replay_neighbor_down_ipv6() {
+        assert_eq!(
+            replayed("neighbor-down-ipv6"),
+            [("neighbor_unreachable", Tier::Proven)]
+        );
+    }
+
+    /// The relay's ICMP frag-needed dropped at the sender's INPUT, in
+    /// another namespace: the black hole is linked to it (icmp_blocked),
+    /// and fix 1 lets it in where it died.
+    #[test]
+    fn replay_pmtu_icmp_dropped_by_sender() {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("tests/recordings/pmtu-icmp-dropped-by-sender.jsonl");
+        let (_, engine) = replay(&path, |_| Ok(())).unwrap();
+        let v = engine.verdicts();
+        let p = v.iter().find(|v| v.kind == "pmtu_blackhole").unwrap();
+        assert_eq!(p.tier, Tier::Proven);
+        assert_eq!(p.evidence["icmp_blocked"], true);
+        assert_eq!(p.evidence["icmp_dropped_netns"], "polp-origin");
+        assert!(
+            p.fix_commands[0][0].starts_with("ip netns exec polp-origin iptables -I INPUT"),
+            "{:?}",
+            p.fix_commands
+        );
+    }
+
     #[test]
     fn replay_bridge_subnet_loose() {
         assert_eq!(

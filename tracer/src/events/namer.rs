@@ -238,6 +238,9 @@ impl Namer {
                 rec.reason = r;
                 rec.reason_source = Some(ReasonSource::Location);
             }
+        } else if let Some(r) = reason_inference::unnamed(rec) {
+            rec.reason = r;
+            rec.reason_source = Some(ReasonSource::Location);
         }
         if let Some((ifindex, link)) = egress {
             Self::too_big_egress(rec, ifindex, &link);
@@ -357,10 +360,25 @@ impl Namer {
             .collect();
         let mut spaces = vec![e.netns];
         if let Some((peer_ns, _)) = self.topology.veth_peer(e.netns, e.ifindex) {
-            if peer_ns != e.netns {
-                spaces.push(peer_ns);
+            spaces.push(peer_ns);
+        }
+        // A macvlan or ipvlan shares its parent's segment: the parent's
+        // namespace, and the one behind the parent's veth (a gateway),
+        // see the neighbour's packets routed into that segment.
+        let shares_parent = topo.link(e.ifindex).filter(|l| {
+            matches!(
+                l.kind.as_deref(),
+                Some("macvlan" | "ipvlan" | "macvtap" | "ipvtap")
+            )
+        });
+        if let Some((pns, pif)) = shares_parent.and_then(|l| Some((l.peer_netns?, l.link?))) {
+            spaces.push(pns);
+            if let Some((qns, _)) = self.topology.veth_peer(pns, pif) {
+                spaces.push(qns);
             }
         }
+        let mut seen = std::collections::HashSet::new();
+        spaces.retain(|ns| seen.insert(*ns));
         let mut out = Vec::new();
         for ns in spaces {
             for local in &locals {

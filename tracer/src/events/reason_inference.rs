@@ -41,6 +41,15 @@ pub fn infer(d: &DropRecord, egress_mtu: Option<u32>) -> Option<Reason> {
     }
 }
 
+/// The reason of a drop the kernel frees without one although its place
+/// says why: IPv6 frees the packets queued for a failed neighbour with a
+/// plain kfree_skb (ndisc_error_report), where IPv4 says NEIGH_FAILED,
+/// and neigh_invalidate frees nothing else.
+pub fn unnamed(d: &DropRecord) -> Option<Reason> {
+    (d.reason == Reason::NOT_SPECIFIED && function(&d.location) == "neigh_invalidate")
+        .then_some(Reason::NEIGH_FAILED)
+}
+
 /// The packet (one segment of a GSO packet) is larger than the device its
 /// forward route leaves by.
 fn too_big(d: &DropRecord, egress_mtu: Option<u32>) -> bool {
@@ -86,6 +95,12 @@ mod tests {
     fn single_path_functions_name_their_reason() {
         let d = DropRecord::sample("neigh_invalidate+0x8c");
         assert_eq!(infer(&d, None), Some(Reason::NEIGH_FAILED));
+        // IPv6's queued packets, freed with no reason at the same place.
+        let mut d = DropRecord::sample("neigh_invalidate+0x7e");
+        d.reason = Reason::NOT_SPECIFIED;
+        assert_eq!(unnamed(&d), Some(Reason::NEIGH_FAILED));
+        d.location = "ip6_mc_input+0x1e0".into();
+        assert_eq!(unnamed(&d), None);
         let d = DropRecord::sample("nf_hook_slow+0x91");
         assert_eq!(infer(&d, None), Some(Reason::NETFILTER_DROP));
         // Ambiguous functions stay unknown without evidence.

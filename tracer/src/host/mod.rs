@@ -6,6 +6,7 @@ pub mod containers;
 pub mod firewall;
 pub mod mtu_mix;
 pub mod netns;
+pub mod policy;
 pub mod proc;
 pub mod qdisc;
 pub mod snmp;

@@ -29,11 +29,13 @@ use netlink_packet_route::address::{AddressAttribute, AddressMessage};
 use netlink_packet_route::link::{LinkAttribute, LinkFlags, LinkInfo, LinkMessage};
 use netlink_packet_route::nsid::{NsidAttribute, NsidMessage};
 use netlink_packet_route::route::{RouteAddress, RouteAttribute, RouteMessage, RouteVia};
+use netlink_packet_route::rule::RuleMessage;
 use netlink_packet_route::{AddressFamily, RouteNetlinkMessage};
 use netlink_sys::{protocols::NETLINK_ROUTE, Socket, SocketAddr};
 use serde::{Deserialize, Serialize};
 
 use crate::host::netns::{self, NetnsCache, NetnsInfo};
+use crate::host::policy::{self, Decision, FibRule, Flow};
 use crate::host::qdisc::{self, Qdisc};
 use crate::host::snmp::UdpCounters;
 use netlink_packet_route::tc::TcMessage;
@@ -143,6 +145,10 @@ pub struct Sysctls {
     pub rp_filter_all: u32,
     /// Per ifname, from net.ipv4.conf.<ifname>.rp_filter (includes "default").
     pub rp_filter: HashMap<String, u32>,
+    /// net.ipv4.conf.<ifname>.src_valid_mark, "all" included, where set:
+    /// the reverse-path check then looks up with the packet's mark.
+    #[serde(default)]
+    pub src_valid_mark: HashMap<String, bool>,
     /// net.ipv4.conf.all.forwarding
     pub ipv4_forwarding: bool,
     /// Per ifname, net.ipv4.conf.<ifname>.forwarding: the kernel checks
@@ -175,6 +181,10 @@ pub struct NsTopology {
     pub links: Vec<Link>,
     /// All tables, IPv4 then IPv6, in kernel dump order.
     pub routes: Vec<Route>,
+    /// The policy rules (`ip rule`), IPv4 then IPv6; empty in recordings
+    /// made before they were read (the kernel's defaults are assumed).
+    #[serde(default)]
+    pub rules: Vec<FibRule>,
     pub sysctls: Sysctls,
     /// Queue disciplines of every device, with their counters at read time.
     #[serde(default)]
@@ -195,7 +205,7 @@ impl NsTopology {
     /// joined it.
     pub fn read(ns: &NetnsInfo) -> anyhow::Result<NsTopology> {
         let inode = ns.inode;
-        let (links, routes, sysctls, qdiscs, udp) =
+        let (links, routes, rules, sysctls, qdiscs, udp) =
             netns::run_in(&ns.path, move || read_here(inode))
                 .with_context(|| format!("cannot enter netns {}", ns.path.display()))?
                 .with_context(|| format!("reading topology of netns {}", ns.label()))?;
@@ -204,6 +214,7 @@ impl NsTopology {
             name: ns.name.clone(),
             links,
             routes,
+            rules,
             sysctls,
             qdiscs,
             udp,
@@ -233,6 +244,7 @@ impl NsTopology {
             && self.name == other.name
             && self.links == other.links
             && self.routes == other.routes
+            && self.rules == other.rules
             && self.sysctls == other.sysctls
             && self.path == other.path
             && self.qdiscs.len() == other.qdiscs.len()
@@ -319,6 +331,44 @@ impl NsTopology {
         self.sysctls.rp_filter_all.max(dev)
     }
 
+    /// Whether the reverse-path check on `ifname` looks up with the
+    /// packet's mark: conf.all or conf.<ifname> src_valid_mark.
+    pub fn src_valid_mark(&self, ifname: &str) -> bool {
+        let on = |n: &str| self.sysctls.src_valid_mark.get(n).copied() == Some(true);
+        on("all") || on(ifname)
+    }
+
+    /// The rule and table the kernel uses for `flow`; with `table` (the
+    /// one the kernel reported), the rule that led there.
+    pub fn decide(&self, flow: &Flow, table: Option<u32>) -> Option<Decision> {
+        policy::decide(&self.rules, &self.routes, flow, table)
+    }
+
+    /// The policy rules that may match `flow`, in order.
+    pub fn rules_for(&self, flow: &Flow) -> Vec<FibRule> {
+        policy::matching(&self.rules, flow)
+    }
+
+    /// The policy decision of the reverse-path check for a packet from
+    /// `src` to `dst` arriving on `in_name` (fib_validate_source: src and
+    /// dst swapped, iif loopback, the mark only with src_valid_mark).
+    pub fn reverse_decision(
+        &self,
+        src: IpAddr,
+        dst: Option<IpAddr>,
+        in_name: &str,
+        table: Option<u32>,
+    ) -> Option<Decision> {
+        let flow = Flow {
+            src: dst,
+            dst: src,
+            iif: Some("lo"),
+            oif: None,
+            mark: (!self.src_valid_mark(in_name)).then_some(0),
+        };
+        self.decide(&flow, table)
+    }
+
     /// Is this ifindex a Linux bridge?
     pub fn is_bridge(&self, ifindex: i32) -> bool {
         self.link(ifindex)
@@ -348,7 +398,14 @@ pub fn prefix_contains(net: IpAddr, len: u8, addr: IpAddr) -> bool {
 }
 
 /// Runs on the thread inside the netns.
-type Read = (Vec<Link>, Vec<Route>, Sysctls, Vec<Qdisc>, UdpCounters);
+type Read = (
+    Vec<Link>,
+    Vec<Route>,
+    Vec<FibRule>,
+    Sysctls,
+    Vec<Qdisc>,
+    UdpCounters,
+);
 
 fn read_here(expected: u32) -> anyhow::Result<Read> {
     // The path may have been recycled (pid reuse) between lookup and setns.
@@ -366,6 +423,9 @@ fn read_here(expected: u32) -> anyhow::Result<Read> {
         Err(_) if !Path::new("/proc/sys/net/ipv6").exists() => {}
         Err(e) => return Err(e.context("dumping IPv6 routes")),
     }
+    let mut rules = dump_rules(&mut nl, AddressFamily::Inet).context("dumping IPv4 rules")?;
+    // No IPv6 rules where IPv6 is off: the IPv4 ones still stand.
+    rules.extend(dump_rules(&mut nl, AddressFamily::Inet6).unwrap_or_default());
     let sysctls = read_sysctls().context("reading sysctls")?;
     let txqlen: HashMap<i32, u32> = links.iter().map(|l| (l.ifindex, l.txqlen)).collect();
     // Queue disciplines only name a queue that drops; without them the
@@ -393,7 +453,14 @@ fn read_here(expected: u32) -> anyhow::Result<Read> {
         };
     }
     links.sort_by_key(|l| l.ifindex);
-    Ok((links, routes, sysctls, qdiscs, UdpCounters::read_here()))
+    Ok((
+        links,
+        routes,
+        rules,
+        sysctls,
+        qdiscs,
+        UdpCounters::read_here(),
+    ))
 }
 
 /// Maps nsids (as seen from the current netns) to netns inodes.
@@ -457,11 +524,16 @@ fn read_sysctls() -> anyhow::Result<Sysctls> {
         read_u32(&all.join("rp_filter")).with_context(|| format!("{}/rp_filter", all.display()))?;
     let mut rp_filter = HashMap::new();
     let mut ipv4_forwarding_dev = HashMap::new();
+    let mut src_valid_mark = HashMap::new();
     for e in fs::read_dir(conf)
         .with_context(|| conf.display().to_string())?
         .flatten()
     {
         let name = e.file_name().to_string_lossy().into_owned();
+        // Only where it is on: the map stays empty on most hosts.
+        if read_u32(&e.path().join("src_valid_mark")).is_ok_and(|v| v != 0) {
+            src_valid_mark.insert(name.clone(), true);
+        }
         if name == "all" {
             continue;
         }
@@ -482,6 +554,7 @@ fn read_sysctls() -> anyhow::Result<Sysctls> {
     Ok(Sysctls {
         rp_filter_all,
         rp_filter,
+        src_valid_mark,
         ipv4_forwarding,
         ipv4_forwarding_dev,
         ipv6_forwarding,
@@ -752,6 +825,21 @@ fn dump_routes(nl: &mut Rtnl, family: AddressFamily) -> anyhow::Result<Vec<Route
         .filter_map(|r| match &r.parsed {
             Some(RouteNetlinkMessage::NewRoute(m)) => route_from_msg(m),
             _ => raw::route(&r.payload),
+        })
+        .collect())
+}
+
+/// `ip rule` of one family. A rule the crate cannot decode is left out:
+/// the lookups then assume it does not match.
+fn dump_rules(nl: &mut Rtnl, family: AddressFamily) -> anyhow::Result<Vec<FibRule>> {
+    let mut req = RuleMessage::default();
+    req.header.family = family;
+    let replies = nl.request(RouteNetlinkMessage::GetRule(req), true)?;
+    Ok(replies
+        .iter()
+        .filter_map(|r| match &r.parsed {
+            Some(RouteNetlinkMessage::NewRule(m)) => FibRule::from_msg(m),
+            _ => None,
         })
         .collect())
 }
@@ -1397,6 +1485,7 @@ mod tests {
             name: None,
             links: Vec::new(),
             routes,
+            rules: Vec::new(),
             sysctls: Sysctls::default(),
             qdiscs: Vec::new(),
             udp: Default::default(),
@@ -1621,6 +1710,9 @@ mod tests {
         a.ip(&format!(
             "route add 10.{n}.6.0/24 via 10.{n}.2.2 dev va0 table 100"
         ));
+        a.ip(&format!("rule add from 10.{n}.1.1 lookup 100 pref 1234"));
+        a.ip("rule add fwmark 0x40/0xf0 iif va0 lookup 100 pref 1235");
+        a.sysctl("net.ipv4.conf.va0.src_valid_mark=1");
         a.sysctl("net.ipv4.conf.all.rp_filter=0");
         a.sysctl("net.ipv4.conf.va0.rp_filter=1");
         a.sysctl("net.ipv4.conf.br0.rp_filter=0");
@@ -1631,6 +1723,42 @@ mod tests {
         b.sysctl("net.ipv4.conf.all.forwarding=0");
         b.sysctl("net.ipv6.conf.all.forwarding=0");
         lab
+    }
+
+    /// `ip rule` as the kernel holds it, and the lookups it steers.
+    fn check_rules(ta: &NsTopology, tb: &NsTopology, n: u8) {
+        let texts: Vec<String> = ta
+            .rules
+            .iter()
+            .filter(|r| !r.ipv6)
+            .map(|r| r.text())
+            .collect();
+        assert_eq!(
+            texts,
+            [
+                "0: from all lookup local".to_string(),
+                format!("1234: from 10.{n}.1.1 lookup 100"),
+                "1235: from all fwmark 0x40/0xf0 iif va0 lookup 100".to_string(),
+                "32766: from all lookup main".to_string(),
+                "32767: from all lookup default".to_string(),
+            ]
+        );
+        assert!(ta.rules.iter().any(|r| r.ipv6 && r.table == RT_TABLE_MAIN));
+        assert!(ta.src_valid_mark("va0") && !ta.src_valid_mark("br0"));
+        assert!(!tb.src_valid_mark("vb0"));
+        // From 10.N.1.1 the rule sends 10.N.6.9 to table 100; from
+        // elsewhere main's /16 answers.
+        let flow = |src: &str| Flow {
+            src: Some(ip(src)),
+            dst: ip(&format!("10.{n}.6.9")),
+            iif: Some("lo"),
+            oif: None,
+            mark: Some(0),
+        };
+        let d = ta.decide(&flow(&format!("10.{n}.1.1")), None).unwrap();
+        assert_eq!((d.table, d.rule.priority), (100, 1234));
+        let d = ta.decide(&flow(&format!("10.{n}.2.1")), None).unwrap();
+        assert_eq!((d.table, d.route.unwrap().prefix_len), (RT_TABLE_MAIN, 16));
     }
 
     #[test]
@@ -1647,6 +1775,7 @@ mod tests {
         check_route_to(&ta, n);
         check_prefix_on(&ta, n);
         check_sysctls(&ta, &tb);
+        check_rules(&ta, &tb, n);
 
         // serializable for reports
         let va0 = ta.link_by_name("va0").unwrap();

@@ -18,11 +18,12 @@
 
 use super::ctx::{Ctx, Finding};
 use super::facts::arrivals::peer_arrives_elsewhere;
+use super::facts::route_policy;
 use super::fix::{bridge_fixes, host_route, net, route_via, BridgeOwner, Fix};
 use super::key::Key;
 use super::{Fact, Rule, Tier};
 use crate::events::reason::Reason;
-use crate::events::record::{DropRecord, NeighRecord};
+use crate::events::record::{Arrival, DropRecord, NeighRecord};
 use crate::host::topology::{Link, NsTopology};
 use serde_json::json;
 use std::net::IpAddr;
@@ -109,6 +110,9 @@ fn host_verdict(
         .map(net)
         .unwrap_or_else(|| peer.to_string());
     let bridge = topo.is_bridge(egress);
+    let reply = route_policy::reply(topo, local, peer);
+    let table_arg = reply.as_ref().map(|p| p.table_arg()).unwrap_or_default();
+    let (table, rule) = route_policy::evidence(reply.as_ref());
     let summary = format!(
         "Traffic from {peer} arrives on {} but the replies are routed out {}{} ({prefix}), where {peer} never answers ARP/ND: they are dropped when the neighbour fails{}.",
         in_link.name,
@@ -141,7 +145,7 @@ fn host_verdict(
         )
     } else {
         let cmd = format!(
-            "{hint}ip route add {} {}",
+            "{hint}ip route add {} {}{table_arg}",
             host_route(peer),
             route_via(topo, in_link.ifindex)
         );
@@ -164,6 +168,8 @@ fn host_verdict(
         "reason": reason,
         "neighbor_states": cx.obs.neigh.get(&(netns, egress, peer)),
         "route_from_kernel": route_from_kernel,
+        "route_table": table,
+        "route_rule": rule,
     });
     cx.conclude(Finding {
         key,
@@ -229,6 +235,9 @@ fn on_neigh(n: &NeighRecord, cx: &mut Ctx) {
             );
             return;
         }
+        if routed_into_segment(cx, n, peer, &topo, &out_link, a) {
+            return;
+        }
         let (Some((h, port)), Some(ht)) = (&host, &host_topo) else {
             continue;
         };
@@ -263,6 +272,109 @@ fn on_neigh(n: &NeighRecord, cx: &mut Ctx) {
         );
         return;
     }
+}
+
+/// A macvlan or ipvlan whose on-link prefix covers a peer that a gateway
+/// on the parent's segment routes in (the arrival: that gateway's lookup
+/// took the peer's packet from another device into the segment): the
+/// replies ask for the peer on-link, where it is not. Concluded (and true
+/// returned) when `a` shows it.
+fn routed_into_segment(
+    cx: &mut Ctx,
+    n: &NeighRecord,
+    peer: IpAddr,
+    topo: &NsTopology,
+    out_link: &Link,
+    a: &Arrival,
+) -> bool {
+    let shares_parent = matches!(
+        out_link.kind.as_deref(),
+        Some("macvlan" | "ipvlan" | "macvtap" | "ipvtap")
+    );
+    let (Some(pns), Some(pif)) = (out_link.peer_netns, out_link.link) else {
+        return false;
+    };
+    if !shares_parent || a.iif == a.ifindex {
+        return false;
+    }
+    let gw_side = cx.veth_peer(pns, pif).map(|(q, l)| (q, l.ifindex));
+    if (a.netns, a.ifindex) != (pns, pif) && Some((a.netns, a.ifindex)) != gw_side {
+        return false;
+    }
+    let Some(gt) = cx.topo(a.netns) else {
+        return false;
+    };
+    let (Some(seg), Some(from)) = (gt.link(a.ifindex).cloned(), gt.link(a.iif).cloned()) else {
+        return false;
+    };
+    let prefix = topo.prefix_on(out_link.ifindex, peer).cloned();
+    let reply = route_policy::reply(topo, Some(a.dst), peer);
+    let table_arg = reply.as_ref().map(|p| p.table_arg()).unwrap_or_default();
+    let (table, rule) = route_policy::evidence(reply.as_ref());
+    // The gateway's own address on the segment, inside our prefix.
+    let gw = seg
+        .addrs
+        .iter()
+        .map(|(x, _)| *x)
+        .find(|x| prefix.as_ref().is_some_and(|p| p.contains(*x)));
+    let k = key(n.netns, a.netns, a.iif, out_link.ifindex);
+    cx.obs.arrives_elsewhere.insert((n.netns, peer), k.clone());
+    cx.clock_from(&k, n.ts_ns.saturating_sub(a.age_ns.max(0) as u64));
+    let hint = cx.ns_hint(n.netns);
+    let gw_ns = cx
+        .netns_name(a.netns)
+        .unwrap_or_else(|| a.netns.to_string());
+    let prefix = prefix.as_ref().map(net).unwrap_or_else(|| peer.to_string());
+    let summary = format!(
+        "Traffic from {peer} is routed into {}'s segment by {gw_ns} (from {} to {}), but the replies ask for {peer} on-link on {} ({prefix}), where it never answers ARP/ND: the peer's network overlaps the {} subnet.",
+        out_link.name,
+        from.name,
+        seg.name,
+        out_link.name,
+        out_link.kind.as_deref().unwrap_or("link"),
+    );
+    let mut fix = Vec::new();
+    if let Some(g) = gw {
+        let cmd = format!(
+            "{hint}ip route add {} via {g} dev {}{table_arg}",
+            host_route(peer),
+            super::fix::q(&out_link.name)
+        );
+        fix.push(Fix::run(
+            format!("Route {peer} through the gateway {g} that it arrives from: {cmd}"),
+            vec![cmd],
+        ));
+    }
+    fix.push(Fix::advice(format!(
+        "Narrow {}'s prefix ({prefix}) so that it no longer covers {peer}'s network",
+        out_link.name
+    )));
+    let evidence = json!({
+        "ingress_netns": gw_ns,
+        "ingress_ifname": from.name,
+        "gateway_ifname": seg.name,
+        "gateway": gw,
+        "egress_ifname": out_link.name,
+        "egress_kind": out_link.kind,
+        "peer": peer,
+        "egress_prefix": prefix,
+        "local": a.dst,
+        "reason": "NEIGH_INCOMPLETE",
+        "neighbor_states": cx.obs.neigh.get(&(n.netns, out_link.ifindex, peer)),
+        "route_from_kernel": true,
+        "route_table": table,
+        "route_rule": rule,
+    });
+    cx.conclude(Finding {
+        key: k,
+        kind: "asymmetric_route",
+        tier: Tier::Proven,
+        netns: n.netns,
+        summary,
+        evidence,
+        fix,
+    });
+    true
 }
 
 /// The published-port case: the peer reaches a container through the

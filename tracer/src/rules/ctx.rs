@@ -5,9 +5,11 @@
 //! turns a finding into a verdict once per cause.
 
 use super::facts::forwarding::holds;
+use super::facts::reverse_path::{arp_rejected, arp_target, ArpRejected};
 use super::facts::{FlowKey, Observations};
 use super::key::Key;
 use super::{Tier, Verdict};
+use crate::events::record::DropRecord;
 use crate::host::containers::{Container, DockerNetwork};
 use crate::host::firewall::Ruleset;
 use crate::host::topology::{Link, NsTopology};
@@ -233,6 +235,18 @@ impl<'a> Ctx<'a> {
             }
         }
         None
+    }
+
+    /// The neighbour holding the target of a `NEIGH_FAILED` drop's ARP, on
+    /// the same segment, if its reverse-path check ignores the request:
+    /// `rpfilter_route_conflict` proves it there, `neighbor_unreachable`
+    /// then stays silent.
+    pub fn arp_rejected(&mut self, d: &DropRecord) -> Option<ArpRejected> {
+        let topo = self.topo(d.netns)?;
+        let target = arp_target(d, &topo)?;
+        let holder = self.holder_behind(d.netns, d.ifindex, target)?;
+        let holder_topo = self.topo(holder.0)?;
+        arp_rejected(d, &topo, holder, holder_topo)
     }
 
     /// Starts `key`'s clock at `ts` without counting a drop (evidence that

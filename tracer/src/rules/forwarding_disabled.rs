@@ -8,6 +8,7 @@
 
 use super::ctx::{Ctx, Finding};
 use super::facts::forwarding::not_forwarded;
+use super::facts::route_policy;
 use super::fix::{q, Fix};
 use super::key::Key;
 use super::{Fact, Rule, Tier};
@@ -57,8 +58,11 @@ impl Rule for ForwardingDisabled {
             format!("{cmd} (persist it in /etc/sysctl.d/)"),
             vec![cmd],
         )];
-        let evidence =
-            json!({"ingress_ifname": d.ingress_ifname, "dst": d.dst, "sysctl": sysctl, "value": 0});
+        let (table, rule) = route_policy::evidence(route_policy::forward(d, &topo).as_ref());
+        let evidence = json!({
+            "ingress_ifname": d.ingress_ifname, "dst": d.dst, "sysctl": sysctl, "value": 0,
+            "route_table": table, "route_rule": rule,
+        });
         cx.conclude(Finding {
             key,
             kind: "forwarding_disabled",

@@ -34,6 +34,11 @@ impl Rule for NeighborUnreachable {
         if neighbor_arrives_elsewhere(d, cx.obs, &topo) {
             return;
         }
+        // The neighbour is there but its reverse-path check ignores our
+        // ARP: rpfilter_route_conflict's verdict, where it ignores it.
+        if cx.arp_rejected(d).is_some() {
+            return;
+        }
         let key = Key::NeighborUnreachable {
             netns: d.netns,
             egress,

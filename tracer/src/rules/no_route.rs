@@ -5,12 +5,15 @@
 
 use super::ctx::{Ctx, Finding};
 use super::facts::reverse_path::{rpfilter_drop, ReversePath};
+use super::facts::route_policy;
 use super::fix::Fix;
 use super::key::Key;
 use super::{Fact, Rule, Tier};
 use crate::events::protocols::{errno_name, sender_errno};
 use crate::events::reason::Reason;
 use crate::events::record::DropRecord;
+use crate::host::policy::FibRule;
+use crate::host::topology::RT_TABLE_MAIN;
 use serde_json::json;
 use std::net::IpAddr;
 
@@ -65,16 +68,26 @@ impl Rule for NoRoute {
                 " and answers ICMP net-unreachable"
             }
         );
+        // The rules this flow passes, and the first table past `local`
+        // they send it to: where the route belongs.
+        let (tried, table) = topo
+            .as_ref()
+            .map(|t| route_policy::tried(d, t))
+            .unwrap_or_default();
+        let table_arg = table
+            .filter(|t| *t != RT_TABLE_MAIN)
+            .map(|t| format!(" table {}", FibRule::table_name(t)))
+            .unwrap_or_default();
         // Advice only: which gateway is right is not in these facts.
         let fix = vec![Fix::advice(format!(
-            "Add a route: {hint}ip route add {} via <gateway> (or one for the missing prefix, or a default route); check {hint}ip route get {dst}",
+            "Add a route: {hint}ip route add {} via <gateway>{table_arg} (or one for the missing prefix, or a default route); check {hint}ip route get {dst}",
             host_prefix(dst)
         ))];
         let err = kernel_err.map(sender_errno);
         let evidence = json!({
             "dst": dst, "src": d.src, "ingress_ifname": d.ingress_ifname,
             "route_err": err.map(errno_name), "route_errno": err,
-            "reason": d.reason,
+            "reason": d.reason, "route_table": table, "route_rules_tried": tried,
         });
         cx.conclude(Finding {
             key,
@@ -178,6 +191,53 @@ mod tests {
         // The table's -EAGAIN is what the sender sees as -ENETUNREACH.
         assert_eq!(v[0].evidence["route_errno"], -101);
         assert!(v[0].fix[0].contains("ip route add 203.0.113.9/32 via"));
+    }
+
+    /// A source rule sends the flow to table 64, which has no route:
+    /// the evidence lists the rules tried, and the advice adds the route
+    /// in table 64 (main's would be bypassed).
+    #[test]
+    fn a_rule_s_table_is_where_the_route_belongs() {
+        use crate::host::policy::{FibRule, RuleKind};
+        let mut t = topo(NS, None, vec![], vec![route("10.1.0.0", 24, 2, None)]);
+        t.rules = vec![FibRule {
+            ipv6: false,
+            priority: 500,
+            kind: RuleKind::Lookup,
+            table: 64,
+            goto: None,
+            from: Some((ip("10.9.9.0"), 24)),
+            to: None,
+            iif: None,
+            oif: None,
+            fwmark: None,
+            fwmask: None,
+            invert: false,
+            suppress_prefixlen: None,
+            other_selectors: false,
+        }];
+        t.rules.push(FibRule {
+            from: None,
+            priority: 32766,
+            table: 254,
+            ..t.rules[0].clone()
+        });
+        let mut d = drop(Reason::IP_OUTNOROUTES, 1_000);
+        d.src = Some(ip("10.9.9.4"));
+        d.dst = Some(ip("198.51.100.7"));
+        d.route = Some(lookup(0, "", 0, -11));
+        let v = run(&mut Fake::with(vec![t]), vec![Fact::Drop(d)], 0);
+        assert_eq!(kinds(&v), [("no_route", Tier::Proven)]);
+        assert_eq!(v[0].evidence["route_table"], 64);
+        assert_eq!(
+            v[0].evidence["route_rules_tried"][0],
+            "500: from 10.9.9.0/24 lookup 64"
+        );
+        assert!(
+            v[0].fix[0].contains("via <gateway> table 64"),
+            "{:?}",
+            v[0].fix
+        );
     }
 
     fn v6_drop(src: &str, dst: &str) -> super::DropRecord {

@@ -5,7 +5,8 @@
 //! no verdict.
 
 use super::ctx::{Ctx, Finding};
-use super::facts::pmtu::{is_ptb_icmp, Proven};
+use super::facts::forwarding::owns_addr;
+use super::facts::pmtu::{is_ptb_icmp, IcmpDropSite, Proven};
 use super::fix::{iptables_for, Fix};
 use super::key::Key;
 use super::{Fact, Rule, Tier};
@@ -13,6 +14,7 @@ use crate::events::reason::Reason;
 use crate::events::record::DropRecord;
 use crate::events::record::Family;
 use serde_json::json;
+use std::net::IpAddr;
 
 /// Concludes the black holes that the facts layer
 /// ([`super::facts::pmtu`]) proves from too-big episodes.
@@ -54,7 +56,7 @@ fn conclude_proven(cx: &mut Ctx) {
 }
 
 fn verdict(cx: &mut Ctx, p: Proven) {
-    let (t, blocked) = (p.episode, p.icmp_blocked);
+    let (t, blocked) = (p.episode.clone(), p.icmp_blocked);
     let d = &t.rec;
     let topo = cx.topo(d.netns);
     let (egress, egress_mtu) = egress_of(d, topo.as_deref());
@@ -80,25 +82,7 @@ fn verdict(cx: &mut Ctx, p: Proven) {
     // The blocked ICMP is the root cause: letting it through heals PMTU
     // discovery for every protocol, so it comes first.
     if blocked {
-        let (ipt6, what, text) = if d.family == Some(Family::Ipv6) {
-            (
-                "ip6tables",
-                "-p icmpv6 --icmpv6-type packet-too-big",
-                "Let ICMPv6 packet-too-big out",
-            )
-        } else {
-            (
-                "iptables",
-                "-p icmp --icmp-type fragmentation-needed",
-                "Let ICMP fragmentation-needed out",
-            )
-        };
-        let out = format!("{hint}{ipt6} -I OUTPUT {what} -j ACCEPT");
-        let fwd = format!("{hint}{ipt6} -I FORWARD {what} -j ACCEPT");
-        fix.push(Fix::run(
-            format!("{text}: {out} (and in FORWARD)"),
-            vec![out, fwd],
-        ));
+        fix.push(allow_icmp_fix(cx, d, &hint, p.icmp_site.as_ref()));
     }
     let clamp = format!(
         "{hint}{ipt} -t mangle -A FORWARD -p tcp --tcp-flags SYN,RST SYN -j TCPMSS --clamp-mss-to-pmtu"
@@ -116,7 +100,12 @@ fn verdict(cx: &mut Ctx, p: Proven) {
             "Or lower the MTU on the sender's side of the path (the host of {src_addr}) to {egress_mtu}"
         )));
     }
-    let evidence = json!({
+    // Where the ICMP died, when elsewhere (only then in the evidence).
+    let site_ns = p.icmp_site.as_ref().map(|s| {
+        cx.netns_name(s.netns)
+            .unwrap_or_else(|| s.netns.to_string())
+    });
+    let mut evidence = json!({
         "egress_ifname": egress_name,
         "egress_mtu": egress_mtu,
         "packet_size": packet_size,
@@ -130,6 +119,11 @@ fn verdict(cx: &mut Ctx, p: Proven) {
         "too_big_drops": t.count,
         "location": d.location,
     });
+    if let (Some(s), Some(e)) = (&p.icmp_site, evidence.as_object_mut()) {
+        e.insert("icmp_dropped_netns".into(), json!(site_ns));
+        e.insert("icmp_dropped_ifname".into(), json!(s.ifname));
+        e.insert("icmp_dropped_location".into(), json!(s.location));
+    }
     if let (Some(a), Some(b), Some(sp), Some(dp)) = (d.src, d.dst, d.sport, d.dport) {
         cx.about_flow(&key, (a, b, sp, dp));
     }
@@ -142,6 +136,46 @@ fn verdict(cx: &mut Ctx, p: Proven) {
         evidence,
         fix,
     });
+}
+
+/// Lets the "too big" ICMP through where it was dropped: out of (and
+/// through) the too-big drop's namespace, or, when it died in another one,
+/// in the chain it met there: INPUT where it was addressed to (the
+/// sender), OUTPUT where it was made, else FORWARD.
+fn allow_icmp_fix(cx: &mut Ctx, d: &DropRecord, hint: &str, site: Option<&IcmpDropSite>) -> Fix {
+    let (ipt6, what, kind) = if d.family == Some(Family::Ipv6) {
+        (
+            "ip6tables",
+            "-p icmpv6 --icmpv6-type packet-too-big",
+            "ICMPv6 packet-too-big",
+        )
+    } else {
+        (
+            "iptables",
+            "-p icmp --icmp-type fragmentation-needed",
+            "ICMP fragmentation-needed",
+        )
+    };
+    let Some(s) = site else {
+        let out = format!("{hint}{ipt6} -I OUTPUT {what} -j ACCEPT");
+        let fwd = format!("{hint}{ipt6} -I FORWARD {what} -j ACCEPT");
+        return Fix::run(
+            format!("Let {kind} out: {out} (and in FORWARD)"),
+            vec![out, fwd],
+        );
+    };
+    let topo = cx.topo(s.netns);
+    let owns = |a: Option<IpAddr>| a.zip(topo.as_deref()).is_some_and(|(a, t)| owns_addr(t, a));
+    let (chain, how) = if owns(Some(s.dst)) {
+        ("INPUT", "in, where the sender drops it")
+    } else if owns(s.src) {
+        ("OUTPUT", "out, where it is dropped")
+    } else {
+        ("FORWARD", "through, where it is dropped")
+    };
+    let there = cx.ns_hint(s.netns);
+    let cmd = format!("{there}{ipt6} -I {chain} {what} -j ACCEPT");
+    Fix::run(format!("Let {kind} {how}: {cmd}"), vec![cmd])
 }
 
 /// The device the too-big packets were to leave by, and its MTU: the
@@ -213,6 +247,36 @@ mod tests {
             v[0].fix.iter().all(|f| !f.contains("dockerd")),
             "{:?}",
             v[0].fix
+        );
+    }
+
+    /// The ICMP dropped in the sender's own namespace (its INPUT), not
+    /// where the too-big drop is: still linked, and fix 1 lets it in there.
+    #[test]
+    fn an_icmp_dropped_at_the_sender_is_linked() {
+        let mut snd = topo(
+            NS + 7,
+            Some("sender"),
+            vec![link(2, "o0", Some("veth"), 1500)],
+            vec![],
+        );
+        snd.links[0].addrs.push((ip("10.200.0.2"), 24));
+        let mut icmp = icmp_dropped(1_000);
+        icmp.netns = NS + 7;
+        icmp.ifname = Some("o0".into());
+        let v = run(
+            &mut Fake::with(vec![snd]),
+            vec![Fact::Drop(icmp), too_big(2_000)],
+            0,
+        );
+        assert_eq!(kinds(&v), [("pmtu_blackhole", Tier::Proven)]);
+        let e = &v[0].evidence;
+        assert_eq!(e["icmp_blocked"], true);
+        assert_eq!(e["icmp_dropped_netns"], "sender");
+        assert_eq!(e["icmp_dropped_ifname"], "o0");
+        assert_eq!(
+            v[0].fix_commands[0],
+            ["ip netns exec sender iptables -I INPUT -p icmp --icmp-type fragmentation-needed -j ACCEPT"]
         );
     }
 

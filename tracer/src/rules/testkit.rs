@@ -55,6 +55,7 @@ pub fn topo(inode: u32, name: Option<&str>, links: Vec<Link>, routes: Vec<Route>
         name: name.map(str::to_string),
         links,
         routes,
+        rules: Vec::new(),
         sysctls: Sysctls::default(),
         qdiscs: Vec::new(),
         udp: Default::default(),

@@ -5,6 +5,7 @@ use super::reverse_path::ingress_of;
 use crate::events::reason::Reason;
 use crate::events::record::DropRecord;
 use crate::events::record::Family;
+use crate::host::policy::Flow;
 use crate::host::topology::{Link, NsTopology, RouteKind};
 use std::net::IpAddr;
 use std::sync::Arc;
@@ -36,14 +37,23 @@ pub fn forwarding_on(topo: &NsTopology, d: &DropRecord) -> bool {
 /// port) and a route to `dst` out of a device other than `ingress`. A
 /// one-link host that receives a packet for someone else could not
 /// forward it anywhere but back where it came from.
-pub fn could_forward(topo: &NsTopology, ingress: i32, dst: IpAddr) -> bool {
+pub fn could_forward(topo: &NsTopology, ingress: i32, dst: IpAddr, src: Option<IpAddr>) -> bool {
     let l3 = topo
         .links
         .iter()
         .filter(|l| l.name != "lo" && l.master.is_none())
         .count();
+    // The route the rules choose for this packet, as it arrived.
+    let flow = Flow {
+        src,
+        dst,
+        iif: topo.link(ingress).map(|l| l.name.as_str()),
+        oif: None,
+        mark: None,
+    };
     let out = topo
-        .route_to(dst)
+        .decide(&flow, None)
+        .and_then(|p| p.route)
         .filter(|r| r.kind == RouteKind::Unicast)
         .and_then(|r| r.oif);
     l3 >= 2 && out.is_some_and(|o| o != ingress)
@@ -76,7 +86,7 @@ pub fn not_forwarded(
     }
     let ingress = ingress_of(d);
     Some(NotForwarded {
-        could_forward: could_forward(&topo, ingress, dst),
+        could_forward: could_forward(&topo, ingress, dst, d.src),
         dst_is_local: owns_addr(&topo, dst),
         topo,
         dst,

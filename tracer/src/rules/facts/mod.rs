@@ -11,6 +11,7 @@ pub mod firewall;
 pub mod forwarding;
 pub mod pmtu;
 pub mod reverse_path;
+pub mod route_policy;
 
 use super::key::Key;
 use super::Fact;
@@ -34,6 +35,9 @@ pub struct Observations {
     /// ICMP "fragmentation needed" / ICMPv6 "packet too big" that were
     /// themselves dropped: (netns, the ICMP's destination) -> time.
     pub icmp_ptb_dropped: HashMap<(u32, IpAddr), u64>,
+    /// The same drops by the ICMP's destination alone, with where they
+    /// were: an ICMP dropped in another namespace than the too-big drop.
+    pub icmp_ptb_dropped_at: HashMap<IpAddr, pmtu::IcmpDropSite>,
     /// Flows whose packets were too big for an egress MTU.
     pub too_big_flows: HashMap<FlowKey, TooBigFlow>,
     /// Too-big episodes per flow, and those proven black holes by the
@@ -85,6 +89,9 @@ impl Observations {
                 if ptb {
                     if let Some(dst) = d.dst {
                         self.icmp_ptb_dropped.insert((d.netns, dst), d.ts_ns);
+                        if let Some(site) = pmtu::IcmpDropSite::of(d) {
+                            self.icmp_ptb_dropped_at.insert(dst, site);
+                        }
                     }
                 }
                 if d.reason == Reason::PKT_TOO_BIG {
@@ -147,7 +154,8 @@ impl Observations {
     /// Proves the episodes that now show a black hole, and marks their
     /// flows as such.
     fn check_pmtu(&mut self, now_ns: u64) {
-        self.pmtu.check(now_ns, &self.icmp_ptb_dropped);
+        self.pmtu
+            .check(now_ns, &self.icmp_ptb_dropped, &self.icmp_ptb_dropped_at);
         for p in &self.pmtu.proven {
             let d = &p.episode.rec;
             if let (Some(a), Some(b), Some(sp), Some(dp)) = (d.src, d.dst, d.sport, d.dport) {
@@ -180,5 +188,7 @@ impl Observations {
         // An ICMP drop long past says nothing about today's path.
         self.icmp_ptb_dropped
             .retain(|_, ts| now_ns.saturating_sub(*ts) < 10_000_000_000);
+        self.icmp_ptb_dropped_at
+            .retain(|_, s| now_ns.saturating_sub(s.ts) < 10_000_000_000);
     }
 }

@@ -29,6 +29,32 @@ pub struct Episode {
     pub rec: DropRecord,
 }
 
+/// Where an ICMP "fragmentation needed" / "packet too big" was dropped.
+#[derive(Clone, Debug)]
+pub struct IcmpDropSite {
+    pub ts: u64,
+    pub netns: u32,
+    pub ifname: Option<String>,
+    pub location: String,
+    /// The ICMP's source (who said "too big") and destination (the
+    /// sender it was meant to shrink).
+    pub src: Option<IpAddr>,
+    pub dst: IpAddr,
+}
+
+impl IcmpDropSite {
+    pub fn of(d: &DropRecord) -> Option<IcmpDropSite> {
+        Some(IcmpDropSite {
+            ts: d.ts_ns,
+            netns: d.netns,
+            ifname: d.ifname.clone(),
+            location: d.location.clone(),
+            src: d.src,
+            dst: d.dst?,
+        })
+    }
+}
+
 /// An episode proven a black hole.
 #[derive(Clone)]
 pub struct Proven {
@@ -36,6 +62,9 @@ pub struct Proven {
     /// Proven by the ICMP that should shrink the sender being dropped
     /// (else by the sender persisting).
     pub icmp_blocked: bool,
+    /// Where that ICMP was dropped, when not in the too-big drop's own
+    /// namespace (the sender's INPUT, another router).
+    pub icmp_site: Option<IcmpDropSite>,
 }
 
 /// A flow in one netns: (netns, src, dst, sport, dport).
@@ -75,30 +104,44 @@ impl Episodes {
     }
 
     /// Moves the episodes proven by now into `proven`.
-    pub fn check(&mut self, now: u64, icmp_ptb_dropped: &HashMap<(u32, IpAddr), u64>) {
+    pub fn check(
+        &mut self,
+        now: u64,
+        icmp_ptb_dropped: &HashMap<(u32, IpAddr), u64>,
+        elsewhere: &HashMap<IpAddr, IcmpDropSite>,
+    ) {
         // Forget flows that went quiet.
         self.open
             .retain(|_, t| now.saturating_sub(t.last_ts) < 2 * TOO_BIG_EPISODE_NS);
         let mut proven = Vec::new();
         for (k, t) in &self.open {
             let Some(src) = t.rec.src else { continue };
-            let blocked = icmp_ptb_dropped
+            let near = |ts: u64| ts.abs_diff(t.last_ts) < 2_000_000_000;
+            let here = icmp_ptb_dropped
                 .get(&(t.rec.netns, src))
-                .is_some_and(|ts| ts.abs_diff(t.last_ts) < 2_000_000_000);
+                .is_some_and(|ts| near(*ts));
+            // The ICMP to this sender dropped in another traced namespace
+            // (the sender's own INPUT, a router on the way back).
+            let site = elsewhere
+                .get(&src)
+                .filter(|s| s.netns != t.rec.netns && near(s.ts))
+                .cloned();
+            let blocked = here || site.is_some();
             // Only TCP retransmits the same too-big segment; UDP senders
             // probing the path MTU (QUIC, tracepath) do this on purpose.
             let persists = t.rec.proto == Some(Proto::Tcp)
                 && t.count >= 3
                 && t.last_ts.saturating_sub(t.first_ts) >= 1_000_000_000;
             if blocked || persists {
-                proven.push((*k, blocked));
+                proven.push((*k, blocked, site.filter(|_| !here)));
             }
         }
-        for (k, icmp_blocked) in proven {
+        for (k, icmp_blocked, icmp_site) in proven {
             if let Some(episode) = self.open.remove(&k) {
                 self.proven.push(Proven {
                     episode,
                     icmp_blocked,
+                    icmp_site,
                 });
             }
         }
