@@ -20,6 +20,7 @@ mod bench;
 mod dist;
 mod qemu;
 mod soak;
+mod testbins;
 mod userspace;
 
 /// Debian packages: the eBPF toolchain (rustc-web with the prebuilt bpf
@@ -294,9 +295,14 @@ fn main() -> Result<()> {
                 .env("TRACER_BPF_OBJECT", root().join("target/bpf/absent.o")))?;
             // Integration tests drive the real binary.
             cargo(&["build", "-p", "tracer"])?;
-            let mut test = vec!["test", "--workspace"];
-            test.extend_from_slice(&rest);
-            cargo(&test)?;
+            if rest.is_empty() {
+                let bins = testbins::build(&root())?;
+                testbins::run_all(&root(), &bins, &[])?;
+            } else {
+                let mut test = vec!["test", "--workspace"];
+                test.extend_from_slice(&rest);
+                cargo(&test)?;
+            }
             // What users install: the static binary, tarball and .deb,
             // twice for reproducibility, then run in a Debian 11 root.
             // Before the Docker tests, whose image test packs that binary.

@@ -40,7 +40,6 @@
 //! both cores: about 1450 CPU-seconds of emulation.
 
 use anyhow::{bail, Context, Result};
-use serde_json::Value;
 use std::collections::{BTreeMap, BTreeSet};
 use std::fs;
 use std::os::unix::process::CommandExt;
@@ -687,38 +686,8 @@ impl Artifacts {
         // guest: the one release build `cargo xtask test` already made,
         // where a dynamic release build would be a second one.
         let tracer = crate::dist::build_static(root)?;
-        let out = Command::new("cargo")
-            .current_dir(root)
-            .args(["test", "--workspace", "--no-run"])
-            .arg("--message-format=json-render-diagnostics")
-            .stderr(Stdio::inherit())
-            .output()
-            .context("cannot start cargo")?;
-        if !out.status.success() {
-            bail!("cargo test --no-run failed: {}", out.status);
-        }
+        let tests = crate::testbins::integration(&crate::testbins::build(root)?);
         let tests_dir = root.join("tests");
-        let manifest = tests_dir.join("Cargo.toml");
-        let mut tests = BTreeMap::new();
-        for line in String::from_utf8_lossy(&out.stdout).lines() {
-            let Ok(msg) = serde_json::from_str::<Value>(line) else {
-                continue;
-            };
-            let is_test = msg["target"]["kind"]
-                .as_array()
-                .is_some_and(|k| k.iter().any(|k| k == "test"));
-            if msg["reason"] != "compiler-artifact"
-                || !is_test
-                || msg["manifest_path"].as_str() != manifest.to_str()
-            {
-                continue;
-            }
-            if let (Some(name), Some(exe)) =
-                (msg["target"]["name"].as_str(), msg["executable"].as_str())
-            {
-                tests.insert(name.to_string(), PathBuf::from(exe));
-            }
-        }
         Ok(Artifacts {
             tracer,
             tests,
