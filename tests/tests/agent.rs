@@ -675,12 +675,13 @@ fn metrics_cannot_be_forged_by_names_or_hostname() {
     let (ok, said) = promtool(&body);
     assert!(ok, "promtool rejects the scrape: {said}\n{body}");
     // The interface's name is one escaped value of one label.
-    let on_if =
-        format!(r#"netns="{edge}",container="",container_source="",ifname="q\",ifname=\"e"}} 3"#);
+    let on_if = format!(
+        r#"netns="{edge}",container="",container_source="",pod="",pod_namespace="",ifname="q\",ifname=\"e"}} 3"#
+    );
     assert!(drops.iter().any(|l| l.ends_with(&on_if)), "{on_if}\n{body}");
     // The pod is named by its cgroup, and says so; its own claim is nowhere.
     let on_pod = format!(
-        r#"netns="{pod_ns}",container="{}",container_source="cgroup",ifname="eth0"}} 3"#,
+        r#"netns="{pod_ns}",container="{}",container_source="cgroup",pod="",pod_namespace="",ifname="eth0"}} 3"#,
         &pod.id[..12]
     );
     assert!(
