@@ -763,6 +763,21 @@ mod tests {
     }
 
     #[test]
+    fn replay_bridge_port_blocked_is_not_a_silent_neighbour() {
+        // tests/bridge_port.rs: port rp of lan5 set to learning; both
+        // hosts ping each other and each one's neighbour fails.
+        let path = Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("tests/recordings/bridge-port-blocked.jsonl");
+        let (_, engine) = replay(&path, |_| Ok(())).unwrap();
+        let v = engine.verdicts();
+        let kinds: Vec<_> = v.iter().map(|v| (v.kind, v.tier)).collect();
+        assert_eq!(kinds, [("bridge_port_blocked", Tier::Proven)]);
+        assert_eq!(v[0].evidence["port"], "rp");
+        assert_eq!(v[0].evidence["stp_state"], "learning");
+        assert!(v[0].fix_commands[0][0].ends_with("bridge link set dev rp state 3"));
+    }
+
+    #[test]
     fn replay_misdelivered_names_the_sender_not_forwarding() {
         // A one-link host gets packets for 10.47.3.9 and fd47:3::9, which
         // its neighbour on the bridge maps to this host's MAC.

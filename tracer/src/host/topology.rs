@@ -26,7 +26,10 @@ use netlink_packet_core::{
     NLM_F_REQUEST,
 };
 use netlink_packet_route::address::{AddressAttribute, AddressMessage};
-use netlink_packet_route::link::{LinkAttribute, LinkFlags, LinkInfo, LinkMessage};
+use netlink_packet_route::link::{
+    InfoBridge, InfoBridgePort, InfoData, InfoPortData, LinkAttribute, LinkFlags, LinkInfo,
+    LinkMessage,
+};
 use netlink_packet_route::nsid::{NsidAttribute, NsidMessage};
 use netlink_packet_route::route::{RouteAddress, RouteAttribute, RouteMessage, RouteVia};
 use netlink_packet_route::{AddressFamily, RouteNetlinkMessage};
@@ -77,7 +80,31 @@ pub struct Link {
     /// older recordings.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub mac: Option<String>,
+    /// A bridge port's STP state (IFLA_BRPORT_STATE: 0 disabled, 1
+    /// listening, 2 learning, 3 forwarding, 4 blocking); None for a device
+    /// that is no bridge port. Absent from older recordings.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub brport_state: Option<u8>,
+    /// A bridge's IFLA_BR_STP_STATE (0 off, 1 kernel STP, 2 user-space
+    /// STP): while STP runs, it and not the user sets its ports' states.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bridge_stp: Option<u32>,
 }
+
+/// The name of a bridge port STP state (`bridge link` prints the same).
+pub fn brport_state_name(state: u8) -> &'static str {
+    match state {
+        0 => "disabled",
+        1 => "listening",
+        2 => "learning",
+        3 => "forwarding",
+        4 => "blocking",
+        _ => "unknown",
+    }
+}
+
+/// The STP state in which a bridge port forwards frames.
+pub const BR_STATE_FORWARDING: u8 = 3;
 
 /// `aa:bb:cc:dd:ee:ff` for a 6-byte hardware address; None otherwise
 /// (loopback's is all zeros, tunnels have none or a longer one).
@@ -790,6 +817,8 @@ fn link_from_msg(m: &LinkMessage) -> Link {
         addrs: Vec::new(),
         txqlen: 0,
         mac: None,
+        brport_state: None,
+        bridge_stp: None,
     };
     for a in &m.attributes {
         match a {
@@ -802,8 +831,21 @@ fn link_from_msg(m: &LinkMessage) -> Link {
             LinkAttribute::LinkNetNsId(v) => l.link_netnsid = Some(*v),
             LinkAttribute::LinkInfo(infos) => {
                 for i in infos {
-                    if let LinkInfo::Kind(k) = i {
-                        l.kind = Some(k.to_string());
+                    match i {
+                        LinkInfo::Kind(k) => l.kind = Some(k.to_string()),
+                        LinkInfo::PortData(InfoPortData::BridgePort(port)) => {
+                            l.brport_state = port.iter().find_map(|a| match a {
+                                InfoBridgePort::State(s) => Some(u8::from(*s)),
+                                _ => None,
+                            });
+                        }
+                        LinkInfo::Data(InfoData::Bridge(br)) => {
+                            l.bridge_stp = br.iter().find_map(|a| match a {
+                                InfoBridge::StpState(s) => Some(*s),
+                                _ => None,
+                            });
+                        }
+                        _ => {}
                     }
                 }
             }
@@ -962,6 +1004,8 @@ mod raw {
             addrs: Vec::new(),
             txqlen: 0,
             mac: None,
+            brport_state: None,
+            bridge_stp: None,
         };
         for (kind, v) in attrs(p.get(16..)?) {
             match kind {

@@ -74,6 +74,8 @@ pub enum Key {
         addr: IpAddr,
         dst: bool,
     },
+    /// `bridge_port_blocked`: per bridge port.
+    BridgePortBlocked { netns: u32, port: i32 },
     /// `qdisc_drop`: per device.
     Qdisc { netns: u32, ifindex: i32 },
 }

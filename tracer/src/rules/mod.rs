@@ -30,6 +30,7 @@ pub mod fix;
 pub mod key;
 
 mod asymmetric_route;
+mod bridge_port_blocked;
 mod forwarding_disabled;
 mod l2_mtu_mismatch;
 mod martian;
@@ -111,6 +112,7 @@ pub fn all() -> Vec<Box<dyn Rule>> {
         Box::new(qdisc_drop::QdiscDrop),
         Box::new(socket_buffer_full::SocketBufferFull),
         Box::new(martian::Martian),
+        Box::new(bridge_port_blocked::BridgePortBlocked),
     ]
 }
 

@@ -4,6 +4,7 @@
 
 use super::ctx::{Ctx, Finding};
 use super::facts::arrivals::neighbor_arrives_elsewhere;
+use super::facts::bridge::blocked_port_behind;
 use super::fix::{q, Fix};
 use super::key::Key;
 use super::{Fact, Rule, Tier};
@@ -32,6 +33,12 @@ impl Rule for NeighborUnreachable {
         // A peer that arrives from elsewhere (outside the bridge) is not
         // a silent neighbour: that is asymmetric_route's verdict.
         if neighbor_arrives_elsewhere(d, cx.obs, &topo) {
+            return;
+        }
+        // A bridge port that does not forward on the way (its own verdict,
+        // bridge_port_blocked) silences the peer as well as a dead one.
+        let peer_topo = out_link.peer_netns.and_then(|n| cx.topo(n));
+        if blocked_port_behind(cx.obs, &topo, peer_topo.as_deref(), &out_link).is_some() {
             return;
         }
         let key = Key::NeighborUnreachable {

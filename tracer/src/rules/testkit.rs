@@ -33,6 +33,8 @@ pub fn link(ifindex: i32, name: &str, kind: Option<&str>, mtu: u32) -> Link {
         addrs: Vec::new(),
         txqlen: 0,
         mac: None,
+        brport_state: None,
+        bridge_stp: None,
     }
 }
 
