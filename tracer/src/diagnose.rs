@@ -778,6 +778,24 @@ mod tests {
     }
 
     #[test]
+    fn replay_tunnel_mtu_sizes_each_end() {
+        // tests/tunnel_mtu.rs: VXLAN vx919 at 1420 over a 1360 underlay,
+        // both ends pinging with fragmentation allowed.
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/recordings/tunnel-mtu.jsonl");
+        let (_, engine) = replay(&path, |_| Ok(())).unwrap();
+        let v = engine.verdicts();
+        let kinds: Vec<_> = v.iter().map(|v| (v.kind, v.tier)).collect();
+        assert_eq!(
+            kinds,
+            [("tunnel_mtu", Tier::Proven), ("tunnel_mtu", Tier::Proven)]
+        );
+        for v in v {
+            assert_eq!(v.evidence["suggested_mtu"], 1310);
+            assert!(v.fix_commands[0][0].ends_with("link set dev vx919 mtu 1310"));
+        }
+    }
+
+    #[test]
     fn replay_misdelivered_names_the_sender_not_forwarding() {
         // A one-link host gets packets for 10.47.3.9 and fd47:3::9, which
         // its neighbour on the bridge maps to this host's MAC.

@@ -224,6 +224,7 @@ mod tests {
             mac: None,
             brport_state: None,
             bridge_stp: None,
+            tunnel: None,
         }
     }
 

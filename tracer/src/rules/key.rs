@@ -76,6 +76,8 @@ pub enum Key {
     },
     /// `bridge_port_blocked`: per bridge port.
     BridgePortBlocked { netns: u32, port: i32 },
+    /// `tunnel_mtu`: per tunnel device.
+    TunnelMtu { netns: u32, tunnel: i32 },
     /// `qdisc_drop`: per device.
     Qdisc { netns: u32, ifindex: i32 },
 }

@@ -44,6 +44,7 @@ mod port_closed;
 mod qdisc_drop;
 mod rpfilter_route_conflict;
 mod socket_buffer_full;
+mod tunnel_mtu;
 
 #[cfg(test)]
 pub(crate) mod testkit;
@@ -113,6 +114,7 @@ pub fn all() -> Vec<Box<dyn Rule>> {
         Box::new(socket_buffer_full::SocketBufferFull),
         Box::new(martian::Martian),
         Box::new(bridge_port_blocked::BridgePortBlocked),
+        Box::new(tunnel_mtu::TunnelMtu),
     ]
 }
 

@@ -35,6 +35,7 @@ pub fn link(ifindex: i32, name: &str, kind: Option<&str>, mtu: u32) -> Link {
         mac: None,
         brport_state: None,
         bridge_stp: None,
+        tunnel: None,
     }
 }
 
