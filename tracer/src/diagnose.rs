@@ -66,6 +66,8 @@ struct LiveSource<'a> {
     own_netns: u32,
     dockerd: bool,
     recorder: Option<&'a mut Recorder>,
+    /// `--netns` (empty: tracer's own).
+    watched: &'a [u32],
     now_ns: u64,
     /// First write error of the recorder, reported after the fact.
     error: Option<std::io::Error>,
@@ -133,6 +135,14 @@ impl TopologySource for LiveSource<'_> {
 
     fn netns_name(&mut self, netns: u32) -> Option<String> {
         self.topology.netns_name(netns)
+    }
+
+    fn watched(&mut self) -> Vec<u32> {
+        if self.watched.is_empty() {
+            vec![self.own_netns]
+        } else {
+            self.watched.to_vec()
+        }
     }
 
     fn own_netns(&self) -> u32 {
@@ -253,6 +263,7 @@ impl Diagnoser {
             own_netns: s.own_netns,
             dockerd: self.dockerd,
             recorder: self.recorder.as_mut(),
+            watched: &s.netns,
             now_ns: wall_now_ns(),
             error: None,
         };
@@ -408,9 +419,19 @@ pub struct ReplaySource {
     networks: HashMap<String, crate::host::containers::DockerNetwork>,
     own_netns: u32,
     dockerd: bool,
+    /// The recorded run's `--netns` (empty: its own).
+    watched: Vec<u32>,
 }
 
 impl TopologySource for ReplaySource {
+    fn watched(&mut self) -> Vec<u32> {
+        if self.watched.is_empty() {
+            vec![self.own_netns]
+        } else {
+            self.watched.clone()
+        }
+    }
+
     fn container(&mut self, netns: u32) -> Option<Arc<crate::host::containers::Container>> {
         self.containers.get(&netns).cloned()
     }
@@ -487,6 +508,7 @@ fn replay_with(
         networks: HashMap::new(),
         own_netns: header.own_netns,
         dockerd: header.dockerd,
+        watched: header.netns.clone(),
     };
     let mut next_tick: Option<u64> = None;
     let mut end = None;
@@ -793,6 +815,21 @@ mod tests {
             assert_eq!(v.evidence["suggested_mtu"], 1310);
             assert!(v.fix_commands[0][0].ends_with("link set dev vx919 mtu 1310"));
         }
+    }
+
+    #[test]
+    fn replay_listen_overflow_from_a_recording_with_no_drop() {
+        // tests/listen_overflow.rs: somaxconn 3, a listener on
+        // 10.166.52.2:8517 that never accepts, 12 connections at once.
+        let path =
+            Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/recordings/listen-overflow.jsonl");
+        let (_, engine) = replay(&path, |_| Ok(())).unwrap();
+        let v = engine.verdicts();
+        let kinds: Vec<_> = v.iter().map(|v| (v.kind, v.tier)).collect();
+        assert_eq!(kinds, [("listen_overflow", Tier::Proven)]);
+        assert_eq!(v[0].evidence["local_port"], 8517);
+        assert_eq!(v[0].evidence["somaxconn"], 3);
+        assert!(v[0].fix_commands[0][0].ends_with("sysctl -w net.core.somaxconn=4096"));
     }
 
     #[test]

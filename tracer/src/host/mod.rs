@@ -3,6 +3,7 @@
 //! them (and the processes in /proc behind those), whether connected
 //! devices mix MTUs, and how busy the host is.
 pub mod containers;
+pub mod listen;
 pub mod mtu_mix;
 pub mod netns;
 pub mod proc;

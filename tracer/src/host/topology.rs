@@ -36,6 +36,7 @@ use netlink_packet_route::{AddressFamily, RouteNetlinkMessage};
 use netlink_sys::{protocols::NETLINK_ROUTE, Socket, SocketAddr};
 use serde::{Deserialize, Serialize};
 
+use crate::host::listen::ListenCounters;
 use crate::host::netns::{self, NetnsCache, NetnsInfo};
 use crate::host::qdisc::{self, Qdisc};
 use crate::host::snmp::UdpCounters;
@@ -292,6 +293,10 @@ pub struct NsTopology {
     /// of what `same_as` compares).
     #[serde(default)]
     pub udp: UdpCounters,
+    /// TCP accept-queue overflows counted so far, and the listeners with
+    /// connections waiting (counters, not compared by `same_as`).
+    #[serde(default)]
+    pub listen: ListenCounters,
     #[serde(skip, default = "Instant::now")]
     pub read_at: Instant,
     /// Where the netns was opened from: a different path for the same
@@ -304,7 +309,7 @@ impl NsTopology {
     /// joined it.
     pub fn read(ns: &NetnsInfo) -> anyhow::Result<NsTopology> {
         let inode = ns.inode;
-        let (links, routes, sysctls, qdiscs, udp) =
+        let (links, routes, sysctls, qdiscs, udp, listen) =
             netns::run_in(&ns.path, move || read_here(inode))
                 .with_context(|| format!("cannot enter netns {}", ns.path.display()))?
                 .with_context(|| format!("reading topology of netns {}", ns.label()))?;
@@ -316,6 +321,7 @@ impl NsTopology {
             sysctls,
             qdiscs,
             udp,
+            listen,
             read_at: Instant::now(),
             path: ns.path.clone(),
         })
@@ -457,7 +463,14 @@ pub fn prefix_contains(net: IpAddr, len: u8, addr: IpAddr) -> bool {
 }
 
 /// Runs on the thread inside the netns.
-type Read = (Vec<Link>, Vec<Route>, Sysctls, Vec<Qdisc>, UdpCounters);
+type Read = (
+    Vec<Link>,
+    Vec<Route>,
+    Sysctls,
+    Vec<Qdisc>,
+    UdpCounters,
+    ListenCounters,
+);
 
 fn read_here(expected: u32) -> anyhow::Result<Read> {
     // The path may have been recycled (pid reuse) between lookup and setns.
@@ -502,7 +515,14 @@ fn read_here(expected: u32) -> anyhow::Result<Read> {
         };
     }
     links.sort_by_key(|l| l.ifindex);
-    Ok((links, routes, sysctls, qdiscs, UdpCounters::read_here()))
+    Ok((
+        links,
+        routes,
+        sysctls,
+        qdiscs,
+        UdpCounters::read_here(),
+        ListenCounters::read_here(),
+    ))
 }
 
 /// Maps nsids (as seen from the current netns) to netns inodes.
@@ -1342,6 +1362,9 @@ pub struct Topology {
     /// A coarse "now" set once per batch of events (`set_clock`): reading
     /// the clock several times per event showed up in storm profiles.
     clock: Option<Instant>,
+    /// Each namespace's ListenOverflows at its first read: what overflowed
+    /// since is what this run saw.
+    listen_base: HashMap<u32, u64>,
     /// Last seen modification time of /run/netns.
     run_dir_mtime: Option<std::time::SystemTime>,
 }
@@ -1373,6 +1396,7 @@ impl Topology {
             link_misses: HashMap::new(),
             clock: None,
             run_dir_mtime: None,
+            listen_base: HashMap::new(),
         }
     }
 
@@ -1426,7 +1450,11 @@ impl Topology {
             return None;
         };
         match NsTopology::read(&info) {
-            Ok(t) => {
+            Ok(mut t) => {
+                if let Some(n) = t.listen.overflows {
+                    let base = *self.listen_base.entry(inode).or_insert(n);
+                    t.listen.overflows_at_start = Some(base.min(n));
+                }
                 let topo = Arc::new(t);
                 self.failed.remove(&inode);
                 self.entries.insert(
@@ -1615,6 +1643,7 @@ mod tests {
             sysctls: Sysctls::default(),
             qdiscs: Vec::new(),
             udp: Default::default(),
+            listen: Default::default(),
             read_at: Instant::now(),
             path: std::path::PathBuf::new(),
         }

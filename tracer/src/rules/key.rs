@@ -78,6 +78,8 @@ pub enum Key {
     BridgePortBlocked { netns: u32, port: i32 },
     /// `tunnel_mtu`: per tunnel device.
     TunnelMtu { netns: u32, tunnel: i32 },
+    /// `listen_overflow`: per namespace (the counter is).
+    ListenOverflow { netns: u32 },
     /// `qdisc_drop`: per device.
     Qdisc { netns: u32, ifindex: i32 },
 }

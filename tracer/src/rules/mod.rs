@@ -33,6 +33,7 @@ mod asymmetric_route;
 mod bridge_port_blocked;
 mod forwarding_disabled;
 mod l2_mtu_mismatch;
+mod listen_overflow;
 mod martian;
 mod misdelivered;
 mod mss_exceeds_mtu;
@@ -115,6 +116,7 @@ pub fn all() -> Vec<Box<dyn Rule>> {
         Box::new(martian::Martian),
         Box::new(bridge_port_blocked::BridgePortBlocked),
         Box::new(tunnel_mtu::TunnelMtu),
+        Box::new(listen_overflow::ListenOverflow),
     ]
 }
 

@@ -61,6 +61,7 @@ pub fn topo(inode: u32, name: Option<&str>, links: Vec<Link>, routes: Vec<Route>
         sysctls: Sysctls::default(),
         qdiscs: Vec::new(),
         udp: Default::default(),
+        listen: Default::default(),
         read_at: std::time::Instant::now(),
         path: format!("/run/netns/{}", name.unwrap_or("x")).into(),
     }
