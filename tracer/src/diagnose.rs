@@ -833,6 +833,29 @@ mod tests {
     }
 
     #[test]
+    fn replay_fragment_timeout_names_the_firewall() {
+        // tests/fragments.rs: gw drops non-first fragments (-f), rcv
+        // times the datagram out after 1 s.
+        let path =
+            Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/recordings/fragment-timeout.jsonl");
+        let (_, engine) = replay(&path, |_| Ok(())).unwrap();
+        let v = engine.verdicts();
+        let kinds: Vec<_> = v.iter().map(|v| (v.kind, v.tier)).collect();
+        assert_eq!(
+            kinds,
+            [
+                ("netfilter_drop", Tier::Proven),
+                ("fragment_reassembly_timeout", Tier::Proven)
+            ]
+        );
+        assert_eq!(
+            v[1].evidence["fragment_dropped"]["reason"],
+            "NETFILTER_DROP"
+        );
+        assert_eq!(v[1].evidence["dport"], 4127);
+    }
+
+    #[test]
     fn replay_misdelivered_names_the_sender_not_forwarding() {
         // A one-link host gets packets for 10.47.3.9 and fd47:3::9, which
         // its neighbour on the bridge maps to this host's MAC.

@@ -80,6 +80,12 @@ pub enum Key {
     TunnelMtu { netns: u32, tunnel: i32 },
     /// `listen_overflow`: per namespace (the counter is).
     ListenOverflow { netns: u32 },
+    /// `fragment_reassembly_timeout`: per (source, destination).
+    FragTimeout {
+        netns: u32,
+        src: IpAddr,
+        dst: IpAddr,
+    },
     /// `qdisc_drop`: per device.
     Qdisc { netns: u32, ifindex: i32 },
 }

@@ -32,6 +32,7 @@ pub mod key;
 mod asymmetric_route;
 mod bridge_port_blocked;
 mod forwarding_disabled;
+mod fragment_timeout;
 mod l2_mtu_mismatch;
 mod listen_overflow;
 mod martian;
@@ -117,6 +118,7 @@ pub fn all() -> Vec<Box<dyn Rule>> {
         Box::new(bridge_port_blocked::BridgePortBlocked),
         Box::new(tunnel_mtu::TunnelMtu),
         Box::new(listen_overflow::ListenOverflow),
+        Box::new(fragment_timeout::FragmentTimeout::default()),
     ]
 }
 
