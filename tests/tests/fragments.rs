@@ -130,7 +130,17 @@ fn fragments_that_all_arrive_give_no_verdict() {
         .stdout(std::process::Stdio::piped())
         .spawn()
         .unwrap();
-    std::thread::sleep(Duration::from_millis(500));
+    // Sent only once the receiver is bound (python may start slowly).
+    let t0 = std::time::Instant::now();
+    while lab
+        .exec("rcv", "ss -Huln 'sport = :4127'")
+        .unwrap()
+        .trim()
+        .is_empty()
+    {
+        assert!(t0.elapsed() < Duration::from_secs(8), "receiver not bound");
+        std::thread::sleep(Duration::from_millis(50));
+    }
     send(&lab);
     let got = rx.wait_with_output().unwrap();
     assert_eq!(String::from_utf8_lossy(&got.stdout).trim(), "2600");
