@@ -67,6 +67,8 @@ struct LiveSource<'a> {
     own_netns: u32,
     dockerd: bool,
     recorder: Option<&'a mut Recorder>,
+    /// `--netns` (empty: tracer's own).
+    watched: &'a [u32],
     now_ns: u64,
     /// First write error of the recorder, reported after the fact.
     error: Option<std::io::Error>,
@@ -144,6 +146,14 @@ impl TopologySource for LiveSource<'_> {
 
     fn netns_name(&mut self, netns: u32) -> Option<String> {
         self.topology.netns_name(netns)
+    }
+
+    fn watched(&mut self) -> Vec<u32> {
+        if self.watched.is_empty() {
+            vec![self.own_netns]
+        } else {
+            self.watched.to_vec()
+        }
     }
 
     fn own_netns(&self) -> u32 {
@@ -264,6 +274,7 @@ impl Diagnoser {
             own_netns: s.own_netns,
             dockerd: self.dockerd,
             recorder: self.recorder.as_mut(),
+            watched: &s.netns,
             now_ns: wall_now_ns(),
             error: None,
         };
@@ -420,9 +431,19 @@ pub struct ReplaySource {
     rulesets: HashMap<u32, Arc<Ruleset>>,
     own_netns: u32,
     dockerd: bool,
+    /// The recorded run's `--netns` (empty: its own).
+    watched: Vec<u32>,
 }
 
 impl TopologySource for ReplaySource {
+    fn watched(&mut self) -> Vec<u32> {
+        if self.watched.is_empty() {
+            vec![self.own_netns]
+        } else {
+            self.watched.clone()
+        }
+    }
+
     fn container(&mut self, netns: u32) -> Option<Arc<crate::host::containers::Container>> {
         self.containers.get(&netns).cloned()
     }
@@ -504,6 +525,7 @@ fn replay_with(
         rulesets: HashMap::new(),
         own_netns: header.own_netns,
         dockerd: header.dockerd,
+        watched: header.netns.clone(),
     };
     let mut next_tick: Option<u64> = None;
     let mut end = None;
@@ -932,6 +954,77 @@ mod tests {
         );
         assert!(v[0].fix[0].ends_with("sysctl -w net.ipv4.conf.dn0.route_localnet=1"));
         assert!(v[1].fix.iter().all(|f| !f.contains("sysctl")));
+    }
+
+    #[test]
+    fn replay_bridge_port_blocked_is_not_a_silent_neighbour() {
+        // tests/bridge_port.rs: port rp of lan5 set to learning; both
+        // hosts ping each other and each one's neighbour fails.
+        let path = Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("tests/recordings/bridge-port-blocked.jsonl");
+        let (_, engine) = replay(&path, |_| Ok(())).unwrap();
+        let v = engine.verdicts();
+        let kinds: Vec<_> = v.iter().map(|v| (v.kind, v.tier)).collect();
+        assert_eq!(kinds, [("bridge_port_blocked", Tier::Proven)]);
+        assert_eq!(v[0].evidence["port"], "rp");
+        assert_eq!(v[0].evidence["stp_state"], "learning");
+        assert!(v[0].fix_commands[0][0].ends_with("bridge link set dev rp state 3"));
+    }
+
+    #[test]
+    fn replay_tunnel_mtu_sizes_each_end() {
+        // tests/tunnel_mtu.rs: VXLAN vx919 at 1420 over a 1360 underlay,
+        // both ends pinging with fragmentation allowed.
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/recordings/tunnel-mtu.jsonl");
+        let (_, engine) = replay(&path, |_| Ok(())).unwrap();
+        let v = engine.verdicts();
+        let kinds: Vec<_> = v.iter().map(|v| (v.kind, v.tier)).collect();
+        assert_eq!(
+            kinds,
+            [("tunnel_mtu", Tier::Proven), ("tunnel_mtu", Tier::Proven)]
+        );
+        for v in v {
+            assert_eq!(v.evidence["suggested_mtu"], 1310);
+            assert!(v.fix_commands[0][0].ends_with("link set dev vx919 mtu 1310"));
+        }
+    }
+
+    #[test]
+    fn replay_listen_overflow_from_a_recording_with_no_drop() {
+        // tests/listen_overflow.rs: somaxconn 3, a listener on
+        // 10.166.52.2:8517 that never accepts, 12 connections at once.
+        let path =
+            Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/recordings/listen-overflow.jsonl");
+        let (_, engine) = replay(&path, |_| Ok(())).unwrap();
+        let v = engine.verdicts();
+        let kinds: Vec<_> = v.iter().map(|v| (v.kind, v.tier)).collect();
+        assert_eq!(kinds, [("listen_overflow", Tier::Proven)]);
+        assert_eq!(v[0].evidence["local_port"], 8517);
+        assert_eq!(v[0].evidence["somaxconn"], 3);
+        assert!(v[0].fix_commands[0][0].ends_with("sysctl -w net.core.somaxconn=4096"));
+    }
+
+    #[test]
+    fn replay_fragment_timeout_names_the_firewall() {
+        // tests/fragments.rs: gw drops non-first fragments (-f), rcv
+        // times the datagram out after 1 s.
+        let path =
+            Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/recordings/fragment-timeout.jsonl");
+        let (_, engine) = replay(&path, |_| Ok(())).unwrap();
+        let v = engine.verdicts();
+        let kinds: Vec<_> = v.iter().map(|v| (v.kind, v.tier)).collect();
+        assert_eq!(
+            kinds,
+            [
+                ("netfilter_drop", Tier::Proven),
+                ("fragment_reassembly_timeout", Tier::Proven)
+            ]
+        );
+        assert_eq!(
+            v[1].evidence["fragment_dropped"]["reason"],
+            "NETFILTER_DROP"
+        );
+        assert_eq!(v[1].evidence["dport"], 4127);
     }
 
     #[test]

@@ -251,7 +251,9 @@ impl Recorder {
         changed_before_ns: Option<u64>,
     ) -> std::io::Result<()> {
         if let Some(prev) = self.last.get(&t.inode) {
-            if Arc::ptr_eq(prev, t) || prev.same_as(t) {
+            // A new listen-overflow count is written too: it is how a
+            // replay sees an overflow that no drop shows.
+            if Arc::ptr_eq(prev, t) || (prev.same_as(t) && prev.listen == t.listen) {
                 self.last.insert(t.inode, t.clone());
                 return Ok(());
             }

@@ -4,6 +4,7 @@
 //! devices mix MTUs, and how busy the host is.
 pub mod containers;
 pub mod firewall;
+pub mod listen;
 pub mod mtu_mix;
 pub mod netns;
 pub mod policy;

@@ -222,6 +222,9 @@ mod tests {
             addrs: Vec::new(),
             txqlen: 0,
             mac: None,
+            brport_state: None,
+            bridge_stp: None,
+            tunnel: None,
         }
     }
 

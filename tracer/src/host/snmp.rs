@@ -105,7 +105,7 @@ fn parse_udp_line(line: &str) -> Option<UdpSocket> {
 }
 
 /// The kernel prints an address as 32-bit words in host byte order.
-fn hex_addr(h: &str) -> Option<IpAddr> {
+pub(super) fn hex_addr(h: &str) -> Option<IpAddr> {
     let word = |i: usize| -> Option<[u8; 4]> {
         Some(
             u32::from_str_radix(h.get(i * 8..i * 8 + 8)?, 16)
@@ -127,7 +127,7 @@ fn hex_addr(h: &str) -> Option<IpAddr> {
 }
 
 /// inode -> (pid, comm) for the wanted socket inodes, from /proc/*/fd.
-fn owners(mut wanted: std::collections::HashSet<u64>) -> HashMap<u64, (u32, String)> {
+pub(super) fn owners(mut wanted: std::collections::HashSet<u64>) -> HashMap<u64, (u32, String)> {
     let mut found = HashMap::new();
     let Ok(procs) = std::fs::read_dir("/proc") else {
         return found;
@@ -163,7 +163,7 @@ fn owners(mut wanted: std::collections::HashSet<u64>) -> HashMap<u64, (u32, Stri
 
 /// /proc/net/snmp gives each protocol two lines: `Udp: Name Name ...`
 /// then `Udp: value value ...`.
-fn snmp_field(text: &str, proto: &str, name: &str) -> Option<u64> {
+pub(super) fn snmp_field(text: &str, proto: &str, name: &str) -> Option<u64> {
     let tag = format!("{proto}:");
     let mut lines = text
         .lines()

@@ -26,7 +26,10 @@ use netlink_packet_core::{
     NLM_F_REQUEST,
 };
 use netlink_packet_route::address::{AddressAttribute, AddressMessage};
-use netlink_packet_route::link::{LinkAttribute, LinkFlags, LinkInfo, LinkMessage};
+use netlink_packet_route::link::{
+    InfoBridge, InfoBridgePort, InfoData, InfoGeneve, InfoPortData, InfoVxlan, LinkAttribute,
+    LinkFlags, LinkInfo, LinkMessage,
+};
 use netlink_packet_route::nsid::{NsidAttribute, NsidMessage};
 use netlink_packet_route::route::{RouteAddress, RouteAttribute, RouteMessage, RouteVia};
 use netlink_packet_route::rule::RuleMessage;
@@ -34,6 +37,7 @@ use netlink_packet_route::{AddressFamily, RouteNetlinkMessage};
 use netlink_sys::{protocols::NETLINK_ROUTE, Socket, SocketAddr};
 use serde::{Deserialize, Serialize};
 
+use crate::host::listen::ListenCounters;
 use crate::host::netns::{self, NetnsCache, NetnsInfo};
 use crate::host::policy::{self, Decision, FibRule, Flow};
 use crate::host::qdisc::{self, Qdisc};
@@ -79,7 +83,113 @@ pub struct Link {
     /// older recordings.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub mac: Option<String>,
+    /// A bridge port's STP state (IFLA_BRPORT_STATE: 0 disabled, 1
+    /// listening, 2 learning, 3 forwarding, 4 blocking); None for a device
+    /// that is no bridge port. Absent from older recordings.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub brport_state: Option<u8>,
+    /// A bridge's IFLA_BR_STP_STATE (0 off, 1 kernel STP, 2 user-space
+    /// STP): while STP runs, it and not the user sets its ports' states.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bridge_stp: Option<u32>,
+    /// A UDP tunnel's (VXLAN, Geneve) encapsulation, from IFLA_INFO_DATA.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tunnel: Option<Tunnel>,
 }
+
+/// What a UDP tunnel device encapsulates into: enough to know its outer
+/// packets and how much each adds.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Tunnel {
+    /// The outer UDP destination port (4789, 6081 unless set otherwise).
+    pub port: u16,
+    /// The far end (or the multicast group); None for a tunnel with no
+    /// default destination (fdb entries, metadata mode).
+    pub remote: Option<IpAddr>,
+    pub local: Option<IpAddr>,
+    /// IFLA_VXLAN_LINK: the underlay device it was bound to, if any.
+    pub underlay: Option<i32>,
+    /// How the outer DF bit is set: "set", "unset" or "inherit".
+    pub df: Option<String>,
+}
+
+impl Tunnel {
+    /// Bytes each packet grows by: outer IP, UDP, the tunnel's 8-byte
+    /// header and the inner Ethernet header (Geneve options not counted).
+    pub fn overhead(&self, outer_v6: bool) -> u32 {
+        let ip = if outer_v6 { 40 } else { 20 };
+        ip + 8 + 8 + 14
+    }
+}
+
+fn df_text(v: u8) -> String {
+    match v {
+        0 => "unset".into(),
+        1 => "set".into(),
+        2 => "inherit".into(),
+        n => n.to_string(),
+    }
+}
+
+/// The encapsulation of a VXLAN or Geneve device; None for any other.
+fn tunnel_of(data: &InfoData) -> Option<Tunnel> {
+    let mut t = Tunnel {
+        port: 0,
+        remote: None,
+        local: None,
+        underlay: None,
+        df: None,
+    };
+    match data {
+        InfoData::Vxlan(v) => {
+            t.port = 4789;
+            for a in v {
+                match a {
+                    InfoVxlan::Port(p) => t.port = *p,
+                    InfoVxlan::Group(g) => t.remote = Some(IpAddr::V4(*g)),
+                    InfoVxlan::Group6(g) => t.remote = Some(IpAddr::V6(*g)),
+                    InfoVxlan::Local(g) => t.local = Some(IpAddr::V4(*g)),
+                    InfoVxlan::Local6(g) => t.local = Some(IpAddr::V6(*g)),
+                    InfoVxlan::Link(l) => t.underlay = nonzero(*l),
+                    InfoVxlan::Df(d) => t.df = Some(df_text(*d)),
+                    _ => {}
+                }
+            }
+        }
+        InfoData::Geneve(v) => {
+            t.port = 6081;
+            for a in v {
+                match a {
+                    InfoGeneve::Port(p) => t.port = *p,
+                    InfoGeneve::Remote(g) => t.remote = Some(IpAddr::V4(*g)),
+                    InfoGeneve::Remote6(g) => t.remote = Some(IpAddr::V6(*g)),
+                    InfoGeneve::Df(d) => t.df = Some(df_text(u8::from(*d))),
+                    _ => {}
+                }
+            }
+        }
+        _ => return None,
+    }
+    // An unspecified address is no address.
+    t.remote = t.remote.filter(|a| !a.is_unspecified());
+    t.local = t.local.filter(|a| !a.is_unspecified());
+    Some(t)
+}
+
+/// The name of a bridge port STP state (`bridge link` prints the same).
+pub fn brport_state_name(state: u8) -> &'static str {
+    match state {
+        0 => "disabled",
+        1 => "listening",
+        2 => "learning",
+        3 => "forwarding",
+        4 => "blocking",
+        _ => "unknown",
+    }
+}
+
+/// The STP state in which a bridge port forwards frames.
+pub const BR_STATE_FORWARDING: u8 = 3;
 
 /// `aa:bb:cc:dd:ee:ff` for a 6-byte hardware address; None otherwise
 /// (loopback's is all zeros, tunnels have none or a longer one).
@@ -193,6 +303,10 @@ pub struct NsTopology {
     /// of what `same_as` compares).
     #[serde(default)]
     pub udp: UdpCounters,
+    /// TCP accept-queue overflows counted so far, and the listeners with
+    /// connections waiting (counters, not compared by `same_as`).
+    #[serde(default)]
+    pub listen: ListenCounters,
     #[serde(skip, default = "Instant::now")]
     pub read_at: Instant,
     /// Where the netns was opened from: a different path for the same
@@ -205,7 +319,7 @@ impl NsTopology {
     /// joined it.
     pub fn read(ns: &NetnsInfo) -> anyhow::Result<NsTopology> {
         let inode = ns.inode;
-        let (links, routes, rules, sysctls, qdiscs, udp) =
+        let (links, routes, rules, sysctls, qdiscs, udp, listen) =
             netns::run_in(&ns.path, move || read_here(inode))
                 .with_context(|| format!("cannot enter netns {}", ns.path.display()))?
                 .with_context(|| format!("reading topology of netns {}", ns.label()))?;
@@ -218,6 +332,7 @@ impl NsTopology {
             sysctls,
             qdiscs,
             udp,
+            listen,
             read_at: Instant::now(),
             path: ns.path.clone(),
         })
@@ -405,6 +520,7 @@ type Read = (
     Sysctls,
     Vec<Qdisc>,
     UdpCounters,
+    ListenCounters,
 );
 
 fn read_here(expected: u32) -> anyhow::Result<Read> {
@@ -460,6 +576,7 @@ fn read_here(expected: u32) -> anyhow::Result<Read> {
         sysctls,
         qdiscs,
         UdpCounters::read_here(),
+        ListenCounters::read_here(),
     ))
 }
 
@@ -878,6 +995,9 @@ fn link_from_msg(m: &LinkMessage) -> Link {
         addrs: Vec::new(),
         txqlen: 0,
         mac: None,
+        brport_state: None,
+        bridge_stp: None,
+        tunnel: None,
     };
     for a in &m.attributes {
         match a {
@@ -890,8 +1010,26 @@ fn link_from_msg(m: &LinkMessage) -> Link {
             LinkAttribute::LinkNetNsId(v) => l.link_netnsid = Some(*v),
             LinkAttribute::LinkInfo(infos) => {
                 for i in infos {
-                    if let LinkInfo::Kind(k) = i {
-                        l.kind = Some(k.to_string());
+                    match i {
+                        LinkInfo::Kind(k) => l.kind = Some(k.to_string()),
+                        LinkInfo::PortData(InfoPortData::BridgePort(port)) => {
+                            l.brport_state = port.iter().find_map(|a| match a {
+                                InfoBridgePort::State(s) => Some(u8::from(*s)),
+                                _ => None,
+                            });
+                        }
+                        LinkInfo::Data(InfoData::Bridge(br)) => {
+                            l.bridge_stp = br.iter().find_map(|a| match a {
+                                InfoBridge::StpState(s) => Some(*s),
+                                _ => None,
+                            });
+                        }
+                        LinkInfo::Data(data) => {
+                            if let Some(t) = tunnel_of(data) {
+                                l.tunnel = Some(t);
+                            }
+                        }
+                        _ => {}
                     }
                 }
             }
@@ -1033,7 +1171,6 @@ mod raw {
         const IFLA_MASTER: u16 = 10;
         const IFLA_TXQLEN: u16 = 13;
         const IFLA_LINKINFO: u16 = 18;
-        const IFLA_INFO_KIND: u16 = 1;
         const IFLA_LINK_NETNSID: u16 = 37;
         let ifindex = i32_of(p.get(4..8)?)?;
         let flags = u32_of(p.get(8..12)?)?;
@@ -1050,6 +1187,9 @@ mod raw {
             addrs: Vec::new(),
             txqlen: 0,
             mac: None,
+            brport_state: None,
+            bridge_stp: None,
+            tunnel: None,
         };
         for (kind, v) in attrs(p.get(16..)?) {
             match kind {
@@ -1060,17 +1200,114 @@ mod raw {
                 IFLA_MASTER => l.master = u32_of(v).and_then(nonzero),
                 IFLA_TXQLEN => l.txqlen = u32_of(v).unwrap_or(0),
                 IFLA_LINK_NETNSID => l.link_netnsid = i32_of(v),
-                IFLA_LINKINFO => {
-                    for (k, iv) in attrs(v) {
-                        if k == IFLA_INFO_KIND {
-                            l.kind = Some(string_of(iv));
-                        }
-                    }
-                }
+                IFLA_LINKINFO => link_info(&mut l, v),
                 _ => {}
             }
         }
         Some(l)
+    }
+
+    /// IFLA_LINKINFO: the kind, a bridge's STP, a bridge port's state and
+    /// a UDP tunnel's encapsulation (the kernel sends the kinds before
+    /// the data they qualify).
+    fn link_info(l: &mut Link, v: &[u8]) {
+        const IFLA_INFO_KIND: u16 = 1;
+        const IFLA_INFO_DATA: u16 = 2;
+        const IFLA_INFO_SLAVE_KIND: u16 = 4;
+        const IFLA_INFO_SLAVE_DATA: u16 = 5;
+        const IFLA_BR_STP_STATE: u16 = 5;
+        const IFLA_BRPORT_STATE: u16 = 1;
+        let mut port_kind = String::new();
+        for (k, iv) in attrs(v) {
+            match k {
+                IFLA_INFO_KIND => l.kind = Some(string_of(iv)),
+                IFLA_INFO_SLAVE_KIND => port_kind = string_of(iv),
+                IFLA_INFO_DATA => match l.kind.as_deref() {
+                    Some("bridge") => {
+                        l.bridge_stp = attrs(iv)
+                            .into_iter()
+                            .find(|(k, _)| *k == IFLA_BR_STP_STATE)
+                            .and_then(|(_, x)| u32_of(x));
+                    }
+                    Some("vxlan") => l.tunnel = Some(vxlan(iv)),
+                    Some("geneve") => l.tunnel = Some(geneve(iv)),
+                    _ => {}
+                },
+                IFLA_INFO_SLAVE_DATA if port_kind == "bridge" => {
+                    l.brport_state = attrs(iv)
+                        .into_iter()
+                        .find(|(k, _)| *k == IFLA_BRPORT_STATE)
+                        .and_then(|(_, x)| x.first().copied());
+                }
+                _ => {}
+            }
+        }
+    }
+
+    fn be16(v: &[u8]) -> Option<u16> {
+        Some(u16::from_be_bytes(v.get(..2)?.try_into().ok()?))
+    }
+
+    fn specified(a: Option<IpAddr>) -> Option<IpAddr> {
+        a.filter(|a| !a.is_unspecified())
+    }
+
+    fn vxlan(v: &[u8]) -> Tunnel {
+        const GROUP: u16 = 2;
+        const LINK: u16 = 3;
+        const LOCAL: u16 = 4;
+        const PORT: u16 = 15;
+        const GROUP6: u16 = 16;
+        const LOCAL6: u16 = 17;
+        const DF: u16 = 29;
+        let (v4, v6) = (libc::AF_INET as u8, libc::AF_INET6 as u8);
+        let mut t = Tunnel {
+            port: 4789,
+            remote: None,
+            local: None,
+            underlay: None,
+            df: None,
+        };
+        for (k, x) in attrs(v) {
+            match k {
+                GROUP => t.remote = ip_of(v4, x),
+                GROUP6 => t.remote = ip_of(v6, x),
+                LOCAL => t.local = ip_of(v4, x),
+                LOCAL6 => t.local = ip_of(v6, x),
+                LINK => t.underlay = u32_of(x).and_then(nonzero),
+                PORT => t.port = be16(x).unwrap_or(t.port),
+                DF => t.df = x.first().map(|d| df_text(*d)),
+                _ => {}
+            }
+        }
+        t.remote = specified(t.remote);
+        t.local = specified(t.local);
+        t
+    }
+
+    fn geneve(v: &[u8]) -> Tunnel {
+        const REMOTE: u16 = 2;
+        const PORT: u16 = 5;
+        const REMOTE6: u16 = 7;
+        const DF: u16 = 13;
+        let mut t = Tunnel {
+            port: 6081,
+            remote: None,
+            local: None,
+            underlay: None,
+            df: None,
+        };
+        for (k, x) in attrs(v) {
+            match k {
+                REMOTE => t.remote = ip_of(libc::AF_INET as u8, x),
+                REMOTE6 => t.remote = ip_of(libc::AF_INET6 as u8, x),
+                PORT => t.port = be16(x).unwrap_or(t.port),
+                DF => t.df = x.first().map(|d| df_text(*d)),
+                _ => {}
+            }
+        }
+        t.remote = specified(t.remote);
+        t
     }
 
     /// ifaddrmsg (8 bytes) + IFA_* attributes.
@@ -1201,6 +1438,9 @@ pub struct Topology {
     /// A coarse "now" set once per batch of events (`set_clock`): reading
     /// the clock several times per event showed up in storm profiles.
     clock: Option<Instant>,
+    /// Each namespace's ListenOverflows at its first read: what overflowed
+    /// since is what this run saw.
+    listen_base: HashMap<u32, u64>,
     /// Last seen modification time of /run/netns.
     run_dir_mtime: Option<std::time::SystemTime>,
 }
@@ -1232,6 +1472,7 @@ impl Topology {
             link_misses: HashMap::new(),
             clock: None,
             run_dir_mtime: None,
+            listen_base: HashMap::new(),
         }
     }
 
@@ -1285,7 +1526,11 @@ impl Topology {
             return None;
         };
         match NsTopology::read(&info) {
-            Ok(t) => {
+            Ok(mut t) => {
+                if let Some(n) = t.listen.overflows {
+                    let base = *self.listen_base.entry(inode).or_insert(n);
+                    t.listen.overflows_at_start = Some(base.min(n));
+                }
                 let topo = Arc::new(t);
                 self.failed.remove(&inode);
                 self.entries.insert(
@@ -1489,6 +1734,7 @@ mod tests {
             sysctls: Sysctls::default(),
             qdiscs: Vec::new(),
             udp: Default::default(),
+            listen: Default::default(),
             read_at: Instant::now(),
             path: std::path::PathBuf::new(),
         }
@@ -1692,6 +1938,10 @@ mod tests {
         a.ip("link add vp0 type veth peer name vq0");
         a.ip("link add br0 type bridge");
         a.ip("link set vp0 master br0");
+        // A tunnel, so both decoders read an encapsulation.
+        a.ip(&format!(
+            "link add vx5 type vxlan id 5 local 10.{n}.1.1 remote 10.{n}.1.9 dstport 4790 df set"
+        ));
         b.ip("link set vb0 mtu 1400");
         for dev in ["lo", "va0", "vp0", "vq0", "br0"] {
             a.ip(&format!("link set {dev} up"));
@@ -1788,6 +2038,14 @@ mod tests {
             .unwrap();
         assert!(serde_json::to_string(r16).unwrap().contains("\"Unicast\""));
         assert!(serde_json::to_string(&ta.sysctls).is_ok());
+
+        let vx5 = ta.link_by_name("vx5").unwrap();
+        let t = vx5.tunnel.as_ref().unwrap();
+        assert_eq!((t.port, t.df.as_deref()), (4790, Some("set")));
+        assert_eq!(t.remote, Some(format!("10.{n}.1.9").parse().unwrap()));
+        assert_eq!(t.overhead(false), 50);
+        assert_eq!(ta.link_by_name("vp0").unwrap().brport_state, Some(3));
+        assert_eq!(ta.link_by_name("br0").unwrap().bridge_stp, Some(0));
 
         assert_raw_decoder_agrees(a);
     }

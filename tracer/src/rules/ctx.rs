@@ -61,6 +61,11 @@ pub trait TopologySource {
     fn changed_before(&mut self, _netns: u32) -> Option<u64> {
         None
     }
+    /// The namespaces this run watches (`--netns`, else tracer's own):
+    /// where a rule looks for what no drop shows (accept-queue overflows).
+    fn watched(&mut self) -> Vec<u32> {
+        vec![self.own_netns()]
+    }
 }
 
 /// What a rule found: everything a verdict says except the bookkeeping.
@@ -188,6 +193,11 @@ impl<'a> Ctx<'a> {
 
     pub fn netns_name(&mut self, netns: u32) -> Option<String> {
         self.src.netns_name(netns)
+    }
+
+    /// See [`TopologySource::watched`].
+    pub fn watched(&mut self) -> Vec<u32> {
+        self.src.watched()
     }
 
     pub fn container(&mut self, netns: u32) -> Option<Arc<Container>> {

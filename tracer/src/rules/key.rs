@@ -74,6 +74,18 @@ pub enum Key {
         addr: IpAddr,
         dst: bool,
     },
+    /// `bridge_port_blocked`: per bridge port.
+    BridgePortBlocked { netns: u32, port: i32 },
+    /// `tunnel_mtu`: per tunnel device.
+    TunnelMtu { netns: u32, tunnel: i32 },
+    /// `listen_overflow`: per namespace (the counter is).
+    ListenOverflow { netns: u32 },
+    /// `fragment_reassembly_timeout`: per (source, destination).
+    FragTimeout {
+        netns: u32,
+        src: IpAddr,
+        dst: IpAddr,
+    },
     /// `qdisc_drop`: per device.
     Qdisc { netns: u32, ifindex: i32 },
 }

@@ -30,8 +30,11 @@ pub mod fix;
 pub mod key;
 
 mod asymmetric_route;
+mod bridge_port_blocked;
 mod forwarding_disabled;
+mod fragment_timeout;
 mod l2_mtu_mismatch;
+mod listen_overflow;
 mod martian;
 mod misdelivered;
 mod mss_exceeds_mtu;
@@ -43,6 +46,7 @@ mod port_closed;
 mod qdisc_drop;
 mod rpfilter_route_conflict;
 mod socket_buffer_full;
+mod tunnel_mtu;
 
 #[cfg(test)]
 pub(crate) mod testkit;
@@ -111,6 +115,10 @@ pub fn all() -> Vec<Box<dyn Rule>> {
         Box::new(qdisc_drop::QdiscDrop),
         Box::new(socket_buffer_full::SocketBufferFull),
         Box::new(martian::Martian),
+        Box::new(bridge_port_blocked::BridgePortBlocked),
+        Box::new(tunnel_mtu::TunnelMtu),
+        Box::new(listen_overflow::ListenOverflow),
+        Box::new(fragment_timeout::FragmentTimeout::default()),
     ]
 }
 

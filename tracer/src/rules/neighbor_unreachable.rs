@@ -4,6 +4,7 @@
 
 use super::ctx::{Ctx, Finding};
 use super::facts::arrivals::neighbor_arrives_elsewhere;
+use super::facts::bridge::blocked_port_behind;
 use super::fix::{q, Fix};
 use super::key::Key;
 use super::{Fact, Rule, Tier};
@@ -37,6 +38,12 @@ impl Rule for NeighborUnreachable {
         // The neighbour is there but its reverse-path check ignores our
         // ARP: rpfilter_route_conflict's verdict, where it ignores it.
         if cx.arp_rejected(d).is_some() {
+            return;
+        }
+        // A bridge port that does not forward on the way (its own verdict,
+        // bridge_port_blocked) silences the peer as well as a dead one.
+        let peer_topo = out_link.peer_netns.and_then(|n| cx.topo(n));
+        if blocked_port_behind(cx.obs, &topo, peer_topo.as_deref(), &out_link).is_some() {
             return;
         }
         let key = Key::NeighborUnreachable {

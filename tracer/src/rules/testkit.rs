@@ -33,6 +33,9 @@ pub fn link(ifindex: i32, name: &str, kind: Option<&str>, mtu: u32) -> Link {
         addrs: Vec::new(),
         txqlen: 0,
         mac: None,
+        brport_state: None,
+        bridge_stp: None,
+        tunnel: None,
     }
 }
 
@@ -59,6 +62,7 @@ pub fn topo(inode: u32, name: Option<&str>, links: Vec<Link>, routes: Vec<Route>
         sysctls: Sysctls::default(),
         qdiscs: Vec::new(),
         udp: Default::default(),
+        listen: Default::default(),
         read_at: std::time::Instant::now(),
         path: format!("/run/netns/{}", name.unwrap_or("x")).into(),
     }

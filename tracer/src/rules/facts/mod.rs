@@ -7,6 +7,7 @@
 //! Nothing here concludes a verdict, and nothing here imports a rule.
 
 pub mod arrivals;
+pub mod bridge;
 pub mod firewall;
 pub mod forwarding;
 pub mod pmtu;
@@ -52,6 +53,9 @@ pub struct Observations {
     pub arrives_elsewhere: HashMap<(u32, IpAddr), Key>,
     /// When each flow (either direction, as first seen) was first seen.
     pub flow_first_seen: HashMap<FlowKey, u64>,
+    /// Bridge ports seen dropping what arrives on them because their STP
+    /// state does not let it in: (netns, port ifindex) -> last time.
+    pub blocked_ports: HashMap<(u32, i32), u64>,
 }
 
 impl Observations {
@@ -84,6 +88,9 @@ impl Observations {
                 if let (Some(src), true) = (d.src, d.ingress_ifindex > 1) {
                     self.ingress_of_peer
                         .insert((d.netns, src), d.ingress_ifindex);
+                }
+                if let Some(port) = bridge::stp_blocked_port(d) {
+                    self.blocked_ports.insert((d.netns, port), d.ts_ns);
                 }
                 let ptb = pmtu::is_ptb_icmp(d);
                 if ptb {
@@ -181,6 +188,9 @@ impl Observations {
         }
         if self.arrives_elsewhere.len() > MAX {
             self.arrives_elsewhere.clear();
+        }
+        if self.blocked_ports.len() > MAX {
+            self.blocked_ports.clear();
         }
         if self.flow_first_seen.len() > MAX {
             self.flow_first_seen.clear();

@@ -1,0 +1,194 @@
+//! `listen_overflow` against the real kernel: a listener that never
+//! accepts, in a namespace whose net.core.somaxconn (per namespace) caps
+//! its backlog at 3, and a client opening 12 connections. The kernel
+//! turns the extra ones away and frees them without a drop; tracer sees
+//! TcpExt ListenOverflows rise. The printed fix (somaxconn) is applied
+//! and the listener restarted: the same 12 connections fit and a second
+//! run is silent. The control: a listener that accepts stays silent.
+
+use serde_json::Value;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command};
+use std::time::Duration;
+use tracer_tests::{prefix, start, tracer_bin, Netlab};
+
+/// cli (10.166.52.1) -- srv (10.166.52.2), somaxconn 3 in srv.
+fn lab(test: &str) -> Netlab {
+    let mut lab = Netlab::new(&prefix(test)).unwrap();
+    lab.ns("cli").unwrap();
+    lab.ns("srv").unwrap();
+    lab.veth("cli", "k0", "srv", "k1").unwrap();
+    lab.exec("cli", "ip addr add 10.166.52.1/24 dev k0")
+        .unwrap();
+    lab.exec(
+        "srv",
+        "ip addr add 10.166.52.2/24 dev k1 && sysctl -qw net.core.somaxconn=3",
+    )
+    .unwrap();
+    lab
+}
+
+/// A python listener on 10.166.52.2:8517 asking for a 4096 backlog,
+/// accepting (and closing) connections only if `accepts`.
+fn listener(lab: &Netlab, accepts: bool) -> Child {
+    let body = if accepts {
+        "held = []\nwhile True: held.append(s.accept()[0])"
+    } else {
+        "time.sleep(60)"
+    };
+    let py = format!(
+        "import socket, time\n\
+         s = socket.socket(); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)\n\
+         s.bind(('10.166.52.2', 8517)); s.listen(4096)\n{body}\n"
+    );
+    let child = Command::new("ip")
+        .args(["netns", "exec", &lab.name("srv"), "python3", "-c", &py])
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(400));
+    child
+}
+
+/// 12 connections from cli, opened at once or `gap_ms` apart, held 1 s;
+/// how many completed.
+fn connect_burst(lab: &Netlab, gap_ms: u32) -> u32 {
+    let py = "import socket, time\n\
+              def up(c):\n\
+              \x20   try: return c.getpeername() is not None\n\
+              \x20   except OSError: return False\n\
+              cs = [socket.socket() for _ in range(12)]\n\
+              for c in cs: c.setblocking(False); c.connect_ex(('10.166.52.2', 8517)); time.sleep(GAP)\n\
+              time.sleep(1)\n\
+              print(sum(1 for c in cs if up(c)))\n";
+    let out = lab
+        .exec(
+            "cli",
+            &format!(
+                "python3 -c \"GAP = {}\n{py}\" 2>/dev/null || echo 0",
+                f64::from(gap_ms) / 1000.0
+            ),
+        )
+        .unwrap();
+    out.trim().parse().unwrap_or(0)
+}
+
+fn overflows(lab: &Netlab) -> u64 {
+    lab.exec(
+        "srv",
+        "nstat -az TcpExtListenOverflows | awk 'NR>1 {print $2}'",
+    )
+    .unwrap()
+    .trim()
+    .parse()
+    .unwrap()
+}
+
+fn verdicts(lines: &[Value]) -> Vec<&Value> {
+    lines.iter().filter(|v| v["type"] == "verdict").collect()
+}
+
+fn recording(test: &str) -> PathBuf {
+    std::env::temp_dir().join(format!("{}rec.jsonl", prefix(test)))
+}
+
+/// The topology (and its counters) is re-read every 5 s: a run lasts past that.
+const SETTLE: Duration = Duration::from_millis(6500);
+
+#[test]
+fn a_listener_that_never_accepts_is_listen_overflow_and_somaxconn_heals() {
+    let lab = lab("lsnfull");
+    let rec = recording("lsnfull");
+    let _ = std::fs::remove_file(&rec);
+    let mut srv = listener(&lab, false);
+    let run = start(&[
+        "diagnose",
+        "--netns",
+        &lab.name("srv"),
+        "-w",
+        rec.to_str().unwrap(),
+    ]);
+    let before = overflows(&lab);
+    connect_burst(&lab, 0);
+    std::thread::sleep(SETTLE);
+    let lines = run.stop();
+    let lost = overflows(&lab) - before;
+    let _ = srv.kill();
+    let _ = srv.wait();
+    if let Some(dir) = std::env::var_os("TRACER_KEEP_RECORDING") {
+        std::fs::copy(&rec, Path::new(&dir).join("listen-overflow.jsonl")).unwrap();
+    }
+    assert!(lost > 0, "the kernel counted no overflow");
+    assert!(
+        !lines.iter().any(|v| v["type"] == "drop"),
+        "an overflow is no drop"
+    );
+    let got = verdicts(&lines);
+    assert_eq!(got.len(), 1, "{got:#?}");
+    let v = got[0];
+    assert_eq!(v["kind"], "listen_overflow");
+    assert_eq!(v["tier"], "proven");
+    let e = &v["evidence"];
+    assert_eq!(e["local_addr"], "10.166.52.2");
+    assert_eq!(e["local_port"], 8517);
+    assert_eq!(e["somaxconn"], 3);
+    assert_eq!(e["backlog"], 3);
+    assert_eq!(e["accept_queue"], 4);
+    assert_eq!(e["comm"], "python3");
+    assert!(e["overflows"].as_u64().unwrap() > 0, "{e}");
+    // The recording proves the same, with no drop in it.
+    let out = Command::new(tracer_bin())
+        .args(["diagnose", "--replay"])
+        .arg(&rec)
+        .args(["-o", "json"])
+        .output()
+        .unwrap();
+    let _ = std::fs::remove_file(&rec);
+    let replayed: Vec<Value> = String::from_utf8(out.stdout)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let kinds: Vec<&Value> = verdicts(&replayed).iter().map(|v| &v["kind"]).collect();
+    assert_eq!(kinds, ["listen_overflow"]);
+
+    // somaxconn binds, so it is fix 1: pasted, then the listener restarted.
+    let cmds = v["fix_commands"][0].as_array().unwrap();
+    assert!(cmds[0]
+        .as_str()
+        .unwrap()
+        .contains("sysctl -w net.core.somaxconn="));
+    for c in cmds {
+        let out = Command::new("bash")
+            .args(["-c", c.as_str().unwrap()])
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{c}: {out:?}");
+    }
+    let mut srv = listener(&lab, false);
+    let run = start(&["diagnose", "--netns", &lab.name("srv")]);
+    let before = overflows(&lab);
+    assert_eq!(connect_burst(&lab, 0), 12);
+    std::thread::sleep(SETTLE);
+    let lines = run.stop();
+    let _ = srv.kill();
+    let _ = srv.wait();
+    assert_eq!(overflows(&lab), before);
+    assert!(verdicts(&lines).is_empty(), "{:#?}", verdicts(&lines));
+}
+
+/// The control: the same cap, a listener that accepts what comes.
+#[test]
+fn a_listener_that_accepts_gives_no_verdict() {
+    let lab = lab("lsnok");
+    let mut srv = listener(&lab, true);
+    let run = start(&["diagnose", "--netns", &lab.name("srv")]);
+    let before = overflows(&lab);
+    // Paced as the listener keeps up: its queue never fills.
+    assert_eq!(connect_burst(&lab, 50), 12);
+    std::thread::sleep(SETTLE);
+    let lines = run.stop();
+    let _ = srv.kill();
+    let _ = srv.wait();
+    assert_eq!(overflows(&lab), before);
+    assert!(verdicts(&lines).is_empty(), "{:#?}", verdicts(&lines));
+}

@@ -1,0 +1,157 @@
+//! `tunnel_mtu` against the real kernel: two hosts joined by a VXLAN
+//! (`df set`) over a 1360-byte underlay, each tunnel device at 1420 where
+//! only 1310 fits. Datagrams the sender lets the kernel fragment (ping
+//! `-M dont`) fit the tunnel, grow past the underlay and die at
+//! `ip_fragment`. Each end's printed fix (its tunnel MTU) is applied,
+//! then the same pings pass and a second run is silent; the control, a
+//! tunnel sized right from the start, is silent.
+
+use serde_json::Value;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Duration;
+use tracer_tests::{prefix, start, tracer_bin, Netlab};
+
+/// Underlay lk0 10.219.33.1 -- lk1 10.219.33.2 (MTU 1360); VXLAN vx919
+/// (VNI 919, port 4789, df set) 192.168.213.1 -- .2 at `tun_mtu`.
+fn lab(test: &str, tun_mtu: u32) -> Netlab {
+    let mut lab = Netlab::new(&prefix(test)).unwrap();
+    lab.ns("va").unwrap();
+    lab.ns("vb").unwrap();
+    lab.veth("va", "lk0", "vb", "lk1").unwrap();
+    for (ns, dev, me, peer) in [("va", "lk0", 1, 2), ("vb", "lk1", 2, 1)] {
+        // No `dev`: the kernel would cap the tunnel's MTU at the
+        // underlay's; a tunnel bound by route alone has no such check.
+        lab.exec(
+            ns,
+            &format!(
+                "ip link set {dev} mtu 1360 && ip addr add 10.219.33.{me}/24 dev {dev} && \
+                 ip link add vx919 type vxlan id 919 local 10.219.33.{me} \
+                   remote 10.219.33.{peer} dstport 4789 df set && \
+                 ip link set vx919 mtu {tun_mtu} up && \
+                 ip addr add 192.168.213.{me}/24 dev vx919"
+            ),
+        )
+        .unwrap();
+    }
+    lab
+}
+
+/// Three 1300-byte pings (the kernel may fragment them) from `ns` to
+/// `dst`; true when all three came back.
+fn pings_pass(lab: &Netlab, ns: &str, dst: &str) -> bool {
+    let out = lab
+        .try_exec(ns, &format!("ping -M dont -s 1300 -c 3 -i 0.3 -W 1 {dst}"))
+        .unwrap();
+    String::from_utf8_lossy(&out.stdout).contains(" 0% packet loss")
+}
+
+/// Both ways, one after the other; the path MTUs learned before are
+/// forgotten first, so each direction starts from the tunnel's own MTU.
+fn both_ways(lab: &Netlab) -> [bool; 2] {
+    [("va", "192.168.213.2"), ("vb", "192.168.213.1")].map(|(ns, dst)| {
+        // The other direction's replies taught both ends a path MTU.
+        for ns in ["va", "vb"] {
+            lab.exec(ns, "ip route flush cache").unwrap();
+        }
+        pings_pass(lab, ns, dst)
+    })
+}
+
+fn verdicts(lines: &[Value]) -> Vec<&Value> {
+    lines.iter().filter(|v| v["type"] == "verdict").collect()
+}
+
+fn diagnose(lab: &Netlab, rec: Option<&Path>) -> tracer_tests::TracerRun {
+    let (a, b) = (lab.name("va"), lab.name("vb"));
+    let mut args = vec!["diagnose", "--netns", &a, "--netns", &b];
+    let rec = rec.map(|r| r.to_string_lossy().into_owned());
+    if let Some(r) = &rec {
+        args.extend(["-w", r]);
+    }
+    start(&args)
+}
+
+/// Where the run's recording goes; `TRACER_KEEP_RECORDING=DIR` keeps a
+/// copy (how tracer/tests/recordings/tunnel-mtu.jsonl was made).
+fn recording(test: &str) -> PathBuf {
+    std::env::temp_dir().join(format!("{}rec.jsonl", prefix(test)))
+}
+
+#[test]
+fn a_vxlan_too_big_for_its_underlay_is_tunnel_mtu_and_its_fix_heals() {
+    let lab = lab("tunbig", 1420);
+    let rec = recording("tunbig");
+    let _ = std::fs::remove_file(&rec);
+    let run = diagnose(&lab, Some(&rec));
+    // The first of each direction dies; the ICMP it raises teaches the
+    // sender a smaller path MTU, so later ones may pass.
+    assert_eq!(both_ways(&lab), [false, false]);
+    std::thread::sleep(Duration::from_millis(500));
+    let lines = run.stop();
+    if let Some(dir) = std::env::var_os("TRACER_KEEP_RECORDING") {
+        std::fs::copy(&rec, Path::new(&dir).join("tunnel-mtu.jsonl")).unwrap();
+    }
+    let got = verdicts(&lines);
+    assert_eq!(got.len(), 2, "{got:#?}");
+    for (v, ns, remote) in [(got[0], "va", "10.219.33.2"), (got[1], "vb", "10.219.33.1")] {
+        assert_eq!(v["kind"], "tunnel_mtu");
+        assert_eq!(v["tier"], "proven");
+        assert_eq!(v["netns_name"], lab.name(ns));
+        let e = &v["evidence"];
+        assert_eq!(e["tunnel"], "vx919");
+        assert_eq!(e["tunnel_kind"], "vxlan");
+        assert_eq!(e["tunnel_mtu"], 1420);
+        assert_eq!(e["overhead"], 50);
+        assert_eq!(e["df"], "set");
+        assert_eq!(e["underlay_mtu"], 1360);
+        assert_eq!(e["outer_dst"], remote);
+        assert_eq!(e["outer_dport"], 4789);
+        assert!(e["outer_len"].as_u64().unwrap() > 1360, "{e}");
+        assert_eq!(e["suggested_mtu"], 1310);
+        assert_eq!(
+            v["fix_commands"][0][0],
+            format!("ip -n {} link set dev vx919 mtu 1310", lab.name(ns))
+        );
+    }
+    // The recording proves the same.
+    let out = Command::new(tracer_bin())
+        .args(["diagnose", "--replay"])
+        .arg(&rec)
+        .args(["-o", "json"])
+        .output()
+        .unwrap();
+    let _ = std::fs::remove_file(&rec);
+    let replayed: Vec<Value> = String::from_utf8(out.stdout)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let kinds: Vec<&Value> = verdicts(&replayed).iter().map(|v| &v["kind"]).collect();
+    assert_eq!(kinds, ["tunnel_mtu", "tunnel_mtu"]);
+
+    // Each end's fix, pasted as printed: the pings pass, nothing proven.
+    for v in &got {
+        for c in v["fix_commands"][0].as_array().unwrap() {
+            let out = Command::new("bash")
+                .args(["-c", c.as_str().unwrap()])
+                .output()
+                .unwrap();
+            assert!(out.status.success(), "{c}: {out:?}");
+        }
+    }
+    let run = diagnose(&lab, None);
+    assert_eq!(both_ways(&lab), [true, true]);
+    let lines = run.stop();
+    assert!(verdicts(&lines).is_empty(), "{:#?}", verdicts(&lines));
+}
+
+/// The control: the same tunnel at 1310, what the underlay carries.
+#[test]
+fn a_tunnel_sized_to_its_underlay_gives_no_verdict() {
+    let lab = lab("tunfit", 1310);
+    let run = diagnose(&lab, None);
+    assert_eq!(both_ways(&lab), [true, true]);
+    let lines = run.stop();
+    assert!(verdicts(&lines).is_empty(), "{:#?}", verdicts(&lines));
+}
