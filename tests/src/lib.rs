@@ -2,6 +2,8 @@
 //! `-o json`, wait until it is attached, make the kernel drop packets in
 //! throwaway namespaces, then stop it and look at what it printed.
 
+pub mod oracle;
+
 use netlab::{BridgeConflict, FloodOpts, Routed};
 use serde_json::Value;
 use std::io::{BufRead, BufReader};

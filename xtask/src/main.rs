@@ -42,6 +42,10 @@ const RUN_PACKAGES: &[&str] = &[
     "procps",
     // The pcapng tests read captures back with Wireshark's tshark.
     "tshark",
+    // The filter is checked against libpcap: the oracle test links it
+    // (the pcap crate), the kernel corpus runs `tcpdump -r`.
+    "libpcap-dev",
+    "tcpdump",
     // The agent test scrapes with a real Prometheus server.
     "prometheus",
     // The deploy test validates the manifests (kubernetes-validate, in a venv).

@@ -34,6 +34,7 @@ fn flow(proto: u8, src: &str, sport: u16, dst: &str, dport: u16) -> Flow {
     Flow {
         family,
         proto,
+        nexthdr: proto,
         src,
         dst,
         sport,
@@ -781,7 +782,7 @@ fn error_missing_operand() {
     check(
         "proto",
         6,
-        "expected a protocol number or name (tcp, udp, icmp, icmp6) after 'proto'",
+        "expected a protocol number or name (tcp, udp, sctp, icmp, icmp6) after 'proto'",
     );
     check(
         "src",
@@ -975,7 +976,7 @@ fn error_bad_proto() {
     check(
         "proto gre",
         7,
-        "expected a protocol number or name (tcp, udp, icmp, icmp6) after 'proto', found 'gre'",
+        "expected a protocol number or name (tcp, udp, sctp, icmp, icmp6) after 'proto', found 'gre'",
     );
     check("src proto 6", 1, "'proto' takes no direction");
     check(
@@ -1179,11 +1180,17 @@ fn tcpdump_port_forms_and_protocol_families() {
 #[test]
 fn service_names_come_from_an_etc_services_text() {
     let text = "# comment\nhttp\t\t80/tcp\t\twww # WorldWideWeb\n\
-                domain\t\t53/udp\nfoo\t\t9/ddp\n";
-    assert_eq!(services_lookup(text, "http"), Some(80));
-    assert_eq!(services_lookup(text, "www"), Some(80));
-    assert_eq!(services_lookup(text, "domain"), Some(53));
-    assert_eq!(services_lookup(text, "foo"), None, "not tcp, udp or sctp");
+                domain\t\t53/tcp\ndomain\t\t53/udp\nntp\t\t123/udp\nfoo\t\t9/ddp\n";
+    let port = |n: &str| services_lookup(text, n).map(|s| (s.port, s.only));
+    assert_eq!(port("http"), Some((80, Some(IPPROTO_TCP))));
+    assert_eq!(port("www"), Some((80, Some(IPPROTO_TCP))));
+    assert_eq!(
+        port("domain"),
+        Some((53, None)),
+        "tcp and udp: any protocol"
+    );
+    assert_eq!(port("ntp"), Some((123, Some(IPPROTO_UDP))));
+    assert_eq!(port("foo"), None, "not tcp or udp");
     assert_eq!(
         services_lookup(text, "WorldWideWeb"),
         None,
