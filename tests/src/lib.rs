@@ -91,14 +91,43 @@ pub fn start(args: &[&str]) -> TracerRun {
 /// Like `start`, with the tracer run through `wrapper` (e.g. `unshare -m sh -c ...`):
 /// the wrapper's last word receives the tracer command line appended.
 pub fn start_in(wrapper: &[&str], args: &[&str]) -> TracerRun {
+    start_bin(&tracer_bin(), wrapper, args)
+}
+
+/// The optimized binary (`cargo xtask test` builds it too): `TRACER_BIN`,
+/// else the workspace's release build. For tests that start hundreds of
+/// tracers, where a debug build's start-up (BTF, loading) is 4 s, not 0.6.
+pub fn tracer_release_bin() -> PathBuf {
+    if let Some(p) = std::env::var_os("TRACER_BIN") {
+        return PathBuf::from(p);
+    }
+    let p = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target/release/tracer");
+    assert!(
+        p.exists(),
+        "{} is missing: cargo build --release -p tracer",
+        p.display()
+    );
+    p
+}
+
+/// Like `start_in`, with binary `bin`.
+pub fn start_bin(bin: &std::path::Path, wrapper: &[&str], args: &[&str]) -> TracerRun {
+    let mut run = spawn_bin(bin, wrapper, args);
+    run.ready();
+    run
+}
+
+/// Starts tracer without waiting for it to attach (`TracerRun::ready`
+/// waits): many tracers then start side by side.
+pub fn spawn_bin(bin: &std::path::Path, wrapper: &[&str], args: &[&str]) -> TracerRun {
     let mut cmd = if wrapper.is_empty() {
-        let mut c = Command::new(tracer_bin());
+        let mut c = Command::new(bin);
         c.args(args);
         c
     } else {
         let mut c = Command::new(wrapper[0]);
         c.args(&wrapper[1..]);
-        c.arg(tracer_bin());
+        c.arg(bin);
         c.args(args);
         c
     };
@@ -129,22 +158,11 @@ pub fn start_in(wrapper: &[&str], args: &[&str]) -> TracerRun {
             s.lock().unwrap().push('\n');
         }
     });
-    let mut run = TracerRun {
+    TracerRun {
         child,
         lines,
         stderr,
-    };
-    if run
-        .wait_for(Duration::from_secs(30), |v| v["type"] == "ready")
-        .is_none()
-    {
-        let _ = run.child.kill();
-        panic!(
-            "tracer never became ready; stderr: {}",
-            run.stderr.lock().unwrap()
-        );
     }
-    run
 }
 
 /// `d` stretched by TRACER_TEST_TIME_SCALE (default 1). The kernel
@@ -161,6 +179,20 @@ pub fn scaled(d: Duration) -> Duration {
 }
 
 impl TracerRun {
+    /// Waits until tracer has attached; panics with its stderr if it never does.
+    pub fn ready(&mut self) {
+        if self
+            .wait_for(Duration::from_secs(30), |v| v["type"] == "ready")
+            .is_none()
+        {
+            let _ = self.child.kill();
+            panic!(
+                "tracer never became ready; stderr: {}",
+                self.stderr.lock().unwrap()
+            );
+        }
+    }
+
     /// Waits until a printed line satisfies `pred` (for `timeout`, scaled).
     pub fn wait_for(&self, timeout: Duration, pred: impl Fn(&Value) -> bool) -> Option<Value> {
         let deadline = Instant::now() + scaled(timeout);

@@ -12,9 +12,9 @@ use std::collections::BTreeMap;
 use tracer::filter::differences::{self, DIFFERENCES};
 use tracer_tests::oracle::{gen_expr, gen_packet, render, shrink, Expr, Rng};
 
-/// Expressions, and packets each is run on: 600 x 200 = 120,000 pairs.
+/// Expressions, and packets each is run on: 600 x 400 = 240,000 pairs.
 const EXPRS: usize = 600;
-const PACKETS: usize = 200;
+const PACKETS: usize = 400;
 const SEED: u64 = 0x007a_ce25;
 
 struct Judge {

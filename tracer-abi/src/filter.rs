@@ -154,14 +154,12 @@ fn proto_test(op: &FilterOp, flow: &Flow) -> u64 {
     if flow.chain & crate::CHAIN_EMPTY != 0 {
         return ABORT;
     }
-    let ext = flow.chain & crate::CHAIN_EXT;
-    if ext == crate::CHAIN_FRAGMENT {
+    if flow.flags & crate::FLOW_EXT_CHAIN == 0 {
         return (flow.proto == n) as u64;
     }
     // Another extension header follows the fragment header; which one
-    // came first the bits do not say (see filter::DIFFERENCES).
-    let bit = crate::packet::chain_bit(n, true) & !crate::CHAIN_FRAGMENT;
-    (ext & bit != 0) as u64
+    // the bits do not say (see filter::DIFFERENCES).
+    (flow.chain & crate::packet::chain_bit(n, true) != 0) as u64
 }
 
 /// tcpdump's `protochain N`: N anywhere in the header chain.

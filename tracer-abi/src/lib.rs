@@ -98,6 +98,10 @@ pub const FLOW_ARP: u8 = 16;
 /// port (2 or 3 bytes of a TCP, UDP or SCTP header), which `sport` holds;
 /// libpcap's `src port` can still read it.
 pub const FLOW_L4_HALF: u8 = 32;
+/// `Flow::flags`: the header behind the first extension header is an
+/// extension header too (so `proto` is not the header behind an IPv6
+/// fragment header: libpcap's `ip6[40]`).
+pub const FLOW_EXT_CHAIN: u8 = 64;
 
 /// `Flow::chain`: the header chain as libpcap's `protochain` walks it
 /// (`packet::walk`): which extension headers it passed, and why it stopped

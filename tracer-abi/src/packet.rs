@@ -168,6 +168,9 @@ fn walk<B: Bytes>(b: &B, start: u32, avail: u32, v6: bool, flow: &mut Flow) -> u
             return walked;
         }
         flow.chain |= bit;
+        if i == 1 {
+            flow.flags |= FLOW_EXT_CHAIN;
+        }
         let left = avail.saturating_sub(walked);
         let mut e = [0u8; 4];
         if !b.read(start.wrapping_add(walked), &mut e) {

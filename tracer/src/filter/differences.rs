@@ -6,7 +6,7 @@
 
 use tracer_abi::packet::CHAIN_CAP;
 use tracer_abi::{
-    Flow, CHAIN_AH, CHAIN_CAPPED, CHAIN_EMPTY, CHAIN_EXT, CHAIN_FRAGMENT, CHAIN_TRUNC, FAMILY_V6,
+    Flow, CHAIN_AH, CHAIN_CAPPED, CHAIN_EMPTY, CHAIN_TRUNC, FAMILY_V6, FLOW_EXT_CHAIN,
     FLOW_L4_SHORT, IPPROTO_FRAGMENT, IPPROTO_SCTP, IPPROTO_TCP, IPPROTO_UDP,
 };
 
@@ -43,8 +43,8 @@ pub const DIFFERENCES: &[Difference] = &[
                header, where libpcap tests only the first (`ip6[40]`)",
         reason: "the kernel keeps which extension headers the chain holds as \
                  bits (`Flow::chain`), not their order; RFC 8200 puts the \
-                 fragment header after the others, so such packets are malformed \
-                 or crafted",
+                 fragment header after the others (a second fragment header \
+                 is not allowed), so such packets are malformed or crafted",
     },
     Difference {
         id: CHAIN_LONGER_THAN_CAP,
@@ -90,7 +90,7 @@ pub const DIFFERENCES: &[Difference] = &[
 pub fn explain(expr: &str, flow: &Flow) -> Option<&'static str> {
     let ext_after_fragment = flow.family == FAMILY_V6
         && flow.nexthdr == IPPROTO_FRAGMENT
-        && flow.chain & CHAIN_EXT & !CHAIN_FRAGMENT != 0;
+        && flow.flags & FLOW_EXT_CHAIN != 0;
     let words: Vec<&str> = expr
         .split(|c: char| c.is_whitespace() || c == '(' || c == ')')
         .collect();
