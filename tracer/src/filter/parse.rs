@@ -190,7 +190,7 @@ impl Parser {
                 t.col,
                 format!(
                     "tcpdump's '{}' is not supported here; use host, net, port, portrange, \
-                     proto, tcp, udp, icmp, icmp6, ip or ip6",
+                     proto, protochain, tcp, udp, sctp, icmp, icmp6, ip or ip6",
                     t.text
                 ),
             )),
