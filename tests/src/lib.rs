@@ -2,6 +2,8 @@
 //! `-o json`, wait until it is attached, make the kernel drop packets in
 //! throwaway namespaces, then stop it and look at what it printed.
 
+pub mod oracle;
+
 use netlab::{BridgeConflict, FloodOpts, Routed};
 use serde_json::Value;
 use std::io::{BufRead, BufReader};
@@ -89,14 +91,52 @@ pub fn start(args: &[&str]) -> TracerRun {
 /// Like `start`, with the tracer run through `wrapper` (e.g. `unshare -m sh -c ...`):
 /// the wrapper's last word receives the tracer command line appended.
 pub fn start_in(wrapper: &[&str], args: &[&str]) -> TracerRun {
+    start_bin(&tracer_bin(), wrapper, args)
+}
+
+/// The optimized binary: `TRACER_BIN`, else `TRACER_RELEASE_BIN` (`cargo
+/// xtask test` points it at the static binary `cargo xtask dist` built),
+/// else that static binary or the workspace's release build where one
+/// exists. For tests that start hundreds of tracers, where a debug
+/// build's start-up (BTF, loading) is 4 s, not 0.6.
+pub fn tracer_release_bin() -> PathBuf {
+    for var in ["TRACER_BIN", "TRACER_RELEASE_BIN"] {
+        if let Some(p) = std::env::var_os(var) {
+            return PathBuf::from(p);
+        }
+    }
+    let target = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target");
+    let candidates = [
+        target.join("x86_64-unknown-linux-gnu/release/tracer"),
+        target.join("release/tracer"),
+    ];
+    candidates
+        .iter()
+        .find(|p| p.exists())
+        .cloned()
+        .unwrap_or_else(|| {
+            panic!("no optimized tracer: cargo xtask dist (or cargo build --release -p tracer)")
+        })
+}
+
+/// Like `start_in`, with binary `bin`.
+pub fn start_bin(bin: &std::path::Path, wrapper: &[&str], args: &[&str]) -> TracerRun {
+    let mut run = spawn_bin(bin, wrapper, args);
+    run.ready();
+    run
+}
+
+/// Starts tracer without waiting for it to attach (`TracerRun::ready`
+/// waits): many tracers then start side by side.
+pub fn spawn_bin(bin: &std::path::Path, wrapper: &[&str], args: &[&str]) -> TracerRun {
     let mut cmd = if wrapper.is_empty() {
-        let mut c = Command::new(tracer_bin());
+        let mut c = Command::new(bin);
         c.args(args);
         c
     } else {
         let mut c = Command::new(wrapper[0]);
         c.args(&wrapper[1..]);
-        c.arg(tracer_bin());
+        c.arg(bin);
         c.args(args);
         c
     };
@@ -127,22 +167,11 @@ pub fn start_in(wrapper: &[&str], args: &[&str]) -> TracerRun {
             s.lock().unwrap().push('\n');
         }
     });
-    let mut run = TracerRun {
+    TracerRun {
         child,
         lines,
         stderr,
-    };
-    if run
-        .wait_for(Duration::from_secs(30), |v| v["type"] == "ready")
-        .is_none()
-    {
-        let _ = run.child.kill();
-        panic!(
-            "tracer never became ready; stderr: {}",
-            run.stderr.lock().unwrap()
-        );
     }
-    run
 }
 
 /// `d` stretched by TRACER_TEST_TIME_SCALE (default 1). The kernel
@@ -159,6 +188,20 @@ pub fn scaled(d: Duration) -> Duration {
 }
 
 impl TracerRun {
+    /// Waits until tracer has attached; panics with its stderr if it never does.
+    pub fn ready(&mut self) {
+        if self
+            .wait_for(Duration::from_secs(30), |v| v["type"] == "ready")
+            .is_none()
+        {
+            let _ = self.child.kill();
+            panic!(
+                "tracer never became ready; stderr: {}",
+                self.stderr.lock().unwrap()
+            );
+        }
+    }
+
     /// Waits until a printed line satisfies `pred` (for `timeout`, scaled).
     pub fn wait_for(&self, timeout: Duration, pred: impl Fn(&Value) -> bool) -> Option<Value> {
         let deadline = Instant::now() + scaled(timeout);

@@ -12,6 +12,9 @@ use crate::Flow;
 /// (their count and codes sit in frozen .rodata, known to it as
 /// constants), so a long array costs nothing to filters that are short.
 pub const MAX_OPS: usize = 256;
+/// Deepest evaluation stack (two bits per entry in one `u64`): how many
+/// operands may wait at once, e.g. 31 nested parentheses.
+pub const MAX_DEPTH: u32 = 31;
 
 pub const OP_END: u8 = 0;
 pub const OP_AND: u8 = 1;
@@ -30,6 +33,9 @@ pub const OP_PORT: u8 = 7;
 /// `mask`: a list of ports is one op, not two per port.
 pub const OP_PORTS: u8 = 8;
 pub const PORT_SET: usize = 8;
+/// Push whether `value` is in the packet's header chain (`protochain`),
+/// of `family` (0: either).
+pub const OP_PROTOCHAIN: u8 = 9;
 
 pub const DIR_ANY: u8 = 0;
 pub const DIR_SRC: u8 = 1;
@@ -110,55 +116,158 @@ fn pick(dir: u8, s: bool, d: bool) -> bool {
     }
 }
 
-/// Ports exist for TCP, UDP and SCTP (tcpdump's `port`), not in non-first
-/// fragments, and not in a packet that ends before them (tcpdump's load
-/// past the end fails the match).
+/// Whether a test's packet is IPv4 or IPv6 of the family `op` asks for
+/// (`family` 0: either).
+#[inline(always)]
+fn family_ok(op: &FilterOp, flow: &Flow) -> bool {
+    if op.family == 0 {
+        flow.family == crate::FAMILY_V4 || flow.family == crate::FAMILY_V6
+    } else {
+        flow.family == op.family
+    }
+}
+
+/// A test's outcome: bit 0 the match, bit 1 "unknown": libpcap's load
+/// would run past the packet's end, which ends its whole filter with no
+/// match when the answer depends on it. Unknowns combine as in Kleene's
+/// logic (`false and unknown` is false, `true or unknown` is true), which
+/// is what libpcap's optimizer leaves of such loads when it folds away
+/// the tests whose outcome the rest decides (see filter::DIFFERENCES).
+const MATCH: u64 = 1;
+const ABORT: u64 = 2;
+
+/// tcpdump's `proto N` (and `tcp`, `udp`, `sctp`, `icmp`, `icmp6`): the
+/// fixed header's protocol; in IPv6 also the header right behind a
+/// fragment header (libpcap's `ip6[6] == 44 and ip6[40] == N`).
+#[inline(always)]
+fn proto_test(op: &FilterOp, flow: &Flow) -> u64 {
+    if !family_ok(op, flow) {
+        return 0;
+    }
+    let n = op.value as u8;
+    if flow.nexthdr == n {
+        return MATCH;
+    }
+    if flow.family != crate::FAMILY_V6 || flow.nexthdr != crate::IPPROTO_FRAGMENT {
+        return 0;
+    }
+    if flow.chain & crate::CHAIN_EMPTY != 0 {
+        return ABORT;
+    }
+    if flow.flags & crate::FLOW_EXT_CHAIN == 0 {
+        return (flow.proto == n) as u64;
+    }
+    // Another extension header follows the fragment header; which one
+    // the bits do not say (see filter::DIFFERENCES).
+    (flow.chain & crate::packet::chain_bit(n, true) != 0) as u64
+}
+
+/// tcpdump's `protochain N`: N anywhere in the header chain.
+#[inline(always)]
+fn chain_test(op: &FilterOp, flow: &Flow) -> u64 {
+    if !family_ok(op, flow) {
+        return 0;
+    }
+    let n = op.value as u8;
+    let bit = crate::packet::chain_bit(n, flow.family == crate::FAMILY_V6);
+    if flow.chain & bit != 0 {
+        return MATCH;
+    }
+    if flow.chain & crate::CHAIN_TRUNC != 0 {
+        return ABORT;
+    }
+    if flow.chain & crate::CHAIN_CAPPED != 0 || bit != 0 {
+        return 0;
+    }
+    (flow.proto == n) as u64
+}
+
+/// Ports exist for TCP, UDP and SCTP in the fixed header (tcpdump's
+/// `port` reads no further), not in non-first IPv4 fragments.
 #[inline(always)]
 fn has_ports(flow: &Flow) -> bool {
-    (flow.proto == crate::IPPROTO_TCP
-        || flow.proto == crate::IPPROTO_UDP
-        || flow.proto == crate::IPPROTO_SCTP)
-        && flow.flags & (crate::FLOW_FRAGMENT | crate::FLOW_L4_SHORT) == 0
+    (flow.nexthdr == crate::IPPROTO_TCP
+        || flow.nexthdr == crate::IPPROTO_UDP
+        || flow.nexthdr == crate::IPPROTO_SCTP)
+        && (flow.family == crate::FAMILY_V4 || flow.family == crate::FAMILY_V6)
+        && flow.flags & crate::FLOW_FRAGMENT == 0
+}
+
+/// One port range against the ports, as libpcap's code loads them: the
+/// source port first, the destination port only when the answer still
+/// depends on it (`src and dst port` is two tests joined by `and`, which
+/// runs the second only when the first held). `s`, `d`: each port in the range; `a2`, `a4`: the
+/// source, destination port is in the packet. Returns `MATCH`/`ABORT` bits.
+#[inline(always)]
+fn port_bits(dir: u8, s: u64, d: u64, a2: u64, a4: u64) -> u64 {
+    let (val, unknown) = match dir {
+        DIR_SRC => (a2 & s, a2 ^ 1),
+        DIR_DST => (a4 & d, a4 ^ 1),
+        _ => (a2 & (s | (a4 & d)), (a2 ^ 1) | ((s ^ 1) & (a4 ^ 1))),
+    };
+    (val & (unknown ^ 1)) | (unknown << 1)
+}
+
+/// `port`/`portrange` over the op's ranges.
+#[inline(always)]
+fn ports_test<O: Opaque>(op: &FilterOp, flow: &Flow, o: &O) -> u64 {
+    if !has_ports(flow) {
+        return 0;
+    }
+    let short = flow.flags & crate::FLOW_L4_SHORT != 0;
+    let half = flow.flags & crate::FLOW_L4_HALF != 0;
+    let a2 = (!short || half) as u64;
+    let a4 = (!short) as u64;
+    let (n, single) = if op.code == OP_PORT {
+        (1u16, true)
+    } else {
+        (op.value, false)
+    };
+    let mut acc: u64 = 0;
+    let mut k = 0;
+    while k < PORT_SET {
+        if k as u16 >= n {
+            break;
+        }
+        let r = if single {
+            op.value as u32 | (op.value2 as u32) << 16
+        } else if k < 4 {
+            op.addr[k]
+        } else {
+            op.mask[k - 4]
+        };
+        // Ports pass through `hide` before each test: a branch on a port
+        // narrows what the verifier knows of it (to one value once
+        // `port >= 80 && port <= 80` held), and every later test of that
+        // narrowed port would split the paths again.
+        let (lo, hi) = ((r & 0xffff) as u64, (r >> 16) as u64);
+        let (sport, dport) = (o.hide(flow.sport as u64), o.hide(flow.dport as u64));
+        let s = (sport >= lo && sport <= hi) as u64;
+        let d = (dport >= lo && dport <= hi) as u64;
+        // `or` over the ranges: any match decides, else any unknown.
+        acc = o.hide(acc | port_bits(op.dir, s, d, a2, a4));
+        k += 1;
+    }
+    if acc & MATCH != 0 {
+        MATCH
+    } else {
+        acc
+    }
 }
 
 #[inline(always)]
-fn test<O: Opaque>(op: &FilterOp, flow: &Flow, src: &[u32; 4], dst: &[u32; 4], o: &O) -> bool {
+fn test<O: Opaque>(op: &FilterOp, flow: &Flow, src: &[u32; 4], dst: &[u32; 4], o: &O) -> u64 {
     match op.code {
-        OP_FAMILY => flow.family as u16 == op.value,
+        OP_FAMILY => (flow.family as u16 == op.value) as u64,
         // `family` 0: either family (`proto 1`, `tcp`); else one
         // (`icmp` is `ip proto 1`, `icmp6` is `ip6 proto 58`, as in tcpdump).
-        OP_PROTO => flow.proto as u16 == op.value && (op.family == 0 || flow.family == op.family),
-        OP_NET => flow.family == op.family && pick(op.dir, in_net(src, op), in_net(dst, op)),
-        OP_PORT => {
-            // Ports pass through `hide` before each test as well: a branch
-            // on a port narrows what the verifier knows of it (to one value
-            // once `port >= 80 && port <= 80` held), and every later test
-            // of that narrowed port would split the paths again.
-            let (sport, dport) = (o.hide(flow.sport as u64), o.hide(flow.dport as u64));
-            let (lo, hi) = (op.value as u64, op.value2 as u64);
-            let s = sport >= lo && sport <= hi;
-            let d = dport >= lo && dport <= hi;
-            has_ports(flow) && pick(op.dir, s, d)
+        OP_PROTO => proto_test(op, flow),
+        OP_PROTOCHAIN => chain_test(op, flow),
+        OP_NET => {
+            (flow.family == op.family && pick(op.dir, in_net(src, op), in_net(dst, op))) as u64
         }
-        OP_PORTS => {
-            // Two bits (source, destination), kept opaque between ranges.
-            let mut sd: u64 = 0;
-            let mut k = 0;
-            while k < PORT_SET {
-                if k as u16 >= op.value {
-                    break;
-                }
-                let r = if k < 4 { op.addr[k] } else { op.mask[k - 4] };
-                let (lo, hi) = ((r & 0xffff) as u64, (r >> 16) as u64);
-                let (sport, dport) = (o.hide(flow.sport as u64), o.hide(flow.dport as u64));
-                let s = (sport >= lo && sport <= hi) as u64;
-                let d = (dport >= lo && dport <= hi) as u64;
-                sd = o.hide(sd | s | (d << 1));
-                k += 1;
-            }
-            has_ports(flow) && pick(op.dir, sd & 1 != 0, sd & 2 != 0)
-        }
-        _ => false,
+        OP_PORT | OP_PORTS => ports_test(op, flow, o),
+        _ => 0,
     }
 }
 
@@ -171,6 +280,11 @@ pub fn eval<O: Opaque>(ops: &[FilterOp; MAX_OPS], len: u32, flow: &Flow, o: &O) 
     }
     let src = words(&flow.src);
     let dst = words(&flow.dst);
+    // Two bits per entry, as `test` returns them: the result, and whether
+    // its subexpression made libpcap load past the packet's end. As in
+    // libpcap's code, `a and b` runs b only when a held, `a or b` only
+    // when it did not. (One word for both: the eBPF stack has no room
+    // for more live values.)
     let mut stack: u64 = 0;
     let mut depth: u32 = 0;
     let mut i = 0;
@@ -184,28 +298,47 @@ pub fn eval<O: Opaque>(ops: &[FilterOp; MAX_OPS], len: u32, flow: &Flow, o: &O) 
                 if depth < 2 {
                     return false;
                 }
-                let a = stack & 1;
-                let b = (stack >> 1) & 1;
-                let r = if op.code == OP_AND { a & b } else { a | b };
-                stack = ((stack >> 2) << 1) | r;
+                let (r, l) = (stack & 3, (stack >> 2) & 3);
+                let (ru, lu) = ((r >> 1) & 1, (l >> 1) & 1);
+                // Known true, known false, on either side.
+                let t = ((l & (lu ^ 1)) | (r & (ru ^ 1))) & 1;
+                let f = (((l ^ 1) & (lu ^ 1)) | ((r ^ 1) & (ru ^ 1))) & 1;
+                let unknown = lu | ru;
+                let v = if op.code == OP_AND {
+                    // False decides an `and`; else unknown, else true.
+                    if f == 1 {
+                        0
+                    } else if unknown == 1 {
+                        ABORT
+                    } else {
+                        MATCH
+                    }
+                } else if t == 1 {
+                    MATCH
+                } else if unknown == 1 {
+                    ABORT
+                } else {
+                    0
+                };
+                stack = o.hide(((stack >> 4) << 2) | v);
                 depth -= 1;
             }
             OP_NOT => {
                 if depth < 1 {
                     return false;
                 }
-                stack ^= 1;
+                stack ^= MATCH;
             }
             OP_END => break,
             _ => {
-                if depth >= 63 {
+                if depth >= MAX_DEPTH {
                     return false;
                 }
-                stack = o.hide((stack << 1) | test(op, flow, &src, &dst, o) as u64);
+                stack = o.hide((stack << 2) | test(op, flow, &src, &dst, o));
                 depth += 1;
             }
         }
         i += 1;
     }
-    depth == 1 && stack & 1 == 1
+    depth == 1 && stack & 3 == MATCH
 }

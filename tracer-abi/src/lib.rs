@@ -9,6 +9,7 @@
 #![no_std]
 
 pub mod filter;
+pub mod packet;
 
 /// Loopback's ifindex in every network namespace (it registers first).
 /// Both sides leave it out of MTU comparisons: its 64k MTU would make
@@ -68,6 +69,11 @@ pub const IPPROTO_TCP: u8 = 6;
 pub const IPPROTO_UDP: u8 = 17;
 pub const IPPROTO_ICMPV6: u8 = 58;
 pub const IPPROTO_SCTP: u8 = 132;
+pub const IPPROTO_HOPOPTS: u8 = 0;
+pub const IPPROTO_ROUTING: u8 = 43;
+pub const IPPROTO_FRAGMENT: u8 = 44;
+pub const IPPROTO_AH: u8 = 51;
+pub const IPPROTO_DSTOPTS: u8 = 60;
 
 pub const ETH_P_IP: u16 = 0x0800;
 pub const ETH_P_IPV6: u16 = 0x86dd;
@@ -88,6 +94,34 @@ pub const FLOW_TCP_SHORT: u8 = 8;
 /// `dst` hold the sender and target IPv4 addresses, `proto` the opcode
 /// (1 request, 2 reply).
 pub const FLOW_ARP: u8 = 16;
+/// `Flow::flags`, with `FLOW_L4_SHORT`: the packet ends after the source
+/// port (2 or 3 bytes of a TCP, UDP or SCTP header), which `sport` holds;
+/// libpcap's `src port` can still read it.
+pub const FLOW_L4_HALF: u8 = 32;
+/// `Flow::flags`: the header behind the first extension header is an
+/// extension header too (so `proto` is not the header behind an IPv6
+/// fragment header: libpcap's `ip6[40]`).
+pub const FLOW_EXT_CHAIN: u8 = 64;
+
+/// `Flow::chain`: the header chain as libpcap's `protochain` walks it
+/// (`packet::walk`): which extension headers it passed, and why it stopped
+/// early. IPv6 walks hop-by-hop, destination options, routing, fragment
+/// and AH headers; IPv4 walks AH only.
+pub const CHAIN_HOP: u8 = 1;
+pub const CHAIN_DSTOPTS: u8 = 2;
+pub const CHAIN_ROUTING: u8 = 4;
+pub const CHAIN_FRAGMENT: u8 = 8;
+pub const CHAIN_AH: u8 = 16;
+/// The extension-header bits.
+pub const CHAIN_EXT: u8 = 31;
+/// An extension header ran past the packet's end (libpcap's load fails:
+/// the whole filter rejects the packet).
+pub const CHAIN_TRUNC: u8 = 32;
+/// More than `packet::CHAIN_CAP` extension headers: the walk stopped with
+/// one still ahead, so the final protocol is unknown.
+pub const CHAIN_CAPPED: u8 = 64;
+/// Not one byte follows the IP header.
+pub const CHAIN_EMPTY: u8 = 128;
 
 /// What a packet carried, as parsed from its headers (or its socket).
 /// Addresses are in network byte order; IPv4 uses the first 4 bytes.
@@ -109,7 +143,8 @@ pub struct Flow {
     pub mss: u16,
     /// `FAMILY_*`.
     pub family: u8,
-    /// IP protocol number (after IPv6 extension headers we understand).
+    /// IP protocol number after the extension headers (`Flow::chain`):
+    /// the transport, what text and JSON show.
     pub proto: u8,
     pub tcp_flags: u8,
     pub icmp_type: u8,
@@ -120,6 +155,11 @@ pub struct Flow {
     /// it came from a socket. Unlike skb->len it does not depend on where
     /// in the stack the packet was freed.
     pub ip_len: u16,
+    /// The protocol in the fixed IP header (IPv6: its next header), what
+    /// tcpdump's `tcp`, `proto N` and `port` look at.
+    pub nexthdr: u8,
+    /// `CHAIN_*` bits.
+    pub chain: u8,
 }
 
 /// The latest route lookup the kernel made for one (netns, dst, src), as
@@ -509,7 +549,7 @@ impl AggKey {
 }
 
 const _: () = assert!(core::mem::size_of::<AggKey>() == 64);
-const _: () = assert!(core::mem::size_of::<Flow>().is_multiple_of(8));
+const _: () = assert!(core::mem::size_of::<Flow>() == 48);
 
 /// Per CPU: how many drops of a key were counted instead of sent, and how
 /// many were sent in the current interval.

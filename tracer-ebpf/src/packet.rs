@@ -4,7 +4,8 @@
 
 use crate::kernel::{read, Mem};
 use crate::off;
-use aya_ebpf::helpers::bpf_probe_read_kernel;
+use aya_ebpf::helpers::{bpf_probe_read_kernel, bpf_probe_read_kernel_buf};
+use tracer_abi::packet;
 use tracer_abi::*;
 
 const AF_INET: u16 = 2;
@@ -168,11 +169,8 @@ pub unsafe fn parse<M: Mem>(
     if !m.head.is_null() && nh != HEADER_UNSET {
         let l3 = m.head.wrapping_add(nh as usize);
         let room = room_from::<M>(skb, m, nh);
-        if m.l3_proto == ETH_P_IP {
-            return parse_ipv4(l3, room, flow, opts);
-        }
-        if m.l3_proto == ETH_P_IPV6 {
-            return parse_ipv6(l3, room, flow, opts);
+        if m.l3_proto == ETH_P_IP || m.l3_proto == ETH_P_IPV6 {
+            return parse_ip(l3, room, m.l3_proto == ETH_P_IPV6, flow, opts);
         }
         if m.l3_proto == ETH_P_ARP {
             return room >= 28 && parse_arp(l3, flow);
@@ -232,196 +230,44 @@ unsafe fn room_from<M: Mem>(skb: *const u8, m: &SkbMeta, nh: u16) -> u32 {
 }
 
 /// No length known to bound the headers by.
-const NO_BOUND: u32 = u32::MAX;
+const NO_BOUND: u32 = packet::NO_BOUND;
 
-/// The smaller of two bounds.
-#[inline(always)]
-fn min(a: u32, b: u32) -> u32 {
-    if a < b {
-        a
-    } else {
-        b
+/// A packet's bytes from its network header on, probe-read.
+struct Headers(*const u8);
+
+impl packet::Bytes for Headers {
+    #[inline(always)]
+    fn read<const N: usize>(&self, off: u32, out: &mut [u8; N]) -> bool {
+        // SAFETY: bpf_probe_read_kernel takes any address; bytes past a
+        // short packet are still the skb's own buffer (tailroom, then
+        // skb_shared_info), which the parse leaves alone.
+        unsafe { bpf_probe_read_kernel_buf(self.0.wrapping_add(off as usize), out).is_ok() }
     }
 }
 
-/// # Safety
-///
-/// None for the caller: the headers are only probe-read (bpf_probe_read_kernel),
-/// so any `l3` is sound; a wrong one gives wrong fields, not a fault.
-#[inline(always)]
-unsafe fn parse_ipv4(l3: *const u8, room: u32, flow: &mut Flow, opts: &mut SynOpts) -> bool {
-    // One read for the IP header and, when it has no options (nearly
-    // always), the first 20 bytes behind it: one helper call per drop
-    // instead of two. Bytes past a short packet are still the skb's own
-    // buffer (tailroom, then skb_shared_info), so the read cannot fault.
-    let Ok(h) = bpf_probe_read_kernel(l3 as *const [u8; 40]) else {
-        return false;
-    };
-    if h[0] >> 4 != 4 {
-        return false;
-    }
-    flow.family = FAMILY_V4;
-    flow.ip_len = u16::from_be_bytes([h[2], h[3]]);
-    flow.proto = h[9];
-    flow.src[..4].copy_from_slice(&h[12..16]);
-    flow.dst[..4].copy_from_slice(&h[16..20]);
-    let frag_off = (((h[6] & 0x1f) as u16) << 8) | h[7] as u16;
-    if frag_off != 0 {
-        flow.flags |= FLOW_FRAGMENT;
-        return true;
-    }
-    let ihl = ((h[0] & 0xf) as usize) * 4;
-    let l4 = l3.wrapping_add(ihl);
-    // What lies behind the IP header, by the header's own length and by
-    // the skb's: bytes past either are another packet's (the buffer's
-    // tailroom is reused), never this one's ports. BIG TCP leaves
-    // tot_len 0 over 64 KiB: then only the skb bounds it.
-    let tot = flow.ip_len as u32;
-    let by_header = if tot == 0 {
-        NO_BOUND
-    } else {
-        tot.saturating_sub(ihl as u32)
-    };
-    let avail = min(by_header, room.saturating_sub(ihl as u32));
-    if ihl == 20 {
-        let mut t = [0u8; 20];
-        t.copy_from_slice(&h[20..40]);
-        l4_fields(&t, l4, avail, flow, opts);
-    } else {
-        parse_l4(l4, avail, flow, opts);
-    }
-    true
-}
-
-/// L4 fields from its first 20 bytes, already read; `l4` for what lies
-/// further (TCP options). `avail` is how many of those bytes are the
-/// packet's: a field past it is not taken, and the flow says so
-/// (`FLOW_L4_SHORT`, `FLOW_TCP_SHORT`), as libpcap fails a load past the
-/// packet's end.
+/// The shared parse (`tracer_abi::packet`) of the header at `l3`, with
+/// the SYN options as a pointer.
 ///
 /// # Safety
 ///
-/// None for the caller: `l4` is only stored, never read here.
+/// None for the caller: the headers are only probe-read, so any `l3` is
+/// sound; a wrong one gives wrong fields, not a fault.
 #[inline(always)]
-unsafe fn l4_fields(t: &[u8; 20], l4: *const u8, avail: u32, flow: &mut Flow, opts: &mut SynOpts) {
-    match flow.proto {
-        IPPROTO_TCP => {
-            if avail < 4 {
-                flow.flags |= FLOW_L4_SHORT;
-                return;
-            }
-            flow.sport = u16::from_be_bytes([t[0], t[1]]);
-            flow.dport = u16::from_be_bytes([t[2], t[3]]);
-            if avail < 14 {
-                flow.flags |= FLOW_TCP_SHORT;
-                return;
-            }
-            flow.tcp_flags = t[13];
-            let doff = ((t[12] >> 4) as u32) * 4;
-            // Options only where the packet holds them all.
-            if flow.tcp_flags & TCP_SYN != 0 && doff > 20 && doff <= avail {
-                opts.at = l4.wrapping_add(20);
-                opts.len = doff - 20;
-            }
-        }
-        // SCTP's common header starts with the two ports, as UDP's does.
-        IPPROTO_UDP | IPPROTO_SCTP => {
-            if avail < 4 {
-                flow.flags |= FLOW_L4_SHORT;
-                return;
-            }
-            flow.sport = u16::from_be_bytes([t[0], t[1]]);
-            flow.dport = u16::from_be_bytes([t[2], t[3]]);
-        }
-        IPPROTO_ICMP | IPPROTO_ICMPV6 => {
-            if avail < 2 {
-                flow.flags |= FLOW_L4_SHORT;
-                return;
-            }
-            flow.icmp_type = t[0];
-            flow.icmp_code = t[1];
-        }
-        _ => {}
+unsafe fn parse_ip(
+    l3: *const u8,
+    room: u32,
+    v6: bool,
+    flow: &mut Flow,
+    opts: &mut SynOpts,
+) -> bool {
+    let mut at = packet::OptsAt::default();
+    let h = Headers(l3);
+    let found = packet::ip(&h, room, v6, flow, &mut at);
+    if at.len != 0 {
+        opts.at = l3.wrapping_add(at.off as usize);
+        opts.len = at.len;
     }
-}
-
-/// # Safety
-///
-/// None for the caller: the headers are only probe-read (bpf_probe_read_kernel),
-/// so any `l3` is sound; a wrong one gives wrong fields, not a fault.
-#[inline(always)]
-unsafe fn parse_ipv6(l3: *const u8, room: u32, flow: &mut Flow, opts: &mut SynOpts) -> bool {
-    let Ok(h) = bpf_probe_read_kernel(l3 as *const [u8; 40]) else {
-        return false;
-    };
-    if h[0] >> 4 != 6 {
-        return false;
-    }
-    flow.family = FAMILY_V6;
-    let payload = u16::from_be_bytes([h[4], h[5]]) as u32;
-    flow.ip_len = u16::from_be_bytes([h[4], h[5]]).saturating_add(40);
-    // As for IPv4: the payload length (0 for a jumbogram / BIG TCP) and
-    // the skb bound what follows the fixed header.
-    let by_header = if payload == 0 { NO_BOUND } else { payload };
-    let avail = min(by_header, room.saturating_sub(40));
-    flow.src.copy_from_slice(&h[8..24]);
-    flow.dst.copy_from_slice(&h[24..40]);
-    let mut next = h[6];
-    let mut at = l3.wrapping_add(40);
-    // How far the walk went past the fixed header. Compared with `avail`
-    // once, after the walk: a test per step multiplied the paths the
-    // verifier explores through the MSS walk of the hop programs past
-    // its 1M-instruction limit.
-    let mut walked: u32 = 0;
-    // Skip the extension headers that commonly precede L4; give up after a
-    // few so the verifier sees a bounded loop.
-    for _ in 0..4 {
-        match next {
-            0 | 43 | 60 => {
-                let Ok(e) = bpf_probe_read_kernel(at as *const [u8; 2]) else {
-                    return true;
-                };
-                next = e[0];
-                let len = (e[1] as u32 + 1) * 8;
-                at = at.wrapping_add(len as usize);
-                walked += len;
-            }
-            44 => {
-                let Ok(e) = bpf_probe_read_kernel(at as *const [u8; 4]) else {
-                    return true;
-                };
-                next = e[0];
-                let frag_off = (((e[2] as u16) << 8) | e[3] as u16) >> 3;
-                if frag_off != 0 {
-                    flow.proto = next;
-                    flow.flags |= FLOW_FRAGMENT;
-                    return true;
-                }
-                at = at.wrapping_add(8);
-                walked += 8;
-            }
-            _ => break,
-        }
-    }
-    flow.proto = next;
-    // Headers that ran past the packet's end were another packet's bytes:
-    // no L4 fields then (`l4_fields` with nothing available says so).
-    parse_l4(at, avail.saturating_sub(walked), flow, opts);
-    true
-}
-
-/// # Safety
-///
-/// None for the caller: the header is only probe-read (bpf_probe_read_kernel),
-/// so any `l4` is sound; a wrong one gives wrong fields, not a fault.
-#[inline(always)]
-unsafe fn parse_l4(l4: *const u8, avail: u32, flow: &mut Flow, opts: &mut SynOpts) {
-    // 20 bytes cover every field we take (TCP's fixed header is the
-    // longest); past `avail` they are the buffer's, which `l4_fields`
-    // leaves alone.
-    if let Ok(t) = bpf_probe_read_kernel(l4 as *const [u8; 20]) {
-        l4_fields(&t, l4, avail, flow, opts);
-    }
+    found
 }
 
 /// The MSS option of a SYN. Linux puts it first, other stacks may not, so
@@ -497,6 +343,7 @@ unsafe fn from_socket(sk: *const u8, flow: &mut Flow) -> bool {
         return false;
     }
     flow.proto = read::<u16>(sk, off!(sk_protocol)).unwrap_or(0) as u8;
+    flow.nexthdr = flow.proto;
     flow.sport = read::<u16>(sk, off!(sk_num)).unwrap_or(0);
     flow.dport = u16::from_be(read::<u16>(sk, off!(sk_dport)).unwrap_or(0));
     flow.flags |= FLOW_FROM_SOCKET;

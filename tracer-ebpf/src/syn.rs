@@ -4,6 +4,7 @@
 use crate::config::{filter_matches, netns_allowed};
 use crate::events::{count, EVENTS};
 use crate::kernel::{dev_ifindex, dev_mtu, dev_netns, Direct, Mem};
+use crate::scratch::SCRATCH;
 use crate::{off, packet};
 use aya_ebpf::{
     helpers::{bpf_get_smp_processor_id, bpf_ktime_get_ns},
@@ -72,8 +73,14 @@ unsafe fn on_xmit(skb: *const u8, dev: *const u8) {
         return;
     }
     let m = packet::meta::<Direct>(skb);
-    let mut flow = Flow::default();
-    if !packet::parse_with_mss::<Direct>(skb, &m, &mut flow)
+    // The flow lives in this CPU's scratch slot: the stack has no room
+    // for it beside the header parse and the filter.
+    let Some(sc) = SCRATCH.get_ptr_mut(0) else {
+        return;
+    };
+    let flow = &mut (*sc).flow;
+    packet::clear(flow);
+    if !packet::parse_with_mss::<Direct>(skb, &m, flow)
         || flow.proto != IPPROTO_TCP
         || flow.mss == 0
     {
@@ -87,7 +94,7 @@ unsafe fn on_xmit(skb: *const u8, dev: *const u8) {
     if !netns_allowed(netns) {
         return;
     }
-    if !filter_matches(&flow) {
+    if !filter_matches(flow) {
         return;
     }
     count(STAT_SYNS_FLAGGED);
@@ -103,7 +110,7 @@ unsafe fn on_xmit(skb: *const u8, dev: *const u8) {
     (*e).ifindex = dev_ifindex::<Direct>(dev);
     (*e).ingress_ifindex = Direct::get::<i32>(skb, off!(skb_iif)).unwrap_or(0);
     (*e).mtu = mtu;
-    (*e).flow = flow;
+    (*e).flow = *flow;
     (*e)._pad = 0;
     entry.submit(0);
 }

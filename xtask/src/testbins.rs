@@ -88,14 +88,19 @@ const ALONE: &[&str] = &["parking", "reliability", "agent", "watch"];
 
 /// Runs every executable of `bins` (`args` passed to each): unit tests
 /// first, then the integration tests in two lanes, then those in `ALONE`.
-pub fn run_all(root: &Path, bins: &[TestBin], args: &[&str]) -> Result<()> {
+pub fn run_all(
+    root: &Path,
+    bins: &[TestBin],
+    args: &[&str],
+    env: &[(&str, PathBuf)],
+) -> Result<()> {
     let logs = root.join("target/test-logs");
     std::fs::create_dir_all(&logs)?;
     let t0 = Instant::now();
     let mut failed = Vec::new();
     let (units, integ): (Vec<&TestBin>, Vec<&TestBin>) = bins.iter().partition(|b| !b.integration);
     for b in &units {
-        failed.extend(run_one(b, args, &logs)?);
+        failed.extend(run_one(b, args, env, &logs)?);
     }
     let (alone, mut shared): (Vec<&TestBin>, Vec<&TestBin>) = integ
         .into_iter()
@@ -116,7 +121,7 @@ pub fn run_all(root: &Path, bins: &[TestBin], args: &[&str]) -> Result<()> {
                 s.spawn(move || -> Result<Vec<String>> {
                     let mut f = Vec::new();
                     for b in lane {
-                        f.extend(run_one(b, args, logs)?);
+                        f.extend(run_one(b, args, env, logs)?);
                     }
                     Ok(f)
                 })
@@ -131,7 +136,7 @@ pub fn run_all(root: &Path, bins: &[TestBin], args: &[&str]) -> Result<()> {
         failed.extend(r?);
     }
     for b in &alone {
-        failed.extend(run_one(b, args, &logs)?);
+        failed.extend(run_one(b, args, env, &logs)?);
     }
     eprintln!(
         "tests: {} executables in {:.0} s",
@@ -145,13 +150,19 @@ pub fn run_all(root: &Path, bins: &[TestBin], args: &[&str]) -> Result<()> {
 }
 
 /// Runs one executable into its log; Some(name) if it failed.
-fn run_one(b: &TestBin, args: &[&str], logs: &Path) -> Result<Option<String>> {
+fn run_one(
+    b: &TestBin,
+    args: &[&str],
+    env: &[(&str, PathBuf)],
+    logs: &Path,
+) -> Result<Option<String>> {
     let label = format!("{}:{}", crate_name(&b.package), b.name);
     let log = logs.join(format!("{}-{}.log", crate_name(&b.package), b.name));
     let file = std::fs::File::create(&log)?;
     let start = Instant::now();
     let status = Command::new(&b.exe)
         .args(args)
+        .envs(env.iter().map(|(k, v)| (*k, v.as_os_str())))
         .current_dir(&b.dir)
         .stdin(Stdio::null())
         .stdout(file.try_clone()?)

@@ -21,12 +21,13 @@
 //!          | [pqual] [dqual] kind           -- tcp dst port 53, src net 10.0.0.0/8
 //!          | [pqual] dqual ADDR             -- src 10.0.0.1 (host, or net with '/')
 //!          | ['ip' | 'ip6'] 'proto' PROTO   -- proto 17, ip6 proto tcp
+//!          | ['ip' | 'ip6'] 'protochain' PROTO -- ip6 protochain 6
 //!          | VALUE                          -- reuses the previous primitive's qualifiers
-//! pqual   := tcp | udp | icmp | icmp6 | ip | ip6
+//! pqual   := tcp | udp | sctp | icmp | icmp6 | ip | ip6
 //! dqual   := src | dst | src or dst | dst or src | src and dst | dst and src
 //! kind    := host ADDR | net NET | port N | portrange A-B
 //! NET     := ADDR/LEN | ADDR | 10.1 (leading octets, /8 each) | ADDR mask MASK
-//! PROTO   := 0..=255 | tcp | udp | icmp | icmp6   (a leading '\' is allowed, as in tcpdump)
+//! PROTO   := 0..=255 | tcp | udp | sctp | icmp | icmp6   (a leading '\' is allowed, as in tcpdump)
 //! ```
 //!
 //! A protocol directly followed by a primitive is an implicit `and`:
@@ -35,6 +36,7 @@
 //! included: `tcp port 80 or 443` is `tcp port 80 or tcp port 443`, and
 //! `host 10.0.0.1 and not 10.0.0.2` is `host 10.0.0.1 and not host 10.0.0.2`.
 
+pub mod differences;
 mod lex;
 mod net;
 mod parse;
@@ -46,7 +48,7 @@ mod tests;
 use lex::{lex, Tok};
 use parse::Parser;
 use std::fmt;
-use tracer_abi::filter::{FilterOp, MAX_OPS};
+use tracer_abi::filter::{FilterOp, MAX_DEPTH, MAX_OPS, OP_AND, OP_END, OP_NOT, OP_OR};
 use tracer_abi::Flow;
 
 /// A compiled filter: the kernel program and the expression it came from.
@@ -103,6 +105,16 @@ pub fn compile(expr: &str) -> Result<Filter, FilterError> {
             ),
         ));
     }
+    let depth = max_depth(&p.ops);
+    if depth > MAX_DEPTH {
+        return Err(error(
+            1,
+            format!(
+                "filter nested too deep: {depth} operands wait at once, the kernel takes at \
+                 most {MAX_DEPTH}; fewer parentheses or a list of values can replace a nesting"
+            ),
+        ));
+    }
     Ok(Filter {
         ops: p.ops,
         text: text.to_string(),
@@ -137,6 +149,20 @@ impl Filter {
         let (ops, len) = self.to_kernel();
         tracer_abi::filter::eval(&ops, len, flow, &tracer_abi::filter::Plain)
     }
+}
+
+/// The most operands the kernel's evaluation stack holds at once for `ops`.
+fn max_depth(ops: &[FilterOp]) -> u32 {
+    let (mut depth, mut max) = (0u32, 0u32);
+    for o in ops {
+        match o.code {
+            OP_AND | OP_OR => depth = depth.saturating_sub(1),
+            OP_NOT | OP_END => {}
+            _ => depth += 1,
+        }
+        max = max.max(depth);
+    }
+    max
 }
 
 fn error(column: usize, message: impl Into<String>) -> FilterError {

@@ -4,13 +4,15 @@
 use super::error;
 use super::lex::{Tok, Token};
 use super::net::{bad_address, partial_v4, prefix_mask, Net};
-use super::ports::{merge_ports, port_leaf, service_port};
+use super::ports::{merge_ports, port_leaf, service_port, Service};
 use super::quals::{
     all_digits, is_keyword, looks_like_value, op, Dir, Kind, Proto, Quals, UNSUPPORTED,
 };
 use super::FilterError;
 use std::net::{IpAddr, Ipv4Addr};
-use tracer_abi::filter::{FilterOp, DIR_ANY, DIR_DST, DIR_SRC, OP_AND, OP_NOT, OP_OR, OP_PROTO};
+use tracer_abi::filter::{
+    FilterOp, DIR_ANY, DIR_DST, DIR_SRC, OP_AND, OP_NOT, OP_OR, OP_PROTO, OP_PROTOCHAIN,
+};
 use tracer_abi::{FAMILY_V4, IPPROTO_ICMP, IPPROTO_ICMPV6, IPPROTO_SCTP, IPPROTO_TCP, IPPROTO_UDP};
 
 pub(super) struct Parser {
@@ -155,7 +157,9 @@ impl Parser {
             self.pos += 1;
             let qualifies = matches!(
                 self.peek_word(0).as_deref(),
-                Some("src" | "dst" | "host" | "net" | "port" | "portrange" | "proto")
+                Some(
+                    "src" | "dst" | "host" | "net" | "port" | "portrange" | "proto" | "protochain"
+                )
             );
             if qualifies {
                 return self.parse_qualified(Some(proto), t.col);
@@ -167,7 +171,7 @@ impl Parser {
             return Ok(());
         }
         match word.as_str() {
-            "src" | "dst" | "host" | "net" | "port" | "portrange" | "proto" => {
+            "src" | "dst" | "host" | "net" | "port" | "portrange" | "proto" | "protochain" => {
                 self.parse_qualified(None, t.col)
             }
             "mask" => Err(error(
@@ -186,7 +190,7 @@ impl Parser {
                 t.col,
                 format!(
                     "tcpdump's '{}' is not supported here; use host, net, port, portrange, \
-                     proto, tcp, udp, icmp, icmp6, ip or ip6",
+                     proto, protochain, tcp, udp, sctp, icmp, icmp6, ip or ip6",
                     t.text
                 ),
             )),
@@ -210,19 +214,21 @@ impl Parser {
             Some("port") => Kind::Port,
             Some("portrange") => Kind::PortRange,
             Some("proto") => Kind::Proto,
+            Some("protochain") => Kind::Protochain,
             _ => Kind::Addr,
         };
         if kind != Kind::Addr {
             self.pos += 1;
         }
-        if kind == Kind::Proto {
+        if matches!(kind, Kind::Proto | Kind::Protochain) {
+            let word = &kind_tok.text;
             if dir.is_some() {
-                return Err(error(dir_col, "'proto' takes no direction"));
+                return Err(error(dir_col, format!("'{word}' takes no direction")));
             }
             if let Some(p) = proto.filter(|p| p.family().is_none()) {
                 return Err(error(
                     proto_col,
-                    format!("'proto' can only follow 'ip' or 'ip6', not '{}'", p.name()),
+                    format!("'{word}' can only follow 'ip' or 'ip6', not '{}'", p.name()),
                 ));
             }
         }
@@ -246,7 +252,8 @@ impl Parser {
         let idx = self.pos;
         let v = &self.toks[idx];
         // Protocol names are keywords but valid after 'proto'.
-        if v.tok != Tok::Word || (kind != Kind::Proto && is_keyword(v)) {
+        let takes_proto = matches!(kind, Kind::Proto | Kind::Protochain);
+        if v.tok != Tok::Word || (!takes_proto && is_keyword(v)) {
             return Err(self.expected(idx, kind.what()));
         }
         self.pos += 1;
@@ -278,6 +285,8 @@ impl Parser {
     /// primitive. May consume a following `mask MASK`.
     pub(super) fn emit_value(&mut self, q: Quals, idx: usize) -> PResult<()> {
         let v = self.toks[idx].clone();
+        // The one protocol a service name's port is for (libpcap's).
+        let mut only = None;
         let (leaf, family) = match q.kind {
             Kind::Host => {
                 let n = self.parse_host(idx)?;
@@ -306,18 +315,24 @@ impl Parser {
             }
             Kind::Port => {
                 let p = self.parse_port(idx)?;
-                (port_leaf(p, p), None)
+                only = p.only;
+                (port_leaf(p.port, p.port), None)
             }
             Kind::PortRange => {
                 let (a, b) = self.parse_range(idx)?;
                 (port_leaf(a, b), None)
             }
-            Kind::Proto => {
+            Kind::Proto | Kind::Protochain => {
                 let p = self.parse_proto(idx)?;
+                let code = if q.kind == Kind::Proto {
+                    OP_PROTO
+                } else {
+                    OP_PROTOCHAIN
+                };
                 (
                     FilterOp {
                         value: p as u16,
-                        ..op(OP_PROTO)
+                        ..op(code)
                     },
                     None,
                 )
@@ -327,6 +342,20 @@ impl Parser {
         // `ip host 10.0.0.1`: OP_NET already checks the family, so the
         // qualifier costs nothing, unless it contradicts the address.
         let mut qualifier = q.proto.map(Proto::op);
+        if let Some(p) = only {
+            let name = if p == IPPROTO_TCP { "tcp" } else { "udp" };
+            match q.proto {
+                None => qualifier = Proto::from_word(name).map(Proto::op),
+                Some(Proto::Ip | Proto::Ip6) => {}
+                Some(want) if want.name() == name => {}
+                Some(want) => {
+                    return Err(error(
+                        v.col,
+                        format!("port '{}' is {name}, not {}", v.text, want.name()),
+                    ))
+                }
+            }
+        }
         if let (Some(p), Some(fam)) = (q.proto, family) {
             if let Some(want) = p.family() {
                 if want != fam {
@@ -468,20 +497,22 @@ impl Parser {
 
     /// A port as tcpdump takes it: decimal, hex (`0x50`) or a service
     /// name from /etc/services (`http`, `domain`).
-    pub(super) fn port_value(&self, s: &str, col: usize) -> Option<PResult<u16>> {
+    /// A name's protocol restriction comes with it (see `Service`).
+    pub(super) fn port_value(&self, s: &str, col: usize) -> Option<PResult<Service>> {
+        let any = |port| Service { port, only: None };
         if all_digits(s) {
-            return Some(self.port_number(s, col));
+            return Some(self.port_number(s, col).map(any));
         }
         if let Some(hex) = s.strip_prefix("0x").or_else(|| s.strip_prefix("0X")) {
             return Some(match u64::from_str_radix(hex, 16) {
-                Ok(n) if n <= 65535 && !hex.is_empty() => Ok(n as u16),
+                Ok(n) if n <= 65535 && !hex.is_empty() => Ok(any(n as u16)),
                 _ => Err(error(col, format!("port {s} is out of range (0-65535)"))),
             });
         }
         service_port(s).map(Ok)
     }
 
-    pub(super) fn parse_port(&self, idx: usize) -> PResult<u16> {
+    pub(super) fn parse_port(&self, idx: usize) -> PResult<Service> {
         let v = &self.toks[idx];
         if let Some(p) = self.port_value(&v.text, v.col) {
             return p;
@@ -508,7 +539,7 @@ impl Parser {
         let (Some(lo), Some(hi)) = (self.port_value(a, v.col), self.port_value(b, b_col)) else {
             return Err(self.expected(idx, Kind::PortRange.what()));
         };
-        let (lo, hi) = (lo?, hi?);
+        let (lo, hi) = (lo?.port, hi?.port);
         Ok((lo.min(hi), lo.max(hi)))
     }
 

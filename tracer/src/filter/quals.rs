@@ -99,6 +99,8 @@ pub(super) enum Kind {
     Port,
     PortRange,
     Proto,
+    /// `protochain N`: N anywhere in the header chain.
+    Protochain,
     /// A direction with no kind (`src 10.0.0.1`): the value decides between
     /// host and net, as in tcpdump.
     Addr,
@@ -112,7 +114,9 @@ impl Kind {
             Kind::Net => "a network",
             Kind::Port => "a port number",
             Kind::PortRange => "a port range like 1000-2000",
-            Kind::Proto => "a protocol number or name (tcp, udp, icmp, icmp6)",
+            Kind::Proto | Kind::Protochain => {
+                "a protocol number or name (tcp, udp, sctp, icmp, icmp6)"
+            }
             Kind::Addr => "'host', 'net', 'port', 'portrange' or an address",
         }
     }
@@ -135,9 +139,11 @@ pub(super) const KEYWORDS: &[&str] = &[
     "port",
     "portrange",
     "proto",
+    "protochain",
     "mask",
     "tcp",
     "udp",
+    "sctp",
     "icmp",
     "icmp6",
     "ip",

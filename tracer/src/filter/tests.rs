@@ -34,6 +34,7 @@ fn flow(proto: u8, src: &str, sport: u16, dst: &str, dport: u16) -> Flow {
     Flow {
         family,
         proto,
+        nexthdr: proto,
         src,
         dst,
         sport,
@@ -732,13 +733,13 @@ fn error_unknown_words() {
         "arp",
         1,
         "tcpdump's 'arp' is not supported here; use host, net, port, portrange, \
-         proto, tcp, udp, icmp, icmp6, ip or ip6",
+         proto, protochain, tcp, udp, sctp, icmp, icmp6, ip or ip6",
     );
     check(
         "tcp and VLAN",
         9,
         "tcpdump's 'VLAN' is not supported here; use host, net, port, portrange, \
-         proto, tcp, udp, icmp, icmp6, ip or ip6",
+         proto, protochain, tcp, udp, sctp, icmp, icmp6, ip or ip6",
     );
     check(
         "mask 255.0.0.0",
@@ -781,7 +782,7 @@ fn error_missing_operand() {
     check(
         "proto",
         6,
-        "expected a protocol number or name (tcp, udp, icmp, icmp6) after 'proto'",
+        "expected a protocol number or name (tcp, udp, sctp, icmp, icmp6) after 'proto'",
     );
     check(
         "src",
@@ -975,7 +976,7 @@ fn error_bad_proto() {
     check(
         "proto gre",
         7,
-        "expected a protocol number or name (tcp, udp, icmp, icmp6) after 'proto', found 'gre'",
+        "expected a protocol number or name (tcp, udp, sctp, icmp, icmp6) after 'proto', found 'gre'",
     );
     check("src proto 6", 1, "'proto' takes no direction");
     check(
@@ -1179,14 +1180,109 @@ fn tcpdump_port_forms_and_protocol_families() {
 #[test]
 fn service_names_come_from_an_etc_services_text() {
     let text = "# comment\nhttp\t\t80/tcp\t\twww # WorldWideWeb\n\
-                domain\t\t53/udp\nfoo\t\t9/ddp\n";
-    assert_eq!(services_lookup(text, "http"), Some(80));
-    assert_eq!(services_lookup(text, "www"), Some(80));
-    assert_eq!(services_lookup(text, "domain"), Some(53));
-    assert_eq!(services_lookup(text, "foo"), None, "not tcp, udp or sctp");
+                domain\t\t53/tcp\ndomain\t\t53/udp\nntp\t\t123/udp\nfoo\t\t9/ddp\n";
+    let port = |n: &str| services_lookup(text, n).map(|s| (s.port, s.only));
+    assert_eq!(port("http"), Some((80, Some(IPPROTO_TCP))));
+    assert_eq!(port("www"), Some((80, Some(IPPROTO_TCP))));
+    assert_eq!(
+        port("domain"),
+        Some((53, None)),
+        "tcp and udp: any protocol"
+    );
+    assert_eq!(port("ntp"), Some((123, Some(IPPROTO_UDP))));
+    assert_eq!(port("foo"), None, "not tcp or udp");
     assert_eq!(
         services_lookup(text, "WorldWideWeb"),
         None,
         "comments are not aliases"
     );
+}
+
+// ------------------------------------------------ tcpdump's header rules,
+// on bytes through the kernel's own parse (`tracer_abi::packet`)
+
+/// IPv6 from fd00::1 to fd00::2 with `chain` (extension headers, already
+/// built) in front of a TCP header 80 -> 80.
+fn v6_packet(first: u8, chain: &[u8]) -> Flow {
+    let mut p = vec![0x60, 0, 0, 0, 0, 0, first, 64];
+    p.extend("fd00::1".parse::<std::net::Ipv6Addr>().unwrap().octets());
+    p.extend("fd00::2".parse::<std::net::Ipv6Addr>().unwrap().octets());
+    p.extend(chain);
+    p.extend([
+        0, 80, 0, 80, 0, 0, 0, 1, 0, 0, 0, 0, 0x50, 0x02, 0xff, 0xff, 0, 0, 0, 0,
+    ]);
+    let len = (p.len() - 40) as u16;
+    p[4..6].copy_from_slice(&len.to_be_bytes());
+    tracer_abi::packet::flow_of(&p, 0x50).expect("IPv6")
+}
+
+#[test]
+fn a_hop_by_hop_header_hides_the_transport_as_in_tcpdump() {
+    // Hop-by-hop (next: TCP), 8 bytes of PadN.
+    let f = v6_packet(0, &[6, 0, 1, 4, 0, 0, 0, 0]);
+    assert_eq!(f.proto, IPPROTO_TCP, "text and JSON still show TCP");
+    assert!(!m("tcp", &f) && !m("ip6 and tcp", &f) && !m("tcp port 80", &f));
+    assert!(
+        !m("port 80", &f),
+        "tcpdump's port reads the fixed header only"
+    );
+    assert!(m("proto 0", &f) && m("ip6 proto 0", &f));
+    assert!(m("ip6 protochain 6", &f) && m("protochain 0", &f));
+    assert!(!m("ip protochain 6", &f) && !m("ip6 protochain 17", &f));
+    // No extension header: all of them hold.
+    let plain = v6_packet(6, &[]);
+    assert!(m("tcp port 80", &plain) && m("ip6 protochain 6", &plain));
+}
+
+#[test]
+fn behind_a_fragment_header_proto_matches_and_port_does_not() {
+    // First fragment (offset 0, more fragments) of TCP 80.
+    let f = v6_packet(44, &[6, 0, 0, 1, 0, 0, 0, 7]);
+    assert!(
+        m("tcp", &f) && m("proto 6", &f),
+        "libpcap reads ip6[40] too"
+    );
+    assert!(!m("port 80", &f), "but not the ports behind it");
+    assert!(m("ip6 protochain 44", &f) && m("ip6 protochain 6", &f));
+}
+
+#[test]
+fn protochain_is_capped_at_eight_extension_headers() {
+    let mut chain = Vec::new();
+    for k in 0..9 {
+        chain.extend([if k == 8 { 6 } else { 60 }, 0, 1, 4, 0, 0, 0, 0]);
+    }
+    let f = v6_packet(60, &chain);
+    assert!(m("ip6 protochain 60", &f));
+    assert!(!m("ip6 protochain 6", &f), "TCP is behind the 9th");
+    let f = v6_packet(60, &chain[8..]);
+    assert!(m("ip6 protochain 6", &f), "8 is within the cap");
+}
+
+#[test]
+fn a_cut_header_is_unknown_not_false() {
+    // TCP whose header ends after 3 bytes: the source port only.
+    let mut p = vec![
+        0x45, 0, 0, 23, 0, 0, 0, 0, 64, 6, 0, 0, 10, 0, 0, 1, 10, 0, 0, 2,
+    ];
+    p.extend([0, 80, 0]);
+    let f = tracer_abi::packet::flow_of(&p, 0x50).unwrap();
+    assert!(m("src port 80", &f), "the source port is there");
+    assert!(
+        !m("dst port 80", &f) && !m("not dst port 80", &f),
+        "the other is unknown"
+    );
+    assert!(m("tcp or dst port 80", &f) && !m("udp and dst port 80", &f));
+    assert!(m("port 80", &f), "the source port decides it");
+}
+
+#[test]
+fn named_ports_keep_their_protocols_as_in_libpcap() {
+    if super::ports::service_port("http").is_none() {
+        return; // no /etc/services here
+    }
+    let sctp80 = flow(IPPROTO_SCTP, "10.0.0.1", 1, "10.0.0.2", 80);
+    assert!(m("port 80", &sctp80) && !m("port http", &sctp80));
+    assert!(m("port http", &tcp4("10.0.0.1", 1, "10.0.0.2", 80)));
+    assert_eq!(err("udp port http").1, "port 'http' is tcp, not udp");
 }
