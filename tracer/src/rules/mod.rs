@@ -152,7 +152,9 @@ pub struct Verdict {
     pub tier: Tier,
     pub netns: u32,
     pub netns_name: Option<String>,
-    /// The container whose namespace `netns` is, if any.
+    /// The container whose namespace `netns` is, if any; else, for a
+    /// verdict about connections that conntrack translated (a Docker
+    /// host's MASQUERADE), the container that opened them.
     pub container: Option<crate::host::containers::ContainerRef>,
     /// In a container: the host-side veth of the interface concerned.
     pub host_ifname: Option<String>,

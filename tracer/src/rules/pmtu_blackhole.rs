@@ -5,6 +5,7 @@
 //! no verdict.
 
 use super::ctx::{Ctx, Finding};
+use super::facts::nat;
 use super::facts::pmtu::{is_ptb_icmp, Proven};
 use super::fix::{iptables_for, Fix};
 use super::key::Key;
@@ -12,6 +13,7 @@ use super::{Fact, Rule, Tier};
 use crate::events::reason::Reason;
 use crate::events::record::DropRecord;
 use crate::events::record::Family;
+use crate::host::containers::Container;
 use serde_json::json;
 
 /// Concludes the black holes that the facts layer
@@ -62,20 +64,81 @@ fn verdict(cx: &mut Ctx, p: Proven) {
     // One segment of a GSO packet is what must fit the MTU.
     let packet_size = d.wire_size();
     let key = pmtu_key(d);
-    let hint = cx.ns_hint(d.netns);
     let (src, dst) = (
         d.src.map(|a| a.to_string()).unwrap_or_default(),
         d.dst.map(|a| a.to_string()).unwrap_or_default(),
     );
+    let flow = match (d.src, d.dst, d.sport, d.dport) {
+        (Some(a), Some(b), Some(sp), Some(dp)) => Some((a, b, sp, dp)),
+        _ => None,
+    };
+    // Seen after NAT (a router's too-big drops of a Docker host's download
+    // show the host's address): the pre-NAT tuple names the container.
+    let owner = flow.and_then(|f| cx.nat_container(d.netns, f));
+    let whose = owner
+        .as_ref()
+        .map(|(c, o)| format!("{} ({src} -> {dst} as seen here)", nat::connections(c, *o)))
+        .unwrap_or_else(|| format!("{src} -> {dst}"));
     let summary = format!(
-        "Packets of {src} -> {dst} ({packet_size} bytes) do not fit out {egress_name} (MTU {egress_mtu}), and {}: a PMTU black hole, the connection stalls.",
+        "Packets of {whose} ({packet_size} bytes) do not fit out {egress_name} (MTU {egress_mtu}), and {}: a PMTU black hole, the connection stalls.",
         if blocked {
             "the ICMP \"fragmentation needed\" that would make the sender shrink them is itself dropped"
         } else {
             "the sender keeps sending them: PMTU discovery is not working"
         }
     );
+    let fix = fixes(
+        cx,
+        d,
+        blocked,
+        egress_mtu,
+        owner.as_ref().map(|(c, _)| &**c),
+    );
+    let mut evidence = json!({
+        "egress_ifname": egress_name,
+        "egress_mtu": egress_mtu,
+        "packet_size": packet_size,
+        "gso_size": d.gso_size,
+        "len": d.len,
+        "icmp_blocked": blocked,
+        "src": d.src,
+        "dst": d.dst,
+        "sport": d.sport,
+        "dport": d.dport,
+        "too_big_drops": t.count,
+        "location": d.location,
+    });
+    if let Some((_, o)) = &owner {
+        evidence["pre_nat"] = nat::pre_nat(*o);
+    }
+    if let Some(f) = flow {
+        cx.about_flow(&key, f);
+    }
+    if let Some((c, _)) = owner {
+        cx.name_container(&key, c);
+    }
+    cx.conclude(Finding {
+        key,
+        kind: "pmtu_blackhole",
+        tier: Tier::Proven,
+        netns: d.netns,
+        summary,
+        evidence,
+        fix,
+    });
+}
+
+/// The fixes, root cause first; Docker advice where Docker is or where
+/// the connections are a container's (named through NAT).
+fn fixes(
+    cx: &mut Ctx,
+    d: &DropRecord,
+    blocked: bool,
+    egress_mtu: u32,
+    owner: Option<&Container>,
+) -> Vec<Fix> {
     let ipt = iptables_for(d.family);
+    let hint = cx.ns_hint(d.netns);
     let mut fix = Vec::new();
     // The blocked ICMP is the root cause: letting it through heals PMTU
     // discovery for every protocol, so it comes first.
@@ -107,41 +170,17 @@ fn verdict(cx: &mut Ctx, p: Proven) {
         format!("Clamp TCP MSS to the path MTU where traffic is forwarded: {clamp}"),
         vec![clamp],
     ));
-    if cx.docker_here(d.netns) {
+    if cx.docker_here(d.netns) || owner.is_some() {
+        let net = owner.map(nat::on_networks).unwrap_or_default();
         fix.push(Fix::advice(format!(
-            "Or give containers an MTU that fits: dockerd --mtu={egress_mtu} (\"mtu\": {egress_mtu} in /etc/docker/daemon.json), or docker network create -o com.docker.network.driver.mtu={egress_mtu}"
+            "Or give containers an MTU that fits{net}: dockerd --mtu={egress_mtu} (\"mtu\": {egress_mtu} in /etc/docker/daemon.json), or docker network create -o com.docker.network.driver.mtu={egress_mtu}"
         )));
     } else if let Some(src_addr) = d.src {
         fix.push(Fix::advice(format!(
             "Or lower the MTU on the sender's side of the path (the host of {src_addr}) to {egress_mtu}"
         )));
     }
-    let evidence = json!({
-        "egress_ifname": egress_name,
-        "egress_mtu": egress_mtu,
-        "packet_size": packet_size,
-        "gso_size": d.gso_size,
-        "len": d.len,
-        "icmp_blocked": blocked,
-        "src": d.src,
-        "dst": d.dst,
-        "sport": d.sport,
-        "dport": d.dport,
-        "too_big_drops": t.count,
-        "location": d.location,
-    });
-    if let (Some(a), Some(b), Some(sp), Some(dp)) = (d.src, d.dst, d.sport, d.dport) {
-        cx.about_flow(&key, (a, b, sp, dp));
-    }
-    cx.conclude(Finding {
-        key,
-        kind: "pmtu_blackhole",
-        tier: Tier::Proven,
-        netns: d.netns,
-        summary,
-        evidence,
-        fix,
-    });
+    fix
 }
 
 /// The device the too-big packets were to leave by, and its MTU: the
