@@ -439,6 +439,7 @@ impl<'a> Ctx<'a> {
             tier: f.tier,
             netns: f.netns,
             netns_name: self.netns_name(f.netns),
+            container_by_nat: container.is_none() && self.book.named.contains_key(&f.key),
             container: container
                 .or_else(|| self.book.named.get(&f.key).cloned())
                 .map(|c| c.r.clone()),

@@ -21,6 +21,7 @@ use super::key::Key;
 use super::{Fact, Rule, Tier};
 use crate::events::reason::Reason;
 use crate::events::record::SynRecord;
+use crate::host::containers::Container;
 use serde_json::json;
 use std::collections::HashMap;
 
@@ -222,25 +223,12 @@ fn verdict(cx: &mut Ctx, key: Key, r: &SynRecord, tier: Tier) {
         Fix::run(clamp.clone(), vec![clamp]),
         Fix::run(format!("or a fixed value: {fixed}"), vec![fixed]),
     ];
-    if cx.docker_here(r.netns) || owner.is_some() {
-        let net = owner
-            .as_ref()
-            .map(|(c, _)| nat::on_networks(c))
-            .unwrap_or_default();
-        fix.push(Fix::advice(format!(
-            "or lower the container MTU to {}{net}: dockerd --mtu={} (\"mtu\" in /etc/docker/daemon.json) or docker network create -o com.docker.network.driver.mtu={}",
-            r.mtu, r.mtu, r.mtu
-        )));
-    } else {
-        // Advice only: lowering one end of a link (this side's device)
-        // makes an L2 MTU mismatch with the sender; every device from the
-        // senders to here must change together.
-        fix.push(Fix::advice(format!(
-            "or lower the MTU of the senders behind {in_name} to {}: every device from them to {}, both ends of each link, never one end alone",
-            r.mtu,
-            q(&in_name)
-        )));
-    }
+    fix.push(mtu_advice(
+        cx,
+        r,
+        &in_name,
+        owner.as_ref().map(|(c, _)| &**c),
+    ));
     if !proven {
         fix.insert(
             0,
@@ -278,6 +266,28 @@ fn verdict(cx: &mut Ctx, key: Key, r: &SynRecord, tier: Tier) {
         evidence,
         fix,
     });
+}
+
+/// The advice that changes MTUs: the container's (Docker's, on its
+/// network) where Docker is or the connections are a container's, else
+/// every device from the senders, never one end of a link.
+fn mtu_advice(cx: &mut Ctx, r: &SynRecord, in_name: &str, owner: Option<&Container>) -> Fix {
+    if cx.docker_here(r.netns) || owner.is_some() {
+        let net = owner.map(nat::on_networks).unwrap_or_default();
+        Fix::advice(format!(
+            "or lower the container MTU to {}{net}: dockerd --mtu={} (\"mtu\" in /etc/docker/daemon.json) or docker network create -o com.docker.network.driver.mtu={}",
+            r.mtu, r.mtu, r.mtu
+        ))
+    } else {
+        // Advice only: lowering one end of a link (this side's device)
+        // makes an L2 MTU mismatch with the sender; every device from the
+        // senders to here must change together.
+        Fix::advice(format!(
+            "or lower the MTU of the senders behind {in_name} to {}: every device from them to {}, both ends of each link, never one end alone",
+            r.mtu,
+            q(in_name)
+        ))
+    }
 }
 
 #[cfg(test)]

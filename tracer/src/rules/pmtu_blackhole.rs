@@ -77,7 +77,7 @@ fn verdict(cx: &mut Ctx, p: Proven) {
     let owner = flow.and_then(|f| cx.nat_container(d.netns, f));
     let whose = owner
         .as_ref()
-        .map(|(c, o)| format!("{} ({src} -> {dst} as seen here)", nat::connections(c, *o)))
+        .map(|(c, o)| format!("{}, here {src} -> {dst}", nat::connections(c, *o)))
         .unwrap_or_else(|| format!("{src} -> {dst}"));
     let summary = format!(
         "Packets of {whose} ({packet_size} bytes) do not fit out {egress_name} (MTU {egress_mtu}), and {}: a PMTU black hole, the connection stalls.",
