@@ -515,6 +515,131 @@ fn docker_clamped_control_names_the_container_and_proves_nothing() {
     case.finish();
 }
 
+/// Serves 1 MB at `client`:8000 from the lab's client namespace; the
+/// server and its directory go when the returned guard drops.
+struct BigFile(std::process::Child, String);
+
+impl Drop for BigFile {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+        let _ = std::fs::remove_dir_all(&self.1);
+    }
+}
+
+fn serve_big(case: &Case) -> BigFile {
+    let www = format!("/run/trdk/{}-www", case.ns("client"));
+    std::fs::create_dir_all(&www).unwrap();
+    std::fs::write(format!("{www}/big"), vec![b'x'; 1 << 20]).unwrap();
+    let server = Command::new("ip")
+        .args(["netns", "exec", &case.ns("client"), "busybox", "httpd"])
+        .args(["-f", "-p", "8000", "-h", &www])
+        .spawn()
+        .unwrap();
+    BigFile(server, www)
+}
+
+/// Issue 21 item 9: a container on docker0 downloads through the host's
+/// MASQUERADE and an uplink of MTU 1380, whose router drops its own ICMP
+/// frag-needed. The router's too-big drops show the host's address and
+/// the host's SYN is seen after NAT: both proven verdicts must name the
+/// container through the connection's pre-NAT tuple. The control, the
+/// host's own download (no NAT) into the same black hole, names none.
+#[test]
+fn docker_nat_download_black_hole_names_the_container() {
+    let case = Case::new("natbh", |t| DockerOpts {
+        client: "10.84.3.7".parse().unwrap(),
+        bip: Some("172.29.0.1/16".into()),
+        ..opts(t, 2)
+    });
+    let name = case.d.container.clone();
+    case.lab.exec("dhost", "ip link set eth0 mtu 1380").unwrap();
+    case.lab
+        .exec("router", "ip link set eth1 mtu 1380 && iptables -A OUTPUT -p icmp --icmp-type fragmentation-needed -j DROP")
+        .unwrap();
+    let _server = serve_big(&case);
+    let env = format!("DOCKER_HOST={}", case.d.docker.docker_host());
+    let traced = |rec: Option<&str>| {
+        let mut args = vec!["diagnose", "--netns"];
+        let (dhost, router) = (case.ns("dhost"), case.ns("router"));
+        let mut v: Vec<String> = vec![dhost, "--netns".into(), router];
+        v.extend(["--netns".into(), case.d.container_netns.clone()]);
+        if let Some(r) = rec {
+            v.extend(["-w".into(), r.to_string()]);
+        }
+        args.extend(v.iter().map(String::as_str));
+        start_in(&["env", &env], &args)
+    };
+    let is_mtu = |v: &&Value| v["kind"] == "pmtu_blackhole" || v["kind"] == "mss_exceeds_mtu";
+
+    // Control: the host's own download (its SYN advertises MSS 1460
+    // through a route's advmss, so the server's segments are too big for
+    // the router's 1380 link) dies the same way, but nothing is NATed.
+    let run = traced(None);
+    case.lab
+        .exec(
+            "dhost",
+            "ip route add 10.84.3.7/32 via 10.199.0.254 dev eth0 advmss 1460 && \
+             (timeout 4 busybox wget -q -O /dev/null http://10.84.3.7:8000/big || true) && \
+             ip route del 10.84.3.7/32",
+        )
+        .unwrap();
+    let lines = run.stop();
+    let control: Vec<&Value> = verdicts(&lines).into_iter().filter(is_mtu).collect();
+    assert!(
+        control
+            .iter()
+            .any(|v| v["kind"] == "pmtu_blackhole" && v["tier"] == "proven"),
+        "the control's black hole was not proven: {control:#?}"
+    );
+    for v in &control {
+        assert!(v["container"].is_null(), "{v:#}");
+        assert!(v["evidence"].get("pre_nat").is_none(), "{v:#}");
+    }
+
+    // The container's download, recorded for the replayed unit test.
+    let rec = tracer_tests::recording("natbh");
+    let _ = std::fs::remove_file(&rec);
+    let run = traced(rec.to_str());
+    let got = case.d.docker.docker(&[
+        "exec",
+        &name,
+        "timeout",
+        "5",
+        "wget",
+        "-q",
+        "-O",
+        "/tmp/big",
+        "http://10.84.3.7:8000/big",
+    ]);
+    std::thread::sleep(Duration::from_millis(1500));
+    let lines = run.stop();
+    tracer_tests::keep_recording(&rec, "docker-nat-blackhole.jsonl");
+    assert!(got.is_err(), "the download completed: no black hole");
+    let mtu: Vec<&Value> = verdicts(&lines).into_iter().filter(is_mtu).collect();
+    for kind in ["pmtu_blackhole", "mss_exceeds_mtu"] {
+        let v = mtu
+            .iter()
+            .find(|v| v["kind"] == kind && v["tier"] == "proven")
+            .unwrap_or_else(|| panic!("no proven {kind}: {mtu:#?}"));
+        assert_eq!(v["container"]["name"], name.as_str(), "{v:#}");
+        assert_eq!(v["container"]["runtime"], "docker");
+        let say = format!("container {name}'s connections to 10.84.3.7:8000");
+        assert!(v["summary"].as_str().unwrap().contains(&say), "{v:#}");
+        assert!(
+            v["evidence"]["pre_nat"]["src"]
+                .as_str()
+                .unwrap()
+                .starts_with("172.29."),
+            "{v:#}"
+        );
+        assert_eq!(v["evidence"]["pre_nat"]["dport"], 8000);
+        let fixes = v["fix"].to_string();
+        assert!(fixes.contains("on Docker network bridge"), "{fixes}");
+    }
+    case.finish();
+}
+
 /// The agent's image, built by `cargo xtask image` from the static dist
 /// binary (FROM scratch, no registry), run as deploy/daemonset.yaml runs
 /// it: host network and PID namespace, read-only root, every capability

@@ -303,6 +303,10 @@ pub struct SynEvent {
     pub ingress_ifindex: i32,
     pub mtu: u32,
     pub flow: Flow,
+    /// The connection's tuple before NAT, when conntrack translated it: a
+    /// SYN leaving a Docker host is seen after MASQUERADE, and only this
+    /// leads back to the container that sent it.
+    pub orig: NatTuple,
     pub _pad: u32,
 }
 

@@ -85,6 +85,23 @@ pub unsafe fn read<T>(base: *const u8, offset: u32) -> Option<T> {
     bpf_probe_read_kernel(base.wrapping_add(offset as usize) as *const T).ok()
 }
 
+/// Reads `dst.len()` bytes at `base + offset` straight into `dst` (an
+/// event's field in the ring buffer): no copy on the stack, for programs
+/// whose stack is nearly full. False if the offset is unknown, the base is
+/// NULL or the read faults.
+///
+/// # Safety
+///
+/// Any `base` is sound: bpf_probe_read_kernel fails on an unmapped address
+/// instead of faulting.
+#[inline(always)]
+pub unsafe fn read_into(base: *const u8, offset: u32, dst: &mut [u8]) -> bool {
+    if offset == NO_OFFSET || base.is_null() {
+        return false;
+    }
+    aya_ebpf::helpers::bpf_probe_read_kernel_buf(base.wrapping_add(offset as usize), dst).is_ok()
+}
+
 /// `net->ns.inum`.
 ///
 /// # Safety

@@ -385,12 +385,9 @@ pub unsafe fn nat(skb: *const u8, out: &mut NatTuple) {
         AF_INET6 => FAMILY_V6,
         _ => return,
     };
-    if let Some(a) = read::<[u8; 16]>(t, off!(tuple_src_u3)) {
-        out.src = a;
-    }
-    if let Some(a) = read::<[u8; 16]>(t, off!(tuple_dst_u3)) {
-        out.dst = a;
-    }
+    // Straight into the event: the SYN program has no stack to spare.
+    crate::kernel::read_into(t, off!(tuple_src_u3), &mut out.src);
+    crate::kernel::read_into(t, off!(tuple_dst_u3), &mut out.dst);
     out.sport = u16::from_be(read::<u16>(t, off!(tuple_src_port)).unwrap_or(0));
     out.dport = u16::from_be(read::<u16>(t, off!(tuple_dst_port)).unwrap_or(0));
     out.proto = read::<u8>(t, off!(tuple_protonum)).unwrap_or(0);

@@ -111,6 +111,9 @@ unsafe fn on_xmit(skb: *const u8, dev: *const u8) {
     (*e).ingress_ifindex = Direct::get::<i32>(skb, off!(skb_iif)).unwrap_or(0);
     (*e).mtu = mtu;
     (*e).flow = *flow;
+    // Only flagged SYNs get here (rare): the conntrack reads cost nothing
+    // per packet.
+    packet::nat(skb, &mut (*e).orig);
     (*e)._pad = 0;
     entry.submit(0);
 }

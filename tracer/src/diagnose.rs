@@ -1070,6 +1070,39 @@ mod tests {
         assert!(v.drops > 1, "{}", v.drops);
     }
 
+    #[test]
+    fn replay_docker_nat_blackhole_names_the_container() {
+        // A real dockerd: the container's download goes out through the
+        // host's MASQUERADE and a 1380 uplink whose router drops its ICMP
+        // frag-needed. The router's too-big drops show the host's address,
+        // the host's SYN is seen after NAT; its conntrack tuple leads both
+        // verdicts to the container (issue 21 item 9).
+        let name = "docker-nat-blackhole";
+        assert_eq!(
+            replayed(name),
+            [
+                ("pmtu_blackhole", Tier::Proven),
+                ("mss_exceeds_mtu", Tier::Proven)
+            ]
+        );
+        let path = Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("tests/recordings")
+            .join(format!("{name}.jsonl"));
+        let (_, engine) = replay(&path, |_| Ok(())).unwrap();
+        for v in engine.verdicts() {
+            assert_eq!(v.container.as_ref().unwrap().name, "web-t23536natbh");
+            assert!(
+                v.summary
+                    .contains("container web-t23536natbh's connections to 10.84.3.7:8000"),
+                "{}",
+                v.summary
+            );
+            assert_eq!(v.evidence["pre_nat"]["src"], "172.29.0.2");
+            // Neither verdict is in the container's namespace.
+            assert_ne!(v.netns_name, None);
+        }
+    }
+
     /// Every recording replays to exactly the lines stored in
     /// `tests/expected` (made by `tracer diagnose --replay FILE -o json`
     /// and `-o text` with TZ=UTC): refactors of the rules, the records

@@ -281,6 +281,9 @@ impl Namer {
     pub fn syn_record(&mut self, e: &SynEvent) -> SynRecord {
         let f = &e.flow;
         let (container, host_ifname) = self.container(e.netns, e.ifindex);
+        let o = &e.orig;
+        // A SYN is TCP: a translated entry always has its ports.
+        let nat = o.flags & NAT_VALID != 0 && o.family != FAMILY_NONE;
         SynRecord {
             kind: "syn",
             ts_ns: self.wall_ns(e.ts_ns),
@@ -299,6 +302,10 @@ impl Namer {
             dst: flow_dst(f),
             sport: f.sport,
             dport: f.dport,
+            orig_src: nat.then(|| addr(o.family, &o.src)).flatten(),
+            orig_dst: nat.then(|| addr(o.family, &o.dst)).flatten(),
+            orig_sport: nat.then_some(o.sport),
+            orig_dport: nat.then_some(o.dport),
             tcp_flags: tcp_flags(f.tcp_flags),
         }
     }

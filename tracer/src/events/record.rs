@@ -236,6 +236,17 @@ pub struct SynRecord {
     pub dst: Option<IpAddr>,
     pub sport: u16,
     pub dport: u16,
+    /// When conntrack translated the connection (a SYN leaving a Docker
+    /// host after MASQUERADE): its original tuple, which leads back to the
+    /// container. Absent otherwise.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub orig_src: Option<IpAddr>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub orig_dst: Option<IpAddr>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub orig_sport: Option<u16>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub orig_dport: Option<u16>,
     pub tcp_flags: String,
 }
 

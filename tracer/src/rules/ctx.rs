@@ -97,6 +97,9 @@ pub struct Book {
     fresh: Vec<usize>,
     /// The flow a key's verdict is about, for its first-seen time.
     flows: HashMap<Key, FlowKey>,
+    /// The container whose connections a key's verdict is about, where
+    /// the verdict's namespace is not a container's (see `nat_container`).
+    named: HashMap<Key, Arc<Container>>,
 }
 
 impl Book {
@@ -124,6 +127,7 @@ impl Book {
             let Some(k) = k else { continue };
             if v.last_ns < before_ns {
                 self.pending_count.remove(&k);
+                self.named.remove(&k);
                 continue;
             }
             if fresh.contains(&i) {
@@ -279,6 +283,31 @@ impl<'a> Ctx<'a> {
         }
     }
 
+    /// The container whose connection `flow` (as seen in `netns`) is,
+    /// through NAT: the connection's original tuple (from this packet, or
+    /// from another packet or SYN of it) starts at a container's address.
+    /// None in a container's own namespace (the verdict is already its),
+    /// and without NAT: a host's own connections name no container.
+    pub fn nat_container(
+        &mut self,
+        netns: u32,
+        flow: FlowKey,
+    ) -> Option<(Arc<Container>, FlowKey)> {
+        if self.src.container(netns).is_some() {
+            return None;
+        }
+        let orig = self.obs.pre_nat(&flow)?;
+        let c = self.src.container_by_addr(orig.0)?;
+        Some((c, orig))
+    }
+
+    /// `key`'s verdict is about `c`'s connections (its `container`).
+    pub fn name_container(&mut self, key: &Key, c: Arc<Container>) {
+        if self.book.named.len() < 100_000 {
+            self.book.named.insert(key.clone(), c);
+        }
+    }
+
     /// Docker advice only where Docker is: a Docker network's bridge (or a
     /// docker0 / br-* bridge) in the namespace, a container's namespace,
     /// or dockerd's own namespace (ours) while dockerd runs. A router
@@ -408,6 +437,8 @@ impl<'a> Ctx<'a> {
             0.0
         };
         let container = self.src.container(f.netns);
+        // Only a container's own namespace has a host-side veth for the
+        // interface concerned; one named through NAT is another namespace's.
         let host_ifname = container.as_ref().and_then(|c| {
             let named = ["egress_ifname", "ifname", "ingress_ifname"]
                 .iter()
@@ -432,7 +463,10 @@ impl<'a> Ctx<'a> {
             tier: f.tier,
             netns: f.netns,
             netns_name: self.netns_name(f.netns),
-            container: container.map(|c| c.r.clone()),
+            container_by_nat: container.is_none() && self.book.named.contains_key(&f.key),
+            container: container
+                .or_else(|| self.book.named.get(&f.key).cloned())
+                .map(|c| c.r.clone()),
             host_ifname,
             summary: f.summary,
             evidence: match f.evidence {

@@ -160,8 +160,14 @@ pub struct Verdict {
     pub tier: Tier,
     pub netns: u32,
     pub netns_name: Option<String>,
-    /// The container whose namespace `netns` is, if any.
+    /// The container whose namespace `netns` is, if any; else, for a
+    /// verdict about connections that conntrack translated (a Docker
+    /// host's MASQUERADE), the container that opened them.
     pub container: Option<crate::host::containers::ContainerRef>,
+    /// `container` opened the connections this verdict is about, through
+    /// NAT; the verdict's namespace is another (the host's, a router's).
+    #[serde(skip)]
+    pub container_by_nat: bool,
     /// In a container: the host-side veth of the interface concerned.
     pub host_ifname: Option<String>,
     pub summary: String,

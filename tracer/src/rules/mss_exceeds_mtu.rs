@@ -13,6 +13,7 @@
 //!   or PMTU discovery may rescue them there).
 
 use super::ctx::{Ctx, Finding};
+use super::facts::nat;
 use super::facts::pmtu::is_ptb_icmp;
 use super::facts::FlowKey;
 use super::fix::{iptables_for, q, tcp_overhead, Fix};
@@ -20,6 +21,7 @@ use super::key::Key;
 use super::{Fact, Rule, Tier};
 use crate::events::reason::Reason;
 use crate::events::record::SynRecord;
+use crate::host::containers::Container;
 use serde_json::json;
 use std::collections::HashMap;
 
@@ -108,6 +110,16 @@ impl MssExceedsMtu {
                 p.flows.push((s, d, r.sport, r.dport));
             }
         }
+        // Seen after MASQUERADE: the connection's segments may die before
+        // it (a Docker host's own too-big drops show the container's
+        // address), so its pre-NAT tuple is one of its flows too.
+        if let (Some(s), Some(d), Some(sp), Some(dp)) =
+            (r.orig_src, r.orig_dst, r.orig_sport, r.orig_dport)
+        {
+            if p.flows.len() < MAX_FLOWS {
+                p.flows.push((s, d, sp, dp));
+            }
+        }
     }
 
     fn fate(cx: &Ctx, flows: &[FlowKey]) -> Fate {
@@ -181,14 +193,24 @@ fn verdict(cx: &mut Ctx, key: Key, r: &SynRecord, tier: Tier) {
     let hint = cx.ns_hint(r.netns);
     let ipt = iptables_for(r.family);
     let proven = tier == Tier::Proven;
+    // A SYN seen after MASQUERADE shows the host's address: its pre-NAT
+    // tuple names the container that sent it.
+    let owner = match (r.src, r.dst) {
+        (Some(a), Some(b)) => cx.nat_container(r.netns, (a, b, r.sport, r.dport)),
+        _ => None,
+    };
+    let of = owner
+        .as_ref()
+        .map(|(c, o)| format!(" of {}", nat::connections(c, *o)))
+        .unwrap_or_default();
     let summary = if proven {
         format!(
-            "SYNs forwarded from {in_name} out {out_name} advertise MSS {} but {out_name}'s MTU {} carries at most MSS {fits}, and the full-size segments of these connections die (PMTU black hole): HTTPS hangs while small requests work.",
+            "SYNs{of} forwarded from {in_name} out {out_name} advertise MSS {} but {out_name}'s MTU {} carries at most MSS {fits}, and the full-size segments of these connections die (PMTU black hole): HTTPS hangs while small requests work.",
             r.mss, r.mtu
         )
     } else {
         format!(
-            "Possible MTU problem, not proven: SYNs forwarded from {in_name} out {out_name} advertise MSS {} but {out_name}'s MTU {} carries at most MSS {fits}. This is harmless if ICMP frag-needed/packet-too-big reaches the senders (PMTU discovery); if the path drops it, connections that send full-size segments will hang. No full-size segment of these connections was seen here.",
+            "Possible MTU problem, not proven: SYNs{of} forwarded from {in_name} out {out_name} advertise MSS {} but {out_name}'s MTU {} carries at most MSS {fits}. This is harmless if ICMP frag-needed/packet-too-big reaches the senders (PMTU discovery); if the path drops it, connections that send full-size segments will hang. No full-size segment of these connections was seen here.",
             r.mss, r.mtu
         )
     };
@@ -201,21 +223,12 @@ fn verdict(cx: &mut Ctx, key: Key, r: &SynRecord, tier: Tier) {
         Fix::run(clamp.clone(), vec![clamp]),
         Fix::run(format!("or a fixed value: {fixed}"), vec![fixed]),
     ];
-    if cx.docker_here(r.netns) {
-        fix.push(Fix::advice(format!(
-            "or lower the container MTU to {}: dockerd --mtu={} (\"mtu\" in /etc/docker/daemon.json) or docker network create -o com.docker.network.driver.mtu={}",
-            r.mtu, r.mtu, r.mtu
-        )));
-    } else {
-        // Advice only: lowering one end of a link (this side's device)
-        // makes an L2 MTU mismatch with the sender; every device from the
-        // senders to here must change together.
-        fix.push(Fix::advice(format!(
-            "or lower the MTU of the senders behind {in_name} to {}: every device from them to {}, both ends of each link, never one end alone",
-            r.mtu,
-            q(&in_name)
-        )));
-    }
+    fix.push(mtu_advice(
+        cx,
+        r,
+        &in_name,
+        owner.as_ref().map(|(c, _)| &**c),
+    ));
     if !proven {
         fix.insert(
             0,
@@ -225,7 +238,7 @@ fn verdict(cx: &mut Ctx, key: Key, r: &SynRecord, tier: Tier) {
             )),
         );
     }
-    let evidence = json!({
+    let mut evidence = json!({
         "ingress_ifname": in_name,
         "ingress_mtu": in_link.as_ref().map(|l| l.mtu),
         "egress_ifname": out_name,
@@ -237,6 +250,10 @@ fn verdict(cx: &mut Ctx, key: Key, r: &SynRecord, tier: Tier) {
         "dport": r.dport,
         "segments_died": proven,
     });
+    if let Some((c, o)) = owner {
+        evidence["pre_nat"] = nat::pre_nat(o);
+        cx.name_container(&key, c);
+    }
     if let (Some(a), Some(b)) = (r.src, r.dst) {
         cx.about_flow(&key, (a, b, r.sport, r.dport));
     }
@@ -249,6 +266,28 @@ fn verdict(cx: &mut Ctx, key: Key, r: &SynRecord, tier: Tier) {
         evidence,
         fix,
     });
+}
+
+/// The advice that changes MTUs: the container's (Docker's, on its
+/// network) where Docker is or the connections are a container's, else
+/// every device from the senders, never one end of a link.
+fn mtu_advice(cx: &mut Ctx, r: &SynRecord, in_name: &str, owner: Option<&Container>) -> Fix {
+    if cx.docker_here(r.netns) || owner.is_some() {
+        let net = owner.map(nat::on_networks).unwrap_or_default();
+        Fix::advice(format!(
+            "or lower the container MTU to {}{net}: dockerd --mtu={} (\"mtu\" in /etc/docker/daemon.json) or docker network create -o com.docker.network.driver.mtu={}",
+            r.mtu, r.mtu, r.mtu
+        ))
+    } else {
+        // Advice only: lowering one end of a link (this side's device)
+        // makes an L2 MTU mismatch with the sender; every device from the
+        // senders to here must change together.
+        Fix::advice(format!(
+            "or lower the MTU of the senders behind {in_name} to {}: every device from them to {}, both ends of each link, never one end alone",
+            r.mtu,
+            q(in_name)
+        ))
+    }
 }
 
 #[cfg(test)]
@@ -388,5 +427,146 @@ mod tests {
                 .count(),
             1
         );
+    }
+
+    /// The Docker host's SYN after MASQUERADE (from the host's uplink
+    /// address), with its conntrack tuple: container api-7 at 172.23.0.9.
+    fn nat_syn(ts: u64, orig: Option<&str>) -> Fact {
+        let mut r = syn(
+            ts,
+            (3, "docker0"),
+            (2, "eth0", 1450),
+            1460,
+            "10.61.0.1",
+            40001,
+            "10.200.0.2",
+            443,
+        );
+        if let Some(o) = orig {
+            r.orig_src = Some(ip(o));
+            r.orig_dst = Some(ip("10.200.0.2"));
+            r.orig_sport = Some(40001);
+            r.orig_dport = Some(443);
+        }
+        Fact::Syn(r)
+    }
+
+    /// The router's too-big drop of the download, addressed to the host.
+    fn nat_too_big(ts: u64) -> Fact {
+        let mut d = tcp(
+            drop(Reason::PKT_TOO_BIG, ts),
+            "10.200.0.2",
+            443,
+            "10.61.0.1",
+            40001,
+        );
+        d.netns = ROUTER;
+        d.len = 1500;
+        d.route = Some(lookup(2, "eth1", 1450, 0));
+        Fact::Drop(d)
+    }
+
+    fn docker_host() -> Fake {
+        use crate::host::containers::{Container, ContainerNet, ContainerRef, Registry};
+        let mut h = host(true);
+        let api = Container {
+            r: ContainerRef {
+                runtime: "docker".into(),
+                name: "api-7".into(),
+                ..Default::default()
+            },
+            netns: NS + 5,
+            networks: vec![ContainerNet {
+                name: "bridge".into(),
+                address: Some("172.23.0.9".into()),
+                ..Default::default()
+            }],
+            ..Default::default()
+        };
+        h.containers = Registry::new(vec![api], vec![], true);
+        h
+    }
+
+    #[test]
+    fn a_nated_connection_names_the_container_that_opened_it() {
+        let facts = vec![
+            nat_syn(0, Some("172.23.0.9")),
+            icmp_dropped(5 * MS),
+            nat_too_big(5 * MS),
+        ];
+        let v = run(&mut docker_host(), facts, 100 * MS);
+        assert_eq!(
+            kinds(&v),
+            [
+                ("pmtu_blackhole", Tier::Proven),
+                ("mss_exceeds_mtu", Tier::Proven)
+            ]
+        );
+        for v in &v {
+            let c = v.container.as_ref().unwrap_or_else(|| panic!("{v:?}"));
+            assert_eq!(c.name, "api-7");
+            assert!(
+                v.summary
+                    .contains("container api-7's connections to 10.200.0.2:443"),
+                "{}",
+                v.summary
+            );
+            assert_eq!(v.evidence["pre_nat"]["src"], "172.23.0.9");
+            assert_eq!(v.evidence["pre_nat"]["sport"], 40001);
+            assert_eq!(v.host_ifname, None, "not the container's namespace");
+            assert!(
+                v.fix
+                    .iter()
+                    .any(|f| f.contains("container api-7 is on Docker network bridge")),
+                "{:?}",
+                v.fix
+            );
+        }
+    }
+
+    #[test]
+    fn without_nat_or_a_container_at_the_origin_no_container_is_named() {
+        // The host's own connection (no NAT), and a NATed one whose
+        // original source is no container's address.
+        for orig in [None, Some("10.61.0.77")] {
+            let facts = vec![nat_syn(0, orig), icmp_dropped(5 * MS), nat_too_big(5 * MS)];
+            let v = run(&mut docker_host(), facts, 100 * MS);
+            assert_eq!(v.len(), 2, "{orig:?}: {v:?}");
+            for v in &v {
+                assert!(v.container.is_none(), "{orig:?}: {v:?}");
+                assert!(v.evidence.get("pre_nat").is_none());
+                assert!(!v.summary.contains("container"), "{}", v.summary);
+            }
+        }
+    }
+
+    #[test]
+    fn a_syn_after_masquerade_joins_the_segments_dying_before_it() {
+        // The upload's too-big drops on the Docker host itself are seen
+        // before SNAT (from the container's address): the SYN's pre-NAT
+        // tuple is what ties them to it.
+        let mut up = tcp(
+            drop(Reason::PKT_TOO_BIG, 5 * MS),
+            "172.23.0.9",
+            40001,
+            "10.200.0.2",
+            443,
+        );
+        up.len = 1500;
+        up.route = Some(lookup(2, "eth0", 1450, 0));
+        let mut icmp = drop(Reason::NETFILTER_DROP, 5 * MS);
+        icmp.proto = Some(Proto::Icmp);
+        icmp.dst = Some(ip("172.23.0.9"));
+        icmp.icmp_type = Some(3);
+        icmp.icmp_code = Some(4);
+        let facts = vec![
+            nat_syn(0, Some("172.23.0.9")),
+            Fact::Drop(icmp),
+            Fact::Drop(up),
+        ];
+        let v = run(&mut docker_host(), facts, 100 * MS);
+        let mss = v.iter().find(|v| v.kind == "mss_exceeds_mtu").unwrap();
+        assert_eq!(mss.tier, Tier::Proven, "{v:?}");
+        assert_eq!(mss.container.as_ref().unwrap().name, "api-7");
     }
 }

@@ -6,6 +6,7 @@
 
 use super::ctx::{Ctx, Finding};
 use super::facts::forwarding::owns_addr;
+use super::facts::nat;
 use super::facts::pmtu::{is_ptb_icmp, IcmpDropSite, Proven};
 use super::fix::{iptables_for, Fix};
 use super::key::Key;
@@ -13,6 +14,7 @@ use super::{Fact, Rule, Tier};
 use crate::events::reason::Reason;
 use crate::events::record::DropRecord;
 use crate::events::record::Family;
+use crate::host::containers::Container;
 use serde_json::json;
 use std::net::IpAddr;
 
@@ -64,47 +66,36 @@ fn verdict(cx: &mut Ctx, p: Proven) {
     // One segment of a GSO packet is what must fit the MTU.
     let packet_size = d.wire_size();
     let key = pmtu_key(d);
-    let hint = cx.ns_hint(d.netns);
     let (src, dst) = (
         d.src.map(|a| a.to_string()).unwrap_or_default(),
         d.dst.map(|a| a.to_string()).unwrap_or_default(),
     );
+    let flow = match (d.src, d.dst, d.sport, d.dport) {
+        (Some(a), Some(b), Some(sp), Some(dp)) => Some((a, b, sp, dp)),
+        _ => None,
+    };
+    // Seen after NAT (a router's too-big drops of a Docker host's download
+    // show the host's address): the pre-NAT tuple names the container.
+    let owner = flow.and_then(|f| cx.nat_container(d.netns, f));
+    let whose = owner
+        .as_ref()
+        .map(|(c, o)| format!("{}, here {src} -> {dst}", nat::connections(c, *o)))
+        .unwrap_or_else(|| format!("{src} -> {dst}"));
     let summary = format!(
-        "Packets of {src} -> {dst} ({packet_size} bytes) do not fit out {egress_name} (MTU {egress_mtu}), and {}: a PMTU black hole, the connection stalls.",
+        "Packets of {whose} ({packet_size} bytes) do not fit out {egress_name} (MTU {egress_mtu}), and {}: a PMTU black hole, the connection stalls.",
         if blocked {
             "the ICMP \"fragmentation needed\" that would make the sender shrink them is itself dropped"
         } else {
             "the sender keeps sending them: PMTU discovery is not working"
         }
     );
-    let ipt = iptables_for(d.family);
-    let mut fix = Vec::new();
-    // The blocked ICMP is the root cause: letting it through heals PMTU
-    // discovery for every protocol, so it comes first.
-    if blocked {
-        fix.push(allow_icmp_fix(cx, d, &hint, p.icmp_site.as_ref()));
-    }
-    let clamp = format!(
-        "{hint}{ipt} -t mangle -A FORWARD -p tcp --tcp-flags SYN,RST SYN -j TCPMSS --clamp-mss-to-pmtu"
+    let fix = fixes(
+        cx,
+        d,
+        (blocked, p.icmp_site.as_ref()),
+        egress_mtu,
+        owner.as_ref().map(|(c, _)| &**c),
     );
-    fix.push(Fix::run(
-        format!("Clamp TCP MSS to the path MTU where traffic is forwarded: {clamp}"),
-        vec![clamp],
-    ));
-    if cx.docker_here(d.netns) {
-        fix.push(Fix::advice(format!(
-            "Or give containers an MTU that fits: dockerd --mtu={egress_mtu} (\"mtu\": {egress_mtu} in /etc/docker/daemon.json), or docker network create -o com.docker.network.driver.mtu={egress_mtu}"
-        )));
-    } else if let Some(src_addr) = d.src {
-        fix.push(Fix::advice(format!(
-            "Or lower the MTU on the sender's side of the path (the host of {src_addr}) to {egress_mtu}"
-        )));
-    }
-    // Where the ICMP died, when elsewhere (only then in the evidence).
-    let site_ns = p.icmp_site.as_ref().map(|s| {
-        cx.netns_name(s.netns)
-            .unwrap_or_else(|| s.netns.to_string())
-    });
     let mut evidence = json!({
         "egress_ifname": egress_name,
         "egress_mtu": egress_mtu,
@@ -119,13 +110,23 @@ fn verdict(cx: &mut Ctx, p: Proven) {
         "too_big_drops": t.count,
         "location": d.location,
     });
-    if let (Some(s), Some(e)) = (&p.icmp_site, evidence.as_object_mut()) {
-        e.insert("icmp_dropped_netns".into(), json!(site_ns));
-        e.insert("icmp_dropped_ifname".into(), json!(s.ifname));
-        e.insert("icmp_dropped_location".into(), json!(s.location));
+    if let Some((_, o)) = &owner {
+        evidence["pre_nat"] = nat::pre_nat(*o);
     }
-    if let (Some(a), Some(b), Some(sp), Some(dp)) = (d.src, d.dst, d.sport, d.dport) {
-        cx.about_flow(&key, (a, b, sp, dp));
+    // Where the ICMP died, when elsewhere (only then in the evidence).
+    if let Some(s) = &p.icmp_site {
+        let site_ns = cx
+            .netns_name(s.netns)
+            .unwrap_or_else(|| s.netns.to_string());
+        evidence["icmp_dropped_netns"] = json!(site_ns);
+        evidence["icmp_dropped_ifname"] = json!(s.ifname);
+        evidence["icmp_dropped_location"] = json!(s.location);
+    }
+    if let Some(f) = flow {
+        cx.about_flow(&key, f);
+    }
+    if let Some((c, _)) = owner {
+        cx.name_container(&key, c);
     }
     cx.conclude(Finding {
         key,
@@ -136,6 +137,43 @@ fn verdict(cx: &mut Ctx, p: Proven) {
         evidence,
         fix,
     });
+}
+
+/// The fixes, root cause first; Docker advice where Docker is or where
+/// the connections are a container's (named through NAT).
+fn fixes(
+    cx: &mut Ctx,
+    d: &DropRecord,
+    (blocked, icmp_site): (bool, Option<&IcmpDropSite>),
+    egress_mtu: u32,
+    owner: Option<&Container>,
+) -> Vec<Fix> {
+    let ipt = iptables_for(d.family);
+    let hint = cx.ns_hint(d.netns);
+    let mut fix = Vec::new();
+    // The blocked ICMP is the root cause: letting it through heals PMTU
+    // discovery for every protocol, so it comes first.
+    if blocked {
+        fix.push(allow_icmp_fix(cx, d, &hint, icmp_site));
+    }
+    let clamp = format!(
+        "{hint}{ipt} -t mangle -A FORWARD -p tcp --tcp-flags SYN,RST SYN -j TCPMSS --clamp-mss-to-pmtu"
+    );
+    fix.push(Fix::run(
+        format!("Clamp TCP MSS to the path MTU where traffic is forwarded: {clamp}"),
+        vec![clamp],
+    ));
+    if cx.docker_here(d.netns) || owner.is_some() {
+        let net = owner.map(nat::on_networks).unwrap_or_default();
+        fix.push(Fix::advice(format!(
+            "Or give containers an MTU that fits{net}: dockerd --mtu={egress_mtu} (\"mtu\": {egress_mtu} in /etc/docker/daemon.json), or docker network create -o com.docker.network.driver.mtu={egress_mtu}"
+        )));
+    } else if let Some(src_addr) = d.src {
+        fix.push(Fix::advice(format!(
+            "Or lower the MTU on the sender's side of the path (the host of {src_addr}) to {egress_mtu}"
+        )));
+    }
+    fix
 }
 
 /// Lets the "too big" ICMP through where it was dropped: out of (and

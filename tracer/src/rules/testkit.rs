@@ -152,6 +152,10 @@ pub fn syn(
         dst: Some(ip(dst)),
         sport,
         dport,
+        orig_src: None,
+        orig_dst: None,
+        orig_sport: None,
+        orig_dport: None,
         tcp_flags: "S".into(),
     }
 }

@@ -10,7 +10,10 @@ pub fn print(out: &mut Output, v: &Verdict) -> std::io::Result<()> {
     if out.format == Format::Json {
         return out.json(v);
     }
-    let ns = match &v.container {
+    // A container named through NAT is not the verdict's namespace: the
+    // summary names it; the head keeps the namespace where it happened.
+    let own = v.container.as_ref().filter(|_| !v.container_by_nat);
+    let ns = match own {
         Some(c) => match (&c.pod, &c.pod_namespace) {
             (Some(pod), Some(ns)) => format!("pod {ns}/{pod}, {} {}", c.runtime, c.name),
             _ => format!("{} {}", c.runtime, c.name),

@@ -10,6 +10,7 @@ pub mod arrivals;
 pub mod bridge;
 pub mod firewall;
 pub mod forwarding;
+pub mod nat;
 pub mod pmtu;
 pub mod reverse_path;
 pub mod route_policy;
@@ -56,6 +57,12 @@ pub struct Observations {
     /// Bridge ports seen dropping what arrives on them because their STP
     /// state does not let it in: (netns, port ifindex) -> last time.
     pub blocked_ports: HashMap<(u32, i32), u64>,
+    /// Connections conntrack translated: the tuple a packet or SYN showed
+    /// (after NAT, as seen) -> the connection's original tuple (its
+    /// initiator first). A Docker host's SYN after MASQUERADE carries it,
+    /// so a verdict about the same connection elsewhere (a router's
+    /// too-big drops of the download) leads back to the container.
+    pub nat_origins: HashMap<FlowKey, FlowKey>,
 }
 
 impl Observations {
@@ -65,6 +72,23 @@ impl Observations {
         match (self.flow_first_seen.get(k), self.flow_first_seen.get(&rev)) {
             (Some(a), Some(b)) => Some(*a.min(b)),
             (a, b) => a.or(b).copied(),
+        }
+    }
+
+    /// The original tuple of the connection `k` belongs to (in either
+    /// direction), when conntrack translated it and a packet of it showed
+    /// that.
+    pub fn pre_nat(&self, k: &FlowKey) -> Option<FlowKey> {
+        let rev = (k.1, k.0, k.3, k.2);
+        self.nat_origins
+            .get(k)
+            .or_else(|| self.nat_origins.get(&rev))
+            .copied()
+    }
+
+    fn saw_nat(&mut self, seen: FlowKey, orig: Option<FlowKey>) {
+        if let Some(o) = orig.filter(|o| *o != seen) {
+            self.nat_origins.insert(seen, o);
         }
     }
 
@@ -83,6 +107,11 @@ impl Observations {
             Fact::Drop(d) => {
                 if let (Some(a), Some(b), Some(sp), Some(dp)) = (d.src, d.dst, d.sport, d.dport) {
                     self.saw_flow((a, b, sp, dp), d.ts_ns);
+                    let orig = match (d.orig_src, d.orig_dst, d.orig_sport, d.orig_dport) {
+                        (Some(oa), Some(ob), Some(osp), Some(odp)) => Some((oa, ob, osp, odp)),
+                        _ => None,
+                    };
+                    self.saw_nat((a, b, sp, dp), orig);
                 }
                 // Where each peer's traffic enters, for asymmetry proofs.
                 if let (Some(src), true) = (d.src, d.ingress_ifindex > 1) {
@@ -144,6 +173,11 @@ impl Observations {
             Fact::Syn(s) => {
                 if let (Some(a), Some(b)) = (s.src, s.dst) {
                     self.saw_flow((a, b, s.sport, s.dport), s.ts_ns);
+                    let orig = match (s.orig_src, s.orig_dst, s.orig_sport, s.orig_dport) {
+                        (Some(oa), Some(ob), Some(osp), Some(odp)) => Some((oa, ob, osp, odp)),
+                        _ => None,
+                    };
+                    self.saw_nat((a, b, s.sport, s.dport), orig);
                 }
                 true
             }
@@ -194,6 +228,9 @@ impl Observations {
         }
         if self.flow_first_seen.len() > MAX {
             self.flow_first_seen.clear();
+        }
+        if self.nat_origins.len() > MAX {
+            self.nat_origins.clear();
         }
         // An ICMP drop long past says nothing about today's path.
         self.icmp_ptb_dropped
