@@ -783,12 +783,14 @@ fn a_killed_agents_rolling_recording_replays_with_its_verdict() {
     std::fs::remove_dir_all(&dir).unwrap();
 }
 
-/// `VmRSS` of `pid`, in bytes.
+/// The agent's heap in memory (`RssAnon`), in bytes: what its
+/// connections cost. VmRSS also counts the ring buffer's pages once drops
+/// elsewhere on the host touch them, which no connection caused.
 fn rss(pid: u32) -> u64 {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
     let kb: u64 = status
         .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .find_map(|l| l.strip_prefix("RssAnon:"))
         .and_then(|v| v.split_whitespace().next())
         .and_then(|v| v.parse().ok())
         .unwrap();
