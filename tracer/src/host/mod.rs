@@ -5,6 +5,8 @@
 pub mod containers;
 pub mod mtu_mix;
 pub mod netns;
+pub mod netns_watch;
+pub mod netns_worker;
 pub mod proc;
 pub mod qdisc;
 pub mod snmp;
