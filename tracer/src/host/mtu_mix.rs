@@ -117,7 +117,7 @@ impl Scanner {
             anyhow::bail!("the scanning thread is stuck in another namespace");
         }
         let inode = ns.inode;
-        v.visit(&ns.path, move || NsTopology::links_here(inode))
+        v.visit_inode(&ns.path, inode, NsTopology::links_of_this_netns)
             .with_context(|| format!("cannot enter netns {}", ns.path.display()))?
             .with_context(|| format!("reading links of netns {}", ns.label()))
     }

@@ -43,6 +43,15 @@ impl Visitor {
             return Err(io::Error::other("this thread could not return home"));
         }
         let target = File::open(path)?;
+        self.enter_run_return(target, path, f)
+    }
+
+    fn enter_run_return<T>(
+        &mut self,
+        target: File,
+        path: &Path,
+        f: impl FnOnce() -> T,
+    ) -> io::Result<T> {
         setns(&target)?;
         drop(target);
         let out = catch_unwind(AssertUnwindSafe(f));
@@ -61,6 +70,30 @@ impl Visitor {
                 path.display()
             ))
         })
+    }
+
+    /// [`Visitor::visit`], only if `path` opens the namespace `inode`:
+    /// checked on the open file (no look at /proc; the path may have
+    /// changed meaning since it was listed).
+    pub fn visit_inode<T>(
+        &mut self,
+        path: &Path,
+        inode: u32,
+        f: impl FnOnce() -> T,
+    ) -> io::Result<T> {
+        use std::os::unix::fs::MetadataExt;
+        if self.poisoned {
+            return Err(io::Error::other("this thread could not return home"));
+        }
+        let target = File::open(path)?;
+        let actual = target.metadata()?.ino();
+        if actual != u64::from(inode) {
+            return Err(io::Error::other(format!(
+                "{} now opens netns {actual}, not {inode}",
+                path.display()
+            )));
+        }
+        self.enter_run_return(target, path, f)
     }
 
     pub fn poisoned(&self) -> bool {

@@ -249,10 +249,10 @@ impl NsTopology {
             .with_context(|| format!("reading links of netns {}", ns.label()))
     }
 
-    /// Only the links of the namespace the calling thread is in, which must
-    /// be `inode` (see [`crate::host::netns_worker::Visitor`]).
-    pub fn links_here(inode: u32) -> anyhow::Result<Vec<Link>> {
-        links_here(inode)
+    /// Only the links of the namespace the calling thread is in (the caller
+    /// made sure which: see [`crate::host::netns_worker::Visitor::visit_inode`]).
+    pub fn links_of_this_netns() -> anyhow::Result<Vec<Link>> {
+        dump_links(&mut Rtnl::open().context("rtnetlink socket")?)
     }
 
     /// Same namespace contents (when it was read aside).

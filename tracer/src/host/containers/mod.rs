@@ -385,6 +385,8 @@ impl Feed<'_> {
 
 fn watch_thread(shared: Containers, ready: std::sync::mpsc::Sender<()>) {
     let rt = match tokio::runtime::Builder::new_current_thread()
+        // Its blocking threads (the cgroup inventory) are named like it.
+        .thread_name("containers")
         .enable_all()
         .build()
     {
