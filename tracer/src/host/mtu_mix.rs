@@ -60,7 +60,7 @@ impl std::fmt::Display for Mix {
 /// the scan is left out; one that stays and cannot be read is an error,
 /// and the caller must then assume a mix.
 pub fn scan() -> anyhow::Result<Vec<NsLinks>> {
-    Scanner::default().scan(true)
+    Scanner::default().scan(true, &[])
 }
 
 /// The links of every namespace, kept between scans (issue 22): a scan
@@ -77,8 +77,9 @@ pub struct Scanner {
 
 impl Scanner {
     /// Every namespace the index knows (see [`netns::list`]), read anew
-    /// when `full`, else only those not read before.
-    pub fn scan(&mut self, full: bool) -> anyhow::Result<Vec<NsLinks>> {
+    /// when `full`, else only those not read before and those of `fresh`
+    /// (the watched namespaces: few, and where a mix matters).
+    pub fn scan(&mut self, full: bool, fresh: &[u32]) -> anyhow::Result<Vec<NsLinks>> {
         let list = netns::list();
         let live: HashMap<u32, &netns::NetnsInfo> = list.iter().map(|n| (n.inode, n)).collect();
         self.seen
@@ -87,7 +88,7 @@ impl Scanner {
             self.visitor = Some(Visitor::here()?);
         }
         for ns in &list {
-            if !full && self.seen.contains_key(&ns.inode) {
+            if !full && !fresh.contains(&ns.inode) && self.seen.contains_key(&ns.inode) {
                 continue;
             }
             match self.read(ns) {

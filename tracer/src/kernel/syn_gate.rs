@@ -12,7 +12,8 @@
 //! It starts attached, so nothing is missed before the first scan. A
 //! thread keeps every namespace's links ([`mtu_mix::Scanner`]): a
 //! namespace that appears is read within [`RESCAN`] (the namespace index's
-//! events say so), and all are read again at most every [`pause`], sized
+//! events say so), the watched namespaces (`--netns`) every [`RESCAN`],
+//! and all are read again at most every [`pause`], sized
 //! so that this costs at most a quarter of a percent of a CPU (issue 22:
 //! at 1,000 namespaces a full read every 2 s, with a thread each, was most
 //! of a core). What this gives up: when a run is already going and a mix
@@ -67,12 +68,12 @@ fn scan_loop(tx: &mpsc::Sender<Option<String>>, stop: &Receiver<()>, watched: &[
     loop {
         let now_gen = Some(netns::generation());
         let full = Instant::now() >= next_full;
-        if full || now_gen != generation {
+        if full || now_gen != generation || !watched.is_empty() {
             generation = now_gen;
             let t0 = thread_cpu();
             // A namespace that cannot be read might be the one that
             // mixes: keep the check on.
-            let answer = match scanner.scan(full) {
+            let answer = match scanner.scan(full, watched) {
                 Ok(all) => mtu_mix::find_mix(&all, watched).map(|m| m.to_string()),
                 Err(e) => Some(format!("unknown ({e:#})")),
             };
