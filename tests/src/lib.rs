@@ -202,6 +202,11 @@ impl TracerRun {
         }
     }
 
+    /// The tracer's process id (to attach strace or read /proc).
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
     /// Waits until a printed line satisfies `pred` (for `timeout`, scaled).
     pub fn wait_for(&self, timeout: Duration, pred: impl Fn(&Value) -> bool) -> Option<Value> {
         let deadline = Instant::now() + scaled(timeout);

@@ -370,6 +370,10 @@ fn main() -> Result<()> {
         }
         // Usage needs no packages, eBPF object or release build.
         "bench" if rest.iter().any(|a| *a == "--help" || *a == "-h") => bench::run(&root(), &rest),
+        // A given binary needs no build (the scale bench of another build).
+        "bench" if rest.contains(&"--scale") && rest.contains(&"--tracer") => {
+            bench::run(&root(), &rest)
+        }
         "bench" => {
             setup(BENCH_PACKAGES)?;
             build_ebpf()?;

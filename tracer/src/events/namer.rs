@@ -254,11 +254,11 @@ impl Namer {
             Some(r) if r.err == 0 && r.ifindex > 0 => Some(r.ifindex),
             _ => d.dst.and_then(|dst| {
                 self.topology
-                    .get(d.netns)
+                    .cached(d.netns)
                     .and_then(|t| t.route_to(dst).and_then(|r| r.oif))
             }),
         }?;
-        let link = self.topology.link(d.netns, ifindex).ok()?;
+        let link = self.topology.name_link(d.netns, ifindex).ok()?;
         Some((ifindex, link))
     }
 
@@ -353,7 +353,7 @@ impl Namer {
             self.arrivals_checked.clear();
         }
         self.arrivals_checked.insert(key, e.ts_ns);
-        let Some(topo) = self.topology.get(e.netns) else {
+        let Some(topo) = self.topology.cached(e.netns) else {
             return Vec::new();
         };
         let v4 = e.family == FAMILY_V4;

@@ -7,6 +7,8 @@ pub mod firewall;
 pub mod listen;
 pub mod mtu_mix;
 pub mod netns;
+pub mod netns_watch;
+pub mod netns_worker;
 pub mod policy;
 pub mod proc;
 pub mod qdisc;

@@ -17,7 +17,9 @@
 use std::collections::HashMap;
 
 use crate::host::netns;
+use crate::host::netns_worker::Visitor;
 use crate::host::topology::{Link, NsTopology};
+use anyhow::Context;
 use tracer_abi::LOOPBACK_IFINDEX;
 
 /// The links of one namespace.
@@ -58,19 +60,68 @@ impl std::fmt::Display for Mix {
 /// the scan is left out; one that stays and cannot be read is an error,
 /// and the caller must then assume a mix.
 pub fn scan() -> anyhow::Result<Vec<NsLinks>> {
-    let mut out = Vec::new();
-    for ns in netns::list() {
-        match NsTopology::read_links(&ns) {
-            Ok(links) => out.push(NsLinks {
-                inode: ns.inode,
-                label: ns.label(),
-                links,
-            }),
-            Err(_) if !still_there(&ns) => {}
-            Err(e) => return Err(e),
+    Scanner::default().scan(true, &[])
+}
+
+/// The links of every namespace, kept between scans (issue 22): a scan
+/// reads the namespaces it has not seen and drops those gone, and only a
+/// full scan reads them all again. Reads run on the calling thread, which
+/// visits each namespace and comes back (no thread per namespace), so the
+/// caller's CPU clock counts them.
+#[derive(Default)]
+pub struct Scanner {
+    visitor: Option<Visitor>,
+    /// inode -> (the path it was read from, its links).
+    seen: HashMap<u32, (std::path::PathBuf, NsLinks)>,
+}
+
+impl Scanner {
+    /// Every namespace the index knows (see [`netns::list`]), read anew
+    /// when `full`, else only those not read before and those of `fresh`
+    /// (the watched namespaces: few, and where a mix matters).
+    pub fn scan(&mut self, full: bool, fresh: &[u32]) -> anyhow::Result<Vec<NsLinks>> {
+        let list = netns::list();
+        let live: HashMap<u32, &netns::NetnsInfo> = list.iter().map(|n| (n.inode, n)).collect();
+        self.seen
+            .retain(|inode, (path, _)| live.get(inode).is_some_and(|n| n.path == *path));
+        if self.visitor.is_none() {
+            self.visitor = Some(Visitor::here()?);
         }
+        for ns in &list {
+            if !full && !fresh.contains(&ns.inode) && self.seen.contains_key(&ns.inode) {
+                continue;
+            }
+            match self.read(ns) {
+                Ok(links) => {
+                    let l = NsLinks {
+                        inode: ns.inode,
+                        label: ns.label(),
+                        links,
+                    };
+                    self.seen.insert(ns.inode, (ns.path.clone(), l));
+                }
+                Err(_) if !still_there(ns) => {
+                    self.seen.remove(&ns.inode);
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        let mut out: Vec<NsLinks> = self.seen.values().map(|(_, l)| l.clone()).collect();
+        out.sort_by_key(|l| l.inode);
+        Ok(out)
     }
-    Ok(out)
+
+    fn read(&mut self, ns: &netns::NetnsInfo) -> anyhow::Result<Vec<Link>> {
+        let v = self.visitor.as_mut().context("no visitor")?;
+        if v.poisoned() {
+            // This thread could not come home: never read from it again.
+            anyhow::bail!("the scanning thread is stuck in another namespace");
+        }
+        let inode = ns.inode;
+        v.visit_inode(&ns.path, inode, NsTopology::links_of_this_netns)
+            .with_context(|| format!("cannot enter netns {}", ns.path.display()))?
+            .with_context(|| format!("reading links of netns {}", ns.label()))
+    }
 }
 
 /// Whether the path still opens the same namespace.

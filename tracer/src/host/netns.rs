@@ -5,12 +5,13 @@
 //! that opens it: a bind mount (`ip netns add` puts them in `/run/netns`) or a
 //! process that lives in it (`/proc/PID/ns/net`).
 //!
-//! Caching: [`find`] is backed by a process-wide [`NetnsCache`]. A hit costs one
-//! `stat` (to make sure the cached path still opens the same namespace: pids
-//! get reused and bind mounts get removed); a miss triggers a full scan at most
-//! once per [`RESCAN_INTERVAL`], so an event storm from an unknown namespace
-//! does not turn into a `/proc` walk per event. Callers that want their own
-//! timing (or no lock) can own a [`NetnsCache`].
+//! Caching: [`find`] is backed by a process-wide [`NetnsCache`], an index
+//! driven by events: one full scan on first use, then names learned from
+//! inotify on the runtimes' netns directories ([`crate::host::netns_watch`]); `/proc` is
+//! read only to place an inode seen for the first time. A hit costs one
+//! `stat` (to make sure the cached path still opens the same namespace:
+//! pids get reused and bind mounts get removed). Callers that want their
+//! own timing (or no lock) can own a [`NetnsCache`].
 //!
 //! Caveat: nsfs inode numbers are recycled once a namespace is freed, so an
 //! inode names "the namespace that has this inode now", which for an event
@@ -25,13 +26,14 @@ use std::path::{Path, PathBuf};
 use std::sync::{Mutex, OnceLock, PoisonError};
 use std::time::{Duration, Instant};
 
+use crate::host::netns_watch::{self, Change, RunDirs};
 use crate::host::proc;
 use anyhow::anyhow;
 
 /// Where `ip netns` bind-mounts named namespaces.
 pub const NETNS_RUN_DIR: &str = "/run/netns";
 
-/// Minimum time between two full scans triggered by cache misses.
+/// Minimum time between two lookups of one unknown inode.
 pub const RESCAN_INTERVAL: Duration = Duration::from_millis(500);
 
 /// `_IO(0xb7, 0x3)` from linux/nsfs.h; not exported by the libc crate.
@@ -184,19 +186,32 @@ fn name_in_run_dir(path: &Path) -> Option<String> {
     Some(path.file_name()?.to_str()?.to_string())
 }
 
-/// A live netns by inode: scans /run/netns/*, other nsfs bind mounts, then
-/// /proc/*/ns/net (and, if still not found, every thread's). None if gone.
-///
-/// Uses the process-wide cache (see the module docs): cheap on hits, at most
-/// one full scan per [`RESCAN_INTERVAL`] on misses. A netns created less than
-/// that interval after a failed lookup may therefore be reported as None.
+/// A live netns by inode, from the process-wide index (see
+/// [`NetnsCache`]): no syscall beyond one `stat` on a hit; an inode seen for
+/// the first time is looked for once in the nsfs mounts and /proc. None if
+/// gone.
 pub fn find(inode: u32) -> Option<NetnsInfo> {
     with_global(|c| c.find(inode))
 }
 
-/// All live network namespaces this process can see, one entry per inode,
-/// sorted by inode. Always a fresh scan (threads excluded).
+/// Like [`find`], without the per-inode limit on lookups of unknown
+/// inodes.
+pub fn find_now(inode: u32) -> Option<NetnsInfo> {
+    with_global(|c| c.find_now(inode))
+}
+
+/// Every network namespace the index knows, one entry per inode, sorted by
+/// inode: those found at start, those named since (/run/netns, Docker's),
+/// and those an event named. A namespace only a process holds, made after
+/// the start and never seen in an event, is not in it.
 pub fn list() -> Vec<NetnsInfo> {
+    with_global(|c| c.list())
+}
+
+/// A fresh scan of every place a namespace can be opened from (threads
+/// excluded): for the user's own question (`--netns` errors), never on a
+/// timer.
+pub fn list_fresh() -> Vec<NetnsInfo> {
     let mut v: Vec<NetnsInfo> = scan().into_values().collect();
     v.sort_by_key(|i| i.inode);
     v
@@ -208,10 +223,14 @@ pub fn forget_misses() {
     with_global(|c| c.forget_misses());
 }
 
-/// Modification time of /run/netns: it changes whenever `ip netns add` or
-/// `del` runs, which is when cached answers about named namespaces go stale.
-pub fn run_dir_mtime() -> Option<std::time::SystemTime> {
-    fs::metadata(NETNS_RUN_DIR).and_then(|m| m.modified()).ok()
+/// A number that changes whenever a namespace is named or unnamed (added
+/// or removed): cached answers about namespaces may be stale when it
+/// moves. Costs one non-blocking `read` of the watch.
+pub fn generation() -> u64 {
+    with_global(|c| {
+        c.sync();
+        c.generation
+    })
 }
 
 fn with_global<R>(f: impl FnOnce(&mut NetnsCache) -> R) -> R {
@@ -222,10 +241,21 @@ fn with_global<R>(f: impl FnOnce(&mut NetnsCache) -> R) -> R {
     f(guard.get_or_insert_with(NetnsCache::new))
 }
 
-/// inode -> path cache with verified hits and rate-limited rescans on misses.
-#[derive(Debug)]
+/// inode -> path index, driven by events (issue 22): one full scan on first
+/// use, then names learned from inotify on the runtimes' netns directories
+/// ([`netns_watch`]); an inode nothing explains is looked for once in the
+/// nsfs mounts and /proc (at most once per `min_rescan` per inode). Hits
+/// are verified with one `stat`: pids get reused and bind mounts removed.
 pub struct NetnsCache {
     known: HashMap<u32, NetnsInfo>,
+    /// The full scan has run and the watch is open.
+    seeded: bool,
+    watch: Option<RunDirs>,
+    /// Names created but not yet opening a namespace (`ip netns add`
+    /// mounts after it creates), and since when.
+    pending: HashMap<PathBuf, Instant>,
+    /// Bumped by every name added or removed.
+    generation: u64,
     last_scan: Option<Instant>,
     min_rescan: Duration,
     /// Inodes looked for and not found, and when: misses are rate-limited
@@ -239,23 +269,33 @@ impl Default for NetnsCache {
     }
 }
 
+/// How long a created name may take to open a namespace before it is
+/// given up (a stale file left by a crashed `ip netns add`).
+const PENDING_FOR: Duration = Duration::from_secs(10);
+
 impl NetnsCache {
     pub fn new() -> Self {
         Self::with_min_rescan(RESCAN_INTERVAL)
     }
 
-    /// `min_rescan`: minimum time between two scans triggered by misses.
+    /// `min_rescan`: minimum time between two lookups of one unknown inode.
     pub fn with_min_rescan(min_rescan: Duration) -> Self {
         NetnsCache {
             known: HashMap::new(),
+            seeded: false,
+            watch: None,
+            pending: HashMap::new(),
+            generation: 0,
             last_scan: None,
             min_rescan,
             misses: HashMap::new(),
         }
     }
 
-    /// Cached lookup; rescans on a miss unless the last scan is too recent.
+    /// Cached lookup; an unknown inode is looked for unless it was looked
+    /// for too recently.
     pub fn find(&mut self, inode: u32) -> Option<NetnsInfo> {
+        self.sync();
         if let Some(hit) = self.verified_hit(inode) {
             return Some(hit);
         }
@@ -269,7 +309,7 @@ impl NetnsCache {
         if self.misses.len() > 4096 {
             self.misses.clear();
         }
-        let found = self.find_now(inode);
+        let found = self.lookup(inode);
         if found.is_none() {
             self.misses.insert(inode, Instant::now());
         } else {
@@ -278,29 +318,30 @@ impl NetnsCache {
         found
     }
 
-    /// Drops the per-inode miss memory, so the next lookups scan.
+    /// Drops the per-inode miss memory, so the next lookups look again.
     pub fn forget_misses(&mut self) {
         self.misses.clear();
     }
 
-    /// Like [`NetnsCache::find`] but scans on a miss regardless of rate limit.
+    /// Like [`NetnsCache::find`] but looks on a miss regardless of the
+    /// rate limit.
     pub fn find_now(&mut self, inode: u32) -> Option<NetnsInfo> {
+        self.sync();
         if let Some(hit) = self.verified_hit(inode) {
             return Some(hit);
         }
-        self.rescan();
-        if let Some(info) = self.known.get(&inode) {
-            return Some(info.clone());
-        }
-        // Threads can sit in a netns their process leader is not in (a
-        // container runtime mid-setup, or our own run_in threads); walking
-        // every task is costly, so only for inodes nothing else explains.
-        let info = scan_tasks_for(inode)?;
-        self.known.insert(inode, info.clone());
-        Some(info)
+        self.lookup(inode)
     }
 
-    /// Replace the cache with a fresh scan.
+    /// Every known namespace, sorted by inode (see [`list`]).
+    pub fn list(&mut self) -> Vec<NetnsInfo> {
+        self.sync();
+        let mut v: Vec<NetnsInfo> = self.known.values().cloned().collect();
+        v.sort_by_key(|i| i.inode);
+        v
+    }
+
+    /// Replace the index with a fresh full scan.
     pub fn rescan(&mut self) {
         let mut fresh = scan();
         // Entries found by the (costly, on-demand) thread walk are not in a
@@ -312,11 +353,113 @@ impl NetnsCache {
         }
         self.known = fresh;
         self.last_scan = Some(Instant::now());
+        self.generation += 1;
+    }
+
+    /// Applies what the watch saw since the last call: the first call
+    /// opens the watch and scans once.
+    fn sync(&mut self) {
+        if !self.seeded {
+            // Watch first, so nothing made during the scan is missed.
+            self.watch = RunDirs::open();
+            self.rescan();
+            self.seeded = true;
+        }
+        let changes = match &mut self.watch {
+            Some(w) => w.drain(),
+            // No inotify: nothing tells of new names; lookups still
+            // find every inode an event names.
+            None => Vec::new(),
+        };
+        let mut moved = !changes.is_empty();
+        for c in changes {
+            match c {
+                Change::Added(p) => {
+                    self.pending.insert(p, Instant::now());
+                }
+                Change::Removed(p) => {
+                    self.pending.remove(&p);
+                    self.known.retain(|_, i| i.path != p);
+                }
+                Change::Rescan => self.seeded = false,
+            }
+        }
+        if !self.seeded {
+            return self.sync();
+        }
+        moved |= self.settle_pending();
+        if moved {
+            self.generation += 1;
+            self.misses.clear();
+        }
+    }
+
+    /// Names that now open a namespace join the index (a name beats an
+    /// anonymous path); returns whether any did.
+    fn settle_pending(&mut self) -> bool {
+        if self.pending.is_empty() {
+            return false;
+        }
+        let mut any = false;
+        let nsfs = nsfs_dev();
+        let pending = std::mem::take(&mut self.pending);
+        for (path, since) in pending {
+            let md = fs::metadata(&path);
+            let Ok(md) = md else { continue };
+            if nsfs.is_none() || Some(md.dev()) != nsfs {
+                if since.elapsed() < PENDING_FOR {
+                    self.pending.insert(path, since);
+                }
+                continue;
+            }
+            let Ok(inode) = ino_u32(md.ino()) else {
+                continue;
+            };
+            let name = name_in_run_dir(&path);
+            let better = self
+                .known
+                .get(&inode)
+                .is_none_or(|k| k.name.is_none() || (name.is_some() && k.path > path));
+            if better {
+                self.known.insert(inode, NetnsInfo { inode, name, path });
+            }
+            any = true;
+        }
+        any
+    }
+
+    /// One targeted look for an inode the index lacks: the nsfs mounts,
+    /// then each process, then each thread; stops at the first match.
+    fn lookup(&mut self, inode: u32) -> Option<NetnsInfo> {
+        self.last_scan = Some(Instant::now());
+        let found = fs::read_to_string("/proc/self/mountinfo")
+            .ok()
+            .and_then(|mi| {
+                nsfs_mounts(&mi)
+                    .into_iter()
+                    .find(|(i, _)| *i == inode)
+                    .map(|(_, path)| NetnsInfo {
+                        inode,
+                        name: name_in_run_dir(&path),
+                        path,
+                    })
+            })
+            .or_else(|| scan_pids_for(inode))
+            .or_else(|| scan_tasks_for(inode))?;
+        self.known.insert(inode, found.clone());
+        Some(found)
     }
 
     fn verified_hit(&mut self, inode: u32) -> Option<NetnsInfo> {
         let info = self.known.get(&inode)?;
-        if still_is(&info.path, inode) {
+        // A name in a watched directory is removed by its event (`sync`
+        // ran first): no stat needed. Any other path may stop opening it.
+        let watched = self.watch.is_some()
+            && info
+                .path
+                .parent()
+                .is_some_and(|d| netns_watch::WATCHED.iter().any(|w| Path::new(w) == d));
+        if watched || still_is(&info.path, inode) {
             return Some(info.clone());
         }
         self.known.remove(&inode);
@@ -376,6 +519,17 @@ fn scan() -> HashMap<u32, NetnsInfo> {
         });
     }
     out
+}
+
+fn scan_pids_for(inode: u32) -> Option<NetnsInfo> {
+    proc::pids().into_iter().find_map(|pid| {
+        let path = PathBuf::from(format!("/proc/{pid}/ns/net"));
+        (read_ns_link(&path) == Some(inode)).then_some(NetnsInfo {
+            inode,
+            name: None,
+            path,
+        })
+    })
 }
 
 fn scan_tasks_for(inode: u32) -> Option<NetnsInfo> {
@@ -759,10 +913,15 @@ mod tests {
         assert_eq!(cache.find(1), None);
         assert_eq!(cache.last_scan, scanned);
         // A namespace created meanwhile is still found at once: one unknown
-        // inode must not hide another (namespace churn).
+        // inode must not hide another (namespace churn). Its name arrived
+        // as an event: found without looking in /proc (issue 22).
         let ns = TestNs::new("rate");
         assert!(cache.find(ns.inode).is_some());
-        assert_ne!(cache.last_scan, scanned);
+        assert_eq!(cache.last_scan, scanned, "named by the watch, not a scan");
+        // Its removal is an event too: gone at once.
+        ns.delete();
+        assert_eq!(cache.find(ns.inode), None);
+        assert!(!cache.list().iter().any(|i| i.inode == ns.inode));
     }
 
     /// The point of run_in: /proc/sys/net and new sockets belong to the

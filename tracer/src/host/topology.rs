@@ -1,8 +1,8 @@
 //! Network topology of the namespaces drop events come from: links, addresses,
 //! routes and the sysctls that decide reverse-path filtering and forwarding.
 //!
-//! Everything is read over rtnetlink from a thread that joined the namespace
-//! (see [`crate::host::netns::run_in`]), synchronously: this runs off the event path
+//! Everything is read over rtnetlink from the one long-lived thread that
+//! visits namespaces (see [`crate::host::netns_worker`]), synchronously: this runs off the event path
 //! behind the [`Topology`] cache, so an async runtime would buy nothing.
 //!
 //! Decoding: messages are decoded with netlink-packet-route, but a message the
@@ -38,7 +38,8 @@ use netlink_sys::{protocols::NETLINK_ROUTE, Socket, SocketAddr};
 use serde::{Deserialize, Serialize};
 
 use crate::host::listen::ListenCounters;
-use crate::host::netns::{self, NetnsCache, NetnsInfo};
+use crate::host::netns::{self, NetnsInfo};
+use crate::host::netns_worker;
 use crate::host::policy::{self, Decision, FibRule, Flow};
 use crate::host::qdisc::{self, Qdisc};
 use crate::host::snmp::UdpCounters;
@@ -50,6 +51,12 @@ pub const RT_TABLE_LOCAL: u32 = 255;
 
 /// Topologies older than this are re-read on the next [`Topology::get`].
 pub const DEFAULT_MAX_AGE: Duration = Duration::from_secs(5);
+/// Naming an event ([`Topology::ifname`], [`Topology::cached`]) re-reads
+/// a copy only past this age: names change with events that invalidate
+/// every copy (a namespace made or deleted) or that a copy lacks (a new
+/// ifindex), and re-reading every namespace an event names every 5 s cost
+/// most of a CPU at 1,000 namespaces (issue 22).
+pub const NAME_MAX_AGE: Duration = Duration::from_secs(60);
 /// See [`Topology::with_timing`].
 pub const DEFAULT_RECHECK: Duration = Duration::from_millis(250);
 
@@ -320,7 +327,7 @@ impl NsTopology {
     pub fn read(ns: &NetnsInfo) -> anyhow::Result<NsTopology> {
         let inode = ns.inode;
         let (links, routes, rules, sysctls, qdiscs, udp, listen) =
-            netns::run_in(&ns.path, move || read_here(inode))
+            netns_worker::read_in(&ns.path, move || read_here(inode))
                 .with_context(|| format!("cannot enter netns {}", ns.path.display()))?
                 .with_context(|| format!("reading topology of netns {}", ns.label()))?;
         Ok(NsTopology {
@@ -338,19 +345,42 @@ impl NsTopology {
         })
     }
 
+    /// What naming an event needs (see [`Topology::name_link`]): the links
+    /// of `ns` with their addresses and peers, no routes, sysctls or queues
+    /// (empty in the copy). One link and one address dump.
+    pub fn read_names(ns: &NetnsInfo) -> anyhow::Result<NsTopology> {
+        let inode = ns.inode;
+        let links = netns_worker::read_in(&ns.path, move || names_here(inode))
+            .with_context(|| format!("cannot enter netns {}", ns.path.display()))?
+            .with_context(|| format!("reading links of netns {}", ns.label()))?;
+        Ok(NsTopology {
+            inode,
+            name: ns.name.clone(),
+            links,
+            routes: Vec::new(),
+            rules: Vec::new(),
+            sysctls: Sysctls::default(),
+            qdiscs: Vec::new(),
+            udp: UdpCounters::default(),
+            listen: ListenCounters::default(),
+            read_at: Instant::now(),
+            path: ns.path.clone(),
+        })
+    }
+
     /// Only the links of `ns` (no addresses, routes, sysctls or queues):
     /// what a scan of every namespace needs, at a fraction of the cost.
     pub fn read_links(ns: &NetnsInfo) -> anyhow::Result<Vec<Link>> {
         let inode = ns.inode;
-        netns::run_in(&ns.path, move || -> anyhow::Result<Vec<Link>> {
-            let actual = netns::thread_inode().context("netns of reader thread")?;
-            if actual != inode {
-                bail!("path now opens netns {actual}, not {inode}");
-            }
-            dump_links(&mut Rtnl::open().context("rtnetlink socket")?)
-        })
-        .with_context(|| format!("cannot enter netns {}", ns.path.display()))?
-        .with_context(|| format!("reading links of netns {}", ns.label()))
+        netns_worker::read_in(&ns.path, move || links_here(inode))
+            .with_context(|| format!("cannot enter netns {}", ns.path.display()))?
+            .with_context(|| format!("reading links of netns {}", ns.label()))
+    }
+
+    /// Only the links of the namespace the calling thread is in (the caller
+    /// made sure which: see [`crate::host::netns_worker::Visitor::visit_inode`]).
+    pub fn links_of_this_netns() -> anyhow::Result<Vec<Link>> {
+        dump_links(&mut Rtnl::open().context("rtnetlink socket")?)
     }
 
     /// Same namespace contents (when it was read aside).
@@ -512,6 +542,14 @@ pub fn prefix_contains(net: IpAddr, len: u8, addr: IpAddr) -> bool {
     }
 }
 
+fn links_here(inode: u32) -> anyhow::Result<Vec<Link>> {
+    let actual = netns::thread_inode().context("netns of reader thread")?;
+    if actual != inode {
+        bail!("path now opens netns {actual}, not {inode}");
+    }
+    dump_links(&mut Rtnl::open().context("rtnetlink socket")?)
+}
+
 /// Runs on the thread inside the netns.
 type Read = (
     Vec<Link>,
@@ -547,7 +585,21 @@ fn read_here(expected: u32) -> anyhow::Result<Read> {
     // Queue disciplines only name a queue that drops; without them the
     // rest of the topology still stands.
     let qdiscs = dump_qdiscs(&mut nl, &txqlen).unwrap_or_default();
+    join_links(&mut nl, &mut links, addrs, expected);
+    Ok((
+        links,
+        routes,
+        rules,
+        sysctls,
+        qdiscs,
+        UdpCounters::read_here(),
+        ListenCounters::read_here(),
+    ))
+}
 
+/// Links with their addresses and the namespaces of their peers, sorted
+/// by ifindex.
+fn join_links(nl: &mut Rtnl, links: &mut [Link], addrs: Vec<(i32, IpAddr, u8)>, expected: u32) {
     let by_index: HashMap<i32, usize> = links
         .iter()
         .enumerate()
@@ -560,8 +612,8 @@ fn read_here(expected: u32) -> anyhow::Result<Read> {
     }
 
     let wanted: HashSet<i32> = links.iter().filter_map(|l| l.link_netnsid).collect();
-    let nsids = resolve_nsids(&mut nl, &wanted, expected);
-    for l in &mut links {
+    let nsids = resolve_nsids(nl, &wanted, expected);
+    for l in links.iter_mut() {
         l.peer_netns = match l.link_netnsid {
             Some(id) => nsids.get(&id).copied(),
             None if l.link.is_some() => Some(expected),
@@ -569,15 +621,20 @@ fn read_here(expected: u32) -> anyhow::Result<Read> {
         };
     }
     links.sort_by_key(|l| l.ifindex);
-    Ok((
-        links,
-        routes,
-        rules,
-        sysctls,
-        qdiscs,
-        UdpCounters::read_here(),
-        ListenCounters::read_here(),
-    ))
+}
+
+/// What naming needs of the namespace the thread is in: its links, their
+/// addresses and peers; no routes, sysctls or queues.
+fn names_here(expected: u32) -> anyhow::Result<Vec<Link>> {
+    let actual = netns::thread_inode().context("netns of reader thread")?;
+    if actual != expected {
+        bail!("path now opens netns {actual}, not {expected}");
+    }
+    let mut nl = Rtnl::open().context("rtnetlink socket")?;
+    let mut links = dump_links(&mut nl).context("dumping links")?;
+    let addrs = dump_addrs(&mut nl).context("dumping addresses")?;
+    join_links(&mut nl, &mut links, addrs, expected);
+    Ok(links)
 }
 
 /// Maps nsids (as seen from the current netns) to netns inodes.
@@ -586,12 +643,22 @@ fn read_here(expected: u32) -> anyhow::Result<Read> {
 /// mapping is to ask, for each live netns, "what nsid does it have here?":
 /// RTM_GETNSID with NETNSA_FD. That query does not allocate ids (unlike
 /// dumping a link does), so it changes nothing on the machine.
+///
+/// Asking every namespace made each read cost O(namespaces) (issue 22: a
+/// bridge's namespace and each of its 1,000 peers), so the likely answers
+/// are asked first (see [`NsidMemo`]) and the walk stops once all are found.
 fn resolve_nsids(nl: &mut Rtnl, wanted: &HashSet<i32>, own: u32) -> HashMap<i32, u32> {
     let mut out = HashMap::new();
     if wanted.is_empty() {
         return out;
     }
-    for cand in netns::list() {
+    let all = netns::list();
+    let first = NsidMemo::likely(own);
+    let ordered = first
+        .iter()
+        .filter_map(|i| all.iter().find(|c| c.inode == *i))
+        .chain(all.iter().filter(|c| !first.contains(&c.inode)));
+    for cand in ordered {
         if cand.inode == own {
             continue;
         }
@@ -614,7 +681,41 @@ fn resolve_nsids(nl: &mut Rtnl, wanted: &HashSet<i32>, own: u32) -> HashMap<i32,
             }
         }
     }
+    NsidMemo::note(own, out.values().copied());
     out
+}
+
+/// Which namespaces a namespace's links led to, and back: a veth's two
+/// ends each name the other's namespace, so once one side is resolved the
+/// other side's answer is known to be likely. Answers are always asked
+/// again of the kernel (nsids are reused); only the order comes from here.
+struct NsidMemo;
+
+static NSID_MEMO: std::sync::Mutex<Option<HashMap<u32, Vec<u32>>>> = std::sync::Mutex::new(None);
+
+impl NsidMemo {
+    fn likely(own: u32) -> Vec<u32> {
+        let g = NSID_MEMO.lock().unwrap_or_else(|e| e.into_inner());
+        g.as_ref()
+            .and_then(|m| m.get(&own).cloned())
+            .unwrap_or_default()
+    }
+
+    fn note(own: u32, peers: impl Iterator<Item = u32>) {
+        let mut g = NSID_MEMO.lock().unwrap_or_else(|e| e.into_inner());
+        let m = g.get_or_insert_with(HashMap::new);
+        if m.len() > 65_536 {
+            m.clear();
+        }
+        for p in peers {
+            for (a, b) in [(own, p), (p, own)] {
+                let v = m.entry(a).or_default();
+                if !v.contains(&b) {
+                    v.push(b);
+                }
+            }
+        }
+    }
 }
 
 /// A sysctl that may be absent or unreadable: None then.
@@ -1406,6 +1507,8 @@ pub enum IfName {
 
 struct Entry {
     topo: Arc<NsTopology>,
+    /// A full read; else only what naming needs ([`NsTopology::read_names`]).
+    full: bool,
     stale: bool,
     /// Last time the netns was confirmed alive.
     checked_at: Instant,
@@ -1421,14 +1524,16 @@ struct Entry {
 /// because an event named an ifindex the copy lacks, and how often a failed
 /// read is retried, so an event storm costs a few reads per second at most.
 /// An interface deleted after a read keeps its cached name until the copy is
-/// `max_age` old (or invalidated): events queued just before the deletion
-/// still get the right name; after that it is [`IfName::Gone`].
+/// `name_max_age` old (or invalidated): events queued just before the
+/// deletion still get the right name; after that it is [`IfName::Gone`].
+/// A namespace made or deleted (the namespace index's events) invalidates
+/// every copy, since veths die and appear with them.
 pub struct Topology {
     entries: HashMap<u32, Entry>,
     /// Netns whose last read failed, and when: no retry within `recheck`.
     failed: HashMap<u32, Instant>,
-    netns: NetnsCache,
     max_age: Duration,
+    name_max_age: Duration,
     recheck: Duration,
     last_error: Option<String>,
     /// netns names by inode, so that naming an event costs no syscall.
@@ -1441,13 +1546,16 @@ pub struct Topology {
     /// Each namespace's ListenOverflows at its first read: what overflowed
     /// since is what this run saw.
     listen_base: HashMap<u32, u64>,
-    /// Last seen modification time of /run/netns.
-    run_dir_mtime: Option<std::time::SystemTime>,
+    /// The namespace index's generation last seen (see
+    /// [`netns::generation`]).
+    netns_generation: Option<u64>,
 }
 
-/// How long a netns name is trusted before it is looked up again: short,
-/// because the kernel reuses the inodes of deleted namespaces.
-const NAME_TTL: Duration = Duration::from_millis(250);
+/// How long a netns name is trusted before it is looked up again. Names
+/// come and go with events that clear them all (`set_clock`); this bounds
+/// only what those cannot see: a process that held an unnamed namespace
+/// exiting.
+const NAME_TTL: Duration = Duration::from_secs(5);
 
 impl Default for Topology {
     fn default() -> Self {
@@ -1457,22 +1565,25 @@ impl Default for Topology {
 
 impl Topology {
     pub fn new() -> Self {
-        Self::with_timing(DEFAULT_MAX_AGE, DEFAULT_RECHECK)
+        let mut t = Self::with_timing(DEFAULT_MAX_AGE, DEFAULT_RECHECK);
+        t.name_max_age = NAME_MAX_AGE;
+        t
     }
 
+    /// Copies older than `max_age` are re-read, for naming as for rules.
     pub fn with_timing(max_age: Duration, recheck: Duration) -> Self {
         Topology {
+            name_max_age: max_age,
             entries: HashMap::new(),
             failed: HashMap::new(),
-            netns: NetnsCache::with_min_rescan(recheck),
             max_age,
             recheck,
             last_error: None,
             names: HashMap::new(),
             link_misses: HashMap::new(),
             clock: None,
-            run_dir_mtime: None,
             listen_base: HashMap::new(),
+            netns_generation: None,
         }
     }
 
@@ -1481,15 +1592,27 @@ impl Topology {
     /// gone (or could never be read: see [`Topology::last_error`]). When a
     /// re-read fails the previous copy keeps being served.
     pub fn get(&mut self, inode: u32) -> Option<Arc<NsTopology>> {
+        self.get_aged(inode, self.max_age, true)
+    }
+
+    /// [`Topology::get`] for naming an event: a copy serves until it is
+    /// `name_max_age` old (see [`NAME_MAX_AGE`]).
+    pub fn cached(&mut self, inode: u32) -> Option<Arc<NsTopology>> {
+        self.get_aged(inode, self.name_max_age, true)
+    }
+
+    /// `full`: routes, sysctls and queues are wanted, not only links.
+    fn get_aged(&mut self, inode: u32, max_age: Duration, full: bool) -> Option<Arc<NsTopology>> {
         let now = self.now();
         if let Some(e) = self.entries.get_mut(&inode) {
-            if !e.stale && now.saturating_duration_since(e.topo.read_at) < self.max_age {
+            let enough = e.full || !full;
+            if enough && !e.stale && now.saturating_duration_since(e.topo.read_at) < max_age {
                 if now.duration_since(e.checked_at) < self.recheck {
                     return Some(e.topo.clone());
                 }
                 // Not rate-limited: a false "gone" would drop a good copy,
                 // and a true one removes the entry, so this scans once.
-                match self.netns.find_now(inode) {
+                match netns::find_now(inode) {
                     Some(info) if info.path == e.topo.path => {
                         e.checked_at = now;
                         return Some(e.topo.clone());
@@ -1498,7 +1621,7 @@ impl Topology {
                     Some(_) => {
                         self.entries.remove(&inode);
                         self.names.remove(&inode);
-                        return self.load(inode);
+                        return self.load(inode, full);
                     }
                     None => {
                         self.entries.remove(&inode);
@@ -1509,23 +1632,39 @@ impl Topology {
         }
         if let Some(t) = self.failed.get(&inode) {
             if now.duration_since(*t) < self.recheck {
-                return self.entries.get(&inode).map(|e| e.topo.clone());
+                return self.kept(inode, full);
             }
         }
-        self.load(inode)
+        self.load(inode, full)
     }
 
-    fn load(&mut self, inode: u32) -> Option<Arc<NsTopology>> {
+    /// The copy kept of `inode`, if it has what is wanted.
+    fn kept(&self, inode: u32, full: bool) -> Option<Arc<NsTopology>> {
+        self.entries
+            .get(&inode)
+            .filter(|e| e.full || !full)
+            .map(|e| e.topo.clone())
+    }
+
+    /// Reads `inode`: all of it when `full`, else what naming needs (one
+    /// targeted look; a drop never waits for routes and sysctls to be
+    /// named).
+    fn load(&mut self, inode: u32, full: bool) -> Option<Arc<NsTopology>> {
         // A read takes milliseconds: move the coarse clock past it.
         if self.clock.is_some() {
             self.clock = Some(Instant::now());
         }
-        let Some(info) = self.netns.find(inode) else {
+        let Some(info) = netns::find(inode) else {
             self.entries.remove(&inode);
             self.failed.remove(&inode);
             return None;
         };
-        match NsTopology::read(&info) {
+        let read = if full {
+            NsTopology::read(&info)
+        } else {
+            NsTopology::read_names(&info)
+        };
+        match read {
             Ok(mut t) => {
                 if let Some(n) = t.listen.overflows {
                     let base = *self.listen_base.entry(inode).or_insert(n);
@@ -1537,6 +1676,7 @@ impl Topology {
                     inode,
                     Entry {
                         topo: topo.clone(),
+                        full,
                         stale: false,
                         checked_at: Instant::now(),
                     },
@@ -1546,13 +1686,13 @@ impl Topology {
             Err(e) => {
                 self.last_error = Some(format!("{e:#}"));
                 // Most failures are the netns dying between find and setns.
-                if self.netns.find_now(inode).is_none() {
+                if netns::find_now(inode).is_none() {
                     self.entries.remove(&inode);
                     self.failed.remove(&inode);
                     return None;
                 }
                 self.failed.insert(inode, Instant::now());
-                self.entries.get(&inode).map(|e| e.topo.clone())
+                self.kept(inode, full)
             }
         }
     }
@@ -1561,7 +1701,7 @@ impl Topology {
     /// counters are what the caller wants). None if the namespace is gone
     /// or cannot be entered.
     pub fn ruleset(&mut self, inode: u32, read_ns: u64) -> Option<super::firewall::Ruleset> {
-        let info = self.netns.find(inode)?;
+        let info = netns::find(inode)?;
         match super::firewall::read(&info, read_ns) {
             Ok(rs) => Some(rs),
             Err(e) => {
@@ -1592,10 +1732,27 @@ impl Topology {
     /// A link by (netns, ifindex), re-reading the netns once (rate-limited by
     /// `recheck`) when the cached copy lacks the ifindex.
     pub fn link(&mut self, inode: u32, ifindex: i32) -> Result<Link, IfName> {
+        self.link_aged(inode, ifindex, self.max_age, true)
+    }
+
+    /// [`Topology::link`] for naming an event (see [`Topology::cached`]).
+    pub fn name_link(&mut self, inode: u32, ifindex: i32) -> Result<Link, IfName> {
+        self.link_aged(inode, ifindex, self.name_max_age, false)
+    }
+
+    fn link_aged(
+        &mut self,
+        inode: u32,
+        ifindex: i32,
+        max_age: Duration,
+        full: bool,
+    ) -> Result<Link, IfName> {
         if ifindex <= 0 {
             return Err(IfName::None);
         }
-        let topo = self.get(inode).ok_or(IfName::NetnsGone)?;
+        let topo = self
+            .get_aged(inode, max_age, full)
+            .ok_or(IfName::NetnsGone)?;
         if let Some(l) = topo.link(ifindex) {
             return Ok(l.clone());
         }
@@ -1615,7 +1772,9 @@ impl Topology {
         }
         self.link_misses.insert(key, Instant::now());
         self.invalidate(inode);
-        let topo = self.get(inode).ok_or(IfName::NetnsGone)?;
+        let topo = self
+            .get_aged(inode, max_age, full)
+            .ok_or(IfName::NetnsGone)?;
         topo.link(ifindex).cloned().ok_or(IfName::Gone)
     }
 
@@ -1624,20 +1783,23 @@ impl Topology {
     /// interface does not re-read thousands of times a second) before giving
     /// up.
     /// Sets the coarse clock the cache uses until the next call.
-    /// Also notices namespaces being added or removed (one stat of
-    /// /run/netns) and then forgets every negative answer: the kernel
+    /// Also notices namespaces being added or removed (the namespace
+    /// index's generation: no syscall beyond a non-blocking read of its
+    /// watch) and then forgets every name and negative answer: the kernel
     /// reuses a deleted namespace's inode for the next one, and a cached
     /// "gone" would misname the newcomer.
     pub fn set_clock(&mut self, now: Instant) {
         self.clock = Some(now);
-        let mtime = crate::host::netns::run_dir_mtime();
-        if mtime != self.run_dir_mtime {
-            self.run_dir_mtime = mtime;
-            self.names.retain(|_, (name, _)| name.is_some());
+        let generation = Some(netns::generation());
+        if generation != self.netns_generation {
+            // Not on the first call: nothing is cached before it.
+            if self.netns_generation.is_some() {
+                self.entries.values_mut().for_each(|e| e.stale = true);
+            }
+            self.netns_generation = generation;
+            self.names.clear();
             self.failed.clear();
             self.link_misses.clear();
-            self.netns.forget_misses();
-            crate::host::netns::forget_misses();
         }
     }
 
@@ -1662,14 +1824,7 @@ impl Topology {
             return None;
         }
         if let Some((name, at)) = self.names.get(&inode) {
-            // An unnamed netns stays unnamed for long: finding that out
-            // costs a scan of every process, so ask again rarely.
-            let ttl = if name.is_some() {
-                NAME_TTL
-            } else {
-                10 * NAME_TTL
-            };
-            if self.now().saturating_duration_since(*at) < ttl {
+            if self.now().saturating_duration_since(*at) < NAME_TTL {
                 return name.clone();
             }
         }
@@ -1677,13 +1832,13 @@ impl Topology {
             // Namespace churn: forget everything rather than grow.
             self.names.clear();
         }
-        let name = crate::host::netns::find(inode).and_then(|n| n.name);
+        let name = netns::find(inode).and_then(|n| n.name);
         self.names.insert(inode, (name.clone(), Instant::now()));
         name
     }
 
     pub fn ifname(&mut self, inode: u32, ifindex: i32) -> IfName {
-        match self.link(inode, ifindex) {
+        match self.name_link(inode, ifindex) {
             Ok(l) => IfName::Name(l.name),
             Err(n) => n,
         }
@@ -1692,12 +1847,12 @@ impl Topology {
     /// The other end of a veth (or netkit) pair: (its netns inode, its link).
     /// None if `ifindex` is not such a device or the peer cannot be found.
     pub fn veth_peer(&mut self, inode: u32, ifindex: i32) -> Option<(u32, Link)> {
-        let l = self.link(inode, ifindex).ok()?;
+        let l = self.name_link(inode, ifindex).ok()?;
         if !matches!(l.kind.as_deref(), Some("veth") | Some("netkit")) {
             return None;
         }
         let peer_ns = l.peer_netns?;
-        let peer = self.link(peer_ns, l.link?).ok()?;
+        let peer = self.name_link(peer_ns, l.link?).ok()?;
         Some((peer_ns, peer))
     }
 }

@@ -164,7 +164,7 @@ pub(super) fn interface(
 /// Where else an interface of that name lives, as a hint for `-i`: the
 /// user probably meant a namespace's interface without `--netns`.
 fn elsewhere(topology: &mut Topology, ifname: &str, searched: u32) -> String {
-    let found: Vec<String> = netns::list()
+    let found: Vec<String> = netns::list_fresh()
         .into_iter()
         .filter(|n| n.inode != searched)
         .filter(|n| {

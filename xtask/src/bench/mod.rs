@@ -40,6 +40,9 @@
 //! x 8 s storms, plus a 60 s memory storm); `--quick` about 6 minutes (3
 //! datapath rounds of shorter phases and 2 storm rounds, 3 s each).
 //!
+//! `--scale` is another mode: `tracer diagnose` with 100, 1,000 and 3,000
+//! namespaces (see `scale`).
+//!
 //! Files: `lab` (namespaces, counters, Ctrl-C), `load` (the pinned flow
 //! and rate sampling), `observers` (tracer, bpftrace), `workloads` (what
 //! runs under each observer), `report` (the tables and report.json).
@@ -48,6 +51,7 @@ pub(crate) mod lab;
 pub(crate) mod load;
 pub(crate) mod observers;
 pub(crate) mod report;
+pub(crate) mod scale;
 pub(crate) mod workloads;
 
 use anyhow::{bail, Result};
@@ -58,9 +62,12 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 use workloads::{datapath, startup, storm, storm_round, Ctx, StormKind, StormSetup};
 
-const USAGE: &str = "usage: cargo xtask bench [--quick]  (--quick: about 6 minutes instead of 16)";
+const USAGE: &str = "usage: cargo xtask bench [--quick]  (--quick: about 6 minutes instead of 16)\n       cargo xtask bench --scale [--sizes 100,1000,3000] [--idle SECONDS] [--tracer PATH]  (a dense node: see bench/scale.rs)";
 
 pub fn run(root: &Path, args: &[&str]) -> Result<()> {
+    if args.contains(&"--scale") {
+        return scale::run(root, args);
+    }
     if args.iter().any(|a| *a == "--help" || *a == "-h") {
         println!("{USAGE}");
         return Ok(());

@@ -5,7 +5,7 @@
 //! `HOSTNAME=`, its command): any process can set those to anything,
 //! newlines included, and claim to be any pod.
 
-use super::{interfaces_of, netns_of_pid, Container, ContainerRef, View, SOURCE_CGROUP};
+use super::{interfaces_with, netns_of_pid, Container, ContainerRef, View, SOURCE_CGROUP};
 use std::collections::HashMap;
 use std::path::PathBuf;
 
@@ -49,6 +49,7 @@ pub fn runtime_of_cgroup(cgroup: &str) -> Option<(&'static str, String)> {
 pub(super) fn inventory() -> View {
     let own = crate::host::netns::own_inode().unwrap_or(0);
     let mut by_ns: HashMap<u32, Container> = HashMap::new();
+    let mut peers = HashMap::new();
     for pid in crate::host::proc::pids() {
         let Some(netns) = netns_of_pid(pid) else {
             continue;
@@ -82,7 +83,7 @@ pub(super) fn inventory() -> View {
                 },
                 pid,
                 netns,
-                interfaces: interfaces_of(netns, &path),
+                interfaces: interfaces_with(netns, &path, &mut peers),
                 networks: Vec::new(),
                 ports: Vec::new(),
             },

@@ -385,6 +385,8 @@ impl Feed<'_> {
 
 fn watch_thread(shared: Containers, ready: std::sync::mpsc::Sender<()>) {
     let rt = match tokio::runtime::Builder::new_current_thread()
+        // Its blocking threads (the cgroup inventory) are named like it.
+        .thread_name("containers")
         .enable_all()
         .build()
     {
@@ -427,16 +429,24 @@ async fn api_loop(m: &Merger, src: Source) {
     }
 }
 
-/// The cgroup view, only while no API answers; it has no event stream, so
-/// it is taken again every few seconds.
+/// The cgroup view, only while no API answers. It has no event stream of
+/// its own: it is taken again when a namespace is named or unnamed (the
+/// namespace index's events: Docker, CNI and podman bind-mount theirs), and
+/// at least every [`CGROUP_BACKSTOP`], never as a `/proc` walk every few
+/// seconds (issue 22).
 async fn cgroup_loop(m: &Merger, ready: std::sync::mpsc::Sender<()>) {
     let mut tried = m.tried.subscribe();
     let _ = tried.wait_for(|t| t.iter().all(|b| *b)).await;
     let mut ready = Some(ready);
+    let mut seen: Option<(u64, std::time::Instant)> = None;
     loop {
+        // One non-blocking read of the index's watch.
+        let generation = crate::host::netns::generation();
+        let due = seen.is_none_or(|(g, at)| g != generation || at.elapsed() >= CGROUP_BACKSTOP);
         if m.api_up() {
             m.set(Source::Cgroup, None);
-        } else {
+        } else if due {
+            seen = Some((generation, std::time::Instant::now()));
             // Namespaces are entered with setns: off the async runtime.
             let v = tokio::task::spawn_blocking(cgroup::inventory)
                 .await
@@ -449,6 +459,9 @@ async fn cgroup_loop(m: &Merger, ready: std::sync::mpsc::Sender<()>) {
         tokio::time::sleep(Duration::from_secs(5)).await;
     }
 }
+
+/// The longest the cgroup view goes untaken while no API answers.
+const CGROUP_BACKSTOP: Duration = Duration::from_secs(60);
 
 /// The netns inode of process `pid`.
 fn netns_of_pid(pid: u32) -> Option<u32> {
@@ -467,6 +480,16 @@ fn parse_ns_link(target: &str) -> Option<u32> {
 /// The container's veth interfaces and their host-side peers (found through
 /// the peer ifindex and link netns, read over netlink in each namespace).
 fn interfaces_of(netns: u32, path: &Path) -> Vec<ContainerIf> {
+    interfaces_with(netns, path, &mut HashMap::new())
+}
+
+/// Host namespaces already read in one inventory, by inode: the host side
+/// of a thousand containers is often one namespace, read once, not once per
+/// container (issue 22).
+type Peers = HashMap<u32, Option<NsTopology>>;
+
+/// [`interfaces_of`], sharing the host namespaces read in `peers`.
+fn interfaces_with(netns: u32, path: &Path, peers: &mut Peers) -> Vec<ContainerIf> {
     let info = NetnsInfo {
         inode: netns,
         name: None,
@@ -475,7 +498,6 @@ fn interfaces_of(netns: u32, path: &Path) -> Vec<ContainerIf> {
     let Ok(topo) = NsTopology::read(&info) else {
         return Vec::new();
     };
-    let mut peers: HashMap<u32, Option<NsTopology>> = HashMap::new();
     let mut out = Vec::new();
     for l in &topo.links {
         if l.kind.as_deref() != Some("veth") {

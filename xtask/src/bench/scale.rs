@@ -1,0 +1,474 @@
+//! `cargo xtask bench --scale [--sizes 100,1000,3000] [--idle S] [--tracer PATH]`:
+//! `tracer diagnose` on a dense node (issue 22). For each size N it builds
+//! N namespaces `trscale-<pid>-<i>`, each with a veth `eth0` into one
+//! bridge in `trscale-<pid>-hub` (IPv6 off, so that nothing but the
+//! bench's own datagram ever drops: router solicitations flooded to a
+//! thousand bridge ports are a drop storm, not idling), then measures:
+//!
+//! - ready: spawn to the `ready` line;
+//! - idle CPU: utime + stime over `--idle` seconds (30), from 5 s after
+//!   ready, as a share of one core;
+//! - RSS at the start and end of that window, and its growth;
+//! - threads at the end;
+//! - drop to line and drop to verdict: one UDP datagram from the hub to a
+//!   closed port of the last-made namespace, timed from just before it is
+//!   sent to the `drop` line naming it and to the `port_closed` verdict.
+//!
+//! Then prints the curve, the cost per 1,000 namespaces and each target of
+//! the issue with PASS/FAIL, and writes `target/bench/scale.json`. Every
+//! namespace is deleted on exit, on error and on Ctrl-C; leftovers of a
+//! killed run (whose pid is gone) are deleted first.
+
+use super::lab::{catch_signals, check_interrupted, sleep};
+use super::observers::{cpu_seconds, status_kb};
+use anyhow::{bail, Context, Result};
+use serde_json::{json, Value};
+use std::io::{BufRead, BufReader, Write};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+const USAGE: &str =
+    "usage: cargo xtask bench --scale [--sizes 100,1000,3000] [--idle SECONDS] [--tracer PATH]";
+
+/// The issue's targets (at 1,000 namespaces; ready also at 3,000).
+const READY_MS_1000: f64 = 300.0;
+const READY_MS_3000: f64 = 600.0;
+const IDLE_CPU_PCT: f64 = 1.0;
+const RSS_MB: f64 = 80.0;
+const RSS_GROWTH_MB: f64 = 1.0;
+const DROP_MS: f64 = 50.0;
+
+struct Opts {
+    sizes: Vec<usize>,
+    idle: u64,
+    tracer: PathBuf,
+}
+
+fn parse(root: &Path, args: &[&str]) -> Result<Opts> {
+    let mut o = Opts {
+        sizes: vec![100, 1000, 3000],
+        idle: 30,
+        tracer: root.join("target/release/tracer"),
+    };
+    let mut it = args.iter().filter(|a| **a != "--scale");
+    while let Some(a) = it.next() {
+        let mut val = || {
+            it.next()
+                .copied()
+                .with_context(|| format!("{a} needs a value ({USAGE})"))
+        };
+        match *a {
+            "--sizes" => {
+                o.sizes = val()?
+                    .split(',')
+                    .map(|s| s.trim().parse::<usize>())
+                    .collect::<Result<_, _>>()
+                    .with_context(|| format!("--sizes: a list of numbers ({USAGE})"))?;
+            }
+            "--idle" => {
+                o.idle = val()?
+                    .parse()
+                    .with_context(|| format!("--idle ({USAGE})"))?
+            }
+            "--tracer" => o.tracer = PathBuf::from(val()?),
+            _ => bail!("bench: unknown argument {a} ({USAGE})"),
+        }
+    }
+    if o.sizes.is_empty() || o.sizes.iter().any(|n| *n == 0 || *n > 60_000) {
+        bail!("--sizes: between 1 and 60000 namespaces each ({USAGE})");
+    }
+    Ok(o)
+}
+
+pub(crate) fn run(root: &Path, args: &[&str]) -> Result<()> {
+    if args.iter().any(|a| *a == "--help" || *a == "-h") {
+        println!("{USAGE}");
+        return Ok(());
+    }
+    let o = parse(root, args)?;
+    catch_signals();
+    sweep_stale();
+    let mut rows = Vec::new();
+    for &n in &o.sizes {
+        let started = Instant::now();
+        let star = Star::build(n)?;
+        eprintln!(
+            "bench --scale: {n} namespaces built in {:.1} s",
+            started.elapsed().as_secs_f64()
+        );
+        let row = measure(&o, &star)?;
+        eprintln!("bench --scale: {}", row_text(&row));
+        drop(star);
+        rows.push(row);
+    }
+    report(root, &rows)
+}
+
+/// N namespaces with a veth each into a bridge in a hub namespace.
+struct Star {
+    prefix: String,
+    n: usize,
+}
+
+fn addr_of(i: usize) -> String {
+    format!("10.23.{}.{}", i / 250, i % 250 + 1)
+}
+
+impl Star {
+    fn name(&self, short: &str) -> String {
+        format!("{}{short}", self.prefix)
+    }
+
+    fn build(n: usize) -> Result<Star> {
+        let star = Star {
+            prefix: format!("trscale-{}-", std::process::id()),
+            n,
+        };
+        let mut add = format!("netns add {}\n", star.name("hub"));
+        for i in 1..=n {
+            add.push_str(&format!("netns add {}\n", star.name(&i.to_string())));
+        }
+        batch(None, &add)?;
+        for short in std::iter::once("hub".to_string()).chain((1..=n).map(|i| i.to_string())) {
+            check_interrupted()?;
+            no_ipv6(&star.name(&short))?;
+        }
+        let mut hub = String::from("link add br0 type bridge\nlink set br0 up\n");
+        hub.push_str("addr add 10.23.255.254/16 dev br0\n");
+        for i in 1..=n {
+            let ns = star.name(&i.to_string());
+            hub.push_str(&format!(
+                "link add h{i} type veth peer name eth0 netns {ns}\n"
+            ));
+            hub.push_str(&format!("link set h{i} master br0 up\n"));
+        }
+        batch(Some(&star.name("hub")), &hub)?;
+        for i in 1..=n {
+            check_interrupted()?;
+            let cmds = format!(
+                "addr add {}/16 dev eth0\nlink set eth0 up\nlink set lo up\n",
+                addr_of(i)
+            );
+            batch(Some(&star.name(&i.to_string())), &cmds)?;
+        }
+        Ok(star)
+    }
+}
+
+impl Drop for Star {
+    fn drop(&mut self) {
+        let mut del = format!("netns del {}\n", self.name("hub"));
+        for i in 1..=self.n {
+            del.push_str(&format!("netns del {}\n", self.name(&i.to_string())));
+        }
+        let _ = batch(None, &del);
+    }
+}
+
+/// `ip [-n NS] -batch -` with `cmds` on stdin.
+fn batch(ns: Option<&str>, cmds: &str) -> Result<()> {
+    let mut cmd = Command::new("ip");
+    if let Some(ns) = ns {
+        cmd.args(["-n", ns]);
+    }
+    let mut child = cmd
+        .args(["-batch", "-"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .context("cannot run ip")?;
+    child
+        .stdin
+        .take()
+        .context("ip stdin")?
+        .write_all(cmds.as_bytes())?;
+    let out = child.wait_with_output()?;
+    if !out.status.success() {
+        bail!(
+            "ip -batch failed: {}",
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+    }
+    Ok(())
+}
+
+/// IPv6 off in a namespace, written from a thread that joined it (no
+/// process per namespace).
+fn no_ipv6(ns: &str) -> Result<()> {
+    let path = netlab::netns_path(ns);
+    in_netns(&path, || {
+        for f in ["all", "default"] {
+            std::fs::write(format!("/proc/sys/net/ipv6/conf/{f}/disable_ipv6"), "1")?;
+        }
+        Ok(())
+    })
+}
+
+/// Runs `f` on a thread inside the namespace at `path`.
+fn in_netns<T: Send>(path: &Path, f: impl FnOnce() -> Result<T> + Send) -> Result<T> {
+    use std::os::fd::AsRawFd;
+    let file = std::fs::File::open(path).with_context(|| format!("{}", path.display()))?;
+    std::thread::scope(|s| {
+        s.spawn(move || {
+            if unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
+                bail!(
+                    "setns {}: {}",
+                    path.display(),
+                    std::io::Error::last_os_error()
+                );
+            }
+            f()
+        })
+        .join()
+        .unwrap_or_else(|_| bail!("thread in {} panicked", path.display()))
+    })
+}
+
+/// Deletes the namespaces of earlier runs whose process is gone.
+fn sweep_stale() {
+    let Ok(rd) = std::fs::read_dir(netlab::NETNS_RUN_DIR) else {
+        return;
+    };
+    let mut del = String::new();
+    for e in rd.flatten() {
+        let name = e.file_name().to_string_lossy().into_owned();
+        let Some(pid) = name
+            .strip_prefix("trscale-")
+            .and_then(|r| r.split('-').next())
+            .and_then(|p| p.parse::<u32>().ok())
+        else {
+            continue;
+        };
+        if !Path::new(&format!("/proc/{pid}")).exists() {
+            del.push_str(&format!("netns del {name}\n"));
+        }
+    }
+    if !del.is_empty() {
+        let _ = batch(None, &del);
+    }
+}
+
+/// One size's figures.
+struct Row {
+    n: usize,
+    ready_ms: f64,
+    cpu_pct: f64,
+    rss0_mb: f64,
+    rss1_mb: f64,
+    threads: u64,
+    line_ms: Option<f64>,
+    verdict_ms: Option<f64>,
+}
+
+fn measure(o: &Opts, star: &Star) -> Result<Row> {
+    let t0 = Instant::now();
+    let mut child = Command::new(&o.tracer)
+        .args(["diagnose", "-o", "json"])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .with_context(|| format!("cannot start {}", o.tracer.display()))?;
+    let guard = Reaper(&mut child);
+    let pid = guard.0.id() as i32;
+    let (tx, rx) = mpsc::channel::<(Instant, String)>();
+    let stdout = guard.0.stdout.take().context("stdout")?;
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            let keep = line.starts_with("{\"type\":\"ready\"")
+                || line.contains("\"port_closed\"")
+                || line.contains("10.23.");
+            if keep && tx.send((Instant::now(), line)).is_err() {
+                return;
+            }
+        }
+    });
+    let ready = wait_for(&rx, Duration::from_secs(60), |l| {
+        l.starts_with("{\"type\":\"ready\"")
+    })?
+    .context("tracer never printed its ready line")?;
+    let ready_ms = ms(ready.duration_since(t0));
+    sleep(Duration::from_secs(5))?;
+    let (c0, r0, w0) = (
+        cpu_seconds(pid).unwrap_or(0.0),
+        status_kb(pid, "VmRSS").unwrap_or(0),
+        Instant::now(),
+    );
+    sleep(Duration::from_secs(o.idle))?;
+    let (c1, r1) = (
+        cpu_seconds(pid).unwrap_or(0.0),
+        status_kb(pid, "VmRSS").unwrap_or(0),
+    );
+    let cpu_pct = 100.0 * (c1 - c0) / w0.elapsed().as_secs_f64();
+    let threads = status_kb(pid, "Threads").unwrap_or(0);
+    // The drop: from the hub, to a closed port of the last-made namespace.
+    let dst = addr_of(star.n);
+    let sent = Instant::now();
+    in_netns(&netlab::netns_path(&star.name("hub")), || {
+        let s = std::net::UdpSocket::bind("0.0.0.0:0")?;
+        s.send_to(b"x", format!("{dst}:9"))?;
+        Ok(())
+    })?;
+    let mut line_ms = None;
+    let mut verdict_ms = None;
+    let deadline = sent + Duration::from_secs(60);
+    while verdict_ms.is_none() && Instant::now() < deadline {
+        check_interrupted()?;
+        let Ok((at, l)) = rx.recv_timeout(Duration::from_millis(50)) else {
+            continue;
+        };
+        if l.starts_with("{\"type\":\"drop\"") && l.contains(&format!("\"dst\":\"{dst}\"")) {
+            line_ms.get_or_insert(ms(at.duration_since(sent)));
+        } else if l.contains("\"port_closed\"") && l.contains(&dst) {
+            verdict_ms = Some(ms(at.duration_since(sent)));
+        }
+    }
+    drop(guard);
+    Ok(Row {
+        n: star.n,
+        ready_ms,
+        cpu_pct,
+        rss0_mb: r0 as f64 / 1024.0,
+        rss1_mb: r1 as f64 / 1024.0,
+        threads,
+        line_ms,
+        verdict_ms,
+    })
+}
+
+/// SIGINT, then reaped (SIGKILL after 10 s): the tracer detaches itself.
+struct Reaper<'a>(&'a mut Child);
+
+impl Drop for Reaper<'_> {
+    fn drop(&mut self) {
+        unsafe { libc::kill(self.0.id() as i32, libc::SIGINT) };
+        let end = Instant::now() + Duration::from_secs(10);
+        while Instant::now() < end {
+            if let Ok(Some(_)) = self.0.try_wait() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn wait_for(
+    rx: &mpsc::Receiver<(Instant, String)>,
+    within: Duration,
+    want: impl Fn(&str) -> bool,
+) -> Result<Option<Instant>> {
+    let end = Instant::now() + within;
+    while Instant::now() < end {
+        check_interrupted()?;
+        match rx.recv_timeout(Duration::from_millis(50)) {
+            Ok((at, l)) if want(&l) => return Ok(Some(at)),
+            Ok(_) | Err(mpsc::RecvTimeoutError::Timeout) => {}
+            Err(mpsc::RecvTimeoutError::Disconnected) => bail!("the tracer exited"),
+        }
+    }
+    Ok(None)
+}
+
+fn ms(d: Duration) -> f64 {
+    d.as_secs_f64() * 1000.0
+}
+
+fn opt_ms(v: Option<f64>) -> String {
+    v.map(|v| format!("{v:.0} ms"))
+        .unwrap_or_else(|| "none".into())
+}
+
+fn row_text(r: &Row) -> String {
+    format!(
+        "{:>6} namespaces: ready {:.0} ms, idle CPU {:.2} %, RSS {:.1} -> {:.1} MB, {} threads, drop -> line {}, -> verdict {}",
+        r.n, r.ready_ms, r.cpu_pct, r.rss0_mb, r.rss1_mb, r.threads, opt_ms(r.line_ms), opt_ms(r.verdict_ms)
+    )
+}
+
+fn pass(ok: bool) -> &'static str {
+    if ok {
+        "PASS"
+    } else {
+        "FAIL"
+    }
+}
+
+/// The curve, the cost per 1,000 namespaces, the targets, scale.json.
+fn report(root: &Path, rows: &[Row]) -> Result<()> {
+    println!("\n  namespaces   ready    idle CPU   RSS start -> end   threads   drop->line   drop->verdict");
+    for r in rows {
+        println!(
+            "  {:>10}   {:>5.0} ms   {:>6.2} %   {:>6.1} -> {:>6.1} MB   {:>7}   {:>10}   {:>13}",
+            r.n,
+            r.ready_ms,
+            r.cpu_pct,
+            r.rss0_mb,
+            r.rss1_mb,
+            r.threads,
+            opt_ms(r.line_ms),
+            opt_ms(r.verdict_ms)
+        );
+    }
+    if let (Some(a), Some(b)) = (rows.first(), rows.last()) {
+        if b.n > a.n {
+            let k = 1000.0 / (b.n - a.n) as f64;
+            println!(
+                "\n  cost per 1,000 namespaces: ready {:+.0} ms, idle CPU {:+.2} %, RSS {:+.1} MB",
+                (b.ready_ms - a.ready_ms) * k,
+                (b.cpu_pct - a.cpu_pct) * k,
+                (b.rss1_mb - a.rss1_mb) * k
+            );
+        }
+    }
+    println!("\n  targets (issue 22):");
+    for r in rows {
+        let ready_target = if r.n >= 3000 {
+            READY_MS_3000
+        } else {
+            READY_MS_1000
+        };
+        let checks = [
+            (
+                format!("ready <= {ready_target:.0} ms"),
+                r.ready_ms <= ready_target,
+            ),
+            (
+                format!("idle CPU <= {IDLE_CPU_PCT} % of a core"),
+                r.cpu_pct <= IDLE_CPU_PCT,
+            ),
+            (format!("RSS <= {RSS_MB:.0} MB"), r.rss1_mb <= RSS_MB),
+            (
+                format!("RSS growth <= {RSS_GROWTH_MB:.0} MB"),
+                r.rss1_mb - r.rss0_mb <= RSS_GROWTH_MB,
+            ),
+            (
+                format!("drop -> line <= {DROP_MS:.0} ms"),
+                r.line_ms.is_some_and(|v| v <= DROP_MS),
+            ),
+            (
+                format!("drop -> verdict <= {DROP_MS:.0} ms"),
+                r.verdict_ms.is_some_and(|v| v <= DROP_MS),
+            ),
+        ];
+        for (what, ok) in checks {
+            println!("  {:>6} namespaces  {what:<32} {}", r.n, pass(ok));
+        }
+    }
+    let out: Vec<Value> = rows
+        .iter()
+        .map(|r| {
+            json!({"namespaces": r.n, "ready_ms": r.ready_ms, "idle_cpu_pct": r.cpu_pct,
+                   "rss_start_mb": r.rss0_mb, "rss_end_mb": r.rss1_mb, "threads": r.threads,
+                   "drop_to_line_ms": r.line_ms, "drop_to_verdict_ms": r.verdict_ms})
+        })
+        .collect();
+    let dir = root.join("target/bench");
+    std::fs::create_dir_all(&dir)?;
+    std::fs::write(dir.join("scale.json"), serde_json::to_string_pretty(&out)?)?;
+    Ok(())
+}
