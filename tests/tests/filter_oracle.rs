@@ -241,7 +241,7 @@ fn ah_misread(j: &Judge) {
 }
 
 /// A chain of 9 destination-options headers, then TCP: past the walk's
-/// cap of 8, so tracer's `protochain 6` does not find TCP; libpcap does.
+/// cap (4), so tracer's `protochain 6` does not find TCP; libpcap does.
 fn beyond_cap(j: &Judge, seen: &mut BTreeMap<&'static str, u64>) {
     let mut ip = vec![0x60, 0, 0, 0, 0, 9 * 8 + 20, 60, 64];
     ip.extend([0xfd, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1]);

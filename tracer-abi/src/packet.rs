@@ -24,7 +24,7 @@ pub const NO_BOUND: u32 = u32::MAX;
 /// How many extension headers the walk passes before it gives up
 /// (`CHAIN_CAPPED`). libpcap has no cap; RFC 8200's recommended order
 /// holds at most 6 distinct ones before the transport.
-pub const CHAIN_CAP: usize = 8;
+pub const CHAIN_CAP: usize = 4;
 
 /// Where a TCP SYN's options are, from the network header (`len` 0: none).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]

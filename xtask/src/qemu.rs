@@ -301,7 +301,7 @@ const CHECKS: &[Check] = &[
     Check {
         name: "check",
         cmd: Cmd::Tracer(&["check"]),
-        timeout_s: 60,
+        timeout_s: 120,
     },
     Check {
         name: "reasons",

@@ -1247,16 +1247,18 @@ fn behind_a_fragment_header_proto_matches_and_port_does_not() {
 }
 
 #[test]
-fn protochain_is_capped_at_eight_extension_headers() {
+fn protochain_is_capped_at_chain_cap_extension_headers() {
+    let cap = tracer_abi::packet::CHAIN_CAP;
+    // CHAIN_CAP + 1 destination-options headers, the last naming TCP.
     let mut chain = Vec::new();
-    for k in 0..9 {
-        chain.extend([if k == 8 { 6 } else { 60 }, 0, 1, 4, 0, 0, 0, 0]);
+    for k in 0..=cap {
+        chain.extend([if k == cap { 6 } else { 60 }, 0, 1, 4, 0, 0, 0, 0]);
     }
     let f = v6_packet(60, &chain);
     assert!(m("ip6 protochain 60", &f));
-    assert!(!m("ip6 protochain 6", &f), "TCP is behind the 9th");
+    assert!(!m("ip6 protochain 6", &f), "TCP is past the cap");
     let f = v6_packet(60, &chain[8..]);
-    assert!(m("ip6 protochain 6", &f), "8 is within the cap");
+    assert!(m("ip6 protochain 6", &f), "CHAIN_CAP headers are within it");
 }
 
 #[test]
