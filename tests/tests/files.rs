@@ -170,7 +170,11 @@ fn a_new_file_is_private() {
         let p = d.path(&format!("new{i}"));
         let out = run(&args, &p, &[]);
         let err = String::from_utf8_lossy(&out.stderr);
-        assert!(out.status.success(), "{what}: {err}");
+        // diagnose exits 3 when it proved a fault, which other tests'
+        // namespaces may give it in its second (it watches them all).
+        let ok =
+            out.status.success() || (what.starts_with("diagnose") && out.status.code() == Some(3));
+        assert!(ok, "{what}: {:?} {err}", out.status);
         let m = std::fs::metadata(&p).unwrap_or_else(|e| panic!("{what}: {e}: {err}"));
         assert_eq!(m.permissions().mode() & 0o777, 0o600, "{what}");
     }

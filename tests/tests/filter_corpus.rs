@@ -94,8 +94,11 @@ fn pcap_numbers(b: &[u8]) -> BTreeSet<u32> {
     out
 }
 
-/// Numbers of the packets in tracer's pcapng (Ethernet or raw IP).
-fn pcapng_numbers(b: &[u8]) -> BTreeSet<u32> {
+/// Numbers of the corpus's packets in tracer's pcapng (Ethernet or raw
+/// IP). A packet counts only if its bytes are that corpus packet's: the
+/// namespace's own traffic (an IPv6 router solicitation when its link
+/// comes up, flow label 0) is not "packet 0".
+fn pcapng_numbers(b: &[u8], corpus: &[(Vec<u8>, tracer_abi::Flow)]) -> BTreeSet<u32> {
     let mut out = BTreeSet::new();
     let mut at = 0;
     while at + 12 <= b.len() {
@@ -112,7 +115,14 @@ fn pcapng_numbers(b: &[u8]) -> BTreeSet<u32> {
             } else {
                 data.get(14..).unwrap_or(&[])
             };
-            out.extend(number(ip));
+            let ours = number(ip).filter(|n| {
+                corpus.get(*n as usize).is_some_and(|(frame, _)| {
+                    let want = frame.get(14..).unwrap_or(&[]);
+                    let k = ip.len().min(want.len());
+                    k > 0 && ip[..k] == want[..k]
+                })
+            });
+            out.extend(ours);
         }
         at += len;
     }
@@ -192,7 +202,15 @@ fn lab() -> Netlab {
 
 /// Runs one tracer per expression of `exprs` on `hook`, all at once, over
 /// one sending of the corpus; what each matched.
-fn batch(lab: &Netlab, dir: &Path, hook: &str, tag: usize, exprs: &[String]) -> Vec<BTreeSet<u32>> {
+/// The corpus, the expressions of one batch, and where it runs.
+struct Batch<'a> {
+    lab: &'a Netlab,
+    dir: &'a Path,
+    corpus: &'a [(Vec<u8>, tracer_abi::Flow)],
+}
+
+fn batch(on: &Batch, hook: &str, tag: usize, exprs: &[String]) -> Vec<BTreeSet<u32>> {
+    let (lab, dir) = (on.lab, on.dir);
     // The classic tracepoint needs tracefs: a private mount of it.
     let wrapper = if hook == "tracepoint" {
         WITH_TRACEFS
@@ -237,7 +255,7 @@ fn batch(lab: &Netlab, dir: &Path, hook: &str, tag: usize, exprs: &[String]) -> 
     });
     files
         .iter()
-        .map(|f| pcapng_numbers(&std::fs::read(f).unwrap_or_default()))
+        .map(|f| pcapng_numbers(&std::fs::read(f).unwrap_or_default(), on.corpus))
         .collect()
 }
 
@@ -262,7 +280,12 @@ fn kernel_filter_matches_what_tcpdump_matches() {
     let (mut compared, mut matched) = (0, 0);
     for hook in ["tp_btf", "raw_tp", "tracepoint"] {
         for (b, chunk) in exprs.chunks(BATCH).enumerate() {
-            let ours = batch(&lab, &dir, hook, b, chunk);
+            let on = Batch {
+                lab: &lab,
+                dir: &dir,
+                corpus: &packets,
+            };
+            let ours = batch(&on, hook, b, chunk);
             for (k, (e, ours)) in chunk.iter().zip(&ours).enumerate() {
                 let want = &theirs[b * BATCH + k];
                 if e.is_empty() {

@@ -70,10 +70,18 @@ fn a_firewall_dropping_fragments_is_named_by_the_reassembly_timeout() {
     let rec = recording("fragto");
     let _ = std::fs::remove_file(&rec);
     let run = diagnose(&lab, Some(&rec));
-    send(&lab);
-    let got = run.wait_for(Duration::from_secs(10), |v| {
-        v["type"] == "verdict" && v["kind"] == "fragment_reassembly_timeout"
-    });
+    // Once more if the first datagram's timeout is not seen within 10 s:
+    // on a loaded host (the suite runs two lanes at once) it once was not.
+    let mut got = None;
+    for _ in 0..2 {
+        send(&lab);
+        got = run.wait_for(Duration::from_secs(10), |v| {
+            v["type"] == "verdict" && v["kind"] == "fragment_reassembly_timeout"
+        });
+        if got.is_some() {
+            break;
+        }
+    }
     let lines = run.stop();
     if let Some(dir) = std::env::var_os("TRACER_KEEP_RECORDING") {
         std::fs::copy(&rec, Path::new(&dir).join("fragment-timeout.jsonl")).unwrap();

@@ -114,6 +114,10 @@ impl TopologySource for LiveSource<'_> {
         self.changes.seen.get(&netns).and_then(|s| s.2)
     }
 
+    fn listen_moved(&mut self, netns: u32) -> bool {
+        self.topology.listen_moved(netns)
+    }
+
     fn ruleset(&mut self, netns: u32) -> Option<Arc<Ruleset>> {
         let rs = Arc::new(self.topology.ruleset(netns, wall_now_ns())?);
         if let Some(r) = self.recorder.as_deref_mut() {

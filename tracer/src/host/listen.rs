@@ -46,6 +46,13 @@ pub struct ListenCounters {
 
 impl ListenCounters {
     /// Reads the calling thread's namespace; what cannot be read is None.
+    /// `TcpExt ListenOverflows` of the namespace the calling thread is in,
+    /// and nothing else (see `Topology::listen_moved`).
+    pub fn read_overflows_here() -> Option<u64> {
+        let netstat = std::fs::read_to_string("/proc/thread-self/net/netstat").ok()?;
+        snmp_field(&netstat, "TcpExt", "ListenOverflows")
+    }
+
     pub fn read_here() -> ListenCounters {
         let read = |f: &str| std::fs::read_to_string(format!("/proc/thread-self/net/{f}")).ok();
         let netstat = read("netstat");

@@ -1546,10 +1546,15 @@ pub struct Topology {
     /// Each namespace's ListenOverflows at its first read: what overflowed
     /// since is what this run saw.
     listen_base: HashMap<u32, u64>,
+    /// When each namespace's overflow count was last polled.
+    listen_polled: HashMap<u32, Instant>,
     /// The namespace index's generation last seen (see
     /// [`netns::generation`]).
     netns_generation: Option<u64>,
 }
+
+/// How often an idle namespace's accept-queue overflow count is polled.
+const LISTEN_POLL: Duration = Duration::from_secs(2);
 
 /// How long a netns name is trusted before it is looked up again. Names
 /// come and go with events that clear them all (`set_clock`); this bounds
@@ -1583,6 +1588,7 @@ impl Topology {
             link_misses: HashMap::new(),
             clock: None,
             listen_base: HashMap::new(),
+            listen_polled: HashMap::new(),
             netns_generation: None,
         }
     }
@@ -1711,6 +1717,38 @@ impl Topology {
         }
     }
 
+    /// Whether the accept-queue overflow count of `inode` differs from its
+    /// cached copy's (then the copy is marked stale, so the next `get`
+    /// reads it all and a recording keeps the new count). One file read
+    /// on the reader thread: an idle namespace is polled for this without
+    /// re-reading its links, routes and sysctls. True when there is no
+    /// copy yet (the caller's `get` reads it) or it cannot tell.
+    pub fn listen_moved(&mut self, inode: u32) -> bool {
+        let Some(cached) = self.entries.get(&inode).map(|e| e.topo.listen.overflows) else {
+            return true;
+        };
+        // At most one poll per LISTEN_POLL: the rules tick four times a
+        // second. The real clock: `now` stands still while no event comes.
+        let now_t = Instant::now();
+        match self.listen_polled.get(&inode) {
+            Some(t) if now_t.duration_since(*t) < LISTEN_POLL => return false,
+            _ => {
+                self.listen_polled.insert(inode, now_t);
+            }
+        }
+        let Some(info) = netns::find(inode) else {
+            return true;
+        };
+        let now = netns_worker::read_in(&info.path, ListenCounters::read_overflows_here)
+            .ok()
+            .flatten();
+        if now.is_some() && now == cached {
+            return false;
+        }
+        self.invalidate(inode);
+        true
+    }
+
     /// Forces a re-read on the next `get`.
     pub fn invalidate(&mut self, inode: u32) {
         if let Some(e) = self.entries.get_mut(&inode) {
@@ -1816,6 +1854,7 @@ impl Topology {
         self.failed.retain(|_, at| at.elapsed() < idle);
         self.names.retain(|_, (_, at)| at.elapsed() < idle);
         self.link_misses.retain(|_, at| at.elapsed() < idle);
+        self.listen_polled.retain(|_, at| at.elapsed() < idle);
     }
 
     /// The name of a netns in /run/netns, if it has one.

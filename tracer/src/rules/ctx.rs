@@ -66,6 +66,14 @@ pub trait TopologySource {
     fn watched(&mut self) -> Vec<u32> {
         vec![self.own_netns()]
     }
+    /// Whether `netns`'s accept-queue overflow count may have moved since
+    /// its topology was read: a live source reads that one counter, so
+    /// that polling an idle namespace never re-reads all of it (issue 22:
+    /// a bridge's 200 ports are 600 sysctl files); a replay's snapshots
+    /// already carry every count.
+    fn listen_moved(&mut self, _netns: u32) -> bool {
+        true
+    }
 }
 
 /// What a rule found: everything a verdict says except the bookkeeping.
@@ -202,6 +210,11 @@ impl<'a> Ctx<'a> {
     /// See [`TopologySource::watched`].
     pub fn watched(&mut self) -> Vec<u32> {
         self.src.watched()
+    }
+
+    /// See [`TopologySource::listen_moved`].
+    pub fn listen_moved(&mut self, netns: u32) -> bool {
+        self.src.listen_moved(netns)
     }
 
     pub fn container(&mut self, netns: u32) -> Option<Arc<Container>> {

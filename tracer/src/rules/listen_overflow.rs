@@ -39,6 +39,9 @@ fn check(netns: u32, cx: &mut Ctx) {
     if cx.concluded(&key).is_some() {
         return;
     }
+    if !cx.listen_moved(netns) {
+        return;
+    }
     let Some(topo) = cx.topo(netns) else { return };
     let c = &topo.listen;
     let (Some(now), Some(base)) = (c.overflows, c.overflows_at_start) else {
