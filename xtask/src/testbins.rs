@@ -82,9 +82,11 @@ pub fn integration(bins: &[TestBin]) -> BTreeMap<String, PathBuf> {
 }
 
 /// Integration tests that measure time or load (floods, storms, signals
-/// in a storm, thousands of held connections, a full CPU): they run last,
-/// one at a time, with nothing beside them.
-const ALONE: &[&str] = &["parking", "reliability", "agent", "watch"];
+/// in a storm, thousands of held connections, a full CPU, a verdict's
+/// latency): they run last, one at a time, with nothing beside them.
+/// `diagnose` bounds how soon the lab's verdict comes (3 s); beside the
+/// other lane it once took 4.3 s.
+const ALONE: &[&str] = &["parking", "reliability", "agent", "watch", "diagnose"];
 
 /// Runs every executable of `bins` (`args` passed to each): unit tests
 /// first, then the integration tests in two lanes, then those in `ALONE`.
