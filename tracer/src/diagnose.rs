@@ -118,6 +118,11 @@ impl TopologySource for LiveSource<'_> {
         self.topology.listen_moved(netns)
     }
 
+    fn reread(&mut self, netns: u32) -> Option<Arc<NsTopology>> {
+        self.topology.invalidate(netns);
+        self.get(netns)
+    }
+
     fn ruleset(&mut self, netns: u32) -> Option<Arc<Ruleset>> {
         let rs = Arc::new(self.topology.ruleset(netns, wall_now_ns())?);
         if let Some(r) = self.recorder.as_deref_mut() {

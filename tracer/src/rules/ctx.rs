@@ -74,6 +74,11 @@ pub trait TopologySource {
     fn listen_moved(&mut self, _netns: u32) -> bool {
         true
     }
+    /// `netns`'s topology read anew now (a live source drops its copy
+    /// first; a replay has only what it recorded).
+    fn reread(&mut self, netns: u32) -> Option<Arc<NsTopology>> {
+        self.get(netns)
+    }
 }
 
 /// What a rule found: everything a verdict says except the bookkeeping.
@@ -183,6 +188,11 @@ impl<'a> Ctx<'a> {
 
     pub fn topo(&mut self, netns: u32) -> Option<Arc<NsTopology>> {
         self.src.get(netns)
+    }
+
+    /// See [`TopologySource::reread`].
+    pub fn reread(&mut self, netns: u32) -> Option<Arc<NsTopology>> {
+        self.src.reread(netns)
     }
 
     pub fn link(&mut self, netns: u32, ifindex: i32) -> Option<Link> {

@@ -98,7 +98,17 @@ impl Rule for QdiscDrop {
         if cx.concluded(&key).is_some() {
             return;
         }
-        let topo = cx.topo(d.netns);
+        let mut topo = cx.topo(d.netns);
+        // No queue known on the device: the copy may predate it or its
+        // qdisc (a bridge made and brought up a moment ago, whose
+        // noqueue frees the reports of its bring-up). Read it once more
+        // before concluding anything from what is missing.
+        if topo
+            .as_ref()
+            .is_none_or(|t| t.qdiscs_of(d.ifindex).next().is_none())
+        {
+            topo = cx.reread(d.netns);
+        }
         let ifname = d
             .ifname
             .clone()
