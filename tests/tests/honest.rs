@@ -84,6 +84,11 @@ fn links_coming_up_with_ipv6_prove_nothing() {
          ip addr add fd5e:77::2/64 dev brq7",
     )
     .unwrap();
+    // The bridge stays up without carrier a while, so its first IGMP and
+    // MLD reports (sent a jiffy after up, and again within a second) go
+    // to its noop queue and are dropped: the trap is certain, not a race
+    // against how soon the next command runs on a busy host.
+    std::thread::sleep(Duration::from_millis(1500));
     lab.exec(
         "left",
         "ip link set up9 mtu 1380 && ip link set up9 up && ip addr add fd5e:77::1/64 dev up9",
