@@ -133,13 +133,22 @@ where
         if n == 0 {
             return;
         }
+        // A series seen before is the usual case (a storm repeats a few
+        // label sets): it only bumps its time and counter, and builds no
+        // `other` label set (that costs allocations on every drop).
+        if let Some(t) = self.last.get_mut(&l) {
+            *t = now;
+            self.family.get_or_create(&l).inc_by(n);
+            return;
+        }
         let other = (self.other)(&l);
-        let key = if l == other || self.last.contains_key(&l) || self.series() < self.max {
-            l
+        let is_other = l == other;
+        let (key, is_other) = if is_other || self.series() < self.max {
+            (l, is_other)
         } else {
-            other.clone()
+            (other, true)
         };
-        if self.last.insert(key.clone(), now).is_none() && key == other {
+        if self.last.insert(key.clone(), now).is_none() && is_other {
             self.others += 1;
         }
         self.family.get_or_create(&key).inc_by(n);
