@@ -13,7 +13,6 @@
 
 use netlab::runtimes::{rootfs_tar, stop, wait_until, which, Podman, Scratch};
 use serde_json::Value;
-use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};

@@ -289,6 +289,20 @@ fn main() -> Result<()> {
                 "-D",
                 "warnings",
             ])?;
+            // `--all-targets` leaves out the test targets marked
+            // `test = false` (docker, runtimes: run on their own later).
+            cargo(&[
+                "clippy",
+                "-p",
+                "tracer-tests",
+                "--test",
+                "docker",
+                "--test",
+                "runtimes",
+                "--",
+                "-D",
+                "warnings",
+            ])?;
             lint_ebpf()?;
             // A fresh clone has no eBPF object yet: the workspace must
             // still check (build.rs puts a stub in its place), so that
