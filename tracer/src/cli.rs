@@ -304,6 +304,13 @@ pub struct DiagnoseArgs {
     /// `-w` is the JSON recording, so pcapng has its own flag.
     #[arg(long, value_name = "FILE", conflicts_with = "replay")]
     pub pcap: Option<PathBuf>,
+    /// Where rule counters cannot tell which nftables rule dropped a flow,
+    /// trace the flow's next packet in the kernel (`nft monitor trace`)
+    /// with a rule in a table of tracer's own that only marks packets for
+    /// tracing, and that the kernel deletes when tracer exits, even on a
+    /// crash (Linux 5.12+, needs nft).
+    #[arg(long, conflicts_with = "replay")]
+    pub nftrace: bool,
 }
 
 fn parse_duration_arg(s: &str) -> Result<Duration, String> {
@@ -398,7 +405,12 @@ fn diagnose(args: DiagnoseArgs, started: Instant) -> Result<Outcome> {
     let mut opts = args.trace.options();
     opts.pcap = args.pcap.clone();
     let rt = runtime()?;
-    rt.block_on(crate::diagnose::live(&opts, args.write.as_deref(), started))
+    rt.block_on(crate::diagnose::live(
+        &opts,
+        args.write.as_deref(),
+        args.nftrace,
+        started,
+    ))
         .map(Outcome::of_faults)
 }
 

@@ -5,6 +5,7 @@
 
 use crate::events::decode::Extra;
 use crate::events::record::{DropRecord, NeighRecord};
+use crate::host::firewall::nftrace::{NfTrace, TraceFlow, TraceHit};
 use crate::host::firewall::Ruleset;
 use crate::host::topology::{Link, NsTopology, Topology};
 use crate::kernel::clock::wall_now_ns;
@@ -72,6 +73,16 @@ struct LiveSource<'a> {
     now_ns: u64,
     /// First write error of the recorder, reported after the fact.
     error: Option<std::io::Error>,
+    /// `--nftrace`: the run's traces.
+    nftrace: Option<&'a mut Traced>,
+}
+
+/// `--nftrace`'s traces, and how many hits of each namespace the
+/// recording already has.
+#[derive(Default)]
+pub struct Traced {
+    traces: NfTrace,
+    recorded: HashMap<u32, usize>,
 }
 
 impl TopologySource for LiveSource<'_> {
@@ -121,6 +132,22 @@ impl TopologySource for LiveSource<'_> {
     fn reread(&mut self, netns: u32) -> Option<Arc<NsTopology>> {
         self.topology.invalidate(netns);
         self.get(netns)
+    }
+
+    fn nftrace(&mut self, netns: u32, flow: &TraceFlow) -> Option<Vec<TraceHit>> {
+        let t = self.nftrace.as_deref_mut()?;
+        let info = crate::host::netns::find(netns)?;
+        let hits = t.traces.trace(&info, flow)?;
+        let seen = t.recorded.entry(netns).or_default();
+        if hits.len() != *seen {
+            *seen = hits.len();
+            if let Some(r) = self.recorder.as_deref_mut() {
+                if let Err(e) = r.nftrace(self.now_ns, netns, &hits) {
+                    self.error.get_or_insert(e);
+                }
+            }
+        }
+        Some(hits)
     }
 
     fn ruleset(&mut self, netns: u32) -> Option<Arc<Ruleset>> {
@@ -188,6 +215,8 @@ pub struct Diagnoser {
     /// counts them).
     pub keep_emitted: bool,
     emitted: Vec<Verdict>,
+    /// `--nftrace` (None: off).
+    nftrace: Option<Traced>,
 }
 
 impl Diagnoser {
@@ -201,7 +230,14 @@ impl Diagnoser {
             stop_when: None,
             keep_emitted: false,
             emitted: Vec::new(),
+            nftrace: None,
         }
+    }
+
+    /// `--nftrace`: where counters leave several rules, trace the flow's
+    /// next packet in the kernel (see [`crate::host::firewall::nftrace`]).
+    pub fn enable_nftrace(&mut self) {
+        self.nftrace = Some(Traced::default());
     }
 
     /// Also write a recording of the run to `path`.
@@ -286,6 +322,7 @@ impl Diagnoser {
             watched: &s.netns,
             now_ns: wall_now_ns(),
             error: None,
+            nftrace: self.nftrace.as_mut(),
         };
         let r = f(&mut self.engine, &mut src);
         match src.error {
@@ -420,10 +457,18 @@ impl Consumer for Diagnoser {
 
 /// `tracer diagnose` on the live kernel, optionally recording to `write`.
 /// Returns whether a fault was proven (the exit status says so).
-pub async fn live(opts: &TraceOptions, write: Option<&Path>, started: Instant) -> Result<bool> {
+pub async fn live(
+    opts: &TraceOptions,
+    write: Option<&Path>,
+    nftrace: bool,
+    started: Instant,
+) -> Result<bool> {
     let file = write.map(|p| file::open(p, opts.existing)).transpose()?;
     let tracer = Tracer::start(opts, true, started)?;
     let mut d = Diagnoser::new(true);
+    if nftrace {
+        d.enable_nftrace();
+    }
     if let Some(f) = file {
         d.record_to(f, &tracer.session)?;
     }
@@ -438,6 +483,7 @@ pub struct ReplaySource {
     containers: HashMap<u32, Arc<crate::host::containers::Container>>,
     networks: HashMap<String, crate::host::containers::DockerNetwork>,
     rulesets: HashMap<u32, Arc<Ruleset>>,
+    nftraces: HashMap<u32, Vec<TraceHit>>,
     own_netns: u32,
     dockerd: bool,
     /// The recorded run's `--netns` (empty: its own).
@@ -467,6 +513,10 @@ impl TopologySource for ReplaySource {
 
     fn ruleset(&mut self, netns: u32) -> Option<Arc<Ruleset>> {
         self.rulesets.get(&netns).cloned()
+    }
+
+    fn nftrace(&mut self, netns: u32, _flow: &TraceFlow) -> Option<Vec<TraceHit>> {
+        self.nftraces.get(&netns).cloned()
     }
 
     fn container_by_addr(
@@ -532,6 +582,7 @@ fn replay_with(
         containers: HashMap::new(),
         networks: HashMap::new(),
         rulesets: HashMap::new(),
+        nftraces: HashMap::new(),
         own_netns: header.own_netns,
         dockerd: header.dockerd,
         watched: header.netns.clone(),
@@ -560,6 +611,9 @@ fn replay_with(
             }
             Line::Ruleset(netns, rs) => {
                 src.rulesets.insert(netns, Arc::new(rs));
+            }
+            Line::NfTrace(netns, hits) => {
+                src.nftraces.insert(netns, hits);
             }
             Line::Fact(f) => {
                 let ts = f.ts_ns();

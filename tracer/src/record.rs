@@ -16,6 +16,9 @@
 //!   firewall rules with their counters, each time a rule read them
 //!   (`netfilter_drop` compares two readings), before the fact or tick
 //!   that needed it;
+//! - `{"type":"nftrace","ts_ns","netns","hits":[..]}`: with `--nftrace`,
+//!   the drops the kernel's trace showed in a namespace so far, when they
+//!   grew, before the fact or tick that needed them;
 //! - `drop`, `syn`, `neigh`: the facts, exactly as `-o json` prints them;
 //! - `{"type":"end","ts_ns"}`: when the run ended (a replay runs the
 //!   rules' clocks up to it).
@@ -32,6 +35,7 @@
 //! would otherwise mean billions of ticks.
 
 use crate::host::containers::{Container, DockerNetwork};
+use crate::host::firewall::nftrace::TraceHit;
 use crate::host::firewall::Ruleset;
 use crate::host::topology::NsTopology;
 use crate::kernel::clock::wall_now_ns;
@@ -238,6 +242,11 @@ impl Recorder {
         )
     }
 
+    /// Writes what `--nftrace` has traced in `netns` so far.
+    pub fn nftrace(&mut self, ts_ns: u64, netns: u32, hits: &[TraceHit]) -> std::io::Result<()> {
+        self.line(&serde_json::json!({"type": "nftrace", "ts_ns": ts_ns, "netns": netns, "hits": hits}))
+    }
+
     /// Writes `t` unless the last snapshot of its namespace says the same.
     pub fn topology(&mut self, ts_ns: u64, t: &Arc<NsTopology>) -> std::io::Result<()> {
         self.topology_changed(ts_ns, t, None)
@@ -298,6 +307,8 @@ pub enum Line {
     DockerNetwork(String, DockerNetwork),
     /// A namespace's firewall rules, as read then.
     Ruleset(u32, Ruleset),
+    /// What `--nftrace` had traced in a namespace then.
+    NfTrace(u32, Vec<TraceHit>),
     Fact(Fact),
     End {
         ts_ns: u64,
@@ -504,6 +515,10 @@ impl Iterator for Reader {
                     "ruleset" => Some(Line::Ruleset(
                         v["netns"].as_u64().unwrap_or_default() as u32,
                         serde_json::from_value(v["ruleset"].take())?,
+                    )),
+                    "nftrace" => Some(Line::NfTrace(
+                        v["netns"].as_u64().unwrap_or_default() as u32,
+                        serde_json::from_value(v["hits"].take())?,
                     )),
                     "drop" => Some(Line::Fact(Fact::Drop(serde_json::from_value(v)?))),
                     "syn" => Some(Line::Fact(Fact::Syn(serde_json::from_value(v)?))),

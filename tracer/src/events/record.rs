@@ -342,6 +342,19 @@ impl Proto {
         })
     }
 
+    /// The IP protocol number.
+    pub fn number(self) -> u8 {
+        match self {
+            Proto::Tcp => 6,
+            Proto::Udp => 17,
+            Proto::Icmp => 1,
+            Proto::Icmp6 => 58,
+            Proto::Sctp => 132,
+            Proto::Igmp => 2,
+            Proto::Other(n) => n,
+        }
+    }
+
     fn parse(s: &str) -> Option<Proto> {
         Some(match s {
             "tcp" => Proto::Tcp,

@@ -11,6 +11,7 @@ use super::key::Key;
 use super::{Tier, Verdict};
 use crate::events::record::DropRecord;
 use crate::host::containers::{Container, DockerNetwork};
+use crate::host::firewall::nftrace::{TraceFlow, TraceHit};
 use crate::host::firewall::Ruleset;
 use crate::host::topology::{Link, NsTopology};
 use serde_json::{Map, Value};
@@ -73,6 +74,12 @@ pub trait TopologySource {
     /// already carry every count.
     fn listen_moved(&mut self, _netns: u32) -> bool {
         true
+    }
+    /// With `--nftrace`: starts a trace of `flow` in `netns` (once) and
+    /// returns the drops traced there so far; None where tracing is off or
+    /// impossible (a replay returns what was recorded).
+    fn nftrace(&mut self, _netns: u32, _flow: &TraceFlow) -> Option<Vec<TraceHit>> {
+        None
     }
     /// `netns`'s topology read anew now (a live source drops its copy
     /// first; a replay has only what it recorded).
@@ -188,6 +195,11 @@ impl<'a> Ctx<'a> {
 
     pub fn topo(&mut self, netns: u32) -> Option<Arc<NsTopology>> {
         self.src.get(netns)
+    }
+
+    /// See [`TopologySource::nftrace`].
+    pub fn nftrace(&mut self, netns: u32, flow: &TraceFlow) -> Option<Vec<TraceHit>> {
+        self.src.nftrace(netns, flow)
     }
 
     /// See [`TopologySource::reread`].

@@ -2,7 +2,7 @@
 //! ICMP frag-needed / packet-too-big is left to pmtu_blackhole, which
 //! explains it.
 //!
-//! No kprobe and no trace rule: the hook comes from where the packet was
+//! No kprobe, and no trace rule unless asked: the hook comes from where the packet was
 //! (sent from here, received for here, or forwarded), the candidates are
 //! the DROP and REJECT rules and DROP policies reachable from that hook's
 //! base chains in the namespace's ruleset (iptables-nft, iptables-legacy,
@@ -12,7 +12,8 @@
 //! same flow: only a rule whose counter rose by at least as many drops
 //! can be the one. A rule without a counter (nftables) is never ruled
 //! out, so until one candidate is left the verdict is `suspected`, with
-//! the candidates.
+//! the candidates. With `--nftrace`, such a flow's later packets are
+//! traced in the kernel, and the rule its trace ends in settles it.
 
 use super::ctx::{Ctx, Finding};
 use super::facts::firewall::{self as fw, packet_words};
@@ -22,6 +23,7 @@ use super::key::Key;
 use super::{Fact, Rule, Tier};
 use crate::events::reason::Reason;
 use crate::events::record::DropRecord;
+use crate::host::firewall::nftrace::{TraceFlow, TraceHit};
 use crate::host::firewall::walk::Candidate;
 use crate::host::firewall::Ruleset;
 use serde_json::{json, Value};
@@ -79,6 +81,56 @@ impl NetfilterDrop {
     }
 }
 
+impl NetfilterDrop {
+    /// With `--nftrace`: where the kernel's trace of a later packet of
+    /// the flow ended in one of its candidates, that candidate is proven.
+    fn settle_by_trace(&mut self, cx: &mut Ctx, key: &Key) {
+        let Some(p) = self.pending.get(key) else {
+            return;
+        };
+        let Some(flow) = trace_flow(&p.first) else {
+            return;
+        };
+        let Some(hits) = cx.nftrace(p.first.netns, &flow) else {
+            return;
+        };
+        let found = hits
+            .iter()
+            .filter(|h| h.dst == Some(flow.dst) && (flow.dport.is_none() || h.dport == flow.dport))
+            .find_map(|h| p.fits.iter().find(|c| ends_in(c, h)).map(|c| (c.clone(), h)));
+        let Some((c, hit)) = found else {
+            return;
+        };
+        let rs = p.last.clone();
+        let (first, hooks) = (p.first.clone(), p.hooks);
+        conclude(cx, key.clone(), &first, hooks, &[c], Some(&rs), Some(hit));
+        self.pending.remove(key);
+    }
+}
+
+/// The flow of a drop, as `--nftrace` matches it.
+fn trace_flow(d: &DropRecord) -> Option<TraceFlow> {
+    Some(TraceFlow {
+        src: d.src,
+        dst: d.dst?,
+        proto: d.proto?.number(),
+        dport: d.dport,
+    })
+}
+
+/// Whether a trace ended in this candidate: its chain, and its rule's
+/// handle (or, for a policy, no rule).
+fn ends_in(c: &Candidate, h: &TraceHit) -> bool {
+    c.id.family == h.family
+        && c.id.table == h.table
+        && c.id.chain == h.chain
+        && match (&c.rule, h.handle) {
+            (Some(r), Some(handle)) => r.handle == Some(handle),
+            (None, None) => true,
+            _ => false,
+        }
+}
+
 impl Rule for NetfilterDrop {
     fn kinds(&self) -> &'static [&'static str] {
         &["netfilter_drop", "conntrack_invalid"]
@@ -108,6 +160,7 @@ impl Rule for NetfilterDrop {
             if p.since.len() < 512 {
                 p.since.push(d.ts_ns);
             }
+            self.settle_by_trace(cx, &key);
             return;
         }
         if cx.concluded(&key).is_some() {
@@ -116,14 +169,18 @@ impl Rule for NetfilterDrop {
         let topo = cx.topo(d.netns);
         let hooks = fw::hooks_of(d, topo.as_deref());
         let Some((rs, counted)) = self.reading(cx, d.netns, d.ts_ns) else {
-            conclude(cx, key, d, hooks, &[], None);
+            conclude(cx, key, d, hooks, &[], None, None);
             return;
         };
         let all = fw::candidates_for(d, &rs, hooks);
         // A reading from before the drop cannot rule out a rule at 0.
         let fits = if counted { fw::first_fits(all) } else { all };
-        conclude(cx, key.clone(), d, hooks, &fits, Some(&rs));
+        conclude(cx, key.clone(), d, hooks, &fits, Some(&rs), None);
         if fits.len() > 1 && self.pending.len() < 1000 {
+            // Starts the trace of its next packets (with --nftrace).
+            if let Some(flow) = trace_flow(d) {
+                cx.nftrace(d.netns, &flow);
+            }
             let p = Pending {
                 first: d.clone(),
                 hooks,
@@ -142,6 +199,10 @@ impl Rule for NetfilterDrop {
         let now = cx.now_ns;
         // One reading per namespace per tick serves all its flows.
         let mut read: HashMap<u32, Option<Arc<Ruleset>>> = HashMap::new();
+        let keys: Vec<Key> = self.pending.keys().cloned().collect();
+        for key in keys {
+            self.settle_by_trace(cx, &key);
+        }
         let mut done = Vec::new();
         for (key, p) in self.pending.iter_mut() {
             if p.since.is_empty() || now < p.last.read_ns + REREAD_NS {
@@ -171,7 +232,7 @@ impl Rule for NetfilterDrop {
                 p.fits = left;
             }
             if p.fits.len() == 1 {
-                conclude(cx, key.clone(), &p.first, p.hooks, &p.fits, Some(&rs));
+                conclude(cx, key.clone(), &p.first, p.hooks, &p.fits, Some(&rs), None);
             }
             if p.fits.len() == 1 || p.reads >= MAX_READS {
                 done.push(key.clone());
@@ -193,6 +254,7 @@ fn conclude(
     hooks: &[&str],
     fits: &[Candidate],
     rs: Option<&Ruleset>,
+    traced: Option<&TraceHit>,
 ) {
     let hint = cx.ns_hint(d.netns);
     let what = packet_words(d);
@@ -220,7 +282,11 @@ fn conclude(
         }
         [one] => {
             evidence["rule"] = fw::evidence(one);
-            let s = format!("{what} is dropped by {}.", fw::name(one));
+            let mut s = format!("{what} is dropped by {}.", fw::name(one));
+            if let Some(h) = traced {
+                evidence["nftrace"] = json!({"line": h.line, "handle": h.handle});
+                s.push_str(" Seen by nftrace: the kernel's trace of a later packet of the flow ended there.");
+            }
             (Tier::Proven, s, fw::fixes_for(one, &hint))
         }
         [] => {

@@ -15,6 +15,7 @@
 //! Reading changes nothing: every command only lists.
 
 pub mod iptables;
+pub mod nftrace;
 pub mod nft;
 pub mod walk;
 
