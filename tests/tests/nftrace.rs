@@ -39,7 +39,9 @@ fn lab(test: &str) -> (Netlab, u64) {
          while True: s.accept()[0].close()'",
     )
     .unwrap();
-    let listing = lab.exec("srv", "nft -a list chain inet wall38 in38").unwrap();
+    let listing = lab
+        .exec("srv", "nft -a list chain inet wall38 in38")
+        .unwrap();
     let handle = listing
         .lines()
         .find(|l| l.contains("7400-7499"))

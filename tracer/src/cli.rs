@@ -411,7 +411,7 @@ fn diagnose(args: DiagnoseArgs, started: Instant) -> Result<Outcome> {
         args.nftrace,
         started,
     ))
-        .map(Outcome::of_faults)
+    .map(Outcome::of_faults)
 }
 
 /// Every command but `diagnose`, whose status says more.

@@ -244,7 +244,9 @@ impl Recorder {
 
     /// Writes what `--nftrace` has traced in `netns` so far.
     pub fn nftrace(&mut self, ts_ns: u64, netns: u32, hits: &[TraceHit]) -> std::io::Result<()> {
-        self.line(&serde_json::json!({"type": "nftrace", "ts_ns": ts_ns, "netns": netns, "hits": hits}))
+        self.line(
+            &serde_json::json!({"type": "nftrace", "ts_ns": ts_ns, "netns": netns, "hits": hits}),
+        )
     }
 
     /// Writes `t` unless the last snapshot of its namespace says the same.

@@ -97,7 +97,12 @@ impl NetfilterDrop {
         let found = hits
             .iter()
             .filter(|h| h.dst == Some(flow.dst) && (flow.dport.is_none() || h.dport == flow.dport))
-            .find_map(|h| p.fits.iter().find(|c| ends_in(c, h)).map(|c| (c.clone(), h)));
+            .find_map(|h| {
+                p.fits
+                    .iter()
+                    .find(|c| ends_in(c, h))
+                    .map(|c| (c.clone(), h))
+            });
         let Some((c, hit)) = found else {
             return;
         };

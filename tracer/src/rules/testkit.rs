@@ -171,6 +171,8 @@ pub struct Fake {
     /// netns -> the readings its `ruleset` returns, oldest first (the
     /// last one stays).
     pub rulesets: HashMap<u32, Vec<Arc<crate::host::firewall::Ruleset>>>,
+    /// netns -> what `--nftrace` traced there (None: tracing off).
+    pub nftrace: HashMap<u32, Vec<crate::host::firewall::nftrace::TraceHit>>,
 }
 
 impl Fake {
@@ -181,6 +183,7 @@ impl Fake {
             containers: Default::default(),
             changed_before: HashMap::new(),
             rulesets: HashMap::new(),
+            nftrace: HashMap::new(),
         }
     }
 }
@@ -206,6 +209,13 @@ impl TopologySource for Fake {
     }
     fn changed_before(&mut self, netns: u32) -> Option<u64> {
         self.changed_before.get(&netns).copied()
+    }
+    fn nftrace(
+        &mut self,
+        netns: u32,
+        _flow: &crate::host::firewall::nftrace::TraceFlow,
+    ) -> Option<Vec<crate::host::firewall::nftrace::TraceHit>> {
+        self.nftrace.get(&netns).cloned()
     }
     fn ruleset(&mut self, netns: u32) -> Option<Arc<crate::host::firewall::Ruleset>> {
         let r = self.rulesets.get_mut(&netns)?;

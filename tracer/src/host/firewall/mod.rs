@@ -15,8 +15,8 @@
 //! Reading changes nothing: every command only lists.
 
 pub mod iptables;
-pub mod nftrace;
 pub mod nft;
+pub mod nftrace;
 pub mod walk;
 
 use super::netns::{self, NetnsInfo};

@@ -15,7 +15,8 @@
 //!   process ends: on tracer's exit, on a crash or a kill -9 (its stdin
 //!   closes). Nothing is left for a next start to clean up. Where the flag
 //!   is refused, no trace is made and the verdict stays as counters say;
-//! - the traces are read by `nft -a monitor trace` in the same namespace
+//! - the traces are read by `nft -a monitor trace` in the same namespace,
+//!   line-buffered by `stdbuf -oL`
 //!   (nft 1.0.6 prints traces as text only: the lines are of a fixed
 //!   form, `trace id ID FAMILY TABLE CHAIN rule ... # handle N (verdict
 //!   V)` or `... policy V`).
@@ -113,18 +114,19 @@ impl NfTrace {
         if self.failed.contains_key(&ns.inode) {
             return None;
         }
-        if !self.traces.contains_key(&ns.inode) {
-            match start(ns) {
-                Ok(t) => {
-                    self.traces.insert(ns.inode, t);
-                }
+        let t = match self.traces.entry(ns.inode) {
+            std::collections::hash_map::Entry::Occupied(o) => o.into_mut(),
+            std::collections::hash_map::Entry::Vacant(v) => match start(ns) {
+                Ok(t) => v.insert(t),
                 Err(e) => {
+                    // Said once per namespace: the verdict stays as the
+                    // counters leave it.
+                    eprintln!("tracer: --nftrace in {}: {e}", ns.label());
                     self.failed.insert(ns.inode, e);
                     return None;
                 }
-            }
-        }
-        let t = self.traces.get_mut(&ns.inode)?;
+            },
+        };
         if !t.flows.contains(flow) {
             let table = Self::table();
             let e = flow.expr();
@@ -147,8 +149,8 @@ fn start(ns: &NetnsInfo) -> Result<Trace, String> {
     let table = NfTrace::table();
     let spawn = |args: &'static [&'static str], stdin: bool| {
         netns::run_in(&ns.path, move || {
-            Command::new("nft")
-                .args(args)
+            Command::new(args[0])
+                .args(&args[1..])
                 .stdin(if stdin { Stdio::piped() } else { Stdio::null() })
                 .stdout(if stdin { Stdio::null() } else { Stdio::piped() })
                 .stderr(Stdio::null())
@@ -157,7 +159,9 @@ fn start(ns: &NetnsInfo) -> Result<Trace, String> {
         .and_then(|r| r)
         .map_err(|e| format!("cannot run nft in {}: {e}", ns.label()))
     };
-    let mut monitor = spawn(&["-a", "monitor", "trace"], false)?;
+    // nft's stdout is block-buffered into a pipe: a trace would wait for
+    // 4 kB of others. stdbuf (coreutils) makes it line-buffered.
+    let mut monitor = spawn(&["stdbuf", "-oL", "nft", "-a", "monitor", "trace"], false)?;
     let hits = Arc::new(Mutex::new(Vec::new()));
     let out = monitor.stdout.take().ok_or("no monitor output")?;
     let sink = hits.clone();
@@ -165,7 +169,7 @@ fn start(ns: &NetnsInfo) -> Result<Trace, String> {
         .name("nftrace".into())
         .spawn(move || read_traces(out, &sink))
         .map_err(|e| e.to_string())?;
-    let mut nft = spawn(&["-i"], true)?;
+    let mut nft = spawn(&["nft", "-i"], true)?;
     let stdin = nft.stdin.take().ok_or("no stdin for nft -i")?;
     // From here on, dropping `t` ends both processes (and the table).
     let mut t = Trace {
@@ -239,15 +243,26 @@ pub fn parse_line(
     }
     let (id, family, table, chain) = (w[2], w[3], w[4], w[5]);
     let after = |key: &str| w.windows(2).find(|p| p[0] == key).map(|p| p[1]);
+    // `ether daddr` comes first on ingress: the IP one is `ip(6) daddr`.
+    let field = |protos: &[&str], key: &str| {
+        w.windows(3)
+            .find(|p| protos.contains(&p[0]) && p[1] == key)
+            .map(|p| p[2])
+    };
     match w[6] {
         "packet:" => {
-            let dst = after("daddr").and_then(|a| a.parse().ok());
-            let dport = after("dport").and_then(|p| p.parse().ok());
+            let dst = field(&["ip", "ip6"], "daddr").and_then(|a| a.parse().ok());
+            let dport =
+                field(&["tcp", "udp", "sctp", "dccp"], "dport").and_then(|p| p.parse().ok());
             packets.insert(id.to_string(), (dst, dport));
             None
         }
         "rule" => {
-            let verdict = line.rsplit_once("(verdict ")?.1.trim_end_matches(')').trim();
+            let verdict = line
+                .rsplit_once("(verdict ")?
+                .1
+                .trim_end_matches(')')
+                .trim();
             if !matches!(verdict, "drop" | "reject") {
                 return None;
             }
@@ -288,14 +303,17 @@ mod tests {
     #[test]
     fn a_rule_drop_is_a_hit_with_its_handle_and_flow() {
         let mut p = HashMap::new();
-        let pkt = "trace id 1d35d166 inet f in packet: iif \"lo\" @ll,0,112 0x800 ip saddr 127.0.0.1 ip daddr 10.7.0.2 ip protocol tcp tcp sport 46494 tcp dport 9999 tcp flags == syn";
+        let pkt = "trace id 1d35d166 inet f in packet: iif \"s38\" ether saddr 6e:3e:a9:52:ef:f2 ether daddr 5e:5b:aa:c1:d9:f6 ip saddr 127.0.0.1 ip daddr 10.7.0.2 ip protocol tcp tcp sport 46494 tcp dport 9999 tcp flags == syn";
         assert!(parse_line(pkt, &mut p).is_none());
         let h = parse_line(
             "trace id 1d35d166 inet f in rule tcp dport 9999 drop # handle 2 (verdict drop)",
             &mut p,
         )
         .unwrap();
-        assert_eq!((h.family.as_str(), h.table.as_str(), h.chain.as_str()), ("inet", "f", "in"));
+        assert_eq!(
+            (h.family.as_str(), h.table.as_str(), h.chain.as_str()),
+            ("inet", "f", "in")
+        );
         assert_eq!(h.handle, Some(2));
         assert_eq!(h.dst, Some("10.7.0.2".parse().unwrap()));
         assert_eq!(h.dport, Some(9999));

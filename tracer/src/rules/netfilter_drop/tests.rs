@@ -231,3 +231,68 @@ fn a_second_flow_soon_after_reuses_the_reading_and_is_narrowed_later() {
         v[1].summary
     );
 }
+
+/// Two native nftables rules without counters on the forward hook: the
+/// second is what drops 6300 (the first only from another subnet).
+fn uncounted(read_ns: u64) -> Arc<Ruleset> {
+    use crate::host::firewall::{FwChain, FwRule};
+    let rule = |position, handle, text: &str| FwRule {
+        position,
+        handle: Some(handle),
+        text: text.into(),
+        comment: None,
+        target: Some("DROP".into()),
+        goto: false,
+        counter: None,
+    };
+    Arc::new(Ruleset {
+        read_ns,
+        chains: vec![FwChain {
+            source: Source::Nftables,
+            family: "inet".into(),
+            table: "wall61".into(),
+            name: "fwd61".into(),
+            hook: Some("forward".into()),
+            policy: Some("ACCEPT".into()),
+            policy_counter: None,
+            rules: vec![
+                rule(1, 7, "ip saddr 10.99.0.0/24 tcp dport 6300 drop"),
+                rule(2, 9, "tcp dport 6000-6999 drop"),
+            ],
+        }],
+        unread: vec![],
+    })
+}
+
+#[test]
+fn nftrace_settles_uncounted_rules_and_without_it_they_stay_suspects() {
+    use crate::host::firewall::nftrace::TraceHit;
+    let facts = || vec![forwarded(1_000_000), forwarded(1_000_000_000)];
+    let mut off = lab();
+    off.rulesets.insert(NS, vec![uncounted(1_000_500)]);
+    let v = run(&mut off, facts(), 3_000_000_000);
+    assert_eq!(kinds(&v), [("netfilter_drop", Tier::Suspected)]);
+    let mut on = lab();
+    on.rulesets.insert(NS, vec![uncounted(1_000_500)]);
+    let hit = |dport, handle| TraceHit {
+        family: "inet".into(),
+        table: "wall61".into(),
+        chain: "fwd61".into(),
+        handle: Some(handle),
+        verdict: "drop".into(),
+        dst: Some(ip("10.61.4.2")),
+        dport: Some(dport),
+        line: format!("trace id 1 inet wall61 fwd61 rule ... # handle {handle} (verdict drop)"),
+    };
+    // Another flow's trace (port 6400) must not settle this one.
+    on.nftrace.insert(NS, vec![hit(6400, 7), hit(6300, 9)]);
+    let v = run(&mut on, facts(), 3_000_000_000);
+    assert_eq!(kinds(&v), [("netfilter_drop", Tier::Proven)]);
+    assert_eq!(v[0].evidence["rule"]["handle"], 9);
+    assert_eq!(v[0].evidence["nftrace"]["handle"], 9);
+    assert!(v[0].summary.contains("Seen by nftrace"), "{}", v[0].summary);
+    assert_eq!(
+        v[0].fix_commands[0],
+        ["ip netns exec lab nft delete rule inet wall61 fwd61 handle 9"]
+    );
+}
