@@ -551,6 +551,68 @@ fn pmtu_icmp_dropped_by_the_sender_is_linked_and_fix_heals() {
     );
 }
 
+/// IPv4, with policy routing: rt4 sends what arrives on `r-in` to table
+/// 321, which lacks dst4's service address 10.173.0.9 (and so does main).
+/// no_route names table 321; its fix 1 is advice, as no fact here says
+/// which gateway is right: pasted with dst4 filled in as the gateway, it
+/// heals.
+#[test]
+fn ipv4_no_route_in_a_policy_table_heals_once_the_gateway_is_filled_in() {
+    let mut lab = Netlab::new(&prefix("fxnr4")).unwrap();
+    for n in ["src4", "rt4", "dst4"] {
+        lab.ns(n).unwrap();
+    }
+    lab.veth("src4", "s0", "rt4", "r-in").unwrap();
+    lab.veth("rt4", "r-out", "dst4", "d0").unwrap();
+    lab.exec(
+        "src4",
+        "ip addr add 10.171.2.5/24 dev s0 && ip route add default via 10.171.2.1",
+    )
+    .unwrap();
+    lab.exec(
+        "rt4",
+        "ip addr add 10.171.2.1/24 dev r-in && ip addr add 10.172.6.1/24 dev r-out && \
+         sysctl -qw net.ipv4.ip_forward=1 && ip rule add iif r-in lookup 321 pref 2100 && \
+         ip route add 10.172.6.0/24 dev r-out table 321",
+    )
+    .unwrap();
+    lab.exec(
+        "dst4",
+        "ip addr add 10.172.6.8/24 dev d0 && ip addr add 10.173.0.9/32 dev lo && \
+         ip route add default via 10.172.6.1",
+    )
+    .unwrap();
+    let ns = ["src4", "rt4", "dst4"];
+    let lines = diagnose_while(&lab, &ns, || {
+        assert!(!ping(&lab, "src4", "10.173.0.9", 56));
+    });
+    let v = verdict(&lines, "no_route");
+    assert_eq!(v["netns_name"], lab.name("rt4"), "{v}");
+    assert_eq!(v["evidence"]["route_table"], 321, "{v}");
+    assert!(
+        v["fix_commands"][0].as_array().unwrap().is_empty(),
+        "a gateway nobody chose: {v}"
+    );
+    let text = v["fix"][0].as_str().unwrap();
+    let cmd = text
+        .strip_prefix("Add a route: ")
+        .and_then(|t| t.split(" (or ").next())
+        .unwrap_or_else(|| panic!("{text}"));
+    assert_eq!(
+        cmd,
+        format!(
+            "ip netns exec {} ip route add 10.173.0.9/32 via <gateway> table 321",
+            lab.name("rt4")
+        )
+    );
+    let out = Command::new("bash")
+        .args(["-c", &cmd.replace("<gateway>", "10.172.6.8")])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{cmd}: {out:?}");
+    healed(&lab, &ns, || ping(&lab, "src4", "10.173.0.9", 56));
+}
+
 /// IPv6: a router with forwarding off. Fix 1 turns it on.
 #[test]
 fn ipv6_forwarding_disabled_fix_heals() {

@@ -1034,6 +1034,18 @@ mod tests {
             "NETFILTER_DROP"
         );
         assert_eq!(v[1].evidence["dport"], 4127);
+        // The rule is named, and fix 1 removes it: a command, not advice.
+        assert_eq!(
+            v[1].evidence["fragment_dropped"]["rule"]["rule"],
+            "-A FORWARD -f -j DROP"
+        );
+        let gw = v[1].evidence["fragment_dropped"]["netns"].as_str().unwrap();
+        assert_eq!(
+            v[1].fix_commands[0],
+            [format!(
+                "ip netns exec {gw} iptables-nft -t filter -D FORWARD 1"
+            )]
+        );
     }
 
     #[test]
