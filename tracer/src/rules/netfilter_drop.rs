@@ -1,6 +1,7 @@
 //! `netfilter_drop`: a `NETFILTER_DROP`, named down to the rule. A dropped
-//! ICMP frag-needed / packet-too-big is left to pmtu_blackhole, which
-//! explains it.
+//! ICMP frag-needed / packet-too-big gets its verdict too (the rule is
+//! the thing to remove), and says that path MTU discovery needs it:
+//! pmtu_blackhole links the same drop to the flow it stalls.
 //!
 //! No kprobe and no trace rule: the hook comes from where the packet was
 //! (sent from here, received for here, or forwarded), the candidates are
@@ -86,7 +87,7 @@ impl Rule for NetfilterDrop {
 
     fn on_fact(&mut self, fact: &Fact, cx: &mut Ctx) {
         let Fact::Drop(d) = fact else { return };
-        if d.reason != Reason::NETFILTER_DROP || is_ptb_icmp(d) {
+        if d.reason != Reason::NETFILTER_DROP {
             return;
         }
         // A SYN-ACK is keyed by its server end: every client's
@@ -220,7 +221,7 @@ fn conclude(
         }
         [one] => {
             evidence["rule"] = fw::evidence(one);
-            let s = format!("{what} is dropped by {}.", fw::name(one));
+            let s = format!("{what} is dropped by {}.{}", fw::name(one), ptb_words(d));
             (Tier::Proven, s, fw::fixes_for(one, &hint))
         }
         [] => {
@@ -265,6 +266,15 @@ fn conclude(
         evidence,
         fix,
     });
+}
+
+/// What a dropped ICMP frag-needed / packet-too-big breaks.
+fn ptb_words(d: &DropRecord) -> &'static str {
+    if is_ptb_icmp(d) {
+        " Path MTU discovery needs this ICMP: without it the sender keeps sending packets too big for the path, which are dropped."
+    } else {
+        ""
+    }
 }
 
 /// Why no candidate may be what could not be read.
