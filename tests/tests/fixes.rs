@@ -8,16 +8,30 @@
 use serde_json::Value;
 use std::process::Command;
 use std::time::Duration;
-use tracer_tests::{prefix, start, Netlab};
+use tracer_tests::{keep_recording, prefix, recording, start, Netlab};
 
 /// Runs `tracer diagnose` on the lab namespaces `ns` while `traffic` runs,
 /// plus the late evidence's time (neighbour failure, retransmissions), and
 /// returns every JSON line.
 fn diagnose_while(lab: &Netlab, ns: &[&str], traffic: impl FnOnce()) -> Vec<Value> {
+    diagnose_to(lab, ns, None, traffic)
+}
+
+/// `diagnose_while`, recording to `rec` (`-w`) when given.
+fn diagnose_to(
+    lab: &Netlab,
+    ns: &[&str],
+    rec: Option<&std::path::Path>,
+    traffic: impl FnOnce(),
+) -> Vec<Value> {
     let mut args = vec!["diagnose".to_string()];
     for n in ns {
         args.push("--netns".into());
         args.push(lab.name(n));
+    }
+    if let Some(r) = rec {
+        args.push("-w".into());
+        args.push(r.to_string_lossy().into_owned());
     }
     let args: Vec<&str> = args.iter().map(String::as_str).collect();
     let run = start(&args);
@@ -74,22 +88,39 @@ fn ping(lab: &Netlab, ns: &str, dst: &str, size: u32) -> bool {
 
 /// The second run: the traffic works, and nothing is proven.
 fn healed(lab: &Netlab, ns: &[&str], works: impl FnOnce() -> bool) {
-    healed_but(lab, ns, works, None)
+    healed_but(lab, ns, works, None, &[])
 }
 
 /// `healed`, where a fault about the broken run's TCP connection (its
 /// client port `old_port`) is not new: the server's socket outlives the
-/// client and keeps retransmitting what the fix came too late for.
-fn healed_but(lab: &Netlab, ns: &[&str], works: impl FnOnce() -> bool, old_port: Option<u16>) {
+/// client and keeps retransmitting what the fix came too late for. Nor is
+/// a firewall's drop of the ICMP those retransmissions draw, where the
+/// broken run (`before`) named the same rule already: the fix applied was
+/// another one (a clamp leaves the ICMP rule in place).
+fn healed_but(
+    lab: &Netlab,
+    ns: &[&str],
+    works: impl FnOnce() -> bool,
+    old_port: Option<u16>,
+    before: &[Value],
+) {
     let mut ok = false;
     let lines = diagnose_while(lab, ns, || ok = works());
     assert!(ok, "the traffic still fails after the fix");
+    let named_before = |v: &Value| {
+        faults(before).iter().any(|b| {
+            b["kind"] == v["kind"]
+                && b["netns_name"] == v["netns_name"]
+                && b["evidence"]["rule"] == v["evidence"]["rule"]
+        })
+    };
     let new: Vec<&Value> = faults(&lines)
         .into_iter()
         .filter(|v| {
             let e = &v["evidence"];
             old_port.is_none_or(|p| e["sport"] != p && e["dport"] != p)
         })
+        .filter(|v| !(old_port.is_some() && v["kind"] == "netfilter_drop" && named_before(v)))
         .collect();
     assert!(new.is_empty(), "{new:#?}");
 }
@@ -499,6 +530,7 @@ fn mss_exceeds_mtu_fix_heals() {
         &MTU_NS,
         || download(&lab, FIXED_PORT),
         Some(BROKEN_PORT),
+        &lines,
     );
 }
 
@@ -542,13 +574,187 @@ fn pmtu_icmp_dropped_by_the_sender_is_linked_and_fix_heals() {
         cmd.contains(&lab.name("origin")) && cmd.contains(" -I INPUT "),
         "{cmd}"
     );
+    // The dropped ICMP is a firewall drop in its own right, named.
+    let nf = dropped_icmp(&lines, &lab.name("origin"));
+    assert_eq!(nf["evidence"]["rule"]["chain"], "INPUT", "{nf}");
+    assert_eq!(nf["evidence"]["rule"]["position"], 1, "{nf}");
+    let s = nf["summary"].as_str().unwrap();
+    assert!(
+        s.starts_with("icmp frag needed from 10.152.4.1 to 10.152.4.20")
+            && s.contains("Path MTU discovery needs this ICMP"),
+        "{s}"
+    );
     apply_first_fix(v);
     healed_but(
         &lab,
         &MTU_NS,
         || download(&lab, FIXED_PORT),
         Some(BROKEN_PORT),
+        &lines,
     );
+}
+
+/// The proven netfilter_drop verdict of namespace `ns`, the only one there.
+fn dropped_icmp<'a>(lines: &'a [Value], ns: &str) -> &'a Value {
+    let nf: Vec<&Value> = faults(lines)
+        .into_iter()
+        .filter(|v| v["kind"] == "netfilter_drop" && v["netns_name"] == ns)
+        .collect();
+    assert_eq!(nf.len(), 1, "{:#?}", faults(lines));
+    nf[0]
+}
+
+/// far (fd71:a::9) -- mid (forwards; `nx` MTU 1320) -- near
+/// (fd71:b::9, MTU 1320): far's 1400-byte pings do not fit the narrow
+/// link, and mid answers ICMPv6 packet too big.
+fn v6_narrow_lab(test: &str) -> Netlab {
+    let mut lab = Netlab::new(&prefix(test)).unwrap();
+    for n in ["far", "mid", "near"] {
+        lab.ns(n).unwrap();
+    }
+    lab.veth("far", "f0", "mid", "mx").unwrap();
+    lab.veth("mid", "nx", "near", "n0").unwrap();
+    lab.exec(
+        "far",
+        "ip addr add fd71:a::9/64 dev f0 nodad && ip route add default via fd71:a::1",
+    )
+    .unwrap();
+    lab.exec(
+        "mid",
+        "ip addr add fd71:a::1/64 dev mx nodad && ip link set nx mtu 1320 && \
+         ip addr add fd71:b::1/64 dev nx nodad && sysctl -qw net.ipv6.conf.all.forwarding=1",
+    )
+    .unwrap();
+    lab.exec(
+        "near",
+        "ip link set n0 mtu 1320 && ip addr add fd71:b::9/64 dev n0 nodad && \
+         ip route add default via fd71:b::1",
+    )
+    .unwrap();
+    lab
+}
+
+/// Five 1400-byte pings from far to near, fragmented by far once it
+/// learns the path MTU: true when one came back.
+fn big_pings(lab: &Netlab) -> bool {
+    lab.try_exec("far", "ping -6 -c 5 -i 0.3 -W 1 -M dont -s 1400 fd71:b::9")
+        .unwrap()
+        .status
+        .success()
+}
+
+/// far's INPUT drops the ICMPv6 packet too big, so it never learns the
+/// path MTU: a netfilter_drop verdict names the rule, and its fix 1,
+/// pasted, removes it; far then learns, and its pings pass.
+#[test]
+fn ipv6_packet_too_big_dropped_by_a_firewall_is_named_and_fix_heals() {
+    let lab = v6_narrow_lab("fxptb6");
+    lab.exec(
+        "far",
+        "ip6tables -A INPUT -p ipv6-icmp --icmpv6-type echo-request -j ACCEPT && \
+         ip6tables -A INPUT -p ipv6-icmp --icmpv6-type packet-too-big -j DROP",
+    )
+    .unwrap();
+    let ns = ["far", "mid", "near"];
+    let rec = recording("fxptb6");
+    let _ = std::fs::remove_file(&rec);
+    let lines = diagnose_to(&lab, &ns, Some(&rec), || assert!(!big_pings(&lab)));
+    keep_recording(&rec, "ptb6-dropped-by-firewall.jsonl");
+    let _ = std::fs::remove_file(&rec);
+    let v = dropped_icmp(&lines, &lab.name("far"));
+    let e = &v["evidence"];
+    assert_eq!(e["family"], "ip6", "{v}");
+    assert_eq!(e["rule"]["chain"], "INPUT", "{v}");
+    assert_eq!(e["rule"]["position"], 2, "{v}");
+    let s = v["summary"].as_str().unwrap();
+    assert!(
+        s.starts_with("icmp6 packet too big from fd71:a::1 to fd71:a::9"),
+        "{s}"
+    );
+    apply_first_fix(v);
+    healed(&lab, &ns, || big_pings(&lab));
+}
+
+/// The control: the same path with nothing dropping the ICMPv6; far
+/// learns the path MTU from the first ping and nothing is said.
+#[test]
+fn ipv6_packet_too_big_let_in_stays_silent() {
+    let lab = v6_narrow_lab("fxptb6ok");
+    lab.exec(
+        "far",
+        "ip6tables -A INPUT -p ipv6-icmp --icmpv6-type echo-request -j DROP",
+    )
+    .unwrap();
+    let ns = ["far", "mid", "near"];
+    let lines = diagnose_while(&lab, &ns, || assert!(big_pings(&lab)));
+    let said: Vec<&Value> = lines
+        .iter()
+        .filter(|v| v["type"] == "verdict" && v["kind"] == "netfilter_drop")
+        .collect();
+    assert!(said.is_empty(), "{said:#?}");
+    assert!(faults(&lines).is_empty(), "{:#?}", faults(&lines));
+}
+
+/// IPv4, with policy routing: rt4 sends what arrives on `r-in` to table
+/// 321, which lacks dst4's service address 10.173.0.9 (and so does main).
+/// no_route names table 321; its fix 1 is advice, as no fact here says
+/// which gateway is right: pasted with dst4 filled in as the gateway, it
+/// heals.
+#[test]
+fn ipv4_no_route_in_a_policy_table_heals_once_the_gateway_is_filled_in() {
+    let mut lab = Netlab::new(&prefix("fxnr4")).unwrap();
+    for n in ["src4", "rt4", "dst4"] {
+        lab.ns(n).unwrap();
+    }
+    lab.veth("src4", "s0", "rt4", "r-in").unwrap();
+    lab.veth("rt4", "r-out", "dst4", "d0").unwrap();
+    lab.exec(
+        "src4",
+        "ip addr add 10.171.2.5/24 dev s0 && ip route add default via 10.171.2.1",
+    )
+    .unwrap();
+    lab.exec(
+        "rt4",
+        "ip addr add 10.171.2.1/24 dev r-in && ip addr add 10.172.6.1/24 dev r-out && \
+         sysctl -qw net.ipv4.ip_forward=1 && ip rule add iif r-in lookup 321 pref 2100 && \
+         ip route add 10.172.6.0/24 dev r-out table 321",
+    )
+    .unwrap();
+    lab.exec(
+        "dst4",
+        "ip addr add 10.172.6.8/24 dev d0 && ip addr add 10.173.0.9/32 dev lo && \
+         ip route add default via 10.172.6.1",
+    )
+    .unwrap();
+    let ns = ["src4", "rt4", "dst4"];
+    let lines = diagnose_while(&lab, &ns, || {
+        assert!(!ping(&lab, "src4", "10.173.0.9", 56));
+    });
+    let v = verdict(&lines, "no_route");
+    assert_eq!(v["netns_name"], lab.name("rt4"), "{v}");
+    assert_eq!(v["evidence"]["route_table"], 321, "{v}");
+    assert!(
+        v["fix_commands"][0].as_array().unwrap().is_empty(),
+        "a gateway nobody chose: {v}"
+    );
+    let text = v["fix"][0].as_str().unwrap();
+    let cmd = text
+        .strip_prefix("Add a route: ")
+        .and_then(|t| t.split(" (or ").next())
+        .unwrap_or_else(|| panic!("{text}"));
+    assert_eq!(
+        cmd,
+        format!(
+            "ip netns exec {} ip route add 10.173.0.9/32 via <gateway> table 321",
+            lab.name("rt4")
+        )
+    );
+    let out = Command::new("bash")
+        .args(["-c", &cmd.replace("<gateway>", "10.172.6.8")])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{cmd}: {out:?}");
+    healed(&lab, &ns, || ping(&lab, "src4", "10.173.0.9", 56));
 }
 
 /// IPv6: a router with forwarding off. Fix 1 turns it on.

@@ -113,6 +113,34 @@ fn a_firewall_dropping_fragments_is_named_by_the_reassembly_timeout() {
     assert!(verdicts(&replayed)
         .iter()
         .any(|v| v["kind"] == "fragment_reassembly_timeout"));
+
+    // Fix 1 names gw's rule and removes it: pasted as printed, the
+    // datagram is reassembled and read, and nothing is proven.
+    assert_eq!(at["rule"]["rule"], "-A FORWARD -f -j DROP", "{e}");
+    let cmds = v["fix_commands"][0].as_array().unwrap();
+    assert_eq!(
+        cmds[0],
+        format!(
+            "ip netns exec {} iptables-nft -t filter -D FORWARD 1",
+            lab.name("gw")
+        )
+    );
+    for c in cmds {
+        let out = Command::new("bash")
+            .args(["-c", c.as_str().unwrap()])
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{c}: {out:?}");
+    }
+    let run = diagnose(&lab, None);
+    assert_eq!(received(&lab), "2600");
+    std::thread::sleep(Duration::from_millis(2000));
+    let lines = run.stop();
+    let faults: Vec<&Value> = verdicts(&lines)
+        .into_iter()
+        .filter(|v| v["fault"] == true)
+        .collect();
+    assert!(faults.is_empty(), "{faults:#?}");
 }
 
 /// The control: no firewall; the datagram is reassembled and read.
@@ -120,7 +148,19 @@ fn a_firewall_dropping_fragments_is_named_by_the_reassembly_timeout() {
 fn fragments_that_all_arrive_give_no_verdict() {
     let lab = lab("fragok", false);
     let run = diagnose(&lab, None);
-    // A receiver that prints the size of the datagram it gets.
+    assert_eq!(received(&lab), "2600");
+    std::thread::sleep(Duration::from_millis(2000));
+    let lines = run.stop();
+    assert!(verdicts(&lines).is_empty(), "{:#?}", verdicts(&lines));
+    let timeouts = lab
+        .exec("rcv", "nstat -az IpReasmTimeout | awk 'NR>1 {print $2}'")
+        .unwrap();
+    assert_eq!(timeouts.trim(), "0");
+}
+
+/// Sends the datagram to a receiver in rcv and returns what it printed:
+/// the size of the datagram it got, or nothing within 10 s.
+fn received(lab: &Netlab) -> String {
     let rx = Command::new("ip")
         .args([
             "netns",
@@ -149,14 +189,7 @@ fn fragments_that_all_arrive_give_no_verdict() {
         assert!(t0.elapsed() < Duration::from_secs(8), "receiver not bound");
         std::thread::sleep(Duration::from_millis(50));
     }
-    send(&lab);
+    send(lab);
     let got = rx.wait_with_output().unwrap();
-    assert_eq!(String::from_utf8_lossy(&got.stdout).trim(), "2600");
-    std::thread::sleep(Duration::from_millis(2000));
-    let lines = run.stop();
-    assert!(verdicts(&lines).is_empty(), "{:#?}", verdicts(&lines));
-    let timeouts = lab
-        .exec("rcv", "nstat -az IpReasmTimeout | awk 'NR>1 {print $2}'")
-        .unwrap();
-    assert_eq!(timeouts.trim(), "0");
+    String::from_utf8_lossy(&got.stdout).trim().to_string()
 }

@@ -74,3 +74,47 @@ fn trace_without_an_expression_is_refused() {
     assert_eq!(err.lines().count(), 1, "{err}");
     assert!(err.contains("filter expression"), "{err}");
 }
+
+/// Watching only the client's namespace: the SYN is followed from there,
+/// and its trail still ends with the IP_RPFILTER drop in the host (a
+/// namespace not watched), not left open. The control, in the same run: a
+/// SYN that starts in the router (not watched, so never followed) and
+/// dies in the host is not shown.
+#[test]
+fn a_trail_from_a_watched_namespace_ends_with_its_drop_in_one_not_watched() {
+    let lab = rpf_lab("trace1ns");
+    let (client, host) = (lab.name("client"), lab.name("host"));
+    let run = start(&["trace", "--netns", &client, "tcp", "port", "8080"]);
+    syn(&lab);
+    run.wait_for(Duration::from_secs(15), |v| is_drop(v, "IP_RPFILTER"));
+    // Refused: the host dropped the SYN (NO_SOCKET) and answered RST.
+    let out = lab
+        .exec(
+            "router",
+            "timeout 2 bash -c 'echo > /dev/tcp/10.99.0.2/8080' 2>&1 || true",
+        )
+        .unwrap();
+    assert!(out.contains("refused"), "{out}");
+    std::thread::sleep(Duration::from_millis(500));
+    let lines = run.stop();
+    let drop = lines
+        .iter()
+        .find(|v| is_drop(v, "IP_RPFILTER"))
+        .unwrap_or_else(|| panic!("no IP_RPFILTER drop: {lines:#?}"));
+    assert_eq!(drop["netns_name"], host.as_str(), "{drop}");
+    let id = drop["skb_id"].as_u64().expect("the drop ends a trail");
+    let hops: Vec<&Value> = lines
+        .iter()
+        .filter(|v| v["type"] == "hop" && v["skb_id"] == id)
+        .collect();
+    assert_eq!(hops[0]["netns_name"], client.as_str(), "{hops:#?}");
+    assert!(
+        hops.iter().any(|h| h["netns_name"] == host.as_str()),
+        "{hops:#?}"
+    );
+    let unfollowed: Vec<&Value> = lines
+        .iter()
+        .filter(|v| v["type"] == "drop" && v["src"] == "10.99.0.1")
+        .collect();
+    assert!(unfollowed.is_empty(), "{unfollowed:#?}");
+}

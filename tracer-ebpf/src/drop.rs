@@ -163,7 +163,11 @@ unsafe fn on_drop<M: Mem, C: EbpfContext>(ctx: &C, skb: *const u8, location: u64
             sc.last_frag = (frag || (purged && sc.last_frag != 0 && follows)) as u32;
         }
     }
-    if !netns_allowed(netns) {
+    // A packet `tracer trace` follows ends its trail where it dies: in a
+    // namespace or on a device not watched, and after NAT rewrote what
+    // the expression matched, too.
+    let followed = setting!(trace) != 0 && crate::hop::followed(skb);
+    if !followed && !netns_allowed(netns) {
         return;
     }
     let ifindex = if m.dev.is_null() {
@@ -172,7 +176,7 @@ unsafe fn on_drop<M: Mem, C: EbpfContext>(ctx: &C, skb: *const u8, location: u64
         dev_ifindex::<M>(m.dev)
     };
     let want_if = setting!(ifindex) as i32;
-    if want_if != 0 && ifindex != want_if && iif != want_if {
+    if !followed && want_if != 0 && ifindex != want_if && iif != want_if {
         return;
     }
 
@@ -183,7 +187,7 @@ unsafe fn on_drop<M: Mem, C: EbpfContext>(ctx: &C, skb: *const u8, location: u64
     if setting!(hide_noise) != 0 && is_noise(reason, flow, &m) {
         return;
     }
-    if !filter_matches(flow) {
+    if !followed && !filter_matches(flow) {
         return;
     }
     // An aggregated drop is counted once, under STAT_AGGREGATED; userspace

@@ -35,6 +35,18 @@ pub unsafe fn forget(skb: *const u8) {
     let _ = TRACKED.remove(&(skb as u64));
 }
 
+/// Whether `tracer trace` follows this packet: then its drop is reported
+/// wherever it happens, so a trail begun in a watched namespace ends
+/// with the drop even in one that is not watched.
+///
+/// # Safety
+///
+/// None for the caller: `skb` is only a number here (the map key).
+#[inline(always)]
+pub unsafe fn followed(skb: *const u8) -> bool {
+    TRACKED.get(&(skb as u64)).is_some()
+}
+
 /// # Safety
 ///
 /// `skb` and the device in `xmit` must be NULL or BTF-typed pointers

@@ -848,6 +848,28 @@ mod tests {
         );
     }
 
+    /// tests/fixes.rs: far's INPUT drops the ICMPv6 packet too big that
+    /// mid sends: the drop is a netfilter_drop verdict of its own, naming
+    /// the rule, besides being linked to the black hole.
+    #[test]
+    fn replay_ptb6_dropped_by_firewall_names_the_rule() {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("tests/recordings/ptb6-dropped-by-firewall.jsonl");
+        let (_, engine) = replay(&path, |_| Ok(())).unwrap();
+        let v = engine.verdicts();
+        let nf = v.iter().find(|v| v.kind == "netfilter_drop").unwrap();
+        assert_eq!(nf.tier, Tier::Proven);
+        assert_eq!(nf.evidence["rule"]["chain"], "INPUT");
+        assert_eq!(nf.evidence["rule"]["position"], 2);
+        assert!(
+            nf.fix_commands[0][0].ends_with("ip6tables-nft -t filter -D INPUT 2"),
+            "{:?}",
+            nf.fix_commands
+        );
+        let p = v.iter().find(|v| v.kind == "pmtu_blackhole").unwrap();
+        assert_eq!(p.evidence["icmp_blocked"], true);
+    }
+
     #[test]
     fn replay_bridge_subnet_loose() {
         assert_eq!(
@@ -862,6 +884,8 @@ mod tests {
             assert_eq!(
                 replayed(name),
                 [
+                    // The router's own dropped ICMP, a firewall drop too.
+                    ("netfilter_drop", Tier::Proven),
                     ("pmtu_blackhole", Tier::Proven),
                     ("mss_exceeds_mtu", Tier::Proven)
                 ],
@@ -1088,6 +1112,18 @@ mod tests {
             "NETFILTER_DROP"
         );
         assert_eq!(v[1].evidence["dport"], 4127);
+        // The rule is named, and fix 1 removes it: a command, not advice.
+        assert_eq!(
+            v[1].evidence["fragment_dropped"]["rule"]["rule"],
+            "-A FORWARD -f -j DROP"
+        );
+        let gw = v[1].evidence["fragment_dropped"]["netns"].as_str().unwrap();
+        assert_eq!(
+            v[1].fix_commands[0],
+            [format!(
+                "ip netns exec {gw} iptables-nft -t filter -D FORWARD 1"
+            )]
+        );
     }
 
     #[test]
@@ -1144,6 +1180,7 @@ mod tests {
         assert_eq!(
             replayed(name),
             [
+                ("netfilter_drop", Tier::Proven),
                 ("pmtu_blackhole", Tier::Proven),
                 ("mss_exceeds_mtu", Tier::Proven)
             ]
@@ -1152,7 +1189,12 @@ mod tests {
             .join("tests/recordings")
             .join(format!("{name}.jsonl"));
         let (_, engine) = replay(&path, |_| Ok(())).unwrap();
-        for v in engine.verdicts() {
+        // The router's dropped ICMP is about no container's flow.
+        for v in engine
+            .verdicts()
+            .iter()
+            .filter(|v| v.kind != "netfilter_drop")
+        {
             assert_eq!(v.container.as_ref().unwrap().name, "web-t23536natbh");
             assert!(
                 v.summary

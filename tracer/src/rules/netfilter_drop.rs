@@ -1,6 +1,7 @@
 //! `netfilter_drop`: a `NETFILTER_DROP`, named down to the rule. A dropped
-//! ICMP frag-needed / packet-too-big is left to pmtu_blackhole, which
-//! explains it.
+//! ICMP frag-needed / packet-too-big gets its verdict too (the rule is
+//! the thing to remove), and says that path MTU discovery needs it:
+//! pmtu_blackhole links the same drop to the flow it stalls.
 //!
 //! No kprobe, and no trace rule unless asked: the hook comes from where the packet was
 //! (sent from here, received for here, or forwarded), the candidates are
@@ -143,7 +144,7 @@ impl Rule for NetfilterDrop {
 
     fn on_fact(&mut self, fact: &Fact, cx: &mut Ctx) {
         let Fact::Drop(d) = fact else { return };
-        if d.reason != Reason::NETFILTER_DROP || is_ptb_icmp(d) {
+        if d.reason != Reason::NETFILTER_DROP {
             return;
         }
         // A SYN-ACK is keyed by its server end: every client's
@@ -287,7 +288,7 @@ fn conclude(
         }
         [one] => {
             evidence["rule"] = fw::evidence(one);
-            let mut s = format!("{what} is dropped by {}.", fw::name(one));
+            let mut s = format!("{what} is dropped by {}.{}", fw::name(one), ptb_words(d));
             if let Some(h) = traced {
                 evidence["nftrace"] = json!({"line": h.line, "handle": h.handle});
                 s.push_str(" Seen by nftrace: the kernel's trace of a later packet of the flow ended there.");
@@ -336,6 +337,15 @@ fn conclude(
         evidence,
         fix,
     });
+}
+
+/// What a dropped ICMP frag-needed / packet-too-big breaks.
+fn ptb_words(d: &DropRecord) -> &'static str {
+    if is_ptb_icmp(d) {
+        " Path MTU discovery needs this ICMP: without it the sender keeps sending packets too big for the path, which are dropped."
+    } else {
+        ""
+    }
 }
 
 /// Why no candidate may be what could not be read.

@@ -275,8 +275,15 @@ mod tests {
             vec![Fact::Drop(icmp_dropped(1_000)), too_big(2_000)],
             0,
         );
-        // The ICMP drop is explained here, not as a netfilter verdict.
-        assert_eq!(kinds(&v), [("pmtu_blackhole", Tier::Proven)]);
+        // The ICMP drop is linked here, and is a firewall drop of its own.
+        assert_eq!(
+            kinds(&v),
+            [
+                ("netfilter_drop", Tier::Proven),
+                ("pmtu_blackhole", Tier::Proven)
+            ]
+        );
+        let v = &v[1..];
         let e = &v[0].evidence;
         assert_eq!(e["icmp_blocked"], true);
         assert_eq!(e["packet_size"], 1500, "one segment, not skb->len");
@@ -307,7 +314,15 @@ mod tests {
             vec![Fact::Drop(icmp), too_big(2_000)],
             0,
         );
-        assert_eq!(kinds(&v), [("pmtu_blackhole", Tier::Proven)]);
+        assert_eq!(
+            kinds(&v),
+            [
+                ("netfilter_drop", Tier::Proven),
+                ("pmtu_blackhole", Tier::Proven)
+            ]
+        );
+        assert_eq!(v[0].netns_name.as_deref(), Some("sender"));
+        let v = &v[1..];
         let e = &v[0].evidence;
         assert_eq!(e["icmp_blocked"], true);
         assert_eq!(e["icmp_dropped_netns"], "sender");
@@ -333,7 +348,14 @@ mod tests {
             ],
             0,
         );
-        assert_eq!(kinds(&v), [("pmtu_blackhole", Tier::Proven)]);
+        assert_eq!(
+            kinds(&v),
+            [
+                ("netfilter_drop", Tier::Proven),
+                ("pmtu_blackhole", Tier::Proven)
+            ]
+        );
+        let v = &v[1..];
         assert!(v[0].stale);
         assert_eq!(v[0].first_seen_ns, Some(1_000));
         // A flow that began after the change is news.
@@ -348,8 +370,9 @@ mod tests {
             ],
             0,
         );
-        assert!(!v[0].stale);
-        assert_eq!(v[0].first_seen_ns, Some(1_000));
+        assert_eq!(v[1].kind, "pmtu_blackhole");
+        assert!(!v[1].stale);
+        assert_eq!(v[1].first_seen_ns, Some(1_000));
     }
 
     #[test]
