@@ -7,8 +7,8 @@
 //!   insert_failed, summed over CPUs);
 //! - the neighbour tables, host-wide: their entries against `gc_thresh3`
 //!   and `table_fulls` (/proc/net/stat/arp_cache and ndisc_cache exist in
-//!   the initial namespace only; the gc_thresh values belong to the one
-//!   global table even when read in another namespace);
+//!   the initial namespace only, and so do the gc_thresh sysctls on the
+//!   guests' 6.12: they belong to the one global table);
 //! - the per-CPU input backlog, host-wide: the `dropped` column of
 //!   /proc/net/softnet_stat and `net.core.netdev_max_backlog` (registered
 //!   in the initial namespace only).
@@ -53,6 +53,19 @@ pub struct NeighTable {
     pub gc_thresh1: Option<u64>,
 }
 
+/// The counters when tracer first read a namespace: what a verdict's
+/// "before" is, whichever rule read the namespace again first.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Baseline {
+    pub conntrack_drop: Option<u64>,
+    pub conntrack_early_drop: Option<u64>,
+    pub conntrack_insert_failed: Option<u64>,
+    pub conntrack_count: Option<u64>,
+    pub arp_table_fulls: Option<u64>,
+    pub ndisc_table_fulls: Option<u64>,
+    pub backlog_dropped: Option<u64>,
+}
+
 /// The counters and limits of one reading.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Exhaustion {
@@ -68,9 +81,31 @@ pub struct Exhaustion {
     /// `net.core.netdev_max_backlog`: how many packets each CPU's backlog
     /// holds.
     pub netdev_max_backlog: Option<u64>,
+    /// The counters of the namespace's first reading (set by the
+    /// topology cache; None in hand-built topologies).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub at_start: Option<Baseline>,
 }
 
 impl Exhaustion {
+    /// This reading's counters, as a baseline for later ones.
+    pub fn baseline(&self) -> Baseline {
+        Baseline {
+            conntrack_drop: self.conntrack.drop,
+            conntrack_early_drop: self.conntrack.early_drop,
+            conntrack_insert_failed: self.conntrack.insert_failed,
+            conntrack_count: self.conntrack.count,
+            arp_table_fulls: self.arp.table_fulls,
+            ndisc_table_fulls: self.ndisc.table_fulls,
+            backlog_dropped: self.backlog_dropped,
+        }
+    }
+
+    /// The baseline to compare this reading with: the first reading's
+    /// (`at_start`), else `first`'s.
+    pub fn before(&self, first: &Exhaustion) -> Baseline {
+        self.at_start.unwrap_or_else(|| first.baseline())
+    }
     /// The per-namespace part, from a thread inside the namespace.
     pub fn read_here() -> Exhaustion {
         let ct = Path::new("/proc/sys/net/netfilter");
@@ -84,8 +119,6 @@ impl Exhaustion {
                 early_drop: sum("early_drop"),
                 insert_failed: sum("insert_failed"),
             },
-            arp: thresholds("ipv4"),
-            ndisc: thresholds("ipv6"),
             ..Exhaustion::default()
         }
     }
@@ -93,10 +126,12 @@ impl Exhaustion {
     /// Adds the host-wide part, read by the calling thread (in tracer's
     /// own namespace, where those files exist).
     pub fn add_host_wide(&mut self) {
-        for (t, file) in [
-            (&mut self.arp, "arp_cache"),
-            (&mut self.ndisc, "ndisc_cache"),
-        ] {
+        let tables = [
+            (&mut self.arp, "arp_cache", "ipv4"),
+            (&mut self.ndisc, "ndisc_cache", "ipv6"),
+        ];
+        for (t, file, family) in tables {
+            *t = thresholds(family);
             if let Some(text) = read(&format!("/proc/thread-self/net/stat/{file}")) {
                 t.entries = stat_column(&text, "entries", false);
                 t.table_fulls = stat_column(&text, "table_fulls", true);

@@ -1557,6 +1557,9 @@ pub struct Topology {
     /// Each namespace's ListenOverflows at its first read: what overflowed
     /// since is what this run saw.
     listen_base: HashMap<u32, u64>,
+    /// Each namespace's exhaustion counters at its first full read: the
+    /// "before" of an exhaustion verdict, whichever rule read it since.
+    exhaustion_base: HashMap<u32, crate::host::exhaustion::Baseline>,
     /// When each namespace's overflow count was last polled.
     listen_polled: HashMap<u32, Instant>,
     /// The namespace index's generation last seen (see
@@ -1599,6 +1602,7 @@ impl Topology {
             link_misses: HashMap::new(),
             clock: None,
             listen_base: HashMap::new(),
+            exhaustion_base: HashMap::new(),
             listen_polled: HashMap::new(),
             netns_generation: None,
         }
@@ -1686,6 +1690,10 @@ impl Topology {
                 if let Some(n) = t.listen.overflows {
                     let base = *self.listen_base.entry(inode).or_insert(n);
                     t.listen.overflows_at_start = Some(base.min(n));
+                }
+                if full {
+                    let now = t.exhaustion.baseline();
+                    t.exhaustion.at_start = Some(*self.exhaustion_base.entry(inode).or_insert(now));
                 }
                 let topo = Arc::new(t);
                 self.failed.remove(&inode);

@@ -18,7 +18,8 @@ use super::key::Key;
 use super::{Fact, Rule, Tier};
 use crate::events::reason::Reason;
 use crate::events::record::DropRecord;
-use crate::host::exhaustion::Conntrack;
+use crate::host::exhaustion::{Baseline, Conntrack};
+use crate::host::topology::NsTopology;
 use serde_json::json;
 use std::collections::HashMap;
 
@@ -60,30 +61,34 @@ impl Rule for ConntrackTableFull {
 impl ConntrackTableFull {
     fn check(&mut self, netns: u32, cx: &mut Ctx) {
         let now = cx.now_ns;
-        let Some(before) = self.readings.before(netns, now, || cx.topo(netns)) else {
+        let Some(first) = self.readings.before(netns, now, || cx.topo(netns)) else {
             return;
         };
         // No conntrack in this namespace (module not loaded): not ours.
-        if before.exhaustion.conntrack.max.is_none() || !self.readings.due(netns, now) {
+        if first.exhaustion.conntrack.max.is_none() {
             return;
         }
-        let Some(after) = cx.reread(netns) else {
-            return;
+        let refused = |t: &NsTopology| {
+            let b = t.exhaustion.before(&first.exhaustion);
+            ex::rise(b.conntrack_drop, t.exhaustion.conntrack.drop).unwrap_or(0)
         };
-        let (b, a) = (&before.exhaustion.conntrack, &after.exhaustion.conntrack);
-        let refused = ex::rise(b.drop, a.drop).unwrap_or(0);
-        if refused == 0 {
-            return;
+        // The copy in hand may show it already (another rule read the
+        // namespace since); else a new reading, when one is due.
+        let mut after = cx.topo(netns).filter(|t| refused(t) > 0);
+        if after.is_none() && self.readings.due(netns, now) {
+            after = cx.reread(netns).filter(|t| refused(t) > 0);
         }
+        let Some(after) = after else { return };
         self.readings.done(netns);
         let Some(d) = self.first.get(&netns).cloned() else {
             return;
         };
-        conclude(cx, &d, b, a, refused);
+        let b = after.exhaustion.before(&first.exhaustion);
+        conclude(cx, &d, &b, &after.exhaustion.conntrack, refused(&after));
     }
 }
 
-fn conclude(cx: &mut Ctx, d: &DropRecord, b: &Conntrack, a: &Conntrack, refused: u64) {
+fn conclude(cx: &mut Ctx, d: &DropRecord, b: &Baseline, a: &Conntrack, refused: u64) {
     let max = a.max.unwrap_or(0);
     let count = a.count.unwrap_or(0);
     let want = ex::sized(max, refused, 65_536);
@@ -91,7 +96,7 @@ fn conclude(cx: &mut Ctx, d: &DropRecord, b: &Conntrack, a: &Conntrack, refused:
     let dev = d.ifname.as_deref().unwrap_or("?");
     let summary = format!(
         "The conntrack table is full ({count} of {max} entries, nf_conntrack_max): it refused {refused} new connections while tracer watched (conntrack drop {} -> {}) and the kernel dropped their packets (\"nf_conntrack: table full, dropping packet\"), {} on {dev} first.",
-        b.drop.unwrap_or(0),
+        b.conntrack_drop.unwrap_or(0),
         a.drop.unwrap_or(0),
         packet_words(d),
     );
@@ -119,10 +124,10 @@ fn conclude(cx: &mut Ctx, d: &DropRecord, b: &Conntrack, a: &Conntrack, refused:
         "nf_conntrack_count": a.count,
         "nf_conntrack_max": a.max,
         "counters": {
-            "drop": {"before": b.drop, "after": a.drop},
-            "early_drop": {"before": b.early_drop, "after": a.early_drop},
-            "insert_failed": {"before": b.insert_failed, "after": a.insert_failed},
-            "count": {"before": b.count, "after": a.count},
+            "drop": {"before": b.conntrack_drop, "after": a.drop},
+            "early_drop": {"before": b.conntrack_early_drop, "after": a.early_drop},
+            "insert_failed": {"before": b.conntrack_insert_failed, "after": a.insert_failed},
+            "count": {"before": b.conntrack_count, "after": a.count},
         },
         "refused": refused,
         "suggested_max": want,
@@ -198,6 +203,22 @@ mod tests {
             v[0].fix_commands[0],
             ["sysctl -w net.netfilter.nf_conntrack_max=65536"]
         );
+    }
+
+    #[test]
+    fn the_first_reading_of_the_namespace_is_the_before() {
+        // Every copy after the run's first reading carries that reading's
+        // counters: a copy another rule read after the drops still shows
+        // the rise, whatever order the rules ran in.
+        let mut full = ct(64, 150);
+        full.exhaustion.at_start = Some(ct(37, 0).exhaustion.baseline());
+        let mut src = Fake::sequence(vec![full.clone(), full]);
+        let v = run(&mut src, vec![refused(1_000)], 0);
+        assert_eq!(kinds(&v), [("conntrack_table_full", Tier::Proven)]);
+        let c = &v[0].evidence["counters"];
+        assert_eq!(c["drop"]["before"], 0);
+        assert_eq!(c["count"]["before"], 37);
+        assert_eq!(c["drop"]["after"], 150);
     }
 
     #[test]

@@ -17,6 +17,7 @@ use super::{Fact, Rule, Tier};
 use crate::events::reason::Reason;
 use crate::events::reason_inference::function;
 use crate::events::record::DropRecord;
+use crate::host::topology::NsTopology;
 use serde_json::json;
 
 #[derive(Default)]
@@ -60,21 +61,22 @@ impl Rule for CpuBacklogFull {
 impl CpuBacklogFull {
     fn check(&mut self, netns: u32, cx: &mut Ctx) {
         let now = cx.now_ns;
-        let Some(before) = self.readings.before(netns, now, || cx.topo(netns)) else {
+        let Some(first) = self.readings.before(netns, now, || cx.topo(netns)) else {
             return;
         };
-        if !self.readings.due(netns, now) {
-            return;
+        let before = |t: &NsTopology| t.exhaustion.before(&first.exhaustion).backlog_dropped;
+        let dropped =
+            |t: &NsTopology| ex::rise(before(t), t.exhaustion.backlog_dropped).unwrap_or(0);
+        // The copy in hand may show it already; else a new reading, when
+        // one is due.
+        let mut after = cx.topo(netns).filter(|t| dropped(t) > 0);
+        if after.is_none() && self.readings.due(netns, now) {
+            after = cx.reread(netns).filter(|t| dropped(t) > 0);
         }
-        let Some(after) = cx.reread(netns) else {
-            return;
-        };
-        let (b, a) = (&before.exhaustion, &after.exhaustion);
-        let dropped = ex::rise(b.backlog_dropped, a.backlog_dropped).unwrap_or(0);
-        if dropped == 0 {
-            return;
-        }
+        let Some(after) = after else { return };
         self.readings.done(netns);
+        let (b, a) = (before(&after), &after.exhaustion);
+        let dropped = dropped(&after);
         let Some(d) = self.first.clone() else { return };
         let max = a.netdev_max_backlog.unwrap_or(1000);
         let want = ex::sized(max, dropped, 1000);
@@ -82,7 +84,7 @@ impl CpuBacklogFull {
         let summary = format!(
             "A CPU's input backlog is full (net.core.netdev_max_backlog {max}): the kernel dropped packets arriving on {dev} before any protocol saw them ({}); softnet_stat counted {dropped} such drops while tracer watched ({} -> {}). The backlog and its limit are host-wide.",
             d.reason,
-            b.backlog_dropped.unwrap_or(0),
+            b.unwrap_or(0),
             a.backlog_dropped.unwrap_or(0),
         );
         let set = format!(
@@ -106,7 +108,7 @@ impl CpuBacklogFull {
             "src": d.src, "dst": d.dst, "proto": d.proto,
             "netdev_max_backlog": a.netdev_max_backlog,
             "counters": {
-                "softnet_dropped": {"before": b.backlog_dropped, "after": a.backlog_dropped},
+                "softnet_dropped": {"before": b, "after": a.backlog_dropped},
             },
             "dropped": dropped,
             "suggested_max_backlog": want,

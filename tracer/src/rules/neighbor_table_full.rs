@@ -20,6 +20,7 @@ use crate::events::reason::Reason;
 use crate::events::reason_inference::function;
 use crate::events::record::DropRecord;
 use crate::host::exhaustion::NeighTable;
+use crate::host::topology::NsTopology;
 use serde_json::json;
 use std::collections::HashMap;
 
@@ -75,37 +76,49 @@ impl Rule for NeighborTableFull {
 impl NeighborTableFull {
     fn check(&mut self, netns: u32, cx: &mut Ctx) {
         let now = cx.now_ns;
-        let Some(before) = self.readings.before(netns, now, || cx.topo(netns)) else {
-            return;
-        };
-        if !self.readings.due(netns, now) {
-            return;
-        }
-        let Some(after) = cx.reread(netns) else {
+        let Some(first) = self.readings.before(netns, now, || cx.topo(netns)) else {
             return;
         };
         let Some(d) = self.first.get(&netns).cloned() else {
             return;
         };
         let v6 = matches(&d).unwrap_or(false);
-        let table = |t: &crate::host::topology::NsTopology| {
+        let table = |t: &NsTopology| {
             if v6 {
                 t.exhaustion.ndisc.clone()
             } else {
                 t.exhaustion.arp.clone()
             }
         };
-        let (b, a) = (table(&before), table(&after));
-        let refused = ex::rise(b.table_fulls, a.table_fulls).unwrap_or(0);
-        if refused == 0 {
-            return;
+        let before = |t: &NsTopology| {
+            let b = t.exhaustion.before(&first.exhaustion);
+            if v6 {
+                b.ndisc_table_fulls
+            } else {
+                b.arp_table_fulls
+            }
+        };
+        let refused = |t: &NsTopology| ex::rise(before(t), table(t).table_fulls).unwrap_or(0);
+        // The copy in hand may show it already; else a new reading, when
+        // one is due.
+        let mut after = cx.topo(netns).filter(|t| refused(t) > 0);
+        if after.is_none() && self.readings.due(netns, now) {
+            after = cx.reread(netns).filter(|t| refused(t) > 0);
         }
+        let Some(after) = after else { return };
         self.readings.done(netns);
-        conclude(cx, &d, v6, &b, &a, refused);
+        conclude(cx, &d, v6, before(&after), &table(&after), refused(&after));
     }
 }
 
-fn conclude(cx: &mut Ctx, d: &DropRecord, v6: bool, b: &NeighTable, a: &NeighTable, refused: u64) {
+fn conclude(
+    cx: &mut Ctx,
+    d: &DropRecord,
+    v6: bool,
+    fulls_before: Option<u64>,
+    a: &NeighTable,
+    refused: u64,
+) {
     let family = if v6 { "ipv6" } else { "ipv4" };
     let name = if v6 { "NDISC (IPv6)" } else { "ARP (IPv4)" };
     let thresh3 = a.gc_thresh3.unwrap_or(1024);
@@ -116,7 +129,7 @@ fn conclude(cx: &mut Ctx, d: &DropRecord, v6: bool, b: &NeighTable, a: &NeighTab
     let summary = format!(
         "The {name} neighbour table is full ({entries} entries, gc_thresh3 {thresh3}): no entry could be made for {peer} on {dev}, and the kernel dropped the packet ({}); it refused {refused} entries while tracer watched (table_fulls {} -> {}). The table and its limit are host-wide, shared by every namespace.",
         d.reason,
-        b.table_fulls.unwrap_or(0),
+        fulls_before.unwrap_or(0),
         a.table_fulls.unwrap_or(0),
     );
     let knob = |n: u8| format!("net.{family}.neigh.default.gc_thresh{n}");
@@ -147,9 +160,7 @@ fn conclude(cx: &mut Ctx, d: &DropRecord, v6: bool, b: &NeighTable, a: &NeighTab
         "gc_thresh2": a.gc_thresh2,
         "gc_thresh3": a.gc_thresh3,
         "counters": {
-            "table_fulls": {"before": b.table_fulls, "after": a.table_fulls},
-            "forced_gc_runs": {"before": b.forced_gc_runs, "after": a.forced_gc_runs},
-            "entries": {"before": b.entries, "after": a.entries},
+            "table_fulls": {"before": fulls_before, "after": a.table_fulls},
         },
         "refused": refused,
         "suggested_gc_thresh3": want,
