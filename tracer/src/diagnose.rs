@@ -1059,6 +1059,32 @@ mod tests {
     }
 
     #[test]
+    fn replay_exhaustion_joins_each_drop_to_the_counter_that_moved() {
+        // tests/exhaustion.rs, recorded in the 6.12 guest of `cargo xtask
+        // kernels` (its labs lower host-wide limits: never on a host).
+        for (name, kind, counter) in [
+            ("conntrack-table-full", "conntrack_table_full", "drop"),
+            ("neighbor-table-full", "neighbor_table_full", "table_fulls"),
+            ("cpu-backlog-full", "cpu_backlog_full", "softnet_dropped"),
+        ] {
+            let path = Path::new(env!("CARGO_MANIFEST_DIR"))
+                .join("tests/recordings")
+                .join(format!("{name}.jsonl"));
+            let (_, engine) = replay(&path, |_| Ok(())).unwrap();
+            let all = engine.verdicts();
+            let v: Vec<_> = all.iter().filter(|v| v.kind == kind).collect();
+            assert_eq!(v.len(), 1, "{name}");
+            assert_eq!(v[0].tier, Tier::Proven);
+            let c = &v[0].evidence["counters"][counter];
+            assert!(c["after"].as_u64() > c["before"].as_u64(), "{name}: {c}");
+            assert!(v[0].fix_commands[0][0].starts_with("sysctl -w "), "{name}");
+            // The table-full drops are NETFILTER_DROPs no rule counted:
+            // never a rule's.
+            assert!(all.iter().all(|v| v.kind != "netfilter_drop"), "{name}");
+        }
+    }
+
+    #[test]
     fn replay_tunnel_mtu_sizes_each_end() {
         // tests/tunnel_mtu.rs: VXLAN vx919 at 1420 over a 1360 underlay,
         // both ends pinging with fragmentation allowed.

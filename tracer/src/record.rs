@@ -262,9 +262,12 @@ impl Recorder {
         changed_before_ns: Option<u64>,
     ) -> std::io::Result<()> {
         if let Some(prev) = self.last.get(&t.inode) {
-            // A new listen-overflow count is written too: it is how a
-            // replay sees an overflow that no drop shows.
-            if Arc::ptr_eq(prev, t) || (prev.same_as(t) && prev.listen == t.listen) {
+            // A new listen-overflow or exhaustion count is written too:
+            // it is how a replay sees an overflow that no drop shows, and
+            // the counters an exhaustion verdict compares.
+            if Arc::ptr_eq(prev, t)
+                || (prev.same_as(t) && prev.listen == t.listen && prev.exhaustion == t.exhaustion)
+            {
                 self.last.insert(t.inode, t.clone());
                 return Ok(());
             }

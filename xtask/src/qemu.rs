@@ -386,6 +386,14 @@ const CHECKS: &[Check] = &[
         cmd: Cmd::Tracer(&["lab", "run", "veth-mtu-mismatch"]),
         timeout_s: 120,
     },
+    // Full conntrack and neighbour tables and CPU backlogs: their labs
+    // lower host-wide limits, so they run only here (see
+    // testbins::GUEST_ONLY), leaving their recordings in the results.
+    Check {
+        name: "exhaustion",
+        cmd: Cmd::Test("exhaustion", &[]),
+        timeout_s: 600,
+    },
 ];
 
 /// Checks not run on a kernel, and why: they assert what that kernel
@@ -1196,6 +1204,9 @@ export TRACER_BIN=@TRACER@
 # The tests' waits are sized for a real machine; emulation on a shared
 # 2-core host is several times slower (tests/src/lib.rs scales by this).
 export TRACER_TEST_TIME_SCALE=4
+# The marker guest-only tests (tests/tests/exhaustion.rs) require before
+# they change host-wide sysctls, and where they leave their recordings.
+export TRACER_IN_GUEST=1 TRACER_GUEST_RESULTS="$R"
 mount -t proc proc /proc
 mount -t sysfs sysfs /sys
 mount -t devtmpfs devtmpfs /dev

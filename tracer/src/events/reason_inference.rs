@@ -28,6 +28,8 @@ pub fn infer(d: &DropRecord, egress_mtu: Option<u32>) -> Option<Reason> {
         "neigh_invalidate" => Some(Reason::NEIGH_FAILED),
         // NF_DROP is the only verdict nf_hook_slow frees for.
         "nf_hook_slow" => Some(Reason::NETFILTER_DROP),
+        // Its only free is of a packet the backlog has no room for.
+        "enqueue_to_backlog" => Some(Reason::CPU_BACKLOG),
         // Its only free is under `no_route`.
         "__ip_queue_xmit" => Some(Reason::IP_OUTNOROUTES),
         "ip_forward" | "ip6_forward" => too_big(d, egress_mtu).then_some(Reason::PKT_TOO_BIG),
@@ -101,6 +103,8 @@ mod tests {
         assert_eq!(unnamed(&d), Some(Reason::NEIGH_FAILED));
         d.location = "ip6_mc_input+0x1e0".into();
         assert_eq!(unnamed(&d), None);
+        let d = DropRecord::sample("enqueue_to_backlog+0x1a3");
+        assert_eq!(infer(&d, None), Some(Reason::CPU_BACKLOG));
         let d = DropRecord::sample("nf_hook_slow+0x91");
         assert_eq!(infer(&d, None), Some(Reason::NETFILTER_DROP));
         // Ambiguous functions stay unknown without evidence.

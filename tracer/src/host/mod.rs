@@ -3,6 +3,7 @@
 //! them (and the processes in /proc behind those), whether connected
 //! devices mix MTUs, and how busy the host is.
 pub mod containers;
+pub mod exhaustion;
 pub mod firewall;
 pub mod listen;
 pub mod mtu_mix;

@@ -37,6 +37,7 @@ use netlink_packet_route::{AddressFamily, RouteNetlinkMessage};
 use netlink_sys::{protocols::NETLINK_ROUTE, Socket, SocketAddr};
 use serde::{Deserialize, Serialize};
 
+use crate::host::exhaustion::Exhaustion;
 use crate::host::listen::ListenCounters;
 use crate::host::netns::{self, NetnsInfo};
 use crate::host::netns_worker;
@@ -314,6 +315,11 @@ pub struct NsTopology {
     /// connections waiting (counters, not compared by `same_as`).
     #[serde(default)]
     pub listen: ListenCounters,
+    /// The kernel's exhaustion counters and limits (conntrack, neighbour
+    /// tables, CPU backlogs) at read time: counters, not compared by
+    /// `same_as`.
+    #[serde(default)]
+    pub exhaustion: Exhaustion,
     #[serde(skip, default = "Instant::now")]
     pub read_at: Instant,
     /// Where the netns was opened from: a different path for the same
@@ -326,10 +332,11 @@ impl NsTopology {
     /// joined it.
     pub fn read(ns: &NetnsInfo) -> anyhow::Result<NsTopology> {
         let inode = ns.inode;
-        let (links, routes, rules, sysctls, qdiscs, udp, listen) =
+        let (links, routes, rules, sysctls, qdiscs, udp, listen, mut exhaustion) =
             netns_worker::read_in(&ns.path, move || read_here(inode))
                 .with_context(|| format!("cannot enter netns {}", ns.path.display()))?
                 .with_context(|| format!("reading topology of netns {}", ns.label()))?;
+        exhaustion.add_host_wide();
         Ok(NsTopology {
             inode,
             name: ns.name.clone(),
@@ -340,6 +347,7 @@ impl NsTopology {
             qdiscs,
             udp,
             listen,
+            exhaustion,
             read_at: Instant::now(),
             path: ns.path.clone(),
         })
@@ -363,6 +371,7 @@ impl NsTopology {
             qdiscs: Vec::new(),
             udp: UdpCounters::default(),
             listen: ListenCounters::default(),
+            exhaustion: Exhaustion::default(),
             read_at: Instant::now(),
             path: ns.path.clone(),
         })
@@ -559,6 +568,7 @@ type Read = (
     Vec<Qdisc>,
     UdpCounters,
     ListenCounters,
+    Exhaustion,
 );
 
 fn read_here(expected: u32) -> anyhow::Result<Read> {
@@ -594,6 +604,7 @@ fn read_here(expected: u32) -> anyhow::Result<Read> {
         qdiscs,
         UdpCounters::read_here(),
         ListenCounters::read_here(),
+        Exhaustion::read_here(),
     ))
 }
 
@@ -1546,6 +1557,9 @@ pub struct Topology {
     /// Each namespace's ListenOverflows at its first read: what overflowed
     /// since is what this run saw.
     listen_base: HashMap<u32, u64>,
+    /// Each namespace's exhaustion counters at its first full read: the
+    /// "before" of an exhaustion verdict, whichever rule read it since.
+    exhaustion_base: HashMap<u32, crate::host::exhaustion::Baseline>,
     /// When each namespace's overflow count was last polled.
     listen_polled: HashMap<u32, Instant>,
     /// The namespace index's generation last seen (see
@@ -1588,6 +1602,7 @@ impl Topology {
             link_misses: HashMap::new(),
             clock: None,
             listen_base: HashMap::new(),
+            exhaustion_base: HashMap::new(),
             listen_polled: HashMap::new(),
             netns_generation: None,
         }
@@ -1675,6 +1690,10 @@ impl Topology {
                 if let Some(n) = t.listen.overflows {
                     let base = *self.listen_base.entry(inode).or_insert(n);
                     t.listen.overflows_at_start = Some(base.min(n));
+                }
+                if full {
+                    let now = t.exhaustion.baseline();
+                    t.exhaustion.at_start = Some(*self.exhaustion_base.entry(inode).or_insert(now));
                 }
                 let topo = Arc::new(t);
                 self.failed.remove(&inode);
@@ -1929,6 +1948,7 @@ mod tests {
             qdiscs: Vec::new(),
             udp: Default::default(),
             listen: Default::default(),
+            exhaustion: Default::default(),
             read_at: Instant::now(),
             path: std::path::PathBuf::new(),
         }

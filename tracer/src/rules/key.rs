@@ -88,4 +88,11 @@ pub enum Key {
     },
     /// `qdisc_drop`: per device.
     Qdisc { netns: u32, ifindex: i32 },
+    /// `conntrack_table_full`: per namespace (each has its own table).
+    ConntrackTableFull { netns: u32 },
+    /// `neighbor_table_full`: per IP version (the tables are host-wide).
+    NeighborTableFull { v6: bool },
+    /// `cpu_backlog_full`: one for the host (the backlogs are per CPU,
+    /// their limit host-wide).
+    CpuBacklogFull,
 }

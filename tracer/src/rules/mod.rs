@@ -31,6 +31,8 @@ pub mod key;
 
 mod asymmetric_route;
 mod bridge_port_blocked;
+mod conntrack_table_full;
+mod cpu_backlog_full;
 mod forwarding_disabled;
 mod fragment_timeout;
 mod l2_mtu_mismatch;
@@ -38,6 +40,7 @@ mod listen_overflow;
 mod martian;
 mod misdelivered;
 mod mss_exceeds_mtu;
+mod neighbor_table_full;
 mod neighbor_unreachable;
 mod netfilter_drop;
 mod no_route;
@@ -119,6 +122,9 @@ pub fn all() -> Vec<Box<dyn Rule>> {
         Box::new(tunnel_mtu::TunnelMtu),
         Box::new(listen_overflow::ListenOverflow),
         Box::new(fragment_timeout::FragmentTimeout::default()),
+        Box::new(conntrack_table_full::ConntrackTableFull::default()),
+        Box::new(neighbor_table_full::NeighborTableFull::default()),
+        Box::new(cpu_backlog_full::CpuBacklogFull::default()),
     ]
 }
 

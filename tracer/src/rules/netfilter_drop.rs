@@ -15,8 +15,11 @@
 //! out, so until one candidate is left the verdict is `suspected`, with
 //! the candidates. With `--nftrace`, such a flow's later packets are
 //! traced in the kernel, and the rule its trace ends in settles it.
+//! A drop no rule counted while the namespace's conntrack
+//! table is full and refusing entries is left to `conntrack_table_full`.
 
 use super::ctx::{Ctx, Finding};
+use super::facts::exhaustion as ex;
 use super::facts::firewall::{self as fw, packet_words};
 use super::facts::pmtu::is_ptb_icmp;
 use super::fix::Fix;
@@ -40,6 +43,8 @@ const MAX_READS: u32 = 6;
 /// reading runs the listing tools, about 50 ms): a port scan through a
 /// default-deny firewall must not stall the event loop once per port.
 const MIN_READ_GAP_NS: u64 = 500_000_000;
+/// How often a namespace's conntrack table is checked for being full.
+const CONNTRACK_CHECK_NS: u64 = 500_000_000;
 
 /// A flow whose dropping rule is not yet the only one left.
 struct Pending {
@@ -58,6 +63,9 @@ pub struct NetfilterDrop {
     pending: HashMap<Key, Pending>,
     /// The latest reading of each namespace.
     latest: HashMap<u32, Arc<Ruleset>>,
+    /// Per namespace: when its conntrack table was last checked, and
+    /// whether it was full.
+    conntrack: HashMap<u32, (u64, bool)>,
 }
 
 impl NetfilterDrop {
@@ -111,6 +119,32 @@ impl NetfilterDrop {
         let (first, hooks) = (p.first.clone(), p.hooks);
         conclude(cx, key.clone(), &first, hooks, &[c], Some(&rs), Some(hit));
         self.pending.remove(key);
+    }
+
+    /// Whether `netns`'s conntrack table is full and refusing entries
+    /// (see `facts::exhaustion::conntrack_full`), read anew at most every
+    /// CONNTRACK_CHECK_NS: a full table's drops come at the rate of new
+    /// connections, one reading serves them all.
+    fn conntrack_full(&mut self, cx: &mut Ctx, netns: u32) -> bool {
+        let now = cx.now_ns;
+        if let Some(&(t, full)) = self.conntrack.get(&netns) {
+            if now < t + CONNTRACK_CHECK_NS {
+                return full;
+            }
+        }
+        // Without conntrack in the namespace nothing is read again.
+        let loaded = cx
+            .topo(netns)
+            .is_some_and(|t| t.exhaustion.conntrack.max.is_some());
+        let full = loaded
+            && cx
+                .reread(netns)
+                .is_some_and(|t| ex::conntrack_full(&t.exhaustion));
+        if self.conntrack.len() > 1000 {
+            self.conntrack.clear();
+        }
+        self.conntrack.insert(netns, (now, full));
+        full
     }
 }
 
@@ -175,12 +209,19 @@ impl Rule for NetfilterDrop {
         let topo = cx.topo(d.netns);
         let hooks = fw::hooks_of(d, topo.as_deref());
         let Some((rs, counted)) = self.reading(cx, d.netns, d.ts_ns) else {
-            conclude(cx, key, d, hooks, &[], None, None);
+            if !self.conntrack_full(cx, d.netns) {
+                conclude(cx, key, d, hooks, &[], None, None);
+            }
             return;
         };
         let all = fw::candidates_for(d, &rs, hooks);
         // A reading from before the drop cannot rule out a rule at 0.
         let fits = if counted { fw::first_fits(all) } else { all };
+        // No rule counted it and conntrack refuses new entries: the
+        // drop is conntrack_table_full's, decided by conntrack's counters.
+        if fits.is_empty() && self.conntrack_full(cx, d.netns) {
+            return;
+        }
         conclude(cx, key.clone(), d, hooks, &fits, Some(&rs), None);
         if fits.len() > 1 && self.pending.len() < 1000 {
             // Starts the trace of its next packets (with --nftrace).

@@ -63,6 +63,7 @@ pub fn topo(inode: u32, name: Option<&str>, links: Vec<Link>, routes: Vec<Route>
         qdiscs: Vec::new(),
         udp: Default::default(),
         listen: Default::default(),
+        exhaustion: Default::default(),
         read_at: std::time::Instant::now(),
         path: format!("/run/netns/{}", name.unwrap_or("x")).into(),
     }
@@ -173,6 +174,9 @@ pub struct Fake {
     pub rulesets: HashMap<u32, Vec<Arc<crate::host::firewall::Ruleset>>>,
     /// netns -> what `--nftrace` traced there (None: tracing off).
     pub nftrace: HashMap<u32, Vec<crate::host::firewall::nftrace::TraceHit>>,
+    /// netns -> what each `reread` finds next, oldest first (each becomes
+    /// the namespace's copy).
+    pub rereads: HashMap<u32, Vec<NsTopology>>,
 }
 
 impl Fake {
@@ -184,7 +188,18 @@ impl Fake {
             changed_before: HashMap::new(),
             rulesets: HashMap::new(),
             nftrace: HashMap::new(),
+            rereads: HashMap::new(),
         }
+    }
+
+    /// One namespace read as `first`, then as each of `later` on each
+    /// re-read.
+    pub fn sequence(mut topos: Vec<NsTopology>) -> Fake {
+        let later = topos.split_off(1);
+        let inode = topos[0].inode;
+        let mut f = Fake::with(topos);
+        f.rereads.insert(inode, later);
+        f
     }
 }
 
@@ -216,6 +231,12 @@ impl TopologySource for Fake {
         _flow: &crate::host::firewall::nftrace::TraceFlow,
     ) -> Option<Vec<crate::host::firewall::nftrace::TraceHit>> {
         self.nftrace.get(&netns).cloned()
+    }
+    fn reread(&mut self, netns: u32) -> Option<Arc<NsTopology>> {
+        if let Some(next) = self.rereads.get_mut(&netns).filter(|r| !r.is_empty()) {
+            self.topo.insert(netns, Arc::new(next.remove(0)));
+        }
+        self.get(netns)
     }
     fn ruleset(&mut self, netns: u32) -> Option<Arc<crate::host::firewall::Ruleset>> {
         let r = self.rulesets.get_mut(&netns)?;

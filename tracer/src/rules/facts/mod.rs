@@ -8,6 +8,7 @@
 
 pub mod arrivals;
 pub mod bridge;
+pub mod exhaustion;
 pub mod firewall;
 pub mod forwarding;
 pub mod nat;
