@@ -28,14 +28,26 @@ pub const OP_PROTO: u8 = 5;
 pub const OP_NET: u8 = 6;
 /// Push whether the port (selected by `dir`) is in `value..=value2`.
 pub const OP_PORT: u8 = 7;
-/// Push whether the port (selected by `dir`) is in one of `value` ranges
-/// (at most `PORT_SET`), each packed as `lo | hi << 16` in `addr` then
-/// `mask`: a list of ports is one op, not two per port.
-pub const OP_PORTS: u8 = 8;
-pub const PORT_SET: usize = 8;
+/// Push whether the port (selected by `dir`) is in one of the `value2`
+/// ranges from index `value` of `Program::ports`: a list of ports or
+/// ranges, however long, is one op, found by a binary search whose cost
+/// the verifier sees grow with the list's logarithm only.
+pub const OP_PORTSET: u8 = 8;
 /// Push whether `value` is in the packet's header chain (`protochain`),
 /// of `family` (0: either).
 pub const OP_PROTOCHAIN: u8 = 9;
+/// Push whether the address (selected by `dir`) is of `family` and in one
+/// of the `value2` networks from index `value` of `Program::nets`: a list
+/// of hosts or networks as one op, like `OP_PORTSET`.
+pub const OP_NETSET: u8 = 10;
+
+/// Room for the ranges of all `OP_PORTSET` ops of a program.
+pub const MAX_PORT_RANGES: usize = 1024;
+/// Room for the networks of all `OP_NETSET` ops of a program.
+pub const MAX_NETS: usize = 256;
+/// Halvings of a binary search over a set as long as the longest room
+/// (1024 = 2^10, and one to spare).
+const SEARCH_STEPS: u32 = 11;
 
 pub const DIR_ANY: u8 = 0;
 pub const DIR_SRC: u8 = 1;
@@ -65,6 +77,46 @@ impl FilterOp {
         value2: 0,
         addr: [0; 4],
         mask: [0; 4],
+    };
+}
+
+/// One network of an `OP_NETSET`: its first and last address as
+/// big-endian numbers (high word, low word), the order in which a prefix is
+/// one contiguous range. A set's networks are sorted and disjoint.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct NetRange {
+    pub first: [u64; 2],
+    pub last: [u64; 2],
+}
+
+impl NetRange {
+    pub const EMPTY: NetRange = NetRange {
+        first: [0; 2],
+        last: [0; 2],
+    };
+}
+
+/// A compiled filter as the kernel takes it: `ops[..len]`, and the sets
+/// its `OP_PORTSET` / `OP_NETSET` ops search.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Program {
+    pub len: u32,
+    pub _pad: u32,
+    pub ops: [FilterOp; MAX_OPS],
+    /// Port ranges, each `lo | hi << 16`; a set's are sorted and disjoint.
+    pub ports: [u32; MAX_PORT_RANGES],
+    pub nets: [NetRange; MAX_NETS],
+}
+
+impl Program {
+    pub const EMPTY: Program = Program {
+        len: 0,
+        _pad: 0,
+        ops: [FilterOp::END; MAX_OPS],
+        ports: [0; MAX_PORT_RANGES],
+        nets: [NetRange::EMPTY; MAX_NETS],
     };
 }
 
@@ -208,55 +260,149 @@ fn port_bits(dir: u8, s: u64, d: u64, a2: u64, a4: u64) -> u64 {
     (val & (unknown ^ 1)) | (unknown << 1)
 }
 
-/// `port`/`portrange` over the op's ranges.
+/// The last of the `n` sorted entries from `start` whose first value is
+/// at most the key (`at_most(i)`), or `start` when none is: the one entry
+/// that can hold the key. The halvings are as many as `n` needs (a
+/// constant the verifier reads from the frozen program), and each result
+/// passes through `hide`, so the verifier walks one path per halving.
 #[inline(always)]
-fn ports_test<O: Opaque>(op: &FilterOp, flow: &Flow, o: &O) -> u64 {
+fn search<O: Opaque>(start: u16, n: u16, o: &O, at_most: impl Fn(usize) -> bool) -> usize {
+    let mut base = start as u64;
+    let mut n = n as u64;
+    let mut k = 0;
+    while k < SEARCH_STEPS {
+        if n <= 1 {
+            break;
+        }
+        let half = n / 2;
+        if at_most((base + half) as usize) {
+            base += half;
+        }
+        base = o.hide(base);
+        n -= half;
+        k += 1;
+    }
+    base as usize
+}
+
+/// Whether `port` is in the op's port set. The port passes through `hide`
+/// before each comparison, as in `ports_test`.
+#[inline(always)]
+fn in_port_set<O: Opaque>(p: &Program, op: &FilterOp, port: u16, o: &O) -> u64 {
+    let m = MAX_PORT_RANGES - 1;
+    let i = search(op.value, op.value2, o, |i| {
+        (p.ports[i & m] & 0xffff) as u64 <= o.hide(port as u64)
+    });
+    let r = p.ports[i & m];
+    let x = o.hide(port as u64);
+    (x >= (r & 0xffff) as u64 && x <= (r >> 16) as u64) as u64
+}
+
+/// `a <= b` for addresses as (high, low) words; `b` passes through `hide`.
+#[inline(always)]
+fn addr_le<O: Opaque>(a: [u64; 2], b: [u64; 2], o: &O) -> bool {
+    let (h, l) = (o.hide(b[0]), o.hide(b[1]));
+    a[0] < h || (a[0] == h && a[1] <= l)
+}
+
+/// Whether the address `a` (big-endian words) is in the op's network set.
+#[inline(always)]
+fn in_net_set<O: Opaque>(p: &Program, op: &FilterOp, a: [u64; 2], o: &O) -> u64 {
+    let m = MAX_NETS - 1;
+    let i = search(op.value, op.value2, o, |i| {
+        addr_le(p.nets[i & m].first, a, o)
+    });
+    let n = &p.nets[i & m];
+    let (h, l) = (o.hide(a[0]), o.hide(a[1]));
+    let after_last = h > n.last[0] || (h == n.last[0] && l > n.last[1]);
+    (addr_le(n.first, a, o) && !after_last) as u64
+}
+
+/// An address as big-endian (high, low) words.
+#[inline(always)]
+fn be_words(b: &[u8; 16]) -> [u64; 2] {
+    [
+        u64::from_be_bytes([b[0], b[1], b[2], b[3], b[4], b[5], b[6], b[7]]),
+        u64::from_be_bytes([b[8], b[9], b[10], b[11], b[12], b[13], b[14], b[15]]),
+    ]
+}
+
+/// The port fields' availability, as `port_bits` takes it, or None when
+/// the packet has no ports at all.
+#[inline(always)]
+fn port_avail(flow: &Flow) -> Option<(u64, u64)> {
     if !has_ports(flow) {
-        return 0;
+        return None;
     }
     let short = flow.flags & crate::FLOW_L4_SHORT != 0;
     let half = flow.flags & crate::FLOW_L4_HALF != 0;
-    let a2 = (!short || half) as u64;
-    let a4 = (!short) as u64;
-    let (n, single) = if op.code == OP_PORT {
-        (1u16, true)
-    } else {
-        (op.value, false)
+    Some(((!short || half) as u64, (!short) as u64))
+}
+
+/// `port`/`portrange`: one range, `value..=value2`. Ports pass through
+/// `hide` before each test: a branch on a port narrows what the verifier
+/// knows of it (to one value once `port >= 80 && port <= 80` held), and
+/// every later test of that narrowed port would split the paths again.
+#[inline(always)]
+fn ports_test<O: Opaque>(op: &FilterOp, flow: &Flow, o: &O) -> u64 {
+    let Some((a2, a4)) = port_avail(flow) else {
+        return 0;
     };
-    let mut acc: u64 = 0;
-    let mut k = 0;
-    while k < PORT_SET {
-        if k as u16 >= n {
-            break;
-        }
-        let r = if single {
-            op.value as u32 | (op.value2 as u32) << 16
-        } else if k < 4 {
-            op.addr[k]
-        } else {
-            op.mask[k - 4]
-        };
-        // Ports pass through `hide` before each test: a branch on a port
-        // narrows what the verifier knows of it (to one value once
-        // `port >= 80 && port <= 80` held), and every later test of that
-        // narrowed port would split the paths again.
-        let (lo, hi) = ((r & 0xffff) as u64, (r >> 16) as u64);
-        let (sport, dport) = (o.hide(flow.sport as u64), o.hide(flow.dport as u64));
-        let s = (sport >= lo && sport <= hi) as u64;
-        let d = (dport >= lo && dport <= hi) as u64;
-        // `or` over the ranges: any match decides, else any unknown.
-        acc = o.hide(acc | port_bits(op.dir, s, d, a2, a4));
-        k += 1;
-    }
-    if acc & MATCH != 0 {
-        MATCH
+    let (lo, hi) = (op.value as u64, op.value2 as u64);
+    let (sport, dport) = (o.hide(flow.sport as u64), o.hide(flow.dport as u64));
+    let s = (sport >= lo && sport <= hi) as u64;
+    let d = (dport >= lo && dport <= hi) as u64;
+    port_bits(op.dir, s, d, a2, a4)
+}
+
+/// A list of ports: one port in the set is one range of it in `or`, and
+/// the `or` of port tests is their `port_bits` over the `or` of their
+/// matches (the availability bits are the same for every range).
+#[inline(always)]
+fn port_set_test<O: Opaque>(p: &Program, op: &FilterOp, flow: &Flow, o: &O) -> u64 {
+    let Some((a2, a4)) = port_avail(flow) else {
+        return 0;
+    };
+    let s = if op.dir == DIR_DST {
+        0
     } else {
-        acc
-    }
+        o.hide(in_port_set(p, op, flow.sport, o))
+    };
+    let d = if op.dir == DIR_SRC {
+        0
+    } else {
+        o.hide(in_port_set(p, op, flow.dport, o))
+    };
+    port_bits(op.dir, s, d, a2, a4)
 }
 
 #[inline(always)]
-fn test<O: Opaque>(op: &FilterOp, flow: &Flow, src: &[u32; 4], dst: &[u32; 4], o: &O) -> u64 {
+fn net_set_test<O: Opaque>(p: &Program, op: &FilterOp, flow: &Flow, o: &O) -> u64 {
+    if flow.family != op.family {
+        return 0;
+    }
+    let s = if op.dir == DIR_DST {
+        0
+    } else {
+        o.hide(in_net_set(p, op, be_words(&flow.src), o))
+    };
+    let d = if op.dir == DIR_SRC {
+        0
+    } else {
+        o.hide(in_net_set(p, op, be_words(&flow.dst), o))
+    };
+    pick(op.dir, s != 0, d != 0) as u64
+}
+
+#[inline(always)]
+fn test<O: Opaque>(
+    p: &Program,
+    op: &FilterOp,
+    flow: &Flow,
+    src: &[u32; 4],
+    dst: &[u32; 4],
+    o: &O,
+) -> u64 {
     match op.code {
         OP_FAMILY => (flow.family as u16 == op.value) as u64,
         // `family` 0: either family (`proto 1`, `tcp`); else one
@@ -266,15 +412,18 @@ fn test<O: Opaque>(op: &FilterOp, flow: &Flow, src: &[u32; 4], dst: &[u32; 4], o
         OP_NET => {
             (flow.family == op.family && pick(op.dir, in_net(src, op), in_net(dst, op))) as u64
         }
-        OP_PORT | OP_PORTS => ports_test(op, flow, o),
+        OP_PORT => ports_test(op, flow, o),
+        OP_PORTSET => port_set_test(p, op, flow, o),
+        OP_NETSET => net_set_test(p, op, flow, o),
         _ => 0,
     }
 }
 
-/// Runs the filter program `ops[..len]` on `flow`. An empty program
-/// accepts everything; a malformed one (stack underflow) rejects.
+/// Runs the filter program `p` on `flow`. An empty program accepts
+/// everything; a malformed one (stack underflow) rejects.
 #[inline(always)]
-pub fn eval<O: Opaque>(ops: &[FilterOp; MAX_OPS], len: u32, flow: &Flow, o: &O) -> bool {
+pub fn eval<O: Opaque>(p: &Program, flow: &Flow, o: &O) -> bool {
+    let (ops, len) = (&p.ops, p.len);
     if len == 0 {
         return true;
     }
@@ -334,7 +483,7 @@ pub fn eval<O: Opaque>(ops: &[FilterOp; MAX_OPS], len: u32, flow: &Flow, o: &O) 
                 if depth >= MAX_DEPTH {
                     return false;
                 }
-                stack = o.hide((stack << 2) | test(op, flow, &src, &dst, o));
+                stack = o.hide((stack << 2) | test(p, op, flow, &src, &dst, o));
                 depth += 1;
             }
         }

@@ -390,8 +390,7 @@ pub struct Config {
     pub agg_per_key: u32,
     pub agg_burst: u32,
     pub _pad: u32,
-    pub filter_len: u32,
-    pub filter: [filter::FilterOp; filter::MAX_OPS],
+    pub filter: filter::Program,
     /// `EXTRA_*` bits: send a `DropExtra` before each drop event. 0 costs
     /// nothing (the branch is pruned at load).
     pub extra: u32,
@@ -598,8 +597,7 @@ impl Config {
             agg_per_key: 0,
             agg_burst: 0,
             _pad: 0,
-            filter_len: 0,
-            filter: [filter::FilterOp::END; filter::MAX_OPS],
+            filter: filter::Program::EMPTY,
             extra: 0,
             snaplen: 0,
             trace: 0,

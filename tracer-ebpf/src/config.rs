@@ -55,18 +55,13 @@ pub(crate) use setting;
 /// which the filter writes and reads.
 #[inline(always)]
 pub(crate) unsafe fn filter_matches(flow: &Flow) -> bool {
-    if setting!(filter_len) == 0 {
+    if setting!(filter.len) == 0 {
         return true;
     }
     let Some(s) = SCRATCH.get_ptr_mut(0) else {
         return false;
     };
-    filter::eval(
-        &config().filter,
-        setting!(filter_len),
-        flow,
-        &MapOpaque(&mut (*s).opaque),
-    )
+    filter::eval(&config().filter, flow, &MapOpaque(&mut (*s).opaque))
 }
 
 #[inline(always)]

@@ -183,11 +183,6 @@ const WATCH_USERSPACE_ONLY: &[&str] = &[
     "a_missing_tracepoint_is_named",
     "count_ends_the_run_with_a_summary",
     "interface_by_index_and_a_hint_for_other_namespaces",
-    // Not userspace-only, but known to differ: since the tcpdump-exact
-    // header parse (issue 25), the test's long port-list filter took the 5.10
-    // and 6.1 verifiers under TCG past the test's 120 s wait for ready
-    // (6.12 passes). Left open in issue 25; the host runs it.
-    "a_long_port_list_filters_in_the_kernel",
 ];
 
 /// `watch` in any userspace: a UDP datagram to a closed port in a fresh

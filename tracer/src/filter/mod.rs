@@ -42,19 +42,26 @@ mod net;
 mod parse;
 mod ports;
 mod quals;
+mod sets;
 #[cfg(test)]
 mod tests;
 
 use lex::{lex, Tok};
 use parse::Parser;
 use std::fmt;
-use tracer_abi::filter::{FilterOp, MAX_DEPTH, MAX_OPS, OP_AND, OP_END, OP_NOT, OP_OR};
+use tracer_abi::filter::{
+    FilterOp, NetRange, Program, MAX_DEPTH, MAX_NETS, MAX_OPS, MAX_PORT_RANGES, OP_AND, OP_END,
+    OP_NOT, OP_OR,
+};
 use tracer_abi::Flow;
 
 /// A compiled filter: the kernel program and the expression it came from.
 #[derive(Clone, Debug, Default)]
 pub struct Filter {
     pub ops: Vec<FilterOp>,
+    /// The ranges and networks the set ops search (`Program::ports`, `nets`).
+    pub ports: Vec<u32>,
+    pub nets: Vec<NetRange>,
     pub text: String,
 }
 
@@ -115,8 +122,12 @@ pub fn compile(expr: &str) -> Result<Filter, FilterError> {
             ),
         ));
     }
+    let mut ops = p.ops;
+    let (ports, nets) = sets::layout(&mut ops, &p.sets)?;
     Ok(Filter {
-        ops: p.ops,
+        ops,
+        ports,
+        nets,
         text: text.to_string(),
     })
 }
@@ -126,28 +137,35 @@ impl Filter {
         self.ops.is_empty()
     }
 
-    /// The fixed-size array and length the kernel global takes.
+    /// The program as the kernel global takes it.
     ///
     /// # Panics
-    /// If `ops` was set by hand to more than `MAX_OPS` operations; `compile`
-    /// never produces such a filter, and truncating it would silently change
-    /// what it matches.
-    pub fn to_kernel(&self) -> ([FilterOp; MAX_OPS], u32) {
+    /// If `ops`, `ports` or `nets` were set by hand beyond the kernel's
+    /// room; `compile` never produces such a filter, and truncating it
+    /// would silently change what it matches.
+    pub fn to_kernel(&self) -> Box<Program> {
         assert!(
-            self.ops.len() <= MAX_OPS,
-            "filter has {} operations, the kernel takes at most {MAX_OPS}",
-            self.ops.len()
+            self.ops.len() <= MAX_OPS
+                && self.ports.len() <= MAX_PORT_RANGES
+                && self.nets.len() <= MAX_NETS,
+            "filter has {} operations, {} port ranges and {} networks, the kernel takes at \
+             most {MAX_OPS}, {MAX_PORT_RANGES} and {MAX_NETS}",
+            self.ops.len(),
+            self.ports.len(),
+            self.nets.len()
         );
-        let mut ops = [FilterOp::END; MAX_OPS];
-        ops[..self.ops.len()].copy_from_slice(&self.ops);
-        (ops, self.ops.len() as u32)
+        let mut p = Box::new(Program::EMPTY);
+        p.len = self.ops.len() as u32;
+        p.ops[..self.ops.len()].copy_from_slice(&self.ops);
+        p.ports[..self.ports.len()].copy_from_slice(&self.ports);
+        p.nets[..self.nets.len()].copy_from_slice(&self.nets);
+        p
     }
 
     /// Same evaluation as the kernel: calls `tracer_abi::filter::eval` on
     /// `to_kernel()`.
     pub fn matches(&self, flow: &Flow) -> bool {
-        let (ops, len) = self.to_kernel();
-        tracer_abi::filter::eval(&ops, len, flow, &tracer_abi::filter::Plain)
+        tracer_abi::filter::eval(&self.to_kernel(), flow, &tracer_abi::filter::Plain)
     }
 }
 

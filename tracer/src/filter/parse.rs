@@ -4,10 +4,11 @@
 use super::error;
 use super::lex::{Tok, Token};
 use super::net::{bad_address, partial_v4, prefix_mask, Net};
-use super::ports::{merge_ports, port_leaf, service_port, Service};
+use super::ports::{port_leaf, service_port, Service};
 use super::quals::{
     all_digits, is_keyword, looks_like_value, op, Dir, Kind, Proto, Quals, UNSUPPORTED,
 };
+use super::sets::{fold_or, Members};
 use super::FilterError;
 use std::net::{IpAddr, Ipv4Addr};
 use tracer_abi::filter::{
@@ -19,6 +20,8 @@ pub(super) struct Parser {
     toks: Vec<Token>,
     pos: usize,
     pub(super) ops: Vec<FilterOp>,
+    /// The members of the set ops, by their `value` (see `sets`).
+    pub(super) sets: Vec<Members>,
     /// Qualifiers of the latest primitive, for value lists.
     last: Option<Quals>,
     /// Open parentheses, to tell "unexpected ')'" from a missing operand.
@@ -33,6 +36,7 @@ impl Parser {
             toks,
             pos: 0,
             ops: Vec::new(),
+            sets: Vec::new(),
             last: None,
             depth: 0,
         }
@@ -65,7 +69,7 @@ impl Parser {
     /// `and` and `or` at one level, left to right, as libpcap does.
     pub(super) fn parse_or(&mut self) -> PResult<()> {
         let lhs = self.ops.len();
-        // Where the right side of the last OR is, when it was one op.
+        // Where the right side of the last OR is.
         let mut prev_rhs: Option<usize> = None;
         self.parse_unary()?;
         loop {
@@ -77,27 +81,21 @@ impl Parser {
             self.pos += 1;
             let rhs = self.ops.len();
             self.parse_unary()?;
-            let single = self.ops.len() == rhs + 1;
-            // `port 1 or 2 or ...`: two port ops of the same direction
-            // become one port-set op, which the verifier walks once instead
-            // of once per port. Either the left side is that one op, or
-            // (OR being associative) the right side of the OR just before.
-            if code == OP_OR && single {
-                let target = if rhs == lhs + 1 {
-                    Some(lhs)
-                } else {
-                    prev_rhs.filter(|&i| i + 2 == rhs)
-                };
-                if let Some(i) = target {
-                    if let Some(set) = merge_ports(&self.ops[i], &self.ops[rhs]) {
-                        self.ops[i] = set;
-                        self.ops.truncate(rhs);
-                        continue;
-                    }
+            // `port 1 or 2 or ...`, `host a or b`: tests of one field
+            // become one set op, which the verifier walks once instead of
+            // once per value (see `sets`). The left side is the whole left
+            // operand, or (OR being associative) the right side of the OR
+            // just before.
+            if code == OP_OR {
+                let sets = &mut self.sets;
+                if fold_or(&mut self.ops, lhs..rhs, rhs, sets)
+                    || prev_rhs.is_some_and(|t| fold_or(&mut self.ops, t..rhs - 1, rhs, sets))
+                {
+                    continue;
                 }
             }
             self.ops.push(op(code));
-            prev_rhs = (code == OP_OR && single).then_some(rhs);
+            prev_rhs = (code == OP_OR).then_some(rhs);
         }
         Ok(())
     }

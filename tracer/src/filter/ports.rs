@@ -1,7 +1,7 @@
-//! Port numbers and service names, and port tests merged into sets.
+//! Port numbers and service names.
 
 use super::quals::op;
-use tracer_abi::filter::{FilterOp, OP_PORT, OP_PORTS, PORT_SET};
+use tracer_abi::filter::{FilterOp, OP_PORT};
 use tracer_abi::{IPPROTO_TCP, IPPROTO_UDP};
 
 /// A service name's port, as libpcap resolves it (`pcap_nametoport`): the
@@ -51,47 +51,6 @@ pub(super) fn services_lookup(text: &str, name: &str) -> Option<Service> {
         }),
         (None, None) => None,
     }
-}
-
-pub(super) fn port_ranges(o: &FilterOp) -> Option<Vec<u32>> {
-    match o.code {
-        OP_PORT => Some(vec![o.value as u32 | (o.value2 as u32) << 16]),
-        OP_PORTS => Some(
-            o.addr
-                .iter()
-                .chain(o.mask.iter())
-                .take(o.value as usize)
-                .copied()
-                .collect(),
-        ),
-        _ => None,
-    }
-}
-
-/// `a or b` as one port-set op, if both test ports in the same direction
-/// and their ranges fit in one set.
-pub(super) fn merge_ports(a: &FilterOp, b: &FilterOp) -> Option<FilterOp> {
-    if a.dir != b.dir {
-        return None;
-    }
-    let mut ranges = port_ranges(a)?;
-    ranges.extend(port_ranges(b)?);
-    if ranges.len() > PORT_SET {
-        return None;
-    }
-    let mut set = FilterOp {
-        dir: a.dir,
-        value: ranges.len() as u16,
-        ..op(OP_PORTS)
-    };
-    for (k, r) in ranges.into_iter().enumerate() {
-        if k < 4 {
-            set.addr[k] = r;
-        } else {
-            set.mask[k - 4] = r;
-        }
-    }
-    Some(set)
 }
 
 pub(super) fn port_leaf(lo: u16, hi: u16) -> FilterOp {

@@ -5,8 +5,8 @@ use super::quals::op;
 use super::*;
 use std::net::IpAddr;
 use tracer_abi::filter::{
-    FilterOp, DIR_ANY, DIR_DST, DIR_SRC, MAX_OPS, OP_AND, OP_FAMILY, OP_NET, OP_NOT, OP_OR,
-    OP_PORT, OP_PORTS, OP_PROTO,
+    FilterOp, DIR_ANY, DIR_DST, DIR_SRC, MAX_NETS, MAX_OPS, MAX_PORT_RANGES, OP_AND, OP_FAMILY,
+    OP_NET, OP_NETSET, OP_NOT, OP_OR, OP_PORT, OP_PORTSET, OP_PROTO,
 };
 use tracer_abi::{
     Flow, FAMILY_V4, FAMILY_V6, IPPROTO_ICMP, IPPROTO_ICMPV6, IPPROTO_SCTP, IPPROTO_TCP,
@@ -101,7 +101,12 @@ fn codes(expr: &str) -> Vec<u8> {
 
 /// Two expressions compile to the same program.
 fn same(a: &str, b: &str) {
-    assert_eq!(ok(a).ops, ok(b).ops, "{a:?} vs {b:?}");
+    let (a_, b_) = (ok(a), ok(b));
+    assert_eq!(
+        (a_.ops, a_.ports, a_.nets),
+        (b_.ops, b_.ports, b_.nets),
+        "{a:?} vs {b:?}"
+    );
 }
 
 // ------------------------------------------------ empty and API
@@ -112,9 +117,9 @@ fn empty_matches_everything() {
         let f = ok(e);
         assert!(f.is_empty());
         assert_eq!(f.text, "");
-        let (ops, len) = f.to_kernel();
-        assert_eq!(len, 0);
-        assert!(ops.iter().all(|o| *o == FilterOp::END));
+        let p = f.to_kernel();
+        assert_eq!(p.len, 0);
+        assert!(p.ops.iter().all(|o| *o == FilterOp::END));
         assert!(f.matches(&tcp4("1.2.3.4", 1, "5.6.7.8", 2)));
         assert!(f.matches(&Flow::default()));
     }
@@ -130,16 +135,16 @@ fn text_is_trimmed_expression() {
 #[test]
 fn to_kernel_pads_with_end() {
     let f = ok("tcp and port 80");
-    let (ops, len) = f.to_kernel();
-    assert_eq!(len, 3);
-    assert_eq!(&ops[..3], &f.ops[..]);
-    assert!(ops[3..].iter().all(|o| *o == FilterOp::END));
+    let p = f.to_kernel();
+    assert_eq!(p.len, 3);
+    assert_eq!(&p.ops[..3], &f.ops[..]);
+    assert!(p.ops[3..].iter().all(|o| *o == FilterOp::END));
 }
 
 #[test]
 fn matches_is_kernel_eval() {
     let f = ok("tcp port 80 or udp port 53");
-    let (ops, len) = f.to_kernel();
+    let p = f.to_kernel();
     for fl in [
         tcp4("1.1.1.1", 80, "2.2.2.2", 1),
         udp4("1.1.1.1", 1, "2.2.2.2", 53),
@@ -147,7 +152,7 @@ fn matches_is_kernel_eval() {
     ] {
         assert_eq!(
             f.matches(&fl),
-            tracer_abi::filter::eval(&ops, len, &fl, &tracer_abi::filter::Plain),
+            tracer_abi::filter::eval(&p, &fl, &tracer_abi::filter::Plain),
             "{fl:?}"
         );
     }
@@ -160,7 +165,7 @@ fn matches_is_kernel_eval() {
 fn to_kernel_refuses_overlong_hand_made_filter() {
     let f = Filter {
         ops: vec![op(OP_PROTO); MAX_OPS + 1],
-        text: String::new(),
+        ..Filter::default()
     };
     f.to_kernel();
 }
@@ -672,11 +677,14 @@ fn spacing_is_free() {
 
 #[test]
 fn too_long() {
-    // Hosts do not merge: 129 of them are 257 ops.
+    // Hosts of alternating directions do not fold: 129 of them are 257 ops.
     let list: Vec<String> = (1..=129)
-        .map(|i| format!("10.0.{}.{}", i / 200, i % 200))
+        .map(|i| {
+            let dir = if i % 2 == 0 { "src" } else { "dst" };
+            format!("{dir} host 10.0.{}.{}", i / 200, i % 200)
+        })
         .collect();
-    let expr = format!("host {}", list.join(" or "));
+    let expr = list.join(" or ");
     assert_eq!(
         err(&expr),
         (
@@ -687,7 +695,7 @@ fn too_long() {
         )
     );
     // 128 hosts and a not: exactly 256 fits.
-    let fits = format!("not (host {})", list[..128].join(" or "));
+    let fits = format!("not ({})", list[..128].join(" or "));
     let f = ok(&fits);
     assert_eq!(f.ops.len(), MAX_OPS);
 }
@@ -696,13 +704,14 @@ fn too_long() {
 fn port_lists_become_port_sets() {
     let list: Vec<String> = (1..=17).map(|p| (p * 10).to_string()).collect();
     let f = ok(&format!("host 10.1.2.3 and (port {})", list.join(" or ")));
-    // host, three sets (8 + 8 + 1 ports), two ORs between them, AND.
-    assert_eq!(f.ops.len(), 7, "{:?}", f.ops);
-    assert_eq!(f.ops.iter().filter(|o| o.code == OP_PORTS).count(), 2);
+    // host, one set of 17 ports, AND.
+    assert_eq!(codes(&f.text), [OP_NET, OP_PORTSET, OP_AND], "{:?}", f.ops);
+    assert_eq!(f.ports.len(), 17);
     for p in 1..=17u16 {
         assert!(f.matches(&tcp4("10.1.2.3", 5000, "2.2.2.2", p * 10)), "{p}");
         assert!(f.matches(&udp4("2.2.2.2", p * 10, "10.1.2.3", 5000)), "{p}");
         assert!(!f.matches(&tcp4("10.1.2.3", 5000, "2.2.2.2", p * 10 + 1)));
+        assert!(!f.matches(&tcp4("10.1.2.3", 5000, "2.2.2.2", p * 10 - 1)));
     }
     assert!(!f.matches(&tcp4("10.1.2.4", 5000, "2.2.2.2", 10)));
     // Directions do not mix; ranges merge with single ports.
@@ -717,6 +726,155 @@ fn port_lists_become_port_sets() {
     let f = ok("port 1 or 2 and tcp");
     assert!(!f.matches(&udp4("1.1.1.1", 9, "2.2.2.2", 1)));
     assert!(f.matches(&tcp4("1.1.1.1", 9, "2.2.2.2", 2)));
+}
+
+/// A list of any length is one op; its ranges are sorted and joined
+/// where they touch, and the kernel's room for them is checked.
+#[test]
+fn long_lists_are_one_set_op() {
+    let list: Vec<String> = (0..1000).map(|i| (7000 + 3 * i).to_string()).collect();
+    let f = ok(&format!("port {}", list.join(" or ")));
+    assert_eq!(f.ops.len(), 1);
+    assert_eq!(f.ops[0].value2, 1000);
+    for i in [0u16, 1, 500, 998, 999] {
+        let p = 7000 + 3 * i;
+        assert!(f.matches(&udp4("1.1.1.1", 1, "2.2.2.2", p)), "{p}");
+        assert!(!f.matches(&udp4("1.1.1.1", 1, "2.2.2.2", p + 1)), "{p}");
+    }
+    assert!(!f.matches(&udp4("1.1.1.1", 1, "2.2.2.2", 6999)));
+    // Neighbours and overlaps join: 3 ranges, not 6.
+    let f = ok("port 5 or 3 or 4 or portrange 10-20 or 15 or portrange 21-22 or 100");
+    assert_eq!(f.ports, [3 | 5 << 16, 10 | 22 << 16, 100 | 100 << 16]);
+    let many: Vec<String> = (0..=MAX_PORT_RANGES).map(|i| (2 * i).to_string()).collect();
+    assert_eq!(
+        err(&format!("port {}", many.join(" or "))),
+        (
+            1,
+            "filter lists too many ports: 1025 separate ranges, the kernel takes at most 1024; \
+             a portrange A-B can replace a list"
+                .into()
+        )
+    );
+    let hosts: Vec<String> = (0..=MAX_NETS)
+        .map(|i| format!("10.9.{}.{}", i / 100, i % 100 * 2))
+        .collect();
+    assert_eq!(
+        err(&format!("host {}", hosts.join(" or "))).1,
+        "filter lists too many addresses: 257 separate networks, the kernel takes at most \
+         256; a net A/N can replace a list"
+    );
+}
+
+#[test]
+fn host_and_net_lists_become_sets() {
+    let hosts: Vec<String> = (0..200)
+        .map(|i| format!("10.7.{}.{}", i / 100, i % 100 * 2))
+        .collect();
+    let f = ok(&format!(
+        "src host {} or dst net 192.168.0.0/16",
+        hosts.join(" or ")
+    ));
+    assert_eq!(codes(&f.text), [OP_NETSET, OP_NET, OP_OR]);
+    for i in [0, 1, 99, 100, 199] {
+        let h = format!("10.7.{}.{}", i / 100, i % 100 * 2);
+        assert!(f.matches(&tcp4(&h, 1, "2.2.2.2", 2)), "{h}");
+        assert!(!f.matches(&tcp4("2.2.2.2", 1, &h, 2)), "{h}");
+        let next = format!("10.7.{}.{}", i / 100, i % 100 * 2 + 1);
+        assert!(!f.matches(&tcp4(&next, 1, "2.2.2.2", 2)), "{next}");
+    }
+    assert!(f.matches(&tcp4("2.2.2.2", 1, "192.168.9.9", 2)));
+    // Networks and hosts of one family, nested or not; IPv6 apart.
+    let f = ok("net 10.0.0.0/8 or host 10.1.2.3 or net 172.16.0.0/12 or host 1.2.3.4");
+    assert_eq!(codes(&f.text), [OP_NETSET]);
+    assert_eq!(f.nets.len(), 3);
+    for (a, want) in [
+        ("10.200.1.1", true),
+        ("11.0.0.0", false),
+        ("172.31.255.255", true),
+        ("172.32.0.0", false),
+        ("1.2.3.4", true),
+        ("1.2.3.5", false),
+        ("9.255.255.255", false),
+    ] {
+        assert_eq!(f.matches(&udp4("5.5.5.5", 1, a, 2)), want, "{a}");
+    }
+    let f = ok("host 2001:db8::1 or net 2001:db8:1::/48 or host ::1");
+    assert_eq!(codes(&f.text), [OP_NETSET]);
+    for (a, want) in [
+        ("2001:db8::1", true),
+        ("2001:db8::2", false),
+        ("2001:db8:1:ffff::9", true),
+        ("2001:db8:2::", false),
+        ("::1", true),
+        ("::", false),
+    ] {
+        let fl = flow(IPPROTO_UDP, "2001:db8:9::9", 1, a, 2);
+        assert_eq!(f.matches(&fl), want, "{a}");
+        assert!(!f.matches(&tcp4("10.0.0.1", 1, "10.0.0.2", 2)));
+    }
+    // Families do not mix, nor do masks with holes.
+    assert_eq!(codes("host 10.0.0.1 or host ::1"), [OP_NET, OP_NET, OP_OR]);
+    assert_eq!(
+        codes("net 10.0.0.0 mask 255.0.255.0 or host 10.0.0.1"),
+        [OP_NET, OP_NET, OP_OR]
+    );
+}
+
+/// `tcp port 80 or 443` is `tcp port 80 or tcp port 443`: the shared
+/// protocol test is kept once, before one set.
+#[test]
+fn shared_tests_factor_out_of_lists() {
+    let list: Vec<String> = (0..300).map(|i| (1000 + 7 * i).to_string()).collect();
+    let f = ok(&format!("tcp port {}", list.join(" or ")));
+    assert_eq!(codes(&f.text), [OP_PROTO, OP_PORTSET, OP_AND]);
+    assert!(f.matches(&tcp4("1.1.1.1", 9, "2.2.2.2", 1007)));
+    assert!(!f.matches(&udp4("1.1.1.1", 9, "2.2.2.2", 1007)));
+    assert!(!f.matches(&tcp4("1.1.1.1", 9, "2.2.2.2", 1008)));
+    let f = ok("host 10.0.0.1 and port 1 or host 10.0.0.1 and port 2");
+    // `and`, `or` left to right: ((h and p1) or h) and p2; nothing shared.
+    assert_eq!(f.ops.len(), 7);
+    let f = ok("(host 10.0.0.1 and port 1) or (host 10.0.0.1 and port 2)");
+    assert_eq!(codes(&f.text), [OP_NET, OP_PORTSET, OP_AND]);
+}
+
+/// A folded list matches exactly what the same tests unfolded match,
+/// unknowns included: `p and p and p` is `p`, and keeps the compiler from
+/// folding.
+#[test]
+fn folded_lists_match_as_unfolded() {
+    use tracer_abi::{FLOW_L4_HALF, FLOW_L4_SHORT};
+    let mut seed = 0x2545_f491_4f6c_dd1du64;
+    let mut next = move |n: u64| {
+        seed ^= seed << 13;
+        seed ^= seed >> 7;
+        seed ^= seed << 17;
+        seed % n
+    };
+    for _ in 0..300 {
+        let dir = ["", "src ", "dst "][next(3) as usize];
+        let terms: Vec<String> = (0..1 + next(12))
+            .map(|_| {
+                let (a, b) = (next(40) as u16, next(40) as u16);
+                if next(3) == 0 {
+                    format!("{dir}portrange {a}-{b}")
+                } else {
+                    format!("{dir}port {a}")
+                }
+            })
+            .collect();
+        let folded = ok(&terms.join(" or "));
+        let plain: Vec<String> = terms
+            .iter()
+            .map(|t| format!("({t} and {t} and {t})"))
+            .collect();
+        let plain = ok(&plain.join(" or "));
+        assert!(!plain.ops.iter().any(|o| o.code == OP_PORTSET));
+        for _ in 0..40 {
+            let mut fl = tcp4("1.1.1.1", next(42) as u16, "2.2.2.2", next(42) as u16);
+            fl.flags |= [0, FLOW_L4_SHORT, FLOW_L4_SHORT | FLOW_L4_HALF][next(3) as usize];
+            assert_eq!(folded.matches(&fl), plain.matches(&fl), "{terms:?} {fl:?}");
+        }
+    }
 }
 
 // ------------------------------------------------ errors

@@ -219,9 +219,7 @@ impl Plan<'_> {
         config.routes = u32::from(self.diagnose);
         config.syn_check = u32::from(self.diagnose);
         config.neigh = u32::from(self.diagnose);
-        let (ops, len) = self.filter.to_kernel();
-        config.filter = ops;
-        config.filter_len = len;
+        config.filter = *self.filter.to_kernel();
         if opts.pcap.is_some() {
             config.extra |= EXTRA_PACKET;
             config.snaplen = self.snaplen;
