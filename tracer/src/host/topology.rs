@@ -651,13 +651,12 @@ fn resolve_nsids(nl: &mut Rtnl, wanted: &HashSet<i32>, own: u32) -> HashMap<i32,
     if wanted.is_empty() {
         return HashMap::new();
     }
-    let generation = netns::generation();
-    let mut out = NsidAnswers::known(own, wanted, generation);
+    let all = netns::list();
+    let by_inode: HashMap<u32, &NetnsInfo> = all.iter().map(|c| (c.inode, c)).collect();
+    let mut out = NsidAnswers::known(own, wanted, &by_inode);
     if out.len() == wanted.len() {
         return out;
     }
-    let all = netns::list();
-    let by_inode: HashMap<u32, &NetnsInfo> = all.iter().map(|c| (c.inode, c)).collect();
     let first = NsidMemo::likely(own);
     let firsts: HashSet<u32> = first.iter().copied().collect();
     let answered: HashSet<u32> = out.values().copied().collect();
@@ -689,44 +688,66 @@ fn resolve_nsids(nl: &mut Rtnl, wanted: &HashSet<i32>, own: u32) -> HashMap<i32,
         }
     }
     NsidMemo::note(own, out.values().copied());
-    NsidAnswers::note(own, &out, generation);
+    NsidAnswers::note(own, &out, &by_inode);
     out
 }
 
-/// nsid answers of the kernel, trusted while no namespace was named or
-/// unnamed since (the index's generation): an nsid is only freed when the
-/// namespace it names dies, so until then it names the same one. A bridge's
-/// namespace with 1,000 ports otherwise costs 1,000 opens and queries per
-/// read. A namespace that only processes held and that died unseen could
-/// leave an answer stale until the next change anywhere; runtimes
-/// bind-mount theirs where the index watches.
+/// Resolves, from a thread inside namespace `own`, the peers of its links
+/// into other namespaces, so that a later read finds them answered (see
+/// [`NsidAnswers`]): the MTU scan calls it for namespaces with many such
+/// links (a bridge's), off the event path.
+pub fn warm_peers_here(own: u32, links: &[Link]) {
+    let wanted: HashSet<i32> = links.iter().filter_map(|l| l.link_netnsid).collect();
+    if let Ok(mut nl) = Rtnl::open() {
+        resolve_nsids(&mut nl, &wanted, own);
+    }
+}
+
+/// nsid answers of the kernel, trusted while the namespace answered still
+/// opens from the same path in the index: an nsid is only freed when the
+/// namespace it names dies, and a death is an index event (runtimes
+/// bind-mount their namespaces where the index watches; a `/proc/PID`
+/// path goes with its process). A bridge's namespace with 1,000 ports
+/// otherwise costs 1,000 opens and queries per read (issue 22). Inode and
+/// path both recycled between two reads is what this cannot tell.
 struct NsidAnswers;
 
-/// (generation, (namespace asked in, nsid) -> inode).
-type Answers = (u64, HashMap<(u32, i32), u32>);
+/// (namespace asked in, nsid) -> (inode, path it opened from).
+type Answers = HashMap<(u32, i32), (u32, std::path::PathBuf)>;
 
 static NSID_ANSWERS: std::sync::Mutex<Option<Answers>> = std::sync::Mutex::new(None);
 
 impl NsidAnswers {
-    fn known(own: u32, wanted: &HashSet<i32>, generation: u64) -> HashMap<i32, u32> {
+    fn known(
+        own: u32,
+        wanted: &HashSet<i32>,
+        live: &HashMap<u32, &NetnsInfo>,
+    ) -> HashMap<i32, u32> {
         let g = NSID_ANSWERS.lock().unwrap_or_else(|e| e.into_inner());
-        match g.as_ref() {
-            Some((gen, m)) if *gen == generation => wanted
-                .iter()
-                .filter_map(|id| Some((*id, *m.get(&(own, *id))?)))
-                .collect(),
-            _ => HashMap::new(),
-        }
+        let Some(m) = g.as_ref() else {
+            return HashMap::new();
+        };
+        wanted
+            .iter()
+            .filter_map(|id| {
+                let (inode, path) = m.get(&(own, *id))?;
+                (live.get(inode)?.path == *path).then_some((*id, *inode))
+            })
+            .collect()
     }
 
-    fn note(own: u32, found: &HashMap<i32, u32>, generation: u64) {
+    fn note(own: u32, found: &HashMap<i32, u32>, live: &HashMap<u32, &NetnsInfo>) {
         let mut g = NSID_ANSWERS.lock().unwrap_or_else(|e| e.into_inner());
-        let (gen, m) = g.get_or_insert_with(|| (generation, HashMap::new()));
-        if *gen != generation || m.len() > 262_144 {
-            *gen = generation;
-            m.clear();
+        let m = g.get_or_insert_with(HashMap::new);
+        if m.len() > 262_144 {
+            // Churn: the answers of the dead are never asked again.
+            m.retain(|_, (inode, path)| live.get(inode).is_some_and(|n| n.path == *path));
         }
-        m.extend(found.iter().map(|(id, inode)| ((own, *id), *inode)));
+        for (id, inode) in found {
+            if let Some(n) = live.get(inode) {
+                m.insert((own, *id), (*inode, n.path.clone()));
+            }
+        }
     }
 }
 
