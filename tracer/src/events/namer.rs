@@ -353,7 +353,7 @@ impl Namer {
             self.arrivals_checked.clear();
         }
         self.arrivals_checked.insert(key, e.ts_ns);
-        let Some(topo) = self.topology.cached(e.netns) else {
+        let Some(topo) = self.topology.names(e.netns) else {
             return Vec::new();
         };
         let v4 = e.family == FAMILY_V4;

@@ -91,8 +91,12 @@ impl Scanner {
             if !full && !fresh.contains(&ns.inode) && self.seen.contains_key(&ns.inode) {
                 continue;
             }
+            let first = !self.seen.contains_key(&ns.inode);
             match self.read(ns) {
                 Ok(links) => {
+                    if first {
+                        self.warm_peers(ns, &links);
+                    }
                     let l = NsLinks {
                         inode: ns.inode,
                         label: ns.label(),
@@ -109,6 +113,25 @@ impl Scanner {
         let mut out: Vec<NsLinks> = self.seen.values().map(|(_, l)| l.clone()).collect();
         out.sort_by_key(|l| l.inode);
         Ok(out)
+    }
+
+    /// A namespace with many links into others (a bridge's): their peers
+    /// are resolved now, on this thread, so that naming and rules never
+    /// wait for one query per port (see `topology::warm_peers_here`). A
+    /// namespace with a few is resolved when asked: cheap then, and a
+    /// container's peer is found first from the bridge's answers.
+    fn warm_peers(&mut self, ns: &netns::NetnsInfo, links: &[Link]) {
+        const MANY: usize = 16;
+        if links.iter().filter(|l| l.link_netnsid.is_some()).count() < MANY {
+            return;
+        }
+        let Some(v) = self.visitor.as_mut().filter(|v| !v.poisoned()) else {
+            return;
+        };
+        let (inode, links) = (ns.inode, links.to_vec());
+        let _ = v.visit_inode(&ns.path, inode, move || {
+            crate::host::topology::warm_peers_here(inode, &links)
+        });
     }
 
     fn read(&mut self, ns: &netns::NetnsInfo) -> anyhow::Result<Vec<Link>> {

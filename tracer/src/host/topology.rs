@@ -578,7 +578,7 @@ fn read_here(expected: u32) -> anyhow::Result<Read> {
         bail!("path now opens netns {actual}, not {expected}");
     }
     let mut nl = Rtnl::open().context("rtnetlink socket")?;
-    let mut links = dump_links(&mut nl).context("dumping links")?;
+    let (mut links, devconf) = dump_links_conf(&mut nl).context("dumping links")?;
     let addrs = dump_addrs(&mut nl).context("dumping addresses")?;
     let mut routes = dump_routes(&mut nl, AddressFamily::Inet).context("dumping IPv4 routes")?;
     match dump_routes(&mut nl, AddressFamily::Inet6) {
@@ -590,7 +590,7 @@ fn read_here(expected: u32) -> anyhow::Result<Read> {
     let mut rules = dump_rules(&mut nl, AddressFamily::Inet).context("dumping IPv4 rules")?;
     // No IPv6 rules where IPv6 is off: the IPv4 ones still stand.
     rules.extend(dump_rules(&mut nl, AddressFamily::Inet6).unwrap_or_default());
-    let sysctls = read_sysctls().context("reading sysctls")?;
+    let sysctls = read_sysctls(&links, &devconf).context("reading sysctls")?;
     let txqlen: HashMap<i32, u32> = links.iter().map(|l| (l.ifindex, l.txqlen)).collect();
     // Queue disciplines only name a queue that drops; without them the
     // rest of the topology still stands.
@@ -659,18 +659,24 @@ fn names_here(expected: u32) -> anyhow::Result<Vec<Link>> {
 /// bridge's namespace and each of its 1,000 peers), so the likely answers
 /// are asked first (see [`NsidMemo`]) and the walk stops once all are found.
 fn resolve_nsids(nl: &mut Rtnl, wanted: &HashSet<i32>, own: u32) -> HashMap<i32, u32> {
-    let mut out = HashMap::new();
     if wanted.is_empty() {
-        return out;
+        return HashMap::new();
     }
     let all = netns::list();
+    let by_inode: HashMap<u32, &NetnsInfo> = all.iter().map(|c| (c.inode, c)).collect();
+    let mut out = NsidAnswers::known(own, wanted, &by_inode);
+    if out.len() == wanted.len() {
+        return out;
+    }
     let first = NsidMemo::likely(own);
+    let firsts: HashSet<u32> = first.iter().copied().collect();
+    let answered: HashSet<u32> = out.values().copied().collect();
     let ordered = first
         .iter()
-        .filter_map(|i| all.iter().find(|c| c.inode == *i))
-        .chain(all.iter().filter(|c| !first.contains(&c.inode)));
+        .filter_map(|i| by_inode.get(i).copied())
+        .chain(all.iter().filter(|c| !firsts.contains(&c.inode)));
     for cand in ordered {
-        if cand.inode == own {
+        if cand.inode == own || answered.contains(&cand.inode) {
             continue;
         }
         let Ok(file) = File::open(&cand.path) else {
@@ -693,7 +699,67 @@ fn resolve_nsids(nl: &mut Rtnl, wanted: &HashSet<i32>, own: u32) -> HashMap<i32,
         }
     }
     NsidMemo::note(own, out.values().copied());
+    NsidAnswers::note(own, &out, &by_inode);
     out
+}
+
+/// Resolves, from a thread inside namespace `own`, the peers of its links
+/// into other namespaces, so that a later read finds them answered (see
+/// [`NsidAnswers`]): the MTU scan calls it for namespaces with many such
+/// links (a bridge's), off the event path.
+pub fn warm_peers_here(own: u32, links: &[Link]) {
+    let wanted: HashSet<i32> = links.iter().filter_map(|l| l.link_netnsid).collect();
+    if let Ok(mut nl) = Rtnl::open() {
+        resolve_nsids(&mut nl, &wanted, own);
+    }
+}
+
+/// nsid answers of the kernel, trusted while the namespace answered still
+/// opens from the same path in the index: an nsid is only freed when the
+/// namespace it names dies, and a death is an index event (runtimes
+/// bind-mount their namespaces where the index watches; a `/proc/PID`
+/// path goes with its process). A bridge's namespace with 1,000 ports
+/// otherwise costs 1,000 opens and queries per read (issue 22). Inode and
+/// path both recycled between two reads is what this cannot tell.
+struct NsidAnswers;
+
+/// (namespace asked in, nsid) -> (inode, path it opened from).
+type Answers = HashMap<(u32, i32), (u32, std::path::PathBuf)>;
+
+static NSID_ANSWERS: std::sync::Mutex<Option<Answers>> = std::sync::Mutex::new(None);
+
+impl NsidAnswers {
+    fn known(
+        own: u32,
+        wanted: &HashSet<i32>,
+        live: &HashMap<u32, &NetnsInfo>,
+    ) -> HashMap<i32, u32> {
+        let g = NSID_ANSWERS.lock().unwrap_or_else(|e| e.into_inner());
+        let Some(m) = g.as_ref() else {
+            return HashMap::new();
+        };
+        wanted
+            .iter()
+            .filter_map(|id| {
+                let (inode, path) = m.get(&(own, *id))?;
+                (live.get(inode)?.path == *path).then_some((*id, *inode))
+            })
+            .collect()
+    }
+
+    fn note(own: u32, found: &HashMap<i32, u32>, live: &HashMap<u32, &NetnsInfo>) {
+        let mut g = NSID_ANSWERS.lock().unwrap_or_else(|e| e.into_inner());
+        let m = g.get_or_insert_with(HashMap::new);
+        if m.len() > 262_144 {
+            // Churn: the answers of the dead are never asked again.
+            m.retain(|_, (inode, path)| live.get(inode).is_some_and(|n| n.path == *path));
+        }
+        for (id, inode) in found {
+            if let Some(n) = live.get(inode) {
+                m.insert((own, *id), (*inode, n.path.clone()));
+            }
+        }
+    }
 }
 
 /// Which namespaces a namespace's links led to, and back: a veth's two
@@ -745,8 +811,11 @@ fn read_u32(path: &Path) -> io::Result<u32> {
 }
 
 /// Must run on the thread inside the netns: /proc/sys/net resolves against
-/// the reading thread's netns.
-fn read_sysctls() -> anyhow::Result<Sysctls> {
+/// the reading thread's netns. The per-device values come from the link
+/// dump (`devconf`: the same array `conf/<dev>/*` shows), not from three
+/// files per device: a bridge's namespace with 1,000 ports was 3,000 file
+/// reads on the event path (issue 22). `all` and `default` are files.
+fn read_sysctls(links: &[Link], devconf: &HashMap<i32, DevConf>) -> anyhow::Result<Sysctls> {
     let conf = Path::new("/proc/sys/net/ipv4/conf");
     let all = conf.join("all");
     let rp_filter_all =
@@ -754,25 +823,25 @@ fn read_sysctls() -> anyhow::Result<Sysctls> {
     let mut rp_filter = HashMap::new();
     let mut ipv4_forwarding_dev = HashMap::new();
     let mut src_valid_mark = HashMap::new();
-    for e in fs::read_dir(conf)
-        .with_context(|| conf.display().to_string())?
-        .flatten()
-    {
-        let name = e.file_name().to_string_lossy().into_owned();
-        // Only where it is on: the map stays empty on most hosts.
-        if read_u32(&e.path().join("src_valid_mark")).is_ok_and(|v| v != 0) {
+    // Only where it is on: the map stays empty on most hosts.
+    if read_u32(&all.join("src_valid_mark")).is_ok_and(|v| v != 0) {
+        src_valid_mark.insert("all".to_string(), true);
+    }
+    let default = conf.join("default");
+    let default_conf = DevConf {
+        forwarding: read_u32(&default.join("forwarding")).unwrap_or(0),
+        rp_filter: read_u32(&default.join("rp_filter")).unwrap_or(0),
+        src_valid_mark: read_u32(&default.join("src_valid_mark")).unwrap_or(0),
+    };
+    let named = links
+        .iter()
+        .filter_map(|l| Some((l.name.clone(), *devconf.get(&l.ifindex)?)));
+    for (name, c) in std::iter::once(("default".to_string(), default_conf)).chain(named) {
+        if c.src_valid_mark != 0 {
             src_valid_mark.insert(name.clone(), true);
         }
-        if name == "all" {
-            continue;
-        }
-        // An interface can vanish mid-scan; skipping it is the truth.
-        if let Ok(v) = read_u32(&e.path().join("forwarding")) {
-            ipv4_forwarding_dev.insert(name.clone(), v != 0);
-        }
-        if let Ok(v) = read_u32(&e.path().join("rp_filter")) {
-            rp_filter.insert(name, v);
-        }
+        ipv4_forwarding_dev.insert(name.clone(), c.forwarding != 0);
+        rp_filter.insert(name, c.rp_filter);
     }
     let ipv4_forwarding = read_u32(&all.join("forwarding"))
         .with_context(|| format!("{}/forwarding", all.display()))?
@@ -1021,14 +1090,35 @@ impl Rtnl {
 }
 
 fn dump_links(nl: &mut Rtnl) -> anyhow::Result<Vec<Link>> {
+    Ok(dump_links_conf(nl)?.0)
+}
+
+/// A device's IPv4 settings the rules read (`net.ipv4.conf.<dev>.*`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+struct DevConf {
+    forwarding: u32,
+    rp_filter: u32,
+    src_valid_mark: u32,
+}
+
+/// The links, and each IPv4 device's settings from the same dump.
+fn dump_links_conf(nl: &mut Rtnl) -> anyhow::Result<(Vec<Link>, HashMap<i32, DevConf>)> {
     let replies = nl.request(RouteNetlinkMessage::GetLink(LinkMessage::default()), true)?;
-    Ok(replies
+    let mut conf = HashMap::new();
+    let links = replies
         .iter()
-        .filter_map(|r| match &r.parsed {
-            Some(RouteNetlinkMessage::NewLink(m)) => Some(link_from_msg(m)),
-            _ => raw::link(&r.payload),
+        .filter_map(|r| {
+            let l = match &r.parsed {
+                Some(RouteNetlinkMessage::NewLink(m)) => Some(link_from_msg(m)),
+                _ => raw::link(&r.payload),
+            }?;
+            if let Some(c) = raw::devconf(&r.payload) {
+                conf.insert(l.ifindex, c);
+            }
+            Some(l)
         })
-        .collect())
+        .collect();
+    Ok((links, conf))
 }
 
 fn dump_addrs(nl: &mut Rtnl) -> anyhow::Result<Vec<(i32, IpAddr, u8)>> {
@@ -1317,6 +1407,35 @@ mod raw {
             }
         }
         Some(l)
+    }
+
+    /// IFLA_AF_SPEC / AF_INET / IFLA_INET_CONF of an ifinfomsg: the
+    /// device's `ipv4_devconf` array (IPV4_DEVCONF_* are 1-based indexes
+    /// of u32 values); None for a device without IPv4.
+    pub(super) fn devconf(p: &[u8]) -> Option<DevConf> {
+        const IFLA_AF_SPEC: u16 = 26;
+        const IFLA_INET_CONF: u16 = 1;
+        const FORWARDING: usize = 1;
+        const RP_FILTER: usize = 8;
+        const SRC_VMARK: usize = 24;
+        let spec = attrs(p.get(16..)?)
+            .into_iter()
+            .find(|(k, _)| *k == IFLA_AF_SPEC)?
+            .1;
+        let inet = attrs(spec)
+            .into_iter()
+            .find(|(k, _)| i32::from(*k) == libc::AF_INET)?
+            .1;
+        let arr = attrs(inet)
+            .into_iter()
+            .find(|(k, _)| *k == IFLA_INET_CONF)?
+            .1;
+        let at = |i: usize| u32_of(arr.get((i - 1) * 4..)?);
+        Some(DevConf {
+            forwarding: at(FORWARDING)?,
+            rp_filter: at(RP_FILTER)?,
+            src_valid_mark: at(SRC_VMARK)?,
+        })
     }
 
     /// IFLA_LINKINFO: the kind, a bridge's STP, a bridge port's state and
@@ -1620,6 +1739,14 @@ impl Topology {
     /// `name_max_age` old (see [`NAME_MAX_AGE`]).
     pub fn cached(&mut self, inode: u32) -> Option<Arc<NsTopology>> {
         self.get_aged(inode, self.name_max_age, true)
+    }
+
+    /// What naming needs of a namespace (links, addresses, peers): a copy
+    /// made by [`NsTopology::read_names`] serves, so an event never waits
+    /// for a namespace's routes, sysctls and queues (issue 22: a neighbour
+    /// event on a bridge of 1,000 ports read them all first).
+    pub fn names(&mut self, inode: u32) -> Option<Arc<NsTopology>> {
+        self.get_aged(inode, self.name_max_age, false)
     }
 
     /// `full`: routes, sysctls and queues are wanted, not only links.
@@ -2428,6 +2555,10 @@ mod tests {
         assert!(!tb.sysctls.ipv6_forwarding);
         assert!(!ta.sysctls.rp_filter.contains_key("all"));
         assert!(ta.sysctls.rp_filter.contains_key("default"));
+        // Per device, from the link dump's devconf: what conf/<dev> shows.
+        assert_eq!(ta.sysctls.ipv4_forwarding_dev.get("va0"), Some(&true));
+        assert_eq!(tb.sysctls.ipv4_forwarding_dev.get("vb0"), Some(&false));
+        assert!(ta.sysctls.ipv4_forwarding_dev.contains_key("default"));
     }
 
     /// Sysctls must be the netns' own even when the host's differ and while

@@ -47,6 +47,7 @@
 //! and rate sampling), `observers` (tracer, bpftrace), `workloads` (what
 //! runs under each observer), `report` (the tables and report.json).
 
+pub(crate) mod churn;
 pub(crate) mod lab;
 pub(crate) mod load;
 pub(crate) mod observers;
@@ -62,7 +63,7 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 use workloads::{datapath, startup, storm, storm_round, Ctx, StormKind, StormSetup};
 
-const USAGE: &str = "usage: cargo xtask bench [--quick]  (--quick: about 6 minutes instead of 16)\n       cargo xtask bench --scale [--sizes 100,1000,3000] [--idle SECONDS] [--tracer PATH]  (a dense node: see bench/scale.rs)";
+const USAGE: &str = "usage: cargo xtask bench [--quick]  (--quick: about 6 minutes instead of 16)\n       cargo xtask bench --scale [--sizes 100,1000,3000] [--idle SECONDS] [--churn SECONDS] [--churn-rate N] [--tracer PATH]  (a dense node: see bench/scale.rs)";
 
 pub fn run(root: &Path, args: &[&str]) -> Result<()> {
     if args.contains(&"--scale") {
