@@ -465,3 +465,60 @@ pub fn http_get(port: u16, path: &str) -> Option<(u16, String)> {
     let body = buf.split_once("\r\n\r\n").map(|(_, b)| b.to_string())?;
     Some((status, body))
 }
+
+/// The verdict lines of `kind`.
+pub fn verdicts<'a>(lines: &'a [Value], kind: &str) -> Vec<&'a Value> {
+    all_verdicts(lines)
+        .into_iter()
+        .filter(|v| v["kind"] == kind)
+        .collect()
+}
+
+/// Every verdict line, of any kind.
+pub fn all_verdicts(lines: &[Value]) -> Vec<&Value> {
+    lines.iter().filter(|v| v["type"] == "verdict").collect()
+}
+
+/// Starts `tracer diagnose` on the lab's namespaces `ns`, recording to
+/// `rec` (`-w`) when given.
+pub fn diagnose_on(lab: &Netlab, ns: &[&str], rec: Option<&std::path::Path>) -> TracerRun {
+    let mut args = vec!["diagnose".to_string()];
+    for n in ns {
+        args.push("--netns".into());
+        args.push(lab.name(n));
+    }
+    if let Some(r) = rec {
+        args.push("-w".into());
+        args.push(r.to_string_lossy().into_owned());
+    }
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    start(&args)
+}
+
+/// Pastes the first fix of verdict `v` as a user would: every command of
+/// `fix_commands[0]` through `bash -c`, each of which must succeed and be
+/// one the fix's text shows (the PMTU fix shows its FORWARD twin as "(and
+/// in FORWARD)"). Fix 1 must not be advice only.
+pub fn apply_first_fix(v: &Value) {
+    let text = v["fix"][0].as_str().unwrap();
+    let cmds = v["fix_commands"][0].as_array().unwrap();
+    assert!(!cmds.is_empty(), "fix 1 is advice only: {v}");
+    for c in cmds {
+        let c = c.as_str().unwrap();
+        let shown = text.contains(c) || text.contains(&c.replace(" -I FORWARD ", " -I OUTPUT "));
+        assert!(shown, "{c:?} is not what fix 1 shows: {text:?}");
+        let out = Command::new("bash").args(["-c", c]).output().unwrap();
+        assert!(
+            out.status.success(),
+            "{c}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+}
+
+/// Asserts that `lines` hold no verdict at all (a control, or a run after
+/// the fix), showing those there are.
+pub fn assert_no_verdict(lines: &[Value]) {
+    let said = all_verdicts(lines);
+    assert!(said.is_empty(), "{said:#?}");
+}

@@ -7,10 +7,12 @@
 //! silent; the control (every port forwarding) is silent too.
 
 use serde_json::Value;
-use std::path::{Path, PathBuf};
-use std::process::Command;
+use std::path::Path;
 use std::time::Duration;
-use tracer_tests::{prefix, start, tracer_bin, Netlab};
+use tracer_tests::{
+    all_verdicts, apply_first_fix, assert_no_verdict, diagnose_on, keep_recording, prefix,
+    recording, replay, Netlab,
+};
 
 /// left (10.142.9.11) -- [lp | br "lan5" | rp] -- right (10.142.9.12),
 /// IPv6 fd42:9::11 and ::12 on the same wires.
@@ -62,28 +64,9 @@ fn cross_pings(lab: &Netlab) -> [bool; 4] {
     })
 }
 
-fn verdicts(lines: &[Value]) -> Vec<&Value> {
-    lines.iter().filter(|v| v["type"] == "verdict").collect()
-}
-
+/// diagnose on the three namespaces, recording to `rec` when given.
 fn diagnose(lab: &Netlab, rec: Option<&Path>) -> tracer_tests::TracerRun {
-    let mut args = vec!["diagnose".to_string()];
-    for ns in ["left", "sw", "right"] {
-        args.push("--netns".into());
-        args.push(lab.name(ns));
-    }
-    if let Some(r) = rec {
-        args.push("-w".into());
-        args.push(r.to_string_lossy().into_owned());
-    }
-    let args: Vec<&str> = args.iter().map(String::as_str).collect();
-    start(&args)
-}
-
-/// Where the run's recording goes; `TRACER_KEEP_RECORDING=DIR` keeps a
-/// copy (how tracer/tests/recordings/bridge-port-blocked.jsonl was made).
-fn recording(test: &str) -> PathBuf {
-    std::env::temp_dir().join(format!("{}rec.jsonl", prefix(test)))
+    diagnose_on(lab, &["left", "sw", "right"], rec)
 }
 
 #[test]
@@ -96,16 +79,18 @@ fn a_port_left_learning_is_bridge_port_blocked_not_a_silent_neighbour() {
     assert_eq!(cross_pings(&lab), [false; 4]);
     std::thread::sleep(Duration::from_millis(500));
     let lines = run.stop();
-    if let Some(dir) = std::env::var_os("TRACER_KEEP_RECORDING") {
-        std::fs::copy(&rec, Path::new(&dir).join("bridge-port-blocked.jsonl")).unwrap();
-    }
+    keep_recording(&rec, "bridge-port-blocked.jsonl");
     // The left host's neighbour resolution failed: what used to be blamed.
     let failed = lines
         .iter()
         .filter(|v| v["type"] == "drop" && v["reason"] == "NEIGH_FAILED")
         .count();
-    assert!(failed >= 1, "no NEIGH_FAILED seen: {:#?}", verdicts(&lines));
-    let got = verdicts(&lines);
+    assert!(
+        failed >= 1,
+        "no NEIGH_FAILED seen: {:#?}",
+        all_verdicts(&lines)
+    );
+    let got = all_verdicts(&lines);
     assert_eq!(got.len(), 1, "{got:#?}");
     let v = got[0];
     assert_eq!(v["kind"], "bridge_port_blocked");
@@ -118,19 +103,9 @@ fn a_port_left_learning_is_bridge_port_blocked_not_a_silent_neighbour() {
     assert_eq!(e["stp_state"], "learning");
     assert_eq!(e["bridge_stp"], 0);
     // The recording proves the same.
-    let out = Command::new(tracer_bin())
-        .args(["diagnose", "--replay"])
-        .arg(&rec)
-        .args(["-o", "json"])
-        .output()
-        .unwrap();
+    let replayed = replay(&rec).lines;
     let _ = std::fs::remove_file(&rec);
-    let replayed: Vec<Value> = String::from_utf8(out.stdout)
-        .unwrap()
-        .lines()
-        .map(|l| serde_json::from_str(l).unwrap())
-        .collect();
-    let kinds: Vec<&Value> = verdicts(&replayed).iter().map(|v| &v["kind"]).collect();
+    let kinds: Vec<&Value> = all_verdicts(&replayed).iter().map(|v| &v["kind"]).collect();
     assert_eq!(kinds, ["bridge_port_blocked"]);
 
     // The fix, pasted as printed: traffic flows and nothing is proven.
@@ -142,17 +117,11 @@ fn a_port_left_learning_is_bridge_port_blocked_not_a_silent_neighbour() {
             lab.name("sw")
         )
     );
-    for c in cmds {
-        let out = Command::new("bash")
-            .args(["-c", c.as_str().unwrap()])
-            .output()
-            .unwrap();
-        assert!(out.status.success(), "{c}: {out:?}");
-    }
+    apply_first_fix(v);
     let run = diagnose(&lab, None);
     assert_eq!(cross_pings(&lab), [true; 4]);
     let lines = run.stop();
-    assert!(verdicts(&lines).is_empty(), "{:#?}", verdicts(&lines));
+    assert_no_verdict(&lines);
 }
 
 /// The control: the same bridge with both ports forwarding.
@@ -162,7 +131,7 @@ fn a_bridge_whose_ports_forward_gives_no_verdict() {
     let run = diagnose(&lab, None);
     assert_eq!(cross_pings(&lab), [true; 4]);
     let lines = run.stop();
-    assert!(verdicts(&lines).is_empty(), "{:#?}", verdicts(&lines));
+    assert_no_verdict(&lines);
     assert!(!lines
         .iter()
         .any(|v| v["type"] == "drop" && v["reason"] == "BRIDGE_INGRESS_STP_STATE"));

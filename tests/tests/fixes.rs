@@ -8,7 +8,7 @@
 use serde_json::Value;
 use std::process::Command;
 use std::time::Duration;
-use tracer_tests::{keep_recording, prefix, recording, start, Netlab};
+use tracer_tests::{apply_first_fix, diagnose_on, keep_recording, prefix, recording, Netlab};
 
 /// Runs `tracer diagnose` on the lab namespaces `ns` while `traffic` runs,
 /// plus the late evidence's time (neighbour failure, retransmissions), and
@@ -24,17 +24,7 @@ fn diagnose_to(
     rec: Option<&std::path::Path>,
     traffic: impl FnOnce(),
 ) -> Vec<Value> {
-    let mut args = vec!["diagnose".to_string()];
-    for n in ns {
-        args.push("--netns".into());
-        args.push(lab.name(n));
-    }
-    if let Some(r) = rec {
-        args.push("-w".into());
-        args.push(r.to_string_lossy().into_owned());
-    }
-    let args: Vec<&str> = args.iter().map(String::as_str).collect();
-    let run = start(&args);
+    let run = diagnose_on(lab, ns, rec);
     traffic();
     std::thread::sleep(Duration::from_millis(3000));
     run.stop()
@@ -55,26 +45,6 @@ fn faults(lines: &[Value]) -> Vec<&Value> {
         .iter()
         .filter(|v| v["type"] == "verdict" && v["fault"] == true)
         .collect()
-}
-
-/// Pastes the first fix of `v`: every command through `bash -c`, each of
-/// which must succeed and be the one the fix's text shows.
-fn apply_first_fix(v: &Value) {
-    let text = v["fix"][0].as_str().unwrap();
-    let cmds = v["fix_commands"][0].as_array().unwrap();
-    assert!(!cmds.is_empty(), "fix 1 is advice only: {v}");
-    for c in cmds {
-        let c = c.as_str().unwrap();
-        // The PMTU fix shows its FORWARD twin as "(and in FORWARD)".
-        let shown = text.contains(c) || text.contains(&c.replace(" -I FORWARD ", " -I OUTPUT "));
-        assert!(shown, "{c:?} is not what fix 1 shows: {text:?}");
-        let out = Command::new("bash").args(["-c", c]).output().unwrap();
-        assert!(
-            out.status.success(),
-            "{c}: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-    }
 }
 
 /// Three pings from `ns` to `dst` with `size` bytes of payload; true

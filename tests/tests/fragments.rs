@@ -8,10 +8,13 @@
 use netlab::Routed;
 use serde_json::Value;
 use std::net::Ipv4Addr;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Command;
 use std::time::Duration;
-use tracer_tests::{prefix, start, tracer_bin, Netlab};
+use tracer_tests::{
+    all_verdicts, apply_first_fix, assert_no_verdict, diagnose_on, keep_recording, prefix,
+    recording, replay, verdicts, Netlab,
+};
 
 /// snd 10.57.1.7 -- gw (10.57.1.254 | 10.57.2.254) -- rcv 10.57.2.9.
 fn lab(test: &str, drop_fragments: bool) -> Netlab {
@@ -46,22 +49,9 @@ fn send(lab: &Netlab) {
     .unwrap();
 }
 
-fn verdicts(lines: &[Value]) -> Vec<&Value> {
-    lines.iter().filter(|v| v["type"] == "verdict").collect()
-}
-
+/// diagnose on the router and the receiver, recording to `rec` when given.
 fn diagnose(lab: &Netlab, rec: Option<&Path>) -> tracer_tests::TracerRun {
-    let (gw, rcv) = (lab.name("gw"), lab.name("rcv"));
-    let mut args = vec!["diagnose", "--netns", &gw, "--netns", &rcv];
-    let rec = rec.map(|r| r.to_string_lossy().into_owned());
-    if let Some(r) = &rec {
-        args.extend(["-w", r]);
-    }
-    start(&args)
-}
-
-fn recording(test: &str) -> PathBuf {
-    std::env::temp_dir().join(format!("{}rec.jsonl", prefix(test)))
+    diagnose_on(lab, &["gw", "rcv"], rec)
 }
 
 #[test]
@@ -83,10 +73,8 @@ fn a_firewall_dropping_fragments_is_named_by_the_reassembly_timeout() {
         }
     }
     let lines = run.stop();
-    if let Some(dir) = std::env::var_os("TRACER_KEEP_RECORDING") {
-        std::fs::copy(&rec, Path::new(&dir).join("fragment-timeout.jsonl")).unwrap();
-    }
-    let v = got.unwrap_or_else(|| panic!("{:#?}", verdicts(&lines)));
+    keep_recording(&rec, "fragment-timeout.jsonl");
+    let v = got.unwrap_or_else(|| panic!("{:#?}", all_verdicts(&lines)));
     assert_eq!(v["tier"], "proven");
     assert_eq!(v["netns_name"], lab.name("rcv"));
     let e = &v["evidence"];
@@ -98,21 +86,9 @@ fn a_firewall_dropping_fragments_is_named_by_the_reassembly_timeout() {
     assert_eq!(at["netns"], lab.name("gw"), "{e}");
     assert_eq!(at["reason"], "NETFILTER_DROP", "{e}");
     // The recording proves the same.
-    let out = Command::new(tracer_bin())
-        .args(["diagnose", "--replay"])
-        .arg(&rec)
-        .args(["-o", "json"])
-        .output()
-        .unwrap();
+    let replayed = replay(&rec).lines;
     let _ = std::fs::remove_file(&rec);
-    let replayed: Vec<Value> = String::from_utf8(out.stdout)
-        .unwrap()
-        .lines()
-        .map(|l| serde_json::from_str(l).unwrap())
-        .collect();
-    assert!(verdicts(&replayed)
-        .iter()
-        .any(|v| v["kind"] == "fragment_reassembly_timeout"));
+    assert!(!verdicts(&replayed, "fragment_reassembly_timeout").is_empty());
 
     // Fix 1 names gw's rule and removes it: pasted as printed, the
     // datagram is reassembled and read, and nothing is proven.
@@ -125,18 +101,12 @@ fn a_firewall_dropping_fragments_is_named_by_the_reassembly_timeout() {
             lab.name("gw")
         )
     );
-    for c in cmds {
-        let out = Command::new("bash")
-            .args(["-c", c.as_str().unwrap()])
-            .output()
-            .unwrap();
-        assert!(out.status.success(), "{c}: {out:?}");
-    }
+    apply_first_fix(&v);
     let run = diagnose(&lab, None);
     assert_eq!(received(&lab), "2600");
     std::thread::sleep(Duration::from_millis(2000));
     let lines = run.stop();
-    let faults: Vec<&Value> = verdicts(&lines)
+    let faults: Vec<&Value> = all_verdicts(&lines)
         .into_iter()
         .filter(|v| v["fault"] == true)
         .collect();
@@ -151,7 +121,7 @@ fn fragments_that_all_arrive_give_no_verdict() {
     assert_eq!(received(&lab), "2600");
     std::thread::sleep(Duration::from_millis(2000));
     let lines = run.stop();
-    assert!(verdicts(&lines).is_empty(), "{:#?}", verdicts(&lines));
+    assert_no_verdict(&lines);
     let timeouts = lab
         .exec("rcv", "nstat -az IpReasmTimeout | awk 'NR>1 {print $2}'")
         .unwrap();

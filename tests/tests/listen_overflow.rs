@@ -7,10 +7,12 @@
 //! run is silent. The control: a listener that accepts stays silent.
 
 use serde_json::Value;
-use std::path::{Path, PathBuf};
 use std::process::{Child, Command};
 use std::time::Duration;
-use tracer_tests::{prefix, start, tracer_bin, Netlab};
+use tracer_tests::{
+    all_verdicts, apply_first_fix, assert_no_verdict, diagnose_on, keep_recording, prefix,
+    recording, replay, Netlab,
+};
 
 /// cli (10.166.52.1) -- srv (10.166.52.2), somaxconn 3 in srv.
 fn lab(test: &str) -> Netlab {
@@ -83,14 +85,6 @@ fn overflows(lab: &Netlab) -> u64 {
     .unwrap()
 }
 
-fn verdicts(lines: &[Value]) -> Vec<&Value> {
-    lines.iter().filter(|v| v["type"] == "verdict").collect()
-}
-
-fn recording(test: &str) -> PathBuf {
-    std::env::temp_dir().join(format!("{}rec.jsonl", prefix(test)))
-}
-
 /// The topology (and its counters) is re-read every 5 s: a run lasts past that.
 const SETTLE: Duration = Duration::from_millis(6500);
 
@@ -100,13 +94,7 @@ fn a_listener_that_never_accepts_is_listen_overflow_and_somaxconn_heals() {
     let rec = recording("lsnfull");
     let _ = std::fs::remove_file(&rec);
     let mut srv = listener(&lab, false);
-    let run = start(&[
-        "diagnose",
-        "--netns",
-        &lab.name("srv"),
-        "-w",
-        rec.to_str().unwrap(),
-    ]);
+    let run = diagnose_on(&lab, &["srv"], Some(&rec));
     let before = overflows(&lab);
     connect_burst(&lab, 0);
     std::thread::sleep(SETTLE);
@@ -114,15 +102,13 @@ fn a_listener_that_never_accepts_is_listen_overflow_and_somaxconn_heals() {
     let lost = overflows(&lab) - before;
     let _ = srv.kill();
     let _ = srv.wait();
-    if let Some(dir) = std::env::var_os("TRACER_KEEP_RECORDING") {
-        std::fs::copy(&rec, Path::new(&dir).join("listen-overflow.jsonl")).unwrap();
-    }
+    keep_recording(&rec, "listen-overflow.jsonl");
     assert!(lost > 0, "the kernel counted no overflow");
     assert!(
         !lines.iter().any(|v| v["type"] == "drop"),
         "an overflow is no drop"
     );
-    let got = verdicts(&lines);
+    let got = all_verdicts(&lines);
     assert_eq!(got.len(), 1, "{got:#?}");
     let v = got[0];
     assert_eq!(v["kind"], "listen_overflow");
@@ -136,19 +122,9 @@ fn a_listener_that_never_accepts_is_listen_overflow_and_somaxconn_heals() {
     assert_eq!(e["comm"], "python3");
     assert!(e["overflows"].as_u64().unwrap() > 0, "{e}");
     // The recording proves the same, with no drop in it.
-    let out = Command::new(tracer_bin())
-        .args(["diagnose", "--replay"])
-        .arg(&rec)
-        .args(["-o", "json"])
-        .output()
-        .unwrap();
+    let replayed = replay(&rec).lines;
     let _ = std::fs::remove_file(&rec);
-    let replayed: Vec<Value> = String::from_utf8(out.stdout)
-        .unwrap()
-        .lines()
-        .map(|l| serde_json::from_str(l).unwrap())
-        .collect();
-    let kinds: Vec<&Value> = verdicts(&replayed).iter().map(|v| &v["kind"]).collect();
+    let kinds: Vec<&Value> = all_verdicts(&replayed).iter().map(|v| &v["kind"]).collect();
     assert_eq!(kinds, ["listen_overflow"]);
 
     // somaxconn binds, so it is fix 1: pasted, then the listener restarted.
@@ -157,38 +133,31 @@ fn a_listener_that_never_accepts_is_listen_overflow_and_somaxconn_heals() {
         .as_str()
         .unwrap()
         .contains("sysctl -w net.core.somaxconn="));
-    for c in cmds {
-        let out = Command::new("bash")
-            .args(["-c", c.as_str().unwrap()])
-            .output()
-            .unwrap();
-        assert!(out.status.success(), "{c}: {out:?}");
-    }
-    let mut srv = listener(&lab, false);
-    let run = start(&["diagnose", "--netns", &lab.name("srv")]);
-    let before = overflows(&lab);
-    assert_eq!(connect_burst(&lab, 0), 12);
+    apply_first_fix(v);
+    assert_eq!(burst_is_silent(&lab, false, 0), 12);
+}
+
+/// A listener (accepting or not) and a burst of 12 connections `gap_ms`
+/// apart under diagnose: no overflow is counted and nothing is said.
+/// Returns how many connections completed.
+fn burst_is_silent(lab: &Netlab, accepts: bool, gap_ms: u32) -> u32 {
+    let mut srv = listener(lab, accepts);
+    let run = diagnose_on(lab, &["srv"], None);
+    let before = overflows(lab);
+    let done = connect_burst(lab, gap_ms);
     std::thread::sleep(SETTLE);
     let lines = run.stop();
     let _ = srv.kill();
     let _ = srv.wait();
-    assert_eq!(overflows(&lab), before);
-    assert!(verdicts(&lines).is_empty(), "{:#?}", verdicts(&lines));
+    assert_eq!(overflows(lab), before);
+    assert_no_verdict(&lines);
+    done
 }
 
 /// The control: the same cap, a listener that accepts what comes.
 #[test]
 fn a_listener_that_accepts_gives_no_verdict() {
     let lab = lab("lsnok");
-    let mut srv = listener(&lab, true);
-    let run = start(&["diagnose", "--netns", &lab.name("srv")]);
-    let before = overflows(&lab);
     // Paced as the listener keeps up: its queue never fills.
-    assert_eq!(connect_burst(&lab, 50), 12);
-    std::thread::sleep(SETTLE);
-    let lines = run.stop();
-    let _ = srv.kill();
-    let _ = srv.wait();
-    assert_eq!(overflows(&lab), before);
-    assert!(verdicts(&lines).is_empty(), "{:#?}", verdicts(&lines));
+    assert_eq!(burst_is_silent(&lab, true, 50), 12);
 }

@@ -12,7 +12,7 @@
 use serde_json::Value;
 use std::process::Command;
 use std::time::Duration;
-use tracer_tests::{prefix, start, Netlab};
+use tracer_tests::{apply_first_fix, diagnose_on, prefix, verdicts, Netlab};
 
 const DST4: &str = "10.147.88.40";
 const DST6: &str = "fd47:88::40";
@@ -86,18 +86,10 @@ fn blocked(lab: &Netlab, addr: &str, port: u16) {
 }
 
 fn diagnose_while(lab: &Netlab, traffic: impl FnOnce()) -> Vec<Value> {
-    let (g, d) = (lab.name("gate"), lab.name("dst"));
-    let run = start(&["diagnose", "--netns", &g, "--netns", &d]);
+    let run = diagnose_on(lab, &["gate", "dst"], None);
     traffic();
     std::thread::sleep(Duration::from_millis(1500));
     run.stop()
-}
-
-fn verdicts<'a>(lines: &'a [Value], kind: &str) -> Vec<&'a Value> {
-    lines
-        .iter()
-        .filter(|v| v["type"] == "verdict" && v["kind"] == kind)
-        .collect()
 }
 
 /// The proven netfilter_drop verdict, the only one.
@@ -106,23 +98,6 @@ fn named(lines: &[Value]) -> &Value {
     assert_eq!(v.len(), 1, "{v:#?}");
     assert_eq!(v[0]["tier"], "proven", "{:#}", v[0]);
     v[0]
-}
-
-/// Pastes fix 1, which must be a command the text shows.
-fn apply_first_fix(v: &Value) {
-    let text = v["fix"][0].as_str().unwrap();
-    let cmds = v["fix_commands"][0].as_array().unwrap();
-    assert!(!cmds.is_empty(), "fix 1 is advice only: {v}");
-    for c in cmds {
-        let c = c.as_str().unwrap();
-        assert!(text.contains(c), "{c:?} not in {text:?}");
-        let out = Command::new("bash").args(["-c", c]).output().unwrap();
-        assert!(
-            out.status.success(),
-            "{c}: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-    }
 }
 
 /// After the fix: the connection opens, and nothing is proven.

@@ -7,10 +7,12 @@
 //! tunnel sized right from the start, is silent.
 
 use serde_json::Value;
-use std::path::{Path, PathBuf};
-use std::process::Command;
+use std::path::Path;
 use std::time::Duration;
-use tracer_tests::{prefix, start, tracer_bin, Netlab};
+use tracer_tests::{
+    all_verdicts, apply_first_fix, assert_no_verdict, diagnose_on, keep_recording, prefix,
+    recording, replay, Netlab,
+};
 
 /// Underlay lk0 10.219.33.1 -- lk1 10.219.33.2 (MTU 1360); VXLAN vx919
 /// (VNI 919, port 4789, df set) 192.168.213.1 -- .2 at `tun_mtu`.
@@ -58,24 +60,9 @@ fn both_ways(lab: &Netlab) -> [bool; 2] {
     })
 }
 
-fn verdicts(lines: &[Value]) -> Vec<&Value> {
-    lines.iter().filter(|v| v["type"] == "verdict").collect()
-}
-
+/// diagnose on both ends, recording to `rec` when given.
 fn diagnose(lab: &Netlab, rec: Option<&Path>) -> tracer_tests::TracerRun {
-    let (a, b) = (lab.name("va"), lab.name("vb"));
-    let mut args = vec!["diagnose", "--netns", &a, "--netns", &b];
-    let rec = rec.map(|r| r.to_string_lossy().into_owned());
-    if let Some(r) = &rec {
-        args.extend(["-w", r]);
-    }
-    start(&args)
-}
-
-/// Where the run's recording goes; `TRACER_KEEP_RECORDING=DIR` keeps a
-/// copy (how tracer/tests/recordings/tunnel-mtu.jsonl was made).
-fn recording(test: &str) -> PathBuf {
-    std::env::temp_dir().join(format!("{}rec.jsonl", prefix(test)))
+    diagnose_on(lab, &["va", "vb"], rec)
 }
 
 #[test]
@@ -89,10 +76,8 @@ fn a_vxlan_too_big_for_its_underlay_is_tunnel_mtu_and_its_fix_heals() {
     assert_eq!(both_ways(&lab), [false, false]);
     std::thread::sleep(Duration::from_millis(500));
     let lines = run.stop();
-    if let Some(dir) = std::env::var_os("TRACER_KEEP_RECORDING") {
-        std::fs::copy(&rec, Path::new(&dir).join("tunnel-mtu.jsonl")).unwrap();
-    }
-    let got = verdicts(&lines);
+    keep_recording(&rec, "tunnel-mtu.jsonl");
+    let got = all_verdicts(&lines);
     assert_eq!(got.len(), 2, "{got:#?}");
     for (v, ns, remote) in [(got[0], "va", "10.219.33.2"), (got[1], "vb", "10.219.33.1")] {
         assert_eq!(v["kind"], "tunnel_mtu");
@@ -115,35 +100,19 @@ fn a_vxlan_too_big_for_its_underlay_is_tunnel_mtu_and_its_fix_heals() {
         );
     }
     // The recording proves the same.
-    let out = Command::new(tracer_bin())
-        .args(["diagnose", "--replay"])
-        .arg(&rec)
-        .args(["-o", "json"])
-        .output()
-        .unwrap();
+    let replayed = replay(&rec).lines;
     let _ = std::fs::remove_file(&rec);
-    let replayed: Vec<Value> = String::from_utf8(out.stdout)
-        .unwrap()
-        .lines()
-        .map(|l| serde_json::from_str(l).unwrap())
-        .collect();
-    let kinds: Vec<&Value> = verdicts(&replayed).iter().map(|v| &v["kind"]).collect();
+    let kinds: Vec<&Value> = all_verdicts(&replayed).iter().map(|v| &v["kind"]).collect();
     assert_eq!(kinds, ["tunnel_mtu", "tunnel_mtu"]);
 
     // Each end's fix, pasted as printed: the pings pass, nothing proven.
     for v in &got {
-        for c in v["fix_commands"][0].as_array().unwrap() {
-            let out = Command::new("bash")
-                .args(["-c", c.as_str().unwrap()])
-                .output()
-                .unwrap();
-            assert!(out.status.success(), "{c}: {out:?}");
-        }
+        apply_first_fix(v);
     }
     let run = diagnose(&lab, None);
     assert_eq!(both_ways(&lab), [true, true]);
     let lines = run.stop();
-    assert!(verdicts(&lines).is_empty(), "{:#?}", verdicts(&lines));
+    assert_no_verdict(&lines);
 }
 
 /// The control: the same tunnel at 1310, what the underlay carries.
@@ -153,5 +122,5 @@ fn a_tunnel_sized_to_its_underlay_gives_no_verdict() {
     let run = diagnose(&lab, None);
     assert_eq!(both_ways(&lab), [true, true]);
     let lines = run.stop();
-    assert!(verdicts(&lines).is_empty(), "{:#?}", verdicts(&lines));
+    assert_no_verdict(&lines);
 }
