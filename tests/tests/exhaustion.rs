@@ -18,7 +18,7 @@ use std::os::unix::io::AsRawFd;
 use std::sync::Mutex;
 use std::thread::JoinHandle;
 use std::time::Duration;
-use tracer_tests::{prefix, recording, replay, start, Netlab};
+use tracer_tests::{apply_first_fix, prefix, recording, replay, start, Netlab};
 
 extern "C" {
     fn setns(fd: i32, nstype: i32) -> i32;
@@ -161,36 +161,56 @@ fn a_full_conntrack_table_is_not_a_rule_and_a_rule_is_not_a_full_table() {
     let lab = conntrack_lab("ctfull");
     let sv = lab.name("sv");
     let rec = recording("ctfull");
-    let lines = {
+    // The limit stays lowered (and is put back at the end of this block)
+    // while the printed fix is pasted and the flows are sent again.
+    {
         let _max = Limit::set("net.netfilter.nf_conntrack_max", 24);
         // 24 new flows fill sv's table (unreplied UDP stays 30 s), then
         // 56 more are refused, over 2 s.
-        diagnose(&sv, &rec, || {
+        let lines = diagnose(&sv, &rec, || {
             send_each(&lab.name("cl"), ports("10.93.4.2", 7100, 80), false, MS(25))
-        })
-    };
-    keep(&rec, "conntrack-table-full.jsonl");
-    let full = of_kind(&lines, "conntrack_table_full");
-    assert_eq!(full.len(), 1, "{:#?}", verdicts(&lines));
-    let e = &full[0]["evidence"];
-    assert_eq!(full[0]["tier"], "proven");
-    assert_eq!(e["nf_conntrack_max"], 24, "{e}");
-    assert!(e["nf_conntrack_count"].as_u64().unwrap() >= 24, "{e}");
-    let (b, a) = (
-        e["counters"]["drop"]["before"].as_u64().unwrap(),
-        e["counters"]["drop"]["after"].as_u64().unwrap(),
-    );
-    assert!(a > b, "{e}");
-    assert!(first_fix(full[0]).starts_with("sysctl -w net.netfilter.nf_conntrack_max="));
-    // No rule dropped these: netfilter_drop stays out of it.
-    assert!(
-        of_kind(&lines, "netfilter_drop").is_empty(),
-        "{:#?}",
-        verdicts(&lines)
-    );
-    // The recording proves the same.
-    let r = replay(&rec);
-    assert_eq!(of_kind(&r.lines, "conntrack_table_full").len(), 1);
+        });
+        keep(&rec, "conntrack-table-full.jsonl");
+        let full = of_kind(&lines, "conntrack_table_full");
+        assert_eq!(full.len(), 1, "{:#?}", verdicts(&lines));
+        let e = &full[0]["evidence"];
+        assert_eq!(full[0]["tier"], "proven");
+        assert_eq!(e["nf_conntrack_max"], 24, "{e}");
+        assert!(e["nf_conntrack_count"].as_u64().unwrap() >= 24, "{e}");
+        let (b, a) = (
+            e["counters"]["drop"]["before"].as_u64().unwrap(),
+            e["counters"]["drop"]["after"].as_u64().unwrap(),
+        );
+        assert!(a > b, "{e}");
+        assert!(first_fix(full[0]).starts_with("sysctl -w net.netfilter.nf_conntrack_max="));
+        // No rule dropped these: netfilter_drop stays out of it.
+        assert!(
+            of_kind(&lines, "netfilter_drop").is_empty(),
+            "{:#?}",
+            verdicts(&lines)
+        );
+        // The recording proves the same.
+        let r = replay(&rec);
+        assert_eq!(of_kind(&r.lines, "conntrack_table_full").len(), 1);
+
+        // Fix 1 pasted: 80 new flows are all tracked, nothing is refused.
+        apply_first_fix(full[0]);
+        let lines = diagnose(&sv, &rec, || {
+            send_each(&lab.name("cl"), ports("10.93.4.2", 7300, 80), false, MS(10))
+        });
+        assert!(
+            verdicts(&lines).iter().all(|v| v["fault"] != true),
+            "{:#?}",
+            verdicts(&lines)
+        );
+        let tracked = lab
+            .exec("sv", "cat /proc/sys/net/netfilter/nf_conntrack_count")
+            .unwrap();
+        assert!(
+            tracked.trim().parse::<u64>().unwrap() >= 24 + 80,
+            "{tracked}"
+        );
+    }
     let _ = std::fs::remove_file(&rec);
 
     // The control, in a fresh namespace pair with the table far from
@@ -227,10 +247,24 @@ fn neighbor_lab(test: &str) -> Netlab {
     lab
 }
 
-fn hosts(n: u8) -> Vec<SocketAddr> {
+/// `n` hosts of 10.84.`net`.0/24.
+fn hosts(net: u8, n: u8) -> Vec<SocketAddr> {
     (10..10 + n)
-        .map(|h| format!("10.84.1.{h}:5353").parse().unwrap())
+        .map(|h| format!("10.84.{net}.{h}:5353").parse().unwrap())
         .collect()
+}
+
+/// The table_fulls column of /proc/net/stat/arp_cache, summed over CPUs
+/// (hex, one row per CPU after the header).
+fn table_fulls(stat: &str) -> u64 {
+    let mut rows = stat.lines();
+    let col = rows
+        .next()
+        .and_then(|h| h.split_whitespace().position(|c| c == "table_fulls"))
+        .expect("arp_cache has table_fulls");
+    rows.filter_map(|r| r.split_whitespace().nth(col))
+        .map(|v| u64::from_str_radix(v, 16).unwrap())
+        .sum()
 }
 
 #[test]
@@ -238,7 +272,7 @@ fn a_full_neighbour_table_refuses_new_next_hops() {
     let _one = in_guest_only();
     let lab = neighbor_lab("nbfull");
     let rec = recording("nbfull");
-    let lines = {
+    {
         let _limits = [
             Limit::set("net.ipv4.neigh.default.gc_thresh1", 4),
             Limit::set("net.ipv4.neigh.default.gc_thresh2", 8),
@@ -246,25 +280,45 @@ fn a_full_neighbour_table_refuses_new_next_hops() {
         ];
         // 60 next hops: past 16 entries (none older than 5 s, all still
         // resolving) every new one is refused.
-        diagnose(&lab.name("nb"), &rec, || {
-            send_each(&lab.name("nb"), hosts(60), false, MS(20))
-        })
-    };
-    keep(&rec, "neighbor-table-full.jsonl");
-    let full = of_kind(&lines, "neighbor_table_full");
-    assert_eq!(full.len(), 1, "{:#?}", verdicts(&lines));
-    let e = &full[0]["evidence"];
-    assert_eq!(e["gc_thresh3"], 16, "{e}");
-    assert_eq!(e["family"], "ipv4");
-    assert_eq!(e["ifname"], "nb0");
-    let (b, a) = (
-        e["counters"]["table_fulls"]["before"].as_u64().unwrap(),
-        e["counters"]["table_fulls"]["after"].as_u64().unwrap(),
-    );
-    assert!(a > b, "{e}");
-    assert!(first_fix(full[0]).starts_with("sysctl -w net.ipv4.neigh.default.gc_thresh3="));
-    let r = replay(&rec);
-    assert_eq!(of_kind(&r.lines, "neighbor_table_full").len(), 1);
+        let lines = diagnose(&lab.name("nb"), &rec, || {
+            send_each(&lab.name("nb"), hosts(1, 60), false, MS(20))
+        });
+        keep(&rec, "neighbor-table-full.jsonl");
+        let full = of_kind(&lines, "neighbor_table_full");
+        assert_eq!(full.len(), 1, "{:#?}", verdicts(&lines));
+        let e = &full[0]["evidence"];
+        assert_eq!(full[0]["tier"], "proven");
+        assert_eq!(e["gc_thresh3"], 16, "{e}");
+        assert_eq!(e["family"], "ipv4");
+        assert_eq!(e["ifname"], "nb0");
+        let (b, a) = (
+            e["counters"]["table_fulls"]["before"].as_u64().unwrap(),
+            e["counters"]["table_fulls"]["after"].as_u64().unwrap(),
+        );
+        assert!(a > b, "{e}");
+        assert!(first_fix(full[0]).starts_with("sysctl -w net.ipv4.neigh.default.gc_thresh3="));
+        let r = replay(&rec);
+        assert_eq!(of_kind(&r.lines, "neighbor_table_full").len(), 1);
+
+        // Fix 1 pasted: 60 other next hops each get an entry (they still
+        // answer no ARP: what is left is neighbor_unreachable, not this).
+        apply_first_fix(full[0]);
+        let fulls = || lab.exec("nb", "cat /proc/net/stat/arp_cache").unwrap();
+        let before = fulls();
+        let lines = diagnose(&lab.name("nb"), &rec, || {
+            send_each(&lab.name("nb"), hosts(2, 60), false, MS(20))
+        });
+        assert!(
+            of_kind(&lines, "neighbor_table_full").is_empty(),
+            "{:#?}",
+            verdicts(&lines)
+        );
+        assert_eq!(
+            table_fulls(&before),
+            table_fulls(&fulls()),
+            "refused after the fix"
+        );
+    }
     let _ = std::fs::remove_file(&rec);
     drop(lab);
 
@@ -278,7 +332,7 @@ fn a_full_neighbour_table_refuses_new_next_hops() {
     let _port = open_port(&lab.name("far"), "0.0.0.0:5353");
     let rec = recording("nbroom");
     let lines = diagnose(&lab.name("nb"), &rec, || {
-        send_each(&lab.name("nb"), hosts(8), false, MS(20))
+        send_each(&lab.name("nb"), hosts(1, 8), false, MS(20))
     });
     assert!(verdicts(&lines).is_empty(), "{:#?}", verdicts(&lines));
     let _ = std::fs::remove_file(&rec);
@@ -332,26 +386,34 @@ fn full_cpu_backlogs_drop_what_a_bridge_floods() {
     let _one = in_guest_only();
     let lab = backlog_lab("bkfull");
     let rec = recording("bkfull");
-    let lines = {
+    {
         let _max = Limit::set("net.core.netdev_max_backlog", 4);
-        diagnose(&lab.name("leaf"), &rec, || {
+        let lines = diagnose(&lab.name("leaf"), &rec, || {
             send_each(&lab.name("tx"), broadcasts(20), true, MS(75))
-        })
-    };
-    keep(&rec, "cpu-backlog-full.jsonl");
-    let full = of_kind(&lines, "cpu_backlog_full");
-    assert_eq!(full.len(), 1, "{:#?}", verdicts(&lines));
-    let e = &full[0]["evidence"];
-    assert_eq!(e["netdev_max_backlog"], 4, "{e}");
-    assert!(e["ifname"].as_str().unwrap().starts_with('q'), "{e}");
-    let (b, a) = (
-        e["counters"]["softnet_dropped"]["before"].as_u64().unwrap(),
-        e["counters"]["softnet_dropped"]["after"].as_u64().unwrap(),
-    );
-    assert!(a > b, "{e}");
-    assert!(first_fix(full[0]).starts_with("sysctl -w net.core.netdev_max_backlog="));
-    let r = replay(&rec);
-    assert_eq!(of_kind(&r.lines, "cpu_backlog_full").len(), 1);
+        });
+        keep(&rec, "cpu-backlog-full.jsonl");
+        let full = of_kind(&lines, "cpu_backlog_full");
+        assert_eq!(full.len(), 1, "{:#?}", verdicts(&lines));
+        let e = &full[0]["evidence"];
+        assert_eq!(full[0]["tier"], "proven");
+        assert_eq!(e["netdev_max_backlog"], 4, "{e}");
+        assert!(e["ifname"].as_str().unwrap().starts_with('q'), "{e}");
+        let (b, a) = (
+            e["counters"]["softnet_dropped"]["before"].as_u64().unwrap(),
+            e["counters"]["softnet_dropped"]["after"].as_u64().unwrap(),
+        );
+        assert!(a > b, "{e}");
+        assert!(first_fix(full[0]).starts_with("sysctl -w net.core.netdev_max_backlog="));
+        let r = replay(&rec);
+        assert_eq!(of_kind(&r.lines, "cpu_backlog_full").len(), 1);
+
+        // Fix 1 pasted: the same floods, nothing dropped.
+        apply_first_fix(full[0]);
+        let lines = diagnose(&lab.name("leaf"), &rec, || {
+            send_each(&lab.name("tx"), broadcasts(20), true, MS(75))
+        });
+        assert!(verdicts(&lines).is_empty(), "{:#?}", verdicts(&lines));
+    }
     let _ = std::fs::remove_file(&rec);
     drop(lab);
 

@@ -13,6 +13,7 @@ pub mod netns_worker;
 pub mod policy;
 pub mod proc;
 pub mod qdisc;
+pub mod route;
 pub mod snmp;
 pub mod softnet;
 pub mod topology;

@@ -10,7 +10,7 @@
 //! `suppress_prefixlength` goes on to the next rule), `goto` jumps, `nop`
 //! passes, and `blackhole`/`unreachable`/`prohibit` end the lookup.
 
-use crate::host::topology::{
+use crate::host::route::{
     prefix_contains, Route, RouteKind, RT_TABLE_DEFAULT, RT_TABLE_LOCAL, RT_TABLE_MAIN,
 };
 use netlink_packet_route::rule::{RuleAction, RuleAttribute, RuleFlags, RuleMessage};

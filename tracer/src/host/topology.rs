@@ -43,12 +43,11 @@ use crate::host::netns::{self, NetnsInfo};
 use crate::host::netns_worker;
 use crate::host::policy::{self, Decision, FibRule, Flow};
 use crate::host::qdisc::{self, Qdisc};
+use crate::host::route::{
+    Route, RouteKind, RTN_THROW, RT_TABLE_DEFAULT, RT_TABLE_LOCAL, RT_TABLE_MAIN,
+};
 use crate::host::snmp::UdpCounters;
 use netlink_packet_route::tc::TcMessage;
-
-pub const RT_TABLE_DEFAULT: u32 = 253;
-pub const RT_TABLE_MAIN: u32 = 254;
-pub const RT_TABLE_LOCAL: u32 = 255;
 
 /// Topologies older than this are re-read on the next [`Topology::get`].
 pub const DEFAULT_MAX_AGE: Duration = Duration::from_secs(5);
@@ -207,55 +206,6 @@ pub fn mac_text(b: &[u8]) -> Option<String> {
     }
     let parts: Vec<String> = b.iter().map(|x| format!("{x:02x}")).collect();
     Some(parts.join(":"))
-}
-
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub enum RouteKind {
-    Unicast,
-    Local,
-    Broadcast,
-    Blackhole,
-    Unreachable,
-    Prohibit,
-    /// Raw RTN_* value (e.g. 5 multicast, 9 throw).
-    Other(u8),
-}
-
-const RTN_THROW: u8 = 9;
-
-impl From<u8> for RouteKind {
-    fn from(v: u8) -> Self {
-        match v {
-            1 => RouteKind::Unicast,
-            2 => RouteKind::Local,
-            3 => RouteKind::Broadcast,
-            6 => RouteKind::Blackhole,
-            7 => RouteKind::Unreachable,
-            8 => RouteKind::Prohibit,
-            n => RouteKind::Other(n),
-        }
-    }
-}
-
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Route {
-    pub dst: IpAddr,
-    pub prefix_len: u8,
-    pub table: u32,
-    pub kind: RouteKind,
-    /// For multipath routes, the first nexthop's.
-    pub oif: Option<i32>,
-    /// For multipath routes, the first nexthop's.
-    pub gateway: Option<IpAddr>,
-    pub metric: u32,
-    /// Preferred source (RTA_PREFSRC).
-    pub src: Option<IpAddr>,
-}
-
-impl Route {
-    pub fn contains(&self, addr: IpAddr) -> bool {
-        prefix_contains(self.dst, self.prefix_len, addr)
-    }
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -527,27 +477,6 @@ impl NsTopology {
     pub fn is_bridge(&self, ifindex: i32) -> bool {
         self.link(ifindex)
             .is_some_and(|l| l.kind.as_deref() == Some("bridge"))
-    }
-}
-
-/// Is `addr` inside `net/len`? Different families never match.
-pub fn prefix_contains(net: IpAddr, len: u8, addr: IpAddr) -> bool {
-    match (net, addr) {
-        (IpAddr::V4(n), IpAddr::V4(a)) => {
-            if len > 32 {
-                return false;
-            }
-            let mask = u32::MAX.checked_shl(32 - u32::from(len)).unwrap_or(0);
-            u32::from(n) & mask == u32::from(a) & mask
-        }
-        (IpAddr::V6(n), IpAddr::V6(a)) => {
-            if len > 128 {
-                return false;
-            }
-            let mask = u128::MAX.checked_shl(128 - u32::from(len)).unwrap_or(0);
-            u128::from(n) & mask == u128::from(a) & mask
-        }
-        _ => false,
     }
 }
 
@@ -2079,23 +2008,6 @@ mod tests {
             read_at: Instant::now(),
             path: std::path::PathBuf::new(),
         }
-    }
-
-    #[test]
-    fn prefix_math() {
-        assert!(prefix_contains(ip("10.1.2.0"), 24, ip("10.1.2.255")));
-        assert!(!prefix_contains(ip("10.1.2.0"), 24, ip("10.1.3.0")));
-        assert!(prefix_contains(ip("0.0.0.0"), 0, ip("192.0.2.1")));
-        assert!(prefix_contains(ip("10.1.2.3"), 32, ip("10.1.2.3")));
-        assert!(!prefix_contains(ip("10.1.2.3"), 33, ip("10.1.2.3")));
-        assert!(prefix_contains(
-            ip("2001:db8::"),
-            32,
-            ip("2001:db8:ffff::1")
-        ));
-        assert!(prefix_contains(ip("::"), 0, ip("2001:db8::1")));
-        assert!(!prefix_contains(ip("::"), 0, ip("10.0.0.1")));
-        assert!(!prefix_contains(ip("0.0.0.0"), 0, ip("::1")));
     }
 
     #[test]

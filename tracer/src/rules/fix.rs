@@ -5,7 +5,8 @@
 
 use crate::events::record::Family;
 use crate::host::containers::DockerNetwork;
-use crate::host::topology::{prefix_contains, NsTopology, Route};
+use crate::host::route::{prefix_contains, Route};
+use crate::host::topology::NsTopology;
 use std::net::{IpAddr, Ipv4Addr};
 
 /// One fix, built once: the line the user reads and the shell commands

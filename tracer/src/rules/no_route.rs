@@ -13,7 +13,7 @@ use crate::events::protocols::{errno_name, sender_errno};
 use crate::events::reason::Reason;
 use crate::events::record::DropRecord;
 use crate::host::policy::FibRule;
-use crate::host::topology::RT_TABLE_MAIN;
+use crate::host::route::RT_TABLE_MAIN;
 use serde_json::json;
 use std::net::IpAddr;
 

@@ -6,9 +6,8 @@
 //! named with that namespace. Targets: no crash, every drop named, open
 //! fds and threads back where they were once the churn stops.
 
-use super::lab::{check_interrupted, sleep};
+use super::lab::{batch, check_interrupted, in_netns, sleep, Reaper};
 use super::observers::status_kb;
-use super::scale::{batch, in_netns, Reaper};
 use anyhow::{Context, Result};
 use std::collections::HashSet;
 use std::io::{BufRead, BufReader};

@@ -5,8 +5,10 @@
 
 use anyhow::{anyhow, bail, Context, Result};
 use netlab::{Netlab, Routed};
+use std::io::Write;
 use std::net::Ipv4Addr;
-use std::process::{Command, Stdio};
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
@@ -128,4 +130,70 @@ pub(crate) fn forward_drops(lab: &Netlab) -> Result<u64> {
         .and_then(|l| l.split_whitespace().next())
         .and_then(|v| v.parse().ok())
         .ok_or_else(|| anyhow!("no FORWARD DROP counter in {out:?}"))
+}
+
+/// `ip [-n NS] -batch -` with `cmds` on stdin.
+pub(crate) fn batch(ns: Option<&str>, cmds: &str) -> Result<()> {
+    let mut cmd = Command::new("ip");
+    if let Some(ns) = ns {
+        cmd.args(["-n", ns]);
+    }
+    let mut child = cmd
+        .args(["-batch", "-"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .context("cannot run ip")?;
+    child
+        .stdin
+        .take()
+        .context("ip stdin")?
+        .write_all(cmds.as_bytes())?;
+    let out = child.wait_with_output()?;
+    if !out.status.success() {
+        bail!(
+            "ip -batch failed: {}",
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+    }
+    Ok(())
+}
+
+/// Runs `f` on a thread inside the namespace at `path`.
+pub(crate) fn in_netns<T: Send>(path: &Path, f: impl FnOnce() -> Result<T> + Send) -> Result<T> {
+    use std::os::fd::AsRawFd;
+    let file = std::fs::File::open(path).with_context(|| format!("{}", path.display()))?;
+    std::thread::scope(|s| {
+        s.spawn(move || {
+            if unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
+                bail!(
+                    "setns {}: {}",
+                    path.display(),
+                    std::io::Error::last_os_error()
+                );
+            }
+            f()
+        })
+        .join()
+        .unwrap_or_else(|_| bail!("thread in {} panicked", path.display()))
+    })
+}
+
+/// SIGINT, then reaped (SIGKILL after 10 s): the tracer detaches itself.
+pub(crate) struct Reaper<'a>(pub(crate) &'a mut Child);
+
+impl Drop for Reaper<'_> {
+    fn drop(&mut self) {
+        unsafe { libc::kill(self.0.id() as i32, libc::SIGINT) };
+        let end = Instant::now() + Duration::from_secs(10);
+        while Instant::now() < end {
+            if let Ok(Some(_)) = self.0.try_wait() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
 }

@@ -24,13 +24,13 @@
 //! killed run (whose pid is gone) are deleted first.
 
 use super::churn;
-use super::lab::{catch_signals, check_interrupted, sleep};
+use super::lab::{batch, catch_signals, check_interrupted, in_netns, sleep, Reaper};
 use super::observers::{cpu_seconds, status_kb};
 use anyhow::{bail, Context, Result};
 use serde_json::{json, Value};
-use std::io::{BufRead, BufReader, Write};
+use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
@@ -193,34 +193,6 @@ impl Drop for Star {
     }
 }
 
-/// `ip [-n NS] -batch -` with `cmds` on stdin.
-pub(crate) fn batch(ns: Option<&str>, cmds: &str) -> Result<()> {
-    let mut cmd = Command::new("ip");
-    if let Some(ns) = ns {
-        cmd.args(["-n", ns]);
-    }
-    let mut child = cmd
-        .args(["-batch", "-"])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .context("cannot run ip")?;
-    child
-        .stdin
-        .take()
-        .context("ip stdin")?
-        .write_all(cmds.as_bytes())?;
-    let out = child.wait_with_output()?;
-    if !out.status.success() {
-        bail!(
-            "ip -batch failed: {}",
-            String::from_utf8_lossy(&out.stderr).trim()
-        );
-    }
-    Ok(())
-}
-
 /// IPv6 off in a namespace, written from a thread that joined it (no
 /// process per namespace).
 fn no_ipv6(ns: &str) -> Result<()> {
@@ -230,26 +202,6 @@ fn no_ipv6(ns: &str) -> Result<()> {
             std::fs::write(format!("/proc/sys/net/ipv6/conf/{f}/disable_ipv6"), "1")?;
         }
         Ok(())
-    })
-}
-
-/// Runs `f` on a thread inside the namespace at `path`.
-pub(crate) fn in_netns<T: Send>(path: &Path, f: impl FnOnce() -> Result<T> + Send) -> Result<T> {
-    use std::os::fd::AsRawFd;
-    let file = std::fs::File::open(path).with_context(|| format!("{}", path.display()))?;
-    std::thread::scope(|s| {
-        s.spawn(move || {
-            if unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
-                bail!(
-                    "setns {}: {}",
-                    path.display(),
-                    std::io::Error::last_os_error()
-                );
-            }
-            f()
-        })
-        .join()
-        .unwrap_or_else(|_| bail!("thread in {} panicked", path.display()))
     })
 }
 
@@ -363,24 +315,6 @@ fn measure(o: &Opts, star: &Star) -> Result<Row> {
         line_ms,
         verdict_ms,
     })
-}
-
-/// SIGINT, then reaped (SIGKILL after 10 s): the tracer detaches itself.
-pub(crate) struct Reaper<'a>(pub(crate) &'a mut Child);
-
-impl Drop for Reaper<'_> {
-    fn drop(&mut self) {
-        unsafe { libc::kill(self.0.id() as i32, libc::SIGINT) };
-        let end = Instant::now() + Duration::from_secs(10);
-        while Instant::now() < end {
-            if let Ok(Some(_)) = self.0.try_wait() {
-                return;
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
 }
 
 fn wait_for(

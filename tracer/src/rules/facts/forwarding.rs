@@ -6,7 +6,8 @@ use crate::events::reason::Reason;
 use crate::events::record::DropRecord;
 use crate::events::record::Family;
 use crate::host::policy::Flow;
-use crate::host::topology::{Link, NsTopology, RouteKind};
+use crate::host::route::RouteKind;
+use crate::host::topology::{Link, NsTopology};
 use std::net::IpAddr;
 use std::sync::Arc;
 

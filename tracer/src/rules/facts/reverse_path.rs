@@ -152,7 +152,7 @@ pub fn arp_rejected(
     let sender = d.src.filter(local).or_else(|| {
         out.addrs
             .iter()
-            .find(|(a, l)| crate::host::topology::prefix_contains(*a, *l, target))
+            .find(|(a, l)| crate::host::route::prefix_contains(*a, *l, target))
             .or_else(|| out.addrs.iter().find(|(a, _)| a.is_ipv4()))
             .map(|(a, _)| *a)
     })?;

@@ -5,7 +5,8 @@
 use super::reverse_path::ROUTE_JOIN_MAX_AGE_NS;
 use crate::events::record::DropRecord;
 use crate::host::policy::{Decision, Flow, RuleKind};
-use crate::host::topology::{NsTopology, RT_TABLE_LOCAL};
+use crate::host::route::RT_TABLE_LOCAL;
+use crate::host::topology::NsTopology;
 use serde_json::{json, Value};
 use std::net::IpAddr;
 
