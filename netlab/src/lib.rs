@@ -31,6 +31,31 @@ pub fn netns_path(name: &str) -> PathBuf {
     Path::new(NETNS_RUN_DIR).join(name)
 }
 
+/// Runs `f` on a new thread that joined namespace `name` (a full name):
+/// a thread's network namespace is its own, so sockets made there live in
+/// that namespace while the process stays where it is. Panics (in the
+/// thread, surfacing at `join`) if the namespace cannot be joined.
+pub fn in_netns<T: Send + 'static>(
+    name: &str,
+    f: impl FnOnce() -> T + Send + 'static,
+) -> std::thread::JoinHandle<T> {
+    use std::os::fd::AsRawFd;
+    let path = netns_path(name);
+    std::thread::spawn(move || {
+        let file = std::fs::File::open(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+        // SAFETY: the fd is owned by `file`; setns changes only this thread.
+        let rc = unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) };
+        assert_eq!(
+            rc,
+            0,
+            "setns {}: {}",
+            path.display(),
+            std::io::Error::last_os_error()
+        );
+        f()
+    })
+}
+
 pub struct Netlab {
     prefix: String,
     namespaces: Vec<String>,

@@ -14,17 +14,9 @@
 
 use serde_json::Value;
 use std::net::{SocketAddr, UdpSocket};
-use std::os::unix::io::AsRawFd;
 use std::sync::Mutex;
-use std::thread::JoinHandle;
 use std::time::Duration;
 use tracer_tests::{apply_first_fix, prefix, recording, replay, start, Netlab};
-
-extern "C" {
-    fn setns(fd: i32, nstype: i32) -> i32;
-}
-
-const CLONE_NEWNET: i32 = 0x4000_0000;
 
 /// One test at a time: they change the same host-wide limits.
 static ONE: Mutex<()> = Mutex::new(());
@@ -59,22 +51,12 @@ impl Drop for Limit {
     }
 }
 
-/// Runs `f` on a thread that joined the network namespace `ns`.
-fn in_ns<T: Send + 'static>(ns: &str, f: impl FnOnce() -> T + Send + 'static) -> JoinHandle<T> {
-    let path = format!("/run/netns/{ns}");
-    std::thread::spawn(move || {
-        let file = std::fs::File::open(&path).unwrap();
-        assert_eq!(unsafe { setns(file.as_raw_fd(), CLONE_NEWNET) }, 0, "setns");
-        f()
-    })
-}
-
 /// One small datagram from `ns` to each of `dsts`, `gap` apart: spread
 /// over a second or more, as a lasting exhaustion is, so the rules read
 /// the counters while the drops happen. Send errors are expected (a
 /// refused neighbour).
 fn send_each(ns: &str, dsts: Vec<SocketAddr>, broadcast: bool, gap: Duration) {
-    in_ns(ns, move || {
+    netlab::in_netns(ns, move || {
         let s = UdpSocket::bind("0.0.0.0:0").unwrap();
         s.set_broadcast(broadcast).unwrap();
         for d in dsts {
@@ -91,7 +73,7 @@ const MS: fn(u64) -> Duration = Duration::from_millis;
 /// A UDP socket bound in `ns` that nobody reads: its port is open.
 fn open_port(ns: &str, addr: &str) -> UdpSocket {
     let addr: SocketAddr = addr.parse().unwrap();
-    in_ns(ns, move || UdpSocket::bind(addr).unwrap())
+    netlab::in_netns(ns, move || UdpSocket::bind(addr).unwrap())
         .join()
         .unwrap()
 }

@@ -77,11 +77,16 @@ fn healed_but(
     let mut ok = false;
     let lines = diagnose_while(lab, ns, || ok = works());
     assert!(ok, "the traffic still fails after the fix");
+    // The same rule: its place and text, not its counters (which the
+    // later run's drops have moved on).
+    let same_rule = |a: &Value, b: &Value| {
+        ["source", "table", "chain", "rule", "handle"]
+            .iter()
+            .all(|f| a["evidence"]["rule"][f] == b["evidence"]["rule"][f])
+    };
     let named_before = |v: &Value| {
         faults(before).iter().any(|b| {
-            b["kind"] == v["kind"]
-                && b["netns_name"] == v["netns_name"]
-                && b["evidence"]["rule"] == v["evidence"]["rule"]
+            b["kind"] == v["kind"] && b["netns_name"] == v["netns_name"] && same_rule(b, v)
         })
     };
     let new: Vec<&Value> = faults(&lines)
@@ -367,25 +372,32 @@ fn forwarding_disabled_fix_heals() {
     healed(&lab, &ns, || ping(&lab, "lan", "10.204.8.30", 56));
 }
 
-/// A veth whose ends disagree (1500 against 1280): large frames die on
-/// the narrow end. Fix 1 gives both ends the same MTU.
-#[test]
-fn l2_mtu_mismatch_fix_heals() {
-    let mut lab = Netlab::new(&prefix("fxl2")).unwrap();
+/// left (lx0, 10.231.5.1) -- right (rx0, 10.231.5.2), each end at its
+/// own MTU.
+fn l2_lab(test: &str, left_mtu: u32, right_mtu: u32) -> Netlab {
+    let mut lab = Netlab::new(&prefix(test)).unwrap();
     for n in ["left", "right"] {
         lab.ns(n).unwrap();
     }
     lab.veth("left", "lx0", "right", "rx0").unwrap();
     lab.exec(
         "left",
-        "ip link set lx0 mtu 1500 && ip addr add 10.231.5.1/24 dev lx0",
+        &format!("ip link set lx0 mtu {left_mtu} && ip addr add 10.231.5.1/24 dev lx0"),
     )
     .unwrap();
     lab.exec(
         "right",
-        "ip link set rx0 mtu 1280 && ip addr add 10.231.5.2/24 dev rx0",
+        &format!("ip link set rx0 mtu {right_mtu} && ip addr add 10.231.5.2/24 dev rx0"),
     )
     .unwrap();
+    lab
+}
+
+/// A veth whose ends disagree (1500 against 1280): large frames die on
+/// the narrow end. Fix 1 gives both ends the same MTU.
+#[test]
+fn l2_mtu_mismatch_fix_heals() {
+    let lab = l2_lab("fxl2", 1500, 1280);
     let ns = ["left", "right"];
     let lines = diagnose_while(&lab, &ns, || {
         // Small first: ARP resolves, so the large ones are sent at once.
@@ -395,6 +407,20 @@ fn l2_mtu_mismatch_fix_heals() {
     let v = verdict(&lines, "l2_mtu_mismatch");
     apply_first_fix(v);
     healed(&lab, &ns, || ping(&lab, "left", "10.231.5.2", 1400));
+}
+
+/// The control: both ends narrow alike (1340), the same pings (the large
+/// ones fragmented by the sender): nothing to say.
+#[test]
+fn a_veth_whose_ends_agree_on_a_narrow_mtu_is_silent() {
+    let lab = l2_lab("fxl2ok", 1340, 1340);
+    let ns = ["left", "right"];
+    let lines = diagnose_while(&lab, &ns, || {
+        assert!(ping(&lab, "left", "10.231.5.2", 100));
+        assert!(ping(&lab, "left", "10.231.5.2", 1400));
+        assert!(ping(&lab, "right", "10.231.5.1", 1400));
+    });
+    tracer_tests::assert_no_verdict(&lines);
 }
 
 /// Bytes of the file the origin serves in the MTU labs.
@@ -845,27 +871,63 @@ fn udp_burst(lab: &Netlab, n: u32) -> bool {
     rx() - before >= n as u64
 }
 
-/// A token bucket whose queue holds 3000 bytes: a burst of eight
-/// datagrams overflows it. Fix 1 gives the queue four times the room.
-#[test]
-fn qdisc_drop_fix_heals() {
-    let mut lab = Netlab::new(&prefix("fxtbf")).unwrap();
+/// qs (w0, 10.177.30.1) -- qr (r0, 10.177.30.2), w0 shaped by a token
+/// bucket whose queue holds `limit` bytes.
+fn tbf_lab(test: &str, limit: u32) -> Netlab {
+    let mut lab = Netlab::new(&prefix(test)).unwrap();
     for n in ["qs", "qr"] {
         lab.ns(n).unwrap();
     }
     lab.veth("qs", "w0", "qr", "r0").unwrap();
     lab.exec(
         "qs",
-        "ip addr add 10.177.30.1/24 dev w0 && \
-         tc qdisc add dev w0 root handle 8002: tbf rate 8mbit burst 3000 limit 3000",
+        &format!(
+            "ip addr add 10.177.30.1/24 dev w0 && \
+             tc qdisc add dev w0 root handle 8002: tbf rate 8mbit burst 3000 limit {limit}"
+        ),
     )
     .unwrap();
     lab.exec("qr", "ip addr add 10.177.30.2/24 dev r0").unwrap();
     // ARP resolved first: the burst leaves at once.
     assert!(ping(&lab, "qs", "10.177.30.2", 56));
+    lab
+}
+
+/// A token bucket whose queue holds 3000 bytes: a burst of eight
+/// datagrams overflows it. Fix 1 gives the queue four times the room.
+#[test]
+fn qdisc_drop_fix_heals() {
+    let lab = tbf_lab("fxtbf", 3000);
     let ns = ["qs", "qr"];
     let lines = diagnose_while(&lab, &ns, || assert!(!udp_burst(&lab, 8)));
     let v = verdict(&lines, "qdisc_drop");
     apply_first_fix(v);
     healed(&lab, &ns, || udp_burst(&lab, 8));
+}
+
+/// The control: the same shaper with room for the burst (40,000 bytes):
+/// every datagram arrives and no queue is blamed (the closed port's
+/// refusal is information, not a fault).
+#[test]
+fn a_shaper_with_room_for_the_burst_is_silent() {
+    let lab = tbf_lab("fxtbfok", 40_000);
+    let ns = ["qs", "qr"];
+    let lines = diagnose_while(&lab, &ns, || assert!(udp_burst(&lab, 8)));
+    assert!(faults(&lines).is_empty(), "{:#?}", faults(&lines));
+    assert!(tracer_tests::verdicts(&lines, "qdisc_drop").is_empty());
+}
+
+/// port_closed's control: the same burst to a port that a socket holds
+/// gives no verdict at all.
+#[test]
+fn datagrams_to_an_open_port_are_not_port_closed() {
+    let lab = tbf_lab("fxopen", 40_000);
+    let _open = netlab::in_netns(&lab.name("qr"), || {
+        std::net::UdpSocket::bind("10.177.30.2:7070").unwrap()
+    })
+    .join()
+    .unwrap();
+    let ns = ["qs", "qr"];
+    let lines = diagnose_while(&lab, &ns, || assert!(udp_burst(&lab, 8)));
+    tracer_tests::assert_no_verdict(&lines);
 }

@@ -9,23 +9,13 @@
 
 use serde_json::Value;
 use std::net::UdpSocket;
-use std::os::unix::io::AsRawFd;
 use std::process::Command;
 use std::time::Duration;
 use tracer_tests::{keep_recording, prefix, recording, replay, start, udp, Netlab};
 
-extern "C" {
-    fn setns(fd: i32, nstype: i32) -> i32;
-}
-
-const CLONE_NEWNET: i32 = 0x4000_0000;
-
 /// A UDP socket bound to `addr` inside netns `ns`.
 fn listen(ns: &str, addr: &'static str) -> UdpSocket {
-    let path = format!("/run/netns/{ns}");
-    std::thread::spawn(move || {
-        let f = std::fs::File::open(&path).unwrap();
-        assert_eq!(unsafe { setns(f.as_raw_fd(), CLONE_NEWNET) }, 0, "setns");
+    netlab::in_netns(ns, move || {
         let s = UdpSocket::bind(addr).unwrap();
         s.set_read_timeout(Some(Duration::from_millis(1500)))
             .unwrap();

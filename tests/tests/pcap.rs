@@ -8,7 +8,6 @@
 use serde_json::Value;
 use std::io::{BufRead, BufReader, Read};
 use std::net::{SocketAddr, UdpSocket};
-use std::os::fd::AsRawFd;
 use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
@@ -237,11 +236,6 @@ fn pcapng_to_stdout_pipes_into_tshark() {
     );
 }
 
-extern "C" {
-    fn setns(fd: i32, nstype: i32) -> i32;
-}
-const CLONE_NEWNET: i32 = 0x4000_0000;
-
 /// A storm: the kernel samples a few packets per key and counts the
 /// rest; the pcapng has one frame per delivered drop, and the counts are
 /// readable as `storm:` comments (on a later packet, or in the closing
@@ -264,10 +258,7 @@ fn pcapng_in_a_storm_keeps_counts_readable() {
         file.to_str().unwrap(),
         "udp",
     ]);
-    let path = format!("/run/netns/{}", lab.name("a"));
-    let sender = std::thread::spawn(move || {
-        let f = std::fs::File::open(&path).unwrap();
-        assert_eq!(unsafe { setns(f.as_raw_fd(), CLONE_NEWNET) }, 0);
+    let sender = netlab::in_netns(&lab.name("a"), move || {
         let s = UdpSocket::bind("0.0.0.0:0").unwrap();
         let dst: SocketAddr = "10.204.0.2:9".parse().unwrap();
         let t0 = Instant::now();

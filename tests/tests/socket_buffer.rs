@@ -15,29 +15,17 @@ use std::time::Duration;
 use tracer_tests::{keep_recording, prefix, recording, replay, start, Netlab};
 
 extern "C" {
-    fn setns(fd: i32, nstype: i32) -> i32;
     fn setsockopt(fd: i32, level: i32, name: i32, val: *const u8, len: u32) -> i32;
 }
 
-const CLONE_NEWNET: i32 = 0x4000_0000;
 const SOL_SOCKET: i32 = 1;
 const SO_RCVBUF: i32 = 8;
-
-/// Runs `f` on a thread that joined the network namespace `ns`.
-fn in_ns<T: Send + 'static>(ns: &str, f: impl FnOnce() -> T + Send + 'static) -> JoinHandle<T> {
-    let path = format!("/run/netns/{ns}");
-    std::thread::spawn(move || {
-        let file = std::fs::File::open(&path).unwrap();
-        assert_eq!(unsafe { setns(file.as_raw_fd(), CLONE_NEWNET) }, 0, "setns");
-        f()
-    })
-}
 
 /// A UDP socket bound in `ns` with SO_RCVBUF `rcvbuf` (the kernel
 /// doubles it, and caps it at net.core.rmem_max).
 fn receiver(ns: &str, addr: &str, rcvbuf: u32) -> UdpSocket {
     let addr: SocketAddr = addr.parse().unwrap();
-    in_ns(ns, move || {
+    netlab::in_netns(ns, move || {
         let s = UdpSocket::bind(addr).unwrap();
         let v = rcvbuf.to_ne_bytes();
         let rc = unsafe { setsockopt(s.as_raw_fd(), SOL_SOCKET, SO_RCVBUF, v.as_ptr(), 4) };
@@ -97,7 +85,7 @@ impl Drain {
 /// far more than a few KiB of buffer holds, nothing a reader misses.
 fn send(ns: &str, dst: &str, n: usize) {
     let dst: SocketAddr = dst.parse().unwrap();
-    in_ns(ns, move || {
+    netlab::in_netns(ns, move || {
         let any = if dst.is_ipv6() { "[::]:0" } else { "0.0.0.0:0" };
         let s = UdpSocket::bind(any).unwrap();
         let buf = [7u8; 200];
@@ -229,7 +217,7 @@ fn a_socket_that_is_drained_gives_no_verdict() {
     let run = start(&["diagnose", "--netns", &lab.name("rx")]);
     // Lock-step: each datagram is read before the next is sent, so the
     // buffer never holds more than one.
-    let (s4, s6) = in_ns(&lab.name("tx"), || {
+    let (s4, s6) = netlab::in_netns(&lab.name("tx"), || {
         (
             UdpSocket::bind("0.0.0.0:0").unwrap(),
             UdpSocket::bind("[::]:0").unwrap(),
