@@ -249,7 +249,8 @@ fn a_plain_host_is_told_the_packets_were_misdelivered_and_the_fix_heals() {
             cmd,
             format!("ip -n {} neigh del {dst} dev a1", lab.name("snd"))
         );
-        paste(&cmd);
+        assert_eq!(v["fix_commands"][0], serde_json::json!([cmd]));
+        tracer_tests::apply_first_fix(v);
     }
     // The sender now resolves both addresses to their real owner.
     for dst in ["10.47.3.9", "fd47:3::9"] {
