@@ -124,3 +124,80 @@ fn a_tunnel_sized_to_its_underlay_gives_no_verdict() {
     let lines = run.stop();
     assert_no_verdict(&lines);
 }
+
+/// The same over an IPv6 underlay: lk0 fd21:33::1 -- lk1 fd21:33::2 (MTU
+/// 1380), VXLAN vx77 (VNI 77, port 4789) 192.168.214.1 -- .2 at
+/// `tun_mtu`. The overhead is 70 (outer IPv6 40): 1310 fits.
+fn lab6(test: &str, tun_mtu: u32) -> Netlab {
+    let mut lab = Netlab::new(&prefix(test)).unwrap();
+    lab.ns("va").unwrap();
+    lab.ns("vb").unwrap();
+    lab.veth("va", "lk0", "vb", "lk1").unwrap();
+    for (ns, dev, me, peer) in [("va", "lk0", 1, 2), ("vb", "lk1", 2, 1)] {
+        lab.exec(
+            ns,
+            &format!(
+                "ip link set {dev} mtu 1380 && ip addr add fd21:33::{me}/64 dev {dev} nodad && \
+                 ip link add vx77 type vxlan id 77 local fd21:33::{me} \
+                   remote fd21:33::{peer} dstport 4789 && \
+                 ip link set vx77 mtu {tun_mtu} up && \
+                 ip addr add 192.168.214.{me}/24 dev vx77"
+            ),
+        )
+        .unwrap();
+    }
+    lab
+}
+
+fn both_ways6(lab: &Netlab) -> [bool; 2] {
+    [("va", "192.168.214.2"), ("vb", "192.168.214.1")].map(|(ns, dst)| {
+        for ns in ["va", "vb"] {
+            lab.exec(ns, "ip route flush cache && ip -6 route flush cache")
+                .unwrap();
+        }
+        pings_pass(lab, ns, dst)
+    })
+}
+
+/// A VXLAN over IPv6 too big for its underlay: the outer packet is too
+/// big where IPv6 never fragments on the way, proven at each end with
+/// the IPv6 overhead, and each end's fix, pasted, heals.
+#[test]
+fn a_vxlan_over_ipv6_too_big_for_its_underlay_is_tunnel_mtu_and_its_fix_heals() {
+    let lab = lab6("tunbig6", 1440);
+    let run = diagnose(&lab, None);
+    assert_eq!(both_ways6(&lab), [false, false]);
+    std::thread::sleep(Duration::from_millis(500));
+    let lines = run.stop();
+    let got = all_verdicts(&lines);
+    assert_eq!(got.len(), 2, "{got:#?}");
+    for (v, ns, remote) in [(got[0], "va", "fd21:33::2"), (got[1], "vb", "fd21:33::1")] {
+        assert_eq!(v["kind"], "tunnel_mtu");
+        assert_eq!(v["tier"], "proven");
+        assert_eq!(v["netns_name"], lab.name(ns));
+        let e = &v["evidence"];
+        assert_eq!(e["tunnel"], "vx77");
+        assert_eq!(e["tunnel_mtu"], 1440);
+        assert_eq!(e["overhead"], 70);
+        assert_eq!(e["underlay_mtu"], 1380);
+        assert_eq!(e["outer_dst"], remote);
+        assert_eq!(e["suggested_mtu"], 1310);
+    }
+    for v in &got {
+        apply_first_fix(v);
+    }
+    let run = diagnose(&lab, None);
+    assert_eq!(both_ways6(&lab), [true, true]);
+    let lines = run.stop();
+    assert_no_verdict(&lines);
+}
+
+/// The control over IPv6: the tunnel at 1310 from the start.
+#[test]
+fn a_vxlan_over_ipv6_sized_to_its_underlay_gives_no_verdict() {
+    let lab = lab6("tunfit6", 1310);
+    let run = diagnose(&lab, None);
+    assert_eq!(both_ways6(&lab), [true, true]);
+    let lines = run.stop();
+    assert_no_verdict(&lines);
+}
