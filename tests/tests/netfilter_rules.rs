@@ -329,6 +329,45 @@ fn syn_ack_without_syn_is_conntrack_invalid() {
     healed(&lab, DST4, 6312);
 }
 
+/// The same asymmetric path over IPv6: `src` reaches fd47:88::40 over
+/// the direct link (fd47:99::/64), `dst` answers through `gate`, whose
+/// ip6tables FORWARD drops INVALID.
+#[test]
+fn ipv6_syn_ack_without_syn_is_conntrack_invalid() {
+    let lab = lab("nfct6");
+    lab.veth("src", "s1", "dst", "d1").unwrap();
+    lab.exec(
+        "src",
+        "ip -6 addr add fd47:99::5/64 dev s1 nodad && \
+         ip -6 route add fd47:88::40/128 via fd47:99::40 dev s1 src fd47:30::5",
+    )
+    .unwrap();
+    lab.exec("dst", "ip -6 addr add fd47:99::40/64 dev d1 nodad")
+        .unwrap();
+    lab.exec(
+        "gate",
+        "ip6tables -A FORWARD -m conntrack --ctstate INVALID -j DROP",
+    )
+    .unwrap();
+    let lines = diagnose_while(&lab, || blocked(&lab, DST6, 6311));
+    assert!(verdicts(&lines, "netfilter_drop").is_empty(), "{lines:#?}");
+    let v = verdicts(&lines, "conntrack_invalid");
+    assert_eq!(v.len(), 1, "{lines:#?}");
+    let v = v[0];
+    assert_eq!(v["tier"], "proven");
+    assert_eq!(v["evidence"]["why"], "syn_ack_without_syn");
+    assert_eq!(v["evidence"]["rule"]["chain"], "FORWARD");
+    assert_eq!(v["evidence"]["rule"]["family"], "ip6");
+    let s = v["summary"].as_str().unwrap();
+    assert!(
+        s.starts_with("tcp SYN-ACK from [fd47:88::40]:6311 to [fd47:30::5]:")
+            && s.contains("dropped as conntrack state INVALID by rule 1 of chain FORWARD"),
+        "{s}"
+    );
+    apply_first_fix(v);
+    healed(&lab, DST6, 6311);
+}
+
 /// The same path with only `ct state invalid` rules for another port
 /// would be silent; here the control is the symmetric path: the same
 /// INVALID rule, traffic through `gate` both ways, nothing said.
