@@ -81,6 +81,9 @@ pub struct TracerRun {
     child: Child,
     lines: Lines,
     stderr: Arc<Mutex<String>>,
+    /// Told when the reader has read the last line (tracer's stdout
+    /// closed).
+    eof: std::sync::mpsc::Receiver<()>,
 }
 
 /// Starts `tracer ARGS -o json` and waits for its `ready` line.
@@ -150,6 +153,7 @@ pub fn spawn_bin(bin: &std::path::Path, wrapper: &[&str], args: &[&str]) -> Trac
     let lines: Lines = Arc::new((Mutex::new(Vec::new()), Condvar::new()));
     let stdout = child.stdout.take().unwrap();
     let l = lines.clone();
+    let (eof_tx, eof) = std::sync::mpsc::channel();
     std::thread::spawn(move || {
         for line in BufReader::new(stdout).lines().map_while(Result::ok) {
             let v: Value = serde_json::from_str(&line)
@@ -157,6 +161,7 @@ pub fn spawn_bin(bin: &std::path::Path, wrapper: &[&str], args: &[&str]) -> Trac
             l.0.lock().unwrap().push(v);
             l.1.notify_all();
         }
+        let _ = eof_tx.send(());
     });
     let stderr = Arc::new(Mutex::new(String::new()));
     let s = stderr.clone();
@@ -171,6 +176,7 @@ pub fn spawn_bin(bin: &std::path::Path, wrapper: &[&str], args: &[&str]) -> Trac
         child,
         lines,
         stderr,
+        eof,
     }
 }
 
@@ -240,8 +246,10 @@ impl TracerRun {
             }
             std::thread::sleep(Duration::from_millis(20));
         };
-        // Let the reader thread drain the pipe.
-        std::thread::sleep(Duration::from_millis(100));
+        // The reader drains the pipe to its end: the last lines (the
+        // verdicts concluded at exit, the summary) come after the exit
+        // status, and a slow guest once read them later than a fixed wait.
+        let _ = self.eof.recv_timeout(scaled(Duration::from_secs(5)));
         let lines = self.lines.0.lock().unwrap().clone();
         assert_eq!(
             status.code(),

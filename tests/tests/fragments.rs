@@ -163,3 +163,88 @@ fn received(lab: &Netlab) -> String {
     let got = rx.wait_with_output().unwrap();
     String::from_utf8_lossy(&got.stdout).trim().to_string()
 }
+
+/// The same over IPv6: snd fd57:1::7 -- gw -- rcv fd57:2::9, gw's
+/// ip6tables dropping every last fragment (`-m frag --fraglast`), rcv
+/// giving up after `ip6frag_time` 1 s.
+fn lab6(test: &str, drop_fragments: bool) -> Netlab {
+    let lab = lab(test, false);
+    lab.exec(
+        "snd",
+        "ip -6 addr add fd57:1::7/64 dev eth0 nodad && ip -6 route add default via fd57:1::fe",
+    )
+    .unwrap();
+    lab.exec(
+        "gw",
+        "ip -6 addr add fd57:1::fe/64 dev eth0 nodad && ip -6 addr add fd57:2::fe/64 dev eth1 nodad && \
+         sysctl -qw net.ipv6.conf.all.forwarding=1",
+    )
+    .unwrap();
+    lab.exec(
+        "rcv",
+        "ip -6 addr add fd57:2::9/64 dev r0 nodad && ip -6 route add default via fd57:2::fe && \
+         sysctl -qw net.ipv6.ip6frag_time=1",
+    )
+    .unwrap();
+    if drop_fragments {
+        lab.exec("gw", "ip6tables -A FORWARD -m frag --fraglast -j DROP")
+            .unwrap();
+    }
+    lab
+}
+
+/// One 2600-byte datagram to [fd57:2::9]:4127, fragmented by the sender.
+fn send6(lab: &Netlab) {
+    lab.exec(
+        "snd",
+        "bash -c \"head -c 2600 /dev/zero | tr '\\\\0' q > /dev/udp/fd57:2::9/4127\"",
+    )
+    .unwrap();
+}
+
+#[test]
+fn an_ipv6_firewall_dropping_fragments_is_named_by_the_reassembly_timeout() {
+    let lab = lab6("fragto6", true);
+    let run = diagnose(&lab, None);
+    let mut got = None;
+    for _ in 0..2 {
+        send6(&lab);
+        got = run.wait_for(Duration::from_secs(10), |v| {
+            v["type"] == "verdict" && v["kind"] == "fragment_reassembly_timeout"
+        });
+        if got.is_some() {
+            break;
+        }
+    }
+    let lines = run.stop();
+    let v = got.unwrap_or_else(|| panic!("{:#?}", all_verdicts(&lines)));
+    assert_eq!(v["tier"], "proven");
+    assert_eq!(v["netns_name"], lab.name("rcv"));
+    let e = &v["evidence"];
+    assert_eq!(e["src"], "fd57:1::7");
+    assert_eq!(e["dst"], "fd57:2::9");
+    let at = &e["fragment_dropped"];
+    assert_eq!(at["netns"], lab.name("gw"), "{e}");
+    assert_eq!(at["reason"], "NETFILTER_DROP", "{e}");
+    assert_eq!(
+        at["rule"]["rule"], "-A FORWARD -m frag --fraglast -j DROP",
+        "{e}"
+    );
+    let timeouts = || {
+        lab.exec("rcv", "nstat -az Ip6ReasmTimeout | awk 'NR>1 {print $2}'")
+            .unwrap()
+    };
+    let before = timeouts();
+    apply_first_fix(&v);
+    let run = diagnose(&lab, None);
+    send6(&lab);
+    std::thread::sleep(Duration::from_millis(2500));
+    let lines = run.stop();
+    // Reassembled: the closed port's refusal is information, no fault.
+    let faults: Vec<&Value> = all_verdicts(&lines)
+        .into_iter()
+        .filter(|v| v["fault"] == true)
+        .collect();
+    assert!(faults.is_empty(), "{faults:#?}");
+    assert_eq!(timeouts(), before, "a datagram timed out after the fix");
+}
