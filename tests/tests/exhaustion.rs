@@ -373,7 +373,7 @@ fn full_cpu_backlogs_drop_what_a_bridge_floods() {
     {
         let _max = Limit::set("net.core.netdev_max_backlog", 4);
         let lines = diagnose(&lab.name("leaf"), &rec, || {
-            send_each(&lab.name("tx"), broadcasts(20), true, MS(75))
+            send_each(&lab.name("tx"), broadcasts(40), true, MS(75))
         });
         keep(&rec, "cpu-backlog-full.jsonl");
         let full = of_kind(&lines, "cpu_backlog_full");
@@ -394,7 +394,7 @@ fn full_cpu_backlogs_drop_what_a_bridge_floods() {
         // Fix 1 pasted: the same floods, nothing dropped.
         apply_first_fix(full[0]);
         let lines = diagnose(&lab.name("leaf"), &rec, || {
-            send_each(&lab.name("tx"), broadcasts(20), true, MS(75))
+            send_each(&lab.name("tx"), broadcasts(40), true, MS(75))
         });
         assert!(verdicts(&lines).is_empty(), "{:#?}", verdicts(&lines));
     }
@@ -405,7 +405,7 @@ fn full_cpu_backlogs_drop_what_a_bridge_floods() {
     let lab = backlog_lab("bkroom");
     let rec = recording("bkroom");
     let lines = diagnose(&lab.name("leaf"), &rec, || {
-        send_each(&lab.name("tx"), broadcasts(20), true, MS(75))
+        send_each(&lab.name("tx"), broadcasts(40), true, MS(75))
     });
     assert!(verdicts(&lines).is_empty(), "{:#?}", verdicts(&lines));
     let _ = std::fs::remove_file(&rec);

@@ -170,6 +170,44 @@ fn asymmetric_route_fix_heals() {
     healed(&lab, &ns, || ping(&lab, "cli", "10.66.0.9", 56));
 }
 
+/// The same over IPv6: `srv` (fd66::9 on `up1`) holds the client's
+/// network fd61::/16 on-link on `side2`; its replies ask neighbour
+/// discovery there, where nobody answers. Fix 1 routes the client back
+/// where it arrives.
+#[test]
+fn ipv6_asymmetric_route_fix_heals() {
+    let lab = multihomed_lab("fxasym6", "true", 0);
+    lab.exec(
+        "cli",
+        "ip -6 addr add fd61:3::7/64 dev c0 nodad && ip -6 route add default via fd61:3::1",
+    )
+    .unwrap();
+    lab.exec(
+        "gw",
+        "ip -6 addr add fd61:3::1/64 dev g0 nodad && ip -6 addr add fd66::1/64 dev g1 nodad && \
+         sysctl -qw net.ipv6.conf.all.forwarding=1",
+    )
+    .unwrap();
+    lab.exec(
+        "srv",
+        "ip -6 addr add fd66::9/64 dev up1 nodad && ip -6 route add default via fd66::1 && \
+         ip -6 addr add fd88::2/64 dev side2 nodad && ip -6 route add fd61::/16 dev side2",
+    )
+    .unwrap();
+    let ns = ["cli", "gw", "srv"];
+    let ping6 = |lab: &Netlab| {
+        lab.try_exec("cli", "ping -6 -c 3 -i 0.2 -W 1 fd66::9")
+            .unwrap()
+            .status
+            .success()
+    };
+    let lines = diagnose_while(&lab, &ns, || assert!(!ping6(&lab)));
+    let v = verdict(&lines, "asymmetric_route");
+    assert_eq!(v["netns_name"], lab.name("srv"), "{v}");
+    apply_first_fix(v);
+    healed(&lab, &ns, || ping6(&lab));
+}
+
 /// Policy routing, as on a cloud host with a table per interface: `rule`
 /// sends the server's reverse-path lookup to `table`, which holds the
 /// server's own prefix on `up1` and a default out `side2`; main is right.

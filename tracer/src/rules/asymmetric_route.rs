@@ -147,7 +147,7 @@ fn host_verdict(
         let cmd = format!(
             "{hint}ip route add {} {}{table_arg}",
             host_route(peer),
-            route_via(topo, in_link.ifindex)
+            route_via(topo, in_link.ifindex, peer)
         );
         vec![Fix::run(
             format!(

@@ -235,8 +235,11 @@ pub fn docker_move(
     }
 }
 
-/// `via GW dev IF` towards `ifindex`'s gateway, or `dev IF` when on-link.
-pub fn route_via(topo: &NsTopology, ifindex: i32) -> String {
+/// `via GW dev IF` towards `ifindex`'s gateway for `toward`'s family, or
+/// `dev IF` when it has none (on-link). The family matters: a dual-stack
+/// link has an IPv4 and an IPv6 gateway, and `ip -6 route add ... via`
+/// an IPv4 address is refused.
+pub fn route_via(topo: &NsTopology, ifindex: i32, toward: IpAddr) -> String {
     let name = topo
         .link(ifindex)
         .map(|l| l.name.clone())
@@ -244,8 +247,8 @@ pub fn route_via(topo: &NsTopology, ifindex: i32) -> String {
     match topo
         .routes
         .iter()
-        .find(|r| r.oif == Some(ifindex) && r.gateway.is_some())
-        .and_then(|r| r.gateway)
+        .filter(|r| r.oif == Some(ifindex) && r.dst.is_ipv4() == toward.is_ipv4())
+        .find_map(|r| r.gateway.filter(|g| g.is_ipv4() == toward.is_ipv4()))
     {
         Some(gw) => format!("via {gw} dev {}", q(&name)),
         None => format!("dev {}", q(&name)),
@@ -289,7 +292,7 @@ pub fn bridge_fixes(
             let cmd = format!(
                 "{ns_hint}ip route add {} {}",
                 host_route(peer),
-                route_via(topo, ingress)
+                route_via(topo, ingress, peer)
             );
             fixes.push(Fix::run(
                 format!("Stopgap for the host's own services only: route the peer back the way its packets arrive, more specifically than the bridge: {cmd}"),
@@ -328,5 +331,29 @@ mod tests {
     fn ipv6_host_port_has_brackets() {
         assert_eq!(host_port("fd00::1".parse().unwrap(), 443), "[fd00::1]:443");
         assert_eq!(host_port("10.0.0.1".parse().unwrap(), 80), "10.0.0.1:80");
+    }
+
+    #[test]
+    fn route_via_takes_the_gateway_of_the_peers_family() {
+        use crate::rules::testkit::{ip, link, route, topo};
+        let t = topo(
+            1,
+            None,
+            vec![link(2, "up1", None, 1500)],
+            vec![
+                route("0.0.0.0", 0, 2, Some("10.66.0.1")),
+                route("::", 0, 2, Some("fd66::1")),
+            ],
+        );
+        assert_eq!(route_via(&t, 2, ip("fd61:3::7")), "via fd66::1 dev up1");
+        assert_eq!(route_via(&t, 2, ip("10.61.3.7")), "via 10.66.0.1 dev up1");
+        // No gateway of the family on that link: on-link.
+        let v4only = topo(
+            1,
+            None,
+            vec![link(2, "up1", None, 1500)],
+            vec![route("0.0.0.0", 0, 2, Some("10.66.0.1"))],
+        );
+        assert_eq!(route_via(&v4only, 2, ip("fd61:3::7")), "dev up1");
     }
 }

@@ -254,7 +254,7 @@ fn route_back_fix(
         // Another table lacks the connected prefix main has: copy it.
         Some(r) if !table_arg.is_empty() => (net(r), format!("dev {}", q(in_name))),
         Some(_) => (host_route(src), format!("dev {}", q(in_name))),
-        None => (host_route(src), route_via(topo, ingress)),
+        None => (host_route(src), route_via(topo, ingress, src)),
     };
     let cmd = format!("{hint}ip route add {dst} {via}{table_arg}");
     Fix::run(
