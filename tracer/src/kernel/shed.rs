@@ -15,14 +15,19 @@
 
 use crate::kernel::probes::Probes;
 use crate::kernel::spells::Spells;
+use std::time::{Duration, Instant};
 
-/// Ticks without any aggregated drop before the programs come back.
-const QUIET_TICKS: u32 = 4;
+/// How long without any aggregated drop before the programs come back.
+/// Measured in time, not ticks: on a loaded host late ticks come in a
+/// burst, and four of them back to back once ended a storm's shed after
+/// 23 ms while the storm went on.
+const QUIET: Duration = Duration::from_secs(1);
 
 #[derive(Default)]
 pub struct StormShed {
     last_aggregated: u64,
-    quiet_ticks: u32,
+    /// When the aggregated count last grew.
+    last_storm: Option<Instant>,
     /// While the per-packet programs are shed.
     shed: Spells,
 }
@@ -34,15 +39,12 @@ impl StormShed {
         let storming = now > self.last_aggregated;
         self.last_aggregated = now;
         if storming {
-            self.quiet_ticks = 0;
+            self.last_storm = Some(Instant::now());
             if !self.shed.active() && probes.shed(true) {
                 self.shed.begin();
             }
-        } else {
-            self.quiet_ticks += 1;
-            if self.quiet_ticks >= QUIET_TICKS {
-                self.resume(probes);
-            }
+        } else if self.last_storm.is_none_or(|t| t.elapsed() >= QUIET) {
+            self.resume(probes);
         }
     }
 

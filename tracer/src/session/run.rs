@@ -112,6 +112,10 @@ impl Run<'_> {
         };
         tokio::pin!(sleep_until);
         let mut ticker = tokio::time::interval(Duration::from_millis(250));
+        // A late tick is not made up for with a burst of them: what
+        // counts ticks (the gates, the storm counts) would see no time
+        // pass between them.
+        ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let stopped = async move {
             match stop {
                 Some(n) => n.notified().await,
