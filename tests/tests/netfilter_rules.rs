@@ -269,6 +269,75 @@ fn iptables_legacy_rules_are_named_v4_and_v6() {
     healed(&lab, DST6, 6313);
 }
 
+/// A verdict map, as kube-proxy's nftables mode drops traffic to a
+/// Service without endpoints: gate's forward hook looks up daddr . proto
+/// . dport in `svc-gone`, whose element for 6311 drops and whose element
+/// for 6312 goes to a chain that rejects. Each drop names the element
+/// and its comment; fix 1 deletes that element only. Port 6313, in no
+/// element, connects throughout and is never blamed.
+#[test]
+fn a_verdict_map_drop_names_the_element_and_its_comment() {
+    assert!(
+        have("nft"),
+        "nft must be installed (cargo xtask test installs nftables)"
+    );
+    let lab = lab("nfvmap");
+    lab.exec(
+        "gate",
+        "nft -f - <<'EOF'
+table ip kpx71 {
+  map svc-gone {
+    type ipv4_addr . inet_proto . inet_service : verdict
+    elements = { 10.147.88.40 . tcp . 6311 comment \"shop/web:http\" : drop,
+                 10.147.88.40 . tcp . 6312 comment \"shop/api:grpc\" : goto refuse }
+  }
+  chain refuse {
+    reject
+  }
+  chain filter-forward {
+    type filter hook forward priority -110; policy accept;
+    ip daddr . meta l4proto . th dport vmap @svc-gone
+  }
+}
+EOF",
+    )
+    .unwrap();
+    for (port, comment, verdict) in [
+        (6311, "shop/web:http", "DROP"),
+        (6312, "shop/api:grpc", "refuse"),
+    ] {
+        let mut open = false;
+        let lines = diagnose_while(&lab, || {
+            blocked(&lab, DST4, port);
+            open = connects(&lab, DST4, 6313, 20);
+        });
+        assert!(open, "6313 is in no element");
+        let v = named(&lines);
+        let r = &v["evidence"]["rule"];
+        assert_eq!(r["source"], "nftables", "{r:#}");
+        assert_eq!(r["element"]["map"], "svc-gone", "{r:#}");
+        assert_eq!(r["element"]["key"], format!("10.147.88.40 . tcp . {port}"));
+        assert_eq!(r["element"]["comment"], comment);
+        assert_eq!(r["element"]["verdict"], verdict);
+        let s = v["summary"].as_str().unwrap();
+        assert!(
+            s.contains(&format!(
+                "map element `10.147.88.40 . tcp . {port}` (comment \"{comment}\")"
+            )),
+            "{s}"
+        );
+        assert_eq!(
+            v["fix_commands"][0][0],
+            format!(
+                "ip netns exec {} nft delete element ip kpx71 svc-gone '{{ 10.147.88.40 . tcp . {port} }}'",
+                lab.name("gate")
+            )
+        );
+        apply_first_fix(v);
+        healed(&lab, DST4, port);
+    }
+}
+
 /// A DROP rule for another port: the connection works, nothing is said.
 #[test]
 fn a_rule_that_does_not_match_stays_silent() {

@@ -110,6 +110,7 @@ fn parse_rule(line: &str) -> Option<(String, FwRule)> {
             target,
             goto,
             counter: count,
+            vmap: None,
         },
     ))
 }

@@ -17,6 +17,7 @@
 pub mod iptables;
 pub mod nft;
 pub mod nftrace;
+pub mod vmap;
 pub mod walk;
 
 use super::netns::{self, NetnsInfo};
@@ -69,6 +70,9 @@ pub struct FwRule {
     /// None where the rule counts nothing (an nftables rule without a
     /// `counter`).
     pub counter: Option<Counter>,
+    /// A verdict map whose elements decide (`vmap`): nftables only.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub vmap: Option<vmap::Vmap>,
 }
 
 impl FwRule {

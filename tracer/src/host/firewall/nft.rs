@@ -5,6 +5,7 @@
 //! `nft` prints it. This is the documented fallback for reading rules
 //! over netlink: libnftables is what turns rule bytecode back into words.
 
+use super::vmap::{self, Maps};
 use super::{Counter, FwChain, FwRule, Source};
 use serde::Deserialize;
 use serde_json::Value;
@@ -46,6 +47,16 @@ pub fn parse(
     let listing: Listing = serde_json::from_str(json)?;
     let texts = rule_texts(text);
     let mine = |f: &str, t: &str| !owned.iter().any(|(of, ot)| of == f && ot == t);
+    // Named maps first: a rule may look one up (`vmap @name`).
+    let maps: Maps = listing
+        .nftables
+        .iter()
+        .filter_map(|item| {
+            let m = item.get("map")?;
+            let s = |k: &str| m.get(k).and_then(Value::as_str).map(str::to_string);
+            Some(((s("family")?, s("table")?, s("name")?), m.clone()))
+        })
+        .collect();
     let mut chains: Vec<FwChain> = Vec::new();
     for item in listing.nftables {
         if let Some(c) = item.get("chain") {
@@ -72,7 +83,12 @@ pub fn parse(
                 continue;
             };
             let key = (r.family.clone(), r.table.clone(), r.handle);
-            let rule = rule(&r, texts.get(&key).cloned(), chain.rules.len() as u32 + 1);
+            let rule = rule(
+                &r,
+                texts.get(&key).cloned(),
+                chain.rules.len() as u32 + 1,
+                &maps,
+            );
             chain.rules.push(rule);
         }
     }
@@ -80,10 +96,11 @@ pub fn parse(
 }
 
 /// One rule: its verdict and counter are the last of its expressions.
-fn rule(r: &RuleJson, text: Option<String>, position: u32) -> FwRule {
+fn rule(r: &RuleJson, text: Option<String>, position: u32, maps: &Maps) -> FwRule {
     let mut target = None;
     let mut goto = false;
     let mut counter = None;
+    let mut vmap = None;
     for e in &r.expr {
         let Some((k, v)) = e.as_object().and_then(|o| o.iter().next()) else {
             continue;
@@ -100,6 +117,7 @@ fn rule(r: &RuleJson, text: Option<String>, position: u32) -> FwRule {
                 target = v.get("target").and_then(Value::as_str).map(str::to_string);
                 goto = k == "goto";
             }
+            "vmap" => vmap = vmap::parse(v, &r.family, &r.table, maps),
             _ => {}
         }
     }
@@ -111,6 +129,7 @@ fn rule(r: &RuleJson, text: Option<String>, position: u32) -> FwRule {
         target,
         goto,
         counter,
+        vmap,
     }
 }
 

@@ -2,6 +2,7 @@
 //! or REJECT, and every DROP policy, in a chain reachable from a base
 //! chain on the packet's hooks, with the jump path that reaches it.
 
+use super::vmap::{Vmap, VmapElem};
 use super::{Counter, FwChain, FwRule, Ruleset, Source};
 use serde::{Deserialize, Serialize};
 
@@ -30,6 +31,12 @@ pub struct Candidate {
     pub rule: Option<FwRule>,
     /// The counter of the rule, or of the policy (None: it counts nothing).
     pub counter: Option<Counter>,
+    /// For a verdict-map rule, the element the packet's key found (set
+    /// once a packet is matched, see `facts::firewall::candidates_for`).
+    pub element: Option<VmapElem>,
+    /// Reached only through this element of this map (`vmap { k : goto
+    /// chain }`): a candidate only for packets whose key finds it.
+    pub gate: Option<(Vmap, VmapElem)>,
 }
 
 /// Does a chain of `family` see packets of `ip_family` (`ip` / `ip6`)?
@@ -64,6 +71,8 @@ pub fn candidates(
                     path: path.clone(),
                     rule: None,
                     counter: base.policy_counter,
+                    element: None,
+                    gate: None,
                 });
             }
         }
@@ -92,14 +101,40 @@ fn descend(
     out: &mut Vec<Candidate>,
 ) {
     for r in &chain.rules {
-        if r.drops() {
+        // A verdict map that holds a dropping element can drop too.
+        if r.drops() || r.vmap.as_ref().is_some_and(|m| m.drops()) {
             out.push(Candidate {
                 id: id(chain, Some(r)),
                 hook: hook.to_string(),
                 path: path.clone(),
                 rule: Some(r.clone()),
                 counter: r.counter,
+                element: None,
+                gate: None,
             });
+        }
+        // The chains a verdict map's elements jump to, each reached only
+        // by the packets of its element.
+        if let Some(m) = &r.vmap {
+            for e in m.elements.iter().filter(|e| !e.drops()) {
+                let t = e.verdict.as_str();
+                let Some(sub) = rs.chain(chain.source, &chain.family, &chain.table, t) else {
+                    continue;
+                };
+                if sub.hook.is_some() || path.len() >= 16 || path.iter().any(|p| p == t) {
+                    continue;
+                }
+                let mut found = Vec::new();
+                path.push(t.to_string());
+                descend(rs, sub, hook, path, &mut found);
+                path.pop();
+                out.extend(found.into_iter().map(|mut c| {
+                    c.gate.get_or_insert_with(|| (m.clone(), e.clone()));
+                    c
+                }));
+            }
+        }
+        if r.drops() || r.vmap.is_some() {
             continue;
         }
         let Some(t) = r.target.as_deref() else {

@@ -6,6 +6,7 @@
 
 use crate::events::protocols::icmp_name;
 use crate::events::record::{DropRecord, Family};
+use crate::host::firewall::vmap::KeyPart;
 use crate::host::firewall::walk::{candidates, Candidate, CandidateId};
 use crate::host::firewall::{Ruleset, Source};
 use crate::host::topology::NsTopology;
@@ -126,9 +127,44 @@ pub fn narrow(fits: &[Candidate], after: Vec<Candidate>, drops: u64) -> Vec<Cand
         .collect()
 }
 
-/// Every candidate for `d` in `rs`.
+/// Every candidate for `d` in `rs`. A verdict-map rule stays one only if
+/// the packet's key finds an element that drops, which it carries: the
+/// map, unlike a counter, says which packets it drops.
 pub fn candidates_for(d: &DropRecord, rs: &Ruleset, hooks: &[&str]) -> Vec<Candidate> {
     candidates(rs, sources_of(&d.location), ip_family(d), hooks)
+        .into_iter()
+        .filter_map(|mut c| {
+            if let Some((map, via)) = &c.gate {
+                // Reached through an element: only by its packets.
+                let e = map.element_for(|part| key_value(d, part))?;
+                if e != via {
+                    return None;
+                }
+                c.element = Some(via.clone());
+            }
+            let Some(map) = c.rule.as_ref().and_then(|r| r.vmap.as_ref()) else {
+                return Some(c);
+            };
+            let e = map.element_for(|part| key_value(d, part))?;
+            if !e.drops() {
+                return None;
+            }
+            c.element = Some(e.clone());
+            Some(c)
+        })
+        .collect()
+}
+
+/// The drop's value for one field of a map's key, as nft prints it.
+fn key_value(d: &DropRecord, part: &KeyPart) -> Option<String> {
+    match part {
+        KeyPart::Saddr => d.src.map(|a| a.to_string()),
+        KeyPart::Daddr => d.dst.map(|a| a.to_string()),
+        KeyPart::L4proto => d.proto.map(|p| p.to_string()),
+        KeyPart::Sport => d.sport.map(|p| p.to_string()),
+        KeyPart::Dport => d.dport.map(|p| p.to_string()),
+        KeyPart::Other(_) => None,
+    }
 }
 
 /// The tool that prints and edits a candidate's chain.
@@ -166,8 +202,27 @@ pub fn name(c: &Candidate) -> String {
                 .handle
                 .map(|h| format!(" (handle {h})"))
                 .unwrap_or_default();
+            let element = match &c.element {
+                Some(e) => {
+                    let comment = e
+                        .comment
+                        .as_ref()
+                        .map(|c| format!(" (comment {c:?})"))
+                        .unwrap_or_default();
+                    if c.gate.is_some() {
+                        format!(", reached through map element `{}`{comment}", e.text)
+                    } else {
+                        format!(
+                            ", whose map element `{}`{comment} is {}",
+                            e.text,
+                            e.verdict.to_lowercase()
+                        )
+                    }
+                }
+                None => String::new(),
+            };
             format!(
-                "rule {}{handle} of chain {} ({place}{via}): `{}`",
+                "rule {}{handle} of chain {} ({place}{via}): `{}`{element}",
                 r.position, id.chain, r.text
             )
         }
@@ -178,7 +233,7 @@ pub fn name(c: &Candidate) -> String {
 /// The evidence of one candidate.
 pub fn evidence(c: &Candidate) -> Value {
     let id = &c.id;
-    json!({
+    let mut v = json!({
         "source": id.source.as_str(),
         "family": id.family,
         "table": id.table,
@@ -191,7 +246,22 @@ pub fn evidence(c: &Candidate) -> Value {
         "rule": c.rule.as_ref().map(|r| &r.text),
         "comment": c.rule.as_ref().and_then(|r| r.comment.clone()),
         "packets": c.counter.map(|n| n.packets),
-    })
+    });
+    // Only where a verdict map decided: other rules' evidence is as before.
+    if let Some(e) = &c.element {
+        let map = c
+            .gate
+            .as_ref()
+            .map(|(m, _)| m)
+            .or(c.rule.as_ref().and_then(|r| r.vmap.as_ref()));
+        v["element"] = json!({
+            "map": map.and_then(|m| m.name.clone()),
+            "key": e.text,
+            "comment": e.comment,
+            "verdict": e.verdict,
+        });
+    }
+    v
 }
 
 /// The command that removes a candidate rule (or opens its policy), run
@@ -199,6 +269,20 @@ pub fn evidence(c: &Candidate) -> Value {
 pub fn remove_command(c: &Candidate, hint: &str) -> String {
     let id = &c.id;
     let (t, ch) = (q(&id.table), q(&id.chain));
+    let map = c
+        .gate
+        .as_ref()
+        .map(|(m, _)| m)
+        .or(c.rule.as_ref().and_then(|r| r.vmap.as_ref()));
+    if let (Some(e), Some(name)) = (&c.element, map.and_then(|m| m.name.as_ref())) {
+        // The element, not the rule: the rest of the map stays in force.
+        return format!(
+            "{hint}nft delete element {} {t} {} {}",
+            q(&id.family),
+            q(name),
+            q(&format!("{{ {} }}", e.text))
+        );
+    }
     match (&c.rule, id.source) {
         (Some(r), Source::Nftables) => match r.handle {
             Some(h) => format!(
@@ -230,7 +314,9 @@ pub fn look_command(c: &CandidateId, hint: &str) -> String {
 /// then look at its chain.
 pub fn fixes_for(c: &Candidate, hint: &str) -> Vec<Fix> {
     let rm = remove_command(c, hint);
-    let what = if c.rule.is_some() {
+    let what = if c.element.is_some() {
+        "Remove the map's element, if this traffic should pass (whoever fills the map adds it back while its reason stands: kube-proxy's no-endpoint-services holds a Service until it has ready endpoints)"
+    } else if c.rule.is_some() {
         "Remove the rule, if this traffic should pass"
     } else {
         "Accept by default instead, if this traffic should pass (or add a rule that accepts it)"

@@ -244,6 +244,7 @@ fn uncounted(read_ns: u64) -> Arc<Ruleset> {
         target: Some("DROP".into()),
         goto: false,
         counter: None,
+        vmap: None,
     };
     Arc::new(Ruleset {
         read_ns,
