@@ -72,14 +72,9 @@ impl ConntrackTableFull {
             let b = t.exhaustion.before(&first.exhaustion);
             ex::rise(b.conntrack_drop, t.exhaustion.conntrack.drop).unwrap_or(0)
         };
-        // The copy in hand may show it already (another rule read the
-        // namespace since); else a new reading, when one is due.
-        let mut after = cx.topo(netns).filter(|t| refused(t) > 0);
-        if after.is_none() && self.readings.due(netns, now) {
-            after = cx.reread(netns).filter(|t| refused(t) > 0);
-        }
-        let Some(after) = after else { return };
-        self.readings.done(netns);
+        let Some(after) = self.readings.after(netns, cx, |t| refused(t) > 0) else {
+            return;
+        };
         let Some(d) = self.first.get(&netns).cloned() else {
             return;
         };

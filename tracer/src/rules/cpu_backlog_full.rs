@@ -67,14 +67,9 @@ impl CpuBacklogFull {
         let before = |t: &NsTopology| t.exhaustion.before(&first.exhaustion).backlog_dropped;
         let dropped =
             |t: &NsTopology| ex::rise(before(t), t.exhaustion.backlog_dropped).unwrap_or(0);
-        // The copy in hand may show it already; else a new reading, when
-        // one is due.
-        let mut after = cx.topo(netns).filter(|t| dropped(t) > 0);
-        if after.is_none() && self.readings.due(netns, now) {
-            after = cx.reread(netns).filter(|t| dropped(t) > 0);
-        }
-        let Some(after) = after else { return };
-        self.readings.done(netns);
+        let Some(after) = self.readings.after(netns, cx, |t| dropped(t) > 0) else {
+            return;
+        };
         let (b, a) = (before(&after), &after.exhaustion);
         let dropped = dropped(&after);
         let Some(d) = self.first.clone() else { return };

@@ -99,14 +99,9 @@ impl NeighborTableFull {
             }
         };
         let refused = |t: &NsTopology| ex::rise(before(t), table(t).table_fulls).unwrap_or(0);
-        // The copy in hand may show it already; else a new reading, when
-        // one is due.
-        let mut after = cx.topo(netns).filter(|t| refused(t) > 0);
-        if after.is_none() && self.readings.due(netns, now) {
-            after = cx.reread(netns).filter(|t| refused(t) > 0);
-        }
-        let Some(after) = after else { return };
-        self.readings.done(netns);
+        let Some(after) = self.readings.after(netns, cx, |t| refused(t) > 0) else {
+            return;
+        };
         conclude(cx, &d, v6, before(&after), &table(&after), refused(&after));
     }
 }

@@ -12,6 +12,7 @@
 
 use crate::host::exhaustion::Exhaustion;
 use crate::host::topology::NsTopology;
+use crate::rules::ctx::Ctx;
 use std::collections::HashMap;
 use std::sync::Arc;
 
@@ -84,6 +85,26 @@ impl Readings {
             .collect();
         v.sort_unstable();
         v
+    }
+
+    /// A reading of `netns` where `rose` holds (the counter moved since
+    /// the first reading): the copy in hand may show it already (another
+    /// rule read the namespace since), else a new reading when one is
+    /// due. Found, `netns` is read no more.
+    pub fn after(
+        &mut self,
+        netns: u32,
+        cx: &mut Ctx,
+        rose: impl Fn(&NsTopology) -> bool,
+    ) -> Option<Arc<NsTopology>> {
+        let mut after = cx.topo(netns).filter(|t| rose(t));
+        if after.is_none() && self.due(netns, cx.now_ns) {
+            after = cx.reread(netns).filter(|t| rose(t));
+        }
+        if after.is_some() {
+            self.done(netns);
+        }
+        after
     }
 
     /// Stops reading `netns` (its verdict is concluded).
