@@ -12,7 +12,7 @@ use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 use std::time::Duration;
-use tracer_tests::tracer_bin;
+use tracer_tests::tracer_release_bin;
 
 /// A fresh directory, 0755, owned by root, not sticky; removed on drop.
 struct Dir(PathBuf);
@@ -65,7 +65,9 @@ extern "C" {
     fn kill(pid: i32, sig: i32) -> i32;
 }
 
-/// Runs tracer with `args` (`{}` replaced by `path`) plus `extra`. The
+/// Runs tracer with `args` (`{}` replaced by `path`) plus `extra`: the
+/// optimized binary, as each test starts twenty tracers (a debug build's
+/// start-up is seconds). The
 /// agent has no duration: once it says it is serving, it gets SIGTERM.
 /// Anything still running after 60 s is killed (a hang fails the test).
 fn run(args: &[&str], path: &Path, extra: &[&str]) -> Output {
@@ -74,7 +76,7 @@ fn run(args: &[&str], path: &Path, extra: &[&str]) -> Output {
         .iter()
         .map(|a| if *a == "{}" { p } else { a })
         .collect();
-    let mut child = Command::new(tracer_bin())
+    let mut child = Command::new(tracer_release_bin())
         .args(&args)
         .args(extra)
         .stdin(Stdio::null())
@@ -224,7 +226,7 @@ fn an_existing_file_needs_force_and_never_another_users() {
 #[test]
 fn stdout_still_works() {
     // `-w -` is pcapng on stdout: the section header block's magic first.
-    let out = Command::new(tracer_bin())
+    let out = Command::new(tracer_release_bin())
         .args(["watch", "-d", "1s", "-w", "-"])
         .stdin(Stdio::null())
         .output()
