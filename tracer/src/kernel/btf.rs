@@ -14,6 +14,10 @@ pub const VMLINUX: &str = "/sys/kernel/btf/vmlinux";
 /// The kernel's BTF, parsed once.
 pub struct KernelBtf {
     btf: Btf,
+    /// Structs found by name: with the mmap backend each lookup by name
+    /// walks every type, and start-up resolves some 60 member paths in 15
+    /// structs (issue 22: a share of the time to `ready`).
+    structs: std::sync::Mutex<std::collections::HashMap<String, btf_rs::Struct>>,
 }
 
 impl KernelBtf {
@@ -38,7 +42,10 @@ impl KernelBtf {
             Err(_) => Btf::from_file_with_backend(path, btf_rs::Backend::Cache)
                 .map_err(|e| anyhow!("cannot parse kernel BTF {}: {e}", path.display()))?,
         };
-        Ok(KernelBtf { btf })
+        Ok(KernelBtf {
+            btf,
+            structs: Default::default(),
+        })
     }
 
     /// Every drop reason of this kernel: `enum skb_drop_reason` (prefix
@@ -135,6 +142,16 @@ impl KernelBtf {
     }
 
     fn strukt(&self, name: &str) -> Result<btf_rs::Struct> {
+        let mut memo = self.structs.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(s) = memo.get(name) {
+            return Ok(s.clone());
+        }
+        let s = self.strukt_uncached(name)?;
+        memo.insert(name.to_string(), s.clone());
+        Ok(s)
+    }
+
+    fn strukt_uncached(&self, name: &str) -> Result<btf_rs::Struct> {
         let types = self
             .btf
             .resolve_types_by_name(name)
@@ -171,11 +188,12 @@ impl KernelBtf {
     fn member_in(&self, s: &btf_rs::Struct, member: &str) -> Option<(u32, Type)> {
         for m in &s.members {
             let name = self.btf.resolve_name(m).unwrap_or_default();
-            let ty = self.btf.resolve_chained_type(m).ok();
+            // Only the members looked at have their type resolved.
             if name == member {
-                return Some((m.bit_offset() / 8, ty?));
+                return Some((m.bit_offset() / 8, self.btf.resolve_chained_type(m).ok()?));
             }
             if name.is_empty() {
+                let ty = self.btf.resolve_chained_type(m).ok();
                 if let Some(inner) = ty.and_then(|t| self.as_struct(t)) {
                     if let Some((off, t)) = self.member_in(&inner, member) {
                         return Some((m.bit_offset() / 8 + off, t));

@@ -187,6 +187,7 @@ fn load_object(
     btf: &Btf,
     config: &Config,
     drop_reasons: bool,
+    loader: EbpfLoader<'_>,
 ) -> Result<(Ebpf, Result<()>)> {
     if OBJECT.is_empty() {
         // build.rs put a stub here: the build had no eBPF object.
@@ -196,13 +197,23 @@ fn load_object(
     let classic = classic_offsets(&mut offsets, drop_reasons);
     let mut config = *config;
     config.qdisc_drop = kbtf.qdisc_drop_code();
-    let ebpf = EbpfLoader::new()
+    let mut loader = loader;
+    let ebpf = loader
         .btf(Some(btf))
         .override_global(names::GLOBAL_CONFIG, &config, true)
         .override_global(names::GLOBAL_OFFSETS, &offsets, true)
         .load(OBJECT)
         .map_err(|e| anyhow!("cannot load tracer's eBPF object: {e}"))?;
     Ok((ebpf, classic))
+}
+
+/// aya's loader, to make on a thread of its own at start: `EbpfLoader::new`
+/// parses the kernel BTF from sysfs (some 40 ms), even though the loader
+/// is then given the copy already parsed (see `load_object`). Made early,
+/// that parse runs beside the BTF reads of start-up instead of after them
+/// (issue 22).
+pub fn new_loader() -> EbpfLoader<'static> {
+    EbpfLoader::new()
 }
 
 /// One program of the object tried on this kernel by `tracer check`.
@@ -223,7 +234,7 @@ pub fn check_hooks(kbtf: &KernelBtf, btf: &Btf, drop_reasons: bool) -> Result<Ve
     let mut config = Config::new();
     config.netns_count = 1;
     config.netns[0] = 1; // no namespace has inode 1
-    let (mut ebpf, classic) = load_object(kbtf, btf, &config, drop_reasons)?;
+    let (mut ebpf, classic) = load_object(kbtf, btf, &config, drop_reasons, EbpfLoader::new())?;
     let mut out = Vec::new();
     for h in [DropHook::TpBtf, DropHook::RawTp, DropHook::Tracepoint] {
         let prog = drop_prog(h, drop_reasons);
@@ -277,10 +288,17 @@ pub fn check_hooks(kbtf: &KernelBtf, btf: &Btf, drop_reasons: bool) -> Result<Ve
 }
 
 impl Probes {
-    pub fn load(kbtf: &KernelBtf, btf: &Btf, pc: &ProbeConfig) -> Result<Self> {
+    /// `loader`: see [`new_loader`].
+    pub fn load(
+        kbtf: &KernelBtf,
+        btf: &Btf,
+        pc: &ProbeConfig,
+        loader: EbpfLoader<'_>,
+    ) -> Result<Self> {
         check_privileges()?;
-        let (mut ebpf, classic) = load_object(kbtf, btf, &pc.config, pc.drop_reasons)?;
+        let (mut ebpf, classic) = load_object(kbtf, btf, &pc.config, pc.drop_reasons, loader)?;
         mark_reasons(&mut ebpf, pc)?;
+        verify_in_parallel(&mut ebpf, btf, kbtf, pc);
         let hook = attach_drop(&mut ebpf, btf, pc, &classic)?;
         let mut a = Attached::default();
         a.qdisc(&mut ebpf, kbtf, btf);
@@ -531,6 +549,74 @@ fn attach_drop(
     )
 }
 
+/// The tp_btf programs a run will attach besides the drop program, with
+/// their tracepoints (what [`Attached`] attaches, in its order).
+fn wanted_besides_drop(kbtf: &KernelBtf, pc: &ProbeConfig) -> Vec<(&'static str, &'static str)> {
+    let mut v = Vec::new();
+    if kbtf.qdisc_drop_code() != 0 {
+        v.push((names::PROG_QDISC_REASON, "qdisc_drop"));
+    }
+    if pc.config.routes != 0 {
+        v.push((names::PROG_FIB4, "fib_table_lookup"));
+        v.push((names::PROG_FIB6, "fib6_table_lookup"));
+    }
+    if pc.config.syn_check != 0 {
+        v.push((names::PROG_SYN_XMIT, "net_dev_start_xmit"));
+    }
+    if pc.config.neigh != 0 {
+        v.push((names::PROG_NEIGH_TIMER, "neigh_timer_handler"));
+        v.push((names::PROG_NEIGH_SEND, "neigh_event_send_done"));
+    }
+    if pc.config.trace != 0 {
+        v.push((names::PROG_HOP_RECEIVE, "netif_receive_skb"));
+        v.push((names::PROG_HOP_QUEUE, "net_dev_queue"));
+        v.push((names::PROG_HOP_XMIT, "net_dev_xmit"));
+        v.push((names::PROG_HOP_CONSUME, "consume_skb"));
+    }
+    v
+}
+
+/// Has the kernel verify the tp_btf drop program on this thread and the
+/// other programs on a second one, at the same time. Verifying is most of
+/// the start-up (the drop program and the SYN check take about 120 and
+/// 80 ms each, one after the other, issue 22), and a load is one
+/// syscall per program that runs on its caller's CPU. Only loads: the
+/// attach order and its messages stay those of `attach_drop` and
+/// [`Attached`], which skip the load of a program loaded here and load
+/// again one that failed here, to say why.
+fn verify_in_parallel(ebpf: &mut Ebpf, btf: &Btf, kbtf: &KernelBtf, pc: &ProbeConfig) {
+    let first = match pc.hook {
+        None | Some(DropHook::TpBtf) => Some(drop_prog(DropHook::TpBtf, pc.drop_reasons)),
+        Some(_) => None,
+    };
+    let rest = wanted_besides_drop(kbtf, pc);
+    let mut drop_p = None;
+    let mut others = Vec::new();
+    for (name, p) in ebpf.programs_mut() {
+        if Some(name) == first {
+            drop_p = Some(p);
+        } else if let Some((_, func)) = rest.iter().find(|(n, _)| *n == name) {
+            others.push((*func, p));
+        }
+    }
+    let load = |p: &mut aya::programs::Program, func: &str| {
+        if let Ok(p) = <&mut BtfTracePoint>::try_from(p) {
+            // Errors are told by the attach, which loads it again.
+            let _ = p.load(func, btf);
+        }
+    };
+    std::thread::scope(|s| {
+        s.spawn(|| {
+            for (func, p) in others {
+                load(p, func);
+            }
+        });
+        if let Some(p) = drop_p {
+            load(p, "kfree_skb");
+        }
+    });
+}
+
 /// What attached besides the drop program, and what did not (warnings).
 #[derive(Default)]
 struct Attached {
@@ -713,8 +799,11 @@ fn attach_btf_link(
         .program_mut(prog)
         .ok_or_else(|| anyhow!("eBPF object lacks program {prog}"))?
         .try_into()?;
-    p.load(func, btf)
-        .map_err(|e| anyhow!("tracepoint {func} (tp_btf) did not load: {}", load_error(e)))?;
+    // Maybe verified already (see `verify_in_parallel`).
+    if p.fd().is_err() {
+        p.load(func, btf)
+            .map_err(|e| anyhow!("tracepoint {func} (tp_btf) did not load: {}", load_error(e)))?;
+    }
     p.attach()
         .map_err(|e| anyhow!("tracepoint {func} (tp_btf) did not attach: {e}"))
 }

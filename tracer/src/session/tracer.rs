@@ -66,6 +66,8 @@ struct Planned {
     kbtf: KernelBtf,
     /// aya's own parse of the kernel BTF, on a second core.
     aya_btf: std::thread::JoinHandle<Result<aya::Btf, aya::BtfError>>,
+    /// aya's loader, made on another (see [`crate::kernel::probes::new_loader`]).
+    loader: std::thread::JoinHandle<aya::EbpfLoader<'static>>,
     topology: Topology,
     containers: Starting,
     own_netns: u32,
@@ -85,6 +87,10 @@ impl Tracer {
             .join()
             .map_err(|_| anyhow!("reading kernel BTF failed"))?
             .map_err(|e| anyhow!("cannot read kernel BTF: {e}"))?;
+        let loader = p
+            .loader
+            .join()
+            .map_err(|_| anyhow!("making the eBPF loader failed"))?;
         let mut probes = Probes::load(
             &p.kbtf,
             &aya_btf,
@@ -95,6 +101,7 @@ impl Tracer {
                 hook: opts.hook,
                 drop_reasons: !p.reasons.is_empty(),
             },
+            loader,
         )?;
         let mut namer = Namer::loading_symbols(p.reasons, p.topology);
         namer.containers = p.containers.ready(Duration::from_millis(1500));
@@ -192,6 +199,7 @@ fn plan(opts: &TraceOptions, diagnose: bool) -> Result<Planned> {
     let kbtf = KernelBtf::from_file(&btf_path)?;
     let aya_btf =
         std::thread::spawn(move || aya::Btf::parse_file(&btf_path, object::Endianness::default()));
+    let loader = std::thread::spawn(crate::kernel::probes::new_loader);
     let reasons = kbtf.drop_reasons_or_none()?;
     let (include, exclude) = options::reason_lists(opts, &reasons)?;
     let mut topology = Topology::new();
@@ -223,6 +231,7 @@ fn plan(opts: &TraceOptions, diagnose: bool) -> Result<Planned> {
         reasons,
         kbtf,
         aya_btf,
+        loader,
         topology,
         containers,
         own_netns,

@@ -1,7 +1,8 @@
 //! `cargo xtask bench --scale [--sizes 100,1000,3000] [--idle S] [--tracer PATH]`:
 //! `tracer diagnose` on a dense node (issue 22). For each size N it builds
 //! N namespaces `trscale-<pid>-<i>`, each with a veth `eth0` into one
-//! bridge in `trscale-<pid>-hub` (IPv6 off, so that nothing but the
+//! bridge in `trscale-<pid>-hub` (a bridge per 1,000, joined to the first:
+//! the kernel's limit is 1,024 ports) (IPv6 off, so that nothing but the
 //! bench's own datagram ever drops: router solicitations flooded to a
 //! thousand bridge ports are a drop storm, not idling), then measures:
 //!
@@ -132,6 +133,9 @@ pub(crate) fn run(root: &Path, args: &[&str]) -> Result<()> {
     report(root, &rows, churned.as_ref())
 }
 
+/// Namespaces per bridge of the hub (see `Star::build`).
+const PORTS_PER_BRIDGE: usize = 1000;
+
 /// N namespaces with a veth each into a bridge in a hub namespace.
 struct Star {
     prefix: String,
@@ -161,14 +165,27 @@ impl Star {
             check_interrupted()?;
             no_ipv6(&star.name(&short))?;
         }
-        let mut hub = String::from("link add br0 type bridge\nlink set br0 up\n");
+        // A bridge takes at most 1,024 ports (BR_MAX_PORTS): past 1,000
+        // namespaces the ports go to more bridges, each joined to br0 by
+        // a veth, so that the hub still reaches every namespace at L2.
+        let bridges = n.div_ceil(PORTS_PER_BRIDGE).max(1);
+        let mut hub = String::new();
+        for b in 0..bridges {
+            hub.push_str(&format!("link add br{b} type bridge\nlink set br{b} up\n"));
+        }
         hub.push_str("addr add 10.23.255.254/16 dev br0\n");
+        for b in 1..bridges {
+            hub.push_str(&format!(
+                "link add bl{b} type veth peer name bp{b}\nlink set bl{b} master br0 up\nlink set bp{b} master br{b} up\n"
+            ));
+        }
         for i in 1..=n {
             let ns = star.name(&i.to_string());
             hub.push_str(&format!(
                 "link add h{i} type veth peer name eth0 netns {ns}\n"
             ));
-            hub.push_str(&format!("link set h{i} master br0 up\n"));
+            let b = (i - 1) / PORTS_PER_BRIDGE;
+            hub.push_str(&format!("link set h{i} master br{b} up\n"));
         }
         batch(Some(&star.name("hub")), &hub)?;
         for i in 1..=n {

@@ -26,6 +26,12 @@ struct Entry {
     topo: Arc<NsTopology>,
     /// A full read; else only what naming needs ([`NsTopology::read_names`]).
     full: bool,
+    /// Of a naming read: the devices' IPv4 settings from its link dump.
+    /// With its links, a full read asked for right after starts from
+    /// them instead of dumping them again (a neighbour event names a
+    /// bridge, then a rule wants all of its namespace: two dumps of 1,000
+    /// ports on the event path, issue 22).
+    devconf: Option<HashMap<i32, DevConf>>,
     stale: bool,
     /// Last time the netns was confirmed alive.
     checked_at: Instant,
@@ -173,6 +179,16 @@ impl Topology {
         self.load(inode, full)
     }
 
+    /// The links of a naming read of `inode` made within `recheck` and
+    /// not invalidated since: what a full read may start from.
+    fn fresh_names(&mut self, inode: u32, path: &std::path::Path) -> Option<Named> {
+        let e = self.entries.get_mut(&inode)?;
+        if e.stale || e.topo.path != path || e.topo.read_at.elapsed() >= self.recheck {
+            return None;
+        }
+        Some((e.topo.links.clone(), e.devconf.take()?))
+    }
+
     /// The copy kept of `inode`, if it has what is wanted.
     fn kept(&self, inode: u32, full: bool) -> Option<Arc<NsTopology>> {
         self.entries
@@ -194,10 +210,19 @@ impl Topology {
             self.failed.remove(&inode);
             return None;
         };
-        let read = if full {
-            NsTopology::read(&info)
+        let named = if full {
+            self.fresh_names(inode, &info.path)
         } else {
-            NsTopology::read_names(&info)
+            None
+        };
+        let mut names = None;
+        let read = if full {
+            NsTopology::read_with(&info, named)
+        } else {
+            NsTopology::read_names(&info).map(|(t, devconf)| {
+                names = Some(devconf);
+                t
+            })
         };
         match read {
             Ok(mut t) => {
@@ -216,6 +241,7 @@ impl Topology {
                     Entry {
                         topo: topo.clone(),
                         full,
+                        devconf: names,
                         stale: false,
                         checked_at: Instant::now(),
                     },

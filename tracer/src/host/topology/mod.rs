@@ -15,6 +15,7 @@ use std::net::IpAddr;
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
+#[cfg(test)]
 use netlink_packet_route::link::{InfoData, InfoGeneve, InfoVxlan};
 use serde::{Deserialize, Serialize};
 
@@ -131,6 +132,7 @@ fn df_text(v: u8) -> String {
 }
 
 /// The encapsulation of a VXLAN or Geneve device; None for any other.
+#[cfg(test)]
 fn tunnel_of(data: &InfoData) -> Option<Tunnel> {
     let mut t = Tunnel {
         port: 0,
@@ -273,9 +275,15 @@ impl NsTopology {
     /// Reads links, addresses, routes and sysctls of `ns` from a thread that
     /// joined it.
     pub fn read(ns: &NetnsInfo) -> anyhow::Result<NsTopology> {
+        Self::read_with(ns, None)
+    }
+
+    /// [`NsTopology::read`] with the links `named` already read (see
+    /// [`NsTopology::read_names`]): only the rest is asked of the kernel.
+    fn read_with(ns: &NetnsInfo, named: Option<Named>) -> anyhow::Result<NsTopology> {
         let inode = ns.inode;
         let (links, routes, rules, sysctls, qdiscs, udp, listen, mut exhaustion) =
-            netns_worker::read_in(&ns.path, move || read_here(inode))
+            netns_worker::read_in(&ns.path, move || read_here(inode, named))
                 .with_context(|| format!("cannot enter netns {}", ns.path.display()))?
                 .with_context(|| format!("reading topology of netns {}", ns.label()))?;
         exhaustion.add_host_wide();
@@ -297,13 +305,15 @@ impl NsTopology {
 
     /// What naming an event needs (see [`Topology::name_link`]): the links
     /// of `ns` with their addresses and peers, no routes, sysctls or queues
-    /// (empty in the copy). One link and one address dump.
-    pub fn read_names(ns: &NetnsInfo) -> anyhow::Result<NsTopology> {
+    /// (empty in the copy). One link and one address dump. Also returns
+    /// the devices' IPv4 settings, which [`NsTopology::read_with`] needs
+    /// (with the links) to skip those dumps.
+    fn read_names(ns: &NetnsInfo) -> anyhow::Result<(NsTopology, HashMap<i32, DevConf>)> {
         let inode = ns.inode;
-        let links = netns_worker::read_in(&ns.path, move || names_here(inode))
+        let (links, devconf) = netns_worker::read_in(&ns.path, move || names_here(inode))
             .with_context(|| format!("cannot enter netns {}", ns.path.display()))?
             .with_context(|| format!("reading links of netns {}", ns.label()))?;
-        Ok(NsTopology {
+        let topo = NsTopology {
             inode,
             name: ns.name.clone(),
             links,
@@ -316,7 +326,8 @@ impl NsTopology {
             exhaustion: Exhaustion::default(),
             read_at: Instant::now(),
             path: ns.path.clone(),
-        })
+        };
+        Ok((topo, devconf))
     }
 
     /// Only the links of `ns` (no addresses, routes, sysctls or queues):

@@ -44,15 +44,27 @@ pub(super) type Read = (
     Exhaustion,
 );
 
-pub(super) fn read_here(expected: u32) -> anyhow::Result<Read> {
+/// The links of a namespace as naming read them (addresses and peers
+/// joined), with each device's IPv4 settings from the same dump.
+pub(super) type Named = (Vec<Link>, HashMap<i32, DevConf>);
+
+/// `named`: links read for naming a moment ago, used instead of dumping
+/// them again (see `Topology::load`).
+pub(super) fn read_here(expected: u32, named: Option<Named>) -> anyhow::Result<Read> {
     // The path may have been recycled (pid reuse) between lookup and setns.
     let actual = netns::thread_inode().context("netns of reader thread")?;
     if actual != expected {
         bail!("path now opens netns {actual}, not {expected}");
     }
     let mut nl = Rtnl::open().context("rtnetlink socket")?;
-    let (mut links, devconf) = dump_links_conf(&mut nl).context("dumping links")?;
-    let addrs = dump_addrs(&mut nl).context("dumping addresses")?;
+    let (mut links, devconf, addrs) = match named {
+        Some((links, devconf)) => (links, devconf, None),
+        None => {
+            let (links, devconf) = dump_links_conf(&mut nl).context("dumping links")?;
+            let addrs = dump_addrs(&mut nl).context("dumping addresses")?;
+            (links, devconf, Some(addrs))
+        }
+    };
     let mut routes = dump_routes(&mut nl, AddressFamily::Inet).context("dumping IPv4 routes")?;
     match dump_routes(&mut nl, AddressFamily::Inet6) {
         Ok(r) => routes.extend(r),
@@ -68,7 +80,9 @@ pub(super) fn read_here(expected: u32) -> anyhow::Result<Read> {
     // Queue disciplines only name a queue that drops; without them the
     // rest of the topology still stands.
     let qdiscs = dump_qdiscs(&mut nl, &txqlen).unwrap_or_default();
-    join_links(&mut nl, &mut links, addrs, expected);
+    if let Some(addrs) = addrs {
+        join_links(&mut nl, &mut links, addrs, expected);
+    }
     Ok((
         links,
         routes,
@@ -113,17 +127,18 @@ pub(super) fn join_links(
 }
 
 /// What naming needs of the namespace the thread is in: its links, their
-/// addresses and peers; no routes, sysctls or queues.
-pub(super) fn names_here(expected: u32) -> anyhow::Result<Vec<Link>> {
+/// addresses and peers (and the devices' IPv4 settings, which come in
+/// the same dump); no routes, sysctls or queues.
+pub(super) fn names_here(expected: u32) -> anyhow::Result<Named> {
     let actual = netns::thread_inode().context("netns of reader thread")?;
     if actual != expected {
         bail!("path now opens netns {actual}, not {expected}");
     }
     let mut nl = Rtnl::open().context("rtnetlink socket")?;
-    let mut links = dump_links(&mut nl).context("dumping links")?;
+    let (mut links, devconf) = dump_links_conf(&mut nl).context("dumping links")?;
     let addrs = dump_addrs(&mut nl).context("dumping addresses")?;
     join_links(&mut nl, &mut links, addrs, expected);
-    Ok(links)
+    Ok((links, devconf))
 }
 
 /// Maps nsids (as seen from the current netns) to netns inodes.
