@@ -10,7 +10,7 @@
 //! by a bare IP header claiming that protocol (dropped: too short).
 
 use serde_json::Value;
-use tracer_tests::{drops, prefix, start_in, Netlab, TracerRun, WITH_TRACEFS};
+use tracer_tests::{drops, prefix, start_bin, tracer_release_bin, Netlab, TracerRun, WITH_TRACEFS};
 
 fn watch(hook: &str, netns: &str, expr: Option<&str>) -> TracerRun {
     let wrapper = if hook == "tracepoint" {
@@ -20,7 +20,9 @@ fn watch(hook: &str, netns: &str, expr: Option<&str>) -> TracerRun {
     };
     let mut args = vec!["watch", "--netns", netns, "--hook", hook, "--all"];
     args.extend(expr);
-    start_in(wrapper, &args)
+    // The optimized binary: the file starts fifteen tracers one after
+    // another, each seconds to start as a debug build.
+    start_bin(&tracer_release_bin(), wrapper, &args)
 }
 
 const SENDER: &str = r#"
