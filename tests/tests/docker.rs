@@ -218,7 +218,12 @@ fn published_port(test: &str, rp_filter: u8) -> Vec<Value> {
     let v = run.wait_for(Duration::from_secs(2), |v| v["type"] == "verdict");
     let seen_after = t0.elapsed();
     let connected = c.join().unwrap();
-    std::thread::sleep(Duration::from_millis(500));
+    // The SYN-ACKs die when the container's ARP for the client fails
+    // (about 3 s after the first, later on a loaded host): waited for, not
+    // guessed at (a fixed 0.5 s after the client gave up once missed it).
+    run.wait_for(Duration::from_secs(5), |l| {
+        tracer_tests::is_drop(l, "NEIGH_FAILED")
+    });
     let lines = run.stop();
     let v = v.unwrap_or_else(|| panic!("no verdict within 2 s: {:#?}", lines));
     eprintln!(
