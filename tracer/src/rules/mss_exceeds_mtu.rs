@@ -14,7 +14,7 @@
 
 use super::ctx::{Ctx, Finding};
 use super::facts::nat;
-use super::facts::pmtu::is_ptb_icmp;
+use super::facts::pmtu::{is_ptb_icmp, TooBigFlow};
 use super::facts::FlowKey;
 use super::fix::{iptables_for, q, tcp_overhead, Fix};
 use super::key::Key;
@@ -50,10 +50,19 @@ pub struct MssExceedsMtu {
 #[derive(PartialEq, Eq, PartialOrd, Ord)]
 enum Fate {
     Unseen,
-    /// Too big somewhere traced, ICMP not blocked, no black hole.
+    /// Too big somewhere traced, then quiet for RESCUED_QUIET_NS with no
+    /// black hole proven: PMTU discovery worked.
     Rescued,
+    /// Too big lately, not proven either way yet: the proof of a black
+    /// hole may still come (it took 10 s in a slow guest, long after the
+    /// SYN window, and the connection was once judged rescued meanwhile).
+    Open,
     Died,
 }
+
+/// How long a flow's too-big drops must have stopped, with no black hole
+/// proven, before PMTU discovery counts as having worked.
+const RESCUED_QUIET_NS: u64 = 2_000_000_000;
 
 impl Rule for MssExceedsMtu {
     fn kinds(&self) -> &'static [&'static str] {
@@ -123,6 +132,7 @@ impl MssExceedsMtu {
     }
 
     fn fate(cx: &Ctx, flows: &[FlowKey]) -> Fate {
+        let quiet = |f: &TooBigFlow| cx.now_ns.saturating_sub(f.last_ts) >= RESCUED_QUIET_NS;
         let mut fate = Fate::Unseen;
         for &(s, d, sp, dp) in flows {
             // Either direction: an upload's segments follow the SYN, a
@@ -131,8 +141,10 @@ impl MssExceedsMtu {
                 if let Some(f) = cx.obs.too_big_flows.get(&k) {
                     fate = fate.max(if f.blackhole {
                         Fate::Died
-                    } else {
+                    } else if quiet(f) {
                         Fate::Rescued
+                    } else {
+                        Fate::Open
                     });
                 }
             }
@@ -167,6 +179,11 @@ impl MssExceedsMtu {
             if fate == Fate::Rescued {
                 // PMTU discovery worked for these connections: benign.
                 self.pending.remove(&key);
+                continue;
+            }
+            if fate == Fate::Open {
+                // Too big lately: wait for the black hole's proof or for
+                // quiet; at the end of a run, left unjudged.
                 continue;
             }
             let syn = p.syn.clone();
