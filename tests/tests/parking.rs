@@ -37,8 +37,12 @@ fn the_syn_check_parks_on_one_mtu_and_returns_when_mtus_mix() {
     let summary = lines.last().unwrap();
     let parked = summary["syn_check_parked_ms"].as_u64().unwrap_or(0);
     let duration_ms = (summary["duration_s"].as_f64().unwrap_or(0.0) * 1000.0) as u64;
+    // Parked for the first seconds; that it came back is the flagged SYN
+    // below (only the attached check flags one), however soon after the
+    // run ends (a margin of 500 ms here once failed a run whose SYN was
+    // flagged 360 ms before its end).
     assert!(
-        parked >= 1000 && parked + 500 < duration_ms,
+        parked >= 1000 && parked < duration_ms,
         "parked while all MTUs were 1500, and only then: {summary}"
     );
     let syn = lines
