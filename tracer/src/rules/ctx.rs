@@ -171,8 +171,13 @@ impl Book {
 
 /// The services a rule gets for one fact (or tick).
 pub struct Ctx<'a> {
-    /// Now, in wall-clock ns: the live clock, or fact time on a replay.
+    /// Now, in wall-clock ns, as far as the facts go: the live clock less
+    /// how late the facts arrive (a backlog), or fact time on a replay.
+    /// Every window a rule keeps ("quiet for 2 s") is measured on it.
     pub now_ns: u64,
+    /// The live clock itself: how long after its first drop a verdict
+    /// came (`latency_ms`) counts the backlog too.
+    wall_ns: u64,
     pub obs: &'a mut Observations,
     book: &'a mut Book,
     src: &'a mut dyn TopologySource,
@@ -180,13 +185,14 @@ pub struct Ctx<'a> {
 
 impl<'a> Ctx<'a> {
     pub fn new(
-        now_ns: u64,
+        (now_ns, wall_ns): (u64, u64),
         obs: &'a mut Observations,
         book: &'a mut Book,
         src: &'a mut dyn TopologySource,
     ) -> Self {
         Ctx {
             now_ns,
+            wall_ns: wall_ns.max(now_ns),
             obs,
             book,
             src,
@@ -466,8 +472,8 @@ impl<'a> Ctx<'a> {
             .get(&f.key)
             .copied()
             .unwrap_or((0, 1));
-        let latency_ms = if first_ts > 0 && self.now_ns > first_ts {
-            (self.now_ns - first_ts) as f64 / 1e6
+        let latency_ms = if first_ts > 0 && self.wall_ns > first_ts {
+            (self.wall_ns - first_ts) as f64 / 1e6
         } else {
             0.0
         };

@@ -12,8 +12,17 @@ pub struct Engine {
     rules: Vec<Box<dyn Rule>>,
     obs: Observations,
     book: Book,
+    /// The rules' clock: never back, and never ahead of the facts (see
+    /// [`Engine::on_fact`]).
     now_ns: u64,
+    /// The live clock last passed in.
+    wall_ns: u64,
+    /// How far behind the live clock the latest fact's own time was.
+    lag_ns: u64,
 }
+
+/// A fact later than this is taken for a clock step, not a backlog.
+const MAX_LAG_NS: u64 = 60_000_000_000;
 
 impl Default for Engine {
     fn default() -> Self {
@@ -33,38 +42,64 @@ impl Engine {
             obs: Observations::default(),
             book: Book::default(),
             now_ns: 0,
+            wall_ns: 0,
+            lag_ns: 0,
         }
     }
 
     /// Feeds one fact to every rule at time `now_ns` (wall clock; a replay
     /// passes fact time). Returns false for a neighbour event that only
     /// repeats the entry's last state (not worth showing again).
+    ///
+    /// The rules' windows run on fact time: on a slow host the ring
+    /// buffer's backlog can hand in facts seconds after they happened, and
+    /// a window measured on the live clock then closes before the facts
+    /// that belong in it are read (a 5.10 guest under load judged a
+    /// connection's too-big segments "quiet for 2 s", and forgot a black
+    /// hole's episode, while its retransmissions were still queued). So
+    /// now is the live clock less the latest fact's lateness.
     pub fn on_fact(&mut self, fact: &Fact, now_ns: u64, src: &mut dyn TopologySource) -> bool {
-        self.now_ns = self.now_ns.max(now_ns);
+        let ts = fact.ts_ns();
+        if ts > 0 {
+            let lag = now_ns.saturating_sub(ts);
+            self.lag_ns = if lag > MAX_LAG_NS { 0 } else { lag };
+        }
+        self.advance(now_ns);
         let news = self.obs.observe(fact, self.now_ns);
-        let mut cx = Ctx::new(self.now_ns, &mut self.obs, &mut self.book, src);
+        let mut cx = Ctx::new(self.clock(), &mut self.obs, &mut self.book, src);
         for r in &mut self.rules {
             r.on_fact(fact, &mut cx);
         }
         news
     }
 
+    /// Between facts the clock runs on, as late as the latest fact was: a
+    /// window waiting for quiet closes that much later, never early.
     pub fn tick(&mut self, now_ns: u64, src: &mut dyn TopologySource) {
-        self.now_ns = self.now_ns.max(now_ns);
+        self.advance(now_ns);
         self.obs.tick(self.now_ns);
         self.book.prune();
-        let mut cx = Ctx::new(self.now_ns, &mut self.obs, &mut self.book, src);
+        let mut cx = Ctx::new(self.clock(), &mut self.obs, &mut self.book, src);
         for r in &mut self.rules {
             r.tick(&mut cx);
         }
     }
 
     pub fn finish(&mut self, now_ns: u64, src: &mut dyn TopologySource) {
-        self.now_ns = self.now_ns.max(now_ns);
-        let mut cx = Ctx::new(self.now_ns, &mut self.obs, &mut self.book, src);
+        self.advance(now_ns);
+        let mut cx = Ctx::new(self.clock(), &mut self.obs, &mut self.book, src);
         for r in &mut self.rules {
             r.finish(&mut cx);
         }
+    }
+
+    fn advance(&mut self, now_ns: u64) {
+        self.wall_ns = self.wall_ns.max(now_ns);
+        self.now_ns = self.now_ns.max(now_ns.saturating_sub(self.lag_ns));
+    }
+
+    fn clock(&self) -> (u64, u64) {
+        (self.now_ns, self.wall_ns)
     }
 
     /// Verdicts concluded (or upgraded to a surer tier) since the last call.

@@ -423,6 +423,43 @@ mod tests {
         assert!(v[1].fault);
     }
 
+    /// A slow host's ring buffer hands every fact in 10.5 s late, and the
+    /// download's retransmissions back off past the 2 s quiet window: the
+    /// windows run on fact time, so the black hole and the MSS behind it
+    /// are still proven (on the live clock the episode was forgotten as
+    /// soon as it was read, and the connection judged rescued).
+    #[test]
+    fn a_backlog_of_late_facts_still_proves_the_black_hole() {
+        let lag = 10_500 * MS;
+        let mut src = host(false);
+        let mut e = Engine::new();
+        let mut facts = vec![syn_at(0, false)];
+        for t in [200, 2_600, 5_400] {
+            facts.push(icmp_dropped(t * MS));
+            facts.push(too_big(t * MS, false, false));
+        }
+        let mut wall = lag;
+        for f in &facts {
+            while wall + 250 * MS <= f.ts_ns() + lag {
+                wall += 250 * MS;
+                e.tick(wall, &mut src);
+            }
+            e.on_fact(f, f.ts_ns() + lag, &mut src);
+        }
+        e.finish(wall + 500 * MS, &mut src);
+        let kinds: Vec<_> = e.verdicts().iter().map(|v| (v.kind, v.tier)).collect();
+        for k in ["pmtu_blackhole", "mss_exceeds_mtu"] {
+            assert!(kinds.contains(&(k, Tier::Proven)), "{k}: {kinds:?}");
+        }
+        // How late the verdict came still counts the backlog.
+        let v = e.verdicts().iter().find(|v| v.kind == "pmtu_blackhole");
+        assert!(
+            v.unwrap().latency_ms >= 10_000.0,
+            "{:?}",
+            v.map(|v| v.latency_ms)
+        );
+    }
+
     #[test]
     fn a_suspicion_is_upgraded_when_proof_arrives() {
         let mut src = host(false);
