@@ -338,6 +338,112 @@ EOF",
     }
 }
 
+/// A blocklist: two native rules without counters, each looking the
+/// packet up in a set (an interval set of addresses, and an address .
+/// port concatenation). Counters cannot tell them apart; the sets can:
+/// each connection is in one, so its rule is proven and the element, with
+/// its comment, named. Deleting the element heals it, and the rest of the
+/// set stays in force (the other port is still dropped by it).
+#[test]
+fn a_set_drop_names_the_member_and_its_comment() {
+    assert!(
+        have("nft"),
+        "nft must be installed (cargo xtask test installs nftables)"
+    );
+    let lab = lab("nfset");
+    lab.exec(
+        "gate",
+        "nft -f - <<'EOF'
+table inet edge58 {
+  set deny-hosts {
+    type ipv4_addr; flags interval;
+    elements = { 10.147.90.0/24, 10.147.88.40 comment \"ticket 4471\" }
+  }
+  set deny-pairs {
+    type ipv4_addr . inet_service;
+    elements = { 10.147.88.41 . 6317 comment \"old billing\" }
+  }
+  chain relay {
+    type filter hook forward priority 5; policy accept;
+    ip daddr . tcp dport @deny-pairs drop
+    tcp dport 6316 ip daddr @deny-hosts drop
+  }
+}
+EOF",
+    )
+    .unwrap();
+    lab.exec(
+        "dst",
+        "ip addr add 10.147.88.41/32 dev d0 && ip addr add 10.147.90.7/32 dev d0",
+    )
+    .unwrap();
+    lab.exec("gate", "ip route add 10.147.90.0/24 dev g1")
+        .unwrap();
+    lab.spawn(
+        "dst",
+        "/usr/bin/python3 -c 'import socket, threading\n\
+         def serve(p):\n\
+         \x20s = socket.socket(); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)\n\
+         \x20s.bind((\"0.0.0.0\", p)); s.listen(64)\n\
+         \x20while True: s.accept()[0].close()\n\
+         for p in range(6316, 6319): threading.Thread(target=serve, args=(p,)).start()'",
+    )
+    .unwrap();
+    assert!(
+        connects(&lab, "10.147.90.7", 6318, 50),
+        "the listener never came up"
+    );
+    for (dst, port, set, key, comment) in [
+        (
+            "10.147.88.40",
+            6316,
+            "deny-hosts",
+            "10.147.88.40",
+            "ticket 4471",
+        ),
+        (
+            "10.147.88.41",
+            6317,
+            "deny-pairs",
+            "10.147.88.41 . 6317",
+            "old billing",
+        ),
+    ] {
+        let mut open = false;
+        let lines = diagnose_while(&lab, || {
+            blocked(&lab, dst, port);
+            open = connects(&lab, dst, 6318, 20);
+        });
+        assert!(open, "6318 is in no set");
+        let v = named(&lines);
+        let r = &v["evidence"]["rule"];
+        assert_eq!(r["source"], "nftables", "{r:#}");
+        assert_eq!(r["element"]["set"], set, "{r:#}");
+        assert_eq!(r["element"]["key"], key, "{r:#}");
+        assert_eq!(r["element"]["comment"], comment);
+        let s = v["summary"].as_str().unwrap();
+        assert!(
+            s.contains(&format!(
+                "matching element `{key}` (comment \"{comment}\") of set {set}"
+            )),
+            "{s}"
+        );
+        assert_eq!(
+            v["fix_commands"][0][0],
+            format!(
+                "ip netns exec {} nft delete element inet edge58 {set} '{{ {key} }}'",
+                lab.name("gate")
+            )
+        );
+        apply_first_fix(v);
+        healed(&lab, dst, port);
+    }
+    // Only the element went: the rest of the set is still in force.
+    let lines = diagnose_while(&lab, || blocked(&lab, "10.147.90.7", 6316));
+    let r = &named(&lines)["evidence"]["rule"];
+    assert_eq!(r["element"]["key"], "10.147.90.0/24", "{r:#}");
+}
+
 /// A DROP rule for another port: the connection works, nothing is said.
 #[test]
 fn a_rule_that_does_not_match_stays_silent() {

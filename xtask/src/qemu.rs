@@ -1,4 +1,4 @@
-//! `cargo xtask kernels [--kernel 5.10|5.10-deb11|6.1|6.12|6.12-deb13|7.2]... [--check NAME]... [--jobs N] [--timeout SECS]`:
+//! `cargo xtask kernels [--kernel 5.10|5.10-deb11|6.1|6.12|6.12-deb13|7.2]... [--check NAME[@KERNEL,...]]... [--jobs N] [--timeout SECS]`:
 //! boots Debian's own kernels under qemu, runs tracer's checks inside each
 //! and prints a kernel x check table. Meant to run last in `cargo xtask
 //! test` too, through `run`.
@@ -517,7 +517,7 @@ const SECTION_HEAD: usize = 6;
 const SECTION_TAIL: usize = 12;
 
 const USAGE: &str =
-    "usage: cargo xtask kernels [--kernel 5.10|5.10-deb11|6.1|6.12|6.12-deb13|7.2]... [--check NAME]... \
+    "usage: cargo xtask kernels [--kernel 5.10|5.10-deb11|6.1|6.12|6.12-deb13|7.2]... [--check NAME[@KERNEL,...]]... \
                      [--jobs N] [--timeout SECS]";
 
 pub fn run(root: &Path, args: &[&str]) -> Result<()> {
@@ -589,6 +589,8 @@ pub fn run(root: &Path, args: &[&str]) -> Result<()> {
 struct Options {
     kernels: Vec<&'static KernelSpec>,
     checks: Vec<&'static Check>,
+    /// `--check NAME@LABEL,LABEL`: the check runs on these guests only.
+    only: Vec<(&'static str, Vec<String>)>,
     /// Guests run at once; by default all of them. The checks mostly wait
     /// (timers, sleeps, the tracer's start-up), so the guests' waits
     /// overlap: on this 2-core VM, with other builds running, the three
@@ -603,7 +605,8 @@ struct Options {
 impl Options {
     fn parse(args: &[&str]) -> Result<Options> {
         let mut kernels = Vec::new();
-        let mut checks = Vec::new();
+        let mut checks: Vec<&'static Check> = Vec::new();
+        let mut only = Vec::new();
         let mut timeout = None;
         let mut jobs = KERNELS.len();
         let mut it = args.iter();
@@ -629,11 +632,27 @@ impl Options {
                 }
                 "--check" => {
                     let v = value()?;
-                    let check = CHECKS.iter().find(|c| c.name == v);
-                    checks.push(check.with_context(|| {
+                    let (name, on) = match v.split_once('@') {
+                        Some((n, k)) => (n, Some(k)),
+                        None => (v, None),
+                    };
+                    let check = CHECKS.iter().find(|c| c.name == name).with_context(|| {
                         let names: Vec<_> = CHECKS.iter().map(|c| c.name).collect();
-                        format!("unknown check {v} (checks: {})", names.join(", "))
-                    })?);
+                        format!("unknown check {name} (checks: {})", names.join(", "))
+                    })?;
+                    if let Some(on) = on {
+                        let labels: Vec<String> = on.split(',').map(str::to_string).collect();
+                        if let Some(k) = labels
+                            .iter()
+                            .find(|k| !KERNELS.iter().any(|s| s.label == **k))
+                        {
+                            bail!("unknown kernel {k} in --check {v}\n{USAGE}");
+                        }
+                        only.push((check.name, labels));
+                    }
+                    if !checks.iter().any(|c| c.name == check.name) {
+                        checks.push(check);
+                    }
                 }
                 "--timeout" => {
                     let v = value()?;
@@ -660,8 +679,19 @@ impl Options {
         Ok(Options {
             kernels,
             checks,
+            only,
             jobs,
             timeout,
+        })
+    }
+
+    /// Why `spec`'s guest does not run `check`, if it does not.
+    fn skip(&self, spec: &KernelSpec, check: &Check) -> Option<&'static str> {
+        skip_reason(spec, check).or_else(|| {
+            let asked = self.only.iter().filter(|(c, _)| *c == check.name);
+            let mut labels = asked.flat_map(|(_, l)| l).peekable();
+            (labels.peek().is_some() && !labels.any(|l| l == spec.label))
+                .then_some("asked for on other kernels only (`--check NAME@KERNEL`)")
         })
     }
 
@@ -1418,7 +1448,7 @@ fn boot(guest: &Guest, dir: &Path, artifacts: &Artifacts, opts: &Options) -> Res
             .checks
             .iter()
             .copied()
-            .filter(|c| skip_reason(kernel.spec, c).is_none())
+            .filter(|c| all.skip(kernel.spec, c).is_none())
             .collect(),
         ..all.clone()
     };
@@ -1456,7 +1486,7 @@ fn boot(guest: &Guest, dir: &Path, artifacts: &Artifacts, opts: &Options) -> Res
                 outcome,
                 secs: None,
             };
-            if let Some(why) = skip_reason(kernel.spec, c) {
+            if let Some(why) = all.skip(kernel.spec, c) {
                 return not_run(Outcome::Skipped(why));
             }
             read_result(kernel.spec.kernel, c, dir).unwrap_or_else(|| not_run(Outcome::NotRun))
@@ -1930,5 +1960,21 @@ mod tests {
         assert!(Options::parse(&["--kernel", "4.19"]).is_err());
         assert!(Options::parse(&["--timeout"]).is_err());
         assert!(Options::parse(&["--bogus"]).is_err());
+    }
+
+    #[test]
+    fn a_check_can_be_asked_for_on_some_kernels_only() {
+        let o = Options::parse(&["--check", "lab-pmtu@5.10,6.1", "--check", "exhaustion@6.12"])
+            .unwrap();
+        let spec = |l| KERNELS.iter().find(|k| k.label == l).unwrap();
+        let (pmtu, ex) = (check("lab-pmtu"), check("exhaustion"));
+        assert_eq!(o.skip(spec("6.1"), pmtu), None);
+        assert!(o.skip(spec("6.12"), pmtu).is_some());
+        assert_eq!(o.skip(spec("6.12"), ex), None);
+        assert!(o.skip(spec("6.1"), ex).is_some());
+        // Unscoped, a check runs everywhere it can.
+        let o = Options::parse(&["--check", "lab-pmtu"]).unwrap();
+        assert_eq!(o.skip(spec("6.12"), pmtu), None);
+        assert!(Options::parse(&["--check", "lab-pmtu@4.19"]).is_err());
     }
 }

@@ -289,16 +289,9 @@ mod tests {
             kind: peer.map(|_| "veth".to_string()),
             mtu,
             up: true,
-            master: None,
             link: peer,
             link_netnsid: peer.map(|_| 0),
-            peer_netns: None,
-            addrs: Vec::new(),
-            txqlen: 0,
-            mac: None,
-            brport_state: None,
-            bridge_stp: None,
-            tunnel: None,
+            ..Link::default()
         }
     }
 

@@ -27,16 +27,7 @@ pub fn link(ifindex: i32, name: &str, kind: Option<&str>, mtu: u32) -> Link {
         kind: kind.map(str::to_string),
         mtu,
         up: true,
-        master: None,
-        link: None,
-        link_netnsid: None,
-        peer_netns: None,
-        addrs: Vec::new(),
-        txqlen: 0,
-        mac: None,
-        brport_state: None,
-        bridge_stp: None,
-        tunnel: None,
+        ..Link::default()
     }
 }
 

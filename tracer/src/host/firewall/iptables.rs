@@ -111,6 +111,7 @@ fn parse_rule(line: &str) -> Option<(String, FwRule)> {
             goto,
             counter: count,
             vmap: None,
+            sets: Vec::new(),
         },
     ))
 }

@@ -73,6 +73,10 @@ pub struct FwRule {
     /// A verdict map whose elements decide (`vmap`): nftables only.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub vmap: Option<vmap::Vmap>,
+    /// The sets the rule matches the packet against (`ip daddr @blocklist
+    /// drop`): it drops only packets in each of them. nftables only.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub sets: Vec<vmap::Vmap>,
 }
 
 impl FwRule {

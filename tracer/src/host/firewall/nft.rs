@@ -47,16 +47,20 @@ pub fn parse(
     let listing: Listing = serde_json::from_str(json)?;
     let texts = rule_texts(text);
     let mine = |f: &str, t: &str| !owned.iter().any(|(of, ot)| of == f && ot == t);
-    // Named maps first: a rule may look one up (`vmap @name`).
-    let maps: Maps = listing
-        .nftables
-        .iter()
-        .filter_map(|item| {
-            let m = item.get("map")?;
-            let s = |k: &str| m.get(k).and_then(Value::as_str).map(str::to_string);
-            Some(((s("family")?, s("table")?, s("name")?), m.clone()))
-        })
-        .collect();
+    // Named maps and sets first: a rule may look one up (`vmap @name`,
+    // `ip daddr @name`).
+    let named = |kind: &str| -> Maps {
+        listing
+            .nftables
+            .iter()
+            .filter_map(|item| {
+                let m = item.get(kind)?;
+                let s = |k: &str| m.get(k).and_then(Value::as_str).map(str::to_string);
+                Some(((s("family")?, s("table")?, s("name")?), m.clone()))
+            })
+            .collect()
+    };
+    let (maps, sets) = (named("map"), named("set"));
     let mut chains: Vec<FwChain> = Vec::new();
     for item in listing.nftables {
         if let Some(c) = item.get("chain") {
@@ -87,7 +91,7 @@ pub fn parse(
                 &r,
                 texts.get(&key).cloned(),
                 chain.rules.len() as u32 + 1,
-                &maps,
+                (&maps, &sets),
             );
             chain.rules.push(rule);
         }
@@ -96,11 +100,12 @@ pub fn parse(
 }
 
 /// One rule: its verdict and counter are the last of its expressions.
-fn rule(r: &RuleJson, text: Option<String>, position: u32, maps: &Maps) -> FwRule {
+fn rule(r: &RuleJson, text: Option<String>, position: u32, (maps, sets): (&Maps, &Maps)) -> FwRule {
     let mut target = None;
     let mut goto = false;
     let mut counter = None;
     let mut vmap = None;
+    let mut lookups = Vec::new();
     for e in &r.expr {
         let Some((k, v)) = e.as_object().and_then(|o| o.iter().next()) else {
             continue;
@@ -118,9 +123,22 @@ fn rule(r: &RuleJson, text: Option<String>, position: u32, maps: &Maps) -> FwRul
                 goto = k == "goto";
             }
             "vmap" => vmap = vmap::parse(v, &r.family, &r.table, maps),
+            "match" => lookups.push(v),
             _ => {}
         }
     }
+    // Only a dropping rule's sets: they say which packets it drops. (A
+    // jump's would gate the chain it jumps to, element by element, as a
+    // map's do; a large set made that a walk per element.)
+    let verdict = target.clone().filter(|t| t == "DROP" || t == "REJECT");
+    let sets = verdict
+        .map(|t| {
+            lookups
+                .into_iter()
+                .filter_map(|m| vmap::parse_set(m, &t, &r.family, &r.table, sets))
+                .collect()
+        })
+        .unwrap_or_default();
     FwRule {
         position,
         handle: Some(r.handle),
@@ -130,6 +148,7 @@ fn rule(r: &RuleJson, text: Option<String>, position: u32, maps: &Maps) -> FwRul
         goto,
         counter,
         vmap,
+        sets,
     }
 }
 

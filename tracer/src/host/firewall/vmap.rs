@@ -1,11 +1,13 @@
-//! Verdict maps: an nftables rule whose verdict is looked up per packet
+//! Verdict maps and sets: an nftables rule that looks the packet up
 //! (`ip daddr . meta l4proto . th dport vmap @no-endpoint-services`, as
 //! kube-proxy's nftables mode drops traffic to a Service without
-//! endpoints). Such a rule drops only the packets whose key is an element
-//! with a drop verdict, so the rule alone does not say what dropped a
-//! packet: the element does, and its comment names what it stands for
-//! (kube-proxy writes the Service there). Read from `nft -j` like the
-//! rest of the ruleset; the packet's key is matched in userspace.
+//! endpoints; `ip saddr @blocklist drop`). Such a rule drops only the
+//! packets whose key is an element (of a map, one with a drop verdict),
+//! so the rule alone does not say what dropped a packet: the element
+//! does, and its comment names what it stands for (kube-proxy writes the
+//! Service there; a blocklist, why an address is on it). Read from
+//! `nft -j` like the rest of the ruleset; the packet's key is matched in
+//! userspace.
 
 use crate::host::route::prefix_contains;
 use serde::{Deserialize, Serialize};
@@ -35,6 +37,7 @@ pub enum ElemVal {
     Exact(String),
     Prefix(IpAddr, u8),
     Range(u64, u64),
+    AddrRange(IpAddr, IpAddr),
 }
 
 /// One element: its key, comment and verdict.
@@ -60,6 +63,10 @@ pub struct Vmap {
     pub name: Option<String>,
     pub key: Vec<KeyPart>,
     pub elements: Vec<VmapElem>,
+    /// A set the rule matches (`ip daddr @blocklist drop`): each element
+    /// carries the rule's own verdict.
+    #[serde(default)]
+    pub set: bool,
 }
 
 impl Vmap {
@@ -90,6 +97,7 @@ fn fits(v: &ElemVal, p: &str) -> bool {
             .parse::<IpAddr>()
             .is_ok_and(|a| prefix_contains(*net, *len, a)),
         ElemVal::Range(lo, hi) => p.parse::<u64>().is_ok_and(|n| (*lo..=*hi).contains(&n)),
+        ElemVal::AddrRange(lo, hi) => p.parse::<IpAddr>().is_ok_and(|a| (*lo..=*hi).contains(&a)),
     }
 }
 
@@ -117,6 +125,40 @@ pub fn parse(vmap: &Value, family: &str, table: &str, maps: &Maps) -> Option<Vma
         name,
         key,
         elements,
+        set: false,
+    })
+}
+
+/// The set a rule's `match` looks the packet up in (`"op": "=="` and a
+/// right side `@name` or an anonymous `{"set": [...]}`), its elements
+/// carrying the rule's `verdict`. A negated lookup (`!= @allowed`) drops
+/// packets that are in no element, so it names none: None.
+pub fn parse_set(m: &Value, verdict: &str, family: &str, table: &str, sets: &Maps) -> Option<Vmap> {
+    if !matches!(m.get("op").and_then(Value::as_str), Some("==" | "in")) {
+        return None;
+    }
+    let key = key_parts(m.get("left")?);
+    let (name, elems) = match m.get("right")? {
+        Value::String(s) => {
+            let name = s.strip_prefix('@')?.to_string();
+            let set = sets.get(&(family.to_string(), table.to_string(), name.clone()))?;
+            (Some(name), set.get("elem").cloned().unwrap_or(Value::Null))
+        }
+        other => (None, other.get("set")?.clone()),
+    };
+    let elements = elems
+        .as_array()
+        .map(|a| {
+            a.iter()
+                .filter_map(|k| member(k, verdict.to_string()))
+                .collect()
+        })
+        .unwrap_or_default();
+    Some(Vmap {
+        name,
+        key,
+        elements,
+        set: true,
     })
 }
 
@@ -154,6 +196,16 @@ fn element(pair: &Value) -> Option<VmapElem> {
     let [k, verdict] = pair.as_array()?.as_slice() else {
         return None;
     };
+    let (verb, arg) = verdict.as_object()?.iter().next()?;
+    let verdict = match verb.as_str() {
+        "jump" | "goto" => arg.get("target")?.as_str()?.to_string(),
+        v => v.to_uppercase(),
+    };
+    member(k, verdict)
+}
+
+/// A key (`key-or-{"elem":{val,comment}}`) with its verdict.
+fn member(k: &Value, verdict: String) -> Option<VmapElem> {
     let (val, comment) = match k.get("elem") {
         Some(e) => (
             e.get("val")?,
@@ -167,11 +219,6 @@ fn element(pair: &Value) -> Option<VmapElem> {
     };
     let key: Vec<ElemVal> = vals.iter().map(|v| elem_val(v)).collect::<Option<_>>()?;
     let text = key.iter().map(val_text).collect::<Vec<_>>().join(" . ");
-    let (verb, arg) = verdict.as_object()?.iter().next()?;
-    let verdict = match verb.as_str() {
-        "jump" | "goto" => arg.get("target")?.as_str()?.to_string(),
-        v => v.to_uppercase(),
-    };
     Some(VmapElem {
         key,
         text,
@@ -191,7 +238,15 @@ fn elem_val(v: &Value) -> Option<ElemVal> {
                 return Some(ElemVal::Prefix(addr, len));
             }
             let r = v.get("range")?.as_array()?;
-            Some(ElemVal::Range(r.first()?.as_u64()?, r.get(1)?.as_u64()?))
+            let (lo, hi) = (r.first()?, r.get(1)?);
+            if let (Some(lo), Some(hi)) = (lo.as_u64(), hi.as_u64()) {
+                return Some(ElemVal::Range(lo, hi));
+            }
+            // An address range (`10.0.0.1-10.0.0.9` in an interval set).
+            Some(ElemVal::AddrRange(
+                lo.as_str()?.parse().ok()?,
+                hi.as_str()?.parse().ok()?,
+            ))
         }
     }
 }
@@ -201,6 +256,7 @@ fn val_text(v: &ElemVal) -> String {
         ElemVal::Exact(s) => s.clone(),
         ElemVal::Prefix(a, l) => format!("{a}/{l}"),
         ElemVal::Range(lo, hi) => format!("{lo}-{hi}"),
+        ElemVal::AddrRange(lo, hi) => format!("{lo}-{hi}"),
     }
 }
 
@@ -261,6 +317,100 @@ mod tests {
         assert_eq!(e.text, "10.9.0.0/16 . tcp . 8000-8099");
         assert!(m.element_for(packet("10.9.4.4", "tcp", 8100)).is_none());
         assert!(m.element_for(packet("172.30.0.45", "tcp", 53)).is_none());
+    }
+
+    /// Sets as `nft -j list ruleset` prints them (an interval set with a
+    /// prefix, an address range and a commented address; a concatenation).
+    const SETS: &str = r#"[{"family":"inet","name":"deny-v4","table":"guard","type":"ipv4_addr","flags":["interval"],
+"elem":[{"prefix":{"addr":"10.9.0.0","len":16}},{"range":["192.0.2.10","192.0.2.20"]},{"elem":{"val":"198.51.100.7","comment":"old partner"}}]},
+{"family":"inet","name":"pairs","table":"guard","type":["ipv4_addr","inet_service"],
+"elem":[{"elem":{"val":{"concat":["10.1.1.1",8080]},"comment":"legacy api"}}]}]"#;
+
+    fn sets() -> Maps {
+        let all: Vec<Value> = serde_json::from_str(SETS).unwrap();
+        all.into_iter()
+            .map(|s| {
+                let n = s["name"].as_str().unwrap().to_string();
+                (("inet".to_string(), "guard".to_string(), n), s)
+            })
+            .collect()
+    }
+
+    fn set_match(op: &str, left: &str, right: &str) -> Value {
+        serde_json::from_str(&format!(r#"{{"op":"{op}","left":{left},"right":{right}}}"#)).unwrap()
+    }
+
+    #[test]
+    fn a_set_lookup_finds_the_member_and_its_comment() {
+        let daddr = r#"{"payload":{"protocol":"ip","field":"daddr"}}"#;
+        let m = set_match("==", daddr, r#""@deny-v4""#);
+        let s = parse_set(&m, "DROP", "inet", "guard", &sets()).unwrap();
+        assert!(s.set && s.drops());
+        assert_eq!(s.name.as_deref(), Some("deny-v4"));
+        let dst =
+            |a: &'static str| move |p: &KeyPart| (*p == KeyPart::Daddr).then(|| a.to_string());
+        let e = s.element_for(dst("198.51.100.7")).unwrap();
+        assert_eq!(
+            (e.text.as_str(), e.comment.as_deref()),
+            ("198.51.100.7", Some("old partner"))
+        );
+        assert_eq!(
+            s.element_for(dst("10.9.200.1")).unwrap().text,
+            "10.9.0.0/16"
+        );
+        assert_eq!(
+            s.element_for(dst("192.0.2.15")).unwrap().text,
+            "192.0.2.10-192.0.2.20"
+        );
+        assert!(s.element_for(dst("192.0.2.21")).is_none());
+        // A concatenation.
+        let pair = r#"{"concat":[{"payload":{"protocol":"ip","field":"saddr"}},{"payload":{"protocol":"tcp","field":"dport"}}]}"#;
+        let s = parse_set(
+            &set_match("==", pair, r#""@pairs""#),
+            "REJECT",
+            "inet",
+            "guard",
+            &sets(),
+        )
+        .unwrap();
+        let e = s
+            .element_for(|p| match p {
+                KeyPart::Saddr => Some("10.1.1.1".into()),
+                KeyPart::Dport => Some("8080".into()),
+                _ => None,
+            })
+            .unwrap();
+        assert_eq!(e.text, "10.1.1.1 . 8080");
+        assert_eq!(e.verdict, "REJECT");
+        // Anonymous.
+        let dport = r#"{"payload":{"protocol":"tcp","field":"dport"}}"#;
+        let s = parse_set(
+            &set_match("==", dport, r#"{"set":[25,465]}"#),
+            "DROP",
+            "inet",
+            "guard",
+            &sets(),
+        )
+        .unwrap();
+        assert_eq!(s.name, None);
+        assert_eq!(s.element_for(|_| Some("465".into())).unwrap().text, "465");
+        // A negated lookup names nothing; an unknown set is none.
+        assert!(parse_set(
+            &set_match("!=", daddr, r#""@deny-v4""#),
+            "DROP",
+            "inet",
+            "guard",
+            &sets()
+        )
+        .is_none());
+        assert!(parse_set(
+            &set_match("==", daddr, r#""@gone""#),
+            "DROP",
+            "inet",
+            "guard",
+            &sets()
+        )
+        .is_none());
     }
 
     #[test]

@@ -53,7 +53,7 @@ pub const NAME_MAX_AGE: Duration = Duration::from_secs(60);
 /// See [`Topology::with_timing`].
 pub const DEFAULT_RECHECK: Duration = Duration::from_millis(250);
 
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Link {
     pub ifindex: i32,
     pub name: String,
@@ -92,17 +92,30 @@ pub struct Link {
     /// STP): while STP runs, it and not the user sets its ports' states.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub bridge_stp: Option<u32>,
-    /// A UDP tunnel's (VXLAN, Geneve) encapsulation, from IFLA_INFO_DATA.
+    /// A tunnel's encapsulation (VXLAN, Geneve, GRE, IPIP, SIT), from
+    /// IFLA_INFO_DATA.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tunnel: Option<Tunnel>,
 }
 
-/// What a UDP tunnel device encapsulates into: enough to know its outer
+/// What a tunnel device encapsulates into: enough to know its outer
 /// packets and how much each adds.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Tunnel {
-    /// The outer UDP destination port (4789, 6081 unless set otherwise).
+    /// The outer IP protocol: 17 (UDP: VXLAN, Geneve), 47 (GRE), 4
+    /// (IPIP), 41 (SIT). Recordings from before GRE and IPIP hold UDP
+    /// tunnels only.
+    #[serde(default = "udp")]
+    pub proto: u8,
+    /// The outer UDP destination port (4789, 6081 unless set otherwise);
+    /// 0 for a tunnel that is not UDP.
     pub port: u16,
+    /// Bytes each packet grows by past the outer IP header: UDP 8, the
+    /// tunnel's 8 and the inner Ethernet 14 for VXLAN and Geneve (Geneve
+    /// options not counted); GRE 4, 4 more for each of key, checksum and
+    /// sequence number, and 14 more for gretap; none for IPIP and SIT.
+    #[serde(default = "udp_header")]
+    pub header: u32,
     /// The far end (or the multicast group); None for a tunnel with no
     /// default destination (fdb entries, metadata mode).
     pub remote: Option<IpAddr>,
@@ -113,12 +126,89 @@ pub struct Tunnel {
     pub df: Option<String>,
 }
 
+fn udp() -> u8 {
+    17
+}
+
+fn udp_header() -> u32 {
+    UDP_TUNNEL_HEADER
+}
+
+/// UDP 8 + VXLAN or Geneve 8 + inner Ethernet 14.
+const UDP_TUNNEL_HEADER: u32 = 8 + 8 + 14;
+
 impl Tunnel {
-    /// Bytes each packet grows by: outer IP, UDP, the tunnel's 8-byte
-    /// header and the inner Ethernet header (Geneve options not counted).
+    /// A VXLAN or Geneve device's, to its UDP `port`.
+    pub fn udp(port: u16) -> Tunnel {
+        Tunnel {
+            proto: 17,
+            port,
+            header: UDP_TUNNEL_HEADER,
+            remote: None,
+            local: None,
+            underlay: None,
+            df: None,
+        }
+    }
+
+    /// Bytes each packet grows by: the outer IP header and [`Self::header`].
     pub fn overhead(&self, outer_v6: bool) -> u32 {
         let ip = if outer_v6 { 40 } else { 20 };
-        ip + 8 + 8 + 14
+        ip + self.header
+    }
+
+    /// A GRE, gretap, IPIP or SIT device's, from its IFLA_INFO_DATA
+    /// attributes (IFLA_GRE_* or IFLA_IPTUN_*, IPv4 endpoints); None for
+    /// any other kind.
+    pub fn ip_tunnel<'a>(
+        kind: &str,
+        attrs: impl IntoIterator<Item = (u16, &'a [u8])>,
+    ) -> Option<Tunnel> {
+        // IFLA_GRE_LINK, _OFLAGS, _LOCAL, _REMOTE, _PMTUDISC; IFLA_IPTUN_
+        // LINK, _LOCAL, _REMOTE, _PMTUDISC.
+        let (proto, local, remote, oflags, pmtudisc) = match kind {
+            "gre" | "gretap" => (47, 6, 7, Some(3), 10),
+            "ipip" => (4, 2, 3, None, 10),
+            "sit" => (41, 2, 3, None, 10),
+            _ => return None,
+        };
+        let v4 = |x: &[u8]| -> Option<IpAddr> {
+            let b: [u8; 4] = x.get(..4)?.try_into().ok()?;
+            Some(IpAddr::from(b)).filter(|a| !a.is_unspecified())
+        };
+        let mut t = Tunnel {
+            proto,
+            port: 0,
+            header: if kind == "gretap" {
+                4 + 14
+            } else if proto == 47 {
+                4
+            } else {
+                0
+            },
+            ..Tunnel::udp(0)
+        };
+        for (k, x) in attrs {
+            if k == 1 {
+                let b: Option<[u8; 4]> = x.get(..4).and_then(|b| b.try_into().ok());
+                t.underlay = b.map(i32::from_ne_bytes).filter(|i| *i > 0);
+            } else if k == local {
+                t.local = v4(x);
+            } else if k == remote {
+                t.remote = v4(x);
+            } else if Some(k) == oflags {
+                // GRE_CSUM, GRE_KEY and GRE_SEQ each add 4 bytes.
+                let f = x.get(..2).map_or(0, |b| u16::from_be_bytes([b[0], b[1]]));
+                t.header += 4 * (f & (0x8000 | 0x2000 | 0x1000)).count_ones();
+            } else if k == pmtudisc {
+                // With path MTU discovery the outer DF is set; without it
+                // the inner packet's is copied.
+                t.df = x
+                    .first()
+                    .map(|p| if *p != 0 { "set" } else { "inherit" }.into());
+            }
+        }
+        Some(t)
     }
 }
 
@@ -131,17 +221,35 @@ fn df_text(v: u8) -> String {
     }
 }
 
-/// The encapsulation of a VXLAN or Geneve device; None for any other.
+/// The encapsulation of a tunnel device of `kind`; None for any other.
 #[cfg(test)]
-fn tunnel_of(data: &InfoData) -> Option<Tunnel> {
-    let mut t = Tunnel {
-        port: 0,
-        remote: None,
-        local: None,
-        underlay: None,
-        df: None,
+fn tunnel_of(kind: Option<&str>, data: &InfoData) -> Option<Tunnel> {
+    use netlink_packet_utils::nla::Nla;
+    // The crate leaves the IP tunnels' attributes undecoded.
+    fn pairs<N: Nla>(v: &[N]) -> Vec<(u16, Vec<u8>)> {
+        v.iter()
+            .map(|n| {
+                let mut b = vec![0; n.value_len()];
+                n.emit_value(&mut b);
+                (n.kind(), b)
+            })
+            .collect()
+    }
+    let ip_tunnel = |p: Vec<(u16, Vec<u8>)>| {
+        Tunnel::ip_tunnel(kind?, p.iter().map(|(k, v)| (*k, v.as_slice())))
     };
+    let mut t = Tunnel::udp(0);
     match data {
+        InfoData::GreTun(v) => return ip_tunnel(pairs(v)),
+        InfoData::GreTap(v) => return ip_tunnel(pairs(v)),
+        InfoData::SitTun(v) => return ip_tunnel(pairs(v)),
+        InfoData::Other(b) => {
+            let p = raw::attrs(b)
+                .into_iter()
+                .map(|(k, v)| (k, v.to_vec()))
+                .collect();
+            return ip_tunnel(p);
+        }
         InfoData::Vxlan(v) => {
             t.port = 4789;
             for a in v {

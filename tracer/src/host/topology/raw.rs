@@ -67,20 +67,8 @@ pub(super) fn link(p: &[u8]) -> Option<Link> {
     let flags = u32_of(p.get(8..12)?)?;
     let mut l = Link {
         ifindex,
-        name: String::new(),
-        kind: None,
-        mtu: 0,
         up: flags & (libc::IFF_UP as u32) != 0,
-        master: None,
-        link: None,
-        link_netnsid: None,
-        peer_netns: None,
-        addrs: Vec::new(),
-        txqlen: 0,
-        mac: None,
-        brport_state: None,
-        bridge_stp: None,
-        tunnel: None,
+        ..Link::default()
     };
     for (kind, v) in attrs(p.get(16..)?) {
         match kind {
@@ -128,7 +116,7 @@ pub(super) fn devconf(p: &[u8]) -> Option<DevConf> {
 }
 
 /// IFLA_LINKINFO: the kind, a bridge's STP, a bridge port's state and
-/// a UDP tunnel's encapsulation (the kernel sends the kinds before
+/// a tunnel's encapsulation (the kernel sends the kinds before
 /// the data they qualify).
 fn link_info(l: &mut Link, v: &[u8]) {
     const IFLA_INFO_KIND: u16 = 1;
@@ -151,7 +139,8 @@ fn link_info(l: &mut Link, v: &[u8]) {
                 }
                 Some("vxlan") => l.tunnel = Some(vxlan(iv)),
                 Some("geneve") => l.tunnel = Some(geneve(iv)),
-                _ => {}
+                Some(k) => l.tunnel = Tunnel::ip_tunnel(k, attrs(iv)),
+                None => {}
             },
             IFLA_INFO_SLAVE_DATA if port_kind == "bridge" => {
                 l.brport_state = attrs(iv)
@@ -181,13 +170,7 @@ fn vxlan(v: &[u8]) -> Tunnel {
     const LOCAL6: u16 = 17;
     const DF: u16 = 29;
     let (v4, v6) = (libc::AF_INET as u8, libc::AF_INET6 as u8);
-    let mut t = Tunnel {
-        port: 4789,
-        remote: None,
-        local: None,
-        underlay: None,
-        df: None,
-    };
+    let mut t = Tunnel::udp(4789);
     for (k, x) in attrs(v) {
         match k {
             GROUP => t.remote = ip_of(v4, x),
@@ -210,13 +193,7 @@ fn geneve(v: &[u8]) -> Tunnel {
     const PORT: u16 = 5;
     const REMOTE6: u16 = 7;
     const DF: u16 = 13;
-    let mut t = Tunnel {
-        port: 6081,
-        remote: None,
-        local: None,
-        underlay: None,
-        df: None,
-    };
+    let mut t = Tunnel::udp(6081);
     for (k, x) in attrs(v) {
         match k {
             REMOTE => t.remote = ip_of(libc::AF_INET as u8, x),

@@ -322,20 +322,8 @@ pub(super) fn nonzero(v: u32) -> Option<i32> {
 pub(super) fn link_from_msg(m: &LinkMessage) -> Link {
     let mut l = Link {
         ifindex: i32::try_from(m.header.index).unwrap_or(0),
-        name: String::new(),
-        kind: None,
-        mtu: 0,
         up: m.header.flags.contains(LinkFlags::Up),
-        master: None,
-        link: None,
-        link_netnsid: None,
-        peer_netns: None,
-        addrs: Vec::new(),
-        txqlen: 0,
-        mac: None,
-        brport_state: None,
-        bridge_stp: None,
-        tunnel: None,
+        ..Link::default()
     };
     for a in &m.attributes {
         match a {
@@ -363,7 +351,7 @@ pub(super) fn link_from_msg(m: &LinkMessage) -> Link {
                             });
                         }
                         LinkInfo::Data(data) => {
-                            if let Some(t) = tunnel_of(data) {
+                            if let Some(t) = tunnel_of(l.kind.as_deref(), data) {
                                 l.tunnel = Some(t);
                             }
                         }

@@ -6,7 +6,7 @@
 
 use crate::events::protocols::icmp_name;
 use crate::events::record::{DropRecord, Family};
-use crate::host::firewall::vmap::KeyPart;
+use crate::host::firewall::vmap::{KeyPart, Vmap};
 use crate::host::firewall::walk::{candidates, Candidate, CandidateId};
 use crate::host::firewall::{Ruleset, Source};
 use crate::host::topology::NsTopology;
@@ -142,6 +142,20 @@ pub fn candidates_for(d: &DropRecord, rs: &Ruleset, hooks: &[&str]) -> Vec<Candi
                 }
                 c.element = Some(via.clone());
             }
+            // A rule that looks the packet up in sets drops only what is
+            // in each of them; the first named one names the element.
+            let sets = c.rule.as_ref().map(|r| r.sets.as_slice()).unwrap_or(&[]);
+            let (mut first, mut named) = (None, None);
+            for s in sets {
+                let e = s.element_for(|part| key_value(d, part))?;
+                first.get_or_insert_with(|| e.clone());
+                if s.name.is_some() {
+                    named.get_or_insert_with(|| e.clone());
+                }
+            }
+            if let Some(e) = named.or(first) {
+                c.element.get_or_insert(e);
+            }
             let Some(map) = c.rule.as_ref().and_then(|r| r.vmap.as_ref()) else {
                 return Some(c);
             };
@@ -153,6 +167,19 @@ pub fn candidates_for(d: &DropRecord, rs: &Ruleset, hooks: &[&str]) -> Vec<Candi
             Some(c)
         })
         .collect()
+}
+
+/// The map or set whose element decided `c`, if one did.
+fn lookup_of(c: &Candidate) -> Option<&Vmap> {
+    if let Some((m, _)) = &c.gate {
+        return Some(m);
+    }
+    let r = c.rule.as_ref()?;
+    let e = c.element.as_ref()?;
+    r.vmap
+        .as_ref()
+        .filter(|m| m.elements.contains(e))
+        .or_else(|| r.sets.iter().find(|s| s.elements.contains(e)))
 }
 
 /// The drop's value for one field of a map's key, as nft prints it.
@@ -211,6 +238,13 @@ pub fn name(c: &Candidate) -> String {
                         .unwrap_or_default();
                     if c.gate.is_some() {
                         format!(", reached through map element `{}`{comment}", e.text)
+                    } else if let Some(s) = lookup_of(c).filter(|m| m.set) {
+                        let of = s
+                            .name
+                            .as_ref()
+                            .map(|n| format!(" of set {n}"))
+                            .unwrap_or_default();
+                        format!(", matching element `{}`{comment}{of}", e.text)
                     } else {
                         format!(
                             ", whose map element `{}`{comment} is {}",
@@ -247,15 +281,13 @@ pub fn evidence(c: &Candidate) -> Value {
         "comment": c.rule.as_ref().and_then(|r| r.comment.clone()),
         "packets": c.counter.map(|n| n.packets),
     });
-    // Only where a verdict map decided: other rules' evidence is as before.
+    // Only where a map or set decided: other rules' evidence is as before.
     if let Some(e) = &c.element {
-        let map = c
-            .gate
-            .as_ref()
-            .map(|(m, _)| m)
-            .or(c.rule.as_ref().and_then(|r| r.vmap.as_ref()));
+        let map = lookup_of(c);
+        let set = map.is_some_and(|m| m.set);
         v["element"] = json!({
-            "map": map.and_then(|m| m.name.clone()),
+            "map": map.filter(|_| !set).and_then(|m| m.name.clone()),
+            "set": map.filter(|_| set).and_then(|m| m.name.clone()),
             "key": e.text,
             "comment": e.comment,
             "verdict": e.verdict,
@@ -269,13 +301,9 @@ pub fn evidence(c: &Candidate) -> Value {
 pub fn remove_command(c: &Candidate, hint: &str) -> String {
     let id = &c.id;
     let (t, ch) = (q(&id.table), q(&id.chain));
-    let map = c
-        .gate
-        .as_ref()
-        .map(|(m, _)| m)
-        .or(c.rule.as_ref().and_then(|r| r.vmap.as_ref()));
-    if let (Some(e), Some(name)) = (&c.element, map.and_then(|m| m.name.as_ref())) {
-        // The element, not the rule: the rest of the map stays in force.
+    if let (Some(e), Some(name)) = (&c.element, lookup_of(c).and_then(|m| m.name.as_ref())) {
+        // The element, not the rule: the rest of the map (or set) stays in
+        // force.
         return format!(
             "{hint}nft delete element {} {t} {} {}",
             q(&id.family),
@@ -314,7 +342,10 @@ pub fn look_command(c: &CandidateId, hint: &str) -> String {
 /// then look at its chain.
 pub fn fixes_for(c: &Candidate, hint: &str) -> Vec<Fix> {
     let rm = remove_command(c, hint);
-    let what = if c.element.is_some() {
+    let named = lookup_of(c).filter(|m| m.name.is_some() && c.element.is_some());
+    let what = if named.is_some_and(|m| m.set) {
+        "Remove the address (or key) from the set, if this traffic should pass (whoever fills the set may add it back)"
+    } else if named.is_some() {
         "Remove the map's element, if this traffic should pass (whoever fills the map adds it back while its reason stands: kube-proxy's no-endpoint-services holds a Service until it has ready endpoints)"
     } else if c.rule.is_some() {
         "Remove the rule, if this traffic should pass"

@@ -245,6 +245,7 @@ fn uncounted(read_ns: u64) -> Arc<Ruleset> {
         goto: false,
         counter: None,
         vmap: None,
+        sets: Vec::new(),
     };
     Arc::new(Ruleset {
         read_ns,
