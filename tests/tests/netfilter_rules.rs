@@ -350,7 +350,7 @@ fn a_set_drop_names_the_member_and_its_comment() {
         have("nft"),
         "nft must be installed (cargo xtask test installs nftables)"
     );
-    let lab = lab("nfset");
+    let mut lab = lab("nfset");
     lab.exec(
         "gate",
         "nft -f - <<'EOF'

@@ -366,6 +366,7 @@ fn main() -> Result<()> {
                     "lab-pmtud@5.10,6.1",
                     "lab-veth",
                     "exhaustion@6.12",
+                    "ip-tunnels@6.1",
                 ];
                 let args: Vec<&str> = checks.iter().flat_map(|c| ["--check", c]).collect();
                 qemu::run(&root(), &args)?;

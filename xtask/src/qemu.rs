@@ -389,6 +389,13 @@ const CHECKS: &[Check] = &[
         cmd: Cmd::Test("exhaustion", &[]),
         timeout_s: 600,
     },
+    // GRE and IPIP tunnels too big for their underlay: kernels built
+    // without them (the CI host's) cannot make the devices.
+    Check {
+        name: "ip-tunnels",
+        cmd: Cmd::Test("ip_tunnels", &[]),
+        timeout_s: 300,
+    },
 ];
 
 /// Checks not run on a kernel, and why: they assert what that kernel
@@ -485,6 +492,8 @@ const GUEST_MODULES: &[&str] = &[
     "bridge",
     "br_netfilter",
     "vxlan",
+    "ip_gre",
+    "ipip",
     "nf_tables",
     "nft_compat",
     "nft_chain_nat",
