@@ -65,54 +65,86 @@ fn diagnose(lab: &Netlab, rec: Option<&Path>) -> tracer_tests::TracerRun {
     diagnose_on(lab, &["va", "vb"], rec)
 }
 
-#[test]
-fn a_vxlan_too_big_for_its_underlay_is_tunnel_mtu_and_its_fix_heals() {
-    let lab = lab("tunbig", 1420);
-    let rec = recording("tunbig");
-    let _ = std::fs::remove_file(&rec);
-    let run = diagnose(&lab, Some(&rec));
+/// One too-big VXLAN lab: what it is built with and what each end's
+/// verdict must say.
+struct TooBig {
+    lab: Netlab,
+    both_ways: fn(&Netlab) -> [bool; 2],
+    dev: &'static str,
+    tun_mtu: u32,
+    overhead: u32,
+    underlay_mtu: u32,
+    /// The far end of va's and of vb's tunnel.
+    remotes: [&'static str; 2],
+}
+
+/// Both directions die; each end is proven `tunnel_mtu` with its numbers
+/// and fix (recorded to `rec` when given); each fix, pasted, lets the
+/// pings through, and a second run is silent.
+fn too_big_heals(c: TooBig, rec: Option<&Path>) {
+    let lab = &c.lab;
+    let run = diagnose(lab, rec);
     // The first of each direction dies; the ICMP it raises teaches the
     // sender a smaller path MTU, so later ones may pass.
-    assert_eq!(both_ways(&lab), [false, false]);
+    assert_eq!((c.both_ways)(lab), [false, false]);
     std::thread::sleep(Duration::from_millis(500));
     let lines = run.stop();
-    keep_recording(&rec, "tunnel-mtu.jsonl");
     let got = all_verdicts(&lines);
     assert_eq!(got.len(), 2, "{got:#?}");
-    for (v, ns, remote) in [(got[0], "va", "10.219.33.2"), (got[1], "vb", "10.219.33.1")] {
+    for (v, ns, remote) in [(got[0], "va", c.remotes[0]), (got[1], "vb", c.remotes[1])] {
         assert_eq!(v["kind"], "tunnel_mtu");
         assert_eq!(v["tier"], "proven");
         assert_eq!(v["netns_name"], lab.name(ns));
         let e = &v["evidence"];
-        assert_eq!(e["tunnel"], "vx919");
+        assert_eq!(e["tunnel"], c.dev);
         assert_eq!(e["tunnel_kind"], "vxlan");
-        assert_eq!(e["tunnel_mtu"], 1420);
-        assert_eq!(e["overhead"], 50);
-        assert_eq!(e["df"], "set");
-        assert_eq!(e["underlay_mtu"], 1360);
+        assert_eq!(e["tunnel_mtu"], c.tun_mtu);
+        assert_eq!(e["overhead"], c.overhead);
+        assert_eq!(e["underlay_mtu"], c.underlay_mtu);
         assert_eq!(e["outer_dst"], remote);
         assert_eq!(e["outer_dport"], 4789);
-        assert!(e["outer_len"].as_u64().unwrap() > 1360, "{e}");
-        assert_eq!(e["suggested_mtu"], 1310);
+        assert!(
+            e["outer_len"].as_u64().unwrap() > u64::from(c.underlay_mtu),
+            "{e}"
+        );
+        let fits = c.underlay_mtu - c.overhead;
+        assert_eq!(e["suggested_mtu"], fits);
         assert_eq!(
             v["fix_commands"][0][0],
-            format!("ip -n {} link set dev vx919 mtu 1310", lab.name(ns))
+            format!("ip -n {} link set dev {} mtu {fits}", lab.name(ns), c.dev)
         );
     }
-    // The recording proves the same.
-    let replayed = replay(&rec).lines;
-    let _ = std::fs::remove_file(&rec);
-    let kinds: Vec<&Value> = all_verdicts(&replayed).iter().map(|v| &v["kind"]).collect();
-    assert_eq!(kinds, ["tunnel_mtu", "tunnel_mtu"]);
-
     // Each end's fix, pasted as printed: the pings pass, nothing proven.
     for v in &got {
         apply_first_fix(v);
     }
-    let run = diagnose(&lab, None);
-    assert_eq!(both_ways(&lab), [true, true]);
-    let lines = run.stop();
-    assert_no_verdict(&lines);
+    let run = diagnose(lab, None);
+    assert_eq!((c.both_ways)(lab), [true, true]);
+    assert_no_verdict(&run.stop());
+}
+
+#[test]
+fn a_vxlan_too_big_for_its_underlay_is_tunnel_mtu_and_its_fix_heals() {
+    let rec = recording("tunbig");
+    let _ = std::fs::remove_file(&rec);
+    let c = TooBig {
+        lab: lab("tunbig", 1420),
+        both_ways,
+        dev: "vx919",
+        tun_mtu: 1420,
+        overhead: 50,
+        underlay_mtu: 1360,
+        remotes: ["10.219.33.2", "10.219.33.1"],
+    };
+    too_big_heals(c, Some(&rec));
+    keep_recording(&rec, "tunnel-mtu.jsonl");
+    // The recording proves the same, `df set` included.
+    let replayed = replay(&rec).lines;
+    let _ = std::fs::remove_file(&rec);
+    let v = all_verdicts(&replayed);
+    let kinds: Vec<&Value> = v.iter().map(|v| &v["kind"]).collect();
+    assert_eq!(kinds, ["tunnel_mtu", "tunnel_mtu"]);
+    assert_eq!(v[0]["evidence"]["df"], "set");
 }
 
 /// The control: the same tunnel at 1310, what the underlay carries.
@@ -164,32 +196,18 @@ fn both_ways6(lab: &Netlab) -> [bool; 2] {
 /// the IPv6 overhead, and each end's fix, pasted, heals.
 #[test]
 fn a_vxlan_over_ipv6_too_big_for_its_underlay_is_tunnel_mtu_and_its_fix_heals() {
-    let lab = lab6("tunbig6", 1440);
-    let run = diagnose(&lab, None);
-    assert_eq!(both_ways6(&lab), [false, false]);
-    std::thread::sleep(Duration::from_millis(500));
-    let lines = run.stop();
-    let got = all_verdicts(&lines);
-    assert_eq!(got.len(), 2, "{got:#?}");
-    for (v, ns, remote) in [(got[0], "va", "fd21:33::2"), (got[1], "vb", "fd21:33::1")] {
-        assert_eq!(v["kind"], "tunnel_mtu");
-        assert_eq!(v["tier"], "proven");
-        assert_eq!(v["netns_name"], lab.name(ns));
-        let e = &v["evidence"];
-        assert_eq!(e["tunnel"], "vx77");
-        assert_eq!(e["tunnel_mtu"], 1440);
-        assert_eq!(e["overhead"], 70);
-        assert_eq!(e["underlay_mtu"], 1380);
-        assert_eq!(e["outer_dst"], remote);
-        assert_eq!(e["suggested_mtu"], 1310);
-    }
-    for v in &got {
-        apply_first_fix(v);
-    }
-    let run = diagnose(&lab, None);
-    assert_eq!(both_ways6(&lab), [true, true]);
-    let lines = run.stop();
-    assert_no_verdict(&lines);
+    too_big_heals(
+        TooBig {
+            lab: lab6("tunbig6", 1440),
+            both_ways: both_ways6,
+            dev: "vx77",
+            tun_mtu: 1440,
+            overhead: 70,
+            underlay_mtu: 1380,
+            remotes: ["fd21:33::2", "fd21:33::1"],
+        },
+        None,
+    );
 }
 
 /// The control over IPv6: the tunnel at 1310 from the start.

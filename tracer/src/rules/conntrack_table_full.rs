@@ -21,13 +21,10 @@ use crate::events::record::DropRecord;
 use crate::host::exhaustion::{Baseline, Conntrack};
 use crate::host::topology::NsTopology;
 use serde_json::json;
-use std::collections::HashMap;
 
 #[derive(Default)]
 pub struct ConntrackTableFull {
     readings: Readings,
-    /// The first drop seen per namespace, named in the verdict.
-    first: HashMap<u32, DropRecord>,
 }
 
 impl Rule for ConntrackTableFull {
@@ -41,14 +38,9 @@ impl Rule for ConntrackTableFull {
             return;
         }
         let key = Key::ConntrackTableFull { netns: d.netns };
-        cx.tally(&key, d.ts_ns);
-        if cx.concluded(&key).is_some() {
-            return;
+        if let Some(netns) = self.readings.drop(d, &key, cx) {
+            self.check(netns, cx);
         }
-        if self.first.len() < 1024 {
-            self.first.entry(d.netns).or_insert_with(|| d.clone());
-        }
-        self.check(d.netns, cx);
     }
 
     fn tick(&mut self, cx: &mut Ctx) {
@@ -60,7 +52,8 @@ impl Rule for ConntrackTableFull {
 
 impl ConntrackTableFull {
     fn check(&mut self, netns: u32, cx: &mut Ctx) {
-        let now = cx.now_ns;
+        // Readings run on the live clock (see `Ctx::wall_ns`).
+        let now = cx.wall_ns;
         let Some(first) = self.readings.before(netns, now, || cx.topo(netns)) else {
             return;
         };
@@ -75,7 +68,7 @@ impl ConntrackTableFull {
         let Some(after) = self.readings.after(netns, cx, |t| refused(t) > 0) else {
             return;
         };
-        let Some(d) = self.first.get(&netns).cloned() else {
+        let Some(d) = self.readings.first_drop(netns) else {
             return;
         };
         let b = after.exhaustion.before(&first.exhaustion);

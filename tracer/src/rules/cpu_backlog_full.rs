@@ -60,7 +60,8 @@ impl Rule for CpuBacklogFull {
 
 impl CpuBacklogFull {
     fn check(&mut self, netns: u32, cx: &mut Ctx) {
-        let now = cx.now_ns;
+        // Readings run on the live clock (see `Ctx::wall_ns`).
+        let now = cx.wall_ns;
         let Some(first) = self.readings.before(netns, now, || cx.topo(netns)) else {
             return;
         };

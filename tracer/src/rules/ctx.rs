@@ -175,9 +175,12 @@ pub struct Ctx<'a> {
     /// how late the facts arrive (a backlog), or fact time on a replay.
     /// Every window a rule keeps ("quiet for 2 s") is measured on it.
     pub now_ns: u64,
-    /// The live clock itself: how long after its first drop a verdict
-    /// came (`latency_ms`) counts the backlog too.
-    wall_ns: u64,
+    /// The live clock itself (fact time on a replay). How often the
+    /// kernel is read again (a ruleset, counters) runs on it: a reading
+    /// shows the kernel as it is now, however late the facts are, and
+    /// is stamped with it. How long after its first drop a verdict came
+    /// (`latency_ms`) counts the backlog too.
+    pub wall_ns: u64,
     pub obs: &'a mut Observations,
     book: &'a mut Book,
     src: &'a mut dyn TopologySource,

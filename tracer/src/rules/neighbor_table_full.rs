@@ -22,13 +22,11 @@ use crate::events::record::DropRecord;
 use crate::host::exhaustion::NeighTable;
 use crate::host::topology::NsTopology;
 use serde_json::json;
-use std::collections::HashMap;
 
 #[derive(Default)]
 pub struct NeighborTableFull {
+    /// With the first drop seen per namespace (its IP version too).
     readings: Readings,
-    /// The first drop seen per namespace, and its IP version.
-    first: HashMap<u32, DropRecord>,
 }
 
 /// A drop that a full neighbour table explains, and its IP version.
@@ -56,14 +54,9 @@ impl Rule for NeighborTableFull {
         let Fact::Drop(d) = fact else { return };
         let Some(v6) = matches(d) else { return };
         let key = Key::NeighborTableFull { v6 };
-        cx.tally(&key, d.ts_ns);
-        if cx.concluded(&key).is_some() {
-            return;
+        if let Some(netns) = self.readings.drop(d, &key, cx) {
+            self.check(netns, cx);
         }
-        if self.first.len() < 1024 {
-            self.first.entry(d.netns).or_insert_with(|| d.clone());
-        }
-        self.check(d.netns, cx);
     }
 
     fn tick(&mut self, cx: &mut Ctx) {
@@ -75,11 +68,12 @@ impl Rule for NeighborTableFull {
 
 impl NeighborTableFull {
     fn check(&mut self, netns: u32, cx: &mut Ctx) {
-        let now = cx.now_ns;
+        // Readings run on the live clock (see `Ctx::wall_ns`).
+        let now = cx.wall_ns;
         let Some(first) = self.readings.before(netns, now, || cx.topo(netns)) else {
             return;
         };
-        let Some(d) = self.first.get(&netns).cloned() else {
+        let Some(d) = self.readings.first_drop(netns) else {
             return;
         };
         let v6 = matches(&d).unwrap_or(false);

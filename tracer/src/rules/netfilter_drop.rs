@@ -56,6 +56,9 @@ struct Pending {
     /// hundred: only their count up to the next reading matters).
     since: Vec<u64>,
     reads: u32,
+    /// A reading has counted the first drop. Until one has, `fits` are
+    /// only the rules that could have dropped it, and none is named.
+    counted: bool,
 }
 
 #[derive(Default)]
@@ -77,7 +80,7 @@ impl NetfilterDrop {
             if r.read_ns >= ts {
                 return Some((r.clone(), true));
             }
-            if cx.now_ns < r.read_ns + MIN_READ_GAP_NS {
+            if cx.wall_ns < r.read_ns + MIN_READ_GAP_NS {
                 return Some((r.clone(), false));
             }
         }
@@ -126,7 +129,7 @@ impl NetfilterDrop {
     /// CONNTRACK_CHECK_NS: a full table's drops come at the rate of new
     /// connections, one reading serves them all.
     fn conntrack_full(&mut self, cx: &mut Ctx, netns: u32) -> bool {
-        let now = cx.now_ns;
+        let now = cx.wall_ns;
         if let Some(&(t, full)) = self.conntrack.get(&netns) {
             if now < t + CONNTRACK_CHECK_NS {
                 return full;
@@ -222,8 +225,16 @@ impl Rule for NetfilterDrop {
         if fits.is_empty() && self.conntrack_full(cx, d.netns) {
             return;
         }
-        conclude(cx, key.clone(), d, hooks, &fits, Some(&rs), None);
-        if fits.len() > 1 && self.pending.len() < 1000 {
+        // A reading from before the drop names no rule: a rule at 0 there
+        // may be the one, or none may be (a full conntrack table drops
+        // at the same hook). The next reading, which counts it, decides
+        // (rules without counters it cannot tell apart: named at once).
+        let defer =
+            !counted && fits.iter().any(|c| c.counter.is_some()) && self.pending.len() < 1000;
+        if !defer {
+            conclude(cx, key.clone(), d, hooks, &fits, Some(&rs), None);
+        }
+        if (fits.len() > 1 || defer) && self.pending.len() < 1000 {
             // Starts the trace of its next packets (with --nftrace).
             if let Some(flow) = trace_flow(d) {
                 cx.nftrace(d.netns, &flow);
@@ -237,13 +248,15 @@ impl Rule for NetfilterDrop {
                 // count it.
                 since: if counted { Vec::new() } else { vec![d.ts_ns] },
                 reads: 1,
+                counted,
             };
             self.pending.insert(key, p);
         }
     }
 
     fn tick(&mut self, cx: &mut Ctx) {
-        let now = cx.now_ns;
+        // Readings are stamped on the live clock (see `Ctx::wall_ns`).
+        let now = cx.wall_ns;
         // One reading per namespace per tick serves all its flows.
         let mut read: HashMap<u32, Option<Arc<Ruleset>>> = HashMap::new();
         let keys: Vec<Key> = self.pending.keys().cloned().collect();
@@ -251,6 +264,8 @@ impl Rule for NetfilterDrop {
             self.settle_by_trace(cx, &key);
         }
         let mut done = Vec::new();
+        // Flows whose drop no candidate counted: no rule's.
+        let mut unnamed = Vec::new();
         for (key, p) in self.pending.iter_mut() {
             if p.since.is_empty() || now < p.last.read_ns + REREAD_NS {
                 continue;
@@ -274,6 +289,11 @@ impl Rule for NetfilterDrop {
             p.since.retain(|&t| t > rs.read_ns);
             p.last = rs.clone();
             p.reads += 1;
+            if left.is_empty() && !p.counted {
+                unnamed.push((key.clone(), rs.clone()));
+                continue;
+            }
+            p.counted = true;
             // None left: the ruleset changed under us; keep the old fits.
             if !left.is_empty() {
                 p.fits = left;
@@ -287,6 +307,15 @@ impl Rule for NetfilterDrop {
         }
         for k in done {
             self.pending.remove(&k);
+        }
+        for (k, rs) in unnamed {
+            let Some(p) = self.pending.remove(&k) else {
+                continue;
+            };
+            // Conntrack refusing entries is conntrack_table_full's to say.
+            if !self.conntrack_full(cx, p.first.netns) {
+                conclude(cx, k, &p.first, p.hooks, &[], Some(&rs), None);
+            }
         }
     }
 }

@@ -7,12 +7,14 @@
 //! A reading is the namespace's topology (its `exhaustion` part). The
 //! first is the copy in hand at the first matching drop (read before the
 //! drops if tracer had read the namespace already); later ones are read
-//! anew, at most every [`REREAD_NS`] of fact time and [`MAX_READS`] times,
+//! anew, at most every [`REREAD_NS`] of the live clock (fact time on a replay) and [`MAX_READS`] times,
 //! until the counter that proves the cause has moved.
 
+use crate::events::record::DropRecord;
 use crate::host::exhaustion::Exhaustion;
 use crate::host::topology::NsTopology;
 use crate::rules::ctx::Ctx;
+use crate::rules::key::Key;
 use std::collections::HashMap;
 use std::sync::Arc;
 
@@ -28,13 +30,33 @@ struct Watch {
     reads: u32,
 }
 
-/// The readings a rule took, per namespace.
+/// The readings a rule took, per namespace, and the first drop of each
+/// (what its verdict names).
 #[derive(Default)]
 pub struct Readings {
     watches: HashMap<u32, Watch>,
+    first: HashMap<u32, DropRecord>,
 }
 
 impl Readings {
+    /// Takes in a drop of the rule's cause under `key` (counted for the
+    /// verdict): the namespace to check now, unless `key` has its verdict.
+    pub fn drop(&mut self, d: &DropRecord, key: &Key, cx: &mut Ctx) -> Option<u32> {
+        cx.tally(key, d.ts_ns);
+        if cx.concluded(key).is_some() {
+            return None;
+        }
+        if self.first.len() < 1024 {
+            self.first.entry(d.netns).or_insert_with(|| d.clone());
+        }
+        Some(d.netns)
+    }
+
+    /// The first drop taken in for `netns`.
+    pub fn first_drop(&self, netns: u32) -> Option<DropRecord> {
+        self.first.get(&netns).cloned()
+    }
+
     /// The first reading of `netns`, taken with `read` on the first call.
     pub fn before(
         &mut self,
@@ -98,7 +120,7 @@ impl Readings {
         rose: impl Fn(&NsTopology) -> bool,
     ) -> Option<Arc<NsTopology>> {
         let mut after = cx.topo(netns).filter(|t| rose(t));
-        if after.is_none() && self.due(netns, cx.now_ns) {
+        if after.is_none() && self.due(netns, cx.wall_ns) {
             after = cx.reread(netns).filter(|t| rose(t));
         }
         if after.is_some() {

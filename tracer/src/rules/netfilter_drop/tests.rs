@@ -298,3 +298,50 @@ fn nftrace_settles_uncounted_rules_and_without_it_they_stay_suspects() {
         ["ip netns exec lab nft delete rule inet wall61 fwd61 handle 9"]
     );
 }
+
+/// Flow A's drop is read at 500 ms (rule 2 counted it); flow B's, at
+/// 1 s, finds only that reading from before it, at most 500 ms old. The
+/// reading cannot name B's rule: the next one, after B, decides. Here no
+/// rule's counter rose for B: with the namespace's conntrack table full
+/// and refusing entries, B is `conntrack_table_full`'s and netfilter_drop
+/// says nothing of it; with room in the table, B's drop is proven with its
+/// rule unknown; and where rule 1 rose, rule 1 is named.
+#[test]
+fn a_reading_from_before_the_drop_names_no_rule_until_the_next_counts_it() {
+    let flow = |ts, dport| {
+        let Fact::Drop(mut d) = forwarded(ts) else {
+            unreachable!()
+        };
+        d.dport = Some(dport);
+        Fact::Drop(d)
+    };
+    for (full, later, named) in [
+        (true, (0, 1), None),
+        (false, (0, 1), Some("")),
+        (true, (1, 1), Some("rule 1 of chain EDGE-GUARD")),
+    ] {
+        let mut t = topo(NS, Some("lab"), vec![], vec![]);
+        t.exhaustion.conntrack.max = Some(24);
+        t.exhaustion.conntrack.count = Some(if full { 24 } else { 3 });
+        t.exhaustion.conntrack.drop = Some(if full { 9 } else { 0 });
+        let mut src = Fake::with(vec![t]);
+        src.rulesets.insert(
+            NS,
+            vec![reading(500, 0, 1), reading(1_600_000_000, later.0, later.1)],
+        );
+        let facts = vec![flow(400, 6301), flow(1_000, 6300)];
+        let v = run(&mut src, facts, 3_000_000_000);
+        let of_b: Vec<_> = v.iter().filter(|v| v.evidence["dport"] == 6300).collect();
+        match named {
+            None => assert!(of_b.is_empty(), "full={full}: {of_b:#?}"),
+            Some(rule) => {
+                assert_eq!(of_b.len(), 1, "{of_b:#?}");
+                assert_eq!(of_b[0].tier, Tier::Proven);
+                assert!(of_b[0].summary.contains(rule), "{}", of_b[0].summary);
+                if rule.is_empty() {
+                    assert!(of_b[0].evidence["rule"].is_null(), "{:?}", of_b[0].evidence);
+                }
+            }
+        }
+    }
+}
