@@ -54,24 +54,29 @@ fn diagnose(lab: &Netlab, rec: Option<&Path>) -> tracer_tests::TracerRun {
     diagnose_on(lab, &["gw", "rcv"], rec)
 }
 
+/// Sends with `send` until a reassembly timeout is proven, twice at
+/// most: on a loaded host (the suite runs two lanes at once) the first
+/// datagram's timeout was once not seen within 10 s.
+fn sent_until_timed_out(run: &tracer_tests::TracerRun, send: impl Fn()) -> Option<Value> {
+    for _ in 0..2 {
+        send();
+        let got = run.wait_for(Duration::from_secs(10), |v| {
+            v["type"] == "verdict" && v["kind"] == "fragment_reassembly_timeout"
+        });
+        if got.is_some() {
+            return got;
+        }
+    }
+    None
+}
+
 #[test]
 fn a_firewall_dropping_fragments_is_named_by_the_reassembly_timeout() {
     let lab = lab("fragto", true);
     let rec = recording("fragto");
     let _ = std::fs::remove_file(&rec);
     let run = diagnose(&lab, Some(&rec));
-    // Once more if the first datagram's timeout is not seen within 10 s:
-    // on a loaded host (the suite runs two lanes at once) it once was not.
-    let mut got = None;
-    for _ in 0..2 {
-        send(&lab);
-        got = run.wait_for(Duration::from_secs(10), |v| {
-            v["type"] == "verdict" && v["kind"] == "fragment_reassembly_timeout"
-        });
-        if got.is_some() {
-            break;
-        }
-    }
+    let got = sent_until_timed_out(&run, || send(&lab));
     let lines = run.stop();
     keep_recording(&rec, "fragment-timeout.jsonl");
     let v = got.unwrap_or_else(|| panic!("{:#?}", all_verdicts(&lines)));
@@ -206,16 +211,7 @@ fn send6(lab: &Netlab) {
 fn an_ipv6_firewall_dropping_fragments_is_named_by_the_reassembly_timeout() {
     let lab = lab6("fragto6", true);
     let run = diagnose(&lab, None);
-    let mut got = None;
-    for _ in 0..2 {
-        send6(&lab);
-        got = run.wait_for(Duration::from_secs(10), |v| {
-            v["type"] == "verdict" && v["kind"] == "fragment_reassembly_timeout"
-        });
-        if got.is_some() {
-            break;
-        }
-    }
+    let got = sent_until_timed_out(&run, || send6(&lab));
     let lines = run.stop();
     let v = got.unwrap_or_else(|| panic!("{:#?}", all_verdicts(&lines)));
     assert_eq!(v["tier"], "proven");

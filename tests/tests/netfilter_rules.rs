@@ -269,6 +269,32 @@ fn iptables_legacy_rules_are_named_v4_and_v6() {
     healed(&lab, DST6, 6313);
 }
 
+/// The one proven drop of `lines`, by a native rule whose map or set
+/// holds `key` with `comment` (`(table, lookup, name)`: its family and
+/// table, "map" or "set", and its name); fix 1 deletes that element only.
+fn element_named<'a>(
+    lab: &Netlab,
+    lines: &'a [Value],
+    (table, lookup, name): (&str, &str, &str),
+    key: &str,
+    comment: &str,
+) -> &'a Value {
+    let v = named(lines);
+    let r = &v["evidence"]["rule"];
+    assert_eq!(r["source"], "nftables", "{r:#}");
+    assert_eq!(r["element"][lookup], name, "{r:#}");
+    assert_eq!(r["element"]["key"], key, "{r:#}");
+    assert_eq!(r["element"]["comment"], comment, "{r:#}");
+    assert_eq!(
+        v["fix_commands"][0][0],
+        format!(
+            "ip netns exec {} nft delete element {table} {name} '{{ {key} }}'",
+            lab.name("gate")
+        )
+    );
+    v
+}
+
 /// A verdict map, as kube-proxy's nftables mode drops traffic to a
 /// Service without endpoints: gate's forward hook looks up daddr . proto
 /// . dport in `svc-gone`, whose element for 6311 drops and whose element
@@ -312,26 +338,13 @@ EOF",
             open = connects(&lab, DST4, 6313, 20);
         });
         assert!(open, "6313 is in no element");
-        let v = named(&lines);
-        let r = &v["evidence"]["rule"];
-        assert_eq!(r["source"], "nftables", "{r:#}");
-        assert_eq!(r["element"]["map"], "svc-gone", "{r:#}");
-        assert_eq!(r["element"]["key"], format!("10.147.88.40 . tcp . {port}"));
-        assert_eq!(r["element"]["comment"], comment);
-        assert_eq!(r["element"]["verdict"], verdict);
+        let key = format!("10.147.88.40 . tcp . {port}");
+        let v = element_named(&lab, &lines, ("ip kpx71", "map", "svc-gone"), &key, comment);
+        assert_eq!(v["evidence"]["rule"]["element"]["verdict"], verdict);
         let s = v["summary"].as_str().unwrap();
         assert!(
-            s.contains(&format!(
-                "map element `10.147.88.40 . tcp . {port}` (comment \"{comment}\")"
-            )),
+            s.contains(&format!("map element `{key}` (comment \"{comment}\")")),
             "{s}"
-        );
-        assert_eq!(
-            v["fix_commands"][0][0],
-            format!(
-                "ip netns exec {} nft delete element ip kpx71 svc-gone '{{ 10.147.88.40 . tcp . {port} }}'",
-                lab.name("gate")
-            )
         );
         apply_first_fix(v);
         healed(&lab, DST4, port);
@@ -415,25 +428,13 @@ EOF",
             open = connects(&lab, dst, 6318, 20);
         });
         assert!(open, "6318 is in no set");
-        let v = named(&lines);
-        let r = &v["evidence"]["rule"];
-        assert_eq!(r["source"], "nftables", "{r:#}");
-        assert_eq!(r["element"]["set"], set, "{r:#}");
-        assert_eq!(r["element"]["key"], key, "{r:#}");
-        assert_eq!(r["element"]["comment"], comment);
+        let v = element_named(&lab, &lines, ("inet edge58", "set", set), key, comment);
         let s = v["summary"].as_str().unwrap();
         assert!(
             s.contains(&format!(
                 "matching element `{key}` (comment \"{comment}\") of set {set}"
             )),
             "{s}"
-        );
-        assert_eq!(
-            v["fix_commands"][0][0],
-            format!(
-                "ip netns exec {} nft delete element inet edge58 {set} '{{ {key} }}'",
-                lab.name("gate")
-            )
         );
         apply_first_fix(v);
         healed(&lab, dst, port);

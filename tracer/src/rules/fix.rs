@@ -247,7 +247,8 @@ pub fn route_via(topo: &NsTopology, ifindex: i32, toward: IpAddr) -> String {
     match topo
         .routes
         .iter()
-        .filter(|r| r.oif == Some(ifindex) && r.dst.is_ipv4() == toward.is_ipv4())
+        .filter(|r| r.oif == Some(ifindex))
+        // The gateway's family is what `ip route add PEER via GW` needs.
         .find_map(|r| r.gateway.filter(|g| g.is_ipv4() == toward.is_ipv4()))
     {
         Some(gw) => format!("via {gw} dev {}", q(&name)),

@@ -79,25 +79,43 @@ impl Vmap {
     /// (`value(part)`: an address, `tcp`/`udp`/..., a port) or None when
     /// the packet has none.
     pub fn element_for(&self, value: impl Fn(&KeyPart) -> Option<String>) -> Option<&VmapElem> {
-        let packet: Vec<Option<String>> = self.key.iter().map(value).collect();
+        // Parsed once, not once per element: a blocklist holds thousands.
+        let packet: Vec<Option<Packet>> = self
+            .key
+            .iter()
+            .map(|k| {
+                value(k).map(|text| Packet {
+                    addr: text.parse().ok(),
+                    num: text.parse().ok(),
+                    text,
+                })
+            })
+            .collect();
         self.elements.iter().find(|e| {
             e.key.len() == packet.len()
                 && e.key
                     .iter()
                     .zip(&packet)
-                    .all(|(v, p)| p.as_deref().is_some_and(|p| fits(v, p)))
+                    .all(|(v, p)| p.as_ref().is_some_and(|p| p.fits(v)))
         })
     }
 }
 
-fn fits(v: &ElemVal, p: &str) -> bool {
-    match v {
-        ElemVal::Exact(s) => s == p,
-        ElemVal::Prefix(net, len) => p
-            .parse::<IpAddr>()
-            .is_ok_and(|a| prefix_contains(*net, *len, a)),
-        ElemVal::Range(lo, hi) => p.parse::<u64>().is_ok_and(|n| (*lo..=*hi).contains(&n)),
-        ElemVal::AddrRange(lo, hi) => p.parse::<IpAddr>().is_ok_and(|a| (*lo..=*hi).contains(&a)),
+/// One key part's value in a packet, as text and parsed.
+struct Packet {
+    text: String,
+    addr: Option<IpAddr>,
+    num: Option<u64>,
+}
+
+impl Packet {
+    fn fits(&self, v: &ElemVal) -> bool {
+        match v {
+            ElemVal::Exact(s) => *s == self.text,
+            ElemVal::Prefix(net, len) => self.addr.is_some_and(|a| prefix_contains(*net, *len, a)),
+            ElemVal::Range(lo, hi) => self.num.is_some_and(|n| (*lo..=*hi).contains(&n)),
+            ElemVal::AddrRange(lo, hi) => self.addr.is_some_and(|a| (*lo..=*hi).contains(&a)),
+        }
     }
 }
 
