@@ -1,5 +1,6 @@
-//! `cargo xtask bench --scale [--sizes 100,1000,3000] [--idle S] [--tracer PATH]`:
-//! `tracer diagnose` on a dense node (issue 22). For each size N it builds
+//! `cargo xtask bench --scale [--sizes 100,1000,3000] [--modes watch,diagnose,agent] [--idle S] [--tracer PATH]`:
+//! `tracer watch`, `diagnose` and `agent` on a dense node (issue 22). For
+//! each size N it builds
 //! N namespaces `trscale-<pid>-<i>`, each with a veth `eth0` into one
 //! bridge in `trscale-<pid>-hub` (a bridge per 1,000, joined to the first:
 //! the kernel's limit is 1,024 ports) (IPv6 off, so that nothing but the
@@ -13,7 +14,13 @@
 //! - threads at the end;
 //! - drop to line and drop to verdict: one UDP datagram from the hub to a
 //!   closed port of the last-made namespace, timed from just before it is
-//!   sent to the `drop` line naming it and to the `port_closed` verdict.
+//!   sent to the `drop` line naming it and to the `port_closed` verdict
+//!   (`watch` has no verdicts). The agent's "line" is its metric: the
+//!   first scrape whose `tracer_drops_total` has a series for that
+//!   namespace; its verdict is its `--log -` line. Its ready is the first
+//!   `/healthz` that answers 200, and it adds the scrape: one GET
+//!   /metrics after the idle window, timed, with its series counted
+//!   (bounded by the default `--max-series`).
 //!
 //! With the largest size, the churn phase (`--churn 30` s, `--churn-rate
 //! 200` namespaces made and deleted a second, see `churn`): no crash, every
@@ -26,16 +33,16 @@
 
 use super::churn;
 use super::lab::{batch, catch_signals, check_interrupted, in_netns, sleep, Reaper};
-use super::observers::{cpu_seconds, status_kb};
+use super::observers::{cpu_seconds, free_port, http_get, status_kb};
 use anyhow::{bail, Context, Result};
 use serde_json::{json, Value};
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::process::{Child, Command, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
-const USAGE: &str = "usage: cargo xtask bench --scale [--sizes 100,1000,3000] [--idle SECONDS] [--churn SECONDS] [--churn-rate N] [--tracer PATH]";
+const USAGE: &str = "usage: cargo xtask bench --scale [--sizes 100,1000,3000] [--modes watch,diagnose,agent] [--idle SECONDS] [--churn SECONDS] [--churn-rate N] [--tracer PATH]";
 
 /// The issue's targets (at 1,000 namespaces; ready also at 3,000).
 const READY_MS_1000: f64 = 300.0;
@@ -44,9 +51,43 @@ const IDLE_CPU_PCT: f64 = 1.0;
 const RSS_MB: f64 = 80.0;
 const RSS_GROWTH_MB: f64 = 1.0;
 const DROP_MS: f64 = 50.0;
+const SCRAPE_MS: f64 = 50.0;
+
+/// Which command the bench measures.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Mode {
+    Watch,
+    Diagnose,
+    Agent,
+}
+
+impl Mode {
+    const ALL: [Mode; 3] = [Mode::Watch, Mode::Diagnose, Mode::Agent];
+
+    fn name(self) -> &'static str {
+        match self {
+            Mode::Watch => "watch",
+            Mode::Diagnose => "diagnose",
+            Mode::Agent => "agent",
+        }
+    }
+
+    fn parse(s: &str) -> Result<Mode> {
+        Mode::ALL
+            .into_iter()
+            .find(|m| m.name() == s.trim())
+            .with_context(|| format!("--modes: unknown mode '{s}' ({USAGE})"))
+    }
+
+    /// `watch` only shows drops; the others prove verdicts.
+    fn verdicts(self) -> bool {
+        self != Mode::Watch
+    }
+}
 
 struct Opts {
     sizes: Vec<usize>,
+    modes: Vec<Mode>,
     idle: u64,
     /// The churn phase's length (0: none) and namespaces made per second.
     churn: u64,
@@ -57,6 +98,7 @@ struct Opts {
 fn parse(root: &Path, args: &[&str]) -> Result<Opts> {
     let mut o = Opts {
         sizes: vec![100, 1000, 3000],
+        modes: Mode::ALL.to_vec(),
         idle: 30,
         churn: 30,
         churn_rate: 200,
@@ -77,6 +119,9 @@ fn parse(root: &Path, args: &[&str]) -> Result<Opts> {
                     .collect::<Result<_, _>>()
                     .with_context(|| format!("--sizes: a list of numbers ({USAGE})"))?;
             }
+            "--modes" => {
+                o.modes = val()?.split(',').map(Mode::parse).collect::<Result<_>>()?;
+            }
             "--idle" => {
                 o.idle = val()?
                     .parse()
@@ -95,6 +140,9 @@ fn parse(root: &Path, args: &[&str]) -> Result<Opts> {
             "--tracer" => o.tracer = PathBuf::from(val()?),
             _ => bail!("bench: unknown argument {a} ({USAGE})"),
         }
+    }
+    if o.modes.is_empty() {
+        bail!("--modes: at least one of watch, diagnose, agent ({USAGE})");
     }
     if o.sizes.is_empty() || o.sizes.iter().any(|n| *n == 0 || *n > 60_000) {
         bail!("--sizes: between 1 and 60000 namespaces each ({USAGE})");
@@ -119,8 +167,11 @@ pub(crate) fn run(root: &Path, args: &[&str]) -> Result<()> {
             "bench --scale: {n} namespaces built in {:.1} s",
             started.elapsed().as_secs_f64()
         );
-        let row = measure(&o, &star)?;
-        eprintln!("bench --scale: {}", row_text(&row));
+        for &mode in &o.modes {
+            let row = measure(&o, &star, mode)?;
+            eprintln!("bench --scale: {}", row_text(&row));
+            rows.push(row);
+        }
         // The churn runs once, on the largest node of the run.
         if o.churn > 0 && i + 1 == o.sizes.len() {
             let c = churn::run(&o.tracer, &star.prefix, o.churn_rate, o.churn)?;
@@ -128,7 +179,6 @@ pub(crate) fn run(root: &Path, args: &[&str]) -> Result<()> {
             churned = Some((n, c));
         }
         drop(star);
-        rows.push(row);
     }
     report(root, &rows, churned.as_ref())
 }
@@ -246,8 +296,9 @@ fn sweep_stale() {
     }
 }
 
-/// One size's figures.
+/// One size's figures in one mode.
 struct Row {
+    mode: Mode,
     n: usize,
     ready_ms: f64,
     cpu_pct: f64,
@@ -256,17 +307,31 @@ struct Row {
     threads: u64,
     line_ms: Option<f64>,
     verdict_ms: Option<f64>,
+    /// The agent's: one idle scrape's time and its series.
+    scrape: Option<(f64, usize)>,
 }
 
-fn measure(o: &Opts, star: &Star) -> Result<Row> {
-    let t0 = Instant::now();
-    let mut child = Command::new(&o.tracer)
-        .args(["diagnose", "-o", "json"])
-        .stdin(Stdio::null())
+/// The tracer in `mode`, with its stdout's telling lines on a channel.
+fn spawn(o: &Opts, mode: Mode, port: u16) -> Result<Child> {
+    let mut cmd = Command::new(&o.tracer);
+    match mode {
+        Mode::Watch => cmd.args(["watch", "-o", "json"]),
+        Mode::Diagnose => cmd.args(["diagnose", "-o", "json"]),
+        Mode::Agent => cmd
+            .args(["agent", "--metrics-addr", &format!("127.0.0.1:{port}")])
+            .args(["--log", "-"]),
+    };
+    cmd.stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
         .spawn()
-        .with_context(|| format!("cannot start {}", o.tracer.display()))?;
+        .with_context(|| format!("cannot start {}", o.tracer.display()))
+}
+
+fn measure(o: &Opts, star: &Star, mode: Mode) -> Result<Row> {
+    let port = if mode == Mode::Agent { free_port()? } else { 0 };
+    let t0 = Instant::now();
+    let mut child = spawn(o, mode, port)?;
     let guard = Reaper(&mut child);
     let pid = guard.0.id() as i32;
     let (tx, rx) = mpsc::channel::<(Instant, String)>();
@@ -281,10 +346,14 @@ fn measure(o: &Opts, star: &Star) -> Result<Row> {
             }
         }
     });
-    let ready = wait_for(&rx, Duration::from_secs(60), |l| {
-        l.starts_with("{\"type\":\"ready\"")
-    })?
-    .context("tracer never printed its ready line")?;
+    let ready = if mode == Mode::Agent {
+        healthy(port, Duration::from_secs(60))?
+    } else {
+        wait_for(&rx, Duration::from_secs(60), |l| {
+            l.starts_with("{\"type\":\"ready\"")
+        })?
+    }
+    .with_context(|| format!("tracer {} never became ready", mode.name()))?;
     let ready_ms = ms(ready.duration_since(t0));
     sleep(Duration::from_secs(5))?;
     let (c0, r0, w0) = (
@@ -299,8 +368,22 @@ fn measure(o: &Opts, star: &Star) -> Result<Row> {
     );
     let cpu_pct = 100.0 * (c1 - c0) / w0.elapsed().as_secs_f64();
     let threads = status_kb(pid, "Threads").unwrap_or(0);
+    // After the CPU window: a scrape is work the idle figure leaves out.
+    let scrape = if mode == Mode::Agent {
+        let t = Instant::now();
+        let (_, body) =
+            http_get(port, "/metrics").context("the agent's /metrics did not answer")?;
+        let series = body
+            .lines()
+            .filter(|l| !l.is_empty() && !l.starts_with('#'))
+            .count();
+        Some((ms(t.elapsed()), series))
+    } else {
+        None
+    };
     // The drop: from the hub, to a closed port of the last-made namespace.
     let dst = addr_of(star.n);
+    let series = format!("netns=\"{}\"", star.name(&star.n.to_string()));
     let sent = Instant::now();
     in_netns(&netlab::netns_path(&star.name("hub")), || {
         let s = std::net::UdpSocket::bind("0.0.0.0:0")?;
@@ -309,10 +392,20 @@ fn measure(o: &Opts, star: &Star) -> Result<Row> {
     })?;
     let mut line_ms = None;
     let mut verdict_ms = None;
-    let deadline = sent + Duration::from_secs(60);
-    while verdict_ms.is_none() && Instant::now() < deadline {
+    let deadline = sent + Duration::from_secs(if mode.verdicts() { 60 } else { 10 });
+    let done = |l: &Option<f64>, v: &Option<f64>| l.is_some() && (v.is_some() || !mode.verdicts());
+    while !done(&line_ms, &verdict_ms) && Instant::now() < deadline {
         check_interrupted()?;
-        let Ok((at, l)) = rx.recv_timeout(Duration::from_millis(50)) else {
+        if mode == Mode::Agent && line_ms.is_none() {
+            let counted = http_get(port, "/metrics").is_some_and(|(_, b)| {
+                b.lines()
+                    .any(|l| l.starts_with("tracer_drops_total{") && l.contains(&series))
+            });
+            if counted {
+                line_ms = Some(ms(sent.elapsed()));
+            }
+        }
+        let Ok((at, l)) = rx.recv_timeout(Duration::from_millis(5)) else {
             continue;
         };
         if l.starts_with("{\"type\":\"drop\"") && l.contains(&format!("\"dst\":\"{dst}\"")) {
@@ -323,6 +416,7 @@ fn measure(o: &Opts, star: &Star) -> Result<Row> {
     }
     drop(guard);
     Ok(Row {
+        mode,
         n: star.n,
         ready_ms,
         cpu_pct,
@@ -331,7 +425,21 @@ fn measure(o: &Opts, star: &Star) -> Result<Row> {
         threads,
         line_ms,
         verdict_ms,
+        scrape,
     })
+}
+
+/// When the agent's `/healthz` first answers 200 (polled every 5 ms).
+fn healthy(port: u16, within: Duration) -> Result<Option<Instant>> {
+    let end = Instant::now() + within;
+    while Instant::now() < end {
+        check_interrupted()?;
+        if http_get(port, "/healthz").map(|r| r.0) == Some(200) {
+            return Ok(Some(Instant::now()));
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    Ok(None)
 }
 
 fn wait_for(
@@ -362,8 +470,20 @@ fn opt_ms(v: Option<f64>) -> String {
 
 fn row_text(r: &Row) -> String {
     format!(
-        "{:>6} namespaces: ready {:.0} ms, idle CPU {:.2} %, RSS {:.1} -> {:.1} MB, {} threads, drop -> line {}, -> verdict {}",
-        r.n, r.ready_ms, r.cpu_pct, r.rss0_mb, r.rss1_mb, r.threads, opt_ms(r.line_ms), opt_ms(r.verdict_ms)
+        "{} at {} namespaces: ready {:.0} ms, idle CPU {:.2} %, RSS {:.1} -> {:.1} MB, {} threads, drop -> {} {}, -> verdict {}{}",
+        r.mode.name(),
+        r.n,
+        r.ready_ms,
+        r.cpu_pct,
+        r.rss0_mb,
+        r.rss1_mb,
+        r.threads,
+        if r.mode == Mode::Agent { "metric" } else { "line" },
+        opt_ms(r.line_ms),
+        opt_ms(r.verdict_ms),
+        r.scrape
+            .map(|(t, n)| format!(", scrape {t:.1} ms ({n} series)"))
+            .unwrap_or_default()
     )
 }
 
@@ -377,10 +497,11 @@ fn pass(ok: bool) -> &'static str {
 
 /// The curve, the cost per 1,000 namespaces, the targets, scale.json.
 fn report(root: &Path, rows: &[Row], churned: Option<&(usize, churn::Churn)>) -> Result<()> {
-    println!("\n  namespaces   ready    idle CPU   RSS start -> end   threads   drop->line   drop->verdict");
+    println!("\n  mode       namespaces   ready    idle CPU   RSS start -> end   threads   drop->line   drop->verdict   scrape");
     for r in rows {
         println!(
-            "  {:>10}   {:>5.0} ms   {:>6.2} %   {:>6.1} -> {:>6.1} MB   {:>7}   {:>10}   {:>13}",
+            "  {:<8}   {:>10}   {:>5.0} ms   {:>6.2} %   {:>6.1} -> {:>6.1} MB   {:>7}   {:>10}   {:>13}   {}",
+            r.mode.name(),
             r.n,
             r.ready_ms,
             r.cpu_pct,
@@ -388,18 +509,25 @@ fn report(root: &Path, rows: &[Row], churned: Option<&(usize, churn::Churn)>) ->
             r.rss1_mb,
             r.threads,
             opt_ms(r.line_ms),
-            opt_ms(r.verdict_ms)
+            if r.mode.verdicts() { opt_ms(r.verdict_ms) } else { "-".into() },
+            r.scrape
+                .map(|(t, n)| format!("{t:.1} ms, {n} series"))
+                .unwrap_or_else(|| "-".into())
         );
     }
-    if let (Some(a), Some(b)) = (rows.first(), rows.last()) {
-        if b.n > a.n {
-            let k = 1000.0 / (b.n - a.n) as f64;
-            println!(
-                "\n  cost per 1,000 namespaces: ready {:+.0} ms, idle CPU {:+.2} %, RSS {:+.1} MB",
-                (b.ready_ms - a.ready_ms) * k,
-                (b.cpu_pct - a.cpu_pct) * k,
-                (b.rss1_mb - a.rss1_mb) * k
-            );
+    for mode in Mode::ALL {
+        let of: Vec<&Row> = rows.iter().filter(|r| r.mode == mode).collect();
+        if let (Some(a), Some(b)) = (of.first(), of.last()) {
+            if b.n > a.n {
+                let k = 1000.0 / (b.n - a.n) as f64;
+                println!(
+                    "\n  {}: cost per 1,000 namespaces: ready {:+.0} ms, idle CPU {:+.2} %, RSS {:+.1} MB",
+                    mode.name(),
+                    (b.ready_ms - a.ready_ms) * k,
+                    (b.cpu_pct - a.cpu_pct) * k,
+                    (b.rss1_mb - a.rss1_mb) * k
+                );
+            }
         }
     }
     println!("\n  targets (issue 22):");
@@ -409,7 +537,7 @@ fn report(root: &Path, rows: &[Row], churned: Option<&(usize, churn::Churn)>) ->
         } else {
             READY_MS_1000
         };
-        let checks = [
+        let mut checks = vec![
             (
                 format!("ready <= {ready_target:.0} ms"),
                 r.ready_ms <= ready_target,
@@ -424,16 +552,33 @@ fn report(root: &Path, rows: &[Row], churned: Option<&(usize, churn::Churn)>) ->
                 r.rss1_mb - r.rss0_mb <= RSS_GROWTH_MB,
             ),
             (
-                format!("drop -> line <= {DROP_MS:.0} ms"),
+                format!(
+                    "drop -> {} <= {DROP_MS:.0} ms",
+                    if r.mode == Mode::Agent {
+                        "metric"
+                    } else {
+                        "line"
+                    }
+                ),
                 r.line_ms.is_some_and(|v| v <= DROP_MS),
             ),
-            (
+        ];
+        if r.mode.verdicts() {
+            checks.push((
                 format!("drop -> verdict <= {DROP_MS:.0} ms"),
                 r.verdict_ms.is_some_and(|v| v <= DROP_MS),
-            ),
-        ];
+            ));
+        }
+        if let Some((t, _)) = r.scrape {
+            checks.push((format!("scrape <= {SCRAPE_MS:.0} ms"), t <= SCRAPE_MS));
+        }
         for (what, ok) in checks {
-            println!("  {:>6} namespaces  {what:<32} {}", r.n, pass(ok));
+            println!(
+                "  {:<8} {:>6} namespaces  {what:<32} {}",
+                r.mode.name(),
+                r.n,
+                pass(ok)
+            );
         }
     }
     if let Some((n, c)) = churned {
@@ -445,9 +590,10 @@ fn report(root: &Path, rows: &[Row], churned: Option<&(usize, churn::Churn)>) ->
     let mut out: Vec<Value> = rows
         .iter()
         .map(|r| {
-            json!({"namespaces": r.n, "ready_ms": r.ready_ms, "idle_cpu_pct": r.cpu_pct,
+            json!({"mode": r.mode.name(), "namespaces": r.n, "ready_ms": r.ready_ms, "idle_cpu_pct": r.cpu_pct,
                    "rss_start_mb": r.rss0_mb, "rss_end_mb": r.rss1_mb, "threads": r.threads,
-                   "drop_to_line_ms": r.line_ms, "drop_to_verdict_ms": r.verdict_ms})
+                   "drop_to_line_ms": r.line_ms, "drop_to_verdict_ms": r.verdict_ms,
+                   "scrape_ms": r.scrape.map(|s| s.0), "series": r.scrape.map(|s| s.1)})
         })
         .collect();
     let dir = root.join("target/bench");

@@ -15,14 +15,12 @@
 //! series within `--max-series` per family, scrapes under 50 ms, 0 lost.
 
 use crate::bench::lab::{check_interrupted, new_lab, routed_lab, sleep};
-use crate::bench::observers::status_kb;
+use crate::bench::observers::{free_port, http_get, status_kb};
 use anyhow::{bail, Context, Result};
 use netlab::runtimes::{stop, Podman, Scratch};
 use netlab::{flood, FloodOpts, Netlab};
 use serde_json::Value;
 use std::collections::VecDeque;
-use std::io::{Read, Write};
-use std::net::{TcpListener, TcpStream};
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -273,10 +271,6 @@ fn open_fds(pid: i32) -> usize {
         .unwrap_or(0)
 }
 
-fn free_port() -> Result<u16> {
-    Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
-}
-
 /// The agent on every namespace, asking only the soak's podman.
 fn start_agent(tracer: &Path, port: u16, podman_env: &str) -> Result<Child> {
     let mut child = Command::new("env")
@@ -303,18 +297,6 @@ fn start_agent(tracer: &Path, port: u16, podman_env: &str) -> Result<Child> {
         sleep(Duration::from_millis(100))?;
     }
     Ok(child)
-}
-
-/// A plain HTTP/1.0 GET on 127.0.0.1: (status, body).
-fn http_get(port: u16, path: &str) -> Option<(u16, String)> {
-    let mut s = TcpStream::connect(("127.0.0.1", port)).ok()?;
-    s.set_read_timeout(Some(Duration::from_secs(10))).ok()?;
-    write!(s, "GET {path} HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n").ok()?;
-    let mut buf = String::new();
-    s.read_to_string(&mut buf).ok()?;
-    let status = buf.split_whitespace().nth(1)?.parse().ok()?;
-    let body = buf.split_once("\r\n\r\n").map(|(_, b)| b.to_string())?;
-    Some((status, body))
 }
 
 /// Debian's Prometheus scraping the agent every second, with private
