@@ -461,32 +461,31 @@ fn a_rule_that_does_not_match_stays_silent() {
     assert!(verdicts(&lines, "netfilter_drop").is_empty(), "{lines:#?}");
 }
 
-/// An asymmetric path: `src` reaches 10.147.88.40 over a direct link to
-/// `dst` (10.147.99.0/24), but `dst` answers through `gate`, whose
-/// conntrack never saw the SYN and whose FORWARD drops INVALID: the
-/// SYN-ACK dies there. Without the rule the SYN-ACK passes (conntrack
-/// still calls it invalid, nothing drops it) and the connection opens.
-#[test]
-fn syn_ack_without_syn_is_conntrack_invalid() {
-    let lab = lab("nfct");
+/// An asymmetric path, one per family: `src` reaches `dst` over a
+/// direct link, but `dst` answers through `gate`, whose conntrack never
+/// saw the SYN and whose FORWARD drops INVALID: the SYN-ACK dies there.
+struct Asymmetric {
+    tag: &'static str,
+    /// On `src`: its address on the direct link and its route to `dst`.
+    src: &'static str,
+    /// On `dst`: its address on the direct link.
+    dst: &'static str,
+    /// On `gate`: the INVALID rule.
+    rule: &'static str,
+    to: &'static str,
+    port: u16,
+    family: &'static str,
+    /// How the summary opens: the SYN-ACK's two ends.
+    opens: &'static str,
+}
+
+fn syn_ack_dies_as_invalid(a: Asymmetric) {
+    let lab = lab(a.tag);
     lab.veth("src", "s1", "dst", "d1").unwrap();
-    lab.exec(
-        "src",
-        "ip addr add 10.147.99.5/24 dev s1 && ip route add 10.147.88.40/32 via 10.147.99.40 dev s1 src 10.147.30.5",
-    )
-    .unwrap();
-    lab.exec(
-        "dst",
-        "ip addr add 10.147.99.40/24 dev d1 && \
-         sysctl -qw net.ipv4.conf.all.rp_filter=0 net.ipv4.conf.d1.rp_filter=0",
-    )
-    .unwrap();
-    lab.exec(
-        "gate",
-        "iptables -A FORWARD -m conntrack --ctstate INVALID -j DROP",
-    )
-    .unwrap();
-    let lines = diagnose_while(&lab, || blocked(&lab, DST4, 6312));
+    lab.exec("src", a.src).unwrap();
+    lab.exec("dst", a.dst).unwrap();
+    lab.exec("gate", a.rule).unwrap();
+    let lines = diagnose_while(&lab, || blocked(&lab, a.to, a.port));
     assert!(verdicts(&lines, "netfilter_drop").is_empty(), "{lines:#?}");
     let v = verdicts(&lines, "conntrack_invalid");
     assert_eq!(v.len(), 1, "{lines:#?}");
@@ -495,53 +494,49 @@ fn syn_ack_without_syn_is_conntrack_invalid() {
     assert_eq!(v["evidence"]["why"], "syn_ack_without_syn");
     assert_eq!(v["evidence"]["rule"]["chain"], "FORWARD");
     assert_eq!(v["evidence"]["rule"]["position"], 1);
+    assert_eq!(v["evidence"]["rule"]["family"], a.family);
     let s = v["summary"].as_str().unwrap();
     assert!(
-        s.starts_with("tcp SYN-ACK from 10.147.88.40:6312 to 10.147.30.5:")
+        s.starts_with(a.opens)
             && s.contains("dropped as conntrack state INVALID by rule 1 of chain FORWARD"),
         "{s}"
     );
+    // Without the rule the SYN-ACK passes (conntrack still calls it
+    // invalid, nothing drops it) and the connection opens.
     apply_first_fix(v);
-    healed(&lab, DST4, 6312);
+    healed(&lab, a.to, a.port);
 }
 
-/// The same asymmetric path over IPv6: `src` reaches fd47:88::40 over
-/// the direct link (fd47:99::/64), `dst` answers through `gate`, whose
-/// ip6tables FORWARD drops INVALID.
+#[test]
+fn syn_ack_without_syn_is_conntrack_invalid() {
+    syn_ack_dies_as_invalid(Asymmetric {
+        tag: "nfct",
+        src: "ip addr add 10.147.99.5/24 dev s1 && \
+              ip route add 10.147.88.40/32 via 10.147.99.40 dev s1 src 10.147.30.5",
+        // The SYN-ACK leaves by another device than the SYN came in.
+        dst: "ip addr add 10.147.99.40/24 dev d1 && \
+              sysctl -qw net.ipv4.conf.all.rp_filter=0 net.ipv4.conf.d1.rp_filter=0",
+        rule: "iptables -A FORWARD -m conntrack --ctstate INVALID -j DROP",
+        to: DST4,
+        port: 6312,
+        family: "ip",
+        opens: "tcp SYN-ACK from 10.147.88.40:6312 to 10.147.30.5:",
+    });
+}
+
 #[test]
 fn ipv6_syn_ack_without_syn_is_conntrack_invalid() {
-    let lab = lab("nfct6");
-    lab.veth("src", "s1", "dst", "d1").unwrap();
-    lab.exec(
-        "src",
-        "ip -6 addr add fd47:99::5/64 dev s1 nodad && \
-         ip -6 route add fd47:88::40/128 via fd47:99::40 dev s1 src fd47:30::5",
-    )
-    .unwrap();
-    lab.exec("dst", "ip -6 addr add fd47:99::40/64 dev d1 nodad")
-        .unwrap();
-    lab.exec(
-        "gate",
-        "ip6tables -A FORWARD -m conntrack --ctstate INVALID -j DROP",
-    )
-    .unwrap();
-    let lines = diagnose_while(&lab, || blocked(&lab, DST6, 6311));
-    assert!(verdicts(&lines, "netfilter_drop").is_empty(), "{lines:#?}");
-    let v = verdicts(&lines, "conntrack_invalid");
-    assert_eq!(v.len(), 1, "{lines:#?}");
-    let v = v[0];
-    assert_eq!(v["tier"], "proven");
-    assert_eq!(v["evidence"]["why"], "syn_ack_without_syn");
-    assert_eq!(v["evidence"]["rule"]["chain"], "FORWARD");
-    assert_eq!(v["evidence"]["rule"]["family"], "ip6");
-    let s = v["summary"].as_str().unwrap();
-    assert!(
-        s.starts_with("tcp SYN-ACK from [fd47:88::40]:6311 to [fd47:30::5]:")
-            && s.contains("dropped as conntrack state INVALID by rule 1 of chain FORWARD"),
-        "{s}"
-    );
-    apply_first_fix(v);
-    healed(&lab, DST6, 6311);
+    syn_ack_dies_as_invalid(Asymmetric {
+        tag: "nfct6",
+        src: "ip -6 addr add fd47:99::5/64 dev s1 nodad && \
+              ip -6 route add fd47:88::40/128 via fd47:99::40 dev s1 src fd47:30::5",
+        dst: "ip -6 addr add fd47:99::40/64 dev d1 nodad",
+        rule: "ip6tables -A FORWARD -m conntrack --ctstate INVALID -j DROP",
+        to: DST6,
+        port: 6311,
+        family: "ip6",
+        opens: "tcp SYN-ACK from [fd47:88::40]:6311 to [fd47:30::5]:",
+    });
 }
 
 /// The same path with only `ct state invalid` rules for another port

@@ -40,8 +40,8 @@
 //! x 8 s storms, plus a 60 s memory storm); `--quick` about 6 minutes (3
 //! datapath rounds of shorter phases and 2 storm rounds, 3 s each).
 //!
-//! `--scale` is another mode: `tracer diagnose` with 100, 1,000 and 3,000
-//! namespaces (see `scale`).
+//! `--scale` is another mode: `tracer watch`, `diagnose` and `agent` with
+//! 100, 1,000 and 3,000 namespaces (see `scale`).
 //!
 //! Files: `lab` (namespaces, counters, Ctrl-C), `load` (the pinned flow
 //! and rate sampling), `observers` (tracer, bpftrace), `workloads` (what
