@@ -7,15 +7,17 @@
 //! [`markers`]), so a killed run's leftovers can be cleaned safely.
 //!
 //! This is the bottom layer of the labs: it runs `ip`, `sh` and `sysctl`
-//! and knows nothing of the tracer.
+//! (and scrapes a local HTTP endpoint) and knows nothing of the tracer.
 
 mod flood;
 pub mod markers;
 pub mod runtimes;
+mod scrape;
 mod topology;
 
 pub use flood::{flood, Flood, FloodOpts};
 pub use markers::{clean, Cleaned, MARKERS};
+pub use scrape::http_get;
 pub use topology::{BridgeConflict, Routed};
 
 use anyhow::{bail, Context, Result};

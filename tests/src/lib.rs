@@ -460,19 +460,7 @@ pub fn free_port() -> u16 {
         .port()
 }
 
-/// A plain HTTP/1.0 GET on 127.0.0.1: (status, body); None if nothing
-/// listens or the answer is not HTTP.
-pub fn http_get(port: u16, path: &str) -> Option<(u16, String)> {
-    use std::io::{Read, Write};
-    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).ok()?;
-    s.set_read_timeout(Some(Duration::from_secs(10))).ok()?;
-    write!(s, "GET {path} HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n").ok()?;
-    let mut buf = String::new();
-    s.read_to_string(&mut buf).ok()?;
-    let status = buf.split_whitespace().nth(1)?.parse().ok()?;
-    let body = buf.split_once("\r\n\r\n").map(|(_, b)| b.to_string())?;
-    Some((status, body))
-}
+pub use netlab::http_get;
 
 /// The verdict lines of `kind`.
 pub fn verdicts<'a>(lines: &'a [Value], kind: &str) -> Vec<&'a Value> {

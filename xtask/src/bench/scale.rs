@@ -33,8 +33,9 @@
 
 use super::churn;
 use super::lab::{batch, catch_signals, check_interrupted, in_netns, sleep, Reaper};
-use super::observers::{cpu_seconds, free_port, http_get, status_kb};
+use super::observers::{cpu_seconds, free_port, status_kb};
 use anyhow::{bail, Context, Result};
+use netlab::http_get;
 use serde_json::{json, Value};
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
@@ -169,7 +170,7 @@ pub(crate) fn run(root: &Path, args: &[&str]) -> Result<()> {
         );
         for &mode in &o.modes {
             let row = measure(&o, &star, mode)?;
-            eprintln!("bench --scale: {}", row_text(&row));
+            eprintln!("bench --scale:\n{TABLE_HEAD}\n{}", row_text(&row));
             rows.push(row);
         }
         // The churn runs once, on the largest node of the run.
@@ -516,9 +517,13 @@ fn opt_ms(v: Option<f64>) -> String {
         .unwrap_or_else(|| "none".into())
 }
 
+const TABLE_HEAD: &str = "  mode       namespaces   ready    idle CPU   RSS start -> end   threads   drop->line   drop->verdict   scrape";
+
+/// One row of the curve (the agent's "line" is its metric), as the
+/// progress and the final table print it.
 fn row_text(r: &Row) -> String {
     format!(
-        "{} at {} namespaces: ready {:.0} ms, idle CPU {:.2} %, RSS {:.1} -> {:.1} MB, {} threads, drop -> {} {}, -> verdict {}{}",
+        "  {:<8}   {:>10}   {:>5.0} ms   {:>6.2} %   {:>6.1} -> {:>6.1} MB   {:>7}   {:>10}   {:>13}   {}",
         r.mode.name(),
         r.n,
         r.ready_ms,
@@ -526,12 +531,15 @@ fn row_text(r: &Row) -> String {
         r.rss0_mb,
         r.rss1_mb,
         r.threads,
-        if r.mode == Mode::Agent { "metric" } else { "line" },
         opt_ms(r.line_ms),
-        opt_ms(r.verdict_ms),
+        if r.mode.verdicts() {
+            opt_ms(r.verdict_ms)
+        } else {
+            "-".into()
+        },
         r.scrape
-            .map(|(t, n)| format!(", scrape {t:.1} ms ({n} series)"))
-            .unwrap_or_default()
+            .map(|(t, n)| format!("{t:.1} ms, {n} series"))
+            .unwrap_or_else(|| "-".into())
     )
 }
 
@@ -545,23 +553,9 @@ fn pass(ok: bool) -> &'static str {
 
 /// The curve, the cost per 1,000 namespaces, the targets, scale.json.
 fn report(root: &Path, rows: &[Row], churned: Option<&(usize, churn::Churn)>) -> Result<()> {
-    println!("\n  mode       namespaces   ready    idle CPU   RSS start -> end   threads   drop->line   drop->verdict   scrape");
+    println!("\n{TABLE_HEAD}");
     for r in rows {
-        println!(
-            "  {:<8}   {:>10}   {:>5.0} ms   {:>6.2} %   {:>6.1} -> {:>6.1} MB   {:>7}   {:>10}   {:>13}   {}",
-            r.mode.name(),
-            r.n,
-            r.ready_ms,
-            r.cpu_pct,
-            r.rss0_mb,
-            r.rss1_mb,
-            r.threads,
-            opt_ms(r.line_ms),
-            if r.mode.verdicts() { opt_ms(r.verdict_ms) } else { "-".into() },
-            r.scrape
-                .map(|(t, n)| format!("{t:.1} ms, {n} series"))
-                .unwrap_or_else(|| "-".into())
-        );
+        println!("{}", row_text(r));
     }
     for mode in Mode::ALL {
         let of: Vec<&Row> = rows.iter().filter(|r| r.mode == mode).collect();

@@ -340,9 +340,9 @@ impl Topology {
 
     /// [`Topology::link`] for naming an event (see [`Topology::cached`]).
     /// Where the namespace has no usable copy, the one link is fetched by
-    /// index instead of reading all of them: a route lookup in a bridge's
-    /// namespace with 3,000 ports otherwise waited 150 ms for its dump
-    /// (issue 22). Such a link has no addresses; naming needs none.
+    /// index instead of reading all of them: a drop on a port of a bridge
+    /// with 3,000 ports otherwise waited about 150 ms for its namespace's
+    /// dump (issue 22). Such a link has no addresses; naming needs none.
     pub fn name_link(&mut self, inode: u32, ifindex: i32) -> Result<Link, IfName> {
         if ifindex > 0 && !self.usable(inode, self.name_max_age, false) {
             if let Some(found) = self.single_link(inode, ifindex) {
