@@ -63,9 +63,6 @@ pub struct Topology {
     names: HashMap<u32, (Option<String>, Instant)>,
     /// (netns, ifindex) not found in a fresh re-read, and when.
     link_misses: HashMap<(u32, i32), Instant>,
-    /// Links fetched one by one for naming, of namespaces with no usable
-    /// copy (see [`Topology::name_link`]), and when.
-    singles: HashMap<(u32, i32), (Link, Instant)>,
     /// A coarse "now" set once per batch of events (`set_clock`): reading
     /// the clock several times per event showed up in storm profiles.
     clock: Option<Instant>,
@@ -115,7 +112,6 @@ impl Topology {
             last_error: None,
             names: HashMap::new(),
             link_misses: HashMap::new(),
-            singles: HashMap::new(),
             clock: None,
             listen_base: HashMap::new(),
             exhaustion_base: HashMap::new(),
@@ -317,14 +313,12 @@ impl Topology {
         if let Some(e) = self.entries.get_mut(&inode) {
             e.stale = true;
         }
-        self.singles.retain(|(ns, _), _| *ns != inode);
     }
 
     /// Drops every cached copy.
     pub fn clear(&mut self) {
         self.entries.clear();
         self.failed.clear();
-        self.singles.clear();
     }
 
     /// Why the last failed read failed (for diagnostics).
@@ -339,74 +333,8 @@ impl Topology {
     }
 
     /// [`Topology::link`] for naming an event (see [`Topology::cached`]).
-    /// Where the namespace has no usable copy, the one link is fetched by
-    /// index instead of reading all of them: a drop on a port of a bridge
-    /// with 3,000 ports otherwise waited about 150 ms for its namespace's
-    /// dump (issue 22). Such a link has no addresses; naming needs none.
     pub fn name_link(&mut self, inode: u32, ifindex: i32) -> Result<Link, IfName> {
-        if ifindex > 0 && !self.usable(inode, self.name_max_age, false) {
-            if let Some(found) = self.single_link(inode, ifindex) {
-                return found;
-            }
-        }
         self.link_aged(inode, ifindex, self.name_max_age, false)
-    }
-
-    /// Whether a copy of `inode` is held (tests: what naming read).
-    #[cfg(test)]
-    pub(super) fn holds_copy(&self, inode: u32) -> bool {
-        self.entries.contains_key(&inode)
-    }
-
-    /// Whether `get_aged` would serve a copy without reading.
-    fn usable(&self, inode: u32, max_age: Duration, full: bool) -> bool {
-        let now = self.now();
-        self.entries.get(&inode).is_some_and(|e| {
-            (e.full || !full) && !e.stale && now.saturating_duration_since(e.topo.read_at) < max_age
-        })
-    }
-
-    /// One link fetched by index (kept `name_max_age`, or until the
-    /// namespace is invalidated or any namespace comes or goes). None
-    /// where it could not be asked: the caller reads the namespace.
-    fn single_link(&mut self, inode: u32, ifindex: i32) -> Option<Result<Link, IfName>> {
-        let now = self.now();
-        let key = (inode, ifindex);
-        if let Some((l, at)) = self.singles.get(&key) {
-            if now.saturating_duration_since(*at) < self.name_max_age {
-                return Some(Ok(l.clone()));
-            }
-        }
-        if self
-            .link_misses
-            .get(&key)
-            .is_some_and(|t| t.elapsed() < self.recheck)
-        {
-            return Some(Err(IfName::Gone));
-        }
-        let Some(info) = netns::find(inode) else {
-            return Some(Err(IfName::NetnsGone));
-        };
-        match NsTopology::read_link(&info, ifindex) {
-            Ok(Some(l)) => {
-                if self.singles.len() > 4096 {
-                    self.singles.clear();
-                }
-                self.singles.insert(key, (l.clone(), now));
-                Some(Ok(l))
-            }
-            Ok(None) => {
-                if self.link_misses.len() > 4096 {
-                    self.link_misses.clear();
-                }
-                self.link_misses.insert(key, Instant::now());
-                Some(Err(IfName::Gone))
-            }
-            Err(e) => {
-                self.last_error = Some(format!("{e:#}"));
-                None
-            }
-        }
     }
 
     fn link_aged(
@@ -469,7 +397,6 @@ impl Topology {
             self.names.clear();
             self.failed.clear();
             self.link_misses.clear();
-            self.singles.clear();
         }
     }
 
@@ -486,7 +413,6 @@ impl Topology {
         self.failed.retain(|_, at| at.elapsed() < idle);
         self.names.retain(|_, (_, at)| at.elapsed() < idle);
         self.link_misses.retain(|_, at| at.elapsed() < idle);
-        self.singles.retain(|_, (_, at)| at.elapsed() < idle);
         self.listen_polled.retain(|_, at| at.elapsed() < idle);
     }
 

@@ -438,15 +438,6 @@ impl NsTopology {
         Ok((topo, devconf))
     }
 
-    /// One link of `ns` by index, its peer resolved, without its
-    /// addresses (see [`Topology::name_link`]). None: no such device.
-    fn read_link(ns: &NetnsInfo, ifindex: i32) -> anyhow::Result<Option<Link>> {
-        let inode = ns.inode;
-        netns_worker::read_in(&ns.path, move || link_here(inode, ifindex))
-            .with_context(|| format!("cannot enter netns {}", ns.path.display()))?
-            .with_context(|| format!("reading link {ifindex} of netns {}", ns.label()))
-    }
-
     /// Only the links of `ns` (no addresses, routes, sysctls or queues):
     /// what a scan of every namespace needs, at a fraction of the cost.
     pub fn read_links(ns: &NetnsInfo) -> anyhow::Result<Vec<Link>> {

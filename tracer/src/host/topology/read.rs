@@ -141,27 +141,6 @@ pub(super) fn names_here(expected: u32) -> anyhow::Result<Named> {
     Ok((links, devconf))
 }
 
-/// One link of the namespace the thread is in, with its peer's namespace
-/// resolved but no addresses: what naming one event needs of a namespace
-/// not read yet (see `Topology::name_link`). None: no such device.
-pub(super) fn link_here(expected: u32, ifindex: i32) -> anyhow::Result<Option<Link>> {
-    let actual = netns::thread_inode().context("netns of reader thread")?;
-    if actual != expected {
-        bail!("path now opens netns {actual}, not {expected}");
-    }
-    let mut nl = Rtnl::open().context("rtnetlink socket")?;
-    let Some(mut link) = get_link(&mut nl, ifindex).context("reading a link")? else {
-        return Ok(None);
-    };
-    join_links(
-        &mut nl,
-        std::slice::from_mut(&mut link),
-        Vec::new(),
-        expected,
-    );
-    Ok(Some(link))
-}
-
 /// Maps nsids (as seen from the current netns) to netns inodes.
 ///
 /// The kernel only reports nsids, which are per-netns numbers. The reverse

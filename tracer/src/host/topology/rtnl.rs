@@ -255,27 +255,6 @@ pub(super) fn dump_links_conf(nl: &mut Rtnl) -> anyhow::Result<(Vec<Link>, HashM
     Ok((links, conf))
 }
 
-/// One link by its index (RTM_GETLINK without NLM_F_DUMP, decoded by
-/// `raw` as the dump is); None when the namespace has no such device.
-/// The kernel fills one message, where a dump of a namespace with N links
-/// costs it O(N²) (each veth's peer nsid is looked up by walking the
-/// namespace's nsid table): 3,000 ports took 150 ms (issue 22).
-pub(super) fn get_link(nl: &mut Rtnl, ifindex: i32) -> anyhow::Result<Option<Link>> {
-    let mut m = LinkMessage::default();
-    m.header.index = u32::try_from(ifindex).context("negative ifindex")?;
-    match nl.request_raw(RouteNetlinkMessage::GetLink(m), false) {
-        Ok(replies) => Ok(replies.first().and_then(|r| raw::link(&r.payload))),
-        Err(e)
-            if e.downcast_ref::<io::Error>()
-                .and_then(io::Error::raw_os_error)
-                == Some(libc::ENODEV) =>
-        {
-            Ok(None)
-        }
-        Err(e) => Err(e),
-    }
-}
-
 pub(super) fn dump_addrs(nl: &mut Rtnl) -> anyhow::Result<Vec<(i32, IpAddr, u8)>> {
     let replies = nl.request(
         RouteNetlinkMessage::GetAddress(AddressMessage::default()),

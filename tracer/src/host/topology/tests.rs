@@ -629,36 +629,6 @@ fn cache_ifname_peer_and_gone() {
     assert_eq!(topo.ifname(u32::MAX, 1), IfName::NetnsGone);
 }
 
-/// Naming an event in a namespace never read fetches its one link (with
-/// its peer's namespace), not all of them: a bridge's namespace with
-/// 3,000 ports cost 150 ms to dump (issue 22).
-#[test]
-fn naming_a_link_of_an_unread_namespace_fetches_that_link_alone() {
-    let lab = lab("nl");
-    let (a, b) = (&lab.a, &lab.b);
-    let mut topo = Topology::new();
-    let vb0 = b.ifindex("vb0");
-    let (pns, peer) = topo.veth_peer(b.inode, vb0).unwrap();
-    assert_eq!((pns, peer.name.as_str()), (a.inode, "va0"));
-    assert_eq!(
-        topo.ifname(a.inode, a.ifindex("br0")),
-        IfName::Name("br0".into())
-    );
-    assert!(
-        !topo.holds_copy(a.inode) && !topo.holds_copy(b.inode),
-        "naming read a whole namespace"
-    );
-    // A device that is not there is gone, not a reason to dump.
-    assert_eq!(topo.ifname(a.inode, 9999), IfName::Gone);
-    assert!(!topo.holds_copy(a.inode));
-    // Once a rule has read the namespace, naming serves from that copy,
-    // addresses included.
-    let full = topo.get(a.inode).unwrap();
-    let va0 = topo.name_link(a.inode, a.ifindex("va0")).unwrap();
-    assert_eq!(Some(&va0), full.link(va0.ifindex));
-    assert!(!va0.addrs.is_empty());
-}
-
 #[test]
 fn own_netns_reads() {
     let own = crate::host::netns::own_inode().unwrap();
