@@ -212,6 +212,15 @@ fn plan(opts: &TraceOptions, diagnose: bool) -> Result<Planned> {
         ifindex = i.ifindex;
         inodes = vec![i.netns];
     }
+    // The watched namespaces' counters before any drop: the "before" of
+    // an exhaustion or accept-queue verdict is a namespace's first full
+    // read (`at_start`). Taken at the first drop instead, it came after a
+    // whole episode in a slow guest, and then nothing had risen since.
+    if diagnose {
+        for &inode in &inodes {
+            topology.get(inode);
+        }
+    }
     let config = Plan {
         opts,
         inodes: &inodes,
