@@ -85,15 +85,23 @@ pub struct Traced {
     recorded: HashMap<u32, usize>,
 }
 
-impl TopologySource for LiveSource<'_> {
-    fn get(&mut self, netns: u32) -> Option<Arc<NsTopology>> {
-        let t = self.topology.get(netns)?;
-        let (before, _) = self.changes.note(&t, self.now_ns);
+impl LiveSource<'_> {
+    /// Notes a copy served to the rules, and records it when it differs
+    /// from the last recorded.
+    fn record(&mut self, t: &Arc<NsTopology>) {
+        let (before, _) = self.changes.note(t, self.now_ns);
         if let Some(r) = self.recorder.as_deref_mut() {
-            if let Err(e) = r.topology_changed(self.now_ns, &t, before) {
+            if let Err(e) = r.topology_changed(self.now_ns, t, before) {
                 self.error.get_or_insert(e);
             }
         }
+    }
+}
+
+impl TopologySource for LiveSource<'_> {
+    fn get(&mut self, netns: u32) -> Option<Arc<NsTopology>> {
+        let t = self.topology.get(netns)?;
+        self.record(&t);
         Some(t)
     }
 
@@ -132,6 +140,14 @@ impl TopologySource for LiveSource<'_> {
     fn reread(&mut self, netns: u32) -> Option<Arc<NsTopology>> {
         self.topology.invalidate(netns);
         self.get(netns)
+    }
+
+    fn recount(&mut self, netns: u32) -> Option<Arc<NsTopology>> {
+        let t = self.topology.recount(netns)?;
+        // Recorded as a read is: the new counters are what a replay's
+        // verdict compares.
+        self.record(&t);
+        Some(t)
     }
 
     fn nftrace(&mut self, netns: u32, flow: &TraceFlow) -> Option<Vec<TraceHit>> {

@@ -86,6 +86,11 @@ pub trait TopologySource {
     fn reread(&mut self, netns: u32) -> Option<Arc<NsTopology>> {
         self.get(netns)
     }
+    /// `netns`'s copy with its exhaustion counters read anew and the
+    /// rest as it was (a replay: what it recorded).
+    fn recount(&mut self, netns: u32) -> Option<Arc<NsTopology>> {
+        self.reread(netns)
+    }
 }
 
 /// What a rule found: everything a verdict says except the bookkeeping.
@@ -214,6 +219,11 @@ impl<'a> Ctx<'a> {
     /// See [`TopologySource::reread`].
     pub fn reread(&mut self, netns: u32) -> Option<Arc<NsTopology>> {
         self.src.reread(netns)
+    }
+
+    /// See [`TopologySource::recount`].
+    pub fn recount(&mut self, netns: u32) -> Option<Arc<NsTopology>> {
+        self.src.recount(netns)
     }
 
     pub fn link(&mut self, netns: u32, ifindex: i32) -> Option<Link> {

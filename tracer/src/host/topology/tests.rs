@@ -637,3 +637,43 @@ fn own_netns_reads() {
     assert!(t.link_by_name("lo").is_some());
     assert_eq!(topo.ifname(own, 1), IfName::Name("lo".into()));
 }
+
+/// An exhaustion verdict's later readings: the counters anew, the links
+/// and routes as they were (a whole read of a namespace with thousands of
+/// bridge ports is what they spare the event path).
+#[test]
+fn recount_reads_the_counters_and_nothing_else() {
+    let lab = lab("rc");
+    let (a, n) = (&lab.a, lab.n);
+    let sh = |cmd: &str| {
+        let ok = std::process::Command::new("ip")
+            .args(["netns", "exec", &a.name, "sh", "-c", cmd])
+            .status()
+            .unwrap()
+            .success();
+        assert!(ok, "{cmd}");
+    };
+    // Conntrack in the namespace: its entry count is a per-namespace counter.
+    sh("nft add table ip rc; nft 'add chain ip rc out { type filter hook output priority 0; }'; nft add rule ip rc out ct state new accept");
+    let mut topo = Topology::new();
+    let first = topo.get(a.inode).unwrap();
+    let count = |t: &NsTopology| t.exhaustion.conntrack.count.unwrap_or(0);
+    assert_eq!(count(&first), 0);
+    a.ip("link add rc9 type veth peer name rc8");
+    sh(&format!("ping -c1 -W2 10.{n}.2.2 >/dev/null"));
+
+    let later = topo.recount(a.inode).unwrap();
+    assert!(count(&later) >= 1, "the counters are read anew");
+    assert!(later.link_by_name("rc9").is_none(), "the links are not");
+    assert_eq!(later.exhaustion.at_start, first.exhaustion.at_start);
+    assert_eq!(later.read_at, first.read_at);
+    assert!(
+        Arc::ptr_eq(&later, &topo.get(a.inode).unwrap()),
+        "and cached"
+    );
+
+    // A stale copy is read whole.
+    topo.invalidate(a.inode);
+    let whole = topo.recount(a.inode).unwrap();
+    assert!(whole.link_by_name("rc9").is_some());
+}

@@ -6,8 +6,8 @@
 //!
 //! A reading is the namespace's topology (its `exhaustion` part). The
 //! first is the copy in hand at the first matching drop (read before the
-//! drops if tracer had read the namespace already); later ones are read
-//! anew, at most every [`REREAD_NS`] of the live clock (fact time on a replay) and [`MAX_READS`] times,
+//! drops if tracer had read the namespace already); later ones read the
+//! counters anew (not the links and routes: see `Ctx::recount`), at most every [`REREAD_NS`] of the live clock (fact time on a replay) and [`MAX_READS`] times,
 //! until the counter that proves the cause has moved.
 
 use crate::events::record::DropRecord;
@@ -121,7 +121,7 @@ impl Readings {
     ) -> Option<Arc<NsTopology>> {
         let mut after = cx.topo(netns).filter(|t| rose(t));
         if after.is_none() && self.due(netns, cx.wall_ns) {
-            after = cx.reread(netns).filter(|t| rose(t));
+            after = cx.recount(netns).filter(|t| rose(t));
         }
         if after.is_some() {
             self.done(netns);
