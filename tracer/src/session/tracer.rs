@@ -277,3 +277,45 @@ fn extra_bytes(config: &Config) -> u64 {
         (std::mem::size_of::<tracer_abi::DropExtra>() + tracer_abi::MAX_SNAPLEN as usize) as u64
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::host::netns::test_support::TestNs;
+    use crate::host::topology::NsTopology;
+
+    /// An exhaustion verdict compares the kernel's counters with a
+    /// namespace's first full reading. `diagnose` takes it before `ready`,
+    /// so what rises before its first drop is processed still counts:
+    /// taken at the first drop, it came after a whole episode in a slow
+    /// guest, and nothing had risen since. Here conntrack's entry count
+    /// rises between the plan and the first look.
+    #[test]
+    fn diagnose_counts_its_namespaces_before_ready() {
+        let ns = TestNs::new("first");
+        let sh = |cmd: &str| {
+            let ok = std::process::Command::new("ip")
+                .args(["netns", "exec", &ns.name, "sh", "-c", cmd])
+                .status()
+                .unwrap()
+                .success();
+            assert!(ok, "{cmd}");
+        };
+        sh("ip link set lo up && nft add table ip cf && \
+            nft 'add chain ip cf out { type filter hook output priority 0; }' && \
+            nft add rule ip cf out ct state new accept");
+        let opts = TraceOptions {
+            netns: vec![ns.name.clone()],
+            ..Default::default()
+        };
+        let at_start = |t: &NsTopology| t.exhaustion.at_start.and_then(|b| b.conntrack_count);
+        let mut diagnose = plan(&opts, true).unwrap();
+        let mut watch = plan(&opts, false).unwrap();
+        sh("ping -c1 -W1 127.0.0.1 >/dev/null");
+        let t = diagnose.topology.get(ns.inode).unwrap();
+        assert_eq!(at_start(&t), Some(0), "diagnose read it before the entry");
+        // `watch` has no verdict to compare for: its first read is now.
+        let t = watch.topology.get(ns.inode).unwrap();
+        assert_eq!(at_start(&t), Some(1));
+    }
+}
