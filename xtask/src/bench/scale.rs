@@ -18,9 +18,11 @@
 //!   (`watch` has no verdicts). The agent's "line" is its metric: the
 //!   first scrape whose `tracer_drops_total` has a series for that
 //!   namespace; its verdict is its `--log -` line. Its ready is the first
-//!   `/healthz` that answers 200, and it adds the scrape: one GET
-//!   /metrics after the idle window, timed, with its series counted
-//!   (bounded by the default `--max-series`).
+//!   `/healthz` that answers 200, and it adds two scrapes, each one GET
+//!   /metrics, timed, with its series counted: one after the idle
+//!   window, and one after a datagram to a closed port of every
+//!   namespace, whose `tracer_drops_total` series the default
+//!   `--max-series` bounds.
 //!
 //! With the largest size, the churn phase (`--churn 30` s, `--churn-rate
 //! 200` namespaces made and deleted a second, see `churn`): no crash, every
@@ -357,7 +359,14 @@ struct Row {
     verdict_ms: Option<f64>,
     /// The agent's: one idle scrape's time and its series.
     scrape: Option<(f64, usize)>,
+    /// The agent's, once every namespace had a drop: the scrape's time
+    /// and its `tracer_drops_total` series (bounded by `--max-series`).
+    loaded: Option<(f64, usize)>,
 }
+
+/// The agent's default `--max-series`: one `tracer_drops_total` series
+/// per label set up to it, then one `other` per reason.
+const MAX_SERIES: usize = 500;
 
 /// The tracer in `mode`, with its stdout's telling lines on a channel.
 fn spawn(o: &Opts, mode: Mode, port: u16) -> Result<Child> {
@@ -463,6 +472,11 @@ fn measure(o: &Opts, star: &Star, mode: Mode) -> Result<Row> {
             verdict_ms = Some(ms(at.duration_since(sent)));
         }
     }
+    let loaded = if mode == Mode::Agent {
+        Some(scrape_after_drops(star, port)?)
+    } else {
+        None
+    };
     drop(guard);
     Ok(Row {
         mode,
@@ -475,7 +489,36 @@ fn measure(o: &Opts, star: &Star, mode: Mode) -> Result<Row> {
         line_ms,
         verdict_ms,
         scrape,
+        loaded,
     })
+}
+
+/// One datagram from the hub to a closed port of every namespace (paced,
+/// so that no CPU backlog overflows and adds a storm of its own), then
+/// one timed scrape: its time, and its `tracer_drops_total` series.
+fn scrape_after_drops(star: &Star, port: u16) -> Result<(f64, usize)> {
+    let n = star.n;
+    in_netns(&netlab::netns_path(&star.name("hub")), move || {
+        let s = std::net::UdpSocket::bind("0.0.0.0:0")?;
+        for i in 1..=n {
+            s.send_to(b"x", format!("{}:9", addr_of(i)))?;
+            if i % 100 == 0 {
+                std::thread::sleep(Duration::from_millis(20));
+            }
+        }
+        Ok(())
+    })?;
+    // The agent counts them as they come; 3 s is room for a slow machine.
+    sleep(Duration::from_secs(3))?;
+    let t = Instant::now();
+    let (_, body) =
+        http_get(port, "/metrics").context("the agent's /metrics did not answer after drops")?;
+    let took = ms(t.elapsed());
+    let series = body
+        .lines()
+        .filter(|l| l.starts_with("tracer_drops_total{"))
+        .count();
+    Ok((took, series))
 }
 
 /// When the agent's `/healthz` first answers 200 (polled every 5 ms).
@@ -537,9 +580,11 @@ fn row_text(r: &Row) -> String {
         } else {
             "-".into()
         },
-        r.scrape
-            .map(|(t, n)| format!("{t:.1} ms, {n} series"))
-            .unwrap_or_else(|| "-".into())
+        match (r.scrape, r.loaded) {
+            (Some((t, n)), Some((lt, ln))) =>
+                format!("{t:.1} ms, {n} series; after drops {lt:.1} ms, {ln} drop series"),
+            _ => "-".into(),
+        }
     )
 }
 
@@ -614,6 +659,18 @@ fn report(root: &Path, rows: &[Row], churned: Option<&(usize, churn::Churn)>) ->
         if let Some((t, _)) = r.scrape {
             checks.push((format!("scrape <= {SCRAPE_MS:.0} ms"), t <= SCRAPE_MS));
         }
+        if let Some((t, series)) = r.loaded {
+            checks.push((
+                format!("scrape after drops <= {SCRAPE_MS:.0} ms"),
+                t <= SCRAPE_MS,
+            ));
+            // Past the bound, one `other` series per drop reason.
+            let bound = MAX_SERIES.min(r.n) + 4;
+            checks.push((
+                format!("drop series <= {bound} (--max-series)"),
+                series <= bound && series >= MAX_SERIES.min(r.n),
+            ));
+        }
         for (what, ok) in checks {
             println!(
                 "  {:<8} {:>6} namespaces  {what:<32} {}",
@@ -635,7 +692,8 @@ fn report(root: &Path, rows: &[Row], churned: Option<&(usize, churn::Churn)>) ->
             json!({"mode": r.mode.name(), "namespaces": r.n, "ready_ms": r.ready_ms, "idle_cpu_pct": r.cpu_pct,
                    "rss_start_mb": r.rss0_mb, "rss_end_mb": r.rss1_mb, "threads": r.threads,
                    "drop_to_line_ms": r.line_ms, "drop_to_verdict_ms": r.verdict_ms,
-                   "scrape_ms": r.scrape.map(|s| s.0), "series": r.scrape.map(|s| s.1)})
+                   "scrape_ms": r.scrape.map(|s| s.0), "series": r.scrape.map(|s| s.1),
+                   "scrape_after_drops_ms": r.loaded.map(|s| s.0), "drop_series_after_drops": r.loaded.map(|s| s.1)})
         })
         .collect();
     let dir = root.join("target/bench");
