@@ -1,7 +1,6 @@
 //! Drops that are not worth a user's attention (hidden unless `--all`).
 
 use crate::config::setting;
-use crate::packet::SkbMeta;
 use tracer_abi::*;
 
 #[inline(always)]
@@ -16,9 +15,10 @@ fn is_multicast(f: &Flow) -> bool {
 /// Known benign frees (see the README): socket queues purged on close,
 /// multicast nobody listens to, echo replies handed to ping's raw socket,
 /// a FIN that arrives after its socket closed, and non-IP packets freed by
-/// a socket layer (vsock between a VM and its host).
+/// a socket layer (vsock between a VM and its host). `socket_only`: the
+/// skb has a socket and no device.
 #[inline(always)]
-pub(crate) fn is_noise(reason: u32, f: &Flow, m: &SkbMeta) -> bool {
+pub(crate) fn is_noise(reason: u32, f: &Flow, l3_proto: u16, socket_only: bool) -> bool {
     if reason == setting!(noise.queue_purge) {
         return true;
     }
@@ -30,8 +30,7 @@ pub(crate) fn is_noise(reason: u32, f: &Flow, m: &SkbMeta) -> bool {
     // real NOT_SPECIFIED to be told apart from drops that matter.
     if not_specified && reason != 0 {
         let fin_only = f.proto == IPPROTO_TCP && f.tcp_flags & 0x07 == 0x01;
-        let socket_non_ip =
-            f.family == FAMILY_NONE && m.l3_proto == 0 && m.dev.is_null() && !m.sk.is_null();
+        let socket_non_ip = f.family == FAMILY_NONE && l3_proto == 0 && socket_only;
         if fin_only || socket_non_ip {
             return true;
         }

@@ -34,10 +34,8 @@
 //!    timeout, then prints each failure with the tail of its output (a
 //!    verifier log tail when a program did not load) and the table.
 //!
-//! The guests run at once (`--jobs 1`: one after the other), each with 2
-//! vCPUs: the checks mostly wait, so their waits overlap. The whole matrix
-//! took 12-13 minutes on this 2-core VM while other builds ran, using
-//! both cores: about 1450 CPU-seconds of emulation.
+//! The guests run at once (`--jobs 1`: one after the other), each with one
+//! vCPU (`GUEST_CPUS`): the checks mostly wait, so their waits overlap.
 
 use anyhow::{bail, Context, Result};
 use std::collections::{BTreeMap, BTreeSet};
@@ -521,8 +519,9 @@ const BOOT_ALLOWANCE_S: u64 = 120;
 
 /// At most this long per guest by default, so that a hung kernel costs a
 /// bounded share of the matrix. Healthy guests running every check, four
-/// at once, took 780-860 s on this 2-core VM and in CI (the checks'
-/// timeouts, meant for one hung check, add up to more).
+/// at once, took 780-860 s on this 2-core VM and in CI with two vCPUs
+/// each, 620-630 s with one (the checks' timeouts, meant for one hung
+/// check, add up to more).
 const GUEST_TIMEOUT_CAP_S: u64 = 1500;
 
 /// Lines of a failed check's output shown in the report, and of each
@@ -1320,6 +1319,14 @@ fn qemu_escape(s: &str) -> String {
     s.replace(',', ",,")
 }
 
+/// vCPUs per guest. Four guests of two vCPUs on a 2-core host made eight
+/// emulated CPUs on two: a guest kernel spun on locks held by a vCPU the
+/// host had descheduled, and TCG's exclusive sections waited for every
+/// vCPU thread. With one vCPU each the same matrix took 628 s instead of
+/// 838 s (the watch suites 301-369 s instead of 356-478 s, each lab about
+/// half), all checks passing.
+const GUEST_CPUS: &str = "1";
+
 fn qemu_command(kernel: &Kernel, initrd: &Path, rootfs: &Path, results: &Path) -> Result<Command> {
     let mut cmd = Command::new("qemu-system-x86_64");
     cmd.args([
@@ -1328,7 +1335,7 @@ fn qemu_command(kernel: &Kernel, initrd: &Path, rootfs: &Path, results: &Path) -
         "-cpu",
         "max",
         "-smp",
-        "2",
+        GUEST_CPUS,
         "-m",
         "3G",
     ])
