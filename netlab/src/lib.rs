@@ -17,7 +17,7 @@ mod topology;
 
 pub use flood::{flood, Flood, FloodOpts};
 pub use markers::{clean, Cleaned, MARKERS};
-pub use scrape::http_get;
+pub use scrape::{free_port, http_get};
 pub use topology::{BridgeConflict, Routed};
 
 use anyhow::{bail, Context, Result};

@@ -1,10 +1,17 @@
 //! What a scraper sees of a local HTTP endpoint (the agent's `/metrics`
 //! and `/healthz`): one plain HTTP/1.0 GET, with no client library in the
-//! way of a test's assertions or a bench's timing.
+//! way of a test's assertions or a bench's timing; and a port for the
+//! endpoint to listen on.
 
 use std::io::{Read, Write};
-use std::net::TcpStream;
+use std::net::{TcpListener, TcpStream};
 use std::time::Duration;
+
+/// A loopback TCP port nothing listens on right now (for an agent's
+/// `--metrics-addr`).
+pub fn free_port() -> std::io::Result<u16> {
+    Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
+}
 
 /// A GET of `path` on 127.0.0.1:`port`: (status, body); None if nothing
 /// listens or the answer is not HTTP.

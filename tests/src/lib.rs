@@ -450,17 +450,7 @@ pub fn replay(path: &std::path::Path) -> Replayed {
     }
 }
 
-/// A loopback TCP port nothing listens on right now (for an agent's
-/// `--listen`).
-pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-pub use netlab::http_get;
+pub use netlab::{free_port, http_get};
 
 /// The verdict lines of `kind`.
 pub fn verdicts<'a>(lines: &'a [Value], kind: &str) -> Vec<&'a Value> {

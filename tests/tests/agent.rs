@@ -85,7 +85,7 @@ impl Agent {
 
     /// Like `spawn`, with more agent flags (`--log-drops`).
     fn spawn_with(wrapper: &[&str], netns: &[&str], log: PathBuf, extra: &[&str]) -> (Agent, u16) {
-        let port = free_port();
+        let port = free_port().unwrap();
         let addr = format!("127.0.0.1:{port}");
         let mut args: Vec<String> = wrapper.iter().map(|s| s.to_string()).collect();
         args.push(tracer_bin().to_string_lossy().into_owned());
@@ -195,7 +195,7 @@ impl Prometheus {
             ),
         )
         .unwrap();
-        let port = free_port();
+        let port = free_port().unwrap();
         let child = Command::new("prometheus")
             .arg(format!("--config.file={}", config.display()))
             .arg(format!(

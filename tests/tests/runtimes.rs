@@ -232,7 +232,7 @@ fn agent_drop_series(
     container: &str,
     source: &str,
 ) -> String {
-    let port = free_port();
+    let port = free_port().unwrap();
     let mut child = Command::new(&env[0])
         .args(&env[1..])
         .arg(tracer_bin())

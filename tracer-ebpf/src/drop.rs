@@ -129,7 +129,8 @@ unsafe fn on_drop<M: Mem, C: EbpfContext>(ctx: &C, skb: *const u8, location: u64
     // both pointers are tested anyway: the noise check testing them again
     // split the verifier's paths (null or not) for the rest of the
     // program. It walked 74.6k instructions for `watch` on 6.18, 54k
-    // since (issue 22: the verifier is most of start-up).
+    // since (issue 22: the verifier is most of start-up). A fragment whose
+    // device the block below clears is no such packet: it is IP.
     let (mut netns, socket_only) = if !m.dev.is_null() {
         (dev_netns::<M>(m.dev), false)
     } else if !m.sk.is_null() {

@@ -1,4 +1,4 @@
-//! `cargo xtask kernels [--kernel 5.10|5.10-deb11|6.1|6.12|6.12-deb13|7.2]... [--check NAME[@KERNEL,...]]... [--jobs N] [--timeout SECS]`:
+//! `cargo xtask kernels [--kernel 5.10|5.10-deb11|6.1|6.12|6.12-deb13|7.2]... [--check NAME[@KERNEL,...]]... [--jobs N] [--cpus N] [--timeout SECS]`:
 //! boots Debian's own kernels under qemu, runs tracer's checks inside each
 //! and prints a kernel x check table. Meant to run last in `cargo xtask
 //! test` too, through `run`.
@@ -35,7 +35,8 @@
 //!    verifier log tail when a program did not load) and the table.
 //!
 //! The guests run at once (`--jobs 1`: one after the other), each with one
-//! vCPU (`GUEST_CPUS`): the checks mostly wait, so their waits overlap.
+//! vCPU (`GUEST_CPUS`; `--cpus N` for more): the checks mostly wait, so
+//! their waits overlap.
 
 use anyhow::{bail, Context, Result};
 use std::collections::{BTreeMap, BTreeSet};
@@ -532,7 +533,7 @@ const SECTION_TAIL: usize = 12;
 
 const USAGE: &str =
     "usage: cargo xtask kernels [--kernel 5.10|5.10-deb11|6.1|6.12|6.12-deb13|7.2]... [--check NAME[@KERNEL,...]]... \
-                     [--jobs N] [--timeout SECS]";
+                     [--jobs N] [--cpus N] [--timeout SECS]";
 
 pub fn run(root: &Path, args: &[&str]) -> Result<()> {
     let opts = Options::parse(args)?;
@@ -611,6 +612,10 @@ struct Options {
     /// guests took 1270 s one after the other and 740 s at once, with the
     /// same results.
     jobs: usize,
+    /// vCPUs per guest (`--cpus`, `GUEST_CPUS` by default): more than one
+    /// exercises what is per CPU (the probes' per-CPU scratch, the summed
+    /// softnet and conntrack counters) in each guest, at the cost of time.
+    cpus: u32,
     /// Per guest; by default the boot allowance plus the checks' timeouts,
     /// capped at GUEST_TIMEOUT_CAP_S.
     timeout: Option<Duration>,
@@ -623,6 +628,7 @@ impl Options {
         let mut only = Vec::new();
         let mut timeout = None;
         let mut jobs = KERNELS.len();
+        let mut cpus = GUEST_CPUS;
         let mut it = args.iter();
         while let Some(&arg) = it.next() {
             let (flag, inline) = match arg.split_once('=') {
@@ -681,6 +687,14 @@ impl Options {
                         .filter(|&j| j > 0)
                         .with_context(|| format!("bad --jobs {v}"))?;
                 }
+                "--cpus" => {
+                    let v = value()?;
+                    cpus = v
+                        .parse()
+                        .ok()
+                        .filter(|c| (1..=8).contains(c))
+                        .with_context(|| format!("bad --cpus {v}: 1 to 8"))?;
+                }
                 _ => bail!("kernels: unknown argument {arg}\n{USAGE}"),
             }
         }
@@ -695,6 +709,7 @@ impl Options {
             checks,
             only,
             jobs,
+            cpus,
             timeout,
         })
     }
@@ -1325,9 +1340,15 @@ fn qemu_escape(s: &str) -> String {
 /// vCPU thread. With one vCPU each the same matrix took 628 s instead of
 /// 838 s (the watch suites 301-369 s instead of 356-478 s, each lab about
 /// half), all checks passing.
-const GUEST_CPUS: &str = "1";
+const GUEST_CPUS: u32 = 1;
 
-fn qemu_command(kernel: &Kernel, initrd: &Path, rootfs: &Path, results: &Path) -> Result<Command> {
+fn qemu_command(
+    kernel: &Kernel,
+    initrd: &Path,
+    rootfs: &Path,
+    results: &Path,
+    cpus: u32,
+) -> Result<Command> {
     let mut cmd = Command::new("qemu-system-x86_64");
     cmd.args([
         "-accel",
@@ -1335,7 +1356,7 @@ fn qemu_command(kernel: &Kernel, initrd: &Path, rootfs: &Path, results: &Path) -
         "-cpu",
         "max",
         "-smp",
-        GUEST_CPUS,
+        &cpus.to_string(),
         "-m",
         "3G",
     ])
@@ -1489,7 +1510,7 @@ fn boot(guest: &Guest, dir: &Path, artifacts: &Artifacts, opts: &Options) -> Res
     );
     let start = Instant::now();
     let mut qemu = Qemu(
-        qemu_command(kernel, initrd, guest.rootfs, dir)?
+        qemu_command(kernel, initrd, guest.rootfs, dir, opts.cpus)?
             .stdin(Stdio::null())
             .stdout(console.try_clone()?)
             .stderr(console)

@@ -23,8 +23,12 @@ pub struct KernelBtf {
 /// `path`'s BTF, mmapped lazily from an in-memory copy (see `from_file`).
 fn lazy_copy(path: &Path) -> Result<Btf> {
     use std::io::Write;
+    use rustix::fs::{memfd_create, MemfdFlags};
     let bytes = std::fs::read(path)?;
-    let fd = rustix::fs::memfd_create("tracer-btf", rustix::fs::MemfdFlags::CLOEXEC)?;
+    // Sealed against exec, as 6.3 and later ask (vm.memfd_noexec=2
+    // refuses a memfd without it); earlier kernels refuse the flag.
+    let fd = memfd_create("tracer-btf", MemfdFlags::CLOEXEC | MemfdFlags::NOEXEC_SEAL)
+        .or_else(|_| memfd_create("tracer-btf", MemfdFlags::CLOEXEC))?;
     let mut file = std::fs::File::from(fd);
     file.write_all(&bytes)?;
     // btf-rs maps a path; the memfd's stays valid while `file` is open,
@@ -55,10 +59,19 @@ impl KernelBtf {
         // which can be: parsing the whole file instead (btf-rs's cache
         // backend) was half of start-up in the 6.12 guest, 1.5-1.8 s of
         // its 3.3 s.
+        // Should the copy fail (no memfd, no /proc), the whole parse.
         let btf = match Btf::from_file_with_backend(path, btf_rs::Backend::Mmap) {
             Ok(b) => b,
-            Err(_) => lazy_copy(path)
-                .map_err(|e| anyhow!("cannot parse kernel BTF {}: {e}", path.display()))?,
+            Err(mapped) => match lazy_copy(path) {
+                Ok(b) => b,
+                Err(copied) => Btf::from_file_with_backend(path, btf_rs::Backend::Cache)
+                    .map_err(|e| {
+                        anyhow!(
+                            "cannot parse kernel BTF {}: {e} (mapped: {mapped}; copied: {copied:#})",
+                            path.display()
+                        )
+                    })?,
+            },
         };
         Ok(KernelBtf {
             btf,
@@ -491,10 +504,13 @@ mod tests {
     }
 
     /// Before 6.16 sysfs BTF cannot be mmapped, and the copy in a memfd
-    /// stands in for it: the same reasons and offsets, and no whole parse.
+    /// stands in for it: the same reasons and offsets as a whole parse.
     #[test]
     fn the_memfd_copy_reads_as_the_file_does() {
-        let direct = KernelBtf::load().unwrap();
+        let direct = KernelBtf {
+            btf: Btf::from_file_with_backend(VMLINUX, btf_rs::Backend::Cache).unwrap(),
+            structs: Default::default(),
+        };
         let copy = KernelBtf {
             btf: lazy_copy(Path::new(VMLINUX)).unwrap(),
             structs: Default::default(),

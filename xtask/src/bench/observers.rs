@@ -6,7 +6,6 @@ use super::lab::{check_interrupted, sh};
 use anyhow::{anyhow, bail, Context, Result};
 use serde_json::Value;
 use std::io::Read;
-use std::net::TcpListener;
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::sync::{mpsc, Arc, Mutex};
@@ -459,9 +458,4 @@ impl BpfStats {
             std::os::fd::OwnedFd::from_raw_fd(fd as i32)
         }))
     }
-}
-
-/// A free TCP port on 127.0.0.1 for an agent's `--metrics-addr`.
-pub(crate) fn free_port() -> Result<u16> {
-    Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
 }

@@ -35,9 +35,9 @@
 
 use super::churn;
 use super::lab::{batch, catch_signals, check_interrupted, in_netns, sleep, Reaper};
-use super::observers::{cpu_seconds, free_port, status_kb};
+use super::observers::{cpu_seconds, status_kb};
 use anyhow::{bail, Context, Result};
-use netlab::http_get;
+use netlab::{free_port, http_get};
 use serde_json::{json, Value};
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
@@ -364,7 +364,7 @@ struct Row {
     loaded: Option<Loaded>,
 }
 
-/// The agent's default `--max-series`: `tracer_drops_total` holds a
+/// The agent's `--max-series` (its default): `tracer_drops_total` holds a
 /// series per label set up to it; later label sets are counted in `other`
 /// series (`netns="other"` and so on, one per reason and label shape).
 const MAX_SERIES: usize = 500;
@@ -387,6 +387,7 @@ fn spawn(o: &Opts, mode: Mode, port: u16) -> Result<Child> {
         Mode::Diagnose => cmd.args(["diagnose", "-o", "json"]),
         Mode::Agent => cmd
             .args(["agent", "--metrics-addr", &format!("127.0.0.1:{port}")])
+            .args(["--max-series", &MAX_SERIES.to_string()])
             .args(["--log", "-"]),
     };
     cmd.stdin(Stdio::null())
@@ -505,8 +506,9 @@ fn measure(o: &Opts, star: &Star, mode: Mode) -> Result<Row> {
 }
 
 /// One datagram from the hub to a closed port of every namespace (paced,
-/// so that no CPU backlog overflows and adds a storm of its own), then
-/// one timed scrape: its time, and its `tracer_drops_total` series.
+/// so that no CPU backlog overflows and adds a storm of its own), then,
+/// once the agent counted them all, one timed scrape: its time, and its
+/// `tracer_drops_total` series.
 fn scrape_after_drops(star: &Star, port: u16) -> Result<Loaded> {
     let n = star.n;
     in_netns(&netlab::netns_path(&star.name("hub")), move || {
@@ -519,8 +521,26 @@ fn scrape_after_drops(star: &Star, port: u16) -> Result<Loaded> {
         }
         Ok(())
     })?;
-    // The agent counts them as they come; 3 s is room for a slow machine.
-    sleep(Duration::from_secs(3))?;
+    // Until every namespace's drop is counted (named or `other`).
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        check_interrupted()?;
+        let counted: f64 = http_get(port, "/metrics")
+            .map(|(_, body)| {
+                body.lines()
+                    .filter(|l| l.starts_with("tracer_drops_total{"))
+                    .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+                    .sum()
+            })
+            .unwrap_or(0.0);
+        if counted >= n as f64 {
+            break;
+        }
+        if Instant::now() > deadline {
+            bail!("the agent counted {counted} drops of the {n} sent to every namespace");
+        }
+        sleep(Duration::from_millis(500))?;
+    }
     let t = Instant::now();
     let (_, body) =
         http_get(port, "/metrics").context("the agent's /metrics did not answer after drops")?;
@@ -681,8 +701,8 @@ fn report(root: &Path, rows: &[Row], churned: Option<&(usize, churn::Churn)>) ->
                 format!("scrape after drops <= {SCRAPE_MS:.0} ms"),
                 l.ms <= SCRAPE_MS,
             ));
-            // Every namespace counted, in a series of its own up to the
-            // bound and in `other` past it.
+            // Every namespace's drop was counted (waited for), in a series
+            // of its own up to the bound and in `other` past it.
             let bounded = l.named <= MAX_SERIES && l.named >= MAX_SERIES.min(r.n);
             checks.push((
                 format!("drop series <= {MAX_SERIES} (--max-series)"),

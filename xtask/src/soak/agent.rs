@@ -15,9 +15,9 @@
 //! series within `--max-series` per family, scrapes under 50 ms, 0 lost.
 
 use crate::bench::lab::{check_interrupted, new_lab, routed_lab, sleep};
-use crate::bench::observers::{free_port, status_kb};
+use crate::bench::observers::status_kb;
 use anyhow::{bail, Context, Result};
-use netlab::http_get;
+use netlab::{free_port, http_get};
 use netlab::runtimes::{stop, Podman, Scratch};
 use netlab::{flood, FloodOpts, Netlab};
 use serde_json::Value;

@@ -320,16 +320,28 @@ impl Topology {
             .get(&inode)
             .filter(|e| e.full && !e.stale)
             .map(|e| e.topo.clone());
+        // `get` reads a stale or missing copy whole (and reuses a naming
+        // read's links, which invalidating first would throw away).
         let Some(kept) = kept else {
-            self.invalidate(inode);
             return self.get(inode);
         };
-        let info = netns::find(inode)?;
-        let mut ex = match netns_worker::read_in(&info.path, Exhaustion::read_here) {
+        // The inode may name another namespace by now (its path reused):
+        // its counters must never be laid over this copy.
+        let Some(info) = netns::find(inode).filter(|i| i.path == kept.path) else {
+            return self.get(inode);
+        };
+        let counted = netns_worker::read_in(&info.path, move || {
+            let actual = netns::thread_inode()?;
+            if actual != inode {
+                anyhow::bail!("path now opens netns {actual}, not {inode}");
+            }
+            Ok(Exhaustion::read_here())
+        });
+        let mut ex = match counted.map_err(anyhow::Error::from).and_then(|r| r) {
             Ok(ex) => ex,
             Err(e) => {
                 self.last_error = Some(format!("counting in {}: {e:#}", info.label()));
-                return Some(kept);
+                return self.get(inode);
             }
         };
         ex.add_host_wide();
