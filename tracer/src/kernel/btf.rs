@@ -22,8 +22,8 @@ pub struct KernelBtf {
 
 /// `path`'s BTF, mmapped lazily from an in-memory copy (see `from_file`).
 fn lazy_copy(path: &Path) -> Result<Btf> {
-    use std::io::Write;
     use rustix::fs::{memfd_create, MemfdFlags};
+    use std::io::Write;
     let bytes = std::fs::read(path)?;
     // Sealed against exec, as 6.3 and later ask (vm.memfd_noexec=2
     // refuses a memfd without it); earlier kernels refuse the flag.

@@ -17,9 +17,9 @@
 use crate::bench::lab::{check_interrupted, new_lab, routed_lab, sleep};
 use crate::bench::observers::status_kb;
 use anyhow::{bail, Context, Result};
-use netlab::{free_port, http_get};
 use netlab::runtimes::{stop, Podman, Scratch};
 use netlab::{flood, FloodOpts, Netlab};
+use netlab::{free_port, http_get};
 use serde_json::Value;
 use std::collections::VecDeque;
 use std::path::Path;
