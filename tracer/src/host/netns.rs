@@ -737,6 +737,19 @@ pub(crate) mod test_support {
             out.trim().parse().expect("ifindex")
         }
 
+        /// `sh -c cmd` inside the namespace, which must succeed.
+        pub fn sh(&self, cmd: &str) {
+            run("ip", &["netns", "exec", &self.name, "sh", "-c", cmd]);
+        }
+
+        /// Conntrack on in the namespace (an nftables rule that matches on
+        /// it): its entry count is a per-namespace counter to move.
+        pub fn track_connections(&self) {
+            self.sh("ip link set lo up && nft add table ip tracked && \
+                 nft 'add chain ip tracked out { type filter hook output priority 0; }' && \
+                 nft add rule ip tracked out ct state new accept");
+        }
+
         /// Deletes now (Drop then finds nothing left to delete).
         pub fn delete(&self) {
             run("ip", &["netns", "del", &self.name]);

@@ -293,17 +293,7 @@ mod tests {
     #[test]
     fn diagnose_counts_its_namespaces_before_ready() {
         let ns = TestNs::new("first");
-        let sh = |cmd: &str| {
-            let ok = std::process::Command::new("ip")
-                .args(["netns", "exec", &ns.name, "sh", "-c", cmd])
-                .status()
-                .unwrap()
-                .success();
-            assert!(ok, "{cmd}");
-        };
-        sh("ip link set lo up && nft add table ip cf && \
-            nft 'add chain ip cf out { type filter hook output priority 0; }' && \
-            nft add rule ip cf out ct state new accept");
+        ns.track_connections();
         let opts = TraceOptions {
             netns: vec![ns.name.clone()],
             ..Default::default()
@@ -311,7 +301,7 @@ mod tests {
         let at_start = |t: &NsTopology| t.exhaustion.at_start.and_then(|b| b.conntrack_count);
         let mut diagnose = plan(&opts, true).unwrap();
         let mut watch = plan(&opts, false).unwrap();
-        sh("ping -c1 -W1 127.0.0.1 >/dev/null");
+        ns.sh("ping -c1 -W1 127.0.0.1 >/dev/null");
         let t = diagnose.topology.get(ns.inode).unwrap();
         assert_eq!(at_start(&t), Some(0), "diagnose read it before the entry");
         // `watch` has no verdict to compare for: its first read is now.

@@ -645,22 +645,13 @@ fn own_netns_reads() {
 fn recount_reads_the_counters_and_nothing_else() {
     let lab = lab("rc");
     let (a, n) = (&lab.a, lab.n);
-    let sh = |cmd: &str| {
-        let ok = std::process::Command::new("ip")
-            .args(["netns", "exec", &a.name, "sh", "-c", cmd])
-            .status()
-            .unwrap()
-            .success();
-        assert!(ok, "{cmd}");
-    };
-    // Conntrack in the namespace: its entry count is a per-namespace counter.
-    sh("nft add table ip rc; nft 'add chain ip rc out { type filter hook output priority 0; }'; nft add rule ip rc out ct state new accept");
+    a.track_connections();
     let mut topo = Topology::new();
     let first = topo.get(a.inode).unwrap();
     let count = |t: &NsTopology| t.exhaustion.conntrack.count.unwrap_or(0);
     assert_eq!(count(&first), 0);
     a.ip("link add rc9 type veth peer name rc8");
-    sh(&format!("ping -c1 -W2 10.{n}.2.2 >/dev/null"));
+    a.sh(&format!("ping -c1 -W2 10.{n}.2.2 >/dev/null"));
 
     let later = topo.recount(a.inode).unwrap();
     assert!(count(&later) >= 1, "the counters are read anew");
