@@ -1,13 +1,22 @@
 //! Kernel text addresses to `function+0xoffset`, from /proc/kallsyms.
 
-use std::io::{BufRead, BufReader, Read};
+use std::io::Read;
 
 /// Offsets beyond this are not inside the symbol before them.
 const MAX_FUNCTION_SIZE: u64 = 0x10000;
 
+/// How much of /proc/kallsyms one read asks for: the kernel formats as
+/// many lines as fit, so a large buffer means few system calls.
+const CHUNK: usize = 256 * 1024;
+
 pub struct Symbols {
-    /// (address, name), sorted by address; text symbols only.
-    syms: Vec<(u64, String)>,
+    /// (address, start and end of the name in `names`), sorted by
+    /// address; text symbols only. One arena instead of a `String` per
+    /// symbol (6.18 here has 121,000): the parse took 21 ms beyond the
+    /// kernel's 51 ms of formatting, now 10 ms, and the table holds
+    /// about 4 MB instead of 8.
+    syms: Vec<(u64, u32, u32)>,
+    names: String,
 }
 
 impl Symbols {
@@ -16,34 +25,80 @@ impl Symbols {
     pub fn load() -> Self {
         match std::fs::File::open("/proc/kallsyms") {
             Ok(f) => Self::parse(f),
-            Err(_) => Symbols { syms: Vec::new() },
+            Err(_) => Self::empty(),
         }
     }
 
-    pub fn parse(r: impl Read) -> Self {
-        let mut syms = Vec::with_capacity(200_000);
-        for line in BufReader::new(r).lines().map_while(Result::ok) {
-            let mut it = line.split_ascii_whitespace();
-            let (Some(addr), Some(kind), Some(name)) = (it.next(), it.next(), it.next()) else {
-                continue;
+    /// Parses kallsyms' lines (`ADDRESS TYPE NAME[\tMODULE]`) in chunks,
+    /// keeping a partial last line for the next one.
+    pub fn parse(mut r: impl Read) -> Self {
+        let mut s = Self {
+            syms: Vec::with_capacity(200_000),
+            names: String::with_capacity(4 << 20),
+        };
+        let mut buf = vec![0u8; CHUNK];
+        let mut filled = 0;
+        loop {
+            let n = match r.read(&mut buf[filled..]) {
+                Ok(0) => break,
+                Ok(n) => n,
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+                Err(_) => break,
             };
-            if !matches!(kind, "t" | "T" | "w" | "W") {
-                continue;
+            filled += n;
+            let done = buf[..filled]
+                .iter()
+                .rposition(|&b| b == b'\n')
+                .map_or(0, |i| i + 1);
+            for line in buf[..done].split(|&b| b == b'\n') {
+                s.add_line(line);
             }
-            let Ok(addr) = u64::from_str_radix(addr, 16) else {
-                continue;
-            };
-            if addr == 0 {
-                continue;
+            buf.copy_within(done..filled, 0);
+            filled -= done;
+            // A line longer than the buffer is no kallsyms line: drop it.
+            if filled == buf.len() {
+                filled = 0;
             }
-            syms.push((addr, name.to_string()));
         }
-        syms.sort_unstable_by_key(|s| s.0);
-        Symbols { syms }
+        s.add_line(&buf[..filled]);
+        s.syms.sort_unstable_by_key(|e| e.0);
+        s.syms.shrink_to_fit();
+        s.names.shrink_to_fit();
+        s
+    }
+
+    fn add_line(&mut self, line: &[u8]) {
+        let mut it = line
+            .split(|b| b.is_ascii_whitespace())
+            .filter(|w| !w.is_empty());
+        let (Some(addr), Some(kind), Some(name)) = (it.next(), it.next(), it.next()) else {
+            return;
+        };
+        if !matches!(kind, b"t" | b"T" | b"w" | b"W") {
+            return;
+        }
+        let Some(addr) = std::str::from_utf8(addr)
+            .ok()
+            .and_then(|a| u64::from_str_radix(a, 16).ok())
+        else {
+            return;
+        };
+        let Ok(name) = std::str::from_utf8(name) else {
+            return;
+        };
+        if addr == 0 {
+            return;
+        }
+        let start = self.names.len() as u32;
+        self.names.push_str(name);
+        self.syms.push((addr, start, self.names.len() as u32));
     }
 
     pub fn empty() -> Self {
-        Symbols { syms: Vec::new() }
+        Symbols {
+            syms: Vec::new(),
+            names: String::new(),
+        }
     }
 
     pub fn is_empty(&self) -> bool {
@@ -56,8 +111,8 @@ impl Symbols {
         if i == 0 {
             return None;
         }
-        let (start, name) = &self.syms[i - 1];
-        Some((name.as_str(), addr - start))
+        let (start, from, to) = self.syms[i - 1];
+        Some((&self.names[from as usize..to as usize], addr - start))
     }
 
     /// `ip_rcv_finish_core+0x25b`, or the hex address if unknown.
@@ -100,6 +155,28 @@ ffffffff81c00000 t nf_hook_slow\t[nf_tables]
         assert_eq!(s.format(0), "?");
     }
 
+    /// A reader that hands out a few bytes at a time: lines cut across
+    /// reads parse as whole ones.
+    struct Trickle<'a>(&'a [u8]);
+    impl Read for Trickle<'_> {
+        fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+            let n = self.0.len().min(buf.len()).min(5);
+            buf[..n].copy_from_slice(&self.0[..n]);
+            self.0 = &self.0[n..];
+            Ok(n)
+        }
+    }
+
+    #[test]
+    fn lines_cut_across_reads_and_a_last_line_without_newline_parse() {
+        let whole = Symbols::parse(SAMPLE.as_bytes());
+        let cut = Symbols::parse(Trickle(SAMPLE.trim_end().as_bytes()));
+        assert_eq!(whole.syms.len(), 4);
+        assert_eq!(cut.syms, whole.syms);
+        assert_eq!(cut.names, whole.names);
+        assert_eq!(cut.format(0xffffffff81c00001), "nf_hook_slow+0x1");
+    }
+
     #[test]
     fn hidden_addresses_give_an_empty_table() {
         let s = Symbols::parse("0000000000000000 T _stext\n".as_bytes());
@@ -111,6 +188,9 @@ ffffffff81c00000 t nf_hook_slow\t[nf_tables]
     fn real_kallsyms_knows_kfree_skb_callers() {
         let s = Symbols::load();
         assert!(!s.is_empty(), "root reads /proc/kallsyms addresses");
-        assert!(s.syms.iter().any(|(_, n)| n == "ip_rcv_finish_core"));
+        assert!(s
+            .syms
+            .iter()
+            .any(|&(_, a, b)| &s.names[a as usize..b as usize] == "ip_rcv_finish_core"));
     }
 }
