@@ -243,6 +243,45 @@ fn host_triple() -> Result<String> {
         .context("`rustc -vV` names no host")
 }
 
+/// How long each part of `cargo xtask test` took, printed at its end:
+/// the README promises a time, and this says where it goes.
+struct Phases {
+    t0: std::time::Instant,
+    last: std::time::Instant,
+    done: Vec<(&'static str, f64)>,
+}
+
+impl Phases {
+    fn new() -> Self {
+        let now = std::time::Instant::now();
+        Phases {
+            t0: now,
+            last: now,
+            done: Vec::new(),
+        }
+    }
+
+    fn done(&mut self, what: &'static str) {
+        let now = std::time::Instant::now();
+        self.done
+            .push((what, now.duration_since(self.last).as_secs_f64()));
+        self.last = now;
+    }
+
+    fn report(&self) {
+        let parts: Vec<String> = self
+            .done
+            .iter()
+            .map(|(w, s)| format!("{w} {s:.0} s"))
+            .collect();
+        eprintln!(
+            "xtask test: passed in {:.1} min: {}",
+            self.t0.elapsed().as_secs_f64() / 60.0,
+            parts.join(", ")
+        );
+    }
+}
+
 fn cargo(args: &[&str]) -> Result<()> {
     run(Command::new("cargo").current_dir(root()).args(args))
 }
@@ -278,6 +317,7 @@ fn main() -> Result<()> {
             std::process::exit(status.code().unwrap_or(1));
         }
         "test" => {
+            let mut phases = Phases::new();
             setup(DOCKER_PACKAGES)?;
             build_ebpf()?;
             cargo(&["fmt", "--all", "--check"])?;
@@ -315,6 +355,7 @@ fn main() -> Result<()> {
             // starts hundreds of tracers, whose start-up takes 0.6 s
             // optimized and 4 s in a debug build, so it runs the release one.
             cargo(&["build", "-p", "tracer"])?;
+            phases.done("setup, build and lints");
             if rest.is_empty() {
                 // What users install first: the static binary, tarball and
                 // .deb, twice for reproducibility, then run in a Debian 11
@@ -323,6 +364,7 @@ fn main() -> Result<()> {
                 // start-up is 0.6 s, a debug build's 4 s), so no second
                 // release build is needed; the Docker image test packs it.
                 dist_twice_and_check()?;
+                phases.done("dist and its Debian 11 check");
                 let bins = testbins::build(&root())?;
                 let release = [("TRACER_RELEASE_BIN", dist::static_binary(&root()))];
                 testbins::run_all(&root(), &bins, &[], &release)?;
@@ -337,11 +379,13 @@ fn main() -> Result<()> {
             let mut docker = vec!["test", "-p", "tracer-tests", "--test", "docker"];
             docker.extend(rest.iter().copied().filter(|a| *a != "--"));
             docker.extend(["--", "--test-threads=1"]);
+            phases.done("test builds and host tests");
             cargo(&docker)?;
             // containerd and podman, each with private state, after it.
             let mut runtimes = vec!["test", "-p", "tracer-tests", "--test", "runtimes"];
             runtimes.extend(rest.iter().copied().filter(|a| *a != "--"));
             cargo(&runtimes)?;
+            phases.done("dockerd, containerd and podman");
             // Last, Debian's own kernels under qemu: the same tracer, the
             // watch tests and each lab on 5.10, 6.1 and 6.12 (see
             // qemu.rs). The diagnose tests there double the matrix's time
@@ -375,7 +419,9 @@ fn main() -> Result<()> {
                 ];
                 let args: Vec<&str> = checks.iter().flat_map(|c| ["--check", c]).collect();
                 qemu::run(&root(), &args)?;
+                phases.done("kernel matrix");
             }
+            phases.report();
             Ok(())
         }
         "dist" => {
