@@ -4,7 +4,8 @@
 
 use crate::kernel::{read, Mem};
 use crate::off;
-use aya_ebpf::helpers::{bpf_probe_read_kernel, bpf_probe_read_kernel_buf};
+use aya_ebpf::helpers::{bpf_probe_read_kernel, generated};
+use core::mem::MaybeUninit;
 use tracer_abi::packet;
 use tracer_abi::*;
 
@@ -237,11 +238,24 @@ struct Headers(*const u8);
 
 impl packet::Bytes for Headers {
     #[inline(always)]
-    fn read<const N: usize>(&self, off: u32, out: &mut [u8; N]) -> bool {
-        // SAFETY: bpf_probe_read_kernel takes any address; bytes past a
-        // short packet are still the skb's own buffer (tailroom, then
-        // skb_shared_info), which the parse leaves alone.
-        unsafe { bpf_probe_read_kernel_buf(self.0.wrapping_add(off as usize), out).is_ok() }
+    fn read<'a, const N: usize>(
+        &self,
+        off: u32,
+        out: &'a mut MaybeUninit<[u8; N]>,
+    ) -> Option<&'a [u8; N]> {
+        // SAFETY: bpf_probe_read_kernel takes any address and writes all
+        // N bytes of `out`: the packet's, or zeros when it fails. Bytes
+        // past a short packet are still the skb's own buffer (tailroom,
+        // then skb_shared_info), which the parse leaves alone.
+        unsafe {
+            let r = generated::bpf_probe_read_kernel(
+                out.as_mut_ptr().cast(),
+                N as u32,
+                self.0.wrapping_add(off as usize).cast(),
+            );
+            let out = out.assume_init_ref();
+            (r == 0).then_some(out)
+        }
     }
 }
 
