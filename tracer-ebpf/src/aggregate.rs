@@ -70,8 +70,8 @@ pub(crate) unsafe fn aggregated(
     if let Some(slot) = AGGSLOTS.get_ptr_mut(key.slot()) {
         let slot = &mut *slot;
         if slot.used == 0 {
-            slot.key = *key;
-            slot.val = AggVal::default();
+            crate::words::copy(&mut slot.key, key);
+            crate::words::zero(&mut slot.val);
             slot.used = 1;
         }
         if slot.key.same(key) {
@@ -82,8 +82,8 @@ pub(crate) unsafe fn aggregated(
     // without addresses; if even that cannot be stored, send the event.
     for coarse in [false, true] {
         if coarse {
-            key.src = [0; 16];
-            key.dst = [0; 16];
+            crate::words::zero(&mut key.src);
+            crate::words::zero(&mut key.dst);
         }
         if let Some(v) = AGG.get_ptr_mut(&*key) {
             return count_or_sample(&mut *v, epoch);

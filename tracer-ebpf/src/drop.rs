@@ -14,8 +14,8 @@ use crate::scratch::{coarse_ns, SCRATCH};
 use crate::{extra, off, packet};
 use aya_ebpf::{
     helpers::{
-        bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_get_smp_processor_id, bpf_ktime_get_ns,
-        bpf_probe_read_kernel_buf,
+        bpf_get_current_pid_tgid, bpf_get_smp_processor_id, bpf_ktime_get_ns,
+        bpf_probe_read_kernel_buf, generated,
     },
     macros::{btf_tracepoint, map, raw_tracepoint, tracepoint},
     maps::Array,
@@ -241,10 +241,12 @@ unsafe fn on_drop<M: Mem, C: EbpfContext>(ctx: &C, skb: *const u8, location: u64
     } else {
         dev_mtu::<M>(m.dev)
     };
-    (*e).comm = bpf_get_current_comm().unwrap_or([0; 16]);
-    (*e).flow = *flow;
-    (*e).route_fwd = RouteHit::default();
-    (*e).route_rev = RouteHit::default();
+    // Straight into the event: the helper writes all 16 bytes (zeros
+    // when it fails), and aya's wrapper zeroes a copy first (see `words`).
+    generated::bpf_get_current_comm((*e).comm.as_mut_ptr().cast(), 16);
+    crate::words::copy(&mut (*e).flow, flow);
+    crate::words::zero(&mut (*e).route_fwd);
+    crate::words::zero(&mut (*e).route_rev);
     if setting!(routes) != 0 && flow.family != FAMILY_NONE {
         let key = &mut (*scratch).key;
         key.netns = netns;
@@ -262,7 +264,7 @@ unsafe fn on_drop<M: Mem, C: EbpfContext>(ctx: &C, skb: *const u8, location: u64
     // A failed read leaves zeros, as the helper clears its buffer.
     (*e).tcp_opts_len = 0;
     if opts.at.is_null() {
-        (*e).tcp_opts = TcpOpts([0; TCP_OPTS_MAX]);
+        crate::words::zero(&mut (*e).tcp_opts);
     } else if bpf_probe_read_kernel_buf(opts.at, &mut (*e).tcp_opts.0).is_ok() {
         (*e).tcp_opts_len = opts.len as u8;
     }

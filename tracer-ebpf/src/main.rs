@@ -13,8 +13,9 @@
 //!
 //! Shared by them: `config` (what userspace set before load and the
 //! filter), `events` (ring buffer and counters), `scratch` (the drop
-//! program's per-CPU memory), `kernel` (reads of kernel structs) and
-//! `packet` (a `Flow` from an skb).
+//! program's per-CPU memory), `kernel` (reads of kernel structs),
+//! `packet` (a `Flow` from an skb) and `words` (struct copies without
+//! memset or memmove).
 #![no_std]
 #![no_main]
 // Every `unsafe` block says why it is sound (`// SAFETY:`).
@@ -40,6 +41,7 @@ mod qdisc;
 mod route;
 mod scratch;
 mod syn;
+mod words;
 
 #[cfg(not(test))]
 #[panic_handler]

@@ -137,18 +137,14 @@ pub unsafe fn parse_with_mss<M: Mem>(skb: *const u8, m: &SkbMeta, flow: &mut Flo
     found
 }
 
-/// Zeroes `flow` word by word (see `Flow`'s alignment).
+/// Zeroes `flow` (see `words`).
 ///
 /// # Safety
 ///
-/// None for the caller: the word writes stay inside `*flow`, whose size is
-/// a multiple of 8 and whose alignment is 8 (see `Flow`).
+/// None for the caller: `flow` is a valid, aligned `Flow`, plain data.
 #[inline(always)]
 pub unsafe fn clear(flow: &mut Flow) {
-    let p = flow as *mut Flow as *mut u64;
-    for i in 0..core::mem::size_of::<Flow>() / 8 {
-        core::ptr::write_volatile(p.add(i), 0);
-    }
+    crate::words::zero(flow);
 }
 
 /// Fills `flow` from the packet headers, or from the socket, and `opts`
@@ -380,7 +376,7 @@ const IP_CT_IS_REPLY: u64 = 3;
 /// so any `skb` is sound; a wrong one gives wrong fields, not a fault.
 #[inline(always)]
 pub unsafe fn nat(skb: *const u8, out: &mut NatTuple) {
-    *out = NatTuple::default();
+    crate::words::zero(out);
     let Some(nfct) = read::<u64>(skb, off!(skb_nfct)) else {
         return;
     };

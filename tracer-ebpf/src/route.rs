@@ -37,7 +37,7 @@ static ARRIVALS: LruHashMap<RouteKey, RouteHit> = LruHashMap::with_max_entries(4
 #[inline(always)]
 pub(crate) unsafe fn route_for(key: &mut RouteKey, out: &mut RouteHit) {
     if let Some(h) = ROUTES.get(&*key) {
-        *out = *h;
+        crate::words::copy(out, h);
     }
     key.netns = 0;
     if let Some(p) = ROUTES.get(&*key) {
