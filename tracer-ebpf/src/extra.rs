@@ -51,10 +51,12 @@ pub unsafe fn emit<M: Mem, C: EbpfContext>(ctx: &C, skb: *const u8, m: &SkbMeta,
     h.cpu = bpf_get_smp_processor_id();
     h.ts_ns = now;
     h.skb = skb as u64;
-    h.stack_bytes = 0;
-    h.cap_len = 0;
-    h.orig_len = 0;
-    h.link = LINK_NONE;
+    // Volatile: LLVM merged these four stores into a call to a
+    // byte-at-a-time memset (see `words`).
+    core::ptr::write_volatile(&mut h.stack_bytes, 0);
+    core::ptr::write_volatile(&mut h.cap_len, 0);
+    core::ptr::write_volatile(&mut h.orig_len, 0);
+    core::ptr::write_volatile(&mut h.link, LINK_NONE);
     let want = setting!(extra);
     if setting!(trace) != 0 {
         crate::hop::forget(skb);

@@ -115,7 +115,7 @@ unsafe fn on_hop(skb: *const u8, event: u32, may_start: bool, xmit: Option<(*con
     };
     (*e).len = len;
     (*e).cpu = bpf_get_smp_processor_id();
-    (*e).flow = *flow;
+    crate::words::copy(&mut (*e).flow, flow);
     entry.submit(0);
 }
 

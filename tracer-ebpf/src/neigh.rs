@@ -71,14 +71,11 @@ unsafe fn on_neigh(n: *const u8) {
     (*e).state = state;
     (*e)._pad = 0;
     (*e)._pad2 = 0;
-    let mut addr = [0u8; 16];
-    if family == FAMILY_V4 {
-        if let Some(a) = read::<[u8; 4]>(n, off!(neigh_key)) {
-            addr[..4].copy_from_slice(&a);
-        }
-    } else if let Some(a) = read::<[u8; 16]>(n, off!(neigh_key)) {
-        addr = a;
-    }
-    (*e).addr = addr;
+    // Straight into the event, zeroed first (see `words`): a stack copy
+    // of `[0u8; 16]` was a memset call.
+    let addr = &mut (*e).addr;
+    crate::words::zero(addr);
+    let len = if family == FAMILY_V4 { 4 } else { 16 };
+    crate::kernel::read_into(n, off!(neigh_key), &mut addr[..len]);
     entry.submit(0);
 }

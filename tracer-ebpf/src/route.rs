@@ -2,6 +2,7 @@
 //! `fib6_table_lookup`): kept in the `ROUTES` map and joined to the drops
 //! of the same flow (`route_for`); never sent on their own.
 
+use core::mem::MaybeUninit;
 use crate::config::netns_allowed;
 use crate::events::count;
 use crate::kernel::{self, dev_ifindex, dev_mtu, dev_netns, read, Direct, Mem};
@@ -264,15 +265,16 @@ pub fn route4(ctx: BtfTracePointContext) -> i32 {
                 hit.netns = d.netns;
             }
         }
-        let mut key = RouteKey {
-            netns: hit.netns,
-            family: FAMILY_V4 as u32,
-            dst: [0; 16],
-            src: [0; 16],
-        };
+        // Zeroed in place (see `words`): a literal's zero arrays were a
+        // memset call on every route lookup.
+        let mut key = MaybeUninit::<RouteKey>::uninit();
+        crate::words::zero(key.as_mut_ptr());
+        let key = key.assume_init_mut();
+        key.netns = hit.netns;
+        key.family = FAMILY_V4 as u32;
         key.src[..4].copy_from_slice(&saddr.to_ne_bytes());
         key.dst[..4].copy_from_slice(&daddr.to_ne_bytes());
-        remember_route(&key, &hit);
+        remember_route(key, &hit);
     }
     0
 }
@@ -349,12 +351,16 @@ pub fn route6(ctx: BtfTracePointContext) -> i32 {
     // `read` probe-reads any address.
     unsafe {
         let netns = kernel::net_inum::<Direct>(net);
-        let mut key = RouteKey {
-            netns,
-            family: FAMILY_V6 as u32,
-            dst: read::<[u8; 16]>(fl, off!(fl6_daddr)).unwrap_or([0; 16]),
-            src: read::<[u8; 16]>(fl, off!(fl6_saddr)).unwrap_or([0; 16]),
-        };
+        // Zeroed in place and the addresses read straight into it (the
+        // helper writes zeros when it fails): `unwrap_or([0; 16])` was a
+        // memset call on every route lookup (see `words`).
+        let mut key = MaybeUninit::<RouteKey>::uninit();
+        crate::words::zero(key.as_mut_ptr());
+        let key = key.assume_init_mut();
+        key.netns = netns;
+        key.family = FAMILY_V6 as u32;
+        kernel::read_into(fl, off!(fl6_daddr), &mut key.dst);
+        kernel::read_into(fl, off!(fl6_saddr), &mut key.src);
         // IPv6 reports failure as a route type, not an errno.
         let err = match read::<u8>(res, off!(f6res_type)).unwrap_or(0) {
             6 => -22,  // RTN_BLACKHOLE: -EINVAL, as IPv4 reports it
@@ -385,7 +391,7 @@ pub fn route6(ctx: BtfTracePointContext) -> i32 {
             }
         }
         key.netns = netns;
-        remember_route(&key, &hit);
+        remember_route(key, &hit);
     }
     0
 }

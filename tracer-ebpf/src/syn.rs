@@ -110,7 +110,7 @@ unsafe fn on_xmit(skb: *const u8, dev: *const u8) {
     (*e).ifindex = dev_ifindex::<Direct>(dev);
     (*e).ingress_ifindex = Direct::get::<i32>(skb, off!(skb_iif)).unwrap_or(0);
     (*e).mtu = mtu;
-    (*e).flow = *flow;
+    crate::words::copy(&mut (*e).flow, flow);
     // Only flagged SYNs get here (rare): the conntrack reads cost nothing
     // per packet.
     packet::nat(skb, &mut (*e).orig);
