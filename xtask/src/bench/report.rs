@@ -211,8 +211,9 @@ pub(crate) fn write(ctx: &Ctx, res: &Results, started: Instant) -> Result<()> {
                     "value": ns_m, "target": "<= 250", "pass": ok}),
                 );
                 // The host's drop rate with the tracer attached, against
-                // the same storm with nothing attached.
-                let want = if v == Variant::Watch { 0.90 } else { 0.85 };
+                // the same storm with nothing attached: issue 22 asks for
+                // 95 %, with `watch` and `diagnose` alike.
+                let want = 0.95;
                 let kept = rate_m / base_rate;
                 let ok = kept >= want;
                 tg.push(format!(
