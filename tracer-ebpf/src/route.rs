@@ -2,7 +2,6 @@
 //! `fib6_table_lookup`): kept in the `ROUTES` map and joined to the drops
 //! of the same flow (`route_for`); never sent on their own.
 
-use core::mem::MaybeUninit;
 use crate::config::netns_allowed;
 use crate::events::count;
 use crate::kernel::{self, dev_ifindex, dev_mtu, dev_netns, read, Direct, Mem};
@@ -13,6 +12,7 @@ use aya_ebpf::{
     maps::{LruHashMap, PerCpuArray},
     programs::BtfTracePointContext,
 };
+use core::mem::MaybeUninit;
 use tracer_abi::*;
 
 /// The latest route lookup per (netns, dst, src).
