@@ -187,7 +187,7 @@ unsafe fn on_drop<M: Mem, C: EbpfContext>(ctx: &C, skb: *const u8, location: u64
     }
 
     let flow = &mut (*scratch).flow;
-    packet::clear(flow);
+    crate::words::zero(flow);
     let mut opts = packet::SynOpts::NONE;
     packet::parse::<M>(skb, &m, flow, &mut opts);
     if setting!(hide_noise) != 0 && is_noise(reason, flow, m.l3_proto, socket_only) {

@@ -73,7 +73,7 @@ unsafe fn on_hop(skb: *const u8, event: u32, may_start: bool, xmit: Option<(*con
         return;
     };
     let flow = &mut *flow;
-    packet::clear(flow);
+    crate::words::zero(flow);
     let id = match TRACKED.get(&key) {
         Some(id) => {
             let id = *id;

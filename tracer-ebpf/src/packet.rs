@@ -137,16 +137,6 @@ pub unsafe fn parse_with_mss<M: Mem>(skb: *const u8, m: &SkbMeta, flow: &mut Flo
     found
 }
 
-/// Zeroes `flow` (see `words`).
-///
-/// # Safety
-///
-/// None for the caller: `flow` is a valid, aligned `Flow`, plain data.
-#[inline(always)]
-pub unsafe fn clear(flow: &mut Flow) {
-    crate::words::zero(flow);
-}
-
 /// Fills `flow` from the packet headers, or from the socket, and `opts`
 /// with where a SYN's TCP options are. Returns false if neither gives an
 /// address.

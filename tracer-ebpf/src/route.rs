@@ -267,9 +267,8 @@ pub fn route4(ctx: BtfTracePointContext) -> i32 {
         }
         // Zeroed in place (see `words`): a literal's zero arrays were a
         // memset call on every route lookup.
-        let mut key = MaybeUninit::<RouteKey>::uninit();
-        crate::words::zero(key.as_mut_ptr());
-        let key = key.assume_init_mut();
+        let mut slot = MaybeUninit::<RouteKey>::uninit();
+        let key = crate::words::zeroed(&mut slot);
         key.netns = hit.netns;
         key.family = FAMILY_V4 as u32;
         key.src[..4].copy_from_slice(&saddr.to_ne_bytes());
@@ -354,9 +353,8 @@ pub fn route6(ctx: BtfTracePointContext) -> i32 {
         // Zeroed in place and the addresses read straight into it (the
         // helper writes zeros when it fails): `unwrap_or([0; 16])` was a
         // memset call on every route lookup (see `words`).
-        let mut key = MaybeUninit::<RouteKey>::uninit();
-        crate::words::zero(key.as_mut_ptr());
-        let key = key.assume_init_mut();
+        let mut slot = MaybeUninit::<RouteKey>::uninit();
+        let key = crate::words::zeroed(&mut slot);
         key.netns = netns;
         key.family = FAMILY_V6 as u32;
         kernel::read_into(fl, off!(fl6_daddr), &mut key.dst);

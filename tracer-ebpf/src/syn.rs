@@ -79,7 +79,7 @@ unsafe fn on_xmit(skb: *const u8, dev: *const u8) {
         return;
     };
     let flow = &mut (*sc).flow;
-    packet::clear(flow);
+    crate::words::zero(flow);
     if !packet::parse_with_mss::<Direct>(skb, &m, flow)
         || flow.proto != IPPROTO_TCP
         || flow.mss == 0

@@ -7,7 +7,7 @@
 //! the verifier walked the loop again on every path that reached it.
 //! Volatile accesses are never merged back into such a call.
 
-use core::mem::{align_of, size_of};
+use core::mem::{align_of, size_of, MaybeUninit};
 use core::ptr::{read_volatile, write_volatile};
 
 /// Zeroes `*p` with the widest stores its alignment allows.
@@ -61,4 +61,16 @@ pub(crate) unsafe fn copy<T: Copy>(dst: *mut T, src: *const T) {
             write_volatile(d.add(i), read_volatile(s.add(i)));
         }
     }
+}
+
+/// A zeroed `T` made in `slot` (a local on the caller's stack), where a
+/// literal with zero arrays would call `memset`.
+///
+/// # Safety
+///
+/// All zero bits must be a valid `T` (plain data).
+#[inline(always)]
+pub(crate) unsafe fn zeroed<T>(slot: &mut MaybeUninit<T>) -> &mut T {
+    zero(slot.as_mut_ptr());
+    slot.assume_init_mut()
 }
